@@ -1,0 +1,80 @@
+#include "kernrun/status.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const char *kr_status_name(kr_status s)
+{
+    switch (s) {
+#define KR__STATUS_NAME(name, val, msg) case KR_##name: return "KR_" #name;
+        KR_STATUS_MAP(KR__STATUS_NAME)
+#undef KR__STATUS_NAME
+    }
+    return "KR_UNKNOWN";
+}
+
+const char *kr_status_str(kr_status s)
+{
+    switch (s) {
+#define KR__STATUS_MSG(name, val, msg) case KR_##name: return msg;
+        KR_STATUS_MAP(KR__STATUS_MSG)
+#undef KR__STATUS_MSG
+    }
+    return "unknown status";
+}
+
+void kr_err_clear(kr_err *e)
+{
+    if (!e)
+        return;
+    e->code = KR_OK;
+    e->msg[0] = '\0';
+}
+
+kr_status kr_err_setv(kr_err *e, kr_status code, const char *fmt, va_list ap)
+{
+    if (!e)
+        return code;
+    e->code = code;
+    if (!fmt) {
+        snprintf(e->msg, sizeof e->msg, "%s", kr_status_str(code));
+        return code;
+    }
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    return code;
+}
+
+kr_status kr_err_set(kr_err *e, kr_status code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    kr_err_setv(e, code, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+kr_status kr_err_prefix(kr_err *e, const char *fmt, ...)
+{
+    if (!e)
+        return KR_ERR_INTERNAL;
+    char ctx[KR_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    char old[KR_ERR_MSG_MAX];
+    memcpy(old, e->msg, sizeof old);
+    old[sizeof old - 1] = '\0';
+    if (old[0])
+        snprintf(e->msg, sizeof e->msg, "%s: %s", ctx, old);
+    else
+        snprintf(e->msg, sizeof e->msg, "%s: %s", ctx, kr_status_str(e->code));
+    return e->code;
+}
+
+const char *kr_err_msg(const kr_err *e, kr_status code)
+{
+    if (e && e->msg[0])
+        return e->msg;
+    return kr_status_str(code);
+}
