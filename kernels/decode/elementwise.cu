@@ -1,0 +1,75 @@
+// Element-wise and row-wise fp32 decode ops, plus the embedding lookup.
+#ifndef KR_DECODE_COMMON_CUH
+#include "kr_decode_common.cuh"
+#endif
+
+// Softmax over each row: y[r,i] = exp(x[r,i] - max_j x[r,j]) / sum_j exp(x[r,j] - max).
+// x, y: (rows, n) fp32 (y may equal x). Launch: block 256..1024 (multiple of 32), grid (rows).
+extern "C" __global__ void kr_softmax_f32(const float *x, float *y, int n)
+{
+    __shared__ float sh[32];
+    const float *xr = x + (kr_i64)blockIdx.x * n;
+    float *yr = y + (kr_i64)blockIdx.x * n;
+    float mx = kr_neg_inf();
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        mx = fmaxf(mx, xr[i]);
+    mx = kr_block_max(mx, sh);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        s += expf(xr[i] - mx);
+    const float inv = 1.0f / kr_block_sum(s, sh);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        yr[i] = expf(xr[i] - mx) * inv;
+}
+
+// SwiGLU: y[i] = silu(g[i]) * u[i], silu(a) = a / (1 + exp(-a)); g, u, y: (n,) fp32.
+// Launch: block 256, grid ceil(n / 256).
+extern "C" __global__ void kr_swiglu_f32(const float *g, const float *u, float *y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float a = g[i];
+        y[i] = a / (1.0f + expf(-a)) * u[i];
+    }
+}
+
+// GELU, tanh approximation: y[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); (n,) fp32.
+// Launch: block 256, grid ceil(n / 256).
+extern "C" __global__ void kr_gelu_f32(const float *x, float *y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+// Residual add: y[i] = a[i] + b[i]; (n,) fp32, y may alias a or b.
+// Launch: block 256, grid ceil(n / 256).
+extern "C" __global__ void kr_add_f32(const float *a, const float *b, float *y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        y[i] = a[i] + b[i];
+}
+
+// Embedding lookup: out (n_embd,) fp32 = dequantized row tok = *token of the
+// table (n_vocab, n_embd) in GGML block layout, rows row_stride bytes apart.
+// A token outside [0, n_vocab) yields NaN outputs. Launch: block 256, grid ceil(n_embd / 256).
+#define KR_EMBED(NAME, DEQ)                                                                       \
+    extern "C" __global__ void NAME(const kr_u8 *table, kr_i64 row_stride, int n_vocab,          \
+                                    int n_embd, const int *token, float *out)                    \
+    {                                                                                             \
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;                                      \
+        const int t = *token;                                                                     \
+        if (i >= n_embd)                                                                          \
+            return;                                                                               \
+        out[i] = (t < 0 || t >= n_vocab) ? kr_qnan() : DEQ(table + (kr_i64)t * row_stride, i);   \
+    }
+KR_EMBED(kr_embed_f32, kr_deq1_f32)
+KR_EMBED(kr_embed_f16, kr_deq1_f16)
+KR_EMBED(kr_embed_q4_0, kr_deq1_q4_0)
+KR_EMBED(kr_embed_q4_1, kr_deq1_q4_1)
+KR_EMBED(kr_embed_q8_0, kr_deq1_q8_0)
+KR_EMBED(kr_embed_q4_k, kr_deq1_q4_k)
+KR_EMBED(kr_embed_q6_k, kr_deq1_q6_k)

@@ -1,0 +1,327 @@
+// Quantized matrix-vector product for batch-1 decode:
+//   y (rows,) = W (rows, cols) @ x (cols,)     fp32 x and y, fp32 accumulation
+// W is in GGML/GGUF block layout, one row every `row_stride` bytes (row r at
+// w + r*row_stride), cols a multiple of the type's block size. Entry points:
+//   kr_mv_q4_0, kr_mv_q4_1, kr_mv_q8_0, kr_mv_q4_k, kr_mv_q6_k  (block types)
+//   kr_mv_f16, kr_mv_f32                                     (plain types)
+// Launch: block (32*KR_MV_WARPS, 1, 1), grid (ceil(rows / (KR_MV_WARPS*KR_MV_ROWS)), 1, 1).
+// x must be 16-byte aligned. Each warp owns KR_MV_ROWS rows; it copies a
+// stage of each row (KR_MV_STEPS steps of 256 elements) into its own slice of
+// shared memory with coalesced 16-byte loads (2-byte loads when the row base
+// or stride is not 16-byte aligned), then every lane decodes 8 weights per
+// step and row against 8 x values it loads once for all of the warp's rows.
+#ifndef KR_DECODE_COMMON_CUH
+#include "kr_decode_common.cuh"
+#endif
+
+#ifndef KR_MV_WARPS
+#define KR_MV_WARPS 4
+#endif
+#ifndef KR_MV_ROWS
+#define KR_MV_ROWS 2
+#endif
+#ifndef KR_MV_STEPS
+#define KR_MV_STEPS 8
+#endif
+
+__device__ __forceinline__ float4 kr_ldx4(const float *p) { return __ldg((const float4 *)p); }
+__device__ __forceinline__ float kr_sum4(float4 a) { return (a.x + a.y) + (a.z + a.w); }
+
+// Per-type step decoders. s: the step's bytes in shared memory for row 0,
+// rows KR_MV_ROWS apart by `rs` bytes; x: the step's first x element;
+// nvalid: valid elements in this step (multiple of the block size);
+// acc[r] += this lane's share of row r.
+template <int T> struct kr_mv_type;
+
+// Q4_0, 8 blocks per step, 4 lanes per block: lane 4*bb+k takes qs bytes
+// 4k..4k+3 of block bb -> elements 4k..4k+3 (low nibbles) and 16+4k.. (high).
+template <> struct kr_mv_type<KR_T_Q4_0> {
+    enum { TS = 18, BS = 32 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
+                                                int lane, float *acc)
+    {
+        int bb = lane >> 2, k = lane & 3;
+        if (32 * bb >= nvalid)
+            return;
+        float4 xl = kr_ldx4(x + 32 * bb + 4 * k), xh = kr_ldx4(x + 32 * bb + 16 + 4 * k);
+        float xs = kr_sum4(xl) + kr_sum4(xh);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *b = s + r * rs + bb * 18;
+            kr_u32 q = (kr_u32)kr_ld_u16(b + 2 + 4 * k) | ((kr_u32)kr_ld_u16(b + 4 + 4 * k) << 16);
+            float dot = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y +
+                        (float)((q >> 16) & 15) * xl.z + (float)((q >> 24) & 15) * xl.w +
+                        (float)((q >> 4) & 15) * xh.x + (float)((q >> 12) & 15) * xh.y +
+                        (float)((q >> 20) & 15) * xh.z + (float)(q >> 28) * xh.w;
+            acc[r] += kr_h2f(kr_ld_u16(b)) * (dot - 8.0f * xs);
+        }
+    }
+};
+
+// Q4_1: as Q4_0 with x = d*q + m (qs at byte 4, so 4-byte aligned).
+template <> struct kr_mv_type<KR_T_Q4_1> {
+    enum { TS = 20, BS = 32 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
+                                                int lane, float *acc)
+    {
+        int bb = lane >> 2, k = lane & 3;
+        if (32 * bb >= nvalid)
+            return;
+        float4 xl = kr_ldx4(x + 32 * bb + 4 * k), xh = kr_ldx4(x + 32 * bb + 16 + 4 * k);
+        float xs = kr_sum4(xl) + kr_sum4(xh);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *b = s + r * rs + bb * 20;
+            kr_u32 q = *(const kr_u32 *)(b + 4 + 4 * k);
+            float dot = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y +
+                        (float)((q >> 16) & 15) * xl.z + (float)((q >> 24) & 15) * xl.w +
+                        (float)((q >> 4) & 15) * xh.x + (float)((q >> 12) & 15) * xh.y +
+                        (float)((q >> 20) & 15) * xh.z + (float)(q >> 28) * xh.w;
+            acc[r] += kr_h2f(kr_ld_u16(b)) * dot + kr_h2f(kr_ld_u16(b + 2)) * xs;
+        }
+    }
+};
+
+__device__ __forceinline__ float kr_dot4_i8(kr_u32 q, float4 x)
+{
+    return (float)(kr_i8)(q & 0xff) * x.x + (float)(kr_i8)((q >> 8) & 0xff) * x.y +
+           (float)(kr_i8)((q >> 16) & 0xff) * x.z + (float)(kr_i8)(q >> 24) * x.w;
+}
+
+// Q8_0, 8 blocks per step, lane 4*bb+k takes qs bytes 8k..8k+7 of block bb.
+template <> struct kr_mv_type<KR_T_Q8_0> {
+    enum { TS = 34, BS = 32 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
+                                                int lane, float *acc)
+    {
+        int bb = lane >> 2, k = lane & 3;
+        if (32 * bb >= nvalid)
+            return;
+        float4 x0 = kr_ldx4(x + 32 * bb + 8 * k), x1 = kr_ldx4(x + 32 * bb + 8 * k + 4);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *b = s + r * rs + bb * 34;
+            const kr_u8 *qp = b + 2 + 8 * k;
+            kr_u32 q0 = (kr_u32)kr_ld_u16(qp) | ((kr_u32)kr_ld_u16(qp + 2) << 16);
+            kr_u32 q1 = (kr_u32)kr_ld_u16(qp + 4) | ((kr_u32)kr_ld_u16(qp + 6) << 16);
+            acc[r] += kr_h2f(kr_ld_u16(b)) * (kr_dot4_i8(q0, x0) + kr_dot4_i8(q1, x1));
+        }
+    }
+};
+
+// Q4_K, one super-block per step: lane = 8*j + t/4 takes qs bytes 32j+t..t+3
+// -> elements 64j+t.. (low nibbles, sub-block 2j) and 64j+32+t.. (high, 2j+1).
+template <> struct kr_mv_type<KR_T_Q4_K> {
+    enum { TS = 144, BS = 256 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
+                                                int lane, float *acc)
+    {
+        int j = lane >> 3, t = (lane & 7) * 4;
+        float4 xl = kr_ldx4(x + 64 * j + t), xh = kr_ldx4(x + 64 * j + 32 + t);
+        float sl = kr_sum4(xl), sh = kr_sum4(xh);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *b = s + r * rs;
+            kr_u32 q = *(const kr_u32 *)(b + 16 + 32 * j + t);
+            float dl = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y +
+                       (float)((q >> 16) & 15) * xl.z + (float)((q >> 24) & 15) * xl.w;
+            float dh = (float)((q >> 4) & 15) * xh.x + (float)((q >> 12) & 15) * xh.y +
+                       (float)((q >> 20) & 15) * xh.z + (float)(q >> 28) * xh.w;
+            float sc0, m0, sc1, m1;
+            kr_q4k_scale_min(b + 4, 2 * j, &sc0, &m0);
+            kr_q4k_scale_min(b + 4, 2 * j + 1, &sc1, &m1);
+            float d = kr_h2f(kr_ld_u16(b)), dmin = kr_h2f(kr_ld_u16(b + 2));
+            acc[r] += d * (sc0 * dl + sc1 * dh) - dmin * (m0 * sl + m1 * sh);
+        }
+    }
+};
+
+// Q6_K, one super-block per step: lane = 16*n + l0/2 takes l = l0, l0+1 of
+// half n -> elements 128n + 32m + l for m < 4 (see kr_deq1_q6_k).
+template <> struct kr_mv_type<KR_T_Q6_K> {
+    enum { TS = 210, BS = 256 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
+                                                int lane, float *acc)
+    {
+        int n = lane >> 4, l0 = (lane & 15) * 2;
+        float2 xv[4];
+#pragma unroll
+        for (int m = 0; m < 4; m++)
+            xv[m] = __ldg((const float2 *)(x + 128 * n + 32 * m + l0));
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *b = s + r * rs;
+            const kr_u8 *ql = b + 64 * n + l0, *qh = b + 128 + 32 * n + l0;
+            const kr_i8 *sc = (const kr_i8 *)(b + 192 + 8 * n + (l0 >> 4));
+            float part = 0.0f;
+#pragma unroll
+            for (int m = 0; m < 4; m++) {
+                int sh = m >= 2 ? 4 : 0, half = (m & 1) * 32;
+                int qa = ((ql[half] >> sh) & 15) | (((qh[0] >> (2 * m)) & 3) << 4);
+                int qb = ((ql[half + 1] >> sh) & 15) | (((qh[1] >> (2 * m)) & 3) << 4);
+                part += (float)sc[2 * m] * ((float)(qa - 32) * xv[m].x + (float)(qb - 32) * xv[m].y);
+            }
+            acc[r] += kr_h2f(kr_ld_u16(b + 208)) * part;
+        }
+    }
+};
+
+template <int T>
+__device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const float *__restrict__ x,
+                                            float *__restrict__ y, int rows, int cols, kr_i64 row_stride)
+{
+    typedef kr_mv_type<T> Q;
+    enum { STEP = (256 / Q::BS) * Q::TS, STAGE = KR_MV_STEPS * STEP, STAGE_PAD = (STAGE + 15) & ~15 };
+    __shared__ __align__(16) kr_u8 sm[KR_MV_WARPS][KR_MV_ROWS][STAGE_PAD];
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
+    if (r0 >= rows)
+        return; // whole warp; no block-wide barriers below
+    const kr_i64 row_bytes = (kr_i64)(cols / Q::BS) * Q::TS;
+    const bool vec = (((kr_u64)w | (kr_u64)row_stride) & 15) == 0;
+    float acc[KR_MV_ROWS];
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++)
+        acc[r] = 0.0f;
+
+    for (kr_i64 off = 0; off < row_bytes; off += STAGE) {
+        const int nb = (int)min((kr_i64)STAGE, row_bytes - off); // even: all block sizes are
+        const int n16 = vec ? nb >> 4 : 0;
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            if (r0 + r >= rows)
+                break;
+            const kr_u8 *src = w + (kr_i64)(r0 + r) * row_stride + off;
+            kr_u8 *dst = sm[warp][r];
+            for (int i = lane; i < n16; i += 32)
+                ((uint4 *)dst)[i] = __ldg((const uint4 *)src + i);
+            for (int i = n16 * 8 + lane; i < (nb >> 1); i += 32)
+                ((kr_u16 *)dst)[i] = __ldg((const unsigned short *)src + i);
+        }
+        __syncwarp();
+        const int e_base = (int)(off / Q::TS) * Q::BS;
+#pragma unroll 1
+        for (int st = 0; st < KR_MV_STEPS; st++) {
+            const int e0 = e_base + st * 256;
+            if (e0 >= cols)
+                break;
+            Q::step(&sm[warp][0][st * STEP], STAGE_PAD, x + e0, min(256, cols - e0), lane, acc);
+        }
+        __syncwarp();
+    }
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        float v = kr_warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows)
+            y[r0 + r] = v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q4_0(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<KR_T_Q4_0>(w, x, y, rows, cols, row_stride);
+}
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q4_1(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<KR_T_Q4_1>(w, x, y, rows, cols, row_stride);
+}
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q8_0(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<KR_T_Q8_0>(w, x, y, rows, cols, row_stride);
+}
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q4_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<KR_T_Q4_K>(w, x, y, rows, cols, row_stride);
+}
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q6_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<KR_T_Q6_K>(w, x, y, rows, cols, row_stride);
+}
+
+// F16 / F32 rows need no decoding: each lane streams 16-byte chunks of every
+// row straight from global memory (scalar loads when the row base, stride or
+// cols break 16-byte alignment), KR_MV_ROWS rows per warp sharing x.
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_f16(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
+    if (r0 >= rows)
+        return;
+    const bool vec = (((kr_u64)w | (kr_u64)row_stride) & 15) == 0;
+    const int nv = vec ? cols >> 3 : 0; // 8-half chunks
+    const kr_u8 *rp[KR_MV_ROWS];
+    float acc[KR_MV_ROWS];
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        rp[r] = w + (kr_i64)min(r0 + r, rows - 1) * row_stride; // clamp: reads stay in bounds
+        acc[r] = 0.0f;
+    }
+    for (int c = lane; c < nv; c += 32) {
+        float4 xa = kr_ldx4(x + 8 * c), xb = kr_ldx4(x + 8 * c + 4);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            uint4 q = __ldg((const uint4 *)rp[r] + c);
+            acc[r] += kr_h2f((kr_u16)(q.x & 0xffff)) * xa.x + kr_h2f((kr_u16)(q.x >> 16)) * xa.y +
+                      kr_h2f((kr_u16)(q.y & 0xffff)) * xa.z + kr_h2f((kr_u16)(q.y >> 16)) * xa.w +
+                      kr_h2f((kr_u16)(q.z & 0xffff)) * xb.x + kr_h2f((kr_u16)(q.z >> 16)) * xb.y +
+                      kr_h2f((kr_u16)(q.w & 0xffff)) * xb.z + kr_h2f((kr_u16)(q.w >> 16)) * xb.w;
+        }
+    }
+    for (int i = nv * 8 + lane; i < cols; i += 32) {
+        float xv = x[i];
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++)
+            acc[r] += kr_h2f(((const kr_u16 *)rp[r])[i]) * xv;
+    }
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        float v = kr_warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows)
+            y[r0 + r] = v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_f32(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
+    if (r0 >= rows)
+        return;
+    const bool vec = (((kr_u64)w | (kr_u64)row_stride) & 15) == 0;
+    const int nv = vec ? cols >> 2 : 0; // 4-float chunks
+    const float *rp[KR_MV_ROWS];
+    float acc[KR_MV_ROWS];
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        rp[r] = (const float *)(w + (kr_i64)min(r0 + r, rows - 1) * row_stride);
+        acc[r] = 0.0f;
+    }
+    for (int c = lane; c < nv; c += 32) {
+        float4 xa = kr_ldx4(x + 4 * c);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            float4 q = __ldg((const float4 *)rp[r] + c);
+            acc[r] += q.x * xa.x + q.y * xa.y + q.z * xa.z + q.w * xa.w;
+        }
+    }
+    for (int i = nv * 4 + lane; i < cols; i += 32) {
+        float xv = x[i];
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++)
+            acc[r] += rp[r][i] * xv;
+    }
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        float v = kr_warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows)
+            y[r0 + r] = v;
+    }
+}
