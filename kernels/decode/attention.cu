@@ -1,6 +1,7 @@
 // KV cache and decode attention over an fp16 cache. Cache layout per layer:
-//   k_cache, v_cache: (n_ctx, n_kv_head, head_dim) fp16 — row t holds all KV heads of position t.
-// The current position p = *pos lives in device memory so a captured graph stays valid.
+//   k_cache, v_cache: (n_ctx, n_kv_head, head_dim) fp16 - row t holds all KV heads of position t.
+// The current position p = *pos lives in device memory so a captured graph stays valid
+// (pos NULL: p = pos_imm, for callers without a device position).
 #ifndef KR_DECODE_COMMON_CUH
 #include "kr_decode_common.cuh"
 #endif
@@ -14,9 +15,9 @@
 // k, v: (n_kv_dim,) fp32 with n_kv_dim = n_kv_head*head_dim. Nothing is written
 // when p is outside [0, n_ctx). Launch: block 256, grid ceil(n_kv_dim / 256).
 extern "C" __global__ void kr_kv_append_f16(const float *k, const float *v, kr_u16 *k_cache,
-                                            kr_u16 *v_cache, int n_kv_dim, int n_ctx, const int *pos)
+                                            kr_u16 *v_cache, int n_kv_dim, int n_ctx, const int *pos, int pos_imm)
 {
-    const int p = *pos;
+    const int p = pos ? *pos : pos_imm;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (p < 0 || p >= n_ctx || i >= n_kv_dim)
         return;
@@ -39,14 +40,14 @@ extern "C" __global__ void kr_kv_append_f16(const float *k, const float *v, kr_u
 extern "C" __global__ void __launch_bounds__(32 * KR_ATTN_WARPS)
 kr_attn_decode_f16(const float *q, const kr_u16 *k_cache, const kr_u16 *v_cache, float *out,
                    float *part, int n_head, int n_kv_head, int head_dim, int n_ctx, const int *pos,
-                   int window, float scale, int n_split)
+                   int window, float scale, int n_split, int pos_imm)
 {
     __shared__ float sh_acc[KR_ATTN_WARPS][64 * KR_ATTN_MAX_PAIRS];
     __shared__ float sh_m[KR_ATTN_WARPS], sh_l[KR_ATTN_WARPS];
     const int h = blockIdx.x, s = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = h / (n_head / n_kv_head);
-    const int p = *pos;
+    const int p = pos ? *pos : pos_imm;
     const int npair = head_dim >> 1;
 
     if (p < 0 || p >= n_ctx) {

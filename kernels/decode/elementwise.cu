@@ -54,14 +54,14 @@ extern "C" __global__ void kr_add_f32(const float *a, const float *b, float *y, 
 }
 
 // Embedding lookup: out (n_embd,) fp32 = dequantized row tok = *token of the
-// table (n_vocab, n_embd) in GGML block layout, rows row_stride bytes apart.
+// table (n_vocab, n_embd) in GGML block layout, rows row_stride bytes apart (token NULL: tok_imm).
 // A token outside [0, n_vocab) yields NaN outputs. Launch: block 256, grid ceil(n_embd / 256).
 #define KR_EMBED(NAME, DEQ)                                                                       \
     extern "C" __global__ void NAME(const kr_u8 *table, kr_i64 row_stride, int n_vocab,          \
-                                    int n_embd, const int *token, float *out)                    \
+                                    int n_embd, const int *token, int tok_imm, float *out)                    \
     {                                                                                             \
         const int i = blockIdx.x * blockDim.x + threadIdx.x;                                      \
-        const int t = *token;                                                                     \
+        const int t = token ? *token : tok_imm;                                                                     \
         if (i >= n_embd)                                                                          \
             return;                                                                               \
         out[i] = (t < 0 || t >= n_vocab) ? kr_qnan() : DEQ(table + (kr_i64)t * row_stride, i);   \
