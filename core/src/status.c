@@ -62,13 +62,21 @@ kr_status kr_err_prefix(kr_err *e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(ctx, sizeof ctx, fmt, ap);
     va_end(ap);
+    const char *tail = e->msg[0] ? e->msg : kr_status_str(e->code);
     char old[KR_ERR_MSG_MAX];
-    memcpy(old, e->msg, sizeof old);
-    old[sizeof old - 1] = '\0';
-    if (old[0])
-        snprintf(e->msg, sizeof e->msg, "%s: %s", ctx, old);
-    else
-        snprintf(e->msg, sizeof e->msg, "%s: %s", ctx, kr_status_str(e->code));
+    size_t tl = strnlen(tail, sizeof old - 1);
+    memcpy(old, tail, tl);
+    old[tl] = '\0';
+    /* "<ctx>: <old>", truncated to the buffer */
+    size_t cl = strnlen(ctx, sizeof e->msg - 1);
+    memcpy(e->msg, ctx, cl);
+    size_t pos = cl;
+    for (const char *p = ": "; *p && pos + 1 < sizeof e->msg; p++)
+        e->msg[pos++] = *p;
+    size_t room = sizeof e->msg - 1 - pos;
+    size_t n = tl < room ? tl : room;
+    memcpy(e->msg + pos, old, n);
+    e->msg[pos + n] = '\0';
     return e->code;
 }
 

@@ -63,8 +63,10 @@ typedef struct kr_config kr_config;
 KR_API kr_status kr_config_create(kr_config **out, kr_err *err);
 KR_API void kr_config_free(kr_config *cfg); /* NULL ok */
 
-/* Register keys. Duplicate section+key -> KR_ERR_EXISTS. Values already set
- * for those keys are re-validated. */
+/* Register keys (the table is referenced, not copied). Duplicate
+ * section+key -> KR_ERR_EXISTS; a default that fails its own validation ->
+ * KR_ERR_INVALID_ARG. Values already set for those keys (free-form
+ * plugin.* sections) are validated now. Register before loading files. */
 KR_API kr_status kr_config_add_keys(kr_config *cfg, const kr_config_key *keys, size_t n, kr_err *err);
 
 /* Parse an INI file / text; on error nothing of it is applied. `name` is
@@ -97,6 +99,8 @@ KR_API const char *kr_config_origin(const kr_config *cfg, const char *section, c
 /* Iterate registered keys (for `kernrun help config`/docs). */
 KR_API size_t kr_config_key_count(const kr_config *cfg);
 KR_API const kr_config_key *kr_config_key_at(const kr_config *cfg, size_t i);
+/* "integer", "boolean", ... */
+KR_API const char *kr_config_type_name(kr_config_type t);
 
 /* The [runtime] keys, for reference:
  *   backend      enum cpu|cuda|auto (default auto)

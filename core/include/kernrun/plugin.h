@@ -145,7 +145,8 @@ _Static_assert(offsetof(kr_kernel, description) == 72, "kr_kernel v1 layout chan
 
 /* Define the plugin's descriptor and its exported entry point. Arguments
  * are designated initializers of kr_plugin_desc (name, version, ...); the
- * ABI fields are filled in for you. Use once per plugin, at file scope. */
+ * ABI fields are filled in for you. Use once per plugin, at file scope,
+ * followed by a semicolon. */
 #define KR_PLUGIN_DEFINE(...)                                               \
     static const kr_plugin_desc kr__plugin_desc = {                         \
         .abi_version = KR_PLUGIN_ABI_VERSION,                               \
@@ -156,7 +157,8 @@ _Static_assert(offsetof(kr_kernel, description) == 72, "kr_kernel v1 layout chan
         .arch_size = (uint32_t)sizeof(kr_arch_entry),                       \
         __VA_ARGS__};                                                       \
     KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void);           \
-    KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void) { return &kr__plugin_desc; }
+    KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void) { return &kr__plugin_desc; } \
+    KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void)
 
 #ifdef __cplusplus
 }
