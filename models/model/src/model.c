@@ -397,9 +397,16 @@ kr_status kr_model_load(const char *path, const kr_model_params *params, kr_mode
         goto err_prefix;
     }
     m->ops = params->ops;
+#ifdef KR_HAVE_REGISTRY
+    if (!m->ops && params->registry) {
+        const kr_arch_entry *oe = kr_registry_find_arch(params->registry, "ops.cpu");
+        if (oe && oe->iface_version == KR_OPS_VERSION)
+            m->ops = oe->iface;
+    }
+#endif
     if (!m->ops || m->ops->version != KR_OPS_VERSION || m->ops->struct_size < sizeof(kr_ops)) {
         st = kr_err_set(e, m->ops ? KR_ERR_ABI : KR_ERR_INVALID_ARG,
-                        "no usable op table (give kr_model_params.ops, e.g. kr_cpu_ops())");
+                        "no usable op table (give kr_model_params.ops, e.g. kr_cpu_ops(), or a registry with the cpu_ops plugin)");
         goto err_prefix;
     }
 

@@ -36,10 +36,11 @@ typedef struct kr_model_params {
      * with iface_version == KR_ARCH_IFACE_VERSION). */
     const kr_arch_iface *const *archs;
     size_t n_archs;
-    /* Op table for the forward pass (required for now; the CPU one is
-     * kr_cpu_ops() from plugins/cpu_ops, or use kr_builtin_model_params()). */
+    /* Op table for the forward pass. NULL: the registry's "ops.cpu" entry
+     * (cpu_ops plugin). Linked in: kr_cpu_ops() or kr_builtin_model_params(). */
     const kr_ops *ops;
-    /* Registry that provides handlers when archs is empty (may be NULL). */
+    /* Registry (kr_runtime_registry(rt)) that provides handlers when archs
+     * is empty and ops when ops is NULL (may be NULL). */
     const struct kr_registry *registry;
     bool no_mmap;           /* read the file into memory instead of mmap */
 } kr_model_params;

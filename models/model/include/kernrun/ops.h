@@ -115,9 +115,9 @@ typedef struct kr_ops {
                        size_t n, size_t dim, float eps, float *out);
     void (*rope)(const kr_exec *ex, const kr_rope_args *a);
     kr_status (*attention)(const kr_exec *ex, const kr_attn_args *a, kr_err *err);
-    /* out (n) = silu(gate) * up */
+    /* out (n) = silu(gate) * up   (out may alias gate or up) */
     void (*swiglu)(const kr_exec *ex, const float *gate, const float *up, size_t n, float *out);
-    /* out (n) = gelu(x), tanh approximation (as llama.cpp / GPT-2) */
+    /* out (n) = gelu(x), tanh approximation (as llama.cpp / GPT-2); out may alias x */
     void (*gelu)(const kr_exec *ex, const float *x, size_t n, float *out);
     /* acc (n) += x (n) */
     void (*add)(const kr_exec *ex, float *acc, const float *x, size_t n);

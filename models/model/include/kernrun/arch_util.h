@@ -1,0 +1,126 @@
+/* Helpers shared by architecture handlers (header-only; plugins use it
+ * without linking anything). */
+#ifndef KERNRUN_ARCH_UTIL_H
+#define KERNRUN_ARCH_UTIL_H
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernrun/arch.h"
+#include "kernrun/checked.h"
+
+/* Read "<arch>.<suffix>" as a uint32. Absent: *out = def, or KR_ERR_NOT_FOUND
+ * with a message when required. */
+static inline kr_status kr_arch_meta_u32(const kr_meta_i *m, const char *arch, const char *suffix, bool required,
+                                         uint32_t def, uint32_t *out, kr_err *err)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    uint64_t v;
+    kr_status st = m->get_uint(m->ctx, key, &v, err);
+    if (st == KR_ERR_NOT_FOUND) {
+        if (required)
+            return kr_arch_err(err, KR_ERR_NOT_FOUND, "required key '%s' is missing", key);
+        *out = def;
+        return KR_OK;
+    }
+    if (st != KR_OK)
+        return st;
+    if (v > UINT32_MAX)
+        return kr_arch_err(err, KR_ERR_RANGE, "key '%s' = %" PRIu64 " is too large", key, v);
+    *out = (uint32_t)v;
+    return KR_OK;
+}
+
+/* Read "<arch>.<suffix>" as a float (absent: *out = def). */
+static inline kr_status kr_arch_meta_f32(const kr_meta_i *m, const char *arch, const char *suffix, float def,
+                                         float *out, kr_err *err)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    kr_status st = m->get_f32(m->ctx, key, out, err);
+    if (st == KR_ERR_NOT_FOUND) {
+        *out = def;
+        return KR_OK;
+    }
+    return st;
+}
+
+/* Rope scaling: <arch>.rope.scaling.type ("none", "linear"; others are
+ * unsupported) with <arch>.rope.scaling.factor, or the legacy
+ * <arch>.rope.scale_linear. Sets *freq_scale = 1 / factor (default 1). */
+static inline kr_status kr_arch_rope_scaling(const kr_meta_i *m, const char *arch, float *freq_scale, kr_err *err)
+{
+    char key[128];
+    const char *s;
+    size_t len;
+    float factor = 0.0f;
+    *freq_scale = 1.0f;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    kr_status st = m->get_str(m->ctx, key, &s, &len, err);
+    if (st == KR_OK) {
+        if (len == 4 && memcmp(s, "none", 4) == 0)
+            return KR_OK;
+        if (!(len == 6 && memcmp(s, "linear", 6) == 0))
+            return kr_arch_err(err, KR_ERR_UNSUPPORTED, "rope scaling type '%.*s' is not supported (none, linear)",
+                               (int)(len > 32 ? 32 : len), s);
+        st = kr_arch_meta_f32(m, arch, "rope.scaling.factor", 0.0f, &factor, err);
+        if (st != KR_OK)
+            return st;
+    } else if (st == KR_ERR_NOT_FOUND) {
+        st = kr_arch_meta_f32(m, arch, "rope.scale_linear", 0.0f, &factor, err);
+        if (st != KR_OK)
+            return st;
+    } else {
+        return st;
+    }
+    if (factor == 0.0f || factor == 1.0f)
+        return KR_OK;
+    if (!(factor > 0.0f) || factor > 1e6f)
+        return kr_arch_err(err, KR_ERR_RANGE, "rope scaling factor %g out of range", (double)factor);
+    *freq_scale = 1.0f / factor;
+    return KR_OK;
+}
+
+/* Fill a tensor spec. */
+static inline void kr_arch_spec(kr_tensor_spec *s, const char *name, uint32_t n_dims, uint64_t ne0, uint64_t ne1,
+                                uint32_t flags)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->n_dims = n_dims;
+    s->ne[0] = ne0;
+    s->ne[1] = n_dims > 1 ? ne1 : 1;
+    s->ne[2] = 1;
+    s->ne[3] = 1;
+    s->flags = flags;
+}
+
+/* Scratch carving: regions of floats, each 64-byte aligned. Sizing pass with
+ * base NULL accumulates the total (checked); the carving pass hands out
+ * pointers. */
+typedef struct kr_arch_arena {
+    char *base;      /* NULL while sizing */
+    size_t off;      /* bytes used */
+    size_t cap;      /* bytes available (carving) */
+    bool overflow;
+} kr_arch_arena;
+
+static inline float *kr_arch_take(kr_arch_arena *a, uint64_t n_floats)
+{
+    uint64_t bytes, end, aligned;
+    if (a->overflow || kr_mul_overflow_u64(n_floats, sizeof(float), &bytes) ||
+        kr_align_up_u64(a->off, 64, &aligned) || kr_add_overflow_u64(aligned, bytes, &end) || end > SIZE_MAX) {
+        a->overflow = true;
+        return NULL;
+    }
+    if (a->base && end > a->cap) {
+        a->overflow = true;
+        return NULL;
+    }
+    a->off = (size_t)end;
+    return a->base ? (float *)(void *)(a->base + aligned) : NULL;
+}
+
+#endif
