@@ -44,6 +44,19 @@ typedef struct kr_gguf_str {
     uint64_t len;
 } kr_gguf_str;
 
+/* One decoded metadata value (or array element), widened: unsigned integers
+ * in u, signed in i, f32/f64 in f, bool in b, strings in s. */
+typedef struct kr_gguf_value {
+    kr_gguf_type type;          /* the element's stored type (never ARRAY) */
+    union {
+        uint64_t u;
+        int64_t i;
+        double f;
+        bool b;
+        kr_gguf_str s;
+    };
+} kr_gguf_value;
+
 typedef struct kr_gguf_tensor {
     const char *name;           /* NUL-terminated copy owned by the reader */
     kr_dtype type;              /* validated element type */
@@ -76,10 +89,14 @@ uint64_t kr_gguf_file_size(const kr_gguf *g);
 int64_t kr_gguf_n_kv(const kr_gguf *g);
 int64_t kr_gguf_find_key(const kr_gguf *g, const char *key);   /* index or -1 */
 const char *kr_gguf_key(const kr_gguf *g, int64_t i);          /* NUL-terminated copy */
+/* KR_GGUF_TYPE_COUNT when i is out of range. */
 kr_gguf_type kr_gguf_kv_type(const kr_gguf *g, int64_t i);
-/* For arrays: element type and count. */
+/* For arrays: element type and count (KR_GGUF_TYPE_COUNT / 0 for non-arrays). */
 kr_gguf_type kr_gguf_arr_type(const kr_gguf *g, int64_t i);
 uint64_t kr_gguf_arr_n(const kr_gguf *g, int64_t i);
+/* Value of entry i: idx must be 0 for a scalar/string, < arr_n for an array.
+ * KR_ERR_RANGE when i or idx is out of range. */
+kr_status kr_gguf_kv_value(const kr_gguf *g, int64_t i, uint64_t idx, kr_gguf_value *out, kr_err *err);
 
 /* Typed getters by key: KR_ERR_NOT_FOUND when missing, KR_ERR_TYPE when the
  * stored type differs (message names key, expected and found types). */
@@ -88,8 +105,11 @@ kr_status kr_gguf_get_i32(const kr_gguf *g, const char *key, int32_t *out, kr_er
 kr_status kr_gguf_get_u64(const kr_gguf *g, const char *key, uint64_t *out, kr_err *err);
 kr_status kr_gguf_get_f32(const kr_gguf *g, const char *key, float *out, kr_err *err);
 kr_status kr_gguf_get_bool(const kr_gguf *g, const char *key, bool *out, kr_err *err);
+kr_status kr_gguf_get_i64(const kr_gguf *g, const char *key, int64_t *out, kr_err *err);
+kr_status kr_gguf_get_f64(const kr_gguf *g, const char *key, double *out, kr_err *err);
 kr_status kr_gguf_get_str(const kr_gguf *g, const char *key, kr_gguf_str *out, kr_err *err);
-/* Any unsigned/signed integer type that fits in uint64 (non-negative). */
+/* Any unsigned/signed integer type that fits in uint64 (non-negative; a
+ * negative value gives KR_ERR_RANGE). */
 kr_status kr_gguf_get_uint(const kr_gguf *g, const char *key, uint64_t *out, kr_err *err);
 
 /* Arrays: element access with bounds and type checks. */
@@ -119,12 +139,17 @@ kr_status kr_gguf_writer_set_u64(kr_gguf_writer *w, const char *key, uint64_t v)
 kr_status kr_gguf_writer_set_f32(kr_gguf_writer *w, const char *key, float v);
 kr_status kr_gguf_writer_set_bool(kr_gguf_writer *w, const char *key, bool v);
 kr_status kr_gguf_writer_set_str(kr_gguf_writer *w, const char *key, const char *v);
+/* Any fixed-size scalar type (u8..f64, bool); v points to a value of the
+ * matching C type (uint8_t, int16_t, double, bool ...). */
+kr_status kr_gguf_writer_set_scalar(kr_gguf_writer *w, const char *key, kr_gguf_type type, const void *v);
 /* Array of elem_type; for STRING, data is `const char *const *`. */
 kr_status kr_gguf_writer_set_arr(kr_gguf_writer *w, const char *key, kr_gguf_type elem_type,
                                  const void *data, uint64_t n);
 /* Copy a key/value verbatim from a reader (e.g. the tokenizer from a vocab file). */
 kr_status kr_gguf_writer_copy_kv(kr_gguf_writer *w, const kr_gguf *src, int64_t idx);
-/* Declare a tensor (shape ne[0..n_dims-1]); its data is written later, in declaration order. */
+/* Declare a tensor (shape ne[0..n_dims-1]); its data is written later, in
+ * declaration order. Names are 1..63 bytes and unique; ne[0] must be a
+ * multiple of the type's block size. */
 kr_status kr_gguf_writer_add_tensor(kr_gguf_writer *w, const char *name, kr_dtype type,
                                     uint32_t n_dims, const uint64_t *ne);
 /* Write header, metadata and tensor infos; after this only tensor data. */
