@@ -130,7 +130,7 @@ typedef struct kr_detok kr_detok;
  * token is usually a continuation of the prompt). The tokenizer must outlive it. */
 kr_status kr_detok_new(const kr_tokenizer *tok, const kr_tok_decode_opts *opts, kr_detok **out,
                        kr_err *err);
-/* Push one id; *text/*len receive the bytes now complete (possibly 0 bytes).
+/* Push one id; text and len receive the bytes now complete (possibly 0 bytes).
  * *text stays valid until the next call on d. Out-of-range id: KR_ERR_RANGE,
  * state unchanged. */
 kr_status kr_detok_push(kr_detok *d, int32_t id, const char **text, size_t *len, kr_err *err);

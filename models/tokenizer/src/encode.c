@@ -1,0 +1,422 @@
+/* Encoding: special-token partition -> normalizer -> pre-tokenizer -> model
+ * (SPM score merges or BPE rank merges, both a binary heap over a linked
+ * list of symbols: O(n log n) per word). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernrun/checked.h"
+#include "tok_internal.h"
+
+typedef struct kr__sym {
+    uint32_t off;  /* into the word */
+    uint32_t n;    /* bytes; 0 once merged into its left neighbour */
+    int32_t id;    /* BPE: token id of the symbol, -1 if none */
+    int32_t prev, next;
+} kr__sym;
+
+/* Candidate merge of sym[left] + sym[right]. Smaller key first, then smaller left. */
+typedef struct kr__bigram {
+    float key;     /* SPM: -score; BPE: rank */
+    int32_t left, right;
+    uint32_t size; /* bytes of the merged text when pushed (staleness check) */
+} kr__bigram;
+
+typedef struct kr__enc {
+    const kr_tokenizer *t;
+    int32_t *ids;            /* (ids_cap) output */
+    size_t n_ids, ids_cap;
+    kr__sym *syms;           /* (syms_cap) scratch per word */
+    size_t syms_cap;
+    kr__bigram *heap;        /* (heap_cap) */
+    size_t heap_n, heap_cap;
+    char *norm;              /* (norm_cap) normalizer scratch */
+    size_t norm_cap;
+    bool last_was_fused_unk;
+    kr_err *err;
+} kr__enc;
+
+static kr_status kr__grow(void **p, size_t *cap, size_t need, size_t elem, kr_err *err)
+{
+    if (need <= *cap)
+        return KR_OK;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    size_t bytes;
+    if (kr_mul_overflow_size(c, elem, &bytes))
+        return kr_err_set(err, KR_ERR_OVERFLOW, "encode buffer size overflows");
+    void *n = realloc(*p, bytes);
+    if (!n)
+        return kr_err_set(err, KR_ERR_NOMEM, "out of memory (%zu bytes) while encoding", bytes);
+    *p = n;
+    *cap = c;
+    return KR_OK;
+}
+
+static kr_status kr__emit(kr__enc *e, int32_t id)
+{
+    if (e->n_ids == e->ids_cap) {
+        kr_status st = kr__grow((void **)&e->ids, &e->ids_cap, e->n_ids + 1, sizeof *e->ids, e->err);
+        if (st)
+            return st;
+    }
+    e->ids[e->n_ids++] = id;
+    e->last_was_fused_unk = false;
+    return KR_OK;
+}
+
+static kr_status kr__emit_unk(kr__enc *e)
+{
+    const kr_tokenizer *t = e->t;
+    if (t->unk < 0)
+        return KR_OK; /* no unknown token: the bytes are dropped (documented) */
+    if (t->fuse_unk && e->last_was_fused_unk)
+        return KR_OK;
+    kr_status st = kr__emit(e, t->unk);
+    e->last_was_fused_unk = true;
+    return st;
+}
+
+/* Bytes with no token of their own: <0xXX> tokens, else unk. */
+static kr_status kr__emit_bytes(kr__enc *e, const char *s, size_t n)
+{
+    const kr_tokenizer *t = e->t;
+    bool all = t->kind == KR_TOK_SPM || t->byte_fallback;
+    for (size_t i = 0; all && i < n; i++)
+        all = t->byte_tok[(uint8_t)s[i]] >= 0;
+    kr_status st = KR_OK;
+    if (all) {
+        for (size_t i = 0; i < n && !st; i++)
+            st = kr__emit(e, t->byte_tok[(uint8_t)s[i]]);
+        return st;
+    }
+    return kr__emit_unk(e);
+}
+
+/* ---- binary heap ---- */
+static bool kr__bg_less(const kr__bigram *a, const kr__bigram *b)
+{
+    return a->key < b->key || (a->key == b->key && a->left < b->left);
+}
+
+static kr_status kr__heap_push(kr__enc *e, kr__bigram b)
+{
+    if (e->heap_n == e->heap_cap) {
+        kr_status st = kr__grow((void **)&e->heap, &e->heap_cap, e->heap_n + 1, sizeof *e->heap, e->err);
+        if (st)
+            return st;
+    }
+    size_t i = e->heap_n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!kr__bg_less(&b, &e->heap[p]))
+            break;
+        e->heap[i] = e->heap[p];
+        i = p;
+    }
+    e->heap[i] = b;
+    return KR_OK;
+}
+
+static kr__bigram kr__heap_pop(kr__enc *e)
+{
+    kr__bigram top = e->heap[0];
+    kr__bigram last = e->heap[--e->heap_n];
+    size_t i = 0, n = e->heap_n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && kr__bg_less(&e->heap[c + 1], &e->heap[c]))
+            c++;
+        if (!kr__bg_less(&e->heap[c], &last))
+            break;
+        e->heap[i] = e->heap[c];
+        i = c;
+    }
+    if (n > 0)
+        e->heap[i] = last;
+    return top;
+}
+
+static kr_status kr__try_bigram(kr__enc *e, const char *w, int32_t l, int32_t r)
+{
+    if (l < 0 || r < 0)
+        return KR_OK;
+    const kr__sym *a = &e->syms[l], *b = &e->syms[r];
+    const kr_tokenizer *t = e->t;
+    kr__bigram bg = {.left = l, .right = r, .size = a->n + b->n};
+    if (t->kind == KR_TOK_SPM) {
+        int32_t id = kr__tok_lookup(t, w + a->off, (size_t)a->n + b->n);
+        if (id < 0)
+            return KR_OK;
+        bg.key = -t->toks[id].score;
+    } else {
+        int32_t rank, res;
+        if (!kr__merge_find(t, a->id, b->id, &rank, &res))
+            return KR_OK;
+        bg.key = (float)rank;
+    }
+    return kr__heap_push(e, bg);
+}
+
+/* Encode one pre-token (the whole normalized segment for SPM). */
+static kr_status kr__encode_word(kr__enc *e, const char *w, size_t n)
+{
+    const kr_tokenizer *t = e->t;
+    kr_status st;
+    if (n == 0)
+        return KR_OK;
+    if (t->kind == KR_TOK_BPE && t->ignore_merges) {
+        int32_t id = kr__tok_lookup(t, w, n);
+        if (id >= 0)
+            return kr__emit(e, id);
+    }
+    /* symbols: one per UTF-8 character (an invalid byte is a character of its own) */
+    if ((st = kr__grow((void **)&e->syms, &e->syms_cap, n, sizeof *e->syms, e->err)))
+        return st;
+    int32_t ns = 0;
+    for (size_t off = 0; off < n;) {
+        uint32_t cp;
+        size_t cl = kr__utf8_get(w + off, n - off, &cp);
+        if (cl == 0)
+            cl = 1;
+        int32_t id = -1;
+        if (t->kind == KR_TOK_BPE) {
+            id = kr__tok_lookup(t, w + off, cl);
+            if (id < 0 && t->byte_fallback) {
+                bool all = true;
+                for (size_t i = 0; i < cl; i++)
+                    all = all && t->byte_tok[(uint8_t)w[off + i]] >= 0;
+                if (all) {
+                    for (size_t i = 0; i < cl; i++) {
+                        e->syms[ns] = (kr__sym){(uint32_t)(off + i), 1, t->byte_tok[(uint8_t)w[off + i]],
+                                                ns - 1, ns + 1};
+                        ns++;
+                    }
+                    off += cl;
+                    continue;
+                }
+            }
+        }
+        e->syms[ns] = (kr__sym){(uint32_t)off, (uint32_t)cl, id, ns - 1, ns + 1};
+        ns++;
+        off += cl;
+    }
+    e->syms[ns - 1].next = -1;
+
+    e->heap_n = 0;
+    for (int32_t i = 1; i < ns; i++)
+        if ((st = kr__try_bigram(e, w, i - 1, i)))
+            return st;
+    while (e->heap_n > 0) {
+        kr__bigram bg = kr__heap_pop(e);
+        kr__sym *l = &e->syms[bg.left], *r = &e->syms[bg.right];
+        if (l->n == 0 || r->n == 0 || l->n + r->n != bg.size || l->next != bg.right)
+            continue; /* stale */
+        if (t->kind == KR_TOK_BPE) {
+            int32_t rank, res;
+            if (!kr__merge_find(t, l->id, r->id, &rank, &res))
+                continue;
+            l->id = res;
+        }
+        l->n += r->n;
+        r->n = 0;
+        l->next = r->next;
+        if (r->next >= 0)
+            e->syms[r->next].prev = bg.left;
+        if ((st = kr__try_bigram(e, w, l->prev, bg.left)) || (st = kr__try_bigram(e, w, bg.left, l->next)))
+            return st;
+    }
+    for (int32_t i = 0; i >= 0; i = e->syms[i].next) {
+        const kr__sym *s = &e->syms[i];
+        int32_t id = t->kind == KR_TOK_SPM ? kr__tok_lookup(t, w + s->off, s->n) : s->id;
+        if (id >= 0)
+            st = kr__emit(e, id);
+        else
+            st = kr__emit_bytes(e, w + s->off, s->n);
+        if (st)
+            return st;
+    }
+    return KR_OK;
+}
+
+/* Apply the normalizer steps; result in e->norm (returns its length). */
+static kr_status kr__normalize(kr__enc *e, const char *s, size_t n, const char **out, size_t *out_n)
+{
+    const kr_tokenizer *t = e->t;
+    if (t->n_norm == 0) {
+        *out = s;
+        *out_n = n;
+        return KR_OK;
+    }
+    char *cur = NULL, *nxt = NULL;
+    size_t cur_n = n, cur_cap = 0, nxt_cap = 0;
+    kr_status st = KR_OK;
+    if ((st = kr__grow((void **)&cur, &cur_cap, n + 1, 1, e->err)))
+        goto err_free;
+    memcpy(cur, s, n);
+    for (size_t i = 0; i < t->n_norm; i++) {
+        const kr__norm_step *ns = &t->norm[i];
+        if (ns->kind == KR__NORM_PREPEND) {
+            if (cur_n == 0)
+                continue;
+            if ((st = kr__grow((void **)&nxt, &nxt_cap, cur_n + ns->a_len + 1, 1, e->err)))
+                goto err_free;
+            memcpy(nxt, ns->a, ns->a_len);
+            memcpy(nxt + ns->a_len, cur, cur_n);
+            cur_n += ns->a_len;
+        } else { /* REPLACE literal a -> b */
+            size_t cnt = 0;
+            for (size_t j = 0; j + ns->a_len <= cur_n;) {
+                if (memcmp(cur + j, ns->a, ns->a_len) == 0) {
+                    cnt++;
+                    j += ns->a_len;
+                } else {
+                    j++;
+                }
+            }
+            size_t need, extra;
+            if (kr_mul_overflow_size(cnt, ns->b_len, &extra) ||
+                kr_add_overflow_size(cur_n, extra, &need) || kr_add_overflow_size(need, 1, &need)) {
+                st = kr_err_set(e->err, KR_ERR_OVERFLOW, "normalized text too large");
+                goto err_free;
+            }
+            if ((st = kr__grow((void **)&nxt, &nxt_cap, need, 1, e->err)))
+                goto err_free;
+            size_t o = 0;
+            for (size_t j = 0; j < cur_n;) {
+                if (j + ns->a_len <= cur_n && memcmp(cur + j, ns->a, ns->a_len) == 0) {
+                    memcpy(nxt + o, ns->b, ns->b_len);
+                    o += ns->b_len;
+                    j += ns->a_len;
+                } else {
+                    nxt[o++] = cur[j++];
+                }
+            }
+            cur_n = o;
+        }
+        char *tp = cur;
+        size_t tc = cur_cap;
+        cur = nxt;
+        cur_cap = nxt_cap;
+        nxt = tp;
+        nxt_cap = tc;
+    }
+    free(e->norm);
+    e->norm = cur;
+    e->norm_cap = cur_cap;
+    cur = NULL;
+    *out = e->norm;
+    *out_n = cur_n;
+err_free:
+    free(cur);
+    free(nxt);
+    return st;
+}
+
+static kr_status kr__encode_segment(kr__enc *e, const char *s, size_t n, bool first)
+{
+    const char *ns = NULL;
+    size_t nn = 0;
+    kr_status st = kr__normalize(e, s, n, &ns, &nn);
+    if (st)
+        return st;
+    if (nn == 0)
+        return KR_OK;
+    if (e->t->n_pre == 0)
+        return kr__encode_word(e, ns, nn);
+    kr__words w;
+    if ((st = kr__pretokenize(e->t, ns, nn, first, &w, e->err)))
+        return st;
+    for (size_t i = 0; i < w.n && !st; i++)
+        st = kr__encode_word(e, w.buf + w.sp[i].off, w.sp[i].len);
+    kr__words_free(&w);
+    return st;
+}
+
+/* Longest special token starting at s (n bytes left); -1 if none. */
+static int32_t kr__match_special(const kr_tokenizer *t, const char *s, size_t n, bool parse_special,
+                                 size_t *mlen)
+{
+    uint8_t c = (uint8_t)s[0];
+    for (uint32_t k = t->special_idx[c]; k < t->special_idx[c + 1]; k++) {
+        int32_t id = t->specials[k];
+        const kr__tok_entry *te = &t->toks[id];
+        if (!parse_special && te->type != KR_TOK_TYPE_USER_DEFINED)
+            continue;
+        if (te->len <= n && memcmp(s, t->strs + te->off, te->len) == 0) {
+            *mlen = te->len;
+            return id;
+        }
+    }
+    return -1;
+}
+
+kr_tok_encode_opts kr_tokenizer_encode_defaults(const kr_tokenizer *tok)
+{
+    kr_tok_encode_opts o = {0};
+    if (tok) {
+        o.add_bos = tok->add_bos;
+        o.add_eos = tok->add_eos;
+    }
+    return o;
+}
+
+kr_status kr_tokenizer_encode(const kr_tokenizer *tok, const char *text, size_t len,
+                              const kr_tok_encode_opts *opts, int32_t *ids, size_t cap,
+                              size_t *n_out, kr_err *err)
+{
+    if (n_out)
+        *n_out = 0;
+    if (!tok || !n_out || (!text && len > 0) || (!ids && cap > 0))
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "tokenize: NULL argument");
+    if (len > KR_TOK_MAX_TEXT)
+        return kr_err_set(err, KR_ERR_LIMIT, "tokenize: input of %zu bytes exceeds the %zu byte limit",
+                          len, KR_TOK_MAX_TEXT);
+    kr_tok_encode_opts o = opts ? *opts : kr_tokenizer_encode_defaults(tok);
+    kr__enc e = {.t = tok, .err = err};
+    kr_status st = KR_OK;
+
+    if (o.add_bos && tok->bos >= 0 && (st = kr__emit(&e, tok->bos)))
+        goto err_free;
+    /* partition around special tokens, then encode the raw pieces */
+    size_t seg = 0;
+    bool first = true;
+    bool any_special = false;
+    for (size_t k = 0; k < tok->n_specials && !any_special; k++)
+        any_special = o.parse_special || tok->toks[tok->specials[k]].type == KR_TOK_TYPE_USER_DEFINED;
+    if (any_special) {
+        for (size_t i = 0; i < len;) {
+            size_t ml = 0;
+            int32_t id = kr__match_special(tok, text + i, len - i, o.parse_special, &ml);
+            if (id < 0) {
+                i++;
+                continue;
+            }
+            if (i > seg && (st = kr__encode_segment(&e, text + seg, i - seg, first)))
+                goto err_free;
+            first = false;
+            if ((st = kr__emit(&e, id)))
+                goto err_free;
+            i += ml;
+            seg = i;
+        }
+    }
+    if (len > seg && (st = kr__encode_segment(&e, text + seg, len - seg, first)))
+        goto err_free;
+    if (o.add_eos && tok->eos >= 0 && (st = kr__emit(&e, tok->eos)))
+        goto err_free;
+
+    *n_out = e.n_ids;
+    if (e.n_ids > 0 && ids)
+        memcpy(ids, e.ids, (e.n_ids < cap ? e.n_ids : cap) * sizeof *ids);
+    if (e.n_ids > cap)
+        st = kr_err_set(err, KR_ERR_RANGE, "tokenize: %zu tokens do not fit in %zu", e.n_ids, cap);
+err_free:
+    free(e.ids);
+    free(e.syms);
+    free(e.heap);
+    free(e.norm);
+    return st;
+}
