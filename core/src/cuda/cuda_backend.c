@@ -37,6 +37,7 @@
     X(cuDevicePrimaryCtxRetain)  \
     X(cuDevicePrimaryCtxRelease) \
     X(cuCtxSetCurrent)           \
+    X(cuCtxGetCurrent)           \
     X(cuCtxSynchronize)          \
     X(cuMemGetInfo)              \
     X(cuMemAlloc)                \
@@ -205,9 +206,11 @@ typedef struct kr__cuda {
     kr__cuda_opts opts;      /* strings copied */
     char *cache_dir;         /* owned copy of opts.cache_dir */
 
-    pthread_mutex_t lock;    /* guards everything below */
+    pthread_mutex_t dead_lock; /* guards dead + dead_reason only (taken inside `lock` too) */
     bool dead;               /* sticky fault seen */
     char dead_reason[512];
+
+    pthread_mutex_t lock;    /* guards everything below */
     kr_jit *jit;             /* created on first get_function */
     kr_status jit_status;    /* KR_OK, or why the JIT is unavailable (sticky) */
     char jit_reason[KR_ERR_MSG_MAX];
@@ -248,14 +251,14 @@ static kr_status kr__cu_fail(kr__cuda *cb, CUresult r, const char *expr, const c
 {
     const kr__cu_api *cu = cb->cu;
     if (kr__cu_sticky(r)) {
-        pthread_mutex_lock(&cb->lock);
+        pthread_mutex_lock(&cb->dead_lock);
         if (!cb->dead) {
             cb->dead = true;
             snprintf(cb->dead_reason, sizeof cb->dead_reason, "%s: %s (%s) in %s at %s:%d", expr,
                      kr__cu_errstr(cu, r), kr__cu_errname(cu, r), func, file, line);
             KR_LOGE(KR__DOM, "device %d is unusable from now on: %s", cb->be.device, cb->dead_reason);
         }
-        pthread_mutex_unlock(&cb->lock);
+        pthread_mutex_unlock(&cb->dead_lock);
         return kr_err_set(err, KR_ERR_DEVICE_LOST, "%s: %s (%s) in %s at %s:%d", expr, kr__cu_errstr(cu, r),
                           kr__cu_errname(cu, r), func, file, line);
     }
@@ -278,16 +281,19 @@ static kr_status kr__cu_fail(kr__cuda *cb, CUresult r, const char *expr, const c
  * make our context current on this thread. */
 static kr_status kr__enter(kr__cuda *cb, kr_err *err)
 {
-    pthread_mutex_lock(&cb->lock);
+    pthread_mutex_lock(&cb->dead_lock);
     bool dead = cb->dead;
     char reason[sizeof cb->dead_reason];
     if (dead)
         memcpy(reason, cb->dead_reason, sizeof reason);
-    pthread_mutex_unlock(&cb->lock);
+    pthread_mutex_unlock(&cb->dead_lock);
     if (dead)
         return kr_err_set(err, KR_ERR_DEVICE_LOST, "CUDA device %d is unusable after an earlier fault: %s",
                           cb->be.device, reason);
     kr_status st = KR_OK;
+    CUcontext cur = NULL;
+    if (cb->cu->cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur == cb->ctx)
+        return KR_OK;
     KR__CU_TRY(cb, cb->cu->cuCtxSetCurrent(cb->ctx), err, out);
 out:
     return st;
@@ -554,7 +560,9 @@ static kr_status kr__cuda_stream_create(kr_backend *be, kr_stream **out, kr_err 
     KR__ENTER(cb, err);
     kr_status st = KR_OK;
     CUstream s = NULL;
-    KR__CU_TRY(cb, cb->cu->cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), err, out);
+    /* Blocking w.r.t. the legacy default stream: work on NULL and on created
+     * streams stays ordered, which is what callers mixing the two expect. */
+    KR__CU_TRY(cb, cb->cu->cuStreamCreate(&s, CU_STREAM_DEFAULT), err, out);
     *out = (kr_stream *)(void *)s;
 out:
     return st;
@@ -900,6 +908,7 @@ static void kr__cuda_destroy(kr_backend *be)
     }
     free(cb->cache_dir);
     pthread_mutex_destroy(&cb->lock);
+    pthread_mutex_destroy(&cb->dead_lock);
     free(cb);
 }
 
@@ -954,6 +963,11 @@ kr_status kr__cuda_backend_create_opts(int device, const kr__backend_opts *bopts
     if (!cb)
         return kr_err_set(err, KR_ERR_NOMEM, "out of memory for the CUDA backend");
     if (pthread_mutex_init(&cb->lock, NULL) != 0) {
+        free(cb);
+        return kr_err_set(err, KR_ERR_INTERNAL, "pthread_mutex_init failed");
+    }
+    if (pthread_mutex_init(&cb->dead_lock, NULL) != 0) {
+        pthread_mutex_destroy(&cb->lock);
         free(cb);
         return kr_err_set(err, KR_ERR_INTERNAL, "pthread_mutex_init failed");
     }
