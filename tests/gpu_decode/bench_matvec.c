@@ -1,0 +1,243 @@
+/* bench-decode-matvec: GB/s of the decode matvec kernels vs a device-to-device
+ * copy measured in the same run.
+ *
+ *   bench-decode-matvec [--iters N] [--quick]
+ *
+ * For Q4_0, Q8_0 and F16 (then Q4_1, Q4_K, Q6_K, F32) on 4096x4096 and
+ * 11008x4096 matrices: the weights are replicated into enough copies (>= 256
+ * MiB in all, several times the L2) and the launches cycle through them, so
+ * every matvec reads its weights from DRAM. Time per matvec comes from the
+ * wall clock around N launches (captured once into a CUDA graph when the
+ * backend can, else plain launches) after a warm-up. GB/s = weight bytes /
+ * time. Copy bandwidth = 2 * bytes / time of cuMemcpyDtoD of 512 MiB (read +
+ * write), the convention of bandwidthTest and of issue 6's anchor numbers.
+ * Exit status: 0 ok, 1 failure, 77 no GPU (and KERNRUN_REQUIRE_GPU unset). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/half.h"
+#include "kr_decode.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t g_rng = 0x243F6A8885A308D3ull;
+static uint64_t rng_u64(void)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return g_rng;
+}
+
+#define CHECK(expr)                                                                              \
+    do {                                                                                         \
+        kr_status st_ = (expr);                                                                  \
+        if (st_ != KR_OK) {                                                                      \
+            fprintf(stderr, "bench-decode-matvec: %s failed: %s\n", #expr, kr_err_msg(&err, st_)); \
+            goto fail;                                                                           \
+        }                                                                                        \
+    } while (0)
+
+/* seconds per copy of `bytes` (best of 5 rounds of 4) */
+static double time_copy(kr_backend *be, void *dst, const void *src, size_t bytes, kr_err *errp)
+{
+    double best = 1e30;
+    for (int round = 0; round < 5; round++) {
+        if (kr_backend_sync(be, NULL, errp) != KR_OK)
+            return -1;
+        double t0 = now_s();
+        for (int i = 0; i < 4; i++)
+            if (kr_backend_d2d(be, dst, src, bytes, NULL, errp) != KR_OK)
+                return -1;
+        if (kr_backend_sync(be, NULL, errp) != KR_OK)
+            return -1;
+        double t = (now_s() - t0) / 4;
+        if (t < best)
+            best = t;
+    }
+    return best;
+}
+
+/* Fill a host row-major matrix with valid random blocks (sane fp16 scales). */
+static void fill_blocks(kr_dtype t, uint8_t *m, size_t bytes)
+{
+    for (size_t i = 0; i < bytes; i++)
+        m[i] = (uint8_t)rng_u64();
+    size_t ts = kr_tensor_type_size(t);
+    uint16_t d = kr_fp32_to_fp16(0.01f);
+    for (size_t o = 0; o + ts <= bytes; o += ts) {
+        switch (t) {
+        case KR_DTYPE_Q4_0: case KR_DTYPE_Q8_0: case KR_DTYPE_Q4_1: case KR_DTYPE_Q4_K:
+            memcpy(m + o, &d, 2);
+            break;
+        case KR_DTYPE_Q6_K:
+            memcpy(m + o + 208, &d, 2);
+            break;
+        case KR_DTYPE_F16: {
+            uint16_t h = kr_fp32_to_fp16((float)((int)(rng_u64() % 2001) - 1000) * 1e-3f);
+            memcpy(m + o, &h, 2);
+        } break;
+        case KR_DTYPE_F32: {
+            float f = (float)((int)(rng_u64() % 2001) - 1000) * 1e-3f;
+            memcpy(m + o, &f, 4);
+        } break;
+        default:
+            break;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int iters = 200;
+    bool quick = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc)
+            iters = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--quick") == 0)
+            quick = true;
+        else {
+            fprintf(stderr, "usage: %s [--iters N] [--quick]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (iters < 1)
+        iters = 1;
+    kr_err err;
+    kr_err_clear(&err);
+    kr_backend *be = NULL;
+    kr_dec *dec = NULL;
+    kr_stream *stream = NULL;
+    kr_buffer *bcopy_a = NULL, *bcopy_b = NULL, *bx = NULL, *by = NULL;
+    int rc = 1;
+    kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &be, &err);
+    if (st != KR_OK) {
+        const char *req = getenv("KERNRUN_REQUIRE_GPU");
+        fprintf(stderr, "bench-decode-matvec: no CUDA device: %s\n", kr_err_msg(&err, st));
+        return req && strcmp(req, "1") == 0 ? 1 : 77;
+    }
+    const kr_device_info *dev = kr_backend_device_info(be);
+    printf("device: %s (sm_%d%d, %d SMs)\n", dev ? dev->name : "?", dev ? dev->cc_major : 0,
+           dev ? dev->cc_minor : 0, dev ? dev->sm_count : 0);
+    CHECK(kr_dec_create(be, &dec, &err));
+    CHECK(kr_dec_prepare_all(dec, &err));
+    if (kr_backend_stream_create(be, &stream, &err) != KR_OK)
+        stream = NULL;
+
+    /* device-to-device copy bandwidth */
+    const size_t copy_bytes = (size_t)512 << 20;
+    CHECK(kr_backend_alloc(be, copy_bytes, &bcopy_a, &err));
+    CHECK(kr_backend_alloc(be, copy_bytes, &bcopy_b, &err));
+    CHECK(kr_backend_memset(be, bcopy_a->ptr, 1, copy_bytes, NULL, &err));
+    double tc = time_copy(be, bcopy_b->ptr, bcopy_a->ptr, copy_bytes, &err);
+    if (tc <= 0) {
+        fprintf(stderr, "bench-decode-matvec: copy failed: %s\n", kr_err_msg(&err, err.code));
+        goto fail;
+    }
+    const double copy_gbs = 2.0 * (double)copy_bytes / tc / 1e9;
+    printf("copy (cuMemcpyDtoD 512 MiB, read+write): %.0f GB/s\n", copy_gbs);
+    kr_backend_free(be, bcopy_b);
+    bcopy_b = NULL;
+    kr_backend_free(be, bcopy_a);
+    bcopy_a = NULL;
+
+    CHECK(kr_backend_alloc(be, 16384 * sizeof(float), &bx, &err));
+    CHECK(kr_backend_alloc(be, 16384 * sizeof(float), &by, &err));
+    CHECK(kr_backend_memset(be, bx->ptr, 0, 16384 * sizeof(float), NULL, &err));
+
+    const kr_dtype types[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q8_0, KR_DTYPE_F16,
+                              KR_DTYPE_Q4_1, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K, KR_DTYPE_F32};
+    const int64_t shapes[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+    const size_t n_types = quick ? 3 : sizeof types / sizeof types[0];
+    for (size_t ti = 0; ti < n_types; ti++) {
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            kr_dtype t = types[ti];
+            int64_t rows = shapes[si][0], cols = shapes[si][1];
+            size_t row_bytes = (size_t)cols / kr_tensor_type_block_size(t) * kr_tensor_type_size(t);
+            size_t wbytes = row_bytes * (size_t)rows;
+            size_t copies = ((size_t)256 << 20) / wbytes + 1;
+            kr_buffer **bw = calloc(copies, sizeof *bw);
+            uint8_t *host = malloc(wbytes);
+            if (!bw || !host) {
+                fprintf(stderr, "bench-decode-matvec: out of host memory\n");
+                free(bw);
+                free(host);
+                goto fail;
+            }
+            fill_blocks(t, host, wbytes);
+            bool ok = true;
+            for (size_t c = 0; c < copies && ok; c++) {
+                ok = kr_backend_alloc(be, wbytes, &bw[c], &err) == KR_OK &&
+                     kr_backend_h2d(be, bw[c]->ptr, host, wbytes, NULL, &err) == KR_OK;
+            }
+            free(host);
+            double best = 1e30;
+            bool graph = false;
+            kr_graph *gr = NULL;
+            if (ok && stream) {
+                /* one graph of `iters` launches cycling through the copies */
+                if (kr_backend_graph_begin(be, stream, &err) == KR_OK) {
+                    bool cap = true;
+                    for (int i = 0; i < iters && cap; i++)
+                        cap = kr_dec_matvec(dec, stream, t, bw[(size_t)i % copies]->ptr, row_bytes, bx->ptr, by->ptr,
+                                            rows, cols, &err) == KR_OK;
+                    kr_status ge = kr_backend_graph_end(be, stream, &gr, &err);
+                    graph = cap && ge == KR_OK && gr;
+                    if (!graph) {
+                        kr_backend_graph_destroy(be, gr);
+                        gr = NULL;
+                        kr_backend_sync(be, stream, NULL);
+                        kr_err_clear(&err);
+                    }
+                }
+            }
+            for (int round = 0; round < 4 && ok; round++) { /* round 0 is the warm-up */
+                ok = kr_backend_sync(be, NULL, &err) == KR_OK;
+                double t0 = now_s();
+                if (graph) {
+                    ok = ok && kr_backend_graph_launch(be, gr, stream, &err) == KR_OK;
+                } else {
+                    for (int i = 0; i < iters && ok; i++)
+                        ok = kr_dec_matvec(dec, stream, t, bw[(size_t)i % copies]->ptr, row_bytes, bx->ptr, by->ptr,
+                                           rows, cols, &err) == KR_OK;
+                }
+                ok = ok && kr_backend_sync(be, NULL, &err) == KR_OK;
+                double dt = (now_s() - t0) / iters;
+                if (round > 0 && dt < best)
+                    best = dt;
+            }
+            kr_backend_graph_destroy(be, gr);
+            for (size_t c = 0; c < copies; c++)
+                kr_backend_free(be, bw[c]);
+            free(bw);
+            if (!ok) {
+                fprintf(stderr, "bench-decode-matvec: %s %lldx%lld failed: %s\n", kr_dtype_name(t), (long long)rows,
+                        (long long)cols, kr_err_msg(&err, err.code));
+                goto fail;
+            }
+            double gbs = (double)wbytes / best / 1e9;
+            printf("matvec %-5s %5lldx%-5lld %7.2f MB  %8.2f us  %7.0f GB/s  %5.1f%% of copy  (%s)\n",
+                   kr_dtype_name(t), (long long)rows, (long long)cols, (double)wbytes / 1e6, best * 1e6, gbs,
+                   100.0 * gbs / copy_gbs, graph ? "graph" : "launches");
+            fflush(stdout);
+        }
+    }
+    rc = 0;
+fail:
+    kr_backend_free(be, bx);
+    kr_backend_free(be, by);
+    kr_backend_free(be, bcopy_a);
+    kr_backend_free(be, bcopy_b);
+    kr_backend_stream_destroy(be, stream);
+    kr_dec_free(dec);
+    kr_backend_destroy(be);
+    return rc;
+}

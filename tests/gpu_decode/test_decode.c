@@ -1,0 +1,752 @@
+/* Decode kernels (kernels/decode, plugins/cuda_decode) against plain C
+ * references on fresh random inputs, by normalised MSE.
+ *
+ * References: matvec and embedding dequantize with models/quant
+ * (kr_dequantize_row, written from the GGML format definition by another
+ * hand) and accumulate in double; every other op is written out below from
+ * its formula, in double. Outputs are poisoned with NaN before each run so
+ * unwritten elements show. Without a GPU every test skips with the reason;
+ * with KERNRUN_REQUIRE_GPU=1 it fails instead. The seed is printed on
+ * failure (KR_TEST_SEED=n repeats a run). */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/half.h"
+#include "kernrun/quant.h"
+#include "kr_decode.h"
+
+#define KR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- harness ---------------------------------------------------------------- */
+
+static uint64_t g_rng;
+static uint64_t g_seed;
+
+static void rng_seed(void)
+{
+    const char *s = getenv("KR_TEST_SEED");
+    g_seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)clock();
+    g_rng = g_seed * 0x9E3779B97F4A7C15ull + 1;
+}
+
+static uint64_t rng_u64(void)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return g_rng;
+}
+
+/* uniform in [lo, hi) */
+static float rng_f(float lo, float hi) { return lo + (hi - lo) * (float)((rng_u64() >> 40) * 0x1p-24); }
+
+typedef struct gpu {
+    kr_backend *be;
+    kr_dec *dec;
+} gpu;
+
+static bool require_gpu(void)
+{
+    const char *r = getenv("KERNRUN_REQUIRE_GPU");
+    return r && strcmp(r, "1") == 0;
+}
+
+static void gpu_open(gpu *g)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    rng_seed();
+    g->be = NULL;
+    g->dec = NULL;
+    kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &g->be, &err);
+    if (st != KR_OK) {
+        if (require_gpu())
+            cr_assert_fail("KERNRUN_REQUIRE_GPU=1 but no CUDA backend: %s", kr_err_msg(&err, st));
+        cr_skip_test("no CUDA device: %s", kr_err_msg(&err, st));
+    }
+    st = kr_dec_create(g->be, &g->dec, &err);
+    cr_assert_eq(st, KR_OK, "kr_dec_create: %s", kr_err_msg(&err, st));
+}
+
+static void gpu_close(gpu *g)
+{
+    kr_dec_free(g->dec);
+    kr_backend_destroy(g->be);
+}
+
+static void *dalloc(gpu *g, size_t bytes, kr_buffer **buf)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_backend_alloc(g->be, bytes ? bytes : 16, buf, &err);
+    cr_assert_eq(st, KR_OK, "alloc %zu: %s", bytes, kr_err_msg(&err, st));
+    return (*buf)->ptr;
+}
+
+static void *dupload(gpu *g, const void *host, size_t bytes, kr_buffer **buf)
+{
+    void *d = dalloc(g, bytes, buf);
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_backend_h2d(g->be, d, host, bytes, NULL, &err);
+    cr_assert_eq(st, KR_OK, "h2d: %s", kr_err_msg(&err, st));
+    return d;
+}
+
+/* device buffer of n floats filled with NaN */
+static float *dpoisoned(gpu *g, size_t n, kr_buffer **buf)
+{
+    float *h = malloc(n * sizeof *h);
+    cr_assert_not_null(h);
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
+    float *d = dupload(g, h, n * sizeof *h, buf);
+    free(h);
+    return d;
+}
+
+static void download(gpu *g, void *host, const void *dev, size_t bytes)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_backend_sync(g->be, NULL, &err);
+    cr_assert_eq(st, KR_OK, "sync: %s", kr_err_msg(&err, st));
+    st = kr_backend_d2h(g->be, host, dev, bytes, NULL, &err);
+    cr_assert_eq(st, KR_OK, "d2h: %s", kr_err_msg(&err, st));
+}
+
+static void check_ok(kr_status st, const kr_err *err, const char *what)
+{
+    cr_assert_eq(st, KR_OK, "%s: %s", what, kr_err_msg(err, st));
+}
+
+/* sum (a-b)^2 / sum b^2; NaN anywhere in a gives +inf */
+static double nmse(const float *a, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]))
+            return INFINITY;
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+#define EXPECT_NMSE(out, ref, n, tol, ...)                                                               \
+    do {                                                                                                 \
+        double e_ = nmse(out, ref, n);                                                                   \
+        cr_expect(e_ <= (tol), "NMSE %.3g > %.1g (seed %llu): " __VA_ARGS__, e_, (double)(tol),         \
+                  (unsigned long long)g_seed);                                                           \
+    } while (0)
+
+static float *rand_f32(size_t n, float lo, float hi)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = rng_f(lo, hi);
+    return v;
+}
+
+static double *dvec(size_t n)
+{
+    double *v = calloc(n ? n : 1, sizeof *v);
+    cr_assert_not_null(v);
+    return v;
+}
+
+/* ---- random quantized rows (valid GGML blocks) --------------------------------- */
+
+static void put_f16(uint8_t *p, float v)
+{
+    uint16_t h = kr_fp32_to_fp16(v);
+    memcpy(p, &h, 2);
+}
+
+/* Random bytes with sane fp16 scale fields, for `nblocks` blocks of type t. */
+static void rand_blocks(kr_dtype t, uint8_t *dst, size_t nblocks)
+{
+    size_t ts = kr_dtype_type_size(t);
+    for (size_t b = 0; b < nblocks; b++) {
+        uint8_t *p = dst + b * ts;
+        for (size_t i = 0; i < ts; i++)
+            p[i] = (uint8_t)rng_u64();
+        switch (t) {
+        case KR_DTYPE_F16: put_f16(p, rng_f(-1, 1)); break;
+        case KR_DTYPE_F32: { float v = rng_f(-1, 1); memcpy(p, &v, 4); } break;
+        case KR_DTYPE_Q4_0: put_f16(p, rng_f(-0.1f, 0.1f)); break;
+        case KR_DTYPE_Q8_0: put_f16(p, rng_f(-0.01f, 0.01f)); break;
+        case KR_DTYPE_Q4_1: put_f16(p, rng_f(-0.1f, 0.1f)); put_f16(p + 2, rng_f(-1, 1)); break;
+        case KR_DTYPE_Q4_K: put_f16(p, rng_f(-0.01f, 0.01f)); put_f16(p + 2, rng_f(-0.01f, 0.01f)); break;
+        case KR_DTYPE_Q6_K: put_f16(p + 208, rng_f(-0.001f, 0.001f)); break;
+        default: cr_assert_fail("rand_blocks: type %d", (int)t);
+        }
+    }
+}
+
+/* rows x cols matrix of type t, rows `stride` bytes apart (stride >= row bytes) */
+static uint8_t *rand_matrix(kr_dtype t, int64_t rows, int64_t cols, size_t stride)
+{
+    size_t bs = kr_dtype_block_size(t), ts = kr_dtype_type_size(t);
+    size_t nb = (size_t)cols / bs;
+    uint8_t *m = calloc((size_t)rows, stride);
+    cr_assert_not_null(m);
+    for (int64_t r = 0; r < rows; r++)
+        rand_blocks(t, m + (size_t)r * stride, nb);
+    (void)ts;
+    return m;
+}
+
+static void deq_row(kr_dtype t, const uint8_t *row, float *out, int64_t cols)
+{
+    if (t == KR_DTYPE_F32) {
+        memcpy(out, row, (size_t)cols * 4);
+        return;
+    }
+    kr_status st = kr_dequantize_row(t, row, out, (size_t)cols);
+    cr_assert_eq(st, KR_OK, "kr_dequantize_row(%s) failed", kr_dtype_name(t));
+}
+
+/* ---- matvec -------------------------------------------------------------------- */
+
+static void run_matvec(gpu *g, kr_dtype t, int64_t rows, int64_t cols, size_t extra_stride)
+{
+    size_t row_bytes = (size_t)cols / kr_dtype_block_size(t) * kr_dtype_type_size(t);
+    size_t stride = row_bytes + extra_stride;
+    uint8_t *w = rand_matrix(t, rows, cols, stride);
+    float *x = rand_f32((size_t)cols, -1, 1);
+    double *ref = dvec((size_t)rows);
+    float *row = malloc((size_t)cols * sizeof *row);
+    for (int64_t r = 0; r < rows; r++) {
+        deq_row(t, w + (size_t)r * stride, row, cols);
+        double acc = 0;
+        for (int64_t c = 0; c < cols; c++)
+            acc += (double)row[c] * x[c];
+        ref[r] = acc;
+    }
+    kr_buffer *bw, *bx, *by;
+    void *dw = dupload(g, w, (size_t)rows * stride, &bw);
+    float *dx = dupload(g, x, (size_t)cols * 4, &bx);
+    float *dy = dpoisoned(g, (size_t)rows, &by);
+    kr_err err;
+    kr_err_clear(&err);
+    check_ok(kr_dec_matvec(g->dec, NULL, t, dw, stride, dx, dy, rows, cols, &err), &err, "matvec");
+    float *y = malloc((size_t)rows * sizeof *y);
+    download(g, y, dy, (size_t)rows * 4);
+    EXPECT_NMSE(y, ref, (size_t)rows, 1e-7, "matvec %s %lldx%lld stride %zu", kr_dtype_name(t), (long long)rows,
+                (long long)cols, stride);
+    kr_backend_free(g->be, bw);
+    kr_backend_free(g->be, bx);
+    kr_backend_free(g->be, by);
+    free(w);
+    free(x);
+    free(ref);
+    free(row);
+    free(y);
+}
+
+static const kr_dtype k_block32[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_F16, KR_DTYPE_F32};
+static const kr_dtype k_block256[] = {KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+
+Test(gpu_decode, matvec_block32_types, .timeout = 300)
+{
+    gpu g;
+    gpu_open(&g);
+    /* rows odd and not a multiple of 8 (rows per block); cols: 1 block, odd
+     * blocks (rows not 16-byte aligned), more than one stage, 4096 */
+    const int64_t shapes[][2] = {{1, 32}, {37, 224}, {129, 1440}, {7, 4128}, {1001, 4096}, {3, 32 * 257}};
+    for (size_t i = 0; i < KR_ARRAY_LEN(k_block32); i++)
+        for (size_t s = 0; s < KR_ARRAY_LEN(shapes); s++)
+            run_matvec(&g, k_block32[i], shapes[s][0], shapes[s][1], 0);
+    /* padded row stride (not a multiple of 16) */
+    for (size_t i = 0; i < KR_ARRAY_LEN(k_block32); i++)
+        run_matvec(&g, k_block32[i], 45, 640, 4);
+    gpu_close(&g);
+}
+
+Test(gpu_decode, matvec_k_quants, .timeout = 300)
+{
+    gpu g;
+    gpu_open(&g);
+    const int64_t shapes[][2] = {{1, 256}, {37, 768}, {129, 2304}, {1001, 4096}, {5, 256 * 17}};
+    for (size_t i = 0; i < KR_ARRAY_LEN(k_block256); i++) {
+        for (size_t s = 0; s < KR_ARRAY_LEN(shapes); s++)
+            run_matvec(&g, k_block256[i], shapes[s][0], shapes[s][1], 0);
+        run_matvec(&g, k_block256[i], 33, 512, 2);
+    }
+    gpu_close(&g);
+}
+
+Test(gpu_decode, matvec_rejects_bad_args)
+{
+    gpu g;
+    gpu_open(&g);
+    kr_buffer *b;
+    float *d = dalloc(&g, 4096, &b);
+    kr_err err;
+    kr_err_clear(&err);
+    cr_expect_eq(kr_dec_matvec(g.dec, NULL, KR_DTYPE_Q4_0, d, 18, d, d, 1, 33, &err), KR_ERR_INVALID_ARG,
+                 "cols not a multiple of 32");
+    cr_expect(strstr(err.msg, "33") != NULL, "message should name the value: %s", err.msg);
+    cr_expect_eq(kr_dec_matvec(g.dec, NULL, KR_DTYPE_Q4_0, d, 16, d, d, 1, 32, &err), KR_ERR_INVALID_ARG,
+                 "stride below row bytes");
+    cr_expect_eq(kr_dec_matvec(g.dec, NULL, KR_DTYPE_Q5_0, d, 22, d, d, 1, 32, &err), KR_ERR_UNSUPPORTED);
+    cr_expect_eq(kr_dec_matvec(g.dec, NULL, KR_DTYPE_F32, d, 128, d + 1, d, 1, 32, &err), KR_ERR_INVALID_ARG,
+                 "misaligned x");
+    kr_backend_free(g.be, b);
+    gpu_close(&g);
+}
+
+/* ---- embedding ------------------------------------------------------------------ */
+
+Test(gpu_decode, embed_all_types, .timeout = 120)
+{
+    gpu g;
+    gpu_open(&g);
+    const kr_dtype types[] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1,
+                              KR_DTYPE_Q8_0, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    for (size_t i = 0; i < KR_ARRAY_LEN(types); i++) {
+        kr_dtype t = types[i];
+        int64_t n_vocab = 37, n_embd = kr_dtype_block_size(t) == 256 ? 768 : 288;
+        size_t stride = (size_t)n_embd / kr_dtype_block_size(t) * kr_dtype_type_size(t);
+        uint8_t *tab = rand_matrix(t, n_vocab, n_embd, stride);
+        int32_t tok = (int32_t)(rng_u64() % (uint64_t)n_vocab);
+        float *row = malloc((size_t)n_embd * 4);
+        double *ref = dvec((size_t)n_embd);
+        deq_row(t, tab + (size_t)tok * stride, row, n_embd);
+        for (int64_t c = 0; c < n_embd; c++)
+            ref[c] = row[c];
+        kr_buffer *bt, *bk, *bo;
+        void *dt = dupload(&g, tab, (size_t)n_vocab * stride, &bt);
+        int32_t *dk = dupload(&g, &tok, 4, &bk);
+        float *dout = dpoisoned(&g, (size_t)n_embd, &bo);
+        kr_err err;
+        kr_err_clear(&err);
+        check_ok(kr_dec_embed(g.dec, NULL, t, dt, stride, n_vocab, n_embd, dk, 0, dout, &err), &err, "embed");
+        download(&g, row, dout, (size_t)n_embd * 4);
+        EXPECT_NMSE(row, ref, (size_t)n_embd, 1e-12, "embed %s token %d", kr_dtype_name(t), tok);
+        /* out-of-range token (immediate): every output NaN */
+        check_ok(kr_dec_embed(g.dec, NULL, t, dt, stride, n_vocab, n_embd, NULL, (int32_t)n_vocab, dout, &err), &err,
+                 "embed");
+        download(&g, row, dout, (size_t)n_embd * 4);
+        for (int64_t c = 0; c < n_embd; c++)
+            cr_expect(isnan(row[c]), "embed %s: token %lld out of range gave %g at %lld", kr_dtype_name(t),
+                      (long long)n_vocab, row[c], (long long)c);
+        kr_backend_free(g.be, bt);
+        kr_backend_free(g.be, bk);
+        kr_backend_free(g.be, bo);
+        free(tab);
+        free(row);
+        free(ref);
+    }
+    gpu_close(&g);
+}
+
+/* ---- norms ----------------------------------------------------------------------- */
+
+static void run_norm(gpu *g, bool layer, int64_t rows, int64_t n, bool with_w, bool with_b)
+{
+    const float eps = 1e-5f;
+    float *x = rand_f32((size_t)(rows * n), -2, 3);
+    float *w = rand_f32((size_t)n, -1, 1), *b = rand_f32((size_t)n, -1, 1);
+    double *ref = dvec((size_t)(rows * n));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        double mu = 0, v = 0;
+        if (layer) {
+            for (int64_t i = 0; i < n; i++)
+                mu += xr[i];
+            mu /= (double)n;
+        }
+        for (int64_t i = 0; i < n; i++)
+            v += ((double)xr[i] - mu) * ((double)xr[i] - mu);
+        double s = 1.0 / sqrt(v / (double)n + eps);
+        for (int64_t i = 0; i < n; i++)
+            ref[r * n + i] = ((double)xr[i] - mu) * s * (with_w ? w[i] : 1.0) + (with_b ? b[i] : 0.0);
+    }
+    kr_buffer *bx, *bw, *bb, *by;
+    float *dx = dupload(g, x, (size_t)(rows * n) * 4, &bx);
+    float *dw = dupload(g, w, (size_t)n * 4, &bw);
+    float *db = dupload(g, b, (size_t)n * 4, &bb);
+    float *dy = dpoisoned(g, (size_t)(rows * n), &by);
+    kr_err err;
+    kr_err_clear(&err);
+    if (layer)
+        check_ok(kr_dec_layernorm(g->dec, NULL, dx, with_w ? dw : NULL, with_b ? db : NULL, dy, rows, n, eps, &err),
+                 &err, "layernorm");
+    else
+        check_ok(kr_dec_rmsnorm(g->dec, NULL, dx, with_w ? dw : NULL, dy, rows, n, eps, &err), &err, "rmsnorm");
+    float *y = malloc((size_t)(rows * n) * 4);
+    download(g, y, dy, (size_t)(rows * n) * 4);
+    EXPECT_NMSE(y, ref, (size_t)(rows * n), 1e-8, "%s rows %lld n %lld w %d b %d", layer ? "layernorm" : "rmsnorm",
+                (long long)rows, (long long)n, with_w, with_b);
+    kr_backend_free(g->be, bx);
+    kr_backend_free(g->be, bw);
+    kr_backend_free(g->be, bb);
+    kr_backend_free(g->be, by);
+    free(x);
+    free(w);
+    free(b);
+    free(ref);
+    free(y);
+}
+
+Test(gpu_decode, rmsnorm)
+{
+    gpu g;
+    gpu_open(&g);
+    const int64_t ns[] = {1, 33, 1000, 4096, 8193};
+    for (size_t i = 0; i < KR_ARRAY_LEN(ns); i++) {
+        run_norm(&g, false, 3, ns[i], true, false);
+        run_norm(&g, false, 1, ns[i], false, false);
+    }
+    gpu_close(&g);
+}
+
+Test(gpu_decode, layernorm)
+{
+    gpu g;
+    gpu_open(&g);
+    const int64_t ns[] = {2, 33, 1000, 4544, 8193};
+    for (size_t i = 0; i < KR_ARRAY_LEN(ns); i++) {
+        run_norm(&g, true, 3, ns[i], true, true);
+        run_norm(&g, true, 2, ns[i], false, false);
+        run_norm(&g, true, 1, ns[i], true, false);
+    }
+    gpu_close(&g);
+}
+
+/* ---- rope ------------------------------------------------------------------------- */
+
+static void run_rope(gpu *g, int n_head_q, int n_head_k, int head_dim, int n_rot, int pos, bool neox, bool ff)
+{
+    const float base = 10000.0f, fscale = 0.5f;
+    size_t nq = (size_t)n_head_q * head_dim, nk = (size_t)n_head_k * head_dim;
+    float *x = rand_f32(nq + nk, -1, 1);
+    float *fac = rand_f32((size_t)n_rot / 2, 1, 4);
+    double *ref = dvec(nq + nk);
+    for (size_t i = 0; i < nq + nk; i++)
+        ref[i] = x[i];
+    for (int h = 0; h < n_head_q + n_head_k; h++) {
+        double *v = ref + (size_t)h * head_dim;
+        for (int i = 0; i < n_rot / 2; i++) {
+            double th = pos * (double)fscale * pow(base, -2.0 * i / n_rot) / (ff ? fac[i] : 1.0);
+            int a = neox ? i : 2 * i, b = neox ? i + n_rot / 2 : 2 * i + 1;
+            double va = v[a], vb = v[b];
+            v[a] = va * cos(th) - vb * sin(th);
+            v[b] = va * sin(th) + vb * cos(th);
+        }
+    }
+    kr_buffer *bx, *bp, *bf;
+    float *dx = dupload(g, x, (nq + nk) * 4, &bx);
+    int32_t *dp = dupload(g, &pos, 4, &bp);
+    float *df = dupload(g, fac, (size_t)n_rot / 2 * 4, &bf);
+    kr_err err;
+    kr_err_clear(&err);
+    check_ok(kr_dec_rope(g->dec, NULL, dx, n_head_q, n_head_k ? dx + nq : NULL, n_head_k, head_dim, n_rot, dp, 0,
+                         base, fscale, ff ? df : NULL, neox, &err),
+             &err, "rope");
+    download(g, x, dx, (nq + nk) * 4);
+    EXPECT_NMSE(x, ref, nq + nk, 1e-6, "rope heads %d+%d dim %d rot %d pos %d neox %d ff %d", n_head_q, n_head_k,
+                head_dim, n_rot, pos, neox, ff);
+    kr_backend_free(g->be, bx);
+    kr_backend_free(g->be, bp);
+    kr_backend_free(g->be, bf);
+    free(x);
+    free(fac);
+    free(ref);
+}
+
+Test(gpu_decode, rope)
+{
+    gpu g;
+    gpu_open(&g);
+    for (int neox = 0; neox < 2; neox++) {
+        run_rope(&g, 8, 8, 64, 64, 0, neox, false);
+        run_rope(&g, 32, 8, 128, 128, 4095, neox, false);
+        run_rope(&g, 7, 1, 80, 32, 517, neox, false); /* partial rotary, MQA */
+        run_rope(&g, 3, 0, 256, 256, 100, neox, true); /* q only, freq factors */
+        run_rope(&g, 5, 5, 130, 130, 33, neox, true);  /* more than 64 pairs */
+    }
+    gpu_close(&g);
+}
+
+/* ---- KV cache + attention ------------------------------------------------------------ */
+
+Test(gpu_decode, kv_append_writes_one_row)
+{
+    gpu g;
+    gpu_open(&g);
+    const int n_ctx = 19, dim = 3 * 80, pos = 11;
+    uint16_t *cache = malloc((size_t)n_ctx * dim * 2);
+    for (int i = 0; i < n_ctx * dim; i++)
+        cache[i] = 0x7e00; /* fp16 NaN: must stay in every other row */
+    float *k = rand_f32((size_t)dim, -70000, 70000); /* includes values that overflow fp16 */
+    float *v = rand_f32((size_t)dim, -1, 1);
+    kr_buffer *bk, *bv, *bkc, *bvc, *bp;
+    float *dk = dupload(&g, k, (size_t)dim * 4, &bk);
+    float *dv = dupload(&g, v, (size_t)dim * 4, &bv);
+    uint16_t *dkc = dupload(&g, cache, (size_t)n_ctx * dim * 2, &bkc);
+    uint16_t *dvc = dupload(&g, cache, (size_t)n_ctx * dim * 2, &bvc);
+    int32_t p = pos;
+    int32_t *dp = dupload(&g, &p, 4, &bp);
+    kr_err err;
+    kr_err_clear(&err);
+    check_ok(kr_dec_kv_append(g.dec, NULL, dk, dv, dkc, dvc, dim, n_ctx, dp, 0, &err), &err, "kv_append");
+    /* position outside the cache: nothing written */
+    check_ok(kr_dec_kv_append(g.dec, NULL, dk, dv, dkc, dvc, dim, n_ctx, NULL, n_ctx, &err), &err, "kv_append");
+    uint16_t *kc = malloc((size_t)n_ctx * dim * 2), *vc = malloc((size_t)n_ctx * dim * 2);
+    download(&g, kc, dkc, (size_t)n_ctx * dim * 2);
+    download(&g, vc, dvc, (size_t)n_ctx * dim * 2);
+    int bad = 0;
+    for (int t = 0; t < n_ctx; t++) {
+        for (int i = 0; i < dim; i++) {
+            uint16_t ek = t == pos ? kr_fp32_to_fp16(k[i]) : 0x7e00;
+            uint16_t ev = t == pos ? kr_fp32_to_fp16(v[i]) : 0x7e00;
+            if (kc[t * dim + i] != ek || vc[t * dim + i] != ev)
+                bad++;
+        }
+    }
+    cr_expect_eq(bad, 0, "%d cache elements differ from round-to-nearest-even fp16 (seed %llu)", bad,
+                 (unsigned long long)g_seed);
+    kr_backend_free(g.be, bk);
+    kr_backend_free(g.be, bv);
+    kr_backend_free(g.be, bkc);
+    kr_backend_free(g.be, bvc);
+    kr_backend_free(g.be, bp);
+    free(cache);
+    free(k);
+    free(v);
+    free(kc);
+    free(vc);
+    gpu_close(&g);
+}
+
+static void run_attention(gpu *g, int n_head, int n_kv, int hd, int n_ctx, int pos, int window, int n_split)
+{
+    const size_t row = (size_t)n_kv * hd;
+    uint16_t *kc = malloc((size_t)n_ctx * row * 2), *vc = malloc((size_t)n_ctx * row * 2);
+    for (size_t i = 0; i < (size_t)n_ctx * row; i++) {
+        kc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
+        vc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
+    }
+    float *q = rand_f32((size_t)n_head * hd, -1, 1);
+    const float scale = 1.0f / sqrtf((float)hd) * 2.0f; /* sharper than usual: softmax far from uniform */
+    double *ref = dvec((size_t)n_head * hd);
+    const int t0 = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+    double *sc = dvec((size_t)n_ctx);
+    for (int h = 0; h < n_head; h++) {
+        int gk = h / (n_head / n_kv);
+        double mx = -INFINITY, sum = 0;
+        for (int t = t0; t <= pos; t++) {
+            double s = 0;
+            for (int d = 0; d < hd; d++)
+                s += (double)q[h * hd + d] * kr_fp16_to_fp32(kc[t * row + (size_t)gk * hd + d]);
+            sc[t] = s * scale;
+            mx = fmax(mx, sc[t]);
+        }
+        for (int t = t0; t <= pos; t++)
+            sum += exp(sc[t] - mx);
+        for (int t = t0; t <= pos; t++) {
+            double p = exp(sc[t] - mx) / sum;
+            for (int d = 0; d < hd; d++)
+                ref[h * hd + d] += p * kr_fp16_to_fp32(vc[t * row + (size_t)gk * hd + d]);
+        }
+    }
+    kr_buffer *bk, *bv, *bq, *bo, *bp, *bs = NULL;
+    uint16_t *dk = dupload(g, kc, (size_t)n_ctx * row * 2, &bk);
+    uint16_t *dv = dupload(g, vc, (size_t)n_ctx * row * 2, &bv);
+    float *dq = dupload(g, q, (size_t)n_head * hd * 4, &bq);
+    float *dout = dpoisoned(g, (size_t)n_head * hd, &bo);
+    int32_t p = pos;
+    int32_t *dp = dupload(g, &p, 4, &bp);
+    size_t nscr = kr_dec_attention_scratch_floats(n_head, hd, n_split);
+    float *dscr = nscr ? dpoisoned(g, nscr, &bs) : NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    check_ok(kr_dec_attention(g->dec, NULL, dq, dk, dv, dout, n_head, n_kv, hd, n_ctx, dp, 0, window, scale, n_split,
+                              dscr, &err),
+             &err, "attention");
+    float *out = malloc((size_t)n_head * hd * 4);
+    download(g, out, dout, (size_t)n_head * hd * 4);
+    EXPECT_NMSE(out, ref, (size_t)n_head * hd, 1e-7, "attention heads %d/%d dim %d ctx %d pos %d window %d split %d",
+                n_head, n_kv, hd, n_ctx, pos, window, n_split);
+    kr_backend_free(g->be, bk);
+    kr_backend_free(g->be, bv);
+    kr_backend_free(g->be, bq);
+    kr_backend_free(g->be, bo);
+    kr_backend_free(g->be, bp);
+    kr_backend_free(g->be, bs);
+    free(kc);
+    free(vc);
+    free(q);
+    free(ref);
+    free(sc);
+    free(out);
+}
+
+Test(gpu_decode, attention, .timeout = 300)
+{
+    gpu g;
+    gpu_open(&g);
+    run_attention(&g, 8, 8, 64, 16, 0, 0, 1);        /* first token */
+    run_attention(&g, 8, 4, 64, 512, 300, 0, 1);     /* GQA */
+    run_attention(&g, 32, 8, 128, 2048, 1999, 0, 1); /* llama-3 shape */
+    run_attention(&g, 32, 8, 128, 2048, 1999, 0, 7); /* split-K, chunks not even */
+    run_attention(&g, 4, 1, 256, 300, 299, 0, 16);   /* MQA, head_dim 256 */
+    run_attention(&g, 6, 2, 80, 100, 3, 0, 8);       /* more splits than keys: empty splits */
+    run_attention(&g, 8, 8, 64, 600, 517, 33, 1);    /* sliding window */
+    run_attention(&g, 8, 8, 64, 600, 517, 33, 4);
+    run_attention(&g, 5, 5, 2, 40, 39, 0, 3);        /* tiny head */
+    gpu_close(&g);
+}
+
+Test(gpu_decode, attention_position_out_of_range_is_nan)
+{
+    gpu g;
+    gpu_open(&g);
+    const int n_head = 2, hd = 64, n_ctx = 8;
+    kr_buffer *bk, *bq, *bo;
+    void *dk = dalloc(&g, (size_t)n_ctx * n_head * hd * 2, &bk);
+    float *dq = dalloc(&g, (size_t)n_head * hd * 4, &bq);
+    float *dout = dalloc(&g, (size_t)n_head * hd * 4, &bo);
+    kr_err err;
+    kr_err_clear(&err);
+    check_ok(kr_dec_backend(g.dec) == g.be ? KR_OK : KR_ERR_INTERNAL, &err, "backend");
+    float *scr = NULL;
+    kr_buffer *bs;
+    scr = dalloc(&g, kr_dec_attention_scratch_floats(n_head, hd, 2) * 4, &bs);
+    for (int split = 1; split <= 2; split++) {
+        check_ok(kr_dec_attention(g.dec, NULL, dq, dk, dk, dout, n_head, n_head, hd, n_ctx, NULL, n_ctx, 0, 1.0f,
+                                  split, scr, &err),
+                 &err, "attention");
+        float out[128];
+        download(&g, out, dout, sizeof out);
+        for (int i = 0; i < n_head * hd; i++)
+            cr_expect(isnan(out[i]), "split %d: element %d is %g, want NaN", split, i, out[i]);
+    }
+    cr_expect_eq(kr_dec_attention(g.dec, NULL, dq, dk, dk, dout, 3, 2, hd, n_ctx, NULL, 0, 0, 1.0f, 1, NULL, &err),
+                 KR_ERR_INVALID_ARG, "n_head not a multiple of n_kv_head");
+    cr_expect_eq(kr_dec_attention(g.dec, NULL, dq, dk, dk, dout, 2, 2, 258, n_ctx, NULL, 0, 0, 1.0f, 1, NULL, &err),
+                 KR_ERR_INVALID_ARG, "head_dim > 256");
+    cr_expect_eq(kr_dec_attention(g.dec, NULL, dq, dk, dk, dout, 2, 2, hd, n_ctx, NULL, 0, 0, 1.0f, 2, NULL, &err),
+                 KR_ERR_INVALID_ARG, "split without scratch");
+    kr_backend_free(g.be, bk);
+    kr_backend_free(g.be, bq);
+    kr_backend_free(g.be, bo);
+    kr_backend_free(g.be, bs);
+    gpu_close(&g);
+}
+
+/* ---- softmax and element-wise ---------------------------------------------------------- */
+
+Test(gpu_decode, softmax)
+{
+    gpu g;
+    gpu_open(&g);
+    const int64_t shapes[][2] = {{1, 1}, {3, 7}, {2, 1000}, {1, 32000}, {4, 4097}};
+    for (size_t s = 0; s < KR_ARRAY_LEN(shapes); s++) {
+        int64_t rows = shapes[s][0], n = shapes[s][1];
+        size_t tot = (size_t)(rows * n);
+        float *x = rand_f32(tot, -20, 20);
+        double *ref = dvec(tot);
+        for (int64_t r = 0; r < rows; r++) {
+            double mx = -INFINITY, sum = 0;
+            for (int64_t i = 0; i < n; i++)
+                mx = fmax(mx, x[r * n + i]);
+            for (int64_t i = 0; i < n; i++)
+                sum += exp(x[r * n + i] - mx);
+            for (int64_t i = 0; i < n; i++)
+                ref[r * n + i] = exp(x[r * n + i] - mx) / sum;
+        }
+        kr_buffer *bx, *by;
+        float *dx = dupload(&g, x, tot * 4, &bx);
+        float *dy = dpoisoned(&g, tot, &by);
+        kr_err err;
+        kr_err_clear(&err);
+        check_ok(kr_dec_softmax(g.dec, NULL, dx, dy, rows, n, &err), &err, "softmax");
+        download(&g, x, dy, tot * 4);
+        EXPECT_NMSE(x, ref, tot, 1e-8, "softmax %lldx%lld", (long long)rows, (long long)n);
+        kr_backend_free(g.be, bx);
+        kr_backend_free(g.be, by);
+        free(x);
+        free(ref);
+    }
+    gpu_close(&g);
+}
+
+Test(gpu_decode, swiglu_gelu_add)
+{
+    gpu g;
+    gpu_open(&g);
+    const int64_t ns[] = {1, 255, 11008, 100003};
+    for (size_t s = 0; s < KR_ARRAY_LEN(ns); s++) {
+        size_t n = (size_t)ns[s];
+        float *a = rand_f32(n, -8, 8), *b = rand_f32(n, -3, 3), *y = malloc(n * 4);
+        double *rs = dvec(n), *rg = dvec(n), *ra = dvec(n);
+        for (size_t i = 0; i < n; i++) {
+            double v = a[i];
+            rs[i] = v / (1 + exp(-v)) * b[i];
+            rg[i] = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+            ra[i] = v + b[i];
+        }
+        kr_buffer *ba, *bb, *by;
+        float *da = dupload(&g, a, n * 4, &ba), *db = dupload(&g, b, n * 4, &bb);
+        float *dy = dpoisoned(&g, n, &by);
+        kr_err err;
+        kr_err_clear(&err);
+        check_ok(kr_dec_swiglu(g.dec, NULL, da, db, dy, (int64_t)n, &err), &err, "swiglu");
+        download(&g, y, dy, n * 4);
+        EXPECT_NMSE(y, rs, n, 1e-9, "swiglu n %zu", n);
+        check_ok(kr_dec_gelu(g.dec, NULL, da, dy, (int64_t)n, &err), &err, "gelu");
+        download(&g, y, dy, n * 4);
+        EXPECT_NMSE(y, rg, n, 1e-9, "gelu n %zu", n);
+        check_ok(kr_dec_add(g.dec, NULL, da, db, da, (int64_t)n, &err), &err, "add"); /* in place */
+        download(&g, y, da, n * 4);
+        EXPECT_NMSE(y, ra, n, 1e-12, "add n %zu", n);
+        kr_backend_free(g.be, ba);
+        kr_backend_free(g.be, bb);
+        kr_backend_free(g.be, by);
+        free(a);
+        free(b);
+        free(y);
+        free(rs);
+        free(rg);
+        free(ra);
+    }
+    gpu_close(&g);
+}
+
+/* ---- CPU-only: the embedded sources and argument checks ----------------------------------- */
+
+Test(decode_host, default_splits_are_sane)
+{
+    kr_device_info dev = {.struct_size = sizeof dev, .sm_count = 132};
+    cr_expect_eq(kr_dec_attention_default_splits(&dev, 32, 4096), 9); /* ceil(264/32) */
+    cr_expect_eq(kr_dec_attention_default_splits(&dev, 32, 64), 2);  /* capped by context */
+    cr_expect_eq(kr_dec_attention_default_splits(&dev, 1, 1 << 20), 64);
+    cr_expect_eq(kr_dec_attention_default_splits(NULL, 264, 4096), 1);
+    cr_expect_eq(kr_dec_attention_scratch_floats(32, 128, 1), 0);
+    cr_expect_eq(kr_dec_attention_scratch_floats(32, 128, 4), 32u * 4u * 130u);
+}
+
+Test(decode_host, create_needs_a_cuda_backend)
+{
+    kr_backend *cpu = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_backend_create(KR_BACKEND_CPU, 0, &cpu, &err), KR_OK, "%s", err.msg);
+    kr_dec *d = (kr_dec *)1;
+    cr_expect_eq(kr_dec_create(cpu, &d, &err), KR_ERR_INVALID_ARG);
+    cr_expect_null(d);
+    kr_backend_destroy(cpu);
+}
