@@ -294,27 +294,33 @@ size_t kr_registry_find_kernels(const kr_registry *reg, const char *op, kr_kerne
     if (!reg || !op)
         return 0;
     size_t total = 0;
+    for (size_t i = 0; i < reg->n_kernels; i++)
+        if (strcmp(reg->kernels[i].kernel.op, op) == 0)
+            total++;
+    if (!out || cap == 0 || total == 0)
+        return total;
+    /* Keep the best `cap` so far, sorted (insertion into a bounded list). */
+    size_t *idx = malloc((cap < total ? cap : total) * sizeof *idx);
+    if (!idx)
+        return 0;
+    size_t kept = 0, lim = cap < total ? cap : total;
     for (size_t i = 0; i < reg->n_kernels; i++) {
         if (strcmp(reg->kernels[i].kernel.op, op) != 0)
             continue;
-        if (total < cap && out) {
-            /* insertion into the sorted prefix */
-            size_t pos = total;
-            while (pos > 0) {
-                const kernel_slot *prev = (const kernel_slot *)(const void *)((const char *)out[pos - 1].kernel -
-                                                                              offsetof(kernel_slot, kernel));
-                size_t iprev = (size_t)(prev - reg->kernels);
-                if (ranks_before(&reg->kernels[i], i, prev, iprev)) {
-                    out[pos] = out[pos - 1];
-                    pos--;
-                } else {
-                    break;
-                }
-            }
-            kernel_ref(&reg->kernels[i], &out[pos]);
-        }
-        total++;
+        size_t pos = kept;
+        while (pos > 0 && ranks_before(&reg->kernels[i], i, &reg->kernels[idx[pos - 1]], idx[pos - 1]))
+            pos--;
+        if (pos >= lim)
+            continue;
+        size_t end = kept < lim ? kept : lim - 1;
+        memmove(idx + pos + 1, idx + pos, (end - pos) * sizeof *idx);
+        idx[pos] = i;
+        if (kept < lim)
+            kept++;
     }
+    for (size_t j = 0; j < kept; j++)
+        kernel_ref(&reg->kernels[idx[j]], &out[j]);
+    free(idx);
     return total;
 }
 
@@ -460,8 +466,12 @@ kr_status kr_registry_dispatch(const kr_registry *reg, const char *op, const kr_
                           "op '%s' (%s): no %s kernel supports these arguments (%zu tried), and the CPU "
                           "fallback cannot run because the data is in device memory",
                           op, types, kr_backend_kind_name(preferred), n_pref);
-    return kr_err_set(err, KR_ERR_UNSUPPORTED, "op '%s' (%s): none of %zu %s and %zu cpu kernels supports these arguments",
-                      op, types, n_pref, kr_backend_kind_name(preferred), n_cpu);
+    if (preferred == KR_BACKEND_CPU)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "op '%s' (%s): none of the %zu cpu kernels supports these arguments",
+                          op, types, n_pref);
+    return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                      "op '%s' (%s): none of the %zu %s and %zu cpu kernels supports these arguments", op, types,
+                      n_pref, kr_backend_kind_name(preferred), n_cpu);
 }
 
 /* ---- loader support ---- */

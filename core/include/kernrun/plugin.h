@@ -10,7 +10,7 @@
  *     KR_PLUGIN_DEFINE(
  *         .name = "example", .version = "1.0.0",
  *         .description = "scaled vector add",
- *         .kernels = kernels, .n_kernels = KR_ARRAY_LEN(kernels));
+ *         .kernels = kernels, .n_kernels = KR_ARRAY_LEN(kernels))
  *
  * The core checks abi_version and the struct sizes before calling anything
  * else in the plugin (init included). Plugins never link libkernrun: every
@@ -146,7 +146,8 @@ _Static_assert(offsetof(kr_kernel, description) == 72, "kr_kernel v1 layout chan
 /* Define the plugin's descriptor and its exported entry point. Arguments
  * are designated initializers of kr_plugin_desc (name, version, ...); the
  * ABI fields are filled in for you. Use once per plugin, at file scope,
- * followed by a semicolon. */
+ * WITHOUT a trailing semicolon (it expands to a function definition; a stray
+ * ';' is an -Wpedantic warning). */
 #define KR_PLUGIN_DEFINE(...)                                               \
     static const kr_plugin_desc kr__plugin_desc = {                         \
         .abi_version = KR_PLUGIN_ABI_VERSION,                               \
@@ -157,8 +158,7 @@ _Static_assert(offsetof(kr_kernel, description) == 72, "kr_kernel v1 layout chan
         .arch_size = (uint32_t)sizeof(kr_arch_entry),                       \
         __VA_ARGS__};                                                       \
     KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void);           \
-    KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void) { return &kr__plugin_desc; } \
-    KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void)
+    KR_PLUGIN_EXPORT const kr_plugin_desc *kr_plugin_entry(void) { return &kr__plugin_desc; }
 
 #ifdef __cplusplus
 }
