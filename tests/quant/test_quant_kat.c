@@ -430,3 +430,23 @@ Test(kat, type_sizes)
     cr_assert_not(kr_quant_can_dequantize((kr_dtype)1000));
     cr_assert_not(kr_quant_can_quantize(KR_DTYPE_Q4_K));
 }
+
+/* The library's fast fp16 decoder against core's reference converter, for
+ * all 65536 bit patterns (through dequantize of an F16 row). */
+Test(kat, f16_all_patterns)
+{
+    static uint8_t h[65536 * 2];
+    static float y[65536];
+    for (uint32_t i = 0; i < 65536; i++) {
+        h[2 * i] = (uint8_t)(i & 0xff);
+        h[2 * i + 1] = (uint8_t)(i >> 8);
+    }
+    cr_assert_eq(kr_dequantize_row(KR_DTYPE_F16, h, y, 65536), KR_OK);
+    for (uint32_t i = 0; i < 65536; i++) {
+        const float want = kr_fp16_to_fp32((uint16_t)i);
+        uint32_t a, b;
+        memcpy(&a, &y[i], 4);
+        memcpy(&b, &want, 4);
+        cr_assert_eq(a, b, "fp16 0x%04x: got 0x%08x want 0x%08x", i, a, b);
+    }
+}

@@ -113,53 +113,67 @@ kr_status kr_quant_row_size(kr_dtype t, uint64_t n, uint64_t *bytes, kr_err *err
 
 /* ---- one block -> floats ---- */
 
+/* Unpack 16 bytes of nibbles to 32 quants: q[j] = low nibble of qs[j],
+ * q[j+16] = high nibble. Byte-wide vector ops (same-width, which compilers
+ * vectorize well), then the callers convert with one plain loop. */
+typedef uint8_t kr__v16u8 __attribute__((vector_size(16)));
+static inline void unpack_nibbles(const uint8_t *qs, uint8_t q[32])
+{
+    kr__v16u8 v, lo, hi;
+    memcpy(&v, qs, 16);
+    lo = v & 0x0f;
+    hi = v >> 4;
+    memcpy(q, &lo, 16);
+    memcpy(q + 16, &hi, 16);
+}
+
 /* x[j] = (q[j] - 8) * d; q[j] = low nibble of qs[j], q[j+16] = high nibble. */
 static inline void dq_q4_0(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b);
-    const uint8_t *qs = b + 2;
-    for (int j = 0; j < 16; j++) {
-        y[j] = (float)((qs[j] & 0x0f) - 8) * d;
-        y[j + 16] = (float)((qs[j] >> 4) - 8) * d;
-    }
+    uint8_t q[32];
+    unpack_nibbles(b + 2, q);
+    /* ((float)q - 8) is exact, so this equals (float)(q - 8) * d */
+    for (int j = 0; j < 32; j++)
+        y[j] = ((float)q[j] - 8.0f) * d;
 }
 
 /* x[j] = q[j] * d + m */
 static inline void dq_q4_1(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b), m = kr__ld_f16(b + 2);
-    const uint8_t *qs = b + 4;
-    for (int j = 0; j < 16; j++) {
-        y[j] = (float)(qs[j] & 0x0f) * d + m;
-        y[j + 16] = (float)(qs[j] >> 4) * d + m;
-    }
+    uint8_t q[32];
+    unpack_nibbles(b + 4, q);
+    for (int j = 0; j < 32; j++)
+        y[j] = (float)q[j] * d + m;
 }
 
 /* x[j] = (q[j] - 16) * d; q = nibble | (bit j of qh) << 4 */
+/* 5th bits: bit j of qh -> 16 for q[j] */
+static inline void add_high_bits(uint32_t qh, uint8_t q[32])
+{
+    for (int j = 0; j < 32; j++)
+        q[j] |= (uint8_t)(((qh >> j) & 1u) << 4);
+}
+
 static inline void dq_q5_0(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b);
-    const uint32_t qh = kr__ld_u32(b + 2);
-    const uint8_t *qs = b + 6;
-    for (int j = 0; j < 16; j++) {
-        int q0 = (qs[j] & 0x0f) | (int)(((qh >> j) & 1u) << 4);
-        int q1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
-        y[j] = (float)(q0 - 16) * d;
-        y[j + 16] = (float)(q1 - 16) * d;
-    }
+    uint8_t q[32];
+    unpack_nibbles(b + 6, q);
+    add_high_bits(kr__ld_u32(b + 2), q);
+    for (int j = 0; j < 32; j++)
+        y[j] = ((float)q[j] - 16.0f) * d;
 }
 
 static inline void dq_q5_1(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b), m = kr__ld_f16(b + 2);
-    const uint32_t qh = kr__ld_u32(b + 4);
-    const uint8_t *qs = b + 8;
-    for (int j = 0; j < 16; j++) {
-        int q0 = (qs[j] & 0x0f) | (int)(((qh >> j) & 1u) << 4);
-        int q1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
-        y[j] = (float)q0 * d + m;
-        y[j + 16] = (float)q1 * d + m;
-    }
+    uint8_t q[32];
+    unpack_nibbles(b + 8, q);
+    add_high_bits(kr__ld_u32(b + 4), q);
+    for (int j = 0; j < 32; j++)
+        y[j] = (float)q[j] * d + m;
 }
 
 static inline void dq_q8_0(const uint8_t *b, float *restrict y)
@@ -300,16 +314,17 @@ static inline void dq_q6_K(const uint8_t *b, float *restrict y)
         const uint8_t *qh = qh0 + 32 * h;
         const int8_t *sc = sc0 + 8 * h;
         float *o = y + 128 * h;
-        for (int l = 0; l < 32; l++) {
-            const int is = l / 16;
-            int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-            int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            o[l] = d * (float)sc[is + 0] * (float)q1;
-            o[l + 32] = d * (float)sc[is + 2] * (float)q2;
-            o[l + 64] = d * (float)sc[is + 4] * (float)q3;
-            o[l + 96] = d * (float)sc[is + 6] * (float)q4;
+        /* quarter r: elements 32r..32r+31; two groups of 16 with own scales */
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *lo = ql + 32 * (r & 1);
+            const int nshift = 4 * (r >> 1), hshift = 2 * r;
+            for (int g = 0; g < 2; g++) {
+                const float dl = d * (float)sc[2 * r + g];
+                for (int l = 16 * g; l < 16 * g + 16; l++) {
+                    const int q = (((lo[l] >> nshift) & 0x0f) | (((qh[l] >> hshift) & 3) << 4)) - 32;
+                    o[32 * r + l] = dl * (float)q;
+                }
+            }
         }
     }
 }
@@ -375,30 +390,48 @@ kr_status kr_dequantize_row(kr_dtype t, const void *src, float *dst, size_t n)
 }
 
 /* ---- dot products ----
- * Eight independent accumulators per lane group so the compiler can keep
- * them in one SIMD register without reassociating a serial sum. */
+ * Each block is dequantized into a small stack buffer by the plain block
+ * decoder (its loops vectorize), then multiplied with x using GCC/clang
+ * vector extensions: a plain loop with a float sum is not vectorized without
+ * -ffast-math. Eight lanes (two 4-wide vectors) accumulate independently;
+ * the horizontal sum happens once per row. */
 
-#define KR__LANES 8
+typedef float kr__v4f __attribute__((vector_size(16)));
 
-static inline void acc_dot(float acc[KR__LANES], const float *restrict a, const float *restrict x,
-                           size_t n /* multiple of KR__LANES */)
+/* x86-64: also build an AVX2+FMA clone of each dot kernel, picked at load
+ * time by the CPU (GCC/clang target_clones, needs ifunc: glibc/ELF). */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(KR_QUANT_NO_CLONES)
+#define KR__DOT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KR__DOT_CLONES
+#endif
+
+static inline kr__v4f ldv(const float *p)
 {
-    for (size_t k = 0; k < n; k += KR__LANES)
-        for (int i = 0; i < KR__LANES; i++)
-            acc[i] += a[k + i] * x[k + i];
+    kr__v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-static inline float hsum(const float acc[KR__LANES])
+/* acc[0..1] += a[0..n) * x[0..n), n a multiple of 8 */
+static inline void acc_dot(kr__v4f acc[2], const float *restrict a, const float *restrict x, size_t n)
 {
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (size_t k = 0; k < n; k += 8) {
+        acc[0] += ldv(a + k) * ldv(x + k);
+        acc[1] += ldv(a + k + 4) * ldv(x + k + 4);
+    }
 }
 
-/* Generic path: dequantize a block into a stack buffer and accumulate with
- * the block's x. Templated per type by inlining the block decoder. */
+static inline float hsum(const kr__v4f acc[2])
+{
+    const kr__v4f a = acc[0] + acc[1];
+    return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
 #define KR__DEF_DOT(NAME, DQ, QK, BYTES)                                                      \
-    static float NAME(const uint8_t *row, const float *restrict x, size_t nb)                 \
+    KR__DOT_CLONES static float NAME(const uint8_t *row, const float *restrict x, size_t nb)  \
     {                                                                                         \
-        float acc[KR__LANES] = {0};                                                           \
+        kr__v4f acc[2] = {{0}, {0}};                                                          \
         float buf[QK];                                                                        \
         for (size_t i = 0; i < nb; i++) {                                                     \
             DQ(row + i * (BYTES), buf);                                                       \
@@ -407,61 +440,20 @@ static inline float hsum(const float acc[KR__LANES])
         return hsum(acc);                                                                     \
     }
 
+KR__DEF_DOT(dot_q4_0, dq_q4_0, KR_QK, 18)
 KR__DEF_DOT(dot_q4_1, dq_q4_1, KR_QK, 20)
+KR__DEF_DOT(dot_q5_0, dq_q5_0, KR_QK, 22)
 KR__DEF_DOT(dot_q5_1, dq_q5_1, KR_QK, 24)
+KR__DEF_DOT(dot_q8_0, dq_q8_0, KR_QK, 34)
 KR__DEF_DOT(dot_q2_K, dq_q2_K, KR_QK_K, 84)
 KR__DEF_DOT(dot_q3_K, dq_q3_K, KR_QK_K, 110)
 KR__DEF_DOT(dot_q4_K, dq_q4_K, KR_QK_K, 144)
 KR__DEF_DOT(dot_q5_K, dq_q5_K, KR_QK_K, 176)
 KR__DEF_DOT(dot_q6_K, dq_q6_K, KR_QK_K, 210)
 
-/* Symmetric 32-blocks: sum_i d_i * (q . x) — the scale leaves the inner loop. */
-#define KR__DEF_DOT_SYM(NAME, UNPACK, BYTES)                                                  \
-    static float NAME(const uint8_t *row, const float *restrict x, size_t nb)                 \
-    {                                                                                         \
-        float total = 0.0f;                                                                   \
-        float buf[KR_QK];                                                                     \
-        for (size_t i = 0; i < nb; i++) {                                                     \
-            const uint8_t *b = row + i * (BYTES);                                             \
-            float acc[KR__LANES] = {0};                                                       \
-            UNPACK(b, buf);                                                                   \
-            acc_dot(acc, buf, x + i * KR_QK, KR_QK);                                          \
-            total += kr__ld_f16(b) * hsum(acc);                                               \
-        }                                                                                     \
-        return total;                                                                         \
-    }
-
-static inline void up_q4_0(const uint8_t *b, float *restrict y)
+KR__DOT_CLONES static float dot_f32(const uint8_t *row, const float *restrict x, size_t n)
 {
-    const uint8_t *qs = b + 2;
-    for (int j = 0; j < 16; j++) {
-        y[j] = (float)((qs[j] & 0x0f) - 8);
-        y[j + 16] = (float)((qs[j] >> 4) - 8);
-    }
-}
-static inline void up_q5_0(const uint8_t *b, float *restrict y)
-{
-    const uint32_t qh = kr__ld_u32(b + 2);
-    const uint8_t *qs = b + 6;
-    for (int j = 0; j < 16; j++) {
-        y[j] = (float)(((qs[j] & 0x0f) | (int)(((qh >> j) & 1u) << 4)) - 16);
-        y[j + 16] = (float)(((qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4)) - 16);
-    }
-}
-static inline void up_q8_0(const uint8_t *b, float *restrict y)
-{
-    const int8_t *qs = (const int8_t *)(b + 2);
-    for (int j = 0; j < 32; j++)
-        y[j] = (float)qs[j];
-}
-
-KR__DEF_DOT_SYM(dot_q4_0, up_q4_0, 18)
-KR__DEF_DOT_SYM(dot_q5_0, up_q5_0, 22)
-KR__DEF_DOT_SYM(dot_q8_0, up_q8_0, 34)
-
-static float dot_f32(const uint8_t *row, const float *restrict x, size_t n)
-{
-    float acc[KR__LANES] = {0};
+    kr__v4f acc[2] = {{0}, {0}};
     float buf[64];
     size_t i = 0;
     for (; i + 64 <= n; i += 64) {
@@ -477,9 +469,9 @@ static float dot_f32(const uint8_t *row, const float *restrict x, size_t n)
     return hsum(acc) + tail;
 }
 
-static float dot_f16(const uint8_t *row, const float *restrict x, size_t n)
+KR__DOT_CLONES static float dot_f16(const uint8_t *row, const float *restrict x, size_t n)
 {
-    float acc[KR__LANES] = {0};
+    kr__v4f acc[2] = {{0}, {0}};
     float buf[64];
     size_t i = 0;
     for (; i + 64 <= n; i += 64) {
@@ -493,9 +485,9 @@ static float dot_f16(const uint8_t *row, const float *restrict x, size_t n)
     return hsum(acc) + tail;
 }
 
-static float dot_bf16(const uint8_t *row, const float *restrict x, size_t n)
+KR__DOT_CLONES static float dot_bf16(const uint8_t *row, const float *restrict x, size_t n)
 {
-    float acc[KR__LANES] = {0};
+    kr__v4f acc[2] = {{0}, {0}};
     float buf[64];
     size_t i = 0;
     for (; i + 64 <= n; i += 64) {
