@@ -168,9 +168,10 @@ static const kr_kernel example_kernels[] = {
     },
 };
 
+/* No semicolon after it: the macro ends with a function body. */
 KR_PLUGIN_DEFINE(
     .name = "example",
     .version = "1.0.0",
     .description = "template plugin: scaled vector add (y = a*x + y) on CPU and CUDA",
     .kernels = example_kernels,
-    .n_kernels = KR_ARRAY_LEN(example_kernels));
+    .n_kernels = KR_ARRAY_LEN(example_kernels))
