@@ -107,7 +107,7 @@ static void free_result(run_result *r)
 static const char GOLDEN[] = ", there was a little girl named Lily. She loved to play outside in the park. "
                              "One day, she saw a big, red ball.";
 
-Test(generate, stories260k_greedy_matches_llama_cpp, .timeout = 120)
+Test(generate, stories260k_greedy_matches_llama_cpp)
 {
     /* 48 tokens is a little more than the golden text (SPM, 512 pieces). */
     const char *args[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--greedy", "-t", "2",
@@ -127,7 +127,7 @@ Test(generate, stories260k_greedy_matches_llama_cpp, .timeout = 120)
     free_result(&r);
 }
 
-Test(generate, n_predict_limits_tokens, .timeout = 60)
+Test(generate, n_predict_limits_tokens)
 {
     /* The golden text starts ", there was": the first 2 greedy tokens can
      * only cover a prefix of it, and never all of it. */
@@ -140,7 +140,7 @@ Test(generate, n_predict_limits_tokens, .timeout = 60)
     free_result(&r);
 }
 
-Test(generate, same_seed_same_text_other_seed_differs, .timeout = 120)
+Test(generate, same_seed_same_text_other_seed_differs)
 {
     const char *a1[] = {"-m", stories(), "-p", "Once upon a time", "-n", "40", "--temp", "1.0", "--top-p", "0.9",
                         "-s", "1234", NULL};
@@ -159,7 +159,7 @@ Test(generate, same_seed_same_text_other_seed_differs, .timeout = 120)
     free_result(&r2);
 }
 
-Test(generate, invalid_sampling_values_rejected, .timeout = 30)
+Test(generate, invalid_sampling_values_rejected)
 {
     static const struct {
         const char *flag, *val, *needle;
@@ -184,7 +184,7 @@ Test(generate, invalid_sampling_values_rejected, .timeout = 30)
     free_result(&r);
 }
 
-Test(generate, errors_are_messages_and_exit_1, .timeout = 30)
+Test(generate, errors_are_messages_and_exit_1)
 {
     const char *missing[] = {"-m", "/nonexistent/model.gguf", "-p", "x", NULL};
     run_result r = run_kernrun(missing, NULL);
@@ -205,7 +205,7 @@ Test(generate, errors_are_messages_and_exit_1, .timeout = 30)
     free_result(&r);
 }
 
-Test(generate, default_model_missing_says_how_to_fetch, .timeout = 30)
+Test(generate, default_model_missing_says_how_to_fetch)
 {
     const char *args[] = {"-p", "hello", NULL};
     const char *env[] = {"XDG_CACHE_HOME=/nonexistent-kernrun-cache", NULL};
@@ -217,7 +217,7 @@ Test(generate, default_model_missing_says_how_to_fetch, .timeout = 30)
     free_result(&r);
 }
 
-Test(generate, prompt_from_file, .timeout = 60)
+Test(generate, prompt_from_file)
 {
     char path[] = "/tmp/kr-gen-prompt-XXXXXX";
     int fd = mkstemp(path);
@@ -229,5 +229,52 @@ Test(generate, prompt_from_file, .timeout = 60)
     unlink(path);
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "[%s]", r.out);
+    free_result(&r);
+}
+
+static void write_file(char *path_template, const char *text)
+{
+    int fd = mkstemp(path_template);
+    cr_assert(fd >= 0);
+    size_t n = strlen(text);
+    cr_assert_eq(write(fd, text, n), (ssize_t)n);
+    close(fd);
+}
+
+/* defaults < --config FILE [sampling] < KERNRUN_SAMPLING_* < flags */
+Test(generate, sampling_config_section)
+{
+    char ini[] = "/tmp/kr-gen-ini-XXXXXX";
+    write_file(ini, "[sampling]\ntemperature = 0\n");
+    const char *a1[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--config", ini, NULL};
+    run_result r = run_kernrun(a1, NULL);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "config temperature 0 must be greedy: [%s]", r.out);
+    free_result(&r);
+
+    /* the environment overrides the file */
+    const char *env[] = {"KERNRUN_SAMPLING_TOP_P=1.5", NULL};
+    r = run_kernrun(a1, env);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, "top_p = 1.5") != NULL, "%s", r.err);
+    free_result(&r);
+
+    /* a flag overrides both */
+    const char *a2[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--config", ini, "--top-p", "0.9",
+                        "--temp", "0", NULL};
+    r = run_kernrun(a2, env);
+    cr_expect_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "[%s]", r.out);
+    free_result(&r);
+    unlink(ini);
+
+    /* unknown keys are named with file and line */
+    char bad[] = "/tmp/kr-gen-ini-XXXXXX";
+    write_file(bad, "[sampling]\ntemprature = 0\n");
+    const char *a3[] = {"-m", stories(), "-p", "x", "--config", bad, NULL};
+    r = run_kernrun(a3, NULL);
+    unlink(bad);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, ":2:") && strstr(r.err, "temprature"), "%s", r.err);
     free_result(&r);
 }

@@ -16,6 +16,7 @@
 
 #include "kernrun/builtin_model.h"
 #include "kernrun/chat.h"
+#include "kernrun/config.h"
 #include "kernrun/log.h"
 #include "kernrun/model.h"
 #include "kernrun/sampling.h"
@@ -47,7 +48,41 @@ static const char g_usage[] =
     "      --chat              wrap the prompt in the model's chat template\n"
     "      --system TEXT       system message for --chat (default: the template's own, if any)\n"
     "      --no-bos            do not add BOS even if the vocabulary asks for it\n"
-    "      --backend B         cpu | cuda | auto (default auto)\n";
+    "      --backend B         cpu | cuda | auto (default auto)\n"
+    "      --config FILE       INI file; its [sampling] section sets the sampling defaults\n"
+    "Sampling values come from (low to high): built-in defaults, --config FILE [sampling],\n"
+    "KERNRUN_SAMPLING_<KEY> environment variables, then the flags above.\n";
+
+/* [sampling] keys: the same names as kr_sampler_params fields. Ranges are
+ * left to kr_sampler_params_validate, which words the messages. */
+static const kr_config_key g_sampling_keys[] = {
+    {.section = "sampling", .key = "temperature", .type = KR_CONFIG_FLOAT, .def = "0.8",
+     .help = "softmax temperature; 0 = greedy"},
+    {.section = "sampling", .key = "top_k", .type = KR_CONFIG_INT, .def = "40", .help = "top-k; 0 = off"},
+    {.section = "sampling", .key = "top_p", .type = KR_CONFIG_FLOAT, .def = "0.95", .help = "nucleus mass in (0,1]"},
+    {.section = "sampling", .key = "min_p", .type = KR_CONFIG_FLOAT, .def = "0.05", .help = "min-p in [0,1]"},
+    {.section = "sampling", .key = "repeat_penalty", .type = KR_CONFIG_FLOAT, .def = "1.0",
+     .help = "repetition penalty; 1 = off"},
+    {.section = "sampling", .key = "repeat_last_n", .type = KR_CONFIG_INT, .def = "64",
+     .help = "tokens of history for the penalties"},
+    {.section = "sampling", .key = "presence_penalty", .type = KR_CONFIG_FLOAT, .def = "0",
+     .help = "subtracted once from every token in the window"},
+    {.section = "sampling", .key = "frequency_penalty", .type = KR_CONFIG_FLOAT, .def = "0",
+     .help = "subtracted per occurrence in the window"},
+    {.section = "sampling", .key = "seed", .type = KR_CONFIG_INT, .def = NULL, .imin = 0, .imax = INT64_MAX,
+     .help = "sampler seed; unset = random"},
+    {.section = "sampling", .key = "greedy", .type = KR_CONFIG_BOOL, .def = "false",
+     .help = "always pick the most likely token"},
+};
+
+#define KR__MAX_SETS 32
+
+/* A sampling flag given on the command line, applied to the config last. */
+typedef struct kr__set {
+    const char *key;   /* [sampling] key */
+    const char *value; /* text as given */
+    const char *flag;  /* "--temp" (origin in messages) */
+} kr__set;
 
 typedef struct kr__gen_opts {
     const char *model;     /* -m; NULL = default model */
@@ -58,10 +93,10 @@ typedef struct kr__gen_opts {
     long n_predict;        /* -n; < 0 = unbounded */
     long n_ctx;            /* -c; 0 = default */
     long threads;          /* -t; 0 = default */
-    bool have_seed;
-    uint64_t seed;
     bool chat, no_bos;
-    kr_sampler_params sp;
+    const char *config;    /* --config */
+    kr__set sets[KR__MAX_SETS]; /* sampling flags, in order */
+    int n_sets;
 } kr__gen_opts;
 
 static double kr__now_ms(void)
@@ -95,27 +130,13 @@ static int kr__parse_long(const char *flag, const char *s, long lo, long hi, lon
     return 0;
 }
 
-static int kr__parse_float(const char *flag, const char *s, float *out)
+static int kr__add_set(kr__gen_opts *o, const char *key, const char *value, const char *flag)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        return kr__bad(flag, s, "not a finite number");
-    *out = (float)v;
-    return 0;
-}
-
-static int kr__parse_seed(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    if (*s == '-')
-        return kr__bad("--seed", s, "must be a non-negative integer");
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end)
-        return kr__bad("--seed", s, "not an integer");
-    *out = (uint64_t)v;
+    if (o->n_sets >= KR__MAX_SETS) {
+        fprintf(stderr, "kernrun generate: too many sampling flags\n");
+        return 2;
+    }
+    o->sets[o->n_sets++] = (kr__set){.key = key, .value = value, .flag = flag};
     return 0;
 }
 
@@ -185,39 +206,37 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
             rc = kr__parse_long(a, val, 1, 1024, &o->threads);
         } else if (KR__IS("-s", "--seed")) {
             KR__VAL();
-            rc = kr__parse_seed(val, &o->seed);
-            o->have_seed = true;
+            rc = kr__add_set(o, "seed", val, "--seed");
         } else if (KR__IS("--temp", "--temperature")) {
             KR__VAL();
-            rc = kr__parse_float(a, val, &o->sp.temperature);
+            rc = kr__add_set(o, "temperature", val, "--temp");
         } else if (KR__IS("--top-k", NULL)) {
-            long k;
             KR__VAL();
-            rc = kr__parse_long(a, val, INT32_MIN, INT32_MAX, &k);
-            o->sp.top_k = (int32_t)k;
+            rc = kr__add_set(o, "top_k", val, "--top-k");
         } else if (KR__IS("--top-p", NULL)) {
             KR__VAL();
-            rc = kr__parse_float(a, val, &o->sp.top_p);
+            rc = kr__add_set(o, "top_p", val, "--top-p");
         } else if (KR__IS("--min-p", NULL)) {
             KR__VAL();
-            rc = kr__parse_float(a, val, &o->sp.min_p);
+            rc = kr__add_set(o, "min_p", val, "--min-p");
         } else if (KR__IS("--repeat-penalty", NULL)) {
             KR__VAL();
-            rc = kr__parse_float(a, val, &o->sp.repeat_penalty);
+            rc = kr__add_set(o, "repeat_penalty", val, "--repeat-penalty");
         } else if (KR__IS("--repeat-last-n", NULL)) {
-            long k;
             KR__VAL();
-            rc = kr__parse_long(a, val, INT32_MIN, INT32_MAX, &k);
-            o->sp.repeat_last_n = (int32_t)k;
+            rc = kr__add_set(o, "repeat_last_n", val, "--repeat-last-n");
         } else if (KR__IS("--presence-penalty", NULL)) {
             KR__VAL();
-            rc = kr__parse_float(a, val, &o->sp.presence_penalty);
+            rc = kr__add_set(o, "presence_penalty", val, "--presence-penalty");
         } else if (KR__IS("--frequency-penalty", NULL)) {
             KR__VAL();
-            rc = kr__parse_float(a, val, &o->sp.frequency_penalty);
+            rc = kr__add_set(o, "frequency_penalty", val, "--frequency-penalty");
         } else if (KR__IS("--greedy", NULL)) {
             KR__NOVAL();
-            o->sp.greedy = true;
+            rc = kr__add_set(o, "greedy", "true", "--greedy");
+        } else if (KR__IS("--config", NULL)) {
+            KR__VAL();
+            o->config = val;
         } else if (KR__IS("--chat", NULL)) {
             KR__NOVAL();
             o->chat = true;
@@ -314,11 +333,74 @@ static int kr__fail(const kr_err *e, kr_status st)
     return 1;
 }
 
+/* defaults < --config FILE < KERNRUN_SAMPLING_* < flags, then read back into
+ * sampler params. Returns 0, or the exit status (1 bad file/env value, 2 bad
+ * flag value). *have_seed tells whether any layer set a seed. */
+static int kr__sampling_from_config(const kr__gen_opts *o, kr_sampler_params *sp, bool *have_seed)
+{
+    kr_err e;
+    kr_err_clear(&e);
+    kr_config *cfg = NULL;
+    int rc = 1;
+    kr_status st = kr_config_create(&cfg, &e);
+    if (st == KR_OK)
+        st = kr_config_add_keys(cfg, g_sampling_keys, sizeof g_sampling_keys / sizeof g_sampling_keys[0], &e);
+    if (st == KR_OK && o->config)
+        st = kr_config_load_file(cfg, o->config, &e);
+    if (st == KR_OK)
+        st = kr_config_apply_env(cfg, &e);
+    if (st != KR_OK)
+        goto fail;
+    for (int i = 0; i < o->n_sets; i++) {
+        st = kr_config_set(cfg, "sampling", o->sets[i].key, o->sets[i].value, o->sets[i].flag, &e);
+        if (st != KR_OK) {
+            rc = 2;
+            goto fail;
+        }
+    }
+    double d;
+    int64_t v;
+    bool b;
+    kr_sampler_params_default(sp);
+#define KR__GETF(k, field)                                              \
+    if ((st = kr_config_get_float(cfg, "sampling", k, &d)) != KR_OK)   \
+        goto fail_get;                                                  \
+    sp->field = (float)d;
+#define KR__GETI(k, field)                                              \
+    if ((st = kr_config_get_int(cfg, "sampling", k, &v)) != KR_OK)     \
+        goto fail_get;                                                  \
+    sp->field = v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : (int32_t)v;
+    KR__GETF("temperature", temperature)
+    KR__GETI("top_k", top_k)
+    KR__GETF("top_p", top_p)
+    KR__GETF("min_p", min_p)
+    KR__GETF("repeat_penalty", repeat_penalty)
+    KR__GETI("repeat_last_n", repeat_last_n)
+    KR__GETF("presence_penalty", presence_penalty)
+    KR__GETF("frequency_penalty", frequency_penalty)
+#undef KR__GETF
+#undef KR__GETI
+    if ((st = kr_config_get_bool(cfg, "sampling", "greedy", &b)) != KR_OK)
+        goto fail_get;
+    sp->greedy = b;
+    *have_seed = kr_config_get_int(cfg, "sampling", "seed", &v) == KR_OK;
+    if (*have_seed)
+        sp->seed = (uint64_t)v;
+    kr_config_free(cfg);
+    return 0;
+
+fail_get:
+    kr_err_set(&e, st, "reading [sampling] from the configuration failed");
+fail:
+    fprintf(stderr, "kernrun generate: error: %s\n", kr_err_msg(&e, st));
+    kr_config_free(cfg);
+    return rc;
+}
+
 static int run_generate(kr_app *app, int argc, char **argv)
 {
     (void)app;
     kr__gen_opts o = {.backend = "auto", .n_predict = 128};
-    kr_sampler_params_default(&o.sp);
     int prc = kr__parse_args(argc, argv, &o);
     if (prc == -1)
         return 0;
@@ -328,11 +410,15 @@ static int run_generate(kr_app *app, int argc, char **argv)
         fprintf(stderr, "kernrun generate: give exactly one of -p PROMPT or -f FILE\n%s", g_usage);
         return 2;
     }
-    if (!o.have_seed) {
-        o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-        KR_LOGI(KR__DOM, "seed %llu (pass -s to reproduce)", (unsigned long long)o.seed);
+    kr_sampler_params sp;
+    bool have_seed = false;
+    prc = kr__sampling_from_config(&o, &sp, &have_seed);
+    if (prc)
+        return prc;
+    if (!have_seed) {
+        sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+        KR_LOGI(KR__DOM, "seed %llu (pass -s to reproduce)", (unsigned long long)sp.seed);
     }
-    o.sp.seed = o.seed;
 
     int rc = 1;
     kr_err e;
@@ -417,7 +503,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
         rc = kr__fail(&e, st);
         goto out;
     }
-    st = kr_sampler_create(&o.sp, n_vocab, &smp, &e);
+    st = kr_sampler_create(&sp, n_vocab, &smp, &e);
     if (st != KR_OK) {
         kr_err_prefix(&e, "sampling parameters");
         rc = kr__fail(&e, st);
