@@ -6,7 +6,8 @@
 //   kr_mv_f16, kr_mv_f32                                     (plain types)
 // Launch: block (32*KR_MV_WARPS, 1, 1), grid (ceil(rows / (KR_MV_WARPS*KR_MV_ROWS)), 1, 1).
 // x must be 16-byte aligned. Each warp owns KR_MV_ROWS rows; it copies a
-// stage of each row (KR_MV_STEPS steps of 256 elements) into its own slice of
+// stage of each row (KR_MV_STEPS steps of 256 elements; the three KR_MV_*
+// macros may be set with -D, the launcher must match) into its own slice of
 // shared memory with coalesced 16-byte loads (2-byte loads when the row base
 // or stride is not 16-byte aligned), then every lane decodes 8 weights per
 // step and row against 8 x values it loads once for all of the warp's rows.
@@ -21,7 +22,7 @@
 #define KR_MV_ROWS 2
 #endif
 #ifndef KR_MV_STEPS
-#define KR_MV_STEPS 8
+#define KR_MV_STEPS 16
 #endif
 
 __device__ __forceinline__ float4 kr_ldx4(const float *p) { return __ldg((const float4 *)p); }
@@ -171,7 +172,18 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const f
                                             float *__restrict__ y, int rows, int cols, kr_i64 row_stride)
 {
     typedef kr_mv_type<T> Q;
-    enum { STEP = (256 / Q::BS) * Q::TS, STAGE = KR_MV_STEPS * STEP, STAGE_PAD = (STAGE + 15) & ~15 };
+    // Steps per stage: KR_MV_STEPS, lowered to fit 48 KiB of static shared
+    // memory and rounded to keep every stage start 16-byte aligned (Q6_K's
+    // 210-byte steps need multiples of 8).
+    enum {
+        STEP = (256 / Q::BS) * Q::TS,
+        ALIGN = STEP % 16 == 0 ? 1 : STEP % 8 == 0 ? 2 : STEP % 4 == 0 ? 4 : 8,
+        MAXST = 49152 / (KR_MV_WARPS * KR_MV_ROWS * STEP),
+        S0 = KR_MV_STEPS < MAXST ? KR_MV_STEPS : MAXST,
+        STEPS = S0 / ALIGN * ALIGN > 0 ? S0 / ALIGN * ALIGN : ALIGN,
+        STAGE = STEPS * STEP,
+        STAGE_PAD = (STAGE + 15) & ~15
+    };
     __shared__ __align__(16) kr_u8 sm[KR_MV_WARPS][KR_MV_ROWS][STAGE_PAD];
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -202,7 +214,7 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const f
         __syncwarp();
         const int e_base = (int)(off / Q::TS) * Q::BS;
 #pragma unroll 1
-        for (int st = 0; st < KR_MV_STEPS; st++) {
+        for (int st = 0; st < STEPS; st++) {
             const int e0 = e_base + st * 256;
             if (e0 >= cols)
                 break;
@@ -263,6 +275,7 @@ kr_mv_f16(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 r
         rp[r] = w + (kr_i64)min(r0 + r, rows - 1) * row_stride; // clamp: reads stay in bounds
         acc[r] = 0.0f;
     }
+#pragma unroll 4
     for (int c = lane; c < nv; c += 32) {
         float4 xa = kr_ldx4(x + 8 * c), xb = kr_ldx4(x + 8 * c + 4);
 #pragma unroll
@@ -304,6 +317,7 @@ kr_mv_f32(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 r
         rp[r] = (const float *)(w + (kr_i64)min(r0 + r, rows - 1) * row_stride);
         acc[r] = 0.0f;
     }
+#pragma unroll 4
     for (int c = lane; c < nv; c += 32) {
         float4 xa = kr_ldx4(x + 4 * c);
 #pragma unroll

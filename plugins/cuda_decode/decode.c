@@ -15,9 +15,10 @@
 #include "kr_decode_attention_src.h"
 #include "kr_decode_elementwise_src.h"
 
-/* Launch geometry shared with the kernels (their defaults). */
+/* Launch geometry shared with the kernels. */
 #define KR__MV_WARPS 4
 #define KR__MV_ROWS 2
+#define KR__MV_STEPS 16
 #define KR__ATTN_WARPS 4
 #define KR__ATTN_MAX_HEAD_DIM 256
 
@@ -68,6 +69,9 @@ static const struct {
 
 struct kr_dec {
     kr_backend *be;                  /* CUDA backend the functions belong to */
+    kr_dec_tuning tun;               /* matvec geometry */
+    char mv_opt[3][32];              /* (3,) "-DKR_MV_ROWS=n" ... for matvec.cu */
+    const char *mv_opts[3];          /* (3,) pointers into mv_opt */
     pthread_mutex_t lock;            /* guards fn[] */
     kr_function *fn[KR__FN_COUNT];   /* (KR__FN_COUNT,) lazily fetched; owned by the backend */
 };
@@ -141,7 +145,26 @@ static void kr__dec_source(int file, kr_kernel_source *src)
 
 kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err)
 {
+    return kr_dec_create_tuned(be, NULL, out, err);
+}
+
+void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out) { *out = d->tun; }
+
+kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_dec **out, kr_err *err)
+{
+    kr_dec_tuning t = {.mv_rows = KR__MV_ROWS, .mv_warps = KR__MV_WARPS, .mv_steps = KR__MV_STEPS};
     *out = NULL;
+    if (tuning) {
+        if (tuning->mv_rows)
+            t.mv_rows = tuning->mv_rows;
+        if (tuning->mv_warps)
+            t.mv_warps = tuning->mv_warps;
+        if (tuning->mv_steps)
+            t.mv_steps = tuning->mv_steps;
+    }
+    if (t.mv_rows < 1 || t.mv_rows > 8 || t.mv_warps < 1 || t.mv_warps > 16 || t.mv_steps < 1 || t.mv_steps > 64)
+        return kr__dec_err(err, KR_ERR_INVALID_ARG, "cuda_decode: tuning out of range (rows %d, warps %d, steps %d)",
+                           t.mv_rows, t.mv_warps, t.mv_steps);
     if (!be || be->kind != KR_BACKEND_CUDA)
         return kr__dec_err(err, KR_ERR_INVALID_ARG, "cuda_decode: needs a CUDA backend");
     kr_dec *d = calloc(1, sizeof *d);
@@ -152,6 +175,12 @@ kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err)
         return kr__dec_err(err, KR_ERR_INTERNAL, "cuda_decode: pthread_mutex_init failed");
     }
     d->be = be;
+    d->tun = t;
+    snprintf(d->mv_opt[0], sizeof d->mv_opt[0], "-DKR_MV_ROWS=%d", t.mv_rows);
+    snprintf(d->mv_opt[1], sizeof d->mv_opt[1], "-DKR_MV_WARPS=%d", t.mv_warps);
+    snprintf(d->mv_opt[2], sizeof d->mv_opt[2], "-DKR_MV_STEPS=%d", t.mv_steps);
+    for (int i = 0; i < 3; i++)
+        d->mv_opts[i] = d->mv_opt[i];
     *out = d;
     return KR_OK;
 }
@@ -174,6 +203,10 @@ static kr_status kr__dec_get(kr_dec *d, kr__dec_fn id, kr_function **fn, kr_err 
         kr_kernel_source src;
         kr__dec_source(kr__dec_fns[id].file, &src);
         src.entry = kr__dec_fns[id].entry;
+        if (kr__dec_fns[id].file == KR__F_MATVEC) {
+            src.options = d->mv_opts;
+            src.n_options = 3;
+        }
         st = kr_backend_get_function(d->be, &src, &d->fn[id], err);
         if (st != KR_OK) {
             d->fn[id] = NULL;
@@ -277,8 +310,9 @@ kr_status kr_dec_matvec(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, 
     int r = (int)rows, c = (int)cols;
     long long rs = (long long)row_stride;
     void *args[] = {&w, &x, &y, &r, &c, &rs};
-    return kr__dec_launch(d, (kr__dec_fn)kr__mv_fn(wtype, false), kr__div_up(rows, KR__MV_WARPS * KR__MV_ROWS), 1,
-                          32 * KR__MV_WARPS, s, args, err);
+    return kr__dec_launch(d, (kr__dec_fn)kr__mv_fn(wtype, false),
+                          kr__div_up(rows, (int64_t)d->tun.mv_warps * d->tun.mv_rows), 1,
+                          (uint32_t)(32 * d->tun.mv_warps), s, args, err);
 }
 
 kr_status kr_dec_embed(kr_dec *d, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride,

@@ -26,8 +26,19 @@
 
 typedef struct kr_dec kr_dec;
 
+/* Matvec launch geometry (compiled into the kernels with -D options). */
+typedef struct kr_dec_tuning {
+    int mv_rows;   /* rows per warp, 1..8 (default 2) */
+    int mv_warps;  /* warps per block, 1..16 (default 4) */
+    int mv_steps;  /* 256-element steps staged in shared memory per pass, 1..64 (default 16);
+                      shared memory per block = warps*rows*steps*(bytes of 256 weights) <= 48 KiB */
+} kr_dec_tuning;
+
 /* be must be a CUDA backend and outlive the kr_dec. */
 kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err);
+/* As kr_dec_create with explicit tuning (NULL or 0 fields = defaults). */
+kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_dec **out, kr_err *err);
+void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out);
 void kr_dec_free(kr_dec *d); /* NULL ok */
 kr_backend *kr_dec_backend(const kr_dec *d);
 

@@ -286,6 +286,39 @@ Test(gpu_decode, matvec_k_quants, .timeout = 300)
     gpu_close(&g);
 }
 
+/* Non-default launch geometries (rows per warp, warps per block, staged
+ * steps; Q6_K's stage is rounded to 8 steps) compute the same products. */
+Test(gpu_decode, matvec_tunings, .timeout = 300)
+{
+    gpu g;
+    gpu_open(&g);
+    const kr_dec_tuning tunings[] = {{1, 4, 4}, {4, 2, 3}, {3, 1, 1}, {2, 8, 16}};
+    const kr_dtype types[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_F16,
+                              KR_DTYPE_F32, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    kr_dec *def = g.dec;
+    for (size_t k = 0; k < KR_ARRAY_LEN(tunings); k++) {
+        kr_err err;
+        kr_err_clear(&err);
+        kr_dec *d = NULL;
+        check_ok(kr_dec_create_tuned(g.be, &tunings[k], &d, &err), &err, "kr_dec_create_tuned");
+        g.dec = d;
+        for (size_t i = 0; i < KR_ARRAY_LEN(types); i++) {
+            int64_t bs = (int64_t)kr_dtype_block_size(types[i]);
+            run_matvec(&g, types[i], 13, bs == 256 ? 256 * 19 : 32 * 77, 0);
+            run_matvec(&g, types[i], 130, bs == 256 ? 4096 : 4096 + 32, 0);
+        }
+        kr_dec_free(d);
+    }
+    g.dec = def;
+    kr_err err;
+    kr_err_clear(&err);
+    kr_dec *d = NULL;
+    const kr_dec_tuning bad = {9, 4, 16};
+    cr_expect_eq(kr_dec_create_tuned(g.be, &bad, &d, &err), KR_ERR_INVALID_ARG, "9 rows per warp");
+    cr_expect_null(d);
+    gpu_close(&g);
+}
+
 Test(gpu_decode, matvec_rejects_bad_args)
 {
     gpu g;
