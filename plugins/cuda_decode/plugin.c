@@ -323,4 +323,4 @@ KR_PLUGIN_DEFINE(
     .init = kr__init,
     .fini = kr__fini,
     .kernels = kr__decode_kernels,
-    .n_kernels = KR_ARRAY_LEN(kr__decode_kernels));
+    .n_kernels = KR_ARRAY_LEN(kr__decode_kernels))
