@@ -278,3 +278,23 @@ Test(generate, sampling_config_section)
     cr_expect(strstr(r.err, ":2:") && strstr(r.err, "temprature"), "%s", r.err);
     free_result(&r);
 }
+
+/* The default model (fetched by tools/fetch-default-model; skipped when it is
+ * not in the cache): greedy chat answer to a simple factual instruction. */
+Test(generate, default_model_chat_answers)
+{
+    char path[4096];
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    if (xdg && *xdg)
+        snprintf(path, sizeof path, "%s/kernrun/models/SmolLM2-135M-Instruct.Q4_1.gguf", xdg);
+    else
+        snprintf(path, sizeof path, "%s/.cache/kernrun/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : "/");
+    if (access(path, R_OK) != 0)
+        cr_skip_test("default model not cached (%s); run tools/fetch-default-model", path);
+    const char *args[] = {"-p", "What is the capital of France?", "--chat", "--greedy", "-n", "12", NULL};
+    run_result r = run_kernrun(args, NULL);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strstr(r.out, "Paris") != NULL, "answer: [%s]", r.out);
+    free_result(&r);
+}
