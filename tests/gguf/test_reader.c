@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gguf_test_util.h"
@@ -363,4 +364,86 @@ Test(gguf_real, empty_file_on_disk)
     cr_expect_eq(kr_gguf_open(path, NULL, &g, &err), KR_ERR_FORMAT);
     cr_expect(strstr(err.msg, "empty"), "%s", err.msg);
     unlink(path);
+}
+
+/* A 7B-shaped Q4_0 file (sparse: only the header is written, the data is a
+ * hole). Opening it must read the metadata only: well under the time it would
+ * take to page in 3.8 GB, and no data touched. */
+static void add_t(gb *b, const char *name, uint32_t nd, uint64_t ne0, uint64_t ne1, uint32_t type, uint64_t *off)
+{
+    uint64_t ne[2] = {ne0, ne1};
+    uint64_t bytes = type == 2 ? ne0 / 32 * 18 * (nd > 1 ? ne1 : 1) : ne0 * 4 * (nd > 1 ? ne1 : 1);
+    gb_tinfo(b, name, nd, ne, type, *off);
+    *off = (*off + bytes + 31) / 32 * 32;
+}
+
+Test(gguf_reader, big_sparse_7b_metadata_only, .timeout = 60)
+{
+    gb b = {0};
+    enum { L = 32, VOCAB = 32000 };
+    const uint64_t E = 4096, F = 11008;
+    gb_header(&b, 3, 2 + 9 * L + 1, 5);
+    gb_kv_str(&b, "general.architecture", "llama");
+    gb_kv_u32(&b, "llama.block_count", L);
+    gb_kv_u32(&b, "llama.embedding_length", (uint32_t)E);
+    gb_kv_u32(&b, "llama.feed_forward_length", (uint32_t)F);
+    gb_key(&b, "tokenizer.ggml.tokens", GB_ARR);
+    gb_u32(&b, GB_STR);
+    gb_u64(&b, VOCAB);
+    for (int i = 0; i < VOCAB; i++) {
+        char tok[16];
+        snprintf(tok, sizeof tok, "tok%d", i);
+        gb_str(&b, tok);
+    }
+    uint64_t off = 0;
+    add_t(&b, "token_embd.weight", 2, E, VOCAB, 2, &off);
+    for (int l = 0; l < L; l++) {
+        char n[64];
+        const char *mats[] = {"attn_q", "attn_k", "attn_v", "attn_output"};
+        for (int m = 0; m < 4; m++) {
+            snprintf(n, sizeof n, "blk.%d.%s.weight", l, mats[m]);
+            add_t(&b, n, 2, E, E, 2, &off);
+        }
+        snprintf(n, sizeof n, "blk.%d.ffn_gate.weight", l);
+        add_t(&b, n, 2, E, F, 2, &off);
+        snprintf(n, sizeof n, "blk.%d.ffn_up.weight", l);
+        add_t(&b, n, 2, E, F, 2, &off);
+        snprintf(n, sizeof n, "blk.%d.ffn_down.weight", l);
+        add_t(&b, n, 2, F, E, 2, &off);
+        snprintf(n, sizeof n, "blk.%d.attn_norm.weight", l);
+        add_t(&b, n, 1, E, 1, 0, &off);
+        snprintf(n, sizeof n, "blk.%d.ffn_norm.weight", l);
+        add_t(&b, n, 1, E, 1, 0, &off);
+    }
+    add_t(&b, "output_norm.weight", 1, E, 1, 0, &off);
+    add_t(&b, "output.weight", 2, E, VOCAB, 2, &off);
+    gb_pad(&b, 32);
+    uint64_t total = b.n + off;
+    cr_assert_gt(total, 3500000000ull);
+
+    char path[] = "/tmp/kr_gguf_7bXXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, b.p, b.n), (ssize_t)b.n);
+    cr_assert_eq(ftruncate(fd, (off_t)total), 0);
+    close(fd);
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kr_gguf *g = NULL;
+    kr_err err;
+    kr_status st = kr_gguf_open(path, NULL, &g, &err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    unlink(path);
+    cr_assert_eq(st, KR_OK, "%s", err.msg);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    cr_log_info("7B-shaped metadata (%zu bytes header, %" PRIu64 " bytes file) opened in %.2f ms", b.n, total, ms);
+    /* generous for sanitizer builds; reading the 3.8 GB would take seconds */
+    cr_expect_lt(ms, 250.0, "open took %.1f ms", ms);
+    cr_expect_eq(kr_gguf_n_tensors(g), 2 + 9 * L + 1);
+    const kr_gguf_tensor *t = kr_gguf_find_tensor(g, "blk.31.ffn_down.weight");
+    cr_assert_not_null(t);
+    cr_expect_eq(t->size, F / 32 * 18 * E);
+    kr_gguf_close(g);
+    gb_free(&b);
 }
