@@ -324,8 +324,21 @@ static kr_status kr__encode_segment(kr__enc *e, const char *s, size_t n, bool fi
         return st;
     if (nn == 0)
         return KR_OK;
-    if (e->t->n_pre == 0)
-        return kr__encode_word(e, ns, nn);
+    if (e->t->n_pre == 0) {
+        if (!e->t->chunk_meta)
+            return kr__encode_word(e, ns, nn);
+        /* cut before each "\u2581" that follows another character */
+        size_t start = 0;
+        for (size_t i = 1; i + 3 <= nn; i++) {
+            if (memcmp(ns + i, "\xe2\x96\x81", 3) == 0 &&
+                (i < 3 || memcmp(ns + i - 3, "\xe2\x96\x81", 3) != 0)) {
+                if ((st = kr__encode_word(e, ns + start, i - start)))
+                    return st;
+                start = i;
+            }
+        }
+        return kr__encode_word(e, ns + start, nn - start);
+    }
     kr__words w;
     if ((st = kr__pretokenize(e->t, ns, nn, first, &w, e->err)))
         return st;

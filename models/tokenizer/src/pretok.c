@@ -301,6 +301,8 @@ kr_status kr__pretokenize(const kr_tokenizer *t, const char *text, size_t len, b
                 }
                 if (mx.js)
                     pcre2_jit_stack_assign(mx.mc, NULL, mx.js);
+                /* linear patterns can still need many steps on long runs */
+                pcre2_set_match_limit(mx.mc, UINT32_MAX);
             }
             /* pieces keep pointing into a's buffer: share it */
             for (size_t k = 0; k < a.n; k++) {

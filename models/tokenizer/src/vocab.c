@@ -324,6 +324,19 @@ kr_status kr__tok_finish(kr_tokenizer *t, kr_err *err)
     }
     for (int c = 0; c < 256; c++)
         t->special_idx[c + 1] += t->special_idx[c];
+    /* Whole-text merging (SPM) can be cut before every "\u2581" that follows
+     * another character when no token could span such a cut. */
+    t->chunk_meta = t->n_pre == 0 && !t->ignore_merges;
+    for (int32_t id = 0; id < t->n_vocab && t->chunk_meta; id++) {
+        const char *s = kr__tok_text(t, id);
+        size_t n = t->toks[id].len;
+        for (size_t p = 1; p + 3 <= n; p++) {
+            if (memcmp(s + p, "\xe2\x96\x81", 3) == 0 && (p < 3 || memcmp(s + p - 3, "\xe2\x96\x81", 3) != 0)) {
+                t->chunk_meta = false;
+                break;
+            }
+        }
+    }
     /* end-of-generation set */
     free(t->eog);
     t->eog = malloc((sizeof kr__eog_names / sizeof kr__eog_names[0] + 2) * sizeof *t->eog);

@@ -1,0 +1,151 @@
+/* tokenizer.json loading: a minimal valid file loads; each kind of bad or
+ * unsupported content is rejected with a message naming it. */
+#include "tok_common.h"
+
+#define VOCAB "{\"a\":0,\"b\":1,\"ab\":2,\"<s>\":3}"
+
+static kr_status load_str(const char *json, kr_tokenizer **t, kr_err *err)
+{
+    kr_err_clear(err);
+    *t = NULL;
+    return kr_tokenizer_load_json_memory(json, strlen(json), t, err);
+}
+
+/* model + optional extra top-level members */
+static char *mk(const char *model_extra, const char *vocab, const char *merges, const char *top_extra)
+{
+    char *b = malloc(1 << 16);
+    cr_assert(b);
+    snprintf(b, 1 << 16,
+             "{\"model\":{\"type\":\"BPE\",\"vocab\":%s,\"merges\":%s%s}%s}", vocab, merges,
+             model_extra, top_extra);
+    return b;
+}
+
+Test(json, minimal_valid_file_loads_and_encodes)
+{
+    char *j = mk("", VOCAB, "[\"a b\"]",
+                 ",\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":true}],"
+                 "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]}");
+    kr_tokenizer *t;
+    kr_err err;
+    kr_status st = load_str(j, &t, &err);
+    cr_assert(st == KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_tokenizer_n_vocab(t), 4);
+    cr_assert_eq(kr_tokenizer_bos(t), 3);
+    cr_assert(kr_tokenizer_add_bos_default(t));
+    size_t n;
+    int32_t *ids = kr_test_encode(t, "abab<s>", 7, true, false, &n);
+    /* bos, ab, ab, then "<s>" as text: '<', 's', '>' are not tokens and there is no unk */
+    cr_assert(n == 3 && ids[0] == 3 && ids[1] == 2 && ids[2] == 2);
+    free(ids);
+    ids = kr_test_encode(t, "abab<s>", 7, false, true, &n);
+    cr_assert(n == 3 && ids[0] == 2 && ids[1] == 2 && ids[2] == 3);
+    free(ids);
+    kr_tokenizer_free(t);
+    free(j);
+    /* merges as pairs */
+    j = mk("", VOCAB, "[[\"a\",\"b\"]]", "");
+    cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);
+    ids = kr_test_encode(t, "ab", 2, false, false, &n);
+    cr_assert(n == 1 && ids[0] == 2);
+    free(ids);
+    kr_tokenizer_free(t);
+    free(j);
+}
+
+static void reject(const char *json, kr_status want, const char *needle)
+{
+    kr_tokenizer *t;
+    kr_err err;
+    kr_status st = load_str(json, &t, &err);
+    cr_assert(st != KR_OK, "accepted: %.200s", json);
+    cr_assert_null(t);
+    if (want != KR_OK)
+        cr_assert_eq(st, want, "status %s for %.200s (%s)", kr_status_name(st), json, err.msg);
+    cr_assert(strstr(err.msg, needle) != NULL, "message '%s' lacks '%s'", err.msg, needle);
+}
+
+static void reject_mk(const char *mx, const char *vocab, const char *merges, const char *top,
+                      kr_status want, const char *needle)
+{
+    char *j = mk(mx, vocab, merges, top);
+    reject(j, want, needle);
+    free(j);
+}
+
+Test(json, bad_inputs_rejected)
+{
+    reject("", KR_ERR_FORMAT, "tokenizer.json");
+    reject("{\"model\":", KR_ERR_FORMAT, "end of input");
+    reject("[1,2,3]", KR_ERR_FORMAT, "not a JSON object");
+    reject("{}", KR_ERR_FORMAT, "model");
+    reject("{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", KR_ERR_UNSUPPORTED, "Unigram");
+    reject("{\"model\":{\"type\":\"WordPiece\"}}", KR_ERR_UNSUPPORTED, "WordPiece");
+    reject("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}} trailing", KR_ERR_FORMAT, "trailing");
+    /* merges naming unknown tokens / results not in vocab / malformed */
+    reject_mk("", VOCAB, "[\"a zz\"]", "", KR_ERR_FORMAT, "zz");
+    reject_mk("", VOCAB, "[\"b a\"]", "", KR_ERR_FORMAT, "'ba' is not a token");
+    reject_mk("", VOCAB, "[\"ab\"]", "", KR_ERR_FORMAT, "merge 0");
+    reject_mk("", VOCAB, "[42]", "", KR_ERR_FORMAT, "merge 0");
+    /* duplicate ids, bad ids */
+    reject_mk("", "{\"a\":0,\"b\":0}", "[]", "", KR_ERR_FORMAT, "id 0");
+    reject_mk("", "{\"a\":-1}", "[]", "", KR_ERR_RANGE, "-1");
+    reject_mk("", "{\"a\":\"x\"}", "[]", "", KR_ERR_TYPE, "integer");
+    reject_mk("", "{\"a\":99999999999}", "[]", "", KR_ERR_RANGE, "99999999999");
+    /* added tokens out of range / twice */
+    reject_mk("", VOCAB, "[]", ",\"added_tokens\":[{\"id\":4294967296,\"content\":\"x\"}]", KR_ERR_RANGE,
+              "4294967296");
+    reject_mk("", VOCAB, "[]",
+              ",\"added_tokens\":[{\"id\":3,\"content\":\"x\"},{\"id\":3,\"content\":\"y\"}]",
+              KR_ERR_FORMAT, "twice");
+    /* unsupported pipeline pieces are named */
+    reject_mk("", VOCAB, "[]", ",\"normalizer\":{\"type\":\"NFC\"}", KR_ERR_UNSUPPORTED, "NFC");
+    reject_mk("", VOCAB, "[]", ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Lowercase\"}]}",
+              KR_ERR_UNSUPPORTED, "Lowercase");
+    reject_mk("", VOCAB, "[]", ",\"pre_tokenizer\":{\"type\":\"Whitespace\"}", KR_ERR_UNSUPPORTED,
+              "Whitespace");
+    reject_mk("", VOCAB, "[]", ",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"}",
+              KR_ERR_FORMAT, "does not compile");
+    reject_mk("", VOCAB, "[]", ",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},\"behavior\":\"Sideways\"}",
+              KR_ERR_UNSUPPORTED, "Sideways");
+    reject_mk("", VOCAB, "[]", ",\"decoder\":{\"type\":\"WordPiece\"}", KR_ERR_UNSUPPORTED, "WordPiece");
+    reject_mk("", VOCAB, "[]", ",\"post_processor\":{\"type\":\"RobertaProcessing\"}", KR_ERR_UNSUPPORTED,
+              "RobertaProcessing");
+    reject_mk(",\"dropout\":0.1", VOCAB, "[]", "", KR_ERR_UNSUPPORTED, "dropout");
+    reject_mk(",\"continuing_subword_prefix\":\"##\"", VOCAB, "[]", "", KR_ERR_UNSUPPORTED, "continuing_subword_prefix");
+    reject_mk(",\"unk_token\":\"<nope>\"", VOCAB, "[]", "", KR_ERR_FORMAT, "<nope>");
+}
+
+Test(json, deep_nesting_and_huge_strings)
+{
+    /* 100000 nested arrays: the parser's depth limit, no stack overflow */
+    size_t depth = 100000;
+    char *j = malloc(2 * depth + 1);
+    memset(j, '[', depth);
+    memset(j + depth, ']', depth);
+    j[2 * depth] = '\0';
+    reject(j, KR_ERR_FORMAT, "JSON error");
+    free(j);
+    /* nested Sequence pre-tokenizers beyond our own limit */
+    char *p = malloc(1 << 16);
+    size_t o = 0;
+    o += (size_t)sprintf(p + o, "{\"model\":{\"type\":\"BPE\",\"vocab\":" VOCAB ",\"merges\":[]},\"pre_tokenizer\":");
+    for (int i = 0; i < 20; i++)
+        o += (size_t)sprintf(p + o, "{\"type\":\"Sequence\",\"pretokenizers\":[");
+    o += (size_t)sprintf(p + o, "{\"type\":\"ByteLevel\"}");
+    for (int i = 0; i < 20; i++)
+        o += (size_t)sprintf(p + o, "]}");
+    sprintf(p + o, "}");
+    reject(p, KR_ERR_LIMIT, "nesting");
+    free(p);
+    /* a 1 MiB token text */
+    size_t big = 1 << 20;
+    size_t total = big + 256;
+    char *k = malloc(total);
+    int m = snprintf(k, total, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"");
+    memset(k + m, 'y', big);
+    snprintf(k + m + big, total - (size_t)m - big, "\":0},\"merges\":[]}}");
+    reject(k, KR_ERR_LIMIT, "bytes long");
+    free(k);
+}
