@@ -503,7 +503,9 @@ static int run_generate(kr_app *app, int argc, char **argv)
         rc = kr__fail(&e, st);
         goto out;
     }
-    st = kr_sampler_create(&sp, n_vocab, &smp, &e);
+    /* Sample over the tokenizer's ids only: a model whose output is padded
+     * beyond the vocabulary can never pick a token that does not exist. */
+    st = kr_sampler_create(&sp, kr_tokenizer_n_vocab(tok), &smp, &e);
     if (st != KR_OK) {
         kr_err_prefix(&e, "sampling parameters");
         rc = kr__fail(&e, st);
