@@ -783,3 +783,123 @@ Test(decode_host, create_needs_a_cuda_backend)
     cr_expect_null(d);
     kr_backend_destroy(cpu);
 }
+
+/* ---- through the runtime: plugin load, registry dispatch, op adapters ------------------------- */
+
+#include "kernrun/runtime.h"
+
+static kr_runtime *open_runtime(void)
+{
+    kr_runtime *rt = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_runtime_open(NULL, &rt, &err);
+    cr_assert_eq(st, KR_OK, "kr_runtime_open: %s", kr_err_msg(&err, st));
+    return rt;
+}
+
+Test(decode_host, plugin_registers_its_ops)
+{
+    kr_runtime *rt = open_runtime();
+    for (size_t i = 0; i < kr_runtime_plugin_failure_count(rt); i++) {
+        kr_plugin_failure f;
+        cr_assert(kr_runtime_plugin_failure_at(rt, i, &f));
+        cr_expect(strstr(f.path, "cuda_decode") == NULL, "cuda_decode refused: %s", f.reason);
+    }
+    const kr_registry *reg = kr_runtime_registry(rt);
+    const char *const names[][2] = {
+        {"matvec_cuda", "matmul"}, {"get_rows_cuda", "get_rows"}, {"rms_norm_cuda", "rms_norm"},
+        {"layer_norm_cuda", "layer_norm"}, {"rope_cuda", "rope"}, {"attention_decode_cuda", "attention"},
+        {"swiglu_cuda", "swiglu"}, {"gelu_cuda", "gelu"}, {"add_cuda", "add"}, {"softmax_cuda", "softmax"},
+        {"store_kv_cuda", "store_kv"},
+    };
+    for (size_t i = 0; i < KR_ARRAY_LEN(names); i++) {
+        kr_kernel_ref ref;
+        cr_assert(kr_registry_find_kernel_by_name(reg, names[i][0], &ref), "%s not registered", names[i][0]);
+        cr_expect_str_eq(ref.kernel->op, names[i][1]);
+        cr_expect_eq(ref.kernel->backend, KR_BACKEND_CUDA);
+        cr_expect_str_eq(ref.plugin, "cuda_decode");
+        /* supports() refuses operands it cannot run (no tensors, no params) */
+        kr_kernel_args none = {.op = names[i][1]};
+        cr_expect_not(ref.kernel->supports(&none, NULL), "%s accepted empty args", names[i][0]);
+    }
+    kr_runtime_close(rt);
+}
+
+Test(gpu_decode, registry_dispatch_runs_the_cuda_ops, .timeout = 120)
+{
+    gpu g;
+    gpu_open(&g); /* skip / require logic; the runtime opens its own backend */
+    kr_runtime *rt = open_runtime();
+    kr_backend *be = kr_runtime_backend(rt);
+    cr_assert(be && be->kind == KR_BACKEND_CUDA, "runtime did not pick CUDA: %s", kr_runtime_cuda_status(rt));
+    kr_err err;
+    kr_err_clear(&err);
+
+    /* matmul: Q8_0 W (rows 77, cols 320) @ x (320, n = 2) */
+    const int64_t rows = 77, cols = 320, n = 2;
+    size_t stride = (size_t)cols / 32 * 34;
+    uint8_t *w = rand_matrix(KR_DTYPE_Q8_0, rows, cols, stride);
+    float *x = rand_f32((size_t)(cols * n), -1, 1);
+    double *ref = dvec((size_t)(rows * n));
+    float *row = malloc((size_t)cols * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        deq_row(KR_DTYPE_Q8_0, w + (size_t)r * stride, row, cols);
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0;
+            for (int64_t c = 0; c < cols; c++)
+                acc += (double)row[c] * x[j * cols + c];
+            ref[j * rows + r] = acc;
+        }
+    }
+    kr_buffer *bw, *bx, *by;
+    kr_tensor tw, tx, ty;
+    cr_assert_eq(kr_tensor_init(&tw, KR_DTYPE_Q8_0, cols, rows, 1, 1), KR_OK);
+    cr_assert_eq(kr_tensor_init(&tx, KR_DTYPE_F32, cols, n, 1, 1), KR_OK);
+    cr_assert_eq(kr_tensor_init(&ty, KR_DTYPE_F32, rows, n, 1, 1), KR_OK);
+    gpu rg = {.be = be};
+    tw.data = dupload(&rg, w, (size_t)rows * stride, &bw);
+    tx.data = dupload(&rg, x, (size_t)(cols * n) * 4, &bx);
+    ty.data = dpoisoned(&rg, (size_t)(rows * n), &by);
+    tw.buf = bw;
+    tx.buf = bx;
+    ty.buf = by;
+    const kr_tensor *srcs[] = {&tw, &tx};
+    kr_kernel_args mm = {.op = "matmul", .src = srcs, .n_src = 2, .dst = &ty};
+    kr_status st = kr_runtime_run_op(rt, &mm, NULL, &err);
+    cr_assert_eq(st, KR_OK, "matmul: %s", kr_err_msg(&err, st));
+    float *y = malloc((size_t)(rows * n) * 4);
+    download(&rg, y, ty.data, (size_t)(rows * n) * 4);
+    EXPECT_NMSE(y, ref, (size_t)(rows * n), 1e-7, "registry matmul q8_0");
+
+    /* rms_norm on the result, in place, with eps as the params */
+    double *rn = dvec((size_t)(rows * n));
+    for (int64_t j = 0; j < n; j++) {
+        double ss = 0;
+        for (int64_t r = 0; r < rows; r++)
+            ss += (double)y[j * rows + r] * y[j * rows + r];
+        double s = 1.0 / sqrt(ss / (double)rows + 1e-6);
+        for (int64_t r = 0; r < rows; r++)
+            rn[j * rows + r] = y[j * rows + r] * s;
+    }
+    const float eps = 1e-6f;
+    const kr_tensor *nsrc[] = {&ty};
+    kr_kernel_args rms = {.op = "rms_norm", .src = nsrc, .n_src = 1, .dst = &ty, .params = &eps,
+                          .params_size = sizeof eps};
+    st = kr_runtime_run_op(rt, &rms, NULL, &err);
+    cr_assert_eq(st, KR_OK, "rms_norm: %s", kr_err_msg(&err, st));
+    download(&rg, y, ty.data, (size_t)(rows * n) * 4);
+    EXPECT_NMSE(y, rn, (size_t)(rows * n), 1e-8, "registry rms_norm");
+
+    kr_backend_free(be, bw);
+    kr_backend_free(be, bx);
+    kr_backend_free(be, by);
+    free(w);
+    free(x);
+    free(ref);
+    free(row);
+    free(y);
+    free(rn);
+    kr_runtime_close(rt);
+    gpu_close(&g);
+}
