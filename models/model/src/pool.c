@@ -1,6 +1,7 @@
 /* Thread pool behind kr_exec: n_threads - 1 workers plus the calling thread.
- * A job is published by bumping `gen`; workers spin briefly on it (ops come
- * in quick succession during a forward pass) and then sleep on a condvar. */
+ * A job is published by bumping the generation in `claim`; workers spin
+ * briefly on it (ops come in quick succession during a forward pass) and
+ * then sleep on a condvar. */
 #include "pool.h"
 
 #include <pthread.h>
@@ -8,22 +9,30 @@
 #include <stdlib.h>
 
 #define KR__POOL_SPIN 20000
+#define KR__CHUNKS_PER_THREAD 4
 
+/* A job is split into n_chunks chunks that participants claim one at a time
+ * from `claim` = generation << 32 | n_chunks << 16 | next chunk, so a worker
+ * the OS has descheduled delays nothing: the others take its chunks. The
+ * caller waits for `done` (chunks finished) to reach n_chunks. Generation and
+ * count live in the same word as the index, so a worker still looking at an
+ * old job can never claim a chunk of the next one. */
+#define KR__MAX_CHUNKS 0xffffu
 struct kr_pool {
     int n_threads;                 /* workers + caller */
     pthread_t *threads;            /* (n_threads - 1) */
     int n_started;                 /* workers actually created */
     pthread_mutex_t mu;
-    pthread_cond_t cv_work;        /* gen changed or stop */
-    pthread_cond_t cv_done;        /* remaining reached 0 */
-    _Atomic uint64_t gen;          /* job counter */
-    _Atomic int remaining;         /* workers still busy with the current job */
+    pthread_cond_t cv_work;        /* claim's generation changed, or stop */
+    pthread_cond_t cv_done;        /* done reached n_chunks */
+    _Atomic uint64_t claim;        /* gen << 32 | n_chunks << 16 | next chunk */
+    _Atomic uint32_t done;         /* chunks finished in the current job */
     _Atomic bool stop;
-    /* current job (written before gen is bumped) */
+    /* current job (written before claim publishes the new generation) */
     kr_par_fn fn;
     void *arg;
     size_t n;
-    int n_chunks;
+    uint32_t n_chunks;             /* of the current job (caller's copy) */
     kr_exec exec;
 };
 
@@ -32,15 +41,26 @@ typedef struct kr__worker_arg {
     int tid;
 } kr__worker_arg;
 
-/* Workers run chunks 0 .. n_chunks-2; the caller runs the last one. */
-static void kr__run_chunk(kr_pool *p, int c)
+/* Claim and run chunks of job generation gen until none are left. */
+static void kr__work(kr_pool *p, uint32_t gen, int tid)
 {
-    if (c >= p->n_chunks - 1)
-        return;
-    size_t b = p->n * (size_t)c / (size_t)p->n_chunks;
-    size_t e = p->n * (size_t)(c + 1) / (size_t)p->n_chunks;
-    if (b < e)
-        p->fn(p->arg, b, e, c);
+    for (;;) {
+        uint64_t c = atomic_load(&p->claim);
+        uint32_t i = (uint32_t)c & 0xffffu, nc = (uint32_t)(c >> 16) & 0xffffu;
+        if ((uint32_t)(c >> 32) != gen || i >= nc)
+            return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1))
+            continue;
+        /* chunk i of job gen is ours; that job cannot end before we report it */
+        size_t b = p->n * i / nc, e = p->n * (i + 1) / nc;
+        if (b < e)
+            p->fn(p->arg, b, e, tid);
+        if (atomic_fetch_add(&p->done, 1) + 1 == nc) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
 }
 
 static void *kr__worker(void *varg)
@@ -48,26 +68,21 @@ static void *kr__worker(void *varg)
     kr__worker_arg wa = *(kr__worker_arg *)varg;
     free(varg);
     kr_pool *p = wa.pool;
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        uint64_t g = atomic_load(&p->gen);
+        uint32_t g = (uint32_t)(atomic_load(&p->claim) >> 32);
         for (int i = 0; g == seen && i < KR__POOL_SPIN && !atomic_load(&p->stop); i++)
-            g = atomic_load(&p->gen);
+            g = (uint32_t)(atomic_load(&p->claim) >> 32);
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
+            while ((g = (uint32_t)(atomic_load(&p->claim) >> 32)) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv_work, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop))
             break;
         seen = g;
-        kr__run_chunk(p, wa.tid);
-        if (atomic_fetch_sub(&p->remaining, 1) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        kr__work(p, g, wa.tid);
     }
     return NULL;
 }
@@ -80,31 +95,33 @@ static void kr__pool_parallel_for(void *vp, size_t n, size_t min_chunk, kr_par_f
     if (min_chunk == 0)
         min_chunk = 1;
     size_t max_chunks = (n + min_chunk - 1) / min_chunk;
-    int n_chunks = p->n_started + 1;
-    if ((size_t)n_chunks > max_chunks)
-        n_chunks = (int)max_chunks;
-    if (n_chunks <= 1) {
+    size_t n_chunks = (size_t)(p->n_started + 1) * KR__CHUNKS_PER_THREAD;
+    if (n_chunks > max_chunks)
+        n_chunks = max_chunks;
+    if (n_chunks > KR__MAX_CHUNKS)
+        n_chunks = KR__MAX_CHUNKS;
+    if (n_chunks <= 1 || p->n_started == 0) {
         fn(arg, 0, n, 0);
         return;
     }
     p->fn = fn;
     p->arg = arg;
     p->n = n;
-    p->n_chunks = n_chunks;
-    atomic_store(&p->remaining, p->n_started);
+    p->n_chunks = (uint32_t)n_chunks;
+    atomic_store(&p->done, 0);
+    uint32_t gen = (uint32_t)(atomic_load(&p->claim) >> 32) + 1;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_store(&p->claim, (uint64_t)gen << 32 | (uint64_t)n_chunks << 16);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
 
-    /* the caller runs the last chunk, with the one tid no worker has */
-    p->fn(p->arg, p->n * (size_t)(n_chunks - 1) / (size_t)n_chunks, p->n, p->n_started);
+    kr__work(p, gen, p->n_started); /* the caller's tid is the one no worker has */
     int spins = 0;
-    while (atomic_load(&p->remaining) > 0 && spins < KR__POOL_SPIN)
+    while (atomic_load(&p->done) < p->n_chunks && spins < KR__POOL_SPIN)
         spins++;
-    if (atomic_load(&p->remaining) > 0) {
+    if (atomic_load(&p->done) < p->n_chunks) {
         pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->remaining) > 0)
+        while (atomic_load(&p->done) < p->n_chunks)
             pthread_cond_wait(&p->cv_done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
