@@ -336,6 +336,79 @@ static void kr__select_top(kr__cand *c, size_t n, size_t k)
     qsort(c, k, sizeof *c, kr__cmp_rank);
 }
 
+/* Top-p on a rank-sorted list: the smallest prefix with mass >= need. */
+static size_t kr__top_p_sorted(const kr__cand *c, size_t n, float maxl, double need)
+{
+    double cum = 0.0;
+    size_t m = 0;
+    while (m < n) {
+        cum += exp((double)c[m].logit - (double)maxl);
+        m++;
+        if (cum >= need)
+            break;
+    }
+    return m ? m : 1;
+}
+
+#define KR__TOPP_BUCKETS 256
+
+/* Bucket of a logit: 0 holds the largest. Monotone in the logit, so every
+ * token of a lower bucket ranks before every token of a higher one. */
+static size_t kr__bucket(float l, float maxl, double scale)
+{
+    double b = ((double)maxl - (double)l) * scale;
+    return b >= KR__TOPP_BUCKETS - 1 ? KR__TOPP_BUCKETS - 1 : (size_t)b;
+}
+
+/* Top-p on an unsorted list without sorting it: bucket the logits, find the
+ * bucket where the cumulative mass (from the top) reaches need, keep every
+ * bucket above it and sort only that one to find the exact cut. Moves the
+ * kept tokens to c[0..m) and returns m. O(n) plus the sort of one bucket. */
+static size_t kr__top_p_buckets(kr__cand *c, size_t n, float maxl, double need)
+{
+    float minl = maxl;
+    for (size_t i = 0; i < n; i++)
+        if (c[i].logit < minl)
+            minl = c[i].logit;
+    if (!((double)maxl - (double)minl > 0.0)) { /* all equal: rank = id order */
+        qsort(c, n, sizeof *c, kr__cmp_rank);
+        return kr__top_p_sorted(c, n, maxl, need);
+    }
+    double scale = (KR__TOPP_BUCKETS - 1) / ((double)maxl - (double)minl);
+    double mass[KR__TOPP_BUCKETS] = {0};
+    for (size_t i = 0; i < n; i++)
+        mass[kr__bucket(c[i].logit, maxl, scale)] += exp((double)c[i].logit - (double)maxl);
+    size_t cut = 0;
+    double above = 0.0; /* mass of the buckets before `cut` */
+    while (cut < KR__TOPP_BUCKETS - 1 && above + mass[cut] < need)
+        above += mass[cut++];
+    /* three-way partition: [bucket < cut | bucket == cut | bucket > cut] */
+    size_t lo = 0, mid = 0, hi = n;
+    while (mid < hi) {
+        size_t b = kr__bucket(c[mid].logit, maxl, scale);
+        kr__cand t;
+        if (b < cut) {
+            t = c[lo], c[lo] = c[mid], c[mid] = t;
+            lo++, mid++;
+        } else if (b == cut) {
+            mid++;
+        } else {
+            hi--;
+            t = c[mid], c[mid] = c[hi], c[hi] = t;
+        }
+    }
+    qsort(c + lo, mid - lo, sizeof *c, kr__cmp_rank);
+    double cum = above;
+    size_t m = lo;
+    while (m < mid) {
+        cum += exp((double)c[m].logit - (double)maxl);
+        m++;
+        if (cum >= need)
+            break;
+    }
+    return m ? m : 1;
+}
+
 kr_status kr_sampler_sample(kr_sampler *s, const float *logits, int32_t *out_token, kr_err *err)
 {
     if (!s || !logits || !out_token)
@@ -365,13 +438,15 @@ kr_status kr_sampler_sample(kr_sampler *s, const float *logits, int32_t *out_tok
     for (size_t i = 0; i < nv; i++)
         if (s->cur[i] != -INFINITY)
             c[n++] = (kr__cand){.logit = s->cur[i], .id = (int32_t)i};
-    bool sorted = false;
+    bool sorted = false;  /* c is in rank order */
+    bool id_order = true; /* c is in ascending id order */
 
     /* 4. top-k */
     if (p->top_k > 0 && (size_t)p->top_k < n) {
         kr__select_top(c, n, (size_t)p->top_k);
         n = (size_t)p->top_k;
         sorted = true;
+        id_order = false;
     }
 
     /* 5. top-p: probabilities over the current survivors (temperature 1). */
@@ -380,34 +455,8 @@ kr_status kr_sampler_sample(kr_sampler *s, const float *logits, int32_t *out_tok
         for (size_t i = 0; i < n; i++)
             total += exp((double)c[i].logit - (double)maxl);
         double need = (double)p->top_p * total;
-        /* Grow a sorted prefix until its mass reaches need: partial selection
-         * of 64, 256, ... entries before falling back to a full sort. */
-        size_t have = sorted ? n : 0;
-        size_t m = 0;
-        double cum = 0.0;
-        for (size_t want = 64;; want *= 4) {
-            if (!sorted) {
-                size_t k = want < n ? want : n;
-                kr__select_top(c, n, k);
-                have = k;
-                if (k == n)
-                    sorted = true;
-                m = 0;
-                cum = 0.0;
-            }
-            while (m < have) {
-                cum += exp((double)c[m].logit - (double)maxl);
-                m++;
-                if (cum >= need)
-                    break;
-            }
-            if (cum >= need || have == n)
-                break;
-        }
-        if (m == 0)
-            m = 1;
-        n = m;
-        sorted = true;
+        n = sorted ? kr__top_p_sorted(c, n, maxl, need) : kr__top_p_buckets(c, n, maxl, need);
+        id_order = false;
     }
 
     /* 6. min-p: p_i >= min_p * p_max  <=>  logit_i >= max + log(min_p). */
@@ -421,22 +470,47 @@ kr_status kr_sampler_sample(kr_sampler *s, const float *logits, int32_t *out_tok
     }
 
     /* 7-8. temperature, then the draw in ascending token id. */
-    if (sorted && n > 1)
-        qsort(c, n, sizeof *c, kr__cmp_id);
     double inv_t = 1.0 / (double)p->temperature;
-    double total = 0.0;
-    for (size_t i = 0; i < n; i++)
-        total += exp(((double)c[i].logit - (double)maxl) * inv_t);
     float u = kr_philox_uniform(p->seed, s->draws);
     s->draws++;
-    double target = (double)u * total;
-    double cum = 0.0;
-    int32_t pick = c[n - 1].id;
-    for (size_t i = 0; i < n; i++) {
-        cum += exp(((double)c[i].logit - (double)maxl) * inv_t);
-        if (cum > target) {
-            pick = c[i].id;
-            break;
+    int32_t pick;
+    if (id_order || n * 16 < nv) {
+        if (!id_order && n > 1)
+            qsort(c, n, sizeof *c, kr__cmp_id);
+        double total = 0.0;
+        for (size_t i = 0; i < n; i++)
+            total += exp(((double)c[i].logit - (double)maxl) * inv_t);
+        double target = (double)u * total;
+        double cum = 0.0;
+        pick = c[n - 1].id;
+        for (size_t i = 0; i < n; i++) {
+            cum += exp(((double)c[i].logit - (double)maxl) * inv_t);
+            if (cum > target) {
+                pick = c[i].id;
+                break;
+            }
+        }
+    } else {
+        /* Many survivors out of order: mark them and walk the vocabulary
+         * (s->cur is free now: survivors keep their logit, others -inf). */
+        for (size_t i = 0; i < nv; i++)
+            s->cur[i] = -INFINITY;
+        for (size_t i = 0; i < n; i++)
+            s->cur[c[i].id] = c[i].logit;
+        double total = 0.0;
+        for (size_t i = 0; i < nv; i++)
+            if (s->cur[i] != -INFINITY)
+                total += exp(((double)s->cur[i] - (double)maxl) * inv_t);
+        double target = (double)u * total;
+        double cum = 0.0;
+        pick = -1;
+        for (size_t i = 0; i < nv; i++) {
+            if (s->cur[i] == -INFINITY)
+                continue;
+            pick = (int32_t)i; /* last survivor if rounding leaves cum <= target */
+            cum += exp(((double)s->cur[i] - (double)maxl) * inv_t);
+            if (cum > target)
+                break;
         }
     }
     *out_token = pick;

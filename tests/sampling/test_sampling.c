@@ -420,7 +420,7 @@ Test(sampling, top_p_minimal_set_large_vocab)
     }
     /* minimal: without the last kept token the mass is short of p */
     cr_assert(cum - exp((double)l[ord[m - 1]]) < top_p * total);
-    cr_assert(m > 256, "want a set larger than the first partial selections (m = %d)", (int)m);
+    cr_assert(m > 256, "want a set spanning many logit buckets (m = %d)", (int)m);
     kr_sampler_params p = plain(9);
     p.top_p = top_p;
     p.temperature = 1000.0f;
@@ -460,6 +460,29 @@ Test(sampling, top_k_large_vocab)
     free(keep);
     free(ord);
     free(l);
+}
+
+Test(sampling, top_p_ties_rank_by_id)
+{
+    /* 10 equal logits: rank order is id order, so top-p 0.5 keeps ids 0-4 */
+    float l[10];
+    for (int i = 0; i < 10; i++)
+        l[i] = 1.5f;
+    kr_sampler_params p = plain(11);
+    p.top_p = 0.5f;
+    kr_sampler *s = mk(&p, 10);
+    double ex[10] = {0.2, 0.2, 0.2, 0.2, 0.2, 0, 0, 0, 0, 0};
+    check_distribution(s, l, 10, ex, "top-p ties");
+    kr_sampler_free(s);
+
+    /* two levels: 3 tokens at logit 2, 7 at 0; mass of the top 3 is
+     * 3e^2 / (3e^2 + 7) = 0.76 >= 0.7 -> exactly ids {1, 4, 8} */
+    float m[10] = {0, 2, 0, 0, 2, 0, 0, 0, 2, 0};
+    p.top_p = 0.7f;
+    s = mk(&p, 10);
+    double ex2[10] = {0, 1.0 / 3, 0, 0, 1.0 / 3, 0, 0, 0, 1.0 / 3, 0};
+    check_distribution(s, m, 10, ex2, "top-p two levels");
+    kr_sampler_free(s);
 }
 
 /* ---- greedy ---- */
