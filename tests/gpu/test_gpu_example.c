@@ -335,13 +335,17 @@ Test(gpu, copies_memset_streams_events, .timeout = 120)
     cr_expect_null(z ? z->ptr : (void *)1);
     kr_backend_free(be, z);
 
-    /* impossible allocation: an error, and the backend stays usable */
-    kr_buffer *huge = NULL;
-    kr_status st = kr_backend_alloc(be, (size_t)1 << 50, &huge, &e);
-    cr_expect_eq(st, KR_ERR_NOMEM, "1 PiB alloc: %s", kr_err_msg(&e, st));
-    cr_expect_null(huge);
-    cr_expect_eq(kr_backend_alloc(be, 4096, &z, &e), KR_OK, "alloc after a failed one: %s", e.msg);
-    kr_backend_free(be, z);
+    /* impossible allocation: an error, and the backend stays usable (a
+     * planted fault: compute-sanitizer reports the driver's OOM, so skipped there) */
+    const char *skip_faults = getenv("KERNRUN_SKIP_FAULT_TESTS");
+    if (!(skip_faults && strcmp(skip_faults, "1") == 0)) {
+        kr_buffer *huge = NULL;
+        kr_status st = kr_backend_alloc(be, (size_t)1 << 50, &huge, &e);
+        cr_expect_eq(st, KR_ERR_NOMEM, "1 PiB alloc: %s", kr_err_msg(&e, st));
+        cr_expect_null(huge);
+        cr_expect_eq(kr_backend_alloc(be, 4096, &z, &e), KR_OK, "alloc after a failed one: %s", e.msg);
+        kr_backend_free(be, z);
+    }
 
     kr_backend_event_destroy(be, e0);
     kr_backend_event_destroy(be, e1);

@@ -314,7 +314,18 @@ static CUstream kr__stream(kr_stream *s) { return (CUstream)(void *)s; }
  * toolkit's curand.h is not required to build. */
 typedef int kr__curand_status;        /* curandStatus_t; 0 = success */
 typedef struct kr__curand_gen *kr__curand_generator;
-#define KR__CURAND_RNG_PSEUDO_PHILOX4_32_10 104
+/* curand.h: CURAND_RNG_PSEUDO_PHILOX4_32_10 = 161. (A wrong value here was
+ * rejected with CURAND_STATUS_TYPE_ERROR on an H200; checked against the
+ * header below whenever the toolkit has it.) */
+#define KR__CURAND_RNG_PSEUDO_PHILOX4_32_10 161
+#if defined(__has_include)
+#if __has_include(<curand.h>)
+#include <curand.h>
+_Static_assert(CURAND_RNG_PSEUDO_PHILOX4_32_10 == KR__CURAND_RNG_PSEUDO_PHILOX4_32_10,
+               "cuRAND Philox generator id");
+_Static_assert(CURAND_STATUS_SUCCESS == 0, "cuRAND success status");
+#endif
+#endif
 
 struct kr__curand {
     void *lib;
@@ -379,7 +390,7 @@ static kr_status kr__curand_load(kr__cuda *cb, kr_err *err)
     if (cs != 0) {
         r->gen = NULL;
         kr__curand_free(r);
-        return kr_err_set(err, KR_ERR_DRIVER, "curandCreateGenerator failed (status %d)", cs);
+        return kr_err_set(err, KR_ERR_DRIVER, "curandCreateGenerator(PHILOX4_32_10) failed (curandStatus %d)", cs);
     }
     cb->rng = r;
     return KR_OK;
