@@ -250,22 +250,35 @@ Test(loader, plugin_path_env_and_config_are_scanned_at_open)
     cr_assert_str_eq(f.path, "/nonexistent-kr-dir");
 }
 
-Test(loader, backend_cuda_required_fails_cleanly_without_gpu)
+Test(loader, backend_cuda_required_and_auto)
 {
     int n = 0;
-    if (kr_backend_count_devices(KR_BACKEND_CUDA, &n, NULL) == KR_OK && n > 0)
-        cr_skip_test("a CUDA device is present; this test covers machines without one");
+    bool have_gpu = kr_backend_count_devices(KR_BACKEND_CUDA, &n, NULL) == KR_OK && n > 0;
     kr_runtime_close(rt);
     rt = NULL;
     kr_err e;
     cr_assert_eq(kr_config_set(cfg, "runtime", "backend", "cuda", "--backend", &e), KR_OK);
     kr_status st = kr_runtime_open(cfg, &rt, &e);
-    cr_assert_neq(st, KR_OK);
-    cr_assert_null(rt);
-    cr_assert(strstr(e.msg, "backend=cuda requested (--backend)"), "%s", e.msg);
-    /* auto falls back to CPU with a reason */
+    if (have_gpu) {
+        /* a GPU machine: cuda must come up and be the active backend */
+        cr_assert_eq(st, KR_OK, "%s", e.msg);
+        cr_assert_eq(kr_runtime_backend(rt)->kind, KR_BACKEND_CUDA);
+        cr_assert_neq(kr_runtime_cpu_backend(rt), kr_runtime_backend(rt));
+        kr_runtime_close(rt);
+        rt = NULL;
+    } else {
+        cr_assert_neq(st, KR_OK);
+        cr_assert_null(rt);
+        cr_assert(strstr(e.msg, "backend=cuda requested (--backend)"), "%s", e.msg);
+    }
+    /* auto: CUDA when present, else CPU with a reason */
     cr_assert_eq(kr_config_set(cfg, "runtime", "backend", "auto", "test", &e), KR_OK);
     cr_assert_eq(kr_runtime_open(cfg, &rt, &e), KR_OK, "%s", e.msg);
-    cr_assert_eq(kr_runtime_backend(rt)->kind, KR_BACKEND_CPU);
-    cr_assert_gt(strlen(kr_runtime_cuda_status(rt)), 0);
+    if (have_gpu) {
+        cr_assert_eq(kr_runtime_backend(rt)->kind, KR_BACKEND_CUDA);
+        cr_assert_str_empty(kr_runtime_cuda_status(rt));
+    } else {
+        cr_assert_eq(kr_runtime_backend(rt)->kind, KR_BACKEND_CPU);
+        cr_assert_gt(strlen(kr_runtime_cuda_status(rt)), 0);
+    }
 }
