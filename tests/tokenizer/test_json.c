@@ -149,3 +149,55 @@ Test(json, deep_nesting_and_huge_strings)
     reject(k, KR_ERR_LIMIT, "bytes long");
     free(k);
 }
+
+/* Metaspace pre-tokenizer (replace ' ' by U+2581, prepend, split before each
+ * U+2581) and its decoder; expected pieces worked out by hand. */
+Test(json, metaspace_pretokenizer_and_decoder)
+{
+    static const char j[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u2581\":0,\"a\":1,\"b\":2,\"\\u2581a\":3,\"\\u2581b\":4,"
+        "\"ab\":5},\"merges\":[\"\\u2581 a\",\"\\u2581 b\",\"a b\"]},"
+        "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\",\"split\":true},"
+        "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\"}}";
+    kr_tokenizer *t;
+    kr_err err;
+    cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);
+    /* "a b" -> "▁a▁b" -> pieces "▁a" "▁b"; "ab" -> "▁ab": merges rank 0 "▁ a" first -> ▁a, b */
+    size_t n;
+    int32_t *ids = kr_test_encode(t, "a b", 3, false, false, &n);
+    cr_assert(n == 2 && ids[0] == 3 && ids[1] == 4);
+    free(ids);
+    ids = kr_test_encode(t, "ab", 2, false, false, &n);
+    cr_assert(n == 2 && ids[0] == 3 && ids[1] == 2);
+    free(ids);
+    size_t dl;
+    char *d = kr_test_decode(t, (int32_t[]){3, 4, 5}, 3, NULL, &dl);
+    cr_assert_str_eq(d, "a bab");
+    free(d);
+    kr_tokenizer_free(t);
+}
+
+/* ByteLevel with add_prefix_space: "a" -> "Ġa"; Digits and Punctuation splits. */
+Test(json, bytelevel_prefix_digits_punctuation)
+{
+    static const char j[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u0120\":0,\"a\":1,\"\\u0120a\":2,\"1\":3,\"2\":4,\"12\":5,"
+        "\"!\":6,\"!!\":7,\"a!\":8},\"merges\":[\"\\u0120 a\",\"1 2\",\"! !\",\"a !\"]},"
+        "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":["
+        "{\"type\":\"Punctuation\",\"behavior\":\"Contiguous\"},{\"type\":\"Digits\",\"individual_digits\":true},"
+        "{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"use_regex\":false}]},"
+        "\"decoder\":{\"type\":\"ByteLevel\"}}";
+    kr_tokenizer *t;
+    kr_err err;
+    cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);
+    /* "a!!12": Punctuation -> "a" "!!" "12"; Digits -> "a" "!!" "1" "2";
+     * ByteLevel prefix -> "Ġa" "Ġ!!" "Ġ1" "Ġ2" -> Ġa | Ġ !! | Ġ 1 | Ġ 2 */
+    size_t n;
+    int32_t *ids = kr_test_encode(t, "a!!12", 5, false, false, &n);
+    static const int32_t want[] = {2, 0, 7, 0, 3, 0, 4};
+    cr_assert_eq(n, 7);
+    for (size_t i = 0; i < 7; i++)
+        cr_assert_eq(ids[i], want[i], "id %zu: %d want %d", i, ids[i], want[i]);
+    free(ids);
+    kr_tokenizer_free(t);
+}

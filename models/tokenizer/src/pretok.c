@@ -112,9 +112,8 @@ kr_status kr__regex_compile(const char *pattern, size_t len, bool literal, pcre2
 {
     int ec = 0;
     PCRE2_SIZE eo = 0;
-    uint32_t flags = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
-    if (literal)
-        flags |= PCRE2_LITERAL;
+    uint32_t flags = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+    flags |= literal ? PCRE2_LITERAL : PCRE2_UCP; /* UCP is refused with LITERAL */
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, flags, &ec, &eo, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
