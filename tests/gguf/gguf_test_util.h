@@ -22,6 +22,12 @@ void tu_expect_reject(const char *tag, const gb *b, int code, const char *needle
  * returned in *copy and must be freed after kr_gguf_close. */
 kr_gguf *tu_expect_ok(const char *tag, const gb *b, void **copy);
 
+/* Criterion ignores the exit status LeakSanitizer gives a passing test's
+ * worker, so leaks would go unnoticed: every suite here runs this as .fini.
+ * Under ASan it runs a leak check and aborts the worker on a leak (Criterion
+ * then reports a crash in teardown and exits non-zero); otherwise a no-op. */
+void tu_leak_check(void);
+
 /* The reference valid file (see tu_build_valid in test_util.c for contents). */
 void tu_build_valid(gb *b);
 #define TU_VALID_DATA_BYTES 134u

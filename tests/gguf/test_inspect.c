@@ -11,6 +11,8 @@
 
 #include "gguf_test_util.h"
 
+TestSuite(gguf_inspect, .fini = tu_leak_check);
+
 #ifndef KR_KERNRUN_EXE
 #error "KR_KERNRUN_EXE must be defined by the build"
 #endif

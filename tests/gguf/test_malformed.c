@@ -10,6 +10,8 @@
 
 #define REJ(tag, b, code, n1, n2) tu_expect_reject(tag, b, code, n1, n2)
 
+TestSuite(gguf_malformed, .fini = tu_leak_check);
+
 Test(gguf_malformed, every_truncation)
 {
     gb b = {0};

@@ -9,6 +9,9 @@
 
 #include "gguf_test_util.h"
 
+TestSuite(gguf_reader, .fini = tu_leak_check);
+TestSuite(gguf_real, .fini = tu_leak_check);
+
 Test(gguf_reader, valid_reference_file)
 {
     gb b = {0};

@@ -8,6 +8,8 @@
 
 #include "gguf_test_util.h"
 
+TestSuite(gguf_writer, .fini = tu_leak_check);
+
 static void tmp_path(char *buf, size_t cap)
 {
     snprintf(buf, cap, "/tmp/kr_gguf_wXXXXXX");
