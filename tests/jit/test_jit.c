@@ -604,3 +604,20 @@ Test(jit_cache, concurrent_compiles_both_succeed)
     kr_jit_free(j2);
     rm_rf(dir);
 }
+
+/* A missing NVRTC is an actionable error, not a crash. */
+Test(jit, missing_nvrtc_is_a_clear_error)
+{
+    kr_jit_config cfg = {.no_cache = true, .kernel_dir = "", .nvrtc_path = "/nonexistent/libnvrtc.so.99"};
+    kr_jit *jit = (kr_jit *)(uintptr_t)1;
+    kr_err e;
+    kr_err_clear(&e);
+    kr_status st = kr_jit_create(&cfg, &jit, &e);
+    if (st == KR_ERR_UNSUPPORTED)
+        cr_skip_test("built without CUDA");
+    cr_expect_eq(st, KR_ERR_NOT_FOUND, "got %s", kr_status_name(st));
+    cr_expect_null(jit);
+    cr_expect(strstr(e.msg, "NVRTC not found") != NULL, "message: %s", e.msg);
+    cr_expect(strstr(e.msg, "/nonexistent/libnvrtc.so.99") != NULL, "message lacks the dlerror: %s", e.msg);
+    cr_expect(strstr(e.msg, "CUDA_PATH") != NULL, "message lacks the fix: %s", e.msg);
+}
