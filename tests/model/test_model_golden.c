@@ -225,3 +225,15 @@ Test(golden, missing_file)
     cr_expect_null(m);
     cr_expect(strstr(err.msg, "/nonexistent/x.gguf") != NULL, "%s", err.msg);
 }
+
+Test(golden, vocab_only_file_rejected)
+{
+    kr_model_params mp = kr_model_params_default();
+    kr_builtin_model_params(&mp);
+    kr_model *m = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    cr_expect_eq(kr_model_load(td("vocab/ggml-vocab-falcon.gguf"), &mp, &m, &err), KR_ERR_FORMAT);
+    cr_expect_null(m);
+    cr_expect(strstr(err.msg, "no tensors") != NULL, "%s", err.msg);
+}

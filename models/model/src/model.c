@@ -248,6 +248,8 @@ static kr_status kr__bind_tensors(kr_model *m, kr_err *err)
 {
     kr__problems pr = {0};
     int64_t n_file = kr_gguf_n_tensors(m->gguf);
+    if (n_file <= 0)
+        return kr_err_set(err, KR_ERR_FORMAT, "the file has no tensors (a vocabulary-only GGUF?)");
     bool *used = calloc(n_file > 0 ? (size_t)n_file : 1, sizeof *used);
     if (!used)
         return kr_err_set(err, KR_ERR_NOMEM, "out of memory");
