@@ -16,40 +16,35 @@
 #include "kr_decode_elementwise_src.h"
 
 /* Launch geometry shared with the kernels. */
-#define KR__MV_WARPS 4
-#define KR__MV_ROWS 2
-#define KR__MV_STEPS 16
 #define KR__ATTN_WARPS 4
 #define KR__ATTN_MAX_HEAD_DIM 256
 
-enum kr__dec_file { KR__F_MATVEC, KR__F_NORM, KR__F_ROPE, KR__F_ATTN, KR__F_ELEM };
-
-/* X(id, file, entry) */
-#define KR__DEC_FN_MAP(X)                         \
-    X(MV_F32, KR__F_MATVEC, "kr_mv_f32")          \
-    X(MV_F16, KR__F_MATVEC, "kr_mv_f16")          \
-    X(MV_Q4_0, KR__F_MATVEC, "kr_mv_q4_0")        \
-    X(MV_Q4_1, KR__F_MATVEC, "kr_mv_q4_1")        \
-    X(MV_Q8_0, KR__F_MATVEC, "kr_mv_q8_0")        \
-    X(MV_Q4_K, KR__F_MATVEC, "kr_mv_q4_k")        \
-    X(MV_Q6_K, KR__F_MATVEC, "kr_mv_q6_k")        \
-    X(RMSNORM, KR__F_NORM, "kr_rmsnorm_f32")      \
-    X(LAYERNORM, KR__F_NORM, "kr_layernorm_f32")  \
-    X(ROPE, KR__F_ROPE, "kr_rope_f32")            \
-    X(KV_APPEND, KR__F_ATTN, "kr_kv_append_f16")  \
-    X(ATTN, KR__F_ATTN, "kr_attn_decode_f16")     \
-    X(ATTN_COMBINE, KR__F_ATTN, "kr_attn_combine_f32") \
-    X(SOFTMAX, KR__F_ELEM, "kr_softmax_f32")      \
-    X(SWIGLU, KR__F_ELEM, "kr_swiglu_f32")        \
-    X(GELU, KR__F_ELEM, "kr_gelu_f32")            \
-    X(ADD, KR__F_ELEM, "kr_add_f32")              \
-    X(EMB_F32, KR__F_ELEM, "kr_embed_f32")        \
-    X(EMB_F16, KR__F_ELEM, "kr_embed_f16")        \
-    X(EMB_Q4_0, KR__F_ELEM, "kr_embed_q4_0")      \
-    X(EMB_Q4_1, KR__F_ELEM, "kr_embed_q4_1")      \
-    X(EMB_Q8_0, KR__F_ELEM, "kr_embed_q8_0")      \
-    X(EMB_Q4_K, KR__F_ELEM, "kr_embed_q4_k")      \
-    X(EMB_Q6_K, KR__F_ELEM, "kr_embed_q6_k")
+/* X(id, source file, entry): the matvec entries come first (KR__N_MV). */
+#define KR__DEC_FN_MAP(X)                            \
+    X(MV_F32, matvec, "kr_mv_f32")                   \
+    X(MV_F16, matvec, "kr_mv_f16")                   \
+    X(MV_Q4_0, matvec, "kr_mv_q4_0")                 \
+    X(MV_Q4_1, matvec, "kr_mv_q4_1")                 \
+    X(MV_Q8_0, matvec, "kr_mv_q8_0")                 \
+    X(MV_Q4_K, matvec, "kr_mv_q4_k")                 \
+    X(MV_Q6_K, matvec, "kr_mv_q6_k")                 \
+    X(RMSNORM, norm, "kr_rmsnorm_f32")               \
+    X(LAYERNORM, norm, "kr_layernorm_f32")           \
+    X(ROPE, rope, "kr_rope_f32")                     \
+    X(KV_APPEND, attention, "kr_kv_append_f16")      \
+    X(ATTN, attention, "kr_attn_decode_f16")         \
+    X(ATTN_COMBINE, attention, "kr_attn_combine_f32") \
+    X(SOFTMAX, elementwise, "kr_softmax_f32")        \
+    X(SWIGLU, elementwise, "kr_swiglu_f32")          \
+    X(GELU, elementwise, "kr_gelu_f32")              \
+    X(ADD, elementwise, "kr_add_f32")                \
+    X(EMB_F32, elementwise, "kr_embed_f32")          \
+    X(EMB_F16, elementwise, "kr_embed_f16")          \
+    X(EMB_Q4_0, elementwise, "kr_embed_q4_0")        \
+    X(EMB_Q4_1, elementwise, "kr_embed_q4_1")        \
+    X(EMB_Q8_0, elementwise, "kr_embed_q8_0")        \
+    X(EMB_Q4_K, elementwise, "kr_embed_q4_k")        \
+    X(EMB_Q6_K, elementwise, "kr_embed_q6_k")
 
 typedef enum kr__dec_fn {
 #define KR__FN_ENUM(id, file, entry) KR__FN_##id,
@@ -57,21 +52,61 @@ typedef enum kr__dec_fn {
 #undef KR__FN_ENUM
     KR__FN_COUNT
 } kr__dec_fn;
+#define KR__N_MV 7 /* KR__FN_MV_F32 .. KR__FN_MV_Q6_K */
+
+/* Kernel source records for every entry (the matvec ones with the default
+ * tuning). Static: the CUDA backend caches functions by record address. */
+static const kr_kernel_source kr__dec_src[KR__FN_COUNT] = {
+#define KR__FN_SRC(id, file, e)                                                     \
+    [KR__FN_##id] = {.name = "decode/" #file ".cu", .code = kr_decode_##file##_src, \
+                     .len = kr_decode_##file##_src_LEN, .entry = e},
+    KR__DEC_FN_MAP(KR__FN_SRC)
+#undef KR__FN_SRC
+};
+
+/* Matvec tunings: X(index, rows per warp, warps per block, steps). Index 0 is
+ * the default. Each gets its own static records (options baked in). */
+#define KR__TUNING_MAP(X) \
+    X(0, 2, 4, 16)        \
+    X(1, 1, 4, 16)        \
+    X(2, 4, 4, 8)         \
+    X(3, 2, 8, 16)        \
+    X(4, 2, 4, 8)         \
+    X(5, 1, 8, 16)        \
+    X(6, 4, 2, 16)        \
+    X(7, 1, 4, 4)         \
+    X(8, 4, 2, 3)         \
+    X(9, 3, 1, 1)         \
+    X(10, 1, 4, 8)        \
+    X(11, 2, 2, 16)
+
+#define KR__MV_SRC(i, e)                                                                              \
+    {.name = "decode/matvec.cu", .code = kr_decode_matvec_src, .len = kr_decode_matvec_src_LEN,       \
+     .entry = e, .options = kr__mv_opts_##i, .n_options = 3}
+#define KR__TUNING_DEF(i, r, w, st)                                                                   \
+    static const char *const kr__mv_opts_##i[3] = {"-DKR_MV_ROWS=" #r, "-DKR_MV_WARPS=" #w,           \
+                                                   "-DKR_MV_STEPS=" #st};                             \
+    static const kr_kernel_source kr__mv_src_##i[KR__N_MV] = {                                        \
+        KR__MV_SRC(i, "kr_mv_f32"),  KR__MV_SRC(i, "kr_mv_f16"),  KR__MV_SRC(i, "kr_mv_q4_0"),         \
+        KR__MV_SRC(i, "kr_mv_q4_1"), KR__MV_SRC(i, "kr_mv_q8_0"), KR__MV_SRC(i, "kr_mv_q4_k"),         \
+        KR__MV_SRC(i, "kr_mv_q6_k")};
+KR__TUNING_MAP(KR__TUNING_DEF)
+#undef KR__TUNING_DEF
+#undef KR__MV_SRC
 
 static const struct {
-    int file;          /* enum kr__dec_file */
-    const char *entry; /* extern "C" symbol */
-} kr__dec_fns[KR__FN_COUNT] = {
-#define KR__FN_ROW(id, f, e) [KR__FN_##id] = {.file = f, .entry = e},
-    KR__DEC_FN_MAP(KR__FN_ROW)
-#undef KR__FN_ROW
+    kr_dec_tuning tun;                /* geometry */
+    const kr_kernel_source *src;      /* (KR__N_MV,) records compiled with it */
+} kr__tunings[] = {
+#define KR__TUNING_ROW(i, r, w, st) {.tun = {r, w, st}, .src = kr__mv_src_##i},
+    KR__TUNING_MAP(KR__TUNING_ROW)
+#undef KR__TUNING_ROW
 };
+#define KR__N_TUNINGS (sizeof kr__tunings / sizeof kr__tunings[0])
 
 struct kr_dec {
     kr_backend *be;                  /* CUDA backend the functions belong to */
-    kr_dec_tuning tun;               /* matvec geometry */
-    char mv_opt[3][32];              /* (3,) "-DKR_MV_ROWS=n" ... for matvec.cu */
-    const char *mv_opts[3];          /* (3,) pointers into mv_opt */
+    size_t tuning;                   /* index into kr__tunings */
     pthread_mutex_t lock;            /* guards fn[] */
     kr_function *fn[KR__FN_COUNT];   /* (KR__FN_COUNT,) lazily fetched; owned by the backend */
 };
@@ -111,36 +146,19 @@ static kr_status kr__dec_prefix(kr_err *e, kr_status code, const char *what)
     return code;
 }
 
-static void kr__dec_source(int file, kr_kernel_source *src)
+static const kr_kernel_source *kr__dec_record(const kr_dec *d, kr__dec_fn id)
 {
-    memset(src, 0, sizeof *src);
-    switch (file) {
-    case KR__F_MATVEC:
-        src->name = "decode/matvec.cu";
-        src->code = kr_decode_matvec_src;
-        src->len = kr_decode_matvec_src_LEN;
-        break;
-    case KR__F_NORM:
-        src->name = "decode/norm.cu";
-        src->code = kr_decode_norm_src;
-        src->len = kr_decode_norm_src_LEN;
-        break;
-    case KR__F_ROPE:
-        src->name = "decode/rope.cu";
-        src->code = kr_decode_rope_src;
-        src->len = kr_decode_rope_src_LEN;
-        break;
-    case KR__F_ATTN:
-        src->name = "decode/attention.cu";
-        src->code = kr_decode_attention_src;
-        src->len = kr_decode_attention_src_LEN;
-        break;
-    default:
-        src->name = "decode/elementwise.cu";
-        src->code = kr_decode_elementwise_src;
-        src->len = kr_decode_elementwise_src_LEN;
-        break;
-    }
+    return id < KR__N_MV ? &kr__tunings[d->tuning].src[id] : &kr__dec_src[id];
+}
+
+size_t kr_dec_tuning_count(void) { return KR__N_TUNINGS; }
+
+bool kr_dec_tuning_at(size_t i, kr_dec_tuning *out)
+{
+    if (i >= KR__N_TUNINGS)
+        return false;
+    *out = kr__tunings[i].tun;
+    return true;
 }
 
 kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err)
@@ -148,23 +166,27 @@ kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err)
     return kr_dec_create_tuned(be, NULL, out, err);
 }
 
-void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out) { *out = d->tun; }
+void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out) { *out = kr__tunings[d->tuning].tun; }
 
 kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_dec **out, kr_err *err)
 {
-    kr_dec_tuning t = {.mv_rows = KR__MV_ROWS, .mv_warps = KR__MV_WARPS, .mv_steps = KR__MV_STEPS};
     *out = NULL;
+    size_t ti = 0;
     if (tuning) {
-        if (tuning->mv_rows)
-            t.mv_rows = tuning->mv_rows;
-        if (tuning->mv_warps)
-            t.mv_warps = tuning->mv_warps;
-        if (tuning->mv_steps)
-            t.mv_steps = tuning->mv_steps;
+        const kr_dec_tuning def = kr__tunings[0].tun;
+        kr_dec_tuning t = {tuning->mv_rows ? tuning->mv_rows : def.mv_rows,
+                           tuning->mv_warps ? tuning->mv_warps : def.mv_warps,
+                           tuning->mv_steps ? tuning->mv_steps : def.mv_steps};
+        for (ti = 0; ti < KR__N_TUNINGS; ti++) {
+            const kr_dec_tuning *c = &kr__tunings[ti].tun;
+            if (c->mv_rows == t.mv_rows && c->mv_warps == t.mv_warps && c->mv_steps == t.mv_steps)
+                break;
+        }
+        if (ti == KR__N_TUNINGS)
+            return kr__dec_err(err, KR_ERR_UNSUPPORTED,
+                               "cuda_decode: no matvec tuning (rows %d, warps %d, steps %d); see kr_dec_tuning_at",
+                               t.mv_rows, t.mv_warps, t.mv_steps);
     }
-    if (t.mv_rows < 1 || t.mv_rows > 8 || t.mv_warps < 1 || t.mv_warps > 16 || t.mv_steps < 1 || t.mv_steps > 64)
-        return kr__dec_err(err, KR_ERR_INVALID_ARG, "cuda_decode: tuning out of range (rows %d, warps %d, steps %d)",
-                           t.mv_rows, t.mv_warps, t.mv_steps);
     if (!be || be->kind != KR_BACKEND_CUDA)
         return kr__dec_err(err, KR_ERR_INVALID_ARG, "cuda_decode: needs a CUDA backend");
     kr_dec *d = calloc(1, sizeof *d);
@@ -175,12 +197,7 @@ kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_de
         return kr__dec_err(err, KR_ERR_INTERNAL, "cuda_decode: pthread_mutex_init failed");
     }
     d->be = be;
-    d->tun = t;
-    snprintf(d->mv_opt[0], sizeof d->mv_opt[0], "-DKR_MV_ROWS=%d", t.mv_rows);
-    snprintf(d->mv_opt[1], sizeof d->mv_opt[1], "-DKR_MV_WARPS=%d", t.mv_warps);
-    snprintf(d->mv_opt[2], sizeof d->mv_opt[2], "-DKR_MV_STEPS=%d", t.mv_steps);
-    for (int i = 0; i < 3; i++)
-        d->mv_opts[i] = d->mv_opt[i];
+    d->tuning = ti;
     *out = d;
     return KR_OK;
 }
@@ -200,18 +217,12 @@ static kr_status kr__dec_get(kr_dec *d, kr__dec_fn id, kr_function **fn, kr_err 
     pthread_mutex_lock(&d->lock);
     kr_status st = KR_OK;
     if (!d->fn[id]) {
-        kr_kernel_source src;
-        kr__dec_source(kr__dec_fns[id].file, &src);
-        src.entry = kr__dec_fns[id].entry;
-        if (kr__dec_fns[id].file == KR__F_MATVEC) {
-            src.options = d->mv_opts;
-            src.n_options = 3;
-        }
-        st = kr_backend_get_function(d->be, &src, &d->fn[id], err);
+        const kr_kernel_source *src = kr__dec_record(d, id);
+        st = kr_backend_get_function(d->be, src, &d->fn[id], err);
         if (st != KR_OK) {
             d->fn[id] = NULL;
             char what[128];
-            snprintf(what, sizeof what, "cuda_decode: kernel %s (%s)", src.entry, src.name);
+            snprintf(what, sizeof what, "cuda_decode: kernel %s (%s)", src->entry, src->name);
             kr__dec_prefix(err, st, what);
         }
     }
@@ -242,7 +253,7 @@ static kr_status kr__dec_launch(kr_dec *d, kr__dec_fn id, uint32_t gx, uint32_t 
     st = kr_backend_launch(d->be, fn, grid, block, 0, s, args, err);
     if (st != KR_OK) {
         char what[96];
-        snprintf(what, sizeof what, "cuda_decode: launching %s", kr__dec_fns[id].entry);
+        snprintf(what, sizeof what, "cuda_decode: launching %s", kr__dec_src[id].entry);
         return kr__dec_prefix(err, st, what);
     }
     return KR_OK;
@@ -311,8 +322,9 @@ kr_status kr_dec_matvec(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, 
     long long rs = (long long)row_stride;
     void *args[] = {&w, &x, &y, &r, &c, &rs};
     return kr__dec_launch(d, (kr__dec_fn)kr__mv_fn(wtype, false),
-                          kr__div_up(rows, (int64_t)d->tun.mv_warps * d->tun.mv_rows), 1,
-                          (uint32_t)(32 * d->tun.mv_warps), s, args, err);
+                          kr__div_up(rows, (int64_t)kr__tunings[d->tuning].tun.mv_warps *
+                                               kr__tunings[d->tuning].tun.mv_rows),
+                          1, (uint32_t)(32 * kr__tunings[d->tuning].tun.mv_warps), s, args, err);
 }
 
 kr_status kr_dec_embed(kr_dec *d, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride,

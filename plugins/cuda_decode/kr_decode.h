@@ -36,8 +36,14 @@ typedef struct kr_dec_tuning {
 
 /* be must be a CUDA backend and outlive the kr_dec. */
 kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err);
-/* As kr_dec_create with explicit tuning (NULL or 0 fields = defaults). */
+/* As kr_dec_create with explicit tuning (NULL or 0 fields = defaults). Only
+ * the preset tunings listed by kr_dec_tuning_at exist (each has static kernel
+ * records, which the backend's function cache is keyed by); others give
+ * KR_ERR_UNSUPPORTED. */
 kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_dec **out, kr_err *err);
+/* Preset tunings; index 0 is the default. */
+size_t kr_dec_tuning_count(void);
+bool kr_dec_tuning_at(size_t i, kr_dec_tuning *out);
 void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out);
 void kr_dec_free(kr_dec *d); /* NULL ok */
 kr_backend *kr_dec_backend(const kr_dec *d);

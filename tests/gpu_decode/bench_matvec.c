@@ -69,11 +69,6 @@ static double time_copy(kr_backend *be, void *dst, const void *src, size_t bytes
     return best;
 }
 
-static const kr_dec_tuning k_tunings[] = {
-    {0, 0, 0}, /* default */
-    {1, 4, 16}, {4, 4, 8}, {2, 8, 16}, {2, 4, 8}, {1, 8, 16}, {4, 2, 16},
-};
-#define N_TUNINGS (sizeof k_tunings / sizeof k_tunings[0])
 
 /* seconds per matvec (best of 3 timed rounds after a warm-up), or < 0 on error */
 static double time_matvec(kr_backend *be, kr_dec *dec, kr_stream *stream, kr_dtype t, kr_buffer **bw, size_t copies,
@@ -243,19 +238,18 @@ int main(int argc, char **argv)
                 free(bw);
                 goto fail;
             }
-            const size_t n_tun = ti < 3 ? N_TUNINGS : 1;
+            /* the preset tunings (index 0 = default) with >= 8 staged steps */
+            const size_t n_tun = ti < 3 ? kr_dec_tuning_count() : 1;
             for (size_t k = 0; k < n_tun; k++) {
                 kr_dec *dk = NULL;
                 kr_dec_tuning tun;
                 bool graph = false;
                 double best = -1;
-                if (kr_dec_create_tuned(be, &k_tunings[k], &dk, &err) == KR_OK) {
-                    kr_dec_get_tuning(dk, &tun);
+                if (!kr_dec_tuning_at(k, &tun) || tun.mv_steps < 8)
+                    continue;
+                if (kr_dec_create_tuned(be, &tun, &dk, &err) == KR_OK)
                     best = time_matvec(be, dk, stream, t, bw, copies, row_bytes, bx->ptr, by->ptr, rows, cols, iters,
                                        &graph, &err);
-                } else {
-                    tun = k_tunings[k];
-                }
                 kr_dec_free(dk);
                 if (best <= 0) {
                     printf("matvec %-5s %5lldx%-5lld rows/warp %d warps %d steps %2d: failed: %s\n", kr_dtype_name(t),

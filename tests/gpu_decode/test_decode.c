@@ -314,7 +314,7 @@ Test(gpu_decode, matvec_tunings, .timeout = 300)
     kr_err_clear(&err);
     kr_dec *d = NULL;
     const kr_dec_tuning bad = {9, 4, 16};
-    cr_expect_eq(kr_dec_create_tuned(g.be, &bad, &d, &err), KR_ERR_INVALID_ARG, "9 rows per warp");
+    cr_expect_eq(kr_dec_create_tuned(g.be, &bad, &d, &err), KR_ERR_UNSUPPORTED, "9 rows per warp is no preset");
     cr_expect_null(d);
     gpu_close(&g);
 }
@@ -772,6 +772,29 @@ Test(decode_host, default_splits_are_sane)
     cr_expect_eq(kr_dec_attention_scratch_floats(32, 128, 4), 32u * 4u * 130u);
 }
 
+Test(decode_host, tuning_presets)
+{
+    size_t n = kr_dec_tuning_count();
+    cr_assert_geq(n, 2);
+    kr_dec_tuning t0, a, b;
+    cr_assert(kr_dec_tuning_at(0, &t0));
+    cr_expect(t0.mv_rows == 2 && t0.mv_warps == 4 && t0.mv_steps == 16, "default tuning changed: update docs");
+    for (size_t i = 0; i < n; i++) {
+        cr_assert(kr_dec_tuning_at(i, &a));
+        cr_expect(a.mv_rows >= 1 && a.mv_rows <= 8 && a.mv_warps >= 1 && a.mv_warps <= 16 && a.mv_steps >= 1);
+        for (size_t j = i + 1; j < n; j++) {
+            cr_assert(kr_dec_tuning_at(j, &b));
+            cr_expect(a.mv_rows != b.mv_rows || a.mv_warps != b.mv_warps || a.mv_steps != b.mv_steps,
+                      "presets %zu and %zu are the same", i, j);
+        }
+    }
+    cr_expect_not(kr_dec_tuning_at(n, &a));
+    kr_dec *d = NULL;
+    const kr_dec_tuning bad = {9, 4, 16};
+    cr_expect_eq(kr_dec_create_tuned(NULL, &bad, &d, NULL), KR_ERR_UNSUPPORTED);
+    cr_expect_null(d);
+}
+
 Test(decode_host, create_needs_a_cuda_backend)
 {
     kr_backend *cpu = NULL;
@@ -902,4 +925,62 @@ Test(gpu_decode, registry_dispatch_runs_the_cuda_ops, .timeout = 120)
     free(rn);
     kr_runtime_close(rt);
     gpu_close(&g);
+}
+
+/* ---- CPU-only: every matvec tuning preset compiles to a cubin for sm_90 ----------------------- */
+
+#include "kernrun/jit.h"
+
+static char *read_text(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot open %s", path);
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    cr_assert_gt(n, 0);
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    cr_assert_not_null(buf);
+    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+Test(decode_host, every_tuning_compiles, .timeout = 600)
+{
+    const char *dir = getenv("KR_DECODE_KERNELS_DIR");
+    cr_assert(dir && dir[0], "KR_DECODE_KERNELS_DIR is not set (tests/gpu_decode/meson.build sets it)");
+    kr_jit_config cfg = {.no_cache = true, .kernel_dir = ""};
+    kr_jit *jit = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_jit_create(&cfg, &jit, &err);
+    if (st != KR_OK)
+        cr_skip_test("NVRTC unavailable: %s", kr_err_msg(&err, st));
+    char path[4096], inc[4200];
+    snprintf(path, sizeof path, "%s/matvec.cu", dir);
+    snprintf(inc, sizeof inc, "-I%s", dir);
+    size_t len;
+    char *text = read_text(path, &len);
+    for (size_t i = 0; i < kr_dec_tuning_count(); i++) {
+        kr_dec_tuning t;
+        cr_assert(kr_dec_tuning_at(i, &t));
+        char o1[32], o2[32], o3[32];
+        snprintf(o1, sizeof o1, "-DKR_MV_ROWS=%d", t.mv_rows);
+        snprintf(o2, sizeof o2, "-DKR_MV_WARPS=%d", t.mv_warps);
+        snprintf(o3, sizeof o3, "-DKR_MV_STEPS=%d", t.mv_steps);
+        const char *opts[] = {inc, o1, o2, o3};
+        kr_jit_source src = {.name = "decode/matvec.cu", .src = text, .len = len, .options = opts, .n_options = 4};
+        kr_jit_image img;
+        kr_err_clear(&err);
+        st = kr_jit_compile(jit, &src, 90, KR_JIT_CUBIN, &img, &err);
+        cr_expect_eq(st, KR_OK, "tuning %zu (%d rows, %d warps, %d steps): %s", i, t.mv_rows, t.mv_warps,
+                     t.mv_steps, kr_err_msg(&err, st));
+        if (st == KR_OK)
+            kr_jit_image_free(&img);
+    }
+    free(text);
+    kr_jit_free(jit);
 }
