@@ -2,6 +2,7 @@
  * quantize_row_*_ref, so finite input gives the same bytes). Non-finite
  * input: see the policy in kernrun/quant.h. */
 #include <math.h>
+#include <string.h>
 
 #include "quant_common.h"
 
@@ -61,41 +62,92 @@ static inline int trunc_clamp(float v, int hi, int nan_value)
     return (int)v;
 }
 
-static void q_q8_0(const float *x, uint8_t *b)
+/* Same results as the simple loops in q_q4_1 style, written so the
+ * compiler vectorizes them (mkmodel quantizes billions of values):
+ * - NaN is replaced by 0 up front (policy), which also gives ggml's result;
+ * - the largest finite |x| is found as an integer max over the magnitude
+ *   bits (for non-negative floats the integer order is the float order;
+ *   inf/NaN bit patterns are >= 0x7f800000 and are skipped), then the
+ *   first element with that magnitude supplies the sign, as in ggml;
+ * - clamps are ternaries (min/max instructions), conversions truncate. */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(KR_QUANT_NO_CLONES)
+#define KR__Q_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KR__Q_CLONES
+#endif
+
+static inline uint32_t f2u(float f)
 {
-    float amax, max;
-    absmax_finite(x, 32, &amax, &max);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* NaN -> 0 copy of a 32-block; returns the largest finite magnitude and, in
+ * *max, the first element having it (signed). */
+static inline float block_prep(const float *x, float *xs, float *max)
+{
+    uint32_t am = 0;
+    for (int j = 0; j < 32; j++) {
+        const float v = x[j] == x[j] ? x[j] : 0.0f;
+        xs[j] = v;
+        const uint32_t m = f2u(v) & 0x7fffffffu;
+        const uint32_t mf = m < 0x7f800000u ? m : 0u;
+        am = mf > am ? mf : am;
+    }
+    float amax;
+    memcpy(&amax, &am, 4);
+    *max = 0.0f;
+    if (am != 0)
+        for (int j = 0; j < 32; j++)
+            if ((f2u(xs[j]) & 0x7fffffffu) == am) {
+                *max = xs[j];
+                break;
+            }
+    return amax;
+}
+
+/* round half away from zero (roundf) for |v| < 2^23, without a libm call */
+static inline int round_away(float v)
+{
+    const int t = (int)v;
+    const float f = v - (float)t; /* exact */
+    return t + (f >= 0.5f) - (f <= -0.5f);
+}
+
+KR__Q_CLONES static void q_q8_0(const float *x, uint8_t *b)
+{
+    float xs[32], max;
+    const float amax = block_prep(x, xs, &max);
     const float d = clamp_scale(amax / 127.0f);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     kr__st_u16(b, kr_fp32_to_fp16(d));
     for (int j = 0; j < 32; j++) {
-        float v = x[j] * id;
-        int q;
-        if (v != v)
-            q = 0;
-        else if (v >= 127.0f)
-            q = 127;
-        else if (v <= -127.0f)
-            q = -127;
-        else
-            q = (int)roundf(v);
-        b[2 + j] = (uint8_t)(int8_t)q;
+        float v = xs[j] * id; /* id == 0: inf * 0 = NaN -> 0 below */
+        v = v == v ? v : 0.0f;
+        v = v < 127.0f ? v : 127.0f;
+        v = v > -127.0f ? v : -127.0f;
+        b[2 + j] = (uint8_t)(int8_t)round_away(v);
     }
 }
 
-static void q_q4_0(const float *x, uint8_t *b)
+KR__Q_CLONES static void q_q4_0(const float *x, uint8_t *b)
 {
-    float amax, max;
-    absmax_finite(x, 32, &amax, &max);
-    (void)amax;
+    float xs[32], max;
+    (void)block_prep(x, xs, &max);
     const float d = clamp_scale(max / -8.0f);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     kr__st_u16(b, kr_fp32_to_fp16(d));
-    for (int j = 0; j < 16; j++) {
-        const int q0 = trunc_clamp(x[j] * id + 8.5f, 15, 8);
-        const int q1 = trunc_clamp(x[j + 16] * id + 8.5f, 15, 8);
-        b[2 + j] = (uint8_t)(q0 | (q1 << 4));
+    uint8_t q[32];
+    for (int j = 0; j < 32; j++) {
+        float v = xs[j] * id + 8.5f;
+        v = v == v ? v : 8.5f; /* id == 0 with x = +-inf */
+        v = v > 0.0f ? v : 0.0f;
+        v = v < 15.0f ? v : 15.0f;
+        q[j] = (uint8_t)(int)v;
     }
+    for (int j = 0; j < 16; j++)
+        b[2 + j] = (uint8_t)(q[j] | (q[j + 16] << 4));
 }
 
 static void q_q4_1(const float *x, uint8_t *b)
