@@ -751,7 +751,8 @@ static kr_status kr__nvrtc_compile(kr_jit *jit, const kr_jit_source *s, const kr
         for (size_t i = 0; i < r->n_headers; i++)
             inc_names[i] = s->headers[i].name;
     }
-    static const char *const base_opts[] = {"--std=c++17"};
+    /* -lineinfo: source lines in compute-sanitizer / ncu reports; no run-time cost */
+    static const char *const base_opts[] = {"--std=c++17", "-lineinfo"};
     size_t n_base = sizeof base_opts / sizeof base_opts[0];
     size_t n_opts = n_base + 1 + s->n_options;
     opts = calloc(n_opts, sizeof *opts);
