@@ -69,7 +69,13 @@ Test(gguf_malformed, versions)
     REJ("version4", &b, KR_ERR_UNSUPPORTED, "version 4 is newer than supported", NULL);
     gb_free(&b);
     gb_header(&b, 0x03000000u, 0, 0); /* version 3 written big-endian */
-    REJ("version_bswap", &b, KR_ERR_UNSUPPORTED, "big-endian", "0x03000000");
+    REJ("version_bswap", &b, KR_ERR_UNSUPPORTED, "big-endian GGUF v3", "0x03000000");
+    gb_free(&b);
+    gb_header(&b, 0x02000000u, 0, 0);
+    REJ("version_bswap2", &b, KR_ERR_UNSUPPORTED, "big-endian GGUF v2", NULL);
+    gb_free(&b);
+    gb_header(&b, 0x00010000u, 0, 0); /* 65536: newer, not byte-swapped */
+    REJ("version_65536", &b, KR_ERR_UNSUPPORTED, "version 65536 is newer than supported", NULL);
     gb_free(&b);
     gb_raw(&b, "GGUF", 4);
     gb_u16(&b, 3);

@@ -572,7 +572,7 @@ static kr_status check_header(kr__cur *c, uint32_t *version, kr_err *err)
         return kr_err_set(err, KR_ERR_UNSUPPORTED, "GGUF v1 is no longer supported; convert the file");
     if ((v & 0xffffu) == 0) {
         uint32_t sw = __builtin_bswap32(v);
-        if (sw >= 1 && sw <= 0xffffu)
+        if (sw >= 1 && sw <= 0xffu)
             return kr_err_set(err, KR_ERR_UNSUPPORTED,
                               "version field 0x%08" PRIx32 " looks byte-swapped: this is a big-endian GGUF v%" PRIu32
                               " file; only little-endian files are supported",
@@ -755,12 +755,12 @@ err_close_fd:
 
 /* ---- accessors ------------------------------------------------------- */
 
-uint32_t kr_gguf_version(const kr_gguf *g) { return g->version; }
-uint64_t kr_gguf_alignment(const kr_gguf *g) { return g->alignment; }
-uint64_t kr_gguf_data_offset(const kr_gguf *g) { return g->data_offset; }
-uint64_t kr_gguf_file_size(const kr_gguf *g) { return g->file_size; }
-int64_t kr_gguf_n_kv(const kr_gguf *g) { return g->n_kv; }
-int64_t kr_gguf_n_tensors(const kr_gguf *g) { return g->n_tensors; }
+uint32_t kr_gguf_version(const kr_gguf *g) { return g ? g->version : 0; }
+uint64_t kr_gguf_alignment(const kr_gguf *g) { return g ? g->alignment : 0; }
+uint64_t kr_gguf_data_offset(const kr_gguf *g) { return g ? g->data_offset : 0; }
+uint64_t kr_gguf_file_size(const kr_gguf *g) { return g ? g->file_size : 0; }
+int64_t kr_gguf_n_kv(const kr_gguf *g) { return g ? g->n_kv : 0; }
+int64_t kr_gguf_n_tensors(const kr_gguf *g) { return g ? g->n_tensors : 0; }
 
 int64_t kr_gguf_find_key(const kr_gguf *g, const char *key)
 {
