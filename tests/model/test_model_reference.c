@@ -146,3 +146,61 @@ Test(reference, falcon_40b_style_norm2_gqa)
     check_model(&m, k_tok, 10, 1e-9, KR_DTYPE_F32, "falcon40b");
     tm_free(&m);
 }
+
+/* Hugging Face layout: Q/K as in the HF checkpoint with rotate_half RoPE
+ * (pairs i, i + D/2). llama.cpp's converter permutes their rows so that
+ * GGUF + "normal" RoPE (adjacent pairs) computes the same function. The
+ * reference runs the HF form on unpermuted weights; the file gets the
+ * permuted ones. */
+static void hf_case(uint32_t H, uint32_t HKV, uint64_t seed, const char *tag)
+{
+    tm_model m;
+    tm_init(&m, "llama", 64, 64, 2, H, HKV, 96, seed);
+    tm_build(&m, seed);
+    double *ref = malloc(10 * 64 * sizeof *ref);
+    m.hf_rope = true;
+    tm_forward(&m, k_tok, 10, ref);
+    m.hf_rope = false;
+    { /* sensitivity: normal RoPE on the unpermuted weights is a different function */
+        double *ref2 = malloc(10 * 64 * sizeof *ref2), num = 0, den = 0;
+        tm_forward(&m, k_tok, 10, ref2);
+        for (int i = 10 * 64 - 64; i < 10 * 64; i++) {
+            num += (ref2[i] - ref[i]) * (ref2[i] - ref[i]);
+            den += ref[i] * ref[i];
+        }
+        cr_expect(num / den > 1e-4, "%s: permutation makes no difference (nmse %g)", tag, num / den);
+        free(ref2);
+    }
+    tm_permute_qk(&m);
+    const char *path = tm_tmp_path(tag);
+    cr_assert_eq(tm_write(&m, path, NULL), KR_OK);
+    kr_model_params mp = kr_model_params_default();
+    kr_builtin_model_params(&mp);
+    kr_model *km = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_model_load(path, &mp, &km, &err);
+    unlink(path);
+    cr_assert_eq(st, KR_OK, "%s", err.msg);
+    kr_context *c = NULL;
+    kr_context_params cp = kr_context_params_default();
+    cp.n_ctx = 16;
+    cr_assert_eq(kr_context_new(km, &cp, &c, &err), KR_OK, "%s", err.msg);
+    float *all = malloc(10 * 64 * sizeof *all);
+    cr_assert_eq(kr_model_eval_all(c, k_tok, 10, 0, all, &err), KR_OK, "%s", err.msg);
+    for (int t = 0; t < 10; t++) {
+        double e = nmse_row(all + t * 64, ref + t * 64, 64);
+        cr_expect(e < 1e-9, "%s position %d: nmse %g", tag, t, e);
+    }
+    free(all);
+    free(ref);
+    kr_context_free(c);
+    kr_model_free(km);
+    tm_free(&m);
+}
+
+Test(reference, hf_layout_qk_permutation)
+{
+    hf_case(4, 4, 21, "hf-mha");
+    hf_case(4, 2, 22, "hf-gqa");
+}

@@ -119,6 +119,30 @@ const float *tm_get(const tm_model *m, const char *name)
     return NULL;
 }
 
+static void permute_rows(float *w, uint32_t n_head, uint32_t D, uint64_t in)
+{
+    float *tmp = malloc((size_t)n_head * D * in * sizeof *tmp);
+    for (uint32_t h = 0; h < n_head; h++)
+        for (uint32_t i = 0; i < D / 2; i++)
+            for (uint32_t j = 0; j < 2; j++)
+                memcpy(tmp + ((size_t)h * D + 2 * i + j) * in, w + ((size_t)h * D + j * (D / 2) + i) * in,
+                       in * sizeof *tmp);
+    memcpy(w, tmp, (size_t)n_head * D * in * sizeof *tmp);
+    free(tmp);
+}
+
+void tm_permute_qk(tm_model *m)
+{
+    uint32_t D = m->E / m->H;
+    char nm[64];
+    for (uint32_t l = 0; l < m->L; l++) {
+        snprintf(nm, sizeof nm, "blk.%u.attn_q.weight", l);
+        permute_rows((float *)tm_get(m, nm), m->H, D, m->E);
+        snprintf(nm, sizeof nm, "blk.%u.attn_k.weight", l);
+        permute_rows((float *)tm_get(m, nm), m->HKV, D, m->E);
+    }
+}
+
 const char *tm_tmp_path(const char *tag)
 {
     static char buf[8][256];
@@ -338,9 +362,9 @@ void tm_forward(const tm_model *m, const int32_t *tok, int T, double *logits)
                 mv(tm_get(m, NAME(nm, li, "attn_v.weight")), E, KVD, h, v + (size_t)t * KVD);
             }
             for (uint32_t hh = 0; hh < m->H; hh++)
-                rope1(q + (size_t)t * QD + hh * D, D, m->n_rot, falcon, t, m->base, fscale, ff);
+                rope1(q + (size_t)t * QD + hh * D, D, m->n_rot, falcon || m->hf_rope, t, m->base, fscale, ff);
             for (uint32_t hh = 0; hh < m->HKV; hh++)
-                rope1(k + (size_t)t * KVD + hh * D, D, m->n_rot, falcon, t, m->base, fscale, ff);
+                rope1(k + (size_t)t * KVD + hh * D, D, m->n_rot, falcon || m->hf_rope, t, m->base, fscale, ff);
         }
         double *xnew = malloc((size_t)T * E * sizeof *xnew);
         for (int t = 0; t < T; t++) {

@@ -27,6 +27,7 @@ typedef struct tm_model {
     bool tied;              /* no output.weight */
     bool norm2;             /* falcon-40B attn_norm_2 */
     bool rope_freqs;        /* llama rope_freqs.weight */
+    bool hf_rope;           /* tm_forward: llama with Hugging Face rotate_half RoPE (unpermuted Q/K) */
     kr_dtype wtype;         /* type of the 2-D weights in the file */
     tm_tensor t[TM_MAX_TENSORS];
     int nt;
@@ -53,6 +54,9 @@ void tm_init(tm_model *m, const char *arch, uint32_t V, uint32_t E, uint32_t L, 
 void tm_build(tm_model *m, uint64_t seed);
 void tm_free(tm_model *m);
 const float *tm_get(const tm_model *m, const char *name);
+/* Permute attn_q / attn_k rows as llama.cpp's HF converter does
+ * (per head: row 2i+j <- row j*D/2 + i), turning HF layout into GGUF layout. */
+void tm_permute_qk(tm_model *m);
 /* Write the GGUF; returns KR_OK or the writer's status. */
 kr_status tm_write(const tm_model *m, const char *path, const tm_tweak *tw);
 /* Naive forward: logits (T, V) for tokens[0..T) at positions 0..T-1. */
