@@ -213,6 +213,14 @@ static kr_status kr__split_span(const kr__pretok_step *stp, kr__match_ctx *mx, c
     kr_status st = KR_OK;
     while (start <= n) {
         int rc = pcre2_match(stp->re, (PCRE2_SPTR)s, n, start, 0, mx->md, mx->mc);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !mx->js) {
+            /* the default 32 KiB JIT stack is too small for this input: retry with 8 MiB */
+            mx->js = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
+            if (!mx->js)
+                return kr_err_set(err, KR_ERR_NOMEM, "out of memory for the regex stack");
+            pcre2_jit_stack_assign(mx->mc, NULL, mx->js);
+            continue;
+        }
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
         if (rc < 0) {
@@ -293,13 +301,10 @@ kr_status kr__pretokenize(const kr_tokenizer *t, const char *text, size_t len, b
             if (!mx.md) {
                 mx.md = pcre2_match_data_create(8, NULL);
                 mx.mc = pcre2_match_context_create(NULL);
-                mx.js = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
                 if (!mx.md || !mx.mc) {
                     st = kr_err_set(err, KR_ERR_NOMEM, "out of memory for regex matching");
                     goto err_free_match;
                 }
-                if (mx.js)
-                    pcre2_jit_stack_assign(mx.mc, NULL, mx.js);
                 /* linear patterns can still need many steps on long runs */
                 pcre2_set_match_limit(mx.mc, UINT32_MAX);
             }
