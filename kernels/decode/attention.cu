@@ -9,6 +9,9 @@
 #ifndef KR_ATTN_WARPS
 #define KR_ATTN_WARPS 4
 #endif
+#ifndef KR_ATTN_KT
+#define KR_ATTN_KT 4 // keys per warp per iteration
+#endif
 #define KR_ATTN_MAX_PAIRS 4 // head_dim <= 64 * KR_ATTN_MAX_PAIRS = 256
 
 // KV append: k_cache[p, :] = fp16(k), v_cache[p, :] = fp16(v) for p = *pos,
@@ -81,32 +84,54 @@ kr_attn_decode_f16(const float *q, const kr_u16 *k_cache, const kr_u16 *v_cache,
     }
     float m = kr_neg_inf(), l = 0.0f;
     const kr_i64 row = (kr_i64)n_kv_head * head_dim;
-    for (int t = ts + warp; t < te; t += KR_ATTN_WARPS) {
-        const kr_u32 *kr = (const kr_u32 *)(k_cache + t * row + (kr_i64)g * head_dim);
-        float dot = 0.0f;
+    const kr_u16 *kbase = k_cache + (kr_i64)g * head_dim, *vbase = v_cache + (kr_i64)g * head_dim;
+    // Each warp takes KR_ATTN_KT consecutive keys per iteration and issues all
+    // their K and V loads before any reduction, so one memory round trip
+    // covers KR_ATTN_KT keys.
+    for (int t = ts + warp * KR_ATTN_KT; t < te; t += KR_ATTN_WARPS * KR_ATTN_KT) {
+        kr_u32 kk[KR_ATTN_KT][KR_ATTN_MAX_PAIRS], vv[KR_ATTN_KT][KR_ATTN_MAX_PAIRS];
 #pragma unroll
-        for (int j = 0; j < KR_ATTN_MAX_PAIRS; j++) {
-            const int c = lane + 32 * j;
-            if (c < npair) {
-                kr_u32 kk = __ldg(kr + c);
-                dot += qv[j].x * kr_h2f((kr_u16)(kk & 0xffff)) + qv[j].y * kr_h2f((kr_u16)(kk >> 16));
+        for (int j = 0; j < KR_ATTN_KT; j++) {
+            const bool ok = t + j < te;
+            const kr_u32 *kr = (const kr_u32 *)(kbase + (kr_i64)(t + j) * row);
+            const kr_u32 *vr = (const kr_u32 *)(vbase + (kr_i64)(t + j) * row);
+#pragma unroll
+            for (int i = 0; i < KR_ATTN_MAX_PAIRS; i++) {
+                const int c = lane + 32 * i;
+                kk[j][i] = ok && c < npair ? __ldg(kr + c) : 0u;
+                vv[j][i] = ok && c < npair ? __ldg(vr + c) : 0u;
             }
         }
-        const float sc = kr_warp_sum(dot);
-        const float mn = fmaxf(m, sc);
-        const float corr = expf(m - mn), pw = expf(sc - mn);
-        l = l * corr + pw;
-        m = mn;
-        const kr_u32 *vr = (const kr_u32 *)(v_cache + t * row + (kr_i64)g * head_dim);
+        float sc[KR_ATTN_KT];
+        float mt = m;
 #pragma unroll
-        for (int j = 0; j < KR_ATTN_MAX_PAIRS; j++) {
-            const int c = lane + 32 * j;
-            if (c < npair) {
-                kr_u32 vv = __ldg(vr + c);
-                acc[j].x = acc[j].x * corr + pw * kr_h2f((kr_u16)(vv & 0xffff));
-                acc[j].y = acc[j].y * corr + pw * kr_h2f((kr_u16)(vv >> 16));
+        for (int j = 0; j < KR_ATTN_KT; j++) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < KR_ATTN_MAX_PAIRS; i++)
+                dot += qv[i].x * kr_h2f((kr_u16)(kk[j][i] & 0xffff)) + qv[i].y * kr_h2f((kr_u16)(kk[j][i] >> 16));
+            dot = kr_warp_sum(dot);
+            sc[j] = t + j < te ? dot : kr_neg_inf();
+            mt = fmaxf(mt, sc[j]);
+        }
+        const float corr = expf(m - mt); // m = -inf at the start: 0
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < KR_ATTN_MAX_PAIRS; i++) {
+            acc[i].x *= corr;
+            acc[i].y *= corr;
+        }
+#pragma unroll
+        for (int j = 0; j < KR_ATTN_KT; j++) {
+            const float pw = expf(sc[j] - mt); // masked keys: exp(-inf) = 0
+            l += pw;
+#pragma unroll
+            for (int i = 0; i < KR_ATTN_MAX_PAIRS; i++) {
+                acc[i].x += pw * kr_h2f((kr_u16)(vv[j][i] & 0xffff));
+                acc[i].y += pw * kr_h2f((kr_u16)(vv[j][i] >> 16));
             }
         }
+        m = mt;
     }
     // merge the warps of this block
 #pragma unroll
