@@ -18,7 +18,7 @@
 #include "kernrun/gguf.h"
 #include "kernrun/quant.h"
 
-#define KR__MK_CHUNK_BYTES (4u << 20) /* target output bytes per chunk */
+#define KR__MK_CHUNK_BYTES (16u << 20) /* target output bytes per chunk (threads start per chunk) */
 #define KR__MK_MAX_THREADS 64
 
 /* ---- presets ---------------------------------------------------------- */

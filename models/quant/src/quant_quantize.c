@@ -76,43 +76,48 @@ static inline int trunc_clamp(float v, int hi, int nan_value)
 #define KR__Q_CLONES
 #endif
 
-static inline uint32_t f2u(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-/* NaN -> 0 copy of a 32-block; returns the largest finite magnitude and, in
+/* NaN -> 0 copy of a 32-block (integer ops: vectorizes); returns the largest finite magnitude and, in
  * *max, the first element having it (signed). */
+typedef uint32_t kr__v4u __attribute__((vector_size(16)));
+
 static inline float block_prep(const float *x, float *xs, float *max)
 {
-    uint32_t am = 0;
-    for (int j = 0; j < 32; j++) {
-        const float v = x[j] == x[j] ? x[j] : 0.0f;
-        xs[j] = v;
-        const uint32_t m = f2u(v) & 0x7fffffffu;
-        const uint32_t mf = m < 0x7f800000u ? m : 0u;
-        am = mf > am ? mf : am;
+    uint32_t xb[32];
+    kr__v4u acc = {0, 0, 0, 0};
+    memcpy(xb, x, sizeof xb);
+    for (int k = 0; k < 32; k += 4) {
+        kr__v4u v;
+        memcpy(&v, xb + k, sizeof v);
+        const kr__v4u m = v & 0x7fffffffu;
+        v &= ~(kr__v4u)(m > 0x7f800000u);                     /* NaN -> +0 */
+        memcpy(xb + k, &v, sizeof v);
+        const kr__v4u mf = m & (kr__v4u)(m < 0x7f800000u);    /* finite magnitudes only */
+        const kr__v4u gt = (kr__v4u)(mf > acc);
+        acc = (mf & gt) | (acc & ~gt);
     }
+    uint32_t am = acc[0];
+    for (int i = 1; i < 4; i++)
+        am = acc[i] > am ? acc[i] : am;
+    memcpy(xs, xb, sizeof xb);
     float amax;
     memcpy(&amax, &am, 4);
     *max = 0.0f;
     if (am != 0)
         for (int j = 0; j < 32; j++)
-            if ((f2u(xs[j]) & 0x7fffffffu) == am) {
+            if ((xb[j] & 0x7fffffffu) == am) {
                 *max = xs[j];
                 break;
             }
     return amax;
 }
 
-/* round half away from zero (roundf) for |v| < 2^23, without a libm call */
-static inline int round_away(float v)
+/* round half away from zero (roundf) for |v| < 2^23, without a libm call:
+ * t = trunc(v) (exact), then step away from zero when |v - t| >= 0.5 */
+static inline float round_away(float v)
 {
-    const int t = (int)v;
-    const float f = v - (float)t; /* exact */
-    return t + (f >= 0.5f) - (f <= -0.5f);
+    const float t = (float)(int)v;
+    const float f = v - t; /* exact */
+    return t + (f >= 0.5f ? 1.0f : 0.0f) - (f <= -0.5f ? 1.0f : 0.0f);
 }
 
 KR__Q_CLONES static void q_q8_0(const float *x, uint8_t *b)
@@ -127,7 +132,7 @@ KR__Q_CLONES static void q_q8_0(const float *x, uint8_t *b)
         v = v == v ? v : 0.0f;
         v = v < 127.0f ? v : 127.0f;
         v = v > -127.0f ? v : -127.0f;
-        b[2 + j] = (uint8_t)(int8_t)round_away(v);
+        b[2 + j] = (uint8_t)(int8_t)(int)round_away(v);
     }
 }
 
