@@ -48,6 +48,66 @@ static float kr__dot_f32(const float *a, const float *b, size_t n)
 
 /* ---- matmul: out (n, M) = x (n, K) @ W^T, W (M rows of K) ---- */
 
+typedef float kr__v8f __attribute__((vector_size(32)));
+
+/* x86-64: an AVX2 clone picked at load time (ifunc, glibc/ELF). */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+#define KR__CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KR__CLONES
+#endif
+
+/* (vectors are passed by pointer / loaded by memcpy: a 32-byte vector by
+ * value changes the ABI between the clones, which GCC warns about) */
+#define KR__LD8(v, p) memcpy(&(v), (p), sizeof(kr__v8f))
+
+static inline float kr__hsum8(const kr__v8f *a)
+{
+    return (((*a)[0] + (*a)[4]) + ((*a)[1] + (*a)[5])) + (((*a)[2] + (*a)[6]) + ((*a)[3] + (*a)[7]));
+}
+
+/* out[t*ldo + i] = rows[i] . x[t]   for i < nr (<= 4), t < n; K floats each.
+ * Register block: 4 rows x 2 tokens of 8-lane accumulators. */
+KR__CLONES static void kr__gemm4(const float *const rows[4], size_t nr, const float *x, size_t n, size_t K,
+                                 float *out, size_t ldo)
+{
+    size_t K8 = K & ~(size_t)7;
+    for (size_t t = 0; t < n; t += 2) {
+        const float *x0 = x + t * K, *x1 = t + 1 < n ? x0 + K : x0;
+        kr__v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+        for (size_t k = 0; k < K8; k += 8) {
+            kr__v8f v0, v1, w;
+            KR__LD8(v0, x0 + k);
+            KR__LD8(v1, x1 + k);
+            KR__LD8(w, rows[0] + k);
+            a00 += w * v0;
+            a01 += w * v1;
+            KR__LD8(w, rows[1] + k);
+            a10 += w * v0;
+            a11 += w * v1;
+            KR__LD8(w, rows[2] + k);
+            a20 += w * v0;
+            a21 += w * v1;
+            KR__LD8(w, rows[3] + k);
+            a30 += w * v0;
+            a31 += w * v1;
+        }
+        float s[4][2] = {{kr__hsum8(&a00), kr__hsum8(&a01)}, {kr__hsum8(&a10), kr__hsum8(&a11)},
+                         {kr__hsum8(&a20), kr__hsum8(&a21)}, {kr__hsum8(&a30), kr__hsum8(&a31)}};
+        for (size_t k = K8; k < K; k++)
+            for (int i = 0; i < 4; i++) {
+                s[i][0] += rows[i][k] * x0[k];
+                s[i][1] += rows[i][k] * x1[k];
+            }
+        for (size_t i = 0; i < nr; i++) {
+            out[t * ldo + i] = s[i][0];
+            if (t + 1 < n)
+                out[(t + 1) * ldo + i] = s[i][1];
+        }
+    }
+}
+
+
 typedef struct kr__mm_job {
     const kr_weight *w;
     const float *x;
@@ -72,28 +132,35 @@ static void kr__mm_rows(void *arg, size_t r0, size_t r1, int tid)
         }
         return;
     }
+    /* prefill: 4 weight rows at a time (dequantized once) against all tokens */
     float *tmp = NULL;
     if (j->w->type != KR_DTYPE_F32) {
-        tmp = malloc(j->K * sizeof *tmp);
+        tmp = malloc(4 * j->K * sizeof *tmp);
         if (!tmp) {
             int z = KR_OK;
             atomic_compare_exchange_strong(&j->status, &z, (int)KR_ERR_NOMEM);
             return;
         }
     }
-    for (size_t r = r0; r < r1; r++) {
-        const float *row = (const float *)(const void *)(base + r * j->w->row_bytes);
-        if (tmp) {
-            kr_status st = kr_dequantize_row(j->w->type, base + r * j->w->row_bytes, tmp, j->K);
-            if (st != KR_OK) {
-                int z = KR_OK;
-                atomic_compare_exchange_strong(&j->status, &z, (int)st);
-                break;
+    for (size_t r = r0; r < r1; r += 4) {
+        size_t nr = r1 - r < 4 ? r1 - r : 4;
+        const float *rows[4];
+        for (size_t i = 0; i < 4; i++) {
+            size_t ri = r + (i < nr ? i : 0);
+            rows[i] = (const float *)(const void *)(base + ri * j->w->row_bytes);
+            if (tmp && i < nr) {
+                kr_status st = kr_dequantize_row(j->w->type, base + ri * j->w->row_bytes, tmp + i * j->K, j->K);
+                if (st != KR_OK) {
+                    int z = KR_OK;
+                    atomic_compare_exchange_strong(&j->status, &z, (int)st);
+                    free(tmp);
+                    return;
+                }
             }
-            row = tmp;
+            if (tmp)
+                rows[i] = tmp + (i < nr ? i : 0) * j->K;
         }
-        for (size_t t = 0; t < j->n; t++)
-            j->out[t * j->M + r] = kr__dot_f32(row, j->x + t * j->K, j->K);
+        kr__gemm4(rows, nr, j->x, j->n, j->K, j->out + r, j->M);
     }
     free(tmp);
 }
