@@ -93,7 +93,7 @@ static kr_status kr__emit_bytes(kr__enc *e, const char *s, size_t n)
     return kr__emit_unk(e);
 }
 
-/* ---- binary heap ---- */
+/* ---- 4-ary heap (children 4i+1..4i+4: fewer levels, siblings share cache lines) ---- */
 static bool kr__bg_less(const kr__bigram *a, const kr__bigram *b)
 {
     return a->key < b->key || (a->key == b->key && a->left < b->left);
@@ -108,7 +108,7 @@ static kr_status kr__heap_push(kr__enc *e, kr__bigram b)
     }
     size_t i = e->heap_n++;
     while (i > 0) {
-        size_t p = (i - 1) / 2;
+        size_t p = (i - 1) / 4;
         if (!kr__bg_less(&b, &e->heap[p]))
             break;
         e->heap[i] = e->heap[p];
@@ -124,11 +124,13 @@ static kr__bigram kr__heap_pop(kr__enc *e)
     kr__bigram last = e->heap[--e->heap_n];
     size_t i = 0, n = e->heap_n;
     for (;;) {
-        size_t c = 2 * i + 1;
+        size_t c = 4 * i + 1;
         if (c >= n)
             break;
-        if (c + 1 < n && kr__bg_less(&e->heap[c + 1], &e->heap[c]))
-            c++;
+        size_t end = c + 4 < n ? c + 4 : n;
+        for (size_t k = c + 1; k < end; k++)
+            if (kr__bg_less(&e->heap[k], &e->heap[c]))
+                c = k;
         if (!kr__bg_less(&e->heap[c], &last))
             break;
         e->heap[i] = e->heap[c];
