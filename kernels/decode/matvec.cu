@@ -4,6 +4,7 @@
 // w + r*row_stride), cols a multiple of the type's block size. Entry points:
 //   kr_mv_q4_0, kr_mv_q4_1, kr_mv_q8_0, kr_mv_q4_k, kr_mv_q6_k  (block types)
 //   kr_mv_f16, kr_mv_f32                                     (plain types)
+//   kr_mv_q4_0_q8, kr_mv_q8_0_q8 with x pre-quantized by kr_quantize_x_q8 (end of file)
 // Launch: block (32*KR_MV_WARPS, 1, 1), grid (ceil(rows / (KR_MV_WARPS*KR_MV_ROWS)), 1, 1).
 // x must be 16-byte aligned. Each warp owns KR_MV_ROWS rows; it copies a
 // stage of each row (KR_MV_STEPS steps of 256 elements; the three KR_MV_*
@@ -38,9 +39,10 @@ template <int T> struct kr_mv_type;
 // 4k..4k+3 of block bb -> elements 4k..4k+3 (low nibbles) and 16+4k.. (high).
 template <> struct kr_mv_type<KR_T_Q4_0> {
     enum { TS = 18, BS = 32 };
-    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
-                                                int lane, float *acc)
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *xb, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
     {
+        const float *x = xb + e0;
         int bb = lane >> 2, k = lane & 3;
         if (32 * bb >= nvalid)
             return;
@@ -62,9 +64,10 @@ template <> struct kr_mv_type<KR_T_Q4_0> {
 // Q4_1: as Q4_0 with x = d*q + m (qs at byte 4, so 4-byte aligned).
 template <> struct kr_mv_type<KR_T_Q4_1> {
     enum { TS = 20, BS = 32 };
-    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
-                                                int lane, float *acc)
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *xb, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
     {
+        const float *x = xb + e0;
         int bb = lane >> 2, k = lane & 3;
         if (32 * bb >= nvalid)
             return;
@@ -92,9 +95,10 @@ __device__ __forceinline__ float kr_dot4_i8(kr_u32 q, float4 x)
 // Q8_0, 8 blocks per step, lane 4*bb+k takes qs bytes 8k..8k+7 of block bb.
 template <> struct kr_mv_type<KR_T_Q8_0> {
     enum { TS = 34, BS = 32 };
-    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
-                                                int lane, float *acc)
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *xb, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
     {
+        const float *x = xb + e0;
         int bb = lane >> 2, k = lane & 3;
         if (32 * bb >= nvalid)
             return;
@@ -114,9 +118,10 @@ template <> struct kr_mv_type<KR_T_Q8_0> {
 // -> elements 64j+t.. (low nibbles, sub-block 2j) and 64j+32+t.. (high, 2j+1).
 template <> struct kr_mv_type<KR_T_Q4_K> {
     enum { TS = 144, BS = 256 };
-    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
-                                                int lane, float *acc)
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *xb, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
     {
+        const float *x = xb + e0;
         int j = lane >> 3, t = (lane & 7) * 4;
         float4 xl = kr_ldx4(x + 64 * j + t), xh = kr_ldx4(x + 64 * j + 32 + t);
         float sl = kr_sum4(xl), sh = kr_sum4(xh);
@@ -141,9 +146,10 @@ template <> struct kr_mv_type<KR_T_Q4_K> {
 // half n -> elements 128n + 32m + l for m < 4 (see kr_deq1_q6_k).
 template <> struct kr_mv_type<KR_T_Q6_K> {
     enum { TS = 210, BS = 256 };
-    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *x, int nvalid,
-                                                int lane, float *acc)
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const float *xb, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
     {
+        const float *x = xb + e0;
         int n = lane >> 4, l0 = (lane & 15) * 2;
         float2 xv[4];
 #pragma unroll
@@ -167,14 +173,10 @@ template <> struct kr_mv_type<KR_T_Q6_K> {
     }
 };
 
-template <int T>
-__device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const float *__restrict__ x,
-                                            float *__restrict__ y, int rows, int cols, kr_i64 row_stride)
-{
-    typedef kr_mv_type<T> Q;
-    // Steps per stage: KR_MV_STEPS, lowered to fit 48 KiB of static shared
-    // memory and rounded to keep every stage start 16-byte aligned (Q6_K's
-    // 210-byte steps need multiples of 8).
+// Stage geometry of block type Q: steps per stage = KR_MV_STEPS, lowered to
+// fit 48 KiB of static shared memory and rounded to keep every stage start
+// 16-byte aligned (Q6_K's 210-byte steps need multiples of 8).
+template <class Q> struct kr_mv_geom {
     enum {
         STEP = (256 / Q::BS) * Q::TS,
         ALIGN = STEP % 16 == 0 ? 1 : STEP % 8 == 0 ? 2 : STEP % 4 == 0 ? 4 : 8,
@@ -184,7 +186,35 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const f
         STAGE = STEPS * STEP,
         STAGE_PAD = (STAGE + 15) & ~15
     };
-    __shared__ __align__(16) kr_u8 sm[KR_MV_WARPS][KR_MV_ROWS][STAGE_PAD];
+};
+
+// Copy bytes [off, off + nb) of rows r0.. (those < rows) into this warp's
+// shared slices dst + r*pad: 16-byte loads when vec, else 2-byte loads.
+__device__ __forceinline__ void kr_mv_stage(const kr_u8 *__restrict__ w, kr_i64 row_stride, int r0, int rows,
+                                            kr_i64 off, int nb, bool vec, kr_u8 *dst, int pad, int lane)
+{
+    const int n16 = vec ? nb >> 4 : 0;
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        if (r0 + r >= rows)
+            break;
+        const kr_u8 *src = w + (kr_i64)(r0 + r) * row_stride + off;
+        kr_u8 *d = dst + r * pad;
+        for (int i = lane; i < n16; i += 32)
+            ((uint4 *)d)[i] = __ldg((const uint4 *)src + i);
+        for (int i = n16 * 8 + lane; i < (nb >> 1); i += 32)
+            ((kr_u16 *)d)[i] = __ldg((const unsigned short *)src + i);
+    }
+}
+
+// Q: step decoder (kr_mv_type<T> for fp32 x, kr_mv8_type<T> for q8 x);
+// X: what the decoder reads for x (float, or the q8 buffer's bytes).
+template <class Q, class X>
+__device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const X *__restrict__ x,
+                                            float *__restrict__ y, int rows, int cols, kr_i64 row_stride)
+{
+    typedef kr_mv_geom<Q> G;
+    __shared__ __align__(16) kr_u8 sm[KR_MV_WARPS][KR_MV_ROWS][G::STAGE_PAD];
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
@@ -197,28 +227,17 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const f
     for (int r = 0; r < KR_MV_ROWS; r++)
         acc[r] = 0.0f;
 
-    for (kr_i64 off = 0; off < row_bytes; off += STAGE) {
-        const int nb = (int)min((kr_i64)STAGE, row_bytes - off); // even: all block sizes are
-        const int n16 = vec ? nb >> 4 : 0;
-#pragma unroll
-        for (int r = 0; r < KR_MV_ROWS; r++) {
-            if (r0 + r >= rows)
-                break;
-            const kr_u8 *src = w + (kr_i64)(r0 + r) * row_stride + off;
-            kr_u8 *dst = sm[warp][r];
-            for (int i = lane; i < n16; i += 32)
-                ((uint4 *)dst)[i] = __ldg((const uint4 *)src + i);
-            for (int i = n16 * 8 + lane; i < (nb >> 1); i += 32)
-                ((kr_u16 *)dst)[i] = __ldg((const unsigned short *)src + i);
-        }
+    for (kr_i64 off = 0; off < row_bytes; off += G::STAGE) {
+        const int nb = (int)min((kr_i64)G::STAGE, row_bytes - off); // even: all block sizes are
+        kr_mv_stage(w, row_stride, r0, rows, off, nb, vec, &sm[warp][0][0], G::STAGE_PAD, lane);
         __syncwarp();
         const int e_base = (int)(off / Q::TS) * Q::BS;
 #pragma unroll 1
-        for (int st = 0; st < STEPS; st++) {
+        for (int st = 0; st < G::STEPS; st++) {
             const int e0 = e_base + st * 256;
             if (e0 >= cols)
                 break;
-            Q::step(&sm[warp][0][st * STEP], STAGE_PAD, x + e0, min(256, cols - e0), lane, acc);
+            Q::step(&sm[warp][0][st * G::STEP], G::STAGE_PAD, x, e0, cols, min(256, cols - e0), lane, acc);
         }
         __syncwarp();
     }
@@ -233,27 +252,27 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const f
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_0(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
-    kr_mv_block<KR_T_Q4_0>(w, x, y, rows, cols, row_stride);
+    kr_mv_block<kr_mv_type<KR_T_Q4_0>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_1(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
-    kr_mv_block<KR_T_Q4_1>(w, x, y, rows, cols, row_stride);
+    kr_mv_block<kr_mv_type<KR_T_Q4_1>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q8_0(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
-    kr_mv_block<KR_T_Q8_0>(w, x, y, rows, cols, row_stride);
+    kr_mv_block<kr_mv_type<KR_T_Q8_0>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
-    kr_mv_block<KR_T_Q4_K>(w, x, y, rows, cols, row_stride);
+    kr_mv_block<kr_mv_type<KR_T_Q4_K>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q6_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
-    kr_mv_block<KR_T_Q6_K>(w, x, y, rows, cols, row_stride);
+    kr_mv_block<kr_mv_type<KR_T_Q6_K>, float>(w, x, y, rows, cols, row_stride);
 }
 
 // F16 / F32 rows need no decoding: each lane streams 16-byte chunks of every
@@ -338,4 +357,93 @@ kr_mv_f32(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 r
         if (lane == 0 && r0 + r < rows)
             y[r0 + r] = v;
     }
+}
+
+// ---- activations quantized to 8 bits on the fly -----------------------------
+// kr_quantize_x_q8: x (cols,) fp32, cols a multiple of 32 -> xq, laid out as
+//   int8 q[cols] | float d[cols/32] | float s[cols/32]
+// with, per block b of 32: d = max|x|/127, q = rint(x/d) (0 when d = 0),
+// s = d * sum(q). Launch: block 256, grid ceil(cols/32 / 8).
+extern "C" __global__ void kr_quantize_x_q8(const float *__restrict__ x, kr_u8 *__restrict__ xq, int cols)
+{
+    const int nb = cols >> 5;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (b >= nb)
+        return;
+    const float v = x[32 * b + lane];
+    const float amax = kr_warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const int q = d > 0.0f ? __float2int_rn(v / d) : 0;
+    const float qs = kr_warp_sum((float)q);
+    ((kr_i8 *)xq)[32 * b + lane] = (kr_i8)q;
+    if (lane == 0) {
+        float *dp = (float *)(xq + cols);
+        dp[b] = d;
+        dp[nb + b] = d * qs;
+    }
+}
+
+// Step decoders against q8 x (same lane mapping as the fp32 ones, __dp4a dots).
+template <int T> struct kr_mv8_type;
+
+// Q4_0 x q8: sum_block d_w d_x (q_w - 8) q_x = d_w (d_x dot - 8 s_x); the
+// 4 lanes of a block each add d_w (d_x dot_lane - 2 s_x).
+template <> struct kr_mv8_type<KR_T_Q4_0> {
+    enum { TS = 18, BS = 32 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const kr_u8 *xq, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
+    {
+        int bb = lane >> 2, k = lane & 3;
+        if (32 * bb >= nvalid)
+            return;
+        const int b = (e0 >> 5) + bb;
+        const int *qx = (const int *)(xq + 32 * b);
+        const int xl = __ldg(qx + k), xh = __ldg(qx + 4 + k);
+        const float *dp = (const float *)(xq + cols);
+        const float dx = __ldg(dp + b), sx = __ldg(dp + (cols >> 5) + b);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *blk = s + r * rs + bb * 18;
+            kr_u32 q = (kr_u32)kr_ld_u16(blk + 2 + 4 * k) | ((kr_u32)kr_ld_u16(blk + 4 + 4 * k) << 16);
+            int dot = __dp4a((int)(q & 0x0f0f0f0fu), xl, __dp4a((int)((q >> 4) & 0x0f0f0f0fu), xh, 0));
+            acc[r] += kr_h2f(kr_ld_u16(blk)) * (dx * (float)dot - 2.0f * sx);
+        }
+    }
+};
+
+// Q8_0 x q8: d_w d_x sum q_w q_x; lane 4*bb+k takes bytes 8k..8k+7.
+template <> struct kr_mv8_type<KR_T_Q8_0> {
+    enum { TS = 34, BS = 32 };
+    static __device__ __forceinline__ void step(const kr_u8 *s, int rs, const kr_u8 *xq, int e0, int cols,
+                                                int nvalid, int lane, float *acc)
+    {
+        int bb = lane >> 2, k = lane & 3;
+        if (32 * bb >= nvalid)
+            return;
+        const int b = (e0 >> 5) + bb;
+        const int *qx = (const int *)(xq + 32 * b);
+        const int x0 = __ldg(qx + 2 * k), x1 = __ldg(qx + 2 * k + 1);
+        const float dx = __ldg((const float *)(xq + cols) + b);
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++) {
+            const kr_u8 *blk = s + r * rs + bb * 34;
+            const kr_u8 *qp = blk + 2 + 8 * k;
+            kr_u32 q0 = (kr_u32)kr_ld_u16(qp) | ((kr_u32)kr_ld_u16(qp + 2) << 16);
+            kr_u32 q1 = (kr_u32)kr_ld_u16(qp + 4) | ((kr_u32)kr_ld_u16(qp + 6) << 16);
+            int dot = __dp4a((int)q0, x0, __dp4a((int)q1, x1, 0));
+            acc[r] += kr_h2f(kr_ld_u16(blk)) * dx * (float)dot;
+        }
+    }
+};
+
+// y (rows,) = W (rows, cols) @ x, with x given as kr_quantize_x_q8's output.
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q4_0_q8(const kr_u8 *w, const kr_u8 *xq, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<kr_mv8_type<KR_T_Q4_0>, kr_u8>(w, xq, y, rows, cols, row_stride);
+}
+extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
+kr_mv_q8_0_q8(const kr_u8 *w, const kr_u8 *xq, float *y, int rows, int cols, kr_i64 row_stride)
+{
+    kr_mv_block<kr_mv8_type<KR_T_Q8_0>, kr_u8>(w, xq, y, rows, cols, row_stride);
 }

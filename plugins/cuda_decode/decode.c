@@ -28,6 +28,9 @@
     X(MV_Q8_0, matvec, "kr_mv_q8_0")                 \
     X(MV_Q4_K, matvec, "kr_mv_q4_k")                 \
     X(MV_Q6_K, matvec, "kr_mv_q6_k")                 \
+    X(MV8_Q4_0, matvec, "kr_mv_q4_0_q8")             \
+    X(MV8_Q8_0, matvec, "kr_mv_q8_0_q8")             \
+    X(QUANT_X8, matvec, "kr_quantize_x_q8")          \
     X(RMSNORM, norm, "kr_rmsnorm_f32")               \
     X(LAYERNORM, norm, "kr_layernorm_f32")           \
     X(ROPE, rope, "kr_rope_f32")                     \
@@ -52,7 +55,7 @@ typedef enum kr__dec_fn {
 #undef KR__FN_ENUM
     KR__FN_COUNT
 } kr__dec_fn;
-#define KR__N_MV 7 /* KR__FN_MV_F32 .. KR__FN_MV_Q6_K */
+#define KR__N_MV 9 /* KR__FN_MV_F32 .. KR__FN_MV8_Q8_0: compiled per tuning */
 
 /* Kernel source records for every entry (the matvec ones with the default
  * tuning). Static: the CUDA backend caches functions by record address. */
@@ -89,7 +92,7 @@ static const kr_kernel_source kr__dec_src[KR__FN_COUNT] = {
     static const kr_kernel_source kr__mv_src_##i[KR__N_MV] = {                                        \
         KR__MV_SRC(i, "kr_mv_f32"),  KR__MV_SRC(i, "kr_mv_f16"),  KR__MV_SRC(i, "kr_mv_q4_0"),         \
         KR__MV_SRC(i, "kr_mv_q4_1"), KR__MV_SRC(i, "kr_mv_q8_0"), KR__MV_SRC(i, "kr_mv_q4_k"),         \
-        KR__MV_SRC(i, "kr_mv_q6_k")};
+        KR__MV_SRC(i, "kr_mv_q6_k"), KR__MV_SRC(i, "kr_mv_q4_0_q8"), KR__MV_SRC(i, "kr_mv_q8_0_q8")};
 KR__TUNING_MAP(KR__TUNING_DEF)
 #undef KR__TUNING_DEF
 #undef KR__MV_SRC
@@ -325,6 +328,47 @@ kr_status kr_dec_matvec(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, 
                           kr__div_up(rows, (int64_t)kr__tunings[d->tuning].tun.mv_warps *
                                                kr__tunings[d->tuning].tun.mv_rows),
                           1, (uint32_t)(32 * kr__tunings[d->tuning].tun.mv_warps), s, args, err);
+}
+
+size_t kr_dec_q8_bytes(int64_t cols)
+{
+    if (cols <= 0 || cols % 32 != 0 || cols > INT32_MAX / 2)
+        return 0;
+    return (size_t)cols + (size_t)cols / 32 * 8;
+}
+
+bool kr_dec_matvec_q8_supports(kr_dtype t) { return t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q8_0; }
+
+kr_status kr_dec_quantize_q8(kr_dec *d, kr_stream *s, const float *x, void *xq, int64_t cols, kr_err *err)
+{
+    if (kr_dec_q8_bytes(cols) == 0)
+        return kr__dec_err(err, KR_ERR_INVALID_ARG, "quantize_q8: %lld cols (need a positive multiple of 32)",
+                           (long long)cols);
+    if (((uintptr_t)xq & 3) != 0)
+        return kr__dec_err(err, KR_ERR_INVALID_ARG, "quantize_q8: xq must be 4-byte aligned");
+    int c = (int)cols;
+    void *args[] = {&x, &xq, &c};
+    return kr__dec_launch(d, KR__FN_QUANT_X8, kr__div_up(cols / 32, 8), 1, 256, s, args, err);
+}
+
+kr_status kr_dec_matvec_q8(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, size_t row_stride,
+                           const void *xq, float *y, int64_t rows, int64_t cols, kr_err *err)
+{
+    if (!kr_dec_matvec_q8_supports(wtype))
+        return kr__dec_err(err, KR_ERR_UNSUPPORTED, "matvec_q8: weight type %d not supported (q4_0, q8_0)",
+                           (int)wtype);
+    kr_status st = kr__check_rows("matvec_q8", wtype, row_stride, rows, cols, err);
+    if (st != KR_OK)
+        return st;
+    if (((uintptr_t)xq & 3) != 0 || ((uintptr_t)w & 1) != 0)
+        return kr__dec_err(err, KR_ERR_INVALID_ARG, "matvec_q8: xq must be 4-byte aligned and W 2-byte aligned");
+    int r = (int)rows, c = (int)cols;
+    long long rs = (long long)row_stride;
+    void *args[] = {&w, &xq, &y, &r, &c, &rs};
+    const kr_dec_tuning *t = &kr__tunings[d->tuning].tun;
+    return kr__dec_launch(d, wtype == KR_DTYPE_Q4_0 ? KR__FN_MV8_Q4_0 : KR__FN_MV8_Q8_0,
+                          kr__div_up(rows, (int64_t)t->mv_warps * t->mv_rows), 1, (uint32_t)(32 * t->mv_warps), s,
+                          args, err);
 }
 
 kr_status kr_dec_embed(kr_dec *d, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride,

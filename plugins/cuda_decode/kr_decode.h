@@ -61,6 +61,17 @@ bool kr_dec_matvec_supports(kr_dtype t);
 kr_status kr_dec_matvec(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, size_t row_stride,
                         const float *x, float *y, int64_t rows, int64_t cols, kr_err *err);
 
+/* Activations quantized to 8 bits on the fly (the alternative to fp32 x for
+ * Q4_0/Q8_0 weights; dp4a dot products). xq holds kr_dec_q8_bytes(cols)
+ * bytes: int8 q[cols] | float d[cols/32] | float s[cols/32], per 32-block
+ * d = max|x|/127, q = rint(x/d), s = d*sum(q). xq 4-byte aligned. One
+ * quantization serves every matvec of the same x (q, k, v; gate, up). */
+size_t kr_dec_q8_bytes(int64_t cols); /* 0 when cols is not a positive multiple of 32 */
+bool kr_dec_matvec_q8_supports(kr_dtype t);
+kr_status kr_dec_quantize_q8(kr_dec *d, kr_stream *s, const float *x, void *xq, int64_t cols, kr_err *err);
+kr_status kr_dec_matvec_q8(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, size_t row_stride,
+                           const void *xq, float *y, int64_t rows, int64_t cols, kr_err *err);
+
 /* y[r,:] = x[r,:] / sqrt(mean(x[r,:]^2) + eps) * w; x, y (rows, n); w (n,) or NULL. y may be x. */
 kr_status kr_dec_rmsnorm(kr_dec *d, kr_stream *s, const float *x, const float *w, float *y, int64_t rows,
                          int64_t n, float eps, kr_err *err);

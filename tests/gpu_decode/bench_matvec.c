@@ -71,22 +71,30 @@ static double time_copy(kr_backend *be, void *dst, const void *src, size_t bytes
 
 
 /* seconds per matvec (best of 3 timed rounds after a warm-up), or < 0 on error */
+/* one matvec: fp32 x, or (xq non-NULL) x quantized to q8 */
+static kr_status mv(kr_dec *dec, kr_stream *s, kr_dtype t, const void *w, size_t row_bytes, const void *x,
+                    const void *xq, void *y, int64_t rows, int64_t cols, kr_err *errp)
+{
+    if (xq)
+        return kr_dec_matvec_q8(dec, s, t, w, row_bytes, xq, y, rows, cols, errp);
+    return kr_dec_matvec(dec, s, t, w, row_bytes, x, y, rows, cols, errp);
+}
+
 static double time_matvec(kr_backend *be, kr_dec *dec, kr_stream *stream, kr_dtype t, kr_buffer **bw, size_t copies,
-                          size_t row_bytes, void *x, void *y, int64_t rows, int64_t cols, int iters, bool *graph_out,
-                          kr_err *errp)
+                          size_t row_bytes, void *x, const void *xq, void *y, int64_t rows, int64_t cols, int iters,
+                          bool *graph_out, kr_err *errp)
 {
     bool graph = false, ok = true;
     kr_graph *gr = NULL;
     double best = 1e30;
     /* first launch outside any capture: JIT-compiles (or fails) here */
-    if (kr_dec_matvec(dec, stream, t, bw[0]->ptr, row_bytes, x, y, rows, cols, errp) != KR_OK ||
+    if (mv(dec, stream, t, bw[0]->ptr, row_bytes, x, xq, y, rows, cols, errp) != KR_OK ||
         kr_backend_sync(be, NULL, errp) != KR_OK)
         return -1;
     if (stream && kr_backend_graph_begin(be, stream, errp) == KR_OK) {
         bool cap = true;
         for (int i = 0; i < iters && cap; i++)
-            cap = kr_dec_matvec(dec, stream, t, bw[(size_t)i % copies]->ptr, row_bytes, x, y, rows, cols, errp) ==
-                  KR_OK;
+            cap = mv(dec, stream, t, bw[(size_t)i % copies]->ptr, row_bytes, x, xq, y, rows, cols, errp) == KR_OK;
         kr_status ge = kr_backend_graph_end(be, stream, &gr, errp);
         graph = cap && ge == KR_OK && gr;
         if (!graph) {
@@ -105,8 +113,7 @@ static double time_matvec(kr_backend *be, kr_dec *dec, kr_stream *stream, kr_dty
             ok = ok && kr_backend_graph_launch(be, gr, stream, errp) == KR_OK;
         } else {
             for (int i = 0; i < iters && ok; i++)
-                ok = kr_dec_matvec(dec, stream, t, bw[(size_t)i % copies]->ptr, row_bytes, x, y, rows, cols, errp) ==
-                     KR_OK;
+                ok = mv(dec, stream, t, bw[(size_t)i % copies]->ptr, row_bytes, x, xq, y, rows, cols, errp) == KR_OK;
         }
         ok = ok && kr_backend_sync(be, NULL, errp) == KR_OK;
         double dt = (now_s() - t0) / iters;
@@ -168,7 +175,7 @@ int main(int argc, char **argv)
     kr_backend *be = NULL;
     kr_dec *dec = NULL;
     kr_stream *stream = NULL;
-    kr_buffer *bcopy_a = NULL, *bcopy_b = NULL, *bx = NULL, *by = NULL;
+    kr_buffer *bcopy_a = NULL, *bcopy_b = NULL, *bx = NULL, *by = NULL, *bxq = NULL;
     int rc = 1, failures = 0;
     kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &be, &err);
     if (st != KR_OK) {
@@ -203,7 +210,17 @@ int main(int argc, char **argv)
 
     CHECK(kr_backend_alloc(be, 16384 * sizeof(float), &bx, &err));
     CHECK(kr_backend_alloc(be, 16384 * sizeof(float), &by, &err));
-    CHECK(kr_backend_memset(be, bx->ptr, 0, 16384 * sizeof(float), NULL, &err));
+    CHECK(kr_backend_alloc(be, kr_dec_q8_bytes(16384), &bxq, &err));
+    {
+        float *hx = malloc(16384 * sizeof *hx);
+        if (!hx)
+            goto fail;
+        for (int i = 0; i < 16384; i++)
+            hx[i] = (float)((int)(rng_u64() % 2001) - 1000) * 1e-3f;
+        kr_status hs = kr_backend_h2d(be, bx->ptr, hx, 16384 * sizeof *hx, NULL, &err);
+        free(hx);
+        CHECK(hs);
+    }
 
     const kr_dtype types[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q8_0, KR_DTYPE_F16,
                               KR_DTYPE_Q4_1, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K, KR_DTYPE_F32};
@@ -238,35 +255,39 @@ int main(int argc, char **argv)
                 free(bw);
                 goto fail;
             }
-            /* the preset tunings (index 0 = default) with >= 8 staged steps */
+            /* the preset tunings (index 0 = default) with >= 8 staged steps; for
+             * Q4_0/Q8_0 also with x quantized to q8 (quantized once, not timed) */
             const size_t n_tun = ti < 3 ? kr_dec_tuning_count() : 1;
-            for (size_t k = 0; k < n_tun; k++) {
-                kr_dec *dk = NULL;
-                kr_dec_tuning tun;
-                bool graph = false;
-                double best = -1;
-                if (!kr_dec_tuning_at(k, &tun) || tun.mv_steps < 8)
-                    continue;
-                if (kr_dec_create_tuned(be, &tun, &dk, &err) == KR_OK)
-                    best = time_matvec(be, dk, stream, t, bw, copies, row_bytes, bx->ptr, by->ptr, rows, cols, iters,
-                                       &graph, &err);
-                kr_dec_free(dk);
-                if (best <= 0) {
-                    printf("matvec %-5s %5lldx%-5lld rows/warp %d warps %d steps %2d: failed: %s\n", kr_dtype_name(t),
-                           (long long)rows, (long long)cols, tun.mv_rows, tun.mv_warps, tun.mv_steps,
-                           kr_err_msg(&err, err.code));
-                    kr_err_clear(&err);
-                    if (k == 0)
-                        failures++;
-                    continue;
+            for (int q8 = 0; q8 < (kr_dec_matvec_q8_supports(t) ? 2 : 1); q8++) {
+                for (size_t k = 0; k < n_tun; k++) {
+                    kr_dec *dk = NULL;
+                    kr_dec_tuning tun;
+                    bool graph = false;
+                    double best = -1;
+                    if (!kr_dec_tuning_at(k, &tun) || tun.mv_steps < 8)
+                        continue;
+                    if (kr_dec_create_tuned(be, &tun, &dk, &err) == KR_OK &&
+                        (!q8 || kr_dec_quantize_q8(dk, NULL, bx->ptr, bxq->ptr, cols, &err) == KR_OK))
+                        best = time_matvec(be, dk, stream, t, bw, copies, row_bytes, bx->ptr, q8 ? bxq->ptr : NULL,
+                                           by->ptr, rows, cols, iters, &graph, &err);
+                    kr_dec_free(dk);
+                    if (best <= 0) {
+                        printf("matvec %-5s %5lldx%-5lld x %s rows/warp %d warps %d steps %2d: failed: %s\n",
+                               kr_dtype_name(t), (long long)rows, (long long)cols, q8 ? "q8 " : "f32", tun.mv_rows,
+                               tun.mv_warps, tun.mv_steps, kr_err_msg(&err, err.code));
+                        kr_err_clear(&err);
+                        if (k == 0)
+                            failures++;
+                        continue;
+                    }
+                    double gbs = (double)wbytes / best / 1e9;
+                    printf("matvec %-5s %5lldx%-5lld x %s rows/warp %d warps %2d steps %2d%s %7.2f MB %8.2f us %6.0f "
+                           "GB/s %5.1f%% of copy (%s)\n",
+                           kr_dtype_name(t), (long long)rows, (long long)cols, q8 ? "q8 " : "f32", tun.mv_rows,
+                           tun.mv_warps, tun.mv_steps, k == 0 ? "*" : " ", (double)wbytes / 1e6, best * 1e6, gbs,
+                           100.0 * gbs / copy_gbs, graph ? "graph" : "launches");
+                    fflush(stdout);
                 }
-                double gbs = (double)wbytes / best / 1e9;
-                printf("matvec %-5s %5lldx%-5lld rows/warp %d warps %2d steps %2d%s %7.2f MB %8.2f us %6.0f GB/s "
-                       "%5.1f%% of copy (%s)\n",
-                       kr_dtype_name(t), (long long)rows, (long long)cols, tun.mv_rows, tun.mv_warps, tun.mv_steps,
-                       k == 0 ? "*" : " ", (double)wbytes / 1e6, best * 1e6, gbs, 100.0 * gbs / copy_gbs,
-                       graph ? "graph" : "launches");
-                fflush(stdout);
             }
             for (size_t c = 0; c < copies; c++)
                 kr_backend_free(be, bw[c]);
@@ -277,6 +298,7 @@ int main(int argc, char **argv)
 fail:
     kr_backend_free(be, bx);
     kr_backend_free(be, by);
+    kr_backend_free(be, bxq);
     kr_backend_free(be, bcopy_a);
     kr_backend_free(be, bcopy_b);
     kr_backend_stream_destroy(be, stream);

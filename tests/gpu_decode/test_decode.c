@@ -307,6 +307,8 @@ Test(gpu_decode, matvec_k_quants, .timeout = 300)
     gpu_close(&g);
 }
 
+static void run_matvec_q8(gpu *g, kr_dtype t, int64_t rows, int64_t cols);
+
 /* Non-default launch geometries (rows per warp, warps per block, staged
  * steps; Q6_K's stage is rounded to 8 steps) compute the same products. */
 Test(gpu_decode, matvec_tunings, .timeout = 300)
@@ -328,6 +330,8 @@ Test(gpu_decode, matvec_tunings, .timeout = 300)
             run_matvec(&g, types[i], 13, bs == 256 ? 256 * 19 : 32 * 77, 0);
             run_matvec(&g, types[i], 130, bs == 256 ? 4096 : 4096 + 32, 0);
         }
+        run_matvec_q8(&g, KR_DTYPE_Q4_0, 130, 4096 + 32);
+        run_matvec_q8(&g, KR_DTYPE_Q8_0, 13, 32 * 77);
         kr_dec_free(d);
     }
     g.dec = def;
@@ -337,6 +341,99 @@ Test(gpu_decode, matvec_tunings, .timeout = 300)
     const kr_dec_tuning bad = {9, 4, 16};
     cr_expect_eq(kr_dec_create_tuned(g.be, &bad, &d, &err), KR_ERR_UNSUPPORTED, "9 rows per warp is no preset");
     cr_expect_null(d);
+    gpu_close(&g);
+}
+
+/* x quantized on the device: bit-exact against the formula in C; then the
+ * q8 matvec against exact math on those quantized values. */
+static void run_matvec_q8(gpu *g, kr_dtype t, int64_t rows, int64_t cols)
+{
+    size_t stride = (size_t)cols / 32 * kr_dtype_type_size(t);
+    uint8_t *w = rand_matrix(t, rows, cols, stride);
+    float *x = rand_f32((size_t)cols, -3, 3);
+    x[rng_u64() % (uint64_t)cols] = 0.0f;
+    if (cols >= 64)
+        for (int i = 32; i < 64; i++) /* an all-zero block: d = 0 */
+            x[i] = 0.0f;
+    const int64_t nb = cols / 32;
+    int8_t *q = malloc((size_t)cols);
+    float *dq = malloc((size_t)nb * 4), *sq = malloc((size_t)nb * 4);
+    for (int64_t b = 0; b < nb; b++) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[b * 32 + i]));
+        float d = amax / 127.0f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) {
+            q[b * 32 + i] = (int8_t)(d > 0 ? (int)rintf(x[b * 32 + i] / d) : 0);
+            sum += q[b * 32 + i];
+        }
+        dq[b] = d;
+        sq[b] = d * (float)sum;
+    }
+    double *ref = dvec((size_t)rows), *mag = dvec((size_t)rows);
+    float *row = malloc((size_t)cols * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        deq_row(t, w + (size_t)r * stride, row, cols);
+        for (int64_t c = 0; c < cols; c++) {
+            double xv = (double)dq[c / 32] * q[c];
+            ref[r] += (double)row[c] * xv;
+            mag[r] += fabs((double)row[c] * xv);
+        }
+    }
+    size_t xqb = kr_dec_q8_bytes(cols);
+    cr_assert_eq(xqb, (size_t)cols + (size_t)nb * 8);
+    kr_buffer *bw, *bx, *bq, *by;
+    void *dw = dupload(g, w, (size_t)rows * stride, &bw);
+    float *dx = dupload(g, x, (size_t)cols * 4, &bx);
+    uint8_t *dxq = (uint8_t *)dpoisoned(g, (xqb + 3) / 4, &bq);
+    float *dy = dpoisoned(g, (size_t)rows, &by);
+    kr_err err;
+    kr_err_clear(&err);
+    check_ok(kr_dec_quantize_q8(g->dec, NULL, dx, dxq, cols, &err), &err, "quantize_q8");
+    check_ok(kr_dec_matvec_q8(g->dec, NULL, t, dw, stride, dxq, dy, rows, cols, &err), &err, "matvec_q8");
+    uint8_t *xq = malloc(xqb);
+    download(g, xq, dxq, xqb);
+    cr_expect_eq(memcmp(xq, q, (size_t)cols), 0, "q8 values differ from rint(x/d) (seed %llu)",
+                 (unsigned long long)g_seed);
+    cr_expect_eq(memcmp(xq + cols, dq, (size_t)nb * 4), 0, "q8 scales differ (seed %llu)",
+                 (unsigned long long)g_seed);
+    cr_expect_eq(memcmp(xq + cols + nb * 4, sq, (size_t)nb * 4), 0, "q8 sums differ (seed %llu)",
+                 (unsigned long long)g_seed);
+    float *y = malloc((size_t)rows * 4);
+    download(g, y, dy, (size_t)rows * 4);
+    double e = nmse_mag(y, ref, mag, (size_t)rows);
+    cr_expect(e <= 1e-9, "matvec_q8 %s %lldx%lld: error^2 / sum|w x|^2 = %.3g > 1e-9 (seed %llu)", kr_dtype_name(t),
+              (long long)rows, (long long)cols, e, (unsigned long long)g_seed);
+    kr_backend_free(g->be, bw);
+    kr_backend_free(g->be, bx);
+    kr_backend_free(g->be, bq);
+    kr_backend_free(g->be, by);
+    free(w);
+    free(x);
+    free(q);
+    free(dq);
+    free(sq);
+    free(ref);
+    free(mag);
+    free(row);
+    free(xq);
+    free(y);
+}
+
+Test(gpu_decode, matvec_q8_activations, .timeout = 300)
+{
+    gpu g;
+    gpu_open(&g);
+    const int64_t shapes[][2] = {{1, 32}, {37, 224}, {129, 1440}, {1001, 4096}, {3, 32 * 257}};
+    const kr_dtype types[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q8_0};
+    for (size_t i = 0; i < KR_ARRAY_LEN(types); i++)
+        for (size_t s = 0; s < KR_ARRAY_LEN(shapes); s++)
+            run_matvec_q8(&g, types[i], shapes[s][0], shapes[s][1]);
+    kr_err err;
+    kr_err_clear(&err);
+    cr_expect_eq(kr_dec_matvec_q8(g.dec, NULL, KR_DTYPE_Q4_1, NULL, 20, NULL, NULL, 1, 32, &err), KR_ERR_UNSUPPORTED);
+    cr_expect_eq(kr_dec_q8_bytes(33), 0u);
     gpu_close(&g);
 }
 
