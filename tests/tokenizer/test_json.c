@@ -99,6 +99,9 @@ Test(json, bad_inputs_rejected)
     reject_mk("", VOCAB, "[]",
               ",\"added_tokens\":[{\"id\":3,\"content\":\"x\"},{\"id\":3,\"content\":\"y\"}]",
               KR_ERR_FORMAT, "twice");
+    /* a tiny file naming a huge id must not allocate millions of entries */
+    reject_mk("", VOCAB, "[]", ",\"added_tokens\":[{\"id\":4000000,\"content\":\"x\"}]", KR_ERR_FORMAT,
+              "4000000");
     /* unsupported pipeline pieces are named */
     reject_mk("", VOCAB, "[]", ",\"normalizer\":{\"type\":\"NFC\"}", KR_ERR_UNSUPPORTED, "NFC");
     reject_mk("", VOCAB, "[]", ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Lowercase\"}]}",

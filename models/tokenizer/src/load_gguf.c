@@ -1,4 +1,5 @@
 /* Tokenizer from GGUF metadata (tokenizer.ggml.*), as llama.cpp defines it. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,7 +291,7 @@ kr_status kr_tokenizer_load_file(const char *path, kr_tokenizer **out, kr_err *e
         return kr_err_set(err, KR_ERR_INVALID_ARG, "loading tokenizer: NULL argument");
     FILE *f = fopen(path, "rb");
     if (!f)
-        return kr_err_set(err, KR_ERR_IO, "opening '%s' failed", path);
+        return kr_err_set(err, KR_ERR_IO, "opening '%s': %s", path, strerror(errno));
     char magic[4] = {0};
     size_t got = fread(magic, 1, 4, f);
     fclose(f);

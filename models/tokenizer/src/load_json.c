@@ -471,6 +471,13 @@ static kr_status kr__load_json_obj(json_object *root, kr_tokenizer **out, kr_err
     }
     if (max_id < 0)
         return kr_err_set(err, KR_ERR_FORMAT, "empty vocabulary");
+    /* ids index arrays sized by the largest id: a small file must not make us
+     * allocate for millions of ids it never names */
+    size_t n_named = json_object_object_length(vocab) + n_added;
+    if ((uint64_t)max_id + 1 > 2 * (uint64_t)n_named + 1024)
+        return kr_err_set(err, KR_ERR_FORMAT,
+                          "largest token id %lld is far beyond the %zu tokens named (ids must be nearly dense)",
+                          (long long)max_id, n_named);
     if ((st = kr__tok_alloc(&t, (int32_t)(max_id + 1), err)))
         return st;
     t->kind = KR_TOK_BPE;
