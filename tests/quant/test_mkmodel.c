@@ -334,7 +334,8 @@ Test(mkmodel, presets)
     cr_assert_eq(kr_mkmodel_file_type(KR_DTYPE_Q4_0), 2);
     cr_assert_eq(kr_mkmodel_file_type(KR_DTYPE_Q4_1), 3);
     cr_assert_eq(kr_mkmodel_file_type(KR_DTYPE_Q8_0), 7);
-    cr_assert_eq(kr_mkmodel_file_type(KR_DTYPE_Q6_K), -1);
+    cr_assert_eq(kr_mkmodel_file_type(KR_DTYPE_Q6_K), 18);
+    cr_assert_eq(kr_mkmodel_file_type(KR_DTYPE_Q2_K), -1);
 }
 
 Test(mkmodel, layer_override_and_1b_shapes)
@@ -363,9 +364,13 @@ Test(mkmodel, errors_leave_no_file)
     char p[512];
     path_in_dir(p, sizeof p, "e.gguf");
     kr_err err = {0};
-    kr_mkmodel_opts o = {.arch = "llama", .preset = "tiny", .type = KR_DTYPE_Q6_K, .out_path = p};
+    kr_mkmodel_opts o = {.arch = "llama", .preset = "tiny", .type = KR_DTYPE_Q3_K, .out_path = p};
     cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_ERR_UNSUPPORTED);
-    cr_assert(strstr(err.msg, "q6_k"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "q3_k"), "%s", err.msg);
+    /* tiny rows (64) are not a multiple of the K-quant block (256): the tensor is named */
+    o.type = KR_DTYPE_Q4_K;
+    cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_ERR_INVALID_ARG);
+    cr_assert(strstr(err.msg, "token_embd.weight") && strstr(err.msg, "256"), "%s", err.msg);
     o.type = KR_DTYPE_Q4_0;
     o.arch = "bert";
     cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_ERR_INVALID_ARG);
@@ -390,4 +395,37 @@ Test(mkmodel, errors_leave_no_file)
     cr_assert(strstr(err.msg, "/nonexistent-dir/x.gguf"), "%s", err.msg);
     cr_assert_neq(access(p, F_OK), 0, "no partial file left behind");
     unlink(nv);
+}
+
+/* K-quant weights where the row lengths allow them (llama 1b: 2048, 5632). */
+Test(mkmodel, kquant_weights)
+{
+    char p[512];
+    path_in_dir(p, sizeof p, "k.gguf");
+    const kr_dtype ts[] = {KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    for (int k = 0; k < 2; k++) {
+        kr_mkmodel_opts o = {.arch = "llama", .preset = "1b", .type = ts[k], .out_path = p, .seed = 9, .n_layer = 1};
+        kr_err err = {0};
+        cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_OK, "%s", err.msg);
+        kr_gguf *g = NULL;
+        cr_assert_eq(kr_gguf_open(p, NULL, &g, NULL), KR_OK);
+        cr_assert_eq(get_u32(g, "general.file_type"), ts[k] == KR_DTYPE_Q4_K ? 14u : 18u);
+        const kr_gguf_tensor *t = kr_gguf_find_tensor(g, "blk.0.ffn_down.weight");
+        cr_assert(t && t->type == ts[k] && t->ne[0] == 5632 && t->ne[1] == 2048);
+        /* first 8 rows: uniform(-a, a), a = 0.0346, std 0.02 */
+        const uint64_t n = 8 * 5632;
+        float *y = malloc(n * sizeof *y);
+        cr_assert_not_null(y);
+        cr_assert_eq(kr_dequantize_row(t->type, t->data, y, n), KR_OK);
+        double s2 = 0, amax = 0;
+        for (uint64_t i = 0; i < n; i++) {
+            s2 += (double)y[i] * y[i];
+            amax = fmax(amax, fabs(y[i]));
+        }
+        cr_assert(amax <= 0.0347 * 1.1 && fabs(sqrt(s2 / (double)n) - 0.02) < 0.002, "%s: amax %g rms %g",
+                  kr_dtype_name(ts[k]), amax, sqrt(s2 / (double)n));
+        free(y);
+        kr_gguf_close(g);
+        unlink(p);
+    }
 }

@@ -428,7 +428,8 @@ Test(kat, type_sizes)
     cr_assert_not(kr_quant_can_dequantize((kr_dtype)4));
     cr_assert_not(kr_quant_can_dequantize((kr_dtype)-3));
     cr_assert_not(kr_quant_can_dequantize((kr_dtype)1000));
-    cr_assert_not(kr_quant_can_quantize(KR_DTYPE_Q4_K));
+    cr_assert_not(kr_quant_can_quantize(KR_DTYPE_Q2_K));
+    cr_assert(kr_quant_can_quantize(KR_DTYPE_Q6_K));
 }
 
 /* The library's fast fp16 decoder against core's reference converter, for

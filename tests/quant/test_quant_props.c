@@ -243,7 +243,9 @@ Test(props, bad_lengths_and_types)
     cr_assert_eq(kr_quant_row_size(KR_DTYPE_Q8_0, UINT64_MAX - 31, &bytes, &err), KR_ERR_OVERFLOW);
     cr_assert_eq(kr_quant_row_size((kr_dtype)17, 256, &bytes, &err), KR_ERR_UNSUPPORTED);
     /* unsupported types */
-    cr_assert_eq(kr_quantize_row(KR_DTYPE_Q6_K, x, q, 256), KR_ERR_UNSUPPORTED);
+    cr_assert_eq(kr_quantize_row(KR_DTYPE_Q2_K, x, q, 256), KR_ERR_UNSUPPORTED);
+    cr_assert_eq(kr_quantize_row(KR_DTYPE_Q3_K, x, q, 256), KR_ERR_UNSUPPORTED);
+    cr_assert_eq(kr_quantize_row(KR_DTYPE_Q4_K, x, q, 200), KR_ERR_INVALID_ARG);
     cr_assert_eq(kr_dequantize_row(KR_DTYPE_I32, q, y, 4), KR_ERR_UNSUPPORTED);
     cr_assert_eq(kr_dequantize_row(KR_DTYPE_Q8_K, q, y, 256), KR_ERR_UNSUPPORTED);
     cr_assert_eq(kr_vec_dot_row((kr_dtype)-1, q, x, 32, &out), KR_ERR_UNSUPPORTED);
@@ -324,5 +326,87 @@ Test(props, vec_dot_matches_dequant)
             free(x);
             free(y);
         }
+    }
+}
+
+/* K-quant quantizers: per sub-block bound derived from the scheme in
+ * docs/QUANTS.md — sub-block offsets and steps are rounded up so every value
+ * is covered; the step is at most the needed step plus one unit of the
+ * fp16 super-block scale (which is within 2^-10 relative of its ideal). */
+static void kq_check(kr_dtype t, const float *x)
+{
+    uint8_t q[210];
+    float y[256];
+    cr_assert_eq(kr_quantize_row(t, x, q, 256), KR_OK);
+    cr_assert_eq(kr_dequantize_row(t, q, y, 256), KR_OK);
+    const int gs = t == KR_DTYPE_Q6_K ? 16 : 32, ng = 256 / gs;
+    double need[16], mmax = 0, smax = 0, m[16];
+    for (int g = 0; g < ng; g++) {
+        double mn = INFINITY, mx = -INFINITY;
+        for (int j = 0; j < gs; j++) {
+            mn = fmin(mn, x[g * gs + j]);
+            mx = fmax(mx, x[g * gs + j]);
+        }
+        m[g] = mn < 0 ? -mn : 0;
+        mmax = fmax(mmax, m[g]);
+        if (t == KR_DTYPE_Q6_K)
+            need[g] = fmax(-mn, mx) / 31;
+        else
+            need[g] = mx; /* finished below, needs dmin */
+    }
+    const double fp16_up = 1 + 0x1p-10, tiny = 0x1p-24;
+    const double nmax = t == KR_DTYPE_Q4_K ? 15 : 31;
+    if (t != KR_DTYPE_Q6_K) {
+        const double dmin = mmax / 63 * fp16_up + tiny;
+        for (int g = 0; g < ng; g++)
+            need[g] = fmax(0, need[g] + m[g] + dmin) / nmax;
+    }
+    for (int g = 0; g < ng; g++)
+        smax = fmax(smax, need[g]);
+    const double d = smax / (t == KR_DTYPE_Q6_K ? 127 : 63) * fp16_up + tiny;
+    for (int i = 0; i < 256; i++) {
+        const double tol = 0.5 * (need[i / gs] + d) * (1 + 1e-5) + 1e-7 * fabs(x[i]);
+        cr_assert(fabs((double)x[i] - y[i]) <= tol, "%s elem %d: x=%.9g y=%.9g err %.3g > %.3g", kr_dtype_name(t), i,
+                  x[i], y[i], fabs((double)x[i] - y[i]), tol);
+    }
+}
+
+Test(props, roundtrip_kquants)
+{
+    const kr_dtype ts[] = {KR_DTYPE_Q4_K, KR_DTYPE_Q5_K, KR_DTYPE_Q6_K};
+    const float scales[] = {1.0f, 0.02f, 300.0f, 1e-3f};
+    float x[256];
+    for (int ti = 0; ti < 3; ti++)
+        for (int rep = 0; rep < 40; rep++) {
+            fill(x, 256, scales[rep % 4], rep % 4);
+            if (rep % 5 == 4) /* one sub-block of zeros, one constant */
+                for (int j = 0; j < 32; j++) {
+                    x[j] = 0.0f;
+                    x[64 + j] = 0.375f;
+                }
+            kq_check(ts[ti], x);
+        }
+    /* the bound is not vacuous: random data uses most of each sub-block's levels */
+    fill(x, 256, 1.0f, 0);
+    uint8_t q[210];
+    float y[256];
+    cr_assert_eq(kr_quantize_row(KR_DTYPE_Q4_K, x, q, 256), KR_OK);
+    cr_assert_eq(kr_dequantize_row(KR_DTYPE_Q4_K, q, y, 256), KR_OK);
+    double err = 0;
+    for (int i = 0; i < 256; i++)
+        err = fmax(err, fabs((double)x[i] - y[i]));
+    cr_assert(err < 2.0 / 15 * 0.6, "q4_k max error %g", err);
+    /* non-finite input: finite output, NaN near 0 */
+    for (int ti = 0; ti < 3; ti++) {
+        fill(x, 256, 1.0f, 0);
+        x[5] = NAN;
+        x[40] = INFINITY;
+        x[200] = -INFINITY;
+        cr_assert_eq(kr_quantize_row(ts[ti], x, q, 256), KR_OK);
+        cr_assert_eq(kr_dequantize_row(ts[ti], q, y, 256), KR_OK);
+        for (int i = 0; i < 256; i++)
+            cr_assert(isfinite(y[i]), "%s y[%d] = %g", kr_dtype_name(ts[ti]), i, y[i]);
+        cr_assert(fabsf(y[5]) < 0.2f, "%s NaN -> %g", kr_dtype_name(ts[ti]), y[5]);
+        cr_assert(y[40] > 0.5f && y[200] < -0.5f, "%s inf saturates: %g %g", kr_dtype_name(ts[ti]), y[40], y[200]);
     }
 }

@@ -22,7 +22,9 @@ static const char g_usage[] =
     "  --preset P        tiny (2 layers, 64 dims, 4 heads, 2 KV heads, ffn 128),\n"
     "                    1b (TinyLlama-1.1B shapes), 7b (llama-2-7b, mistral-7b, falcon-7b)\n"
     "  --type T          type of the 2-D weights: f16, q8_0, q4_0, q4_1 (also f32, bf16,\n"
-    "                    q5_0, q5_1); norms and biases are always f32\n"
+    "                    q5_0, q5_1, and q4_k, q5_k, q6_k for presets whose row lengths\n"
+    "                    are multiples of 256: llama/mistral 1b and 7b); norms and\n"
+    "                    biases are always f32\n"
     "  -o, --output FILE file to write (removed again if writing fails)\n"
     "  --vocab-from F    copy the tokenizer.* keys of this GGUF (and use its vocabulary\n"
     "                    size); default: a synthetic SentencePiece vocabulary\n"
@@ -120,7 +122,8 @@ static int run_mkmodel(kr_app *app, int argc, char **argv)
         return usage_error("%s", "-o FILE is required");
     o.type = kr_dtype_from_name(type);
     if (o.type == KR_DTYPE_INVALID || kr_mkmodel_file_type(o.type) < 0)
-        return usage_error("--type: '%s' is not one of f16, q8_0, q4_0, q4_1, f32, bf16, q5_0, q5_1", type);
+        return usage_error("--type: '%s' is not one of f16, q8_0, q4_0, q4_1, f32, bf16, q5_0, q5_1, q4_k, q5_k, q6_k",
+                           type);
     kr_mkmodel_hparams hp;
     kr_err err = {0};
     if (kr_mkmodel_preset(o.arch, o.preset, &hp, &err) != KR_OK)

@@ -72,6 +72,9 @@ int kr_mkmodel_file_type(kr_dtype t)
     case KR_DTYPE_Q8_0: return 7;
     case KR_DTYPE_Q5_0: return 8;
     case KR_DTYPE_Q5_1: return 9;
+    case KR_DTYPE_Q4_K: return 14; /* MOSTLY_Q4_K_S: every weight q4_k */
+    case KR_DTYPE_Q5_K: return 16; /* MOSTLY_Q5_K_S */
+    case KR_DTYPE_Q6_K: return 18; /* MOSTLY_Q6_K */
     case KR_DTYPE_BF16: return 32;
     default: return -1;
     }
@@ -558,7 +561,7 @@ kr_status kr_mkmodel_write(const kr_mkmodel_opts *o, kr_mkmodel_stats *stats, kr
         return st;
     if (kr_mkmodel_file_type(o->type) < 0 || !kr_quant_can_quantize(o->type))
         return kr_err_set(err, KR_ERR_UNSUPPORTED,
-                          "weight type '%s' is not supported (f16, q8_0, q4_0, q4_1; also f32, bf16, q5_0, q5_1)",
+                          "weight type '%s' is not supported (f16, q8_0, q4_0, q4_1; also f32, bf16, q5_0, q5_1, q4_k, q5_k, q6_k)",
                           kr_dtype_name(o->type));
     if (o->n_layer > 0)
         hp.n_layer = o->n_layer;

@@ -35,7 +35,8 @@ kr_status kr_mkmodel_preset(const char *arch, const char *preset, kr_mkmodel_hpa
 typedef struct kr_mkmodel_opts {
     const char *arch;         /* "llama" | "mistral" | "falcon" */
     const char *preset;       /* "tiny" | "1b" | "7b" */
-    kr_dtype type;            /* type of the 2-D weights: F16, Q8_0, Q4_0, Q4_1 (also F32, BF16, Q5_0, Q5_1) */
+    kr_dtype type;            /* type of the 2-D weights: F16, Q8_0, Q4_0, Q4_1 (also F32, BF16, Q5_0,
+                               * Q5_1, and Q4_K, Q5_K, Q6_K where every row length is a multiple of 256) */
     const char *out_path;     /* file to write (replaced; removed again on failure) */
     const char *vocab_from;   /* GGUF whose tokenizer.* keys are copied; NULL: synthetic SPM vocab */
     uint64_t seed;            /* same seed, same file (independent of n_threads) */
@@ -54,7 +55,8 @@ typedef struct kr_mkmodel_stats {
 kr_status kr_mkmodel_write(const kr_mkmodel_opts *o, kr_mkmodel_stats *stats, kr_err *err);
 
 /* llama.cpp's general.file_type value for a weight type (F32 0, F16 1,
- * Q4_0 2, Q4_1 3, Q8_0 7, Q5_0 8, Q5_1 9, BF16 32); -1 when none. */
+ * Q4_0 2, Q4_1 3, Q8_0 7, Q5_0 8, Q5_1 9, Q4_K 14, Q5_K 16, Q6_K 18,
+ * BF16 32); -1 when none. */
 int kr_mkmodel_file_type(kr_dtype t);
 
 #endif

@@ -29,9 +29,9 @@ static const kr__qinfo g_qinfo[KR_DTYPE_COUNT] = {
     [KR_DTYPE_Q8_0] = {"q8_0", KR_QK, sizeof(kr_block_q8_0), true, true},
     [KR_DTYPE_Q2_K] = {"q2_k", KR_QK_K, sizeof(kr_block_q2_K), true, false},
     [KR_DTYPE_Q3_K] = {"q3_k", KR_QK_K, sizeof(kr_block_q3_K), true, false},
-    [KR_DTYPE_Q4_K] = {"q4_k", KR_QK_K, sizeof(kr_block_q4_K), true, false},
-    [KR_DTYPE_Q5_K] = {"q5_k", KR_QK_K, sizeof(kr_block_q5_K), true, false},
-    [KR_DTYPE_Q6_K] = {"q6_k", KR_QK_K, sizeof(kr_block_q6_K), true, false},
+    [KR_DTYPE_Q4_K] = {"q4_k", KR_QK_K, sizeof(kr_block_q4_K), true, true},
+    [KR_DTYPE_Q5_K] = {"q5_k", KR_QK_K, sizeof(kr_block_q5_K), true, true},
+    [KR_DTYPE_Q6_K] = {"q6_k", KR_QK_K, sizeof(kr_block_q6_K), true, true},
 };
 
 static const kr__qinfo *qinfo(kr_dtype t)

@@ -213,6 +213,160 @@ static void q_q5_1(const float *x, uint8_t *b)
     kr__st_u32(b + 4, qh);
 }
 
+/* ---- K-quants (Q4_K, Q5_K, Q6_K) ----
+ * Not ggml's iterative scale search (make_qkx2_quants / make_qx_quants):
+ * a direct scheme whose sub-block scales are rounded *up* so every finite
+ * value of a sub-block lies inside its quantized range; the error is then
+ * at most half a sub-block step. The bytes are a valid block of the format
+ * (any decoder reads them), just not ggml's bytes. */
+
+/* Smallest fp16 value >= v (v >= 0), capped at 65504; returned decoded. */
+static float fp16_ceil(float v, uint16_t *bits)
+{
+    if (!(v > 0.0f)) {
+        *bits = 0;
+        return 0.0f;
+    }
+    if (v >= KR__FP16_MAX) {
+        *bits = 0x7bffu;
+        return KR__FP16_MAX;
+    }
+    uint16_t h = kr_fp32_to_fp16(v);
+    if (kr_fp16_to_fp32(h) < v)
+        h++; /* next representable magnitude (positive values are ordered) */
+    *bits = h;
+    return kr_fp16_to_fp32(h);
+}
+
+/* NaN -> 0 copy of n values; finite min / max (0, 0 when none). */
+static void prep_minmax(const float *x, float *xs, int n, float *mn, float *mx)
+{
+    float lo = INFINITY, hi = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        const float v = x[j] == x[j] ? x[j] : 0.0f;
+        xs[j] = v;
+        if (isfinite(v)) {
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+    }
+    if (lo > hi)
+        lo = hi = 0.0f;
+    *mn = lo;
+    *mx = hi;
+}
+
+/* q = round(v * inv) clamped to [lo, hi] (lo <= 0 <= hi); inv = 1/step or
+ * 0 when the step is 0 (then q = 0). Rounds half up via floor(t + 0.5). */
+static inline int q_round(float v, float inv, int lo, int hi)
+{
+    float t = v * inv;
+    t = t == t ? t : 0.0f;
+    t = t > (float)lo ? t : (float)lo;
+    t = t < (float)hi ? t : (float)hi;
+    return (int)(t - (float)lo + 0.5f) + lo; /* argument >= 0.5: truncation is floor */
+}
+
+static inline float inv_or_zero(float step) { return step > 0.0f ? 1.0f / step : 0.0f; }
+
+static inline int ceil_div_clamp(float num, float den, int hi)
+{
+    if (!(den > 0.0f) || !(num > 0.0f))
+        return 0;
+    const float t = ceilf(num / den);
+    return t < (float)hi ? (int)t : hi;
+}
+
+/* Q4_K (nmax 15) and Q5_K (nmax 31): 8 groups of 32, x ~ d*sc*q - dmin*mn. */
+static void q_k4k5(const float *x, uint8_t *b, int nmax, bool five)
+{
+    float xs[256], mn[8], mx[8], m[8], off[8], sub[8];
+    int lm[8], ls[8];
+    float mmax = 0.0f;
+    for (int g = 0; g < 8; g++) {
+        prep_minmax(x + 32 * g, xs + 32 * g, 32, &mn[g], &mx[g]);
+        m[g] = mn[g] < 0.0f ? -mn[g] : 0.0f; /* subtracted offset, >= 0 */
+        mmax = m[g] > mmax ? m[g] : mmax;
+    }
+    uint16_t dmin_bits, d_bits;
+    const float dmin = fp16_ceil(mmax / 63.0f, &dmin_bits);
+    float smax = 0.0f;
+    for (int g = 0; g < 8; g++) {
+        lm[g] = ceil_div_clamp(m[g], dmin, 63);
+        off[g] = dmin * (float)lm[g];             /* >= m[g]: covers the bottom */
+        float top = mx[g] + off[g];
+        top = top > 0.0f ? top : 0.0f;
+        sub[g] = top / (float)nmax;               /* step needed to reach the top */
+        smax = sub[g] > smax ? sub[g] : smax;
+    }
+    const float d = fp16_ceil(smax / 63.0f, &d_bits);
+    for (int g = 0; g < 8; g++)
+        ls[g] = ceil_div_clamp(sub[g], d, 63);
+    kr__st_u16(b, d_bits);
+    kr__st_u16(b + 2, dmin_bits);
+    uint8_t *sc = b + 4;
+    for (int j = 0; j < 4; j++) {
+        sc[j] = (uint8_t)(ls[j] | ((ls[j + 4] >> 4) << 6));
+        sc[j + 4] = (uint8_t)(lm[j] | ((lm[j + 4] >> 4) << 6));
+        sc[j + 8] = (uint8_t)((ls[j + 4] & 15) | ((lm[j + 4] & 15) << 4));
+    }
+    uint8_t *qh = five ? b + 16 : NULL;
+    uint8_t *qs = five ? b + 48 : b + 16;
+    if (qh)
+        memset(qh, 0, 32);
+    memset(qs, 0, 128);
+    float inv[8];
+    for (int g = 0; g < 8; g++)
+        inv[g] = inv_or_zero(d * (float)ls[g]);
+    for (int i = 0; i < 256; i++) {
+        const int g = i / 32, c = i / 64, r = i % 64;
+        const int q = q_round(xs[i] + off[g], inv[g], 0, nmax);
+        if (r < 32)
+            qs[32 * c + r] |= (uint8_t)(q & 15);
+        else
+            qs[32 * c + r - 32] |= (uint8_t)((q & 15) << 4);
+        if (qh && (q & 16))
+            qh[i % 32] |= (uint8_t)(1u << (i / 32));
+    }
+}
+
+static void q_q4_K(const float *x, uint8_t *b) { q_k4k5(x, b, 15, false); }
+static void q_q5_K(const float *x, uint8_t *b) { q_k4k5(x, b, 31, true); }
+
+/* Q6_K: 16 groups of 16, x ~ d * sc * (q - 32), q - 32 in [-32, 31]; the
+ * scheme uses [-31, 31] so both signs are covered. */
+static void q_q6_K(const float *x, uint8_t *b)
+{
+    float xs[256], sub[16];
+    int ls[16];
+    float smax = 0.0f;
+    for (int g = 0; g < 16; g++) {
+        float mn, mx;
+        prep_minmax(x + 16 * g, xs + 16 * g, 16, &mn, &mx);
+        const float amax = -mn > mx ? -mn : mx;
+        sub[g] = amax / 31.0f;
+        smax = sub[g] > smax ? sub[g] : smax;
+    }
+    uint16_t d_bits;
+    const float d = fp16_ceil(smax / 127.0f, &d_bits);
+    memset(b, 0, 210);
+    for (int g = 0; g < 16; g++) {
+        ls[g] = ceil_div_clamp(sub[g], d, 127);
+        b[192 + g] = (uint8_t)(int8_t)ls[g];
+    }
+    kr__st_u16(b + 208, d_bits);
+    float inv[16];
+    for (int g = 0; g < 16; g++)
+        inv[g] = inv_or_zero(d * (float)ls[g]);
+    for (int i = 0; i < 256; i++) {
+        const int q = q_round(xs[i], inv[i / 16], -32, 31) + 32; /* 0..63 */
+        const int h = i / 128, r = i % 128, k = r / 32, l = r % 32;
+        uint8_t *ql = b + 64 * h + l + 32 * (k & 1);
+        *ql |= (uint8_t)(k < 2 ? (q & 15) : ((q & 15) << 4));
+        b[128 + 32 * h + l] |= (uint8_t)((q >> 4) << (2 * k));
+    }
+}
+
 kr_status kr_quantize_row_e(kr_dtype t, const float *src, void *dst, size_t n, kr_err *err)
 {
     kr_status st = kr__quant_check(t, n, kr_quant_can_quantize(t), "quantize", err);
@@ -240,12 +394,15 @@ kr_status kr_quantize_row_e(kr_dtype t, const float *src, void *dst, size_t n, k
     case KR_DTYPE_Q4_1: fn = q_q4_1; break;
     case KR_DTYPE_Q5_0: fn = q_q5_0; break;
     case KR_DTYPE_Q5_1: fn = q_q5_1; break;
+    case KR_DTYPE_Q4_K: fn = q_q4_K; break;
+    case KR_DTYPE_Q5_K: fn = q_q5_K; break;
+    case KR_DTYPE_Q6_K: fn = q_q6_K; break;
     default:
         return kr__quant_err(err, KR_ERR_INTERNAL, "quantize: no encoder for %s", kr__quant_type_name(t));
     }
-    const size_t bytes = kr_quant_type_size(t);
-    for (size_t i = 0; i < n / KR_QK; i++)
-        fn(src + i * KR_QK, d + i * bytes);
+    const size_t bytes = kr_quant_type_size(t), qk = kr_quant_block_size(t);
+    for (size_t i = 0; i < n / qk; i++)
+        fn(src + i * qk, d + i * bytes);
     return KR_OK;
 }
 

@@ -105,7 +105,9 @@ kr_status kr_dequantize_row(kr_dtype t, const void *src, float *dst, size_t n);
 
 /* Quantize n fp32 values into dst (kr_dtype_row_size(t, n) bytes). Types:
  * F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (round-to-nearest, same
- * bytes as ggml's quantize_row_*_ref for finite input). */
+ * bytes as ggml's quantize_row_*_ref for finite input), and Q4_K, Q5_K,
+ * Q6_K (valid blocks from a simpler scheme than ggml's scale search, error
+ * at most half a sub-block step; not ggml's bytes — docs/QUANTS.md). */
 kr_status kr_quantize_row(kr_dtype t, const float *src, void *dst, size_t n);
 
 /* True when kr_dequantize_row / kr_quantize_row handle t. */
