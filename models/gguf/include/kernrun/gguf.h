@@ -68,13 +68,17 @@ typedef struct kr_gguf_tensor {
 } kr_gguf_tensor;
 
 typedef struct kr_gguf_open_opts {
-    bool no_mmap;               /* read into memory instead of mmap (tests/fuzzers) */
-    /* Reject quantized tensors whose row length is not a multiple of the block
-     * size (default true; the reader always rejects them — the flag exists for
-     * documentation only). */
+    bool no_mmap;               /* read the whole file into memory instead of mmap */
+    /* Quantized tensors whose row length (ne[0]) is not a multiple of the
+     * block size are always rejected, naming the tensor. */
 } kr_gguf_open_opts;
 
-/* Open + fully validate. On error returns non-OK, *out is NULL, err says why. */
+/* Open + fully validate (opts may be NULL). On error returns non-OK, *out is
+ * NULL, err says why (prefixed with the path). Status: KR_ERR_FORMAT for
+ * malformed files, KR_ERR_UNSUPPORTED for v1, big-endian, newer versions and
+ * unimplemented tensor types, KR_ERR_NOT_FOUND / KR_ERR_IO for the file.
+ * The handle is read-only after open: concurrent readers need no locking.
+ * Tensor data pointers stay valid until kr_gguf_close. */
 kr_status kr_gguf_open(const char *path, const kr_gguf_open_opts *opts, kr_gguf **out, kr_err *err);
 /* Parse a buffer the caller owns and keeps alive for the handle's lifetime. */
 kr_status kr_gguf_open_memory(const void *data, size_t size, kr_gguf **out, kr_err *err);
