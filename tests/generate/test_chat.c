@@ -226,7 +226,7 @@ Test(chat, names_round_trip)
     for (int k = 1; k < KR_CHAT_KIND_COUNT; k++) {
         kr_chat_kind back = KR_CHAT_UNKNOWN;
         cr_expect_eq(kr_chat_kind_from_name(kr_chat_kind_name((kr_chat_kind)k), &back, NULL), KR_OK);
-        cr_expect_eq(back, k);
+        cr_expect_eq((int)back, k);
     }
     kr_chat_kind x;
     kr_err e;
