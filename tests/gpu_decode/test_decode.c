@@ -1069,9 +1069,17 @@ static char *read_text(const char *path, size_t *len)
 Test(decode_host, every_tuning_compiles, .timeout = 600)
 {
     const char *dir = getenv("KR_DECODE_KERNELS_DIR");
+#ifdef KR_DECODE_KERNELS_DIR_DEFAULT
+    if (!dir || !dir[0])
+        dir = KR_DECODE_KERNELS_DIR_DEFAULT;
+#endif
     cr_assert(dir && dir[0], "KR_DECODE_KERNELS_DIR is not set (tests/gpu_decode/meson.build sets it)");
     /* a cache in the build dir: a second run (compute-sanitizer) is quick */
     const char *cache = getenv("KR_DECODE_JIT_CACHE");
+#ifdef KR_DECODE_JIT_CACHE_DEFAULT
+    if (!cache || !cache[0])
+        cache = KR_DECODE_JIT_CACHE_DEFAULT;
+#endif
     kr_jit_config cfg = {.cache_dir = cache, .no_cache = !cache || !cache[0], .kernel_dir = ""};
     kr_jit *jit = NULL;
     kr_err err;
