@@ -298,3 +298,36 @@ Test(generate, default_model_chat_answers)
     cr_expect(strstr(r.out, "Paris") != NULL, "answer: [%s]", r.out);
     free_result(&r);
 }
+
+Test(generate, chat_template_override_and_context_limit)
+{
+    const char *a1[] = {"-m", stories(), "-p", "Once upon a time", "-n", "4", "--chat-template", "llama2", "-s", "1",
+                        NULL};
+    const char *dbg[] = {"KERNRUN_RUNTIME_LOG_LEVEL=debug", NULL};
+    run_result r = run_kernrun(a1, dbg);
+    cr_expect_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strstr(r.err, "[INST] Once upon a time [/INST]") != NULL, "formatted prompt logged:\n%s", r.err);
+    free_result(&r);
+
+    const char *a2[] = {"-m", stories(), "-p", "x", "--chat-template", "gemma", NULL};
+    r = run_kernrun(a2, NULL);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, "'gemma'") != NULL, "%s", r.err);
+    free_result(&r);
+
+    /* -n -1 runs until the context is full (or an end-of-generation token) */
+    const char *a3[] = {"-m", stories(), "-p", "Once upon a time", "-n", "-1", "-c", "24", "--greedy", NULL};
+    const char *info[] = {"KERNRUN_RUNTIME_LOG_LEVEL=info", NULL};
+    r = run_kernrun(a3, info);
+    cr_expect_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strstr(r.err, "context full") != NULL, "%s", r.err);
+    /* 5 prompt tokens, 24 positions: the output is a proper prefix of the golden text */
+    cr_expect(strlen(r.out) > 0 && strncmp(r.out, GOLDEN, strlen(r.out)) == 0, "[%s]", r.out);
+    free_result(&r);
+
+    const char *a4[] = {"-m", stories(), "-p", "Once upon a time", "-c", "3", NULL};
+    r = run_kernrun(a4, NULL);
+    cr_expect_eq(r.status, 1);
+    cr_expect(strstr(r.err, "raise -c") != NULL, "%s", r.err);
+    free_result(&r);
+}

@@ -47,6 +47,9 @@ static const char g_usage[] =
     "      --greedy            always pick the most likely token\n"
     "      --chat              wrap the prompt in the model's chat template\n"
     "      --system TEXT       system message for --chat (default: the template's own, if any)\n"
+    "      --chat-template NAME  use this family instead of detecting it (implies --chat):\n"
+    "                          chatml, llama2, llama2-sys, llama2-sys-strip, mistral-v1, mistral-v3,\n"
+    "                          mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3\n"
     "      --no-bos            do not add BOS even if the vocabulary asks for it\n"
     "      --backend B         cpu | cuda | auto (default auto)\n"
     "      --config FILE       INI file; its [sampling] section sets the sampling defaults\n"
@@ -89,6 +92,7 @@ typedef struct kr__gen_opts {
     const char *prompt;    /* -p */
     const char *file;      /* -f */
     const char *system;    /* --system */
+    const char *chat_tmpl; /* --chat-template NAME (implies chat) */
     const char *backend;   /* cpu | cuda | auto */
     long n_predict;        /* -n; < 0 = unbounded */
     long n_ctx;            /* -c; 0 = default */
@@ -192,6 +196,10 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("-f", "--file")) {
             KR__VAL();
             o->file = val;
+        } else if (KR__IS("--chat-template", NULL)) {
+            KR__VAL();
+            o->chat_tmpl = val;
+            o->chat = true;
         } else if (KR__IS("--system", NULL)) {
             KR__VAL();
             o->system = val;
@@ -358,6 +366,11 @@ static int kr__sampling_from_config(const kr__gen_opts *o, kr_sampler_params *sp
             goto fail;
         }
     }
+    /* [runtime] log_level (file or KERNRUN_RUNTIME_LOG_LEVEL) applies here too */
+    const char *lv = kr_config_get(cfg, "runtime", "log_level");
+    kr_log_level level;
+    if (lv && kr_log_level_parse(lv, &level) == KR_OK)
+        kr_log_set_level(level);
     double d;
     int64_t v;
     bool b;
@@ -523,13 +536,20 @@ static int run_generate(kr_app *app, int argc, char **argv)
         size_t eos_len = 0;
         if (kr_tokenizer_eos(tok) != KR_TOK_NONE)
             eos_text = kr_tokenizer_piece(tok, kr_tokenizer_eos(tok), &eos_len);
-        st = kr_chat_apply(tmpl, tmpl ? strlen(tmpl) : 0, o.system, prompt, eos_text, &chat_text, &e);
+        if (o.chat_tmpl) {
+            kr_chat_kind kind;
+            st = kr_chat_kind_from_name(o.chat_tmpl, &kind, &e);
+            if (st == KR_OK)
+                st = kr_chat_format(kind, o.system, prompt, eos_text, &chat_text, &e);
+        } else {
+            st = kr_chat_apply(tmpl, tmpl ? strlen(tmpl) : 0, o.system, prompt, eos_text, &chat_text, &e);
+        }
         if (st != KR_OK) {
-            kr_err_prefix(&e, "--chat");
+            kr_err_prefix(&e, "%s", o.chat_tmpl ? "--chat-template" : "--chat");
             rc = kr__fail(&e, st);
             goto out;
         }
-        KR_LOGD(KR__DOM, "chat template %s", kr_chat_kind_name(kr_chat_detect(tmpl, strlen(tmpl))));
+        KR_LOGD(KR__DOM, "chat prompt:\n%s", chat_text);
         prompt = chat_text;
         eo.parse_special = true; /* the template's markers are special tokens */
     }
@@ -595,10 +615,6 @@ static int run_generate(kr_app *app, int argc, char **argv)
     for (;;) {
         if (o.n_predict >= 0 && n_gen >= o.n_predict)
             break;
-        if (pos >= n_ctx) {
-            stop = "context full (-c)";
-            break;
-        }
         double ts = kr__now_ms();
         int32_t next;
         st = kr_sampler_sample(smp, logits, &next, &e);
@@ -631,6 +647,10 @@ static int run_generate(kr_app *app, int argc, char **argv)
         }
         if (o.n_predict >= 0 && n_gen >= o.n_predict)
             break; /* no need to evaluate the last token */
+        if (pos >= n_ctx) {
+            stop = "context full (-c)";
+            break;
+        }
         double te = kr__now_ms();
         st = kr_model_eval(ctx, &next, 1, pos, logits, &e);
         t_eval += kr__now_ms() - te;
