@@ -305,11 +305,14 @@ kr_status kr__pretokenize(const kr_tokenizer *t, const char *text, size_t len, b
                     st = kr_err_set(err, KR_ERR_NOMEM, "out of memory for regex matching");
                     goto err_free_match;
                 }
-                /* linear patterns can still need many steps on long runs */
-                pcre2_set_match_limit(mx.mc, UINT32_MAX);
+
             }
             /* pieces keep pointing into a's buffer: share it */
             for (size_t k = 0; k < a.n; k++) {
+                /* Linear patterns still take many steps on long runs (10 MiB of
+                 * spaces); a pathological regex from a file must not run forever. */
+                uint64_t lim = 10000000u + 64u * (uint64_t)a.sp[k].len;
+                pcre2_set_match_limit(mx.mc, lim > UINT32_MAX ? UINT32_MAX : (uint32_t)lim);
                 st = kr__split_span(stp, &mx, a.buf + a.sp[k].off, a.sp[k].len, a.sp[k].off, &b, err);
                 if (st)
                     goto err_free_match;
