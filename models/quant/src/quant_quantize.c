@@ -76,8 +76,9 @@ static inline int trunc_clamp(float v, int hi, int nan_value)
 #define KR__Q_CLONES
 #endif
 
-/* NaN -> 0 copy of a 32-block (integer ops: vectorizes); returns the largest finite magnitude and, in
- * *max, the first element having it (signed). */
+/* NaN -> 0, +-inf -> +-amax copy of a 32-block (integer ops: vectorizes);
+ * returns amax, the largest finite magnitude, and in *max the first element
+ * having it (signed). */
 typedef uint32_t kr__v4u __attribute__((vector_size(16)));
 
 static inline float block_prep(const float *x, float *xs, float *max)
@@ -98,26 +99,32 @@ static inline float block_prep(const float *x, float *xs, float *max)
     uint32_t am = acc[0];
     for (int i = 1; i < 4; i++)
         am = acc[i] > am ? acc[i] : am;
-    memcpy(xs, xb, sizeof xb);
     float amax;
     memcpy(&amax, &am, 4);
-    *max = 0.0f;
+    *max = 0.0f; /* the first finite element of magnitude amax, before inf is replaced */
     if (am != 0)
         for (int j = 0; j < 32; j++)
             if ((xb[j] & 0x7fffffffu) == am) {
-                *max = xs[j];
+                memcpy(max, &xb[j], 4);
                 break;
             }
+    /* +-inf -> +-amax: quantizes to the same saturated quant, and leaves
+     * only finite values with |x| <= amax for the quantizer loops */
+    for (int j = 0; j < 32; j++) {
+        const uint32_t inf = 0u - (uint32_t)((xb[j] & 0x7fffffffu) == 0x7f800000u);
+        xb[j] = (xb[j] & ~inf) | (((xb[j] & 0x80000000u) | am) & inf);
+    }
+    memcpy(xs, xb, sizeof xb);
     return amax;
 }
 
 /* round half away from zero (roundf) for |v| < 2^23, without a libm call:
- * t = trunc(v) (exact), then step away from zero when |v - t| >= 0.5 */
-static inline float round_away(float v)
+ * t = trunc(v), then step away from zero when |v - t| >= 0.5 (exact) */
+static inline int round_away(float v)
 {
-    const float t = (float)(int)v;
-    const float f = v - t; /* exact */
-    return t + (f >= 0.5f ? 1.0f : 0.0f) - (f <= -0.5f ? 1.0f : 0.0f);
+    const int t = (int)v;
+    const float f = v - (float)t;
+    return t + (f >= 0.5f) - (f <= -0.5f);
 }
 
 KR__Q_CLONES static void q_q8_0(const float *x, uint8_t *b)
@@ -127,12 +134,21 @@ KR__Q_CLONES static void q_q8_0(const float *x, uint8_t *b)
     const float d = clamp_scale(amax / 127.0f);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     kr__st_u16(b, kr_fp32_to_fp16(d));
-    for (int j = 0; j < 32; j++) {
-        float v = xs[j] * id; /* id == 0: inf * 0 = NaN -> 0 below */
-        v = v == v ? v : 0.0f;
+    if (id == 0.0f) { /* all zero (or only inf/NaN): every quant 0, avoids inf * 0 */
+        memset(b + 2, 0, 32);
+        return;
+    }
+    if (amax * id <= 128.0f) {
+        /* usual case: xs is finite with |xs| <= amax, so |xs * id| <= 127 (+ rounding) */
+        for (int j = 0; j < 32; j++)
+            b[2 + j] = (uint8_t)(int8_t)round_away(xs[j] * id);
+        return;
+    }
+    for (int j = 0; j < 32; j++) { /* the scale was clamped to 65504: saturate */
+        float v = xs[j] * id;
         v = v < 127.0f ? v : 127.0f;
         v = v > -127.0f ? v : -127.0f;
-        b[2 + j] = (uint8_t)(int8_t)(int)round_away(v);
+        b[2 + j] = (uint8_t)(int8_t)round_away(v);
     }
 }
 
