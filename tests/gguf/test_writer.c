@@ -297,3 +297,28 @@ Test(gguf_writer, metadata_only)
     kr_gguf_close(g);
     unlink(path);
 }
+
+/* I/O errors surface as KR_ERR_IO naming the path; a device is never unlinked. */
+Test(gguf_writer, io_error_dev_full)
+{
+    struct stat sb;
+    if (stat("/dev/full", &sb) != 0 || !S_ISCHR(sb.st_mode))
+        cr_skip_test("no /dev/full");
+    kr_gguf_writer *w = NULL;
+    kr_err err;
+    cr_assert_eq(kr_gguf_writer_open("/dev/full", &w, &err), KR_OK, "%s", err.msg);
+    const uint64_t ne[1] = {1u << 20}; /* 4 MiB: more than the 1 MiB stdio buffer */
+    cr_assert_eq(kr_gguf_writer_add_tensor(w, "big", KR_DTYPE_F32, 1, ne), KR_OK);
+    kr_status st = kr_gguf_writer_begin_data(w);
+    static uint8_t zeros[1 << 16];
+    for (int i = 0; st == KR_OK && i < 64; i++)
+        st = kr_gguf_writer_write_data(w, zeros, sizeof zeros);
+    if (st == KR_OK)
+        st = kr_gguf_writer_finish(w);
+    cr_expect_eq(st, KR_ERR_IO, "%s", kr_gguf_writer_error(w));
+    cr_expect(strstr(kr_gguf_writer_error(w), "/dev/full"), "%s", kr_gguf_writer_error(w));
+    cr_expect_eq(kr_gguf_writer_write_data(w, zeros, 1), KR_ERR_STATE);
+    kr_gguf_writer_free(w);
+    cr_expect_eq(stat("/dev/full", &sb), 0, "/dev/full must survive");
+    cr_expect(S_ISCHR(sb.st_mode));
+}

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kernrun/checked.h"
@@ -33,6 +34,7 @@ typedef enum kr__wstate {
 struct kr_gguf_writer {
     FILE *f;
     char *path;
+    bool remove_on_fail;   /* path is a regular file this writer truncated */
     char *iobuf;           /* (KR__W_IOBUF) stdio buffer */
     kr_err err;            /* last error */
     kr__wstate state;
@@ -187,6 +189,9 @@ kr_status kr_gguf_writer_open(const char *path, kr_gguf_writer **out, kr_err *er
         return st;
     }
     setvbuf(w->f, w->iobuf, _IOFBF, KR__W_IOBUF);
+    /* Only a regular file is deleted when writing fails (never /dev/..., a FIFO ...). */
+    struct stat sb;
+    w->remove_on_fail = fstat(fileno(w->f), &sb) == 0 && S_ISREG(sb.st_mode);
     *out = w;
     return KR_OK;
 }
@@ -556,7 +561,7 @@ void kr_gguf_writer_free(kr_gguf_writer *w)
         return;
     if (w->f)
         fclose(w->f);
-    if (w->state != KR__W_DONE && w->path)
+    if (w->state != KR__W_DONE && w->path && w->remove_on_fail)
         unlink(w->path); /* never leave a partial file behind */
     for (size_t i = 0; i < w->n_kv; i++)
         free(w->keys[i]);
