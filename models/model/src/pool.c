@@ -5,10 +5,14 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#define KR__POOL_SPIN 20000
+/* Waiting: KR__POOL_SPIN_HOT polls, then polls with sched_yield() (gives the
+ * core away on an oversubscribed machine) up to KR__POOL_SPIN, then a condvar. */
+#define KR__POOL_SPIN_HOT 256
+#define KR__POOL_SPIN 4096
 #define KR__CHUNKS_PER_THREAD 4
 
 /* A job is split into n_chunks chunks that participants claim one at a time
@@ -71,8 +75,11 @@ static void *kr__worker(void *varg)
     uint32_t seen = 0;
     for (;;) {
         uint32_t g = (uint32_t)(atomic_load(&p->claim) >> 32);
-        for (int i = 0; g == seen && i < KR__POOL_SPIN && !atomic_load(&p->stop); i++)
+        for (int i = 0; g == seen && i < KR__POOL_SPIN && !atomic_load(&p->stop); i++) {
+            if (i >= KR__POOL_SPIN_HOT)
+                sched_yield();
             g = (uint32_t)(atomic_load(&p->claim) >> 32);
+        }
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
             while ((g = (uint32_t)(atomic_load(&p->claim) >> 32)) == seen && !atomic_load(&p->stop))
@@ -118,7 +125,8 @@ static void kr__pool_parallel_for(void *vp, size_t n, size_t min_chunk, kr_par_f
     kr__work(p, gen, p->n_started); /* the caller's tid is the one no worker has */
     int spins = 0;
     while (atomic_load(&p->done) < p->n_chunks && spins < KR__POOL_SPIN)
-        spins++;
+        if (++spins >= KR__POOL_SPIN_HOT)
+            sched_yield();
     if (atomic_load(&p->done) < p->n_chunks) {
         pthread_mutex_lock(&p->mu);
         while (atomic_load(&p->done) < p->n_chunks)
