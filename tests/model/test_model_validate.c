@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -229,4 +230,44 @@ Test(validate, context_sizing)
     cr_expect_eq(kr_context_n_ctx(c), 64);
     kr_context_free(c);
     kr_model_free(km);
+}
+
+/* Every integer hyperparameter set to each of a list of hostile values:
+ * the load either fails with a message or succeeds and then evaluates a
+ * token without touching memory it should not (run under ASan in CI). */
+Test(validate, hostile_hparam_values)
+{
+    const char *keys[] = {"llama.context_length", "llama.embedding_length", "llama.block_count",
+                          "llama.feed_forward_length", "llama.attention.head_count",
+                          "llama.attention.head_count_kv", "llama.rope.dimension_count",
+                          "llama.attention.key_length", "llama.attention.value_length",
+                          "llama.attention.sliding_window", "llama.vocab_size"};
+    const uint32_t vals[] = {0, 1, 2, 3, 8, 15, 16, 17, 32, 63, 64, 65, 1u << 20, 0x7fffffffu, 0xffffffffu};
+    int loaded = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        for (size_t v = 0; v < sizeof vals / sizeof vals[0]; v++) {
+            tm_tweak tw = {.u32_key = keys[k], .u32_val = vals[v]};
+            kr_err err;
+            kr_model *km = NULL;
+            kr_status st = try_load(&g_m, &tw, &err, &km);
+            if (st != KR_OK) {
+                cr_expect(err.msg[0] != '\0', "%s = %u: error without a message", keys[k], vals[v]);
+                continue;
+            }
+            loaded++;
+            kr_context_params cp = kr_context_params_default();
+            cp.n_ctx = 8;
+            cp.n_threads = 2;
+            kr_context *c = NULL;
+            if (kr_context_new(km, &cp, &c, &err) == KR_OK) {
+                int32_t tok[2] = {1, 2};
+                float *lg = malloc((size_t)kr_model_n_vocab(km) * sizeof *lg);
+                cr_expect_eq(kr_model_eval(c, tok, 2, 0, lg, &err), KR_OK, "%s = %u: %s", keys[k], vals[v], err.msg);
+                free(lg);
+                kr_context_free(c);
+            }
+            kr_model_free(km);
+        }
+    /* some values are the true ones or harmless (context_length, window) */
+    cr_expect(loaded > 0);
 }
