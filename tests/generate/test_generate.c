@@ -49,15 +49,17 @@ static const char *stories(void)
     return path;
 }
 
-/* Run kernrun with args (NULL-terminated, after "generate"); env entries
- * "K=V" are set in the child. */
-static run_result run_kernrun(const char *const *args, const char *const *env)
+/* Run `kernrun GLOBAL... generate ARGS...` (both NULL-terminated; global may
+ * be NULL); env entries "K=V" are set in the child. */
+static run_result run_kernrun_g(const char *const *global, const char *const *args, const char *const *env)
 {
     const char *bin = getenv("KERNRUN_BIN");
     cr_assert(bin && *bin, "KERNRUN_BIN not set (meson sets it)");
     const char *argv[64];
     int n = 0;
     argv[n++] = bin;
+    for (int i = 0; global && global[i]; i++)
+        argv[n++] = global[i];
     argv[n++] = "generate";
     for (int i = 0; args[i]; i++) {
         cr_assert(n < 62);
@@ -96,6 +98,11 @@ static run_result run_kernrun(const char *const *args, const char *const *env)
     r.err = slurp_fd(errfd);
     close(errfd);
     return r;
+}
+
+static run_result run_kernrun(const char *const *args, const char *const *env)
+{
+    return run_kernrun_g(NULL, args, env);
 }
 
 static void free_result(run_result *r)
@@ -241,28 +248,28 @@ static void write_file(char *path_template, const char *text)
     close(fd);
 }
 
-/* defaults < --config FILE [sampling] < KERNRUN_SAMPLING_* < flags */
+/* defaults < kernrun --config FILE [sampling] < KERNRUN_SAMPLING_* < flags */
 Test(generate, sampling_config_section)
 {
     char ini[] = "/tmp/kr-gen-ini-XXXXXX";
     write_file(ini, "[sampling]\ntemperature = 0\n");
-    const char *a1[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--config", ini, NULL};
-    run_result r = run_kernrun(a1, NULL);
+    const char *g[] = {"--config", ini, NULL};
+    const char *a1[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", NULL};
+    run_result r = run_kernrun_g(g, a1, NULL);
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "config temperature 0 must be greedy: [%s]", r.out);
     free_result(&r);
 
     /* the environment overrides the file */
     const char *env[] = {"KERNRUN_SAMPLING_TOP_P=1.5", NULL};
-    r = run_kernrun(a1, env);
+    r = run_kernrun_g(g, a1, env);
     cr_expect_eq(r.status, 1);
     cr_expect(strstr(r.err, "top_p = 1.5") != NULL, "%s", r.err);
     free_result(&r);
 
     /* a flag overrides both */
-    const char *a2[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--config", ini, "--top-p", "0.9",
-                        "--temp", "0", NULL};
-    r = run_kernrun(a2, env);
+    const char *a2[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--top-p", "0.9", "--temp", "0", NULL};
+    r = run_kernrun_g(g, a2, env);
     cr_expect_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "[%s]", r.out);
     free_result(&r);
@@ -271,11 +278,19 @@ Test(generate, sampling_config_section)
     /* unknown keys are named with file and line */
     char bad[] = "/tmp/kr-gen-ini-XXXXXX";
     write_file(bad, "[sampling]\ntemprature = 0\n");
-    const char *a3[] = {"-m", stories(), "-p", "x", "--config", bad, NULL};
-    r = run_kernrun(a3, NULL);
+    const char *gb[] = {"--config", bad, NULL};
+    const char *a3[] = {"-m", stories(), "-p", "x", NULL};
+    r = run_kernrun_g(gb, a3, NULL);
     unlink(bad);
-    cr_expect_eq(r.status, 1);
+    cr_expect_neq(r.status, 0);
     cr_expect(strstr(r.err, ":2:") && strstr(r.err, "temprature"), "%s", r.err);
+    free_result(&r);
+
+    /* backend values are checked */
+    const char *a4[] = {"-m", stories(), "-p", "x", "--backend", "tpu", NULL};
+    r = run_kernrun(a4, NULL);
+    cr_expect_eq(r.status, 2);
+    cr_expect(strstr(r.err, "tpu") != NULL, "%s", r.err);
     free_result(&r);
 }
 

@@ -21,6 +21,7 @@
 #include "kernrun/model.h"
 #include "kernrun/sampling.h"
 #include "kernrun/tokenizer.h"
+#include "app.h"
 #include "pipelines.h"
 
 #define KR__DOM "generate"
@@ -52,9 +53,8 @@ static const char g_usage[] =
     "                          mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3\n"
     "      --no-bos            do not add BOS even if the vocabulary asks for it\n"
     "      --backend B         cpu | cuda | auto (default auto)\n"
-    "      --config FILE       INI file; its [sampling] section sets the sampling defaults\n"
-    "Sampling values come from (low to high): built-in defaults, --config FILE [sampling],\n"
-    "KERNRUN_SAMPLING_<KEY> environment variables, then the flags above.\n";
+    "Sampling values come from (low to high): built-in defaults, the [sampling] section of the\n"
+    "global `kernrun --config FILE`, KERNRUN_SAMPLING_<KEY> environment variables, the flags above.\n";
 
 /* [sampling] keys: the same names as kr_sampler_params fields. Ranges are
  * left to kr_sampler_params_validate, which words the messages. */
@@ -98,7 +98,6 @@ typedef struct kr__gen_opts {
     long n_ctx;            /* -c; 0 = default */
     long threads;          /* -t; 0 = default */
     bool chat, no_bos;
-    const char *config;    /* --config */
     kr__set sets[KR__MAX_SETS]; /* sampling flags, in order */
     int n_sets;
 } kr__gen_opts;
@@ -242,9 +241,6 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("--greedy", NULL)) {
             KR__NOVAL();
             rc = kr__add_set(o, "greedy", "true", "--greedy");
-        } else if (KR__IS("--config", NULL)) {
-            KR__VAL();
-            o->config = val;
         } else if (KR__IS("--chat", NULL)) {
             KR__NOVAL();
             o->chat = true;
@@ -253,9 +249,7 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
             o->no_bos = true;
         } else if (KR__IS("--backend", NULL)) {
             KR__VAL();
-            if (strcmp(val, "cpu") && strcmp(val, "cuda") && strcmp(val, "auto"))
-                return kr__bad(a, val, "must be cpu, cuda or auto");
-            o->backend = val;
+            o->backend = val; /* checked by the config ([runtime] backend) */
         } else {
             fprintf(stderr, "kernrun generate: unknown option '%s' (see kernrun generate --help)\n", argv[i]);
             return 2;
@@ -341,24 +335,25 @@ static int kr__fail(const kr_err *e, kr_status st)
     return 1;
 }
 
-/* defaults < --config FILE < KERNRUN_SAMPLING_* < flags, then read back into
- * sampler params. Returns 0, or the exit status (1 bad file/env value, 2 bad
- * flag value). *have_seed tells whether any layer set a seed. */
-static int kr__sampling_from_config(const kr__gen_opts *o, kr_sampler_params *sp, bool *have_seed)
+/* The driver's config (defaults < global --config FILE < KERNRUN_* env <
+ * global flags, with g_sampling_keys registered) + this pipeline's flags,
+ * read back into sampler params and the backend choice. Returns 0, or the
+ * exit status (1 bad config, 2 bad flag value). *have_seed tells whether any
+ * layer set a seed. */
+static int kr__sampling_from_config(kr_app *app, const kr__gen_opts *o, kr_sampler_params *sp, bool *have_seed,
+                                    const char **backend)
 {
     kr_err e;
     kr_err_clear(&e);
-    kr_config *cfg = NULL;
+    kr_config *cfg = kr_app_config(app);
+    if (!cfg)
+        return 1; /* the driver printed why */
     int rc = 1;
-    kr_status st = kr_config_create(&cfg, &e);
-    if (st == KR_OK)
-        st = kr_config_add_keys(cfg, g_sampling_keys, sizeof g_sampling_keys / sizeof g_sampling_keys[0], &e);
-    if (st == KR_OK && o->config)
-        st = kr_config_load_file(cfg, o->config, &e);
-    if (st == KR_OK)
-        st = kr_config_apply_env(cfg, &e);
-    if (st != KR_OK)
+    kr_status st = KR_OK;
+    if (o->backend && (st = kr_config_set(cfg, "runtime", "backend", o->backend, "--backend", &e)) != KR_OK) {
+        rc = 2;
         goto fail;
+    }
     for (int i = 0; i < o->n_sets; i++) {
         st = kr_config_set(cfg, "sampling", o->sets[i].key, o->sets[i].value, o->sets[i].flag, &e);
         if (st != KR_OK) {
@@ -366,6 +361,9 @@ static int kr__sampling_from_config(const kr__gen_opts *o, kr_sampler_params *sp
             goto fail;
         }
     }
+    *backend = kr_config_get(cfg, "runtime", "backend");
+    if (!*backend)
+        *backend = "auto";
     /* [runtime] log_level (file or KERNRUN_RUNTIME_LOG_LEVEL) applies here too */
     const char *lv = kr_config_get(cfg, "runtime", "log_level");
     kr_log_level level;
@@ -399,21 +397,18 @@ static int kr__sampling_from_config(const kr__gen_opts *o, kr_sampler_params *sp
     *have_seed = kr_config_get_int(cfg, "sampling", "seed", &v) == KR_OK;
     if (*have_seed)
         sp->seed = (uint64_t)v;
-    kr_config_free(cfg);
     return 0;
 
 fail_get:
     kr_err_set(&e, st, "reading [sampling] from the configuration failed");
 fail:
     fprintf(stderr, "kernrun generate: error: %s\n", kr_err_msg(&e, st));
-    kr_config_free(cfg);
     return rc;
 }
 
 static int run_generate(kr_app *app, int argc, char **argv)
 {
-    (void)app;
-    kr__gen_opts o = {.backend = "auto", .n_predict = 128};
+    kr__gen_opts o = {.n_predict = 128};
     int prc = kr__parse_args(argc, argv, &o);
     if (prc == -1)
         return 0;
@@ -425,7 +420,8 @@ static int run_generate(kr_app *app, int argc, char **argv)
     }
     kr_sampler_params sp;
     bool have_seed = false;
-    prc = kr__sampling_from_config(&o, &sp, &have_seed);
+    const char *backend = "auto";
+    prc = kr__sampling_from_config(app, &o, &sp, &have_seed, &backend);
     if (prc)
         return prc;
     if (!have_seed) {
@@ -467,12 +463,12 @@ static int run_generate(kr_app *app, int argc, char **argv)
         }
     }
 
-    if (strcmp(o.backend, "cuda") == 0) {
+    if (strcmp(backend, "cuda") == 0) {
         fprintf(stderr, "kernrun generate: --backend cuda: the CUDA generation path is not available in this "
                         "build yet; use --backend cpu or auto\n");
         return 1;
     }
-    if (strcmp(o.backend, "auto") == 0)
+    if (strcmp(backend, "auto") == 0)
         KR_LOGI(KR__DOM, "backend auto: using the CPU");
 
     const char *prompt = o.prompt;
@@ -704,4 +700,6 @@ const kr_cli_pipeline kr_pipe_generate = {
     .summary = "generate text from a prompt with a GGUF model",
     .usage = g_usage,
     .run = run_generate,
+    .config_keys = g_sampling_keys,
+    .n_config_keys = sizeof g_sampling_keys / sizeof g_sampling_keys[0],
 };
