@@ -33,14 +33,17 @@ extern "C" __global__ void kr_swiglu_f32(const float *g, const float *u, float *
     }
 }
 
-// GELU, tanh approximation: y[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); (n,) fp32.
+// GELU, tanh approximation: y[i] = 0.5 x (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3); (n,) fp32.
+// Evaluated as x / (1 + exp(-2z)) (the same function: 0.5 (1 + tanh z) = sigmoid(2z)),
+// which keeps full relative precision for negative x where 1 + tanh(z) cancels.
 // Launch: block 256, grid ceil(n / 256).
 extern "C" __global__ void kr_gelu_f32(const float *x, float *y, int n)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float v = x[i];
-        y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        const float z = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        y[i] = v / (1.0f + expf(-2.0f * z)); // expf overflow -> v / inf = -0, the limit
     }
 }
 
