@@ -109,7 +109,8 @@ static const struct {
 
 struct kr_dec {
     kr_backend *be;                  /* CUDA backend the functions belong to */
-    size_t tuning;                   /* index into kr__tunings */
+    size_t tuning;                   /* index into kr__tunings as requested (0 for per-type defaults) */
+    uint8_t mv_tuning[KR__N_MV];     /* (KR__N_MV,) preset used by each matvec entry */
     pthread_mutex_t lock;            /* guards fn[] */
     kr_function *fn[KR__FN_COUNT];   /* (KR__FN_COUNT,) lazily fetched; owned by the backend */
 };
@@ -151,7 +152,34 @@ static kr_status kr__dec_prefix(kr_err *e, kr_status code, const char *what)
 
 static const kr_kernel_source *kr__dec_record(const kr_dec *d, kr__dec_fn id)
 {
-    return id < KR__N_MV ? &kr__tunings[d->tuning].src[id] : &kr__dec_src[id];
+    return id < KR__N_MV ? &kr__tunings[d->mv_tuning[id]].src[id] : &kr__dec_src[id];
+}
+
+/* Per-type default preset, from the H200 sweep in docs/KERNELS.md: F16 is
+ * faster with one row per warp (preset 1) on every measured shape; the block
+ * types are best (or within noise of best) with preset 0. */
+static uint8_t kr__default_preset(kr__dec_fn id) { return id == KR__FN_MV_F16 ? 1 : 0; }
+
+static const kr_dec_tuning *kr__mv_geometry(const kr_dec *d, kr__dec_fn id)
+{
+    return &kr__tunings[d->mv_tuning[id]].tun;
+}
+
+bool kr_dec_default_tuning(kr_dtype t, kr_dec_tuning *out)
+{
+    kr__dec_fn id;
+    switch (t) {
+    case KR_DTYPE_F32: id = KR__FN_MV_F32; break;
+    case KR_DTYPE_F16: id = KR__FN_MV_F16; break;
+    case KR_DTYPE_Q4_0: id = KR__FN_MV_Q4_0; break;
+    case KR_DTYPE_Q4_1: id = KR__FN_MV_Q4_1; break;
+    case KR_DTYPE_Q8_0: id = KR__FN_MV_Q8_0; break;
+    case KR_DTYPE_Q4_K: id = KR__FN_MV_Q4_K; break;
+    case KR_DTYPE_Q6_K: id = KR__FN_MV_Q6_K; break;
+    default: return false;
+    }
+    *out = kr__tunings[kr__default_preset(id)].tun;
+    return true;
 }
 
 size_t kr_dec_tuning_count(void) { return KR__N_TUNINGS; }
@@ -201,6 +229,8 @@ kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_de
     }
     d->be = be;
     d->tuning = ti;
+    for (int i = 0; i < KR__N_MV; i++)
+        d->mv_tuning[i] = tuning ? (uint8_t)ti : kr__default_preset((kr__dec_fn)i);
     *out = d;
     return KR_OK;
 }
@@ -324,10 +354,10 @@ kr_status kr_dec_matvec(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, 
     int r = (int)rows, c = (int)cols;
     long long rs = (long long)row_stride;
     void *args[] = {&w, &x, &y, &r, &c, &rs};
-    return kr__dec_launch(d, (kr__dec_fn)kr__mv_fn(wtype, false),
-                          kr__div_up(rows, (int64_t)kr__tunings[d->tuning].tun.mv_warps *
-                                               kr__tunings[d->tuning].tun.mv_rows),
-                          1, (uint32_t)(32 * kr__tunings[d->tuning].tun.mv_warps), s, args, err);
+    const kr__dec_fn id = (kr__dec_fn)kr__mv_fn(wtype, false);
+    const kr_dec_tuning *t = kr__mv_geometry(d, id);
+    return kr__dec_launch(d, id, kr__div_up(rows, (int64_t)t->mv_warps * t->mv_rows), 1,
+                          (uint32_t)(32 * t->mv_warps), s, args, err);
 }
 
 size_t kr_dec_q8_bytes(int64_t cols)
@@ -365,10 +395,10 @@ kr_status kr_dec_matvec_q8(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *
     int r = (int)rows, c = (int)cols;
     long long rs = (long long)row_stride;
     void *args[] = {&w, &xq, &y, &r, &c, &rs};
-    const kr_dec_tuning *t = &kr__tunings[d->tuning].tun;
-    return kr__dec_launch(d, wtype == KR_DTYPE_Q4_0 ? KR__FN_MV8_Q4_0 : KR__FN_MV8_Q8_0,
-                          kr__div_up(rows, (int64_t)t->mv_warps * t->mv_rows), 1, (uint32_t)(32 * t->mv_warps), s,
-                          args, err);
+    const kr__dec_fn id = wtype == KR_DTYPE_Q4_0 ? KR__FN_MV8_Q4_0 : KR__FN_MV8_Q8_0;
+    const kr_dec_tuning *t = kr__mv_geometry(d, id);
+    return kr__dec_launch(d, id, kr__div_up(rows, (int64_t)t->mv_warps * t->mv_rows), 1,
+                          (uint32_t)(32 * t->mv_warps), s, args, err);
 }
 
 kr_status kr_dec_embed(kr_dec *d, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride,

@@ -34,9 +34,13 @@ typedef struct kr_dec_tuning {
                       shared memory per block = warps*rows*steps*(bytes of 256 weights) <= 48 KiB */
 } kr_dec_tuning;
 
-/* be must be a CUDA backend and outlive the kr_dec. */
+/* be must be a CUDA backend and outlive the kr_dec. Matvec geometry: the
+ * per-type defaults (kr_dec_default_tuning). */
 kr_status kr_dec_create(kr_backend *be, kr_dec **out, kr_err *err);
-/* As kr_dec_create with explicit tuning (NULL or 0 fields = defaults). Only
+/* Default geometry of the matvec for weight type t (false: type not supported). */
+bool kr_dec_default_tuning(kr_dtype t, kr_dec_tuning *out);
+/* As kr_dec_create, with one explicit tuning for every type (NULL = the
+ * per-type defaults; 0 fields = preset 0's values). Only
  * the preset tunings listed by kr_dec_tuning_at exist (each has static kernel
  * records, which the backend's function cache is keyed by); others give
  * KR_ERR_UNSUPPORTED. */
@@ -44,6 +48,8 @@ kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_de
 /* Preset tunings; index 0 is the default. */
 size_t kr_dec_tuning_count(void);
 bool kr_dec_tuning_at(size_t i, kr_dec_tuning *out);
+/* The tuning asked for at creation (preset 0's values for kr_dec_create,
+ * whose types use their own defaults). */
 void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out);
 void kr_dec_free(kr_dec *d); /* NULL ok */
 kr_backend *kr_dec_backend(const kr_dec *d);

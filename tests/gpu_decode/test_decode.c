@@ -912,6 +912,21 @@ Test(decode_host, tuning_presets)
         }
     }
     cr_expect_not(kr_dec_tuning_at(n, &a));
+    /* per-type defaults are presets; F16 uses one row per warp (H200 sweep) */
+    const kr_dtype types[] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1,
+                              KR_DTYPE_Q8_0, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    for (size_t i = 0; i < KR_ARRAY_LEN(types); i++) {
+        cr_assert(kr_dec_default_tuning(types[i], &a), "%s", kr_dtype_name(types[i]));
+        bool found = false;
+        for (size_t j = 0; j < n && !found; j++) {
+            cr_assert(kr_dec_tuning_at(j, &b));
+            found = a.mv_rows == b.mv_rows && a.mv_warps == b.mv_warps && a.mv_steps == b.mv_steps;
+        }
+        cr_expect(found, "default tuning of %s is no preset", kr_dtype_name(types[i]));
+    }
+    cr_assert(kr_dec_default_tuning(KR_DTYPE_F16, &a));
+    cr_expect_eq(a.mv_rows, 1);
+    cr_expect_not(kr_dec_default_tuning(KR_DTYPE_Q5_0, &a));
     kr_dec *d = NULL;
     const kr_dec_tuning bad = {9, 4, 16};
     cr_expect_eq(kr_dec_create_tuned(NULL, &bad, &d, NULL), KR_ERR_UNSUPPORTED);
