@@ -346,3 +346,19 @@ Test(generate, chat_template_override_and_context_limit)
     cr_expect(strstr(r.err, "raise -c") != NULL, "%s", r.err);
     free_result(&r);
 }
+
+/* F16 weights, a separate output.weight and the full Llama-2 vocabulary
+ * (random weights: the text is gibberish by design). */
+Test(generate, llama2_tiny_random_f16_generates)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/models/llama2-tiny-random-f16.gguf", testdata());
+    const char *args[] = {"-m", path, "-p", "Hello world", "-n", "16", "-s", "3", NULL};
+    const char *info[] = {"KERNRUN_RUNTIME_LOG_LEVEL=info", NULL};
+    run_result r = run_kernrun(args, info);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strlen(r.out) > 0, "no text");
+    cr_expect(strstr(r.err, "/    16 runs") != NULL || strstr(r.err, "end of generation") != NULL,
+              "16 tokens sampled unless an end token came first:\n%s", r.err);
+    free_result(&r);
+}
