@@ -132,10 +132,14 @@ Test(validate, zero_and_huge_hparams)
     tm_tweak tw6 = {.u32_key = "llama.rope.dimension_count", .u32_val = 17};
     cr_expect_eq(try_load(&g_m, &tw6, &err, NULL), KR_ERR_RANGE);
     /* a layer count that passes the range check but does not match the file */
-    tm_tweak tw7 = {.u32_key = "llama.block_count", .u32_val = 40};
+    tm_tweak tw7 = {.u32_key = "llama.block_count", .u32_val = 3};
     cr_expect_eq(try_load(&g_m, &tw7, &err, NULL), KR_ERR_NOT_FOUND);
     EXPECT_MSG(err, "missing tensor 'blk.2.attn_norm.weight'");
     EXPECT_MSG(err, "more problems");
+    /* more layers than tensors: refused before the table is built */
+    tm_tweak tw8 = {.u32_key = "llama.block_count", .u32_val = 40};
+    cr_expect_eq(try_load(&g_m, &tw8, &err, NULL), KR_ERR_FORMAT);
+    EXPECT_MSG(err, "block_count 40 but the file holds only 21 tensors");
 }
 
 Test(validate, nan_and_negative_floats)

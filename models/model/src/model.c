@@ -372,6 +372,10 @@ kr_status kr_model_load(const char *path, const kr_model_params *params, kr_mode
     if (st != KR_OK)
         goto err_free;
 
+    if (kr_gguf_n_tensors(m->gguf) <= 0) {
+        st = kr_err_set(e, KR_ERR_FORMAT, "the file has no tensors (a vocabulary-only GGUF?)");
+        goto err_prefix;
+    }
     kr_gguf_str an;
     st = kr_gguf_get_str(m->gguf, "general.architecture", &an, e);
     if (st != KR_OK)
@@ -434,6 +438,12 @@ kr_status kr_model_load(const char *path, const kr_model_params *params, kr_mode
         goto err_prefix;
     }
 
+    /* every layer has tensors: don't build a table the file cannot fill */
+    if ((int64_t)m->hp.n_layer > kr_gguf_n_tensors(m->gguf)) {
+        st = kr_err_set(e, KR_ERR_FORMAT, "block_count %" PRIu32 " but the file holds only %" PRId64 " tensors",
+                        m->hp.n_layer, kr_gguf_n_tensors(m->gguf));
+        goto err_prefix;
+    }
     size_t n = 0;
     st = m->arch->tensor_table(&m->hp, NULL, 0, &n, e);
     if (st != KR_OK)
