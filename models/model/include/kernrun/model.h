@@ -12,7 +12,8 @@
  *   kr_context_free(c);  kr_model_free(m);
  *
  * Thread safety: a model is read-only after load and may be shared by
- * contexts; one context is used by one thread at a time.
+ * contexts; one context is used by one thread at a time. Free every
+ * context before its model (contexts point into the model).
  */
 #ifndef KERNRUN_MODEL_H
 #define KERNRUN_MODEL_H
