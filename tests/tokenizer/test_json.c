@@ -44,6 +44,17 @@ Test(json, minimal_valid_file_loads_and_encodes)
     free(ids);
     kr_tokenizer_free(t);
     free(j);
+    /* a non-special added token is matched whole even with parse_special off */
+    j = mk("", "{\"a\":0,\"b\":1,\"ab\":2,\"<s>\":3,\"<u>\":4}", "[\"a b\"]",
+           ",\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":true},"
+           "{\"id\":4,\"content\":\"<u>\",\"special\":false}]");
+    cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_tokenizer_token_type(t, 4), KR_TOK_TYPE_USER_DEFINED);
+    ids = kr_test_encode(t, "a<u>b<s>", 8, false, false, &n);
+    cr_assert(n == 3 && ids[0] == 0 && ids[1] == 4 && ids[2] == 1, "n=%zu", n);
+    free(ids);
+    kr_tokenizer_free(t);
+    free(j);
     /* merges as pairs */
     j = mk("", VOCAB, "[[\"a\",\"b\"]]", "");
     cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);

@@ -113,6 +113,8 @@ Test(vectors, falcon_gguf) { check_vectors("vocab/ggml-vocab-falcon.gguf", "ggml
 Test(vectors, gpt2_gguf) { check_vectors("vocab/ggml-vocab-gpt-2.gguf", "ggml-vocab-gpt-2.gguf"); }
 Test(vectors, llama_bpe_llama3_json) { check_vectors("tokenizers/llama3/tokenizer.json", "ggml-vocab-llama-bpe.gguf"); }
 Test(vectors, llama_spm_llama2_json) { check_vectors("tokenizers/llama2/tokenizer.json", "ggml-vocab-llama-spm.gguf"); }
+/* a real model file carrying the full Llama-2 vocabulary */
+Test(vectors, llama_spm_model_gguf) { check_vectors("models/llama2-tiny-random-f16.gguf", "ggml-vocab-llama-spm.gguf"); }
 Test(vectors, falcon_json) { check_vectors("tokenizers/falcon/tokenizer.json", "ggml-vocab-falcon.gguf"); }
 
 /* Llama-2: tokenizer.json (rank merges) and the vocab GGUF (score merges)

@@ -162,18 +162,13 @@ static kr_status kr__try_bigram(kr__enc *e, const char *w, int32_t l, int32_t r)
     return kr__heap_push(e, bg);
 }
 
-/* Encode one pre-token (the whole normalized segment for SPM). */
-static kr_status kr__encode_word(kr__enc *e, const char *w, size_t n)
+/* Merge one run of text (a pre-token or a chunk of one) into tokens. */
+static kr_status kr__merge_word(kr__enc *e, const char *w, size_t n)
 {
     const kr_tokenizer *t = e->t;
     kr_status st;
     if (n == 0)
         return KR_OK;
-    if (t->kind == KR_TOK_BPE && t->ignore_merges) {
-        int32_t id = kr__tok_lookup(t, w, n);
-        if (id >= 0)
-            return kr__emit(e, id);
-    }
     /* symbols: one per UTF-8 character (an invalid byte is a character of its own) */
     if ((st = kr__grow((void **)&e->syms, &e->syms_cap, n, sizeof *e->syms, e->err)))
         return st;
@@ -241,6 +236,33 @@ static kr_status kr__encode_word(kr__enc *e, const char *w, size_t n)
             return st;
     }
     return KR_OK;
+}
+
+/* Encode one pre-token (the whole normalized segment for SPM). */
+static kr_status kr__encode_word(kr__enc *e, const char *w, size_t n)
+{
+    const kr_tokenizer *t = e->t;
+    kr_status st;
+    if (n == 0)
+        return KR_OK;
+    e->last_was_fused_unk = false; /* unk fusion stays inside one pre-token (HF) */
+    if (t->kind == KR_TOK_BPE && t->ignore_merges) {
+        int32_t id = kr__tok_lookup(t, w, n);
+        if (id >= 0)
+            return kr__emit(e, id);
+    }
+    if (!t->chunk_meta)
+        return kr__merge_word(e, w, n);
+    /* cut before each "\u2581" that follows another character (exact: see chunk_meta) */
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        if (memcmp(w + i, "\xe2\x96\x81", 3) == 0 && (i < 3 || memcmp(w + i - 3, "\xe2\x96\x81", 3) != 0)) {
+            if ((st = kr__merge_word(e, w + start, i - start)))
+                return st;
+            start = i;
+        }
+    }
+    return kr__merge_word(e, w + start, n - start);
 }
 
 /* Apply the normalizer steps; result in e->norm (returns its length). */
@@ -326,21 +348,8 @@ static kr_status kr__encode_segment(kr__enc *e, const char *s, size_t n, bool fi
         return st;
     if (nn == 0)
         return KR_OK;
-    if (e->t->n_pre == 0) {
-        if (!e->t->chunk_meta)
-            return kr__encode_word(e, ns, nn);
-        /* cut before each "\u2581" that follows another character */
-        size_t start = 0;
-        for (size_t i = 1; i + 3 <= nn; i++) {
-            if (memcmp(ns + i, "\xe2\x96\x81", 3) == 0 &&
-                (i < 3 || memcmp(ns + i - 3, "\xe2\x96\x81", 3) != 0)) {
-                if ((st = kr__encode_word(e, ns + start, i - start)))
-                    return st;
-                start = i;
-            }
-        }
-        return kr__encode_word(e, ns + start, nn - start);
-    }
+    if (e->t->n_pre == 0)
+        return kr__encode_word(e, ns, nn);
     kr__words w;
     if ((st = kr__pretokenize(e->t, ns, nn, first, &w, e->err)))
         return st;

@@ -106,7 +106,7 @@ struct kr_tokenizer {
     bool byte_fallback;    /* unknown chars -> <0xXX> tokens */
     bool ignore_merges;    /* whole pre-token in vocab -> emit it directly */
     bool fuse_unk;         /* consecutive unk collapse into one */
-    bool chunk_meta;       /* no pre-tokenizer, but no token has "X\u2581" (X not \u2581):
+    bool chunk_meta;       /* no token has "X\u2581" (X not \u2581) and no ignore_merges:
                             * merging each run starting at such a boundary alone is exact */
     int32_t byte_tok[256]; /* <0xXX> ids (byte_fallback) or -1 */
 

@@ -324,9 +324,10 @@ kr_status kr__tok_finish(kr_tokenizer *t, kr_err *err)
     }
     for (int c = 0; c < 256; c++)
         t->special_idx[c + 1] += t->special_idx[c];
-    /* Whole-text merging (SPM) can be cut before every "\u2581" that follows
-     * another character when no token could span such a cut. */
-    t->chunk_meta = t->n_pre == 0 && !t->ignore_merges;
+    /* Merging a word can be cut before every "\u2581" that follows another
+     * character when no token could span such a cut (true for Llama-2; byte-level
+     * text never contains the bytes of "\u2581", so there it never cuts). */
+    t->chunk_meta = !t->ignore_merges;
     for (int32_t id = 0; id < t->n_vocab && t->chunk_meta; id++) {
         const char *s = kr__tok_text(t, id);
         size_t n = t->toks[id].len;
