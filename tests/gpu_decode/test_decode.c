@@ -1132,3 +1132,237 @@ Test(decode_host, every_tuning_compiles, .timeout = 600)
     free(text);
     kr_jit_free(jit);
 }
+
+/* ---- the other registry ops through the runtime (adapters of plugin.c) ---------------------- */
+
+#include "kernrun/ops.h"
+
+typedef struct rt_ctx {
+    kr_runtime *rt;
+    gpu g;          /* the runtime's backend, for the upload helpers */
+    kr_buffer *bufs[32];
+    int n;
+} rt_ctx;
+
+static void *rt_up(rt_ctx *c, const void *host, size_t bytes)
+{
+    cr_assert_lt(c->n, 32);
+    return dupload(&c->g, host, bytes, &c->bufs[c->n++]);
+}
+
+static float *rt_poison(rt_ctx *c, size_t n)
+{
+    cr_assert_lt(c->n, 32);
+    return dpoisoned(&c->g, n, &c->bufs[c->n++]);
+}
+
+static void rt_tensor(kr_tensor *t, kr_dtype type, int64_t ne0, int64_t ne1, void *data)
+{
+    cr_assert_eq(kr_tensor_init(t, type, ne0, ne1, 1, 1), KR_OK);
+    t->data = data;
+}
+
+static void rt_run(rt_ctx *c, kr_kernel_args *a)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_runtime_run_op(c->rt, a, NULL, &err);
+    cr_assert_eq(st, KR_OK, "%s: %s", a->op, kr_err_msg(&err, st));
+    kr_kernel_ref ref;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_registry_dispatch(kr_runtime_registry(c->rt), a->op, a, KR_BACKEND_CUDA,
+                                      kr_backend_device_info(c->g.be), NULL, &ref, &err),
+                 KR_OK, "%s: %s", a->op, err.msg);
+    cr_expect_str_eq(ref.plugin, "cuda_decode", "%s dispatched to %s", a->op, ref.plugin);
+}
+
+Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
+{
+    gpu g0;
+    gpu_open(&g0);
+    rt_ctx c = {.rt = open_runtime()};
+    c.g.be = kr_runtime_backend(c.rt);
+    cr_assert(c.g.be && c.g.be->kind == KR_BACKEND_CUDA, "runtime did not pick CUDA");
+
+    /* get_rows: Q4_0 table (10 x 64), ids {3, 7} */
+    {
+        const int64_t nv = 10, ne = 64;
+        size_t stride = (size_t)ne / 32 * 18;
+        uint8_t *tab = rand_matrix(KR_DTYPE_Q4_0, nv, ne, stride);
+        int32_t ids[2] = {3, 7};
+        double ref[128];
+        float row[64], out[128];
+        for (int j = 0; j < 2; j++) {
+            deq_row(KR_DTYPE_Q4_0, tab + (size_t)ids[j] * stride, row, ne);
+            for (int i = 0; i < ne; i++)
+                ref[j * ne + i] = row[i];
+        }
+        kr_tensor tt, ti, to;
+        rt_tensor(&tt, KR_DTYPE_Q4_0, ne, nv, rt_up(&c, tab, (size_t)nv * stride));
+        rt_tensor(&ti, KR_DTYPE_I32, 2, 1, rt_up(&c, ids, sizeof ids));
+        rt_tensor(&to, KR_DTYPE_F32, ne, 2, rt_poison(&c, 128));
+        const kr_tensor *src[] = {&tt, &ti};
+        kr_kernel_args a = {.op = "get_rows", .src = src, .n_src = 2, .dst = &to};
+        rt_run(&c, &a);
+        download(&c.g, out, to.data, sizeof out);
+        EXPECT_NMSE(out, ref, 128, 1e-12, "registry get_rows");
+        free(tab);
+    }
+    /* layer_norm with w and b; swiglu, gelu, add, softmax on (33, 2) */
+    {
+        const int dim = 33, rows = 2, n = dim * rows;
+        float *x = rand_f32((size_t)n, -2, 2), *w = rand_f32((size_t)dim, -1, 1), *b = rand_f32((size_t)dim, -1, 1);
+        float *u = rand_f32((size_t)n, -2, 2);
+        double ref[66];
+        float out[66];
+        for (int r = 0; r < rows; r++) {
+            double mu = 0, v = 0;
+            for (int i = 0; i < dim; i++)
+                mu += x[r * dim + i];
+            mu /= dim;
+            for (int i = 0; i < dim; i++)
+                v += (x[r * dim + i] - mu) * (x[r * dim + i] - mu);
+            double s = 1 / sqrt(v / dim + 1e-5);
+            for (int i = 0; i < dim; i++)
+                ref[r * dim + i] = (x[r * dim + i] - mu) * s * w[i] + b[i];
+        }
+        kr_tensor tx, tw, tb, tu, ty;
+        rt_tensor(&tx, KR_DTYPE_F32, dim, rows, rt_up(&c, x, (size_t)n * 4));
+        rt_tensor(&tw, KR_DTYPE_F32, dim, 1, rt_up(&c, w, (size_t)dim * 4));
+        rt_tensor(&tb, KR_DTYPE_F32, dim, 1, rt_up(&c, b, (size_t)dim * 4));
+        rt_tensor(&tu, KR_DTYPE_F32, dim, rows, rt_up(&c, u, (size_t)n * 4));
+        rt_tensor(&ty, KR_DTYPE_F32, dim, rows, rt_poison(&c, (size_t)n));
+        const float eps = 1e-5f;
+        const kr_tensor *ln_src[] = {&tx, &tw, &tb};
+        kr_kernel_args ln = {.op = "layer_norm", .src = ln_src, .n_src = 3, .dst = &ty, .params = &eps,
+                             .params_size = sizeof eps};
+        rt_run(&c, &ln);
+        download(&c.g, out, ty.data, sizeof out);
+        EXPECT_NMSE(out, ref, (size_t)n, 1e-8, "registry layer_norm");
+
+        for (int i = 0; i < n; i++)
+            ref[i] = x[i] / (1 + exp(-(double)x[i])) * u[i];
+        const kr_tensor *sw_src[] = {&tx, &tu};
+        kr_kernel_args sw = {.op = "swiglu", .src = sw_src, .n_src = 2, .dst = &ty};
+        rt_run(&c, &sw);
+        download(&c.g, out, ty.data, sizeof out);
+        EXPECT_NMSE(out, ref, (size_t)n, 1e-9, "registry swiglu");
+
+        for (int i = 0; i < n; i++) {
+            double v = x[i], z = sqrt(2 / M_PI) * (v + 0.044715 * v * v * v);
+            ref[i] = v / (1 + exp(-2 * z));
+        }
+        const kr_tensor *ge_src[] = {&tx};
+        kr_kernel_args ge = {.op = "gelu", .src = ge_src, .n_src = 1, .dst = &ty};
+        rt_run(&c, &ge);
+        download(&c.g, out, ty.data, sizeof out);
+        EXPECT_NMSE(out, ref, (size_t)n, 1e-9, "registry gelu");
+
+        /* add: dst (= gelu output, downloaded in out) += u */
+        for (int i = 0; i < n; i++)
+            ref[i] = (double)out[i] + u[i];
+        const kr_tensor *add_src[] = {&tu};
+        kr_kernel_args ad = {.op = "add", .src = add_src, .n_src = 1, .dst = &ty};
+        rt_run(&c, &ad);
+        download(&c.g, out, ty.data, sizeof out);
+        EXPECT_NMSE(out, ref, (size_t)n, 1e-12, "registry add");
+
+        for (int r = 0; r < rows; r++) {
+            double mx = -INFINITY, sum = 0;
+            for (int i = 0; i < dim; i++)
+                mx = fmax(mx, x[r * dim + i]);
+            for (int i = 0; i < dim; i++)
+                sum += exp(x[r * dim + i] - mx);
+            for (int i = 0; i < dim; i++)
+                ref[r * dim + i] = exp(x[r * dim + i] - mx) / sum;
+        }
+        const kr_tensor *sm_src[] = {&tx};
+        kr_kernel_args sm = {.op = "softmax", .src = sm_src, .n_src = 1, .dst = &ty};
+        rt_run(&c, &sm);
+        download(&c.g, out, ty.data, sizeof out);
+        EXPECT_NMSE(out, ref, (size_t)n, 1e-8, "registry softmax");
+        free(x);
+        free(w);
+        free(b);
+        free(u);
+    }
+    /* store_kv: F32 (16, 3) -> F16, bit-exact */
+    {
+        float *x = rand_f32(48, -3, 3);
+        uint16_t want[48], got[48];
+        for (int i = 0; i < 48; i++)
+            want[i] = kr_fp32_to_fp16(x[i]);
+        kr_tensor tx, th;
+        rt_tensor(&tx, KR_DTYPE_F32, 16, 3, rt_up(&c, x, sizeof(float) * 48));
+        rt_tensor(&th, KR_DTYPE_F16, 16, 3, rt_poison(&c, 24));
+        const kr_tensor *src[] = {&tx};
+        kr_kernel_args a = {.op = "store_kv", .src = src, .n_src = 1, .dst = &th};
+        rt_run(&c, &a);
+        download(&c.g, got, th.data, sizeof got);
+        cr_expect_eq(memcmp(got, want, sizeof got), 0, "registry store_kv differs from RNE fp16");
+        free(x);
+    }
+    /* rope (neox) and attention through the ops.h parameter structs */
+    {
+        const int n_head = 4, n_kv = 2, hd = 16, n_ctx = 16, pos = 9;
+        float *q = rand_f32((size_t)n_head * hd, -1, 1);
+        double rq[64];
+        for (int i = 0; i < n_head * hd; i++)
+            rq[i] = q[i];
+        for (int h = 0; h < n_head; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                double th = pos * pow(10000.0, -2.0 * i / hd), a0 = rq[h * hd + i], b0 = rq[h * hd + i + hd / 2];
+                rq[h * hd + i] = a0 * cos(th) - b0 * sin(th);
+                rq[h * hd + i + hd / 2] = a0 * sin(th) + b0 * cos(th);
+            }
+        int32_t p = pos;
+        float *dq = rt_up(&c, q, (size_t)n_head * hd * 4);
+        kr_rope_args ra = {.struct_size = sizeof ra, .x = dq, .pos = rt_up(&c, &p, 4), .n_tok = 1,
+                           .n_head = (uint32_t)n_head, .head_dim = (uint32_t)hd, .n_rot = (uint32_t)hd,
+                           .mode = KR_ROPE_NEOX, .base = 10000.0f, .freq_scale = 1.0f};
+        kr_kernel_args rop = {.op = "rope", .params = &ra, .params_size = sizeof ra};
+        rt_run(&c, &rop);
+        float qo[64];
+        download(&c.g, qo, dq, sizeof qo);
+        EXPECT_NMSE(qo, rq, 64, 1e-6, "registry rope");
+
+        const size_t row = (size_t)n_kv * hd;
+        uint16_t kc[16 * 32], vc[16 * 32];
+        for (size_t i = 0; i < (size_t)n_ctx * row; i++) {
+            kc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
+            vc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
+        }
+        double ref[64] = {0};
+        for (int h = 0; h < n_head; h++) {
+            int gk = h / (n_head / n_kv);
+            double s[16], mx = -INFINITY, sum = 0;
+            for (int t = 0; t <= pos; t++) {
+                s[t] = 0;
+                for (int d = 0; d < hd; d++)
+                    s[t] += (double)qo[h * hd + d] * kr_fp16_to_fp32(kc[t * row + (size_t)gk * hd + d]);
+                s[t] *= 0.25;
+                mx = fmax(mx, s[t]);
+            }
+            for (int t = 0; t <= pos; t++)
+                sum += exp(s[t] - mx);
+            for (int t = 0; t <= pos; t++)
+                for (int d = 0; d < hd; d++)
+                    ref[h * hd + d] += exp(s[t] - mx) / sum * kr_fp16_to_fp32(vc[t * row + (size_t)gk * hd + d]);
+        }
+        float *dout = rt_poison(&c, 64);
+        kr_attn_args aa = {.struct_size = sizeof aa, .q = dq, .k = rt_up(&c, kc, sizeof kc), .v = rt_up(&c, vc, sizeof vc),
+                           .kv_type = KR_DTYPE_F16, .out = dout, .n_tok = 1, .n_head = (uint32_t)n_head,
+                           .n_head_kv = (uint32_t)n_kv, .head_dim = (uint32_t)hd, .pos0 = (uint32_t)pos,
+                           .n_ctx = (uint32_t)n_ctx, .window = 0, .scale = 0.25f};
+        kr_kernel_args at = {.op = "attention", .params = &aa, .params_size = sizeof aa};
+        rt_run(&c, &at);
+        float out[64];
+        download(&c.g, out, dout, sizeof out);
+        EXPECT_NMSE(out, ref, 64, 1e-7, "registry attention");
+        free(q);
+    }
+    for (int i = 0; i < c.n; i++)
+        kr_backend_free(c.g.be, c.bufs[i]);
+    kr_runtime_close(c.rt);
+    gpu_close(&g0);
+}
