@@ -30,7 +30,7 @@ static const char g_usage[] =
     "                    size); default: a synthetic SentencePiece vocabulary\n"
     "                    (tiny: 256 tokens, otherwise the preset's size)\n"
     "  --seed N          random seed (default 1)\n"
-    "  --threads N       generator threads (default: all online CPUs)\n"
+    "  --threads N       generator threads (default: online CPUs - 1; the main thread writes)\n"
     "  --layers N        override the preset's layer count\n"
     "\n"
     "Exit status: 0 ok, 1 error, 2 usage error.\n";

@@ -198,7 +198,14 @@ static inline uint32_t mix32(uint32_t h)
 /* Row `row` of tensor `ti`: counter-based (element i depends only on seed,
  * tensor, row and i), so the file is independent of chunking and threads,
  * and the loop has no carried state (it vectorizes). */
-static void gen_row(uint64_t seed, size_t ti, uint64_t row, kr__mk_kind kind, float *x, uint64_t n)
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__)
+/* AVX2 has the 8 x 32-bit multiplies the mixer needs; SSE2 does not */
+#define KR__MK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KR__MK_CLONES
+#endif
+
+KR__MK_CLONES static void gen_row(uint64_t seed, size_t ti, uint64_t row, kr__mk_kind kind, float *x, uint64_t n)
 {
     const uint64_t k = splitmix64(seed ^ splitmix64(((uint64_t)ti << 40) ^ row));
     const uint32_t k1 = (uint32_t)k, k2 = (uint32_t)(k >> 32);
@@ -566,9 +573,9 @@ kr_status kr_mkmodel_write(const kr_mkmodel_opts *o, kr_mkmodel_stats *stats, kr
     if (o->n_layer > 0)
         hp.n_layer = o->n_layer;
     int n_threads = o->n_threads;
-    if (n_threads <= 0) {
+    if (n_threads <= 0) { /* one CPU stays with the writing thread */
         long nc = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = nc > 0 ? (int)nc : 1;
+        n_threads = nc > 1 ? (int)nc - 1 : 1;
     }
     if (n_threads > KR__MK_MAX_THREADS)
         n_threads = KR__MK_MAX_THREADS;

@@ -40,7 +40,7 @@ typedef struct kr_mkmodel_opts {
     const char *out_path;     /* file to write (replaced; removed again on failure) */
     const char *vocab_from;   /* GGUF whose tokenizer.* keys are copied; NULL: synthetic SPM vocab */
     uint64_t seed;            /* same seed, same file (independent of n_threads) */
-    int n_threads;            /* worker threads; <= 0: online CPUs */
+    int n_threads;            /* worker threads; <= 0: online CPUs - 1 (the main thread writes) */
     uint32_t n_layer;         /* > 0: override the preset's block_count (smaller test files) */
 } kr_mkmodel_opts;
 
