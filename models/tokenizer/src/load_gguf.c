@@ -138,7 +138,11 @@ static kr_status kr__load_gguf(const kr_gguf *g, kr_tokenizer **out, kr_err *err
     if (kr_gguf_find_key(g, "tokenizer.ggml.token_type") >= 0) {
         const void *data;
         uint64_t m;
-        if ((st = kr_gguf_arr_data(g, "tokenizer.ggml.token_type", KR_GGUF_INT32, &data, &m, err)))
+        /* int32 as llama.cpp writes it; uint32 accepted too (values are checked) */
+        int64_t tk = kr_gguf_find_key(g, "tokenizer.ggml.token_type");
+        kr_gguf_type et = kr_gguf_kv_type(g, tk) == KR_GGUF_ARRAY && kr_gguf_arr_type(g, tk) == KR_GGUF_UINT32
+                              ? KR_GGUF_UINT32 : KR_GGUF_INT32;
+        if ((st = kr_gguf_arr_data(g, "tokenizer.ggml.token_type", et, &data, &m, err)))
             goto err_free_tok;
         if (m != n) {
             st = kr_err_set(err, KR_ERR_FORMAT,
