@@ -21,10 +21,12 @@ static const char *const g_names[KR_CHAT_KIND_COUNT] = {
     [KR_CHAT_LLAMA3] = "llama3",
     [KR_CHAT_ZEPHYR] = "zephyr",
     [KR_CHAT_FALCON3] = "falcon3",
+    [KR_CHAT_GEMMA] = "gemma",
+    [KR_CHAT_PHI3] = "phi3",
 };
 
 #define KR__SUPPORTED "chatml, llama2, llama2-sys, llama2-sys-strip, mistral-v1, mistral-v3, " \
-                      "mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3"
+                      "mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3, gemma, phi3"
 
 const char *kr_chat_kind_name(kr_chat_kind k)
 {
@@ -96,10 +98,14 @@ kr_chat_kind kr_chat_detect(const char *t, size_t n)
             return KR_CHAT_LLAMA2_SYS;
         return KR_CHAT_LLAMA2;
     }
+    if (kr__has(t, n, "<|assistant|>") && kr__has(t, n, "<|end|>"))
+        return KR_CHAT_PHI3;
     if (kr__has(t, n, "<|start_header_id|>") && kr__has(t, n, "<|end_header_id|>"))
         return KR_CHAT_LLAMA3;
-    if (kr__has(t, n, "<|user|>") && kr__has(t, n, "<|assistant|>") && !kr__has(t, n, "<|end|>"))
+    if (kr__has(t, n, "<|user|>") && kr__has(t, n, "<|assistant|>"))
         return kr__user_turn_ends_with_eos(t, n) ? KR_CHAT_ZEPHYR : KR_CHAT_FALCON3;
+    if (kr__has(t, n, "<start_of_turn>"))
+        return KR_CHAT_GEMMA;
     return KR_CHAT_UNKNOWN;
 }
 
@@ -253,6 +259,26 @@ kr_status kr_chat_format(kr_chat_kind kind, const char *sys, const char *user, c
         kr__puts(&b, "<|user|>\n");
         kr__puts(&b, user);
         kr__puts(&b, "\n<|assistant|>\n");
+        break;
+    case KR_CHAT_GEMMA:
+        /* no system role: the system text opens the user turn */
+        kr__puts(&b, "<start_of_turn>user\n");
+        if (sys) {
+            kr__put_trimmed(&b, sys);
+            kr__puts(&b, "\n\n");
+        }
+        kr__put_trimmed(&b, user);
+        kr__puts(&b, "<end_of_turn>\n<start_of_turn>model\n");
+        break;
+    case KR_CHAT_PHI3:
+        if (sys) {
+            kr__puts(&b, "<|system|>\n");
+            kr__puts(&b, sys);
+            kr__puts(&b, "<|end|>\n");
+        }
+        kr__puts(&b, "<|user|>\n");
+        kr__puts(&b, user);
+        kr__puts(&b, "<|end|>\n<|assistant|>\n");
         break;
     default:
         return kr_err_set(err, KR_ERR_UNSUPPORTED, "chat format: unsupported template kind %d", (int)kind);

@@ -100,10 +100,26 @@ static const char FALCON3[] =
     "eos_token + '\\n' }}{%- else %}{{- '<|assistant|>\\n' + message['content'] + eos_token }}{%- endif %}{%- endif "
     "%}{%- if loop.last and add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}{%- endfor %}";
 
-/* google/gemma-7b-it: a family we do not support */
+/* google/gemma-7b-it */
 static const char GEMMA[] =
-    "{% for message in messages %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + "
-    "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}";
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for "
+    "message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
+    "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
+    "(message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif "
+    "%}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if "
+    "add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}";
+
+/* microsoft/Phi-3-small */
+static const char PHI3[] =
+    "{{ bos_token }}{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + "
+    "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% "
+    "endif %}";
+
+/* CohereForAI/c4ai-command-r-plus (excerpt): a family we do not support */
+static const char COMMAND_R[] =
+    "{% for message in loop_messages %}{% if message['role'] == 'user' %}{{ "
+    "'<|START_OF_TURN_TOKEN|><|USER_TOKEN|>' + content.strip() + '<|END_OF_TURN_TOKEN|>' }}{% endif %}{% endfor "
+    "%}{% if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}";
 
 static const struct {
     const char *name;
@@ -140,6 +156,10 @@ static const struct {
      "<|system|>\nYou are a helpful assistant</s>\n<|user|>\nHello</s>\n<|assistant|>\n"},
     {"falcon3", FALCON3, KR_CHAT_FALCON3, "<|user|>\nHello\n<|assistant|>\n",
      "<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\n"},
+    {"gemma", GEMMA, KR_CHAT_GEMMA, "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n",
+     "<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n<start_of_turn>model\n"},
+    {"phi3", PHI3, KR_CHAT_PHI3, "<|user|>\nHello<|end|>\n<|assistant|>\n",
+     "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\n"},
 };
 
 Test(chat, detect_real_templates)
@@ -149,7 +169,7 @@ Test(chat, detect_real_templates)
         cr_expect_eq(k, CASES[i].kind, "%s: detected %s, want %s", CASES[i].name, kr_chat_kind_name(k),
                      kr_chat_kind_name(CASES[i].kind));
     }
-    cr_expect_eq(kr_chat_detect(GEMMA, strlen(GEMMA)), KR_CHAT_UNKNOWN);
+    cr_expect_eq(kr_chat_detect(COMMAND_R, strlen(COMMAND_R)), KR_CHAT_UNKNOWN);
     cr_expect_eq(kr_chat_detect("", 0), KR_CHAT_UNKNOWN);
     cr_expect_eq(kr_chat_detect(NULL, 5), KR_CHAT_UNKNOWN);
 }
@@ -213,7 +233,7 @@ Test(chat, unknown_and_missing_templates_are_errors)
     char *out = (char *)1;
     kr_err e;
     kr_err_clear(&e);
-    cr_expect_eq(kr_chat_apply(GEMMA, strlen(GEMMA), NULL, "Hello", NULL, &out, &e), KR_ERR_UNSUPPORTED);
+    cr_expect_eq(kr_chat_apply(COMMAND_R, strlen(COMMAND_R), NULL, "Hello", NULL, &out, &e), KR_ERR_UNSUPPORTED);
     cr_expect_null(out);
     cr_expect(strstr(e.msg, "unrecognised chat template") && strstr(e.msg, "chatml"), "%s", e.msg);
     kr_err_clear(&e);
@@ -231,6 +251,6 @@ Test(chat, names_round_trip)
     kr_chat_kind x;
     kr_err e;
     kr_err_clear(&e);
-    cr_expect_eq(kr_chat_kind_from_name("gemma", &x, &e), KR_ERR_NOT_FOUND);
-    cr_expect(strstr(e.msg, "gemma") != NULL);
+    cr_expect_eq(kr_chat_kind_from_name("command-r", &x, &e), KR_ERR_NOT_FOUND);
+    cr_expect(strstr(e.msg, "command-r") != NULL);
 }

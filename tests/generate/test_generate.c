@@ -324,10 +324,10 @@ Test(generate, chat_template_override_and_context_limit)
     cr_expect(strstr(r.err, "[INST] Once upon a time [/INST]") != NULL, "formatted prompt logged:\n%s", r.err);
     free_result(&r);
 
-    const char *a2[] = {"-m", stories(), "-p", "x", "--chat-template", "gemma", NULL};
+    const char *a2[] = {"-m", stories(), "-p", "x", "--chat-template", "command-r", NULL};
     r = run_kernrun(a2, NULL);
     cr_expect_eq(r.status, 1);
-    cr_expect(strstr(r.err, "'gemma'") != NULL, "%s", r.err);
+    cr_expect(strstr(r.err, "'command-r'") != NULL, "%s", r.err);
     free_result(&r);
 
     /* -n -1 runs until the context is full (or an end-of-generation token) */

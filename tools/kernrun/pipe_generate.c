@@ -50,7 +50,7 @@ static const char g_usage[] =
     "      --system TEXT       system message for --chat (default: the template's own, if any)\n"
     "      --chat-template NAME  use this family instead of detecting it (implies --chat):\n"
     "                          chatml, llama2, llama2-sys, llama2-sys-strip, mistral-v1, mistral-v3,\n"
-    "                          mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3\n"
+    "                          mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3, gemma, phi3\n"
     "      --no-bos            do not add BOS even if the vocabulary asks for it\n"
     "      --backend B         cpu | cuda | auto (default auto)\n"
     "Sampling values come from (low to high): built-in defaults, the [sampling] section of the\n"

@@ -31,6 +31,8 @@ typedef enum kr_chat_kind {
     KR_CHAT_LLAMA3,            /* <|start_header_id|>user<|end_header_id|>\n\n..<|eot_id|>... */
     KR_CHAT_ZEPHYR,            /* <|user|>\n..EOS\n<|assistant|>\n */
     KR_CHAT_FALCON3,           /* <|user|>\n..\n<|assistant|>\n */
+    KR_CHAT_GEMMA,             /* <start_of_turn>user\n..<end_of_turn>\n<start_of_turn>model\n */
+    KR_CHAT_PHI3,              /* <|user|>\n..<|end|>\n<|assistant|>\n */
     KR_CHAT_KIND_COUNT
 } kr_chat_kind;
 
@@ -38,7 +40,7 @@ typedef enum kr_chat_kind {
 kr_chat_kind kr_chat_detect(const char *tmpl, size_t len);
 /* "chatml", "llama2", "llama2-sys", "llama2-sys-strip", "mistral-v1",
  * "mistral-v3", "mistral-v3-tekken", "mistral-v7", "llama3", "zephyr",
- * "falcon3"; "unknown". */
+ * "falcon3", "gemma", "phi3"; "unknown". */
 const char *kr_chat_kind_name(kr_chat_kind k);
 /* Name -> kind (for a --chat-template override). KR_ERR_NOT_FOUND lists the names. */
 kr_status kr_chat_kind_from_name(const char *name, kr_chat_kind *out, kr_err *err);
