@@ -433,7 +433,8 @@ static int run_generate(kr_app *app, int argc, char **argv)
     kr_err e;
     kr_err_clear(&e);
     kr_status st = KR_OK;
-    char model_path[4096];
+    char default_path[4096];
+    const char *model_path = o.model;
     char *prompt_buf = NULL, *chat_text = NULL;
     int32_t *toks = NULL;
     float *logits = NULL;
@@ -443,14 +444,14 @@ static int run_generate(kr_app *app, int argc, char **argv)
     kr_sampler *smp = NULL;
     kr_detok *dt = NULL;
 
-    if (o.model) {
-        snprintf(model_path, sizeof model_path, "%s", o.model);
-    } else {
+    if (!model_path) {
         struct stat sb;
-        if (kr__default_model_path(model_path, sizeof model_path) != 0) {
-            fprintf(stderr, "kernrun generate: no -m given and neither XDG_CACHE_HOME nor HOME is set\n");
+        if (kr__default_model_path(default_path, sizeof default_path) != 0) {
+            fprintf(stderr, "kernrun generate: no -m given and the cache directory is unknown or too long "
+                            "(XDG_CACHE_HOME / HOME)\n");
             return 1;
         }
+        model_path = default_path;
         if (stat(model_path, &sb) != 0) {
             fprintf(stderr,
                     "kernrun generate: no -m given and the default model is not in the cache:\n"
