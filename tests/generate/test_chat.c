@@ -254,3 +254,30 @@ Test(chat, names_round_trip)
     cr_expect_eq(kr_chat_kind_from_name("command-r", &x, &e), KR_ERR_NOT_FOUND);
     cr_expect(strstr(e.msg, "command-r") != NULL);
 }
+
+/* Templates are (ptr, len) and need not be NUL-terminated: every prefix of
+ * every real template, copied into a buffer of exactly that size (ASan flags
+ * any read past it), is handled without a crash. */
+Test(chat, prefixes_read_in_bounds)
+{
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        size_t n = strlen(CASES[i].tmpl);
+        for (size_t len = 0; len <= n; len++) {
+            char *buf = malloc(len ? len : 1);
+            cr_assert_not_null(buf);
+            memcpy(buf, CASES[i].tmpl, len);
+            kr_chat_kind k = kr_chat_detect(buf, len);
+            cr_assert(k >= KR_CHAT_UNKNOWN && k < KR_CHAT_KIND_COUNT);
+            char *sys = NULL, *out = NULL;
+            cr_assert_eq(kr_chat_default_system(buf, len, &sys, NULL), KR_OK);
+            free(sys);
+            kr_status st = kr_chat_apply(buf, len, NULL, "Hi", NULL, &out, NULL);
+            cr_assert(st == KR_OK || st == KR_ERR_UNSUPPORTED || st == KR_ERR_NOT_FOUND);
+            cr_assert((st == KR_OK) == (out != NULL));
+            free(out);
+            free(buf);
+        }
+        /* and the whole template still detects as its family */
+        cr_expect_eq(kr_chat_detect(CASES[i].tmpl, n), CASES[i].kind);
+    }
+}
