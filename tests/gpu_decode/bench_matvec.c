@@ -11,6 +11,9 @@
  * backend can, else plain launches) after a warm-up. GB/s = weight bytes /
  * time. Copy bandwidth = 2 * bytes / time of cuMemcpyDtoD of 512 MiB (read +
  * write), the convention of bandwidthTest and of issue 6's anchor numbers.
+ * Then decode attention over an fp16 KV cache (llama-2-7B and llama-3-8B head
+ * shapes, positions 511 / 4095 / 16383) with one split and with the default
+ * split count: GB/s = K+V bytes read / time.
  * Q4_0/Q8_0/F16 are also timed under several launch geometries
  * (kr_dec_tuning: rows per warp, warps per block, staged steps); "*" marks
  * the default. Exit status: 0 ok, 1 failure, 77 no GPU (and
@@ -154,6 +157,60 @@ static void fill_blocks(kr_dtype t, uint8_t *m, size_t bytes)
     }
 }
 
+/* Decode attention at position pos over an fp16 cache: seconds per call (best
+ * of 3 rounds of iters launches), or < 0 on error. */
+static double time_attention(kr_backend *be, kr_dec *dec, int n_head, int n_kv, int hd, int pos, int n_split,
+                             int iters, kr_err *errp)
+{
+    const int n_ctx = pos + 1;
+    const size_t cache = (size_t)n_ctx * n_kv * hd * 2;
+    kr_buffer *bk = NULL, *bv = NULL, *bq = NULL, *bo = NULL, *bs = NULL, *bp = NULL;
+    double best = -1;
+    size_t scr = kr_dec_attention_scratch_floats(n_head, hd, n_split);
+    if (kr_backend_alloc(be, cache, &bk, errp) != KR_OK || kr_backend_alloc(be, cache, &bv, errp) != KR_OK ||
+        kr_backend_alloc(be, (size_t)n_head * hd * 4, &bq, errp) != KR_OK ||
+        kr_backend_alloc(be, (size_t)n_head * hd * 4, &bo, errp) != KR_OK ||
+        kr_backend_alloc(be, scr ? scr * 4 : 16, &bs, errp) != KR_OK || kr_backend_alloc(be, 4, &bp, errp) != KR_OK)
+        goto out;
+    int32_t p = pos;
+    /* 0x3c00 = fp16 1.0 in every half: finite scores, any values do for timing */
+    if (kr_backend_memset(be, bk->ptr, 0x3c, cache, NULL, errp) != KR_OK ||
+        kr_backend_memset(be, bv->ptr, 0x3c, cache, NULL, errp) != KR_OK ||
+        kr_backend_memset(be, bq->ptr, 0, (size_t)n_head * hd * 4, NULL, errp) != KR_OK ||
+        kr_backend_h2d(be, bp->ptr, &p, 4, NULL, errp) != KR_OK)
+        goto out;
+    best = 1e30;
+    for (int round = 0; round < 4; round++) {
+        if (kr_backend_sync(be, NULL, errp) != KR_OK) {
+            best = -1;
+            goto out;
+        }
+        double t0 = now_s();
+        for (int i = 0; i < iters; i++) {
+            if (kr_dec_attention(dec, NULL, bq->ptr, bk->ptr, bv->ptr, bo->ptr, n_head, n_kv, hd, n_ctx, bp->ptr, 0,
+                                 0, 0.088f, n_split, scr ? bs->ptr : NULL, errp) != KR_OK) {
+                best = -1;
+                goto out;
+            }
+        }
+        if (kr_backend_sync(be, NULL, errp) != KR_OK) {
+            best = -1;
+            goto out;
+        }
+        double dt = (now_s() - t0) / iters;
+        if (round > 0 && dt < best)
+            best = dt;
+    }
+out:
+    kr_backend_free(be, bk);
+    kr_backend_free(be, bv);
+    kr_backend_free(be, bq);
+    kr_backend_free(be, bo);
+    kr_backend_free(be, bs);
+    kr_backend_free(be, bp);
+    return best;
+}
+
 int main(int argc, char **argv)
 {
     int iters = 200;
@@ -292,6 +349,31 @@ int main(int argc, char **argv)
             for (size_t c = 0; c < copies; c++)
                 kr_backend_free(be, bw[c]);
             free(bw);
+        }
+    }
+
+    /* decode attention: (n_head, n_kv_head, head_dim) of llama-2-7B and llama-3-8B */
+    const int attn_shapes[][3] = {{32, 32, 128}, {32, 8, 128}};
+    const int attn_pos[] = {511, 4095, 16383};
+    for (size_t si = 0; si < sizeof attn_shapes / sizeof attn_shapes[0]; si++) {
+        for (size_t pi = 0; pi < sizeof attn_pos / sizeof attn_pos[0]; pi++) {
+            const int nh = attn_shapes[si][0], nkv = attn_shapes[si][1], hd = attn_shapes[si][2];
+            const int pos = attn_pos[pi];
+            const int splits[2] = {1, kr_dec_attention_default_splits(dev, nh, pos + 1)};
+            for (int k = 0; k < 2; k++) {
+                double t = time_attention(be, dec, nh, nkv, hd, pos, splits[k], quick ? 20 : 50, &err);
+                if (t <= 0) {
+                    printf("attention %d/%d heads dim %d pos %5d split %2d: failed: %s\n", nh, nkv, hd, pos,
+                           splits[k], kr_err_msg(&err, err.code));
+                    kr_err_clear(&err);
+                    failures++;
+                    continue;
+                }
+                double bytes = 2.0 * (pos + 1) * nkv * hd * 2;
+                printf("attention %2d/%2d heads dim %d pos %5d split %2d: %8.2f us %6.0f GB/s %5.1f%% of copy\n", nh,
+                       nkv, hd, pos, splits[k], t * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / copy_gbs);
+                fflush(stdout);
+            }
         }
     }
     rc = failures ? 1 : 0;
