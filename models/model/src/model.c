@@ -506,3 +506,17 @@ int32_t kr_model_n_vocab(const kr_model *m) { return (int32_t)m->hp.n_vocab; }
 uint32_t kr_model_n_ctx_train(const kr_model *m) { return m->hp.n_ctx_train; }
 const kr_gguf *kr_model_gguf(const kr_model *m) { return m->gguf; }
 uint64_t kr_model_weight_bytes(const kr_model *m) { return m->weight_bytes; }
+
+const kr_weight *kr_model_weights(const kr_model *m, size_t *n)
+{
+    *n = m->n_w;
+    return m->w;
+}
+
+const kr_weight *kr_model_weight(const kr_model *m, const char *name)
+{
+    for (size_t i = 0; i < m->n_w; i++)
+        if (m->w[i].data && m->w[i].name && strcmp(m->w[i].name, name) == 0)
+            return &m->w[i];
+    return NULL;
+}

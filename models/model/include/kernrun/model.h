@@ -62,6 +62,13 @@ uint32_t kr_model_n_ctx_train(const kr_model *m);
 const kr_gguf *kr_model_gguf(const kr_model *m);
 /* Bytes of weights referenced by the tensor table. */
 uint64_t kr_model_weight_bytes(const kr_model *m);
+/* The weight table in the handler's tensor_table order (*n entries; absent
+ * optional tensors have data NULL; KR_TS_TO_F32 vectors are F32 copies).
+ * Owned by the model; for backends that upload the weights (cuda_forward). */
+const kr_weight *kr_model_weights(const kr_model *m, size_t *n);
+/* The entry named `name` ("blk.0.attn_q.weight"), or NULL when the table has
+ * none or the tensor is an absent optional one. */
+const kr_weight *kr_model_weight(const kr_model *m, const char *name);
 
 typedef struct kr_context_params {
     uint32_t n_ctx;         /* KV cache positions (default: min(n_ctx_train, 4096)) when 0 */

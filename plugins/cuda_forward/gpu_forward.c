@@ -1,0 +1,697 @@
+/* The decode forward pass on a CUDA backend (kr_gpu_forward.h).
+ *
+ * Per token (as plugins/arch_llama's CPU reference):
+ *   x = token_embd[*tok]
+ *   per layer: h = rmsnorm(x) attn_norm; q,k,v = Wq h, Wk h, Wv h; rope(q,k,*pos);
+ *              K[*pos],V[*pos] = k,v (fp16); att = attention; x += Wo att;
+ *              h = rmsnorm(x) ffn_norm; x += Wdown (silu(Wgate h) * Wup h)
+ *   logits = Wout (rmsnorm(x) output_norm)
+ * *tok and *pos are device int32 values written before each step, so the
+ * captured graph of the step stays valid. */
+#include "kr_gpu_forward.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernrun/checked.h"
+#include "kernrun/log.h"
+#include "kr_decode.h"
+
+#define KR__DOM "gpu_forward"
+#define KR__ALIGN 256u
+#define KR__STAGE_BYTES ((size_t)32 << 20) /* per pinned staging buffer (two of them) */
+
+/* A matrix on the device: y (rows) = W (rows, cols) @ x (cols). */
+typedef struct kr__gf_mat {
+    kr_dtype type;        /* GGML block type */
+    const void *w;        /* device address, rows of row_stride bytes */
+    size_t row_stride;    /* bytes per row */
+    int64_t rows;         /* output dim (ne[1]) */
+    int64_t cols;         /* input dim (ne[0]) */
+    bool q8;              /* use 8-bit activations */
+} kr__gf_mat;
+
+typedef struct kr__gf_layer {
+    const float *attn_norm;        /* (E) device */
+    const float *ffn_norm;         /* (E) device */
+    kr__gf_mat q, k, v, o;         /* (QD,E) (KVD,E) (KVD,E) (E,QD) */
+    kr__gf_mat gate, up, down;     /* (F,E) (F,E) (E,F) */
+    uint16_t *k_cache;             /* (n_ctx, KVD) fp16 device */
+    uint16_t *v_cache;             /* (n_ctx, KVD) fp16 device */
+} kr__gf_layer;
+
+struct kr_gpu_forward {
+    const kr_model *model;
+    kr_backend *be;
+    kr_dec *dec;
+    kr_stream *stream;             /* every step runs here */
+    kr_hparams hp;
+    uint32_t n_ctx;
+    uint32_t n_past;
+    bool use_graph;
+    bool dead;                     /* a device step failed: refuse further work */
+    kr_graph *graph;               /* captured step, or NULL */
+    bool graph_failed;
+
+    kr_buffer *wbuf;               /* all weights */
+    kr_buffer *kvbuf;              /* all K/V caches */
+    kr_buffer *abuf;               /* activations, scratch, step inputs */
+    kr_buffer *hstep;              /* pinned host (2 * n_ctx) int32 tok/pos pairs (or NULL: hstep_mem) */
+    int32_t *hstep_mem;            /* malloc fallback */
+    kr_buffer *hlogits_buf;        /* pinned host (n_vocab) floats (or NULL: hlogits_mem) */
+    float *hlogits_mem;
+
+    kr__gf_layer *layers;          /* (n_layer) */
+    kr_dtype embd_type;            /* token_embd type */
+    const void *embd;              /* (n_vocab, E) device */
+    size_t embd_row_stride;
+    const float *out_norm;         /* (E) device */
+    kr__gf_mat out;                /* (V, E): output.weight or token_embd */
+    const float *freq_factors;     /* (n_rot/2) device or NULL */
+
+    /* activations (device) */
+    float *x;                      /* (E) residual */
+    float *h;                      /* (E) normed */
+    float *q;                      /* (QD) */
+    float *k;                      /* (KVD) */
+    float *v;                      /* (KVD) */
+    float *att;                    /* (QD) */
+    float *tmp;                    /* (E) projection out */
+    float *gate;                   /* (F) */
+    float *up;                     /* (F) */
+    float *logits;                 /* (V) */
+    void *xq;                      /* q8 activations (kr_dec_q8_bytes(max cols)) */
+    float *attn_scratch;           /* split-K partials or NULL */
+    int32_t *step;                 /* (2) device: token id, position */
+    int n_split;
+
+    uint32_t launches;             /* counted during the last step */
+    kr_gpu_forward_stats stats;
+};
+
+kr_gpu_forward_params kr_gpu_forward_params_default(void)
+{
+    kr_gpu_forward_params p = {0};
+    return p;
+}
+
+static double kr__now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- model checks ------------------------------------------------------------------- */
+
+static bool kr__is_llama(const kr_model *m)
+{
+    const char *a = kr_model_arch(m);
+    return strcmp(a, "llama") == 0 || strcmp(a, "mistral") == 0;
+}
+
+static kr_status kr__check_mat(const kr_weight *w, const char *name, uint64_t cols, uint64_t rows, kr_err *err)
+{
+    if (!w)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s' missing", name);
+    if (!kr_dec_matvec_supports(w->type))
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s': type %s has no CUDA matvec", name,
+                          kr_dtype_name(w->type));
+    size_t bs = kr_dtype_block_size(w->type);
+    if (w->ne[0] != cols || w->ne[1] != rows || w->ne[2] != 1 || w->ne[3] != 1 || bs == 0 || cols % bs != 0 ||
+        w->row_bytes % 2 != 0)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                          "tensor '%s': shape (%" PRIu64 ", %" PRIu64 ") of %s unsupported on CUDA (want (%" PRIu64
+                          ", %" PRIu64 "), rows a multiple of the block)",
+                          name, w->ne[0], w->ne[1], kr_dtype_name(w->type), cols, rows);
+    return KR_OK;
+}
+
+static kr_status kr__check_vec(const kr_weight *w, const char *name, uint64_t n, kr_err *err)
+{
+    if (!w)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s' missing", name);
+    if (w->type != KR_DTYPE_F32 || w->ne[0] != n)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s': want %" PRIu64 " F32 values", name, n);
+    return KR_OK;
+}
+
+kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err)
+{
+    if (!m)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward: no model");
+    if (!kr__is_llama(m))
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "the CUDA forward pass supports llama and mistral, not '%s'",
+                          kr_model_arch(m));
+    const kr_hparams *hp = kr_model_hparams(m);
+    if (hp->head_dim == 0 || hp->head_dim % 2 != 0 || hp->head_dim > 256 || hp->n_rot % 2 != 0 ||
+        hp->n_rot > hp->head_dim || hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                          "CUDA attention needs an even head_dim <= 256 (have %u, n_rot %u, %u heads / %u kv)",
+                          hp->head_dim, hp->n_rot, hp->n_head, hp->n_head_kv);
+    if (hp->rope_mode != KR_ROPE_NORMAL && hp->rope_mode != KR_ROPE_NEOX)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "rope mode %d", (int)hp->rope_mode);
+    uint64_t E = hp->n_embd, F = hp->n_ff, V = hp->n_vocab;
+    uint64_t QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
+    kr_status st;
+    const kr_weight *emb = kr_model_weight(m, "token_embd.weight");
+    if (!emb || !kr_dec_matvec_supports(emb->type))
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "token_embd.weight: type %s has no CUDA embedding",
+                          emb ? kr_dtype_name(emb->type) : "?");
+    const kr_weight *out = kr_model_weight(m, "output.weight");
+    if ((st = kr__check_mat(out ? out : emb, out ? "output.weight" : "token_embd.weight", E, V, err)) != KR_OK)
+        return st;
+    if ((st = kr__check_vec(kr_model_weight(m, "output_norm.weight"), "output_norm.weight", E, err)) != KR_OK)
+        return st;
+    char nm[KR_ARCH_NAME_MAX];
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        static const struct {
+            const char *sfx;
+            int rows, cols; /* 0 E, 1 QD, 2 KVD, 3 F */
+        } mats[] = {{"attn_q", 1, 0}, {"attn_k", 2, 0}, {"attn_v", 2, 0}, {"attn_output", 0, 1},
+                    {"ffn_gate", 3, 0}, {"ffn_up", 3, 0}, {"ffn_down", 0, 3}};
+        uint64_t dims[4] = {E, QD, KVD, F};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+            snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, mats[i].sfx);
+            if ((st = kr__check_mat(kr_model_weight(m, nm), nm, dims[mats[i].cols], dims[mats[i].rows], err)) !=
+                KR_OK)
+                return st;
+        }
+        snprintf(nm, sizeof nm, "blk.%u.attn_norm.weight", l);
+        if ((st = kr__check_vec(kr_model_weight(m, nm), nm, E, err)) != KR_OK)
+            return st;
+        snprintf(nm, sizeof nm, "blk.%u.ffn_norm.weight", l);
+        if ((st = kr__check_vec(kr_model_weight(m, nm), nm, E, err)) != KR_OK)
+            return st;
+    }
+    return KR_OK;
+}
+
+/* ---- upload --------------------------------------------------------------------------- */
+
+static uint64_t kr__weight_bytes(const kr_weight *w)
+{
+    return w->row_bytes * w->ne[1] * w->ne[2] * w->ne[3]; /* bounded by the file size (model lib checked) */
+}
+
+/* Copy every present weight into one device buffer; offs[i] = offset of w[i]. */
+static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, uint64_t *offs, kr_err *err)
+{
+    kr_backend *be = g->be;
+    uint64_t total = 0;
+    for (size_t i = 0; i < n_w; i++) {
+        offs[i] = UINT64_MAX;
+        if (!w[i].data)
+            continue;
+        uint64_t a;
+        if (kr_align_up_u64(total, KR__ALIGN, &a) || kr_add_overflow_u64(a, kr__weight_bytes(&w[i]), &total))
+            return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
+        offs[i] = a;
+    }
+    if (total > SIZE_MAX)
+        return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
+    kr_status st = kr_backend_alloc(be, (size_t)total, &g->wbuf, err);
+    if (st != KR_OK)
+        return kr_err_prefix(err, "allocating %.2f GiB of weights on the device", (double)total / 1073741824.0);
+    g->stats.weight_bytes = total;
+
+    /* Two pinned staging buffers, each with its own stream: while one DMA
+     * runs, the CPU reads (page faults in) the next chunk of the file. */
+    kr_buffer *stage[2] = {NULL, NULL};
+    kr_stream *ss[2] = {NULL, NULL};
+    bool staged = true;
+    kr_err e2;
+    kr_err_clear(&e2);
+    for (int b = 0; b < 2 && staged; b++)
+        if (kr_backend_host_alloc(be, KR__STAGE_BYTES, &stage[b], &e2) != KR_OK ||
+            kr_backend_stream_create(be, &ss[b], &e2) != KR_OK)
+            staged = false;
+    if (!staged)
+        KR_LOGI(KR__DOM, "no pinned staging (%s): synchronous uploads", e2.msg);
+
+    char *base = g->wbuf->ptr;
+    int cur = 0;
+    for (size_t i = 0; i < n_w && st == KR_OK; i++) {
+        if (offs[i] == UINT64_MAX)
+            continue;
+        const char *src = w[i].data;
+        uint64_t left = kr__weight_bytes(&w[i]);
+        char *dst = base + offs[i];
+        while (left > 0 && st == KR_OK) {
+            if (!staged) {
+                st = kr_backend_h2d(be, dst, src, (size_t)left, NULL, err);
+                break;
+            }
+            size_t chunk = left < KR__STAGE_BYTES ? (size_t)left : KR__STAGE_BYTES;
+            if ((st = kr_backend_sync(be, ss[cur], err)) != KR_OK) /* its previous DMA is done */
+                break;
+            memcpy(stage[cur]->ptr, src, chunk);
+            if ((st = kr_backend_h2d(be, dst, stage[cur]->ptr, chunk, ss[cur], err)) != KR_OK)
+                break;
+            src += chunk;
+            dst += chunk;
+            left -= chunk;
+            cur ^= 1;
+        }
+        if (st != KR_OK)
+            kr_err_prefix(err, "uploading '%s'", w[i].name);
+    }
+    for (int b = 0; b < 2; b++) {
+        if (ss[b]) {
+            kr_status s2 = kr_backend_sync(be, ss[b], st == KR_OK ? err : NULL);
+            if (st == KR_OK)
+                st = s2;
+            kr_backend_stream_destroy(be, ss[b]);
+        }
+        kr_backend_free(be, stage[b]);
+    }
+    return st;
+}
+
+/* ---- creation ------------------------------------------------------------------------- */
+
+static const void *kr__dev(const kr_gpu_forward *g, const kr_model *m, const kr_weight *w0, const uint64_t *offs,
+                           const char *name)
+{
+    const kr_weight *w = kr_model_weight(m, name);
+    if (!w)
+        return NULL;
+    return (const char *)g->wbuf->ptr + offs[w - w0];
+}
+
+static void kr__mat(const kr_gpu_forward *g, const kr_model *m, const kr_weight *w0, const uint64_t *offs,
+                    const char *name, bool use_q8, kr__gf_mat *out)
+{
+    const kr_weight *w = kr_model_weight(m, name); /* present: checked */
+    out->type = w->type;
+    out->w = (const char *)g->wbuf->ptr + offs[w - w0];
+    out->row_stride = (size_t)w->row_bytes;
+    out->rows = (int64_t)w->ne[1];
+    out->cols = (int64_t)w->ne[0];
+    out->q8 = use_q8 && kr_dec_matvec_q8_supports(w->type) && kr_dec_q8_bytes(out->cols) > 0;
+}
+
+/* Carve n bytes (256-aligned) from an arena; sizes are bounded by hparams (<= 2^20 each). */
+static void *kr__take(char *base, uint64_t *off, uint64_t n)
+{
+    void *p = base ? base + *off : NULL;
+    *off += (n + KR__ALIGN - 1) / KR__ALIGN * KR__ALIGN;
+    return p;
+}
+
+static kr_status kr__layout_acts(kr_gpu_forward *g, char *base, uint64_t *size)
+{
+    const kr_hparams *hp = &g->hp;
+    uint64_t E = hp->n_embd, F = hp->n_ff, V = hp->n_vocab;
+    uint64_t QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
+    uint64_t maxc = E > F ? E : F;
+    if (QD > maxc)
+        maxc = QD;
+    uint64_t off = 0;
+    g->x = kr__take(base, &off, E * 4);
+    g->h = kr__take(base, &off, E * 4);
+    g->q = kr__take(base, &off, QD * 4);
+    g->k = kr__take(base, &off, KVD * 4);
+    g->v = kr__take(base, &off, KVD * 4);
+    g->att = kr__take(base, &off, QD * 4);
+    g->tmp = kr__take(base, &off, E * 4);
+    g->gate = kr__take(base, &off, F * 4);
+    g->up = kr__take(base, &off, F * 4);
+    g->logits = kr__take(base, &off, V * 4);
+    size_t q8b = kr_dec_q8_bytes((int64_t)maxc);
+    g->xq = kr__take(base, &off, q8b ? q8b : 16);
+    size_t sc = kr_dec_attention_scratch_floats((int)hp->n_head, (int)hp->head_dim, g->n_split);
+    g->attn_scratch = sc ? kr__take(base, &off, (uint64_t)sc * 4) : NULL;
+    g->step = kr__take(base, &off, 2 * sizeof(int32_t));
+    *size = off;
+    return KR_OK;
+}
+
+kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_forward_params *p,
+                             kr_gpu_forward **out, kr_err *err)
+{
+    *out = NULL;
+    kr_gpu_forward_params dp = kr_gpu_forward_params_default();
+    if (!p)
+        p = &dp;
+    if (!be || be->kind != KR_BACKEND_CUDA)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward: needs a CUDA backend");
+    kr_status st = kr_gpu_forward_check(m, err);
+    if (st != KR_OK)
+        return st;
+    kr_gpu_forward *g = calloc(1, sizeof *g);
+    if (!g)
+        return kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+    g->model = m;
+    g->be = be;
+    g->hp = *kr_model_hparams(m);
+    const kr_hparams *hp = &g->hp;
+    const char *ng = getenv("KERNRUN_NO_GRAPH");
+    g->use_graph = !p->no_graph && !(ng && strcmp(ng, "1") == 0);
+    g->n_ctx = p->n_ctx;
+    if (g->n_ctx == 0) {
+        g->n_ctx = hp->n_ctx_train ? hp->n_ctx_train : 4096;
+        if (g->n_ctx > 4096)
+            g->n_ctx = 4096;
+    }
+    if (g->n_ctx > (1u << 24)) {
+        st = kr_err_set(err, KR_ERR_RANGE, "n_ctx %u too large", g->n_ctx);
+        goto err_free;
+    }
+    uint64_t E = hp->n_embd, V = hp->n_vocab;
+    uint64_t KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
+
+    if ((st = kr_dec_create(be, &g->dec, err)) != KR_OK)
+        goto err_free;
+    if ((st = kr_dec_prepare_all(g->dec, err)) != KR_OK) {
+        kr_err_prefix(err, "compiling the decode kernels");
+        goto err_dec;
+    }
+    if ((st = kr_backend_stream_create(be, &g->stream, err)) != KR_OK)
+        goto err_dec;
+
+    /* weights */
+    size_t n_w;
+    const kr_weight *w0 = kr_model_weights(m, &n_w);
+    uint64_t *offs = calloc(n_w ? n_w : 1, sizeof *offs);
+    if (!offs) {
+        st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+        goto err_stream;
+    }
+    double t0 = kr__now_s();
+    st = kr__upload(g, w0, n_w, offs, err);
+    g->stats.upload_s = kr__now_s() - t0;
+    if (st != KR_OK) {
+        free(offs);
+        goto err_weights;
+    }
+    g->layers = calloc(hp->n_layer ? hp->n_layer : 1, sizeof *g->layers);
+    if (!g->layers) {
+        free(offs);
+        st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+        goto err_weights;
+    }
+    bool use_q8 = !p->no_q8;
+    const kr_weight *emb = kr_model_weight(m, "token_embd.weight");
+    g->embd_type = emb->type;
+    g->embd = kr__dev(g, m, w0, offs, "token_embd.weight");
+    g->embd_row_stride = (size_t)emb->row_bytes;
+    g->out_norm = kr__dev(g, m, w0, offs, "output_norm.weight");
+    kr__mat(g, m, w0, offs, kr_model_weight(m, "output.weight") ? "output.weight" : "token_embd.weight", use_q8,
+            &g->out);
+    g->freq_factors = kr__dev(g, m, w0, offs, "rope_freqs.weight");
+    uint64_t step_bytes = emb->row_bytes + E * 4 /* output_norm */ + (uint64_t)g->out.rows * g->out.row_stride;
+    char nm[KR_ARCH_NAME_MAX];
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        kr__gf_layer *L = &g->layers[l];
+#define KR__M(field, sfx)                                              \
+        snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, sfx);           \
+        kr__mat(g, m, w0, offs, nm, use_q8, &L->field);                \
+        step_bytes += (uint64_t)L->field.rows * L->field.row_stride;
+        KR__M(q, "attn_q")
+        KR__M(k, "attn_k")
+        KR__M(v, "attn_v")
+        KR__M(o, "attn_output")
+        KR__M(gate, "ffn_gate")
+        KR__M(up, "ffn_up")
+        KR__M(down, "ffn_down")
+#undef KR__M
+        snprintf(nm, sizeof nm, "blk.%u.attn_norm.weight", l);
+        L->attn_norm = kr__dev(g, m, w0, offs, nm);
+        snprintf(nm, sizeof nm, "blk.%u.ffn_norm.weight", l);
+        L->ffn_norm = kr__dev(g, m, w0, offs, nm);
+        step_bytes += 2 * E * 4;
+    }
+    free(offs);
+    g->stats.step_weight_bytes = step_bytes;
+
+    /* KV cache: (n_layer) x K,V each (n_ctx, KVD) fp16 */
+    uint64_t slab, kv_total;
+    if (kr_mul3_overflow_u64(g->n_ctx, KVD, 2, &slab) || kr_mul3_overflow_u64(slab, 2, hp->n_layer, &kv_total) ||
+        kv_total > SIZE_MAX) {
+        st = kr_err_set(err, KR_ERR_OVERFLOW, "KV cache size overflows (n_ctx %u, %u layers, kv dim %" PRIu64 ")",
+                        g->n_ctx, hp->n_layer, KVD);
+        goto err_layers;
+    }
+    if ((st = kr_backend_alloc(be, (size_t)kv_total, &g->kvbuf, err)) != KR_OK) {
+        kr_err_prefix(err, "allocating the KV cache (%.2f GiB: n_ctx %u, %u layers, kv dim %" PRIu64 ", fp16)",
+                      (double)kv_total / 1073741824.0, g->n_ctx, hp->n_layer, KVD);
+        goto err_layers;
+    }
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        g->layers[l].k_cache = (uint16_t *)((char *)g->kvbuf->ptr + (size_t)slab * 2 * l);
+        g->layers[l].v_cache = (uint16_t *)((char *)g->kvbuf->ptr + (size_t)slab * (2 * l + 1));
+    }
+    g->stats.kv_bytes_per_pos = 2 * KVD * 2 * hp->n_layer;
+
+    /* activations */
+    g->n_split = kr_dec_attention_default_splits(kr_backend_device_info(be), (int)hp->n_head, (int)g->n_ctx);
+    if (g->n_split < 1)
+        g->n_split = 1;
+    uint64_t abytes;
+    kr__layout_acts(g, NULL, &abytes);
+    if ((st = kr_backend_alloc(be, (size_t)abytes, &g->abuf, err)) != KR_OK) {
+        kr_err_prefix(err, "allocating activations");
+        goto err_kv;
+    }
+    kr__layout_acts(g, g->abuf->ptr, &abytes);
+
+    /* host side of the step inputs and the logits: pinned when possible */
+    kr_err e2;
+    kr_err_clear(&e2);
+    if (kr_backend_host_alloc(be, (size_t)g->n_ctx * 2 * sizeof(int32_t), &g->hstep, &e2) != KR_OK) {
+        g->hstep = NULL;
+        g->hstep_mem = malloc((size_t)g->n_ctx * 2 * sizeof(int32_t));
+        if (!g->hstep_mem) {
+            st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+            goto err_acts;
+        }
+    }
+    if (kr_backend_host_alloc(be, (size_t)V * sizeof(float), &g->hlogits_buf, &e2) != KR_OK) {
+        g->hlogits_buf = NULL;
+        g->hlogits_mem = malloc((size_t)V * sizeof(float));
+        if (!g->hlogits_mem) {
+            st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+            goto err_host;
+        }
+    }
+    KR_LOGI(KR__DOM, "uploaded %.1f MiB of weights in %.2f s; KV cache %.1f MiB (n_ctx %u); attention splits %d",
+            (double)g->stats.weight_bytes / 1048576.0, g->stats.upload_s, (double)kv_total / 1048576.0, g->n_ctx,
+            g->n_split);
+    *out = g;
+    return KR_OK;
+
+err_host:
+    kr_backend_free(be, g->hstep);
+    free(g->hstep_mem);
+err_acts:
+    kr_backend_free(be, g->abuf);
+err_kv:
+    kr_backend_free(be, g->kvbuf);
+err_layers:
+    free(g->layers);
+err_weights:
+    kr_backend_free(be, g->wbuf);
+err_stream:
+    kr_backend_stream_destroy(be, g->stream);
+err_dec:
+    kr_dec_free(g->dec);
+err_free:
+    free(g);
+    return kr_err_prefix(err, "CUDA forward pass");
+}
+
+void kr_gpu_forward_free(kr_gpu_forward *g)
+{
+    if (!g)
+        return;
+    kr_backend *be = g->be;
+    if (g->stream && !g->dead)
+        kr_backend_sync(be, g->stream, NULL);
+    kr_backend_graph_destroy(be, g->graph);
+    kr_backend_free(be, g->hlogits_buf);
+    free(g->hlogits_mem);
+    kr_backend_free(be, g->hstep);
+    free(g->hstep_mem);
+    kr_backend_free(be, g->abuf);
+    kr_backend_free(be, g->kvbuf);
+    free(g->layers);
+    kr_backend_free(be, g->wbuf);
+    kr_backend_stream_destroy(be, g->stream);
+    kr_dec_free(g->dec);
+    free(g);
+}
+
+/* ---- the decode step ------------------------------------------------------------------ */
+
+#define KR__TRY(expr)                    \
+    do {                                 \
+        if ((st = (expr)) != KR_OK)      \
+            return st;                   \
+        g->launches++;                   \
+    } while (0)
+
+/* ys[i] = mats[i] @ x for n matrices sharing the input x (quantized once when any uses q8). */
+static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, const kr__gf_mat *const *mats,
+                          float *const *ys, int n, kr_err *err)
+{
+    kr_status st;
+    bool need_q8 = false;
+    for (int i = 0; i < n; i++)
+        need_q8 |= mats[i]->q8;
+    if (need_q8)
+        KR__TRY(kr_dec_quantize_q8(g->dec, s, x, g->xq, mats[0]->cols, err));
+    for (int i = 0; i < n; i++) {
+        const kr__gf_mat *M = mats[i];
+        if (M->q8)
+            KR__TRY(kr_dec_matvec_q8(g->dec, s, M->type, M->w, M->row_stride, g->xq, ys[i], M->rows, M->cols, err));
+        else
+            KR__TRY(kr_dec_matvec(g->dec, s, M->type, M->w, M->row_stride, x, ys[i], M->rows, M->cols, err));
+    }
+    return KR_OK;
+}
+
+static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
+{
+    const kr_hparams *hp = &g->hp;
+    kr_dec *d = g->dec;
+    kr_status st;
+    int64_t E = hp->n_embd, F = hp->n_ff;
+    int KVD = (int)(hp->n_head_kv * hp->head_dim);
+    const int32_t *tok = g->step, *pos = g->step + 1;
+    bool neox = hp->rope_mode == KR_ROPE_NEOX;
+    float scale = 1.0f / sqrtf((float)hp->head_dim);
+    g->launches = 0;
+
+    KR__TRY(kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E, tok, 0, g->x, err));
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const kr__gf_layer *L = &g->layers[l];
+        KR__TRY(kr_dec_rmsnorm(d, s, g->x, L->attn_norm, g->h, 1, E, hp->norm_eps, err));
+        const kr__gf_mat *qkv[3] = {&L->q, &L->k, &L->v};
+        float *const qkv_y[3] = {g->q, g->k, g->v};
+        if ((st = kr__proj(g, s, g->h, qkv, qkv_y, 3, err)) != KR_OK)
+            return st;
+        KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
+                            pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
+        KR__TRY(kr_dec_kv_append(d, s, g->k, g->v, L->k_cache, L->v_cache, KVD, (int)g->n_ctx, pos, 0, err));
+        KR__TRY(kr_dec_attention(d, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
+                                 (int)hp->head_dim, (int)g->n_ctx, pos, 0, (int)hp->sliding_window, scale, g->n_split,
+                                 g->attn_scratch, err));
+        if (g->n_split > 1)
+            g->launches++; /* the combine kernel */
+        const kr__gf_mat *o[1] = {&L->o};
+        float *const o_y[1] = {g->tmp};
+        if ((st = kr__proj(g, s, g->att, o, o_y, 1, err)) != KR_OK)
+            return st;
+        KR__TRY(kr_dec_add(d, s, g->x, g->tmp, g->x, E, err));
+        KR__TRY(kr_dec_rmsnorm(d, s, g->x, L->ffn_norm, g->h, 1, E, hp->norm_eps, err));
+        const kr__gf_mat *gu[2] = {&L->gate, &L->up};
+        float *const gu_y[2] = {g->gate, g->up};
+        if ((st = kr__proj(g, s, g->h, gu, gu_y, 2, err)) != KR_OK)
+            return st;
+        KR__TRY(kr_dec_swiglu(d, s, g->gate, g->up, g->gate, F, err));
+        const kr__gf_mat *dn[1] = {&L->down};
+        float *const dn_y[1] = {g->tmp};
+        if ((st = kr__proj(g, s, g->gate, dn, dn_y, 1, err)) != KR_OK)
+            return st;
+        KR__TRY(kr_dec_add(d, s, g->x, g->tmp, g->x, E, err));
+    }
+    KR__TRY(kr_dec_rmsnorm(d, s, g->x, g->out_norm, g->h, 1, E, hp->norm_eps, err));
+    const kr__gf_mat *om[1] = {&g->out};
+    float *const om_y[1] = {g->logits};
+    return kr__proj(g, s, g->h, om, om_y, 1, err);
+}
+
+/* Capture the step once; on any failure fall back to eager launches for good. */
+static void kr__try_capture(kr_gpu_forward *g)
+{
+    kr_err e;
+    kr_err_clear(&e);
+    kr_status st = kr_backend_graph_begin(g->be, g->stream, &e);
+    if (st == KR_OK) {
+        kr_err e_step;
+        kr_err_clear(&e_step);
+        kr_status st_step = kr__step(g, g->stream, &e_step);
+        kr_graph *graph = NULL;
+        st = kr_backend_graph_end(g->be, g->stream, &graph, &e);
+        if (st_step != KR_OK) {
+            kr_backend_graph_destroy(g->be, graph);
+            graph = NULL;
+            st = st_step;
+            e = e_step;
+        }
+        if (st == KR_OK && graph) {
+            g->graph = graph;
+            KR_LOGI(KR__DOM, "decode step captured as a CUDA graph (%u launches)", g->launches);
+            return;
+        }
+        kr_backend_graph_destroy(g->be, graph);
+    }
+    g->graph_failed = true;
+    KR_LOGW(KR__DOM, "CUDA graph capture failed (%s); using eager launches", kr_err_msg(&e, st));
+}
+
+static kr_status kr__run_step(kr_gpu_forward *g, kr_err *err)
+{
+    if (g->use_graph && !g->graph && !g->graph_failed)
+        kr__try_capture(g);
+    if (g->graph)
+        return kr_backend_graph_launch(g->be, g->graph, g->stream, err);
+    return kr__step(g, g->stream, err);
+}
+
+kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
+                              float *logits_last, kr_err *err)
+{
+    if (!g || (!tokens && n))
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward eval: NULL argument");
+    if (g->dead)
+        return kr_err_set(err, KR_ERR_STATE, "gpu_forward eval: an earlier device step failed");
+    if (n == 0)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward eval: no tokens");
+    if (pos > g->n_past)
+        return kr_err_set(err, KR_ERR_STATE, "gpu_forward eval: pos %u is past the %u cached positions", pos,
+                          g->n_past);
+    if (n > g->n_ctx || pos > g->n_ctx - n)
+        return kr_err_set(err, KR_ERR_RANGE, "gpu_forward eval: positions %u..%zu exceed n_ctx %u", pos,
+                          (size_t)pos + n - 1, g->n_ctx);
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || (uint32_t)tokens[i] >= g->hp.n_vocab)
+            return kr_err_set(err, KR_ERR_RANGE, "gpu_forward eval: token %zu id %d outside [0, %u)", i,
+                              (int)tokens[i], g->hp.n_vocab);
+    int32_t *hs = g->hstep ? g->hstep->ptr : g->hstep_mem;
+    float *hl = g->hlogits_buf ? g->hlogits_buf->ptr : g->hlogits_mem;
+    kr_status st = KR_OK;
+    for (size_t i = 0; i < n && st == KR_OK; i++) {
+        hs[2 * i] = tokens[i];
+        hs[2 * i + 1] = (int32_t)(pos + i);
+        st = kr_backend_h2d(g->be, g->step, &hs[2 * i], 2 * sizeof(int32_t), g->stream, err);
+        if (st == KR_OK)
+            st = kr__run_step(g, err);
+    }
+    if (st == KR_OK && logits_last)
+        st = kr_backend_d2h(g->be, hl, g->logits, (size_t)g->hp.n_vocab * sizeof(float), g->stream, err);
+    if (st == KR_OK)
+        st = kr_backend_sync(g->be, g->stream, err);
+    if (st != KR_OK) {
+        g->dead = true;
+        return kr_err_prefix(err, "CUDA decode step");
+    }
+    if (logits_last)
+        memcpy(logits_last, hl, (size_t)g->hp.n_vocab * sizeof(float));
+    g->n_past = pos + (uint32_t)n;
+    g->stats.launches_per_token = g->launches;
+    g->stats.graph = g->graph != NULL;
+    g->stats.graph_failed = g->graph_failed;
+    return KR_OK;
+}
+
+uint32_t kr_gpu_forward_n_ctx(const kr_gpu_forward *g) { return g->n_ctx; }
+uint32_t kr_gpu_forward_n_past(const kr_gpu_forward *g) { return g->n_past; }
+void kr_gpu_forward_reset(kr_gpu_forward *g) { g->n_past = 0; }
+
+void kr_gpu_forward_get_stats(const kr_gpu_forward *g, kr_gpu_forward_stats *out) { *out = g->stats; }

@@ -1,0 +1,84 @@
+/* The whole decode forward pass on a CUDA backend (llama / mistral).
+ *
+ *   kr_gpu_forward_params gp = kr_gpu_forward_params_default();
+ *   gp.n_ctx = 2048;
+ *   kr_gpu_forward *g;
+ *   kr_gpu_forward_new(model, cuda_backend, &gp, &g, &err);   // uploads the weights
+ *   kr_gpu_forward_eval(g, prompt, n_prompt, 0, logits, &err);  // prefill (token by token)
+ *   kr_gpu_forward_eval(g, &next, 1, n_prompt, logits, &err);   // decode
+ *   kr_gpu_forward_free(g);                                     // before the model and backend
+ *
+ * Weights are uploaded once at creation (pinned staging buffers, async
+ * copies on two streams overlapping the reads from the mapped file);
+ * activations and the fp16 KV cache stay on the device; per token only the
+ * logits come back. Every op is a kr_dec launcher (plugins/cuda_decode). The
+ * decode step is captured once as a CUDA graph whose token id and position
+ * live in device memory, and replayed; a capture failure falls back to eager
+ * launches (params.no_graph or KERNRUN_NO_GRAPH=1 turn graphs off).
+ * Prefill runs the prompt through the same decode step one token at a time.
+ *
+ * Layering: models/ knows nothing of CUDA. This static library sits beside
+ * the plugins, uses the model library's public weight table
+ * (kr_model_weights) and the backend vtable, and is linked by tools and
+ * tests that choose the CUDA path. See docs/GPU-FORWARD.md.
+ *
+ * Thread safety: one kr_gpu_forward is used by one thread at a time.
+ */
+#ifndef KERNRUN_GPU_FORWARD_H
+#define KERNRUN_GPU_FORWARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/model.h"
+#include "kernrun/status.h"
+
+typedef struct kr_gpu_forward kr_gpu_forward; /* opaque: device weights, KV cache, activations, graph */
+
+typedef struct kr_gpu_forward_params {
+    uint32_t n_ctx;   /* KV cache positions; 0: min(n_ctx_train, 4096) (n_ctx_train 0: 4096) */
+    bool no_graph;    /* eager launches only (also when the env KERNRUN_NO_GRAPH=1) */
+    bool no_q8;       /* fp32 activations for every matvec (default: 8-bit activations for Q4_0/Q8_0) */
+} kr_gpu_forward_params;
+
+kr_gpu_forward_params kr_gpu_forward_params_default(void);
+
+/* KR_OK when the model can run on the CUDA path (arch llama or mistral;
+ * every matrix of a kr_dec_matvec type with a supported shape; head_dim even
+ * and <= 256); else KR_ERR_UNSUPPORTED with the reason. Needs no GPU. */
+kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err);
+
+/* Upload m's weights to be (a CUDA backend) and allocate the KV cache and
+ * activations. m and be must outlive the result. Errors: unsupported model
+ * (KR_ERR_UNSUPPORTED), device memory (KR_ERR_NOMEM with the sizes), JIT. */
+kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_forward_params *p,
+                             kr_gpu_forward **out, kr_err *err);
+void kr_gpu_forward_free(kr_gpu_forward *g); /* NULL ok */
+
+/* As kr_model_eval: tokens at positions pos .. pos+n-1 (pos <= n_past;
+ * an earlier pos rewinds), logits of the last token into logits_last
+ * (n_vocab floats) unless NULL. Errors: ids outside [0, n_vocab),
+ * pos + n > n_ctx (KR_ERR_RANGE), pos > n_past (KR_ERR_STATE); after a device
+ * failure every later call fails with KR_ERR_STATE. */
+kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
+                              float *logits_last, kr_err *err);
+
+uint32_t kr_gpu_forward_n_ctx(const kr_gpu_forward *g);
+uint32_t kr_gpu_forward_n_past(const kr_gpu_forward *g);
+void kr_gpu_forward_reset(kr_gpu_forward *g); /* forget the cached positions */
+
+typedef struct kr_gpu_forward_stats {
+    uint64_t weight_bytes;       /* bytes of weights on the device */
+    uint64_t step_weight_bytes;  /* weight bytes one decode step reads (matrices, norms, one embedding row) */
+    uint64_t kv_bytes_per_pos;   /* K+V bytes of one cached position over all layers (attention reads these) */
+    uint32_t launches_per_token; /* kernel launches of one decode step (0 before the first step) */
+    bool graph;                  /* steps replay a captured CUDA graph */
+    bool graph_failed;           /* capture was tried and failed (eager fallback) */
+    double upload_s;             /* seconds spent uploading the weights */
+} kr_gpu_forward_stats;
+
+void kr_gpu_forward_get_stats(const kr_gpu_forward *g, kr_gpu_forward_stats *out);
+
+#endif
