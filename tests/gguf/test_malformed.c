@@ -50,6 +50,15 @@ Test(gguf_malformed, empty_and_magic)
     gb_zeros(&b, 16);
     REJ("bad_magic", &b, KR_ERR_FORMAT, "bad magic", "47 47 55 58");
     gb_free(&b);
+    gb_raw(&b, "version https://git-lfs.github.com/spec/v1\noid sha256:00\n", 57);
+    REJ("lfs_pointer", &b, KR_ERR_FORMAT, "bad magic 76 65 72 73", "Git LFS pointer");
+    gb_free(&b);
+    gb_raw(&b, "<!DOCTYPE html><html>", 21);
+    REJ("html", &b, KR_ERR_FORMAT, "HTML", NULL);
+    gb_free(&b);
+    gb_raw(&b, "{\"model\": {}}", 13);
+    REJ("json", &b, KR_ERR_FORMAT, "JSON", NULL);
+    gb_free(&b);
     gb_raw(&b, "tjgg", 4); /* 'ggjt' as a little-endian u32 */
     gb_u32(&b, 3);
     REJ("ggjt_magic", &b, KR_ERR_UNSUPPORTED, "legacy", "convert");
@@ -379,7 +388,7 @@ Test(gguf_malformed, tensor_offsets)
     gb_free(&b);
     /* short data: 16 bytes declared, 15 present */
     one_tensor(&b, "short", 1, (const uint64_t[]){4}, 0, 0, 15);
-    REJ("data_short", &b, KR_ERR_FORMAT, "'short': offset 0 + size 16 past end of data (size 15", NULL);
+    REJ("data_short", &b, KR_ERR_FORMAT, "'short': offset 0 + size 16 past end of data (size 15", "truncated");
     gb_free(&b);
     /* no data section at all */
     gb_header(&b, 3, 1, 0);

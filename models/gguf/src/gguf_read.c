@@ -502,7 +502,8 @@ static kr_status check_tensor_data(kr_gguf *g, kr_err *err)
     uint64_t data_size = g->file_size > g->data_offset ? g->file_size - g->data_offset : 0;
     if (g->n_tensors > 0 && g->data_offset > g->file_size)
         return kr_err_set(err, KR_ERR_FORMAT,
-                          "data section starts at offset %" PRIu64 ", past the end of the file (size %" PRIu64 ")",
+                          "data section starts at offset %" PRIu64 ", past the end of the file (size %" PRIu64
+                          "); the file looks truncated",
                           g->data_offset, g->file_size);
     for (int64_t i = 0; i < g->n_tensors; i++) {
         kr_gguf_tensor *t = &g->tensors[i];
@@ -517,7 +518,7 @@ static kr_status check_tensor_data(kr_gguf *g, kr_err *err)
         if (end > data_size)
             return kr_err_set(err, KR_ERR_FORMAT,
                               "tensor '%s': offset %" PRIu64 " + size %" PRIu64 " past end of data (size %" PRIu64
-                              ", file size %" PRIu64 ")",
+                              ", file size %" PRIu64 "); the file looks truncated",
                               t->name, t->offset, t->size, data_size, g->file_size);
         t->data = g->base + g->data_offset + t->offset;
     }
@@ -557,9 +558,18 @@ static kr_status check_header(kr__cur *c, uint32_t *version, kr_err *err)
         if (m == 0x67676d6cu || m == 0x67676d66u || m == 0x67676a74u)
             return kr_err_set(err, KR_ERR_UNSUPPORTED,
                               "legacy GGML/GGMF/GGJT file (magic 0x%08" PRIx32 "); convert it to GGUF", m);
+        /* Common non-model downloads. */
+        const char *hint = "";
+        static const char lfs[] = "version https://git-lfs";
+        if (c->size >= sizeof lfs - 1 && memcmp(c->base, lfs, sizeof lfs - 1) == 0)
+            hint = " (this is a Git LFS pointer file: fetch the real file with git lfs pull)";
+        else if (c->base[0] == '<' || (c->size >= 4 && memcmp(c->base, "\xef\xbb\xbf<", 4) == 0))
+            hint = " (this looks like an HTML/XML page: a failed download?)";
+        else if (c->base[0] == '{' || c->base[0] == '[')
+            hint = " (this looks like JSON: a tokenizer/config file, not a model?)";
         return kr_err_set(err, KR_ERR_FORMAT,
-                          "bad magic %02x %02x %02x %02x (expected \"GGUF\" = 47 47 55 46); not a GGUF file",
-                          c->base[0], c->base[1], c->base[2], c->base[3]);
+                          "bad magic %02x %02x %02x %02x (expected \"GGUF\" = 47 47 55 46); not a GGUF file%s",
+                          c->base[0], c->base[1], c->base[2], c->base[3], hint);
     }
     c->pos = 4;
     uint32_t v;
