@@ -113,67 +113,60 @@ kr_status kr_quant_row_size(kr_dtype t, uint64_t n, uint64_t *bytes, kr_err *err
 
 /* ---- one block -> floats ---- */
 
-/* Unpack 16 bytes of nibbles to 32 quants: q[j] = low nibble of qs[j],
- * q[j+16] = high nibble. Byte-wide vector ops (same-width, which compilers
- * vectorize well), then the callers convert with one plain loop. */
-typedef uint8_t kr__v16u8 __attribute__((vector_size(16)));
-static inline void unpack_nibbles(const uint8_t *qs, uint8_t q[32])
-{
-    kr__v16u8 v, lo, hi;
-    memcpy(&v, qs, 16);
-    lo = v & 0x0f;
-    hi = v >> 4;
-    memcpy(q, &lo, 16);
-    memcpy(q + 16, &hi, 16);
-}
-
 /* x[j] = (q[j] - 8) * d; q[j] = low nibble of qs[j], q[j+16] = high nibble. */
 static inline void dq_q4_0(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b);
-    uint8_t q[32];
-    unpack_nibbles(b + 2, q);
-    /* ((float)q - 8) is exact, so this equals (float)(q - 8) * d */
-    for (int j = 0; j < 32; j++)
-        y[j] = ((float)q[j] - 8.0f) * d;
+    const uint8_t *qs = b + 2;
+    /* ((float)q - 8) is exact, so this equals (float)(q - 8) * d. The
+     * pragmas keep GCC from unrolling these loops before the loop
+     * vectorizer sees them (unrolled, they were scalarized). */
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j] = ((float)(qs[j] & 0x0f) - 8.0f) * d;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j + 16] = ((float)(qs[j] >> 4) - 8.0f) * d;
 }
 
 /* x[j] = q[j] * d + m */
 static inline void dq_q4_1(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b), m = kr__ld_f16(b + 2);
-    uint8_t q[32];
-    unpack_nibbles(b + 4, q);
-    for (int j = 0; j < 32; j++)
-        y[j] = (float)q[j] * d + m;
+    const uint8_t *qs = b + 4;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++) /* loop shape: see dq_q4_0 */
+        y[j] = (float)(qs[j] & 0x0f) * d + m;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j + 16] = (float)(qs[j] >> 4) * d + m;
 }
 
 /* x[j] = (q[j] - 16) * d; q = nibble | (bit j of qh) << 4 */
-/* 5th bits: bit j of qh -> 16 for q[j] */
-static inline void add_high_bits(uint32_t qh, uint8_t q[32])
-{
-    for (int j = 0; j < 32; j++)
-        q[j] |= (uint8_t)(((qh >> j) & 1u) << 4);
-}
-
 static inline void dq_q5_0(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b);
-    uint8_t q[32];
-    unpack_nibbles(b + 6, q);
-    add_high_bits(kr__ld_u32(b + 2), q);
-    for (int j = 0; j < 32; j++)
-        y[j] = ((float)q[j] - 16.0f) * d;
+    const uint32_t qh = kr__ld_u32(b + 2);
+    const uint8_t *qs = b + 6;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j] = ((float)((qs[j] & 0x0f) | (((qh >> j) & 1u) << 4)) - 16.0f) * d;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j + 16] = ((float)((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4)) - 16.0f) * d;
 }
 
 static inline void dq_q5_1(const uint8_t *b, float *restrict y)
 {
     const float d = kr__ld_f16(b), m = kr__ld_f16(b + 2);
-    uint8_t q[32];
-    unpack_nibbles(b + 8, q);
-    add_high_bits(kr__ld_u32(b + 4), q);
-    for (int j = 0; j < 32; j++)
-        y[j] = (float)q[j] * d + m;
+    const uint32_t qh = kr__ld_u32(b + 4);
+    const uint8_t *qs = b + 8;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j] = (float)((qs[j] & 0x0f) | (((qh >> j) & 1u) << 4)) * d + m;
+#pragma GCC unroll 1
+    for (int j = 0; j < 16; j++)
+        y[j + 16] = (float)((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4)) * d + m;
 }
 
 static inline void dq_q8_0(const uint8_t *b, float *restrict y)
