@@ -72,8 +72,8 @@ static synth spm_synth(void)
         spm_tokens[3 + b] = spm_bytes[b];
         spm_types[3 + b] = 6;
     }
-    static const char *const pieces[] = {"\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab",
-                                         "\xe2\x96\x81" "ab"};
+    static const char *const pieces[] = {"\xe2\x96\x81", "a", "b", "\xe2\x96\x81\x61" /* ▁a */, "ab",
+                                         "\xe2\x96\x81\x61\x62" /* ▁ab */};
     static const float sc[] = {-1, -2, -3, -5, -1, -0.5f};
     for (int i = 0; i < 6; i++) {
         spm_tokens[SPM_BASE + i] = pieces[i];
@@ -160,7 +160,7 @@ Test(spm, chat_template_and_bos_key)
 /* BPE (gpt2 model): byte-level alphabet + merges by rank */
 Test(bpe, merges_by_rank)
 {
-    static const char *const toks[] = {"a", "b", "c", "\xc4\xa0" /* Ġ */, "ab", "bc", "abc", "\xc4\xa0" "a"};
+    static const char *const toks[] = {"a", "b", "c", "\xc4\xa0" /* Ġ */, "ab", "bc", "abc", "\xc4\xa0\x61" /* Ġa */};
     static const char *const merges[] = {"b c", "a b", "\xc4\xa0 a", "a bc"};
     synth s = {.model = "gpt2", .tokens = toks, .n = 8, .merges = merges, .n_merges = 4, .pre = "gpt-2", .bos = -1};
     kr_tokenizer *t = NULL;
