@@ -1,5 +1,7 @@
 /* CPU backend through the public inline wrappers. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -12,7 +14,11 @@ static void setup(void)
     kr_err e;
     cr_assert_eq(kr_backend_create(KR_BACKEND_CPU, 0, &be, &e), KR_OK);
 }
-static void teardown(void) { kr_backend_destroy(be); }
+static void teardown(void)
+{
+    kr_backend_destroy(be);
+    kr_test_leak_check();
+}
 
 TestSuite(backend_cpu, .init = setup, .fini = teardown);
 

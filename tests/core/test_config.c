@@ -1,6 +1,8 @@
 /* Config: INI parsing and validation (file:line messages), registered
  * sections, env overrides, typed getters. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,11 @@ static void setup(void)
     kr_err_clear(&e);
     cr_assert_eq(kr_config_create(&cfg, &e), KR_OK);
 }
-static void teardown(void) { kr_config_free(cfg); }
+static void teardown(void)
+{
+    kr_config_free(cfg);
+    kr_test_leak_check();
+}
 
 TestSuite(config, .init = setup, .fini = teardown);
 

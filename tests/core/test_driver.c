@@ -1,6 +1,8 @@
 /* The kernrun driver as a user runs it: exit statuses and messages of
  * list / help / version, --config errors, plugin pipelines. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +36,7 @@ static void setup(void)
     setenv("KERNRUN_PLUGIN_PATH", fx, 1);
 }
 
-TestSuite(driver, .init = setup);
+TestSuite(driver, .init = setup, .fini = kr_test_leak_check);
 
 #define HAS(s) cr_assert(strstr(out, s) != NULL, "output lacks '%s':\n%s", s, out)
 

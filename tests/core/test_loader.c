@@ -2,6 +2,8 @@
  * reason and the process carries on; the good one registers its kernel,
  * pipeline and arch, and runs through dispatch. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,7 @@ static void teardown(void)
 {
     kr_runtime_close(rt);
     kr_config_free(cfg);
+    kr_test_leak_check();
 }
 
 TestSuite(loader, .init = setup, .fini = teardown);

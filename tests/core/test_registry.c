@@ -1,5 +1,7 @@
 /* Registry: validation, lookup, ordering, dispatch and CPU fallback. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <string.h>
 
 #include "kernrun/plugin.h"
@@ -45,7 +47,11 @@ static void setup(void)
     cr_assert_eq(kr_registry_add_kernels(reg, "p1", (void *)0x1234, kernels, KR_ARRAY_LEN(kernels),
                                          sizeof(kr_kernel), &e), KR_OK, "%s", e.msg);
 }
-static void teardown(void) { kr_registry_free(reg); }
+static void teardown(void)
+{
+    kr_registry_free(reg);
+    kr_test_leak_check();
+}
 
 TestSuite(registry, .init = setup, .fini = teardown);
 

@@ -1,8 +1,13 @@
 /* Status codes and the layered error message. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <string.h>
 
 #include "kernrun/status.h"
+
+
+TestSuite(status, .fini = kr_test_leak_check);
 
 Test(status, names_and_messages_match_the_map)
 {

@@ -2,9 +2,14 @@
  * f32 4 bytes; f16 2 bytes; q4_0 blocks of 32 elements in 18 bytes
  * (fp16 scale + 16 bytes of nibbles); q8_0 32 elements in 34 bytes. */
 #include <criterion/criterion.h>
+
+#include "kr_test_leaks.h"
 #include <stdint.h>
 
 #include "kernrun/tensor.h"
+
+
+TestSuite(tensor, .fini = kr_test_leak_check);
 
 Test(tensor, init_packs_strides_f32)
 {
