@@ -362,3 +362,33 @@ Test(generate, llama2_tiny_random_f16_generates)
               "16 tokens sampled unless an end token came first:\n%s", r.err);
     free_result(&r);
 }
+
+/* -l / --ignore-eos. testdata README: greedy from BOS alone starts with token 403. */
+Test(generate, logit_bias_and_ignore_eos)
+{
+    const char *plain[] = {"-m", stories(), "-p", "", "-n", "12", "--greedy", NULL};
+    const char *zero[] = {"-m", stories(), "-p", "", "-n", "12", "--greedy", "-l", "403+0", NULL};
+    const char *ban[] = {"-m", stories(), "-p", "", "-n", "12", "--greedy", "-l", "403-inf", NULL};
+    run_result a = run_kernrun(plain, NULL), b = run_kernrun(zero, NULL), c = run_kernrun(ban, NULL);
+    cr_assert_eq(a.status, 0, "%s", a.err);
+    cr_assert_eq(b.status, 0, "%s", b.err);
+    cr_assert_eq(c.status, 0, "%s", c.err);
+    cr_expect(strlen(a.out) > 0);
+    cr_expect_str_eq(a.out, b.out, "a zero bias changes nothing");
+    cr_expect_str_neq(a.out, c.out, "banning the greedy first token must change the text");
+    free_result(&a);
+    free_result(&b);
+    free_result(&c);
+
+    const char *bad[] = {"-m", stories(), "-p", "x", "-l", "600+1", NULL};
+    a = run_kernrun(bad, NULL);
+    cr_expect_eq(a.status, 1);
+    cr_expect(strstr(a.err, "token 600") != NULL, "%s", a.err);
+    free_result(&a);
+
+    const char *ign[] = {"-m", stories(), "-p", "Once upon a time", "-n", "100", "--greedy", "--ignore-eos", NULL};
+    a = run_kernrun(ign, NULL);
+    cr_expect_eq(a.status, 0, "%s", a.err);
+    cr_expect(strstr(a.err, "/   100 runs") != NULL, "all 100 tokens sampled:\n%s", a.err);
+    free_result(&a);
+}

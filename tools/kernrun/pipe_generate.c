@@ -52,6 +52,8 @@ static const char g_usage[] =
     "                          chatml, llama2, llama2-sys, llama2-sys-strip, mistral-v1, mistral-v3,\n"
     "                          mistral-v3-tekken, mistral-v7, llama3, zephyr, falcon3, gemma, phi3\n"
     "      --no-bos            do not add BOS even if the vocabulary asks for it\n"
+    "  -l, --logit-bias ID(+|-)BIAS  add BIAS to token ID's logit (\"-inf\" bans it; repeatable)\n"
+    "      --ignore-eos        never end at an end-of-generation token (they are banned)\n"
     "      --backend B         cpu | cuda | auto (default auto)\n"
     "Sampling values come from (low to high): built-in defaults, the [sampling] section of the\n"
     "global `kernrun --config FILE`, KERNRUN_SAMPLING_<KEY> environment variables, the flags above.\n";
@@ -93,6 +95,9 @@ typedef struct kr__gen_opts {
     const char *file;      /* -f */
     const char *system;    /* --system */
     const char *chat_tmpl; /* --chat-template NAME (implies chat) */
+    bool ignore_eos;       /* --ignore-eos */
+    kr_logit_bias bias[KR__MAX_SETS]; /* -l, in order */
+    int n_bias;
     const char *backend;   /* cpu | cuda | auto */
     long n_predict;        /* -n; < 0 = unbounded */
     long n_ctx;            /* -c; 0 = default */
@@ -140,6 +145,26 @@ static int kr__add_set(kr__gen_opts *o, const char *key, const char *value, cons
         return 2;
     }
     o->sets[o->n_sets++] = (kr__set){.key = key, .value = value, .flag = flag};
+    return 0;
+}
+
+/* "ID+BIAS" / "ID-BIAS" (llama.cpp's form; BIAS may be "inf"). The id is
+ * checked against the vocabulary later, by the sampler. */
+static int kr__parse_bias(kr__gen_opts *o, const char *flag, const char *s)
+{
+    char *end;
+    errno = 0;
+    long id = strtol(s, &end, 10);
+    if (errno || end == s || (*end != '+' && *end != '-') || id < INT32_MIN || id > INT32_MAX)
+        return kr__bad(flag, s, "expected TOKEN_ID+BIAS or TOKEN_ID-BIAS");
+    const char *num = end; /* strtod takes the sign too */
+    errno = 0;
+    double b = strtod(num, &end);
+    if (errno || end == num || *end || isnan(b))
+        return kr__bad(flag, s, "expected TOKEN_ID+BIAS or TOKEN_ID-BIAS");
+    if (o->n_bias >= KR__MAX_SETS)
+        return kr__bad(flag, s, "too many logit biases");
+    o->bias[o->n_bias++] = (kr_logit_bias){.token = (int32_t)id, .bias = (float)b};
     return 0;
 }
 
@@ -244,6 +269,12 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("--chat", NULL)) {
             KR__NOVAL();
             o->chat = true;
+        } else if (KR__IS("-l", "--logit-bias")) {
+            KR__VAL();
+            rc = kr__parse_bias(o, a, val);
+        } else if (KR__IS("--ignore-eos", NULL)) {
+            KR__NOVAL();
+            o->ignore_eos = true;
         } else if (KR__IS("--no-bos", NULL)) {
             KR__NOVAL();
             o->no_bos = true;
@@ -443,6 +474,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
     kr_tokenizer *tok = NULL;
     kr_sampler *smp = NULL;
     kr_detok *dt = NULL;
+    kr_logit_bias *bias = NULL; /* (n_bias,) -l entries + banned end tokens */
 
     if (!model_path) {
         struct stat sb;
@@ -515,7 +547,29 @@ static int run_generate(kr_app *app, int argc, char **argv)
     }
     /* Sample over the tokenizer's ids only: a model whose output is padded
      * beyond the vocabulary can never pick a token that does not exist. */
-    st = kr_sampler_create(&sp, kr_tokenizer_n_vocab(tok), &smp, &e);
+    int32_t n_tok = kr_tokenizer_n_vocab(tok);
+    /* --ignore-eos: ban every end-of-generation token */
+    size_t n_bias = (size_t)o.n_bias;
+    if (o.ignore_eos)
+        for (int32_t id = 0; id < n_tok; id++)
+            if (kr_tokenizer_is_eog(tok, id))
+                n_bias++;
+    if (n_bias) {
+        bias = calloc(n_bias, sizeof *bias);
+        if (!bias) {
+            fprintf(stderr, "kernrun generate: error: out of memory\n");
+            goto out;
+        }
+        memcpy(bias, o.bias, (size_t)o.n_bias * sizeof *bias);
+        size_t k = (size_t)o.n_bias;
+        if (o.ignore_eos)
+            for (int32_t id = 0; id < n_tok; id++)
+                if (kr_tokenizer_is_eog(tok, id))
+                    bias[k++] = (kr_logit_bias){.token = id, .bias = -INFINITY};
+        sp.logit_bias = bias;
+        sp.n_logit_bias = n_bias;
+    }
+    st = kr_sampler_create(&sp, n_tok, &smp, &e);
     if (st != KR_OK) {
         kr_err_prefix(&e, "sampling parameters");
         rc = kr__fail(&e, st);
@@ -621,7 +675,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
             rc = kr__fail(&e, st);
             goto out;
         }
-        if (kr_tokenizer_is_eog(tok, next)) {
+        if (!o.ignore_eos && kr_tokenizer_is_eog(tok, next)) {
             stop = "end of generation token";
             break;
         }
@@ -684,6 +738,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
     rc = 0;
 
 out:
+    free(bias);
     kr_detok_free(dt);
     kr_sampler_free(smp);
     free(logits);
