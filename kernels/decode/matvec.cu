@@ -25,6 +25,12 @@
 #ifndef KR_MV_STEPS
 #define KR_MV_STEPS 16
 #endif
+// 1: stage copy loads everything into registers before the first shared-memory
+// store, so all 16-byte loads of a stage are in flight at once (0: one
+// load -> store per iteration, which waits out a memory latency each time).
+#ifndef KR_MV_PREFETCH
+#define KR_MV_PREFETCH 0
+#endif
 
 __device__ __forceinline__ float4 kr_ldx4(const float *p) { return __ldg((const float4 *)p); }
 __device__ __forceinline__ float kr_sum4(float4 a) { return (a.x + a.y) + (a.z + a.w); }
@@ -190,17 +196,46 @@ template <class Q> struct kr_mv_geom {
 
 // Copy bytes [off, off + nb) of rows r0.. (those < rows) into this warp's
 // shared slices dst + r*pad: 16-byte loads when vec, else 2-byte loads.
+// MAXB: largest nb (the stage size), for the KR_MV_PREFETCH register buffer.
+template <int MAXB>
 __device__ __forceinline__ void kr_mv_stage(const kr_u8 *__restrict__ w, kr_i64 row_stride, int r0, int rows,
                                             kr_i64 off, int nb, bool vec, kr_u8 *dst, int pad, int lane)
 {
     const int n16 = vec ? nb >> 4 : 0;
+#if KR_MV_PREFETCH
+    enum { PER_LANE = (MAXB / 16 + 31) / 32 };
+    uint4 buf[KR_MV_ROWS][PER_LANE];
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        const uint4 *src = (const uint4 *)(w + (kr_i64)min(r0 + r, rows - 1) * row_stride + off);
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++) {
+            const int i = lane + 32 * j;
+            if (i < n16)
+                buf[r][j] = __ldg(src + i);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < KR_MV_ROWS; r++) {
+        uint4 *d = (uint4 *)(dst + r * pad);
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++) {
+            const int i = lane + 32 * j;
+            if (i < n16)
+                d[i] = buf[r][j];
+        }
+    }
+    const int first16 = n16; // the 16-byte part is done; only the 2-byte tail below
+#else
+    const int first16 = 0;
+#endif
 #pragma unroll
     for (int r = 0; r < KR_MV_ROWS; r++) {
         if (r0 + r >= rows)
             break;
         const kr_u8 *src = w + (kr_i64)(r0 + r) * row_stride + off;
         kr_u8 *d = dst + r * pad;
-        for (int i = lane; i < n16; i += 32)
+        for (int i = first16 + lane; i < n16; i += 32)
             ((uint4 *)d)[i] = __ldg((const uint4 *)src + i);
         for (int i = n16 * 8 + lane; i < (nb >> 1); i += 32)
             ((kr_u16 *)d)[i] = __ldg((const unsigned short *)src + i);
@@ -229,7 +264,7 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const X
 
     for (kr_i64 off = 0; off < row_bytes; off += G::STAGE) {
         const int nb = (int)min((kr_i64)G::STAGE, row_bytes - off); // even: all block sizes are
-        kr_mv_stage(w, row_stride, r0, rows, off, nb, vec, &sm[warp][0][0], G::STAGE_PAD, lane);
+        kr_mv_stage<G::STAGE>(w, row_stride, r0, rows, off, nb, vec, &sm[warp][0][0], G::STAGE_PAD, lane);
         __syncwarp();
         const int e_base = (int)(off / Q::TS) * Q::BS;
 #pragma unroll 1

@@ -67,28 +67,33 @@ static const kr_kernel_source kr__dec_src[KR__FN_COUNT] = {
 #undef KR__FN_SRC
 };
 
-/* Matvec tunings: X(index, rows per warp, warps per block, steps). Index 0 is
- * the default. Each gets its own static records (options baked in). */
+/* Matvec tunings: X(index, rows per warp, warps per block, steps, prefetch).
+ * Index 0 is the default. Each gets its own static records (options baked in).
+ * The prefetch presets (12..15) were added after the H200 run: unmeasured. */
 #define KR__TUNING_MAP(X) \
-    X(0, 2, 4, 16)        \
-    X(1, 1, 4, 16)        \
-    X(2, 4, 4, 8)         \
-    X(3, 2, 8, 16)        \
-    X(4, 2, 4, 8)         \
-    X(5, 1, 8, 16)        \
-    X(6, 4, 2, 16)        \
-    X(7, 1, 4, 4)         \
-    X(8, 4, 2, 3)         \
-    X(9, 3, 1, 1)         \
-    X(10, 1, 4, 8)        \
-    X(11, 2, 2, 16)
+    X(0, 2, 4, 16, 0)     \
+    X(1, 1, 4, 16, 0)     \
+    X(2, 4, 4, 8, 0)      \
+    X(3, 2, 8, 16, 0)     \
+    X(4, 2, 4, 8, 0)      \
+    X(5, 1, 8, 16, 0)     \
+    X(6, 4, 2, 16, 0)     \
+    X(7, 1, 4, 4, 0)      \
+    X(8, 4, 2, 3, 0)      \
+    X(9, 3, 1, 1, 0)      \
+    X(10, 1, 4, 8, 0)     \
+    X(11, 2, 2, 16, 0)    \
+    X(12, 2, 4, 16, 1)    \
+    X(13, 1, 4, 16, 1)    \
+    X(14, 2, 4, 8, 1)     \
+    X(15, 2, 8, 16, 1)
 
 #define KR__MV_SRC(i, e)                                                                              \
     {.name = "decode/matvec.cu", .code = kr_decode_matvec_src, .len = kr_decode_matvec_src_LEN,       \
-     .entry = e, .options = kr__mv_opts_##i, .n_options = 3}
-#define KR__TUNING_DEF(i, r, w, st)                                                                   \
-    static const char *const kr__mv_opts_##i[3] = {"-DKR_MV_ROWS=" #r, "-DKR_MV_WARPS=" #w,           \
-                                                   "-DKR_MV_STEPS=" #st};                             \
+     .entry = e, .options = kr__mv_opts_##i, .n_options = 4}
+#define KR__TUNING_DEF(i, r, w, st, pf)                                                               \
+    static const char *const kr__mv_opts_##i[4] = {"-DKR_MV_ROWS=" #r, "-DKR_MV_WARPS=" #w,           \
+                                                   "-DKR_MV_STEPS=" #st, "-DKR_MV_PREFETCH=" #pf};    \
     static const kr_kernel_source kr__mv_src_##i[KR__N_MV] = {                                        \
         KR__MV_SRC(i, "kr_mv_f32"),  KR__MV_SRC(i, "kr_mv_f16"),  KR__MV_SRC(i, "kr_mv_q4_0"),         \
         KR__MV_SRC(i, "kr_mv_q4_1"), KR__MV_SRC(i, "kr_mv_q8_0"), KR__MV_SRC(i, "kr_mv_q4_k"),         \
@@ -101,7 +106,7 @@ static const struct {
     kr_dec_tuning tun;                /* geometry */
     const kr_kernel_source *src;      /* (KR__N_MV,) records compiled with it */
 } kr__tunings[] = {
-#define KR__TUNING_ROW(i, r, w, st) {.tun = {r, w, st}, .src = kr__mv_src_##i},
+#define KR__TUNING_ROW(i, r, w, st, pf) {.tun = {r, w, st, pf}, .src = kr__mv_src_##i},
     KR__TUNING_MAP(KR__TUNING_ROW)
 #undef KR__TUNING_ROW
 };
@@ -207,16 +212,18 @@ kr_status kr_dec_create_tuned(kr_backend *be, const kr_dec_tuning *tuning, kr_de
         const kr_dec_tuning def = kr__tunings[0].tun;
         kr_dec_tuning t = {tuning->mv_rows ? tuning->mv_rows : def.mv_rows,
                            tuning->mv_warps ? tuning->mv_warps : def.mv_warps,
-                           tuning->mv_steps ? tuning->mv_steps : def.mv_steps};
+                           tuning->mv_steps ? tuning->mv_steps : def.mv_steps, tuning->mv_prefetch};
         for (ti = 0; ti < KR__N_TUNINGS; ti++) {
             const kr_dec_tuning *c = &kr__tunings[ti].tun;
-            if (c->mv_rows == t.mv_rows && c->mv_warps == t.mv_warps && c->mv_steps == t.mv_steps)
+            if (c->mv_rows == t.mv_rows && c->mv_warps == t.mv_warps && c->mv_steps == t.mv_steps &&
+                c->mv_prefetch == t.mv_prefetch)
                 break;
         }
         if (ti == KR__N_TUNINGS)
             return kr__dec_err(err, KR_ERR_UNSUPPORTED,
-                               "cuda_decode: no matvec tuning (rows %d, warps %d, steps %d); see kr_dec_tuning_at",
-                               t.mv_rows, t.mv_warps, t.mv_steps);
+                               "cuda_decode: no matvec tuning (rows %d, warps %d, steps %d, prefetch %d); see "
+                               "kr_dec_tuning_at",
+                               t.mv_rows, t.mv_warps, t.mv_steps, t.mv_prefetch);
     }
     if (!be || be->kind != KR_BACKEND_CUDA)
         return kr__dec_err(err, KR_ERR_INVALID_ARG, "cuda_decode: needs a CUDA backend");

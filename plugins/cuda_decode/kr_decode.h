@@ -32,6 +32,8 @@ typedef struct kr_dec_tuning {
     int mv_warps;  /* warps per block, 1..16 (default 4) */
     int mv_steps;  /* 256-element steps staged in shared memory per pass, 1..64 (default 16);
                       shared memory per block = warps*rows*steps*(bytes of 256 weights) <= 48 KiB */
+    int mv_prefetch; /* 1: stage copy issues all its loads before storing (KR_MV_PREFETCH; not yet
+                        measured on a GPU, so no default uses it); 0: load/store per iteration */
 } kr_dec_tuning;
 
 /* be must be a CUDA backend and outlive the kr_dec. Matvec geometry: the

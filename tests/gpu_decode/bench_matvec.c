@@ -14,7 +14,8 @@
  * Then decode attention over an fp16 KV cache (llama-2-7B and llama-3-8B head
  * shapes, positions 511 / 4095 / 16383) with one split and with the default
  * split count: GB/s = K+V bytes read / time.
- * Q4_0/Q8_0/F16 are also timed under several launch geometries
+ * Q4_0/Q8_0/F16 are also timed under several launch geometries (the other
+ * types under the default and its prefetch twin)
  * (kr_dec_tuning: rows per warp, warps per block, staged steps); "*" marks
  * the default. Exit status: 0 ok, 1 failure, 77 no GPU (and
  * KERNRUN_REQUIRE_GPU unset). */
@@ -314,7 +315,7 @@ int main(int argc, char **argv)
             }
             /* the preset tunings (index 0 = default) with >= 8 staged steps; for
              * Q4_0/Q8_0 also with x quantized to q8 (quantized once, not timed) */
-            const size_t n_tun = ti < 3 ? kr_dec_tuning_count() : 1;
+            const size_t n_tun = kr_dec_tuning_count();
             for (int q8 = 0; q8 < (kr_dec_matvec_q8_supports(t) ? 2 : 1); q8++) {
                 for (size_t k = 0; k < n_tun; k++) {
                     kr_dec *dk = NULL;
@@ -323,26 +324,31 @@ int main(int argc, char **argv)
                     double best = -1;
                     if (!kr_dec_tuning_at(k, &tun) || tun.mv_steps < 8)
                         continue;
+                    /* other types: the default and its prefetch twin only */
+                    if (ti >= 3 && k != 0 &&
+                        !(tun.mv_prefetch && tun.mv_rows == 2 && tun.mv_warps == 4 && tun.mv_steps == 16))
+                        continue;
                     if (kr_dec_create_tuned(be, &tun, &dk, &err) == KR_OK &&
                         (!q8 || kr_dec_quantize_q8(dk, NULL, bx->ptr, bxq->ptr, cols, &err) == KR_OK))
                         best = time_matvec(be, dk, stream, t, bw, copies, row_bytes, bx->ptr, q8 ? bxq->ptr : NULL,
                                            by->ptr, rows, cols, iters, &graph, &err);
                     kr_dec_free(dk);
                     if (best <= 0) {
-                        printf("matvec %-5s %5lldx%-5lld x %s rows/warp %d warps %d steps %2d: failed: %s\n",
+                        printf("matvec %-5s %5lldx%-5lld x %s rows/warp %d warps %d steps %2d%s: failed: %s\n",
                                kr_dtype_name(t), (long long)rows, (long long)cols, q8 ? "q8 " : "f32", tun.mv_rows,
-                               tun.mv_warps, tun.mv_steps, kr_err_msg(&err, err.code));
+                               tun.mv_warps, tun.mv_steps, tun.mv_prefetch ? " prefetch" : "",
+                               kr_err_msg(&err, err.code));
                         kr_err_clear(&err);
                         if (k == 0)
                             failures++;
                         continue;
                     }
                     double gbs = (double)wbytes / best / 1e9;
-                    printf("matvec %-5s %5lldx%-5lld x %s rows/warp %d warps %2d steps %2d%s %7.2f MB %8.2f us %6.0f "
-                           "GB/s %5.1f%% of copy (%s)\n",
+                    printf("matvec %-5s %5lldx%-5lld x %s rows/warp %d warps %2d steps %2d%s%s %7.2f MB %8.2f us "
+                           "%6.0f GB/s %5.1f%% of copy (%s)\n",
                            kr_dtype_name(t), (long long)rows, (long long)cols, q8 ? "q8 " : "f32", tun.mv_rows,
-                           tun.mv_warps, tun.mv_steps, k == 0 ? "*" : " ", (double)wbytes / 1e6, best * 1e6, gbs,
-                           100.0 * gbs / copy_gbs, graph ? "graph" : "launches");
+                           tun.mv_warps, tun.mv_steps, tun.mv_prefetch ? " pf" : "   ", k == 0 ? "*" : " ",
+                           (double)wbytes / 1e6, best * 1e6, gbs, 100.0 * gbs / copy_gbs, graph ? "graph" : "launches");
                     fflush(stdout);
                 }
             }

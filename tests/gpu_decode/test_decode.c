@@ -317,7 +317,9 @@ Test(gpu_decode, matvec_tunings, .timeout = 300)
 {
     gpu g;
     gpu_open(&g);
-    const kr_dec_tuning tunings[] = {{1, 4, 4}, {4, 2, 3}, {3, 1, 1}, {2, 8, 16}};
+    /* the prefetch ones were added after the H200 run (not yet run on a GPU) */
+    const kr_dec_tuning tunings[] = {{1, 4, 4, 0}, {4, 2, 3, 0}, {3, 1, 1, 0}, {2, 8, 16, 0},
+                                     {2, 4, 16, 1}, {1, 4, 16, 1}, {2, 4, 8, 1}, {2, 8, 16, 1}};
     const kr_dtype types[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_F16,
                               KR_DTYPE_F32, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
     kr_dec *def = g.dec;
@@ -340,7 +342,7 @@ Test(gpu_decode, matvec_tunings, .timeout = 300)
     kr_err err;
     kr_err_clear(&err);
     kr_dec *d = NULL;
-    const kr_dec_tuning bad = {9, 4, 16};
+    const kr_dec_tuning bad = {9, 4, 16, 0};
     cr_expect_eq(kr_dec_create_tuned(g.be, &bad, &d, &err), KR_ERR_UNSUPPORTED, "9 rows per warp is no preset");
     cr_expect_null(d);
     gpu_close(&g);
@@ -907,7 +909,8 @@ Test(decode_host, tuning_presets)
         cr_expect(a.mv_rows >= 1 && a.mv_rows <= 8 && a.mv_warps >= 1 && a.mv_warps <= 16 && a.mv_steps >= 1);
         for (size_t j = i + 1; j < n; j++) {
             cr_assert(kr_dec_tuning_at(j, &b));
-            cr_expect(a.mv_rows != b.mv_rows || a.mv_warps != b.mv_warps || a.mv_steps != b.mv_steps,
+            cr_expect(a.mv_rows != b.mv_rows || a.mv_warps != b.mv_warps || a.mv_steps != b.mv_steps ||
+                          a.mv_prefetch != b.mv_prefetch,
                       "presets %zu and %zu are the same", i, j);
         }
     }
@@ -920,7 +923,8 @@ Test(decode_host, tuning_presets)
         bool found = false;
         for (size_t j = 0; j < n && !found; j++) {
             cr_assert(kr_dec_tuning_at(j, &b));
-            found = a.mv_rows == b.mv_rows && a.mv_warps == b.mv_warps && a.mv_steps == b.mv_steps;
+            found = a.mv_rows == b.mv_rows && a.mv_warps == b.mv_warps && a.mv_steps == b.mv_steps &&
+                    a.mv_prefetch == b.mv_prefetch;
         }
         cr_expect(found, "default tuning of %s is no preset", kr_dtype_name(types[i]));
     }
@@ -928,7 +932,7 @@ Test(decode_host, tuning_presets)
     cr_expect_eq(a.mv_rows, 1);
     cr_expect_not(kr_dec_default_tuning(KR_DTYPE_Q5_0, &a));
     kr_dec *d = NULL;
-    const kr_dec_tuning bad = {9, 4, 16};
+    const kr_dec_tuning bad = {9, 4, 16, 0};
     cr_expect_eq(kr_dec_create_tuned(NULL, &bad, &d, NULL), KR_ERR_UNSUPPORTED);
     cr_expect_null(d);
 }
@@ -1115,17 +1119,18 @@ Test(decode_host, every_tuning_compiles, .timeout = 600)
     for (size_t i = 0; i < kr_dec_tuning_count(); i++) {
         kr_dec_tuning t;
         cr_assert(kr_dec_tuning_at(i, &t));
-        char o1[32], o2[32], o3[32];
+        char o1[32], o2[32], o3[32], o4[32];
         snprintf(o1, sizeof o1, "-DKR_MV_ROWS=%d", t.mv_rows);
         snprintf(o2, sizeof o2, "-DKR_MV_WARPS=%d", t.mv_warps);
         snprintf(o3, sizeof o3, "-DKR_MV_STEPS=%d", t.mv_steps);
-        const char *opts[] = {inc, o1, o2, o3};
-        kr_jit_source src = {.name = "decode/matvec.cu", .src = text, .len = len, .options = opts, .n_options = 4};
+        snprintf(o4, sizeof o4, "-DKR_MV_PREFETCH=%d", t.mv_prefetch);
+        const char *opts[] = {inc, o1, o2, o3, o4};
+        kr_jit_source src = {.name = "decode/matvec.cu", .src = text, .len = len, .options = opts, .n_options = 5};
         kr_jit_image img;
         kr_err_clear(&err);
         st = kr_jit_compile(jit, &src, 90, KR_JIT_CUBIN, &img, &err);
         cr_expect_eq(st, KR_OK, "tuning %zu (%d rows, %d warps, %d steps): %s", i, t.mv_rows, t.mv_warps,
-                     t.mv_steps, kr_err_msg(&err, st));
+                     t.mv_steps, kr_err_msg(&err, st)); /* prefetch in the preset index */
         if (st == KR_OK)
             kr_jit_image_free(&img);
     }
