@@ -322,3 +322,52 @@ Test(gguf_writer, io_error_dev_full)
     cr_expect_eq(stat("/dev/full", &sb), 0, "/dev/full must survive");
     cr_expect(S_ISCHR(sb.st_mode));
 }
+
+/* Peak resident set (VmHWM) in KiB, from /proc/self/status; -1 if unknown. */
+static long peak_rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long v = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+/* Streaming: writing 128 MiB of tensor data in 1 MiB chunks must not grow the
+ * peak RSS by anything like the data size (the writer keeps no data). */
+Test(gguf_writer, streams_without_buffering_data, .timeout = 120)
+{
+    long before = peak_rss_kib();
+    if (before < 0)
+        cr_skip_test("no /proc/self/status");
+    char path[64];
+    tmp_path(path, sizeof path);
+    kr_gguf_writer *w = NULL;
+    kr_err err;
+    cr_assert_eq(kr_gguf_writer_open(path, &w, &err), KR_OK, "%s", err.msg);
+    enum { NT = 32, MIB = 1 << 20 };
+    for (int i = 0; i < NT; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "blk.%d.w", i);
+        const uint64_t ne[2] = {MIB / 4, 4}; /* 4 MiB of f32 */
+        W(kr_gguf_writer_add_tensor(w, name, KR_DTYPE_F32, 2, ne));
+    }
+    W(kr_gguf_writer_begin_data(w));
+    uint8_t *chunk = malloc(MIB);
+    cr_assert_not_null(chunk);
+    memset(chunk, 0x5a, MIB);
+    for (int i = 0; i < NT * 4; i++)
+        W(kr_gguf_writer_write_data(w, chunk, MIB));
+    W(kr_gguf_writer_finish(w));
+    kr_gguf_writer_free(w);
+    free(chunk);
+    long after = peak_rss_kib();
+    unlink(path);
+    cr_log_info("peak RSS %ld -> %ld KiB while writing %d MiB", before, after, NT * 4);
+    cr_expect_lt(after - before, 32 * 1024, "peak RSS grew by %ld KiB writing %d MiB", after - before, NT * 4);
+}
