@@ -1,7 +1,8 @@
 /* Quantization block formats (as ggml defines them) — CPU reference code.
  * Layouts and formulas: docs/QUANTS.md. Depends only on core headers (no
  * libkernrun symbols), so the static library can be linked into plugins as
- * well as models/ and tools/.
+ * well as models/ and tools/. All functions are pure (no global state) and
+ * safe to call from any number of threads at once.
  *
  * Policy for non-finite input to the quantizers (F32/F16/BF16 keep them as
  * IEEE values): NaN is encoded as 0, +-inf saturate to the block's largest
