@@ -191,6 +191,39 @@ Test(json, metaspace_pretokenizer_and_decoder)
     kr_tokenizer_free(t);
 }
 
+/* Replace with a Regex pattern: runs of spaces -> one "_" (literal content). */
+Test(json, replace_regex_normalizer)
+{
+    static const char j[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"_\":2,\"$1\":3},\"merges\":[]},"
+        "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" +\"},\"content\":\"_\"}}";
+    kr_tokenizer *t;
+    kr_err err;
+    cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);
+    size_t n;
+    int32_t *ids = kr_test_encode(t, "a   b a", 7, false, false, &n);
+    static const int32_t want[] = {0, 2, 1, 2, 0};
+    cr_assert_eq(n, 5);
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_eq(ids[i], want[i]);
+    free(ids);
+    /* long input: the output buffer grows */
+    char big[3000];
+    memset(big, ' ', sizeof big);
+    for (size_t i = 0; i < sizeof big; i += 3)
+        big[i] = 'a';
+    ids = kr_test_encode(t, big, sizeof big, false, false, &n);
+    cr_assert_eq(n, 2000); /* 1000 'a', each followed by a run of 2 spaces -> "_" */
+    free(ids);
+    kr_tokenizer_free(t);
+    /* a pattern that can match nothing is refused */
+    static const char j2[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+        "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" *\"},\"content\":\"_\"}}";
+    cr_assert(load_str(j2, &t, &err) == KR_ERR_UNSUPPORTED);
+    cr_assert(strstr(err.msg, "empty") != NULL, "%s", err.msg);
+}
+
 /* ByteLevel with add_prefix_space: "a" -> "Ġa"; Digits and Punctuation splits. */
 Test(json, bytelevel_prefix_digits_punctuation)
 {

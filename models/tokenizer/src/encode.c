@@ -265,6 +265,41 @@ static kr_status kr__encode_word(kr__enc *e, const char *w, size_t n)
     return kr__merge_word(e, w + start, n - start);
 }
 
+/* Every match of ns->re in s[0..n) replaced by the literal ns->b, into *out. */
+static kr_status kr__replace_re(kr__enc *e, const kr__norm_step *ns, const char *s, size_t n,
+                                char **out, size_t *out_cap, size_t *out_n)
+{
+    kr_status st = KR_OK;
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    if (!mc)
+        return kr_err_set(e->err, KR_ERR_NOMEM, "out of memory for regex matching");
+    uint64_t lim = 10000000u + 64u * (uint64_t)n;
+    pcre2_set_match_limit(mc, lim > UINT32_MAX ? UINT32_MAX : (uint32_t)lim);
+    uint32_t opts = PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_LITERAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        PCRE2_SIZE len = *out_cap;
+        char dummy;
+        int rc = pcre2_substitute(ns->re, (PCRE2_SPTR)s, n, 0, opts, NULL, mc, (PCRE2_SPTR)ns->b, ns->b_len,
+                                  (PCRE2_UCHAR *)(*out ? *out : &dummy), &len);
+        if (rc >= 0) {
+            *out_n = len;
+            goto out_free;
+        }
+        if (rc != PCRE2_ERROR_NOMEMORY || attempt == 1) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(rc, msg, sizeof msg);
+            st = kr_err_set(e->err, KR_ERR_LIMIT, "normalizer Replace: %s", (const char *)msg);
+            goto out_free;
+        }
+        /* len is now the size needed (including the terminating NUL) */
+        if ((st = kr__grow((void **)out, out_cap, len + 1, 1, e->err)))
+            goto out_free;
+    }
+out_free:
+    pcre2_match_context_free(mc);
+    return st;
+}
+
 /* Apply the normalizer steps; result in e->norm (returns its length). */
 static kr_status kr__normalize(kr__enc *e, const char *s, size_t n, const char **out, size_t *out_n)
 {
@@ -290,6 +325,9 @@ static kr_status kr__normalize(kr__enc *e, const char *s, size_t n, const char *
             memcpy(nxt, ns->a, ns->a_len);
             memcpy(nxt + ns->a_len, cur, cur_n);
             cur_n += ns->a_len;
+        } else if (ns->kind == KR__NORM_REPLACE_RE) {
+            if ((st = kr__replace_re(e, ns, cur, cur_n, &nxt, &nxt_cap, &cur_n)))
+                goto err_free;
         } else { /* REPLACE literal a -> b */
             size_t cnt = 0;
             for (size_t j = 0; j + ns->a_len <= cur_n;) {

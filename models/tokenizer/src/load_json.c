@@ -126,13 +126,27 @@ static kr_status kr__parse_normalizer(kr_tokenizer *t, json_object *o, int depth
         bool literal;
         if ((st = kr__get_pattern(o, "normalizer Replace", &p, &pn, &literal, err)))
             return st;
-        if (!literal)
-            return kr_err_set(err, KR_ERR_UNSUPPORTED, "normalizer Replace with a Regex pattern is not supported");
         if ((st = kr__get_str(o, "normalizer Replace", "content", &c, &cn, err)))
             return st;
-        if (!c || kr__has_nul(p, pn) || kr__has_nul(c, cn))
+        if (!c || kr__has_nul(c, cn) || (literal && kr__has_nul(p, pn)))
             return kr_err_set(err, KR_ERR_FORMAT, "normalizer Replace: bad 'content'");
-        return kr__norm_add(t, KR__NORM_REPLACE, p, c, err);
+        if (literal)
+            return kr__norm_add(t, KR__NORM_REPLACE, p, c, err);
+        pcre2_code *re;
+        if ((st = kr__regex_compile(p, pn, false, &re, err)))
+            return kr_err_prefix(err, "normalizer Replace");
+        size_t minlen = 0;
+        if (pcre2_pattern_info(re, PCRE2_INFO_MINLENGTH, &minlen) != 0 || minlen == 0) {
+            pcre2_code_free(re);
+            return kr_err_set(err, KR_ERR_UNSUPPORTED, "normalizer Replace: pattern '%.*s' can match empty text",
+                              (int)(pn > 64 ? 64 : pn), p);
+        }
+        if ((st = kr__norm_add(t, KR__NORM_REPLACE_RE, "", c, err))) {
+            pcre2_code_free(re);
+            return st;
+        }
+        t->norm[t->n_norm - 1].re = re;
+        return KR_OK;
     }
     return kr_err_set(err, KR_ERR_UNSUPPORTED, "normalizer '%s' is not supported (supported: Sequence, Prepend, Replace)",
                       ty);

@@ -401,6 +401,8 @@ void kr__tok_free_pipeline(kr_tokenizer *t)
     for (size_t i = 0; i < t->n_norm; i++) {
         free(t->norm[i].a);
         free(t->norm[i].b);
+        if (t->norm[i].re)
+            pcre2_code_free(t->norm[i].re);
     }
     t->n_norm = 0;
 }

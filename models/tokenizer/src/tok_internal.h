@@ -54,12 +54,14 @@ typedef struct kr__pretok_step {
 typedef enum kr__norm_kind {
     KR__NORM_PREPEND = 0, /* prepend a (unless text is empty) */
     KR__NORM_REPLACE,     /* replace every literal a with b */
+    KR__NORM_REPLACE_RE,  /* replace every match of re with the literal b */
 } kr__norm_kind;
 
 typedef struct kr__norm_step {
     kr__norm_kind kind;
     char *a; size_t a_len;
     char *b; size_t b_len;
+    pcre2_code *re;       /* KR__NORM_REPLACE_RE */
 } kr__norm_step;
 
 /* text -> id map: open addressing over ids (-1 empty). */
