@@ -5,10 +5,10 @@
  *
  * Token ids are int32_t in [0, n_vocab). Inputs are untrusted: malformed
  * vocabularies are rejected with a message; encode accepts any bytes (invalid
- * UTF-8 is documented in docs/TOKENIZER.md: each invalid byte is its own
- * symbol and falls back to a byte token or unk; it never crashes). NUL bytes
- * are data. A loaded tokenizer is immutable: encode/decode may run from
- * several threads at once.
+ * UTF-8, see docs/TOKENIZER.md: each invalid byte is a symbol of its own and
+ * ends up as a <0xXX> token, its byte-level character, or unk; it never
+ * crashes). NUL bytes are data. A loaded tokenizer is immutable: encode and
+ * decode may run from several threads at once (a kr_detok is per thread).
  */
 #ifndef KERNRUN_TOKENIZER_H
 #define KERNRUN_TOKENIZER_H
