@@ -574,3 +574,29 @@ Test(gguf_bad, rejected_with_messages)
     expect_reject(fill_no_tokens, KR_OK, "tokenizer.ggml.tokens");
     expect_reject(fill_tokens_type, KR_OK, "tokenizer.ggml.tokens");
 }
+
+/* Every tokenizer.ggml.pre name we claim loads (its regexes compile) and splits. */
+Test(bpe, every_pre_type_loads)
+{
+    static const char *const names[] = {
+        "default", "gpt-2", "gpt2", "mpt", "olmo", "jais", "phi-2", "roberta-bpe", "llama-bpe", "llama3",
+        "llama-v3", "falcon3", "dbrx", "smaug-bpe", "chatglm-bpe", "falcon", "starcoder", "refact",
+        "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "qwen2", "stablelm2",
+        "deepseek-r1-qwen", "deepseek-llm", "deepseek-coder", "deepseek-v3", "megrez", "exaone4",
+        "poro-chat", "bloom", "gpt3-finnish", "viking", "tekken", "gpt-4o", "llama4",
+    };
+    static const char *const toks[] = {"a", "b", "c", "\xc4\xa0" /* Ġ */, "ab", "bc", "abc", "\xc4\xa0\x61"};
+    static const char *const merges[] = {"b c", "a b", "\xc4\xa0 a", "a bc"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        synth s = {.model = "gpt2", .tokens = toks, .n = 8, .merges = merges, .n_merges = 4, .pre = names[i], .bos = -1};
+        kr_tokenizer *t = NULL;
+        kr_err err;
+        kr_status st = synth_load(&s, &t, &err);
+        cr_assert(st == KR_OK, "pre '%s': %s", names[i], kr_err_msg(&err, st));
+        size_t n;
+        int32_t *ids = kr_test_encode(t, "abc a", 5, false, false, &n);
+        cr_assert(n >= 2, "pre '%s'", names[i]);
+        free(ids);
+        kr_tokenizer_free(t);
+    }
+}

@@ -6,8 +6,10 @@
 
 #include "tok_internal.h"
 
-#define KR__LLAMA3_IGNORE_MERGES(p) \
-    (!strcmp(p, "llama-bpe") || !strcmp(p, "llama3") || !strcmp(p, "llama-v3") || !strcmp(p, "falcon3"))
+/* pre types for which llama.cpp sets ignore_merges and add_bos */
+#define KR__LLAMA3_IGNORE_MERGES(p)                                                                  \
+    (!strcmp(p, "llama-bpe") || !strcmp(p, "llama3") || !strcmp(p, "llama-v3") || !strcmp(p, "falcon3") || \
+     !strcmp(p, "tekken"))
 
 /* Optional token id key: NONE when absent or stored as a negative int32. */
 static kr_status kr__get_id(const kr_gguf *g, const char *key, int32_t *id, kr_err *err)

@@ -58,6 +58,31 @@ static const char *const kr__pre_deepseek_llm[] = {
     "\\p{N}+",
 };
 
+static const char *const kr__pre_bloom[] = {" ?[^(\\s|.,!?\\x{2026}\\x{3002}\\x{FF0C}\\x{3001}\\x{0964}\\x{06D4}\\x{060C})]+"};
+static const char *const kr__pre_viking[] = {
+    " ?[^(\\s|.,!?\\x{2026}\\x{3002}\\x{FF0C}\\x{3001}\\x{0964}\\x{06D4}\\x{060C})]+", "\\p{N}",
+};
+/* Mistral tekken: the tokenizer.json pattern itself (PCRE2 handles it). */
+static const char *const kr__pre_tekken[] = {
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+/* o200k (gpt-4o, llama4) */
+static const char *const kr__pre_gpt4o[] = {
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+static const char *const kr__pre_deepseek3[] = {
+    "\\p{N}{1,3}",
+    "[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\\r\\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    " ?[\\p{P}\\p{S}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+
 #define KR__N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const struct {
@@ -93,6 +118,16 @@ static const struct {
     {"deepseek-r1-qwen", kr__pre_qwen2, KR__N(kr__pre_qwen2)},
     {"deepseek-llm", kr__pre_deepseek_llm, KR__N(kr__pre_deepseek_llm)},
     {"deepseek-coder", kr__pre_deepseek_coder, KR__N(kr__pre_deepseek_coder)},
+    {"deepseek-v3", kr__pre_deepseek3, KR__N(kr__pre_deepseek3)},
+    {"megrez", kr__pre_qwen2, KR__N(kr__pre_qwen2)},
+    {"exaone4", kr__pre_gpt2, KR__N(kr__pre_gpt2)},
+    {"poro-chat", kr__pre_bloom, KR__N(kr__pre_bloom)},
+    {"bloom", kr__pre_bloom, KR__N(kr__pre_bloom)},
+    {"gpt3-finnish", kr__pre_bloom, KR__N(kr__pre_bloom)},
+    {"viking", kr__pre_viking, KR__N(kr__pre_viking)},
+    {"tekken", kr__pre_tekken, KR__N(kr__pre_tekken)},
+    {"gpt-4o", kr__pre_gpt4o, KR__N(kr__pre_gpt4o)},
+    {"llama4", kr__pre_gpt4o, KR__N(kr__pre_gpt4o)},
 };
 
 bool kr__pre_regexes(const char *name, const char *const **list, size_t *n)
