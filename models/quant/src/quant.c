@@ -307,16 +307,21 @@ static inline void dq_q6_K(const uint8_t *b, float *restrict y)
         const uint8_t *qh = qh0 + 32 * h;
         const int8_t *sc = sc0 + 8 * h;
         float *o = y + 128 * h;
-        /* quarter r: elements 32r..32r+31; two groups of 16 with own scales */
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *lo = ql + 32 * (r & 1);
-            const int nshift = 4 * (r >> 1), hshift = 2 * r;
-            for (int g = 0; g < 2; g++) {
-                const float dl = d * (float)sc[2 * r + g];
-                for (int l = 16 * g; l < 16 * g + 16; l++) {
-                    const int q = (((lo[l] >> nshift) & 0x0f) | (((qh[l] >> hshift) & 3) << 4)) - 32;
-                    o[32 * r + l] = dl * (float)q;
-                }
+        /* group g of 16 (l = 16g..16g+15) covers elements 32r + l of the
+         * four quarters r; one loop per (g, r) pair keeps each vectorizable */
+        for (int g = 0; g < 2; g++) {
+            const float d0 = d * (float)sc[g], d1 = d * (float)sc[g + 2];
+            const float d2 = d * (float)sc[g + 4], d3 = d * (float)sc[g + 6];
+#pragma GCC unroll 1
+            for (int l = 16 * g; l < 16 * g + 16; l++) {
+                const int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                o[l] = d0 * (float)q1;
+                o[l + 32] = d1 * (float)q2;
+                o[l + 64] = d2 * (float)q3;
+                o[l + 96] = d3 * (float)q4;
             }
         }
     }
