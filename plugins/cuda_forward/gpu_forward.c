@@ -40,6 +40,10 @@ typedef struct kr__gf_layer {
     const float *ffn_norm;         /* (E) device */
     kr__gf_mat q, k, v, o;         /* (QD,E) (KVD,E) (KVD,E) (E,QD) */
     kr__gf_mat gate, up, down;     /* (F,E) (F,E) (E,F) */
+    bool fuse_qkv;                 /* q,k,v of one type, adjacent on the device: one matvec */
+    kr__gf_mat qkv;                /* (QD+2*KVD, E) view over q,k,v when fuse_qkv */
+    bool fuse_gu;                  /* gate,up of one type, adjacent: one matvec */
+    kr__gf_mat gu;                 /* (2F, E) view over gate,up when fuse_gu */
     uint16_t *k_cache;             /* (n_ctx, KVD) fp16 device */
     uint16_t *v_cache;             /* (n_ctx, KVD) fp16 device */
 } kr__gf_layer;
@@ -76,13 +80,13 @@ struct kr_gpu_forward {
     /* activations (device) */
     float *x;                      /* (E) residual */
     float *h;                      /* (E) normed */
-    float *q;                      /* (QD) */
-    float *k;                      /* (KVD) */
-    float *v;                      /* (KVD) */
+    float *q;                      /* (QD) followed by k and v (one fused matvec output) */
+    float *k;                      /* (KVD) = q + QD */
+    float *v;                      /* (KVD) = k + KVD */
     float *att;                    /* (QD) */
     float *tmp;                    /* (E) projection out */
-    float *gate;                   /* (F) */
-    float *up;                     /* (F) */
+    float *gate;                   /* (F) followed by up */
+    float *up;                     /* (F) = gate + F */
     float *logits;                 /* (V) */
     void *xq;                      /* q8 activations (kr_dec_q8_bytes(max cols)) */
     float *attn_scratch;           /* split-K partials or NULL */
@@ -198,20 +202,62 @@ static uint64_t kr__weight_bytes(const kr_weight *w)
     return w->row_bytes * w->ne[1] * w->ne[2] * w->ne[3]; /* bounded by the file size (model lib checked) */
 }
 
-/* Copy every present weight into one device buffer; offs[i] = offset of w[i]. */
-static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, uint64_t *offs, kr_err *err)
+/* Place weight w[i] at the next offset (aligned unless it continues a group). */
+static bool kr__place(const kr_weight *w, size_t i, bool aligned, uint64_t *offs, uint64_t *total)
+{
+    uint64_t a = *total;
+    if (aligned && kr_align_up_u64(a, KR__ALIGN, &a))
+        return false;
+    offs[i] = a;
+    return !kr_add_overflow_u64(a, kr__weight_bytes(&w[i]), total);
+}
+
+/* Same type and row layout: the rows of `names` may be read as one matrix. */
+static bool kr__fusable(const kr_model *m, const char *const *names, int n)
+{
+    const kr_weight *a = kr_model_weight(m, names[0]);
+    for (int i = 1; i < n; i++) {
+        const kr_weight *b = kr_model_weight(m, names[i]);
+        if (!a || !b || a->type != b->type || a->row_bytes != b->row_bytes || a->ne[0] != b->ne[0])
+            return false;
+    }
+    return true;
+}
+
+/* Offsets of every present weight in one device buffer: per layer q,k,v and
+ * gate,up adjacent (no padding) when fusable, the rest 256-byte aligned. */
+static kr_status kr__plan(const kr_gpu_forward *g, const kr_weight *w, size_t n_w, uint64_t *offs, uint64_t *total,
+                          bool fuse, kr_err *err)
+{
+    *total = 0;
+    for (size_t i = 0; i < n_w; i++)
+        offs[i] = UINT64_MAX;
+    char nm[3][KR_ARCH_NAME_MAX];
+    const char *names[3] = {nm[0], nm[1], nm[2]};
+    static const char *const groups[2][3] = {{"attn_q", "attn_k", "attn_v"}, {"ffn_gate", "ffn_up", NULL}};
+    for (uint32_t l = 0; fuse && l < g->hp.n_layer; l++) {
+        for (int gi = 0; gi < 2; gi++) {
+            int n = groups[gi][2] ? 3 : 2;
+            for (int j = 0; j < n; j++)
+                snprintf(nm[j], sizeof nm[j], "blk.%u.%s.weight", l, groups[gi][j]);
+            if (!kr__fusable(g->model, names, n))
+                continue;
+            for (int j = 0; j < n; j++)
+                if (!kr__place(w, (size_t)(kr_model_weight(g->model, names[j]) - w), j == 0, offs, total))
+                    return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
+        }
+    }
+    for (size_t i = 0; i < n_w; i++)
+        if (w[i].data && offs[i] == UINT64_MAX && !kr__place(w, i, true, offs, total))
+            return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
+    return KR_OK;
+}
+
+/* Copy every present weight into one device buffer at offs[i] (kr__plan). */
+static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, const uint64_t *offs, uint64_t total,
+                            kr_err *err)
 {
     kr_backend *be = g->be;
-    uint64_t total = 0;
-    for (size_t i = 0; i < n_w; i++) {
-        offs[i] = UINT64_MAX;
-        if (!w[i].data)
-            continue;
-        uint64_t a;
-        if (kr_align_up_u64(total, KR__ALIGN, &a) || kr_add_overflow_u64(a, kr__weight_bytes(&w[i]), &total))
-            return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
-        offs[i] = a;
-    }
     if (total > SIZE_MAX)
         return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
     kr_status st = kr_backend_alloc(be, (size_t)total, &g->wbuf, err);
@@ -314,13 +360,13 @@ static kr_status kr__layout_acts(kr_gpu_forward *g, char *base, uint64_t *size)
     uint64_t off = 0;
     g->x = kr__take(base, &off, E * 4);
     g->h = kr__take(base, &off, E * 4);
-    g->q = kr__take(base, &off, QD * 4);
-    g->k = kr__take(base, &off, KVD * 4);
-    g->v = kr__take(base, &off, KVD * 4);
+    g->q = kr__take(base, &off, (QD + 2 * KVD) * 4);
+    g->k = g->q ? g->q + QD : NULL;
+    g->v = g->k ? g->k + KVD : NULL;
     g->att = kr__take(base, &off, QD * 4);
     g->tmp = kr__take(base, &off, E * 4);
-    g->gate = kr__take(base, &off, F * 4);
-    g->up = kr__take(base, &off, F * 4);
+    g->gate = kr__take(base, &off, 2 * F * 4);
+    g->up = g->gate ? g->gate + F : NULL;
     g->logits = kr__take(base, &off, V * 4);
     size_t q8b = kr_dec_q8_bytes((int64_t)maxc);
     g->xq = kr__take(base, &off, q8b ? q8b : 16);
@@ -383,7 +429,10 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         goto err_stream;
     }
     double t0 = kr__now_s();
-    st = kr__upload(g, w0, n_w, offs, err);
+    uint64_t wtotal = 0;
+    st = kr__plan(g, w0, n_w, offs, &wtotal, !p->no_fuse, err);
+    if (st == KR_OK)
+        st = kr__upload(g, w0, n_w, offs, wtotal, err);
     g->stats.upload_s = kr__now_s() - t0;
     if (st != KR_OK) {
         free(offs);
@@ -420,6 +469,21 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         KR__M(up, "ffn_up")
         KR__M(down, "ffn_down")
 #undef KR__M
+        /* fused views: adjacent on the device (kr__plan) */
+        L->fuse_qkv = !p->no_fuse && L->q.type == L->k.type && L->k.type == L->v.type &&
+                      L->q.row_stride == L->k.row_stride && L->k.row_stride == L->v.row_stride &&
+                      (const char *)L->k.w == (const char *)L->q.w + (size_t)L->q.rows * L->q.row_stride &&
+                      (const char *)L->v.w == (const char *)L->k.w + (size_t)L->k.rows * L->k.row_stride;
+        if (L->fuse_qkv) {
+            L->qkv = L->q;
+            L->qkv.rows = L->q.rows + L->k.rows + L->v.rows;
+        }
+        L->fuse_gu = !p->no_fuse && L->gate.type == L->up.type && L->gate.row_stride == L->up.row_stride &&
+                     (const char *)L->up.w == (const char *)L->gate.w + (size_t)L->gate.rows * L->gate.row_stride;
+        if (L->fuse_gu) {
+            L->gu = L->gate;
+            L->gu.rows = 2 * L->gate.rows;
+        }
         snprintf(nm, sizeof nm, "blk.%u.attn_norm.weight", l);
         L->attn_norm = kr__dev(g, m, w0, offs, nm);
         snprintf(nm, sizeof nm, "blk.%u.ffn_norm.weight", l);
@@ -573,7 +637,9 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         KR__TRY(kr_dec_rmsnorm(d, s, g->x, L->attn_norm, g->h, 1, E, hp->norm_eps, err));
         const kr__gf_mat *qkv[3] = {&L->q, &L->k, &L->v};
         float *const qkv_y[3] = {g->q, g->k, g->v};
-        if ((st = kr__proj(g, s, g->h, qkv, qkv_y, 3, err)) != KR_OK)
+        const kr__gf_mat *qkv1[1] = {&L->qkv};
+        if ((st = L->fuse_qkv ? kr__proj(g, s, g->h, qkv1, qkv_y, 1, err) : kr__proj(g, s, g->h, qkv, qkv_y, 3, err)) !=
+            KR_OK)
             return st;
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
                             pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
@@ -591,7 +657,8 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         KR__TRY(kr_dec_rmsnorm(d, s, g->x, L->ffn_norm, g->h, 1, E, hp->norm_eps, err));
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
-        if ((st = kr__proj(g, s, g->h, gu, gu_y, 2, err)) != KR_OK)
+        const kr__gf_mat *gu1[1] = {&L->gu};
+        if ((st = L->fuse_gu ? kr__proj(g, s, g->h, gu1, gu_y, 1, err) : kr__proj(g, s, g->h, gu, gu_y, 2, err)) != KR_OK)
             return st;
         KR__TRY(kr_dec_swiglu(d, s, g->gate, g->up, g->gate, F, err));
         const kr__gf_mat *dn[1] = {&L->down};

@@ -41,6 +41,7 @@ typedef struct kr_gpu_forward_params {
     uint32_t n_ctx;   /* KV cache positions; 0: min(n_ctx_train, 4096) (n_ctx_train 0: 4096) */
     bool no_graph;    /* eager launches only (also when the env KERNRUN_NO_GRAPH=1) */
     bool no_q8;       /* fp32 activations for every matvec (default: 8-bit activations for Q4_0/Q8_0) */
+    bool no_fuse;     /* separate q/k/v and gate/up matvecs (default: one matvec each where the types match) */
 } kr_gpu_forward_params;
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);

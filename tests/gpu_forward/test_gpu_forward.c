@@ -134,6 +134,8 @@ static void cpu_reference(kr_model *m, int32_t start, ref_run *r)
     kr_context_free(c);
 }
 
+static bool g_no_fuse; /* separate q/k/v and gate/up matvecs (one test) */
+
 static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool no_q8)
 {
     kr_err err;
@@ -142,6 +144,7 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool 
     gp.n_ctx = 64;
     gp.no_graph = no_graph;
     gp.no_q8 = no_q8;
+    gp.no_fuse = g_no_fuse;
     kr_gpu_forward *g = NULL;
     kr_status st = kr_gpu_forward_new(m, be, &gp, &g, &err);
     cr_assert_eq(st, KR_OK, "gpu_forward_new: %s", kr_err_msg(&err, st));
@@ -222,6 +225,14 @@ Test(gpu_forward, stories260k_eager)
     char p[4096];
     model_path(p, sizeof p, "stories260K-f32.gguf");
     compare(p, true, false, NMSE_TOL);
+}
+
+Test(gpu_forward, stories260k_unfused)
+{
+    char p[4096];
+    model_path(p, sizeof p, "stories260K-f32.gguf");
+    g_no_fuse = true;
+    compare(p, false, false, NMSE_TOL);
 }
 
 Test(gpu_forward, llama2_tiny_random_f16)
