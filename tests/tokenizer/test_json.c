@@ -248,3 +248,39 @@ Test(json, bytelevel_prefix_digits_punctuation)
     free(ids);
     kr_tokenizer_free(t);
 }
+
+/* Added tokens with lstrip/rstrip swallow the whitespace next to them (HF). */
+Test(json, added_token_lstrip_rstrip)
+{
+    static const char j[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\" \":1,\"<L>\":2,\"<R>\":3,\"<N>\":4},\"merges\":[]},"
+        "\"added_tokens\":[{\"id\":2,\"content\":\"<L>\",\"special\":true,\"lstrip\":true},"
+        "{\"id\":3,\"content\":\"<R>\",\"special\":true,\"rstrip\":true},"
+        "{\"id\":4,\"content\":\"<N>\",\"special\":true}]}";
+    kr_tokenizer *t;
+    kr_err err;
+    cr_assert(load_str(j, &t, &err) == KR_OK, "%s", err.msg);
+    size_t n;
+    /* "a  <L> a": spaces before <L> go; the one after stays */
+    int32_t *ids = kr_test_encode(t, "a  <L> a", 8, false, true, &n);
+    static const int32_t w1[] = {0, 2, 1, 0};
+    cr_assert_eq(n, 4);
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(ids[i], w1[i]);
+    free(ids);
+    /* "a <R>\u3000 a": U+3000 and the space after <R> go; the one before stays */
+    ids = kr_test_encode(t, "a <R>\xe3\x80\x80 a", 10, false, true, &n);
+    static const int32_t w2[] = {0, 1, 3, 0};
+    cr_assert_eq(n, 4);
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(ids[i], w2[i]);
+    free(ids);
+    /* no flags: both spaces stay */
+    ids = kr_test_encode(t, "a <N> a", 7, false, true, &n);
+    static const int32_t w3[] = {0, 1, 4, 1, 0};
+    cr_assert_eq(n, 5);
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_eq(ids[i], w3[i]);
+    free(ids);
+    kr_tokenizer_free(t);
+}

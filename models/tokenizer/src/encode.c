@@ -415,6 +415,42 @@ static int32_t kr__match_special(const kr_tokenizer *t, const char *s, size_t n,
     return -1;
 }
 
+/* Unicode White_Space (as Rust's char::is_whitespace, which HF uses). */
+static bool kr__is_ws(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+           c == 0x3000;
+}
+
+/* Start of the whitespace run that ends at s[end] (not before lo). */
+static size_t kr__ws_back(const char *s, size_t lo, size_t end)
+{
+    while (end > lo) {
+        size_t k = end - 1; /* find the start of the previous character */
+        while (k > lo && end - k < 4 && ((uint8_t)s[k] & 0xc0) == 0x80)
+            k--;
+        uint32_t cp;
+        if (kr__utf8_get(s + k, end - k, &cp) != end - k || !kr__is_ws(cp))
+            break;
+        end = k;
+    }
+    return end;
+}
+
+/* End of the whitespace run starting at s[i] (not after hi). */
+static size_t kr__ws_fwd(const char *s, size_t i, size_t hi)
+{
+    while (i < hi) {
+        uint32_t cp;
+        size_t l = kr__utf8_get(s + i, hi - i, &cp);
+        if (l == 0 || !kr__is_ws(cp))
+            break;
+        i += l;
+    }
+    return i;
+}
+
 kr_tok_encode_opts kr_tokenizer_encode_defaults(const kr_tokenizer *tok)
 {
     kr_tok_encode_opts o = {0};
@@ -456,12 +492,17 @@ kr_status kr_tokenizer_encode(const kr_tokenizer *tok, const char *text, size_t 
                 i++;
                 continue;
             }
-            if (i > seg && (st = kr__encode_segment(&e, text + seg, i - seg, first)))
+            size_t end = i; /* end of the text before the token */
+            if (tok->toks[id].strip & KR__STRIP_LEFT)
+                end = kr__ws_back(text, seg, i);
+            if (end > seg && (st = kr__encode_segment(&e, text + seg, end - seg, first)))
                 goto err_free;
             first = false;
             if ((st = kr__emit(&e, id)))
                 goto err_free;
             i += ml;
+            if (tok->toks[id].strip & KR__STRIP_RIGHT)
+                i = kr__ws_fwd(text, i, len);
             seg = i;
         }
     }

@@ -518,9 +518,11 @@ static kr_status kr__load_json_obj(json_object *root, kr_tokenizer **out, kr_err
         int32_t id = (int32_t)json_object_get_int64(kr__get(a, "id"));
         const char *c;
         size_t cn;
-        bool special = false;
+        bool special = false, lstrip = false, rstrip = false;
         if ((st = kr__get_str(a, "added token", "content", &c, &cn, err)) ||
-            (st = kr__get_boolean(a, "added token", "special", &special, err)))
+            (st = kr__get_boolean(a, "added token", "special", &special, err)) ||
+            (st = kr__get_boolean(a, "added token", "lstrip", &lstrip, err)) ||
+            (st = kr__get_boolean(a, "added token", "rstrip", &rstrip, err)))
             goto err_free_tok;
         if (!c || cn == 0) {
             st = kr_err_set(err, KR_ERR_FORMAT, "added token %zu (id %d) has no content", i, (int)id);
@@ -535,6 +537,7 @@ static kr_status kr__load_json_obj(json_object *root, kr_tokenizer **out, kr_err
                 goto err_free_tok;
         seen[id] = 2;
         t->toks[id].type = special ? KR_TOK_TYPE_CONTROL : KR_TOK_TYPE_USER_DEFINED;
+        t->toks[id].strip = (uint8_t)((lstrip ? KR__STRIP_LEFT : 0) | (rstrip ? KR__STRIP_RIGHT : 0));
     }
     for (int32_t id = 0; id < t->n_vocab; id++)
         if (!seen[id])

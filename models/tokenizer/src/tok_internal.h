@@ -24,7 +24,11 @@ typedef struct kr__tok_entry {
     uint32_t len;  /* bytes */
     float score;   /* SPM merge score */
     uint8_t type;  /* kr_tok_type */
+    uint8_t strip; /* KR__STRIP_* for added tokens matched in text */
 } kr__tok_entry;
+
+#define KR__STRIP_LEFT 1u  /* HF added token lstrip: swallow whitespace before it */
+#define KR__STRIP_RIGHT 2u /* rstrip: swallow whitespace after it */
 
 /* How a split step combines matches with the text between them (HF names). */
 typedef enum kr__split_behavior {
