@@ -20,6 +20,7 @@
 #include "kernrun/checked.h"
 #include "kernrun/log.h"
 #include "kr_decode.h"
+#include "kr_kernel_forward_matvec_repacked_cu.h"
 
 #define KR__DOM "gpu_forward"
 #define KR__ALIGN 256u
@@ -33,6 +34,7 @@ typedef struct kr__gf_mat {
     int64_t rows;         /* output dim (ne[1]) */
     int64_t cols;         /* input dim (ne[0]) */
     bool q8;              /* use 8-bit activations */
+    bool repacked;        /* Q4_0/Q8_0 rewritten as [quants | fp16 scales] (kernels/forward/matvec_repacked.cu) */
 } kr__gf_mat;
 
 typedef struct kr__gf_layer {
@@ -93,9 +95,13 @@ struct kr_gpu_forward {
     int32_t *step;                 /* (2) device: token id, position */
     int n_split;
 
+    kr_function *fn_mv_q4_0;       /* repacked matvecs (kernels/forward/matvec_repacked.cu) */
+    kr_function *fn_mv_q8_0;
     uint32_t launches;             /* counted during the last step */
     kr_gpu_forward_stats stats;
 };
+
+static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err);
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void)
 {
@@ -492,6 +498,11 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     }
     free(offs);
     g->stats.step_weight_bytes = step_bytes;
+    const char *nr = getenv("KERNRUN_NO_REPACK");
+    if (use_q8 && !p->no_repack && !(nr && strcmp(nr, "1") == 0) && (st = kr__repack_all(g, err)) != KR_OK) {
+        kr_err_prefix(err, "repacking Q4_0/Q8_0 weights");
+        goto err_layers;
+    }
 
     /* KV cache: (n_layer) x K,V each (n_ctx, KVD) fp16 */
     uint64_t slab, kv_total;
@@ -590,6 +601,114 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     free(g);
 }
 
+/* ---- repacked Q4_0 / Q8_0 (kernels/forward/matvec_repacked.cu) ----------------------- */
+
+#define KR__GF_WARPS 4 /* rows per CTA: the .cu's default KR_GF_WARPS */
+
+static kr_status kr__gf_fn(kr_backend *be, const char *entry, kr_function **fn, kr_err *err)
+{
+    const kr_kernel_source src = {
+        .name = "forward/matvec_repacked.cu",
+        .code = (const char *)kr_kernel_forward_matvec_repacked_cu,
+        .len = kr_kernel_forward_matvec_repacked_cu_LEN,
+        .entry = entry,
+    };
+    kr_status st = kr_backend_get_function(be, &src, fn, err);
+    if (st != KR_OK)
+        kr_err_prefix(err, "kernel %s", entry);
+    return st;
+}
+
+static size_t kr__quant_bytes(kr_dtype t) { return t == KR_DTYPE_Q4_0 ? 16 : 32; }
+
+static bool kr__repackable(const kr__gf_mat *M)
+{
+    return M->q8 && (M->type == KR_DTYPE_Q4_0 || M->type == KR_DTYPE_Q8_0) && M->cols % 32 == 0 &&
+           M->row_stride == (size_t)(M->cols / 32) * (kr__quant_bytes(M->type) + 2) && ((uintptr_t)M->w % 16) == 0 &&
+           M->rows <= INT32_MAX && M->cols / 32 <= INT32_MAX;
+}
+
+/* Rewrite M in place (through tmp) as [quants | scales]; marks it repacked. */
+static kr_status kr__repack(kr_gpu_forward *g, kr__gf_mat *M, kr_function *fn_q4, kr_function *fn_q8, void *tmp,
+                            kr_err *err)
+{
+    size_t bytes = (size_t)M->rows * M->row_stride;
+    long long n_blk = (long long)M->rows * (M->cols / 32);
+    kr_status st = kr_backend_d2d(g->be, tmp, M->w, bytes, g->stream, err);
+    if (st != KR_OK)
+        return st;
+    void *qs = (void *)M->w;
+    void *sc = (char *)qs + (size_t)n_blk * kr__quant_bytes(M->type);
+    void *args[] = {&tmp, &qs, &sc, &n_blk};
+    uint32_t grid[3] = {(uint32_t)((n_blk + 255) / 256), 1, 1}, block[3] = {256, 1, 1};
+    st = kr_backend_launch(g->be, M->type == KR_DTYPE_Q4_0 ? fn_q4 : fn_q8, grid, block, 0, g->stream, args, err);
+    if (st == KR_OK)
+        M->repacked = true;
+    return st;
+}
+
+/* Repack every Q4_0/Q8_0 matrix the step will use with 8-bit activations. */
+static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err)
+{
+    kr__gf_mat *todo[16];
+    size_t max_bytes = 0;
+    kr_status st = KR_OK;
+    /* pass 0 sizes the temp buffer, pass 1 repacks */
+    kr_buffer *tmp = NULL;
+    kr_function *fq4 = NULL, *fq8 = NULL;
+    for (int pass = 0; pass < 2 && st == KR_OK; pass++) {
+        if (pass == 1) {
+            if (max_bytes == 0)
+                return KR_OK;
+            if ((st = kr__gf_fn(g->be, "kr_gf_repack_q4_0", &fq4, err)) != KR_OK ||
+                (st = kr__gf_fn(g->be, "kr_gf_repack_q8_0", &fq8, err)) != KR_OK ||
+                (st = kr__gf_fn(g->be, "kr_gf_mv_q4_0", &g->fn_mv_q4_0, err)) != KR_OK ||
+                (st = kr__gf_fn(g->be, "kr_gf_mv_q8_0", &g->fn_mv_q8_0, err)) != KR_OK)
+                return st;
+            if ((st = kr_backend_alloc(g->be, max_bytes, &tmp, err)) != KR_OK)
+                return kr_err_prefix(err, "repacking buffer");
+        }
+        for (uint32_t l = 0; l <= g->hp.n_layer && st == KR_OK; l++) {
+            size_t n = 0;
+            if (l == g->hp.n_layer) {
+                /* output.weight; token_embd (tied) stays in GGML layout for the embedding lookup */
+                if (kr_model_weight(g->model, "output.weight"))
+                    todo[n++] = &g->out;
+            } else {
+                kr__gf_layer *L = &g->layers[l];
+                if (L->fuse_qkv) {
+                    todo[n++] = &L->qkv;
+                } else {
+                    todo[n++] = &L->q;
+                    todo[n++] = &L->k;
+                    todo[n++] = &L->v;
+                }
+                todo[n++] = &L->o;
+                if (L->fuse_gu) {
+                    todo[n++] = &L->gu;
+                } else {
+                    todo[n++] = &L->gate;
+                    todo[n++] = &L->up;
+                }
+                todo[n++] = &L->down;
+            }
+            for (size_t i = 0; i < n && st == KR_OK; i++) {
+                if (!kr__repackable(todo[i]))
+                    continue;
+                size_t b = (size_t)todo[i]->rows * todo[i]->row_stride;
+                if (pass == 0 && b > max_bytes)
+                    max_bytes = b;
+                if (pass == 1)
+                    st = kr__repack(g, todo[i], fq4, fq8, tmp->ptr, err);
+            }
+        }
+    }
+    if (st == KR_OK)
+        st = kr_backend_sync(g->be, g->stream, err);
+    kr_backend_free(g->be, tmp);
+    return st;
+}
+
 /* ---- the decode step ------------------------------------------------------------------ */
 
 #define KR__TRY(expr)                    \
@@ -611,7 +730,17 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, const
         KR__TRY(kr_dec_quantize_q8(g->dec, s, x, g->xq, mats[0]->cols, err));
     for (int i = 0; i < n; i++) {
         const kr__gf_mat *M = mats[i];
-        if (M->q8)
+        if (M->repacked) {
+            const void *qs = M->w;
+            const void *sc = (const char *)M->w + (size_t)M->rows * (size_t)(M->cols / 32) * kr__quant_bytes(M->type);
+            const void *xq = g->xq;
+            float *y = ys[i];
+            int rows = (int)M->rows, nb = (int)(M->cols / 32);
+            void *args[] = {&qs, &sc, &xq, &y, &rows, &nb};
+            uint32_t grid[3] = {(uint32_t)((rows + KR__GF_WARPS - 1) / KR__GF_WARPS), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
+            KR__TRY(kr_backend_launch(g->be, M->type == KR_DTYPE_Q4_0 ? g->fn_mv_q4_0 : g->fn_mv_q8_0, grid, block, 0, s,
+                                      args, err));
+        } else if (M->q8)
             KR__TRY(kr_dec_matvec_q8(g->dec, s, M->type, M->w, M->row_stride, g->xq, ys[i], M->rows, M->cols, err));
         else
             KR__TRY(kr_dec_matvec(g->dec, s, M->type, M->w, M->row_stride, x, ys[i], M->rows, M->cols, err));

@@ -134,7 +134,8 @@ static void cpu_reference(kr_model *m, int32_t start, ref_run *r)
     kr_context_free(c);
 }
 
-static bool g_no_fuse; /* separate q/k/v and gate/up matvecs (one test) */
+static bool g_no_fuse;   /* separate q/k/v and gate/up matvecs (one test) */
+static bool g_no_repack; /* GGML block layout + kr_dec_matvec_q8 instead of the repacked kernels */
 
 static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool no_q8)
 {
@@ -145,6 +146,7 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool 
     gp.no_graph = no_graph;
     gp.no_q8 = no_q8;
     gp.no_fuse = g_no_fuse;
+    gp.no_repack = g_no_repack;
     kr_gpu_forward *g = NULL;
     kr_status st = kr_gpu_forward_new(m, be, &gp, &g, &err);
     cr_assert_eq(st, KR_OK, "gpu_forward_new: %s", kr_err_msg(&err, st));
@@ -277,6 +279,57 @@ Test(gpu_forward, mkmodel_mistral_q4_1) { mk_and_compare("mistral", KR_DTYPE_Q4_
 /* 8-bit activations (dp4a) round x to 1/254 of each block's max: allow 1e-3 */
 Test(gpu_forward, mkmodel_llama_q4_0_q8_activations) { mk_and_compare("llama", KR_DTYPE_Q4_0, false, 1e-3); }
 Test(gpu_forward, mkmodel_llama_q8_0_q8_activations) { mk_and_compare("llama", KR_DTYPE_Q8_0, false, 1e-3); }
+Test(gpu_forward, mkmodel_llama_q4_0_q8_not_repacked)
+{
+    g_no_repack = true;
+    mk_and_compare("llama", KR_DTYPE_Q4_0, false, 1e-3);
+}
+Test(gpu_forward, mkmodel_mistral_q8_0_q8_unfused_not_repacked)
+{
+    g_no_repack = true;
+    g_no_fuse = true;
+    mk_and_compare("mistral", KR_DTYPE_Q8_0, false, 1e-3);
+}
+
+/* The repacked Q4_0/Q8_0 kernels and kr_dec_matvec_q8 on GGML blocks compute
+ * the same integer dot products: logits agree to float rounding. */
+static void repack_vs_dec(kr_dtype type)
+{
+    kr_backend *be = cuda_or_skip();
+    char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    kr_mkmodel_opts o = {.arch = "llama", .preset = "tiny", .type = type, .out_path = path, .seed = 3, .n_threads = 1};
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_OK, "mkmodel: %s", err.msg);
+    kr_model *m = load(path);
+    int nv = kr_model_n_vocab(m);
+    kr_gpu_forward *ga = gpu_new(m, be, false, false);
+    g_no_repack = true;
+    kr_gpu_forward *gb = gpu_new(m, be, false, false);
+    float *la = malloc((size_t)nv * 4), *lb = malloc((size_t)nv * 4);
+    cr_assert(la && lb);
+    for (int i = 0; i < 8; i++) {
+        int32_t t = (int32_t)((i * 37 + 5) % nv);
+        cr_assert_eq(kr_gpu_forward_eval(ga, &t, 1, (uint32_t)i, la, &err), KR_OK, "%s", err.msg);
+        cr_assert_eq(kr_gpu_forward_eval(gb, &t, 1, (uint32_t)i, lb, &err), KR_OK, "%s", err.msg);
+        double e = nmse(la, lb, nv);
+        cr_expect_leq(e, 1e-9, "step %d: repacked vs GGML-layout NMSE %.3g", i, e);
+    }
+    free(la);
+    free(lb);
+    kr_gpu_forward_free(ga);
+    kr_gpu_forward_free(gb);
+    kr_model_free(m);
+    kr_backend_destroy(be);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(gpu_forward, repacked_q4_0_equals_ggml_layout) { repack_vs_dec(KR_DTYPE_Q4_0); }
+Test(gpu_forward, repacked_q8_0_equals_ggml_layout) { repack_vs_dec(KR_DTYPE_Q8_0); }
 
 /* Graph replay and eager launches give the same bits; a rewind reproduces the logits. */
 Test(gpu_forward, graph_equals_eager_and_rewind)

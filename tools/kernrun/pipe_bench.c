@@ -25,7 +25,7 @@
 
 static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
-    "                     [--no-graph] [--no-q8] [--no-fuse] [-t N]\n"
+    "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [-t N]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -41,6 +41,7 @@ static const char g_usage[] =
     "  --no-graph        eager kernel launches instead of a CUDA graph per step\n"
     "  --no-q8           fp32 activations for every matvec (default: 8-bit for Q4_0/Q8_0)\n"
     "  --no-fuse         separate q/k/v and gate/up matvecs (default: one each where types match)\n"
+    "  --no-repack       keep GGML's Q4_0/Q8_0 blocks (kr_dec_matvec_q8) instead of the repacked kernels\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "\n"
     "Exit status: 0 ok, 1 error, 2 usage error.\n";
@@ -49,7 +50,7 @@ typedef struct kr__bench_opts {
     const char *model;
     long p, n, threads;
     const char *backend; /* cuda | cpu | auto */
-    bool json, no_graph, no_q8, no_fuse;
+    bool json, no_graph, no_q8, no_fuse, no_repack;
 } kr__bench_opts;
 
 typedef struct kr__bench_res {
@@ -129,6 +130,8 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             o->no_q8 = true;
         } else if (!strcmp(a, "--no-fuse")) {
             o->no_fuse = true;
+        } else if (!strcmp(a, "--no-repack")) {
+            o->no_repack = true;
         } else {
             return kr__usage_err("unknown argument", a);
         }
@@ -225,6 +228,7 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     gp.no_graph = o->no_graph;
     gp.no_q8 = o->no_q8;
     gp.no_fuse = o->no_fuse;
+    gp.no_repack = o->no_repack;
     kr_gpu_forward *g = NULL;
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);

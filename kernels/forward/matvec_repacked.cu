@@ -1,0 +1,133 @@
+// Decode matvec on repacked Q4_0 / Q8_0 weights against 8-bit activations
+// (plugins/cuda_forward). GGML's 18- and 34-byte blocks put the quants at
+// 2-byte alignment; after the upload, kr_gf_repack_* rewrites each matrix in
+// place (through a copy) as
+//     qs: (rows * nb) blocks of 16 (Q4_0) or 32 (Q8_0) quant bytes, row-major, 16-byte aligned
+//     sc: (rows * nb) fp16 block scales, right after qs
+// so one lane reads a whole block's quants with 16-byte loads.
+//
+//   y (rows) = W (rows, nb*32) @ x,  x given as kr_dec_quantize_q8 output:
+//     int8 q[cols] | float d[nb] | float s[nb]   (x_j ~ d_b q_j, s_b = d_b sum_j q_j)
+//   Q4_0: w_j = dw (n_j - 8) with n_j the nibble (byte i: j = i low, j = i + 16 high)
+//         sum_j w_j x_j = dw (d_b sum_j n_j q_j - 8 s_b)
+//   Q8_0: w_j = dw n_j (int8):  sum_j w_j x_j = dw d_b sum_j n_j q_j
+//
+// One warp per row, lanes stride over the row's blocks; KR_GF_WARPS rows per
+// CTA (blockDim = (32, KR_GF_WARPS)).
+
+#ifndef KR_GF_WARPS
+#define KR_GF_WARPS 4
+#endif
+
+typedef long long kr_gf_i64;
+
+__device__ __forceinline__ float kr_gf_h2f(unsigned short h)
+{
+    float f;
+    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ float kr_gf_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Repack n_blk GGML blocks of bsz bytes (2-byte fp16 scale + qsz quant bytes)
+// from src into dst_qs (qsz bytes per block) and dst_sc (one u16 per block).
+__device__ __forceinline__ void kr_gf_repack(const unsigned char *__restrict__ src, unsigned char *__restrict__ dst_qs,
+                                             unsigned short *__restrict__ dst_sc, kr_gf_i64 n_blk, int qsz)
+{
+    kr_gf_i64 b = (kr_gf_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n_blk)
+        return;
+    const unsigned char *s = src + b * (kr_gf_i64)(qsz + 2);
+    dst_sc[b] = (unsigned short)(s[0] | (s[1] << 8));
+    unsigned int *d = (unsigned int *)(dst_qs + b * (kr_gf_i64)qsz);
+    for (int i = 0; i < qsz / 4; i++) {
+        const unsigned char *p = s + 2 + 4 * i;
+        d[i] = (unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) |
+               ((unsigned int)p[3] << 24);
+    }
+}
+
+extern "C" __global__ void kr_gf_repack_q4_0(const unsigned char *__restrict__ src, unsigned char *__restrict__ dst_qs,
+                                             unsigned short *__restrict__ dst_sc, kr_gf_i64 n_blk)
+{
+    kr_gf_repack(src, dst_qs, dst_sc, n_blk, 16);
+}
+
+extern "C" __global__ void kr_gf_repack_q8_0(const unsigned char *__restrict__ src, unsigned char *__restrict__ dst_qs,
+                                             unsigned short *__restrict__ dst_sc, kr_gf_i64 n_blk)
+{
+    kr_gf_repack(src, dst_qs, dst_sc, n_blk, 32);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)
+kr_gf_mv_q4_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc, const signed char *__restrict__ xq,
+              float *__restrict__ y, int rows, int nb)
+{
+    int row = blockIdx.x * KR_GF_WARPS + threadIdx.y;
+    if (row >= rows)
+        return;
+    const float *xd = (const float *)(xq + (kr_gf_i64)nb * 32);
+    const float *xs = xd + nb;
+    const uint4 *rq = qs + (kr_gf_i64)row * nb;
+    const unsigned short *rs = sc + (kr_gf_i64)row * nb;
+    const int4 *xv = (const int4 *)xq;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int b = threadIdx.x; b < nb; b += 32) {
+        uint4 w = __ldg(rq + b);
+        float dw = kr_gf_h2f(__ldg(rs + b));
+        int4 x0 = __ldg(xv + 2 * b), x1 = __ldg(xv + 2 * b + 1);
+        int s = 0;
+        s = __dp4a((int)(w.x & 0x0F0F0F0Fu), x0.x, s);
+        s = __dp4a((int)(w.y & 0x0F0F0F0Fu), x0.y, s);
+        s = __dp4a((int)(w.z & 0x0F0F0F0Fu), x0.z, s);
+        s = __dp4a((int)(w.w & 0x0F0F0F0Fu), x0.w, s);
+        s = __dp4a((int)((w.x >> 4) & 0x0F0F0F0Fu), x1.x, s);
+        s = __dp4a((int)((w.y >> 4) & 0x0F0F0F0Fu), x1.y, s);
+        s = __dp4a((int)((w.z >> 4) & 0x0F0F0F0Fu), x1.z, s);
+        s = __dp4a((int)((w.w >> 4) & 0x0F0F0F0Fu), x1.w, s);
+        acc += dw * (__ldg(xd + b) * (float)s - 8.0f * __ldg(xs + b));
+    }
+    acc = kr_gf_warp_sum(acc);
+    if (threadIdx.x == 0)
+        y[row] = acc;
+}
+
+extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)
+kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc, const signed char *__restrict__ xq,
+              float *__restrict__ y, int rows, int nb)
+{
+    int row = blockIdx.x * KR_GF_WARPS + threadIdx.y;
+    if (row >= rows)
+        return;
+    const float *xd = (const float *)(xq + (kr_gf_i64)nb * 32);
+    const uint4 *rq = qs + (kr_gf_i64)row * nb * 2;
+    const unsigned short *rs = sc + (kr_gf_i64)row * nb;
+    const int4 *xv = (const int4 *)xq;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int b = threadIdx.x; b < nb; b += 32) {
+        uint4 w0 = __ldg(rq + 2 * b), w1 = __ldg(rq + 2 * b + 1);
+        float dw = kr_gf_h2f(__ldg(rs + b));
+        int4 x0 = __ldg(xv + 2 * b), x1 = __ldg(xv + 2 * b + 1);
+        int s = 0;
+        s = __dp4a((int)w0.x, x0.x, s);
+        s = __dp4a((int)w0.y, x0.y, s);
+        s = __dp4a((int)w0.z, x0.z, s);
+        s = __dp4a((int)w0.w, x0.w, s);
+        s = __dp4a((int)w1.x, x1.x, s);
+        s = __dp4a((int)w1.y, x1.y, s);
+        s = __dp4a((int)w1.z, x1.z, s);
+        s = __dp4a((int)w1.w, x1.w, s);
+        acc += dw * __ldg(xd + b) * (float)s;
+    }
+    acc = kr_gf_warp_sum(acc);
+    if (threadIdx.x == 0)
+        y[row] = acc;
+}
