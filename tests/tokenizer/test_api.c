@@ -600,3 +600,32 @@ Test(bpe, every_pre_type_loads)
         kr_tokenizer_free(t);
     }
 }
+
+/* Repeated words (served from the per-call word cache) encode exactly as the
+ * first occurrence: N copies of a sentence = N times its ids. */
+Test(bpe, repeated_text_equals_repeated_ids)
+{
+    static const char *const files[] = {"vocab/ggml-vocab-gpt-2.gguf", "tokenizers/llama3/tokenizer.json",
+                                        "vocab/ggml-vocab-falcon.gguf"};
+    static const char sent[] = " The cat sat on the mat, didn't it? Yes.";
+    enum { COPIES = 300 };
+    char *big = malloc(sizeof sent * COPIES);
+    size_t bl = 0;
+    for (int k = 0; k < COPIES; k++) {
+        memcpy(big + bl, sent, sizeof sent - 1);
+        bl += sizeof sent - 1;
+    }
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        kr_tokenizer *t = kr_test_load(files[f]);
+        size_t n1, nb;
+        int32_t *one = kr_test_encode(t, sent, sizeof sent - 1, false, false, &n1);
+        int32_t *all = kr_test_encode(t, big, bl, false, false, &nb);
+        cr_assert_eq(nb, n1 * COPIES, "%s", files[f]);
+        for (size_t k = 0; k < nb; k++)
+            cr_assert_eq(all[k], one[k % n1], "%s: id %zu", files[f], k);
+        free(one);
+        free(all);
+        kr_tokenizer_free(t);
+    }
+    free(big);
+}

@@ -21,6 +21,17 @@ typedef struct kr__bigram {
     uint32_t size; /* bytes of the merged text when pushed (staleness check) */
 } kr__bigram;
 
+/* Per-call cache of short pre-tokens -> ids (words repeat a lot in text).
+ * Encoding a word depends only on its bytes, so this is exact. */
+#define KR__WC_SLOTS 8192     /* power of two; filled to half at most */
+#define KR__WC_MAX_WORD 48    /* bytes */
+typedef struct kr__wc_slot {
+    uint64_t hash;            /* 0 = empty */
+    uint32_t word_off;        /* into kr__enc.wc_bytes */
+    uint32_t ids_off;         /* into kr__enc.wc_ids */
+    uint16_t word_len, ids_n;
+} kr__wc_slot;
+
 typedef struct kr__enc {
     const kr_tokenizer *t;
     int32_t *ids;            /* (ids_cap) output */
@@ -32,6 +43,12 @@ typedef struct kr__enc {
     char *norm;              /* (norm_cap) normalizer scratch */
     size_t norm_cap;
     bool last_was_fused_unk;
+    kr__wc_slot *wc;         /* (KR__WC_SLOTS) word cache, NULL until needed */
+    size_t wc_used;
+    char *wc_bytes;          /* (wc_bytes_cap) cached words */
+    size_t wc_bytes_n, wc_bytes_cap;
+    int32_t *wc_ids;         /* (wc_ids_cap) cached ids */
+    size_t wc_ids_n, wc_ids_cap;
     kr_err *err;
 } kr__enc;
 
@@ -377,6 +394,50 @@ err_free:
     return st;
 }
 
+/* kr__encode_word through the word cache. */
+static kr_status kr__encode_word_cached(kr__enc *e, const char *w, size_t n)
+{
+    if (n == 0 || n > KR__WC_MAX_WORD)
+        return kr__encode_word(e, w, n);
+    kr_status st;
+    if (!e->wc) {
+        e->wc = calloc(KR__WC_SLOTS, sizeof *e->wc);
+        if (!e->wc)
+            return kr__encode_word(e, w, n); /* no cache, still correct */
+    }
+    uint64_t h = kr__hash_bytes(w, n) | 1;
+    size_t mask = KR__WC_SLOTS - 1, i = (size_t)h & mask;
+    for (; e->wc[i].hash; i = (i + 1) & mask) {
+        const kr__wc_slot *c = &e->wc[i];
+        if (c->hash == h && c->word_len == n && memcmp(e->wc_bytes + c->word_off, w, n) == 0) {
+            for (uint32_t k = 0; k < c->ids_n; k++)
+                if ((st = kr__emit(e, e->wc_ids[c->ids_off + k])))
+                    return st;
+            return KR_OK;
+        }
+    }
+    size_t start = e->n_ids;
+    if ((st = kr__encode_word(e, w, n)))
+        return st;
+    size_t got = e->n_ids - start;
+    if (e->wc_used >= KR__WC_SLOTS / 2 || got > UINT16_MAX || e->wc_ids_n + got > UINT32_MAX ||
+        e->wc_bytes_n + n > UINT32_MAX)
+        return KR_OK; /* cache full: just don't remember */
+    if (kr__grow((void **)&e->wc_bytes, &e->wc_bytes_cap, e->wc_bytes_n + n, 1, e->err) ||
+        kr__grow((void **)&e->wc_ids, &e->wc_ids_cap, e->wc_ids_n + got, sizeof *e->wc_ids, e->err)) {
+        kr_err_clear(e->err); /* caching is optional */
+        return KR_OK;
+    }
+    memcpy(e->wc_bytes + e->wc_bytes_n, w, n);
+    if (got) /* a word may give no ids at all (bytes without tokens) */
+        memcpy(e->wc_ids + e->wc_ids_n, e->ids + start, got * sizeof *e->ids);
+    e->wc[i] = (kr__wc_slot){h, (uint32_t)e->wc_bytes_n, (uint32_t)e->wc_ids_n, (uint16_t)n, (uint16_t)got};
+    e->wc_bytes_n += n;
+    e->wc_ids_n += got;
+    e->wc_used++;
+    return KR_OK;
+}
+
 static kr_status kr__encode_segment(kr__enc *e, const char *s, size_t n, bool first)
 {
     const char *ns = NULL;
@@ -392,7 +453,7 @@ static kr_status kr__encode_segment(kr__enc *e, const char *s, size_t n, bool fi
     if ((st = kr__pretokenize(e->t, ns, nn, first, &w, e->err)))
         return st;
     for (size_t i = 0; i < w.n && !st; i++)
-        st = kr__encode_word(e, w.buf + w.sp[i].off, w.sp[i].len);
+        st = kr__encode_word_cached(e, w.buf + w.sp[i].off, w.sp[i].len);
     kr__words_free(&w);
     return st;
 }
@@ -521,5 +582,8 @@ err_free:
     free(e.syms);
     free(e.heap);
     free(e.norm);
+    free(e.wc);
+    free(e.wc_bytes);
+    free(e.wc_ids);
     return st;
 }

@@ -191,7 +191,8 @@ static kr_status kr__load_gguf(const kr_gguf *g, kr_tokenizer **out, kr_err *err
                             (int)(p.len > 64 ? 64 : p.len), p.ptr);
             goto err_free_tok;
         }
-        memcpy(pre_buf, p.ptr, (size_t)p.len);
+        if (p.len)
+            memcpy(pre_buf, p.ptr, (size_t)p.len);
         pre_buf[p.len] = '\0';
         pre = pre_buf;
     }
@@ -264,7 +265,8 @@ static kr_status kr__load_gguf(const kr_gguf *g, kr_tokenizer **out, kr_err *err
             st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
             goto err_free_tok;
         }
-        memcpy(t->chat_template, ct.ptr, (size_t)ct.len);
+        if (ct.len)
+            memcpy(t->chat_template, ct.ptr, (size_t)ct.len);
         t->chat_template[ct.len] = '\0';
     }
     if ((st = kr__tok_finish(t, err)))

@@ -85,7 +85,8 @@ kr_status kr__tok_set_text(kr_tokenizer *t, int32_t id, const char *s, size_t n,
         t->strs = p;
         t->strs_cap = cap;
     }
-    memcpy(t->strs + t->strs_len, s, n);
+    if (n)
+        memcpy(t->strs + t->strs_len, s, n);
     t->strs[t->strs_len + n] = '\0';
     t->toks[id].off = (uint32_t)t->strs_len;
     t->toks[id].len = (uint32_t)n;
