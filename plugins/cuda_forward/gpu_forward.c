@@ -21,6 +21,7 @@
 #include "kernrun/log.h"
 #include "kr_decode.h"
 #include "kr_kernel_forward_matvec_repacked_cu.h"
+#include "kr_kernel_forward_step_fused_cu.h"
 
 #define KR__DOM "gpu_forward"
 #define KR__ALIGN 256u
@@ -97,6 +98,8 @@ struct kr_gpu_forward {
 
     kr_function *fn_mv_q4_0;       /* repacked matvecs (kernels/forward/matvec_repacked.cu) */
     kr_function *fn_mv_q8_0;
+    kr_function *fn_norm;          /* fused add + rmsnorm + q8 (NULL: separate launches) */
+    kr_function *fn_swiglu;        /* fused swiglu + q8 */
     uint32_t launches;             /* counted during the last step */
     kr_gpu_forward_stats stats;
 };
@@ -498,6 +501,22 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     }
     free(offs);
     g->stats.step_weight_bytes = step_bytes;
+    if (!p->no_fused_ops) {
+        const char *entries[2] = {"kr_gf_add_rmsnorm_q8", "kr_gf_swiglu_q8"};
+        kr_function **fns[2] = {&g->fn_norm, &g->fn_swiglu};
+        for (int i = 0; i < 2; i++) {
+            const kr_kernel_source src = {
+                .name = "forward/step_fused.cu",
+                .code = (const char *)kr_kernel_forward_step_fused_cu,
+                .len = kr_kernel_forward_step_fused_cu_LEN,
+                .entry = entries[i],
+            };
+            if ((st = kr_backend_get_function(be, &src, fns[i], err)) != KR_OK) {
+                kr_err_prefix(err, "kernel %s", entries[i]);
+                goto err_layers;
+            }
+        }
+    }
     const char *nr = getenv("KERNRUN_NO_REPACK");
     if (use_q8 && !p->no_repack && !(nr && strcmp(nr, "1") == 0) && (st = kr__repack_all(g, err)) != KR_OK) {
         kr_err_prefix(err, "repacking Q4_0/Q8_0 weights");
@@ -719,14 +738,20 @@ static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err)
     } while (0)
 
 /* ys[i] = mats[i] @ x for n matrices sharing the input x (quantized once when any uses q8). */
-static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, const kr__gf_mat *const *mats,
-                          float *const *ys, int n, kr_err *err)
+static bool kr__any_q8(const kr__gf_mat *const *mats, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (mats[i]->q8)
+            return true;
+    return false;
+}
+
+/* x_quantized: g->xq already holds q8(x). */
+static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool x_quantized,
+                          const kr__gf_mat *const *mats, float *const *ys, int n, kr_err *err)
 {
     kr_status st;
-    bool need_q8 = false;
-    for (int i = 0; i < n; i++)
-        need_q8 |= mats[i]->q8;
-    if (need_q8)
+    if (kr__any_q8(mats, n) && !x_quantized)
         KR__TRY(kr_dec_quantize_q8(g->dec, s, x, g->xq, mats[0]->cols, err));
     for (int i = 0; i < n; i++) {
         const kr__gf_mat *M = mats[i];
@@ -748,12 +773,56 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, const
     return KR_OK;
 }
 
+/* x += resid (resid NULL: none); h = rmsnorm(x) * w; q8: xq = q8(h). */
+static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, const float *w, bool q8, kr_err *err)
+{
+    kr_status st;
+    int64_t E = g->hp.n_embd;
+    if (g->fn_norm) {
+        float *x = g->x, *h = g->h;
+        void *xq = g->xq;
+        int n = (int)E, iq8 = q8;
+        float eps = g->hp.norm_eps;
+        void *args[] = {&x, &resid, &w, &h, &xq, &n, &eps, &iq8};
+        uint32_t grid[3] = {1, 1, 1}, block[3] = {E >= 1024 ? 1024 : (uint32_t)((E + 31) / 32 * 32), 1, 1};
+        KR__TRY(kr_backend_launch(g->be, g->fn_norm, grid, block, 0, s, args, err));
+        return KR_OK;
+    }
+    if (resid)
+        KR__TRY(kr_dec_add(g->dec, s, g->x, resid, g->x, E, err));
+    KR__TRY(kr_dec_rmsnorm(g->dec, s, g->x, w, g->h, 1, E, g->hp.norm_eps, err));
+    if (q8)
+        KR__TRY(kr_dec_quantize_q8(g->dec, s, g->h, g->xq, E, err));
+    return KR_OK;
+}
+
+/* gate = silu(gate) * up; q8: xq = q8(gate) when that can be fused. Sets *quantized. */
+static kr_status kr__swiglu(kr_gpu_forward *g, kr_stream *s, bool q8, bool *quantized, kr_err *err)
+{
+    kr_status st;
+    int64_t F = g->hp.n_ff;
+    *quantized = false;
+    if (g->fn_swiglu && F % 32 == 0) {
+        const float *gu = g->gate;
+        float *y = g->gate;
+        void *xq = g->xq;
+        int n = (int)F, iq8 = q8;
+        void *args[] = {&gu, &y, &xq, &n, &iq8};
+        uint32_t grid[3] = {(uint32_t)((F + 255) / 256), 1, 1}, block[3] = {256, 1, 1};
+        KR__TRY(kr_backend_launch(g->be, g->fn_swiglu, grid, block, 0, s, args, err));
+        *quantized = q8;
+        return KR_OK;
+    }
+    KR__TRY(kr_dec_swiglu(g->dec, s, g->gate, g->up, g->gate, F, err));
+    return KR_OK;
+}
+
 static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
 {
     const kr_hparams *hp = &g->hp;
     kr_dec *d = g->dec;
     kr_status st;
-    int64_t E = hp->n_embd, F = hp->n_ff;
+    int64_t E = hp->n_embd;
     int KVD = (int)(hp->n_head_kv * hp->head_dim);
     const int32_t *tok = g->step, *pos = g->step + 1;
     bool neox = hp->rope_mode == KR_ROPE_NEOX;
@@ -761,13 +830,18 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     g->launches = 0;
 
     KR__TRY(kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E, tok, 0, g->x, err));
+    /* The residual add of each layer's FFN output (x += tmp) happens in the
+     * next norm: the next layer's attn_norm, or the final output_norm. */
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
-        KR__TRY(kr_dec_rmsnorm(d, s, g->x, L->attn_norm, g->h, 1, E, hp->norm_eps, err));
         const kr__gf_mat *qkv[3] = {&L->q, &L->k, &L->v};
         float *const qkv_y[3] = {g->q, g->k, g->v};
         const kr__gf_mat *qkv1[1] = {&L->qkv};
-        if ((st = L->fuse_qkv ? kr__proj(g, s, g->h, qkv1, qkv_y, 1, err) : kr__proj(g, s, g->h, qkv, qkv_y, 3, err)) !=
+        bool fq = L->fuse_qkv;
+        if ((st = kr__norm(g, s, l > 0 ? g->tmp : NULL, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3),
+                           err)) != KR_OK)
+            return st;
+        if ((st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, err) : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, err)) !=
             KR_OK)
             return st;
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
@@ -780,26 +854,30 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             g->launches++; /* the combine kernel */
         const kr__gf_mat *o[1] = {&L->o};
         float *const o_y[1] = {g->tmp};
-        if ((st = kr__proj(g, s, g->att, o, o_y, 1, err)) != KR_OK)
+        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, err)) != KR_OK)
             return st;
-        KR__TRY(kr_dec_add(d, s, g->x, g->tmp, g->x, E, err));
-        KR__TRY(kr_dec_rmsnorm(d, s, g->x, L->ffn_norm, g->h, 1, E, hp->norm_eps, err));
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
         const kr__gf_mat *gu1[1] = {&L->gu};
-        if ((st = L->fuse_gu ? kr__proj(g, s, g->h, gu1, gu_y, 1, err) : kr__proj(g, s, g->h, gu, gu_y, 2, err)) != KR_OK)
+        bool fg = L->fuse_gu;
+        if ((st = kr__norm(g, s, g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) != KR_OK)
             return st;
-        KR__TRY(kr_dec_swiglu(d, s, g->gate, g->up, g->gate, F, err));
+        if ((st = fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, err) : kr__proj(g, s, g->h, true, gu, gu_y, 2, err)) !=
+            KR_OK)
+            return st;
         const kr__gf_mat *dn[1] = {&L->down};
         float *const dn_y[1] = {g->tmp};
-        if ((st = kr__proj(g, s, g->gate, dn, dn_y, 1, err)) != KR_OK)
+        bool dq = false;
+        if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
             return st;
-        KR__TRY(kr_dec_add(d, s, g->x, g->tmp, g->x, E, err));
+        if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, err)) != KR_OK)
+            return st;
     }
-    KR__TRY(kr_dec_rmsnorm(d, s, g->x, g->out_norm, g->h, 1, E, hp->norm_eps, err));
     const kr__gf_mat *om[1] = {&g->out};
     float *const om_y[1] = {g->logits};
-    return kr__proj(g, s, g->h, om, om_y, 1, err);
+    if ((st = kr__norm(g, s, hp->n_layer > 0 ? g->tmp : NULL, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)
+        return st;
+    return kr__proj(g, s, g->h, true, om, om_y, 1, err);
 }
 
 /* Capture the step once; on any failure fall back to eager launches for good. */

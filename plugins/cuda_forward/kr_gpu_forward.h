@@ -44,6 +44,8 @@ typedef struct kr_gpu_forward_params {
     bool no_fuse;     /* separate q/k/v and gate/up matvecs (default: one matvec each where the types match) */
     bool no_repack;   /* keep GGML's Q4_0/Q8_0 block layout and use kr_dec_matvec_q8 (also with the env
                          KERNRUN_NO_REPACK=1); default: repacked on the device for 16-byte loads */
+    bool no_fused_ops; /* separate add / rmsnorm / quantize and swiglu / quantize launches
+                          (default: kernels/forward/step_fused.cu) */
 } kr_gpu_forward_params;
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);

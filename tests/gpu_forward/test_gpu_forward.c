@@ -136,6 +136,7 @@ static void cpu_reference(kr_model *m, int32_t start, ref_run *r)
 
 static bool g_no_fuse;   /* separate q/k/v and gate/up matvecs (one test) */
 static bool g_no_repack; /* GGML block layout + kr_dec_matvec_q8 instead of the repacked kernels */
+static bool g_no_fused_ops; /* kr_dec add/rmsnorm/quantize/swiglu instead of kernels/forward/step_fused.cu */
 
 static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool no_q8)
 {
@@ -147,6 +148,7 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool 
     gp.no_q8 = no_q8;
     gp.no_fuse = g_no_fuse;
     gp.no_repack = g_no_repack;
+    gp.no_fused_ops = g_no_fused_ops;
     kr_gpu_forward *g = NULL;
     kr_status st = kr_gpu_forward_new(m, be, &gp, &g, &err);
     cr_assert_eq(st, KR_OK, "gpu_forward_new: %s", kr_err_msg(&err, st));
@@ -234,6 +236,7 @@ Test(gpu_forward, stories260k_unfused)
     char p[4096];
     model_path(p, sizeof p, "stories260K-f32.gguf");
     g_no_fuse = true;
+    g_no_fused_ops = true;
     compare(p, false, false, NMSE_TOL);
 }
 
@@ -279,6 +282,11 @@ Test(gpu_forward, mkmodel_mistral_q4_1) { mk_and_compare("mistral", KR_DTYPE_Q4_
 /* 8-bit activations (dp4a) round x to 1/254 of each block's max: allow 1e-3 */
 Test(gpu_forward, mkmodel_llama_q4_0_q8_activations) { mk_and_compare("llama", KR_DTYPE_Q4_0, false, 1e-3); }
 Test(gpu_forward, mkmodel_llama_q8_0_q8_activations) { mk_and_compare("llama", KR_DTYPE_Q8_0, false, 1e-3); }
+Test(gpu_forward, mkmodel_llama_q4_0_q8_no_fused_ops)
+{
+    g_no_fused_ops = true;
+    mk_and_compare("llama", KR_DTYPE_Q4_0, false, 1e-3);
+}
 Test(gpu_forward, mkmodel_llama_q4_0_q8_not_repacked)
 {
     g_no_repack = true;
@@ -288,6 +296,7 @@ Test(gpu_forward, mkmodel_mistral_q8_0_q8_unfused_not_repacked)
 {
     g_no_repack = true;
     g_no_fuse = true;
+    g_no_fused_ops = true;
     mk_and_compare("mistral", KR_DTYPE_Q8_0, false, 1e-3);
 }
 

@@ -25,7 +25,7 @@
 
 static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
-    "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [-t N]\n"
+    "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops] [-t N]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -42,6 +42,7 @@ static const char g_usage[] =
     "  --no-q8           fp32 activations for every matvec (default: 8-bit for Q4_0/Q8_0)\n"
     "  --no-fuse         separate q/k/v and gate/up matvecs (default: one each where types match)\n"
     "  --no-repack       keep GGML's Q4_0/Q8_0 blocks (kr_dec_matvec_q8) instead of the repacked kernels\n"
+    "  --no-fused-ops    separate add/rmsnorm/quantize and swiglu/quantize launches\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "\n"
     "Exit status: 0 ok, 1 error, 2 usage error.\n";
@@ -50,7 +51,7 @@ typedef struct kr__bench_opts {
     const char *model;
     long p, n, threads;
     const char *backend; /* cuda | cpu | auto */
-    bool json, no_graph, no_q8, no_fuse, no_repack;
+    bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops;
 } kr__bench_opts;
 
 typedef struct kr__bench_res {
@@ -132,6 +133,8 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             o->no_fuse = true;
         } else if (!strcmp(a, "--no-repack")) {
             o->no_repack = true;
+        } else if (!strcmp(a, "--no-fused-ops")) {
+            o->no_fused_ops = true;
         } else {
             return kr__usage_err("unknown argument", a);
         }
@@ -229,6 +232,7 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     gp.no_q8 = o->no_q8;
     gp.no_fuse = o->no_fuse;
     gp.no_repack = o->no_repack;
+    gp.no_fused_ops = o->no_fused_ops;
     kr_gpu_forward *g = NULL;
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);

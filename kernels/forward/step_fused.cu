@@ -1,0 +1,104 @@
+// Fused elementwise steps of the decode forward pass (plugins/cuda_forward):
+// fewer, larger launches than add + rmsnorm + quantize and swiglu + quantize.
+//
+// 8-bit activation format (as kr_dec_quantize_q8): xq = int8 q[n] | float d[n/32] | float s[n/32],
+// per 32-block d = max|v|/127, q = rint(v/d) (0 when d = 0), s = d * sum(q).
+
+typedef long long kr_gf_i64;
+
+__device__ __forceinline__ float kr_gf_warp_sum_f(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float kr_gf_warp_max_f(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ int kr_gf_warp_sum_i(int v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// One lane's value v of 32-block blk (lane = element in the block): write the q8 form.
+__device__ __forceinline__ void kr_gf_q8_block(float v, int blk, int lane, signed char *xq, int n)
+{
+    float amax = kr_gf_warp_max_f(fabsf(v));
+    float d = amax / 127.0f;
+    int q = d > 0.0f ? (int)rintf(v / d) : 0;
+    int sum = kr_gf_warp_sum_i(q);
+    xq[(kr_gf_i64)blk * 32 + lane] = (signed char)q;
+    if (lane == 0) {
+        float *dd = (float *)(xq + n);
+        dd[blk] = d;
+        dd[n / 32 + blk] = d * (float)sum;
+    }
+}
+
+// One CTA (blockDim.x a multiple of 32, <= 1024):
+//   x (n) += r (n)   (r NULL: no add)
+//   h (n) = x / sqrt(mean(x^2) + eps) * w   (w NULL: 1)
+//   q8 != 0 (n a multiple of 32): xq = q8(h)
+extern "C" __global__ void kr_gf_add_rmsnorm_q8(float *__restrict__ x, const float *__restrict__ r,
+                                                const float *__restrict__ w, float *__restrict__ h,
+                                                signed char *__restrict__ xq, int n, float eps, int q8)
+{
+    __shared__ float part[32];
+    __shared__ float scale_s;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
+    float ss = 0.0f;
+    for (int i = tid; i < n; i += blockDim.x) {
+        float v = x[i];
+        if (r) {
+            v += r[i];
+            x[i] = v;
+        }
+        ss += v * v;
+    }
+    ss = kr_gf_warp_sum_f(ss);
+    if (lane == 0)
+        part[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        float t = lane < nwarp ? part[lane] : 0.0f;
+        t = kr_gf_warp_sum_f(t);
+        if (lane == 0)
+            scale_s = rsqrtf(t / (float)n + eps);
+    }
+    __syncthreads();
+    float scale = scale_s;
+    if (!q8) {
+        for (int i = tid; i < n; i += blockDim.x)
+            h[i] = x[i] * scale * (w ? w[i] : 1.0f);
+        return;
+    }
+    for (int blk = warp; blk < n / 32; blk += nwarp) {
+        int i = blk * 32 + lane;
+        float v = x[i] * scale * (w ? w[i] : 1.0f);
+        h[i] = v;
+        kr_gf_q8_block(v, blk, lane, xq, n);
+    }
+}
+
+// y (n) = silu(g) * u with g = gu[0..n), u = gu[n..2n); y may alias g.
+// q8 != 0: also xq = q8(y). n a multiple of 32; one warp per 32-block, any grid.
+extern "C" __global__ void kr_gf_swiglu_q8(const float *gu, float *y, signed char *__restrict__ xq, int n, int q8)
+{
+    int lane = threadIdx.x & 31;
+    int blk = (int)(((kr_gf_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    if (blk >= n / 32)
+        return;
+    int i = blk * 32 + lane;
+    float g = gu[i], u = gu[(kr_gf_i64)n + i];
+    float v = g / (1.0f + expf(-g)) * u;
+    y[i] = v;
+    if (q8)
+        kr_gf_q8_block(v, blk, lane, xq, n);
+}
