@@ -27,6 +27,8 @@
 #define KR_GS_THREADS 1024
 #define KR_GS_WARPS (KR_GS_THREADS / 32)
 #define KR_GS_CAP 4096         // small-path capacity (power of two)
+#define KR_GS_UNROLL 8         // vocabulary loops: loads in flight per thread
+#define KR_GS_SORT_MAX 1024    // radix passes go on while more tokens than this are at/above the threshold
 #define KR_GS_FULL 0xffffffffu
 #define KR_GS_KEY_NEG_INF 0x007fffffu   // key(-inf); every finite logit has a larger key
 #define KR_GS_FX_SCALE 17592186044416.0 // 2^44: fixed-point unit of softmax mass
@@ -235,14 +237,23 @@ __device__ void kr_gs_compact(kr_gs_shared *sh, const float *cur, int n_vocab, k
     if (threadIdx.x == 0)
         sh->n_small = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < n_vocab; i += KR_GS_THREADS) {
-        float l = cur[i];
-        kr_u32 k = kr_gs_key(l);
-        if (k >= thr && kr_gs_in_cut(k, i, ck_key, ck_id)) {
-            int slot = atomicAdd(&sh->n_small, 1);
-            if (slot < KR_GS_CAP) {
-                sh->val[slot] = l;
-                sh->id[slot] = i;
+    for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
+        float v[KR_GS_UNROLL];
+#pragma unroll
+        for (int u = 0; u < KR_GS_UNROLL; u++) {
+            int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
+            v[u] = i < n_vocab ? cur[i] : -KR_GS_INF;
+        }
+#pragma unroll
+        for (int u = 0; u < KR_GS_UNROLL; u++) {
+            int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
+            kr_u32 k = kr_gs_key(v[u]);
+            if (i < n_vocab && k >= thr && kr_gs_in_cut(k, i, ck_key, ck_id)) {
+                int slot = atomicAdd(&sh->n_small, 1);
+                if (slot < KR_GS_CAP) {
+                    sh->val[slot] = v[u];
+                    sh->id[slot] = i;
+                }
             }
         }
     }
@@ -269,22 +280,28 @@ __device__ bool kr_gs_radix(kr_gs_shared *sh, const float *cur, int n_vocab, kr_
         }
         __syncthreads();
         kr_u32 hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        for (int base = 0; base < n_vocab; base += KR_GS_THREADS) {
-            int i = base + threadIdx.x;
-            kr_u32 dig = 0xffffffffu;
-            if (i < n_vocab) {
-                float l = cur[i];
-                kr_u32 k = kr_gs_key(l);
-                if (kr_gs_in_cut(k, i, ck_key, ck_id) && (k & hi_mask) == (prefix & hi_mask)) {
+        for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
+            float v[KR_GS_UNROLL];
+#pragma unroll
+            for (int u = 0; u < KR_GS_UNROLL; u++) {
+                int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
+                v[u] = i < n_vocab ? cur[i] : -KR_GS_INF;
+            }
+#pragma unroll
+            for (int u = 0; u < KR_GS_UNROLL; u++) {
+                int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
+                kr_u32 dig = 0xffffffffu;
+                kr_u32 k = kr_gs_key(v[u]);
+                if (i < n_vocab && kr_gs_in_cut(k, i, ck_key, ck_id) && (k & hi_mask) == (prefix & hi_mask)) {
                     dig = (k >> shift) & 255u;
                     if (mass)
                         atomicAdd(&sh->mass[dig],
-                                  (kr_u64)(exp((double)l - (double)maxl) * KR_GS_FX_SCALE + 0.5));
+                                  (kr_u64)(exp((double)v[u] - (double)maxl) * KR_GS_FX_SCALE + 0.5));
                 }
+                kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
+                if (dig != 0xffffffffu && lane == __ffs(peers) - 1)
+                    atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
             }
-            kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
-            if (dig != 0xffffffffu && lane == __ffs(peers) - 1)
-                atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
         }
         __syncthreads();
         if (threadIdx.x < 32) {
@@ -344,7 +361,9 @@ __device__ bool kr_gs_radix(kr_gs_shared *sh, const float *cur, int n_vocab, kr_
         above_c = sh->r_above_cnt;
         cnt_b = sh->r_cnt_b;
         __syncthreads();
-        if (above_c + cnt_b <= KR_GS_CAP) {
+        // compact once the tokens at or above the threshold fit; prefer another
+        // pass over sorting more than KR_GS_SORT_MAX of them
+        if (above_c + cnt_b <= KR_GS_CAP && (above_c + cnt_b <= KR_GS_SORT_MAX || shift == 0)) {
             kr_gs_compact(sh, cur, n_vocab, prefix, ck_key, ck_id);
             return true;
         }
@@ -403,15 +422,38 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     __shared__ kr_gs_shared sh;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-    // 1. sanitize
-    for (int i = tid; i < n_vocab; i += KR_GS_THREADS) {
-        float l = logits[i];
-        cur[i] = l != l ? -KR_GS_INF : l == KR_GS_INF ? KR_GS_FLT_MAX : l;
+    // 1. sanitize (and, when nothing adjusts the logits, find the max on the way)
+    int hist_n = hist_meta[0];
+    bool pen = hist_n > 0 && (repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f);
+    bool adj = pen || n_bias > 0;
+    float bm = -KR_GS_INF;
+    int bi = 0x7fffffff, nf = 0;
+    for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
+        float v[KR_GS_UNROLL];
+#pragma unroll
+        for (int u = 0; u < KR_GS_UNROLL; u++) {
+            int i = base + u * KR_GS_THREADS + tid;
+            v[u] = i < n_vocab ? logits[i] : -KR_GS_INF;
+        }
+#pragma unroll
+        for (int u = 0; u < KR_GS_UNROLL; u++) {
+            int i = base + u * KR_GS_THREADS + tid;
+            float l = v[u];
+            l = l != l ? -KR_GS_INF : l == KR_GS_INF ? KR_GS_FLT_MAX : l;
+            if (i < n_vocab) {
+                cur[i] = l;
+                if (!adj) {
+                    if (l > bm || (l == bm && i < bi)) {
+                        bm = l;
+                        bi = i;
+                    }
+                    nf += l != -KR_GS_INF;
+                }
+            }
+        }
     }
     __syncthreads();
     // 2. penalties: one thread per first occurrence of a token in the window
-    int hist_n = hist_meta[0];
-    bool pen = hist_n > 0 && (repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f);
     if (pen) {
         for (int j = tid; j < hist_n; j += KR_GS_THREADS) {
             int t = hist[j];
@@ -449,9 +491,7 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     __syncthreads();
 
     // max (lowest id on ties) and finite count
-    float bm = -KR_GS_INF;
-    int bi = 0x7fffffff, nf = 0;
-    for (int i = tid; i < n_vocab; i += KR_GS_THREADS) {
+    for (int i = tid; adj && i < n_vocab; i += KR_GS_THREADS) {
         float l = cur[i];
         if (l > bm || (l == bm && i < bi)) {
             bm = l;

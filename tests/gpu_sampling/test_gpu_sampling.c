@@ -48,6 +48,10 @@ static bool require_gpu(void)
     return r && strcmp(r, "1") == 0;
 }
 
+/* Under tools/gpu-check's compute-sanitizer pass (which sets
+ * KERNRUN_SKIP_FAULT_TESTS) run fewer and smaller cases: same paths, less time. */
+static bool quick(void) { return getenv("KERNRUN_SKIP_FAULT_TESTS") != NULL; }
+
 static kr_backend *gpu_open(void)
 {
     kr_err err;
@@ -239,11 +243,12 @@ Test(gpu_sampling, random_logits_match_cpu, .timeout = 600)
 {
     kr_backend *be = gpu_open();
     const int32_t vocabs[] = {1000, 32000, 128256};
-    for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++)
+    size_t nv = quick() ? 2 : 3;
+    for (size_t v = 0; v < nv; v++)
         for (size_t c = 0; c < sizeof k_combos / sizeof k_combos[0]; c++)
-            for (int r = 0; r < 3; r++)
-                run_combo(be, &k_combos[c], vocabs[v], vocabs[v] > 100000 ? 8 : 20, r == 2 ? 6.0f : 2.0f,
-                          rng_u64());
+            for (int r = 0; r < (quick() ? 1 : 3); r++)
+                run_combo(be, &k_combos[c], vocabs[v], quick() ? 2 : vocabs[v] > 100000 ? 8 : 20,
+                          r == 2 ? 6.0f : 2.0f, rng_u64());
     kr_backend_destroy(be);
 }
 
@@ -251,7 +256,7 @@ Test(gpu_sampling, vocab_256k_and_odd_sizes, .timeout = 300)
 {
     kr_backend *be = gpu_open();
     const int32_t vocabs[] = {1, 2, 31, 1023, 1025, 4097, 256000};
-    for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++) {
+    for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0] - quick(); v++) {
         run_combo(be, &k_combos[0], vocabs[v], 10, 3.0f, rng_u64());
         run_combo(be, &k_combos[2], vocabs[v], 10, 3.0f, rng_u64());
         run_combo(be, &k_combos[3], vocabs[v], 5, 3.0f, rng_u64());
@@ -333,7 +338,7 @@ Test(gpu_sampling, ties_resolved_by_id, .timeout = 300)
             p.seed = rng_u64();
             pair q;
             pair_open(&q, be, &p, nv);
-            for (int s = 0; s < 6; s++) {
+            for (int s = 0; s < (quick() ? 1 : 6); s++) {
                 for (int32_t i = 0; i < nv; i++) {
                     if (mode == 0)
                         l[i] = 1.5f; /* flat */
@@ -379,7 +384,7 @@ Test(gpu_sampling, penalties_and_bias_match_cpu, .timeout = 300)
         }
         pair q;
         pair_open(&q, be, &p, nv);
-        for (int s = 0; s < 40; s++) {
+        for (int s = 0; s < (quick() ? 4 : 40); s++) {
             rand_logits(l, nv, 2.0f);
             /* history tokens at the top, some repeated, some negative */
             for (int k = 0; k < 4; k++) {
