@@ -221,7 +221,7 @@ Test(validate, context_sizing)
     cr_expect_eq(kr_context_new(km, &cp, &c, &err), KR_ERR_RANGE);
     cr_expect_null(c);
     cp.n_ctx = 16;
-    cp.kv_type = KR_DTYPE_Q8_0;
+    cp.kv_type = KR_DTYPE_Q4_0; /* KV types: f32, f16, q8_0 */
     cr_expect_eq(kr_context_new(km, &cp, &c, &err), KR_ERR_UNSUPPORTED);
     cp.kv_type = KR_DTYPE_F32;
     cp.n_threads = 3;

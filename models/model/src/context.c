@@ -12,6 +12,7 @@
 #define KR__LOG "model"
 #define KR__MAX_CTX (1u << 24)
 #define KR__MAX_THREADS 256
+#define KR__MAX_SEQ 4096
 
 kr_context_params kr_context_params_default(void)
 {
@@ -20,6 +21,11 @@ kr_context_params kr_context_params_default(void)
         .n_batch = 512,
         .n_threads = 0,
         .kv_type = KR_DTYPE_F32,
+        .n_seq = 1,
+        .kv_full = KR_KV_FULL_STOP,
+        .n_keep = 0,
+        .kv_mem_limit = 0,
+        .kv_no_ring = false,
     };
     return p;
 }
@@ -73,18 +79,28 @@ kr_status kr_context_new(kr_model *m, const kr_context_params *p, kr_context **o
         cp.n_threads = kr__default_threads();
     if (cp.n_threads > KR__MAX_THREADS)
         cp.n_threads = KR__MAX_THREADS;
-    if (cp.kv_type != KR_DTYPE_F32 && cp.kv_type != KR_DTYPE_F16)
-        return kr_err_set(err, KR_ERR_UNSUPPORTED, "KV cache type %s not supported (f32 or f16)",
-                          kr_dtype_name(cp.kv_type));
+    if (cp.n_seq > KR__MAX_SEQ)
+        return kr_err_set(err, KR_ERR_RANGE, "sequence count %" PRIu32 " exceeds the limit %u", cp.n_seq,
+                          KR__MAX_SEQ);
+    if (cp.kv_full != KR_KV_FULL_STOP && cp.kv_full != KR_KV_FULL_SHIFT)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "kv_full %d is neither stop nor shift", (int)cp.kv_full);
 
-    /* per layer: n_ctx * n_head_kv * head_dim elements, for K and for V */
-    uint64_t layer_bytes, total;
-    size_t elem = cp.kv_type == KR_DTYPE_F16 ? 2 : 4;
-    if (kr_mul3_overflow_u64(cp.n_ctx, (uint64_t)hp->n_head_kv * hp->head_dim, elem, &layer_bytes) ||
-        kr_mul3_overflow_u64(layer_bytes, hp->n_layer, 2, &total) || layer_bytes > SIZE_MAX)
-        return kr_err_set(err, KR_ERR_OVERFLOW,
-                          "KV cache size overflows: n_ctx %" PRIu32 " x layers %" PRIu32 " x kv heads %" PRIu32
-                          " x head_dim %" PRIu32, cp.n_ctx, hp->n_layer, hp->n_head_kv, hp->head_dim);
+    /* sizes first (checked math), refused against the limit before allocating */
+    kr_kv_plan plan;
+    kr_kv_plan_params pp = {
+        .n_ctx = cp.n_ctx,
+        .n_seq = cp.n_seq,
+        .window = hp->sliding_window,
+        .ring = !cp.kv_no_ring,
+        .type = cp.kv_type,
+    };
+    if ((st = kr_kv_plan_make(hp, &pp, &plan, err)) != KR_OK)
+        return st;
+    size_t scratch_bytes;
+    if ((st = m->arch->scratch_size(hp, cp.n_batch, &scratch_bytes, err)) != KR_OK) {
+        kr_err_prefix(err, "scratch for %" PRIu32 " tokens", cp.n_batch);
+        return st;
+    }
 
     kr_context *c = calloc(1, sizeof *c);
     if (!c)
@@ -93,29 +109,25 @@ kr_status kr_context_new(kr_model *m, const kr_context_params *p, kr_context **o
     c->n_ctx = cp.n_ctx;
     c->n_batch = cp.n_batch;
     c->kv_type = cp.kv_type;
-    c->k = calloc(hp->n_layer, sizeof *c->k);
-    c->v = calloc(hp->n_layer, sizeof *c->v);
+    c->kv_full = cp.kv_full;
+    c->n_keep = cp.n_keep;
+    c->scratch_bytes = scratch_bytes;
     c->pos = calloc(cp.n_batch, sizeof *c->pos);
-    if (!c->k || !c->v || !c->pos) {
+    if (!c->pos) {
         st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
         goto err_free_ctx;
     }
-    for (uint32_t l = 0; l < hp->n_layer; l++) {
-        c->k[l] = kr__aligned_alloc((size_t)layer_bytes);
-        c->v[l] = kr__aligned_alloc((size_t)layer_bytes);
-        if (!c->k[l] || !c->v[l]) {
-            st = kr_err_set(err, KR_ERR_NOMEM,
-                            "cannot allocate the KV cache: %" PRIu64 " bytes (n_ctx %" PRIu32 ", %" PRIu32
-                            " layers, %" PRIu32 " kv heads x %" PRIu32 ", %s)", total, cp.n_ctx, hp->n_layer,
-                            hp->n_head_kv, hp->head_dim, kr_dtype_name(cp.kv_type));
-            goto err_free_ctx;
-        }
-    }
-    st = m->arch->scratch_size(hp, cp.n_batch, &c->scratch_bytes, err);
-    if (st != KR_OK) {
-        kr_err_prefix(err, "scratch for %" PRIu32 " tokens", cp.n_batch);
+    const kr_weight *rf = kr_model_weight(m, "rope_freqs.weight");
+    kr_kv_params kp = {
+        .hp = hp,
+        .ops = m->ops,
+        .freq_factors = rf ? rf->data : NULL,
+        .n_batch = cp.n_batch,
+        .mem_limit = cp.kv_mem_limit,
+        .extra_bytes = scratch_bytes,
+    };
+    if ((st = kr_kv_new(&plan, &kp, &c->kv, err)) != KR_OK)
         goto err_free_ctx;
-    }
     c->scratch = kr__aligned_alloc(c->scratch_bytes);
     if (!c->scratch) {
         st = kr_err_set(err, KR_ERR_NOMEM, "cannot allocate %zu bytes of scratch", c->scratch_bytes);
@@ -127,7 +139,7 @@ kr_status kr_context_new(kr_model *m, const kr_context_params *p, kr_context **o
         goto err_free_ctx;
     }
     KR_LOGD(KR__LOG, "context: n_ctx %" PRIu32 ", KV cache %.1f MiB (%s), scratch %.1f MiB, %d threads", c->n_ctx,
-            (double)total / (1024.0 * 1024.0), kr_dtype_name(c->kv_type),
+            (double)plan.bytes / (1024.0 * 1024.0), kr_dtype_name(c->kv_type),
             (double)c->scratch_bytes / (1024.0 * 1024.0), kr_pool_exec(c->pool)->n_threads);
     *out = c;
     return KR_OK;
@@ -140,7 +152,7 @@ err_free_ctx:
 void kr_context_reset(kr_context *c)
 {
     if (c)
-        c->n_past = 0;
+        kr_kv_set_n_past(c->kv, 0);
 }
 
 void kr_context_free(kr_context *c)
@@ -148,22 +160,37 @@ void kr_context_free(kr_context *c)
     if (!c)
         return;
     kr_pool_free(c->pool);
-    if (c->k)
-        for (uint32_t l = 0; l < c->model->hp.n_layer; l++)
-            free(c->k[l]);
-    if (c->v)
-        for (uint32_t l = 0; l < c->model->hp.n_layer; l++)
-            free(c->v[l]);
-    free(c->k);
-    free(c->v);
+    kr_kv_free(c->kv);
     free(c->pos);
     free(c->scratch);
     free(c);
 }
 
 uint32_t kr_context_n_ctx(const kr_context *c) { return c->n_ctx; }
-uint32_t kr_context_n_past(const kr_context *c) { return c->n_past; }
+uint32_t kr_context_n_past(const kr_context *c) { return kr_kv_n_past(c->kv); }
 int kr_context_n_threads(const kr_context *c) { return kr_pool_exec(c->pool)->n_threads; }
+
+/* ---- KV cache API (kernrun/kvcache.h) ---- */
+
+uint64_t kr_context_kv_bytes(const kr_context *c) { return kr_kv_get_plan(c->kv)->bytes; }
+uint32_t kr_context_kv_rows(const kr_context *c) { return kr_kv_get_plan(c->kv)->rows; }
+kr_dtype kr_context_kv_type(const kr_context *c) { return c->kv_type; }
+kr_status kr_context_seq_use(kr_context *c, int32_t seq_id, kr_err *err) { return kr_kv_seq_use(c->kv, seq_id, err); }
+int32_t kr_context_seq_current(const kr_context *c) { return kr_kv_seq_current(c->kv); }
+bool kr_context_seq_cached(const kr_context *c, int32_t seq_id) { return kr_kv_seq_cached(c->kv, seq_id); }
+kr_status kr_context_seq_pin(kr_context *c, int32_t seq_id, bool pinned, kr_err *err)
+{
+    return kr_kv_seq_pin(c->kv, seq_id, pinned, err);
+}
+void kr_context_seq_drop(kr_context *c, int32_t seq_id) { kr_kv_seq_drop(c->kv, seq_id); }
+kr_status kr_context_shift(kr_context *c, uint32_t n_keep, uint32_t *n_discarded, kr_err *err)
+{
+    return kr_kv_shift(c->kv, kr_pool_exec(c->pool), n_keep, n_discarded, err);
+}
+kr_status kr_context_kv_read(const kr_context *c, uint32_t layer, uint32_t pos, float *k, float *v, kr_err *err)
+{
+    return kr_kv_read(c->kv, layer, pos, k, v, err);
+}
 
 static kr_status kr__eval(kr_context *c, const int32_t *tokens, size_t n, uint32_t pos, float *logits,
                           bool all, kr_err *err)
@@ -173,18 +200,33 @@ static kr_status kr__eval(kr_context *c, const int32_t *tokens, size_t n, uint32
     const kr_model *m = c->model;
     if (n == 0)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "eval: no tokens");
-    if (pos > c->n_past)
+    uint32_t n_past = kr_kv_n_past(c->kv);
+    if (pos > n_past)
         return kr_err_set(err, KR_ERR_STATE, "eval at position %" PRIu32 " but only %" PRIu32
-                          " positions are cached", pos, c->n_past);
-    if (n > c->n_ctx || pos > c->n_ctx - n)
-        return kr_err_set(err, KR_ERR_RANGE, "eval of %zu tokens at position %" PRIu32
-                          " exceeds the context size %" PRIu32, n, pos, c->n_ctx);
+                          " positions are cached", pos, n_past);
+    if (n > c->n_ctx)
+        return kr_err_set(err, KR_ERR_RANGE, "eval of %zu tokens exceeds the context size %" PRIu32, n, c->n_ctx);
+    if (pos > c->n_ctx - n && c->kv_full == KR_KV_FULL_SHIFT && pos == n_past) {
+        kr_status st = kr_context_shift(c, c->n_keep, NULL, err);
+        if (st != KR_OK) {
+            kr_err_prefix(err, "context full at %" PRIu32 " positions", n_past);
+            return st;
+        }
+        pos = kr_kv_n_past(c->kv); /* the tokens go right after the kept ones */
+    }
+    if (pos > c->n_ctx - n)
+        return kr_err_set(err, KR_ERR_RANGE, "context full: eval of %zu tokens at position %" PRIu32
+                          " exceeds the context size %" PRIu32 "%s", n, pos, c->n_ctx,
+                          c->kv_full == KR_KV_FULL_SHIFT ? "" : " (context shift is off)");
+    kr_status rst = kr_kv_can_rewind(c->kv, pos, err);
+    if (rst != KR_OK)
+        return rst;
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= m->hp.n_vocab)
             return kr_err_set(err, KR_ERR_RANGE, "token %zu: id %" PRId32 " outside [0, %" PRIu32 ")", i,
                               tokens[i], m->hp.n_vocab);
 
-    c->n_past = pos; /* rows from pos on are being rewritten */
+    kr_kv_set_n_past(c->kv, pos); /* rows from pos on are being rewritten */
     for (size_t done = 0; done < n;) {
         uint32_t nb = (uint32_t)(n - done < c->n_batch ? n - done : c->n_batch);
         uint32_t p0 = pos + (uint32_t)done;
@@ -196,21 +238,25 @@ static kr_status kr__eval(kr_context *c, const int32_t *tokens, size_t n, uint32
             lg = logits + done * (size_t)m->hp.n_vocab;
         else if (logits && last)
             lg = logits;
+        /* the arch stores new K/V rows at row 0 of per-layer staging buffers
+         * and calls the wrapped attention, which moves them into the cache */
+        kr_kv_batch kb;
+        kr_kv_begin(c->kv, kr_pool_exec(c->pool), p0, nb, &kb);
         kr_forward_args a = {
             .struct_size = sizeof a,
             .hp = &m->hp,
             .w = m->w,
             .n_w = m->n_w,
-            .ops = m->ops,
-            .ex = kr_pool_exec(c->pool),
-            .k_cache = c->k,
-            .v_cache = c->v,
-            .kv_type = c->kv_type,
-            .n_ctx = c->n_ctx,
+            .ops = kb.ops,
+            .ex = kb.ex,
+            .k_cache = kb.k_cache,
+            .v_cache = kb.v_cache,
+            .kv_type = KR_DTYPE_F32,
+            .n_ctx = kb.n_ctx,
             .tokens = tokens + done,
             .pos = c->pos,
             .n_tok = nb,
-            .pos0 = p0,
+            .pos0 = 0,
             .logits = lg,
             .logits_all = all,
             .scratch = c->scratch,
@@ -222,7 +268,7 @@ static kr_status kr__eval(kr_context *c, const int32_t *tokens, size_t n, uint32
             return st;
         }
         done += nb;
-        c->n_past = p0 + nb;
+        kr_kv_set_n_past(c->kv, p0 + nb);
     }
     return KR_OK;
 }

@@ -3,6 +3,7 @@
 #define KERNRUN_MODEL_INTERNAL_H
 
 #include "kernrun/model.h"
+#include "kvcache_int.h"
 #include "pool.h"
 
 struct kr_model {
@@ -23,10 +24,10 @@ struct kr_context {
     kr_pool *pool;
     uint32_t n_ctx;                /* cache rows */
     uint32_t n_batch;              /* max tokens per forward */
-    uint32_t n_past;               /* valid cache rows */
     kr_dtype kv_type;
-    void **k;                      /* (n_layer) each (n_ctx, n_head_kv * head_dim) */
-    void **v;                      /* (n_layer) same */
+    kr_kv *kv;                     /* KV cache: slots, ring, storage (kvcache.c) */
+    kr_kv_full kv_full;            /* full context: stop or shift */
+    uint32_t n_keep;               /* positions kept by an automatic shift */
     void *scratch;                 /* arch scratch for n_batch tokens */
     size_t scratch_bytes;
     int32_t *pos;                  /* (n_batch) positions */

@@ -24,6 +24,7 @@
 
 #include "kernrun/arch.h"
 #include "kernrun/gguf.h"
+#include "kernrun/kvcache.h"
 #include "kernrun/ops.h"
 #include "kernrun/status.h"
 
@@ -74,7 +75,13 @@ typedef struct kr_context_params {
     uint32_t n_ctx;         /* KV cache positions (default: min(n_ctx_train, 4096)) when 0 */
     uint32_t n_batch;       /* max tokens per forward chunk (default 512); longer evals are split */
     int n_threads;          /* worker threads incl. the caller (default: online CPUs, max 16) when <= 0 */
-    kr_dtype kv_type;       /* KR_DTYPE_F32 (default) or KR_DTYPE_F16 */
+    kr_dtype kv_type;       /* KR_DTYPE_F32 (default), KR_DTYPE_F16 or KR_DTYPE_Q8_0 */
+    /* KV cache (kernrun/kvcache.h, docs/KVCACHE.md); fields added at the end */
+    uint32_t n_seq;         /* sequence slots in the cache (default 1; kr_context_seq_use) */
+    kr_kv_full kv_full;     /* at n_ctx: KR_KV_FULL_STOP (error, default) or KR_KV_FULL_SHIFT */
+    uint32_t n_keep;        /* positions an automatic context shift keeps at the start */
+    uint64_t kv_mem_limit;  /* bytes the cache + work buffers may take; 0: physical RAM */
+    bool kv_no_ring;        /* sliding-window models: n_ctx rows + window mask instead of a window-row ring */
 } kr_context_params;
 
 kr_context_params kr_context_params_default(void);
@@ -88,8 +95,10 @@ uint32_t kr_context_n_ctx(const kr_context *c);
 uint32_t kr_context_n_past(const kr_context *c);
 int kr_context_n_threads(const kr_context *c);
 
-/* Evaluate n tokens at positions pos .. pos+n-1 (pos <= n_past: evaluating
- * at an earlier pos rewinds the cache). Writes the logits of the LAST token
+/* Evaluate n tokens at positions pos .. pos+n-1 of the current sequence
+ * (pos <= n_past: evaluating at an earlier pos rewinds the cache; with
+ * kv_full SHIFT and pos == n_past, a full context is shifted first and the
+ * tokens go to the new kr_context_n_past()). Writes the logits of the LAST token
  * to logits_last (n_vocab floats) unless it is NULL. Errors: ids outside
  * [0, n_vocab), pos + n > n_ctx (KR_ERR_RANGE), pos > n_past (KR_ERR_STATE). */
 kr_status kr_model_eval(kr_context *c, const int32_t *tokens, size_t n, uint32_t pos,

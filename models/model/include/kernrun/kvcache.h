@@ -1,0 +1,104 @@
+/* KV cache: sizing, memory limits, sequences, sliding-window ring, context
+ * shift, f32/f16/q8_0 storage (CPU path; docs/KVCACHE.md).
+ *
+ * Sizing and the fit check are backend-neutral (the GPU path passes free
+ * device memory as `available`):
+ *
+ *   kr_kv_plan pl;
+ *   kr_kv_plan_make(hp, &(kr_kv_plan_params){.n_ctx = 4096, .n_seq = 1,
+ *                   .type = KR_DTYPE_F16}, &pl, &err);      // checked math
+ *   kr_kv_check_fit(&pl, free_bytes, "GPU memory", &err);  // needed vs available
+ *
+ * A host context (kernrun/model.h) owns one cache; the kr_context_* calls
+ * below drive it:
+ *
+ *   cp.n_seq = 4;  cp.kv_type = KR_DTYPE_Q8_0;  kr_context_new(m, &cp, &c, &err);
+ *   kr_context_seq_use(c, 17, &err);     // sequence 17 current (LRU slot, may evict)
+ *   kr_model_eval(c, toks, n, kr_context_n_past(c), logits, &err);
+ *   if (kr_context_n_past(c) + 1 > kr_context_n_ctx(c))
+ *       kr_context_shift(c, n_keep, NULL, &err);   // or stop
+ */
+#ifndef KERNRUN_KVCACHE_H
+#define KERNRUN_KVCACHE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernrun/arch.h"
+#include "kernrun/dtype.h"
+#include "kernrun/status.h"
+
+struct kr_context;
+
+/* What kr_model_eval does when a sequence would pass n_ctx. */
+typedef enum kr_kv_full {
+    KR_KV_FULL_STOP = 0,    /* KR_ERR_RANGE, message names n_past, n and n_ctx (default) */
+    KR_KV_FULL_SHIFT = 1,   /* context shift (kr_context_shift with the context's n_keep) first */
+} kr_kv_full;
+
+typedef struct kr_kv_plan_params {
+    uint32_t n_ctx;         /* positions per sequence (> 0) */
+    uint32_t n_seq;         /* sequence slots (0 = 1) */
+    uint32_t window;        /* sliding window of the model (0 = none) */
+    bool ring;              /* with window < n_ctx: keep only `window` rows per sequence */
+    kr_dtype type;          /* F32, F16 or Q8_0 (Q8_0: n_head_kv*head_dim a multiple of 32) */
+} kr_kv_plan_params;
+
+typedef struct kr_kv_plan {
+    uint32_t n_layer;
+    uint32_t n_seq;
+    uint32_t n_ctx;         /* position limit per sequence */
+    uint32_t rows;          /* cache rows per sequence: n_ctx, or window with a ring */
+    uint32_t kv_dim;        /* n_head_kv * head_dim */
+    kr_dtype type;
+    uint64_t row_bytes;     /* bytes of one row of kv_dim elements of type */
+    uint64_t layer_bytes;   /* K (or V) of one layer: n_seq * rows * row_bytes */
+    uint64_t bytes;         /* all of it: 2 * n_layer * layer_bytes */
+} kr_kv_plan;
+
+/* Fill *pl with checked arithmetic; KR_ERR_OVERFLOW names the factors,
+ * KR_ERR_UNSUPPORTED a type or a q8_0 row that is not whole blocks. */
+kr_status kr_kv_plan_make(const kr_hparams *hp, const kr_kv_plan_params *p, kr_kv_plan *pl, kr_err *err);
+/* KR_ERR_LIMIT when needed > available: "KV cache needs N MiB (...) but only
+ * M MiB of <what> are available". */
+kr_status kr_kv_check_fit(uint64_t needed, uint64_t available, const char *what, kr_err *err);
+/* Physical RAM in bytes (sysconf), 0 if unknown: the default host limit. */
+uint64_t kr_kv_host_ram(void);
+
+/* ---- the host context's cache (kr_context from kernrun/model.h) ---- */
+
+/* Bytes the context's KV cache holds (K and V, all layers and slots). */
+uint64_t kr_context_kv_bytes(const struct kr_context *c);
+/* Cache rows per sequence (n_ctx, or the window with a ring). */
+uint32_t kr_context_kv_rows(const struct kr_context *c);
+kr_dtype kr_context_kv_type(const struct kr_context *c);
+
+/* Make sequence `seq_id` (>= 0) current. A cached one resumes at its n_past;
+ * a new one takes a free slot, else the least recently used unpinned
+ * sequence's slot (that one is evicted, logged); KR_ERR_LIMIT when every
+ * slot holds a pinned sequence. */
+kr_status kr_context_seq_use(struct kr_context *c, int32_t seq_id, kr_err *err);
+/* The current sequence id (0 after kr_context_new). */
+int32_t kr_context_seq_current(const struct kr_context *c);
+/* True when seq_id holds a slot. */
+bool kr_context_seq_cached(const struct kr_context *c, int32_t seq_id);
+/* Pinned sequences are never evicted. KR_ERR_NOT_FOUND if not cached. */
+kr_status kr_context_seq_pin(struct kr_context *c, int32_t seq_id, bool pinned, kr_err *err);
+/* Free the slot of seq_id (no-op if not cached). Dropping the current
+ * sequence leaves it current and empty (n_past 0). */
+void kr_context_seq_drop(struct kr_context *c, int32_t seq_id);
+
+/* Context shift of the current sequence: keep positions [0, n_keep), drop
+ * n_discard = (n_past - n_keep) / 2 after them, move the rest down and
+ * re-rotate their keys by -n_discard (RoPE of the model's mode). n_past
+ * becomes n_past - n_discard. *n_discarded (may be NULL) gets n_discard.
+ * KR_ERR_UNSUPPORTED on a ring cache (it never fills). */
+kr_status kr_context_shift(struct kr_context *c, uint32_t n_keep, uint32_t *n_discarded, kr_err *err);
+
+/* Copy the cached key and value rows (kv_dim floats each, dequantized) of the
+ * current sequence at position pos (< n_past, inside the ring when there is
+ * one) of layer `layer`. k or v may be NULL. For tests and tools. */
+kr_status kr_context_kv_read(const struct kr_context *c, uint32_t layer, uint32_t pos, float *k, float *v,
+                             kr_err *err);
+
+#endif
