@@ -1,0 +1,260 @@
+/* Host-side launchers for kernels/gemm/gemm.cu (see kr_gemm.h). */
+#include "kr_gemm.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kr_kernel_gemm_gemm_cu.h" /* kr_kernel_gemm_gemm_cu[], embedded by meson */
+
+#define KR__GM_THREADS 256 /* KR_GM_THREADS in gemm.cu */
+#define KR__GM_BN 128      /* KR_GM_BN */
+#define KR__GM_BK 32       /* KR_GM_BK: k must be a multiple */
+
+/* Kernel records: X(id, entry, options, tile rows). Static: the CUDA backend
+ * caches functions by record address. */
+static const char *const kr__opts_bm128[1] = {"-DKR_GM_BM=128"};
+static const char *const kr__opts_bm64[1] = {"-DKR_GM_BM=64"};
+
+#define KR__GM_FN_MAP(X)                                 \
+    X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128)       \
+    X(Q4_0_128, "kr_gemm_q4_0", kr__opts_bm128, 128)     \
+    X(Q4_1_128, "kr_gemm_q4_1", kr__opts_bm128, 128)     \
+    X(Q8_0_128, "kr_gemm_q8_0", kr__opts_bm128, 128)     \
+    X(F16_64, "kr_gemm_f16", kr__opts_bm64, 64)          \
+    X(Q4_0_64, "kr_gemm_q4_0", kr__opts_bm64, 64)        \
+    X(Q4_1_64, "kr_gemm_q4_1", kr__opts_bm64, 64)        \
+    X(Q8_0_64, "kr_gemm_q8_0", kr__opts_bm64, 64)        \
+    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128)
+
+typedef enum kr__gm_fn {
+#define KR__GM_ENUM(id, entry, opts, bm) KR__GM_##id,
+    KR__GM_FN_MAP(KR__GM_ENUM)
+#undef KR__GM_ENUM
+    KR__GM_COUNT
+} kr__gm_fn;
+
+static const kr_kernel_source kr__gm_src[KR__GM_COUNT] = {
+#define KR__GM_SRC(id, e, opts, bm)                                                             \
+    [KR__GM_##id] = {.name = "gemm/gemm.cu", .code = (const char *)kr_kernel_gemm_gemm_cu,   \
+                     .len = kr_kernel_gemm_gemm_cu_LEN, .entry = e, .options = opts, .n_options = 1},
+    KR__GM_FN_MAP(KR__GM_SRC)
+#undef KR__GM_SRC
+};
+
+static const int kr__gm_bm[KR__GM_COUNT] = {
+#define KR__GM_BM(id, e, opts, bm) [KR__GM_##id] = bm,
+    KR__GM_FN_MAP(KR__GM_BM)
+#undef KR__GM_BM
+};
+
+struct kr_gemm {
+    kr_backend *be;                 /* CUDA backend the functions belong to */
+    pthread_mutex_t lock;           /* guards fn[] */
+    kr_function *fn[KR__GM_COUNT];  /* (KR__GM_COUNT,) lazily fetched; owned by the backend */
+};
+
+static kr_status kr__gm_err(kr_err *e, kr_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static kr_status kr__gm_err(kr_err *e, kr_status code, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        e->code = code;
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* Prefix e->msg with "what: " (keeps the inner message). */
+static kr_status kr__gm_prefix(kr_err *e, kr_status code, const char *what)
+{
+    if (e) {
+        if (e->code != code || !e->msg[0])
+            snprintf(e->msg, sizeof e->msg, "failed");
+        size_t w = strlen(what), m = strlen(e->msg);
+        if (w + 2 < sizeof e->msg) {
+            if (w + 2 + m >= sizeof e->msg)
+                m = sizeof e->msg - w - 3;
+            memmove(e->msg + w + 2, e->msg, m);
+            memcpy(e->msg, what, w);
+            e->msg[w] = ':';
+            e->msg[w + 1] = ' ';
+            e->msg[w + 2 + m] = '\0';
+        }
+        e->code = code;
+    }
+    return code;
+}
+
+size_t kr_gemm_source_count(void) { return KR__GM_COUNT; }
+
+const kr_kernel_source *kr_gemm_source_at(size_t i) { return i < KR__GM_COUNT ? &kr__gm_src[i] : NULL; }
+
+kr_status kr_gemm_create(kr_backend *be, kr_gemm **out, kr_err *err)
+{
+    *out = NULL;
+    if (!be || be->kind != KR_BACKEND_CUDA)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: needs a CUDA backend");
+    kr_gemm *g = calloc(1, sizeof *g);
+    if (!g)
+        return kr__gm_err(err, KR_ERR_NOMEM, "cuda_gemm: out of memory");
+    if (pthread_mutex_init(&g->lock, NULL) != 0) {
+        free(g);
+        return kr__gm_err(err, KR_ERR_INTERNAL, "cuda_gemm: pthread_mutex_init failed");
+    }
+    g->be = be;
+    *out = g;
+    return KR_OK;
+}
+
+void kr_gemm_free(kr_gemm *g)
+{
+    if (!g)
+        return;
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+kr_backend *kr_gemm_backend(const kr_gemm *g) { return g ? g->be : NULL; }
+
+static kr_status kr__gm_get(kr_gemm *g, kr__gm_fn id, kr_function **fn, kr_err *err)
+{
+    pthread_mutex_lock(&g->lock);
+    kr_status st = KR_OK;
+    if (!g->fn[id]) {
+        st = kr_backend_get_function(g->be, &kr__gm_src[id], &g->fn[id], err);
+        if (st != KR_OK) {
+            g->fn[id] = NULL;
+            char what[128];
+            snprintf(what, sizeof what, "cuda_gemm: kernel %s (%s %s)", kr__gm_src[id].entry,
+                     kr__gm_src[id].name, kr__gm_src[id].options[0]);
+            kr__gm_prefix(err, st, what);
+        }
+    }
+    *fn = g->fn[id];
+    pthread_mutex_unlock(&g->lock);
+    return st;
+}
+
+kr_status kr_gemm_prepare_all(kr_gemm *g, kr_err *err)
+{
+    if (!g)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
+    for (int i = 0; i < KR__GM_COUNT; i++) {
+        kr_function *fn;
+        kr_status st = kr__gm_get(g, (kr__gm_fn)i, &fn, err);
+        if (st != KR_OK)
+            return st;
+    }
+    return KR_OK;
+}
+
+bool kr_gemm_uses_tensor_cores(kr_dtype t)
+{
+    return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0;
+}
+
+bool kr_gemm_supports(kr_dtype t) { return t == KR_DTYPE_F32 || kr_gemm_uses_tensor_cores(t); }
+
+/* Bytes per 32 weights and the alignment the kernel's loads need. */
+static void kr__gm_type(kr_dtype t, size_t *bytes32, size_t *align, const char **name)
+{
+    switch (t) {
+    case KR_DTYPE_F32: *bytes32 = 128, *align = 16, *name = "F32"; break;
+    case KR_DTYPE_F16: *bytes32 = 64, *align = 16, *name = "F16"; break;
+    case KR_DTYPE_Q4_0: *bytes32 = 18, *align = 2, *name = "Q4_0"; break;
+    case KR_DTYPE_Q4_1: *bytes32 = 20, *align = 4, *name = "Q4_1"; break;
+    case KR_DTYPE_Q8_0: *bytes32 = 34, *align = 2, *name = "Q8_0"; break;
+    default: *bytes32 = 0, *align = 1, *name = "?"; break;
+    }
+}
+
+static kr__gm_fn kr__gm_pick(kr_dtype t, bool small)
+{
+    switch (t) {
+    case KR_DTYPE_F16: return small ? KR__GM_F16_64 : KR__GM_F16_128;
+    case KR_DTYPE_Q4_0: return small ? KR__GM_Q4_0_64 : KR__GM_Q4_0_128;
+    case KR_DTYPE_Q4_1: return small ? KR__GM_Q4_1_64 : KR__GM_Q4_1_128;
+    case KR_DTYPE_Q8_0: return small ? KR__GM_Q8_0_64 : KR__GM_Q8_0_128;
+    default: return KR__GM_F32_SIMT;
+    }
+}
+
+static int64_t kr__div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
+                      size_t w_stride, const float *a, size_t lda, float *c, size_t ldc, int64_t m, int64_t n,
+                      int64_t k, kr_err *err)
+{
+    if (!g)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
+    if (!kr_gemm_supports(wtype))
+        return kr__gm_err(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
+                                                   "Q4_1, Q8_0)", (int)wtype);
+    if (variant != KR_GEMM_AUTO && variant != KR_GEMM_TC128 && variant != KR_GEMM_TC64)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
+    size_t bytes32, align;
+    const char *tn;
+    kr__gm_type(wtype, &bytes32, &align, &tn);
+    if (m < 1 || m > INT32_MAX || n < 1 || n > INT32_MAX)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld and n %lld must lie in [1, 2^31)",
+                          (long long)m, (long long)n);
+    if (k < KR__GM_BK || k > INT32_MAX || k % KR__GM_BK != 0)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld is not a positive multiple of %d",
+                          (long long)k, KR__GM_BK);
+    if (!w || !a || !c)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, (const void *)a,
+                          (void *)c);
+    /* k <= INT32_MAX, so row bytes <= 2^31/32*128 = 2^33: no overflow in 64 bits */
+    uint64_t row_bytes = (uint64_t)(k / 32) * bytes32;
+    if (w_stride < row_bytes || w_stride % align != 0 || (uintptr_t)w % align != 0)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG,
+                          "cuda_gemm: %s weight stride %zu (row of %lld needs >= %llu bytes) or address %p not "
+                          "%zu-byte aligned",
+                          tn, w_stride, (long long)k, (unsigned long long)row_bytes, w, align);
+    if (lda < (uint64_t)k || lda % 4 != 0 || (uintptr_t)a % 16 != 0)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG,
+                          "cuda_gemm: A row stride %zu must be >= k %lld and a multiple of 4, A (%p) 16-byte aligned",
+                          lda, (long long)k, (const void *)a);
+    if (ldc < (uint64_t)n)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: C row stride %zu < n %lld", ldc, (long long)n);
+    if (lda > INT64_MAX / (uint64_t)m || ldc > INT64_MAX / (uint64_t)m || w_stride > INT64_MAX / (uint64_t)n)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: strides too large for 64-bit indexing");
+
+    kr__gm_fn id;
+    if (wtype == KR_DTYPE_F32) {
+        id = KR__GM_F32_SIMT;
+    } else {
+        bool small = variant == KR_GEMM_TC64;
+        if (variant == KR_GEMM_AUTO) {
+            const kr_device_info *dev = kr_backend_device_info(g->be);
+            int sms = dev && dev->sm_count > 0 ? dev->sm_count : 1;
+            small = kr__div_up(m, 128) * kr__div_up(n, KR__GM_BN) < 2 * (int64_t)sms;
+        }
+        id = kr__gm_pick(wtype, small);
+    }
+    int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, KR__GM_BN);
+    if (gy > 65535)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
+                          (long long)m, (long long)gy);
+
+    kr_function *fn;
+    kr_status st = kr__gm_get(g, id, &fn, err);
+    if (st != KR_OK)
+        return st;
+    long long lda_k = (long long)lda, ldw_k = (long long)w_stride, ldc_k = (long long)ldc;
+    int m_k = (int)m, n_k = (int)n, k_k = (int)k;
+    void *args[] = {&a, &lda_k, &w, &ldw_k, &c, &ldc_k, &m_k, &n_k, &k_k};
+    const uint32_t grid[3] = {(uint32_t)gx, (uint32_t)gy, 1}, block[3] = {KR__GM_THREADS, 1, 1};
+    st = kr_backend_launch(g->be, fn, grid, block, 0, s, args, err);
+    if (st != KR_OK) {
+        char what[96];
+        snprintf(what, sizeof what, "cuda_gemm: launching %s (%s)", kr__gm_src[id].entry, tn);
+        return kr__gm_prefix(err, st, what);
+    }
+    return KR_OK;
+}

@@ -1,0 +1,68 @@
+/* GEMM for prompt processing (kernels/gemm/gemm.cu): host-side launchers.
+ *
+ *   C (m, n) fp32 = A (m, k) fp32 @ W (n, k)^T
+ *
+ * W is a weight matrix in GGML/GGUF layout (one row per output feature).
+ * Weight types and kernels:
+ *   F16, Q4_0, Q4_1, Q8_0  tensor cores (mma.sync m16n8k16): A rounded to fp16,
+ *                          W dequantized to fp16 tiles on the fly in shared
+ *                          memory (no fp16 copy of the weights), fp32 accumulation.
+ *   F32                    FP32 SIMT kernel (the baseline; fp32 throughout).
+ * A's values must fit fp16 (|x| < 65504) for the tensor-core kernels.
+ *
+ * A kr_gemm binds one CUDA backend and caches the JIT-compiled functions
+ * (NVRTC + the cubin cache, on first use). Launchers validate their arguments
+ * (KR_ERR_INVALID_ARG naming the value) and only enqueue work on stream s
+ * (NULL = default stream). Pointers are device addresses of that backend.
+ * Thread-safe: one kr_gemm may be used from several threads.
+ */
+#ifndef KERNRUN_PLUGIN_CUDA_GEMM_H
+#define KERNRUN_PLUGIN_CUDA_GEMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/dtype.h"
+#include "kernrun/status.h"
+
+typedef struct kr_gemm kr_gemm;
+
+/* Which kernel runs (tensor-core tile height along m). */
+typedef enum kr_gemm_variant {
+    KR_GEMM_AUTO = 0, /* 128-row tiles, or 64-row ones when 128 gives < 2 blocks per SM */
+    KR_GEMM_TC128 = 1, /* tensor cores, 128 (m) x 128 (n) tiles */
+    KR_GEMM_TC64 = 2,  /* tensor cores, 64 (m) x 128 (n) tiles */
+} kr_gemm_variant;
+
+/* be must be a CUDA backend and outlive the kr_gemm. */
+kr_status kr_gemm_create(kr_backend *be, kr_gemm **out, kr_err *err);
+void kr_gemm_free(kr_gemm *g); /* NULL ok */
+kr_backend *kr_gemm_backend(const kr_gemm *g);
+
+/* True when kr_gemm_run handles weight type t (F32, F16, Q4_0, Q4_1, Q8_0). */
+bool kr_gemm_supports(kr_dtype t);
+/* True when t goes through the tensor-core kernels (F16, Q4_0, Q4_1, Q8_0). */
+bool kr_gemm_uses_tensor_cores(kr_dtype t);
+
+/* C (m, n) = A (m, k) @ W (n, k)^T.
+ *   w: row r at w + r*w_stride bytes; w_stride >= the row's bytes; k a
+ *      positive multiple of 32 (all types). Alignment of w and w_stride:
+ *      F32/F16 16 bytes, Q4_1 4, Q4_0/Q8_0 2.
+ *   a: (m, k) fp32, rows lda floats apart (lda >= k, multiple of 4), 16-byte aligned.
+ *   c: (m, n) fp32, rows ldc floats apart (ldc >= n); must not overlap a or w.
+ *   m, n >= 1 and < 2^31; every index fits 64 bits.
+ * variant is ignored for F32 (one SIMT kernel). */
+kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
+                      size_t w_stride, const float *a, size_t lda, float *c, size_t ldc, int64_t m, int64_t n,
+                      int64_t k, kr_err *err);
+
+/* Compile (or load from the cache) every kernel now instead of on first use. */
+kr_status kr_gemm_prepare_all(kr_gemm *g, kr_err *err);
+
+/* The static kernel records (for compile-only tests): i in [0, count). */
+size_t kr_gemm_source_count(void);
+const kr_kernel_source *kr_gemm_source_at(size_t i);
+
+#endif

@@ -1,0 +1,367 @@
+/* GEMM kernels (plugins/cuda_gemm, kernels/gemm/gemm.cu) against a CPU reference.
+ *
+ * Reference: C[i][j] = sum_k A[i][k] * W[j][k] accumulated in double, with W
+ * the CPU dequantization (models/quant kr_dequantize_row) of the very bytes
+ * uploaded. Two comparisons per tensor-core case:
+ *   - NMSE vs the fp32-input reference <= 1e-3 (the issue's fp16 tolerance);
+ *   - NMSE vs the reference computed from fp16-rounded inputs (A and the
+ *     dequantized W rounded to fp16 on the CPU, as the kernel's tiles are)
+ *     <= 1e-6: only fp32 accumulation order differs, so this catches a wrong
+ *     element far below what the loose bound would.
+ * The SIMT fp32 kernel: NMSE vs the fp32 reference <= 1e-6.
+ * Outputs are poisoned (0xFF bytes, a NaN) first; every written element must be
+ * finite, and the padding between rows (ldc > n) and a guard after the last
+ * row must stay poisoned (no out-of-bounds writes).
+ * Fresh random inputs each run (KR_TEST_SEED=n replays). Without a GPU the GPU
+ * tests skip; with KERNRUN_REQUIRE_GPU=1 they fail instead. The host tests
+ * (argument checks, NVRTC compile of every variant for sm_90) need no GPU. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/half.h"
+#include "kernrun/jit.h"
+#include "kernrun/quant.h"
+#include "kr_gemm.h"
+
+/* ---- harness ---------------------------------------------------------------- */
+
+static uint64_t g_rng, g_seed;
+
+static void rng_seed(void)
+{
+    const char *s = getenv("KR_TEST_SEED");
+    g_seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)clock();
+    g_rng = g_seed * 0x9E3779B97F4A7C15ull + 1;
+}
+
+static uint64_t rng_u64(void)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return g_rng;
+}
+
+static float rng_f(float lo, float hi) { return lo + (hi - lo) * (float)((rng_u64() >> 40) * 0x1p-24); }
+static int64_t rng_int(int64_t lo, int64_t hi) { return lo + (int64_t)(rng_u64() % (uint64_t)(hi - lo + 1)); }
+
+static bool require_gpu(void)
+{
+    const char *r = getenv("KERNRUN_REQUIRE_GPU");
+    return r && strcmp(r, "1") == 0;
+}
+
+/* Under tools/gpu-check's compute-sanitizer pass: fewer, smaller cases. */
+static bool quick(void) { return getenv("KERNRUN_SKIP_FAULT_TESTS") != NULL; }
+
+static kr_backend *gpu_open(void)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    rng_seed();
+    kr_backend *be = NULL;
+    kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &be, &err);
+    if (st != KR_OK) {
+        if (require_gpu())
+            cr_assert_fail("KERNRUN_REQUIRE_GPU=1 but no CUDA backend: %s", kr_err_msg(&err, st));
+        cr_skip_test("no CUDA device: %s", kr_err_msg(&err, st));
+    }
+    return be;
+}
+
+static float fp16_round(float x) { return kr_fp16_to_fp32(kr_fp32_to_fp16(x)); }
+
+static bool poisoned(const float *p)
+{
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return u == 0xFFFFFFFFu;
+}
+
+#define GUARD_FLOATS 64
+
+/* One case: returns after cr_expect/cr_assert on the results. */
+static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n, int64_t k,
+                     size_t lda_pad, size_t ldc_pad)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    const bool tc = kr_gemm_uses_tensor_cores(wt);
+    const size_t lda = (size_t)k + lda_pad, ldc = (size_t)n + ldc_pad;
+    uint64_t row_bytes = 0;
+    cr_assert_eq(kr_quant_row_size(wt, (uint64_t)k, &row_bytes, NULL), KR_OK);
+    /* F16/F32 rows are multiples of 64 bytes (k % 32 == 0): already 16-byte aligned */
+    const size_t w_stride = (size_t)row_bytes;
+
+    float *wf = malloc((size_t)n * k * sizeof *wf);          /* (n, k) source weights */
+    float *wd = malloc((size_t)n * k * sizeof *wd);          /* (n, k) CPU dequantization */
+    uint8_t *wq = malloc((size_t)n * w_stride);              /* (n, w_stride) uploaded bytes */
+    float *a = malloc((size_t)m * lda * sizeof *a);           /* (m, lda) activations */
+    size_t c_floats = (size_t)m * ldc + GUARD_FLOATS;
+    float *c = malloc(c_floats * sizeof *c);                  /* (m, ldc) + guard, from the GPU */
+    double *ref = malloc((size_t)m * n * sizeof *ref);        /* (m, n) fp32-input reference */
+    double *ref16 = malloc((size_t)m * n * sizeof *ref16);    /* (m, n) fp16-rounded-input reference */
+    cr_assert(wf && wd && wq && a && c && ref && ref16);
+
+    /* Weights: uniform with a per-row scale so blocks differ in magnitude. */
+    for (int64_t r = 0; r < n; r++) {
+        float sc = rng_f(0.25f, 2.0f);
+        for (int64_t i = 0; i < k; i++)
+            wf[r * k + i] = sc * rng_f(-1.0f, 1.0f);
+        cr_assert_eq(kr_quantize_row(wt, wf + r * k, wq + r * w_stride, (size_t)k), KR_OK);
+        cr_assert_eq(kr_dequantize_row(wt, wq + r * w_stride, wd + r * k, (size_t)k), KR_OK);
+    }
+    for (size_t i = 0; i < (size_t)m * lda; i++)
+        a[i] = rng_f(-2.0f, 2.0f);
+
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            double s = 0.0, s16 = 0.0;
+            for (int64_t q = 0; q < k; q++) {
+                float av = a[i * lda + q], wv = wd[j * k + q];
+                s += (double)av * wv;
+                s16 += (double)fp16_round(av) * fp16_round(wv);
+            }
+            ref[i * n + j] = s;
+            ref16[i * n + j] = s16;
+        }
+    }
+
+    kr_buffer *da = NULL, *dw = NULL, *dc = NULL;
+    cr_assert_eq(kr_backend_alloc(be, (size_t)m * lda * sizeof(float), &da, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_alloc(be, (size_t)n * w_stride, &dw, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_alloc(be, c_floats * sizeof(float), &dc, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_h2d(be, da->ptr, a, (size_t)m * lda * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_h2d(be, dw->ptr, wq, (size_t)n * w_stride, NULL, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_memset(be, dc->ptr, 0xFF, c_floats * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
+
+    kr_status st = kr_gemm_run(g, NULL, var, wt, dw->ptr, w_stride, da->ptr, lda, dc->ptr, ldc, m, n, k, &err);
+    cr_assert_eq(st, KR_OK, "kr_gemm_run: %s", err.msg);
+    cr_assert_eq(kr_backend_sync(be, NULL, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_d2h(be, c, dc->ptr, c_floats * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
+
+    double num = 0, num16 = 0, den = 0, den16 = 0;
+    size_t bad = 0, oob = 0;
+    for (int64_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < ldc; j++) {
+            const float *p = &c[(size_t)i * ldc + j];
+            if ((int64_t)j >= n) {
+                oob += !poisoned(p);
+                continue;
+            }
+            if (!isfinite(*p)) {
+                if (bad++ < 3)
+                    cr_log_error("C[%lld][%zu] = %g (not written or not finite)", (long long)i, j, *p);
+                continue;
+            }
+            double e = *p - ref[i * n + j], e16 = *p - ref16[i * n + j];
+            num += e * e;
+            num16 += e16 * e16;
+            den += ref[i * n + j] * ref[i * n + j];
+            den16 += ref16[i * n + j] * ref16[i * n + j];
+        }
+    }
+    for (size_t i = 0; i < GUARD_FLOATS; i++)
+        oob += !poisoned(&c[(size_t)m * ldc + i]);
+    double nmse = den > 0 ? num / den : num, nmse16 = den16 > 0 ? num16 / den16 : num16;
+    const char *tn = wt == KR_DTYPE_F32 ? "F32" : wt == KR_DTYPE_F16 ? "F16" : wt == KR_DTYPE_Q4_0 ? "Q4_0"
+                     : wt == KR_DTYPE_Q4_1 ? "Q4_1" : "Q8_0";
+    cr_expect_eq(bad, 0, "%s variant %d m %lld n %lld k %lld: %zu outputs not finite (seed %llu)", tn, (int)var,
+                 (long long)m, (long long)n, (long long)k, bad, (unsigned long long)g_seed);
+    cr_expect_eq(oob, 0, "%s variant %d m %lld n %lld k %lld: %zu floats written outside C (seed %llu)", tn,
+                 (int)var, (long long)m, (long long)n, (long long)k, oob, (unsigned long long)g_seed);
+    if (tc) {
+        cr_expect_leq(nmse, 1e-3, "%s variant %d m %lld n %lld k %lld: NMSE %g > 1e-3 (seed %llu)", tn, (int)var,
+                      (long long)m, (long long)n, (long long)k, nmse, (unsigned long long)g_seed);
+        cr_expect_leq(nmse16, 1e-6, "%s variant %d m %lld n %lld k %lld: NMSE vs fp16-input reference %g > 1e-6 "
+                      "(seed %llu)", tn, (int)var, (long long)m, (long long)n, (long long)k, nmse16,
+                      (unsigned long long)g_seed);
+    } else {
+        cr_expect_leq(nmse, 1e-6, "%s m %lld n %lld k %lld: NMSE %g > 1e-6 (seed %llu)", tn, (long long)m,
+                      (long long)n, (long long)k, nmse, (unsigned long long)g_seed);
+    }
+
+    kr_backend_free(be, da);
+    kr_backend_free(be, dw);
+    kr_backend_free(be, dc);
+    free(wf);
+    free(wd);
+    free(wq);
+    free(a);
+    free(c);
+    free(ref);
+    free(ref16);
+}
+
+typedef struct shape {
+    int64_t m, n, k;
+    size_t lda_pad, ldc_pad;
+} shape;
+
+/* Fixed shapes: single element, one row (decode-like), odd m/n around the
+ * 64/128 tile edges, several K steps, padded strides. */
+static const shape k_shapes[] = {
+    {1, 1, 32, 0, 0},     {1, 129, 64, 4, 3},   {7, 5, 32, 0, 1},      {64, 128, 64, 0, 0},
+    {65, 127, 96, 8, 0},  {128, 128, 128, 0, 0}, {129, 257, 96, 4, 5}, {200, 130, 512, 0, 2},
+    {33, 300, 256, 0, 0}, {257, 64, 160, 12, 7},
+};
+
+static void run_type(kr_dtype wt)
+{
+    kr_backend *be = gpu_open();
+    kr_gemm *g = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
+    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64, KR_GEMM_AUTO};
+    const kr_gemm_variant vars_simt[] = {KR_GEMM_AUTO};
+    const bool tc = kr_gemm_uses_tensor_cores(wt);
+    const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
+    size_t n_vars = tc ? 3 : 1;
+    size_t n_shapes = quick() ? 4 : sizeof k_shapes / sizeof k_shapes[0];
+    for (size_t v = 0; v < n_vars; v++) {
+        for (size_t i = 0; i < n_shapes; i++) {
+            const shape *s = &k_shapes[i];
+            run_case(be, g, wt, vars[v], s->m, s->n, s->k, s->lda_pad, s->ldc_pad);
+        }
+        /* random odd shapes */
+        for (int r = 0; r < (quick() ? 1 : 3); r++)
+            run_case(be, g, wt, vars[v], rng_int(1, 300), rng_int(1, 300), 32 * rng_int(1, 12),
+                     (size_t)(4 * rng_int(0, 3)), (size_t)rng_int(0, 5));
+    }
+    /* one larger case through the automatic choice (several blocks per SM) */
+    if (!quick())
+        run_case(be, g, wt, KR_GEMM_AUTO, 512, 384, 1024, 0, 0);
+    kr_gemm_free(g);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_gemm, f16) { run_type(KR_DTYPE_F16); }
+Test(gpu_gemm, q4_0) { run_type(KR_DTYPE_Q4_0); }
+Test(gpu_gemm, q4_1) { run_type(KR_DTYPE_Q4_1); }
+Test(gpu_gemm, q8_0) { run_type(KR_DTYPE_Q8_0); }
+Test(gpu_gemm, f32_simt) { run_type(KR_DTYPE_F32); }
+
+/* ---- host tests (no GPU) ---------------------------------------------------- */
+
+/* A CUDA-kind backend with an empty vtable: argument checks run before any
+ * backend call, and the first backend call (get_function) reports it is missing. */
+static const kr_backend_i k_fake_iface = {.struct_size = sizeof(kr_backend_i), .name = "fake-cuda"};
+
+Test(gemm_host, argument_checks)
+{
+    kr_backend fake = {.iface = &k_fake_iface, .kind = KR_BACKEND_CUDA};
+    kr_backend cpu = {.iface = &k_fake_iface, .kind = KR_BACKEND_CPU};
+    kr_gemm *g = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    cr_expect_eq(kr_gemm_create(&cpu, &g, &err), KR_ERR_INVALID_ARG);
+    cr_expect_null(g);
+    cr_assert_eq(kr_gemm_create(&fake, &g, &err), KR_OK, "%s", err.msg);
+    cr_expect_eq(kr_gemm_backend(g), &fake);
+
+    /* 16-byte aligned fake device addresses (never dereferenced) */
+    void *w = (void *)(uintptr_t)0x10000, *a = (void *)(uintptr_t)0x20000, *c = (void *)(uintptr_t)0x30000;
+    const int64_t m = 5, n = 7, k = 64;
+    struct {
+        kr_dtype t;
+        const void *w;
+        size_t ws;
+        const void *a;
+        size_t lda;
+        size_t ldc;
+        int64_t m, n, k;
+        int variant;
+        kr_status want;
+        const char *needle;
+    } cases[] = {
+        {KR_DTYPE_Q4_K, w, 144, a, 64, 7, m, n, 256, 0, KR_ERR_UNSUPPORTED, "not supported"},
+        {KR_DTYPE_F16, w, 128, a, 64, 7, m, n, 48, 0, KR_ERR_INVALID_ARG, "k 48"},
+        {KR_DTYPE_F16, w, 128, a, 64, 7, m, n, 0, 0, KR_ERR_INVALID_ARG, "k 0"},
+        {KR_DTYPE_F16, w, 128, a, 64, 7, 0, n, k, 0, KR_ERR_INVALID_ARG, "m 0"},
+        {KR_DTYPE_F16, w, 128, a, 64, 7, m, -1, k, 0, KR_ERR_INVALID_ARG, "n -1"},
+        {KR_DTYPE_F16, w, 127, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "stride 127"},
+        {KR_DTYPE_F16, w, 120, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "stride 120"},
+        {KR_DTYPE_F16, (const char *)w + 8, 128, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "aligned"},
+        {KR_DTYPE_Q4_1, (const char *)w + 2, 40, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "Q4_1"},
+        {KR_DTYPE_Q8_0, (const char *)w + 1, 68, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "Q8_0"},
+        {KR_DTYPE_Q8_0, w, 67, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "68"},
+        {KR_DTYPE_Q4_0, w, 36, a, 62, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "A row stride 62"},
+        {KR_DTYPE_Q4_0, w, 36, a, 66, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "A row stride 66"},
+        {KR_DTYPE_Q4_0, w, 36, (const char *)a + 4, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "16-byte"},
+        {KR_DTYPE_Q4_0, w, 36, a, 64, 6, m, n, k, 0, KR_ERR_INVALID_ARG, "C row stride 6"},
+        {KR_DTYPE_Q4_0, NULL, 36, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "NULL"},
+        {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, 7, KR_ERR_INVALID_ARG, "variant 7"},
+        {KR_DTYPE_F32, w, 256, a, 64, 7, (int64_t)70000 * 128, n, k, 0, KR_ERR_INVALID_ARG, "65535"},
+        /* valid: reaches the backend, whose missing JIT slot is reported */
+        {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, 0, KR_ERR_UNSUPPORTED, "get_function"},
+        {KR_DTYPE_F32, w, 256, a, 64, 7, m, n, k, 0, KR_ERR_UNSUPPORTED, "get_function"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kr_err_clear(&err);
+        kr_status st = kr_gemm_run(g, NULL, (kr_gemm_variant)cases[i].variant, cases[i].t, cases[i].w, cases[i].ws,
+                                   cases[i].a, cases[i].lda, c, cases[i].ldc, cases[i].m, cases[i].n, cases[i].k,
+                                   &err);
+        cr_expect_eq(st, cases[i].want, "case %zu: status %d, want %d (%s)", i, (int)st, (int)cases[i].want, err.msg);
+        cr_expect(strstr(err.msg, cases[i].needle) != NULL, "case %zu: message lacks '%s': %s", i, cases[i].needle,
+                  err.msg);
+    }
+    cr_expect_eq(kr_gemm_run(NULL, NULL, KR_GEMM_AUTO, KR_DTYPE_F16, w, 128, a, 64, c, 7, m, n, k, &err),
+                 KR_ERR_INVALID_ARG);
+    kr_gemm_free(g);
+    kr_gemm_free(NULL);
+}
+
+Test(gemm_host, supported_types)
+{
+    cr_expect(kr_gemm_supports(KR_DTYPE_F32) && !kr_gemm_uses_tensor_cores(KR_DTYPE_F32));
+    const kr_dtype tc[] = {KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0};
+    for (size_t i = 0; i < 4; i++)
+        cr_expect(kr_gemm_supports(tc[i]) && kr_gemm_uses_tensor_cores(tc[i]), "type %d", (int)tc[i]);
+    cr_expect(!kr_gemm_supports(KR_DTYPE_Q4_K));
+    cr_expect(!kr_gemm_supports(KR_DTYPE_Q6_K));
+}
+
+/* Every kernel record (each entry x tile option) compiles to a cubin for sm_90. */
+Test(gemm_host, all_variants_compile_sm90)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_jit_config cfg = {.no_cache = true, .kernel_dir = ""};
+    kr_jit *jit = NULL;
+    kr_status st = kr_jit_create(&cfg, &jit, &err);
+    if (st == KR_ERR_NOT_FOUND)
+        cr_skip_test("no NVRTC: %s", err.msg);
+    cr_assert_eq(st, KR_OK, "%s", err.msg);
+    size_t n = kr_gemm_source_count();
+    cr_assert_geq(n, 9, "expected 4 types x 2 tiles + SIMT, got %zu records", n);
+    cr_expect_null(kr_gemm_source_at(n));
+    for (size_t i = 0; i < n; i++) {
+        const kr_kernel_source *ks = kr_gemm_source_at(i);
+        cr_assert_not_null(ks);
+        kr_jit_source js = {.name = ks->name, .src = ks->code, .len = ks->len,
+                            .options = ks->options, .n_options = (size_t)ks->n_options};
+        kr_jit_image img;
+        memset(&img, 0, sizeof img);
+        kr_err_clear(&err);
+        st = kr_jit_compile(jit, &js, 90, KR_JIT_CUBIN, &img, &err);
+        cr_expect_eq(st, KR_OK, "%s %s: %s", ks->entry, ks->n_options ? ks->options[0] : "", err.msg);
+        /* the entry symbol is in the cubin's string table */
+        if (st == KR_OK) {
+            size_t L = strlen(ks->entry);
+            bool found = false;
+            for (size_t p = 0; p + L <= img.size && !found; p++)
+                found = memcmp((const char *)img.data + p, ks->entry, L) == 0;
+            cr_expect(found, "%s not in the cubin", ks->entry);
+            kr_jit_image_free(&img);
+        }
+    }
+    kr_jit_free(jit);
+}
