@@ -22,6 +22,7 @@
 #include "kernrun/sampling.h"
 #include "kernrun/tokenizer.h"
 #include "app.h"
+#include "kr_gpu_forward.h"
 #include "pipelines.h"
 
 #define KR__DOM "generate"
@@ -437,6 +438,44 @@ fail:
     return rc;
 }
 
+/* The CUDA forward pass (plugins/cuda_forward, docs/GPU-FORWARD.md) when the
+ * runtime's backend is CUDA and the model is supported: --backend cuda fails
+ * otherwise, auto falls back to the CPU (*out NULL). */
+static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, bool required, kr_gpu_forward **out,
+                                  kr_err *e)
+{
+    *out = NULL;
+    kr_runtime *rt = kr_app_runtime(app);
+    kr_backend *be = rt ? kr_runtime_backend(rt) : NULL;
+    if (!be || be->kind != KR_BACKEND_CUDA) {
+        if (required)
+            return kr_err_set(e, KR_ERR_NO_DEVICE, "--backend cuda: no CUDA backend (%s)",
+                              rt ? kr_runtime_cuda_status(rt) : "runtime not opened");
+        KR_LOGI(KR__DOM, "backend auto: using the CPU (%s)", rt ? kr_runtime_cuda_status(rt) : "no runtime");
+        return KR_OK;
+    }
+    kr_status st = kr_gpu_forward_check(m, e);
+    if (st != KR_OK) {
+        if (required)
+            return kr_err_prefix(e, "--backend cuda");
+        KR_LOGI(KR__DOM, "backend auto: using the CPU (%s)", e->msg);
+        kr_err_clear(e);
+        return KR_OK;
+    }
+    kr_gpu_forward_params gp = kr_gpu_forward_params_default();
+    gp.n_ctx = n_ctx > 0 ? (uint32_t)n_ctx : 0;
+    st = kr_gpu_forward_new(m, be, &gp, out, e);
+    if (st == KR_OK)
+        KR_LOGI(KR__DOM, "backend cuda: %s", kr_backend_device_info(be) ? kr_backend_device_info(be)->name : "");
+    return st;
+}
+
+static kr_status kr__gen_eval(kr_context *ctx, kr_gpu_forward *gpu, const int32_t *t, size_t n, uint32_t pos,
+                              float *logits, kr_err *e)
+{
+    return gpu ? kr_gpu_forward_eval(gpu, t, n, pos, logits, e) : kr_model_eval(ctx, t, n, pos, logits, e);
+}
+
 static int run_generate(kr_app *app, int argc, char **argv)
 {
     kr__gen_opts o = {.n_predict = 128};
@@ -471,6 +510,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
     float *logits = NULL;
     kr_model *m = NULL;
     kr_context *ctx = NULL;
+    kr_gpu_forward *gpu = NULL;
     kr_tokenizer *tok = NULL;
     kr_sampler *smp = NULL;
     kr_detok *dt = NULL;
@@ -495,14 +535,6 @@ static int run_generate(kr_app *app, int argc, char **argv)
             return 1;
         }
     }
-
-    if (strcmp(backend, "cuda") == 0) {
-        fprintf(stderr, "kernrun generate: --backend cuda: the CUDA generation path is not available in this "
-                        "build yet; use --backend cpu or auto\n");
-        return 1;
-    }
-    if (strcmp(backend, "auto") == 0)
-        KR_LOGI(KR__DOM, "backend auto: using the CPU");
 
     const char *prompt = o.prompt;
     if (o.file) {
@@ -535,12 +567,18 @@ static int run_generate(kr_app *app, int argc, char **argv)
                 (int)kr_tokenizer_n_vocab(tok), (int)n_vocab);
         goto out;
     }
+    if (strcmp(backend, "cpu") != 0 &&
+        (st = kr__gen_open_gpu(app, m, o.n_ctx, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
     kr_context_params cp = kr_context_params_default();
     if (o.n_ctx > 0)
         cp.n_ctx = (uint32_t)o.n_ctx;
     if (o.threads > 0)
         cp.n_threads = (int)o.threads;
-    st = kr_context_new(m, &cp, &ctx, &e);
+    if (!gpu)
+        st = kr_context_new(m, &cp, &ctx, &e);
     if (st != KR_OK) {
         rc = kr__fail(&e, st);
         goto out;
@@ -627,18 +665,18 @@ static int run_generate(kr_app *app, int argc, char **argv)
         rc = kr__fail(&e, st);
         goto out;
     }
-    uint32_t n_ctx = kr_context_n_ctx(ctx);
+    uint32_t n_ctx = gpu ? kr_gpu_forward_n_ctx(gpu) : kr_context_n_ctx(ctx);
     if (n_prompt >= n_ctx) {
         fprintf(stderr, "kernrun generate: error: the prompt has %zu tokens, the context only %u (raise -c)\n",
                 n_prompt, (unsigned)n_ctx);
         goto out;
     }
     KR_LOGI(KR__DOM, "model %s: %d tokens of vocabulary, context %u, %d threads; prompt %zu tokens", model_path,
-            (int)n_vocab, (unsigned)n_ctx, kr_context_n_threads(ctx), n_prompt);
+            (int)n_vocab, (unsigned)n_ctx, gpu ? 0 : kr_context_n_threads(ctx), n_prompt);
 
     /* prefill */
     double t1 = kr__now_ms();
-    st = kr_model_eval(ctx, toks, n_prompt, 0, logits, &e);
+    st = kr__gen_eval(ctx, gpu, toks, n_prompt, 0, logits, &e);
     if (st != KR_OK) {
         kr_err_prefix(&e, "evaluating the prompt");
         rc = kr__fail(&e, st);
@@ -703,7 +741,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
             break;
         }
         double te = kr__now_ms();
-        st = kr_model_eval(ctx, &next, 1, pos, logits, &e);
+        st = kr__gen_eval(ctx, gpu, &next, 1, pos, logits, &e);
         t_eval += kr__now_ms() - te;
         if (st != KR_OK) {
             kr_err_prefix(&e, "evaluating position %u", (unsigned)pos);
@@ -745,6 +783,7 @@ out:
     free(toks);
     free(chat_text);
     kr_context_free(ctx);
+    kr_gpu_forward_free(gpu);
     kr_tokenizer_free(tok);
     kr_model_free(m);
     free(prompt_buf);
