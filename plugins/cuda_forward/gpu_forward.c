@@ -543,7 +543,11 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     g->stats.kv_bytes_per_pos = 2 * KVD * 2 * hp->n_layer;
 
     /* activations */
-    g->n_split = kr_dec_attention_default_splits(kr_backend_device_info(be), (int)hp->n_head, (int)g->n_ctx);
+    g->n_split = p->attn_splits > 0 ? p->attn_splits
+                                    : kr_dec_attention_default_splits(kr_backend_device_info(be), (int)hp->n_head,
+                                                                      (int)g->n_ctx);
+    if (g->n_split > 1024)
+        g->n_split = 1024;
     if (g->n_split < 1)
         g->n_split = 1;
     uint64_t abytes;

@@ -46,6 +46,7 @@ typedef struct kr_gpu_forward_params {
                          KERNRUN_NO_REPACK=1); default: repacked on the device for 16-byte loads */
     bool no_fused_ops; /* separate add / rmsnorm / quantize and swiglu / quantize launches
                           (default: kernels/forward/step_fused.cu) */
+    int attn_splits;  /* split-K chunks of the decode attention; 0: kr_dec_attention_default_splits */
 } kr_gpu_forward_params;
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);

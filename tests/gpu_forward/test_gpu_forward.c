@@ -137,6 +137,7 @@ static void cpu_reference(kr_model *m, int32_t start, ref_run *r)
 static bool g_no_fuse;   /* separate q/k/v and gate/up matvecs (one test) */
 static bool g_no_repack; /* GGML block layout + kr_dec_matvec_q8 instead of the repacked kernels */
 static bool g_no_fused_ops; /* kr_dec add/rmsnorm/quantize/swiglu instead of kernels/forward/step_fused.cu */
+static int g_attn_splits;   /* 0: default */
 
 static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool no_q8)
 {
@@ -149,6 +150,7 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool 
     gp.no_fuse = g_no_fuse;
     gp.no_repack = g_no_repack;
     gp.no_fused_ops = g_no_fused_ops;
+    gp.attn_splits = g_attn_splits;
     kr_gpu_forward *g = NULL;
     kr_status st = kr_gpu_forward_new(m, be, &gp, &g, &err);
     cr_assert_eq(st, KR_OK, "gpu_forward_new: %s", kr_err_msg(&err, st));
@@ -229,6 +231,16 @@ Test(gpu_forward, stories260k_eager)
     char p[4096];
     model_path(p, sizeof p, "stories260K-f32.gguf");
     compare(p, true, false, NMSE_TOL);
+}
+
+Test(gpu_forward, stories260k_attn_splits_1_and_7)
+{
+    char p[4096];
+    model_path(p, sizeof p, "stories260K-f32.gguf");
+    g_attn_splits = 1;
+    compare(p, false, false, NMSE_TOL);
+    g_attn_splits = 7;
+    compare(p, false, false, NMSE_TOL);
 }
 
 Test(gpu_forward, stories260k_unfused)

@@ -25,7 +25,8 @@
 
 static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
-    "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops] [-t N]\n"
+    "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops]\n"
+    "                     [--attn-splits N] [-t N]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -43,13 +44,14 @@ static const char g_usage[] =
     "  --no-fuse         separate q/k/v and gate/up matvecs (default: one each where types match)\n"
     "  --no-repack       keep GGML's Q4_0/Q8_0 blocks (kr_dec_matvec_q8) instead of the repacked kernels\n"
     "  --no-fused-ops    separate add/rmsnorm/quantize and swiglu/quantize launches\n"
+    "  --attn-splits N   split-K chunks of the decode attention (default: about 2 blocks per SM)\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "\n"
     "Exit status: 0 ok, 1 error, 2 usage error.\n";
 
 typedef struct kr__bench_opts {
     const char *model;
-    long p, n, threads;
+    long p, n, threads, attn_splits;
     const char *backend; /* cuda | cpu | auto */
     bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops;
 } kr__bench_opts;
@@ -135,6 +137,10 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             o->no_repack = true;
         } else if (!strcmp(a, "--no-fused-ops")) {
             o->no_fused_ops = true;
+        } else if (!strcmp(a, "--attn-splits")) {
+            KR__NEED()
+            if (!kr__parse_count(v, 1, 1024, &o->attn_splits))
+                return kr__usage_err("--attn-splits wants a count in 1..1024", v);
         } else {
             return kr__usage_err("unknown argument", a);
         }
@@ -233,6 +239,7 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     gp.no_fuse = o->no_fuse;
     gp.no_repack = o->no_repack;
     gp.no_fused_ops = o->no_fused_ops;
+    gp.attn_splits = (int)o->attn_splits;
     kr_gpu_forward *g = NULL;
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);
