@@ -86,10 +86,14 @@ __device__ __forceinline__ bool kr_gs_before(float la, int ia, float lb, int ib)
 }
 
 struct kr_gs_shared {
-    float val[KR_GS_CAP];        // small path: logits (KR_GS_CAP,)
-    int id[KR_GS_CAP];           // small path: ids (KR_GS_CAP,)
-    kr_u32 cnt[256];             // radix: count per digit
-    kr_u64 mass[256];            // radix: fixed-point mass per digit
+    union {
+        struct {
+            float val[KR_GS_CAP]; // small path: logits (KR_GS_CAP,)
+            int id[KR_GS_CAP];    // small path: ids (KR_GS_CAP,)
+        };
+        kr_u32 cnt[4096];         // radix: count per digit (up to 12-bit digits); dead once val/id fill
+    };
+    kr_u64 mass[256];            // radix: fixed-point mass per digit (8-bit digits)
     double red_d[KR_GS_WARPS];   // block reduction / scan scratch
     float red_f[KR_GS_WARPS];
     int red_i[KR_GS_WARPS];
@@ -260,57 +264,82 @@ __device__ void kr_gs_compact(kr_gs_shared *sh, const float *cur, int n_vocab, k
     __syncthreads();
 }
 
+// Count one token into the digit histogram (all lanes of the warp call it;
+// dig = 0xffffffff: not counted). Lanes with the same digit add once.
+__device__ __forceinline__ void kr_gs_hist_add(kr_gs_shared *sh, kr_u32 dig)
+{
+    kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
+    if (dig != 0xffffffffu && (threadIdx.x & 31) == __ffs(peers) - 1)
+        atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
+}
+
+// Digit schedule: counts use a 12-bit first digit (sign, exponent, 3 mantissa
+// bits: usually enough to isolate a top-k), mass histograms 8-bit digits
+// (their 64-bit bins must fit next to the union).
+#define KR_GS_CNT_FIRST_SHIFT 20
+
 // Radix selection inside the cut (ck_key, ck_id): the largest key v such that
 // sel(keys >= v) >= target, where sel counts tokens (mass = false) or sums
 // their fixed-point weights round(exp(l - maxl) * 2^44) (mass = true).
+// first_done (count mode): cnt[] already holds the first pass's histogram.
 // Returns true when it compacted (tokens in the cut with key >= threshold,
 // at most KR_GS_CAP, now in val/id unsorted); else *v, *above_sel (sel of
 // keys > v), *cnt_eq (tokens with key == v).
 __device__ bool kr_gs_radix(kr_gs_shared *sh, const float *cur, int n_vocab, kr_u32 ck_key, int ck_id,
-                            bool mass, kr_u64 target, float maxl, kr_u32 *v, kr_u64 *above_sel, kr_u32 *cnt_eq)
+                            bool mass, bool first_done, kr_u64 target, float maxl, kr_u32 *v, kr_u64 *above_sel,
+                            kr_u32 *cnt_eq)
 {
     int lane = threadIdx.x & 31;
     kr_u32 prefix = 0;
     kr_u64 above_s = 0, above_c = 0;
     kr_u32 cnt_b = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int b = threadIdx.x; b < 256; b += KR_GS_THREADS) {
-            sh->cnt[b] = 0;
-            sh->mass[b] = 0;
-        }
-        __syncthreads();
-        kr_u32 hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
-            float v[KR_GS_UNROLL];
-#pragma unroll
-            for (int u = 0; u < KR_GS_UNROLL; u++) {
-                int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
-                v[u] = i < n_vocab ? cur[i] : -KR_GS_INF;
+    for (int pass = 0; pass < 4; pass++) {
+        // digits: mass 8/8/8/8 bits; counts 12/8/8/4 (first = KR_GS_CNT_FIRST_SHIFT)
+        const int bits = mass ? 8 : pass == 0 ? 12 : pass == 3 ? 4 : 8;
+        const int shift = mass ? 24 - 8 * pass : pass == 0 ? KR_GS_CNT_FIRST_SHIFT : pass == 1 ? 12 : pass == 2 ? 4 : 0;
+        const int nb = 1 << bits;
+        const kr_u32 dmask = (kr_u32)nb - 1u;
+        const kr_u32 hi_mask = pass == 0 ? 0u : (0xffffffffu << (shift + bits));
+        if (!(pass == 0 && first_done)) {
+            for (int b = threadIdx.x; b < nb; b += KR_GS_THREADS) {
+                sh->cnt[b] = 0;
+                if (mass)
+                    sh->mass[b] = 0;
             }
+            __syncthreads();
+            for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
+                float x[KR_GS_UNROLL];
 #pragma unroll
-            for (int u = 0; u < KR_GS_UNROLL; u++) {
-                int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
-                kr_u32 dig = 0xffffffffu;
-                kr_u32 k = kr_gs_key(v[u]);
-                if (i < n_vocab && kr_gs_in_cut(k, i, ck_key, ck_id) && (k & hi_mask) == (prefix & hi_mask)) {
-                    dig = (k >> shift) & 255u;
-                    if (mass)
-                        atomicAdd(&sh->mass[dig],
-                                  (kr_u64)(exp((double)v[u] - (double)maxl) * KR_GS_FX_SCALE + 0.5));
+                for (int u = 0; u < KR_GS_UNROLL; u++) {
+                    int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
+                    x[u] = i < n_vocab ? cur[i] : -KR_GS_INF;
                 }
-                kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
-                if (dig != 0xffffffffu && lane == __ffs(peers) - 1)
-                    atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
+#pragma unroll
+                for (int u = 0; u < KR_GS_UNROLL; u++) {
+                    int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
+                    kr_u32 dig = 0xffffffffu;
+                    kr_u32 k = kr_gs_key(x[u]);
+                    if (i < n_vocab && kr_gs_in_cut(k, i, ck_key, ck_id) && (k & hi_mask) == (prefix & hi_mask)) {
+                        dig = (k >> shift) & dmask;
+                        if (mass)
+                            atomicAdd(&sh->mass[dig],
+                                      (kr_u64)(exp((double)x[u] - (double)maxl) * KR_GS_FX_SCALE + 0.5));
+                    }
+                    kr_gs_hist_add(sh, dig);
+                }
             }
         }
         __syncthreads();
         if (threadIdx.x < 32) {
-            // lane covers digits 255 - 8*lane - j, j = 0..7 (descending)
+            // lane covers digits nb-1 - (per*lane + j), j = 0..per-1 (descending)
+            const int per = (nb + 31) / 32;
             kr_u64 ls = 0, lc = 0;
-            for (int j = 0; j < 8; j++) {
-                int b = 255 - 8 * lane - j;
-                ls += mass ? sh->mass[b] : (kr_u64)sh->cnt[b];
-                lc += sh->cnt[b];
+            for (int j = 0; j < per; j++) {
+                int b = nb - 1 - (per * lane + j);
+                if (b >= 0) {
+                    ls += mass ? sh->mass[b] : (kr_u64)sh->cnt[b];
+                    lc += sh->cnt[b];
+                }
             }
             kr_u64 ss = ls, sc = lc;
             for (int o = 1; o < 32; o <<= 1) {
@@ -320,31 +349,33 @@ __device__ bool kr_gs_radix(kr_gs_shared *sh, const float *cur, int n_vocab, kr_
                     sc += c;
                 }
             }
-            kr_u32 hit = __ballot_sync(KR_GS_FULL, above_s + ss >= target);
+            kr_u32 hit = __ballot_sync(KR_GS_FULL, lc > 0 && above_s + ss >= target);
             kr_u32 nonempty = __ballot_sync(KR_GS_FULL, lc > 0);
             // no lane reaches the target (mass rounding): take everything, i.e.
             // the lowest non-empty digit
-            int L = hit ? __ffs(hit) - 1 : nonempty ? 31 - __clz(nonempty) : 31;
+            int L = hit ? __ffs(hit) - 1 : nonempty ? 31 - __clz(nonempty) : 0;
             if (lane == L) {
                 kr_u64 rs = above_s + ss - ls, rc = above_c + sc - lc;
                 int pick = -1, last = -1;
-                for (int j = 0; j < 8; j++) {
-                    int b = 255 - 8 * lane - j;
-                    kr_u64 s = mass ? sh->mass[b] : (kr_u64)sh->cnt[b];
+                for (int j = 0; j < per; j++) {
+                    int b = nb - 1 - (per * lane + j);
+                    if (b < 0)
+                        break;
+                    kr_u64 sb = mass ? sh->mass[b] : (kr_u64)sh->cnt[b];
                     if (sh->cnt[b] > 0)
                         last = b;
-                    if (hit && rs + s >= target) {
+                    if (hit && sh->cnt[b] > 0 && rs + sb >= target) {
                         pick = b;
                         break;
                     }
-                    rs += s;
+                    rs += sb;
                     rc += sh->cnt[b];
                 }
                 if (pick < 0) { // fallback: lowest non-empty digit; recompute what is above it
                     pick = last < 0 ? 0 : last;
                     rs = above_s + ss - ls;
                     rc = above_c + sc - lc;
-                    for (int b = 255 - 8 * lane; b > pick; b--) {
+                    for (int b = nb - 1 - per * lane; b > pick; b--) {
                         rs += mass ? sh->mass[b] : (kr_u64)sh->cnt[b];
                         rc += sh->cnt[b];
                     }
@@ -426,6 +457,13 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     int hist_n = hist_meta[0];
     bool pen = hist_n > 0 && (repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f);
     bool adj = pen || n_bias > 0;
+    // top-k's first radix histogram rides along when the logits stay as read
+    const bool fused = !adj && !greedy && top_k > 0;
+    if (fused) {
+        for (int b = tid; b < (1 << 12); b += KR_GS_THREADS)
+            sh.cnt[b] = 0;
+        __syncthreads();
+    }
     float bm = -KR_GS_INF;
     int bi = 0x7fffffff, nf = 0;
     for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
@@ -450,6 +488,8 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
                     nf += l != -KR_GS_INF;
                 }
             }
+            if (fused)
+                kr_gs_hist_add(&sh, i < n_vocab && l != -KR_GS_INF ? kr_gs_key(l) >> KR_GS_CNT_FIRST_SHIFT : 0xffffffffu);
         }
     }
     __syncthreads();
@@ -559,7 +599,7 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     if (top_k > 0 && top_k < n_fin) {
         kr_u32 v, ceq;
         kr_u64 above;
-        if (kr_gs_radix(&sh, cur, n_vocab, ck_key, ck_id, false, (kr_u64)top_k, maxl, &v, &above, &ceq)) {
+        if (kr_gs_radix(&sh, cur, n_vocab, ck_key, ck_id, false, fused, (kr_u64)top_k, maxl, &v, &above, &ceq)) {
             kr_gs_sort(&sh, sh.n_small, false);
             small = true;
             n_s = top_k;
@@ -595,7 +635,7 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
                 target = 1;
             kr_u32 v, ceq;
             kr_u64 above;
-            if (kr_gs_radix(&sh, cur, n_vocab, ck_key, ck_id, true, target, maxl, &v, &above, &ceq)) {
+            if (kr_gs_radix(&sh, cur, n_vocab, ck_key, ck_id, true, false, target, maxl, &v, &above, &ceq)) {
                 int n = sh.n_small;
                 kr_gs_sort(&sh, n, false);
                 int m = kr_gs_walk(&sh, n, maxl, 1.0, need, false, NULL);
