@@ -73,6 +73,10 @@ Test(driver, help)
     HAS("usage: kernrun");
     cr_assert_eq(kernrun("help fx_echo"), 0);
     HAS("fx_echo [args]");
+    cr_assert_eq(kernrun("help config"), 0);
+    HAS("[runtime]");
+    HAS("KERNRUN_RUNTIME_BACKEND");
+    HAS("now cpu [env KERNRUN_RUNTIME_BACKEND]");
     cr_assert_eq(kernrun("help no_such_pipeline"), 2);
     HAS("unknown pipeline 'no_such_pipeline'");
 }

@@ -279,8 +279,39 @@ static void print_global_usage(FILE *f)
                "  --config FILE        INI configuration (see docs/CONFIG.md)\n"
                "  --backend B          auto, cpu or cuda (overrides [runtime] backend)\n"
                "  --log-level L        error, warn, info, debug or trace\n"
-               "  -h, --help           this help; `kernrun help PIPELINE` for one pipeline\n"
+               "  -h, --help           this help; `kernrun help PIPELINE` for one pipeline,\n"
+               "                       `kernrun help config` for the configuration keys\n"
                "  --version            same as `kernrun version`\n");
+}
+
+/* `kernrun help config`: every registered key with type, default, env name. */
+static int help_config(kr_app *app)
+{
+    kr_config *cfg = kr_app_config(app);
+    if (!cfg)
+        return 1;
+    printf("configuration keys (INI [section] key = value; env KERNRUN_<SECTION>_<KEY>):\n");
+    const char *section = NULL;
+    for (size_t i = 0; i < kr_config_key_count(cfg); i++) {
+        const kr_config_key *k = kr_config_key_at(cfg, i);
+        if (!section || strcmp(section, k->section) != 0) {
+            printf("[%s]\n", k->section);
+            section = k->section;
+        }
+        char env[300];
+        int n = snprintf(env, sizeof env, "KERNRUN_%s_%s", k->section, k->key);
+        for (int j = 8; j < n && env[j]; j++)
+            env[j] = (env[j] >= 'a' && env[j] <= 'z') ? (char)(env[j] - 'a' + 'A')
+                     : ((env[j] >= 'A' && env[j] <= 'Z') || (env[j] >= '0' && env[j] <= '9')) ? env[j] : '_';
+        const char *cur = kr_config_get(cfg, k->section, k->key);
+        const char *origin = kr_config_origin(cfg, k->section, k->key);
+        printf("  %-14s %-8s default %-8s now %s%s%s%s  (%s)\n", k->key, kr_config_type_name(k->type),
+               k->def ? k->def : "-", cur ? cur : "-", origin ? " [" : "", origin ? origin : "", origin ? "]" : "",
+               env);
+        if (k->help)
+            printf("  %-14s %s\n", "", k->help);
+    }
+    return 0;
 }
 
 static int help_run(kr_app *app, int argc, char **argv)
@@ -289,6 +320,8 @@ static int help_run(kr_app *app, int argc, char **argv)
         fprintf(stderr, "usage: kernrun help [PIPELINE]\n");
         return 2;
     }
+    if (argc == 2 && strcmp(argv[1], "config") == 0 && !builtin("config"))
+        return help_config(app);
     if (argc == 2) {
         const kr_cli_pipeline *p = builtin(argv[1]);
         if (p) {
@@ -326,7 +359,9 @@ static int help_run(kr_app *app, int argc, char **argv)
 const kr_cli_pipeline kr_pipe_help = {
     .name = "help",
     .summary = "list pipelines, or show one pipeline's usage",
-    .usage = "usage: kernrun help [PIPELINE]",
+    .usage = "usage: kernrun help [PIPELINE | config]\n"
+             "Without an argument: global flags and all pipelines. `help config`: every\n"
+             "configuration key with its type, default, current value and environment name.",
     .run = help_run,
 };
 
