@@ -28,6 +28,9 @@
 #include "kernrun/half.h"
 #include "kernrun/jit.h"
 #include "kernrun/quant.h"
+#include "kernrun/config.h"
+#include "kernrun/registry.h"
+#include "kernrun/runtime.h"
 #include "kr_gemm.h"
 
 /* ---- harness ---------------------------------------------------------------- */
@@ -364,4 +367,169 @@ Test(gemm_host, all_variants_compile_sm90)
         }
     }
     kr_jit_free(jit);
+}
+
+/* ---- the cuda_gemm plugin through the real loader ---------------------------- */
+
+/* cfg must outlive the runtime: free it after kr_runtime_close. */
+static kr_runtime *open_runtime(const char *backend, kr_config **cfg_out)
+{
+    kr_err e;
+    kr_err_clear(&e);
+    kr_config *cfg = NULL;
+    cr_assert_eq(kr_config_create(&cfg, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_config_set(cfg, "runtime", "backend", backend, "test", &e), KR_OK, "%s", e.msg);
+    kr_runtime *rt = NULL;
+    cr_assert_eq(kr_runtime_open(cfg, &rt, &e), KR_OK, "%s", e.msg);
+    *cfg_out = cfg;
+    return rt;
+}
+
+static bool find_gemm_kernel(kr_runtime *rt, kr_kernel_ref *out)
+{
+    kr_kernel_ref refs[16];
+    size_t nk = kr_registry_find_kernels(kr_runtime_registry(rt), "matmul", refs, 16);
+    for (size_t i = 0; i < nk && i < 16; i++) {
+        if (strcmp(refs[i].kernel->name, "gemm_cuda") == 0) {
+            *out = refs[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+static void matmul_tensors(kr_tensor *w, kr_tensor *x, kr_tensor *y, kr_dtype wt, int64_t m, int64_t n, int64_t k,
+                           void *wd, void *xd, void *yd)
+{
+    cr_assert_eq(kr_tensor_init(w, wt, k, n, 1, 1), KR_OK);
+    cr_assert_eq(kr_tensor_init(x, KR_DTYPE_F32, k, m, 1, 1), KR_OK);
+    cr_assert_eq(kr_tensor_init(y, KR_DTYPE_F32, n, m, 1, 1), KR_OK);
+    w->data = wd;
+    x->data = xd;
+    y->data = yd;
+}
+
+Test(gemm_host, plugin_registers_gemm_cuda, .timeout = 60)
+{
+    kr_config *cfg = NULL;
+    kr_runtime *rt = open_runtime("cpu", &cfg);
+    bool loaded = false;
+    for (size_t i = 0; i < kr_runtime_plugin_count(rt); i++) {
+        kr_plugin_info pi;
+        if (kr_runtime_plugin_at(rt, i, &pi) && strcmp(pi.name, "cuda_gemm") == 0) {
+            loaded = true;
+            cr_expect_eq(pi.n_kernels, 1);
+        }
+    }
+    cr_assert(loaded, "cuda_gemm plugin not loaded");
+    kr_kernel_ref ref;
+    cr_assert(find_gemm_kernel(rt, &ref), "gemm_cuda not registered under matmul");
+    cr_expect_eq(ref.kernel->backend, KR_BACKEND_CUDA);
+    cr_expect_eq(ref.kernel->priority, 5);
+    cr_assert_not_null(ref.kernel->supports);
+
+    /* fake, aligned device addresses: supports() only inspects them */
+    void *wd = (void *)(uintptr_t)0x10000, *xd = (void *)(uintptr_t)0x20000, *yd = (void *)(uintptr_t)0x30000;
+    kr_tensor w, x, y;
+    const kr_tensor *srcs[2] = {&w, &x};
+    kr_kernel_args args = {.op = "matmul", .src = srcs, .n_src = 2, .dst = &y};
+    const kr_dtype ok_types[] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0};
+    for (size_t i = 0; i < 5; i++) {
+        matmul_tensors(&w, &x, &y, ok_types[i], 17, 33, 96, wd, xd, yd);
+        cr_expect(ref.kernel->supports(&args, NULL), "type %d should be supported", (int)ok_types[i]);
+    }
+    matmul_tensors(&w, &x, &y, KR_DTYPE_Q4_K, 17, 33, 256, wd, xd, yd);
+    cr_expect(!ref.kernel->supports(&args, NULL), "Q4_K is not supported");
+    matmul_tensors(&w, &x, &y, KR_DTYPE_F16, 17, 33, 48, wd, xd, yd);
+    cr_expect(!ref.kernel->supports(&args, NULL), "k 48 is not a multiple of 32");
+    matmul_tensors(&w, &x, &y, KR_DTYPE_F16, 17, 33, 96, wd, (char *)xd + 4, yd);
+    cr_expect(!ref.kernel->supports(&args, NULL), "x not 16-byte aligned");
+    matmul_tensors(&w, &x, &y, KR_DTYPE_F16, 17, 33, 96, (char *)wd + 2, xd, yd);
+    cr_expect(!ref.kernel->supports(&args, NULL), "F16 W not 16-byte aligned");
+    matmul_tensors(&w, &x, &y, KR_DTYPE_Q8_0, 17, 33, 96, wd, xd, yd);
+    y.ne[0] = 32;
+    cr_expect(!ref.kernel->supports(&args, NULL), "dst rows != W rows");
+    matmul_tensors(&w, &x, &y, KR_DTYPE_Q8_0, 17, 33, 96, wd, xd, yd);
+    x.type = KR_DTYPE_F16;
+    cr_expect(!ref.kernel->supports(&args, NULL), "x must be F32");
+    kr_runtime_close(rt);
+    kr_config_free(cfg);
+}
+
+/* gemm_cuda's run() on the GPU vs the double CPU reference (Q8_0, odd sizes). */
+Test(gpu_gemm, through_plugin, .timeout = 120)
+{
+    kr_backend *probe = gpu_open(); /* skip / fail without a GPU */
+    kr_backend_destroy(probe);
+    kr_config *cfg = NULL;
+    kr_runtime *rt = open_runtime("cuda", &cfg);
+    kr_backend *be = kr_runtime_backend(rt);
+    cr_assert(be && be->kind == KR_BACKEND_CUDA, "runtime has no CUDA backend: %s", kr_runtime_cuda_status(rt));
+    kr_kernel_ref ref;
+    cr_assert(find_gemm_kernel(rt, &ref), "gemm_cuda not registered");
+
+    const int64_t m = 37, n = 75, k = 128;
+    const kr_dtype wt = KR_DTYPE_Q8_0;
+    uint64_t rb = 0;
+    cr_assert_eq(kr_quant_row_size(wt, (uint64_t)k, &rb, NULL), KR_OK);
+    float *wf = malloc((size_t)(n * k) * sizeof *wf), *wdq = malloc((size_t)(n * k) * sizeof *wdq);
+    float *xh = malloc((size_t)(m * k) * sizeof *xh), *yh = malloc((size_t)(m * n) * sizeof *yh);
+    uint8_t *wq = malloc((size_t)n * rb);
+    cr_assert(wf && wdq && xh && yh && wq);
+    for (int64_t i = 0; i < n * k; i++)
+        wf[i] = rng_f(-1, 1);
+    for (int64_t i = 0; i < m * k; i++)
+        xh[i] = rng_f(-1, 1);
+    for (int64_t r = 0; r < n; r++) {
+        cr_assert_eq(kr_quantize_row(wt, wf + r * k, wq + r * rb, (size_t)k), KR_OK);
+        cr_assert_eq(kr_dequantize_row(wt, wq + r * rb, wdq + r * k, (size_t)k), KR_OK);
+    }
+    kr_err e;
+    kr_err_clear(&e);
+    kr_buffer *dw = NULL, *dx = NULL, *dy = NULL;
+    cr_assert_eq(kr_backend_alloc(be, (size_t)n * rb, &dw, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_alloc(be, (size_t)(m * k) * 4, &dx, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_alloc(be, (size_t)(m * n) * 4, &dy, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_h2d(be, dw->ptr, wq, (size_t)n * rb, NULL, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_h2d(be, dx->ptr, xh, (size_t)(m * k) * 4, NULL, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_memset(be, dy->ptr, 0xFF, (size_t)(m * n) * 4, NULL, &e), KR_OK, "%s", e.msg);
+
+    kr_tensor w, x, y;
+    matmul_tensors(&w, &x, &y, wt, m, n, k, dw->ptr, dx->ptr, dy->ptr);
+    const kr_tensor *srcs[2] = {&w, &x};
+    kr_kernel_args args = {.op = "matmul", .src = srcs, .n_src = 2, .dst = &y};
+    cr_assert(ref.kernel->supports(&args, kr_backend_device_info(be)));
+    kr_kernel_call call = {.host = kr_runtime_host(rt), .kernel = ref.kernel, .plugin_state = ref.plugin_state,
+                           .backend = be, .stream = NULL, .args = &args};
+    cr_assert_eq(ref.kernel->run(&call, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_sync(be, NULL, &e), KR_OK, "%s", e.msg);
+    cr_assert_eq(kr_backend_d2h(be, yh, dy->ptr, (size_t)(m * n) * 4, NULL, &e), KR_OK, "%s", e.msg);
+    double num = 0, den = 0;
+    size_t bad = 0;
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            double s = 0;
+            for (int64_t q = 0; q < k; q++)
+                s += (double)xh[i * k + q] * wdq[j * k + q];
+            float v = yh[i * n + j];
+            if (!isfinite(v)) {
+                bad++;
+                continue;
+            }
+            num += (v - s) * (v - s);
+            den += s * s;
+        }
+    }
+    cr_expect_eq(bad, 0, "%zu outputs not written (seed %llu)", bad, (unsigned long long)g_seed);
+    cr_expect_leq(num / den, 1e-3, "NMSE %g (seed %llu)", num / den, (unsigned long long)g_seed);
+    kr_backend_free(be, dw);
+    kr_backend_free(be, dx);
+    kr_backend_free(be, dy);
+    free(wf);
+    free(wdq);
+    free(xh);
+    free(yh);
+    free(wq);
+    kr_runtime_close(rt);
+    kr_config_free(cfg);
 }
