@@ -164,6 +164,25 @@ Test(vectors, llama2_json_equals_gguf)
         free(ia);
         free(ib);
     }
+    /* with special-token parsing on */
+    static const char *const sp[] = {"<s>Hello</s> world", " <s> a <unk> b </s>", "x</s></s>y", "<s>"};
+    for (size_t k = 0; k < sizeof sp / sizeof sp[0]; k++) {
+        size_t na, nb;
+        int32_t *ia = kr_test_encode(a, sp[k], strlen(sp[k]), true, true, &na);
+        int32_t *ib = kr_test_encode(b, sp[k], strlen(sp[k]), true, true, &nb);
+        cr_assert(na == nb && memcmp(ia, ib, na * sizeof *ia) == 0, "json and GGUF differ on '%s' (special on)",
+                  sp[k]);
+        bool has_eos = false;
+        for (size_t i = 0; i < na; i++)
+            has_eos = has_eos || ia[i] == 2;
+        cr_assert(has_eos == (strstr(sp[k], "</s>") != NULL), "'%s'", sp[k]);
+        bool has_unk = false;
+        for (size_t i = 0; i < na; i++)
+            has_unk = has_unk || ia[i] == 0;
+        cr_assert(has_unk == (strstr(sp[k], "<unk>") != NULL), "'%s'", sp[k]);
+        free(ia);
+        free(ib);
+    }
     kr_tokenizer_free(a);
     kr_tokenizer_free(b);
     KR_LEAK_CHECK();

@@ -299,11 +299,13 @@ kr_status kr__tok_finish(kr_tokenizer *t, kr_err *err)
             }
         }
     }
-    /* specials: control + user-defined tokens, matched whole, longest first */
+    /* specials: control, unknown and user-defined tokens, matched whole, longest
+     * first (as llama.cpp; control/unknown only with parse_special) */
     size_t ns = 0;
     for (int32_t id = 0; id < t->n_vocab; id++) {
         uint8_t ty = t->toks[id].type;
-        if ((ty == KR_TOK_TYPE_CONTROL || ty == KR_TOK_TYPE_USER_DEFINED) && t->toks[id].len > 0)
+        if ((ty == KR_TOK_TYPE_CONTROL || ty == KR_TOK_TYPE_USER_DEFINED || ty == KR_TOK_TYPE_UNKNOWN) &&
+            t->toks[id].len > 0)
             ns++;
     }
     free(t->specials);
@@ -316,7 +318,8 @@ kr_status kr__tok_finish(kr_tokenizer *t, kr_err *err)
             return kr_err_set(err, KR_ERR_NOMEM, "out of memory for special tokens");
         for (int32_t id = 0; id < t->n_vocab; id++) {
             uint8_t ty = t->toks[id].type;
-            if ((ty == KR_TOK_TYPE_CONTROL || ty == KR_TOK_TYPE_USER_DEFINED) && t->toks[id].len > 0) {
+            if ((ty == KR_TOK_TYPE_CONTROL || ty == KR_TOK_TYPE_USER_DEFINED || ty == KR_TOK_TYPE_UNKNOWN) &&
+            t->toks[id].len > 0) {
                 t->specials[t->n_specials++] = id;
                 t->special_idx[(uint8_t)kr__tok_text(t, id)[0] + 1]++;
             }
