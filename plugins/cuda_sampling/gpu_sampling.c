@@ -42,6 +42,13 @@ struct kr_gpu_sampler {
     kr_function *fn_accept;
 };
 
+/* Add context to err; returns st (also when err is NULL). */
+static kr_status kr__gs_prefix(kr_err *err, kr_status st, const char *what)
+{
+    kr_err_prefix(err, "%s", what);
+    return st;
+}
+
 /* offset of the next region: *off rounded up to 16, then advanced by n*size */
 static bool kr__gs_region(size_t *off, size_t n, size_t size, size_t *at)
 {
@@ -61,8 +68,10 @@ kr_status kr_gpu_sampler_create(kr_backend *be, const kr_sampler_params *p, int3
     if (!be || be->kind != KR_BACKEND_CUDA)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu sampler: needs a CUDA backend");
     kr_status st = kr_sampler_params_validate(p, n_vocab, err);
-    if (st != KR_OK)
-        return kr_err_prefix(err, "gpu sampler");
+    if (st != KR_OK) {
+        kr_err_prefix(err, "gpu sampler");
+        return st;
+    }
     if (p->n_logit_bias > (size_t)INT32_MAX)
         return kr_err_set(err, KR_ERR_RANGE, "gpu sampler: %zu logit-bias entries (at most %d)", p->n_logit_bias,
                           (int)INT32_MAX);
@@ -156,7 +165,8 @@ static kr_status kr__gs_fn(kr_gpu_sampler *s, const kr_kernel_source *src, kr_fu
     kr_status st = kr_backend_get_function(s->be, src, fn, err);
     if (st != KR_OK) {
         *fn = NULL;
-        return kr_err_prefix(err, "gpu sampler: kernel %s (%s)", src->entry, src->name);
+        kr_err_prefix(err, "gpu sampler: kernel %s (%s)", src->entry, src->name);
+        return st;
     }
     return KR_OK;
 }
@@ -175,7 +185,7 @@ kr_status kr_gpu_sampler_reset(kr_gpu_sampler *s, kr_stream *stream, kr_err *err
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu sampler: NULL handle");
     /* draws (8 bytes) and hist_meta (8 bytes) are adjacent */
     kr_status st = kr_backend_memset(s->be, s->d_draws, 0, 2 * sizeof(uint64_t), stream, err);
-    return st != KR_OK ? kr_err_prefix(err, "gpu sampler: reset") : KR_OK;
+    return st != KR_OK ? kr__gs_prefix(err, st, "gpu sampler: reset") : KR_OK;
 }
 
 static kr_status kr__gs_accept(kr_gpu_sampler *s, kr_stream *stream, const int32_t *d_token, int32_t tok, kr_err *err)
@@ -190,7 +200,7 @@ static kr_status kr__gs_accept(kr_gpu_sampler *s, kr_stream *stream, const int32
     void *args[] = {&hist, &meta, &cap, &nv, &dt, &imm};
     const uint32_t grid[3] = {1, 1, 1}, block[3] = {32, 1, 1};
     st = kr_backend_launch(s->be, s->fn_accept, grid, block, 0, stream, args, err);
-    return st != KR_OK ? kr_err_prefix(err, "gpu sampler: accept") : KR_OK;
+    return st != KR_OK ? kr__gs_prefix(err, st, "gpu sampler: accept") : KR_OK;
 }
 
 kr_status kr_gpu_sampler_accept(kr_gpu_sampler *s, kr_stream *stream, int32_t token, kr_err *err)
@@ -230,7 +240,7 @@ kr_status kr_gpu_sampler_sample_async(kr_gpu_sampler *s, kr_stream *stream, cons
                     &top_k, &top_p, &min_p, &temp, &rp, &pres, &freq, &seed, &out};
     const uint32_t grid[3] = {1, 1, 1}, block[3] = {KR__GS_THREADS, 1, 1};
     st = kr_backend_launch(s->be, s->fn_sample, grid, block, 0, stream, args, err);
-    return st != KR_OK ? kr_err_prefix(err, "gpu sampler: launching kr_gs_sample") : KR_OK;
+    return st != KR_OK ? kr__gs_prefix(err, st, "gpu sampler: launching kr_gs_sample") : KR_OK;
 }
 
 kr_status kr_gpu_sampler_sample(kr_gpu_sampler *s, kr_stream *stream, const float *d_logits, int32_t *token,
@@ -246,7 +256,7 @@ kr_status kr_gpu_sampler_sample(kr_gpu_sampler *s, kr_stream *stream, const floa
     if (st == KR_OK)
         st = kr_backend_sync(s->be, stream, err);
     if (st != KR_OK)
-        return kr_err_prefix(err, "gpu sampler: reading the token");
+        return kr__gs_prefix(err, st, "gpu sampler: reading the token");
     if (t < 0 || t >= s->n_vocab)
         return kr_err_set(err, KR_ERR_RANGE, "gpu sampler: all %d logits are -inf or NaN (after penalties and bias)",
                           (int)s->n_vocab);
@@ -261,5 +271,5 @@ kr_status kr_gpu_sampler_draws(kr_gpu_sampler *s, kr_stream *stream, uint64_t *d
     kr_status st = kr_backend_d2h(s->be, draws, s->d_draws, sizeof *draws, stream, err);
     if (st == KR_OK)
         st = kr_backend_sync(s->be, stream, err);
-    return st != KR_OK ? kr_err_prefix(err, "gpu sampler: reading the draw counter") : KR_OK;
+    return st != KR_OK ? kr__gs_prefix(err, st, "gpu sampler: reading the draw counter") : KR_OK;
 }
