@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../core/kr_test_leaks.h"
 #include "kernrun/backend.h"
 #include "kernrun/builtin_model.h"
 #include "kernrun/model.h"
@@ -39,6 +40,10 @@ static bool require_gpu(void)
     const char *r = getenv("KERNRUN_REQUIRE_GPU");
     return r && strcmp(r, "1") == 0;
 }
+
+/* Criterion ignores LeakSanitizer's exit report: check inside each test process. */
+TestSuite(gpu_forward, .fini = kr_test_leak_check);
+TestSuite(gpu_forward_host, .fini = kr_test_leak_check);
 
 static const char *testdata(void)
 {
