@@ -70,7 +70,8 @@ int main(int argc, char **argv)
     const uint32_t lens[2] = {512, 2048};
     int32_t *tok = malloc((2048 + 64) * sizeof *tok);
     float *lg = malloc((size_t)V * sizeof *lg);
-    if (!tok || !lg)
+    float *ref = malloc((size_t)V * (size_t)reps * sizeof *ref); /* f32-cache logits per decode step */
+    if (!tok || !lg || !ref)
         goto out_free;
     for (int i = 0; i < 2048 + 64; i++)
         tok[i] = (int32_t)((i * 7919u + 13u) % (uint32_t)V);
@@ -81,7 +82,7 @@ int main(int argc, char **argv)
         kr_context_params cp = kr_context_params_default();
         cp.n_ctx = N + (uint32_t)reps + 1;
         cp.n_threads = threads;
-        double t_cache[3] = {0}, t_re = 0;
+        double t_cache[3] = {0}, t_re = 0, nmse[3] = {0};
         for (int ti = 0; ti < 3; ti++) {
             cp.kv_type = types[ti];
             kr_context *c;
@@ -95,8 +96,18 @@ int main(int argc, char **argv)
                 goto out_free;
             }
             double t0 = now();
-            for (int r = 0; r < reps; r++)
-                kr_model_eval(c, &tok[N + r], 1, N + (uint32_t)r, lg, &err);
+            for (int r = 0; r < reps; r++) {
+                kr_model_eval(c, &tok[N + r], 1, N + (uint32_t)r, ti == 0 ? ref + (size_t)r * V : lg, &err);
+                if (ti > 0) { /* quality vs the f32 cache (outside the hot loop cost: O(V)) */
+                    double num = 0, den = 0;
+                    for (int32_t i = 0; i < V; i++) {
+                        double d = (double)lg[i] - ref[(size_t)r * V + i];
+                        num += d * d;
+                        den += (double)ref[(size_t)r * V + i] * ref[(size_t)r * V + i];
+                    }
+                    nmse[ti] += num / den / reps;
+                }
+            }
             t_cache[ti] = (now() - t0) / reps;
             if (ti == 0) { /* recompute: the whole prefix + token from scratch */
                 int rr = reps < 3 ? reps : 3;
@@ -111,11 +122,13 @@ int main(int argc, char **argv)
         }
         printf("N=%4u  recompute %8.2f ms/token | cache f32 %7.3f ms  f16 %7.3f ms  q8_0 %7.3f ms | speedup f32 %.0fx\n",
                N, t_re * 1e3, t_cache[0] * 1e3, t_cache[1] * 1e3, t_cache[2] * 1e3, t_re / t_cache[0]);
+        printf("        logits nmse vs f32 cache (mean over %d steps): f16 %.3g  q8_0 %.3g\n", reps, nmse[1], nmse[2]);
     }
     rc = 0;
 out_free:
     free(tok);
     free(lg);
+    free(ref);
     kr_model_free(km);
 out_unlink:
     if (synth[0])

@@ -160,6 +160,25 @@ static void kr__get_row(const kr_kv *kv, const void *src, float *dst)
 
 /* ---- wrapped attention ---- */
 
+typedef struct kr__gather_job {
+    const kr_kv *kv;
+    uint32_t layer, slot, lo;    /* rows lo + [begin, end) of this layer and slot */
+} kr__gather_job;
+
+/* gk/gv rows [b, e) = cached positions lo+b .. lo+e-1 as f32 */
+static void kr__gather_rows(void *arg, size_t b, size_t e, int tid)
+{
+    (void)tid;
+    const kr__gather_job *j = arg;
+    const kr_kv *kv = j->kv;
+    size_t D = kv->pl.kv_dim;
+    for (size_t i = b; i < e; i++) {
+        uint32_t p = j->lo + (uint32_t)i;
+        kr__get_row(kv, kr__row(kv, kv->k, j->layer, j->slot, p), kv->gk + i * D);
+        kr__get_row(kv, kr__row(kv, kv->v, j->layer, j->slot, p), kv->gv + i * D);
+    }
+}
+
 static kr_status kr__kv_attention(const kr_exec *ex, const kr_attn_args *a, kr_err *err)
 {
     const kr__kv_exec *w = (const kr__kv_exec *)ex;
@@ -197,10 +216,9 @@ static kr_status kr__kv_attention(const kr_exec *ex, const kr_attn_args *a, kr_e
     if (g > kv->g_rows)
         return kr_err_set(err, KR_ERR_INTERNAL, "kv attention: %" PRIu32 " rows exceed the gather buffer %" PRIu32, g,
                           kv->g_rows);
-    for (uint32_t j = lo; j < P0; j++) {
-        kr__get_row(kv, kr__row(kv, kv->k, (uint32_t)l, slot, j), kv->gk + (size_t)(j - lo) * D);
-        kr__get_row(kv, kr__row(kv, kv->v, (uint32_t)l, slot, j), kv->gv + (size_t)(j - lo) * D);
-    }
+    kr__gather_job gj = {.kv = kv, .layer = (uint32_t)l, .slot = slot, .lo = lo};
+    if (P0 > lo)
+        rex->parallel_for(rex->pool, P0 - lo, 64, kr__gather_rows, &gj);
     memcpy(kv->gk + (size_t)(P0 - lo) * D, sk, (size_t)n * D * sizeof *sk);
     memcpy(kv->gv + (size_t)(P0 - lo) * D, sv, (size_t)n * D * sizeof *sv);
     uint32_t first = (kv->ring && n > kv->pl.rows) ? n - kv->pl.rows : 0; /* earlier ones are overwritten */
@@ -226,7 +244,7 @@ kr_status kr_kv_new(const kr_kv_plan *pl, const kr_kv_params *p, kr_kv **out, kr
     if (pl->n_layer != hp->n_layer || (uint64_t)hp->n_head_kv * hp->head_dim != pl->kv_dim || p->n_batch == 0)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "KV cache: plan does not match the model");
     bool ring = pl->rows < pl->n_ctx;
-    bool gather = ring || pl->type == KR_DTYPE_Q8_0;
+    bool gather = ring || pl->type != KR_DTYPE_F32; /* f16: convert each row once, not per head */
     uint32_t window = hp->sliding_window;
     uint32_t nb = p->n_batch < pl->n_ctx ? p->n_batch : pl->n_ctx;
     uint64_t g_rows = 0;
