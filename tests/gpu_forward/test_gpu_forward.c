@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../core/kr_test_leaks.h"
@@ -470,4 +471,30 @@ Test(gpu_forward, generate_cuda_equals_cpu)
     cr_expect_str_eq(gpu, cpu);
     free(cpu);
     free(gpu);
+}
+
+/* `kernrun bench` on the CPU (no GPU needed): usage errors exit 2; a run
+ * prints one JSON object whose counts are the ones asked for. */
+Test(gpu_forward_host, bench_cli_cpu)
+{
+    const char *exe = getenv("KR_KERNRUN");
+    if (!exe)
+        cr_skip_test("KR_KERNRUN not set (run through meson test)");
+    char cmd[8192], p[4096];
+    snprintf(cmd, sizeof cmd, "'%s' bench >/dev/null 2>&1", exe);
+    int rc = system(cmd);
+    cr_expect(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "bench without -m: status %d", rc);
+    snprintf(cmd, sizeof cmd, "'%s' bench -m x.gguf -n 0 >/dev/null 2>&1", exe);
+    rc = system(cmd);
+    cr_expect(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "bench -n 0: status %d", rc);
+    model_path(p, sizeof p, "stories260K-f32.gguf");
+    snprintf(cmd, sizeof cmd, "'%s' bench -m '%s' -p 5 -n 7 --backend cpu --json 2>/dev/null", exe, p);
+    char *out = run_cmd(cmd);
+    cr_expect_neq(strstr(out, "\"backend\":\"cpu\""), NULL, "%s", out);
+    cr_expect_neq(strstr(out, "\"p\":5,\"n\":7"), NULL, "%s", out);
+    cr_expect_neq(strstr(out, "\"n_layer\":5"), NULL, "%s", out); /* stories260K: 5 layers (testdata README) */
+    const char *d = strstr(out, "\"decode_tok_s\":");
+    cr_assert_not_null(d, "%s", out);
+    cr_expect_gt(strtod(d + strlen("\"decode_tok_s\":"), NULL), 0.0, "%s", out);
+    free(out);
 }
