@@ -290,7 +290,8 @@ Test(kvcache, context_limits_and_full_context, .init = llama_setup, .fini = llam
     kr_err_clear(&err);
     cr_expect_eq(kr_context_new(g_km, &cp, &c, &err), KR_ERR_LIMIT);
     cr_expect_null(c);
-    cr_expect(strstr(err.msg, "4096 bytes") && strstr(err.msg, "n_ctx 64") && strstr(err.msg, "limit"), "%s",
+    cr_expect(strstr(err.msg, "4096 bytes") && strstr(err.msg, "n_ctx 64") && strstr(err.msg, "limit") &&
+                  strstr(err.msg, "cache 32768 bytes"), "%s",
               err.msg);
     cp.kv_mem_limit = 1ull << 30;
     c = new_ctx(g_km, cp);

@@ -264,8 +264,9 @@ kr_status kr_kv_new(const kr_kv_plan *pl, const kr_kv_params *p, kr_kv **out, kr
         return kr_err_set(err, KR_ERR_OVERFLOW, "KV cache work buffers overflow");
     uint64_t avail = p->mem_limit ? p->mem_limit : kr_kv_host_ram();
     if (avail && (st = kr_kv_check_fit(needed, avail, p->mem_limit ? "the configured limit" : "host RAM", err)) != KR_OK) {
-        kr_err_prefix(err, "n_ctx %" PRIu32 " x %" PRIu32 " seqs, %" PRIu32 " layers, kv row %" PRIu32 " %s",
-                      pl->n_ctx, pl->n_seq, pl->n_layer, pl->kv_dim, kr_dtype_name(pl->type));
+        kr_err_prefix(err, "n_ctx %" PRIu32 " x %" PRIu32 " seqs, %" PRIu32 " layers, kv row %" PRIu32
+                      " %s: cache %" PRIu64 " bytes + work buffers %" PRIu64 " bytes", pl->n_ctx, pl->n_seq,
+                      pl->n_layer, pl->kv_dim, kr_dtype_name(pl->type), pl->bytes, needed - pl->bytes);
         return st;
     }
 
