@@ -41,12 +41,25 @@ typedef long long kr_gm_i64;
 #define KR_GM_NT 4               // 8-column mma tiles per warp along N
 #define KR_GM_AV (KR_GM_BM / 32) // float4 loads of A per thread per K step
 
+#ifdef KR_GM_HOST_EMU
+#define KR_GM_UNROLL
+#else
+#define KR_GM_UNROLL _Pragma("unroll")
+#endif
+
 // GGML type ids (same values as kr_dtype).
 #define KR_GM_T_F16 1
 #define KR_GM_T_Q4_0 2
 #define KR_GM_T_Q4_1 3
 #define KR_GM_T_Q8_0 8
+#define KR_GM_T_Q4_K 12
+#define KR_GM_T_Q6_K 14
 
+// The tile loaders below (kr_gm_load_w / kr_gm_store_w) are plain C as well:
+// tests/gpu_gemm/test_tile_emu.c compiles them on the host with
+// KR_GM_HOST_EMU defined (which also hides the kernels) and checks the fp16
+// tiles against the CPU dequantization.
+#ifndef KR_GM_HOST_EMU
 __device__ __forceinline__ float kr_gm_h2f(kr_gm_u16 h)
 {
     float f;
@@ -60,6 +73,7 @@ __device__ __forceinline__ kr_gm_u16 kr_gm_f2h(float f)
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 // Two floats -> packed halves, lo in the low 16 bits (the lower K index).
 __device__ __forceinline__ kr_gm_u32 kr_gm_pack(float lo, float hi)
@@ -67,6 +81,167 @@ __device__ __forceinline__ kr_gm_u32 kr_gm_pack(float lo, float hi)
     return (kr_gm_u32)kr_gm_f2h(lo) | ((kr_gm_u32)kr_gm_f2h(hi) << 16);
 }
 
+// Raw weight data of one thread for one K step of 32, decoded at the store.
+// Thread t owns shared row t/2 (n) and the 16 K values 16*(t%2) .. +15 of the
+// step, except F16, where it owns two 16-byte pieces (rows (t + 256 i)/4).
+typedef struct kr_gm_wraw {
+    kr_gm_u32 q[8]; // F16: 2 x 16 bytes; Q8_0, Q4_K: 16 quant bytes (+ Q4_K scales
+                    // in q[4..6], sub-block in q[7]); Q4_0/Q4_1: 8 bytes of nibbles;
+                    // Q6_K: 16 ql bytes in q[0..3], 16 qh bytes in q[4..7]
+    kr_gm_u32 dm;   // fp16 d (low 16 bits); Q4_1/Q4_K: fp16 m/dmin (high 16);
+                    // Q6_K: int8 scale in bits 16..23, quarter in 24..25; 0 for rows past N
+} kr_gm_wraw;
+
+// n u16 at p (2-byte aligned) packed into n/2 u32 (little-endian byte order kept).
+__device__ __forceinline__ void kr_gm_ld16(kr_gm_u32 *dst, const kr_gm_u8 *p, int n)
+{
+    const kr_gm_u16 *h = (const kr_gm_u16 *)p;
+    KR_GM_UNROLL
+    for (int i = 0; i < n / 2; i++)
+        dst[i] = (kr_gm_u32)h[2 * i] | ((kr_gm_u32)h[2 * i + 1] << 16);
+}
+
+// Byte i of a little-endian u32 array.
+__device__ __forceinline__ kr_gm_u32 kr_gm_byte(const kr_gm_u32 *w, int i) { return (w[i >> 2] >> (8 * (i & 3))) & 0xffu; }
+
+// Load the raw data of K step k0 (k0 % 32 == 0) for tile rows n0.. of W.
+__device__ __forceinline__ void kr_gm_load_w(int wt, kr_gm_wraw *r, const kr_gm_u8 *__restrict__ W, kr_gm_i64 ldw,
+                                             int N, int n0, int k0, int tid)
+{
+    if (wt == KR_GM_T_F16) {
+        KR_GM_UNROLL
+        for (int i = 0; i < 2; i++) {
+            int idx = tid + i * KR_GM_THREADS, row = idx >> 2, c = idx & 3;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (n0 + row < N)
+                v = *(const uint4 *)(W + (kr_gm_i64)(n0 + row) * ldw + (kr_gm_i64)(k0 + c * 8) * 2);
+            r->q[4 * i + 0] = v.x;
+            r->q[4 * i + 1] = v.y;
+            r->q[4 * i + 2] = v.z;
+            r->q[4 * i + 3] = v.w;
+        }
+        r->dm = 0;
+        return;
+    }
+    const int row = tid >> 1, h = tid & 1;
+    KR_GM_UNROLL
+    for (int i = 0; i < 8; i++)
+        r->q[i] = 0;
+    r->dm = 0;
+    if (n0 + row >= N)
+        return;
+    const kr_gm_u8 *row_p = W + (kr_gm_i64)(n0 + row) * ldw;
+    if (wt == KR_GM_T_Q8_0) { // 34 bytes: fp16 d, int8 q[32]
+        const kr_gm_u8 *b = row_p + (kr_gm_i64)(k0 / 32) * 34;
+        r->dm = *(const kr_gm_u16 *)b;
+        kr_gm_ld16(r->q, b + 2 + 16 * h, 16);
+    } else if (wt == KR_GM_T_Q4_0) { // 18 bytes: fp16 d, u8 qs[16]
+        const kr_gm_u8 *b = row_p + (kr_gm_i64)(k0 / 32) * 18;
+        r->dm = *(const kr_gm_u16 *)b;
+        kr_gm_ld16(r->q, b + 2 + 8 * h, 8);
+    } else if (wt == KR_GM_T_Q4_1) { // 20 bytes: fp16 d, fp16 m, u8 qs[16]
+        const kr_gm_u8 *b = row_p + (kr_gm_i64)(k0 / 32) * 20;
+        const kr_gm_u32 *p = (const kr_gm_u32 *)(b + 4 + 8 * h);
+        r->dm = *(const kr_gm_u32 *)b;
+        r->q[0] = p[0];
+        r->q[1] = p[1];
+    } else if (wt == KR_GM_T_Q4_K) { // 144 bytes: fp16 d, fp16 dmin, u8 scales[12], u8 qs[128]
+        const kr_gm_u8 *b = row_p + (kr_gm_i64)(k0 / 256) * 144;
+        const int s = (k0 & 255) / 32; // sub-block: qs bytes 32*(s/2).., nibble s%2
+        const kr_gm_u32 *p = (const kr_gm_u32 *)b;
+        r->dm = p[0];
+        r->q[4] = p[1];
+        r->q[5] = p[2];
+        r->q[6] = p[3];
+        p = (const kr_gm_u32 *)(b + 16 + 32 * (s / 2) + 16 * h);
+        r->q[0] = p[0];
+        r->q[1] = p[1];
+        r->q[2] = p[2];
+        r->q[3] = p[3];
+        r->q[7] = (kr_gm_u32)s;
+    } else { // Q6_K, 210 bytes: u8 ql[128], u8 qh[64], int8 scales[16], fp16 d
+        const kr_gm_u8 *b = row_p + (kr_gm_i64)(k0 / 256) * 210;
+        const int s = (k0 & 255) / 32, hf = s / 4, qq = s % 4;
+        kr_gm_ld16(r->q, b + 64 * hf + 32 * (qq & 1) + 16 * h, 16);
+        kr_gm_ld16(r->q + 4, b + 128 + 32 * hf + 16 * h, 16);
+        kr_gm_u32 sc = b[192 + 8 * hf + 2 * qq + h];
+        r->dm = (kr_gm_u32)*(const kr_gm_u16 *)(b + 208) | (sc << 16) | ((kr_gm_u32)qq << 24);
+    }
+}
+
+// Decode r into the shared tile Ws ((BN, BK) fp16, row stride KR_GM_LDS).
+__device__ __forceinline__ void kr_gm_store_w(int wt, const kr_gm_wraw *r, kr_gm_u16 *Ws, int tid)
+{
+    if (wt == KR_GM_T_F16) {
+        KR_GM_UNROLL
+        for (int i = 0; i < 2; i++) {
+            int idx = tid + i * KR_GM_THREADS, row = idx >> 2, c = idx & 3;
+            *(uint4 *)(Ws + row * KR_GM_LDS + c * 8) =
+                make_uint4(r->q[4 * i + 0], r->q[4 * i + 1], r->q[4 * i + 2], r->q[4 * i + 3]);
+        }
+        return;
+    }
+    const int row = tid >> 1, h = tid & 1;
+    const float d = kr_gm_h2f((kr_gm_u16)(r->dm & 0xffffu));
+    kr_gm_u16 *dst = Ws + row * KR_GM_LDS;
+    if (wt == KR_GM_T_Q4_0 || wt == KR_GM_T_Q4_1) {
+        // r->q[0..1] hold bytes qs[8h .. 8h+7]; byte j gives value 8h+j (low
+        // nibble) and 16+8h+j (high nibble).
+        const float m = wt == KR_GM_T_Q4_1 ? kr_gm_h2f((kr_gm_u16)(r->dm >> 16)) : 0.0f;
+        const float off = wt == KR_GM_T_Q4_0 ? -8.0f : 0.0f;
+        kr_gm_u32 lo[4], hi[4];
+        KR_GM_UNROLL
+        for (int j = 0; j < 4; j++) {
+            kr_gm_u32 w = r->q[j >> 1] >> (16 * (j & 1)); // bytes 2j, 2j+1 in the low 16 bits
+            float l0 = (float)(w & 0xfu) + off, l1 = (float)((w >> 8) & 0xfu) + off;
+            float h0 = (float)((w >> 4) & 0xfu) + off, h1 = (float)((w >> 12) & 0xfu) + off;
+            lo[j] = kr_gm_pack(d * l0 + m, d * l1 + m);
+            hi[j] = kr_gm_pack(d * h0 + m, d * h1 + m);
+        }
+        *(uint4 *)(dst + 8 * h) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        *(uint4 *)(dst + 16 + 8 * h) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        return;
+    }
+    // The rest: 16 values 16h .. 16h+15 of the step, value i = scale * q_i - min.
+    float v[16];
+    if (wt == KR_GM_T_Q8_0) {
+        KR_GM_UNROLL
+        for (int i = 0; i < 16; i++)
+            v[i] = d * (float)(int)(signed char)kr_gm_byte(r->q, i);
+    } else if (wt == KR_GM_T_Q4_K) {
+        const int s = (int)r->q[7];
+        const kr_gm_u32 *sb = r->q + 4; // scales[12]
+        kr_gm_u32 sc, mn;
+        if (s < 4) {
+            sc = kr_gm_byte(sb, s) & 63;
+            mn = kr_gm_byte(sb, s + 4) & 63;
+        } else {
+            sc = (kr_gm_byte(sb, s + 4) & 0xf) | ((kr_gm_byte(sb, s - 4) >> 6) << 4);
+            mn = (kr_gm_byte(sb, s + 4) >> 4) | ((kr_gm_byte(sb, s) >> 6) << 4);
+        }
+        const float d1 = d * (float)sc, m1 = kr_gm_h2f((kr_gm_u16)(r->dm >> 16)) * (float)mn;
+        const int sh = 4 * (s & 1);
+        KR_GM_UNROLL
+        for (int i = 0; i < 16; i++)
+            v[i] = d1 * (float)((kr_gm_byte(r->q, i) >> sh) & 0xf) - m1;
+    } else { // Q6_K
+        const int qq = (int)((r->dm >> 24) & 3), sh = qq < 2 ? 0 : 4;
+        const float ds = d * (float)(int)(signed char)((r->dm >> 16) & 0xffu);
+        KR_GM_UNROLL
+        for (int i = 0; i < 16; i++) {
+            int q = (int)((kr_gm_byte(r->q, i) >> sh) & 0xf) | (int)(((kr_gm_byte(r->q + 4, i) >> (2 * qq)) & 3) << 4);
+            v[i] = ds * (float)(q - 32);
+        }
+    }
+    kr_gm_u32 o[8];
+    KR_GM_UNROLL
+    for (int i = 0; i < 8; i++)
+        o[i] = kr_gm_pack(v[2 * i], v[2 * i + 1]);
+    *(uint4 *)(dst + 16 * h) = make_uint4(o[0], o[1], o[2], o[3]);
+    *(uint4 *)(dst + 16 * h + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+}
+
+#ifndef KR_GM_HOST_EMU
 // c (16x8 fp32) += a (16x16 fp16, row) * b (16x8 fp16, col).
 __device__ __forceinline__ void kr_gm_mma(float c[4], const kr_gm_u32 a[4], const kr_gm_u32 b[2])
 {
@@ -74,117 +249,6 @@ __device__ __forceinline__ void kr_gm_mma(float c[4], const kr_gm_u32 a[4], cons
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Raw weight data of one thread for one K step, decoded at the store.
-// Thread t owns shared row t/2 (n) and half t%2 of its 32 K values, except
-// F16, where it owns two 16-byte pieces (rows (t + 256 i)/4).
-struct kr_gm_wraw {
-    kr_gm_u32 q[8]; // F16: 2 x 16 bytes; Q8_0: 16 int8; Q4_0/Q4_1: 8 bytes of nibbles
-    kr_gm_u32 dm;   // fp16 d (low) and m (high, Q4_1); 0 for rows past N
-};
-
-template <int WT>
-__device__ __forceinline__ void kr_gm_load_w(kr_gm_wraw &r, const kr_gm_u8 *__restrict__ W, kr_gm_i64 ldw, int N,
-                                             int n0, int k0, int tid)
-{
-    if (WT == KR_GM_T_F16) {
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int idx = tid + i * KR_GM_THREADS, row = idx >> 2, c = idx & 3;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (n0 + row < N)
-                v = *(const uint4 *)(W + (kr_gm_i64)(n0 + row) * ldw + (kr_gm_i64)(k0 + c * 8) * 2);
-            r.q[4 * i + 0] = v.x;
-            r.q[4 * i + 1] = v.y;
-            r.q[4 * i + 2] = v.z;
-            r.q[4 * i + 3] = v.w;
-        }
-        r.dm = 0;
-        return;
-    }
-    const int row = tid >> 1, h = tid & 1;
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-        r.q[i] = 0;
-    r.dm = 0;
-    if (n0 + row >= N)
-        return;
-    const kr_gm_u8 *row_p = W + (kr_gm_i64)(n0 + row) * ldw;
-    const int blk = k0 / 32;
-    if (WT == KR_GM_T_Q8_0) { // 34 bytes: fp16 d, int8 q[32]
-        const kr_gm_u8 *b = row_p + (kr_gm_i64)blk * 34;
-        const kr_gm_u16 *p = (const kr_gm_u16 *)(b + 2 + 16 * h);
-        r.dm = *(const kr_gm_u16 *)b;
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            r.q[i] = p[i];
-    } else if (WT == KR_GM_T_Q4_0) { // 18 bytes: fp16 d, u8 qs[16]
-        const kr_gm_u8 *b = row_p + (kr_gm_i64)blk * 18;
-        const kr_gm_u16 *p = (const kr_gm_u16 *)(b + 2 + 8 * h);
-        r.dm = *(const kr_gm_u16 *)b;
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            r.q[i] = p[i];
-    } else { // Q4_1, 20 bytes: fp16 d, fp16 m, u8 qs[16]
-        const kr_gm_u8 *b = row_p + (kr_gm_i64)blk * 20;
-        const kr_gm_u32 *p = (const kr_gm_u32 *)(b + 4 + 8 * h);
-        r.dm = *(const kr_gm_u32 *)b;
-        r.q[0] = p[0];
-        r.q[1] = p[1];
-    }
-}
-
-template <int WT>
-__device__ __forceinline__ void kr_gm_store_w(const kr_gm_wraw &r, kr_gm_u16 *Ws, int tid)
-{
-    if (WT == KR_GM_T_F16) {
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int idx = tid + i * KR_GM_THREADS, row = idx >> 2, c = idx & 3;
-            *(uint4 *)(Ws + row * KR_GM_LDS + c * 8) =
-                make_uint4(r.q[4 * i + 0], r.q[4 * i + 1], r.q[4 * i + 2], r.q[4 * i + 3]);
-        }
-        return;
-    }
-    const int row = tid >> 1, h = tid & 1;
-    const float d = kr_gm_h2f((kr_gm_u16)(r.dm & 0xffffu));
-    kr_gm_u16 *dst = Ws + row * KR_GM_LDS;
-    if (WT == KR_GM_T_Q8_0) {
-        // r.q[i] holds bytes q[16h + 2i], q[16h + 2i + 1] (signed)
-        kr_gm_u32 o[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float lo = (float)(signed char)(r.q[i] & 0xffu), hi = (float)(signed char)((r.q[i] >> 8) & 0xffu);
-            o[i] = kr_gm_pack(d * lo, d * hi);
-        }
-        *(uint4 *)(dst + 16 * h) = make_uint4(o[0], o[1], o[2], o[3]);
-        *(uint4 *)(dst + 16 * h + 8) = make_uint4(o[4], o[5], o[6], o[7]);
-        return;
-    }
-    // Q4_0 / Q4_1: r.q[i] (i < 4 or < 2 u32) hold bytes qs[8h .. 8h+7]; byte j
-    // gives value 8h+j (low nibble) and 16+8h+j (high nibble).
-    kr_gm_u32 bytes[2];
-    if (WT == KR_GM_T_Q4_0) {
-        bytes[0] = r.q[0] | (r.q[1] << 16);
-        bytes[1] = r.q[2] | (r.q[3] << 16);
-    } else {
-        bytes[0] = r.q[0];
-        bytes[1] = r.q[1];
-    }
-    const float m = WT == KR_GM_T_Q4_1 ? kr_gm_h2f((kr_gm_u16)(r.dm >> 16)) : 0.0f;
-    const float off = WT == KR_GM_T_Q4_0 ? -8.0f : 0.0f;
-    kr_gm_u32 lo[4], hi[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        kr_gm_u32 w = bytes[j >> 1] >> (16 * (j & 1)); // bytes 2j, 2j+1 in the low 16 bits
-        float l0 = (float)(w & 0xfu) + off, l1 = (float)((w >> 8) & 0xfu) + off;
-        float h0 = (float)((w >> 4) & 0xfu) + off, h1 = (float)((w >> 12) & 0xfu) + off;
-        lo[j] = kr_gm_pack(d * l0 + m, d * l1 + m);
-        hi[j] = kr_gm_pack(d * h0 + m, d * h1 + m);
-    }
-    *(uint4 *)(dst + 8 * h) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-    *(uint4 *)(dst + 16 + 8 * h) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
 
 // Next K step of A into registers: ar[i] = A[m0 + row, k0 + 4c .. +3] with
@@ -226,18 +290,18 @@ __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 
     kr_gm_wraw wr;
 
     kr_gm_load_a(ar, A, lda, M, m0, 0, tid);
-    kr_gm_load_w<WT>(wr, W, ldw, N, n0, 0, tid);
+    kr_gm_load_w(WT, &wr, W, ldw, N, n0, 0, tid);
     for (int k0 = 0; k0 < K; k0 += KR_GM_BK) {
 #pragma unroll
         for (int i = 0; i < KR_GM_AV; i++) {
             int idx = tid + i * KR_GM_THREADS, row = idx >> 3, c = idx & 7;
             *(uint2 *)(As + row * KR_GM_LDS + c * 4) = make_uint2(kr_gm_pack(ar[i].x, ar[i].y), kr_gm_pack(ar[i].z, ar[i].w));
         }
-        kr_gm_store_w<WT>(wr, Ws, tid);
+        kr_gm_store_w(WT, &wr, Ws, tid);
         __syncthreads();
         if (k0 + KR_GM_BK < K) {
             kr_gm_load_a(ar, A, lda, M, m0, k0 + KR_GM_BK, tid);
-            kr_gm_load_w<WT>(wr, W, ldw, N, n0, k0 + KR_GM_BK, tid);
+            kr_gm_load_w(WT, &wr, W, ldw, N, n0, k0 + KR_GM_BK, tid);
         }
 #pragma unroll
         for (int kk = 0; kk < KR_GM_BK; kk += 16) {
@@ -287,7 +351,7 @@ __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 
 }
 
 #define KR_GM_ENTRY(name, wt)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(KR_GM_THREADS)                                                \
+    extern "C" __global__ void __launch_bounds__(KR_GM_THREADS, 2)                                             \
         name(const float *__restrict__ A, kr_gm_i64 lda, const kr_gm_u8 *__restrict__ W, kr_gm_i64 ldw,        \
              float *__restrict__ C, kr_gm_i64 ldc, int M, int N, int K)                                        \
     {                                                                                                          \
@@ -298,6 +362,8 @@ KR_GM_ENTRY(kr_gemm_f16, KR_GM_T_F16)
 KR_GM_ENTRY(kr_gemm_q4_0, KR_GM_T_Q4_0)
 KR_GM_ENTRY(kr_gemm_q4_1, KR_GM_T_Q4_1)
 KR_GM_ENTRY(kr_gemm_q8_0, KR_GM_T_Q8_0)
+KR_GM_ENTRY(kr_gemm_q4_k, KR_GM_T_Q4_K)
+KR_GM_ENTRY(kr_gemm_q6_k, KR_GM_T_Q6_K)
 
 // ---- FP32 SIMT baseline ------------------------------------------------------
 // C (M, N) = A (M, K) @ W (N, K)^T, all fp32, fp32 FMA accumulation.
@@ -372,3 +438,4 @@ extern "C" __global__ void __launch_bounds__(KR_GM_THREADS)
         }
     }
 }
+#endif // KR_GM_HOST_EMU

@@ -11,7 +11,6 @@
 
 #define KR__GM_THREADS 256 /* KR_GM_THREADS in gemm.cu */
 #define KR__GM_BN 128      /* KR_GM_BN */
-#define KR__GM_BK 32       /* KR_GM_BK: k must be a multiple */
 
 /* Kernel records: X(id, entry, options, tile rows). Static: the CUDA backend
  * caches functions by record address. */
@@ -27,6 +26,10 @@ static const char *const kr__opts_bm64[1] = {"-DKR_GM_BM=64"};
     X(Q4_0_64, "kr_gemm_q4_0", kr__opts_bm64, 64)        \
     X(Q4_1_64, "kr_gemm_q4_1", kr__opts_bm64, 64)        \
     X(Q8_0_64, "kr_gemm_q8_0", kr__opts_bm64, 64)        \
+    X(Q4_K_128, "kr_gemm_q4_k", kr__opts_bm128, 128)     \
+    X(Q6_K_128, "kr_gemm_q6_k", kr__opts_bm128, 128)     \
+    X(Q4_K_64, "kr_gemm_q4_k", kr__opts_bm64, 64)        \
+    X(Q6_K_64, "kr_gemm_q6_k", kr__opts_bm64, 64)        \
     X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128)
 
 typedef enum kr__gm_fn {
@@ -155,21 +158,25 @@ kr_status kr_gemm_prepare_all(kr_gemm *g, kr_err *err)
 
 bool kr_gemm_uses_tensor_cores(kr_dtype t)
 {
-    return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0;
+    return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 ||
+           t == KR_DTYPE_Q4_K || t == KR_DTYPE_Q6_K;
 }
 
 bool kr_gemm_supports(kr_dtype t) { return t == KR_DTYPE_F32 || kr_gemm_uses_tensor_cores(t); }
 
-/* Bytes per 32 weights and the alignment the kernel's loads need. */
-static void kr__gm_type(kr_dtype t, size_t *bytes32, size_t *align, const char **name)
+/* Elements and bytes per block, and the alignment the kernel's loads need. */
+static void kr__gm_type(kr_dtype t, int64_t *blk, size_t *bytes, size_t *align, const char **name)
 {
+    *blk = 32;
     switch (t) {
-    case KR_DTYPE_F32: *bytes32 = 128, *align = 16, *name = "F32"; break;
-    case KR_DTYPE_F16: *bytes32 = 64, *align = 16, *name = "F16"; break;
-    case KR_DTYPE_Q4_0: *bytes32 = 18, *align = 2, *name = "Q4_0"; break;
-    case KR_DTYPE_Q4_1: *bytes32 = 20, *align = 4, *name = "Q4_1"; break;
-    case KR_DTYPE_Q8_0: *bytes32 = 34, *align = 2, *name = "Q8_0"; break;
-    default: *bytes32 = 0, *align = 1, *name = "?"; break;
+    case KR_DTYPE_F32: *bytes = 128, *align = 16, *name = "F32"; break;
+    case KR_DTYPE_F16: *bytes = 64, *align = 16, *name = "F16"; break;
+    case KR_DTYPE_Q4_0: *bytes = 18, *align = 2, *name = "Q4_0"; break;
+    case KR_DTYPE_Q4_1: *bytes = 20, *align = 4, *name = "Q4_1"; break;
+    case KR_DTYPE_Q8_0: *bytes = 34, *align = 2, *name = "Q8_0"; break;
+    case KR_DTYPE_Q4_K: *blk = 256, *bytes = 144, *align = 4, *name = "Q4_K"; break;
+    case KR_DTYPE_Q6_K: *blk = 256, *bytes = 210, *align = 2, *name = "Q6_K"; break;
+    default: *bytes = 0, *align = 1, *name = "?"; break;
     }
 }
 
@@ -180,6 +187,8 @@ static kr__gm_fn kr__gm_pick(kr_dtype t, bool small)
     case KR_DTYPE_Q4_0: return small ? KR__GM_Q4_0_64 : KR__GM_Q4_0_128;
     case KR_DTYPE_Q4_1: return small ? KR__GM_Q4_1_64 : KR__GM_Q4_1_128;
     case KR_DTYPE_Q8_0: return small ? KR__GM_Q8_0_64 : KR__GM_Q8_0_128;
+    case KR_DTYPE_Q4_K: return small ? KR__GM_Q4_K_64 : KR__GM_Q4_K_128;
+    case KR_DTYPE_Q6_K: return small ? KR__GM_Q6_K_64 : KR__GM_Q6_K_128;
     default: return KR__GM_F32_SIMT;
     }
 }
@@ -194,23 +203,24 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
         return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
     if (!kr_gemm_supports(wtype))
         return kr__gm_err(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
-                                                   "Q4_1, Q8_0)", (int)wtype);
+                                                   "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
     if (variant != KR_GEMM_AUTO && variant != KR_GEMM_TC128 && variant != KR_GEMM_TC64)
         return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
-    size_t bytes32, align;
+    int64_t blk;
+    size_t blk_bytes, align;
     const char *tn;
-    kr__gm_type(wtype, &bytes32, &align, &tn);
+    kr__gm_type(wtype, &blk, &blk_bytes, &align, &tn);
     if (m < 1 || m > INT32_MAX || n < 1 || n > INT32_MAX)
         return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld and n %lld must lie in [1, 2^31)",
                           (long long)m, (long long)n);
-    if (k < KR__GM_BK || k > INT32_MAX || k % KR__GM_BK != 0)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld is not a positive multiple of %d",
-                          (long long)k, KR__GM_BK);
+    if (k < blk || k > INT32_MAX || k % blk != 0)
+        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld is not a positive multiple of %lld (%s block)",
+                          (long long)k, (long long)blk, tn);
     if (!w || !a || !c)
         return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, (const void *)a,
                           (void *)c);
     /* k <= INT32_MAX, so row bytes <= 2^31/32*128 = 2^33: no overflow in 64 bits */
-    uint64_t row_bytes = (uint64_t)(k / 32) * bytes32;
+    uint64_t row_bytes = (uint64_t)(k / blk) * blk_bytes;
     if (w_stride < row_bytes || w_stride % align != 0 || (uintptr_t)w % align != 0)
         return kr__gm_err(err, KR_ERR_INVALID_ARG,
                           "cuda_gemm: %s weight stride %zu (row of %lld needs >= %llu bytes) or address %p not "

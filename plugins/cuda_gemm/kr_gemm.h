@@ -4,7 +4,8 @@
  *
  * W is a weight matrix in GGML/GGUF layout (one row per output feature).
  * Weight types and kernels:
- *   F16, Q4_0, Q4_1, Q8_0  tensor cores (mma.sync m16n8k16): A rounded to fp16,
+ *   F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K
+ *                          tensor cores (mma.sync m16n8k16): A rounded to fp16,
  *                          W dequantized to fp16 tiles on the fly in shared
  *                          memory (no fp16 copy of the weights), fp32 accumulation.
  *   F32                    FP32 SIMT kernel (the baseline; fp32 throughout).
@@ -41,15 +42,15 @@ kr_status kr_gemm_create(kr_backend *be, kr_gemm **out, kr_err *err);
 void kr_gemm_free(kr_gemm *g); /* NULL ok */
 kr_backend *kr_gemm_backend(const kr_gemm *g);
 
-/* True when kr_gemm_run handles weight type t (F32, F16, Q4_0, Q4_1, Q8_0). */
+/* True when kr_gemm_run handles weight type t (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K). */
 bool kr_gemm_supports(kr_dtype t);
-/* True when t goes through the tensor-core kernels (F16, Q4_0, Q4_1, Q8_0). */
+/* True when t goes through the tensor-core kernels (all but F32). */
 bool kr_gemm_uses_tensor_cores(kr_dtype t);
 
 /* C (m, n) = A (m, k) @ W (n, k)^T.
  *   w: row r at w + r*w_stride bytes; w_stride >= the row's bytes; k a
- *      positive multiple of 32 (all types). Alignment of w and w_stride:
- *      F32/F16 16 bytes, Q4_1 4, Q4_0/Q8_0 2.
+ *      positive multiple of the block size (32; 256 for Q4_K/Q6_K). Alignment
+ *      of w and w_stride: F32/F16 16 bytes, Q4_1/Q4_K 4, Q4_0/Q8_0/Q6_K 2.
  *   a: (m, k) fp32, rows lda floats apart (lda >= k, multiple of 4), 16-byte aligned.
  *   c: (m, n) fp32, rows ldc floats apart (ldc >= n); must not overlap a or w.
  *   m, n >= 1 and < 2^31; every index fits 64 bits.

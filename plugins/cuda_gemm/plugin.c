@@ -1,7 +1,7 @@
 /* cuda_gemm plugin: registers the prefill GEMM (kr_gemm.h) as a "matmul"
  * implementation for batches of rows (op conventions of kernrun/ops.h, as
  * cuda_decode's matvec_cuda):
- *   src[0] W (ne {k, n}, F32/F16/Q4_0/Q4_1/Q8_0, rows nb[1] bytes apart),
+ *   src[0] W (ne {k, n}, F32/F16/Q4_0/Q4_1/Q8_0/Q4_K/Q6_K, rows nb[1] bytes apart),
  *   src[1] x F32 (ne {k, m}, contiguous), dst F32 (ne {n, m}, contiguous).
  * Priority 5: below cuda_decode's matvec (10), so nothing changes for callers
  * that dispatch "matmul" until the prefill path opts in (docs/GEMM.md);
@@ -77,10 +77,12 @@ static bool kr__f32_matrix(const kr_tensor *t)
            t->ne[0] > 0 && t->ne[1] > 0 && t->ne[0] <= INT32_MAX && t->ne[1] <= INT32_MAX;
 }
 
-/* Bytes of one row of k weights of type t (k a multiple of 32), 0 if unknown. */
+/* Bytes of one row of k weights of type t (k a multiple of its block), 0 if unknown. */
 static uint64_t kr__row_bytes(kr_dtype t, int64_t k)
 {
     switch (t) {
+    case KR_DTYPE_Q4_K: return (uint64_t)(k / 256) * 144;
+    case KR_DTYPE_Q6_K: return (uint64_t)(k / 256) * 210;
     case KR_DTYPE_F32: return (uint64_t)k * 4;
     case KR_DTYPE_F16: return (uint64_t)k * 2;
     case KR_DTYPE_Q4_0: return (uint64_t)(k / 32) * 18;
@@ -92,7 +94,7 @@ static uint64_t kr__row_bytes(kr_dtype t, int64_t k)
 
 static size_t kr__align(kr_dtype t)
 {
-    return t == KR_DTYPE_F32 || t == KR_DTYPE_F16 ? 16 : t == KR_DTYPE_Q4_1 ? 4 : 2;
+    return t == KR_DTYPE_F32 || t == KR_DTYPE_F16 ? 16 : t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q4_K ? 4 : 2;
 }
 
 /* The same conditions kr_gemm_run checks, so a supported call never fails on arguments. */
@@ -104,8 +106,8 @@ static bool kr__mm_supports(const kr_kernel_args *a, const kr_device_info *dev)
         return false;
     if (w->ne[2] != 1 || w->ne[3] != 1 || x->ne[0] != w->ne[0] || y->ne[0] != w->ne[1] || y->ne[1] != x->ne[1])
         return false;
-    const int64_t k = w->ne[0];
-    if (k < 32 || k % 32 != 0 || w->ne[1] < 1 || w->ne[1] > INT32_MAX || (x->ne[1] + 63) / 64 > 65535)
+    const int64_t k = w->ne[0], blk = w->type == KR_DTYPE_Q4_K || w->type == KR_DTYPE_Q6_K ? 256 : 32;
+    if (k < blk || k % blk != 0 || w->ne[1] < 1 || w->ne[1] > INT32_MAX || (x->ne[1] + 63) / 64 > 65535)
         return false;
     const size_t al = kr__align(w->type);
     return w->nb[1] >= kr__row_bytes(w->type, k) && w->nb[1] % al == 0 && (uintptr_t)w->data % al == 0 &&
@@ -134,8 +136,8 @@ static const kr_kernel kr__gemm_kernels[] = {
         .cuda = NULL,                  /* several entry points: fetched by kr_gemm */
         .supports = kr__mm_supports,   /* shapes, alignment */
         .run = kr__mm_run,             /* enqueue on call->stream */
-        .description = "Y = X W^T for a batch of rows; tensor cores (f16/q4_0/q4_1/q8_0 -> fp16 tiles, fp32 "
-                       "accumulate) or fp32 SIMT (f32)",
+        .description = "Y = X W^T for a batch of rows; tensor cores (f16/q4_0/q4_1/q8_0/q4_k/q6_k -> fp16 "
+                       "tiles, fp32 accumulate) or fp32 SIMT (f32)",
     },
 };
 

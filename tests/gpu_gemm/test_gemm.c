@@ -175,7 +175,8 @@ static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant va
         oob += !poisoned(&c[(size_t)m * ldc + i]);
     double nmse = den > 0 ? num / den : num, nmse16 = den16 > 0 ? num16 / den16 : num16;
     const char *tn = wt == KR_DTYPE_F32 ? "F32" : wt == KR_DTYPE_F16 ? "F16" : wt == KR_DTYPE_Q4_0 ? "Q4_0"
-                     : wt == KR_DTYPE_Q4_1 ? "Q4_1" : "Q8_0";
+                     : wt == KR_DTYPE_Q4_1 ? "Q4_1" : wt == KR_DTYPE_Q8_0 ? "Q8_0" : wt == KR_DTYPE_Q4_K ? "Q4_K"
+                     : "Q6_K";
     cr_expect_eq(bad, 0, "%s variant %d m %lld n %lld k %lld: %zu outputs not finite (seed %llu)", tn, (int)var,
                  (long long)m, (long long)n, (long long)k, bad, (unsigned long long)g_seed);
     cr_expect_eq(oob, 0, "%s variant %d m %lld n %lld k %lld: %zu floats written outside C (seed %llu)", tn,
@@ -229,14 +230,17 @@ static void run_type(kr_dtype wt)
     const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
     size_t n_vars = tc ? 3 : 1;
     size_t n_shapes = quick() ? 4 : sizeof k_shapes / sizeof k_shapes[0];
+    /* K-quants: k a multiple of 256 (1..3 super-blocks instead of the table's k) */
+    const int64_t kq = (int64_t)kr_quant_block_size(wt);
     for (size_t v = 0; v < n_vars; v++) {
         for (size_t i = 0; i < n_shapes; i++) {
             const shape *s = &k_shapes[i];
-            run_case(be, g, wt, vars[v], s->m, s->n, s->k, s->lda_pad, s->ldc_pad);
+            int64_t k = kq == 256 ? 256 * (int64_t)(1 + i % 3) : s->k;
+            run_case(be, g, wt, vars[v], s->m, s->n, k, s->lda_pad, s->ldc_pad);
         }
         /* random odd shapes */
         for (int r = 0; r < (quick() ? 1 : 3); r++)
-            run_case(be, g, wt, vars[v], rng_int(1, 300), rng_int(1, 300), 32 * rng_int(1, 12),
+            run_case(be, g, wt, vars[v], rng_int(1, 300), rng_int(1, 300), kq == 256 ? 256 * rng_int(1, 3) : 32 * rng_int(1, 12),
                      (size_t)(4 * rng_int(0, 3)), (size_t)rng_int(0, 5));
     }
     /* one larger case through the automatic choice (several blocks per SM) */
@@ -250,6 +254,8 @@ Test(gpu_gemm, f16) { run_type(KR_DTYPE_F16); }
 Test(gpu_gemm, q4_0) { run_type(KR_DTYPE_Q4_0); }
 Test(gpu_gemm, q4_1) { run_type(KR_DTYPE_Q4_1); }
 Test(gpu_gemm, q8_0) { run_type(KR_DTYPE_Q8_0); }
+Test(gpu_gemm, q4_k) { run_type(KR_DTYPE_Q4_K); }
+Test(gpu_gemm, q6_k) { run_type(KR_DTYPE_Q6_K); }
 Test(gpu_gemm, f32_simt) { run_type(KR_DTYPE_F32); }
 
 /* ---- host tests (no GPU) ---------------------------------------------------- */
@@ -285,7 +291,11 @@ Test(gemm_host, argument_checks)
         kr_status want;
         const char *needle;
     } cases[] = {
-        {KR_DTYPE_Q4_K, w, 144, a, 64, 7, m, n, 256, 0, KR_ERR_UNSUPPORTED, "not supported"},
+        {KR_DTYPE_Q5_K, w, 176, a, 256, 7, m, n, 256, 0, KR_ERR_UNSUPPORTED, "not supported"},
+        {KR_DTYPE_Q4_K, w, 144, a, 64, 7, m, n, 64, 0, KR_ERR_INVALID_ARG, "multiple of 256"},
+        {KR_DTYPE_Q4_K, (const char *)w + 2, 144, a, 256, 7, m, n, 256, 0, KR_ERR_INVALID_ARG, "Q4_K"},
+        {KR_DTYPE_Q6_K, w, 209, a, 256, 7, m, n, 256, 0, KR_ERR_INVALID_ARG, "210"},
+        {KR_DTYPE_Q6_K, w, 210, a, 256, 7, m, n, 256, 0, KR_ERR_UNSUPPORTED, "get_function"},
         {KR_DTYPE_F16, w, 128, a, 64, 7, m, n, 48, 0, KR_ERR_INVALID_ARG, "k 48"},
         {KR_DTYPE_F16, w, 128, a, 64, 7, m, n, 0, 0, KR_ERR_INVALID_ARG, "k 0"},
         {KR_DTYPE_F16, w, 128, a, 64, 7, 0, n, k, 0, KR_ERR_INVALID_ARG, "m 0"},
@@ -325,11 +335,12 @@ Test(gemm_host, argument_checks)
 Test(gemm_host, supported_types)
 {
     cr_expect(kr_gemm_supports(KR_DTYPE_F32) && !kr_gemm_uses_tensor_cores(KR_DTYPE_F32));
-    const kr_dtype tc[] = {KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0};
-    for (size_t i = 0; i < 4; i++)
+    const kr_dtype tc[] = {KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    for (size_t i = 0; i < 6; i++)
         cr_expect(kr_gemm_supports(tc[i]) && kr_gemm_uses_tensor_cores(tc[i]), "type %d", (int)tc[i]);
-    cr_expect(!kr_gemm_supports(KR_DTYPE_Q4_K));
-    cr_expect(!kr_gemm_supports(KR_DTYPE_Q6_K));
+    cr_expect(!kr_gemm_supports(KR_DTYPE_Q5_K));
+    cr_expect(!kr_gemm_supports(KR_DTYPE_Q5_0));
+    cr_expect(!kr_gemm_supports(KR_DTYPE_BF16));
 }
 
 /* Every kernel record (each entry x tile option) compiles to a cubin for sm_90. */
@@ -344,7 +355,7 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_geq(n, 9, "expected 4 types x 2 tiles + SIMT, got %zu records", n);
+    cr_assert_eq(n, 13, "expected 6 types x 2 tiles + SIMT, got %zu records", n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {
         const kr_kernel_source *ks = kr_gemm_source_at(i);
@@ -433,13 +444,18 @@ Test(gemm_host, plugin_registers_gemm_cuda, .timeout = 60)
     kr_tensor w, x, y;
     const kr_tensor *srcs[2] = {&w, &x};
     kr_kernel_args args = {.op = "matmul", .src = srcs, .n_src = 2, .dst = &y};
-    const kr_dtype ok_types[] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0};
-    for (size_t i = 0; i < 5; i++) {
-        matmul_tensors(&w, &x, &y, ok_types[i], 17, 33, 96, wd, xd, yd);
+    const kr_dtype ok_types[] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0,
+                                 KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    for (size_t i = 0; i < 7; i++) {
+        matmul_tensors(&w, &x, &y, ok_types[i], 17, 33, 512, wd, xd, yd);
         cr_expect(ref.kernel->supports(&args, NULL), "type %d should be supported", (int)ok_types[i]);
     }
+    matmul_tensors(&w, &x, &y, KR_DTYPE_Q5_K, 17, 33, 256, wd, xd, yd);
+    cr_expect(!ref.kernel->supports(&args, NULL), "Q5_K is not supported");
     matmul_tensors(&w, &x, &y, KR_DTYPE_Q4_K, 17, 33, 256, wd, xd, yd);
-    cr_expect(!ref.kernel->supports(&args, NULL), "Q4_K is not supported");
+    w.ne[0] = 96; /* not a multiple of 256 */
+    x.ne[0] = 96;
+    cr_expect(!ref.kernel->supports(&args, NULL), "Q4_K with k 96");
     matmul_tensors(&w, &x, &y, KR_DTYPE_F16, 17, 33, 48, wd, xd, yd);
     cr_expect(!ref.kernel->supports(&args, NULL), "k 48 is not a multiple of 32");
     matmul_tensors(&w, &x, &y, KR_DTYPE_F16, 17, 33, 96, wd, (char *)xd + 4, yd);
