@@ -92,12 +92,13 @@ typedef struct kr_gm_wraw {
                     // Q6_K: int8 scale in bits 16..23, quarter in 24..25; 0 for rows past N
 } kr_gm_wraw;
 
-// n u16 at p (2-byte aligned) packed into n/2 u32 (little-endian byte order kept).
-__device__ __forceinline__ void kr_gm_ld16(kr_gm_u32 *dst, const kr_gm_u8 *p, int n)
+// nbytes (a multiple of 4) at p (2-byte aligned) into nbytes/4 u32 of dst,
+// byte order kept, with 2-byte loads.
+__device__ __forceinline__ void kr_gm_ld16(kr_gm_u32 *dst, const kr_gm_u8 *p, int nbytes)
 {
     const kr_gm_u16 *h = (const kr_gm_u16 *)p;
     KR_GM_UNROLL
-    for (int i = 0; i < n / 2; i++)
+    for (int i = 0; i < nbytes / 4; i++)
         dst[i] = (kr_gm_u32)h[2 * i] | ((kr_gm_u32)h[2 * i + 1] << 16);
 }
 
