@@ -390,6 +390,25 @@ static bool args_host_accessible(const kr_kernel_args *args)
     return tensor_host_ok(args->dst);
 }
 
+/* A kernel of a non-CPU backend may only see tensors that live in that
+ * backend's memory: plain host memory (buf NULL) or another backend's buffer
+ * would be dereferenced as a device address. Checked here, once, rather than
+ * in every plugin's supports(). */
+static bool tensor_on_kind(const kr_tensor *t, kr_backend_kind kind)
+{
+    return !t || (t->buf && t->buf->backend && t->buf->backend->kind == kind);
+}
+
+static bool args_on_kind(const kr_kernel_args *args, kr_backend_kind kind)
+{
+    if (kind == KR_BACKEND_CPU)
+        return args_host_accessible(args);
+    for (int i = 0; i < args->n_src; i++)
+        if (!tensor_on_kind(args->src[i], kind))
+            return false;
+    return tensor_on_kind(args->dst, kind);
+}
+
 /* Best candidate on `kind`; returns NULL when none. */
 static const kernel_slot *best_on(const kr_registry *reg, const char *op, const kr_kernel_args *args,
                                   kr_backend_kind kind, const kr_device_info *dev, size_t *n_on_kind)
@@ -404,7 +423,7 @@ static const kernel_slot *best_on(const kr_registry *reg, const char *op, const 
         (*n_on_kind)++;
         if (best && !ranks_before(s, i, best, ibest))
             continue;
-        if (!dtypes_match(&s->kernel, args))
+        if (!dtypes_match(&s->kernel, args) || !args_on_kind(args, kind))
             continue;
         if (s->kernel.supports && !s->kernel.supports(args, dev))
             continue;

@@ -55,6 +55,10 @@ static void teardown(void)
 
 TestSuite(registry, .init = setup, .fini = teardown);
 
+/* A stand-in CUDA backend and one of its (device, not host-accessible) buffers. */
+static kr_backend fake_cuda = {.kind = KR_BACKEND_CUDA};
+static kr_buffer dev_buf = {.backend = &fake_cuda, .flags = 0};
+
 static kr_tensor mk(kr_dtype t, int64_t n, kr_buffer *buf)
 {
     kr_tensor x;
@@ -95,7 +99,6 @@ Test(registry, find_kernels_orders_by_priority)
 
 Test(registry, dispatch_prefers_highest_supported_on_preferred_backend)
 {
-    kr_buffer dev_buf = {.flags = 0}; /* device memory, not host-accessible */
     kr_tensor a = mk(KR_DTYPE_F32, 8, &dev_buf), b = mk(KR_DTYPE_F32, 8, &dev_buf), c = mk(KR_DTYPE_F32, 8, &dev_buf);
     const kr_tensor *src[] = {&a, &b};
     kr_kernel_args args = {.op = "add", .src = src, .n_src = 2, .dst = &c};
@@ -131,6 +134,16 @@ Test(registry, dispatch_falls_back_to_cpu_for_host_memory)
     kr_err e;
     cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CUDA, &t4, NULL, &r, &e), KR_OK, "%s", e.msg);
     cr_assert_str_eq(r.kernel->name, "add_cpu");
+    /* host tensors never reach a CUDA kernel, even one that supports the
+     * shape on this card (it would dereference host addresses as device ones) */
+    kr_device_info h100 = {.cc_major = 9};
+    a = mk(KR_DTYPE_F32, 8, NULL), b = mk(KR_DTYPE_F32, 8, NULL), c = mk(KR_DTYPE_F32, 8, NULL);
+    cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CUDA, &h100, NULL, &r, &e), KR_OK, "%s", e.msg);
+    cr_assert_str_eq(r.kernel->name, "add_cpu");
+    /* nor does a mix of host and device tensors */
+    b = mk(KR_DTYPE_F32, 8, &dev_buf);
+    cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CUDA, &h100, NULL, &r, &e), KR_ERR_UNSUPPORTED);
+    b = mk(KR_DTYPE_F32, 8, NULL);
     /* preferring CPU never picks a CUDA kernel */
     a = mk(KR_DTYPE_F32, 8, NULL), c = mk(KR_DTYPE_F32, 8, NULL);
     cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CPU, NULL, NULL, &r, &e), KR_OK);
@@ -139,7 +152,7 @@ Test(registry, dispatch_falls_back_to_cpu_for_host_memory)
 
 Test(registry, dispatch_filters_dtypes)
 {
-    kr_tensor a = mk(KR_DTYPE_F16, 8, NULL), b = mk(KR_DTYPE_F16, 8, NULL), c = mk(KR_DTYPE_F16, 8, NULL);
+    kr_tensor a = mk(KR_DTYPE_F16, 8, &dev_buf), b = mk(KR_DTYPE_F16, 8, &dev_buf), c = mk(KR_DTYPE_F16, 8, &dev_buf);
     const kr_tensor *src[] = {&a, &b};
     kr_kernel_args args = {.op = "add", .src = src, .n_src = 2, .dst = &c};
     kr_kernel_ref r;
@@ -147,16 +160,17 @@ Test(registry, dispatch_filters_dtypes)
     cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CUDA, NULL, NULL, &r, &e), KR_OK);
     cr_assert_str_eq(r.kernel->name, "add_cuda_f16");
     /* no f16 CPU kernel: CPU preference fails, naming the types */
+    a = mk(KR_DTYPE_F16, 8, NULL), b = mk(KR_DTYPE_F16, 8, NULL), c = mk(KR_DTYPE_F16, 8, NULL);
     cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CPU, NULL, NULL, &r, &e), KR_ERR_UNSUPPORTED);
     cr_assert(strstr(e.msg, "f16, f16 -> f16"), "%s", e.msg);
     /* mixed types match nothing */
-    c = mk(KR_DTYPE_F32, 8, NULL);
+    a = mk(KR_DTYPE_F16, 8, &dev_buf), b = mk(KR_DTYPE_F16, 8, &dev_buf), c = mk(KR_DTYPE_F32, 8, &dev_buf);
     cr_assert_eq(kr_registry_dispatch(reg, NULL, &args, KR_BACKEND_CUDA, NULL, NULL, &r, &e), KR_ERR_UNSUPPORTED);
 }
 
 Test(registry, dispatch_unknown_op_is_not_found)
 {
-    kr_tensor c = mk(KR_DTYPE_F32, 8, NULL);
+    kr_tensor c = mk(KR_DTYPE_F32, 8, &dev_buf);
     kr_kernel_args args = {.op = "softmax", .dst = &c};
     kr_kernel_ref r;
     kr_err e;

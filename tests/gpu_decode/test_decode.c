@@ -1161,10 +1161,14 @@ static float *rt_poison(rt_ctx *c, size_t n)
     return dpoisoned(&c->g, n, &c->bufs[c->n++]);
 }
 
-static void rt_tensor(kr_tensor *t, kr_dtype type, int64_t ne0, int64_t ne1, void *data)
+/* data is the block rt_up/rt_poison just allocated (c->bufs[c->n - 1]); the
+ * tensor records that buffer so dispatch sees device memory. */
+static void rt_tensor(rt_ctx *c, kr_tensor *t, kr_dtype type, int64_t ne0, int64_t ne1, void *data)
 {
     cr_assert_eq(kr_tensor_init(t, type, ne0, ne1, 1, 1), KR_OK);
+    cr_assert(c->n > 0 && c->bufs[c->n - 1]->ptr == data);
     t->data = data;
+    t->buf = c->bufs[c->n - 1];
 }
 
 static void rt_run(rt_ctx *c, kr_kernel_args *a)
@@ -1203,9 +1207,9 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
                 ref[j * ne + i] = row[i];
         }
         kr_tensor tt, ti, to;
-        rt_tensor(&tt, KR_DTYPE_Q4_0, ne, nv, rt_up(&c, tab, (size_t)nv * stride));
-        rt_tensor(&ti, KR_DTYPE_I32, 2, 1, rt_up(&c, ids, sizeof ids));
-        rt_tensor(&to, KR_DTYPE_F32, ne, 2, rt_poison(&c, 128));
+        rt_tensor(&c, &tt, KR_DTYPE_Q4_0, ne, nv, rt_up(&c, tab, (size_t)nv * stride));
+        rt_tensor(&c, &ti, KR_DTYPE_I32, 2, 1, rt_up(&c, ids, sizeof ids));
+        rt_tensor(&c, &to, KR_DTYPE_F32, ne, 2, rt_poison(&c, 128));
         const kr_tensor *src[] = {&tt, &ti};
         kr_kernel_args a = {.op = "get_rows", .src = src, .n_src = 2, .dst = &to};
         rt_run(&c, &a);
@@ -1232,11 +1236,11 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
                 ref[r * dim + i] = (x[r * dim + i] - mu) * s * w[i] + b[i];
         }
         kr_tensor tx, tw, tb, tu, ty;
-        rt_tensor(&tx, KR_DTYPE_F32, dim, rows, rt_up(&c, x, (size_t)n * 4));
-        rt_tensor(&tw, KR_DTYPE_F32, dim, 1, rt_up(&c, w, (size_t)dim * 4));
-        rt_tensor(&tb, KR_DTYPE_F32, dim, 1, rt_up(&c, b, (size_t)dim * 4));
-        rt_tensor(&tu, KR_DTYPE_F32, dim, rows, rt_up(&c, u, (size_t)n * 4));
-        rt_tensor(&ty, KR_DTYPE_F32, dim, rows, rt_poison(&c, (size_t)n));
+        rt_tensor(&c, &tx, KR_DTYPE_F32, dim, rows, rt_up(&c, x, (size_t)n * 4));
+        rt_tensor(&c, &tw, KR_DTYPE_F32, dim, 1, rt_up(&c, w, (size_t)dim * 4));
+        rt_tensor(&c, &tb, KR_DTYPE_F32, dim, 1, rt_up(&c, b, (size_t)dim * 4));
+        rt_tensor(&c, &tu, KR_DTYPE_F32, dim, rows, rt_up(&c, u, (size_t)n * 4));
+        rt_tensor(&c, &ty, KR_DTYPE_F32, dim, rows, rt_poison(&c, (size_t)n));
         const float eps = 1e-5f;
         const kr_tensor *ln_src[] = {&tx, &tw, &tb};
         kr_kernel_args ln = {.op = "layer_norm", .src = ln_src, .n_src = 3, .dst = &ty, .params = &eps,
@@ -1298,8 +1302,8 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         for (int i = 0; i < 48; i++)
             want[i] = kr_fp32_to_fp16(x[i]);
         kr_tensor tx, th;
-        rt_tensor(&tx, KR_DTYPE_F32, 16, 3, rt_up(&c, x, sizeof(float) * 48));
-        rt_tensor(&th, KR_DTYPE_F16, 16, 3, rt_poison(&c, 24));
+        rt_tensor(&c, &tx, KR_DTYPE_F32, 16, 3, rt_up(&c, x, sizeof(float) * 48));
+        rt_tensor(&c, &th, KR_DTYPE_F16, 16, 3, rt_poison(&c, 24));
         const kr_tensor *src[] = {&tx};
         kr_kernel_args a = {.op = "store_kv", .src = src, .n_src = 1, .dst = &th};
         rt_run(&c, &a);
