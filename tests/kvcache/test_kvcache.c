@@ -277,6 +277,17 @@ Test(kvcache, plan_sizes_and_errors)
               "%s", err.msg);
     cr_expect_eq(kr_kv_check_fit(5, 5, "x", &err), KR_OK);
     cr_expect_gt(kr_kv_host_ram(), 0);
+    kr_dtype t = KR_DTYPE_F32;
+    cr_expect_eq(kr_kv_type_parse("q8_0", &t, &err), KR_OK);
+    cr_expect_eq(t, KR_DTYPE_Q8_0);
+    cr_expect_eq(kr_kv_type_parse("f16", &t, &err), KR_OK);
+    cr_expect_eq(t, KR_DTYPE_F16);
+    cr_expect_eq(kr_kv_type_parse("f32", &t, &err), KR_OK);
+    cr_expect_eq(t, KR_DTYPE_F32);
+    kr_err_clear(&err);
+    cr_expect_eq(kr_kv_type_parse("q4_0", &t, &err), KR_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "'q4_0'") && strstr(err.msg, "q8_0"), "%s", err.msg);
+    cr_expect_eq(kr_kv_type_parse(NULL, &t, &err), KR_ERR_INVALID_ARG);
 }
 
 Test(kvcache, context_limits_and_full_context, .init = llama_setup, .fini = llama_teardown)

@@ -103,6 +103,22 @@ kr_status kr_kv_plan_make(const kr_hparams *hp, const kr_kv_plan_params *p, kr_k
     return KR_OK;
 }
 
+kr_status kr_kv_type_parse(const char *s, kr_dtype *out, kr_err *err)
+{
+    static const struct {
+        const char *name;
+        kr_dtype type;
+    } types[] = {{"f32", KR_DTYPE_F32}, {"f16", KR_DTYPE_F16}, {"q8_0", KR_DTYPE_Q8_0}};
+    if (!out)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "kr_kv_type_parse: out is NULL");
+    for (size_t i = 0; s && i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(s, types[i].name) == 0) {
+            *out = types[i].type;
+            return KR_OK;
+        }
+    return kr_err_set(err, KR_ERR_INVALID_ARG, "KV cache type '%s' unknown (f32, f16 or q8_0)", s ? s : "(null)");
+}
+
 kr_status kr_kv_check_fit(uint64_t needed, uint64_t available, const char *what, kr_err *err)
 {
     if (needed <= available)

@@ -62,6 +62,9 @@ kr_status kr_kv_plan_make(const kr_hparams *hp, const kr_kv_plan_params *p, kr_k
 /* KR_ERR_LIMIT when needed > available: "KV cache needs N MiB (...) but only
  * M MiB of <what> are available". */
 kr_status kr_kv_check_fit(uint64_t needed, uint64_t available, const char *what, kr_err *err);
+/* "f32", "f16" or "q8_0" (a --kv-type value) to the dtype; KR_ERR_INVALID_ARG
+ * naming the value and the choices otherwise. */
+kr_status kr_kv_type_parse(const char *s, kr_dtype *out, kr_err *err);
 /* Physical RAM in bytes (sysconf), 0 if unknown: the default host limit. */
 uint64_t kr_kv_host_ram(void);
 
