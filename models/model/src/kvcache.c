@@ -203,9 +203,11 @@ static kr_status kr__kv_attention(const kr_exec *ex, const kr_attn_args *a, kr_e
     size_t D = kv->pl.kv_dim;
     if (!a || a->struct_size < sizeof *a)
         return kr_err_set(err, KR_ERR_ABI, "kv attention: args struct too small");
-    ptrdiff_t l = (const float *)a->k - kv->stage_k;
-    if (l < 0 || l >= (ptrdiff_t)kv->pl.n_layer || (const float *)a->v != kv->stage_v + l ||
-        a->n_tok != kv->n_tok || a->kv_type != KR_DTYPE_F32)
+    /* the layer from the staging offset (integers: a->k may be any pointer) */
+    uintptr_t ka = (uintptr_t)a->k, k0 = (uintptr_t)kv->stage_k;
+    size_t l = (size_t)((ka - k0) / sizeof(float));
+    if (ka < k0 || (ka - k0) % sizeof(float) != 0 || l >= kv->pl.n_layer ||
+        (const float *)a->v != kv->stage_v + l || a->n_tok != kv->n_tok || a->kv_type != KR_DTYPE_F32)
         return kr_err_set(err, KR_ERR_INTERNAL, "kv attention: not called on the staged rows of this batch");
     const float *sk = kv->stage_k + l, *sv = kv->stage_v + l; /* (n_tok, D) new rows */
     uint32_t P0 = kv->pos0, n = kv->n_tok, slot = kv->cur;
