@@ -242,6 +242,80 @@ __device__ __forceinline__ void kr_gm_store_w(int wt, const kr_gm_wraw *r, kr_gm
     *(uint4 *)(dst + 16 * h + 8) = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
+// ---- tensor-core kernel pieces (plain C too; see kr_gm_tc for the order) ----
+
+// Warp w's first row (*wm) and column (*wn) in the block tile: 2 (m) x 4 (n) warps.
+__device__ __forceinline__ void kr_gm_warp_origin(int warp, int *wm, int *wn)
+{
+    *wm = (warp >> 2) * (KR_GM_BM / 2);
+    *wn = (warp & 3) * 32;
+}
+
+// Next K step of A into registers: ar[i] = A[m0 + row, k0 + 4c .. +3] with
+// row = (tid + 256 i) / 8, c = (tid + 256 i) % 8; zero for rows past M.
+__device__ __forceinline__ void kr_gm_load_a(float4 *ar, const float *__restrict__ A, kr_gm_i64 lda, int M, int m0,
+                                             int k0, int tid)
+{
+    KR_GM_UNROLL
+    for (int i = 0; i < KR_GM_AV; i++) {
+        int idx = tid + i * KR_GM_THREADS, row = idx >> 3, c = idx & 7;
+        ar[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (m0 + row < M)
+            ar[i] = *(const float4 *)(A + (kr_gm_i64)(m0 + row) * lda + k0 + c * 4);
+    }
+}
+
+// The registers of kr_gm_load_a as fp16 into the shared tile As ((BM, BK), row stride LDS).
+__device__ __forceinline__ void kr_gm_store_a(const float4 *ar, kr_gm_u16 *As, int tid)
+{
+    KR_GM_UNROLL
+    for (int i = 0; i < KR_GM_AV; i++) {
+        int idx = tid + i * KR_GM_THREADS, row = idx >> 3, c = idx & 7;
+        *(uint2 *)(As + row * KR_GM_LDS + c * 4) =
+            make_uint2(kr_gm_pack(ar[i].x, ar[i].y), kr_gm_pack(ar[i].z, ar[i].w));
+    }
+}
+
+// A fragment (PTX mma.m16n8k16 .f16, g = lane/4, t = lane%4) of the 16 x 16
+// tile at tile rows r0.., columns kk..: a0 (row g, k 2t..2t+1), a1 (row g+8,
+// k 2t..), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..); lower k in the low half.
+__device__ __forceinline__ void kr_gm_frag_a(const kr_gm_u16 *As, int r0, int kk, int lane, kr_gm_u32 a[4])
+{
+    const kr_gm_u16 *p = As + (r0 + (lane >> 2)) * KR_GM_LDS + kk + 2 * (lane & 3);
+    a[0] = *(const kr_gm_u32 *)p;
+    a[1] = *(const kr_gm_u32 *)(p + 8 * KR_GM_LDS);
+    a[2] = *(const kr_gm_u32 *)(p + 8);
+    a[3] = *(const kr_gm_u32 *)(p + 8 * KR_GM_LDS + 8);
+}
+
+// B fragment (16 x 8, "col" = W rows): b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+// of tile rows c0.. of Ws.
+__device__ __forceinline__ void kr_gm_frag_b(const kr_gm_u16 *Ws, int c0, int kk, int lane, kr_gm_u32 b[2])
+{
+    const kr_gm_u16 *p = Ws + (c0 + (lane >> 2)) * KR_GM_LDS + kk + 2 * (lane & 3);
+    b[0] = *(const kr_gm_u32 *)p;
+    b[1] = *(const kr_gm_u32 *)(p + 8);
+}
+
+// C fragment (16 x 8 fp32) with its first element at C[r0][c0]: c0, c1 at
+// (row g, cols 2t, 2t+1), c2, c3 at (row g+8, same cols); only inside M x N.
+__device__ __forceinline__ void kr_gm_store_c(float *C, kr_gm_i64 ldc, int M, int N, int r0, int c0, int lane,
+                                              const float c[4])
+{
+    const int col = c0 + 2 * (lane & 3);
+    KR_GM_UNROLL
+    for (int hr = 0; hr < 2; hr++) {
+        const int row = r0 + (lane >> 2) + 8 * hr;
+        if (row >= M)
+            continue;
+        float *cp = C + (kr_gm_i64)row * ldc + col;
+        if (col < N)
+            cp[0] = c[2 * hr];
+        if (col + 1 < N)
+            cp[1] = c[2 * hr + 1];
+    }
+}
+
 #ifndef KR_GM_HOST_EMU
 // c (16x8 fp32) += a (16x16 fp16, row) * b (16x8 fp16, col).
 __device__ __forceinline__ void kr_gm_mma(float c[4], const kr_gm_u32 a[4], const kr_gm_u32 b[2])
@@ -252,20 +326,6 @@ __device__ __forceinline__ void kr_gm_mma(float c[4], const kr_gm_u32 a[4], cons
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Next K step of A into registers: ar[i] = A[m0 + row, k0 + 4c .. +3] with
-// row = (tid + 256 i) / 8, c = (tid + 256 i) % 8; zero for rows past M.
-__device__ __forceinline__ void kr_gm_load_a(float4 (&ar)[KR_GM_AV], const float *__restrict__ A, kr_gm_i64 lda,
-                                             int M, int m0, int k0, int tid)
-{
-#pragma unroll
-    for (int i = 0; i < KR_GM_AV; i++) {
-        int idx = tid + i * KR_GM_THREADS, row = idx >> 3, c = idx & 7;
-        ar[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (m0 + row < M)
-            ar[i] = *(const float4 *)(A + (kr_gm_i64)(m0 + row) * lda + k0 + c * 4);
-    }
-}
-
 template <int WT>
 __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 lda, const kr_gm_u8 *__restrict__ W,
                                          kr_gm_i64 ldw, float *__restrict__ C, kr_gm_i64 ldc, int M, int N, int K)
@@ -273,10 +333,9 @@ __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 
     __shared__ __align__(16) kr_gm_u16 As[KR_GM_BM * KR_GM_LDS]; // (BM, BK) fp16, row stride LDS
     __shared__ __align__(16) kr_gm_u16 Ws[KR_GM_BN * KR_GM_LDS]; // (BN, BK) fp16, row stride LDS
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;            // mma fragment group / thread in group
-    const int wm = (warp >> 2) * (KR_GM_BM / 2);      // warp's first row in the tile
-    const int wn = (warp & 3) * 32;                   // warp's first column in the tile
     const int m0 = blockIdx.y * KR_GM_BM, n0 = blockIdx.x * KR_GM_BN;
+    int wm, wn; // warp's first row / column in the tile
+    kr_gm_warp_origin(warp, &wm, &wn);
 
     float acc[KR_GM_MT][KR_GM_NT][4];
 #pragma unroll
@@ -288,19 +347,15 @@ __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 
                 acc[i][j][e] = 0.0f;
 
     float4 ar[KR_GM_AV]; // next K step of A (kr_gm_load_a)
-    kr_gm_wraw wr;
+    kr_gm_wraw wr;       // next K step of W (kr_gm_load_w)
 
     kr_gm_load_a(ar, A, lda, M, m0, 0, tid);
     kr_gm_load_w(WT, &wr, W, ldw, N, n0, 0, tid);
     for (int k0 = 0; k0 < K; k0 += KR_GM_BK) {
-#pragma unroll
-        for (int i = 0; i < KR_GM_AV; i++) {
-            int idx = tid + i * KR_GM_THREADS, row = idx >> 3, c = idx & 7;
-            *(uint2 *)(As + row * KR_GM_LDS + c * 4) = make_uint2(kr_gm_pack(ar[i].x, ar[i].y), kr_gm_pack(ar[i].z, ar[i].w));
-        }
+        kr_gm_store_a(ar, As, tid);
         kr_gm_store_w(WT, &wr, Ws, tid);
         __syncthreads();
-        if (k0 + KR_GM_BK < K) {
+        if (k0 + KR_GM_BK < K) { // in flight during the mma's below
             kr_gm_load_a(ar, A, lda, M, m0, k0 + KR_GM_BK, tid);
             kr_gm_load_w(WT, &wr, W, ldw, N, n0, k0 + KR_GM_BK, tid);
         }
@@ -308,19 +363,11 @@ __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 
         for (int kk = 0; kk < KR_GM_BK; kk += 16) {
             kr_gm_u32 af[KR_GM_MT][4], bf[KR_GM_NT][2];
 #pragma unroll
-            for (int i = 0; i < KR_GM_MT; i++) {
-                const kr_gm_u16 *p = As + (wm + 16 * i + g) * KR_GM_LDS + kk + 2 * t;
-                af[i][0] = *(const kr_gm_u32 *)p;                      // row g,   k 2t..2t+1
-                af[i][1] = *(const kr_gm_u32 *)(p + 8 * KR_GM_LDS);    // row g+8, k 2t..
-                af[i][2] = *(const kr_gm_u32 *)(p + 8);                // row g,   k 2t+8..
-                af[i][3] = *(const kr_gm_u32 *)(p + 8 * KR_GM_LDS + 8); // row g+8, k 2t+8..
-            }
+            for (int i = 0; i < KR_GM_MT; i++)
+                kr_gm_frag_a(As, wm + 16 * i, kk, lane, af[i]);
 #pragma unroll
-            for (int j = 0; j < KR_GM_NT; j++) {
-                const kr_gm_u16 *p = Ws + (wn + 8 * j + g) * KR_GM_LDS + kk + 2 * t;
-                bf[j][0] = *(const kr_gm_u32 *)p;       // col g, k 2t..2t+1
-                bf[j][1] = *(const kr_gm_u32 *)(p + 8); // col g, k 2t+8..
-            }
+            for (int j = 0; j < KR_GM_NT; j++)
+                kr_gm_frag_b(Ws, wn + 8 * j, kk, lane, bf[j]);
 #pragma unroll
             for (int i = 0; i < KR_GM_MT; i++)
 #pragma unroll
@@ -329,26 +376,11 @@ __device__ __forceinline__ void kr_gm_tc(const float *__restrict__ A, kr_gm_i64 
         }
         __syncthreads();
     }
-
-    // C fragment: e 0,1 -> row g, cols 2t, 2t+1; e 2,3 -> row g+8.
 #pragma unroll
-    for (int i = 0; i < KR_GM_MT; i++) {
+    for (int i = 0; i < KR_GM_MT; i++)
 #pragma unroll
-        for (int j = 0; j < KR_GM_NT; j++) {
-            const int col = n0 + wn + 8 * j + 2 * t;
-#pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                const int row = m0 + wm + 16 * i + g + 8 * hr;
-                if (row >= M)
-                    continue;
-                float *cp = C + (kr_gm_i64)row * ldc + col;
-                if (col < N)
-                    cp[0] = acc[i][j][2 * hr];
-                if (col + 1 < N)
-                    cp[1] = acc[i][j][2 * hr + 1];
-            }
-        }
-    }
+        for (int j = 0; j < KR_GM_NT; j++)
+            kr_gm_store_c(C, ldc, M, N, m0 + wm + 16 * i, n0 + wn + 8 * j, lane, acc[i][j]);
 }
 
 #define KR_GM_ENTRY(name, wt)                                                                                  \

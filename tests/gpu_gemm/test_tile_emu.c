@@ -1,4 +1,4 @@
-/* Host check of the GEMM kernels' weight-tile loaders (no GPU).
+/* Host check of the GEMM kernels' tile code (no GPU).
  *
  * kernels/gemm/gemm.cu keeps its tile code (kr_gm_load_w, which gathers one
  * thread's raw bytes of a 32-wide K step, and kr_gm_store_w, which decodes them
@@ -9,7 +9,14 @@
  * from the format definitions) rounded to fp16: equal, or one fp16 ulp apart
  * where the two compute d*q - m in a different order (then at most 1% of the
  * elements). Rows past N must be +0 or -0 and the row padding (columns 32..39)
- * untouched. */
+ * untouched.
+ *
+ * gemm_block: the whole tensor-core kernel emulated on the host from the same
+ * pieces (A/W loaders and stores, fragment loads, C store, warp origins; only
+ * the mma itself is emulated here, from the PTX ISA's m16n8k16 fragment
+ * layout, and the phases run thread after thread) vs the double reference of
+ * the fp16-rounded inputs, at odd sizes: checks every index of the kernel
+ * except the hardware mma. Built twice, KR_GM_BM 128 and 64. */
 #include <criterion/criterion.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,6 +37,22 @@ typedef struct uint4 {
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w)
 {
     uint4 v = {x, y, z, w};
+    return v;
+}
+typedef struct uint2 {
+    unsigned x, y;
+} uint2;
+static inline uint2 make_uint2(unsigned x, unsigned y)
+{
+    uint2 v = {x, y};
+    return v;
+}
+typedef struct float4 {
+    float x, y, z, w;
+} float4;
+static inline float4 make_float4(float x, float y, float z, float w)
+{
+    float4 v = {x, y, z, w};
     return v;
 }
 static inline float kr_gm_h2f(unsigned short h) { return kr_fp16_to_fp32(h); }
@@ -127,3 +150,153 @@ Test(gemm_tile, q4_1) { check_all_bands(KR_DTYPE_Q4_1); }
 Test(gemm_tile, q8_0) { check_all_bands(KR_DTYPE_Q8_0); }
 Test(gemm_tile, q4_k) { check_all_bands(KR_DTYPE_Q4_K); }
 Test(gemm_tile, q6_k) { check_all_bands(KR_DTYPE_Q6_K); }
+
+/* ---- whole-kernel emulation ---------------------------------------------------- */
+
+static float h_lo(kr_gm_u32 v) { return kr_fp16_to_fp32((uint16_t)(v & 0xffffu)); }
+static float h_hi(kr_gm_u32 v) { return kr_fp16_to_fp32((uint16_t)(v >> 16)); }
+
+/* c (16x8) += A (16x16) B (16x8) for a warp, from per-lane fragments, per the
+ * PTX ISA layout of mma.m16n8k16 .f16/.f32 (g = lane/4, t = lane%4). */
+static void emu_mma(float c[32][4], kr_gm_u32 a[32][4], kr_gm_u32 b[32][2])
+{
+    float Am[16][16], Bm[16][8];
+    for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        Am[g][2 * t] = h_lo(a[l][0]), Am[g][2 * t + 1] = h_hi(a[l][0]);
+        Am[g + 8][2 * t] = h_lo(a[l][1]), Am[g + 8][2 * t + 1] = h_hi(a[l][1]);
+        Am[g][2 * t + 8] = h_lo(a[l][2]), Am[g][2 * t + 9] = h_hi(a[l][2]);
+        Am[g + 8][2 * t + 8] = h_lo(a[l][3]), Am[g + 8][2 * t + 9] = h_hi(a[l][3]);
+        Bm[2 * t][g] = h_lo(b[l][0]), Bm[2 * t + 1][g] = h_hi(b[l][0]);
+        Bm[2 * t + 8][g] = h_lo(b[l][1]), Bm[2 * t + 9][g] = h_hi(b[l][1]);
+    }
+    for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        for (int e = 0; e < 4; e++) {
+            int r = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+            float sum = 0;
+            for (int k = 0; k < 16; k++)
+                sum += Am[r][k] * Bm[k][col];
+            c[l][e] += sum;
+        }
+    }
+}
+
+static void emu_gemm(int wt, const float *A, kr_gm_i64 lda, const uint8_t *W, kr_gm_i64 ldw, float *C, kr_gm_i64 ldc,
+                     int M, int N, int K)
+{
+    static _Alignas(16) uint16_t As[KR_GM_BM * KR_GM_LDS], Ws[KR_GM_BN * KR_GM_LDS];
+    static float acc[8][KR_GM_MT][KR_GM_NT][32][4];
+    static float4 ar[KR_GM_THREADS][KR_GM_AV];
+    static kr_gm_wraw wr[KR_GM_THREADS];
+    for (int m0 = 0; m0 < M; m0 += KR_GM_BM) {
+        for (int n0 = 0; n0 < N; n0 += KR_GM_BN) {
+            memset(acc, 0, sizeof acc);
+            for (int k0 = 0; k0 < K; k0 += KR_GM_BK) {
+                for (int tid = 0; tid < KR_GM_THREADS; tid++) {
+                    kr_gm_load_a(ar[tid], A, lda, M, m0, k0, tid);
+                    kr_gm_load_w(wt, &wr[tid], W, ldw, N, n0, k0, tid);
+                }
+                for (int tid = 0; tid < KR_GM_THREADS; tid++) {
+                    kr_gm_store_a(ar[tid], As, tid);
+                    kr_gm_store_w(wt, &wr[tid], Ws, tid);
+                }
+                for (int kk = 0; kk < KR_GM_BK; kk += 16) {
+                    for (int warp = 0; warp < 8; warp++) {
+                        int wm, wn;
+                        kr_gm_warp_origin(warp, &wm, &wn);
+                        for (int i = 0; i < KR_GM_MT; i++) {
+                            for (int j = 0; j < KR_GM_NT; j++) {
+                                kr_gm_u32 a[32][4], b[32][2];
+                                for (int l = 0; l < 32; l++) {
+                                    kr_gm_frag_a(As, wm + 16 * i, kk, l, a[l]);
+                                    kr_gm_frag_b(Ws, wn + 8 * j, kk, l, b[l]);
+                                }
+                                emu_mma(acc[warp][i][j], a, b);
+                            }
+                        }
+                    }
+                }
+            }
+            for (int warp = 0; warp < 8; warp++) {
+                int wm, wn;
+                kr_gm_warp_origin(warp, &wm, &wn);
+                for (int i = 0; i < KR_GM_MT; i++)
+                    for (int j = 0; j < KR_GM_NT; j++)
+                        for (int l = 0; l < 32; l++)
+                            kr_gm_store_c(C, ldc, M, N, m0 + wm + 16 * i, n0 + wn + 8 * j, l, acc[warp][i][j][l]);
+            }
+        }
+    }
+}
+
+static void check_block(kr_dtype wt, int M, int N, int K, int lda_pad, int ldc_pad)
+{
+    uint64_t rb = 0;
+    cr_assert_eq(kr_quant_row_size(wt, (uint64_t)K, &rb, NULL), KR_OK);
+    size_t ldw = ((size_t)rb + 15) & ~(size_t)15, lda = (size_t)(K + lda_pad), ldc = (size_t)(N + ldc_pad);
+    uint8_t *w = aligned_alloc(16, (size_t)N * ldw);
+    float *a = aligned_alloc(16, ((size_t)M * lda * sizeof(float) + 15) & ~(size_t)15);
+    float *deq = malloc((size_t)N * K * sizeof *deq), *src = malloc((size_t)K * sizeof *src);
+    float *c = malloc(((size_t)M * ldc + 16) * sizeof *c);
+    cr_assert(w && a && deq && src && c);
+    memset(w, 0, (size_t)N * ldw);
+    for (int r = 0; r < N; r++) {
+        for (int i = 0; i < K; i++)
+            src[i] = rng_f(-1.0f, 1.0f);
+        cr_assert_eq(kr_quantize_row(wt, src, w + (size_t)r * ldw, (size_t)K), KR_OK);
+        cr_assert_eq(kr_dequantize_row(wt, w + (size_t)r * ldw, deq + (size_t)r * K, (size_t)K), KR_OK);
+    }
+    for (size_t i = 0; i < (size_t)M * lda; i++)
+        a[i] = rng_f(-2.0f, 2.0f);
+    memset(c, 0xFF, ((size_t)M * ldc + 16) * sizeof *c);
+    emu_gemm((int)wt, a, (kr_gm_i64)lda, w, (kr_gm_i64)ldw, c, (kr_gm_i64)ldc, M, N, K);
+    double num = 0, den = 0;
+    size_t unwritten = 0, outside = 0;
+    for (int i = 0; i < M; i++) {
+        for (size_t j = 0; j < ldc; j++) {
+            uint32_t u;
+            memcpy(&u, &c[(size_t)i * ldc + j], 4);
+            if ((int)j >= N) {
+                outside += u != 0xFFFFFFFFu;
+                continue;
+            }
+            if (u == 0xFFFFFFFFu) {
+                unwritten++;
+                continue;
+            }
+            double ref = 0;
+            for (int k = 0; k < K; k++)
+                ref += (double)kr_fp16_to_fp32(kr_fp32_to_fp16(a[(size_t)i * lda + k])) *
+                       kr_fp16_to_fp32(kr_fp32_to_fp16(deq[(size_t)j * K + k]));
+            double e = c[(size_t)i * ldc + j] - ref;
+            num += e * e;
+            den += ref * ref;
+        }
+    }
+    for (int i = 0; i < 16; i++) {
+        uint32_t u;
+        memcpy(&u, &c[(size_t)M * ldc + i], 4);
+        outside += u != 0xFFFFFFFFu;
+    }
+    cr_expect_eq(unwritten, 0, "type %d M %d N %d K %d: %zu outputs unwritten", (int)wt, M, N, K, unwritten);
+    cr_expect_eq(outside, 0, "type %d M %d N %d K %d: %zu writes outside C", (int)wt, M, N, K, outside);
+    cr_expect_leq(num / den, 1e-10, "type %d M %d N %d K %d (BM %d): NMSE %g", (int)wt, M, N, K, KR_GM_BM, num / den);
+    free(w);
+    free(a);
+    free(deq);
+    free(src);
+    free(c);
+}
+
+Test(gemm_block, all_types, .timeout = 240)
+{
+    g_rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x2545F4914F6CDD1Dull;
+    const kr_dtype types[] = {KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        int kq = (int)kr_quant_block_size(types[t]) == 256 ? 256 : 64;
+        check_block(types[t], 1, 1, kq, 0, 0);
+        check_block(types[t], 7, 5, kq, 4, 3);
+        check_block(types[t], KR_GM_BM + 3, 131, 2 * kq, 8, 1); /* two tiles each way, ragged */
+    }
+}
