@@ -1,6 +1,6 @@
 /* GEMM microbenchmark (not a test): C (M, N) = A (M, K) @ W (N, K)^T with
  * M = 512 tokens, N = K = 4096, i.e. (4096 x 4096) . (4096 x 512), 2*M*N*K
- * flops. FP32 SIMT (W F32) vs tensor cores (W F16, and Q4_0/Q4_1/Q8_0
+ * flops. FP32 SIMT (W F32) vs tensor cores (W F16, and Q4_0/Q8_0/Q4_1/Q4_K/Q6_K
  * dequantized on the fly): time per GEMM (CUDA events, mean over the timed
  * runs after warm-up), TFLOP/s, speedup over SIMT, and the fraction of the
  * card's dense fp16 tensor rate (fp32 accumulate) looked up from the device
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
     memset(&err, 0, sizeof err);
     int rc = 1;
     float *wf = NULL, *ah = NULL, *c1 = NULL, *c2 = NULL;
-    kr_buffer *da = NULL, *dc = NULL, *dw[5] = {0};
+    kr_buffer *da = NULL, *dc = NULL, *dw[7] = {0};
     if (kr_backend_create(KR_BACKEND_CUDA, 0, &b.be, &err) != KR_OK) {
         fprintf(stderr, "bench-gemm: no CUDA device: %s\n", err.msg);
         return 1;
@@ -154,10 +154,13 @@ int main(int argc, char **argv)
     b.a = da->ptr;
     b.c = dc->ptr;
 
-    const kr_dtype types[5] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q8_0, KR_DTYPE_Q4_1};
-    const char *tnames[5] = {"F32", "F16", "Q4_0", "Q8_0", "Q4_1"};
-    size_t ws[5] = {0};
-    for (int i = 0; i < 5; i++) {
+    const kr_dtype types[7] = {KR_DTYPE_F32,  KR_DTYPE_F16,  KR_DTYPE_Q4_0, KR_DTYPE_Q8_0,
+                               KR_DTYPE_Q4_1, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+    const char *tnames[7] = {"F32", "F16", "Q4_0", "Q8_0", "Q4_1", "Q4_K", "Q6_K"};
+    size_t ws[7] = {0};
+    for (int i = 0; i < 7; i++) {
+        if (b.k % (int64_t)kr_quant_block_size(types[i]) != 0)
+            continue; /* K-quants need K % 256 == 0 */
         dw[i] = upload_weights(b.be, types[i], wf, b.n, b.k, &ws[i]);
         if (!dw[i])
             goto out;
@@ -184,7 +187,9 @@ int main(int argc, char **argv)
         kr_gemm_variant v;
         const char *name;
     } vars[3] = {{KR_GEMM_AUTO, "auto"}, {KR_GEMM_TC128, "tc128"}, {KR_GEMM_TC64, "tc64"}};
-    for (int t = 1; t < 5; t++) {
+    for (int t = 1; t < 7; t++) {
+        if (!dw[t])
+            continue;
         for (int vi = 0; vi < 3; vi++) {
             double ms = time_gemm(&b, vars[vi].v, types[t], dw[t]->ptr, ws[t]);
             if (ms < 0)
@@ -221,7 +226,7 @@ int main(int argc, char **argv)
 out_err:
     fprintf(stderr, "bench-gemm: %s\n", err.msg);
 out:
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 7; i++)
         kr_backend_free(b.be, dw[i]);
     kr_backend_free(b.be, da);
     kr_backend_free(b.be, dc);
