@@ -1,11 +1,16 @@
 /* The decode forward pass on a CUDA backend (kr_gpu_forward.h).
  *
- * Per token (as plugins/arch_llama's CPU reference):
+ * Per token, llama / mistral (as plugins/arch_llama's CPU reference):
  *   x = token_embd[*tok]
  *   per layer: h = rmsnorm(x) attn_norm; q,k,v = Wq h, Wk h, Wv h; rope(q,k,*pos);
  *              K[*pos],V[*pos] = k,v (fp16); att = attention; x += Wo att;
  *              h = rmsnorm(x) ffn_norm; x += Wdown (silu(Wgate h) * Wup h)
  *   logits = Wout (rmsnorm(x) output_norm)
+ * falcon (as plugins/arch_falcon): parallel attention and MLP,
+ *   per layer: h = layernorm(x) attn_norm + b; ha = attn_norm_2 ? layernorm(x) attn_norm_2 + b2 : h;
+ *              [q|k|v] = Wqkv ha; rope neox; K,V append; att = attention (MQA/GQA);
+ *              x += Wo att; x += Wdown gelu(Wup h)
+ *   logits = Wout (layernorm(x) output_norm + output_norm_b)
  * *tok and *pos are device int32 values written before each step, so the
  * captured graph of the step stays valid. */
 #include "kr_gpu_forward.h"
@@ -40,10 +45,13 @@ typedef struct kr__gf_mat {
 
 typedef struct kr__gf_layer {
     const float *attn_norm;        /* (E) device */
-    const float *ffn_norm;         /* (E) device */
+    const float *ffn_norm;         /* (E) device (llama) */
+    const float *attn_norm_b;      /* (E) device (falcon) */
+    const float *attn_norm2;       /* (E) device (falcon 40B: attention input norm) or NULL */
+    const float *attn_norm2_b;     /* (E) device or NULL */
     kr__gf_mat q, k, v, o;         /* (QD,E) (KVD,E) (KVD,E) (E,QD) */
     kr__gf_mat gate, up, down;     /* (F,E) (F,E) (E,F) */
-    bool fuse_qkv;                 /* q,k,v of one type, adjacent on the device: one matvec */
+    bool fuse_qkv;                 /* q,k,v of one type, adjacent on the device: one matvec (falcon: always) */
     kr__gf_mat qkv;                /* (QD+2*KVD, E) view over q,k,v when fuse_qkv */
     bool fuse_gu;                  /* gate,up of one type, adjacent: one matvec */
     kr__gf_mat gu;                 /* (2F, E) view over gate,up when fuse_gu */
@@ -72,17 +80,21 @@ struct kr_gpu_forward {
     kr_buffer *hlogits_buf;        /* pinned host (n_vocab) floats (or NULL: hlogits_mem) */
     float *hlogits_mem;
 
+    bool falcon;                   /* falcon layer structure (see the top of this file) */
     kr__gf_layer *layers;          /* (n_layer) */
     kr_dtype embd_type;            /* token_embd type */
     const void *embd;              /* (n_vocab, E) device */
     size_t embd_row_stride;
     const float *out_norm;         /* (E) device */
+    const float *out_norm_b;       /* (E) device (falcon) */
     kr__gf_mat out;                /* (V, E): output.weight or token_embd */
     const float *freq_factors;     /* (n_rot/2) device or NULL */
 
     /* activations (device) */
     float *x;                      /* (E) residual */
     float *h;                      /* (E) normed */
+    float *h2;                     /* (E) falcon 40B: attn_norm_2 output */
+    float *ffo;                    /* (E) falcon: MLP output */
     float *q;                      /* (QD) followed by k and v (one fused matvec output) */
     float *k;                      /* (KVD) = q + QD */
     float *v;                      /* (KVD) = k + KVD */
@@ -102,6 +114,15 @@ struct kr_gpu_forward {
     kr_function *fn_swiglu;        /* fused swiglu + q8 */
     uint32_t launches;             /* counted during the last step */
     kr_gpu_forward_stats stats;
+
+    /* profiling (kr_gpu_forward_profile): an event after every launch of an eager step */
+    bool prof_on;
+    kr_status prof_st;             /* first event failure of the step */
+    kr_err prof_err;
+    kr_event **prof_ev;            /* (prof_cap) created on demand; [0] before the first launch */
+    char (*prof_label)[64];        /* (prof_cap) label of the launch ending at prof_ev[i] */
+    size_t prof_n, prof_cap;
+    const char *role;              /* matrix role of the next kr__proj (labels) */
 };
 
 static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err);
@@ -126,6 +147,8 @@ static bool kr__is_llama(const kr_model *m)
     const char *a = kr_model_arch(m);
     return strcmp(a, "llama") == 0 || strcmp(a, "mistral") == 0;
 }
+
+static bool kr__is_falcon(const kr_model *m) { return strcmp(kr_model_arch(m), "falcon") == 0; }
 
 static kr_status kr__check_mat(const kr_weight *w, const char *name, uint64_t cols, uint64_t rows, kr_err *err)
 {
@@ -153,13 +176,48 @@ static kr_status kr__check_vec(const kr_weight *w, const char *name, uint64_t n,
     return KR_OK;
 }
 
+/* falcon's layers (the globals are checked by the caller). */
+static kr_status kr__check_falcon(const kr_model *m, uint64_t E, uint64_t F, uint64_t QD, uint64_t KVD, kr_err *err)
+{
+    kr_status st;
+    char nm[KR_ARCH_NAME_MAX], nb[KR_ARCH_NAME_MAX];
+    if ((st = kr__check_vec(kr_model_weight(m, "output_norm.bias"), "output_norm.bias", E, err)) != KR_OK)
+        return st;
+    uint32_t n_layer = kr_model_hparams(m)->n_layer;
+    for (uint32_t l = 0; l < n_layer; l++) {
+        static const struct {
+            const char *sfx;
+            int rows, cols; /* 0 E, 1 QD, 2 F, 3 QD + 2 KVD */
+        } mats[] = {{"attn_qkv", 3, 0}, {"attn_output", 0, 1}, {"ffn_up", 2, 0}, {"ffn_down", 0, 2}};
+        uint64_t dims[4] = {E, QD, F, QD + 2 * KVD};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+            snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, mats[i].sfx);
+            if ((st = kr__check_mat(kr_model_weight(m, nm), nm, dims[mats[i].cols], dims[mats[i].rows], err)) !=
+                KR_OK)
+                return st;
+        }
+        static const char *const norms[2] = {"attn_norm", "attn_norm_2"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, norms[i]);
+            snprintf(nb, sizeof nb, "blk.%u.%s.bias", l, norms[i]);
+            const kr_weight *w = kr_model_weight(m, nm), *b = kr_model_weight(m, nb);
+            if (i == 1 && !w && !b)
+                continue; /* 7B: no second norm */
+            if ((st = kr__check_vec(w, nm, E, err)) != KR_OK || (st = kr__check_vec(b, nb, E, err)) != KR_OK)
+                return st;
+        }
+    }
+    return KR_OK;
+}
+
 kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err)
 {
     if (!m)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward: no model");
-    if (!kr__is_llama(m))
-        return kr_err_set(err, KR_ERR_UNSUPPORTED, "the CUDA forward pass supports llama and mistral, not '%s'",
-                          kr_model_arch(m));
+    bool falcon = kr__is_falcon(m);
+    if (!kr__is_llama(m) && !falcon)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                          "the CUDA forward pass supports llama, mistral and falcon, not '%s'", kr_model_arch(m));
     const kr_hparams *hp = kr_model_hparams(m);
     if (hp->head_dim == 0 || hp->head_dim % 2 != 0 || hp->head_dim > 256 || hp->n_rot % 2 != 0 ||
         hp->n_rot > hp->head_dim || hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0)
@@ -181,6 +239,8 @@ kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err)
     if ((st = kr__check_vec(kr_model_weight(m, "output_norm.weight"), "output_norm.weight", E, err)) != KR_OK)
         return st;
     char nm[KR_ARCH_NAME_MAX];
+    if (falcon)
+        return kr__check_falcon(m, E, F, QD, KVD, err);
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         static const struct {
             const char *sfx;
@@ -369,6 +429,8 @@ static kr_status kr__layout_acts(kr_gpu_forward *g, char *base, uint64_t *size)
     uint64_t off = 0;
     g->x = kr__take(base, &off, E * 4);
     g->h = kr__take(base, &off, E * 4);
+    g->h2 = kr__take(base, &off, E * 4);
+    g->ffo = kr__take(base, &off, E * 4);
     g->q = kr__take(base, &off, (QD + 2 * KVD) * 4);
     g->k = g->q ? g->q + QD : NULL;
     g->v = g->k ? g->k + KVD : NULL;
@@ -459,6 +521,8 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     g->embd = kr__dev(g, m, w0, offs, "token_embd.weight");
     g->embd_row_stride = (size_t)emb->row_bytes;
     g->out_norm = kr__dev(g, m, w0, offs, "output_norm.weight");
+    g->out_norm_b = kr__dev(g, m, w0, offs, "output_norm.bias");
+    g->falcon = kr__is_falcon(m);
     kr__mat(g, m, w0, offs, kr_model_weight(m, "output.weight") ? "output.weight" : "token_embd.weight", use_q8,
             &g->out);
     g->freq_factors = kr__dev(g, m, w0, offs, "rope_freqs.weight");
@@ -470,6 +534,24 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, sfx);           \
         kr__mat(g, m, w0, offs, nm, use_q8, &L->field);                \
         step_bytes += (uint64_t)L->field.rows * L->field.row_stride;
+        if (g->falcon) {
+            /* one fused qkv matrix; q/k/v, gate and ffn_norm stay empty */
+            KR__M(qkv, "attn_qkv")
+            KR__M(o, "attn_output")
+            KR__M(up, "ffn_up")
+            KR__M(down, "ffn_down")
+            L->fuse_qkv = true;
+            static const char *const nn[4] = {"attn_norm.weight", "attn_norm.bias", "attn_norm_2.weight",
+                                              "attn_norm_2.bias"};
+            const float **dst[4] = {&L->attn_norm, &L->attn_norm_b, &L->attn_norm2, &L->attn_norm2_b};
+            for (int i = 0; i < 4; i++) {
+                snprintf(nm, sizeof nm, "blk.%u.%s", l, nn[i]);
+                *dst[i] = kr__dev(g, m, w0, offs, nm);
+                if (*dst[i])
+                    step_bytes += E * 4;
+            }
+            continue;
+        }
         KR__M(q, "attn_q")
         KR__M(k, "attn_k")
         KR__M(v, "attn_v")
@@ -500,8 +582,10 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         step_bytes += 2 * E * 4;
     }
     free(offs);
+    if (g->out_norm_b)
+        step_bytes += E * 4;
     g->stats.step_weight_bytes = step_bytes;
-    if (!p->no_fused_ops) {
+    if (!p->no_fused_ops && !g->falcon) { /* the fused kernels are RMSNorm / SwiGLU */
         const char *entries[2] = {"kr_gf_add_rmsnorm_q8", "kr_gf_swiglu_q8"};
         kr_function **fns[2] = {&g->fn_norm, &g->fn_swiglu};
         for (int i = 0; i < 2; i++) {
@@ -611,6 +695,10 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     if (g->stream && !g->dead)
         kr_backend_sync(be, g->stream, NULL);
     kr_backend_graph_destroy(be, g->graph);
+    for (size_t i = 0; i < g->prof_cap; i++)
+        kr_backend_event_destroy(be, g->prof_ev[i]);
+    free(g->prof_ev);
+    free(g->prof_label);
     kr_backend_free(be, g->hlogits_buf);
     free(g->hlogits_mem);
     kr_backend_free(be, g->hstep);
@@ -734,12 +822,70 @@ static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err)
 
 /* ---- the decode step ------------------------------------------------------------------ */
 
-#define KR__TRY(expr)                    \
-    do {                                 \
-        if ((st = (expr)) != KR_OK)      \
-            return st;                   \
-        g->launches++;                   \
+/* Profiling: record an event after a launch, labelled. Failures are kept
+ * in g->prof_st (the step itself goes on). */
+static void kr__prof_mark(kr_gpu_forward *g, kr_stream *s, const char *label)
+{
+    if (!g->prof_on || g->prof_st != KR_OK)
+        return;
+    if (g->prof_n == g->prof_cap) {
+        size_t cap = g->prof_cap ? 2 * g->prof_cap : 256;
+        kr_event **ev = realloc(g->prof_ev, cap * sizeof *ev);
+        if (ev)
+            g->prof_ev = ev;
+        char(*lb)[64] = ev ? realloc(g->prof_label, cap * sizeof *lb) : NULL;
+        if (!lb) {
+            g->prof_st = kr_err_set(&g->prof_err, KR_ERR_NOMEM, "out of memory");
+            return;
+        }
+        g->prof_label = lb;
+        for (size_t i = g->prof_cap; i < cap; i++)
+            g->prof_ev[i] = NULL;
+        g->prof_cap = cap;
+    }
+    size_t i = g->prof_n;
+    if (!g->prof_ev[i] && (g->prof_st = kr_backend_event_create(g->be, &g->prof_ev[i], &g->prof_err)) != KR_OK)
+        return;
+    if ((g->prof_st = kr_backend_event_record(g->be, g->prof_ev[i], s, &g->prof_err)) != KR_OK)
+        return;
+    snprintf(g->prof_label[i], sizeof g->prof_label[i], "%s", label ? label : "?");
+    g->prof_n++;
+}
+
+/* "kr_dec_rope(d, s, ...)" -> "rope" */
+static void kr__label_of(const char *expr, char *out, size_t n)
+{
+    static const char *const pfx[2] = {"kr_dec_", "kr_backend_"};
+    for (int i = 0; i < 2; i++)
+        if (strncmp(expr, pfx[i], strlen(pfx[i])) == 0) {
+            expr += strlen(pfx[i]);
+            break;
+        }
+    size_t k = 0;
+    while (expr[k] && expr[k] != '(' && k + 1 < n) {
+        out[k] = expr[k];
+        k++;
+    }
+    out[k] = '\0';
+}
+
+/* A launch: count it and, when profiling, mark its end with label (NULL: from the expression). */
+#define KR__TRYL(label, expr)                               \
+    do {                                                    \
+        if ((st = (expr)) != KR_OK)                         \
+            return st;                                      \
+        g->launches++;                                      \
+        if (g->prof_on) {                                   \
+            char kr__lb[64];                                \
+            const char *kr__l = (label);                    \
+            if (!kr__l) {                                   \
+                kr__label_of(#expr, kr__lb, sizeof kr__lb); \
+                kr__l = kr__lb;                             \
+            }                                               \
+            kr__prof_mark(g, s, kr__l);                     \
+        }                                                   \
     } while (0)
+#define KR__TRY(expr) KR__TRYL(NULL, expr)
 
 /* ys[i] = mats[i] @ x for n matrices sharing the input x (quantized once when any uses q8). */
 static bool kr__any_q8(const kr__gf_mat *const *mats, int n)
@@ -759,6 +905,9 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
         KR__TRY(kr_dec_quantize_q8(g->dec, s, x, g->xq, mats[0]->cols, err));
     for (int i = 0; i < n; i++) {
         const kr__gf_mat *M = mats[i];
+        char lb[64];
+        snprintf(lb, sizeof lb, "matvec %s %s%s%s", g->role ? g->role : "?", kr_dtype_name(M->type),
+                 M->q8 ? " q8" : "", M->repacked ? " repacked" : "");
         if (M->repacked) {
             const void *qs = M->w;
             const void *sc = (const char *)M->w + (size_t)M->rows * (size_t)(M->cols / 32) * kr__quant_bytes(M->type);
@@ -767,12 +916,12 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
             int rows = (int)M->rows, nb = (int)(M->cols / 32);
             void *args[] = {&qs, &sc, &xq, &y, &rows, &nb};
             uint32_t grid[3] = {(uint32_t)((rows + KR__GF_WARPS - 1) / KR__GF_WARPS), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
-            KR__TRY(kr_backend_launch(g->be, M->type == KR_DTYPE_Q4_0 ? g->fn_mv_q4_0 : g->fn_mv_q8_0, grid, block, 0, s,
-                                      args, err));
+            KR__TRYL(lb, kr_backend_launch(g->be, M->type == KR_DTYPE_Q4_0 ? g->fn_mv_q4_0 : g->fn_mv_q8_0, grid, block,
+                                           0, s, args, err));
         } else if (M->q8)
-            KR__TRY(kr_dec_matvec_q8(g->dec, s, M->type, M->w, M->row_stride, g->xq, ys[i], M->rows, M->cols, err));
+            KR__TRYL(lb, kr_dec_matvec_q8(g->dec, s, M->type, M->w, M->row_stride, g->xq, ys[i], M->rows, M->cols, err));
         else
-            KR__TRY(kr_dec_matvec(g->dec, s, M->type, M->w, M->row_stride, x, ys[i], M->rows, M->cols, err));
+            KR__TRYL(lb, kr_dec_matvec(g->dec, s, M->type, M->w, M->row_stride, x, ys[i], M->rows, M->cols, err));
     }
     return KR_OK;
 }
@@ -789,7 +938,8 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
         float eps = g->hp.norm_eps;
         void *args[] = {&x, &resid, &w, &h, &xq, &n, &eps, &iq8};
         uint32_t grid[3] = {1, 1, 1}, block[3] = {E >= 1024 ? 1024 : (uint32_t)((E + 31) / 32 * 32), 1, 1};
-        KR__TRY(kr_backend_launch(g->be, g->fn_norm, grid, block, 0, s, args, err));
+        KR__TRYL(resid ? "add_rmsnorm_q8 (fused)" : "rmsnorm_q8 (fused)",
+                 kr_backend_launch(g->be, g->fn_norm, grid, block, 0, s, args, err));
         return KR_OK;
     }
     if (resid)
@@ -813,7 +963,7 @@ static kr_status kr__swiglu(kr_gpu_forward *g, kr_stream *s, bool q8, bool *quan
         int n = (int)F, iq8 = q8;
         void *args[] = {&gu, &y, &xq, &n, &iq8};
         uint32_t grid[3] = {(uint32_t)((F + 255) / 256), 1, 1}, block[3] = {256, 1, 1};
-        KR__TRY(kr_backend_launch(g->be, g->fn_swiglu, grid, block, 0, s, args, err));
+        KR__TRYL("swiglu_q8 (fused)", kr_backend_launch(g->be, g->fn_swiglu, grid, block, 0, s, args, err));
         *quantized = q8;
         return KR_OK;
     }
@@ -821,7 +971,67 @@ static kr_status kr__swiglu(kr_gpu_forward *g, kr_stream *s, bool q8, bool *quan
     return KR_OK;
 }
 
-static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
+static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
+{
+    const kr_hparams *hp = &g->hp;
+    kr_dec *d = g->dec;
+    kr_status st;
+    int64_t E = hp->n_embd, F = hp->n_ff;
+    int KVD = (int)(hp->n_head_kv * hp->head_dim);
+    const int32_t *tok = g->step, *pos = g->step + 1;
+    float scale = 1.0f / sqrtf((float)hp->head_dim);
+    g->launches = 0;
+
+    KR__TRY(kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E, tok, 0, g->x, err));
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const kr__gf_layer *L = &g->layers[l];
+        KR__TRY(kr_dec_layernorm(d, s, g->x, L->attn_norm, L->attn_norm_b, g->h, 1, E, hp->norm_eps, err));
+        const kr__gf_mat *qkv_up[2] = {&L->qkv, &L->up};
+        float *const qkv_up_y[2] = {g->q, g->gate};
+        if (L->attn_norm2) {
+            /* 40B: attention reads its own norm, the MLP reads h */
+            KR__TRY(kr_dec_layernorm(d, s, g->x, L->attn_norm2, L->attn_norm2_b, g->h2, 1, E, hp->norm_eps, err));
+            g->role = "attn_qkv";
+            if ((st = kr__proj(g, s, g->h2, false, qkv_up, qkv_up_y, 1, err)) != KR_OK)
+                return st;
+            g->role = "ffn_up";
+            if ((st = kr__proj(g, s, g->h, false, qkv_up + 1, qkv_up_y + 1, 1, err)) != KR_OK)
+                return st;
+        } else {
+            /* 7B: one input, quantized once for both */
+            g->role = "attn_qkv + ffn_up";
+            if ((st = kr__proj(g, s, g->h, false, qkv_up, qkv_up_y, 2, err)) != KR_OK)
+                return st;
+        }
+        KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
+                            pos, 0, hp->rope_base, hp->rope_freq_scale, NULL, true, err));
+        KR__TRY(kr_dec_kv_append(d, s, g->k, g->v, L->k_cache, L->v_cache, KVD, (int)g->n_ctx, pos, 0, err));
+        KR__TRYL(g->n_split > 1 ? "attention (split + combine)" : "attention",
+                 kr_dec_attention(d, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
+                                  (int)hp->head_dim, (int)g->n_ctx, pos, 0, 0, scale, g->n_split, g->attn_scratch,
+                                  err));
+        if (g->n_split > 1)
+            g->launches++; /* the combine kernel */
+        const kr__gf_mat *o[1] = {&L->o}, *dn[1] = {&L->down};
+        float *const o_y[1] = {g->tmp}, *const dn_y[1] = {g->ffo};
+        g->role = "attn_output";
+        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, err)) != KR_OK)
+            return st;
+        KR__TRY(kr_dec_gelu(d, s, g->gate, g->gate, F, err));
+        g->role = "ffn_down";
+        if ((st = kr__proj(g, s, g->gate, false, dn, dn_y, 1, err)) != KR_OK)
+            return st;
+        KR__TRY(kr_dec_add(d, s, g->x, g->tmp, g->x, E, err));
+        KR__TRY(kr_dec_add(d, s, g->x, g->ffo, g->x, E, err));
+    }
+    KR__TRY(kr_dec_layernorm(d, s, g->x, g->out_norm, g->out_norm_b, g->h, 1, E, hp->norm_eps, err));
+    const kr__gf_mat *om[1] = {&g->out};
+    float *const om_y[1] = {g->logits};
+    g->role = "output";
+    return kr__proj(g, s, g->h, false, om, om_y, 1, err);
+}
+
+static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
 {
     const kr_hparams *hp = &g->hp;
     kr_dec *d = g->dec;
@@ -845,19 +1055,22 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         if ((st = kr__norm(g, s, l > 0 ? g->tmp : NULL, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3),
                            err)) != KR_OK)
             return st;
+        g->role = fq ? "attn_qkv" : "attn_q/k/v";
         if ((st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, err) : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, err)) !=
             KR_OK)
             return st;
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
                             pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
         KR__TRY(kr_dec_kv_append(d, s, g->k, g->v, L->k_cache, L->v_cache, KVD, (int)g->n_ctx, pos, 0, err));
-        KR__TRY(kr_dec_attention(d, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
-                                 (int)hp->head_dim, (int)g->n_ctx, pos, 0, (int)hp->sliding_window, scale, g->n_split,
-                                 g->attn_scratch, err));
+        KR__TRYL(g->n_split > 1 ? "attention (split + combine)" : "attention",
+                 kr_dec_attention(d, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
+                                  (int)hp->head_dim, (int)g->n_ctx, pos, 0, (int)hp->sliding_window, scale, g->n_split,
+                                  g->attn_scratch, err));
         if (g->n_split > 1)
             g->launches++; /* the combine kernel */
         const kr__gf_mat *o[1] = {&L->o};
         float *const o_y[1] = {g->tmp};
+        g->role = "attn_output";
         if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, err)) != KR_OK)
             return st;
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
@@ -866,6 +1079,7 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         bool fg = L->fuse_gu;
         if ((st = kr__norm(g, s, g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) != KR_OK)
             return st;
+        g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
         if ((st = fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, err) : kr__proj(g, s, g->h, true, gu, gu_y, 2, err)) !=
             KR_OK)
             return st;
@@ -874,14 +1088,23 @@ static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         bool dq = false;
         if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
             return st;
+        g->role = "ffn_down";
         if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, err)) != KR_OK)
             return st;
     }
     const kr__gf_mat *om[1] = {&g->out};
+    g->role = "output";
     float *const om_y[1] = {g->logits};
     if ((st = kr__norm(g, s, hp->n_layer > 0 ? g->tmp : NULL, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)
         return st;
     return kr__proj(g, s, g->h, true, om, om_y, 1, err);
+}
+
+static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
+{
+    if (g->prof_on)
+        kr__prof_mark(g, s, "start");
+    return g->falcon ? kr__step_falcon(g, s, err) : kr__step_llama(g, s, err);
 }
 
 /* Capture the step once; on any failure fall back to eager launches for good. */
@@ -922,8 +1145,7 @@ static kr_status kr__run_step(kr_gpu_forward *g, kr_err *err)
     return kr__step(g, g->stream, err);
 }
 
-kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
-                              float *logits_last, kr_err *err)
+static kr_status kr__eval_args(const kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, kr_err *err)
 {
     if (!g || (!tokens && n))
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward eval: NULL argument");
@@ -941,6 +1163,15 @@ kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= g->hp.n_vocab)
             return kr_err_set(err, KR_ERR_RANGE, "gpu_forward eval: token %zu id %d outside [0, %u)", i,
                               (int)tokens[i], g->hp.n_vocab);
+    return KR_OK;
+}
+
+kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
+                              float *logits_last, kr_err *err)
+{
+    kr_status st0 = kr__eval_args(g, tokens, n, pos, err);
+    if (st0 != KR_OK)
+        return st0;
     int32_t *hs = g->hstep ? g->hstep->ptr : g->hstep_mem;
     float *hl = g->hlogits_buf ? g->hlogits_buf->ptr : g->hlogits_mem;
     kr_status st = KR_OK;
@@ -973,3 +1204,102 @@ uint32_t kr_gpu_forward_n_past(const kr_gpu_forward *g) { return g->n_past; }
 void kr_gpu_forward_reset(kr_gpu_forward *g) { g->n_past = 0; }
 
 void kr_gpu_forward_get_stats(const kr_gpu_forward *g, kr_gpu_forward_stats *out) { *out = g->stats; }
+
+/* ---- profiling -------------------------------------------------------------------------- */
+
+static int kr__prof_cmp(const void *a, const void *b)
+{
+    const kr_gpu_forward_prof_op *x = a, *y = b;
+    return x->ms < y->ms ? 1 : x->ms > y->ms ? -1 : strcmp(x->name, y->name);
+}
+
+/* Add the launches of the step just run (events prof_ev[0 .. prof_n-1]) to tab. */
+static kr_status kr__prof_collect(kr_gpu_forward *g, kr_gpu_forward_prof_op **tab, size_t *n_tab, size_t *cap_tab,
+                                  double *step_ms, kr_err *err)
+{
+    kr_status st;
+    for (size_t i = 1; i < g->prof_n; i++) {
+        float ms = 0;
+        if ((st = kr_backend_event_elapsed(g->be, g->prof_ev[i - 1], g->prof_ev[i], &ms, err)) != KR_OK)
+            return st;
+        *step_ms += ms;
+        size_t j = 0;
+        while (j < *n_tab && strcmp((*tab)[j].name, g->prof_label[i]) != 0)
+            j++;
+        if (j == *n_tab) {
+            if (*n_tab == *cap_tab) {
+                size_t c = *cap_tab ? 2 * *cap_tab : 32;
+                kr_gpu_forward_prof_op *t = realloc(*tab, c * sizeof *t);
+                if (!t)
+                    return kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+                *tab = t;
+                *cap_tab = c;
+            }
+            memset(&(*tab)[j], 0, sizeof (*tab)[j]);
+            snprintf((*tab)[j].name, sizeof (*tab)[j].name, "%s", g->prof_label[i]);
+            (*n_tab)++;
+        }
+        (*tab)[j].calls++;
+        (*tab)[j].ms += ms;
+    }
+    return KR_OK;
+}
+
+kr_status kr_gpu_forward_profile(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
+                                 kr_gpu_forward_prof_op *ops, size_t cap, size_t *n_ops, double *step_ms,
+                                 kr_err *err)
+{
+    kr_status st = kr__eval_args(g, tokens, n, pos, err);
+    if (st != KR_OK)
+        return st;
+    if ((!ops && cap) || !n_ops || !step_ms)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward profile: NULL argument");
+    *n_ops = 0;
+    *step_ms = 0;
+    int32_t *hs = g->hstep ? g->hstep->ptr : g->hstep_mem;
+    kr_gpu_forward_prof_op *tab = NULL;
+    size_t n_tab = 0, cap_tab = 0;
+    double total = 0;
+    for (size_t i = 0; i < n && st == KR_OK; i++) {
+        hs[0] = tokens[i];
+        hs[1] = (int32_t)(pos + i);
+        g->prof_on = true;
+        g->prof_n = 0;
+        g->prof_st = KR_OK;
+        kr_err_clear(&g->prof_err);
+        st = kr_backend_h2d(g->be, g->step, hs, 2 * sizeof(int32_t), g->stream, err);
+        if (st == KR_OK)
+            st = kr__step(g, g->stream, err);
+        g->prof_on = false;
+        if (st == KR_OK)
+            st = kr_backend_sync(g->be, g->stream, err);
+        if (st != KR_OK) {
+            g->dead = true;
+            kr_err_prefix(err, "CUDA decode step (profiled)");
+            break;
+        }
+        if (g->prof_st != KR_OK) {
+            st = g->prof_st;
+            if (err)
+                *err = g->prof_err;
+            kr_err_prefix(err, "profiling events");
+            break;
+        }
+        g->n_past = pos + (uint32_t)i + 1;
+        st = kr__prof_collect(g, &tab, &n_tab, &cap_tab, &total, err);
+    }
+    if (st == KR_OK) {
+        for (size_t j = 0; j < n_tab; j++) {
+            tab[j].ms /= (double)n;
+            tab[j].calls = (uint32_t)(tab[j].calls / n);
+        }
+        if (n_tab > 1)
+            qsort(tab, n_tab, sizeof *tab, kr__prof_cmp);
+        for (size_t j = 0; j < n_tab && j < cap; j++)
+            ops[j] = tab[j];
+        *n_ops = n_tab;
+        *step_ms = total / (double)n;
+    }
+    free(tab);
+    return st;
+}

@@ -1,4 +1,4 @@
-/* The whole decode forward pass on a CUDA backend (llama / mistral).
+/* The whole decode forward pass on a CUDA backend (llama / mistral / falcon).
  *
  *   kr_gpu_forward_params gp = kr_gpu_forward_params_default();
  *   gp.n_ctx = 2048;
@@ -51,7 +51,8 @@ typedef struct kr_gpu_forward_params {
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);
 
-/* KR_OK when the model can run on the CUDA path (arch llama or mistral;
+/* KR_OK when the model can run on the CUDA path (arch llama, mistral or
+ * falcon (7B: one LayerNorm per layer; 40B: attn_norm_2 for the attention);
  * every matrix of a kr_dec_matvec type with a supported shape; head_dim even
  * and <= 256); else KR_ERR_UNSUPPORTED with the reason. Needs no GPU. */
 kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err);
@@ -86,5 +87,23 @@ typedef struct kr_gpu_forward_stats {
 } kr_gpu_forward_stats;
 
 void kr_gpu_forward_get_stats(const kr_gpu_forward *g, kr_gpu_forward_stats *out);
+
+/* One op of a profiled decode step: the launches with one label. */
+typedef struct kr_gpu_forward_prof_op {
+    char name[64];   /* kernel, e.g. "layernorm", "attention", "matvec attn_qkv Q4_0 q8 repacked" */
+    uint32_t calls;  /* launches per step */
+    double ms;       /* GPU time per step (CUDA events around each launch), averaged over the steps */
+} kr_gpu_forward_prof_op;
+
+/* Run the tokens at positions pos .. pos+n-1 (as kr_gpu_forward_eval; they
+ * enter the KV cache) as EAGER launches, each bracketed by CUDA events, and
+ * report the per-label time of one step averaged over the n steps, sorted by
+ * time (largest first). Up to cap ops are written (*n_ops gets the number
+ * of distinct labels, which may exceed cap); *step_ms the average time from
+ * the first to the last event of a step (includes the gaps between
+ * launches that the CUDA graph removes). Errors as kr_gpu_forward_eval. */
+kr_status kr_gpu_forward_profile(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
+                                 kr_gpu_forward_prof_op *ops, size_t cap, size_t *n_ops, double *step_ms,
+                                 kr_err *err);
 
 #endif

@@ -13,7 +13,10 @@
  * Models: stories260K (F32), llama2-tiny-random-f16 (F16, separate output),
  * the default model if cached (~/.cache/kernrun/models/SmolLM2-135M-Instruct
  * .Q4_1.gguf), and `mkmodel` tiny llama/mistral models in Q4_0, Q8_0, Q4_1
- * written to a temporary directory. Without a GPU the GPU tests skip with
+ * written to a temporary directory; falcon (plugins/arch_falcon as the
+ * reference): mkmodel's tiny falcon (7B layout: one LayerNorm per layer) and
+ * a 40B-layout copy of it with attn_norm_2 weight/bias added per layer
+ * (written here with the GGUF writer). Without a GPU the GPU tests skip with
  * the reason; with KERNRUN_REQUIRE_GPU=1 they fail instead. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -28,6 +31,7 @@
 #include "../core/kr_test_leaks.h"
 #include "kernrun/backend.h"
 #include "kernrun/builtin_model.h"
+#include "kernrun/gguf.h"
 #include "kernrun/model.h"
 #include "kr_gpu_forward.h"
 #include "mkmodel.h"
@@ -318,6 +322,173 @@ Test(gpu_forward, mkmodel_mistral_q8_0_q8_unfused_not_repacked)
     mk_and_compare("mistral", KR_DTYPE_Q8_0, false, 1e-3);
 }
 
+/* ---- falcon ---- */
+
+/* Copy src (a falcon GGUF) to dst, adding blk.N.attn_norm_2.weight/.bias
+ * (F32, deterministic values unlike attn_norm's) after each attn_norm.bias:
+ * Falcon-40B's layout, where attention reads its own LayerNorm. */
+static void write_falcon_40b(const char *src, const char *dst)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_gguf *in = NULL;
+    cr_assert_eq(kr_gguf_open(src, NULL, &in, &err), KR_OK, "%s", err.msg);
+    kr_gguf_writer *w = NULL;
+    cr_assert_eq(kr_gguf_writer_open(dst, &w, &err), KR_OK, "%s", err.msg);
+    for (int64_t i = 0; i < kr_gguf_n_kv(in); i++)
+        cr_assert_eq(kr_gguf_writer_copy_kv(w, in, i), KR_OK, "%s", kr_gguf_writer_error(w));
+    const char *sfx = ".attn_norm.bias";
+    uint64_t E = 0;
+    int n_added = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            cr_assert_eq(kr_gguf_writer_begin_data(w), KR_OK, "%s", kr_gguf_writer_error(w));
+        for (int64_t i = 0; i < kr_gguf_n_tensors(in); i++) {
+            const kr_gguf_tensor *t = kr_gguf_tensor_at(in, i);
+            if (pass == 0)
+                cr_assert_eq(kr_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne), KR_OK, "%s",
+                             kr_gguf_writer_error(w));
+            else
+                cr_assert_eq(kr_gguf_writer_write_data(w, t->data, (size_t)t->size), KR_OK, "%s",
+                             kr_gguf_writer_error(w));
+            size_t nl = strlen(t->name), ns = strlen(sfx);
+            if (nl <= ns || strcmp(t->name + nl - ns, sfx) != 0)
+                continue;
+            unsigned l = 0;
+            cr_assert_eq(sscanf(t->name, "blk.%u.", &l), 1);
+            E = t->ne[0];
+            char nm[64];
+            for (int wb = 0; wb < 2; wb++) {
+                snprintf(nm, sizeof nm, "blk.%u.attn_norm_2.%s", l, wb ? "bias" : "weight");
+                if (pass == 0) {
+                    cr_assert_eq(kr_gguf_writer_add_tensor(w, nm, KR_DTYPE_F32, 1, &E), KR_OK, "%s",
+                                 kr_gguf_writer_error(w));
+                    n_added++;
+                    continue;
+                }
+                float *v = malloc(E * sizeof(float));
+                cr_assert_not_null(v);
+                for (uint64_t j = 0; j < E; j++)
+                    v[j] = wb ? 0.2f * cosf(1.3f * (float)j + (float)l) : 1.0f + 0.5f * sinf(0.7f * (float)j + (float)l);
+                cr_assert_eq(kr_gguf_writer_write_data(w, v, E * sizeof(float)), KR_OK, "%s",
+                             kr_gguf_writer_error(w));
+                free(v);
+            }
+        }
+    }
+    cr_assert_eq(kr_gguf_writer_finish(w), KR_OK, "%s", kr_gguf_writer_error(w));
+    kr_gguf_writer_free(w);
+    kr_gguf_close(in);
+    cr_assert_gt(n_added, 0, "no attn_norm.bias in %s", src);
+}
+
+static void mk_falcon(const char *dir, kr_dtype type, bool layout_40b, char *path, size_t n)
+{
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s/f7.gguf", dir);
+    kr_mkmodel_opts o = {.arch = "falcon", .preset = "tiny", .type = type, .out_path = tmp, .seed = 11, .n_threads = 1};
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_OK, "mkmodel: %s", err.msg);
+    if (!layout_40b) {
+        snprintf(path, n, "%s", tmp);
+        return;
+    }
+    snprintf(path, n, "%s/f40.gguf", dir);
+    write_falcon_40b(tmp, path);
+    unlink(tmp);
+}
+
+static void falcon_compare(kr_dtype type, bool layout_40b, bool no_q8, bool no_graph, double tol)
+{
+    kr_backend *be = cuda_or_skip();
+    kr_backend_destroy(be);
+    char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[256];
+    mk_falcon(dir, type, layout_40b, path, sizeof path);
+    compare(path, no_graph, no_q8, tol);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(gpu_forward, falcon_7b_layout_f16) { falcon_compare(KR_DTYPE_F16, false, false, false, NMSE_TOL); }
+Test(gpu_forward, falcon_7b_layout_f16_eager) { falcon_compare(KR_DTYPE_F16, false, false, true, NMSE_TOL); }
+Test(gpu_forward, falcon_7b_layout_q4_0) { falcon_compare(KR_DTYPE_Q4_0, false, true, false, NMSE_TOL); }
+Test(gpu_forward, falcon_7b_layout_q4_0_q8_activations) { falcon_compare(KR_DTYPE_Q4_0, false, false, false, 1e-3); }
+Test(gpu_forward, falcon_7b_layout_q8_0_q8_not_repacked)
+{
+    g_no_repack = true;
+    falcon_compare(KR_DTYPE_Q8_0, false, false, false, 1e-3);
+}
+Test(gpu_forward, falcon_40b_layout_f16) { falcon_compare(KR_DTYPE_F16, true, false, false, NMSE_TOL); }
+Test(gpu_forward, falcon_40b_layout_q8_0) { falcon_compare(KR_DTYPE_Q8_0, true, true, false, NMSE_TOL); }
+Test(gpu_forward, falcon_40b_layout_q8_0_q8_activations) { falcon_compare(KR_DTYPE_Q8_0, true, false, false, 1e-3); }
+
+/* ---- profile ---- */
+
+/* Profiled steps are real eager steps: after profiling positions 0..3 the
+ * next eval's logits equal those of a plain run over the same tokens; the
+ * per-label counts match the model's structure (stories260K: 5 layers,
+ * testdata README). */
+Test(gpu_forward, profile_steps)
+{
+    kr_backend *be = cuda_or_skip();
+    char p[4096];
+    model_path(p, sizeof p, "stories260K-f32.gguf");
+    kr_model *m = load(p);
+    int nv = kr_model_n_vocab(m);
+    kr_gpu_forward *ga = gpu_new(m, be, false, false), *gb = gpu_new(m, be, false, false);
+    const int32_t prompt[5] = {1, 403, 407, 261, 378};
+    kr_err err;
+    kr_err_clear(&err);
+    kr_gpu_forward_prof_op ops[64];
+    size_t n_ops = 0;
+    double step_ms = -1;
+    for (size_t i = 0; i < 64; i++)
+        ops[i] = (kr_gpu_forward_prof_op){.name = "poison", .calls = 999, .ms = -1};
+    cr_assert_eq(kr_gpu_forward_profile(ga, prompt, 4, 0, ops, 64, &n_ops, &step_ms, &err), KR_OK, "%s", err.msg);
+    cr_expect_eq(kr_gpu_forward_n_past(ga), 4u);
+    cr_assert(n_ops > 3 && n_ops <= 64, "%zu ops", n_ops);
+    cr_expect_gt(step_ms, 0.0);
+    double sum = 0;
+    uint32_t n_attn = 0, n_embed = 0, n_calls = 0;
+    for (size_t i = 0; i < n_ops; i++) {
+        cr_expect_geq(ops[i].ms, 0.0, "%s", ops[i].name);
+        if (i > 0)
+            cr_expect_leq(ops[i].ms, ops[i - 1].ms, "not sorted at %zu", i);
+        sum += ops[i].ms;
+        n_calls += ops[i].calls;
+        if (strncmp(ops[i].name, "attention", 9) == 0)
+            n_attn += ops[i].calls;
+        if (strcmp(ops[i].name, "embed") == 0)
+            n_embed += ops[i].calls;
+        cr_expect_neq(strcmp(ops[i].name, "poison"), 0);
+    }
+    cr_expect_eq(n_attn, 5u, "attention launches per step: %u", n_attn);
+    cr_expect_eq(n_embed, 1u);
+    cr_expect(fabs(sum - step_ms) <= 1e-6 * step_ms + 1e-9, "ops sum %g vs step %g", sum, step_ms);
+    float *la = malloc((size_t)nv * 4), *lb = malloc((size_t)nv * 4);
+    cr_assert(la && lb);
+    cr_assert_eq(kr_gpu_forward_eval(ga, prompt + 4, 1, 4, la, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_gpu_forward_eval(gb, prompt, 5, 0, lb, &err), KR_OK, "%s", err.msg);
+    cr_expect_eq(memcmp(la, lb, (size_t)nv * 4), 0, "logits after profiled steps differ");
+    kr_gpu_forward_stats gs;
+    kr_gpu_forward_get_stats(gb, &gs);
+    /* launches_per_token counts the split attention's combine kernel separately */
+    cr_expect(n_calls == gs.launches_per_token || n_calls + 5 == gs.launches_per_token, "%u profiled vs %u launches",
+              n_calls, gs.launches_per_token);
+    /* errors: as eval */
+    cr_expect_eq(kr_gpu_forward_profile(ga, prompt, 1, 9, ops, 64, &n_ops, &step_ms, &err), KR_ERR_STATE);
+    cr_expect_eq(kr_gpu_forward_profile(ga, prompt, 1, 5, NULL, 4, &n_ops, &step_ms, &err), KR_ERR_INVALID_ARG);
+    free(la);
+    free(lb);
+    kr_gpu_forward_free(ga);
+    kr_gpu_forward_free(gb);
+    kr_model_free(m);
+    kr_backend_destroy(be);
+}
+
 /* The repacked Q4_0/Q8_0 kernels and kr_dec_matvec_q8 on GGML blocks compute
  * the same integer dot products: logits agree to float rounding. */
 static void repack_vs_dec(kr_dtype type)
@@ -417,18 +588,18 @@ Test(gpu_forward_host, check_models)
     kr_model_free(m);
     cr_expect_eq(kr_gpu_forward_check(NULL, &err), KR_ERR_INVALID_ARG);
 
-    /* falcon is not on the CUDA path yet: refused with the arch named */
+    /* falcon, 7B and 40B layouts, is on the CUDA path */
     char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
-    snprintf(p, sizeof p, "%s/f.gguf", dir);
-    kr_mkmodel_opts o = {.arch = "falcon", .preset = "tiny", .type = KR_DTYPE_F16, .out_path = p, .seed = 1,
-                         .n_threads = 1};
-    cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_OK, "%s", err.msg);
-    m = load(p);
-    cr_expect_eq(kr_gpu_forward_check(m, &err), KR_ERR_UNSUPPORTED);
-    cr_expect_neq(strstr(err.msg, "falcon"), NULL, "%s", err.msg);
-    kr_model_free(m);
-    unlink(p);
+    for (int l40 = 0; l40 < 2; l40++) {
+        mk_falcon(dir, KR_DTYPE_F16, l40, p, sizeof p);
+        m = load(p);
+        cr_expect_eq(kr_gpu_forward_check(m, &err), KR_OK, "%s", err.msg);
+        if (l40)
+            cr_expect_not_null(kr_model_weight(m, "blk.1.attn_norm_2.bias"));
+        kr_model_free(m);
+        unlink(p);
+    }
     rmdir(dir);
 }
 
