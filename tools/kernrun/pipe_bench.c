@@ -5,7 +5,11 @@
  * step_weight_bytes), plus K and V of every cached position at that step
  * (kv_bytes_per_pos x (pos + 1)), averaged over the decoded tokens. It is
  * compared with a device-to-device copy measured in the same run (bytes
- * read + written per second, as bench-decode-matvec and docs/KERNELS.md). */
+ * read + written per second, as bench-decode-matvec and docs/KERNELS.md).
+ *
+ * --profile (CUDA): after the timed decode, KR__PROF_STEPS more steps run as
+ * eager launches with CUDA events around each (kr_gpu_forward_profile); the
+ * per-kernel times of one step are printed sorted, with % of the step. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +30,7 @@
 static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
     "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops]\n"
-    "                     [--attn-splits N] [-t N]\n"
+    "                     [--attn-splits N] [-t N] [--profile]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -46,6 +50,8 @@ static const char g_usage[] =
     "  --no-fused-ops    separate add/rmsnorm/quantize and swiglu/quantize launches\n"
     "  --attn-splits N   split-K chunks of the decode attention (default: about 2 blocks per SM)\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
+    "  --profile         (cuda) per-kernel GPU time of one decode step: eager launches timed\n"
+    "                    with CUDA events, grouped by kernel and matrix, averaged over 8 steps\n"
     "\n"
     "Exit status: 0 ok, 1 error, 2 usage error.\n";
 
@@ -53,8 +59,11 @@ typedef struct kr__bench_opts {
     const char *model;
     long p, n, threads, attn_splits;
     const char *backend; /* cuda | cpu | auto */
-    bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops;
+    bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops, profile;
 } kr__bench_opts;
+
+#define KR__PROF_STEPS 8
+#define KR__PROF_MAX 64 /* labels kept */
 
 typedef struct kr__bench_res {
     char device[256];
@@ -67,6 +76,11 @@ typedef struct kr__bench_res {
     double bytes_per_tok;     /* average bytes read per decoded token */
     uint32_t launches;        /* per decoded token (0 on cpu) */
     bool graph;
+    kr_gpu_forward_prof_op prof[KR__PROF_MAX]; /* --profile: sorted by time */
+    size_t n_prof;            /* entries in prof (0: no profile) */
+    size_t n_prof_labels;     /* distinct labels (may exceed KR__PROF_MAX) */
+    double prof_step_ms;      /* eager step, first to last event */
+    uint32_t prof_pos;        /* position of the first profiled step */
 } kr__bench_res;
 
 static double kr__now(void)
@@ -137,6 +151,8 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             o->no_repack = true;
         } else if (!strcmp(a, "--no-fused-ops")) {
             o->no_fused_ops = true;
+        } else if (!strcmp(a, "--profile")) {
+            o->profile = true;
         } else if (!strcmp(a, "--attn-splits")) {
             KR__NEED()
             if (!kr__parse_count(v, 1, 1024, &o->attn_splits))
@@ -233,7 +249,7 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
         return kr__fail("copy bandwidth", &e, st);
 
     kr_gpu_forward_params gp = kr_gpu_forward_params_default();
-    gp.n_ctx = (uint32_t)(o->p + o->n + 1);
+    gp.n_ctx = (uint32_t)(o->p + o->n + 1 + (o->profile ? KR__PROF_STEPS : 0));
     gp.no_graph = o->no_graph;
     gp.no_q8 = o->no_q8;
     gp.no_fuse = o->no_fuse;
@@ -273,6 +289,15 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
         }
     }
     r->decode_s = kr__now() - t0;
+    if (o->profile) {
+        r->prof_pos = pos + (uint32_t)o->n;
+        if ((st = kr_gpu_forward_profile(g, toks, KR__PROF_STEPS, r->prof_pos, r->prof, KR__PROF_MAX,
+                                         &r->n_prof_labels, &r->prof_step_ms, &e)) != KR_OK) {
+            rc = kr__fail("profile", &e, st);
+            goto out;
+        }
+        r->n_prof = r->n_prof_labels < KR__PROF_MAX ? r->n_prof_labels : KR__PROF_MAX;
+    }
     kr_gpu_forward_stats gs;
     kr_gpu_forward_get_stats(g, &gs);
     r->weight_bytes = gs.weight_bytes;
@@ -348,11 +373,21 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
                "\"device\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"load_s\":%.3f,\"upload_s\":%.3f,\"p\":%ld,\"n\":%ld,"
                "\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"decode_ms_per_tok\":%.4f,\"bytes_per_tok\":%.0f,"
                "\"decode_gb_s\":%.1f,\"copy_gb_s\":%.1f,\"fraction_of_copy\":%.4f,\"launches_per_tok\":%u,"
-               "\"graph\":%s,\"q8_activations\":%s}\n",
+               "\"graph\":%s,\"q8_activations\":%s",
                o->model, kr_model_arch(m), r->wtype, hp->n_layer, hp->n_embd, r->backend, r->device,
                r->weight_bytes, r->load_s, r->upload_s, o->p, o->n, pre_tps, dec_tps,
                dec_tps > 0 ? 1e3 / dec_tps : 0, r->bytes_per_tok, gbs, r->copy_gbs, frac, r->launches,
                r->graph ? "true" : "false", (!o->no_q8 && !strcmp(r->backend, "cuda")) ? "true" : "false");
+        if (r->n_prof > 0) {
+            printf(",\"profile\":{\"steps\":%d,\"pos\":%u,\"step_ms\":%.4f,\"n_labels\":%zu,\"ops\":[",
+                   KR__PROF_STEPS, r->prof_pos, r->prof_step_ms, r->n_prof_labels);
+            for (size_t i = 0; i < r->n_prof; i++)
+                printf("%s{\"name\":\"%s\",\"calls\":%u,\"ms\":%.5f,\"pct\":%.2f}", i ? "," : "",
+                       r->prof[i].name, r->prof[i].calls, r->prof[i].ms,
+                       r->prof_step_ms > 0 ? 100.0 * r->prof[i].ms / r->prof_step_ms : 0.0);
+            printf("]}");
+        }
+        printf("}\n");
         return;
     }
     printf("model     : %s (%s, %u layers, n_embd %u, %s, %.2f GiB)\n", o->model, kr_model_arch(m), hp->n_layer,
@@ -373,6 +408,18 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
         printf("copy bw   : %.1f GB/s (device-to-device, read+write)\n", r->copy_gbs);
         printf("fraction  : %.1f%% of copy bandwidth\n", 100.0 * frac);
         printf("launches  : %u per decoded token\n", r->launches);
+    }
+    if (r->n_prof > 0) {
+        printf("profile   : eager step at positions %u..%u, mean of %d: %.3f ms from first to last launch "
+               "(timed decode: %.3f ms/token)\n",
+               r->prof_pos, r->prof_pos + KR__PROF_STEPS - 1, KR__PROF_STEPS, r->prof_step_ms,
+               dec_tps > 0 ? 1e3 / dec_tps : 0);
+        printf("  %-48s %6s %10s %7s\n", "kernel", "calls", "ms/step", "%");
+        for (size_t i = 0; i < r->n_prof; i++)
+            printf("  %-48s %6u %10.4f %6.2f%%\n", r->prof[i].name, r->prof[i].calls, r->prof[i].ms,
+                   r->prof_step_ms > 0 ? 100.0 * r->prof[i].ms / r->prof_step_ms : 0.0);
+        if (r->n_prof_labels > r->n_prof)
+            printf("  (%zu more labels not shown)\n", r->n_prof_labels - r->n_prof);
     }
 }
 
@@ -433,6 +480,8 @@ static int run_bench(kr_app *app, int argc, char **argv)
             be = NULL;
         }
     }
+    if (!be && o.profile)
+        KR_LOGW(KR__DOM, "--profile needs the cuda backend; no profile on the CPU");
     rc = be ? kr__bench_cuda(&o, m, be, toks, &r) : kr__bench_cpu(&o, m, toks, &r);
     if (rc == 0)
         kr__print(&o, m, &r);
