@@ -669,3 +669,27 @@ Test(gpu_forward_host, bench_cli_cpu)
     cr_expect_gt(strtod(d + strlen("\"decode_tok_s\":"), NULL), 0.0, "%s", out);
     free(out);
 }
+
+/* `kernrun bench --profile --json` on the GPU: the profile object lists the
+ * step's kernels, attention once per layer (stories260K: 5 layers). */
+Test(gpu_forward, bench_cli_profile)
+{
+    kr_backend *be = cuda_or_skip();
+    kr_backend_destroy(be);
+    const char *exe = getenv("KR_KERNRUN");
+    if (!exe)
+        cr_skip_test("KR_KERNRUN not set (run through meson test)");
+    char cmd[8192], p[4096];
+    model_path(p, sizeof p, "stories260K-f32.gguf");
+    snprintf(cmd, sizeof cmd, "'%s' bench -m '%s' -p 4 -n 4 --backend cuda --profile --json 2>/dev/null", exe, p);
+    char *out = run_cmd(cmd);
+    const char *pr = strstr(out, "\"profile\":{\"steps\":8,");
+    cr_assert_not_null(pr, "%s", out);
+    const char *a = strstr(pr, "{\"name\":\"attention");
+    cr_assert_not_null(a, "%s", out);
+    const char *c = strstr(a, "\"calls\":");
+    cr_assert_not_null(c, "%s", out);
+    cr_expect_eq(strtol(c + strlen("\"calls\":"), NULL, 10), 5, "%s", out);
+    cr_expect_neq(strstr(pr, "\"name\":\"embed\",\"calls\":1,"), NULL, "%s", out);
+    free(out);
+}
