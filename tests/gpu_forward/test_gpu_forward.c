@@ -693,3 +693,29 @@ Test(gpu_forward, bench_cli_profile)
     cr_expect_neq(strstr(pr, "\"name\":\"embed\",\"calls\":1,"), NULL, "%s", out);
     free(out);
 }
+
+/* `kernrun generate --backend cuda` takes falcon (routed by
+ * kr_gpu_forward_check) and prints the CPU's greedy text (F16 tiny falcon,
+ * fp32 activations on both paths). */
+Test(gpu_forward, generate_cuda_equals_cpu_falcon)
+{
+    kr_backend *be = cuda_or_skip();
+    kr_backend_destroy(be);
+    const char *exe = getenv("KR_KERNRUN");
+    if (!exe)
+        cr_skip_test("KR_KERNRUN not set (run through meson test)");
+    char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[256], cmd[8192];
+    mk_falcon(dir, KR_DTYPE_F16, false, path, sizeof path);
+    snprintf(cmd, sizeof cmd, "'%s' generate -m '%s' -p 'hello' --greedy -n 24 --backend cpu 2>/dev/null", exe, path);
+    char *cpu = run_cmd(cmd);
+    snprintf(cmd, sizeof cmd, "'%s' generate -m '%s' -p 'hello' --greedy -n 24 --backend cuda 2>/dev/null", exe, path);
+    char *gpu = run_cmd(cmd);
+    cr_expect_gt(strlen(cpu), 0u, "cpu printed nothing");
+    cr_expect_str_eq(gpu, cpu);
+    free(cpu);
+    free(gpu);
+    unlink(path);
+    rmdir(dir);
+}
