@@ -512,6 +512,24 @@ Test(kvcache, q8_0_cache_nmse_stories260k)
     cr_expect_eq(bad, 0, "%d q8_0 cache elements off by more than half a step", bad);
     free(rf);
     free(rq);
+    /* greedy from BOS with the q8_0 and f16 caches: the ids llama.cpp gives with
+     * its f32/f16 cache (testdata README) */
+    static const int32_t want[16] = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338};
+    kr_context *gc[2] = {cq, ch};
+    for (int ci = 0; ci < 2; ci++) {
+        kr_context_reset(gc[ci]);
+        int32_t cur = 1;
+        for (int i = 0; i < 16; i++) {
+            cr_assert_eq(kr_model_eval(gc[ci], &cur, 1, (uint32_t)i, lq, &err), KR_OK, "%s", err.msg);
+            int32_t best = 0;
+            for (int32_t j = 1; j < V; j++)
+                if (lq[j] > lq[best])
+                    best = j;
+            cr_expect_eq(best, want[i], "%s cache, greedy token %d: %d, want %d", ci ? "f16" : "q8_0", i, best,
+                         want[i]);
+            cur = best;
+        }
+    }
     free(lf);
     free(lq);
     free(lh);
