@@ -398,77 +398,110 @@ KR_GM_ENTRY(kr_gemm_q8_0, KR_GM_T_Q8_0)
 KR_GM_ENTRY(kr_gemm_q4_k, KR_GM_T_Q4_K)
 KR_GM_ENTRY(kr_gemm_q6_k, KR_GM_T_Q6_K)
 
+#endif // KR_GM_HOST_EMU
+
 // ---- FP32 SIMT baseline ------------------------------------------------------
 // C (M, N) = A (M, K) @ W (N, K)^T, all fp32, fp32 FMA accumulation.
 // Tile 128 x 128, K step 8; shared A and W transposed to [k][row] so a thread
 // reads its 8 rows and 8 columns as float4 pairs. Thread (tx = tid%16, ty =
 // tid/16) owns rows ty*4 + {0..3, 64..67} and columns tx*4 + {0..3, 64..67}.
+// The pieces are plain C (host emulation test), as for the tensor-core kernel.
 #define KR_GS_BK 8
 #define KR_GS_LD (128 + 4) // floats per shared row (16-byte aligned rows)
 
-extern "C" __global__ void __launch_bounds__(KR_GM_THREADS)
-    kr_gemm_f32_simt(const float *__restrict__ A, kr_gm_i64 lda, const kr_gm_u8 *__restrict__ W, kr_gm_i64 ldw,
-                     float *__restrict__ C, kr_gm_i64 ldc, int M, int N, int K)
+// Thread tid's part of K step k0: row tid/2 of the A and W tiles, k (tid%2)*4 .. +3.
+__device__ __forceinline__ void kr_gs_load(const float *__restrict__ A, kr_gm_i64 lda, const kr_gm_u8 *__restrict__ W,
+                                           kr_gm_i64 ldw, int M, int N, int m0, int n0, int k0, int tid, float4 *ra,
+                                           float4 *rw)
 {
-    __shared__ __align__(16) float As[KR_GS_BK * KR_GS_LD]; // (BK, 128): As[k][m]
-    __shared__ __align__(16) float Bs[KR_GS_BK * KR_GS_LD]; // (BK, 128): Bs[k][n]
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int m0 = blockIdx.y * 128, n0 = blockIdx.x * 128;
-    const int lrow = tid >> 1, lc = (tid & 1) * 4; // this thread's load: row lrow, k lc..lc+3
-    float acc[8][8];
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            acc[i][j] = 0.0f;
+    const int lrow = tid >> 1, lc = (tid & 1) * 4;
+    *ra = make_float4(0.f, 0.f, 0.f, 0.f);
+    *rw = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (m0 + lrow < M)
+        *ra = *(const float4 *)(A + (kr_gm_i64)(m0 + lrow) * lda + k0 + lc);
+    if (n0 + lrow < N)
+        *rw = *(const float4 *)((const float *)(W + (kr_gm_i64)(n0 + lrow) * ldw) + k0 + lc);
+}
 
-    const float *ap = m0 + lrow < M ? A + (kr_gm_i64)(m0 + lrow) * lda + lc : 0;
-    const float *wp = n0 + lrow < N ? (const float *)(W + (kr_gm_i64)(n0 + lrow) * ldw) + lc : 0;
-    float4 ra = ap ? *(const float4 *)ap : make_float4(0.f, 0.f, 0.f, 0.f);
-    float4 rw = wp ? *(const float4 *)wp : make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int k0 = 0; k0 < K; k0 += KR_GS_BK) {
-        As[(lc + 0) * KR_GS_LD + lrow] = ra.x;
-        As[(lc + 1) * KR_GS_LD + lrow] = ra.y;
-        As[(lc + 2) * KR_GS_LD + lrow] = ra.z;
-        As[(lc + 3) * KR_GS_LD + lrow] = ra.w;
-        Bs[(lc + 0) * KR_GS_LD + lrow] = rw.x;
-        Bs[(lc + 1) * KR_GS_LD + lrow] = rw.y;
-        Bs[(lc + 2) * KR_GS_LD + lrow] = rw.z;
-        Bs[(lc + 3) * KR_GS_LD + lrow] = rw.w;
-        __syncthreads();
-        if (k0 + KR_GS_BK < K) {
-            if (ap)
-                ra = *(const float4 *)(ap + k0 + KR_GS_BK);
-            if (wp)
-                rw = *(const float4 *)(wp + k0 + KR_GS_BK);
+// Transposed into As[k][m], Bs[k][n] ((BK, LD) each).
+__device__ __forceinline__ void kr_gs_store(const float4 *ra, const float4 *rw, float *As, float *Bs, int tid)
+{
+    const int lrow = tid >> 1, lc = (tid & 1) * 4;
+    As[(lc + 0) * KR_GS_LD + lrow] = ra->x;
+    As[(lc + 1) * KR_GS_LD + lrow] = ra->y;
+    As[(lc + 2) * KR_GS_LD + lrow] = ra->z;
+    As[(lc + 3) * KR_GS_LD + lrow] = ra->w;
+    Bs[(lc + 0) * KR_GS_LD + lrow] = rw->x;
+    Bs[(lc + 1) * KR_GS_LD + lrow] = rw->y;
+    Bs[(lc + 2) * KR_GS_LD + lrow] = rw->z;
+    Bs[(lc + 3) * KR_GS_LD + lrow] = rw->w;
+}
+
+// acc (8, 8) += the thread's rows of As times its columns of Bs over one K step.
+__device__ __forceinline__ void kr_gs_step(const float *As, const float *Bs, int tid, float acc[8][8])
+{
+    const int tx = tid & 15, ty = tid >> 4;
+    KR_GM_UNROLL
+    for (int k = 0; k < KR_GS_BK; k++) {
+        float4 a0 = *(const float4 *)(As + k * KR_GS_LD + ty * 4);
+        float4 a1 = *(const float4 *)(As + k * KR_GS_LD + ty * 4 + 64);
+        float4 b0 = *(const float4 *)(Bs + k * KR_GS_LD + tx * 4);
+        float4 b1 = *(const float4 *)(Bs + k * KR_GS_LD + tx * 4 + 64);
+        float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        KR_GM_UNROLL
+        for (int i = 0; i < 8; i++) {
+            KR_GM_UNROLL
+            for (int j = 0; j < 8; j++)
+                acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
-#pragma unroll
-        for (int k = 0; k < KR_GS_BK; k++) {
-            float4 a0 = *(const float4 *)(As + k * KR_GS_LD + ty * 4);
-            float4 a1 = *(const float4 *)(As + k * KR_GS_LD + ty * 4 + 64);
-            float4 b0 = *(const float4 *)(Bs + k * KR_GS_LD + tx * 4);
-            float4 b1 = *(const float4 *)(Bs + k * KR_GS_LD + tx * 4 + 64);
-            float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-                    acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
-        __syncthreads();
     }
-#pragma unroll
+}
+
+// acc[i][j] -> C[m0 + ty*4 + i%4 + 64*(i/4)][n0 + tx*4 + j%4 + 64*(j/4)], inside M x N only.
+__device__ __forceinline__ void kr_gs_store_c(float *C, kr_gm_i64 ldc, int M, int N, int m0, int n0, int tid,
+                                              float acc[8][8])
+{
+    const int tx = tid & 15, ty = tid >> 4;
+    KR_GM_UNROLL
     for (int i = 0; i < 8; i++) {
         const int row = m0 + ty * 4 + (i & 3) + (i >> 2) * 64;
         if (row >= M)
             continue;
-#pragma unroll
+        KR_GM_UNROLL
         for (int j = 0; j < 8; j++) {
             const int col = n0 + tx * 4 + (j & 3) + (j >> 2) * 64;
             if (col < N)
                 C[(kr_gm_i64)row * ldc + col] = acc[i][j];
         }
     }
+}
+
+#ifndef KR_GM_HOST_EMU
+extern "C" __global__ void __launch_bounds__(KR_GM_THREADS)
+    kr_gemm_f32_simt(const float *__restrict__ A, kr_gm_i64 lda, const kr_gm_u8 *__restrict__ W, kr_gm_i64 ldw,
+                     float *__restrict__ C, kr_gm_i64 ldc, int M, int N, int K)
+{
+    __shared__ __align__(16) float As[KR_GS_BK * KR_GS_LD]; // (BK, 128): As[k][m]
+    __shared__ __align__(16) float Bs[KR_GS_BK * KR_GS_LD]; // (BK, 128): Bs[k][n]
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.y * 128, n0 = blockIdx.x * 128;
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            acc[i][j] = 0.0f;
+    float4 ra, rw; // next K step (kr_gs_load)
+    kr_gs_load(A, lda, W, ldw, M, N, m0, n0, 0, tid, &ra, &rw);
+    for (int k0 = 0; k0 < K; k0 += KR_GS_BK) {
+        kr_gs_store(&ra, &rw, As, Bs, tid);
+        __syncthreads();
+        if (k0 + KR_GS_BK < K)
+            kr_gs_load(A, lda, W, ldw, M, N, m0, n0, k0 + KR_GS_BK, tid, &ra, &rw);
+        kr_gs_step(As, Bs, tid, acc);
+        __syncthreads();
+    }
+    kr_gs_store_c(C, ldc, M, N, m0, n0, tid, acc);
 }
 #endif // KR_GM_HOST_EMU

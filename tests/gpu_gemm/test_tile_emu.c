@@ -16,8 +16,10 @@
  * the mma itself is emulated here, from the PTX ISA's m16n8k16 fragment
  * layout, and the phases run thread after thread) vs the double reference of
  * the fp16-rounded inputs, at odd sizes: checks every index of the kernel
- * except the hardware mma. Built twice, KR_GM_BM 128 and 64. */
+ * except the hardware mma. Built twice, KR_GM_BM 128 and 64. gemm_block::simt_f32
+ * does the same for the FP32 SIMT kernel (no warp-level operations: exact). */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,5 +300,83 @@ Test(gemm_block, all_types, .timeout = 240)
         check_block(types[t], 1, 1, kq, 0, 0);
         check_block(types[t], 7, 5, kq, 4, 3);
         check_block(types[t], KR_GM_BM + 3, 131, 2 * kq, 8, 1); /* two tiles each way, ragged */
+    }
+}
+
+/* ---- the FP32 SIMT kernel, emulated from its pieces ------------------------------ */
+
+static void emu_simt(const float *A, kr_gm_i64 lda, const uint8_t *W, kr_gm_i64 ldw, float *C, kr_gm_i64 ldc, int M,
+                     int N, int K)
+{
+    static _Alignas(16) float As[KR_GS_BK * KR_GS_LD], Bs[KR_GS_BK * KR_GS_LD];
+    static float acc[KR_GM_THREADS][8][8];
+    static float4 ra[KR_GM_THREADS], rw[KR_GM_THREADS];
+    for (int m0 = 0; m0 < M; m0 += 128) {
+        for (int n0 = 0; n0 < N; n0 += 128) {
+            memset(acc, 0, sizeof acc);
+            for (int k0 = 0; k0 < K; k0 += KR_GS_BK) {
+                for (int tid = 0; tid < KR_GM_THREADS; tid++)
+                    kr_gs_load(A, lda, W, ldw, M, N, m0, n0, k0, tid, &ra[tid], &rw[tid]);
+                for (int tid = 0; tid < KR_GM_THREADS; tid++)
+                    kr_gs_store(&ra[tid], &rw[tid], As, Bs, tid);
+                for (int tid = 0; tid < KR_GM_THREADS; tid++)
+                    kr_gs_step(As, Bs, tid, acc[tid]);
+            }
+            for (int tid = 0; tid < KR_GM_THREADS; tid++)
+                kr_gs_store_c(C, ldc, M, N, m0, n0, tid, acc[tid]);
+        }
+    }
+}
+
+Test(gemm_block, simt_f32, .timeout = 120)
+{
+    g_rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x61C8864680B583EBull;
+    const int sizes[][5] = {{1, 1, 32, 0, 0}, {7, 5, 64, 4, 3}, {131, 257, 96, 8, 1}, {128, 128, 32, 0, 0}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+        size_t lda = (size_t)(K + sizes[s][3]), ldc = (size_t)(N + sizes[s][4]), ldw = (size_t)K * 4;
+        float *a = aligned_alloc(16, (size_t)M * lda * sizeof(float));
+        float *w = aligned_alloc(16, (size_t)N * ldw);
+        float *c = malloc(((size_t)M * ldc + 16) * sizeof *c);
+        cr_assert(a && w && c);
+        for (size_t i = 0; i < (size_t)M * lda; i++)
+            a[i] = rng_f(-2.0f, 2.0f);
+        for (size_t i = 0; i < (size_t)N * K; i++)
+            w[i] = rng_f(-1.0f, 1.0f);
+        memset(c, 0xFF, ((size_t)M * ldc + 16) * sizeof *c);
+        emu_simt(a, (kr_gm_i64)lda, (const uint8_t *)w, (kr_gm_i64)ldw, c, (kr_gm_i64)ldc, M, N, K);
+        double num = 0, den = 0;
+        size_t unwritten = 0, outside = 0;
+        for (int i = 0; i < M; i++) {
+            for (size_t j = 0; j < ldc; j++) {
+                uint32_t u;
+                memcpy(&u, &c[(size_t)i * ldc + j], 4);
+                if ((int)j >= N) {
+                    outside += u != 0xFFFFFFFFu;
+                    continue;
+                }
+                if (u == 0xFFFFFFFFu) {
+                    unwritten++;
+                    continue;
+                }
+                double ref = 0;
+                for (int k = 0; k < K; k++)
+                    ref += (double)a[(size_t)i * lda + k] * w[(size_t)j * K + k];
+                double e = c[(size_t)i * ldc + j] - ref;
+                num += e * e;
+                den += ref * ref;
+            }
+        }
+        for (int i = 0; i < 16; i++) {
+            uint32_t u;
+            memcpy(&u, &c[(size_t)M * ldc + i], 4);
+            outside += u != 0xFFFFFFFFu;
+        }
+        cr_expect_eq(unwritten, 0, "M %d N %d K %d: %zu unwritten", M, N, K, unwritten);
+        cr_expect_eq(outside, 0, "M %d N %d K %d: %zu writes outside C", M, N, K, outside);
+        cr_expect_leq(num / den, 1e-12, "M %d N %d K %d: NMSE %g", M, N, K, num / den);
+        free(a);
+        free(w);
+        free(c);
     }
 }
