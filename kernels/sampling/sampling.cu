@@ -457,14 +457,8 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     int hist_n = hist_meta[0];
     bool pen = hist_n > 0 && (repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f);
     bool adj = pen || n_bias > 0;
-    // top-k's first radix histogram rides along when the logits stay as read
-    const bool fused = !adj && !greedy && top_k > 0;
-    if (fused) {
-        for (int b = tid; b < (1 << 12); b += KR_GS_THREADS)
-            sh.cnt[b] = 0;
-        __syncthreads();
-    }
     float bm = -KR_GS_INF;
+    double sum = 0.0; // of the finite logits: their mean scales top-k's prefilter
     int bi = 0x7fffffff, nf = 0;
     for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
         float v[KR_GS_UNROLL];
@@ -485,11 +479,12 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
                         bm = l;
                         bi = i;
                     }
-                    nf += l != -KR_GS_INF;
+                    if (l != -KR_GS_INF) {
+                        nf++;
+                        sum += (double)l;
+                    }
                 }
             }
-            if (fused)
-                kr_gs_hist_add(&sh, i < n_vocab && l != -KR_GS_INF ? kr_gs_key(l) >> KR_GS_CNT_FIRST_SHIFT : 0xffffffffu);
         }
     }
     __syncthreads();
@@ -537,8 +532,12 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
             bm = l;
             bi = i;
         }
-        nf += l != -KR_GS_INF;
+        if (l != -KR_GS_INF) {
+            nf++;
+            sum += (double)l;
+        }
     }
+    sum = kr_gs_block_sum_d(sum, &sh);
     for (int o = 16; o > 0; o >>= 1) {
         float m2 = __shfl_down_sync(KR_GS_FULL, bm, o);
         int i2 = __shfl_down_sync(KR_GS_FULL, bi, o);
@@ -599,7 +598,63 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     if (top_k > 0 && top_k < n_fin) {
         kr_u32 v, ceq;
         kr_u64 above;
-        if (kr_gs_radix(&sh, cur, n_vocab, ck_key, ck_id, false, fused, (kr_u64)top_k, maxl, &v, &above, &ceq)) {
+        // Prefilter: count the tokens at or above 8 thresholds M - d_j,
+        // d_j = (M - mean) * 2^(j-6) (registers only, no atomics); the
+        // highest threshold with >= K tokens, if it holds <= KR_GS_SORT_MAX,
+        // gives the candidates directly. Else the radix selection.
+        const double spread = (double)maxl - sum / (double)n_fin;
+        bool pre = false;
+        if (spread > 0.0) {
+            float thr[8];
+            int c[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                thr[j] = (float)((double)maxl - spread * (double)(1 << j) / 64.0);
+                c[j] = 0;
+            }
+            for (int base = 0; base < n_vocab; base += KR_GS_THREADS * 4) {
+                float x[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    int i = base + u * KR_GS_THREADS + tid;
+                    x[u] = i < n_vocab ? cur[i] : -KR_GS_INF;
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    if (x[u] >= thr[7] && x[u] != -KR_GS_INF) {
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            c[j] += x[u] >= thr[j];
+                    }
+                }
+            }
+            if (tid < 8)
+                sh.red_i[tid] = 0;
+            __syncthreads();
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int w = c[j];
+                for (int o = 16; o > 0; o >>= 1)
+                    w += __shfl_down_sync(KR_GS_FULL, w, o);
+                if (lane == 0)
+                    atomicAdd(&sh.red_i[j], w);
+            }
+            __syncthreads();
+            int jp = -1, cp = 0;
+            for (int j = 0; j < 8; j++) {
+                if (sh.red_i[j] >= top_k) {
+                    jp = j;
+                    cp = sh.red_i[j];
+                    break;
+                }
+            }
+            __syncthreads();
+            if (jp >= 0 && cp <= KR_GS_SORT_MAX) {
+                kr_gs_compact(&sh, cur, n_vocab, kr_gs_key(thr[jp]), ck_key, ck_id);
+                pre = true;
+            }
+        }
+        if (pre || kr_gs_radix(&sh, cur, n_vocab, ck_key, ck_id, false, false, (kr_u64)top_k, maxl, &v, &above, &ceq)) {
             kr_gs_sort(&sh, sh.n_small, false);
             small = true;
             n_s = top_k;
