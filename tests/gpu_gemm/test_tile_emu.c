@@ -291,7 +291,7 @@ static void check_block(kr_dtype wt, int M, int N, int K, int lda_pad, int ldc_p
     free(c);
 }
 
-Test(gemm_block, all_types, .timeout = 240)
+Test(gemm_block, all_types)
 {
     g_rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x2545F4914F6CDD1Dull;
     const kr_dtype types[] = {KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
@@ -328,7 +328,7 @@ static void emu_simt(const float *A, kr_gm_i64 lda, const uint8_t *W, kr_gm_i64 
     }
 }
 
-Test(gemm_block, simt_f32, .timeout = 120)
+Test(gemm_block, simt_f32)
 {
     g_rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x61C8864680B583EBull;
     const int sizes[][5] = {{1, 1, 32, 0, 0}, {7, 5, 64, 4, 3}, {131, 257, 96, 8, 1}, {128, 128, 32, 0, 0}};
