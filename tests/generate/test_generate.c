@@ -392,3 +392,45 @@ Test(generate, logit_bias_and_ignore_eos)
     cr_expect(strstr(a.err, "/   100 runs") != NULL, "all 100 tokens sampled:\n%s", a.err);
     free_result(&a);
 }
+
+/* --ctx-shift: at a full context the run keeps --keep positions, drops half of
+ * the rest and goes on, where the default stops. */
+Test(generate, ctx_shift_continues_past_the_context)
+{
+    const char *info[] = {"KERNRUN_RUNTIME_LOG_LEVEL=info", NULL};
+    const char *stop[] = {"-m", stories(), "-p", "Once upon a time", "-n", "60", "-c", "24", "--greedy", NULL};
+    run_result r0 = run_kernrun(stop, info);
+    cr_assert_eq(r0.status, 0, "stderr:\n%s", r0.err);
+    cr_expect(strstr(r0.err, "context full") != NULL, "%s", r0.err);
+
+    const char *shift[] = {"-m", stories(), "-p", "Once upon a time", "-n", "60", "-c", "24", "--greedy",
+                           "--ctx-shift", "--keep", "4", NULL};
+    run_result r1 = run_kernrun(shift, info);
+    cr_assert_eq(r1.status, 0, "stderr:\n%s", r1.err);
+    cr_expect(strstr(r1.err, "shifted") != NULL, "shift logged:\n%s", r1.err);
+    /* identical until the first shift, then it keeps going */
+    cr_expect(strlen(r1.out) > strlen(r0.out), "shift [%s] vs stop [%s]", r1.out, r0.out);
+    cr_expect(strncmp(r1.out, r0.out, strlen(r0.out)) == 0, "shift [%s] vs stop [%s]", r1.out, r0.out);
+    free_result(&r0);
+    free_result(&r1);
+
+    const char *bad[] = {"-m", stories(), "-p", "x", "--kv-type", "q4_0", NULL};
+    run_result r2 = run_kernrun(bad, NULL);
+    cr_expect_eq(r2.status, 1);
+    cr_expect(strstr(r2.err, "--kv-type") != NULL && strstr(r2.err, "q4_0") != NULL, "%s", r2.err);
+    free_result(&r2);
+}
+
+/* Smaller KV caches keep stories260K's greedy text (the llama.cpp golden). */
+Test(generate, kv_type_f16_and_q8_0_keep_the_golden_text)
+{
+    const char *types[] = {"f16", "q8_0"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *args[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--greedy", "--backend", "cpu",
+                              "--kv-type", types[i], NULL};
+        run_result r = run_kernrun(args, NULL);
+        cr_assert_eq(r.status, 0, "%s: stderr:\n%s", types[i], r.err);
+        cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "%s: [%s]", types[i], r.out);
+        free_result(&r);
+    }
+}

@@ -37,6 +37,10 @@ static const char g_usage[] =
     "  -f, --file FILE         read the prompt from FILE\n"
     "  -n, --n-predict N       tokens to generate (default 128; -1 = until EOS or context end)\n"
     "  -c, --ctx-size N        context size (default: min(trained context, 4096))\n"
+    "      --kv-type T         KV cache rows: f32 (default), f16 or q8_0 (CPU backend)\n"
+    "      --ctx-shift         when the context is full, keep the first --keep positions, drop half\n"
+    "                          of the rest and go on (default: stop) (CPU backend)\n"
+    "      --keep N            positions a context shift keeps at the start (default 0)\n"
     "  -s, --seed N            sampler seed (default: random, logged)\n"
     "  -t, --threads N         CPU threads (default: all online CPUs)\n"
     "      --temp T            temperature (default 0.8; 0 = greedy)\n"
@@ -102,6 +106,9 @@ typedef struct kr__gen_opts {
     const char *backend;   /* cpu | cuda | auto */
     long n_predict;        /* -n; < 0 = unbounded */
     long n_ctx;            /* -c; 0 = default */
+    const char *kv_type;   /* --kv-type; NULL = default */
+    bool ctx_shift;        /* --ctx-shift */
+    long n_keep;           /* --keep */
     long threads;          /* -t; 0 = default */
     bool chat, no_bos;
     kr__set sets[KR__MAX_SETS]; /* sampling flags, in order */
@@ -273,6 +280,15 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("-l", "--logit-bias")) {
             KR__VAL();
             rc = kr__parse_bias(o, a, val);
+        } else if (KR__IS("--kv-type", NULL)) {
+            KR__VAL();
+            o->kv_type = val;
+        } else if (KR__IS("--ctx-shift", NULL)) {
+            KR__NOVAL();
+            o->ctx_shift = true;
+        } else if (KR__IS("--keep", NULL)) {
+            KR__VAL();
+            rc = kr__parse_long(a, val, 0, INT32_MAX, &o->n_keep);
         } else if (KR__IS("--ignore-eos", NULL)) {
             KR__NOVAL();
             o->ignore_eos = true;
@@ -572,9 +588,19 @@ static int run_generate(kr_app *app, int argc, char **argv)
         rc = kr__fail(&e, st);
         goto out;
     }
+    if (gpu && (o.kv_type || o.ctx_shift)) {
+        fprintf(stderr, "kernrun generate: error: --kv-type and --ctx-shift are not available on the CUDA "
+                        "path yet (it keeps an f16 cache and stops when full); use --backend cpu\n");
+        goto out;
+    }
     kr_context_params cp = kr_context_params_default();
     if (o.n_ctx > 0)
         cp.n_ctx = (uint32_t)o.n_ctx;
+    if (o.kv_type && (st = kr_kv_type_parse(o.kv_type, &cp.kv_type, &e)) != KR_OK) {
+        kr_err_prefix(&e, "--kv-type");
+        rc = kr__fail(&e, st);
+        goto out;
+    }
     if (o.threads > 0)
         cp.n_threads = (int)o.threads;
     if (!gpu)
@@ -736,8 +762,19 @@ static int run_generate(kr_app *app, int argc, char **argv)
         }
         if (o.n_predict >= 0 && n_gen >= o.n_predict)
             break; /* no need to evaluate the last token */
+        if (pos >= n_ctx && o.ctx_shift && ctx) {
+            uint32_t n_drop = 0;
+            st = kr_context_shift(ctx, (uint32_t)o.n_keep, &n_drop, &e);
+            if (st != KR_OK) {
+                kr_err_prefix(&e, "context shift at position %u", (unsigned)pos);
+                rc = kr__fail(&e, st);
+                goto out;
+            }
+            KR_LOGI(KR__DOM, "context full: shifted (kept %ld, dropped %u positions)", o.n_keep, (unsigned)n_drop);
+            pos = kr_context_n_past(ctx);
+        }
         if (pos >= n_ctx) {
-            stop = "context full (-c)";
+            stop = o.ctx_shift ? "context full (shift freed nothing; lower --keep)" : "context full (-c)";
             break;
         }
         double te = kr__now_ms();
