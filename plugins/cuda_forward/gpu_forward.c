@@ -1303,3 +1303,8 @@ kr_status kr_gpu_forward_profile(kr_gpu_forward *g, const int32_t *tokens, size_
     free(tab);
     return st;
 }
+
+/* ---- device logits for on-device sampling ------------------------------------------------ */
+
+const float *kr_gpu_forward_logits_device(const kr_gpu_forward *g) { return g->logits; }
+kr_stream *kr_gpu_forward_stream(const kr_gpu_forward *g) { return g->stream; }

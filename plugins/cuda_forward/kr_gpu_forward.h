@@ -106,4 +106,12 @@ kr_status kr_gpu_forward_profile(kr_gpu_forward *g, const int32_t *tokens, size_
                                  kr_gpu_forward_prof_op *ops, size_t cap, size_t *n_ops, double *step_ms,
                                  kr_err *err);
 
+/* Device address of the logits of the last evaluated token: (n_vocab) fp32,
+ * valid after a successful kr_gpu_forward_eval (with or without logits_last)
+ * until the next eval or free. Written on kr_gpu_forward_stream(g); eval has
+ * synchronised that stream when it returns. For on-device sampling. */
+const float *kr_gpu_forward_logits_device(const kr_gpu_forward *g);
+/* The stream every step runs on (owned by g). */
+kr_stream *kr_gpu_forward_stream(const kr_gpu_forward *g);
+
 #endif
