@@ -23,6 +23,7 @@
 #include "kernrun/tokenizer.h"
 #include "app.h"
 #include "kr_gpu_forward.h"
+#include "kr_gpu_sampling.h"
 #include "pipelines.h"
 
 #define KR__DOM "generate"
@@ -60,6 +61,8 @@ static const char g_usage[] =
     "  -l, --logit-bias ID(+|-)BIAS  add BIAS to token ID's logit (\"-inf\" bans it; repeatable)\n"
     "      --ignore-eos        never end at an end-of-generation token (they are banned)\n"
     "      --backend B         cpu | cuda | auto (default auto)\n"
+    "      --sampler S         cpu | gpu | auto (default auto: gpu on the CUDA path, so only the\n"
+    "                          token id comes back per step; gpu needs the CUDA path)\n"
     "Sampling values come from (low to high): built-in defaults, the [sampling] section of the\n"
     "global `kernrun --config FILE`, KERNRUN_SAMPLING_<KEY> environment variables, the flags above.\n";
 
@@ -104,6 +107,7 @@ typedef struct kr__gen_opts {
     kr_logit_bias bias[KR__MAX_SETS]; /* -l, in order */
     int n_bias;
     const char *backend;   /* cpu | cuda | auto */
+    const char *sampler;   /* --sampler cpu | gpu | auto (checked when parsed) */
     long n_predict;        /* -n; < 0 = unbounded */
     long n_ctx;            /* -c; 0 = default */
     const char *kv_type;   /* --kv-type; NULL = default */
@@ -298,6 +302,11 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("--backend", NULL)) {
             KR__VAL();
             o->backend = val; /* checked by the config ([runtime] backend) */
+        } else if (KR__IS("--sampler", NULL)) {
+            KR__VAL();
+            if (strcmp(val, "cpu") != 0 && strcmp(val, "gpu") != 0 && strcmp(val, "auto") != 0)
+                return kr__bad(a, val, "expected cpu, gpu or auto");
+            o->sampler = val;
         } else {
             fprintf(stderr, "kernrun generate: unknown option '%s' (see kernrun generate --help)\n", argv[i]);
             return 2;
@@ -486,6 +495,49 @@ static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, bo
     return st;
 }
 
+/* The GPU sampler (plugins/cuda_sampling) for the CUDA path, with the same
+ * parameters as the CPU sampler: --sampler gpu fails when it cannot be made,
+ * auto logs why and keeps the CPU sampler (*out NULL). Compiles its kernel
+ * now, so a JIT failure is seen here and not at the first token. */
+static kr_status kr__gen_open_gpu_sampler(kr_app *app, const kr_sampler_params *sp, int32_t n_tok, bool required,
+                                          kr_gpu_sampler **out, kr_err *e)
+{
+    *out = NULL;
+    kr_backend *be = kr_runtime_backend(kr_app_runtime(app));
+    kr_status st = kr_gpu_sampler_create(be, sp, n_tok, out, e);
+    if (st == KR_OK && (st = kr_gpu_sampler_prepare(*out, e)) != KR_OK) {
+        kr_gpu_sampler_free(*out);
+        *out = NULL;
+    }
+    if (st != KR_OK) {
+        if (required)
+            return kr_err_prefix(e, "--sampler gpu");
+        KR_LOGW(KR__DOM, "sampler auto: sampling on the CPU (GPU sampler unavailable: %s)", e->msg);
+        kr_err_clear(e);
+        return KR_OK;
+    }
+    KR_LOGI(KR__DOM, "sampler gpu: sampling from the device logits");
+    return KR_OK;
+}
+
+/* Sampler step on whichever sampler is in use: the GPU one reads the
+ * forward's device logits (copies back only the token id). */
+static kr_status kr__gen_sample(kr_sampler *smp, kr_gpu_sampler *gsmp, kr_gpu_forward *gpu, const float *logits,
+                                int32_t *next, kr_err *e)
+{
+    if (gsmp)
+        return kr_gpu_sampler_sample(gsmp, kr_gpu_forward_stream(gpu), kr_gpu_forward_logits_device(gpu), next, e);
+    return kr_sampler_sample(smp, logits, next, e);
+}
+
+static kr_status kr__gen_accept(kr_sampler *smp, kr_gpu_sampler *gsmp, kr_gpu_forward *gpu, int32_t token,
+                                kr_err *e)
+{
+    if (gsmp)
+        return kr_gpu_sampler_accept(gsmp, kr_gpu_forward_stream(gpu), token, e);
+    return kr_sampler_accept(smp, token, e);
+}
+
 static kr_status kr__gen_eval(kr_context *ctx, kr_gpu_forward *gpu, const int32_t *t, size_t n, uint32_t pos,
                               float *logits, kr_err *e)
 {
@@ -494,7 +546,7 @@ static kr_status kr__gen_eval(kr_context *ctx, kr_gpu_forward *gpu, const int32_
 
 static int run_generate(kr_app *app, int argc, char **argv)
 {
-    kr__gen_opts o = {.n_predict = 128};
+    kr__gen_opts o = {.n_predict = 128, .sampler = "auto"};
     int prc = kr__parse_args(argc, argv, &o);
     if (prc == -1)
         return 0;
@@ -529,6 +581,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
     kr_gpu_forward *gpu = NULL;
     kr_tokenizer *tok = NULL;
     kr_sampler *smp = NULL;
+    kr_gpu_sampler *gsmp = NULL; /* CUDA path: samples on the device (smp stays the fallback) */
     kr_detok *dt = NULL;
     kr_logit_bias *bias = NULL; /* (n_bias,) -l entries + banned end tokens */
 
@@ -639,6 +692,18 @@ static int run_generate(kr_app *app, int argc, char **argv)
         rc = kr__fail(&e, st);
         goto out;
     }
+    if (!gpu && strcmp(o.sampler, "gpu") == 0) {
+        fprintf(stderr, "kernrun generate: error: --sampler gpu needs the CUDA path (--backend cuda, or auto "
+                        "with a CUDA device and a supported model)\n");
+        goto out;
+    }
+    if (gpu && strcmp(o.sampler, "cpu") != 0 &&
+        (st = kr__gen_open_gpu_sampler(app, &sp, n_tok, strcmp(o.sampler, "gpu") == 0, &gsmp, &e)) != KR_OK) {
+        rc = kr__fail(&e, st);
+        goto out;
+    }
+    if (gpu && !gsmp)
+        KR_LOGI(KR__DOM, "sampler cpu: logits copied back every step");
     double t_load = kr__now_ms() - t0;
 
     /* prompt -> tokens */
@@ -702,7 +767,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
 
     /* prefill */
     double t1 = kr__now_ms();
-    st = kr__gen_eval(ctx, gpu, toks, n_prompt, 0, logits, &e);
+    st = kr__gen_eval(ctx, gpu, toks, n_prompt, 0, gsmp ? NULL : logits, &e);
     if (st != KR_OK) {
         kr_err_prefix(&e, "evaluating the prompt");
         rc = kr__fail(&e, st);
@@ -710,7 +775,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
     }
     double t_prompt = kr__now_ms() - t1;
     for (size_t i = 0; i < n_prompt; i++) {
-        st = kr_sampler_accept(smp, toks[i], &e);
+        st = kr__gen_accept(smp, gsmp, gpu, toks[i], &e);
         if (st != KR_OK) {
             rc = kr__fail(&e, st);
             goto out;
@@ -732,7 +797,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
             break;
         double ts = kr__now_ms();
         int32_t next;
-        st = kr_sampler_sample(smp, logits, &next, &e);
+        st = kr__gen_sample(smp, gsmp, gpu, logits, &next, &e);
         t_sample += kr__now_ms() - ts;
         if (st != KR_OK) {
             kr_err_prefix(&e, "sampling token %ld", n_gen);
@@ -755,7 +820,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
             fprintf(stderr, "kernrun generate: error: writing to stdout failed\n");
             goto out;
         }
-        st = kr_sampler_accept(smp, next, &e);
+        st = kr__gen_accept(smp, gsmp, gpu, next, &e);
         if (st != KR_OK) {
             rc = kr__fail(&e, st);
             goto out;
@@ -778,7 +843,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
             break;
         }
         double te = kr__now_ms();
-        st = kr__gen_eval(ctx, gpu, &next, 1, pos, logits, &e);
+        st = kr__gen_eval(ctx, gpu, &next, 1, pos, gsmp ? NULL : logits, &e);
         t_eval += kr__now_ms() - te;
         if (st != KR_OK) {
             kr_err_prefix(&e, "evaluating position %u", (unsigned)pos);
@@ -815,6 +880,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
 out:
     free(bias);
     kr_detok_free(dt);
+    kr_gpu_sampler_free(gsmp);
     kr_sampler_free(smp);
     free(logits);
     free(toks);
