@@ -702,8 +702,8 @@ static int run_generate(kr_app *app, int argc, char **argv)
         rc = kr__fail(&e, st);
         goto out;
     }
-    if (gpu && !gsmp)
-        KR_LOGI(KR__DOM, "sampler cpu: logits copied back every step");
+    if (!gsmp)
+        KR_LOGI(KR__DOM, "sampler cpu%s", gpu ? ": logits copied back every step" : "");
     double t_load = kr__now_ms() - t0;
 
     /* prompt -> tokens */
