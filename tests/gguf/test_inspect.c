@@ -11,7 +11,7 @@
 
 #include "gguf_test_util.h"
 
-TestSuite(gguf_inspect, .fini = tu_leak_check);
+TestSuite(gguf_inspect, .fini = kr_test_leak_check);
 
 #ifndef KR_KERNRUN_EXE
 #error "KR_KERNRUN_EXE must be defined by the build"

@@ -10,7 +10,7 @@
 
 #define REJ(tag, b, code, n1, n2) tu_expect_reject(tag, b, code, n1, n2)
 
-TestSuite(gguf_malformed, .fini = tu_leak_check);
+TestSuite(gguf_malformed, .fini = kr_test_leak_check);
 
 Test(gguf_malformed, every_truncation)
 {

@@ -9,8 +9,8 @@
 
 #include "gguf_test_util.h"
 
-TestSuite(gguf_reader, .fini = tu_leak_check);
-TestSuite(gguf_real, .fini = tu_leak_check);
+TestSuite(gguf_reader, .fini = kr_test_leak_check);
+TestSuite(gguf_real, .fini = kr_test_leak_check);
 
 Test(gguf_reader, valid_reference_file)
 {

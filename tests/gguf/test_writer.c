@@ -8,7 +8,7 @@
 
 #include "gguf_test_util.h"
 
-TestSuite(gguf_writer, .fini = tu_leak_check);
+TestSuite(gguf_writer, .fini = kr_test_leak_check);
 
 static void tmp_path(char *buf, size_t cap)
 {

@@ -25,6 +25,7 @@
 #include "kernrun/runtime.h"
 
 #include "example.h"
+#include "kr_test_leaks.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
@@ -255,6 +256,10 @@ static void check_vec_scale_add(kr_runtime *rt, int64_t n, uint64_t *rng)
 }
 
 /* ---- tests -------------------------------------------------------------------- */
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(gpu, .fini = kr_test_leak_check);
+TestSuite(example, .fini = kr_test_leak_check);
 
 Test(gpu, device_info, .timeout = 120)
 {

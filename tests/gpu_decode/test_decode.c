@@ -21,6 +21,7 @@
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
 #include "kr_decode.h"
+#include "kr_test_leaks.h"
 
 #define KR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -279,6 +280,10 @@ static void run_matvec(gpu *g, kr_dtype t, int64_t rows, int64_t cols, size_t ex
 
 static const kr_dtype k_block32[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0, KR_DTYPE_F16, KR_DTYPE_F32};
 static const kr_dtype k_block256[] = {KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(gpu_decode, .fini = kr_test_leak_check);
+TestSuite(decode_host, .fini = kr_test_leak_check);
 
 Test(gpu_decode, matvec_block32_types, .timeout = 300)
 {

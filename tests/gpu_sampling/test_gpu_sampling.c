@@ -20,6 +20,7 @@
 #include "kernrun/backend.h"
 #include "kernrun/sampling.h"
 #include "kr_gpu_sampling.h"
+#include "kr_test_leaks.h"
 
 /* ---- harness ---------------------------------------------------------------- */
 
@@ -194,6 +195,10 @@ static void run_combo(kr_backend *be, const combo *c, int32_t n_vocab, int steps
 }
 
 /* ---- tests -------------------------------------------------------------------- */
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(gpu_sampling_host, .fini = kr_test_leak_check);
+TestSuite(gpu_sampling, .fini = kr_test_leak_check);
 
 Test(gpu_sampling_host, rejects_non_cuda_and_bad_params)
 {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "kernrun/jit.h"
+#include "kr_test_leaks.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
@@ -133,6 +134,11 @@ static void write_file(const char *path, const void *data, size_t size)
 }
 
 /* ---- SHA-256 against FIPS 180-2 / NIST example values ------------------------ */
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(sha256, .fini = kr_test_leak_check);
+TestSuite(jit, .fini = kr_test_leak_check);
+TestSuite(jit_cache, .fini = kr_test_leak_check);
 
 Test(sha256, known_answers)
 {

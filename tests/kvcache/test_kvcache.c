@@ -13,6 +13,7 @@
 #include "kernrun/kvcache.h"
 #include "kernrun/model.h"
 #include "tiny_model.h"
+#include "kr_test_leaks.h"
 
 static double nmse_ff(const float *a, const float *b, size_t n)
 {
@@ -136,6 +137,9 @@ static void window_case(kr_dtype kv, double tol_masked)
     free(la);
     free(lb);
 }
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(kvcache, .fini = kr_test_leak_check);
 
 Test(kvcache, window_ring_equals_masked_full_f32) { window_case(KR_DTYPE_F32, 1e-10); }
 /* q8_0 rows are identical in both layouts (same rows quantized the same way) */

@@ -10,6 +10,7 @@
 
 #include "kernrun/builtin_model.h"
 #include "kernrun/model.h"
+#include "kr_test_leaks.h"
 
 static char g_path[4096];
 
@@ -76,6 +77,9 @@ static void greedy(kr_context *c, int32_t n_vocab, int32_t first, int32_t *out, 
 
 static const int32_t k_stories_bos[16] = {403, 407, 261, 378, 432, 383, 286, 261,
                                           376, 298, 315, 421, 395, 317, 426, 338};
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(golden, .fini = kr_test_leak_check);
 
 Test(golden, stories260k_greedy_from_bos)
 {

@@ -10,6 +10,7 @@
 #include "kernrun/cpu_ops.h"
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
+#include "kr_test_leaks.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static float frand(void) /* uniform [-1, 1) */
@@ -94,6 +95,9 @@ static const kr_dtype k_types[] = {
     KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_BF16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q5_0, KR_DTYPE_Q5_1,
     KR_DTYPE_Q8_0, KR_DTYPE_Q2_K, KR_DTYPE_Q3_K, KR_DTYPE_Q4_K, KR_DTYPE_Q5_K, KR_DTYPE_Q6_K,
 };
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(ops, .fini = kr_test_leak_check);
 
 Test(ops, matmul_all_types_vs_dequant_dot)
 {

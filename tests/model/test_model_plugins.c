@@ -8,6 +8,7 @@
 
 #include "kernrun/model.h"
 #include "kernrun/runtime.h"
+#include "kr_test_leaks.h"
 
 static char g_path[4096];
 static const char *td(const char *rel)
@@ -16,6 +17,9 @@ static const char *td(const char *rel)
     snprintf(g_path, sizeof g_path, "%s/%s", dir ? dir : "../shared/testdata", rel);
     return g_path;
 }
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(plugins, .fini = kr_test_leak_check);
 
 Test(plugins, model_through_registry)
 {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "pool.h"
+#include "kr_test_leaks.h"
 
 typedef struct job {
     _Atomic int *hits;     /* (n) */
@@ -27,6 +28,9 @@ static void body(void *arg, size_t b, size_t e, int tid)
     for (size_t i = b; i < e; i++)
         atomic_fetch_add(&j->hits[i], 1);
 }
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(pool, .fini = kr_test_leak_check);
 
 Test(pool, covers_each_index_once)
 {

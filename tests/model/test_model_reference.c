@@ -10,6 +10,7 @@
 #include "kernrun/builtin_model.h"
 #include "kernrun/model.h"
 #include "tiny_model.h"
+#include "kr_test_leaks.h"
 
 static double nmse_row(const float *a, const double *b, size_t n)
 {
@@ -68,6 +69,9 @@ static void check_model(tm_model *m, const int32_t *tok, int T, double tol, kr_d
 }
 
 static const int32_t k_tok[10] = {1, 5, 9, 2, 31, 17, 4, 4, 60, 3};
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(reference, .fini = kr_test_leak_check);
 
 Test(reference, llama_gqa_tied)
 {

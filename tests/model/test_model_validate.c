@@ -12,6 +12,7 @@
 #include "kernrun/builtin_model.h"
 #include "kernrun/model.h"
 #include "tiny_model.h"
+#include "kr_test_leaks.h"
 
 static tm_model g_m;
 
@@ -23,6 +24,7 @@ static void setup(void)
 static void teardown(void)
 {
     tm_free(&g_m);
+    kr_test_leak_check();
 }
 
 /* Write with tweak, load; returns status and fills err. */

@@ -15,6 +15,7 @@
 #include "kernrun/quant.h"
 #include "kernrun/tokenizer.h"
 #include "mkmodel.h"
+#include "kr_test_leaks.h"
 
 static char g_dir[256];
 
@@ -27,6 +28,7 @@ static void setup_dir(void)
 static void teardown_dir(void)
 {
     rmdir(g_dir); /* tests unlink their files; fails harmlessly if not empty */
+    kr_test_leak_check();
 }
 
 static const char *path_in_dir(char *buf, size_t n, const char *name)

@@ -9,6 +9,7 @@
 
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
+#include "kr_test_leaks.h"
 
 /* fp16 bit patterns of exact values */
 #define H_0_5 0x3800u
@@ -58,6 +59,9 @@ static void check_dequant(kr_dtype t, const void *blk, const float *want, size_t
         x[i] = 0.0f;
     }
 }
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(kat, .fini = kr_test_leak_check);
 
 Test(kat, f32_f16_bf16)
 {

@@ -12,6 +12,7 @@
 
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
+#include "kr_test_leaks.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd64(void)
@@ -95,6 +96,9 @@ static void roundtrip_check(kr_dtype t, const float *x, size_t n)
     free(q);
     free(y);
 }
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(props, .fini = kr_test_leak_check);
 
 Test(props, roundtrip_random_all_types)
 {

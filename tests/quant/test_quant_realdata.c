@@ -15,6 +15,7 @@
 #include "kernrun/gguf.h"
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
+#include "kr_test_leaks.h"
 
 typedef struct scan {
     const uint8_t *p;
@@ -83,6 +84,9 @@ static void *slurp(const char *path, size_t *n)
     *n = (size_t)sz;
     return b;
 }
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(realdata, .fini = kr_test_leak_check);
 
 Test(realdata, q8_0_matches_stories260k)
 {

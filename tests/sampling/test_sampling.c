@@ -11,10 +11,17 @@
 #include <string.h>
 
 #include "kernrun/sampling.h"
+#include "kr_test_leaks.h"
 
 #define N_DRAWS 100000
 
 /* ---- Philox4x32-10 ---- */
+
+/* per-test leak check under ASan (tests/common/kr_test_leaks.h) */
+TestSuite(philox, .fini = kr_test_leak_check);
+TestSuite(sampling, .fini = kr_test_leak_check);
+TestSuite(penalties, .fini = kr_test_leak_check);
+TestSuite(validate, .fini = kr_test_leak_check);
 
 /* Known-answer vectors published with Random123 (kat_vectors, philox4x32 R=10). */
 Test(philox, random123_kat)

@@ -142,7 +142,7 @@ Test(spm, merges_by_score_and_byte_fallback)
     cr_assert_str_eq(d, "<s> a");
     free(d);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 Test(spm, chat_template_and_bos_key)
@@ -156,7 +156,7 @@ Test(spm, chat_template_and_bos_key)
     cr_assert_str_eq(kr_tokenizer_chat_template(t), "{{ messages }}");
     cr_assert_eq(kr_tokenizer_bos(t), 2);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* BPE (gpt2 model): byte-level alphabet + merges by rank */
@@ -180,7 +180,7 @@ Test(bpe, merges_by_rank)
     cr_assert_str_eq(d, "abc a");
     free(d);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* ---- special tokens ---- */
@@ -219,7 +219,7 @@ Test(special, parse_off_keeps_text_on_matches_whole)
     cr_assert(n == 1 && ids[0] == 1);
     free(ids);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* ---- round trips and streaming ---- */
@@ -298,7 +298,7 @@ Test(roundtrip, decode_encode_random_utf8, .timeout = 120)
         }
         kr_tokenizer_free(t);
     }
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 Test(roundtrip, streaming_never_splits_utf8)
@@ -334,7 +334,7 @@ Test(roundtrip, streaming_never_splits_utf8)
         free(ids);
         kr_tokenizer_free(t);
     }
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 Test(roundtrip, streaming_holds_partial_sequence)
@@ -370,7 +370,7 @@ Test(roundtrip, streaming_holds_partial_sequence)
     cr_assert(pl == 1 && (unsigned char)p[0] == 0xe2);
     kr_detok_free(d);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* ---- buffers and ranges ---- */
@@ -405,7 +405,7 @@ Test(buffers, encode_and_decode_report_needed_size)
     cr_assert_null(kr_tokenizer_piece(t, kr_tokenizer_n_vocab(t), NULL));
     free(full);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* ---- invalid UTF-8 and NUL: no crash, bytes preserved ---- */
@@ -443,7 +443,7 @@ Test(robust, invalid_utf8_and_nul_round_trip)
         }
         kr_tokenizer_free(t);
     }
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* ---- malformed GGUF vocabularies: rejected with a message, no crash ---- */
@@ -582,7 +582,7 @@ Test(gguf_bad, rejected_with_messages)
     expect_reject(fill_unknown_model, KR_ERR_UNSUPPORTED, "bert");
     expect_reject(fill_no_tokens, KR_OK, "tokenizer.ggml.tokens");
     expect_reject(fill_tokens_type, KR_OK, "tokenizer.ggml.tokens");
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* Every tokenizer.ggml.pre name we claim loads (its regexes compile) and splits. */
@@ -609,7 +609,7 @@ Test(bpe, every_pre_type_loads)
         free(ids);
         kr_tokenizer_free(t);
     }
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* Repeated words (served from the per-call word cache) encode exactly as the
@@ -639,5 +639,5 @@ Test(bpe, repeated_text_equals_repeated_ids)
         kr_tokenizer_free(t);
     }
     free(big);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }

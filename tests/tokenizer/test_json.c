@@ -63,7 +63,7 @@ Test(json, minimal_valid_file_loads_and_encodes)
     free(ids);
     kr_tokenizer_free(t);
     free(j);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 static void reject(const char *json, kr_status want, const char *needle)
@@ -130,7 +130,7 @@ Test(json, bad_inputs_rejected)
     reject_mk(",\"dropout\":0.1", VOCAB, "[]", "", KR_ERR_UNSUPPORTED, "dropout");
     reject_mk(",\"continuing_subword_prefix\":\"##\"", VOCAB, "[]", "", KR_ERR_UNSUPPORTED, "continuing_subword_prefix");
     reject_mk(",\"unk_token\":\"<nope>\"", VOCAB, "[]", "", KR_ERR_FORMAT, "<nope>");
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 Test(json, deep_nesting_and_huge_strings)
@@ -164,7 +164,7 @@ Test(json, deep_nesting_and_huge_strings)
     snprintf(k + m + big, total - (size_t)m - big, "\":0},\"merges\":[]}}");
     reject(k, KR_ERR_LIMIT, "bytes long");
     free(k);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* Metaspace pre-tokenizer (replace ' ' by U+2581, prepend, split before each
@@ -192,7 +192,7 @@ Test(json, metaspace_pretokenizer_and_decoder)
     cr_assert_str_eq(d, "a bab");
     free(d);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* Replace with a Regex pattern: runs of spaces -> one "_" (literal content). */
@@ -226,7 +226,7 @@ Test(json, replace_regex_normalizer)
         "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" *\"},\"content\":\"_\"}}";
     cr_assert(load_str(j2, &t, &err) == KR_ERR_UNSUPPORTED);
     cr_assert(strstr(err.msg, "empty") != NULL, "%s", err.msg);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* ByteLevel with add_prefix_space: "a" -> "Ġa"; Digits and Punctuation splits. */
@@ -252,7 +252,7 @@ Test(json, bytelevel_prefix_digits_punctuation)
         cr_assert_eq(ids[i], want[i], "id %zu: %d want %d", i, ids[i], want[i]);
     free(ids);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 /* Added tokens with lstrip/rstrip swallow the whitespace next to them (HF). */
@@ -289,5 +289,5 @@ Test(json, added_token_lstrip_rstrip)
         cr_assert_eq(ids[i], w3[i]);
     free(ids);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }

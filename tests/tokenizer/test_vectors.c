@@ -106,7 +106,7 @@ static void check_vectors(const char *tokfile, const char *vecname)
     }
     free_vectors(c, n);
     kr_tokenizer_free(t);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }
 
 Test(vectors, llama_spm_gguf) { check_vectors("vocab/ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-spm.gguf"); }
@@ -185,5 +185,5 @@ Test(vectors, llama2_json_equals_gguf)
     }
     kr_tokenizer_free(a);
     kr_tokenizer_free(b);
-    KR_LEAK_CHECK();
+    kr_test_leak_check();
 }

@@ -10,22 +10,7 @@
 
 #include "kernrun/gguf.h"
 #include "kernrun/tokenizer.h"
-
-/* Under ASan, fail the test when it leaked: LeakSanitizer's report at process
- * exit is not seen by Criterion, so each test checks at its end. */
-#if defined(__SANITIZE_ADDRESS__)
-#define KR__HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KR__HAVE_LSAN 1
-#endif
-#endif
-#ifdef KR__HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#define KR_LEAK_CHECK() cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "memory leaked (see the LeakSanitizer report)")
-#else
-#define KR_LEAK_CHECK() ((void)0)
-#endif
+#include "kr_test_leaks.h"
 
 static inline const char *kr_test_data_dir(void)
 {
