@@ -14,65 +14,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "kernrun/backend.h"
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
 #include "kr_decode.h"
+#include "kr_test_gpu.h"
 #include "kr_test_leaks.h"
+#include "kr_test_rng.h"
 
 #define KR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- harness ---------------------------------------------------------------- */
-
-static uint64_t g_rng;
-static uint64_t g_seed;
-
-static void rng_seed(void)
-{
-    const char *s = getenv("KR_TEST_SEED");
-    g_seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)clock();
-    g_rng = g_seed * 0x9E3779B97F4A7C15ull + 1;
-}
-
-static uint64_t rng_u64(void)
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-
-/* uniform in [lo, hi) */
-static float rng_f(float lo, float hi) { return lo + (hi - lo) * (float)((rng_u64() >> 40) * 0x1p-24); }
 
 typedef struct gpu {
     kr_backend *be;
     kr_dec *dec;
 } gpu;
 
-static bool require_gpu(void)
-{
-    const char *r = getenv("KERNRUN_REQUIRE_GPU");
-    return r && strcmp(r, "1") == 0;
-}
-
 static void gpu_open(gpu *g)
 {
     kr_err err;
     kr_err_clear(&err);
-    rng_seed();
-    g->be = NULL;
+    kr_test_rng_seed();
     g->dec = NULL;
-    kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &g->be, &err);
-    if (st != KR_OK) {
-        if (require_gpu())
-            cr_assert_fail("KERNRUN_REQUIRE_GPU=1 but no CUDA backend: %s", kr_err_msg(&err, st));
-        cr_skip_test("no CUDA device: %s", kr_err_msg(&err, st));
-    }
-    st = kr_dec_create(g->be, &g->dec, &err);
+    g->be = kr_test_gpu_backend();
+    kr_status st = kr_dec_create(g->be, &g->dec, &err);
     cr_assert_eq(st, KR_OK, "kr_dec_create: %s", kr_err_msg(&err, st));
 }
 
@@ -80,47 +47,6 @@ static void gpu_close(gpu *g)
 {
     kr_dec_free(g->dec);
     kr_backend_destroy(g->be);
-}
-
-static void *dalloc(gpu *g, size_t bytes, kr_buffer **buf)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_status st = kr_backend_alloc(g->be, bytes ? bytes : 16, buf, &err);
-    cr_assert_eq(st, KR_OK, "alloc %zu: %s", bytes, kr_err_msg(&err, st));
-    return (*buf)->ptr;
-}
-
-static void *dupload(gpu *g, const void *host, size_t bytes, kr_buffer **buf)
-{
-    void *d = dalloc(g, bytes, buf);
-    kr_err err;
-    kr_err_clear(&err);
-    kr_status st = kr_backend_h2d(g->be, d, host, bytes, NULL, &err);
-    cr_assert_eq(st, KR_OK, "h2d: %s", kr_err_msg(&err, st));
-    return d;
-}
-
-/* device buffer of n floats filled with NaN */
-static float *dpoisoned(gpu *g, size_t n, kr_buffer **buf)
-{
-    float *h = malloc(n * sizeof *h);
-    cr_assert_not_null(h);
-    for (size_t i = 0; i < n; i++)
-        h[i] = NAN;
-    float *d = dupload(g, h, n * sizeof *h, buf);
-    free(h);
-    return d;
-}
-
-static void download(gpu *g, void *host, const void *dev, size_t bytes)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_status st = kr_backend_sync(g->be, NULL, &err);
-    cr_assert_eq(st, KR_OK, "sync: %s", kr_err_msg(&err, st));
-    st = kr_backend_d2h(g->be, host, dev, bytes, NULL, &err);
-    cr_assert_eq(st, KR_OK, "d2h: %s", kr_err_msg(&err, st));
 }
 
 static void check_ok(kr_status st, const kr_err *err, const char *what)
@@ -164,7 +90,7 @@ static double nmse_mag(const float *a, const double *ref, const double *mag, siz
         char what_[256];                                                                                 \
         snprintf(what_, sizeof what_, __VA_ARGS__);                                                      \
         cr_expect(e_ <= (tol), "NMSE %.3g > %.1g (seed %llu): %s", e_, (double)(tol),                   \
-                  (unsigned long long)g_seed, what_);                                                    \
+                  (unsigned long long)kr_test_seed(), what_);                                                    \
     } while (0)
 
 static float *rand_f32(size_t n, float lo, float hi)
@@ -172,7 +98,7 @@ static float *rand_f32(size_t n, float lo, float hi)
     float *v = malloc((n ? n : 1) * sizeof *v);
     cr_assert_not_null(v);
     for (size_t i = 0; i < n; i++)
-        v[i] = rng_f(lo, hi);
+        v[i] = kr_test_rng_f(lo, hi);
     return v;
 }
 
@@ -198,15 +124,15 @@ static void rand_blocks(kr_dtype t, uint8_t *dst, size_t nblocks)
     for (size_t b = 0; b < nblocks; b++) {
         uint8_t *p = dst + b * ts;
         for (size_t i = 0; i < ts; i++)
-            p[i] = (uint8_t)rng_u64();
+            p[i] = (uint8_t)kr_test_rng_u64();
         switch (t) {
-        case KR_DTYPE_F16: put_f16(p, rng_f(-1, 1)); break;
-        case KR_DTYPE_F32: { float v = rng_f(-1, 1); memcpy(p, &v, 4); } break;
-        case KR_DTYPE_Q4_0: put_f16(p, rng_f(-0.1f, 0.1f)); break;
-        case KR_DTYPE_Q8_0: put_f16(p, rng_f(-0.01f, 0.01f)); break;
-        case KR_DTYPE_Q4_1: put_f16(p, rng_f(-0.1f, 0.1f)); put_f16(p + 2, rng_f(-1, 1)); break;
-        case KR_DTYPE_Q4_K: put_f16(p, rng_f(-0.01f, 0.01f)); put_f16(p + 2, rng_f(-0.01f, 0.01f)); break;
-        case KR_DTYPE_Q6_K: put_f16(p + 208, rng_f(-0.001f, 0.001f)); break;
+        case KR_DTYPE_F16: put_f16(p, kr_test_rng_f(-1, 1)); break;
+        case KR_DTYPE_F32: { float v = kr_test_rng_f(-1, 1); memcpy(p, &v, 4); } break;
+        case KR_DTYPE_Q4_0: put_f16(p, kr_test_rng_f(-0.1f, 0.1f)); break;
+        case KR_DTYPE_Q8_0: put_f16(p, kr_test_rng_f(-0.01f, 0.01f)); break;
+        case KR_DTYPE_Q4_1: put_f16(p, kr_test_rng_f(-0.1f, 0.1f)); put_f16(p + 2, kr_test_rng_f(-1, 1)); break;
+        case KR_DTYPE_Q4_K: put_f16(p, kr_test_rng_f(-0.01f, 0.01f)); put_f16(p + 2, kr_test_rng_f(-0.01f, 0.01f)); break;
+        case KR_DTYPE_Q6_K: put_f16(p + 208, kr_test_rng_f(-0.001f, 0.001f)); break;
         default: cr_assert_fail("rand_blocks: type %d", (int)t);
         }
     }
@@ -256,17 +182,17 @@ static void run_matvec(gpu *g, kr_dtype t, int64_t rows, int64_t cols, size_t ex
         mag[r] = m;
     }
     kr_buffer *bw, *bx, *by;
-    void *dw = dupload(g, w, (size_t)rows * stride, &bw);
-    float *dx = dupload(g, x, (size_t)cols * 4, &bx);
-    float *dy = dpoisoned(g, (size_t)rows, &by);
+    void *dw = kr_test_dupload(g->be, w, (size_t)rows * stride, &bw);
+    float *dx = kr_test_dupload(g->be, x, (size_t)cols * 4, &bx);
+    float *dy = kr_test_dpoisoned(g->be, (size_t)rows, &by);
     kr_err err;
     kr_err_clear(&err);
     check_ok(kr_dec_matvec(g->dec, NULL, t, dw, stride, dx, dy, rows, cols, &err), &err, "matvec");
     float *y = malloc((size_t)rows * sizeof *y);
-    download(g, y, dy, (size_t)rows * 4);
+    kr_test_download(g->be, y, dy, (size_t)rows * 4);
     double e = nmse_mag(y, ref, mag, (size_t)rows);
     cr_expect(e <= 1e-9, "matvec %s %lldx%lld stride %zu: error^2 / sum|w x|^2 = %.3g > 1e-9 (seed %llu)",
-              kr_dtype_name(t), (long long)rows, (long long)cols, stride, e, (unsigned long long)g_seed);
+              kr_dtype_name(t), (long long)rows, (long long)cols, stride, e, (unsigned long long)kr_test_seed());
     kr_backend_free(g->be, bw);
     kr_backend_free(g->be, bx);
     kr_backend_free(g->be, by);
@@ -360,7 +286,7 @@ static void run_matvec_q8(gpu *g, kr_dtype t, int64_t rows, int64_t cols)
     size_t stride = (size_t)cols / 32 * kr_dtype_type_size(t);
     uint8_t *w = rand_matrix(t, rows, cols, stride);
     float *x = rand_f32((size_t)cols, -3, 3);
-    x[rng_u64() % (uint64_t)cols] = 0.0f;
+    x[kr_test_rng_u64() % (uint64_t)cols] = 0.0f;
     if (cols >= 64)
         for (int i = 32; i < 64; i++) /* an all-zero block: d = 0 */
             x[i] = 0.0f;
@@ -393,27 +319,27 @@ static void run_matvec_q8(gpu *g, kr_dtype t, int64_t rows, int64_t cols)
     size_t xqb = kr_dec_q8_bytes(cols);
     cr_assert_eq(xqb, (size_t)cols + (size_t)nb * 8);
     kr_buffer *bw, *bx, *bq, *by;
-    void *dw = dupload(g, w, (size_t)rows * stride, &bw);
-    float *dx = dupload(g, x, (size_t)cols * 4, &bx);
-    uint8_t *dxq = (uint8_t *)dpoisoned(g, (xqb + 3) / 4, &bq);
-    float *dy = dpoisoned(g, (size_t)rows, &by);
+    void *dw = kr_test_dupload(g->be, w, (size_t)rows * stride, &bw);
+    float *dx = kr_test_dupload(g->be, x, (size_t)cols * 4, &bx);
+    uint8_t *dxq = (uint8_t *)kr_test_dpoisoned(g->be, (xqb + 3) / 4, &bq);
+    float *dy = kr_test_dpoisoned(g->be, (size_t)rows, &by);
     kr_err err;
     kr_err_clear(&err);
     check_ok(kr_dec_quantize_q8(g->dec, NULL, dx, dxq, cols, &err), &err, "quantize_q8");
     check_ok(kr_dec_matvec_q8(g->dec, NULL, t, dw, stride, dxq, dy, rows, cols, &err), &err, "matvec_q8");
     uint8_t *xq = malloc(xqb);
-    download(g, xq, dxq, xqb);
+    kr_test_download(g->be, xq, dxq, xqb);
     cr_expect_eq(memcmp(xq, q, (size_t)cols), 0, "q8 values differ from rint(x/d) (seed %llu)",
-                 (unsigned long long)g_seed);
+                 (unsigned long long)kr_test_seed());
     cr_expect_eq(memcmp(xq + cols, dq, (size_t)nb * 4), 0, "q8 scales differ (seed %llu)",
-                 (unsigned long long)g_seed);
+                 (unsigned long long)kr_test_seed());
     cr_expect_eq(memcmp(xq + cols + nb * 4, sq, (size_t)nb * 4), 0, "q8 sums differ (seed %llu)",
-                 (unsigned long long)g_seed);
+                 (unsigned long long)kr_test_seed());
     float *y = malloc((size_t)rows * 4);
-    download(g, y, dy, (size_t)rows * 4);
+    kr_test_download(g->be, y, dy, (size_t)rows * 4);
     double e = nmse_mag(y, ref, mag, (size_t)rows);
     cr_expect(e <= 1e-9, "matvec_q8 %s %lldx%lld: error^2 / sum|w x|^2 = %.3g > 1e-9 (seed %llu)", kr_dtype_name(t),
-              (long long)rows, (long long)cols, e, (unsigned long long)g_seed);
+              (long long)rows, (long long)cols, e, (unsigned long long)kr_test_seed());
     kr_backend_free(g->be, bw);
     kr_backend_free(g->be, bx);
     kr_backend_free(g->be, bq);
@@ -451,7 +377,7 @@ Test(gpu_decode, matvec_rejects_bad_args)
     gpu g;
     gpu_open(&g);
     kr_buffer *b;
-    float *d = dalloc(&g, 4096, &b);
+    float *d = kr_test_dalloc(g.be, 4096, &b);
     kr_err err;
     kr_err_clear(&err);
     cr_expect_eq(kr_dec_matvec(g.dec, NULL, KR_DTYPE_Q4_0, d, 18, d, d, 1, 33, &err), KR_ERR_INVALID_ARG,
@@ -479,25 +405,25 @@ Test(gpu_decode, embed_all_types, .timeout = 120)
         int64_t n_vocab = 37, n_embd = kr_dtype_block_size(t) == 256 ? 768 : 288;
         size_t stride = (size_t)n_embd / kr_dtype_block_size(t) * kr_dtype_type_size(t);
         uint8_t *tab = rand_matrix(t, n_vocab, n_embd, stride);
-        int32_t tok = (int32_t)(rng_u64() % (uint64_t)n_vocab);
+        int32_t tok = (int32_t)(kr_test_rng_u64() % (uint64_t)n_vocab);
         float *row = malloc((size_t)n_embd * 4);
         double *ref = dvec((size_t)n_embd);
         deq_row(t, tab + (size_t)tok * stride, row, n_embd);
         for (int64_t c = 0; c < n_embd; c++)
             ref[c] = row[c];
         kr_buffer *bt, *bk, *bo;
-        void *dt = dupload(&g, tab, (size_t)n_vocab * stride, &bt);
-        int32_t *dk = dupload(&g, &tok, 4, &bk);
-        float *dout = dpoisoned(&g, (size_t)n_embd, &bo);
+        void *dt = kr_test_dupload(g.be, tab, (size_t)n_vocab * stride, &bt);
+        int32_t *dk = kr_test_dupload(g.be, &tok, 4, &bk);
+        float *dout = kr_test_dpoisoned(g.be, (size_t)n_embd, &bo);
         kr_err err;
         kr_err_clear(&err);
         check_ok(kr_dec_embed(g.dec, NULL, t, dt, stride, n_vocab, n_embd, dk, 0, dout, &err), &err, "embed");
-        download(&g, row, dout, (size_t)n_embd * 4);
+        kr_test_download(g.be, row, dout, (size_t)n_embd * 4);
         EXPECT_NMSE(row, ref, (size_t)n_embd, 1e-12, "embed %s token %d", kr_dtype_name(t), tok);
         /* out-of-range token (immediate): every output NaN */
         check_ok(kr_dec_embed(g.dec, NULL, t, dt, stride, n_vocab, n_embd, NULL, (int32_t)n_vocab, dout, &err), &err,
                  "embed");
-        download(&g, row, dout, (size_t)n_embd * 4);
+        kr_test_download(g.be, row, dout, (size_t)n_embd * 4);
         for (int64_t c = 0; c < n_embd; c++)
             cr_expect(isnan(row[c]), "embed %s: token %lld out of range gave %g at %lld", kr_dtype_name(t),
                       (long long)n_vocab, row[c], (long long)c);
@@ -534,10 +460,10 @@ static void run_norm(gpu *g, bool layer, int64_t rows, int64_t n, bool with_w, b
             ref[r * n + i] = ((double)xr[i] - mu) * s * (with_w ? w[i] : 1.0) + (with_b ? b[i] : 0.0);
     }
     kr_buffer *bx, *bw, *bb, *by;
-    float *dx = dupload(g, x, (size_t)(rows * n) * 4, &bx);
-    float *dw = dupload(g, w, (size_t)n * 4, &bw);
-    float *db = dupload(g, b, (size_t)n * 4, &bb);
-    float *dy = dpoisoned(g, (size_t)(rows * n), &by);
+    float *dx = kr_test_dupload(g->be, x, (size_t)(rows * n) * 4, &bx);
+    float *dw = kr_test_dupload(g->be, w, (size_t)n * 4, &bw);
+    float *db = kr_test_dupload(g->be, b, (size_t)n * 4, &bb);
+    float *dy = kr_test_dpoisoned(g->be, (size_t)(rows * n), &by);
     kr_err err;
     kr_err_clear(&err);
     if (layer)
@@ -546,7 +472,7 @@ static void run_norm(gpu *g, bool layer, int64_t rows, int64_t n, bool with_w, b
     else
         check_ok(kr_dec_rmsnorm(g->dec, NULL, dx, with_w ? dw : NULL, dy, rows, n, eps, &err), &err, "rmsnorm");
     float *y = malloc((size_t)(rows * n) * 4);
-    download(g, y, dy, (size_t)(rows * n) * 4);
+    kr_test_download(g->be, y, dy, (size_t)(rows * n) * 4);
     EXPECT_NMSE(y, ref, (size_t)(rows * n), 1e-8, "%s rows %lld n %lld w %d b %d", layer ? "layernorm" : "rmsnorm",
                 (long long)rows, (long long)n, with_w, with_b);
     kr_backend_free(g->be, bx);
@@ -607,15 +533,15 @@ static void run_rope(gpu *g, int n_head_q, int n_head_k, int head_dim, int n_rot
         }
     }
     kr_buffer *bx, *bp, *bf;
-    float *dx = dupload(g, x, (nq + nk) * 4, &bx);
-    int32_t *dp = dupload(g, &pos, 4, &bp);
-    float *df = dupload(g, fac, (size_t)n_rot / 2 * 4, &bf);
+    float *dx = kr_test_dupload(g->be, x, (nq + nk) * 4, &bx);
+    int32_t *dp = kr_test_dupload(g->be, &pos, 4, &bp);
+    float *df = kr_test_dupload(g->be, fac, (size_t)n_rot / 2 * 4, &bf);
     kr_err err;
     kr_err_clear(&err);
     check_ok(kr_dec_rope(g->dec, NULL, dx, n_head_q, n_head_k ? dx + nq : NULL, n_head_k, head_dim, n_rot, dp, 0,
                          base, fscale, ff ? df : NULL, neox, &err),
              &err, "rope");
-    download(g, x, dx, (nq + nk) * 4);
+    kr_test_download(g->be, x, dx, (nq + nk) * 4);
     EXPECT_NMSE(x, ref, nq + nk, 1e-6, "rope heads %d+%d dim %d rot %d pos %d neox %d ff %d", n_head_q, n_head_k,
                 head_dim, n_rot, pos, neox, ff);
     kr_backend_free(g->be, bx);
@@ -653,20 +579,20 @@ Test(gpu_decode, kv_append_writes_one_row)
     float *k = rand_f32((size_t)dim, -70000, 70000); /* includes values that overflow fp16 */
     float *v = rand_f32((size_t)dim, -1, 1);
     kr_buffer *bk, *bv, *bkc, *bvc, *bp;
-    float *dk = dupload(&g, k, (size_t)dim * 4, &bk);
-    float *dv = dupload(&g, v, (size_t)dim * 4, &bv);
-    uint16_t *dkc = dupload(&g, cache, (size_t)n_ctx * dim * 2, &bkc);
-    uint16_t *dvc = dupload(&g, cache, (size_t)n_ctx * dim * 2, &bvc);
+    float *dk = kr_test_dupload(g.be, k, (size_t)dim * 4, &bk);
+    float *dv = kr_test_dupload(g.be, v, (size_t)dim * 4, &bv);
+    uint16_t *dkc = kr_test_dupload(g.be, cache, (size_t)n_ctx * dim * 2, &bkc);
+    uint16_t *dvc = kr_test_dupload(g.be, cache, (size_t)n_ctx * dim * 2, &bvc);
     int32_t p = pos;
-    int32_t *dp = dupload(&g, &p, 4, &bp);
+    int32_t *dp = kr_test_dupload(g.be, &p, 4, &bp);
     kr_err err;
     kr_err_clear(&err);
     check_ok(kr_dec_kv_append(g.dec, NULL, dk, dv, dkc, dvc, dim, n_ctx, dp, 0, &err), &err, "kv_append");
     /* position outside the cache: nothing written */
     check_ok(kr_dec_kv_append(g.dec, NULL, dk, dv, dkc, dvc, dim, n_ctx, NULL, n_ctx, &err), &err, "kv_append");
     uint16_t *kc = malloc((size_t)n_ctx * dim * 2), *vc = malloc((size_t)n_ctx * dim * 2);
-    download(&g, kc, dkc, (size_t)n_ctx * dim * 2);
-    download(&g, vc, dvc, (size_t)n_ctx * dim * 2);
+    kr_test_download(g.be, kc, dkc, (size_t)n_ctx * dim * 2);
+    kr_test_download(g.be, vc, dvc, (size_t)n_ctx * dim * 2);
     int bad = 0;
     for (int t = 0; t < n_ctx; t++) {
         for (int i = 0; i < dim; i++) {
@@ -677,7 +603,7 @@ Test(gpu_decode, kv_append_writes_one_row)
         }
     }
     cr_expect_eq(bad, 0, "%d cache elements differ from round-to-nearest-even fp16 (seed %llu)", bad,
-                 (unsigned long long)g_seed);
+                 (unsigned long long)kr_test_seed());
     kr_backend_free(g.be, bk);
     kr_backend_free(g.be, bv);
     kr_backend_free(g.be, bkc);
@@ -696,8 +622,8 @@ static void run_attention(gpu *g, int n_head, int n_kv, int hd, int n_ctx, int p
     const size_t row = (size_t)n_kv * hd;
     uint16_t *kc = malloc((size_t)n_ctx * row * 2), *vc = malloc((size_t)n_ctx * row * 2);
     for (size_t i = 0; i < (size_t)n_ctx * row; i++) {
-        kc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
-        vc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
+        kc[i] = kr_fp32_to_fp16(kr_test_rng_f(-1, 1));
+        vc[i] = kr_fp32_to_fp16(kr_test_rng_f(-1, 1));
     }
     float *q = rand_f32((size_t)n_head * hd, -1, 1);
     const float scale = 1.0f / sqrtf((float)hd) * 2.0f; /* sharper than usual: softmax far from uniform */
@@ -723,21 +649,21 @@ static void run_attention(gpu *g, int n_head, int n_kv, int hd, int n_ctx, int p
         }
     }
     kr_buffer *bk, *bv, *bq, *bo, *bp, *bs = NULL;
-    uint16_t *dk = dupload(g, kc, (size_t)n_ctx * row * 2, &bk);
-    uint16_t *dv = dupload(g, vc, (size_t)n_ctx * row * 2, &bv);
-    float *dq = dupload(g, q, (size_t)n_head * hd * 4, &bq);
-    float *dout = dpoisoned(g, (size_t)n_head * hd, &bo);
+    uint16_t *dk = kr_test_dupload(g->be, kc, (size_t)n_ctx * row * 2, &bk);
+    uint16_t *dv = kr_test_dupload(g->be, vc, (size_t)n_ctx * row * 2, &bv);
+    float *dq = kr_test_dupload(g->be, q, (size_t)n_head * hd * 4, &bq);
+    float *dout = kr_test_dpoisoned(g->be, (size_t)n_head * hd, &bo);
     int32_t p = pos;
-    int32_t *dp = dupload(g, &p, 4, &bp);
+    int32_t *dp = kr_test_dupload(g->be, &p, 4, &bp);
     size_t nscr = kr_dec_attention_scratch_floats(n_head, hd, n_split);
-    float *dscr = nscr ? dpoisoned(g, nscr, &bs) : NULL;
+    float *dscr = nscr ? kr_test_dpoisoned(g->be, nscr, &bs) : NULL;
     kr_err err;
     kr_err_clear(&err);
     check_ok(kr_dec_attention(g->dec, NULL, dq, dk, dv, dout, n_head, n_kv, hd, n_ctx, dp, 0, window, scale, n_split,
                               dscr, &err),
              &err, "attention");
     float *out = malloc((size_t)n_head * hd * 4);
-    download(g, out, dout, (size_t)n_head * hd * 4);
+    kr_test_download(g->be, out, dout, (size_t)n_head * hd * 4);
     EXPECT_NMSE(out, ref, (size_t)n_head * hd, 1e-7, "attention heads %d/%d dim %d ctx %d pos %d window %d split %d",
                 n_head, n_kv, hd, n_ctx, pos, window, n_split);
     kr_backend_free(g->be, bk);
@@ -776,21 +702,21 @@ Test(gpu_decode, attention_position_out_of_range_is_nan)
     gpu_open(&g);
     const int n_head = 2, hd = 64, n_ctx = 8;
     kr_buffer *bk, *bq, *bo;
-    void *dk = dalloc(&g, (size_t)n_ctx * n_head * hd * 2, &bk);
-    float *dq = dalloc(&g, (size_t)n_head * hd * 4, &bq);
-    float *dout = dalloc(&g, (size_t)n_head * hd * 4, &bo);
+    void *dk = kr_test_dalloc(g.be, (size_t)n_ctx * n_head * hd * 2, &bk);
+    float *dq = kr_test_dalloc(g.be, (size_t)n_head * hd * 4, &bq);
+    float *dout = kr_test_dalloc(g.be, (size_t)n_head * hd * 4, &bo);
     kr_err err;
     kr_err_clear(&err);
     check_ok(kr_dec_backend(g.dec) == g.be ? KR_OK : KR_ERR_INTERNAL, &err, "backend");
     float *scr = NULL;
     kr_buffer *bs;
-    scr = dalloc(&g, kr_dec_attention_scratch_floats(n_head, hd, 2) * 4, &bs);
+    scr = kr_test_dalloc(g.be, kr_dec_attention_scratch_floats(n_head, hd, 2) * 4, &bs);
     for (int split = 1; split <= 2; split++) {
         check_ok(kr_dec_attention(g.dec, NULL, dq, dk, dk, dout, n_head, n_head, hd, n_ctx, NULL, n_ctx, 0, 1.0f,
                                   split, scr, &err),
                  &err, "attention");
         float out[128];
-        download(&g, out, dout, sizeof out);
+        kr_test_download(g.be, out, dout, sizeof out);
         for (int i = 0; i < n_head * hd; i++)
             cr_expect(isnan(out[i]), "split %d: element %d is %g, want NaN", split, i, out[i]);
     }
@@ -829,12 +755,12 @@ Test(gpu_decode, softmax)
                 ref[r * n + i] = exp(x[r * n + i] - mx) / sum;
         }
         kr_buffer *bx, *by;
-        float *dx = dupload(&g, x, tot * 4, &bx);
-        float *dy = dpoisoned(&g, tot, &by);
+        float *dx = kr_test_dupload(g.be, x, tot * 4, &bx);
+        float *dy = kr_test_dpoisoned(g.be, tot, &by);
         kr_err err;
         kr_err_clear(&err);
         check_ok(kr_dec_softmax(g.dec, NULL, dx, dy, rows, n, &err), &err, "softmax");
-        download(&g, x, dy, tot * 4);
+        kr_test_download(g.be, x, dy, tot * 4);
         EXPECT_NMSE(x, ref, tot, 1e-8, "softmax %lldx%lld", (long long)rows, (long long)n);
         kr_backend_free(g.be, bx);
         kr_backend_free(g.be, by);
@@ -863,18 +789,18 @@ Test(gpu_decode, swiglu_gelu_add)
             ra[i] = v + b[i];
         }
         kr_buffer *ba, *bb, *by;
-        float *da = dupload(&g, a, n * 4, &ba), *db = dupload(&g, b, n * 4, &bb);
-        float *dy = dpoisoned(&g, n, &by);
+        float *da = kr_test_dupload(g.be, a, n * 4, &ba), *db = kr_test_dupload(g.be, b, n * 4, &bb);
+        float *dy = kr_test_dpoisoned(g.be, n, &by);
         kr_err err;
         kr_err_clear(&err);
         check_ok(kr_dec_swiglu(g.dec, NULL, da, db, dy, (int64_t)n, &err), &err, "swiglu");
-        download(&g, y, dy, n * 4);
+        kr_test_download(g.be, y, dy, n * 4);
         EXPECT_NMSE(y, rs, n, 1e-9, "swiglu n %zu", n);
         check_ok(kr_dec_gelu(g.dec, NULL, da, dy, (int64_t)n, &err), &err, "gelu");
-        download(&g, y, dy, n * 4);
+        kr_test_download(g.be, y, dy, n * 4);
         EXPECT_NMSE(y, rg, n, 1e-9, "gelu n %zu", n);
         check_ok(kr_dec_add(g.dec, NULL, da, db, da, (int64_t)n, &err), &err, "add"); /* in place */
-        download(&g, y, da, n * 4);
+        kr_test_download(g.be, y, da, n * 4);
         EXPECT_NMSE(y, ra, n, 1e-12, "add n %zu", n);
         kr_backend_free(g.be, ba);
         kr_backend_free(g.be, bb);
@@ -1028,9 +954,9 @@ Test(gpu_decode, registry_dispatch_runs_the_cuda_ops, .timeout = 120)
     cr_assert_eq(kr_tensor_init(&tx, KR_DTYPE_F32, cols, n, 1, 1), KR_OK);
     cr_assert_eq(kr_tensor_init(&ty, KR_DTYPE_F32, rows, n, 1, 1), KR_OK);
     gpu rg = {.be = be};
-    tw.data = dupload(&rg, w, (size_t)rows * stride, &bw);
-    tx.data = dupload(&rg, x, (size_t)(cols * n) * 4, &bx);
-    ty.data = dpoisoned(&rg, (size_t)(rows * n), &by);
+    tw.data = kr_test_dupload(rg.be, w, (size_t)rows * stride, &bw);
+    tx.data = kr_test_dupload(rg.be, x, (size_t)(cols * n) * 4, &bx);
+    ty.data = kr_test_dpoisoned(rg.be, (size_t)(rows * n), &by);
     tw.buf = bw;
     tx.buf = bx;
     ty.buf = by;
@@ -1039,7 +965,7 @@ Test(gpu_decode, registry_dispatch_runs_the_cuda_ops, .timeout = 120)
     kr_status st = kr_runtime_run_op(rt, &mm, NULL, &err);
     cr_assert_eq(st, KR_OK, "matmul: %s", kr_err_msg(&err, st));
     float *y = malloc((size_t)(rows * n) * 4);
-    download(&rg, y, ty.data, (size_t)(rows * n) * 4);
+    kr_test_download(rg.be, y, ty.data, (size_t)(rows * n) * 4);
     EXPECT_NMSE(y, ref, (size_t)(rows * n), 1e-7, "registry matmul q8_0");
 
     /* rms_norm on the result, in place, with eps as the params */
@@ -1058,7 +984,7 @@ Test(gpu_decode, registry_dispatch_runs_the_cuda_ops, .timeout = 120)
                           .params_size = sizeof eps};
     st = kr_runtime_run_op(rt, &rms, NULL, &err);
     cr_assert_eq(st, KR_OK, "rms_norm: %s", kr_err_msg(&err, st));
-    download(&rg, y, ty.data, (size_t)(rows * n) * 4);
+    kr_test_download(rg.be, y, ty.data, (size_t)(rows * n) * 4);
     EXPECT_NMSE(y, rn, (size_t)(rows * n), 1e-8, "registry rms_norm");
 
     kr_backend_free(be, bw);
@@ -1157,13 +1083,13 @@ typedef struct rt_ctx {
 static void *rt_up(rt_ctx *c, const void *host, size_t bytes)
 {
     cr_assert_lt(c->n, 32);
-    return dupload(&c->g, host, bytes, &c->bufs[c->n++]);
+    return kr_test_dupload(c->g.be, host, bytes, &c->bufs[c->n++]);
 }
 
 static float *rt_poison(rt_ctx *c, size_t n)
 {
     cr_assert_lt(c->n, 32);
-    return dpoisoned(&c->g, n, &c->bufs[c->n++]);
+    return kr_test_dpoisoned(c->g.be, n, &c->bufs[c->n++]);
 }
 
 /* data is the block rt_up/rt_poison just allocated (c->bufs[c->n - 1]); the
@@ -1218,7 +1144,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         const kr_tensor *src[] = {&tt, &ti};
         kr_kernel_args a = {.op = "get_rows", .src = src, .n_src = 2, .dst = &to};
         rt_run(&c, &a);
-        download(&c.g, out, to.data, sizeof out);
+        kr_test_download(c.g.be, out, to.data, sizeof out);
         EXPECT_NMSE(out, ref, 128, 1e-12, "registry get_rows");
         free(tab);
     }
@@ -1251,7 +1177,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         kr_kernel_args ln = {.op = "layer_norm", .src = ln_src, .n_src = 3, .dst = &ty, .params = &eps,
                              .params_size = sizeof eps};
         rt_run(&c, &ln);
-        download(&c.g, out, ty.data, sizeof out);
+        kr_test_download(c.g.be, out, ty.data, sizeof out);
         EXPECT_NMSE(out, ref, (size_t)n, 1e-8, "registry layer_norm");
 
         for (int i = 0; i < n; i++)
@@ -1259,7 +1185,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         const kr_tensor *sw_src[] = {&tx, &tu};
         kr_kernel_args sw = {.op = "swiglu", .src = sw_src, .n_src = 2, .dst = &ty};
         rt_run(&c, &sw);
-        download(&c.g, out, ty.data, sizeof out);
+        kr_test_download(c.g.be, out, ty.data, sizeof out);
         EXPECT_NMSE(out, ref, (size_t)n, 1e-9, "registry swiglu");
 
         for (int i = 0; i < n; i++) {
@@ -1269,7 +1195,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         const kr_tensor *ge_src[] = {&tx};
         kr_kernel_args ge = {.op = "gelu", .src = ge_src, .n_src = 1, .dst = &ty};
         rt_run(&c, &ge);
-        download(&c.g, out, ty.data, sizeof out);
+        kr_test_download(c.g.be, out, ty.data, sizeof out);
         EXPECT_NMSE(out, ref, (size_t)n, 1e-9, "registry gelu");
 
         /* add: dst (= gelu output, downloaded in out) += u */
@@ -1278,7 +1204,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         const kr_tensor *add_src[] = {&tu};
         kr_kernel_args ad = {.op = "add", .src = add_src, .n_src = 1, .dst = &ty};
         rt_run(&c, &ad);
-        download(&c.g, out, ty.data, sizeof out);
+        kr_test_download(c.g.be, out, ty.data, sizeof out);
         EXPECT_NMSE(out, ref, (size_t)n, 1e-12, "registry add");
 
         for (int r = 0; r < rows; r++) {
@@ -1293,7 +1219,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         const kr_tensor *sm_src[] = {&tx};
         kr_kernel_args sm = {.op = "softmax", .src = sm_src, .n_src = 1, .dst = &ty};
         rt_run(&c, &sm);
-        download(&c.g, out, ty.data, sizeof out);
+        kr_test_download(c.g.be, out, ty.data, sizeof out);
         EXPECT_NMSE(out, ref, (size_t)n, 1e-8, "registry softmax");
         free(x);
         free(w);
@@ -1312,7 +1238,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         const kr_tensor *src[] = {&tx};
         kr_kernel_args a = {.op = "store_kv", .src = src, .n_src = 1, .dst = &th};
         rt_run(&c, &a);
-        download(&c.g, got, th.data, sizeof got);
+        kr_test_download(c.g.be, got, th.data, sizeof got);
         cr_expect_eq(memcmp(got, want, sizeof got), 0, "registry store_kv differs from RNE fp16");
         free(x);
     }
@@ -1337,14 +1263,14 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         kr_kernel_args rop = {.op = "rope", .params = &ra, .params_size = sizeof ra};
         rt_run(&c, &rop);
         float qo[64];
-        download(&c.g, qo, dq, sizeof qo);
+        kr_test_download(c.g.be, qo, dq, sizeof qo);
         EXPECT_NMSE(qo, rq, 64, 1e-6, "registry rope");
 
         const size_t row = (size_t)n_kv * hd;
         uint16_t kc[16 * 32], vc[16 * 32];
         for (size_t i = 0; i < (size_t)n_ctx * row; i++) {
-            kc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
-            vc[i] = kr_fp32_to_fp16(rng_f(-1, 1));
+            kc[i] = kr_fp32_to_fp16(kr_test_rng_f(-1, 1));
+            vc[i] = kr_fp32_to_fp16(kr_test_rng_f(-1, 1));
         }
         double ref[64] = {0};
         for (int h = 0; h < n_head; h++) {
@@ -1371,7 +1297,7 @@ Test(gpu_decode, registry_dispatch_other_ops, .timeout = 120)
         kr_kernel_args at = {.op = "attention", .params = &aa, .params_size = sizeof aa};
         rt_run(&c, &at);
         float out[64];
-        download(&c.g, out, dout, sizeof out);
+        kr_test_download(c.g.be, out, dout, sizeof out);
         EXPECT_NMSE(out, ref, 64, 1e-7, "registry attention");
         free(q);
     }

@@ -14,40 +14,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "kernrun/backend.h"
 #include "kernrun/sampling.h"
 #include "kr_gpu_sampling.h"
+#include "kr_test_gpu.h"
 #include "kr_test_leaks.h"
+#include "kr_test_rng.h"
 
 /* ---- harness ---------------------------------------------------------------- */
-
-static uint64_t g_rng, g_seed;
-
-static void rng_seed(void)
-{
-    const char *s = getenv("KR_TEST_SEED");
-    g_seed = s ? strtoull(s, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)clock();
-    g_rng = g_seed * 0x9E3779B97F4A7C15ull + 1;
-}
-
-static uint64_t rng_u64(void)
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-
-static float rng_f(float lo, float hi) { return lo + (hi - lo) * (float)((rng_u64() >> 40) * 0x1p-24); }
-
-static bool require_gpu(void)
-{
-    const char *r = getenv("KERNRUN_REQUIRE_GPU");
-    return r && strcmp(r, "1") == 0;
-}
 
 /* Under tools/gpu-check's compute-sanitizer pass (which sets
  * KERNRUN_SKIP_FAULT_TESTS) run fewer and smaller cases: same paths, less time. */
@@ -55,17 +30,8 @@ static bool quick(void) { return getenv("KERNRUN_SKIP_FAULT_TESTS") != NULL; }
 
 static kr_backend *gpu_open(void)
 {
-    kr_err err;
-    kr_err_clear(&err);
-    rng_seed();
-    kr_backend *be = NULL;
-    kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &be, &err);
-    if (st != KR_OK) {
-        if (require_gpu())
-            cr_assert_fail("KERNRUN_REQUIRE_GPU=1 but no CUDA backend: %s", kr_err_msg(&err, st));
-        cr_skip_test("no CUDA device: %s", kr_err_msg(&err, st));
-    }
-    return be;
+    kr_test_rng_seed();
+    return kr_test_gpu_backend();
 }
 
 typedef struct pair {
@@ -120,7 +86,7 @@ static int32_t pair_step(pair *q, const float *logits, const char *what)
     st = kr_gpu_sampler_sample(q->gpu, NULL, q->dlog->ptr, &tg, &err);
     cr_assert_eq(st, KR_OK, "%s: gpu sample: %s", what, kr_err_msg(&err, st));
     cr_assert_eq(tg, tc, "%s: gpu token %d != cpu token %d (KR_TEST_SEED=%llu)", what, (int)tg, (int)tc,
-                 (unsigned long long)g_seed);
+                 (unsigned long long)kr_test_seed());
     return tc;
 }
 
@@ -128,7 +94,7 @@ static int32_t pair_step(pair *q, const float *logits, const char *what)
 static void rand_logits(float *l, int32_t n, float scale)
 {
     for (int32_t i = 0; i < n; i++)
-        l[i] = scale * (rng_f(-1, 1) + rng_f(-1, 1) + rng_f(-1, 1));
+        l[i] = scale * (kr_test_rng_f(-1, 1) + kr_test_rng_f(-1, 1) + kr_test_rng_f(-1, 1));
 }
 
 typedef struct combo {
@@ -170,13 +136,13 @@ static void run_combo(kr_backend *be, const combo *c, int32_t n_vocab, int steps
     cr_assert_not_null(l);
     /* a short "prompt" for the penalties: tokens near the top so they matter */
     for (int i = 0; i < 8; i++)
-        pair_accept(&q, (int32_t)(rng_u64() % (uint64_t)n_vocab));
+        pair_accept(&q, (int32_t)(kr_test_rng_u64() % (uint64_t)n_vocab));
     char what[160];
     for (int s = 0; s < steps; s++) {
         rand_logits(l, n_vocab, scale);
         /* make some history tokens the best ones, so penalties change the answer */
         if (c->last_n > 0 && s % 2 == 0)
-            l[rng_u64() % (uint64_t)n_vocab] = 4.0f * scale;
+            l[kr_test_rng_u64() % (uint64_t)n_vocab] = 4.0f * scale;
         snprintf(what, sizeof what, "V=%d top_k=%d top_p=%g min_p=%g T=%g rep=%g seed=%llu step %d", (int)n_vocab,
                  (int)c->top_k, (double)c->top_p, (double)c->min_p, (double)c->temp, (double)c->rep,
                  (unsigned long long)seed, s);
@@ -253,7 +219,7 @@ Test(gpu_sampling, random_logits_match_cpu, .timeout = 600)
         for (size_t c = 0; c < sizeof k_combos / sizeof k_combos[0]; c++)
             for (int r = 0; r < (quick() ? 1 : 3); r++)
                 run_combo(be, &k_combos[c], vocabs[v], quick() ? 2 : vocabs[v] > 100000 ? 8 : 20,
-                          r == 2 ? 6.0f : 2.0f, rng_u64());
+                          r == 2 ? 6.0f : 2.0f, kr_test_rng_u64());
     kr_backend_destroy(be);
 }
 
@@ -262,9 +228,9 @@ Test(gpu_sampling, vocab_256k_and_odd_sizes, .timeout = 300)
     kr_backend *be = gpu_open();
     const int32_t vocabs[] = {1, 2, 31, 1023, 1025, 4097, 256000};
     for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0] - quick(); v++) {
-        run_combo(be, &k_combos[0], vocabs[v], 10, 3.0f, rng_u64());
-        run_combo(be, &k_combos[2], vocabs[v], 10, 3.0f, rng_u64());
-        run_combo(be, &k_combos[3], vocabs[v], 5, 3.0f, rng_u64());
+        run_combo(be, &k_combos[0], vocabs[v], 10, 3.0f, kr_test_rng_u64());
+        run_combo(be, &k_combos[2], vocabs[v], 10, 3.0f, kr_test_rng_u64());
+        run_combo(be, &k_combos[3], vocabs[v], 5, 3.0f, kr_test_rng_u64());
     }
     kr_backend_destroy(be);
 }
@@ -283,7 +249,7 @@ Test(gpu_sampling, greedy_matches_and_takes_lowest_tied_id, .timeout = 120)
     cr_assert_not_null(l);
     for (int s = 0; s < 20; s++) {
         rand_logits(l, nv, 3.0f);
-        int32_t a = (int32_t)(rng_u64() % nv), b = (int32_t)(rng_u64() % nv);
+        int32_t a = (int32_t)(kr_test_rng_u64() % nv), b = (int32_t)(kr_test_rng_u64() % nv);
         l[a] = l[b] = 100.0f; /* a tie for the maximum: the lower id wins */
         int32_t lo = a < b ? a : b, hi = a < b ? b : a;
         if (s % 3 == 0 && (lo ^ 1) != hi)
@@ -340,7 +306,7 @@ Test(gpu_sampling, ties_resolved_by_id, .timeout = 300)
             p.top_p = cs[c].top_p;
             p.min_p = 0.0f;
             p.temperature = cs[c].temp;
-            p.seed = rng_u64();
+            p.seed = kr_test_rng_u64();
             pair q;
             pair_open(&q, be, &p, nv);
             for (int s = 0; s < (quick() ? 1 : 6); s++) {
@@ -348,9 +314,9 @@ Test(gpu_sampling, ties_resolved_by_id, .timeout = 300)
                     if (mode == 0)
                         l[i] = 1.5f; /* flat */
                     else if (mode == 1)
-                        l[i] = (float)(int)(rng_u64() % 4) * 0.5f; /* 4 levels */
+                        l[i] = (float)(int)(kr_test_rng_u64() % 4) * 0.5f; /* 4 levels */
                     else
-                        l[i] = (float)(int)(rng_u64() % 40) * 0.25f - 5.0f; /* 40 levels */
+                        l[i] = (float)(int)(kr_test_rng_u64() % 40) * 0.25f - 5.0f; /* 40 levels */
                 }
                 char what[96];
                 snprintf(what, sizeof what, "ties mode %d top_k %d top_p %g step %d", mode, (int)cs[c].top_k,
@@ -382,7 +348,7 @@ Test(gpu_sampling, penalties_and_bias_match_cpu, .timeout = 300)
         p.presence_penalty = 0.5f * (float)(variant & 1);
         p.frequency_penalty = 0.3f;
         p.repeat_last_n = 16 + variant * 100;
-        p.seed = rng_u64();
+        p.seed = kr_test_rng_u64();
         if (variant >= 2) {
             p.logit_bias = bias;
             p.n_logit_bias = variant == 2 ? 3 : sizeof bias / sizeof bias[0];
@@ -393,14 +359,14 @@ Test(gpu_sampling, penalties_and_bias_match_cpu, .timeout = 300)
             rand_logits(l, nv, 2.0f);
             /* history tokens at the top, some repeated, some negative */
             for (int k = 0; k < 4; k++) {
-                int32_t t = (int32_t)(rng_u64() % 64);
-                l[t] = (k & 1 ? -1.0f : 1.0f) * rng_f(5.0f, 9.0f);
+                int32_t t = (int32_t)(kr_test_rng_u64() % 64);
+                l[t] = (k & 1 ? -1.0f : 1.0f) * kr_test_rng_f(5.0f, 9.0f);
             }
             char what[64];
             snprintf(what, sizeof what, "penalties variant %d step %d", variant, s);
             int32_t t = pair_step(&q, l, what);
             pair_accept(&q, t);
-            pair_accept(&q, (int32_t)(rng_u64() % 64));
+            pair_accept(&q, (int32_t)(kr_test_rng_u64() % 64));
             if (variant == 3)
                 cr_assert_neq(t, 5, "token 5 is banned by a -inf bias");
         }
@@ -455,7 +421,7 @@ Test(gpu_sampling, device_loop_equals_host_loop, .timeout = 120)
     p.repeat_penalty = 1.2f;
     p.frequency_penalty = 0.4f;
     p.repeat_last_n = 8;
-    p.seed = rng_u64();
+    p.seed = kr_test_rng_u64();
     const int32_t nv = 20000;
     const int steps = 12;
     float *l = malloc(nv * sizeof *l);
