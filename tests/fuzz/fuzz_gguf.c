@@ -4,7 +4,7 @@
  * its data), so any out-of-bounds pointer the reader hands out is caught by
  * ASan; small accepted inputs are also re-written by the writer and compared.
  * Built only with -Dfuzz=enabled and clang; the same file is compiled
- * into the regression replayer (replay_main.c) for the normal test suite. */
+ * into the regression replayer (tests/common/fuzz_replay_main.c) for the normal test suite. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
