@@ -151,7 +151,6 @@ static kr_status kr__falcon_forward(const kr_forward_args *fa, kr_err *err)
     size_t n = fa->n_tok, E = hp->n_embd, F = hp->n_ff;
     size_t QD = (size_t)hp->n_head * hp->head_dim, KVD = (size_t)hp->n_head_kv * hp->head_dim;
     size_t QKV = QD + 2 * KVD;
-    size_t kv_elem = fa->kv_type == KR_DTYPE_F16 ? 2 : 4;
     kr_status st;
 
     if (fa->n_w != KR__F_N_GLOBAL + (size_t)hp->n_layer * KR__F_N_LAYER)
@@ -165,30 +164,9 @@ static kr_status kr__falcon_forward(const kr_forward_args *fa, kr_err *err)
 
     if ((st = ops->get_rows(ex, &w[KR__F_TOK_EMBD], fa->tokens, n, b.x, err)) != KR_OK)
         return st;
-    kr_rope_args ra = {
-        .struct_size = sizeof ra,
-        .pos = fa->pos,
-        .n_tok = (uint32_t)n,
-        .head_dim = hp->head_dim,
-        .n_rot = hp->n_rot,
-        .mode = hp->rope_mode,
-        .base = hp->rope_base,
-        .freq_scale = hp->rope_freq_scale,
-    };
-    kr_attn_args aa = {
-        .struct_size = sizeof aa,
-        .q = b.q,
-        .kv_type = fa->kv_type,
-        .out = b.att,
-        .n_tok = (uint32_t)n,
-        .n_head = hp->n_head,
-        .n_head_kv = hp->n_head_kv,
-        .head_dim = hp->head_dim,
-        .pos0 = fa->pos0,
-        .n_ctx = fa->n_ctx,
-        .window = 0,
-        .scale = 1.0f / sqrtf((float)hp->head_dim),
-    };
+    kr_rope_args ra;
+    kr_attn_args aa;
+    kr_arch_attention_args(fa, NULL, b.q, b.att, 0, &ra, &aa);
 
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr_weight *lw = w + KR__F_N_GLOBAL + (size_t)l * KR__F_N_LAYER;
@@ -210,22 +188,7 @@ static kr_status kr__falcon_forward(const kr_forward_args *fa, kr_err *err)
             memcpy(b.k + t * KVD, r + QD, KVD * sizeof(float));
             memcpy(b.v + t * KVD, r + QD + KVD, KVD * sizeof(float));
         }
-        ra.x = b.q;
-        ra.n_head = hp->n_head;
-        ops->rope(ex, &ra);
-        ra.x = b.k;
-        ra.n_head = hp->n_head_kv;
-        ops->rope(ex, &ra);
-        char *kc = (char *)fa->k_cache[l] + (size_t)fa->pos0 * KVD * kv_elem;
-        char *vc = (char *)fa->v_cache[l] + (size_t)fa->pos0 * KVD * kv_elem;
-        if ((st = ops->store_kv(ex, b.k, n, KVD, fa->kv_type, kc, err)) != KR_OK ||
-            (st = ops->store_kv(ex, b.v, n, KVD, fa->kv_type, vc, err)) != KR_OK)
-            return st;
-        aa.k = fa->k_cache[l];
-        aa.v = fa->v_cache[l];
-        if ((st = ops->attention(ex, &aa, err)) != KR_OK)
-            return st;
-        if ((st = ops->matmul(ex, &lw[KR__F_O], b.att, n, b.tmp, err)) != KR_OK)
+        if ((st = kr_arch_attention(fa, l, &ra, &aa, b.q, b.k, b.v, &lw[KR__F_O], b.tmp, err)) != KR_OK)
             return st;
         /* MLP on the attn_norm output, in parallel with attention */
         if ((st = ops->matmul(ex, &lw[KR__F_UP], b.h, n, b.up, err)) != KR_OK)

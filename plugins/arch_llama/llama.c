@@ -170,8 +170,6 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
     const kr_exec *ex = fa->ex;
     const kr_weight *w = fa->w;
     size_t n = fa->n_tok, E = hp->n_embd, F = hp->n_ff;
-    size_t QD = (size_t)hp->n_head * hp->head_dim, KVD = (size_t)hp->n_head_kv * hp->head_dim;
-    size_t kv_elem = fa->kv_type == KR_DTYPE_F16 ? 2 : 4;
     kr_status st;
 
     if (fa->n_w != KR__L_N_GLOBAL + (size_t)hp->n_layer * KR__L_N_LAYER)
@@ -185,32 +183,9 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
 
     if ((st = ops->get_rows(ex, &w[KR__L_TOK_EMBD], fa->tokens, n, b.x, err)) != KR_OK)
         return st;
-    const float *freq_factors = w[KR__L_ROPE_FREQS].data;
-    kr_rope_args ra = {
-        .struct_size = sizeof ra,
-        .pos = fa->pos,
-        .n_tok = (uint32_t)n,
-        .head_dim = hp->head_dim,
-        .n_rot = hp->n_rot,
-        .mode = hp->rope_mode,
-        .base = hp->rope_base,
-        .freq_scale = hp->rope_freq_scale,
-        .freq_factors = freq_factors,
-    };
-    kr_attn_args aa = {
-        .struct_size = sizeof aa,
-        .q = b.q,
-        .kv_type = fa->kv_type,
-        .out = b.att,
-        .n_tok = (uint32_t)n,
-        .n_head = hp->n_head,
-        .n_head_kv = hp->n_head_kv,
-        .head_dim = hp->head_dim,
-        .pos0 = fa->pos0,
-        .n_ctx = fa->n_ctx,
-        .window = hp->sliding_window,
-        .scale = 1.0f / sqrtf((float)hp->head_dim),
-    };
+    kr_rope_args ra;
+    kr_attn_args aa;
+    kr_arch_attention_args(fa, w[KR__L_ROPE_FREQS].data, b.q, b.att, hp->sliding_window, &ra, &aa);
 
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr_weight *lw = w + KR__L_N_GLOBAL + (size_t)l * KR__L_N_LAYER;
@@ -219,22 +194,7 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
             (st = ops->matmul(ex, &lw[KR__L_K], b.h, n, b.k, err)) != KR_OK ||
             (st = ops->matmul(ex, &lw[KR__L_V], b.h, n, b.v, err)) != KR_OK)
             return st;
-        ra.x = b.q;
-        ra.n_head = hp->n_head;
-        ops->rope(ex, &ra);
-        ra.x = b.k;
-        ra.n_head = hp->n_head_kv;
-        ops->rope(ex, &ra);
-        char *kc = (char *)fa->k_cache[l] + (size_t)fa->pos0 * KVD * kv_elem;
-        char *vc = (char *)fa->v_cache[l] + (size_t)fa->pos0 * KVD * kv_elem;
-        if ((st = ops->store_kv(ex, b.k, n, KVD, fa->kv_type, kc, err)) != KR_OK ||
-            (st = ops->store_kv(ex, b.v, n, KVD, fa->kv_type, vc, err)) != KR_OK)
-            return st;
-        aa.k = fa->k_cache[l];
-        aa.v = fa->v_cache[l];
-        if ((st = ops->attention(ex, &aa, err)) != KR_OK)
-            return st;
-        if ((st = ops->matmul(ex, &lw[KR__L_O], b.att, n, b.tmp, err)) != KR_OK)
+        if ((st = kr_arch_attention(fa, l, &ra, &aa, b.q, b.k, b.v, &lw[KR__L_O], b.tmp, err)) != KR_OK)
             return st;
         ops->add(ex, b.x, b.tmp, n * E);
 
@@ -247,7 +207,6 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
             return st;
         ops->add(ex, b.x, b.tmp, n * E);
     }
-    (void)QD;
 
     if (!fa->logits)
         return KR_OK;

@@ -4,6 +4,7 @@
 #define KERNRUN_ARCH_UTIL_H
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -121,6 +122,76 @@ static inline float *kr_arch_take(kr_arch_arena *a, uint64_t n_floats)
     }
     a->off = (size_t)end;
     return a->base ? (float *)(void *)(a->base + aligned) : NULL;
+}
+
+/* Rope and attention arguments for one forward batch, as every decoder
+ * handler builds them: positions, heads and rope settings from fa and its
+ * hparams, scale 1/sqrt(head_dim). ra->x and ra->n_head, aa->k and aa->v
+ * are set per layer (kr_arch_attention). freq_factors: (n_rot/2) or NULL;
+ * q: (n_tok, n_head * head_dim) queries; att: same shape, attention output;
+ * window: sliding window (0 = none). */
+static inline void kr_arch_attention_args(const kr_forward_args *fa, const float *freq_factors, float *q, float *att,
+                                          uint32_t window, kr_rope_args *ra, kr_attn_args *aa)
+{
+    const kr_hparams *hp = fa->hp;
+    *ra = (kr_rope_args){
+        .struct_size = sizeof *ra,
+        .pos = fa->pos,
+        .n_tok = fa->n_tok,
+        .head_dim = hp->head_dim,
+        .n_rot = hp->n_rot,
+        .mode = hp->rope_mode,
+        .base = hp->rope_base,
+        .freq_scale = hp->rope_freq_scale,
+        .freq_factors = freq_factors,
+    };
+    *aa = (kr_attn_args){
+        .struct_size = sizeof *aa,
+        .q = q,
+        .kv_type = fa->kv_type,
+        .out = att,
+        .n_tok = fa->n_tok,
+        .n_head = hp->n_head,
+        .n_head_kv = hp->n_head_kv,
+        .head_dim = hp->head_dim,
+        .pos0 = fa->pos0,
+        .n_ctx = fa->n_ctx,
+        .window = window,
+        .scale = 1.0f / sqrtf((float)hp->head_dim),
+    };
+}
+
+/* The attention step of layer l, shared by the handlers: rope q
+ * (n_tok, n_head * head_dim) and k (n_tok, n_head_kv * head_dim) in place,
+ * store k and v (same shape as k) in layer l's caches at rows pos0.., attend
+ * over the cache into aa->out (aa->q must be q), then out (n_tok, n_embd) =
+ * wo * aa->out. ra and aa come from kr_arch_attention_args. */
+static inline kr_status kr_arch_attention(const kr_forward_args *fa, uint32_t l, kr_rope_args *ra, kr_attn_args *aa,
+                                          float *q, float *k, const float *v, const kr_weight *wo, float *out,
+                                          kr_err *err)
+{
+    const kr_hparams *hp = fa->hp;
+    const kr_ops *ops = fa->ops;
+    const kr_exec *ex = fa->ex;
+    size_t n = fa->n_tok, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t kv_elem = fa->kv_type == KR_DTYPE_F16 ? 2 : 4;
+    kr_status st;
+    ra->x = q;
+    ra->n_head = hp->n_head;
+    ops->rope(ex, ra);
+    ra->x = k;
+    ra->n_head = hp->n_head_kv;
+    ops->rope(ex, ra);
+    char *kc = (char *)fa->k_cache[l] + (size_t)fa->pos0 * kvd * kv_elem;
+    char *vc = (char *)fa->v_cache[l] + (size_t)fa->pos0 * kvd * kv_elem;
+    if ((st = ops->store_kv(ex, k, n, kvd, fa->kv_type, kc, err)) != KR_OK ||
+        (st = ops->store_kv(ex, v, n, kvd, fa->kv_type, vc, err)) != KR_OK)
+        return st;
+    aa->k = fa->k_cache[l];
+    aa->v = fa->v_cache[l];
+    if ((st = ops->attention(ex, aa, err)) != KR_OK)
+        return st;
+    return ops->matmul(ex, wo, aa->out, n, out, err);
 }
 
 #endif
