@@ -402,11 +402,13 @@ Test(generate, logit_bias_and_ignore_eos)
 Test(generate, ctx_shift_continues_past_the_context)
 {
     const char *info[] = {"KERNRUN_RUNTIME_LOG_LEVEL=info", NULL};
-    const char *stop[] = {"-m", stories(), "-p", "Once upon a time", "-n", "60", "-c", "24", "--greedy", NULL};
+    const char *stop[] = {"-m", stories(), "-p", "Once upon a time", "-n", "60", "-c", "24", "--greedy",
+                          "--backend", "cpu", NULL};
     run_result r0 = run_kernrun(stop, info);
     cr_assert_eq(r0.status, 0, "stderr:\n%s", r0.err);
     cr_expect(strstr(r0.err, "context full") != NULL, "%s", r0.err);
 
+    /* default backend (auto): picks the CPU, which has the shift */
     const char *shift[] = {"-m", stories(), "-p", "Once upon a time", "-n", "60", "-c", "24", "--greedy",
                            "--ctx-shift", "--keep", "4", NULL};
     run_result r1 = run_kernrun(shift, info);

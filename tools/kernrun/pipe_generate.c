@@ -636,6 +636,11 @@ static int run_generate(kr_app *app, int argc, char **argv)
                 (int)kr_tokenizer_n_vocab(tok), (int)n_vocab);
         goto out;
     }
+    if (strcmp(backend, "auto") == 0 && (o.kv_type || o.ctx_shift)) {
+        /* the CUDA path keeps its own f16 cache and has no shift yet */
+        KR_LOGI(KR__DOM, "backend auto: --kv-type/--ctx-shift run on the CPU");
+        backend = "cpu";
+    }
     if (strcmp(backend, "cpu") != 0 &&
         (st = kr__gen_open_gpu(app, m, o.n_ctx, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
         rc = kr__fail(&e, st);
