@@ -32,7 +32,8 @@ typedef struct kr_gemm kr_gemm;
 
 /* Which kernel runs (tensor-core tile height along m). */
 typedef enum kr_gemm_variant {
-    KR_GEMM_AUTO = 0, /* 128-row tiles, or 64-row ones when 128 gives < 2 blocks per SM */
+    KR_GEMM_AUTO = 0, /* F16: 128-row tiles, or 64 when 128 gives < 2 blocks per SM;
+                         block types: 128, or 64 when m <= 64 (docs/GEMM.md) */
     KR_GEMM_TC128 = 1, /* tensor cores, 128 (m) x 128 (n) tiles */
     KR_GEMM_TC64 = 2,  /* tensor cores, 64 (m) x 128 (n) tiles */
 } kr_gemm_variant;
