@@ -7,7 +7,8 @@
  * cache, like the GPU's); the GPU path is fed the same tokens (teacher
  * forcing) and at every step its logits must be within NMSE 1e-4 of the
  * CPU's and its argmax must equal the CPU's token unless the CPU's top two
- * logits are within 1e-3 (a tie the check cannot decide). Then the GPU's own
+ * logits are within 1e-3 (with 8-bit activations: within 3 sqrt(1e-3) rms of
+ * the logits; a tie the check cannot decide). Then the GPU's own
  * greedy run must reproduce the CPU's token sequence up to the first such tie.
  *
  * Models: stories260K (F32), llama2-tiny-random-f16 (F16, separate output),
@@ -189,10 +190,23 @@ static void compare(const char *path, bool no_graph, bool no_q8, double tol)
         cr_assert_eq(st, KR_OK, "%s: gpu eval %d: %s", path, i, kr_err_msg(&err, st));
         const float *ref = r.logits + (size_t)i * nv;
         double e = nmse(lg, ref, nv);
+        /* With 8-bit activations (tol > NMSE_TOL) the allowed per-logit error is
+         * about sqrt(tol) * rms(ref); top-two gaps below 3x that are ties the
+         * check cannot decide (tiny falcon: rms 0.15, gaps of 0.001-0.003 flipped
+         * on an H200 at NMSE < 1e-3). fp32 runs keep the absolute TIE_GAP. */
+        double tie = TIE_GAP;
+        if (tol > NMSE_TOL) {
+            double ss = 0;
+            for (int j = 0; j < nv; j++)
+                ss += (double)ref[j] * ref[j];
+            double t = 3.0 * sqrt(tol) * sqrt(ss / nv);
+            if (t > tie)
+                tie = t;
+        }
         cr_expect_leq(e, tol, "%s step %d: logits NMSE %.3g > %.1g", path, i, e, tol);
         float gap;
         int t = argmax(lg, nv, &gap);
-        if (r.gap[i] < TIE_GAP) {
+        if (r.gap[i] < tie) {
             if (first_tie == N_STEPS)
                 first_tie = i;
         } else {
