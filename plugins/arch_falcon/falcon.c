@@ -51,7 +51,7 @@ static kr_status kr__falcon_hparams(const kr_meta_i *m, kr_hparams *hp, kr_err *
     KR__U32("attention.head_count", true, 0, n_head)
     KR__U32("attention.head_count_kv", false, hp->n_head, n_head_kv)
     if (hp->n_head == 0 || hp->n_embd % hp->n_head != 0)
-        return kr_arch_err(err, KR_ERR_RANGE, "n_head = %u does not divide n_embd = %u", hp->n_head, hp->n_embd);
+        return kr_err_set_local(err, KR_ERR_RANGE, "n_head = %u does not divide n_embd = %u", hp->n_head, hp->n_embd);
     hp->head_dim = hp->n_embd / hp->n_head;
     KR__U32("feed_forward_length", false, hp->n_embd <= UINT32_MAX / 4 ? 4 * hp->n_embd : 0, n_ff)
     KR__U32("rope.dimension_count", false, hp->head_dim, n_rot)
@@ -74,7 +74,7 @@ static kr_status kr__falcon_table(const kr_hparams *hp, kr_tensor_spec *s, size_
     if (!s)
         return KR_OK;
     if (cap < total)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "tensor table needs %zu entries", (size_t)total);
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "tensor table needs %zu entries", (size_t)total);
     uint64_t E = hp->n_embd, V = hp->n_vocab, F = hp->n_ff;
     uint64_t QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
     kr_arch_spec(&s[KR__F_TOK_EMBD], "token_embd.weight", 2, E, V, 0);
@@ -137,7 +137,7 @@ static kr_status kr__falcon_scratch(const kr_hparams *hp, uint32_t n_tok, size_t
     kr__falcon_buf b;
     kr__falcon_layout(hp, n_tok, &a, &b);
     if (a.overflow)
-        return kr_arch_err(err, KR_ERR_OVERFLOW, "scratch size overflows for %u tokens", n_tok);
+        return kr_err_set_local(err, KR_ERR_OVERFLOW, "scratch size overflows for %u tokens", n_tok);
     *bytes = a.off;
     return KR_OK;
 }
@@ -154,12 +154,12 @@ static kr_status kr__falcon_forward(const kr_forward_args *fa, kr_err *err)
     kr_status st;
 
     if (fa->n_w != KR__F_N_GLOBAL + (size_t)hp->n_layer * KR__F_N_LAYER)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "weight table has %zu entries", fa->n_w);
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "weight table has %zu entries", fa->n_w);
     kr_arch_arena a = {.base = fa->scratch, .cap = fa->scratch_bytes};
     kr__falcon_buf b;
     kr__falcon_layout(hp, n, &a, &b);
     if (a.overflow)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "scratch of %zu bytes too small for %zu tokens",
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "scratch of %zu bytes too small for %zu tokens",
                            fa->scratch_bytes, n);
 
     if ((st = ops->get_rows(ex, &w[KR__F_TOK_EMBD], fa->tokens, n, b.x, err)) != KR_OK)
@@ -172,7 +172,7 @@ static kr_status kr__falcon_forward(const kr_forward_args *fa, kr_err *err)
         const kr_weight *lw = w + KR__F_N_GLOBAL + (size_t)l * KR__F_N_LAYER;
         bool has_n2 = lw[KR__F_ATTN_NORM_2].data != NULL;
         if (has_n2 != (lw[KR__F_ATTN_NORM_2_B].data != NULL))
-            return kr_arch_err(err, KR_ERR_FORMAT, "blk.%u: attn_norm_2 weight and bias must both be present", l);
+            return kr_err_set_local(err, KR_ERR_FORMAT, "blk.%u: attn_norm_2 weight and bias must both be present", l);
         ops->layer_norm(ex, b.x, lw[KR__F_ATTN_NORM].data, lw[KR__F_ATTN_NORM_B].data, n, E, hp->norm_eps, b.h);
         const float *attn_in = b.h;
         if (has_n2) {

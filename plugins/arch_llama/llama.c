@@ -58,14 +58,14 @@ static kr_status kr__llama_hparams_named(const kr_meta_i *m, const char *arch, k
         if ((st = kr_arch_meta_u32(m, arch, "attention.key_length", false, 0, &kl, err)) != KR_OK)
             return st;
         if (kl == 0)
-            return kr_arch_err(err, KR_ERR_RANGE, "n_head = %u does not divide n_embd = %u", hp->n_head, hp->n_embd);
+            return kr_err_set_local(err, KR_ERR_RANGE, "n_head = %u does not divide n_embd = %u", hp->n_head, hp->n_embd);
     }
     KR__U32("attention.key_length", false, hp->n_head ? hp->n_embd / hp->n_head : 0, head_dim)
     uint32_t vl = 0;
     if ((st = kr_arch_meta_u32(m, arch, "attention.value_length", false, hp->head_dim, &vl, err)) != KR_OK)
         return st;
     if (vl != hp->head_dim)
-        return kr_arch_err(err, KR_ERR_UNSUPPORTED, "value_length %u != key_length %u is not supported", vl,
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "value_length %u != key_length %u is not supported", vl,
                            hp->head_dim);
     KR__U32("rope.dimension_count", false, hp->head_dim, n_rot)
     KR__U32("attention.sliding_window", false, 0, sliding_window)
@@ -97,7 +97,7 @@ static kr_status kr__llama_table(const kr_hparams *hp, kr_tensor_spec *s, size_t
     if (!s)
         return KR_OK;
     if (cap < total)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "tensor table needs %zu entries", (size_t)total);
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "tensor table needs %zu entries", (size_t)total);
     uint64_t E = hp->n_embd, V = hp->n_vocab, F = hp->n_ff;
     uint64_t QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
     kr_arch_spec(&s[KR__L_TOK_EMBD], "token_embd.weight", 2, E, V, 0);
@@ -158,7 +158,7 @@ static kr_status kr__llama_scratch(const kr_hparams *hp, uint32_t n_tok, size_t 
     kr__llama_buf b;
     kr__llama_layout(hp, n_tok, &a, &b); /* hparams are bounded (<= 2^20), n_tok <= 2^24: products fit */
     if (a.overflow)
-        return kr_arch_err(err, KR_ERR_OVERFLOW, "scratch size overflows for %u tokens", n_tok);
+        return kr_err_set_local(err, KR_ERR_OVERFLOW, "scratch size overflows for %u tokens", n_tok);
     *bytes = a.off;
     return KR_OK;
 }
@@ -173,12 +173,12 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
     kr_status st;
 
     if (fa->n_w != KR__L_N_GLOBAL + (size_t)hp->n_layer * KR__L_N_LAYER)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "weight table has %zu entries", fa->n_w);
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "weight table has %zu entries", fa->n_w);
     kr_arch_arena a = {.base = fa->scratch, .cap = fa->scratch_bytes};
     kr__llama_buf b;
     kr__llama_layout(hp, n, &a, &b);
     if (a.overflow)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "scratch of %zu bytes too small for %zu tokens",
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "scratch of %zu bytes too small for %zu tokens",
                            fa->scratch_bytes, n);
 
     if ((st = ops->get_rows(ex, &w[KR__L_TOK_EMBD], fa->tokens, n, b.x, err)) != KR_OK)

@@ -169,17 +169,17 @@ static kr_status kr__matmul(const kr_exec *ex, const kr_weight *w, const float *
                             kr_err *err)
 {
     if (!w || !w->data || w->n_dims > 2)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "matmul: weight '%s' absent or not 2-D",
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "matmul: weight '%s' absent or not 2-D",
                            w && w->name ? w->name : "?");
     if (!kr_quant_can_dequantize(w->type))
-        return kr_arch_err(err, KR_ERR_UNSUPPORTED, "matmul: weight '%s' has unsupported type %d",
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "matmul: weight '%s' has unsupported type %d",
                            w->name ? w->name : "?", (int)w->type);
     kr__mm_job j = {.w = w, .x = x, .n = n, .K = (size_t)w->ne[0], .M = (size_t)w->ne[1], .out = out};
     atomic_init(&j.status, KR_OK);
     kr__par(ex, j.M, kr__min_chunk(j.K * n), kr__mm_rows, &j);
     int st = atomic_load(&j.status);
     if (st != KR_OK)
-        return kr_arch_err(err, (kr_status)st, "matmul with '%s' failed (status %d)", w->name ? w->name : "?", st);
+        return kr_err_set_local(err, (kr_status)st, "matmul with '%s' failed (status %d)", w->name ? w->name : "?", st);
     return KR_OK;
 }
 
@@ -190,16 +190,16 @@ static kr_status kr__get_rows(const kr_exec *ex, const kr_weight *w, const int32
 {
     (void)ex;
     if (!w || !w->data)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG, "get_rows: weight absent");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "get_rows: weight absent");
     size_t K = (size_t)w->ne[0];
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || (uint64_t)ids[i] >= w->ne[1])
-            return kr_arch_err(err, KR_ERR_RANGE, "get_rows: id %" PRId32 " outside [0, %" PRIu64 ") of '%s'",
+            return kr_err_set_local(err, KR_ERR_RANGE, "get_rows: id %" PRId32 " outside [0, %" PRIu64 ") of '%s'",
                                ids[i], w->ne[1], w->name ? w->name : "?");
         kr_status st = kr_dequantize_row(w->type, (const char *)w->data + (size_t)ids[i] * w->row_bytes,
                                          out + i * K, K);
         if (st != KR_OK)
-            return kr_arch_err(err, st, "get_rows: cannot dequantize a row of '%s'", w->name ? w->name : "?");
+            return kr_err_set_local(err, st, "get_rows: cannot dequantize a row of '%s'", w->name ? w->name : "?");
     }
     return KR_OK;
 }
@@ -358,15 +358,15 @@ static void kr__attn_items(void *arg, size_t b, size_t e, int tid)
 static kr_status kr__attention(const kr_exec *ex, const kr_attn_args *a, kr_err *err)
 {
     if (!a || a->struct_size < sizeof *a)
-        return kr_arch_err(err, KR_ERR_ABI, "attention: args struct too small");
+        return kr_err_set_local(err, KR_ERR_ABI, "attention: args struct too small");
     if (a->n_head == 0 || a->n_head_kv == 0 || a->n_head % a->n_head_kv != 0 || a->head_dim == 0 ||
         a->head_dim > KR_OPS_MAX_HEAD_DIM || (uint64_t)a->pos0 + a->n_tok > a->n_ctx)
-        return kr_arch_err(err, KR_ERR_INVALID_ARG,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                            "attention: bad shape (heads %" PRIu32 "/%" PRIu32 ", head_dim %" PRIu32 ", pos0 %" PRIu32
                            ", n_tok %" PRIu32 ", n_ctx %" PRIu32 ")",
                            a->n_head, a->n_head_kv, a->head_dim, a->pos0, a->n_tok, a->n_ctx);
     if (a->kv_type != KR_DTYPE_F32 && a->kv_type != KR_DTYPE_F16)
-        return kr_arch_err(err, KR_ERR_UNSUPPORTED, "attention: KV type %d not supported", (int)a->kv_type);
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "attention: KV type %d not supported", (int)a->kv_type);
     kr__attn_job j = {.a = a};
     atomic_init(&j.status, KR_OK);
     size_t items = (size_t)a->n_tok * a->n_head;
@@ -374,7 +374,7 @@ static kr_status kr__attention(const kr_exec *ex, const kr_attn_args *a, kr_err 
     kr__par(ex, items, kr__min_chunk(work), kr__attn_items, &j);
     int st = atomic_load(&j.status);
     if (st != KR_OK)
-        return kr_arch_err(err, (kr_status)st, "attention: out of memory");
+        return kr_err_set_local(err, (kr_status)st, "attention: out of memory");
     return KR_OK;
 }
 
@@ -452,7 +452,7 @@ static kr_status kr__store_kv(const kr_exec *ex, const float *src, size_t rows, 
             h[i] = kr_fp32_to_fp16(src[i]);
         return KR_OK;
     }
-    return kr_arch_err(err, KR_ERR_UNSUPPORTED, "store_kv: type %d not supported", (int)type);
+    return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "store_kv: type %d not supported", (int)type);
 }
 
 const kr_ops kr_cpu_ops_table = {

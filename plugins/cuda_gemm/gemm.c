@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernrun/err_local.h"
+
 #include "kr_kernel_gemm_gemm_cu.h" /* kr_kernel_gemm_gemm_cu[], embedded by meson */
 
 #define KR__GM_THREADS 256 /* KR_GM_THREADS in gemm.cu */
@@ -59,39 +61,7 @@ struct kr_gemm {
     kr_function *fn[KR__GM_COUNT];  /* (KR__GM_COUNT,) lazily fetched; owned by the backend */
 };
 
-static kr_status kr__gm_err(kr_err *e, kr_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static kr_status kr__gm_err(kr_err *e, kr_status code, const char *fmt, ...)
-{
-    if (e) {
-        va_list ap;
-        va_start(ap, fmt);
-        e->code = code;
-        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
-/* Prefix e->msg with "what: " (keeps the inner message). */
-static kr_status kr__gm_prefix(kr_err *e, kr_status code, const char *what)
-{
-    if (e) {
-        if (e->code != code || !e->msg[0])
-            snprintf(e->msg, sizeof e->msg, "failed");
-        size_t w = strlen(what), m = strlen(e->msg);
-        if (w + 2 < sizeof e->msg) {
-            if (w + 2 + m >= sizeof e->msg)
-                m = sizeof e->msg - w - 3;
-            memmove(e->msg + w + 2, e->msg, m);
-            memcpy(e->msg, what, w);
-            e->msg[w] = ':';
-            e->msg[w + 1] = ' ';
-            e->msg[w + 2 + m] = '\0';
-        }
-        e->code = code;
-    }
-    return code;
-}
 
 size_t kr_gemm_source_count(void) { return KR__GM_COUNT; }
 
@@ -101,13 +71,13 @@ kr_status kr_gemm_create(kr_backend *be, kr_gemm **out, kr_err *err)
 {
     *out = NULL;
     if (!be || be->kind != KR_BACKEND_CUDA)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: needs a CUDA backend");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: needs a CUDA backend");
     kr_gemm *g = calloc(1, sizeof *g);
     if (!g)
-        return kr__gm_err(err, KR_ERR_NOMEM, "cuda_gemm: out of memory");
+        return kr_err_set_local(err, KR_ERR_NOMEM, "cuda_gemm: out of memory");
     if (pthread_mutex_init(&g->lock, NULL) != 0) {
         free(g);
-        return kr__gm_err(err, KR_ERR_INTERNAL, "cuda_gemm: pthread_mutex_init failed");
+        return kr_err_set_local(err, KR_ERR_INTERNAL, "cuda_gemm: pthread_mutex_init failed");
     }
     g->be = be;
     *out = g;
@@ -135,7 +105,7 @@ static kr_status kr__gm_get(kr_gemm *g, kr__gm_fn id, kr_function **fn, kr_err *
             char what[128];
             snprintf(what, sizeof what, "cuda_gemm: kernel %s (%s %s)", kr__gm_src[id].entry,
                      kr__gm_src[id].name, kr__gm_src[id].options[0]);
-            kr__gm_prefix(err, st, what);
+            kr_err_prefix_local(err, st, what);
         }
     }
     *fn = g->fn[id];
@@ -146,7 +116,7 @@ static kr_status kr__gm_get(kr_gemm *g, kr__gm_fn id, kr_function **fn, kr_err *
 kr_status kr_gemm_prepare_all(kr_gemm *g, kr_err *err)
 {
     if (!g)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
     for (int i = 0; i < KR__GM_COUNT; i++) {
         kr_function *fn;
         kr_status st = kr__gm_get(g, (kr__gm_fn)i, &fn, err);
@@ -200,40 +170,40 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
                       int64_t k, kr_err *err)
 {
     if (!g)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
     if (!kr_gemm_supports(wtype))
-        return kr__gm_err(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
     if (variant != KR_GEMM_AUTO && variant != KR_GEMM_TC128 && variant != KR_GEMM_TC64)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
     const char *tn;
     kr__gm_type(wtype, &blk, &blk_bytes, &align, &tn);
     if (m < 1 || m > INT32_MAX || n < 1 || n > INT32_MAX)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld and n %lld must lie in [1, 2^31)",
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld and n %lld must lie in [1, 2^31)",
                           (long long)m, (long long)n);
     if (k < blk || k > INT32_MAX || k % blk != 0)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld is not a positive multiple of %lld (%s block)",
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld is not a positive multiple of %lld (%s block)",
                           (long long)k, (long long)blk, tn);
     if (!w || !a || !c)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, (const void *)a,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, (const void *)a,
                           (void *)c);
     /* k <= INT32_MAX, so row bytes <= 2^31/32*128 = 2^33: no overflow in 64 bits */
     uint64_t row_bytes = (uint64_t)(k / blk) * blk_bytes;
     if (w_stride < row_bytes || w_stride % align != 0 || (uintptr_t)w % align != 0)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                           "cuda_gemm: %s weight stride %zu (row of %lld needs >= %llu bytes) or address %p not "
                           "%zu-byte aligned",
                           tn, w_stride, (long long)k, (unsigned long long)row_bytes, w, align);
     if (lda < (uint64_t)k || lda % 4 != 0 || (uintptr_t)a % 16 != 0)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                           "cuda_gemm: A row stride %zu must be >= k %lld and a multiple of 4, A (%p) 16-byte aligned",
                           lda, (long long)k, (const void *)a);
     if (ldc < (uint64_t)n)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: C row stride %zu < n %lld", ldc, (long long)n);
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: C row stride %zu < n %lld", ldc, (long long)n);
     if (lda > INT64_MAX / (uint64_t)m || ldc > INT64_MAX / (uint64_t)m || w_stride > INT64_MAX / (uint64_t)n)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: strides too large for 64-bit indexing");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: strides too large for 64-bit indexing");
 
     kr__gm_fn id;
     if (wtype == KR_DTYPE_F32) {
@@ -258,7 +228,7 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
     }
     int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, KR__GM_BN);
     if (gy > 65535)
-        return kr__gm_err(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
                           (long long)m, (long long)gy);
 
     kr_function *fn;
@@ -273,7 +243,7 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
     if (st != KR_OK) {
         char what[96];
         snprintf(what, sizeof what, "cuda_gemm: launching %s (%s)", kr__gm_src[id].entry, tn);
-        return kr__gm_prefix(err, st, what);
+        return kr_err_prefix_local(err, st, what);
     }
     return KR_OK;
 }

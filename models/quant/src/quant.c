@@ -71,26 +71,15 @@ bool kr_quant_can_quantize(kr_dtype t)
     return q && q->quant;
 }
 
-kr_status kr__quant_err(kr_err *err, kr_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
 
 kr_status kr__quant_check(kr_dtype t, size_t n, bool ok_type, const char *what, kr_err *err)
 {
     const kr__qinfo *q = qinfo(t);
     if (!q || !ok_type)
-        return kr__quant_err(err, KR_ERR_UNSUPPORTED, "%s: type %d (%s) is not supported", what,
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "%s: type %d (%s) is not supported", what,
                              (int)t, q ? q->name : "unknown");
     if (n % q->block != 0)
-        return kr__quant_err(err, KR_ERR_INVALID_ARG,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                              "%s: row length %zu is not a multiple of the %s block size %u", what, n,
                              q->name, (unsigned)q->block);
     return KR_OK;
@@ -100,13 +89,13 @@ kr_status kr_quant_row_size(kr_dtype t, uint64_t n, uint64_t *bytes, kr_err *err
 {
     const kr__qinfo *q = qinfo(t);
     if (!q)
-        return kr__quant_err(err, KR_ERR_UNSUPPORTED, "type %d is not a known block format", (int)t);
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "type %d is not a known block format", (int)t);
     if (n % q->block != 0)
-        return kr__quant_err(err, KR_ERR_INVALID_ARG,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                              "row length %" PRIu64 " is not a multiple of the %s block size %u", n,
                              q->name, (unsigned)q->block);
     if (kr_mul_overflow_u64(n / q->block, q->bytes, bytes))
-        return kr__quant_err(err, KR_ERR_OVERFLOW, "row of %" PRIu64 " %s elements: byte size overflows",
+        return kr_err_set_local(err, KR_ERR_OVERFLOW, "row of %" PRIu64 " %s elements: byte size overflows",
                              n, q->name);
     return KR_OK;
 }
@@ -354,7 +343,7 @@ kr_status kr_dequantize_row_e(kr_dtype t, const void *src, float *dst, size_t n,
     if (st != KR_OK)
         return st;
     if (n > 0 && (!src || !dst))
-        return kr__quant_err(err, KR_ERR_INVALID_ARG, "dequantize: NULL buffer");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "dequantize: NULL buffer");
     const uint8_t *s = src;
     switch (t) {
     case KR_DTYPE_F32:
@@ -375,7 +364,7 @@ kr_status kr_dequantize_row_e(kr_dtype t, const void *src, float *dst, size_t n,
     const kr__qinfo *q = qinfo(t);
     const kr__dq_fn fn = block_fn(t);
     if (!fn)
-        return kr__quant_err(err, KR_ERR_INTERNAL, "dequantize: no block decoder for %s", q->name);
+        return kr_err_set_local(err, KR_ERR_INTERNAL, "dequantize: no block decoder for %s", q->name);
     const size_t nb = n / q->block;
     for (size_t i = 0; i < nb; i++)
         fn(s + i * q->bytes, dst + i * q->block);
@@ -506,7 +495,7 @@ kr_status kr_vec_dot_row_e(kr_dtype t, const void *row, const float *x, size_t n
     if (st != KR_OK)
         return st;
     if (!out || (n > 0 && (!row || !x)))
-        return kr__quant_err(err, KR_ERR_INVALID_ARG, "vec_dot: NULL buffer");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "vec_dot: NULL buffer");
     const uint8_t *r = row;
     const size_t nb = n / kr_quant_block_size(t);
     switch (t) {
@@ -524,7 +513,7 @@ kr_status kr_vec_dot_row_e(kr_dtype t, const void *row, const float *x, size_t n
     case KR_DTYPE_Q5_K: *out = dot_q5_K(r, x, nb); break;
     case KR_DTYPE_Q6_K: *out = dot_q6_K(r, x, nb); break;
     default:
-        return kr__quant_err(err, KR_ERR_INTERNAL, "vec_dot: no kernel for %s", kr__quant_type_name(t));
+        return kr_err_set_local(err, KR_ERR_INTERNAL, "vec_dot: no kernel for %s", kr__quant_type_name(t));
     }
     return KR_OK;
 }

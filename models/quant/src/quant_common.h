@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernrun/err_local.h"
 #include "kernrun/half.h"
 #include "kernrun/quant.h"
 
@@ -47,9 +48,6 @@ static inline float kr__f16_to_f32(uint16_t h)
 }
 static inline float kr__ld_f16(const uint8_t *p) { return kr__f16_to_f32(kr__ld_u16(p)); }
 
-/* Fill err (if non-NULL) without libkernrun symbols. Returns code. */
-kr_status kr__quant_err(kr_err *err, kr_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 /* Validate (t, n) for an operation; ok_type says whether t is handled. */
 kr_status kr__quant_check(kr_dtype t, size_t n, bool ok_type, const char *what, kr_err *err);
 const char *kr__quant_type_name(kr_dtype t);

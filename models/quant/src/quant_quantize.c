@@ -389,7 +389,7 @@ kr_status kr_quantize_row_e(kr_dtype t, const float *src, void *dst, size_t n, k
     if (st != KR_OK)
         return st;
     if (n > 0 && (!src || !dst))
-        return kr__quant_err(err, KR_ERR_INVALID_ARG, "quantize: NULL buffer");
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "quantize: NULL buffer");
     uint8_t *d = dst;
     void (*fn)(const float *, uint8_t *) = NULL;
     switch (t) {
@@ -414,7 +414,7 @@ kr_status kr_quantize_row_e(kr_dtype t, const float *src, void *dst, size_t n, k
     case KR_DTYPE_Q5_K: fn = q_q5_K; break;
     case KR_DTYPE_Q6_K: fn = q_q6_K; break;
     default:
-        return kr__quant_err(err, KR_ERR_INTERNAL, "quantize: no encoder for %s", kr__quant_type_name(t));
+        return kr_err_set_local(err, KR_ERR_INTERNAL, "quantize: no encoder for %s", kr__quant_type_name(t));
     }
     const size_t bytes = kr_quant_type_size(t), qk = kr_quant_block_size(t);
     for (size_t i = 0; i < n / qk; i++)

@@ -22,6 +22,7 @@
 #include <stdio.h>
 
 #include "kernrun/ops.h"
+#include "kernrun/err_local.h"
 #include "kernrun/status.h"
 
 #define KR_ARCH_IFACE_VERSION 1
@@ -109,19 +110,7 @@ typedef struct kr_arch_iface {
     kr_status (*forward)(const kr_forward_args *a, kr_err *err);
 } kr_arch_iface;
 
-/* Plugin-side error formatting (plugins cannot call libkernrun's kr_err_set). */
-static inline kr_status kr_arch_err(kr_err *e, kr_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static inline kr_status kr_arch_err(kr_err *e, kr_status code, const char *fmt, ...)
-{
-    if (e) {
-        va_list ap;
-        va_start(ap, fmt);
-        e->code = code;
-        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
+/* Plugins cannot call libkernrun's kr_err_set: they format errors with
+ * kr_err_set_local (kernrun/err_local.h, included above). */
 
 #endif

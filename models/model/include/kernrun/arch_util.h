@@ -22,14 +22,14 @@ static inline kr_status kr_arch_meta_u32(const kr_meta_i *m, const char *arch, c
     kr_status st = m->get_uint(m->ctx, key, &v, err);
     if (st == KR_ERR_NOT_FOUND) {
         if (required)
-            return kr_arch_err(err, KR_ERR_NOT_FOUND, "required key '%s' is missing", key);
+            return kr_err_set_local(err, KR_ERR_NOT_FOUND, "required key '%s' is missing", key);
         *out = def;
         return KR_OK;
     }
     if (st != KR_OK)
         return st;
     if (v > UINT32_MAX)
-        return kr_arch_err(err, KR_ERR_RANGE, "key '%s' = %" PRIu64 " is too large", key, v);
+        return kr_err_set_local(err, KR_ERR_RANGE, "key '%s' = %" PRIu64 " is too large", key, v);
     *out = (uint32_t)v;
     return KR_OK;
 }
@@ -64,7 +64,7 @@ static inline kr_status kr_arch_rope_scaling(const kr_meta_i *m, const char *arc
         if (len == 4 && memcmp(s, "none", 4) == 0)
             return KR_OK;
         if (!(len == 6 && memcmp(s, "linear", 6) == 0))
-            return kr_arch_err(err, KR_ERR_UNSUPPORTED, "rope scaling type '%.*s' is not supported (none, linear)",
+            return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "rope scaling type '%.*s' is not supported (none, linear)",
                                (int)(len > 32 ? 32 : len), s);
         st = kr_arch_meta_f32(m, arch, "rope.scaling.factor", 0.0f, &factor, err);
         if (st != KR_OK)
@@ -79,7 +79,7 @@ static inline kr_status kr_arch_rope_scaling(const kr_meta_i *m, const char *arc
     if (factor == 0.0f || factor == 1.0f)
         return KR_OK;
     if (!(factor > 0.0f) || factor > 1e6f)
-        return kr_arch_err(err, KR_ERR_RANGE, "rope scaling factor %g out of range", (double)factor);
+        return kr_err_set_local(err, KR_ERR_RANGE, "rope scaling factor %g out of range", (double)factor);
     *freq_scale = 1.0f / factor;
     return KR_OK;
 }
