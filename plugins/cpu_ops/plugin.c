@@ -49,7 +49,7 @@ static bool kr__weight(const kr_tensor *t, kr_weight *w)
 {
     uint64_t rb;
     if (!t || !t->data || t->ne[0] <= 0 || t->ne[1] <= 0 || t->ne[2] != 1 || t->ne[3] != 1 ||
-        !kr_quant_can_dequantize(t->type) || !kr_dtype_row_size(t->type, (uint64_t)t->ne[0], &rb) ||
+        !kr_quant_can_dequantize(t->type) || kr_quant_row_size(t->type, (uint64_t)t->ne[0], &rb, NULL) != KR_OK ||
         t->nb[1] < rb)
         return false;
     *w = (kr_weight){.name = t->name, .type = t->type, .n_dims = 2,
