@@ -254,7 +254,7 @@ static void check_block(kr_dtype wt, int M, int N, int K, int lda_pad, int ldc_p
     memset(c, 0xFF, ((size_t)M * ldc + 16) * sizeof *c);
     emu_gemm((int)wt, a, (kr_gm_i64)lda, w, (kr_gm_i64)ldw, c, (kr_gm_i64)ldc, M, N, K);
     double num = 0, den = 0;
-    size_t unwritten = 0, outside = 0;
+    size_t unwritten = 0, outside = 0, over_bound = 0;
     for (int i = 0; i < M; i++) {
         for (size_t j = 0; j < ldc; j++) {
             uint32_t u;
@@ -267,13 +267,18 @@ static void check_block(kr_dtype wt, int M, int N, int K, int lda_pad, int ldc_p
                 unwritten++;
                 continue;
             }
-            double ref = 0;
-            for (int k = 0; k < K; k++)
-                ref += (double)kr_fp16_to_fp32(kr_fp32_to_fp16(a[(size_t)i * lda + k])) *
-                       kr_fp16_to_fp32(kr_fp32_to_fp16(deq[(size_t)j * K + k]));
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                double p = (double)kr_fp16_to_fp32(kr_fp32_to_fp16(a[(size_t)i * lda + k])) *
+                           kr_fp16_to_fp32(kr_fp32_to_fp16(deq[(size_t)j * K + k]));
+                ref += p;
+                mag += fabs(p);
+            }
             double e = c[(size_t)i * ldc + j] - ref;
             num += e * e;
             den += ref * ref;
+            /* fp32 accumulation of K exact products: |e| <= K * 2^-24 * sum|p| */
+            over_bound += fabs(e) > (double)K * 0x1p-24 * mag;
         }
     }
     for (int i = 0; i < 16; i++) {
@@ -283,7 +288,13 @@ static void check_block(kr_dtype wt, int M, int N, int K, int lda_pad, int ldc_p
     }
     cr_expect_eq(unwritten, 0, "type %d M %d N %d K %d: %zu outputs unwritten", (int)wt, M, N, K, unwritten);
     cr_expect_eq(outside, 0, "type %d M %d N %d K %d: %zu writes outside C", (int)wt, M, N, K, outside);
-    cr_expect_leq(num / den, 1e-10, "type %d M %d N %d K %d (BM %d): NMSE %g", (int)wt, M, N, K, KR_GM_BM, num / den);
+    cr_expect_eq(over_bound, 0, "type %d M %d N %d K %d (BM %d): %zu outputs beyond the fp32 accumulation bound",
+                 (int)wt, M, N, K, KR_GM_BM, over_bound);
+    /* NMSE is a stable summary only over many outputs: a lone output whose
+     * terms cancel can have a large relative error within the bound above. */
+    if ((size_t)M * (size_t)N >= 256)
+        cr_expect_leq(num / den, 1e-10, "type %d M %d N %d K %d (BM %d): NMSE %g", (int)wt, M, N, K, KR_GM_BM,
+                      num / den);
     free(w);
     free(a);
     free(deq);
@@ -346,7 +357,7 @@ Test(gemm_block, simt_f32)
         memset(c, 0xFF, ((size_t)M * ldc + 16) * sizeof *c);
         emu_simt(a, (kr_gm_i64)lda, (const uint8_t *)w, (kr_gm_i64)ldw, c, (kr_gm_i64)ldc, M, N, K);
         double num = 0, den = 0;
-        size_t unwritten = 0, outside = 0;
+        size_t unwritten = 0, outside = 0, over_bound = 0;
         for (int i = 0; i < M; i++) {
             for (size_t j = 0; j < ldc; j++) {
                 uint32_t u;
@@ -359,12 +370,16 @@ Test(gemm_block, simt_f32)
                     unwritten++;
                     continue;
                 }
-                double ref = 0;
-                for (int k = 0; k < K; k++)
-                    ref += (double)a[(size_t)i * lda + k] * w[(size_t)j * K + k];
+                double ref = 0, mag = 0;
+                for (int k = 0; k < K; k++) {
+                    double p = (double)a[(size_t)i * lda + k] * w[(size_t)j * K + k];
+                    ref += p;
+                    mag += fabs(p);
+                }
                 double e = c[(size_t)i * ldc + j] - ref;
                 num += e * e;
                 den += ref * ref;
+                over_bound += fabs(e) > (double)K * 0x1p-24 * mag;
             }
         }
         for (int i = 0; i < 16; i++) {
@@ -374,7 +389,10 @@ Test(gemm_block, simt_f32)
         }
         cr_expect_eq(unwritten, 0, "M %d N %d K %d: %zu unwritten", M, N, K, unwritten);
         cr_expect_eq(outside, 0, "M %d N %d K %d: %zu writes outside C", M, N, K, outside);
-        cr_expect_leq(num / den, 1e-12, "M %d N %d K %d: NMSE %g", M, N, K, num / den);
+        cr_expect_eq(over_bound, 0, "M %d N %d K %d: %zu outputs beyond the fp32 accumulation bound", M, N, K,
+                     over_bound);
+        if ((size_t)M * (size_t)N >= 256)
+            cr_expect_leq(num / den, 1e-12, "M %d N %d K %d: NMSE %g", M, N, K, num / den);
         free(a);
         free(w);
         free(c);
