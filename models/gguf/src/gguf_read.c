@@ -32,6 +32,13 @@ typedef struct kr__kv {
     const uint8_t **strs;   /* (arr_n) length prefix of each string of a string array */
 } kr__kv;
 
+/* Open-addressing hash table from a name to its index in an array (keys,
+ * tensors); the names themselves live in that array. */
+typedef struct kr__names {
+    uint64_t cap;           /* slots (power of two) */
+    int64_t *slots;         /* (cap) index + 1, 0 = empty */
+} kr__names;
+
 struct kr_gguf {
     const uint8_t *base;    /* (file_size) the whole file */
     uint64_t file_size;
@@ -42,13 +49,11 @@ struct kr_gguf {
     uint64_t data_offset;   /* file offset of the data section (aligned) */
     int64_t n_kv;
     kr__kv *kv;             /* (n_kv) */
-    uint64_t kv_cap;        /* slots of kv_hash (power of two) */
-    int64_t *kv_hash;       /* (kv_cap) index + 1 into kv, 0 = empty */
+    kr__names kv_names;     /* key -> index into kv */
     int64_t n_tensors;
     kr_gguf_tensor *tensors;      /* (n_tensors) */
     char (*names)[KR__GGUF_MAX_NAME_LEN + 1]; /* (n_tensors) name storage */
-    uint64_t t_cap;
-    int64_t *t_hash;        /* (t_cap) index + 1 into tensors, 0 = empty */
+    kr__names t_names;      /* name -> index into tensors */
 };
 
 /* ---- cursor ---------------------------------------------------------- */
@@ -158,6 +163,41 @@ static uint64_t hash_cap(uint64_t n)
     return cap;
 }
 
+/* Slots for n names; false when out of memory. */
+static bool names_init(kr__names *t, uint64_t n)
+{
+    t->cap = hash_cap(n);
+    t->slots = calloc((size_t)t->cap, sizeof *t->slots);
+    return t->slots != NULL;
+}
+
+/* Index of the name key[0..len) or -1; name_at(g, i) gives entry i's name. */
+static int64_t names_find(const kr__names *t, const kr_gguf *g, const char *(*name_at)(const kr_gguf *, int64_t),
+                          const char *key, size_t len)
+{
+    if (!t->slots)
+        return -1;
+    uint64_t mask = t->cap - 1;
+    for (uint64_t h = hash_bytes(key, len) & mask;; h = (h + 1) & mask) {
+        int64_t v = t->slots[h];
+        if (v == 0)
+            return -1;
+        const char *k = name_at(g, v - 1);
+        if (strlen(k) == len && memcmp(k, key, len) == 0)
+            return v - 1;
+    }
+}
+
+/* Record entry idx under name (not already present; the table has room). */
+static void names_add(kr__names *t, const char *name, int64_t idx)
+{
+    uint64_t mask = t->cap - 1;
+    uint64_t h = hash_bytes(name, strlen(name)) & mask;
+    while (t->slots[h] != 0)
+        h = (h + 1) & mask;
+    t->slots[h] = idx + 1;
+}
+
 /* Print a name from the file for messages: at most 64 bytes, non-printables as '?'. */
 static void safe_name(char out[80], const char *p, uint64_t len)
 {
@@ -258,29 +298,11 @@ static kr_status parse_value(kr__cur *c, kr__kv *kv, kr_err *err)
     return KR_OK;
 }
 
+static const char *kv_name(const kr_gguf *g, int64_t i) { return g->kv[i].key; }
+
 static int64_t kv_lookup(const kr_gguf *g, const char *key, size_t len)
 {
-    if (!g->kv_hash)
-        return -1;
-    uint64_t mask = g->kv_cap - 1;
-    for (uint64_t h = hash_bytes(key, len) & mask;; h = (h + 1) & mask) {
-        int64_t v = g->kv_hash[h];
-        if (v == 0)
-            return -1;
-        const char *k = g->kv[v - 1].key;
-        if (strlen(k) == len && memcmp(k, key, len) == 0)
-            return v - 1;
-    }
-}
-
-static void kv_insert(kr_gguf *g, int64_t idx)
-{
-    const char *k = g->kv[idx].key;
-    uint64_t mask = g->kv_cap - 1;
-    uint64_t h = hash_bytes(k, strlen(k)) & mask;
-    while (g->kv_hash[h] != 0)
-        h = (h + 1) & mask;
-    g->kv_hash[h] = idx + 1;
+    return names_find(&g->kv_names, g, kv_name, key, len);
 }
 
 static kr_status parse_kvs(kr_gguf *g, kr__cur *c, uint64_t n_kv, kr_err *err)
@@ -289,9 +311,7 @@ static kr_status parse_kvs(kr_gguf *g, kr__cur *c, uint64_t n_kv, kr_err *err)
     if (n_kv == 0)
         return KR_OK;
     g->kv = calloc((size_t)n_kv, sizeof *g->kv);
-    g->kv_cap = hash_cap(n_kv);
-    g->kv_hash = calloc((size_t)g->kv_cap, sizeof *g->kv_hash);
-    if (!g->kv || !g->kv_hash)
+    if (!names_init(&g->kv_names, n_kv) || !g->kv)
         return kr_err_set(err, KR_ERR_NOMEM, "metadata table for %" PRIu64 " keys", n_kv);
     for (uint64_t i = 0; i < n_kv; i++) {
         kr__kv *kv = &g->kv[i];
@@ -329,7 +349,7 @@ static kr_status parse_kvs(kr_gguf *g, kr__cur *c, uint64_t n_kv, kr_err *err)
         kv->key[len] = '\0';
         c->pos += len;
         g->n_kv = (int64_t)i + 1; /* from here the entry is owned by g */
-        kv_insert(g, (int64_t)i);
+        names_add(&g->kv_names, kv->key, (int64_t)i);
 
         uint32_t type;
         if ((st = cur_u32(c, &type, "value type", err)))
@@ -363,29 +383,11 @@ static kr_status check_alignment(kr_gguf *g, kr_err *err)
 
 /* ---- tensor infos ----------------------------------------------------- */
 
+static const char *tensor_name(const kr_gguf *g, int64_t i) { return g->tensors[i].name; }
+
 static int64_t tensor_lookup(const kr_gguf *g, const char *name, size_t len)
 {
-    if (!g->t_hash)
-        return -1;
-    uint64_t mask = g->t_cap - 1;
-    for (uint64_t h = hash_bytes(name, len) & mask;; h = (h + 1) & mask) {
-        int64_t v = g->t_hash[h];
-        if (v == 0)
-            return -1;
-        const char *k = g->tensors[v - 1].name;
-        if (strlen(k) == len && memcmp(k, name, len) == 0)
-            return v - 1;
-    }
-}
-
-static void tensor_insert(kr_gguf *g, int64_t idx)
-{
-    const char *k = g->tensors[idx].name;
-    uint64_t mask = g->t_cap - 1;
-    uint64_t h = hash_bytes(k, strlen(k)) & mask;
-    while (g->t_hash[h] != 0)
-        h = (h + 1) & mask;
-    g->t_hash[h] = idx + 1;
+    return names_find(&g->t_names, g, tensor_name, name, len);
 }
 
 static kr_status parse_tensor_info(kr_gguf *g, kr__cur *c, uint64_t i, kr_err *err)
@@ -412,7 +414,7 @@ static kr_status parse_tensor_info(kr_gguf *g, kr__cur *c, uint64_t i, kr_err *e
     memcpy(g->names[i], nm.ptr, (size_t)nm.len);
     g->names[i][nm.len] = '\0';
     t->name = g->names[i];
-    tensor_insert(g, (int64_t)i);
+    names_add(&g->t_names, t->name, (int64_t)i);
 
     uint32_t n_dims;
     if ((st = cur_u32(c, &n_dims, "n_dims", err)))
@@ -628,9 +630,7 @@ static kr_status parse(kr_gguf *g, kr_err *err)
     if (n_tensors > 0) {
         g->tensors = calloc((size_t)n_tensors, sizeof *g->tensors);
         g->names = calloc((size_t)n_tensors, sizeof *g->names);
-        g->t_cap = hash_cap(n_tensors);
-        g->t_hash = calloc((size_t)g->t_cap, sizeof *g->t_hash);
-        if (!g->tensors || !g->names || !g->t_hash)
+        if (!names_init(&g->t_names, n_tensors) || !g->tensors || !g->names)
             return kr_err_set(err, KR_ERR_NOMEM, "tensor table for %" PRIu64 " tensors", n_tensors);
         for (uint64_t i = 0; i < n_tensors; i++) {
             g->n_tensors = (int64_t)i; /* only fully parsed infos are visible */
@@ -654,10 +654,10 @@ void kr_gguf_close(kr_gguf *g)
         free(g->kv[i].strs);
     }
     free(g->kv);
-    free(g->kv_hash);
+    free(g->kv_names.slots);
     free(g->tensors);
     free(g->names);
-    free(g->t_hash);
+    free(g->t_names.slots);
     if (g->map)
         munmap(g->map, (size_t)g->file_size);
     free(g->owned);
