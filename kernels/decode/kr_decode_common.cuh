@@ -38,6 +38,26 @@ __device__ __forceinline__ kr_u16 kr_f2h(float f)
     return h;
 }
 
+// ---- programmatic dependent launch (PDL) ----------------------------------
+// A kernel that may be launched with the PDL attribute
+// (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) may start before the
+// previous kernel in the stream has finished. Rule: execute KR_PDL_WAIT()
+// before the FIRST global memory read or write (it blocks until the previous
+// grid has completed and its writes are visible; a no-op when the kernel was
+// launched without the attribute). KR_PDL_LAUNCH_DEPENDENTS() lets the NEXT
+// kernel's blocks be scheduled early (they still wait in their own
+// KR_PDL_WAIT() for this grid to complete, so calling it early is always
+// safe). PDL is opt-in per kernel on the host side (docs/KERNELS.md, PDL);
+// kernels without KR_PDL_WAIT() must never get the attribute. sm_90+ only;
+// empty on older targets.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KR_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define KR_PDL_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define KR_PDL_WAIT() do { } while (0)
+#define KR_PDL_LAUNCH_DEPENDENTS() do { } while (0)
+#endif
+
 __device__ __forceinline__ float kr_neg_inf(void) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float kr_qnan(void) { return __int_as_float(0x7fc00000); }
 
