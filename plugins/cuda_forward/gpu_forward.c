@@ -13,7 +13,7 @@
  *   logits = Wout (layernorm(x) output_norm + output_norm_b)
  * *tok and *pos are device int32 values written before each step, so the
  * captured graph of the step stays valid. */
-#include "kr_gpu_forward.h"
+#include "gpu_forward_int.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -31,99 +31,6 @@
 #define KR__DOM "gpu_forward"
 #define KR__ALIGN 256u
 #define KR__STAGE_BYTES ((size_t)32 << 20) /* per pinned staging buffer (two of them) */
-
-/* A matrix on the device: y (rows) = W (rows, cols) @ x (cols). */
-typedef struct kr__gf_mat {
-    kr_dtype type;        /* GGML block type */
-    const void *w;        /* device address, rows of row_stride bytes */
-    size_t row_stride;    /* bytes per row */
-    int64_t rows;         /* output dim (ne[1]) */
-    int64_t cols;         /* input dim (ne[0]) */
-    bool q8;              /* use 8-bit activations */
-    bool repacked;        /* Q4_0/Q8_0 rewritten as [quants | fp16 scales] (kernels/forward/matvec_repacked.cu) */
-} kr__gf_mat;
-
-typedef struct kr__gf_layer {
-    const float *attn_norm;        /* (E) device */
-    const float *ffn_norm;         /* (E) device (llama) */
-    const float *attn_norm_b;      /* (E) device (falcon) */
-    const float *attn_norm2;       /* (E) device (falcon 40B: attention input norm) or NULL */
-    const float *attn_norm2_b;     /* (E) device or NULL */
-    kr__gf_mat q, k, v, o;         /* (QD,E) (KVD,E) (KVD,E) (E,QD) */
-    kr__gf_mat gate, up, down;     /* (F,E) (F,E) (E,F) */
-    bool fuse_qkv;                 /* q,k,v of one type, adjacent on the device: one matvec (falcon: always) */
-    kr__gf_mat qkv;                /* (QD+2*KVD, E) view over q,k,v when fuse_qkv */
-    bool fuse_gu;                  /* gate,up of one type, adjacent: one matvec */
-    kr__gf_mat gu;                 /* (2F, E) view over gate,up when fuse_gu */
-    uint16_t *k_cache;             /* (n_ctx, KVD) fp16 device */
-    uint16_t *v_cache;             /* (n_ctx, KVD) fp16 device */
-} kr__gf_layer;
-
-struct kr_gpu_forward {
-    const kr_model *model;
-    kr_backend *be;
-    kr_dec *dec;
-    kr_stream *stream;             /* every step runs here */
-    kr_hparams hp;
-    uint32_t n_ctx;
-    uint32_t n_past;
-    bool use_graph;
-    bool dead;                     /* a device step failed: refuse further work */
-    kr_graph *graph;               /* captured step, or NULL */
-    bool graph_failed;
-
-    kr_buffer *wbuf;               /* all weights */
-    kr_buffer *kvbuf;              /* all K/V caches */
-    kr_buffer *abuf;               /* activations, scratch, step inputs */
-    kr_buffer *hstep;              /* pinned host (2 * n_ctx) int32 tok/pos pairs (or NULL: hstep_mem) */
-    int32_t *hstep_mem;            /* malloc fallback */
-    kr_buffer *hlogits_buf;        /* pinned host (n_vocab) floats (or NULL: hlogits_mem) */
-    float *hlogits_mem;
-
-    bool falcon;                   /* falcon layer structure (see the top of this file) */
-    kr__gf_layer *layers;          /* (n_layer) */
-    kr_dtype embd_type;            /* token_embd type */
-    const void *embd;              /* (n_vocab, E) device */
-    size_t embd_row_stride;
-    const float *out_norm;         /* (E) device */
-    const float *out_norm_b;       /* (E) device (falcon) */
-    kr__gf_mat out;                /* (V, E): output.weight or token_embd */
-    const float *freq_factors;     /* (n_rot/2) device or NULL */
-
-    /* activations (device) */
-    float *x;                      /* (E) residual */
-    float *h;                      /* (E) normed */
-    float *h2;                     /* (E) falcon 40B: attn_norm_2 output */
-    float *ffo;                    /* (E) falcon: MLP output */
-    float *q;                      /* (QD) followed by k and v (one fused matvec output) */
-    float *k;                      /* (KVD) = q + QD */
-    float *v;                      /* (KVD) = k + KVD */
-    float *att;                    /* (QD) */
-    float *tmp;                    /* (E) projection out */
-    float *gate;                   /* (F) followed by up */
-    float *up;                     /* (F) = gate + F */
-    float *logits;                 /* (V) */
-    void *xq;                      /* q8 activations (kr_dec_q8_bytes(max cols)) */
-    float *attn_scratch;           /* split-K partials or NULL */
-    int32_t *step;                 /* (2) device: token id, position */
-    int n_split;
-
-    kr_function *fn_mv_q4_0;       /* repacked matvecs (kernels/forward/matvec_repacked.cu) */
-    kr_function *fn_mv_q8_0;
-    kr_function *fn_norm;          /* fused add + rmsnorm + q8 (NULL: separate launches) */
-    kr_function *fn_swiglu;        /* fused swiglu + q8 */
-    uint32_t launches;             /* counted during the last step */
-    kr_gpu_forward_stats stats;
-
-    /* profiling (kr_gpu_forward_profile): an event after every launch of an eager step */
-    bool prof_on;
-    kr_status prof_st;             /* first event failure of the step */
-    kr_err prof_err;
-    kr_event **prof_ev;            /* (prof_cap) created on demand; [0] before the first launch */
-    char (*prof_label)[64];        /* (prof_cap) label of the launch ending at prof_ev[i] */
-    size_t prof_n, prof_cap;
-    const char *role;              /* matrix role of the next kr__proj (labels) */
-};
 
 static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err);
 
