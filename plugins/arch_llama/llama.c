@@ -137,8 +137,9 @@ typedef struct kr__llama_buf {
     float *up;    /* (n, F) */
 } kr__llama_buf;
 
-static void kr__llama_layout(const kr_hparams *hp, uint64_t n, kr_arch_arena *a, kr__llama_buf *b)
+static void kr__llama_layout(const kr_hparams *hp, uint64_t n, kr_arch_arena *a, void *buf)
 {
+    kr__llama_buf *b = buf;
     uint64_t E = hp->n_embd, F = hp->n_ff;
     uint64_t QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
     b->x = kr_arch_take(a, n * E);
@@ -154,13 +155,8 @@ static void kr__llama_layout(const kr_hparams *hp, uint64_t n, kr_arch_arena *a,
 
 static kr_status kr__llama_scratch(const kr_hparams *hp, uint32_t n_tok, size_t *bytes, kr_err *err)
 {
-    kr_arch_arena a = {0};
     kr__llama_buf b;
-    kr__llama_layout(hp, n_tok, &a, &b); /* hparams are bounded (<= 2^20), n_tok <= 2^24: products fit */
-    if (a.overflow)
-        return kr_err_set_local(err, KR_ERR_OVERFLOW, "scratch size overflows for %u tokens", n_tok);
-    *bytes = a.off;
-    return KR_OK;
+    return kr_arch_scratch_bytes(hp, n_tok, kr__llama_layout, &b, bytes, err);
 }
 
 static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
@@ -172,14 +168,10 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
     size_t n = fa->n_tok, E = hp->n_embd, F = hp->n_ff;
     kr_status st;
 
-    if (fa->n_w != KR__L_N_GLOBAL + (size_t)hp->n_layer * KR__L_N_LAYER)
-        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "weight table has %zu entries", fa->n_w);
-    kr_arch_arena a = {.base = fa->scratch, .cap = fa->scratch_bytes};
     kr__llama_buf b;
-    kr__llama_layout(hp, n, &a, &b);
-    if (a.overflow)
-        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "scratch of %zu bytes too small for %zu tokens",
-                           fa->scratch_bytes, n);
+    if ((st = kr_arch_forward_begin(fa, KR__L_N_GLOBAL + (size_t)hp->n_layer * KR__L_N_LAYER, kr__llama_layout, &b, err)) !=
+        KR_OK)
+        return st;
 
     if ((st = ops->get_rows(ex, &w[KR__L_TOK_EMBD], fa->tokens, n, b.x, err)) != KR_OK)
         return st;
@@ -211,7 +203,7 @@ static kr_status kr__llama_forward(const kr_forward_args *fa, kr_err *err)
     if (!fa->logits)
         return KR_OK;
     const kr_weight *out = w[KR__L_OUTPUT].data ? &w[KR__L_OUTPUT] : &w[KR__L_TOK_EMBD];
-    size_t first = fa->logits_all ? 0 : n - 1, rows = n - first;
+    size_t first = kr_arch_logits_first(fa), rows = n - first;
     ops->rms_norm(ex, b.x + first * E, w[KR__L_OUT_NORM].data, rows, E, hp->norm_eps, b.h);
     return ops->matmul(ex, out, b.h, rows, fa->logits, err);
 }

@@ -124,6 +124,45 @@ static inline float *kr_arch_take(kr_arch_arena *a, uint64_t n_floats)
     return a->base ? (float *)(void *)(a->base + aligned) : NULL;
 }
 
+/* A handler's scratch layout: carve the regions of its buffer struct `buf`
+ * for n tokens out of a (sizing pass when a->base is NULL). */
+typedef void (*kr_arch_layout_fn)(const kr_hparams *hp, uint64_t n, kr_arch_arena *a, void *buf);
+
+/* kr_arch_iface.scratch_size from a layout function; buf is scratch space
+ * of the handler's buffer struct (only pointers are written to it). */
+static inline kr_status kr_arch_scratch_bytes(const kr_hparams *hp, uint32_t n_tok, kr_arch_layout_fn layout,
+                                              void *buf, size_t *bytes, kr_err *err)
+{
+    kr_arch_arena a = {0};
+    layout(hp, n_tok, &a, buf); /* hparams are bounded (<= 2^20), n_tok <= 2^24: products fit */
+    if (a.overflow)
+        return kr_err_set_local(err, KR_ERR_OVERFLOW, "scratch size overflows for %u tokens", n_tok);
+    *bytes = a.off;
+    return KR_OK;
+}
+
+/* The start of every forward: the weight table has n_w entries and the
+ * scratch holds the layout for fa->n_tok tokens (buf gets the pointers). */
+static inline kr_status kr_arch_forward_begin(const kr_forward_args *fa, size_t n_w, kr_arch_layout_fn layout,
+                                              void *buf, kr_err *err)
+{
+    if (fa->n_w != n_w)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "weight table has %zu entries (expected %zu)", fa->n_w,
+                                n_w);
+    kr_arch_arena a = {.base = fa->scratch, .cap = fa->scratch_bytes};
+    layout(fa->hp, fa->n_tok, &a, buf);
+    if (a.overflow)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "scratch of %zu bytes too small for %zu tokens",
+                                fa->scratch_bytes, fa->n_tok);
+    return KR_OK;
+}
+
+/* The rows that get logits: all tokens with fa->logits_all, else the last. */
+static inline size_t kr_arch_logits_first(const kr_forward_args *fa)
+{
+    return fa->logits_all ? 0 : fa->n_tok - 1;
+}
+
 /* Rope and attention arguments for one forward batch, as every decoder
  * handler builds them: positions, heads and rope settings from fa and its
  * hparams, scale 1/sqrt(head_dim). ra->x and ra->n_head, aa->k and aa->v
