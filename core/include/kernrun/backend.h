@@ -145,6 +145,18 @@ struct kr_backend_i {
      * counter-based generator (seed, offset); cuRAND on CUDA. */
     kr_status (*rng_uniform)(kr_backend *be, float *dst, size_t n, uint64_t seed, uint64_t offset,
                              kr_stream *s, kr_err *err);
+
+    /* (optional) launch with KR_LAUNCH_* flags. Flags are hints: a backend
+     * that cannot honour one launches normally. KR_LAUNCH_PDL only for
+     * kernels that execute griddepcontrol.wait (KR_PDL_WAIT) before their
+     * first global memory access (docs/KERNELS.md, PDL). */
+    kr_status (*launch_ex)(kr_backend *be, kr_function *fn, const uint32_t grid[3], const uint32_t block[3],
+                           size_t shmem, kr_stream *s, void **args, uint32_t flags, kr_err *err);
+};
+
+/* Flags of kr_backend_launch_ex. */
+enum {
+    KR_LAUNCH_PDL = 1u << 0, /* programmatic dependent launch (CUDA sm_90+; ignored elsewhere or with KERNRUN_NO_PDL=1) */
 };
 
 /* A backend instance. Created only by the core; fields are read-only for
@@ -303,6 +315,16 @@ static inline kr_status kr_backend_launch(kr_backend *be, kr_function *fn, const
     if (!KR_BACKEND_HAS(be, launch))
         return kr__backend_missing(be, "launch", err);
     return be->iface->launch(be, fn, grid, block, shmem, s, args, err);
+}
+/* As kr_backend_launch with KR_LAUNCH_* flags; a backend without launch_ex
+ * launches normally (flags are hints). */
+static inline kr_status kr_backend_launch_ex(kr_backend *be, kr_function *fn, const uint32_t grid[3],
+                                             const uint32_t block[3], size_t shmem, kr_stream *s, void **args,
+                                             uint32_t flags, kr_err *err)
+{
+    if (flags && KR_BACKEND_HAS(be, launch_ex))
+        return be->iface->launch_ex(be, fn, grid, block, shmem, s, args, flags, err);
+    return kr_backend_launch(be, fn, grid, block, shmem, s, args, err);
 }
 static inline kr_status kr_backend_graph_begin(kr_backend *be, kr_stream *s, kr_err *err)
 {

@@ -89,6 +89,8 @@ static struct {
     void *lib;
     kr__cu_api api;
     int driver_version;
+    /* optional entry points (NULL when the driver lacks them) */
+    __typeof__(&cuLaunchKernelEx) launch_ex; /* programmatic dependent launch (KR_LAUNCH_PDL) */
 } kr__drv = {.once = PTHREAD_ONCE_INIT};
 
 static const char *kr__cu_errstr(const kr__cu_api *cu, CUresult r)
@@ -138,6 +140,11 @@ static void kr__drv_load(void)
     }
     if (kr__drv.api.cuDriverGetVersion(&kr__drv.driver_version) != CUDA_SUCCESS)
         kr__drv.driver_version = 0;
+    {
+        void *p = dlsym(kr__drv.lib, KR__XSTR(cuLaunchKernelEx));
+        if (p)
+            memcpy(&kr__drv.launch_ex, &p, sizeof p);
+    }
     kr__drv.status = KR_OK;
     return;
 
@@ -204,6 +211,7 @@ typedef struct kr__cuda {
     kr_device_info info;
     int arch;                /* cc_major*10 + cc_minor */
     kr__cuda_opts opts;      /* strings copied */
+    bool pdl;                /* KR_LAUNCH_PDL honoured: cuLaunchKernelEx present, sm_90+, no KERNRUN_NO_PDL=1 */
     char *cache_dir;         /* owned copy of opts.cache_dir */
 
     pthread_mutex_t dead_lock; /* guards dead + dead_reason only (taken inside `lock` too) */
@@ -756,8 +764,9 @@ unlock:
     return st;
 }
 
-static kr_status kr__cuda_launch(kr_backend *be, kr_function *fn, const uint32_t grid[3], const uint32_t block[3],
-                                 size_t shmem, kr_stream *s, void **args, kr_err *err)
+static kr_status kr__cuda_launch_ex(kr_backend *be, kr_function *fn, const uint32_t grid[3],
+                                    const uint32_t block[3], size_t shmem, kr_stream *s, void **args, uint32_t flags,
+                                    kr_err *err)
 {
     kr__cuda *cb = kr__cb(be);
     if (!fn || !grid || !block)
@@ -777,12 +786,40 @@ static kr_status kr__cuda_launch(kr_backend *be, kr_function *fn, const uint32_t
                           cb->info.max_shared_per_block);
     KR__ENTER(cb, err);
     kr_status st = KR_OK;
+    if ((flags & KR_LAUNCH_PDL) && cb->pdl) {
+        /* programmatic dependent launch: may start before the previous
+         * kernel on s completes; the kernel waits in griddepcontrol.wait */
+        CUlaunchAttribute attr;
+        memset(&attr, 0, sizeof attr);
+        attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        CUlaunchConfig cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.gridDimX = grid[0];
+        cfg.gridDimY = grid[1];
+        cfg.gridDimZ = grid[2];
+        cfg.blockDimX = block[0];
+        cfg.blockDimY = block[1];
+        cfg.blockDimZ = block[2];
+        cfg.sharedMemBytes = (unsigned)shmem;
+        cfg.hStream = kr__stream(s);
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        KR__CU_TRY(cb, kr__drv.launch_ex(&cfg, (CUfunction)(void *)fn, args, NULL), err, out);
+        return KR_OK;
+    }
     KR__CU_TRY(cb,
                cb->cu->cuLaunchKernel((CUfunction)(void *)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2],
                                       (unsigned)shmem, kr__stream(s), args, NULL),
                err, out);
 out:
     return st;
+}
+
+static kr_status kr__cuda_launch(kr_backend *be, kr_function *fn, const uint32_t grid[3], const uint32_t block[3],
+                                 size_t shmem, kr_stream *s, void **args, kr_err *err)
+{
+    return kr__cuda_launch_ex(be, fn, grid, block, shmem, s, args, 0, err);
 }
 
 static kr_status kr__cuda_graph_begin(kr_backend *be, kr_stream *s, kr_err *err)
@@ -892,6 +929,7 @@ static const kr_backend_i kr__cuda_iface = {
     .graph_launch = kr__cuda_graph_launch,
     .graph_destroy = kr__cuda_graph_destroy,
     .rng_uniform = kr__cuda_rng_uniform,
+    .launch_ex = kr__cuda_launch_ex,
 };
 
 /* ---- create / destroy -------------------------------------------------------- */
@@ -1027,8 +1065,12 @@ kr_status kr__cuda_backend_create_opts(int device, const kr__backend_opts *bopts
     cb->arch = in->cc_major * 10 + in->cc_minor;
     if (in->max_threads_per_block <= 0)
         in->max_threads_per_block = 1024;
-    KR_LOGD(KR__DOM, "device %d: %s, sm_%d, %d SMs, %.1f GiB, driver %d", device, in->name, cb->arch, in->sm_count,
-            (double)total / (1024.0 * 1024.0 * 1024.0), in->driver_version);
+    {
+        const char *np = getenv("KERNRUN_NO_PDL");
+        cb->pdl = kr__drv.launch_ex != NULL && in->cc_major >= 9 && !(np && strcmp(np, "1") == 0);
+    }
+    KR_LOGD(KR__DOM, "device %d: %s, sm_%d, %d SMs, %.1f GiB, driver %d, PDL %s", device, in->name, cb->arch,
+            in->sm_count, (double)total / (1024.0 * 1024.0 * 1024.0), in->driver_version, cb->pdl ? "on" : "off");
     *out = &cb->be;
     return KR_OK;
 
