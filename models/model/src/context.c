@@ -215,9 +215,7 @@ static kr_status kr__eval(kr_context *c, const int32_t *tokens, size_t n, uint32
         pos = kr_kv_n_past(c->kv); /* the tokens go right after the kept ones */
     }
     if (pos > c->n_ctx - n)
-        return kr_err_set(err, KR_ERR_RANGE, "context full: eval of %zu tokens at position %" PRIu32
-                          " exceeds the context size %" PRIu32 "%s", n, pos, c->n_ctx,
-                          c->kv_full == KR_KV_FULL_SHIFT ? "" : " (context shift is off)");
+        return kr_kv_full_error(n, pos, c->n_ctx, c->kv_full == KR_KV_FULL_SHIFT, err);
     kr_status rst = kr_kv_can_rewind(c->kv, pos, err);
     if (rst != KR_OK)
         return rst;

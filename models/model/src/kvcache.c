@@ -19,14 +19,6 @@
 #define KR__LOG "kvcache"
 #define KR__MIB(b) ((double)(b) / (1024.0 * 1024.0))
 
-typedef struct kr__kv_seq {
-    int32_t id;             /* sequence id; valid when used */
-    bool used;
-    bool pinned;
-    uint64_t stamp;         /* last use (kv->clock) for LRU */
-    uint32_t n_past;        /* positions evaluated */
-} kr__kv_seq;
-
 /* Executor handed to the arch: the real one plus a way back to the cache. */
 typedef struct kr__kv_exec {
     kr_exec ex;             /* copy of the real executor (first member) */
@@ -43,9 +35,7 @@ struct kr_kv {
     uint32_t n_batch;
     void **k;                    /* (n_layer) each (n_seq, rows, row_bytes) */
     void **v;                    /* (n_layer) same */
-    kr__kv_seq *seq;             /* (n_seq) */
-    uint32_t cur;                /* current slot */
-    uint64_t clock;
+    kr_kv_slots sl;              /* sequences (shared bookkeeping, kr_kv_slots_*) */
     float *stage_k;              /* (n_batch * kv_dim + n_layer) new rows; layer l at +l */
     float *stage_v;              /* same */
     void **stage_kp;             /* (n_layer) stage_k + l */
@@ -84,7 +74,11 @@ kr_status kr_kv_plan_make(const kr_hparams *hp, const kr_kv_plan_params *p, kr_k
     if (kr_mul_overflow_u64(hp->n_head_kv, hp->head_dim, &kv_dim) || kv_dim == 0 || kv_dim > UINT32_MAX)
         return kr_err_set(err, KR_ERR_OVERFLOW, "KV row size: %" PRIu32 " kv heads x head_dim %" PRIu32,
                           hp->n_head_kv, hp->head_dim);
-    if (!kr_dtype_row_size(p->type, kv_dim, &pl->row_bytes))
+    if (p->layout != KR_KV_LAYOUT_BLOCKS && p->layout != KR_KV_LAYOUT_SPLIT)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "KV plan: layout %d unknown", (int)p->layout);
+    if (p->type == KR_DTYPE_Q8_0 && p->layout == KR_KV_LAYOUT_SPLIT && kv_dim % 32 == 0) {
+        pl->row_bytes = (kv_dim + 2 * (kv_dim / 32) + 15) / 16 * 16; /* kv_dim < 2^32: no overflow */
+    } else if (!kr_dtype_row_size(p->type, kv_dim, &pl->row_bytes))
         return kr_err_set(err, KR_ERR_UNSUPPORTED,
                           "KV cache type %s needs rows of whole %zu-element blocks; kv row has %" PRIu64
                           " (%" PRIu32 " kv heads x %" PRIu32 ")", kr_dtype_name(p->type),
@@ -210,7 +204,7 @@ static kr_status kr__kv_attention(const kr_exec *ex, const kr_attn_args *a, kr_e
         (const float *)a->v != kv->stage_v + l || a->n_tok != kv->n_tok || a->kv_type != KR_DTYPE_F32)
         return kr_err_set(err, KR_ERR_INTERNAL, "kv attention: not called on the staged rows of this batch");
     const float *sk = kv->stage_k + l, *sv = kv->stage_v + l; /* (n_tok, D) new rows */
-    uint32_t P0 = kv->pos0, n = kv->n_tok, slot = kv->cur;
+    uint32_t P0 = kv->pos0, n = kv->n_tok, slot = kv->sl.cur;
     kr_attn_args aa = *a;
 
     if (!kv->gk) { /* f32/f16 without ring: rows in place, attention on the slot */
@@ -261,6 +255,9 @@ kr_status kr_kv_new(const kr_kv_plan *pl, const kr_kv_params *p, kr_kv **out, kr
     const kr_hparams *hp = p->hp;
     if (pl->n_layer != hp->n_layer || (uint64_t)hp->n_head_kv * hp->head_dim != pl->kv_dim || p->n_batch == 0)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "KV cache: plan does not match the model");
+    uint64_t blocks_rb;
+    if (!kr_dtype_row_size(pl->type, pl->kv_dim, &blocks_rb) || blocks_rb != pl->row_bytes)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "KV cache: the host cache needs the block row layout");
     bool ring = pl->rows < pl->n_ctx;
     bool gather = ring || pl->type != KR_DTYPE_F32; /* f16: convert each row once, not per head */
     uint32_t window = hp->sliding_window;
@@ -301,15 +298,18 @@ kr_status kr_kv_new(const kr_kv_plan *pl, const kr_kv_params *p, kr_kv **out, kr
     kv->g_rows = (uint32_t)g_rows;
     kv->k = calloc(pl->n_layer, sizeof *kv->k);
     kv->v = calloc(pl->n_layer, sizeof *kv->v);
-    kv->seq = calloc(pl->n_seq, sizeof *kv->seq);
     kv->stage_kp = calloc(pl->n_layer, sizeof *kv->stage_kp);
     kv->stage_vp = calloc(pl->n_layer, sizeof *kv->stage_vp);
     kv->stage_k = kr__aligned((size_t)stage_elems * sizeof(float));
     kv->stage_v = kr__aligned((size_t)stage_elems * sizeof(float));
     kv->shift_pos = calloc(nb, sizeof *kv->shift_pos);
-    if (!kv->k || !kv->v || !kv->seq || !kv->stage_kp || !kv->stage_vp || !kv->stage_k || !kv->stage_v ||
+    if (!kv->k || !kv->v || !kv->stage_kp || !kv->stage_vp || !kv->stage_k || !kv->stage_v ||
         !kv->shift_pos)
         goto err_nomem;
+    if ((st = kr_kv_slots_init(&kv->sl, pl->n_seq, err)) != KR_OK) {
+        kr_kv_free(kv);
+        return st;
+    }
     if (gather) {
         kv->gk = kr__aligned((size_t)g_elems * sizeof(float));
         kv->gv = kr__aligned((size_t)g_elems * sizeof(float));
@@ -324,7 +324,6 @@ kr_status kr_kv_new(const kr_kv_plan *pl, const kr_kv_params *p, kr_kv **out, kr
         kv->stage_kp[l] = kv->stage_k + l;
         kv->stage_vp[l] = kv->stage_v + l;
     }
-    kv->seq[0].used = true; /* sequence 0 current */
     kv->ops = *p->ops;
     kv->ops.attention = kr__kv_attention;
     kv->wex.kv = kv;
@@ -353,7 +352,7 @@ void kr_kv_free(kr_kv *kv)
     }
     free(kv->k);
     free(kv->v);
-    free(kv->seq);
+    kr_kv_slots_fini(&kv->sl);
     free(kv->stage_kp);
     free(kv->stage_vp);
     free(kv->stage_k);
@@ -371,7 +370,7 @@ void kr_kv_begin(kr_kv *kv, const kr_exec *real_ex, uint32_t pos0, uint32_t n_to
     kv->wex.ex = *real_ex;
     kv->pos0 = pos0;
     kv->n_tok = n_tok;
-    kv->seq[kv->cur].stamp = ++kv->clock;
+    kr_kv_slots_touch(&kv->sl);
     b->ops = &kv->ops;
     b->ex = &kv->wex.ex;
     b->k_cache = kv->stage_kp;
@@ -379,100 +378,156 @@ void kr_kv_begin(kr_kv *kv, const kr_exec *real_ex, uint32_t pos0, uint32_t n_to
     b->n_ctx = kv->n_batch;
 }
 
-uint32_t kr_kv_n_past(const kr_kv *kv) { return kv->seq[kv->cur].n_past; }
-void kr_kv_set_n_past(kr_kv *kv, uint32_t n) { kv->seq[kv->cur].n_past = n; }
+uint32_t kr_kv_n_past(const kr_kv *kv) { return kv->sl.seq[kv->sl.cur].n_past; }
+void kr_kv_set_n_past(kr_kv *kv, uint32_t n) { kv->sl.seq[kv->sl.cur].n_past = n; }
 
-kr_status kr_kv_can_rewind(const kr_kv *kv, uint32_t pos, kr_err *err)
+kr_status kr_kv_rewind_check(const kr_kv_plan *pl, uint32_t window, uint32_t n_past, uint32_t pos, kr_err *err)
 {
-    uint32_t np = kv->seq[kv->cur].n_past;
-    if (!kv->ring || pos == 0 || np <= kv->pl.rows || (uint64_t)(np - pos) + kv->window - 1 <= kv->pl.rows)
+    bool ring = pl->rows < pl->n_ctx;
+    if (!ring || pos == 0 || n_past <= pl->rows || (uint64_t)(n_past - pos) + window - 1 <= pl->rows)
         return KR_OK;
     return kr_err_set(err, KR_ERR_STATE,
                       "cannot go back to position %" PRIu32 " from %" PRIu32 ": the sliding-window ring of %" PRIu32
-                      " rows no longer holds the keys it needs", pos, np, kv->pl.rows);
+                      " rows no longer holds the keys it needs", pos, n_past, pl->rows);
 }
 
-/* ---- sequences ---- */
-
-static int64_t kr__find(const kr_kv *kv, int32_t id)
+kr_status kr_kv_can_rewind(const kr_kv *kv, uint32_t pos, kr_err *err)
 {
-    for (uint32_t s = 0; s < kv->pl.n_seq; s++)
-        if (kv->seq[s].used && kv->seq[s].id == id)
-            return s;
+    return kr_kv_rewind_check(&kv->pl, kv->window, kr_kv_n_past(kv), pos, err);
+}
+
+kr_status kr_kv_full_error(size_t n, uint32_t pos, uint32_t n_ctx, bool shift_on, kr_err *err)
+{
+    return kr_err_set(err, KR_ERR_RANGE, "context full: eval of %zu tokens at position %" PRIu32
+                      " exceeds the context size %" PRIu32 "%s", n, pos, n_ctx,
+                      shift_on ? "" : " (context shift is off)");
+}
+
+/* ---- sequence slots (shared with plugins/cuda_forward) ---- */
+
+kr_status kr_kv_slots_init(kr_kv_slots *s, uint32_t n_seq, kr_err *err)
+{
+    memset(s, 0, sizeof *s);
+    s->n_seq = n_seq ? n_seq : 1;
+    s->seq = calloc(s->n_seq, sizeof *s->seq);
+    if (!s->seq)
+        return kr_err_set(err, KR_ERR_NOMEM, "out of memory (%" PRIu32 " sequence slots)", s->n_seq);
+    s->seq[0].used = true; /* sequence 0 current */
+    return KR_OK;
+}
+
+void kr_kv_slots_fini(kr_kv_slots *s)
+{
+    if (!s)
+        return;
+    free(s->seq);
+    s->seq = NULL;
+    s->n_seq = 0;
+}
+
+int64_t kr_kv_slots_find(const kr_kv_slots *s, int32_t id)
+{
+    for (uint32_t i = 0; i < s->n_seq; i++)
+        if (s->seq[i].used && s->seq[i].id == id)
+            return i;
     return -1;
 }
 
-kr_status kr_kv_seq_use(kr_kv *kv, int32_t id, kr_err *err)
+void kr_kv_slots_touch(kr_kv_slots *s) { s->seq[s->cur].stamp = ++s->clock; }
+
+kr_status kr_kv_slots_use(kr_kv_slots *sl, int32_t id, int32_t *evicted, const char *domain, kr_err *err)
 {
+    if (evicted)
+        *evicted = -1;
     if (id < 0)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "sequence id %" PRId32 " is negative", id);
-    int64_t s = kr__find(kv, id);
+    int64_t s = kr_kv_slots_find(sl, id);
     if (s < 0) {
-        for (uint32_t i = 0; i < kv->pl.n_seq && s < 0; i++)
-            if (!kv->seq[i].used)
+        for (uint32_t i = 0; i < sl->n_seq && s < 0; i++)
+            if (!sl->seq[i].used)
                 s = i;
         if (s < 0) { /* evict the least recently used unpinned sequence */
-            for (uint32_t i = 0; i < kv->pl.n_seq; i++)
-                if (!kv->seq[i].pinned && (s < 0 || kv->seq[i].stamp < kv->seq[s].stamp))
+            for (uint32_t i = 0; i < sl->n_seq; i++)
+                if (!sl->seq[i].pinned && (s < 0 || sl->seq[i].stamp < sl->seq[s].stamp))
                     s = i;
             if (s < 0)
                 return kr_err_set(err, KR_ERR_LIMIT,
                                   "no KV cache slot for sequence %" PRId32 ": all %" PRIu32
                                   " slots hold pinned sequences (unpin or drop one, or raise the sequence count)",
-                                  id, kv->pl.n_seq);
-            KR_LOGI(KR__LOG, "sequence %" PRId32 " evicted (least recently used, %" PRIu32
-                    " positions) for sequence %" PRId32, kv->seq[s].id, kv->seq[s].n_past, id);
+                                  id, sl->n_seq);
+            KR_LOGI(domain ? domain : KR__LOG, "sequence %" PRId32 " evicted (least recently used, %" PRIu32
+                    " positions) for sequence %" PRId32, sl->seq[s].id, sl->seq[s].n_past, id);
+            if (evicted)
+                *evicted = sl->seq[s].id;
         }
-        kv->seq[s] = (kr__kv_seq){.id = id, .used = true};
+        sl->seq[s] = (kr_kv_seq){.id = id, .used = true};
     }
-    kv->cur = (uint32_t)s;
-    kv->seq[s].stamp = ++kv->clock;
+    sl->cur = (uint32_t)s;
+    kr_kv_slots_touch(sl);
     return KR_OK;
 }
 
-int32_t kr_kv_seq_current(const kr_kv *kv) { return kv->seq[kv->cur].id; }
-bool kr_kv_seq_cached(const kr_kv *kv, int32_t id) { return kr__find(kv, id) >= 0; }
-
-kr_status kr_kv_seq_pin(kr_kv *kv, int32_t id, bool pinned, kr_err *err)
+kr_status kr_kv_slots_pin(kr_kv_slots *sl, int32_t id, bool pinned, kr_err *err)
 {
-    int64_t s = kr__find(kv, id);
+    int64_t s = kr_kv_slots_find(sl, id);
     if (s < 0)
         return kr_err_set(err, KR_ERR_NOT_FOUND, "sequence %" PRId32 " is not in the KV cache", id);
-    kv->seq[s].pinned = pinned;
+    sl->seq[s].pinned = pinned;
     return KR_OK;
 }
 
-void kr_kv_seq_drop(kr_kv *kv, int32_t id)
+void kr_kv_slots_drop(kr_kv_slots *sl, int32_t id)
 {
-    int64_t s = kr__find(kv, id);
+    int64_t s = kr_kv_slots_find(sl, id);
     if (s < 0)
         return;
-    if ((uint32_t)s == kv->cur) {
-        kv->seq[s].n_past = 0;
-        kv->seq[s].pinned = false;
+    if ((uint32_t)s == sl->cur) {
+        sl->seq[s].n_past = 0;
+        sl->seq[s].pinned = false;
     } else {
-        kv->seq[s] = (kr__kv_seq){0};
+        sl->seq[s] = (kr_kv_seq){0};
     }
 }
+
+kr_status kr_kv_shift_count(uint32_t n_past, uint32_t n_keep, bool ring, uint32_t *n_discard, kr_err *err)
+{
+    if (ring)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                          "context shift on a sliding-window ring cache is not supported (the ring holds the "
+                          "window only; raise the context size instead)");
+    if (n_keep >= n_past || n_past - n_keep < 2)
+        return kr_err_set(err, KR_ERR_RANGE,
+                          "context shift: nothing to drop (n_keep %" PRIu32 ", %" PRIu32 " positions cached)",
+                          n_keep, n_past);
+    *n_discard = (n_past - n_keep) / 2;
+    return KR_OK;
+}
+
+/* ---- sequences of the host cache ---- */
+
+kr_status kr_kv_seq_use(kr_kv *kv, int32_t id, kr_err *err) { return kr_kv_slots_use(&kv->sl, id, NULL, KR__LOG, err); }
+int32_t kr_kv_seq_current(const kr_kv *kv) { return kv->sl.seq[kv->sl.cur].id; }
+bool kr_kv_seq_cached(const kr_kv *kv, int32_t id) { return kr_kv_slots_find(&kv->sl, id) >= 0; }
+kr_status kr_kv_seq_pin(kr_kv *kv, int32_t id, bool pinned, kr_err *err)
+{
+    return kr_kv_slots_pin(&kv->sl, id, pinned, err);
+}
+void kr_kv_seq_drop(kr_kv *kv, int32_t id) { kr_kv_slots_drop(&kv->sl, id); }
 
 /* ---- shift ---- */
 
 kr_status kr_kv_shift(kr_kv *kv, const kr_exec *ex, uint32_t n_keep, uint32_t *n_discarded, kr_err *err)
 {
-    kr__kv_seq *sq = &kv->seq[kv->cur];
-    if (kv->ring)
-        return kr_err_set(err, KR_ERR_UNSUPPORTED,
-                          "context shift on a sliding-window ring cache is not supported (the ring holds the "
-                          "window only; raise the context size instead)");
-    if (n_keep >= sq->n_past || sq->n_past - n_keep < 2)
-        return kr_err_set(err, KR_ERR_RANGE,
-                          "context shift: nothing to drop (n_keep %" PRIu32 ", %" PRIu32 " positions cached)",
-                          n_keep, sq->n_past);
-    uint32_t nd = (sq->n_past - n_keep) / 2, n_move = sq->n_past - n_keep - nd;
+    kr_kv_seq *sq = &kv->sl.seq[kv->sl.cur];
+    uint32_t nd = 0, cur = kv->sl.cur;
+    kr_status st = kr_kv_shift_count(sq->n_past, n_keep, kv->ring, &nd, err);
+    if (st != KR_OK)
+        return st;
+    uint32_t n_move = sq->n_past - n_keep - nd;
     size_t rb = (size_t)kv->pl.row_bytes, D = kv->pl.kv_dim;
     for (uint32_t l = 0; l < kv->pl.n_layer; l++) {
-        memmove(kr__row(kv, kv->k, l, kv->cur, n_keep), kr__row(kv, kv->k, l, kv->cur, n_keep + nd), n_move * rb);
-        memmove(kr__row(kv, kv->v, l, kv->cur, n_keep), kr__row(kv, kv->v, l, kv->cur, n_keep + nd), n_move * rb);
+        memmove(kr__row(kv, kv->k, l, cur, n_keep), kr__row(kv, kv->k, l, cur, n_keep + nd), n_move * rb);
+        memmove(kr__row(kv, kv->v, l, cur, n_keep), kr__row(kv, kv->v, l, cur, n_keep + nd), n_move * rb);
     }
     /* keys were rotated for p; rotate by -nd to get p - nd (rotations add) */
     for (uint32_t i = 0; i < kv->n_batch; i++)
@@ -492,12 +547,12 @@ kr_status kr_kv_shift(kr_kv *kv, const kr_exec *ex, uint32_t n_keep, uint32_t *n
         for (uint32_t done = 0; done < n_move;) {
             uint32_t c = n_move - done < kv->n_batch ? n_move - done : kv->n_batch;
             for (uint32_t i = 0; i < c; i++)
-                kr__get_row(kv, kr__row(kv, kv->k, l, kv->cur, n_keep + done + i), kv->stage_k + (size_t)i * D);
+                kr__get_row(kv, kr__row(kv, kv->k, l, cur, n_keep + done + i), kv->stage_k + (size_t)i * D);
             ra.x = kv->stage_k;
             ra.n_tok = c;
             kv->base->rope(ex, &ra);
             for (uint32_t i = 0; i < c; i++)
-                kr__put_row(kv, kv->stage_k + (size_t)i * D, kr__row(kv, kv->k, l, kv->cur, n_keep + done + i));
+                kr__put_row(kv, kv->stage_k + (size_t)i * D, kr__row(kv, kv->k, l, cur, n_keep + done + i));
             done += c;
         }
     KR_LOGI(KR__LOG, "context shift of sequence %" PRId32 ": kept %" PRIu32 ", dropped %" PRIu32 ", %" PRIu32
@@ -510,14 +565,14 @@ kr_status kr_kv_shift(kr_kv *kv, const kr_exec *ex, uint32_t n_keep, uint32_t *n
 
 kr_status kr_kv_read(const kr_kv *kv, uint32_t layer, uint32_t pos, float *k, float *v, kr_err *err)
 {
-    uint32_t np = kv->seq[kv->cur].n_past;
+    uint32_t np = kr_kv_n_past(kv), cur = kv->sl.cur;
     if (layer >= kv->pl.n_layer || pos >= np || (kv->ring && np - pos > kv->pl.rows))
         return kr_err_set(err, KR_ERR_RANGE, "KV read: layer %" PRIu32 " (of %" PRIu32 "), position %" PRIu32
                           " not cached (n_past %" PRIu32 ", %" PRIu32 " rows)", layer, kv->pl.n_layer, pos, np,
                           kv->pl.rows);
     if (k)
-        kr__get_row(kv, kr__row(kv, kv->k, layer, kv->cur, pos), k);
+        kr__get_row(kv, kr__row(kv, kv->k, layer, cur, pos), k);
     if (v)
-        kr__get_row(kv, kr__row(kv, kv->v, layer, kv->cur, pos), v);
+        kr__get_row(kv, kr__row(kv, kv->v, layer, cur, pos), v);
     return KR_OK;
 }

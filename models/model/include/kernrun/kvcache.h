@@ -36,12 +36,22 @@ typedef enum kr_kv_full {
     KR_KV_FULL_SHIFT = 1,   /* context shift (kr_context_shift with the context's n_keep) first */
 } kr_kv_full;
 
+/* Q8_0 row format. BLOCKS: GGML's 34-byte blocks (fp16 scale + 32 int8),
+ * row_bytes = 34*kv_dim/32 (host cache). SPLIT: the CUDA cache's row =
+ * kv_dim int8 quants, then kv_dim/32 fp16 scales, padded to 16 bytes:
+ * row_bytes = round_up(kv_dim + 2*(kv_dim/32), 16) (docs/KVCACHE.md). */
+typedef enum kr_kv_layout {
+    KR_KV_LAYOUT_BLOCKS = 0,
+    KR_KV_LAYOUT_SPLIT = 1,
+} kr_kv_layout;
+
 typedef struct kr_kv_plan_params {
     uint32_t n_ctx;         /* positions per sequence (> 0) */
     uint32_t n_seq;         /* sequence slots (0 = 1) */
     uint32_t window;        /* sliding window of the model (0 = none) */
     bool ring;              /* with window < n_ctx: keep only `window` rows per sequence */
     kr_dtype type;          /* F32, F16 or Q8_0 (Q8_0: n_head_kv*head_dim a multiple of 32) */
+    kr_kv_layout layout;    /* row format of Q8_0 (F32/F16 rows are the same in both) */
 } kr_kv_plan_params;
 
 typedef struct kr_kv_plan {
@@ -67,6 +77,51 @@ kr_status kr_kv_check_fit(uint64_t needed, uint64_t available, const char *what,
 kr_status kr_kv_type_parse(const char *s, kr_dtype *out, kr_err *err);
 /* Physical RAM in bytes (sysconf), 0 if unknown: the default host limit. */
 uint64_t kr_kv_host_ram(void);
+
+/* ---- sequence slots: bookkeeping shared by the host cache and the CUDA
+ * path (plugins/cuda_forward/gpu_kvcache.c) ---- */
+
+typedef struct kr_kv_seq {
+    int32_t id;             /* sequence id; valid when used */
+    bool used;
+    bool pinned;
+    uint64_t stamp;         /* last use (clock) for LRU */
+    uint32_t n_past;        /* positions evaluated */
+} kr_kv_seq;
+
+typedef struct kr_kv_slots {
+    kr_kv_seq *seq;         /* (n_seq) */
+    uint32_t n_seq;
+    uint32_t cur;           /* current slot */
+    uint64_t clock;
+} kr_kv_slots;
+
+/* n_seq slots (0 = 1); sequence 0 is current in slot 0. */
+kr_status kr_kv_slots_init(kr_kv_slots *s, uint32_t n_seq, kr_err *err);
+void kr_kv_slots_fini(kr_kv_slots *s);
+/* Slot of sequence id, or -1. */
+int64_t kr_kv_slots_find(const kr_kv_slots *s, int32_t id);
+/* As kr_context_seq_use: make id current (resume, free slot, or evict the
+ * least recently used unpinned sequence, logged under `domain`).
+ * *evicted (may be NULL) gets the evicted id or -1. On error the current
+ * sequence stays. */
+kr_status kr_kv_slots_use(kr_kv_slots *s, int32_t id, int32_t *evicted, const char *domain, kr_err *err);
+/* Mark the current sequence used now (LRU). */
+void kr_kv_slots_touch(kr_kv_slots *s);
+kr_status kr_kv_slots_pin(kr_kv_slots *s, int32_t id, bool pinned, kr_err *err);
+/* As kr_context_seq_drop. */
+void kr_kv_slots_drop(kr_kv_slots *s, int32_t id);
+
+/* n_discard of a context shift: (n_past - n_keep) / 2; KR_ERR_UNSUPPORTED on
+ * a ring (message), KR_ERR_RANGE when nothing can be dropped. */
+kr_status kr_kv_shift_count(uint32_t n_past, uint32_t n_keep, bool ring, uint32_t *n_discard, kr_err *err);
+/* KR_OK when evaluating at pos (<= n_past) on a cache of plan pl (ring when
+ * pl->rows < pl->n_ctx, attention window `window`) keeps every key it needs;
+ * else KR_ERR_STATE naming the positions. */
+kr_status kr_kv_rewind_check(const kr_kv_plan *pl, uint32_t window, uint32_t n_past, uint32_t pos, kr_err *err);
+/* The "context full" error of an eval of n tokens at pos past n_ctx
+ * (KR_ERR_RANGE; names n, pos, n_ctx and whether context shift is off). */
+kr_status kr_kv_full_error(size_t n, uint32_t pos, uint32_t n_ctx, bool shift_on, kr_err *err);
 
 /* ---- the host context's cache (kr_context from kernrun/model.h) ---- */
 
