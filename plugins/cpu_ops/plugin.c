@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "kernrun/cpu_ops.h"
+#include "kernrun/operand.h"
 #include "kernrun/plugin.h"
 #include "kernrun/quant.h"
 
@@ -21,22 +22,9 @@ static const kr_exec kr__serial = {.struct_size = sizeof(kr_exec), .n_threads = 
 
 /* ---- operand checks ---- */
 
-static const kr_tensor *kr__src(const kr_kernel_args *a, int i)
-{
-    return a->src && i < a->n_src ? a->src[i] : NULL;
-}
-
 static bool kr__f32(const kr_tensor *t)
 {
     return t && t->type == KR_DTYPE_F32 && t->data && kr_tensor_is_contiguous(t) && kr_tensor_nelements(t) > 0;
-}
-
-static bool kr__same_shape(const kr_tensor *a, const kr_tensor *b)
-{
-    for (int i = 0; i < KR_MAX_DIMS; i++)
-        if (a->ne[i] != b->ne[i])
-            return false;
-    return true;
 }
 
 static bool kr__params(const kr_kernel_args *a, size_t size)
@@ -60,9 +48,9 @@ static bool kr__weight(const kr_tensor *t, kr_weight *w)
 /* matmul: src[0] W, src[1] x F32 (ne {cols, n}), dst F32 (ne {rows, n}) */
 static bool kr__mm_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 1), *y = a->dst;
+    const kr_tensor *x = kr_operand_src(a, 1), *y = a->dst;
     kr_weight w;
-    return kr__weight(kr__src(a, 0), &w) && kr__f32(x) && kr__f32(y) && x->ne[0] == (int64_t)w.ne[0] &&
+    return kr__weight(kr_operand_src(a, 0), &w) && kr__f32(x) && kr__f32(y) && x->ne[0] == (int64_t)w.ne[0] &&
            y->ne[0] == (int64_t)w.ne[1] && y->ne[1] == x->ne[1] && x->ne[2] == 1 && x->ne[3] == 1;
 }
 
@@ -77,9 +65,9 @@ static kr_status kr__mm_run(const kr_kernel_call *call, kr_err *err)
 /* get_rows: src[0] table, src[1] ids I32 (n), dst F32 (ne {n_embd, n}) */
 static bool kr__gr_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *ids = kr__src(a, 1), *y = a->dst;
+    const kr_tensor *ids = kr_operand_src(a, 1), *y = a->dst;
     kr_weight w;
-    return kr__weight(kr__src(a, 0), &w) && ids && ids->data && ids->type == KR_DTYPE_I32 &&
+    return kr__weight(kr_operand_src(a, 0), &w) && ids && ids->data && ids->type == KR_DTYPE_I32 &&
            kr_tensor_is_contiguous(ids) && kr__f32(y) && y->ne[0] == (int64_t)w.ne[0] &&
            y->ne[1] == kr_tensor_nelements(ids);
 }
@@ -96,11 +84,11 @@ static kr_status kr__gr_run(const kr_kernel_call *call, kr_err *err)
  * src[2] b (dim) optional (layer_norm); params float eps; dst like x */
 static bool kr__norm_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 0);
-    if (!kr__f32(x) || !kr__f32(a->dst) || !kr__same_shape(x, a->dst) || !kr__params(a, sizeof(float)))
+    const kr_tensor *x = kr_operand_src(a, 0);
+    if (!kr__f32(x) || !kr__f32(a->dst) || !kr_operand_same_shape(x, a->dst) || !kr__params(a, sizeof(float)))
         return false;
     for (int i = 1; i < a->n_src; i++) {
-        const kr_tensor *p = kr__src(a, i);
+        const kr_tensor *p = kr_operand_src(a, i);
         if (p && (!kr__f32(p) || kr_tensor_nelements(p) != x->ne[0]))
             return false;
     }
@@ -110,7 +98,7 @@ static bool kr__norm_supports(const kr_kernel_args *a, const kr_device_info *dev
 static kr_status kr__rms_run(const kr_kernel_call *call, kr_err *err)
 {
     const kr_kernel_args *a = call->args;
-    const kr_tensor *x = a->src[0], *w = kr__src(a, 1);
+    const kr_tensor *x = a->src[0], *w = kr_operand_src(a, 1);
     kr_cpu_ops_table.rms_norm(&kr__serial, x->data, w ? w->data : NULL, (size_t)kr_tensor_nrows(x), (size_t)x->ne[0],
                               *(const float *)a->params, a->dst->data);
     return KR_OK;
@@ -119,7 +107,7 @@ static kr_status kr__rms_run(const kr_kernel_call *call, kr_err *err)
 static kr_status kr__ln_run(const kr_kernel_call *call, kr_err *err)
 {
     const kr_kernel_args *a = call->args;
-    const kr_tensor *x = a->src[0], *w = kr__src(a, 1), *b = kr__src(a, 2);
+    const kr_tensor *x = a->src[0], *w = kr_operand_src(a, 1), *b = kr_operand_src(a, 2);
     kr_cpu_ops_table.layer_norm(&kr__serial, x->data, w ? w->data : NULL, b ? b->data : NULL,
                                 (size_t)kr_tensor_nrows(x), (size_t)x->ne[0], *(const float *)a->params,
                                 a->dst->data);
@@ -165,13 +153,7 @@ static kr_status kr__attn_run(const kr_kernel_call *call, kr_err *err)
  * store_kv: src[0] F32 -> dst F32 or F16, same element count */
 static bool kr__ew_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 0);
-    if (!kr__f32(x) || !kr__f32(a->dst) || kr_tensor_nelements(x) != kr_tensor_nelements(a->dst))
-        return false;
-    for (int i = 1; i < a->n_src; i++)
-        if (!kr__f32(kr__src(a, i)) || kr_tensor_nelements(kr__src(a, i)) != kr_tensor_nelements(x))
-            return false;
-    return true;
+    return kr_operand_elementwise(a, kr__f32);
 }
 
 static bool kr__swiglu_supports(const kr_kernel_args *a, const kr_device_info *dev)
@@ -181,18 +163,18 @@ static bool kr__swiglu_supports(const kr_kernel_args *a, const kr_device_info *d
 
 static bool kr__softmax_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    return kr__ew_supports(a, dev) && kr__same_shape(a->src[0], a->dst);
+    return kr__ew_supports(a, dev) && kr_operand_same_shape(a->src[0], a->dst);
 }
 
 static bool kr__add_bias_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *b = kr__src(a, 0);
+    const kr_tensor *b = kr_operand_src(a, 0);
     return kr__f32(b) && kr__f32(a->dst) && kr_tensor_nelements(b) == a->dst->ne[0];
 }
 
 static bool kr__store_kv_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 0), *y = a->dst;
+    const kr_tensor *x = kr_operand_src(a, 0), *y = a->dst;
     return kr__f32(x) && y && y->data && (y->type == KR_DTYPE_F32 || y->type == KR_DTYPE_F16) &&
            kr_tensor_is_contiguous(y) && kr_tensor_nelements(y) == kr_tensor_nelements(x);
 }

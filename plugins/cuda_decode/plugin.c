@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernrun/operand.h"
 #include "kernrun/ops.h"
 #include "kernrun/plugin.h"
 #include "kr_decode.h"
@@ -68,23 +69,10 @@ static kr_status kr__dec_for(const kr_kernel_call *call, kr_dec **out, kr_err *e
 
 /* ---- operand checks (cheap, side-effect free) ---- */
 
-static const kr_tensor *kr__src(const kr_kernel_args *a, int i)
-{
-    return a->src && i < a->n_src ? a->src[i] : NULL;
-}
-
 static bool kr__f32_vec(const kr_tensor *t)
 {
     return t && t->type == KR_DTYPE_F32 && t->data && kr_tensor_is_contiguous(t) &&
            kr_tensor_nelements(t) > 0 && kr_tensor_nelements(t) <= INT32_MAX / 2;
-}
-
-static bool kr__same_shape(const kr_tensor *a, const kr_tensor *b)
-{
-    for (int i = 0; i < KR_MAX_DIMS; i++)
-        if (a->ne[i] != b->ne[i])
-            return false;
-    return true;
 }
 
 static bool kr__has_params(const kr_kernel_args *a, size_t size)
@@ -96,7 +84,7 @@ static bool kr__has_params(const kr_kernel_args *a, size_t size)
  * src[1] x F32 (ne {cols, n}), dst F32 (ne {rows, n}). */
 static bool kr__mm_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *w = kr__src(a, 0), *x = kr__src(a, 1), *y = a->dst;
+    const kr_tensor *w = kr_operand_src(a, 0), *x = kr_operand_src(a, 1), *y = a->dst;
     if (!w || !x || !y || !w->data || !kr_dec_matvec_supports(w->type) || !kr__f32_vec(x) || !kr__f32_vec(y))
         return false;
     if (w->ne[2] != 1 || w->ne[3] != 1 || x->ne[0] != w->ne[0] || y->ne[0] != w->ne[1] || y->ne[1] != x->ne[1])
@@ -119,7 +107,7 @@ static kr_status kr__mm_run(const kr_kernel_call *call, kr_err *err)
 /* get_rows: src[0] table (ne {n_embd, n_vocab}), src[1] ids I32 (ne {n}), dst F32 (ne {n_embd, n}). */
 static bool kr__gr_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *w = kr__src(a, 0), *ids = kr__src(a, 1), *y = a->dst;
+    const kr_tensor *w = kr_operand_src(a, 0), *ids = kr_operand_src(a, 1), *y = a->dst;
     return w && ids && y && w->data && ids->data && kr_dec_matvec_supports(w->type) &&
            ids->type == KR_DTYPE_I32 && kr_tensor_is_contiguous(ids) && kr__f32_vec(y) &&
            y->ne[0] == w->ne[0] && y->ne[1] == kr_tensor_nelements(ids);
@@ -141,11 +129,11 @@ static kr_status kr__gr_run(const kr_kernel_call *call, kr_err *err)
  * absent, layer_norm src[2] b F32 (dim) or absent; params float eps; dst like x. */
 static bool kr__norm_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 0);
-    if (!kr__f32_vec(x) || !kr__f32_vec(a->dst) || !kr__same_shape(x, a->dst) || !kr__has_params(a, sizeof(float)))
+    const kr_tensor *x = kr_operand_src(a, 0);
+    if (!kr__f32_vec(x) || !kr__f32_vec(a->dst) || !kr_operand_same_shape(x, a->dst) || !kr__has_params(a, sizeof(float)))
         return false;
     for (int i = 1; i < a->n_src; i++) {
-        const kr_tensor *p = kr__src(a, i);
+        const kr_tensor *p = kr_operand_src(a, i);
         if (p && (!kr__f32_vec(p) || kr_tensor_nelements(p) != x->ne[0]))
             return false;
     }
@@ -155,7 +143,7 @@ static bool kr__norm_supports(const kr_kernel_args *a, const kr_device_info *dev
 static kr_status kr__rms_run(const kr_kernel_call *call, kr_err *err)
 {
     const kr_kernel_args *a = call->args;
-    const kr_tensor *x = a->src[0], *w = kr__src(a, 1);
+    const kr_tensor *x = a->src[0], *w = kr_operand_src(a, 1);
     kr_dec *d;
     kr_status st = kr__dec_for(call, &d, err);
     if (st != KR_OK)
@@ -167,7 +155,7 @@ static kr_status kr__rms_run(const kr_kernel_call *call, kr_err *err)
 static kr_status kr__ln_run(const kr_kernel_call *call, kr_err *err)
 {
     const kr_kernel_args *a = call->args;
-    const kr_tensor *x = a->src[0], *w = kr__src(a, 1), *b = kr__src(a, 2);
+    const kr_tensor *x = a->src[0], *w = kr_operand_src(a, 1), *b = kr_operand_src(a, 2);
     kr_dec *d;
     kr_status st = kr__dec_for(call, &d, err);
     if (st != KR_OK)
@@ -228,13 +216,7 @@ static kr_status kr__attn_run(const kr_kernel_call *call, kr_err *err)
  * add: dst += src[0]. softmax: rows of src[0] (ne {dim, rows}) into dst (may be src[0]). */
 static bool kr__ew_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 0);
-    if (!kr__f32_vec(x) || !kr__f32_vec(a->dst) || kr_tensor_nelements(x) != kr_tensor_nelements(a->dst))
-        return false;
-    for (int i = 1; i < a->n_src; i++)
-        if (!kr__f32_vec(kr__src(a, i)) || kr_tensor_nelements(kr__src(a, i)) != kr_tensor_nelements(x))
-            return false;
-    return true;
+    return kr_operand_elementwise(a, kr__f32_vec);
 }
 
 static bool kr__swiglu_supports(const kr_kernel_args *a, const kr_device_info *dev)
@@ -244,7 +226,7 @@ static bool kr__swiglu_supports(const kr_kernel_args *a, const kr_device_info *d
 
 static bool kr__softmax_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    return kr__ew_supports(a, dev) && kr__same_shape(a->src[0], a->dst);
+    return kr__ew_supports(a, dev) && kr_operand_same_shape(a->src[0], a->dst);
 }
 
 #define KR__EW_RUN(fname, expr)                                   \
@@ -269,7 +251,7 @@ KR__EW_RUN(kr__softmax_run, kr_dec_softmax(d, call->stream, a->src[0]->data, a->
 /* store_kv: src[0] F32 (ne {dim, rows}) -> dst F16 (ne {dim, rows}), contiguous. */
 static bool kr__store_kv_supports(const kr_kernel_args *a, const kr_device_info *dev)
 {
-    const kr_tensor *x = kr__src(a, 0), *y = a->dst;
+    const kr_tensor *x = kr_operand_src(a, 0), *y = a->dst;
     return kr__f32_vec(x) && y && y->type == KR_DTYPE_F16 && y->data && kr_tensor_is_contiguous(y) &&
            kr_tensor_nelements(y) == kr_tensor_nelements(x);
 }
