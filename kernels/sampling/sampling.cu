@@ -448,7 +448,9 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
              int top_k, float top_p, float min_p, float temperature,
              float repeat_penalty, float presence_penalty, float frequency_penalty,
              kr_u64 seed,
-             int *out_token)            // (1,) chosen id or -1
+             int *out_token,            // (1,) chosen id or -1
+             const int *cand_id)        // (n_vocab,) ids of the entries when `logits` holds
+                                        // kr_gs_prepass candidates (ascending id), else NULL
 {
     __shared__ kr_gs_shared sh;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -584,7 +586,7 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
     }
     if (greedy) {
         if (tid == 0)
-            *out_token = argmax;
+            *out_token = cand_id ? cand_id[argmax] : argmax;
         return;
     }
 
@@ -796,8 +798,201 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
             pick = last;
     }
     if (tid == 0) {
-        *out_token = pick;
+        *out_token = cand_id ? cand_id[pick] : pick;
         *draws += 1;
+    }
+}
+
+// ---- multi-block candidate pre-pass (top-k <= KR_GSP_KMAX, greedy) ----
+//
+// Block b owns ids [b * KR_GSP_CHUNK, (b + 1) * KR_GSP_CHUNK). It applies the
+// sample kernel's steps 1-3 (sanitize, penalties, logit bias and their +inf
+// fixups) to its chunk and writes its k best entries in the rank order
+// (adjusted logit desc, id asc) to cand_val/cand_id[b*k .. b*k + k), in
+// ascending id order. Every member of the global top-k is the top-k of its
+// own chunk, so kr_gs_sample over the b*k candidates (penalties and bias off,
+// cand_id mapping the result back) picks what it would pick over the whole
+// vocabulary: the survivors of top-k, and so of top-p / min-p and the draw,
+// are the same tokens in the same id order. Chunks shorter than KR_GSP_CHUNK
+// are padded with -inf entries (never finite, so never survivors).
+
+#define KR_GSP_THREADS 256
+#define KR_GSP_PER 4                                  // entries per thread, consecutive ids
+#define KR_GSP_CHUNK (KR_GSP_THREADS * KR_GSP_PER)    // 1024
+#define KR_GSP_KMAX 256
+
+__device__ __forceinline__ int kr_gsp_block_excl_scan(int v, int *warp_tot, int *total)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int inc = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        int y = __shfl_up_sync(KR_GS_FULL, inc, o);
+        if (lane >= o)
+            inc += y;
+    }
+    if (lane == 31)
+        warp_tot[warp] = inc;
+    __syncthreads();
+    int before = 0, all = 0;
+    for (int w = 0; w < KR_GSP_THREADS / 32; w++) {
+        int t = warp_tot[w];
+        before += w < warp ? t : 0;
+        all += t;
+    }
+    __syncthreads();
+    *total = all;
+    return before + inc - v;
+}
+
+extern "C" __global__ void __launch_bounds__(KR_GSP_THREADS)
+kr_gs_prepass(const float *logits,      // (n_vocab,) device
+              int n_vocab,
+              const int *hist,          // (hist_cap,) ring of accepted tokens
+              const int *hist_meta,     // (2,) valid entries, next write position
+              const int *bias_tok,      // (n_bias,)
+              const float *bias_val,    // (n_bias,)
+              int n_bias,
+              float repeat_penalty, float presence_penalty, float frequency_penalty,
+              int k,                    // candidates per block, 1 <= k <= KR_GSP_KMAX
+              float *cand_val,          // (gridDim.x * k,)
+              int *cand_id)             // (gridDim.x * k,)
+{
+    __shared__ float v[KR_GSP_CHUNK];
+    __shared__ kr_u32 hist_cnt[256];
+    __shared__ int warp_tot[KR_GSP_THREADS / 32];
+    __shared__ kr_u32 s_prefix;
+    __shared__ int s_rem;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int base = blockIdx.x * KR_GSP_CHUNK;
+    const int len = min(KR_GSP_CHUNK, n_vocab - base);
+
+    // 1. sanitize (as kr_gs_sample)
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++) {
+        int j = tid * KR_GSP_PER + u;
+        float l = j < len ? logits[base + j] : -KR_GS_INF;
+        v[j] = l != l ? -KR_GS_INF : l == KR_GS_INF ? KR_GS_FLT_MAX : l;
+    }
+    __syncthreads();
+    // 2. penalties of the history tokens in this chunk (first occurrence applies)
+    int hist_n = hist_meta[0];
+    bool pen = hist_n > 0 && (repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f);
+    if (pen) {
+        for (int j = tid; j < hist_n; j += KR_GSP_THREADS) {
+            int t = hist[j];
+            if (t < base || t >= base + len)
+                continue;
+            bool first = true;
+            int c = 0;
+            for (int q = 0; q < hist_n; q++) {
+                if (hist[q] == t) {
+                    c++;
+                    if (q < j)
+                        first = false;
+                }
+            }
+            if (first) {
+                float l = v[t - base];
+                l = l <= 0.0f ? __fmul_rn(l, repeat_penalty) : __fdiv_rn(l, repeat_penalty);
+                l = __fsub_rn(l, __fadd_rn(__fmul_rn((float)c, frequency_penalty), presence_penalty));
+                v[t - base] = l;
+            }
+        }
+        __syncthreads();
+    }
+    // 3. logit bias in entry order, then the +inf fixups
+    if (tid == 0)
+        for (int b = 0; b < n_bias; b++)
+            if (bias_tok[b] >= base && bias_tok[b] < base + len)
+                v[bias_tok[b] - base] = __fadd_rn(v[bias_tok[b] - base], bias_val[b]);
+    __syncthreads();
+    if (pen)
+        for (int j = tid; j < hist_n; j += KR_GSP_THREADS)
+            if (hist[j] >= base && hist[j] < base + len && v[hist[j] - base] == KR_GS_INF)
+                v[hist[j] - base] = KR_GS_FLT_MAX;
+    if (tid == 0)
+        for (int b = 0; b < n_bias; b++)
+            if (bias_tok[b] >= base && bias_tok[b] < base + len && v[bias_tok[b] - base] == KR_GS_INF)
+                v[bias_tok[b] - base] = KR_GS_FLT_MAX;
+    __syncthreads();
+
+    // 4. radix selection of the k-th largest key (8-bit digits, most significant first)
+    kr_u32 key[KR_GSP_PER];
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++)
+        key[u] = kr_gs_key(v[tid * KR_GSP_PER + u]);
+    if (tid == 0) {
+        s_prefix = 0;
+        s_rem = k;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        const kr_u32 hi_mask = shift == 24 ? 0u : ~0u << (shift + 8);
+        hist_cnt[tid] = 0; // KR_GSP_THREADS == 256 bins
+        __syncthreads();
+        const kr_u32 prefix = s_prefix;
+#pragma unroll
+        for (int u = 0; u < KR_GSP_PER; u++)
+            if ((key[u] & hi_mask) == prefix)
+                atomicAdd(&hist_cnt[(key[u] >> shift) & 255u], 1u);
+        __syncthreads();
+        if (warp == 0) {
+            // lane L holds bins 255-8L .. 248-8L (descending digits)
+            int c[8], lsum = 0;
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                c[q] = (int)hist_cnt[255 - 8 * lane - q];
+                lsum += c[q];
+            }
+            int inc = lsum;
+            for (int o = 1; o < 32; o <<= 1) {
+                int y = __shfl_up_sync(KR_GS_FULL, inc, o);
+                if (lane >= o)
+                    inc += y;
+            }
+            const int rem = s_rem, excl = inc - lsum;
+            if (excl < rem && inc >= rem) { // the k-th entry falls in this lane's bins
+                int acc = excl;
+                for (int q = 0; q < 8; q++) {
+                    if (acc + c[q] >= rem) {
+                        s_prefix = prefix | ((kr_u32)(255 - 8 * lane - q) << shift);
+                        s_rem = rem - acc;
+                        break;
+                    }
+                    acc += c[q];
+                }
+            }
+        }
+        __syncthreads();
+    }
+    const kr_u32 thr = s_prefix; // key of the k-th entry
+    const int take_eq = s_rem;   // entries with key == thr to take, lowest ids first
+
+    // 5. the selection in id order: key > thr, or key == thr among the first take_eq
+    int n_eq = 0;
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++)
+        n_eq += key[u] == thr;
+    int tot;
+    int eq_before = kr_gsp_block_excl_scan(n_eq, warp_tot, &tot);
+    bool sel[KR_GSP_PER];
+    int n_sel = 0;
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++) {
+        sel[u] = key[u] > thr || (key[u] == thr && eq_before < take_eq);
+        eq_before += key[u] == thr;
+        n_sel += sel[u];
+    }
+    int pos = kr_gsp_block_excl_scan(n_sel, warp_tot, &tot);
+    float *ov = cand_val + (size_t)blockIdx.x * k;
+    int *oi = cand_id + (size_t)blockIdx.x * k;
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++) {
+        if (sel[u] && pos < k) {
+            int j = tid * KR_GSP_PER + u;
+            ov[pos] = v[j];
+            oi[pos] = j < len ? base + j : n_vocab - 1; // padding: -inf, never picked
+            pos++;
+        }
     }
 }
 

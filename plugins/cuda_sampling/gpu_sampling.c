@@ -9,6 +9,9 @@
 #include "kr_kernel_sampling_sampling_cu.h"
 
 #define KR__GS_THREADS 1024 /* KR_GS_THREADS of the kernel: one block */
+#define KR__GSP_THREADS 256  /* KR_GSP_THREADS of kr_gs_prepass */
+#define KR__GSP_CHUNK 1024   /* KR_GSP_CHUNK: vocabulary entries per pre-pass block */
+#define KR__GSP_KMAX 256     /* KR_GSP_KMAX: candidates per block at most */
 
 /* Kernel records: static, because the backend caches functions by record address. */
 static const kr_kernel_source kr__gs_src_sample = {
@@ -16,6 +19,12 @@ static const kr_kernel_source kr__gs_src_sample = {
     .code = (const char *)kr_kernel_sampling_sampling_cu,
     .len = kr_kernel_sampling_sampling_cu_LEN,
     .entry = "kr_gs_sample",
+};
+static const kr_kernel_source kr__gs_src_prepass = {
+    .name = "sampling/sampling.cu",
+    .code = (const char *)kr_kernel_sampling_sampling_cu,
+    .len = kr_kernel_sampling_sampling_cu_LEN,
+    .entry = "kr_gs_prepass",
 };
 static const kr_kernel_source kr__gs_src_accept = {
     .name = "sampling/sampling.cu",
@@ -38,9 +47,30 @@ struct kr_gpu_sampler {
     int32_t *d_hist;            /* (hist_cap,) ring of accepted tokens */
     int32_t *d_bias_tok;        /* (n_bias,) */
     float *d_bias_val;          /* (n_bias,) */
+    int32_t pre_k;              /* candidates per pre-pass block; 0: no pre-pass */
+    int32_t pre_blocks;         /* ceil(n_vocab / KR__GSP_CHUNK) */
+    float *d_cand_val;          /* (pre_blocks * pre_k,) pre-pass candidates */
+    int32_t *d_cand_id;         /* (pre_blocks * pre_k,) their ids, ascending */
     kr_function *fn_sample;     /* owned by the backend */
+    kr_function *fn_prepass;
     kr_function *fn_accept;
 };
+
+/* The multi-block pre-pass (kr_gs_prepass) reduces the vocabulary to each
+ * 1024-entry chunk's best k = top_k (1 when greedy) before the one-block
+ * sampler runs; it pays off only when that leaves at most half of it. Off
+ * with KERNRUN_GPU_SAMPLER_PREPASS=0. */
+static int32_t kr__gs_pre_k(const kr_sampler_params *p, int32_t n_vocab, int32_t *blocks)
+{
+    const char *e = getenv("KERNRUN_GPU_SAMPLER_PREPASS");
+    *blocks = (int32_t)((n_vocab + (KR__GSP_CHUNK - 1)) / KR__GSP_CHUNK);
+    if (e && strcmp(e, "0") == 0)
+        return 0;
+    int32_t k = p->greedy || p->temperature <= 0.0f ? 1 : p->top_k;
+    if (k <= 0 || k > KR__GSP_KMAX || (int64_t)*blocks * k * 2 > n_vocab)
+        return 0;
+    return k;
+}
 
 /* Add context to err; returns st (also when err is NULL). */
 static kr_status kr__gs_prefix(kr_err *err, kr_status st, const char *what)
@@ -85,14 +115,17 @@ kr_status kr_gpu_sampler_create(kr_backend *be, const kr_sampler_params *p, int3
     s->n_vocab = n_vocab;
     s->hist_cap = p->repeat_last_n;
     s->n_bias = (int32_t)p->n_logit_bias;
+    s->pre_k = kr__gs_pre_k(p, n_vocab, &s->pre_blocks);
+    size_t n_cand = (size_t)s->pre_blocks * (size_t)s->pre_k;
 
-    size_t off = 0, o_cur, o_meta, o_out, o_hist, o_btok, o_bval;
+    size_t off = 0, o_cur, o_meta, o_out, o_hist, o_btok, o_bval, o_cval, o_cid;
     if (!kr__gs_region(&off, (size_t)n_vocab, sizeof(float), &o_cur) ||
         !kr__gs_region(&off, 2, sizeof(uint64_t), &o_meta) || /* draws (8) + hist_meta (8) */
         !kr__gs_region(&off, 1, sizeof(int32_t), &o_out) ||
         !kr__gs_region(&off, (size_t)s->hist_cap, sizeof(int32_t), &o_hist) ||
         !kr__gs_region(&off, (size_t)s->n_bias, sizeof(int32_t), &o_btok) ||
-        !kr__gs_region(&off, (size_t)s->n_bias, sizeof(float), &o_bval)) {
+        !kr__gs_region(&off, (size_t)s->n_bias, sizeof(float), &o_bval) ||
+        !kr__gs_region(&off, n_cand, sizeof(float), &o_cval) || !kr__gs_region(&off, n_cand, sizeof(int32_t), &o_cid)) {
         free(s);
         return kr_err_set(err, KR_ERR_OVERFLOW, "gpu sampler: device state size overflows (n_vocab %d)",
                           (int)n_vocab);
@@ -110,6 +143,8 @@ kr_status kr_gpu_sampler_create(kr_backend *be, const kr_sampler_params *p, int3
     s->d_hist = (int32_t *)(void *)(base + o_hist);
     s->d_bias_tok = (int32_t *)(void *)(base + o_btok);
     s->d_bias_val = (float *)(void *)(base + o_bval);
+    s->d_cand_val = (float *)(void *)(base + o_cval);
+    s->d_cand_id = (int32_t *)(void *)(base + o_cid);
 
     if (s->n_bias > 0) {
         size_t nb = (size_t)s->n_bias;
@@ -176,6 +211,8 @@ kr_status kr_gpu_sampler_prepare(kr_gpu_sampler *s, kr_err *err)
     if (!s)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu sampler: NULL handle");
     kr_status st = kr__gs_fn(s, &kr__gs_src_sample, &s->fn_sample, err);
+    if (st == KR_OK && s->pre_k > 0)
+        st = kr__gs_fn(s, &kr__gs_src_prepass, &s->fn_prepass, err);
     return st != KR_OK ? st : kr__gs_fn(s, &kr__gs_src_accept, &s->fn_accept, err);
 }
 
@@ -226,18 +263,38 @@ kr_status kr_gpu_sampler_sample_async(kr_gpu_sampler *s, kr_stream *stream, cons
     if (!s || !d_logits || !d_token)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu sampler: NULL argument");
     kr_status st = kr__gs_fn(s, &kr__gs_src_sample, &s->fn_sample, err);
+    if (st == KR_OK && s->pre_k > 0)
+        st = kr__gs_fn(s, &kr__gs_src_prepass, &s->fn_prepass, err);
     if (st != KR_OK)
         return st;
     const kr_sampler_params *p = &s->p;
     void *logits = (void *)(uintptr_t)d_logits, *cur = s->d_cur, *hist = s->d_hist, *meta = s->d_hist_meta,
-         *draws = s->d_draws, *btok = s->d_bias_tok, *bval = s->d_bias_val, *out = d_token;
+         *draws = s->d_draws, *btok = s->d_bias_tok, *bval = s->d_bias_val, *out = d_token, *cand_id = NULL;
     int nv = s->n_vocab, nb = s->n_bias, greedy = p->greedy || p->temperature <= 0.0f, top_k = p->top_k;
     float top_p = p->top_p, min_p = p->min_p, temp = p->temperature, rp = p->repeat_penalty,
           pres = p->presence_penalty, freq = p->frequency_penalty;
     unsigned long long seed = p->seed;
+    if (s->pre_k > 0) {
+        /* order and types of kr_gs_prepass's parameters */
+        void *cval = s->d_cand_val, *cid = s->d_cand_id;
+        int k = s->pre_k;
+        void *pargs[] = {&logits, &nv, &hist, &meta, &btok, &bval, &nb, &rp, &pres, &freq, &k, &cval, &cid};
+        const uint32_t pgrid[3] = {(uint32_t)s->pre_blocks, 1, 1}, pblock[3] = {KR__GSP_THREADS, 1, 1};
+        st = kr_backend_launch(s->be, s->fn_prepass, pgrid, pblock, 0, stream, pargs, err);
+        if (st != KR_OK)
+            return kr__gs_prefix(err, st, "gpu sampler: launching kr_gs_prepass");
+        /* the sampler then runs on the candidates: adjusted already, ids mapped back */
+        logits = cval;
+        cand_id = cid;
+        nv = s->pre_blocks * s->pre_k;
+        nb = 0;
+        rp = 1.0f;
+        pres = 0.0f;
+        freq = 0.0f;
+    }
     /* order and types of kr_gs_sample's parameters */
     void *args[] = {&logits, &cur, &nv, &hist, &meta, &draws, &btok, &bval, &nb, &greedy,
-                    &top_k, &top_p, &min_p, &temp, &rp, &pres, &freq, &seed, &out};
+                    &top_k, &top_p, &min_p, &temp, &rp, &pres, &freq, &seed, &out, &cand_id};
     const uint32_t grid[3] = {1, 1, 1}, block[3] = {KR__GS_THREADS, 1, 1};
     st = kr_backend_launch(s->be, s->fn_sample, grid, block, 0, stream, args, err);
     return st != KR_OK ? kr__gs_prefix(err, st, "gpu sampler: launching kr_gs_sample") : KR_OK;

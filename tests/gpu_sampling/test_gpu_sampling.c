@@ -235,6 +235,33 @@ Test(gpu_sampling, vocab_256k_and_odd_sizes, .timeout = 300)
     kr_backend_destroy(be);
 }
 
+/* Top-k <= 256 and greedy go through the multi-block pre-pass by default;
+ * the same settings with it off (KERNRUN_GPU_SAMPLER_PREPASS=0, read when the
+ * sampler is created) keep the one-block path covered. Also the pre-pass
+ * bounds: k = 256 (the largest per block) and 257 (one-block path). */
+Test(gpu_sampling, prepass_on_and_off_match_cpu, .timeout = 300)
+{
+    kr_backend *be = gpu_open();
+    const combo edge[] = {
+        {256, 0.9f, 0.0f, 0.8f, 1.0f, 0.0f, 0.0f, 0},
+        {257, 0.9f, 0.0f, 0.8f, 1.0f, 0.0f, 0.0f, 0},
+        {2, 1.0f, 0.0f, 1.0f, 1.0f, 0.0f, 0.0f, 0},
+    };
+    for (int off = 0; off < 2; off++) {
+        if (off)
+            setenv("KERNRUN_GPU_SAMPLER_PREPASS", "0", 1);
+        const size_t pick[] = {0, 1, 5, 9};
+        for (size_t i = 0; i < sizeof pick / sizeof pick[0]; i++)
+            run_combo(be, &k_combos[pick[i]], 32000, 10, 2.0f, kr_test_rng_u64());
+        for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) {
+            run_combo(be, &edge[i], 128256, 6, 3.0f, kr_test_rng_u64());
+            run_combo(be, &edge[i], 2049, 6, 3.0f, kr_test_rng_u64()); /* last chunk of 1 entry */
+        }
+        unsetenv("KERNRUN_GPU_SAMPLER_PREPASS");
+    }
+    kr_backend_destroy(be);
+}
+
 /* Greedy: argmax, lowest id among equal maxima; no random numbers used. */
 Test(gpu_sampling, greedy_matches_and_takes_lowest_tied_id, .timeout = 120)
 {
