@@ -1,0 +1,70 @@
+// Batched element-wise ops of the prefill path (n tokens at positions
+// pos0 .. pos0+n-1); the rest (norms over rows, add, gelu) reuse the decode
+// kernels. NVRTC-compilable without headers: halves go through PTX cvt.
+
+typedef unsigned short kr_pb_u16;
+typedef long long kr_pb_i64;
+
+__device__ __forceinline__ kr_pb_u16 kr_pb_f2h(float f)
+{
+    kr_pb_u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// RoPE in place, same math as decode/rope.cu for each token t at p = pos0 + t:
+//   theta_i = p * freq_scale * freq_base^(-2i/n_rot) / ff[i], i < n_rot/2
+//   normal: (a, b) = (h[2i], h[2i+1]); neox: (a, b) = (h[i], h[i + n_rot/2])
+// q: (n, q_stride) fp32, head h of token t at q + t*q_stride + h*head_dim;
+// k likewise with k_stride (k NULL with n_head_k 0).
+// Launch: block (min(n_rot/2, 128)), grid (n_head_q + n_head_k, n).
+extern "C" __global__ void kr_pf_rope_f32(float *q, long long q_stride, int n_head_q, float *k, long long k_stride,
+                                          int n_head_k, int head_dim, int n_rot, int pos0, float freq_base,
+                                          float freq_scale, const float *freq_factors, int neox)
+{
+    const int h = blockIdx.x, t = blockIdx.y;
+    float *v = h < n_head_q ? q + (kr_pb_i64)t * q_stride + (kr_pb_i64)h * head_dim
+                            : k + (kr_pb_i64)t * k_stride + (kr_pb_i64)(h - n_head_q) * head_dim;
+    const float p = (float)(pos0 + t);
+    const int half = n_rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float theta = p * freq_scale * powf(freq_base, -2.0f * (float)i / (float)n_rot);
+        if (freq_factors)
+            theta /= freq_factors[i];
+        float sn, cs;
+        sincosf(theta, &sn, &cs);
+        const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        const float a = v[ia], b = v[ib];
+        v[ia] = a * cs - b * sn;
+        v[ib] = a * sn + b * cs;
+    }
+}
+
+// KV store of n tokens into an fp16 cache: row (pos0 + t) % rows of k_cache
+// (row_bytes apart) = fp16(k[t, 0..kv_dim)), same for v.
+// k, v: (n, k_stride / v_stride) fp32. Launch: block (256), grid (ceil(kv_dim/256), n).
+extern "C" __global__ void kr_pf_kv_store_f16(const float *k, long long k_stride, const float *v,
+                                              long long v_stride, unsigned char *k_cache,
+                                              unsigned char *v_cache, long long row_bytes, int rows, int kv_dim,
+                                              int pos0)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (i >= kv_dim)
+        return;
+    const kr_pb_i64 row = (kr_pb_i64)((pos0 + t) % rows) * row_bytes;
+    ((kr_pb_u16 *)(k_cache + row))[i] = kr_pb_f2h(k[(kr_pb_i64)t * k_stride + i]);
+    ((kr_pb_u16 *)(v_cache + row))[i] = kr_pb_f2h(v[(kr_pb_i64)t * v_stride + i]);
+}
+
+// SwiGLU over rows: y[t, i] = silu(x[t, i]) * x[t, up_off + i], i < ff;
+// x rows x_stride floats apart, y rows y_stride apart (y may alias x's gate half).
+// Launch: block (256), grid (ceil(ff/256), n).
+extern "C" __global__ void kr_pf_swiglu_f32(const float *x, long long x_stride, long long up_off, float *y,
+                                            long long y_stride, int ff)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (i >= ff)
+        return;
+    const float g = x[(kr_pb_i64)t * x_stride + i], u = x[(kr_pb_i64)t * x_stride + up_off + i];
+    y[(kr_pb_i64)t * y_stride + i] = g / (1.0f + expf(-g)) * u;
+}

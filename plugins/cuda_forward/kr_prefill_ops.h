@@ -1,0 +1,79 @@
+/* Prefill kernels (kernels/prefill/{flash_attn,batch_ops}.cu): host launchers. Batched prefill
+ * processes n prompt tokens at positions pos0 .. pos0+n-1 at once (see
+ * docs/PREFILL.md); these are its ops that the decode launchers
+ * (plugins/cuda_decode/kr_decode.h) do not cover.
+ *
+ * A kr_pf binds one CUDA backend and caches the JIT-compiled functions
+ * (NVRTC + the cubin cache, on first use). Launchers validate their
+ * arguments (KR_ERR_INVALID_ARG / KR_ERR_UNSUPPORTED naming the values) and
+ * only enqueue work on stream s (NULL = default stream). Pointers are device
+ * addresses of that backend. Strides count elements (floats) unless named
+ * *_bytes. Thread-safe (a mutex guards the function cache).
+ */
+#ifndef KERNRUN_PLUGIN_KR_PREFILL_OPS_H
+#define KERNRUN_PLUGIN_KR_PREFILL_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/status.h"
+
+typedef struct kr_pf kr_pf;
+
+kr_status kr_pf_create(kr_backend *be, kr_pf **out, kr_err *err); /* be: a CUDA backend, outlives the kr_pf */
+void kr_pf_free(kr_pf *p);                                         /* NULL ok */
+kr_status kr_pf_prepare_all(kr_pf *p, kr_err *err);                /* compile every kernel now */
+
+/* The static kernel records (for compile-only tests): i in [0, count). */
+size_t kr_pf_source_count(void);
+const kr_kernel_source *kr_pf_source_at(size_t i);
+
+/* True when kr_pf_flash_attn handles head_dim (64, 80, 96, 128, 256). */
+bool kr_pf_flash_attn_supports(int head_dim);
+
+/* Causal attention of n query tokens at positions pos0 .. pos0+n-1 over an
+ * fp16 KV cache (the layout of docs/KVCACHE.md / interfaces: K and V slot
+ * bases, row r at base + r*row_bytes, position j at row j % rows, head g at
+ * +g*head_dim halves). Every position the queries see must already be in
+ * the cache (the batch's own K/V stored first):
+ *   out[t, h, :] = sum_j softmax_j(scale q[t, h, :] . K[j, g, :]) V[j, g, :],
+ *   j in [lo(p), p], p = pos0 + t, lo(p) = window > 0 ? max(0, p - window + 1) : 0,
+ *   g = h / (n_head / n_head_kv).
+ * q:   (n, q_stride) fp32, head h of token t at q + t*q_stride + h*head_dim;
+ *      16-byte aligned, q_stride a multiple of 4 (q may be the q part of a
+ *      fused QKV output).
+ * out: (n, o_stride) fp32, same indexing; 8-byte aligned, o_stride even;
+ *      must not overlap q.
+ * k, v: 16-byte aligned, row_bytes a multiple of 16 and >= 2*n_head_kv*head_dim.
+ * Ring: the positions seen must not have been overwritten by later ones of the
+ * batch: pos0 + n - 1 - lo(pos0) < rows (else KR_ERR_INVALID_ARG with the
+ * numbers; the caller splits the batch).
+ * Tensor cores (fp16 Q/K/V/P, fp32 accumulation and softmax). */
+kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stride, const void *k, const void *v,
+                           size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0, int n_head,
+                           int n_head_kv, int head_dim, int window, float scale, kr_err *err);
+
+/* RoPE in place on q (n, q_stride) with n_head_q heads and k (n, k_stride)
+ * with n_head_k heads (k NULL with n_head_k 0), token t at position pos0 + t;
+ * the math of kr_dec_rope (normal or neox pairs, first n_rot dims, optional
+ * freq_factors (n_rot/2,) fp32). */
+kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
+                     int n_head_k, int head_dim, int n_rot, int n, int pos0, float freq_base, float freq_scale,
+                     const float *freq_factors, bool neox, kr_err *err);
+
+/* fp16 KV store of n tokens: row (pos0 + t) % rows of k_cache / v_cache
+ * (row_bytes apart, row_bytes >= 2*kv_dim, even) = fp16 (round to nearest
+ * even) of k[t, 0..kv_dim) / v[t, 0..kv_dim); k, v (n, k_stride / v_stride)
+ * fp32. Later tokens win when n > rows. */
+kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v,
+                             size_t v_stride, void *k_cache, void *v_cache, size_t row_bytes, int rows, int kv_dim,
+                             int n, int pos0, kr_err *err);
+
+/* y[t, i] = silu(x[t, i]) * x[t, up_off + i], i < ff, t < n; y may alias x
+ * (same rows, y_stride == x_stride, gate half). */
+kr_status kr_pf_swiglu(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, size_t up_off, float *y,
+                       size_t y_stride, int ff, int n, kr_err *err);
+
+#endif

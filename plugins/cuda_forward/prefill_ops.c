@@ -1,0 +1,253 @@
+/* Host launchers for kernels/prefill/{flash_attn,batch_ops}.cu (see kr_prefill_ops.h). */
+#include "kr_prefill_ops.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernrun/err_local.h"
+
+#include "kr_kernel_prefill_batch_ops_cu.h"  /* embedded by meson (kernels/meson.build) */
+#include "kr_kernel_prefill_flash_attn_cu.h"
+
+static const char *const kr__o_d64[1] = {"-DKR_FA_D=64"};
+static const char *const kr__o_d80[1] = {"-DKR_FA_D=80"};
+static const char *const kr__o_d96[1] = {"-DKR_FA_D=96"};
+static const char *const kr__o_d128[1] = {"-DKR_FA_D=128"};
+static const char *const kr__o_d256[1] = {"-DKR_FA_D=256"};
+
+#define KR__FA_SRC(opts)                                                                                 \
+    {.name = "prefill/flash_attn.cu", .code = (const char *)kr_kernel_prefill_flash_attn_cu,            \
+     .len = kr_kernel_prefill_flash_attn_cu_LEN, .entry = "kr_flash_attn_f16", .options = opts, .n_options = 1}
+#define KR__PB_SRC(e)                                                                                    \
+    {.name = "prefill/batch_ops.cu", .code = (const char *)kr_kernel_prefill_batch_ops_cu,              \
+     .len = kr_kernel_prefill_batch_ops_cu_LEN, .entry = e, .options = NULL, .n_options = 0}
+
+enum {
+    KR__PF_FA64,
+    KR__PF_FA80,
+    KR__PF_FA96,
+    KR__PF_FA128,
+    KR__PF_FA256,
+    KR__PF_ROPE,
+    KR__PF_KV_STORE,
+    KR__PF_SWIGLU,
+    KR__PF_COUNT
+};
+
+/* Static: the CUDA backend caches functions by record address. */
+static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
+    [KR__PF_FA64] = KR__FA_SRC(kr__o_d64),
+    [KR__PF_FA80] = KR__FA_SRC(kr__o_d80),
+    [KR__PF_FA96] = KR__FA_SRC(kr__o_d96),
+    [KR__PF_FA128] = KR__FA_SRC(kr__o_d128),
+    [KR__PF_FA256] = KR__FA_SRC(kr__o_d256),
+    [KR__PF_ROPE] = KR__PB_SRC("kr_pf_rope_f32"),
+    [KR__PF_KV_STORE] = KR__PB_SRC("kr_pf_kv_store_f16"),
+    [KR__PF_SWIGLU] = KR__PB_SRC("kr_pf_swiglu_f32"),
+};
+
+struct kr_pf {
+    kr_backend *be;
+    pthread_mutex_t lock;          /* guards fn[] */
+    kr_function *fn[KR__PF_COUNT]; /* lazily fetched; owned by the backend */
+};
+
+size_t kr_pf_source_count(void) { return KR__PF_COUNT; }
+const kr_kernel_source *kr_pf_source_at(size_t i) { return i < KR__PF_COUNT ? &kr__pf_src[i] : NULL; }
+
+kr_status kr_pf_create(kr_backend *be, kr_pf **out, kr_err *err)
+{
+    *out = NULL;
+    if (!be || be->kind != KR_BACKEND_CUDA)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "prefill ops: needs a CUDA backend");
+    kr_pf *p = calloc(1, sizeof *p);
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_NOMEM, "prefill ops: out of memory");
+    if (pthread_mutex_init(&p->lock, NULL) != 0) {
+        free(p);
+        return kr_err_set_local(err, KR_ERR_INTERNAL, "prefill ops: pthread_mutex_init failed");
+    }
+    p->be = be;
+    *out = p;
+    return KR_OK;
+}
+
+void kr_pf_free(kr_pf *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static kr_status kr__pf_get(kr_pf *p, int id, kr_function **fn, kr_err *err)
+{
+    pthread_mutex_lock(&p->lock);
+    kr_status st = KR_OK;
+    if (!p->fn[id]) {
+        st = kr_backend_get_function(p->be, &kr__pf_src[id], &p->fn[id], err);
+        if (st != KR_OK) {
+            p->fn[id] = NULL;
+            char what[128];
+            snprintf(what, sizeof what, "prefill ops: kernel %s (%s%s%s)", kr__pf_src[id].entry,
+                     kr__pf_src[id].name, kr__pf_src[id].n_options ? " " : "",
+                     kr__pf_src[id].n_options ? kr__pf_src[id].options[0] : "");
+            kr_err_prefix_local(err, st, what);
+        }
+    }
+    *fn = p->fn[id];
+    pthread_mutex_unlock(&p->lock);
+    return st;
+}
+
+kr_status kr_pf_prepare_all(kr_pf *p, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "prefill ops: NULL kr_pf");
+    for (int i = 0; i < KR__PF_COUNT; i++) {
+        kr_function *fn;
+        kr_status st = kr__pf_get(p, i, &fn, err);
+        if (st != KR_OK)
+            return st;
+    }
+    return KR_OK;
+}
+
+static int kr__pf_fa_id(int head_dim)
+{
+    switch (head_dim) {
+    case 64: return KR__PF_FA64;
+    case 80: return KR__PF_FA80;
+    case 96: return KR__PF_FA96;
+    case 128: return KR__PF_FA128;
+    case 256: return KR__PF_FA256;
+    default: return -1;
+    }
+}
+
+bool kr_pf_flash_attn_supports(int head_dim) { return kr__pf_fa_id(head_dim) >= 0; }
+
+static kr_status kr__pf_launch(kr_pf *p, int id, uint32_t gx, uint32_t gy, uint32_t bx, kr_stream *s, void **args,
+                               kr_err *err)
+{
+    kr_function *fn;
+    kr_status st = kr__pf_get(p, id, &fn, err);
+    if (st != KR_OK)
+        return st;
+    const uint32_t grid[3] = {gx, gy, 1}, block[3] = {bx, 1, 1};
+    st = kr_backend_launch(p->be, fn, grid, block, 0, s, args, err);
+    if (st != KR_OK)
+        kr_err_prefix_local(err, st, kr__pf_src[id].entry);
+    return st;
+}
+
+#define KR__PF_FA_BM 64 /* KR_FA_BM in flash_attn.cu */
+
+kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stride, const void *k, const void *v,
+                           size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0, int n_head,
+                           int n_head_kv, int head_dim, int window, float scale, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL kr_pf");
+    const int id = kr__pf_fa_id(head_dim);
+    if (id < 0)
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: head_dim %d (supported: 64, 80, 96, 128, 256)",
+                                head_dim);
+    if (n < 1 || pos0 < 0 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv != 0 || window < 0 || rows < 1)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "flash attention: n %d, pos0 %d, heads %d/%d, window %d, rows %d (need n >= 1, "
+                                "pos0 >= 0, n_head a multiple of n_head_kv, window >= 0, rows >= 1)",
+                                n, pos0, n_head, n_head_kv, window, rows);
+    if ((int64_t)pos0 + n - 1 > INT32_MAX - 1 || (int64_t)n * (n_head / n_head_kv) > INT32_MAX - KR__PF_FA_BM)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: n %d at pos0 %d with %d heads too large", n,
+                                pos0, n_head);
+    if (!q || !k || !v || !out)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL operand");
+    const size_t qkd = (size_t)n_head * (size_t)head_dim, kvd = (size_t)n_head_kv * (size_t)head_dim;
+    if (q_stride < qkd || q_stride % 4 != 0 || (uintptr_t)q % 16 != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "flash attention: q stride %zu (need >= %zu, multiple of 4) or q %p not 16-byte "
+                                "aligned", q_stride, qkd, (const void *)q);
+    if (o_stride < qkd || o_stride % 2 != 0 || (uintptr_t)out % 8 != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "flash attention: out stride %zu (need >= %zu, even) or out %p not 8-byte aligned",
+                                o_stride, qkd, (void *)out);
+    if (row_bytes < 2 * kvd || row_bytes % 16 != 0 || (uintptr_t)k % 16 != 0 || (uintptr_t)v % 16 != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "flash attention: row_bytes %zu (need >= %zu, multiple of 16) or cache bases "
+                                "%p/%p not 16-byte aligned", row_bytes, 2 * kvd, k, v);
+    const int64_t lo0 = window > 0 ? (pos0 - window + 1 > 0 ? pos0 - window + 1 : 0) : 0;
+    if ((int64_t)pos0 + n - 1 - lo0 >= rows)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "flash attention: positions %lld..%d do not fit %d cache rows (n %d at pos0 %d, "
+                                "window %d)", (long long)lo0, pos0 + n - 1, rows, n, pos0, window);
+    long long qs = (long long)q_stride, os = (long long)o_stride, rb = (long long)row_bytes;
+    const float scale_log2 = scale * 1.4426950408889634f;
+    void *args[] = {(void *)&q, &qs, (void *)&k, (void *)&v, &rb, &rows, &out, &os, &n, &pos0, &n_head, &n_head_kv,
+                    &window, (void *)&scale_log2};
+    const int64_t n_rows = (int64_t)n * (n_head / n_head_kv);
+    return kr__pf_launch(p, id, (uint32_t)((n_rows + KR__PF_FA_BM - 1) / KR__PF_FA_BM), (uint32_t)n_head_kv,
+                         32 * 4, s, args, err);
+}
+
+kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
+                     int n_head_k, int head_dim, int n_rot, int n, int pos0, float freq_base, float freq_scale,
+                     const float *freq_factors, bool neox, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rope: NULL kr_pf");
+    if (n < 1 || n > 65535 || pos0 < 0 || n_head_q < 1 || n_head_k < 0 || (n_head_k > 0 && !k) || !q ||
+        head_dim < 2 || n_rot < 2 || n_rot % 2 != 0 || n_rot > head_dim)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "rope: n %d (1..65535), pos0 %d, heads %d/%d, head_dim %d, n_rot %d (even, <= "
+                                "head_dim), q %p, k %p", n, pos0, n_head_q, n_head_k, head_dim, n_rot, (void *)q,
+                                (void *)k);
+    if (q_stride < (size_t)n_head_q * head_dim || (n_head_k > 0 && k_stride < (size_t)n_head_k * head_dim))
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rope: strides %zu/%zu shorter than the heads", q_stride,
+                                k_stride);
+    long long qs = (long long)q_stride, ks = (long long)k_stride;
+    int nx = neox ? 1 : 0;
+    void *args[] = {&q, &qs, &n_head_q, &k, &ks, &n_head_k, &head_dim, &n_rot, &pos0, &freq_base, &freq_scale,
+                    (void *)&freq_factors, &nx};
+    const int half = n_rot / 2;
+    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)(n_head_q + n_head_k), (uint32_t)n,
+                         (uint32_t)(half < 128 ? half : 128), s, args, err);
+}
+
+kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v,
+                             size_t v_stride, void *k_cache, void *v_cache, size_t row_bytes, int rows, int kv_dim,
+                             int n, int pos0, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "kv store: NULL kr_pf");
+    if (n < 1 || n > 65535 || pos0 < 0 || rows < 1 || kv_dim < 1 || !k || !v || !k_cache || !v_cache ||
+        (int64_t)pos0 + n > INT32_MAX)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "kv store: n %d (1..65535), pos0 %d, rows %d, kv_dim %d, or a NULL operand", n,
+                                pos0, rows, kv_dim);
+    if (k_stride < (size_t)kv_dim || v_stride < (size_t)kv_dim || row_bytes < 2 * (size_t)kv_dim ||
+        row_bytes % 2 != 0 || (uintptr_t)k_cache % 2 != 0 || (uintptr_t)v_cache % 2 != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "kv store: strides %zu/%zu, row_bytes %zu (need >= %d, even)", k_stride, v_stride,
+                                row_bytes, 2 * kv_dim);
+    long long ks = (long long)k_stride, vs = (long long)v_stride, rb = (long long)row_bytes;
+    void *args[] = {(void *)&k, &ks, (void *)&v, &vs, &k_cache, &v_cache, &rb, &rows, &kv_dim, &pos0};
+    return kr__pf_launch(p, KR__PF_KV_STORE, (uint32_t)((kv_dim + 255) / 256), (uint32_t)n, 256, s, args, err);
+}
+
+kr_status kr_pf_swiglu(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, size_t up_off, float *y,
+                       size_t y_stride, int ff, int n, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "swiglu: NULL kr_pf");
+    if (n < 1 || n > 65535 || ff < 1 || !x || !y || up_off < (size_t)ff || x_stride < up_off + (size_t)ff ||
+        y_stride < (size_t)ff)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "swiglu: n %d (1..65535), ff %d, x stride %zu, up offset %zu, y stride %zu", n, ff,
+                                x_stride, up_off, y_stride);
+    long long xs = (long long)x_stride, uo = (long long)up_off, ys = (long long)y_stride;
+    void *args[] = {(void *)&x, &xs, &uo, &y, &ys, &ff};
+    return kr__pf_launch(p, KR__PF_SWIGLU, (uint32_t)((ff + 255) / 256), (uint32_t)n, 256, s, args, err);
+}

@@ -1,0 +1,385 @@
+/* Prefill kernels (kernels/prefill/ via plugins/cuda_forward/kr_prefill_ops.h)
+ * against CPU references on fresh random inputs (KR_TEST_SEED=n replays).
+ *
+ * Flash attention: reference in double from the very fp16 K/V values in the
+ * cache and the fp32 q. The kernel rounds q and the softmax weights P to fp16
+ * (fp32 accumulation), so per (token, head) row
+ *     |o - ref|^2 / |ref|^2 <= 1e-4    (max over rows)
+ * and over everything NMSE <= 1e-5. Scores have a standard deviation of ~2
+ * (peaked softmax), so a key too many or too few changes a row by far more
+ * than that (early rows see 1..few keys, windowed rows ~window keys).
+ * Every cache row not visible to the batch holds NaN and the output padding
+ * (o_stride > n_head*head_dim) and all outputs are poisoned with NaN: a read
+ * of an unwritten key or a missing / stray write shows.
+ * RoPE: vs double, NMSE <= 1e-6 (the decode RoPE tolerance); KV store: bit-exact
+ * fp16 round-to-nearest-even, other rows untouched; swiglu: NMSE <= 1e-9. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/half.h"
+#include "kr_prefill_ops.h"
+#include "kr_test_gpu.h"
+#include "kr_test_rng.h"
+
+static kr_pf *pf_open(kr_backend *be)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_pf *p = NULL;
+    kr_status st = kr_pf_create(be, &p, &err);
+    cr_assert_eq(st, KR_OK, "kr_pf_create: %s", kr_err_msg(&err, st));
+    return p;
+}
+
+/* ---- flash attention --------------------------------------------------------- */
+
+typedef struct fa_case {
+    int d, n_head, n_head_kv, n, pos0, window, rows;
+    int q_pad, o_pad;   /* extra floats per token row of q / out */
+    int row_pad_halves; /* extra halves per cache row (multiple of 8) */
+} fa_case;
+
+static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
+{
+    const int D = c->d, H = c->n_head, HK = c->n_head_kv, n = c->n, pos0 = c->pos0, W = c->window, R = c->rows;
+    const int G = H / HK;
+    const size_t qs = (size_t)H * D + c->q_pad, os = (size_t)H * D + c->o_pad;
+    const size_t kvd = (size_t)HK * D, rowh = kvd + c->row_pad_halves, row_bytes = 2 * rowh;
+    const int lo0 = W > 0 ? (pos0 - W + 1 > 0 ? pos0 - W + 1 : 0) : 0, hi = pos0 + n - 1;
+    cr_assert(hi - lo0 < R, "bad case");
+
+    float *q = malloc((size_t)n * qs * sizeof *q);
+    uint16_t *kc = malloc((size_t)R * row_bytes), *vc = malloc((size_t)R * row_bytes);
+    float *o = malloc((size_t)n * os * sizeof *o);
+    cr_assert(q && kc && vc && o);
+    const float qa = 6.0f; /* score std ~ qa / 3 with scale 1/sqrt(D) */
+    for (size_t i = 0; i < (size_t)n * qs; i++)
+        q[i] = kr_test_rng_f(-qa, qa);
+    for (size_t i = 0; i < (size_t)R * rowh; i++)
+        kc[i] = vc[i] = 0x7e00; /* fp16 NaN: rows nobody may read */
+    for (int j = lo0; j <= hi; j++) {
+        uint16_t *kr = kc + (size_t)(j % R) * rowh, *vr = vc + (size_t)(j % R) * rowh;
+        for (size_t i = 0; i < kvd; i++) {
+            kr[i] = kr_fp32_to_fp16(kr_test_rng_f(-1.0f, 1.0f));
+            vr[i] = kr_fp32_to_fp16(kr_test_rng_f(-1.0f, 1.0f));
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)D);
+
+    kr_buffer *bq, *bk, *bv, *bo;
+    float *dq = kr_test_dupload(be, q, (size_t)n * qs * sizeof *q, &bq);
+    void *dk = kr_test_dupload(be, kc, (size_t)R * row_bytes, &bk);
+    void *dv = kr_test_dupload(be, vc, (size_t)R * row_bytes, &bv);
+    float *dout = kr_test_dpoisoned(be, (size_t)n * os, &bo);
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_pf_flash_attn(p, NULL, dq, qs, dk, dv, row_bytes, R, dout, os, n, pos0, H, HK, D, W, scale, &err);
+    cr_assert_eq(st, KR_OK, "flash attn: %s", kr_err_msg(&err, st));
+    kr_test_download(be, o, dout, (size_t)n * os * sizeof *o);
+
+    double num = 0, den = 0, worst = 0;
+    int worst_t = -1, worst_h = -1;
+    double *sc = malloc((size_t)(hi + 1) * sizeof *sc), *ref = malloc((size_t)D * sizeof *ref);
+    cr_assert(sc && ref);
+    for (int t = 0; t < n; t++) {
+        const int pp = pos0 + t, lo = W > 0 ? (pp - W + 1 > 0 ? pp - W + 1 : 0) : 0;
+        for (int h = 0; h < H; h++) {
+            const int g = h / G;
+            const float *qh = q + (size_t)t * qs + (size_t)h * D;
+            double mx = -INFINITY;
+            for (int j = lo; j <= pp; j++) {
+                const uint16_t *kr = kc + (size_t)(j % R) * rowh + (size_t)g * D;
+                double dot = 0;
+                for (int i = 0; i < D; i++)
+                    dot += (double)qh[i] * kr_fp16_to_fp32(kr[i]);
+                sc[j] = dot * scale;
+                if (sc[j] > mx)
+                    mx = sc[j];
+            }
+            double l = 0;
+            for (int i = 0; i < D; i++)
+                ref[i] = 0;
+            for (int j = lo; j <= pp; j++) {
+                const double e = exp(sc[j] - mx);
+                l += e;
+                const uint16_t *vr = vc + (size_t)(j % R) * rowh + (size_t)g * D;
+                for (int i = 0; i < D; i++)
+                    ref[i] += e * kr_fp16_to_fp32(vr[i]);
+            }
+            double rn = 0, rd = 0;
+            const float *oh = o + (size_t)t * os + (size_t)h * D;
+            for (int i = 0; i < D; i++) {
+                const double r = ref[i] / l, e = (double)oh[i] - r;
+                cr_assert(isfinite(oh[i]), "flash attn D %d n %d pos0 %d: out[%d, %d, %d] = %g not finite (seed %llu)",
+                          D, n, pos0, t, h, i, oh[i], (unsigned long long)kr_test_seed());
+                rn += e * e;
+                rd += r * r;
+            }
+            num += rn;
+            den += rd;
+            if (rn / rd > worst) {
+                worst = rn / rd;
+                worst_t = t;
+                worst_h = h;
+            }
+        }
+        for (int i = 0; i < c->o_pad; i++)
+            cr_assert(isnan(o[(size_t)t * os + (size_t)H * D + i]), "flash attn wrote into the out padding");
+    }
+    const double nmse = num / den;
+    cr_log_info("flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d: nmse %.3g, worst row %.3g (t %d h %d)", D,
+                H, HK, n, pos0, W, R, nmse, worst, worst_t, worst_h);
+    cr_expect(worst <= 1e-4, "flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d: worst row error %.3g at t %d h %d "
+              "(seed %llu)", D, H, HK, n, pos0, W, R, worst, worst_t, worst_h, (unsigned long long)kr_test_seed());
+    cr_expect(nmse <= 1e-5, "flash attn D %d heads %d/%d n %d pos0 %d: NMSE %.3g (seed %llu)", D, H, HK, n, pos0, nmse,
+              (unsigned long long)kr_test_seed());
+    free(sc);
+    free(ref);
+    kr_backend_free(be, bq);
+    kr_backend_free(be, bk);
+    kr_backend_free(be, bv);
+    kr_backend_free(be, bo);
+    free(q);
+    free(kc);
+    free(vc);
+    free(o);
+}
+
+Test(gpu_prefill, flash_attn_shapes)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    const fa_case cases[] = {
+        {.d = 128, .n_head = 8, .n_head_kv = 8, .n = 77, .pos0 = 0, .rows = 128},                  /* MHA, odd n */
+        {.d = 128, .n_head = 32, .n_head_kv = 8, .n = 131, .pos0 = 45, .rows = 200, .q_pad = 4},    /* GQA, cached */
+        {.d = 64, .n_head = 71, .n_head_kv = 1, .n = 19, .pos0 = 10, .rows = 64, .o_pad = 6},       /* falcon MQA */
+        {.d = 80, .n_head = 12, .n_head_kv = 4, .n = 65, .pos0 = 100, .window = 37, .rows = 256},   /* window */
+        {.d = 128, .n_head = 4, .n_head_kv = 2, .n = 57, .pos0 = 300, .window = 40, .rows = 96,
+         .row_pad_halves = 8},                                                                       /* ring wraps */
+        {.d = 256, .n_head = 4, .n_head_kv = 2, .n = 33, .pos0 = 7, .rows = 64},                    /* head_dim 256 */
+        {.d = 96, .n_head = 6, .n_head_kv = 6, .n = 1, .pos0 = 250, .rows = 251},                   /* one token */
+        {.d = 64, .n_head = 6, .n_head_kv = 3, .n = 200, .pos0 = 3, .window = 9, .rows = 300},      /* tiny window */
+        {.d = 128, .n_head = 32, .n_head_kv = 32, .n = 512, .pos0 = 0, .rows = 512},                /* 7B chunk */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        run_fa(be, p, &cases[i]);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_prefill, flash_attn_random)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    static const int dims[] = {64, 80, 96, 128, 256};
+    for (int it = 0; it < 6; it++) {
+        fa_case c = {0};
+        c.d = dims[kr_test_rng_u64() % 5];
+        c.n_head_kv = 1 + (int)(kr_test_rng_u64() % 4);
+        c.n_head = c.n_head_kv * (1 + (int)(kr_test_rng_u64() % 5));
+        c.n = 1 + (int)(kr_test_rng_u64() % 150);
+        c.pos0 = (int)(kr_test_rng_u64() % 120);
+        c.window = kr_test_rng_u64() % 2 ? 1 + (int)(kr_test_rng_u64() % 80) : 0;
+        const int lo0 = c.window > 0 ? (c.pos0 - c.window + 1 > 0 ? c.pos0 - c.window + 1 : 0) : 0;
+        c.rows = c.pos0 + c.n - lo0 + (int)(kr_test_rng_u64() % 5); /* ring when the window cuts */
+        c.q_pad = 4 * (int)(kr_test_rng_u64() % 3);
+        c.o_pad = 2 * (int)(kr_test_rng_u64() % 3);
+        run_fa(be, p, &c);
+    }
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_prefill, flash_attn_refuses)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_pf *p = pf_open(be);
+    kr_buffer *b;
+    float *d = kr_test_dalloc(be, 1 << 20, &b);
+    kr_err err;
+    kr_err_clear(&err);
+    /* head_dim 72 unsupported */
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 72, d, d, 144, 16, d, 72, 4, 0, 1, 1, 72, 0, 1.0f, &err),
+                 KR_ERR_UNSUPPORTED);
+    /* heads not a multiple */
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 384, d, d, 256, 16, d, 384, 4, 0, 3, 2, 128, 0, 1.0f, &err),
+                 KR_ERR_INVALID_ARG);
+    /* span does not fit the ring: positions 0..16 in 16 rows */
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, 256, 16, d, 128, 17, 0, 1, 1, 128, 0, 1.0f, &err),
+                 KR_ERR_INVALID_ARG);
+    /* window makes it fit: pos 100..115 with window 1 -> lo0 100 */
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, 256, 16, d + 4096, 128, 16, 100, 1, 1, 128, 1, 1.0f, &err),
+                 KR_OK, "%s", err.msg);
+    /* misaligned q stride */
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 130, d, d, 256, 16, d, 128, 4, 0, 1, 1, 128, 0, 1.0f, &err),
+                 KR_ERR_INVALID_ARG);
+    kr_test_download(be, &(float){0}, d, sizeof(float)); /* sync: the one valid launch ran */
+    kr_backend_free(be, b);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+/* ---- RoPE, KV store, swiglu --------------------------------------------------- */
+
+Test(gpu_prefill, rope_batched)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    for (int variant = 0; variant < 4; variant++) {
+        const int D = variant == 2 ? 80 : 128, HQ = 5, HK = 3, n = 37 + variant, pos0 = 17 * variant;
+        const int n_rot = variant == 3 ? 64 : D;
+        const bool neox = variant % 2 == 1, ff = variant == 3;
+        const size_t qs = (size_t)(HQ + 2 * HK) * D + 8; /* fused qkv row: q, k, v */
+        const float base = 10000.0f, fscale = variant == 1 ? 0.25f : 1.0f;
+        float *x = malloc((size_t)n * qs * sizeof *x), *y = malloc((size_t)n * qs * sizeof *y);
+        float *fr = malloc((size_t)n_rot / 2 * sizeof *fr);
+        cr_assert(x && y && fr);
+        for (size_t i = 0; i < (size_t)n * qs; i++)
+            x[i] = kr_test_rng_f(-2.0f, 2.0f);
+        for (int i = 0; i < n_rot / 2; i++)
+            fr[i] = kr_test_rng_f(1.0f, 8.0f);
+        kr_buffer *bx, *bf;
+        float *dx = kr_test_dupload(be, x, (size_t)n * qs * sizeof *x, &bx);
+        float *df = kr_test_dupload(be, fr, (size_t)n_rot / 2 * sizeof *fr, &bf);
+        kr_err err;
+        kr_err_clear(&err);
+        kr_status st = kr_pf_rope(p, NULL, dx, qs, HQ, dx + (size_t)HQ * D, qs, HK, D, n_rot, n, pos0, base, fscale,
+                                  ff ? df : NULL, neox, &err);
+        cr_assert_eq(st, KR_OK, "rope: %s", kr_err_msg(&err, st));
+        kr_test_download(be, y, dx, (size_t)n * qs * sizeof *y);
+        double num = 0, den = 0;
+        for (int t = 0; t < n; t++) {
+            for (int h = 0; h < HQ + 2 * HK; h++) {
+                const float *a = x + (size_t)t * qs + (size_t)h * D;
+                const float *b = y + (size_t)t * qs + (size_t)h * D;
+                double r[256];
+                for (int i = 0; i < D; i++)
+                    r[i] = a[i];
+                if (h < HQ + HK) {
+                    for (int i = 0; i < n_rot / 2; i++) {
+                        double th = (double)(pos0 + t) * fscale * pow(base, -2.0 * i / n_rot);
+                        if (ff)
+                            th /= fr[i];
+                        const int ia = neox ? i : 2 * i, ib = neox ? i + n_rot / 2 : 2 * i + 1;
+                        r[ia] = a[ia] * cos(th) - a[ib] * sin(th);
+                        r[ib] = a[ia] * sin(th) + a[ib] * cos(th);
+                    }
+                }
+                for (int i = 0; i < D; i++) {
+                    num += (b[i] - r[i]) * (b[i] - r[i]);
+                    den += r[i] * r[i];
+                    if (h >= HQ + HK || i >= n_rot)
+                        cr_assert_eq(b[i], a[i], "rope changed an unrotated value (h %d i %d)", h, i);
+                }
+            }
+            for (int i = (HQ + 2 * HK) * D; i < (int)qs; i++)
+                cr_assert_eq(y[(size_t)t * qs + i], x[(size_t)t * qs + i], "rope wrote past the heads");
+        }
+        cr_expect(num / den <= 1e-6, "rope variant %d: NMSE %.3g (seed %llu)", variant, num / den,
+                  (unsigned long long)kr_test_seed());
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bf);
+        free(x);
+        free(y);
+        free(fr);
+    }
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_prefill, kv_store)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    const int kvd = 200, n = 45, rows = 32, pos0 = 13; /* wraps the ring; later tokens win */
+    const size_t xs = 3 * (size_t)kvd + 4, row_bytes = 2 * (size_t)kvd + 16, rowh = row_bytes / 2;
+    float *x = malloc((size_t)n * xs * sizeof *x);
+    uint16_t *kc = malloc(rows * row_bytes), *vc = malloc(rows * row_bytes);
+    cr_assert(x && kc && vc);
+    for (size_t i = 0; i < (size_t)n * xs; i++)
+        x[i] = kr_test_rng_f(-70000.0f, 70000.0f) * (kr_test_rng_u64() % 2 ? 1.0f : 1e-6f);
+    kr_buffer *bx, *bk, *bv;
+    float *dx = kr_test_dupload(be, x, (size_t)n * xs * sizeof *x, &bx);
+    void *dk = kr_test_dalloc(be, rows * row_bytes, &bk), *dv = kr_test_dalloc(be, rows * row_bytes, &bv);
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_backend_memset(be, dk, 0xAB, rows * row_bytes, NULL, &err), KR_OK);
+    cr_assert_eq(kr_backend_memset(be, dv, 0xCD, rows * row_bytes, NULL, &err), KR_OK);
+    kr_status st = kr_pf_kv_store_f16(p, NULL, dx + kvd, xs, dx + 2 * kvd, xs, dk, dv, row_bytes, rows, kvd, n, pos0,
+                                      &err);
+    cr_assert_eq(st, KR_OK, "kv store: %s", kr_err_msg(&err, st));
+    kr_test_download(be, kc, dk, rows * row_bytes);
+    kr_test_download(be, vc, dv, rows * row_bytes);
+    for (int r = 0; r < rows; r++) {
+        /* the last token t with (pos0 + t) % rows == r */
+        int t = -1;
+        for (int u = 0; u < n; u++)
+            if ((pos0 + u) % rows == r)
+                t = u;
+        for (size_t i = 0; i < rowh; i++) {
+            uint16_t ek = 0xABAB, ev = 0xCDCD;
+            if (t >= 0 && i < (size_t)kvd) {
+                ek = kr_fp32_to_fp16(x[(size_t)t * xs + kvd + i]);
+                ev = kr_fp32_to_fp16(x[(size_t)t * xs + 2 * kvd + i]);
+            }
+            cr_assert_eq(kc[(size_t)r * rowh + i], ek, "k row %d [%zu]: %04x != %04x", r, i, kc[(size_t)r * rowh + i], ek);
+            cr_assert_eq(vc[(size_t)r * rowh + i], ev, "v row %d [%zu]: %04x != %04x", r, i, vc[(size_t)r * rowh + i], ev);
+        }
+    }
+    kr_backend_free(be, bx);
+    kr_backend_free(be, bk);
+    kr_backend_free(be, bv);
+    free(x);
+    free(kc);
+    free(vc);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_prefill, swiglu_rows)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    const int ff = 333, n = 7;
+    const size_t xs = 2 * (size_t)ff + 5, ys = ff + 3;
+    float *x = malloc((size_t)n * xs * sizeof *x), *y = malloc((size_t)n * ys * sizeof *y);
+    cr_assert(x && y);
+    for (size_t i = 0; i < (size_t)n * xs; i++)
+        x[i] = kr_test_rng_f(-8.0f, 8.0f);
+    kr_buffer *bx, *by;
+    float *dx = kr_test_dupload(be, x, (size_t)n * xs * sizeof *x, &bx);
+    float *dy = kr_test_dpoisoned(be, (size_t)n * ys, &by);
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_pf_swiglu(p, NULL, dx, xs, (size_t)ff + 2, dy, ys, ff, n, &err);
+    cr_assert_eq(st, KR_OK, "swiglu: %s", kr_err_msg(&err, st));
+    kr_test_download(be, y, dy, (size_t)n * ys * sizeof *y);
+    double num = 0, den = 0;
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < ff; i++) {
+            const double g = x[(size_t)t * xs + i], u = x[(size_t)t * xs + ff + 2 + i];
+            const double r = g / (1.0 + exp(-g)) * u, e = y[(size_t)t * ys + i] - r;
+            num += e * e;
+            den += r * r;
+        }
+        for (size_t i = ff; i < ys; i++)
+            cr_assert(isnan(y[(size_t)t * ys + i]), "swiglu wrote into the padding");
+    }
+    cr_expect(num / den <= 1e-9, "swiglu NMSE %.3g (seed %llu)", num / den, (unsigned long long)kr_test_seed());
+    kr_backend_free(be, bx);
+    kr_backend_free(be, by);
+    free(x);
+    free(y);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# tools/gpu-dev/prefill.sh test|bench — batched prefill (docs/PREFILL.md) on the GPU machine.
+# Called by tools/gpu-dev/run-all with BUILD, LOG, KERNRUN_REQUIRE_GPU=1, KR_TESTDATA, KR_7B_*,
+# KR_KERNRUN set. Appends everything to $LOG; key numbers as a table at the end.
+set -u
+cd "$(dirname "$0")/../.."
+LOG=${LOG:-/dev/stdout}
+BUILD=${BUILD:-build}
+part=${1:-test}
+{
+  echo "== prefill $part: commit $(git rev-parse --short HEAD 2>/dev/null) ($(git status --porcelain -- kernels/prefill plugins/cuda_forward tests/gpu_prefill 2>/dev/null | wc -l) changed files of prefill), $(date -u +%H:%M:%S)"
+} >>"$LOG" 2>&1
+
+if [ "$part" = test ]; then
+  summary=()
+  for t in test_gpu_prefill_ops test_prefill_host test_gpu_prefill_forward; do
+    exe=$BUILD/tests/gpu_prefill/$t
+    [ -x "$exe" ] || { echo "-- $t: not built" >>"$LOG"; summary+=("$t: NOT BUILT"); continue; }
+    echo "-- $t" >>"$LOG"
+    s0=$(date +%s%N)
+    KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1 timeout 50 "$exe" -j1 --verbose=1 >>"$LOG" 2>&1
+    rc=$?
+    summary+=("$t: rc=$rc ($(( ($(date +%s%N) - s0) / 1000000 )) ms)")
+  done
+  {
+    echo "== prefill test summary"
+    for l in "${summary[@]}"; do echo "  $l"; done
+    grep -h "flash attn D" "$LOG" | sed 's/^.*flash attn/  flash attn/' | sort | uniq | head -40
+  } >>"$LOG" 2>&1
+  exit 0
+fi
+
+if [ "$part" = bench ]; then
+  {
+    echo "-- bench-prefill-attn"
+    timeout 15 "$BUILD/tests/gpu_prefill/bench-prefill-attn" --iters 30
+    echo "bench-prefill-attn rc=$?"
+    KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
+    rows=()
+    for t in Q4_0 Q8_0 F16; do
+      var=KR_7B_$t
+      f=${!var:-}
+      [ -n "$f" ] && [ -f "$f" ] || { rows+=("$t: model missing"); continue; }
+      for mode in batch token; do
+        extra=()
+        [ "$mode" = token ] && extra=(--no-batch-prefill)
+        [ "$mode" = token ] && [ "$t" != Q4_0 ] && continue # token-by-token once is enough (time)
+        o=$(timeout 25 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda "${extra[@]}" 2>&1)
+        rc=$?
+        echo "$o" | tail -15
+        rows+=("$t $mode: rc=$rc $(echo "$o" | grep -i -m1 'prefill\|pp512' | tr -s ' ')")
+      done
+    done
+    echo "== prefill bench summary"
+    for l in "${rows[@]}"; do echo "  $l"; done
+  } >>"$LOG" 2>&1
+  exit 0
+fi
+echo "usage: $0 test|bench" >&2
+exit 2
