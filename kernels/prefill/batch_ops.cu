@@ -68,3 +68,25 @@ extern "C" __global__ void kr_pf_swiglu_f32(const float *x, long long x_stride, 
     const float g = x[(kr_pb_i64)t * x_stride + i], u = x[(kr_pb_i64)t * x_stride + up_off + i];
     y[(kr_pb_i64)t * y_stride + i] = g / (1.0f + expf(-g)) * u;
 }
+
+// Undo kernels/forward/matvec_repacked.cu's repacking of a Q4_0 (qsz 16) or
+// Q8_0 (qsz 32) matrix for the GEMM: block b (of n_blk = rows * nb, row-major)
+// with quants qs[b*qsz ..] and fp16 scale sc[b] becomes the GGML block
+// [d | quants] at dst + (b / nb) * dst_stride + (b % nb) * (qsz + 2).
+// dst_stride even. Launch: block (256), grid (ceil(n_blk / 256)).
+extern "C" __global__ void kr_pf_unrepack(const unsigned char *__restrict__ qs, const kr_pb_u16 *__restrict__ sc,
+                                          unsigned char *__restrict__ dst, long long dst_stride, long long n_blk,
+                                          int nb, int qsz)
+{
+    const kr_pb_i64 b = (kr_pb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n_blk)
+        return;
+    kr_pb_u16 *o = (kr_pb_u16 *)(dst + (b / nb) * dst_stride + (b % nb) * (kr_pb_i64)(qsz + 2));
+    o[0] = sc[b];
+    const unsigned int *q = (const unsigned int *)(qs + b * qsz);
+    for (int i = 0; i < qsz / 4; i++) {
+        const unsigned int w = q[i];
+        o[1 + 2 * i] = (kr_pb_u16)(w & 0xffffu);
+        o[2 + 2 * i] = (kr_pb_u16)(w >> 16);
+    }
+}

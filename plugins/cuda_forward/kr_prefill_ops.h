@@ -76,4 +76,12 @@ kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_st
 kr_status kr_pf_swiglu(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, size_t up_off, float *y,
                        size_t y_stride, int ff, int n, kr_err *err);
 
+/* Undo the decode path's repacking (kernels/forward/matvec_repacked.cu) of a
+ * Q4_0 (q8_0 false) or Q8_0 matrix (rows, cols): qs (rows*cols/32 blocks of
+ * 16 / 32 quant bytes, 4-byte aligned), sc (rows*cols/32 fp16 scales) ->
+ * GGML blocks [d | quants], row r at dst + r*dst_stride (even, >= the row's
+ * bytes). For the GEMM, which reads GGML blocks. */
+kr_status kr_pf_unrepack(kr_pf *p, kr_stream *s, bool q8_0, const void *qs, const void *sc, void *dst,
+                         size_t dst_stride, int64_t rows, int64_t cols, kr_err *err);
+
 #endif

@@ -33,6 +33,7 @@ enum {
     KR__PF_ROPE,
     KR__PF_KV_STORE,
     KR__PF_SWIGLU,
+    KR__PF_UNREPACK,
     KR__PF_COUNT
 };
 
@@ -46,6 +47,7 @@ static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
     [KR__PF_ROPE] = KR__PB_SRC("kr_pf_rope_f32"),
     [KR__PF_KV_STORE] = KR__PB_SRC("kr_pf_kv_store_f16"),
     [KR__PF_SWIGLU] = KR__PB_SRC("kr_pf_swiglu_f32"),
+    [KR__PF_UNREPACK] = KR__PB_SRC("kr_pf_unrepack"),
 };
 
 struct kr_pf {
@@ -250,4 +252,23 @@ kr_status kr_pf_swiglu(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, 
     long long xs = (long long)x_stride, uo = (long long)up_off, ys = (long long)y_stride;
     void *args[] = {(void *)&x, &xs, &uo, &y, &ys, &ff};
     return kr__pf_launch(p, KR__PF_SWIGLU, (uint32_t)((ff + 255) / 256), (uint32_t)n, 256, s, args, err);
+}
+
+kr_status kr_pf_unrepack(kr_pf *p, kr_stream *s, bool q8_0, const void *qs, const void *sc, void *dst,
+                         size_t dst_stride, int64_t rows, int64_t cols, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "unrepack: NULL kr_pf");
+    const int qsz = q8_0 ? 32 : 16;
+    if (!qs || !sc || !dst || rows < 1 || cols < 32 || cols % 32 != 0 || cols / 32 > INT32_MAX ||
+        (uintptr_t)qs % 4 != 0 || (uintptr_t)sc % 2 != 0 || (uintptr_t)dst % 2 != 0 || dst_stride % 2 != 0 ||
+        dst_stride < (size_t)(cols / 32) * (size_t)(qsz + 2) || rows > INT64_MAX / (cols / 32) ||
+        (rows * (cols / 32) + 255) / 256 > UINT32_MAX)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "unrepack: rows %lld, cols %lld (multiple of 32), dst stride %zu, or a NULL / "
+                                "misaligned operand", (long long)rows, (long long)cols, dst_stride);
+    long long n_blk = (long long)(rows * (cols / 32)), ds = (long long)dst_stride;
+    int nb = (int)(cols / 32);
+    void *args[] = {(void *)&qs, (void *)&sc, &dst, &ds, &n_blk, &nb, (void *)&qsz};
+    return kr__pf_launch(p, KR__PF_UNREPACK, (uint32_t)((n_blk + 255) / 256), 1, 256, s, args, err);
 }

@@ -383,3 +383,48 @@ Test(gpu_prefill, swiglu_rows)
     kr_pf_free(p);
     kr_backend_destroy(be);
 }
+
+/* Repacked (qs | scales, kernels/forward/matvec_repacked.cu) -> GGML blocks, byte-exact; padding untouched. */
+Test(gpu_prefill, unrepack)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    for (int q8 = 0; q8 < 2; q8++) {
+        const int qsz = q8 ? 32 : 16, rows = 37, nb = 5, bb = qsz + 2;
+        const size_t row = (size_t)nb * bb, stride = row + 6, nbk = (size_t)rows * nb;
+        uint8_t *ggml = malloc(rows * row), *qs = malloc(nbk * qsz), *out = malloc(rows * stride);
+        uint16_t *sc = malloc(nbk * 2);
+        cr_assert(ggml && qs && out && sc);
+        for (size_t i = 0; i < rows * row; i++)
+            ggml[i] = (uint8_t)kr_test_rng_u64();
+        for (size_t b = 0; b < nbk; b++) {
+            const uint8_t *blk = ggml + b * bb;
+            sc[b] = (uint16_t)(blk[0] | blk[1] << 8);
+            memcpy(qs + b * qsz, blk + 2, qsz);
+        }
+        kr_buffer *bq, *bs, *bo;
+        void *dq = kr_test_dupload(be, qs, nbk * qsz, &bq), *ds = kr_test_dupload(be, sc, nbk * 2, &bs);
+        void *dout = kr_test_dalloc(be, rows * stride, &bo);
+        kr_err err;
+        kr_err_clear(&err);
+        cr_assert_eq(kr_backend_memset(be, dout, 0x5A, rows * stride, NULL, &err), KR_OK);
+        kr_status st = kr_pf_unrepack(p, NULL, q8 == 1, dq, ds, dout, stride, rows, (int64_t)nb * 32, &err);
+        cr_assert_eq(st, KR_OK, "unrepack: %s", kr_err_msg(&err, st));
+        kr_test_download(be, out, dout, rows * stride);
+        for (int r = 0; r < rows; r++) {
+            cr_assert_eq(memcmp(out + r * stride, ggml + r * row, row), 0, "q8 %d row %d differs", q8, r);
+            for (size_t i = row; i < stride; i++)
+                cr_assert_eq(out[r * stride + i], 0x5A, "q8 %d row %d: padding written", q8, r);
+        }
+        kr_backend_free(be, bq);
+        kr_backend_free(be, bs);
+        kr_backend_free(be, bo);
+        free(ggml);
+        free(qs);
+        free(out);
+        free(sc);
+    }
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
