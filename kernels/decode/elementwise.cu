@@ -7,6 +7,8 @@
 // x, y: (rows, n) fp32 (y may equal x). Launch: block 256..1024 (multiple of 32), grid (rows).
 extern "C" __global__ void kr_softmax_f32(const float *x, float *y, int n)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     __shared__ float sh[32];
     const float *xr = x + (kr_i64)blockIdx.x * n;
     float *yr = y + (kr_i64)blockIdx.x * n;
@@ -26,6 +28,8 @@ extern "C" __global__ void kr_softmax_f32(const float *x, float *y, int n)
 // Launch: block 256, grid ceil(n / 256).
 extern "C" __global__ void kr_swiglu_f32(const float *g, const float *u, float *y, int n)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float a = g[i];
@@ -39,6 +43,8 @@ extern "C" __global__ void kr_swiglu_f32(const float *g, const float *u, float *
 // Launch: block 256, grid ceil(n / 256).
 extern "C" __global__ void kr_gelu_f32(const float *x, float *y, int n)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float v = x[i];
@@ -51,6 +57,8 @@ extern "C" __global__ void kr_gelu_f32(const float *x, float *y, int n)
 // Launch: block 256, grid ceil(n / 256).
 extern "C" __global__ void kr_add_f32(const float *a, const float *b, float *y, int n)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         y[i] = a[i] + b[i];
@@ -63,6 +71,8 @@ extern "C" __global__ void kr_add_f32(const float *a, const float *b, float *y, 
     extern "C" __global__ void NAME(const kr_u8 *table, kr_i64 row_stride, int n_vocab,          \
                                     int n_embd, const int *token, int tok_imm, float *out)                    \
     {                                                                                             \
+        KR_PDL_WAIT();                                                                            \
+        KR_PDL_LAUNCH_DEPENDENTS();                                                               \
         const int i = blockIdx.x * blockDim.x + threadIdx.x;                                      \
         const int t = token ? *token : tok_imm;                                                                     \
         if (i >= n_embd)                                                                          \

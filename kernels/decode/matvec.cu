@@ -287,26 +287,36 @@ __device__ __forceinline__ void kr_mv_block(const kr_u8 *__restrict__ w, const X
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_0(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv_type<KR_T_Q4_0>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_1(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv_type<KR_T_Q4_1>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q8_0(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv_type<KR_T_Q8_0>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv_type<KR_T_Q4_K>, float>(w, x, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q6_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv_type<KR_T_Q6_K>, float>(w, x, y, rows, cols, row_stride);
 }
 
@@ -316,6 +326,8 @@ kr_mv_q6_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_f16(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
     if (r0 >= rows)
@@ -358,6 +370,8 @@ kr_mv_f16(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 r
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_f32(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
     if (r0 >= rows)
@@ -401,6 +415,8 @@ kr_mv_f32(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 r
 // s = d * sum(q). Launch: block 256, grid ceil(cols/32 / 8).
 extern "C" __global__ void kr_quantize_x_q8(const float *__restrict__ x, kr_u8 *__restrict__ xq, int cols)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     const int nb = cols >> 5;
     const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (b >= nb)
@@ -475,10 +491,14 @@ template <> struct kr_mv8_type<KR_T_Q8_0> {
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q4_0_q8(const kr_u8 *w, const kr_u8 *xq, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv8_type<KR_T_Q4_0>, kr_u8>(w, xq, y, rows, cols, row_stride);
 }
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_q8_0_q8(const kr_u8 *w, const kr_u8 *xq, float *y, int rows, int cols, kr_i64 row_stride)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     kr_mv_block<kr_mv8_type<KR_T_Q8_0>, kr_u8>(w, xq, y, rows, cols, row_stride);
 }

@@ -10,6 +10,8 @@
 
 extern "C" __global__ void kr_rmsnorm_f32(const float *x, const float *w, float *y, int n, float eps)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     __shared__ float sh[32];
     const float *xr = x + (kr_i64)blockIdx.x * n;
     float *yr = y + (kr_i64)blockIdx.x * n;
@@ -25,6 +27,8 @@ extern "C" __global__ void kr_rmsnorm_f32(const float *x, const float *w, float 
 extern "C" __global__ void kr_layernorm_f32(const float *x, const float *w, const float *b, float *y,
                                             int n, float eps)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     __shared__ float sh[32];
     const float *xr = x + (kr_i64)blockIdx.x * n;
     float *yr = y + (kr_i64)blockIdx.x * n;

@@ -19,6 +19,20 @@
 #define KR_GF_WARPS 4
 #endif
 
+// Programmatic dependent launch (as kernels/decode/kr_decode_common.cuh; this
+// file is compiled on its own). Every kernel here that runs in the decode
+// step executes KR_PDL_WAIT() before touching memory that an earlier kernel
+// of the step writes (the weights are never written inside the step).
+#ifndef KR_PDL_WAIT
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KR_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define KR_PDL_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define KR_PDL_WAIT() do { } while (0)
+#define KR_PDL_LAUNCH_DEPENDENTS() do { } while (0)
+#endif
+#endif
+
 typedef long long kr_gf_i64;
 
 __device__ __forceinline__ float kr_gf_h2f(unsigned short h)
@@ -69,6 +83,8 @@ extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)
 kr_gf_mv_q4_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc, const signed char *__restrict__ xq,
               float *__restrict__ y, int rows, int nb)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     int row = blockIdx.x * KR_GF_WARPS + threadIdx.y;
     if (row >= rows)
         return;
@@ -103,6 +119,8 @@ extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)
 kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc, const signed char *__restrict__ xq,
               float *__restrict__ y, int rows, int nb)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     int row = blockIdx.x * KR_GF_WARPS + threadIdx.y;
     if (row >= rows)
         return;
@@ -131,3 +149,131 @@ kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ s
     if (threadIdx.x == 0)
         y[row] = acc;
 }
+
+// ---- v2: NR rows per warp, weights prefetched before the PDL wait ----------
+// blockDim (32, KR_GF_WARPS); warp w of CTA c takes rows (c*KR_GF_WARPS + w)*NR
+// .. +NR-1; lane l takes the blocks b = l + 32 k of each. The weights (and
+// scales) of the first PF blocks per lane are loaded BEFORE KR_PDL_WAIT: the
+// weights are constant during the step, so under PDL they stream in while the
+// previous kernel finishes. Each x block is loaded once for the NR rows.
+// acc != 0: y[row] += W x (residual add into y), else y[row] = W x.
+// Q8 = 0: Q4_0 (16 quant bytes per block), 1: Q8_0 (32).
+template <int Q8, int NR, int PF>
+__device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
+                                          const signed char *__restrict__ xq, float *__restrict__ y, int rows,
+                                          int nb, int acc_y)
+{
+    const int VPB = Q8 ? 2 : 1; // uint4 per block
+    const int lane = threadIdx.x;
+    const int r0 = (blockIdx.x * KR_GF_WARPS + threadIdx.y) * NR;
+    if (r0 >= rows)
+        return;
+    const uint4 *rq[NR];
+    const unsigned short *rs[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        int row = min(r0 + r, rows - 1);
+        rq[r] = qs + (kr_gf_i64)row * nb * VPB;
+        rs[r] = sc + (kr_gf_i64)row * nb;
+    }
+    uint4 w[PF][NR][VPB];
+    unsigned short d[PF][NR];
+#pragma unroll
+    for (int k = 0; k < PF; k++) {
+        int b = lane + 32 * k;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (b < nb) {
+#pragma unroll
+                for (int v = 0; v < VPB; v++)
+                    w[k][r][v] = __ldg(rq[r] + (kr_gf_i64)b * VPB + v);
+                d[k][r] = __ldg(rs[r] + b);
+            }
+        }
+    }
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
+    const int4 *xv = (const int4 *)xq;
+    const float *xd = (const float *)(xq + (kr_gf_i64)nb * 32);
+    const float *xs = xd + nb;
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        acc[r] = 0.0f;
+    for (int k0 = 0;; k0 += PF) {
+#pragma unroll
+        for (int k = 0; k < PF; k++) {
+            int b = lane + 32 * (k0 + k);
+            if (b < nb) {
+                int4 x0 = __ldg(xv + 2 * b), x1 = __ldg(xv + 2 * b + 1);
+                float dx = __ldg(xd + b);
+                float sx = Q8 ? 0.0f : __ldg(xs + b);
+#pragma unroll
+                for (int r = 0; r < NR; r++) {
+                    int s = 0;
+                    if (Q8) {
+                        s = __dp4a((int)w[k][r][0].x, x0.x, s);
+                        s = __dp4a((int)w[k][r][0].y, x0.y, s);
+                        s = __dp4a((int)w[k][r][0].z, x0.z, s);
+                        s = __dp4a((int)w[k][r][0].w, x0.w, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].x, x1.x, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].y, x1.y, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].z, x1.z, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].w, x1.w, s);
+                        acc[r] += kr_gf_h2f(d[k][r]) * dx * (float)s;
+                    } else {
+                        uint4 q = w[k][r][0];
+                        s = __dp4a((int)(q.x & 0x0F0F0F0Fu), x0.x, s);
+                        s = __dp4a((int)(q.y & 0x0F0F0F0Fu), x0.y, s);
+                        s = __dp4a((int)(q.z & 0x0F0F0F0Fu), x0.z, s);
+                        s = __dp4a((int)(q.w & 0x0F0F0F0Fu), x0.w, s);
+                        s = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), x1.x, s);
+                        s = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), x1.y, s);
+                        s = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), x1.z, s);
+                        s = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), x1.w, s);
+                        acc[r] += kr_gf_h2f(d[k][r]) * (dx * (float)s - 8.0f * sx);
+                    }
+                }
+            }
+        }
+        if (lane + 32 * (k0 + PF) >= nb)
+            break;
+#pragma unroll
+        for (int k = 0; k < PF; k++) {
+            int b = lane + 32 * (k0 + PF + k);
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (b < nb) {
+#pragma unroll
+                    for (int v = 0; v < VPB; v++)
+                        w[k][r][v] = __ldg(rq[r] + (kr_gf_i64)b * VPB + v);
+                    d[k][r] = __ldg(rs[r] + b);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float v = kr_gf_warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows)
+            y[r0 + r] = acc_y ? y[r0 + r] + v : v;
+    }
+}
+
+// Entries kr_gf_mv2_{q4_0,q8_0}_r<NR>p<PF>; arguments as kr_gf_mv_* plus acc_y.
+#define KR_GF_MV2(T, Q8, NR, PF)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,              \
+                                 const signed char *__restrict__ xq, float *__restrict__ y, int rows, int nb,     \
+                                 int acc_y)                                                                       \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, NR, PF>(qs, sc, xq, y, rows, nb, acc_y);                                                    \
+    }
+KR_GF_MV2(q4_0, 0, 1, 4)
+KR_GF_MV2(q4_0, 0, 2, 4)
+KR_GF_MV2(q4_0, 0, 4, 2)
+KR_GF_MV2(q4_0, 0, 2, 8)
+KR_GF_MV2(q8_0, 1, 1, 4)
+KR_GF_MV2(q8_0, 1, 2, 2)
+KR_GF_MV2(q8_0, 1, 2, 4)
+KR_GF_MV2(q8_0, 1, 4, 2)

@@ -6,6 +6,19 @@
 
 typedef long long kr_gf_i64;
 
+// Programmatic dependent launch (as kernels/decode/kr_decode_common.cuh; this
+// file is compiled on its own): every kernel here waits before its first
+// global memory access, so all of them may be launched with KR_LAUNCH_PDL.
+#ifndef KR_PDL_WAIT
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KR_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define KR_PDL_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define KR_PDL_WAIT() do { } while (0)
+#define KR_PDL_LAUNCH_DEPENDENTS() do { } while (0)
+#endif
+#endif
+
 __device__ __forceinline__ float kr_gf_warp_sum_f(float v)
 {
     for (int o = 16; o > 0; o >>= 1)
@@ -52,6 +65,8 @@ extern "C" __global__ void kr_gf_add_rmsnorm_q8(float *__restrict__ x, const flo
 {
     __shared__ float part[32];
     __shared__ float scale_s;
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
     float ss = 0.0f;
     for (int i = tid; i < n; i += blockDim.x) {
@@ -91,6 +106,8 @@ extern "C" __global__ void kr_gf_add_rmsnorm_q8(float *__restrict__ x, const flo
 // q8 != 0: also xq = q8(y). n a multiple of 32; one warp per 32-block, any grid.
 extern "C" __global__ void kr_gf_swiglu_q8(const float *gu, float *y, signed char *__restrict__ xq, int n, int q8)
 {
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
     int lane = threadIdx.x & 31;
     int blk = (int)(((kr_gf_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     if (blk >= n / 32)
@@ -101,4 +118,39 @@ extern "C" __global__ void kr_gf_swiglu_q8(const float *gu, float *y, signed cha
     y[i] = v;
     if (q8)
         kr_gf_q8_block(v, blk, lane, xq, n);
+}
+
+// Several CTAs (blockDim.x a multiple of 32, <= 1024; any grid), n a multiple of 32:
+//   h (n) = x / sqrt(mean(x^2) + eps) * w   (w NULL: 1);  q8 != 0: xq = q8(h)
+// Every CTA reduces the whole x (from L2; same order in every CTA, so all get
+// the same scale) and writes its share of the 32-blocks. x is only read: the
+// residual add happens in the producing matvec (kr_gf_mv2_* with acc_y).
+extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, const float *__restrict__ w,
+                                               float *__restrict__ h, signed char *__restrict__ xq, int n, float eps,
+                                               int q8)
+{
+    __shared__ float part[32];
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
+    float ss = 0.0f;
+    const float4 *x4 = (const float4 *)x;
+    for (int i = tid; i < n / 4; i += blockDim.x) {
+        float4 v = x4[i];
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    ss = kr_gf_warp_sum_f(ss);
+    if (lane == 0)
+        part[warp] = ss;
+    __syncthreads();
+    float t = lane < nwarp ? part[lane] : 0.0f;
+    t = kr_gf_warp_sum_f(t);
+    float scale = rsqrtf(t / (float)n + eps);
+    for (int blk = blockIdx.x * nwarp + warp; blk < n / 32; blk += gridDim.x * nwarp) {
+        int i = blk * 32 + lane;
+        float v = x[i] * scale * (w ? w[i] : 1.0f);
+        h[i] = v;
+        if (q8)
+            kr_gf_q8_block(v, blk, lane, xq, n);
+    }
 }

@@ -51,6 +51,15 @@
     X(EMB_Q4_K, elementwise, "kr_embed_q4_k")        \
     X(EMB_Q6_K, elementwise, "kr_embed_q6_k")
 
+/* PDL (docs/KERNELS.md): 1 for the sources whose every kernel executes
+ * KR_PDL_WAIT() before its first global memory access; only their launches
+ * get KR_LAUNCH_PDL (when kr_dec_set_pdl turned it on). */
+#define KR__PDL_matvec 1
+#define KR__PDL_norm 1
+#define KR__PDL_elementwise 1
+#define KR__PDL_rope 0
+#define KR__PDL_attention 0
+
 typedef enum kr__dec_fn {
 #define KR__FN_ENUM(id, file, entry) KR__FN_##id,
     KR__DEC_FN_MAP(KR__FN_ENUM)
@@ -58,6 +67,12 @@ typedef enum kr__dec_fn {
     KR__FN_COUNT
 } kr__dec_fn;
 #define KR__N_MV 9 /* KR__FN_MV_F32 .. KR__FN_MV8_Q8_0: compiled per tuning */
+
+static const bool kr__dec_pdl_ok[KR__FN_COUNT] = {
+#define KR__FN_PDL(id, file, e) [KR__FN_##id] = KR__PDL_##file,
+    KR__DEC_FN_MAP(KR__FN_PDL)
+#undef KR__FN_PDL
+};
 
 /* Kernel source records for every entry (the matvec ones with the default
  * tuning). Static: the CUDA backend caches functions by record address. */
@@ -118,6 +133,7 @@ struct kr_dec {
     kr_backend *be;                  /* CUDA backend the functions belong to */
     size_t tuning;                   /* index into kr__tunings as requested (0 for per-type defaults) */
     uint8_t mv_tuning[KR__N_MV];     /* (KR__N_MV,) preset used by each matvec entry */
+    bool pdl;                        /* launch the PDL-capable kernels with KR_LAUNCH_PDL */
     pthread_mutex_t lock;            /* guards fn[] */
     kr_function *fn[KR__FN_COUNT];   /* (KR__FN_COUNT,) lazily fetched; owned by the backend */
 };
@@ -221,6 +237,14 @@ void kr_dec_free(kr_dec *d)
 
 kr_backend *kr_dec_backend(const kr_dec *d) { return d ? d->be : NULL; }
 
+void kr_dec_set_pdl(kr_dec *d, bool on)
+{
+    if (d)
+        d->pdl = on;
+}
+
+uint32_t kr_dec_launch_flags(const kr_dec *d) { return d && d->pdl ? KR_LAUNCH_PDL : 0; }
+
 static kr_status kr__dec_get(kr_dec *d, kr__dec_fn id, kr_function **fn, kr_err *err)
 {
     pthread_mutex_lock(&d->lock);
@@ -259,7 +283,8 @@ static kr_status kr__dec_launch(kr_dec *d, kr__dec_fn id, uint32_t gx, uint32_t 
     if (st != KR_OK)
         return st;
     const uint32_t grid[3] = {gx, gy, 1}, block[3] = {bx, 1, 1};
-    st = kr_backend_launch(d->be, fn, grid, block, 0, s, args, err);
+    st = kr_backend_launch_ex(d->be, fn, grid, block, 0, s, args, kr__dec_pdl_ok[id] ? kr_dec_launch_flags(d) : 0,
+                              err);
     if (st != KR_OK) {
         char what[96];
         snprintf(what, sizeof what, "cuda_decode: launching %s", kr__dec_src[id].entry);

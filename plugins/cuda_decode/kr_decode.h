@@ -56,6 +56,15 @@ void kr_dec_get_tuning(const kr_dec *d, kr_dec_tuning *out);
 void kr_dec_free(kr_dec *d); /* NULL ok */
 kr_backend *kr_dec_backend(const kr_dec *d);
 
+/* Programmatic dependent launch (docs/KERNELS.md, PDL): when on, the
+ * launchers whose kernels start with KR_PDL_WAIT() (matvec, quantize, norms,
+ * elementwise, embed) launch with KR_LAUNCH_PDL, so a kernel's blocks can
+ * become resident while the previous kernel on the stream finishes. Off by
+ * default. kr_dec_launch_flags gives KR_LAUNCH_PDL when on (0 when off) for
+ * callers launching their own PDL-capable kernels. */
+void kr_dec_set_pdl(kr_dec *d, bool on);
+uint32_t kr_dec_launch_flags(const kr_dec *d);
+
 /* Compile (or load from the cache) every decode kernel now instead of on first use. */
 kr_status kr_dec_prepare_all(kr_dec *d, kr_err *err);
 

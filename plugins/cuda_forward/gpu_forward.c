@@ -24,6 +24,7 @@
 
 #include "kernrun/checked.h"
 #include "kernrun/log.h"
+#include "gpu_kvcache.h"
 #include "kr_decode.h"
 #include "kr_kernel_forward_matvec_repacked_cu.h"
 #include "kr_kernel_forward_step_fused_cu.h"
@@ -37,6 +38,7 @@ static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err);
 kr_gpu_forward_params kr_gpu_forward_params_default(void)
 {
     kr_gpu_forward_params p = {0};
+    p.kv_type = KR_DTYPE_F16;
     return p;
 }
 
@@ -355,6 +357,30 @@ static kr_status kr__layout_acts(kr_gpu_forward *g, char *base, uint64_t *size)
     return KR_OK;
 }
 
+/* Before any upload: the KV cache plan, the attention split count and the
+ * activation size, checked with the weights against free device memory. */
+static kr_status kr__fit(kr_gpu_forward *g, const kr_gpu_forward_params *p, const kr_weight *w, size_t n_w,
+                         uint64_t wtotal, kr_err *err)
+{
+    const kr_hparams *hp = &g->hp;
+    kr_status st = kr__gkv_plan(g, p, err);
+    if (st != KR_OK)
+        return st;
+    g->n_split = p->attn_splits > 0 ? p->attn_splits
+                                    : kr_dec_attention_default_splits(kr_backend_device_info(g->be), (int)hp->n_head,
+                                                                      (int)g->n_ctx);
+    if (g->n_split > 1024)
+        g->n_split = 1024;
+    if (g->n_split < 1)
+        g->n_split = 1;
+    uint64_t abytes, max_w = 0;
+    kr__layout_acts(g, NULL, &abytes);
+    for (size_t i = 0; i < n_w; i++) /* the repack's temporary copy of the largest matrix */
+        if (w[i].data && kr__weight_bytes(&w[i]) > max_w)
+            max_w = kr__weight_bytes(&w[i]);
+    return kr__gkv_check_fit(g, wtotal, abytes, max_w, p->mem_limit, err);
+}
+
 kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_forward_params *p,
                              kr_gpu_forward **out, kr_err *err)
 {
@@ -387,7 +413,6 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         goto err_free;
     }
     uint64_t E = hp->n_embd, V = hp->n_vocab;
-    uint64_t KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
 
     if ((st = kr_dec_create(be, &g->dec, err)) != KR_OK)
         goto err_free;
@@ -409,6 +434,8 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     double t0 = kr__now_s();
     uint64_t wtotal = 0;
     st = kr__plan(g, w0, n_w, offs, &wtotal, !p->no_fuse, err);
+    if (st == KR_OK)
+        st = kr__fit(g, p, w0, n_w, wtotal, err);
     if (st == KR_OK)
         st = kr__upload(g, w0, n_w, offs, wtotal, err);
     g->stats.upload_s = kr__now_s() - t0;
@@ -513,34 +540,20 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         kr_err_prefix(err, "repacking Q4_0/Q8_0 weights");
         goto err_layers;
     }
+    {
+        const char *ts = getenv("KERNRUN_GF_TUNING");
+        if ((st = kr_gpu_forward_set_tuning(g, "default", err)) != KR_OK ||
+            (ts && *ts && (st = kr_gpu_forward_set_tuning(g, ts, err)) != KR_OK)) {
+            kr_err_prefix(err, "step variant%s%s", ts && *ts ? " KERNRUN_GF_TUNING=" : "", ts && *ts ? ts : "");
+            goto err_layers;
+        }
+    }
 
-    /* KV cache: (n_layer) x K,V each (n_ctx, KVD) fp16 */
-    uint64_t slab, kv_total;
-    if (kr_mul3_overflow_u64(g->n_ctx, KVD, 2, &slab) || kr_mul3_overflow_u64(slab, 2, hp->n_layer, &kv_total) ||
-        kv_total > SIZE_MAX) {
-        st = kr_err_set(err, KR_ERR_OVERFLOW, "KV cache size overflows (n_ctx %u, %u layers, kv dim %" PRIu64 ")",
-                        g->n_ctx, hp->n_layer, KVD);
+    /* KV cache (gpu_kvcache.c; planned and checked by kr__fit) */
+    if ((st = kr__gkv_alloc(g, err)) != KR_OK)
         goto err_layers;
-    }
-    if ((st = kr_backend_alloc(be, (size_t)kv_total, &g->kvbuf, err)) != KR_OK) {
-        kr_err_prefix(err, "allocating the KV cache (%.2f GiB: n_ctx %u, %u layers, kv dim %" PRIu64 ", fp16)",
-                      (double)kv_total / 1073741824.0, g->n_ctx, hp->n_layer, KVD);
-        goto err_layers;
-    }
-    for (uint32_t l = 0; l < hp->n_layer; l++) {
-        g->layers[l].k_cache = (uint16_t *)((char *)g->kvbuf->ptr + (size_t)slab * 2 * l);
-        g->layers[l].v_cache = (uint16_t *)((char *)g->kvbuf->ptr + (size_t)slab * (2 * l + 1));
-    }
-    g->stats.kv_bytes_per_pos = 2 * KVD * 2 * hp->n_layer;
 
-    /* activations */
-    g->n_split = p->attn_splits > 0 ? p->attn_splits
-                                    : kr_dec_attention_default_splits(kr_backend_device_info(be), (int)hp->n_head,
-                                                                      (int)g->n_ctx);
-    if (g->n_split > 1024)
-        g->n_split = 1024;
-    if (g->n_split < 1)
-        g->n_split = 1;
+    /* activations (n_split: kr__fit) */
     uint64_t abytes;
     kr__layout_acts(g, NULL, &abytes);
     if ((st = kr_backend_alloc(be, (size_t)abytes, &g->abuf, err)) != KR_OK) {
@@ -569,7 +582,7 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         }
     }
     KR_LOGI(KR__DOM, "uploaded %.1f MiB of weights in %.2f s; KV cache %.1f MiB (n_ctx %u); attention splits %d",
-            (double)g->stats.weight_bytes / 1048576.0, g->stats.upload_s, (double)kv_total / 1048576.0, g->n_ctx,
+            (double)g->stats.weight_bytes / 1048576.0, g->stats.upload_s, (double)g->stats.kv_bytes / 1048576.0, g->n_ctx,
             g->n_split);
     *out = g;
     return KR_OK;
@@ -580,7 +593,7 @@ err_host:
 err_acts:
     kr_backend_free(be, g->abuf);
 err_kv:
-    kr_backend_free(be, g->kvbuf);
+    kr__gkv_free(g);
 err_layers:
     free(g->layers);
 err_weights:
@@ -590,6 +603,7 @@ err_stream:
 err_dec:
     kr_dec_free(g->dec);
 err_free:
+    kr__gkv_free(g);
     free(g);
     return kr_err_prefix(err, "CUDA forward pass");
 }
@@ -611,7 +625,7 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     kr_backend_free(be, g->hstep);
     free(g->hstep_mem);
     kr_backend_free(be, g->abuf);
-    kr_backend_free(be, g->kvbuf);
+    kr__gkv_free(g);
     free(g->layers);
     kr_backend_free(be, g->wbuf);
     kr_backend_stream_destroy(be, g->stream);
@@ -727,6 +741,145 @@ static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err)
     return st;
 }
 
+/* ---- step variants (kr_gpu_forward_set_tuning) ------------------------------------------ */
+
+/* v2 repacked matvecs (kernels/forward/matvec_repacked.cu kr_gf_mv2_<type>_r<NR>p<PF>). */
+typedef struct kr__mv2_var {
+    const char *name; /* "r2p4" */
+    int rows;         /* NR: rows per warp */
+} kr__mv2_var;
+static const kr__mv2_var kr__mv2_q4[] = {{"r1p4", 1}, {"r2p4", 2}, {"r4p2", 4}, {"r2p8", 2}};
+static const kr__mv2_var kr__mv2_q8[] = {{"r1p4", 1}, {"r2p2", 2}, {"r2p4", 2}, {"r4p2", 4}};
+#define KR__N_MV2 4
+
+/* Default variant (docs/GPU-FORWARD.md). */
+static kr__gf_tuning kr__tuning_default(void)
+{
+    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true};
+}
+
+static bool kr__parse_bool(const char *v, size_t n, bool *out)
+{
+    if (n == 1 && (v[0] == '0' || v[0] == '1')) {
+        *out = v[0] == '1';
+        return true;
+    }
+    return false;
+}
+
+static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *out)
+{
+    if (n == 2 && strncmp(v, "v1", 2) == 0) {
+        *out = 0;
+        return true;
+    }
+    for (int i = 0; i < KR__N_MV2; i++)
+        if (strlen(vars[i].name) == n && strncmp(v, vars[i].name, n) == 0) {
+            *out = 1 + i;
+            return true;
+        }
+    return false;
+}
+
+/* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
+ * resid=0|1, norm=sb|mb; "default" resets to the default, "old" to the pre-PDL step. */
+static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
+{
+    const char *p = spec;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        const char *eq = memchr(p, '=', n);
+        bool ok = false;
+        if (!eq) {
+            if (n == 7 && strncmp(p, "default", 7) == 0) {
+                *t = kr__tuning_default();
+                ok = true;
+            } else if (n == 3 && strncmp(p, "old", 3) == 0) {
+                *t = (kr__gf_tuning){0};
+                ok = true;
+            }
+        } else {
+            size_t kn = (size_t)(eq - p), vn = n - kn - 1;
+            const char *v = eq + 1;
+            if (kn == 3 && strncmp(p, "pdl", 3) == 0)
+                ok = kr__parse_bool(v, vn, &t->pdl);
+            else if (kn == 5 && strncmp(p, "resid", 5) == 0)
+                ok = kr__parse_bool(v, vn, &t->resid);
+            else if (kn == 3 && strncmp(p, "mv4", 3) == 0)
+                ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
+            else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
+                ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8);
+            else if (kn == 4 && strncmp(p, "norm", 4) == 0 && vn == 2 &&
+                     (strncmp(v, "sb", 2) == 0 || strncmp(v, "mb", 2) == 0)) {
+                t->norm_mb = v[0] == 'm';
+                ok = true;
+            }
+        }
+        if (!ok && n > 0)
+            return kr_err_set(err, KR_ERR_INVALID_ARG,
+                              "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
+                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, default, old)",
+                              (int)n, p, spec);
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return KR_OK;
+}
+
+static kr_status kr__gf_fn(kr_backend *be, const char *entry, kr_function **fn, kr_err *err);
+
+kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err *err)
+{
+    if (!g || !spec)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward tuning: NULL argument");
+    kr__gf_tuning t = g->tun;
+    kr_status st = kr__parse_tuning(spec, &t, err);
+    if (st != KR_OK)
+        return st;
+    /* functions of the variant (JIT-compiled on first use) */
+    kr_function *f4 = NULL, *f8 = NULL, *fn_mb = NULL;
+    char entry[64];
+    if (t.mv4 > 0) {
+        snprintf(entry, sizeof entry, "kr_gf_mv2_q4_0_%s", kr__mv2_q4[t.mv4 - 1].name);
+        if ((st = kr__gf_fn(g->be, entry, &f4, err)) != KR_OK)
+            return st;
+    }
+    if (t.mv8 > 0) {
+        snprintf(entry, sizeof entry, "kr_gf_mv2_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
+        if ((st = kr__gf_fn(g->be, entry, &f8, err)) != KR_OK)
+            return st;
+    }
+    if (t.norm_mb) {
+        const kr_kernel_source src = {
+            .name = "forward/step_fused.cu",
+            .code = (const char *)kr_kernel_forward_step_fused_cu,
+            .len = kr_kernel_forward_step_fused_cu_LEN,
+            .entry = "kr_gf_rmsnorm_q8_mb",
+        };
+        if ((st = kr_backend_get_function(g->be, &src, &fn_mb, err)) != KR_OK)
+            return kr_err_prefix(err, "kernel kr_gf_rmsnorm_q8_mb");
+    }
+    /* the captured step may be in flight: finish it before dropping the graph */
+    if (g->graph) {
+        if ((st = kr_backend_sync(g->be, g->stream, err)) != KR_OK)
+            return st;
+        kr_backend_graph_destroy(g->be, g->graph);
+        g->graph = NULL;
+    }
+    g->graph_failed = false;
+    g->tun = t;
+    g->fn_mv2_q4_0 = f4;
+    g->fn_mv2_q8_0 = f8;
+    g->mv2_rows4 = t.mv4 > 0 ? kr__mv2_q4[t.mv4 - 1].rows : 0;
+    g->mv2_rows8 = t.mv8 > 0 ? kr__mv2_q8[t.mv8 - 1].rows : 0;
+    g->fn_norm_mb = fn_mb;
+    kr_dec_set_pdl(g->dec, t.pdl);
+    return KR_OK;
+}
+
+static uint32_t kr__gf_flags(const kr_gpu_forward *g) { return g->tun.pdl ? KR_LAUNCH_PDL : 0; }
+
 /* ---- the decode step ------------------------------------------------------------------ */
 
 /* Profiling: record an event after a launch, labelled. Failures are kept
@@ -803,28 +956,41 @@ static bool kr__any_q8(const kr__gf_mat *const *mats, int n)
     return false;
 }
 
-/* x_quantized: g->xq already holds q8(x). */
+/* M runs on a v2 repacked matvec (which can add into its output). */
+static bool kr__mv2_ok(const kr_gpu_forward *g, const kr__gf_mat *M)
+{
+    return M->repacked && (M->type == KR_DTYPE_Q4_0 ? g->fn_mv2_q4_0 : g->fn_mv2_q8_0) != NULL;
+}
+
+/* x_quantized: g->xq already holds q8(x). acc: ys[i] += mats[i] @ x (every
+ * mats[i] must satisfy kr__mv2_ok), else ys[i] = mats[i] @ x. */
 static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool x_quantized,
-                          const kr__gf_mat *const *mats, float *const *ys, int n, kr_err *err)
+                          const kr__gf_mat *const *mats, float *const *ys, int n, bool acc, kr_err *err)
 {
     kr_status st;
     if (kr__any_q8(mats, n) && !x_quantized)
         KR__TRY(kr_dec_quantize_q8(g->dec, s, x, g->xq, mats[0]->cols, err));
     for (int i = 0; i < n; i++) {
         const kr__gf_mat *M = mats[i];
+        bool v2 = kr__mv2_ok(g, M);
+        if (acc && !v2)
+            return kr_err_set(err, KR_ERR_INTERNAL, "gpu_forward: accumulating matvec on a %s matrix without v2",
+                              kr_dtype_name(M->type));
         char lb[64];
-        snprintf(lb, sizeof lb, "matvec %s %s%s%s", g->role ? g->role : "?", kr_dtype_name(M->type),
-                 M->q8 ? " q8" : "", M->repacked ? " repacked" : "");
+        snprintf(lb, sizeof lb, "matvec %s %s%s%s%s", g->role ? g->role : "?", kr_dtype_name(M->type),
+                 M->q8 ? " q8" : "", M->repacked ? " repacked" : "", v2 ? " v2" : "");
         if (M->repacked) {
             const void *qs = M->w;
             const void *sc = (const char *)M->w + (size_t)M->rows * (size_t)(M->cols / 32) * kr__quant_bytes(M->type);
             const void *xq = g->xq;
             float *y = ys[i];
-            int rows = (int)M->rows, nb = (int)(M->cols / 32);
-            void *args[] = {&qs, &sc, &xq, &y, &rows, &nb};
-            uint32_t grid[3] = {(uint32_t)((rows + KR__GF_WARPS - 1) / KR__GF_WARPS), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
-            KR__TRYL(lb, kr_backend_launch(g->be, M->type == KR_DTYPE_Q4_0 ? g->fn_mv_q4_0 : g->fn_mv_q8_0, grid, block,
-                                           0, s, args, err));
+            int rows = (int)M->rows, nb = (int)(M->cols / 32), iacc = acc;
+            void *args[] = {&qs, &sc, &xq, &y, &rows, &nb, &iacc};
+            bool q4 = M->type == KR_DTYPE_Q4_0;
+            int per = KR__GF_WARPS * (v2 ? (q4 ? g->mv2_rows4 : g->mv2_rows8) : 1);
+            kr_function *fn = v2 ? (q4 ? g->fn_mv2_q4_0 : g->fn_mv2_q8_0) : (q4 ? g->fn_mv_q4_0 : g->fn_mv_q8_0);
+            uint32_t grid[3] = {(uint32_t)((rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
+            KR__TRYL(lb, kr_backend_launch_ex(g->be, fn, grid, block, 0, s, args, kr__gf_flags(g), err));
         } else if (M->q8)
             KR__TRYL(lb, kr_dec_matvec_q8(g->dec, s, M->type, M->w, M->row_stride, g->xq, ys[i], M->rows, M->cols, err));
         else
@@ -838,6 +1004,19 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
 {
     kr_status st;
     int64_t E = g->hp.n_embd;
+    if (!resid && g->fn_norm_mb && g->fn_norm && E % 32 == 0) {
+        /* several CTAs, 4 warps each, one warp per 32-block */
+        const float *x = g->x;
+        float *h = g->h;
+        void *xq = g->xq;
+        int n = (int)E, iq8 = q8;
+        float eps = g->hp.norm_eps;
+        void *args[] = {&x, &w, &h, &xq, &n, &eps, &iq8};
+        uint32_t nblk = (uint32_t)(E / 32), grid[3] = {(nblk + 3) / 4, 1, 1}, block[3] = {128, 1, 1};
+        KR__TRYL("rmsnorm_q8 (multi-block)",
+                 kr_backend_launch_ex(g->be, g->fn_norm_mb, grid, block, 0, s, args, kr__gf_flags(g), err));
+        return KR_OK;
+    }
     if (g->fn_norm) {
         float *x = g->x, *h = g->h;
         void *xq = g->xq;
@@ -846,7 +1025,7 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
         void *args[] = {&x, &resid, &w, &h, &xq, &n, &eps, &iq8};
         uint32_t grid[3] = {1, 1, 1}, block[3] = {E >= 1024 ? 1024 : (uint32_t)((E + 31) / 32 * 32), 1, 1};
         KR__TRYL(resid ? "add_rmsnorm_q8 (fused)" : "rmsnorm_q8 (fused)",
-                 kr_backend_launch(g->be, g->fn_norm, grid, block, 0, s, args, err));
+                 kr_backend_launch_ex(g->be, g->fn_norm, grid, block, 0, s, args, kr__gf_flags(g), err));
         return KR_OK;
     }
     if (resid)
@@ -870,7 +1049,8 @@ static kr_status kr__swiglu(kr_gpu_forward *g, kr_stream *s, bool q8, bool *quan
         int n = (int)F, iq8 = q8;
         void *args[] = {&gu, &y, &xq, &n, &iq8};
         uint32_t grid[3] = {(uint32_t)((F + 255) / 256), 1, 1}, block[3] = {256, 1, 1};
-        KR__TRYL("swiglu_q8 (fused)", kr_backend_launch(g->be, g->fn_swiglu, grid, block, 0, s, args, err));
+        KR__TRYL("swiglu_q8 (fused)",
+                 kr_backend_launch_ex(g->be, g->fn_swiglu, grid, block, 0, s, args, kr__gf_flags(g), err));
         *quantized = q8;
         return KR_OK;
     }
@@ -899,15 +1079,15 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             /* 40B: attention reads its own norm, the MLP reads h */
             KR__TRY(kr_dec_layernorm(d, s, g->x, L->attn_norm2, L->attn_norm2_b, g->h2, 1, E, hp->norm_eps, err));
             g->role = "attn_qkv";
-            if ((st = kr__proj(g, s, g->h2, false, qkv_up, qkv_up_y, 1, err)) != KR_OK)
+            if ((st = kr__proj(g, s, g->h2, false, qkv_up, qkv_up_y, 1, false, err)) != KR_OK)
                 return st;
             g->role = "ffn_up";
-            if ((st = kr__proj(g, s, g->h, false, qkv_up + 1, qkv_up_y + 1, 1, err)) != KR_OK)
+            if ((st = kr__proj(g, s, g->h, false, qkv_up + 1, qkv_up_y + 1, 1, false, err)) != KR_OK)
                 return st;
         } else {
             /* 7B: one input, quantized once for both */
             g->role = "attn_qkv + ffn_up";
-            if ((st = kr__proj(g, s, g->h, false, qkv_up, qkv_up_y, 2, err)) != KR_OK)
+            if ((st = kr__proj(g, s, g->h, false, qkv_up, qkv_up_y, 2, false, err)) != KR_OK)
                 return st;
         }
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
@@ -922,11 +1102,11 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         const kr__gf_mat *o[1] = {&L->o}, *dn[1] = {&L->down};
         float *const o_y[1] = {g->tmp}, *const dn_y[1] = {g->ffo};
         g->role = "attn_output";
-        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, err)) != KR_OK)
+        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, false, err)) != KR_OK)
             return st;
         KR__TRY(kr_dec_gelu(d, s, g->gate, g->gate, F, err));
         g->role = "ffn_down";
-        if ((st = kr__proj(g, s, g->gate, false, dn, dn_y, 1, err)) != KR_OK)
+        if ((st = kr__proj(g, s, g->gate, false, dn, dn_y, 1, false, err)) != KR_OK)
             return st;
         KR__TRY(kr_dec_add(d, s, g->x, g->tmp, g->x, E, err));
         KR__TRY(kr_dec_add(d, s, g->x, g->ffo, g->x, E, err));
@@ -935,7 +1115,7 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     const kr__gf_mat *om[1] = {&g->out};
     float *const om_y[1] = {g->logits};
     g->role = "output";
-    return kr__proj(g, s, g->h, false, om, om_y, 1, err);
+    return kr__proj(g, s, g->h, false, om, om_y, 1, false, err);
 }
 
 static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
@@ -943,28 +1123,29 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     const kr_hparams *hp = &g->hp;
     kr_dec *d = g->dec;
     kr_status st;
-    int64_t E = hp->n_embd;
     int KVD = (int)(hp->n_head_kv * hp->head_dim);
     const int32_t *tok = g->step, *pos = g->step + 1;
     bool neox = hp->rope_mode == KR_ROPE_NEOX;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
     g->launches = 0;
 
-    KR__TRY(kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E, tok, 0, g->x, err));
-    /* The residual add of each layer's FFN output (x += tmp) happens in the
-     * next norm: the next layer's attn_norm, or the final output_norm. */
+    KR__TRY(kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, (int64_t)hp->n_embd, tok, 0,
+                         g->x, err));
+    /* The residual adds x += Wo att and x += Wdown(...): with tun.resid the
+     * (v2 repacked) matvec adds into x itself; otherwise it writes tmp and
+     * the next norm adds it (pend). */
+    const float *pend = NULL;
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
         const kr__gf_mat *qkv[3] = {&L->q, &L->k, &L->v};
         float *const qkv_y[3] = {g->q, g->k, g->v};
         const kr__gf_mat *qkv1[1] = {&L->qkv};
         bool fq = L->fuse_qkv;
-        if ((st = kr__norm(g, s, l > 0 ? g->tmp : NULL, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3),
-                           err)) != KR_OK)
+        if ((st = kr__norm(g, s, pend, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3), err)) != KR_OK)
             return st;
         g->role = fq ? "attn_qkv" : "attn_q/k/v";
-        if ((st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, err) : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, err)) !=
-            KR_OK)
+        if ((st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
+                     : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
             return st;
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
                             pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
@@ -976,35 +1157,39 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         if (g->n_split > 1)
             g->launches++; /* the combine kernel */
         const kr__gf_mat *o[1] = {&L->o};
-        float *const o_y[1] = {g->tmp};
+        bool ro = g->tun.resid && kr__mv2_ok(g, &L->o);
+        float *const o_y[1] = {ro ? g->x : g->tmp};
         g->role = "attn_output";
-        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, err)) != KR_OK)
+        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
             return st;
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
         const kr__gf_mat *gu1[1] = {&L->gu};
         bool fg = L->fuse_gu;
-        if ((st = kr__norm(g, s, g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) != KR_OK)
-            return st;
-        g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
-        if ((st = fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, err) : kr__proj(g, s, g->h, true, gu, gu_y, 2, err)) !=
+        if ((st = kr__norm(g, s, ro ? NULL : g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) !=
             KR_OK)
             return st;
+        g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
+        if ((st = fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, false, err)
+                     : kr__proj(g, s, g->h, true, gu, gu_y, 2, false, err)) != KR_OK)
+            return st;
         const kr__gf_mat *dn[1] = {&L->down};
-        float *const dn_y[1] = {g->tmp};
+        bool rd = g->tun.resid && kr__mv2_ok(g, &L->down);
+        float *const dn_y[1] = {rd ? g->x : g->tmp};
         bool dq = false;
         if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
             return st;
         g->role = "ffn_down";
-        if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, err)) != KR_OK)
+        if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
             return st;
+        pend = rd ? NULL : g->tmp;
     }
     const kr__gf_mat *om[1] = {&g->out};
     g->role = "output";
     float *const om_y[1] = {g->logits};
-    if ((st = kr__norm(g, s, hp->n_layer > 0 ? g->tmp : NULL, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)
+    if ((st = kr__norm(g, s, pend, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)
         return st;
-    return kr__proj(g, s, g->h, true, om, om_y, 1, err);
+    return kr__proj(g, s, g->h, true, om, om_y, 1, false, err);
 }
 
 static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)
@@ -1076,7 +1261,9 @@ static kr_status kr__eval_args(const kr_gpu_forward *g, const int32_t *tokens, s
 kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
                               float *logits_last, kr_err *err)
 {
-    kr_status st0 = kr__eval_args(g, tokens, n, pos, err);
+    kr_status st0 = g && (tokens || !n) ? kr__gkv_before_eval(g, n, &pos, err) : KR_OK; /* auto shift */
+    if (st0 == KR_OK)
+        st0 = kr__eval_args(g, tokens, n, pos, err);
     if (st0 != KR_OK)
         return st0;
     int32_t *hs = g->hstep ? g->hstep->ptr : g->hstep_mem;

@@ -34,9 +34,18 @@ typedef struct kr__gf_layer {
     kr__gf_mat qkv;                /* (QD+2*KVD, E) view over q,k,v when fuse_qkv */
     bool fuse_gu;                  /* gate,up of one type, adjacent: one matvec */
     kr__gf_mat gu;                 /* (2F, E) view over gate,up when fuse_gu */
-    uint16_t *k_cache;             /* (n_ctx, KVD) fp16 device */
-    uint16_t *v_cache;             /* (n_ctx, KVD) fp16 device */
+    uint16_t *k_cache;             /* device: the current slot's K rows (gpu_kvcache.h layout) */
+    uint16_t *v_cache;             /* device: the current slot's V rows */
 } kr__gf_layer;
+
+/* Variants of the decode step (kr_gpu_forward_set_tuning, env KERNRUN_GF_TUNING;
+ * docs/GPU-FORWARD.md). */
+typedef struct kr__gf_tuning {
+    bool pdl;                      /* PDL-capable kernels of the step launched with KR_LAUNCH_PDL */
+    int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
+    bool resid;                    /* attn_output / ffn_down (repacked, v2) add into x directly */
+    bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
+} kr__gf_tuning;
 
 struct kr_gpu_forward {
     const kr_model *model;
@@ -52,7 +61,7 @@ struct kr_gpu_forward {
     bool graph_failed;
 
     kr_buffer *wbuf;               /* all weights */
-    kr_buffer *kvbuf;              /* all K/V caches */
+    struct kr__gkv *kv;            /* the KV cache: slots, plan, device buffer (gpu_kvcache.h) */
     kr_buffer *abuf;               /* activations, scratch, step inputs */
     kr_buffer *hstep;              /* pinned host (2 * n_ctx) int32 tok/pos pairs (or NULL: hstep_mem) */
     int32_t *hstep_mem;            /* malloc fallback */
@@ -91,6 +100,11 @@ struct kr_gpu_forward {
     kr_function *fn_mv_q8_0;
     kr_function *fn_norm;          /* fused add + rmsnorm + q8 (NULL: separate launches) */
     kr_function *fn_swiglu;        /* fused swiglu + q8 */
+    kr__gf_tuning tun;             /* step variant in use */
+    kr_function *fn_mv2_q4_0;      /* v2 repacked matvecs of tun.mv4 / tun.mv8 (or NULL) */
+    kr_function *fn_mv2_q8_0;
+    int mv2_rows4, mv2_rows8;      /* rows per warp of those */
+    kr_function *fn_norm_mb;       /* kr_gf_rmsnorm_q8_mb (or NULL) */
     uint32_t launches;             /* counted during the last step */
     kr_gpu_forward_stats stats;
 

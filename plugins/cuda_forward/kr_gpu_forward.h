@@ -47,6 +47,13 @@ typedef struct kr_gpu_forward_params {
     bool no_fused_ops; /* separate add / rmsnorm / quantize and swiglu / quantize launches
                           (default: kernels/forward/step_fused.cu) */
     int attn_splits;  /* split-K chunks of the decode attention; 0: kr_dec_attention_default_splits */
+    /* KV cache (docs/KVCACHE.md; plugins/cuda_forward/gpu_kvcache.c) */
+    kr_dtype kv_type; /* KR_DTYPE_F16 (default) or KR_DTYPE_Q8_0; F32 is refused (KR_ERR_UNSUPPORTED) */
+    uint32_t n_seq;   /* sequence slots (0 = 1; kr_gpu_forward_seq_use) */
+    kr_kv_full kv_full; /* at n_ctx: KR_KV_FULL_STOP (error, default) or KR_KV_FULL_SHIFT */
+    uint32_t n_keep;  /* positions an automatic context shift keeps at the start */
+    bool kv_no_ring;  /* sliding-window models: n_ctx rows + window mask instead of a window-row ring */
+    uint64_t mem_limit; /* device bytes the fit check plans against; 0: free device memory at creation */
 } kr_gpu_forward_params;
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);
@@ -58,19 +65,59 @@ kr_gpu_forward_params kr_gpu_forward_params_default(void);
 kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err);
 
 /* Upload m's weights to be (a CUDA backend) and allocate the KV cache and
- * activations. m and be must outlive the result. Errors: unsupported model
- * (KR_ERR_UNSUPPORTED), device memory (KR_ERR_NOMEM with the sizes), JIT. */
+ * activations. m and be must outlive the result. Before any upload, weights +
+ * KV cache + activations are checked against the free device memory
+ * (KR_ERR_LIMIT naming needed vs free bytes). Errors: unsupported model or
+ * cache type (KR_ERR_UNSUPPORTED), device memory (KR_ERR_LIMIT / KR_ERR_NOMEM
+ * with the sizes), JIT. */
 kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_forward_params *p,
                              kr_gpu_forward **out, kr_err *err);
 void kr_gpu_forward_free(kr_gpu_forward *g); /* NULL ok */
 
-/* As kr_model_eval: tokens at positions pos .. pos+n-1 (pos <= n_past;
- * an earlier pos rewinds), logits of the last token into logits_last
- * (n_vocab floats) unless NULL. Errors: ids outside [0, n_vocab),
- * pos + n > n_ctx (KR_ERR_RANGE), pos > n_past (KR_ERR_STATE); after a device
- * failure every later call fails with KR_ERR_STATE. */
+/* As kr_model_eval: tokens at positions pos .. pos+n-1 of the current
+ * sequence (pos <= n_past; an earlier pos rewinds), logits of the last token
+ * into logits_last (n_vocab floats) unless NULL. With kv_full SHIFT and
+ * pos == n_past, a full context is shifted first and the tokens go to the
+ * new kr_gpu_forward_n_past(). Errors: ids outside [0, n_vocab),
+ * pos + n > n_ctx (KR_ERR_RANGE, "context full ..."), pos > n_past
+ * (KR_ERR_STATE); after a device failure every later call fails with KR_ERR_STATE. */
 kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos,
                               float *logits_last, kr_err *err);
+
+/* ---- KV cache: sequences and context shift (as kr_context_seq_* / kr_context_shift, kernrun/kvcache.h) ---- */
+
+/* Make sequence seq_id (>= 0) current: a cached one resumes at its n_past; a
+ * new one takes a free slot or evicts the least recently used unpinned one
+ * (logged); KR_ERR_LIMIT when every slot holds a pinned sequence (the current
+ * one stays). Each slot gets its own captured step graph. */
+kr_status kr_gpu_forward_seq_use(kr_gpu_forward *g, int32_t seq_id, kr_err *err);
+int32_t kr_gpu_forward_seq_current(const kr_gpu_forward *g);   /* 0 after creation */
+bool kr_gpu_forward_seq_cached(const kr_gpu_forward *g, int32_t seq_id);
+/* Pinned sequences are never evicted. KR_ERR_NOT_FOUND if not cached. */
+kr_status kr_gpu_forward_seq_pin(kr_gpu_forward *g, int32_t seq_id, bool pinned, kr_err *err);
+/* Free the slot of seq_id (no-op if not cached); the current one stays current, empty. */
+void kr_gpu_forward_seq_drop(kr_gpu_forward *g, int32_t seq_id);
+/* Context shift of the current sequence on the device: keep [0, n_keep), drop
+ * n_discard = (n_past - n_keep) / 2 after them, move the rest down and
+ * re-rotate the moved keys by -n_discard (kernels/forward/kv_shift.cu);
+ * n_past -= n_discard (*n_discarded, may be NULL). KR_ERR_UNSUPPORTED on a
+ * ring, KR_ERR_RANGE when nothing can be dropped. Synchronous. */
+kr_status kr_gpu_forward_shift(kr_gpu_forward *g, uint32_t n_keep, uint32_t *n_discarded, kr_err *err);
+/* The cached K and V rows (kv_dim floats each, dequantized; k or v may be
+ * NULL) of the current sequence at pos (< n_past; inside the ring) of layer.
+ * Synchronises the stream. For tests and tools. */
+kr_status kr_gpu_forward_kv_read(kr_gpu_forward *g, uint32_t layer, uint32_t pos, float *k, float *v, kr_err *err);
+
+/* Choose the decode-step variant (for measurements; docs/GPU-FORWARD.md):
+ * spec is "key=value,..." with pdl=0|1 (programmatic dependent launch),
+ * mv4=v1|r1p4|r2p4|r4p2|r2p8 and mv8=v1|r1p4|r2p2|r2p4|r4p2 (repacked Q4_0 /
+ * Q8_0 matvec kernel), resid=0|1 (attn_output / ffn_down add into the
+ * residual), norm=sb|mb (single- or multi-block rmsnorm), or the words
+ * "default" / "old" (the step before PDL). Applied on top of the current
+ * variant; the env KERNRUN_GF_TUNING is applied the same way at creation.
+ * Drops the captured graph (the next step captures again). Errors:
+ * KR_ERR_INVALID_ARG (bad spec), JIT failures. */
+kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err *err);
 
 uint32_t kr_gpu_forward_n_ctx(const kr_gpu_forward *g);
 uint32_t kr_gpu_forward_n_past(const kr_gpu_forward *g);
@@ -84,6 +131,10 @@ typedef struct kr_gpu_forward_stats {
     bool graph;                  /* steps replay a captured CUDA graph */
     bool graph_failed;           /* capture was tried and failed (eager fallback) */
     double upload_s;             /* seconds spent uploading the weights */
+    uint64_t kv_bytes;           /* device KV cache: K and V, all layers and slots */
+    uint32_t kv_rows;            /* cache rows per sequence slot (n_ctx, or the window with a ring) */
+    uint32_t kv_n_seq;           /* sequence slots */
+    kr_dtype kv_type;            /* F16 or Q8_0 */
 } kr_gpu_forward_stats;
 
 void kr_gpu_forward_get_stats(const kr_gpu_forward *g, kr_gpu_forward_stats *out);

@@ -30,7 +30,7 @@
 static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
     "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops]\n"
-    "                     [--attn-splits N] [-t N] [--profile]\n"
+    "                     [--attn-splits N] [-t N] [--profile] [--tuning SPEC] [--variants LIST]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -52,6 +52,11 @@ static const char g_usage[] =
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "  --profile         (cuda) per-kernel GPU time of one decode step: eager launches timed\n"
     "                    with CUDA events, grouped by kernel and matrix, averaged over 8 steps\n"
+    "  --tuning SPEC     (cuda) decode-step variant, kr_gpu_forward_set_tuning syntax, e.g.\n"
+    "                    \"pdl=0,mv4=v1\" or \"old\" (docs/GPU-FORWARD.md)\n"
+    "  --variants LIST   (cuda) after the timed decode, decode the same -n tokens again for each\n"
+    "                    ';'-separated SPEC (applied on top of the default) and print one\n"
+    "                    'variant' line each: the same model load and prefill for all\n"
     "\n"
     "Exit status: 0 ok, 1 error, 2 usage error.\n";
 
@@ -59,6 +64,8 @@ typedef struct kr__bench_opts {
     const char *model;
     long p, n, threads, attn_splits;
     const char *backend; /* cuda | cpu | auto */
+    const char *tuning;   /* --tuning SPEC or NULL */
+    const char *variants; /* --variants LIST or NULL */
     bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops, profile;
 } kr__bench_opts;
 
@@ -153,6 +160,12 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             o->no_fused_ops = true;
         } else if (!strcmp(a, "--profile")) {
             o->profile = true;
+        } else if (!strcmp(a, "--tuning")) {
+            KR__NEED()
+            o->tuning = v;
+        } else if (!strcmp(a, "--variants")) {
+            KR__NEED()
+            o->variants = v;
         } else if (!strcmp(a, "--attn-splits")) {
             KR__NEED()
             if (!kr__parse_count(v, 1, 1024, &o->attn_splits))
@@ -236,6 +249,52 @@ out:
     return st;
 }
 
+/* --variants: for each ';'-separated spec, default + spec, one warm-up step
+ * (graph capture), then the same n tokens at pos .. pos+n-1; one line each. */
+static int kr__variants(const kr__bench_opts *o, kr_gpu_forward *g, const int32_t *toks, uint32_t pos,
+                        float *logits)
+{
+    kr_err e;
+    kr_err_clear(&e);
+    kr_status st;
+    kr_gpu_forward_stats gs;
+    kr_gpu_forward_get_stats(g, &gs);
+    double bytes = (double)gs.step_weight_bytes + (double)gs.kv_bytes_per_pos * ((double)pos + ((double)o->n + 1) / 2.0);
+    const char *p = o->variants;
+    while (*p) {
+        size_t n = strcspn(p, ";");
+        char spec[256];
+        snprintf(spec, sizeof spec, "%.*s", (int)(n < sizeof spec - 1 ? n : sizeof spec - 1), p);
+        p += n;
+        if (*p == ';')
+            p++;
+        if (!spec[0])
+            continue;
+        if ((st = kr_gpu_forward_set_tuning(g, "default", &e)) != KR_OK ||
+            (st = kr_gpu_forward_set_tuning(g, spec, &e)) != KR_OK) {
+            fprintf(stderr, "kernrun bench: variant '%s': %s\n", spec, kr_err_msg(&e, st));
+            return 1;
+        }
+        if ((st = kr_gpu_forward_eval(g, &toks[o->p], 1, pos, logits, &e)) != KR_OK)
+            return kr__fail("variant warm-up", &e, st);
+        double t0 = kr__now();
+        for (long i = 0; i < o->n; i++)
+            if ((st = kr_gpu_forward_eval(g, &toks[o->p + i], 1, pos + (uint32_t)i, logits, &e)) != KR_OK)
+                return kr__fail("variant decode", &e, st);
+        double dt = kr__now() - t0;
+        kr_gpu_forward_get_stats(g, &gs);
+        double tps = dt > 0 ? (double)o->n / dt : 0;
+        printf("variant %-44s %8.2f tok/s %7.4f ms/tok %7.1f GB/s launches %u%s\n", spec, tps,
+               tps > 0 ? 1e3 / tps : 0, tps * bytes / 1e9, gs.launches_per_token, gs.graph ? "" : " (eager)");
+        fflush(stdout);
+    }
+    if ((st = kr_gpu_forward_set_tuning(g, "default", &e)) != KR_OK)
+        return kr__fail("restoring the default variant", &e, st);
+    if (o->tuning && (st = kr_gpu_forward_set_tuning(g, o->tuning, &e)) != KR_OK)
+        return kr__fail("--tuning", &e, st);
+    return 0;
+}
+
 static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, const int32_t *toks,
                           kr__bench_res *r)
 {
@@ -260,6 +319,11 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);
     int rc = 1;
+    if (o->tuning && (st = kr_gpu_forward_set_tuning(g, o->tuning, &e)) != KR_OK) {
+        rc = kr__fail("--tuning", &e, st);
+        kr_gpu_forward_free(g);
+        return rc;
+    }
     int32_t nv = kr_model_n_vocab(m);
     float *logits = malloc((size_t)nv * sizeof(float));
     if (!logits) {
@@ -289,6 +353,9 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
         }
     }
     r->decode_s = kr__now() - t0;
+    if (o->variants && (rc = kr__variants(o, g, toks, pos, logits)) != 0)
+        goto out;
+    rc = 1;
     if (o->profile) {
         r->prof_pos = pos + (uint32_t)o->n;
         if ((st = kr_gpu_forward_profile(g, toks, KR__PROF_STEPS, r->prof_pos, r->prof, KR__PROF_MAX,
