@@ -9,7 +9,8 @@
 
 #include "kernrun/err_local.h"
 
-#include "kr_kernel_gemm_gemm_cu.h" /* kr_kernel_gemm_gemm_cu[], embedded by meson */
+#include "kr_kernel_gemm_gemm_cu.h"     /* kr_kernel_gemm_gemm_cu[], embedded by meson */
+#include "kr_kernel_gemm_gemm_mma_cu.h" /* kr_kernel_gemm_gemm_mma_cu[] */
 
 #define KR__GM_THREADS 256 /* KR_GM_THREADS in gemm.cu */
 #define KR__GM_BN 128      /* KR_GM_BN */
@@ -18,6 +19,21 @@
  * caches functions by record address. */
 static const char *const kr__opts_bm128[1] = {"-DKR_GM_BM=128"};
 static const char *const kr__opts_bm64[1] = {"-DKR_GM_BM=64"};
+/* gemm_mma.cu: weight type (GGML id), tile rows, pipeline stages (smem <= 48 KiB) */
+#define KR__MM_OPTS(name, wt, bm, st) \
+    static const char *const name[3] = {"-DKR_MM_WT=" #wt, "-DKR_MM_BM=" #bm, "-DKR_MM_ST=" #st};
+KR__MM_OPTS(kr__opts_mm_f16_128, 1, 128, 3)
+KR__MM_OPTS(kr__opts_mm_q4_0_128, 2, 128, 3)
+KR__MM_OPTS(kr__opts_mm_q4_1_128, 3, 128, 3)
+KR__MM_OPTS(kr__opts_mm_q8_0_128, 8, 128, 3)
+KR__MM_OPTS(kr__opts_mm_q4_k_128, 12, 128, 3)
+KR__MM_OPTS(kr__opts_mm_f16_64, 1, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q4_0_64, 2, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q4_1_64, 3, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q8_0_64, 8, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q4_k_64, 12, 64, 4)
+KR__MM_OPTS(kr__opts_mm_cvt, 0, 128, 3)
+#undef KR__MM_OPTS
 
 #define KR__GM_FN_MAP(X)                                 \
     X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128)       \
@@ -32,7 +48,18 @@ static const char *const kr__opts_bm64[1] = {"-DKR_GM_BM=64"};
     X(Q6_K_128, "kr_gemm_q6_k", kr__opts_bm128, 128)     \
     X(Q4_K_64, "kr_gemm_q4_k", kr__opts_bm64, 64)        \
     X(Q6_K_64, "kr_gemm_q6_k", kr__opts_bm64, 64)        \
-    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128)
+    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128)                                          \
+    X(MM_F16_128, "kr_mm_gemm", kr__opts_mm_f16_128, 128)                                         \
+    X(MM_Q4_0_128, "kr_mm_gemm", kr__opts_mm_q4_0_128, 128)                                       \
+    X(MM_Q4_1_128, "kr_mm_gemm", kr__opts_mm_q4_1_128, 128)                                       \
+    X(MM_Q8_0_128, "kr_mm_gemm", kr__opts_mm_q8_0_128, 128)                                       \
+    X(MM_Q4_K_128, "kr_mm_gemm", kr__opts_mm_q4_k_128, 128)                                       \
+    X(MM_F16_64, "kr_mm_gemm", kr__opts_mm_f16_64, 64)                                            \
+    X(MM_Q4_0_64, "kr_mm_gemm", kr__opts_mm_q4_0_64, 64)                                          \
+    X(MM_Q4_1_64, "kr_mm_gemm", kr__opts_mm_q4_1_64, 64)                                          \
+    X(MM_Q8_0_64, "kr_mm_gemm", kr__opts_mm_q8_0_64, 64)                                          \
+    X(MM_Q4_K_64, "kr_mm_gemm", kr__opts_mm_q4_k_64, 64)                                          \
+    X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0)
 
 typedef enum kr__gm_fn {
 #define KR__GM_ENUM(id, entry, opts, bm) KR__GM_##id,
@@ -42,9 +69,13 @@ typedef enum kr__gm_fn {
 } kr__gm_fn;
 
 static const kr_kernel_source kr__gm_src[KR__GM_COUNT] = {
-#define KR__GM_SRC(id, e, opts, bm)                                                             \
-    [KR__GM_##id] = {.name = "gemm/gemm.cu", .code = (const char *)kr_kernel_gemm_gemm_cu,   \
-                     .len = kr_kernel_gemm_gemm_cu_LEN, .entry = e, .options = opts, .n_options = 1},
+#define KR__GM_SRC(id, e, opts, bm)                                                                          \
+    [KR__GM_##id] = {.name = sizeof(opts) / sizeof(opts[0]) == 1 ? "gemm/gemm.cu" : "gemm/gemm_mma.cu",     \
+                     .code = sizeof(opts) / sizeof(opts[0]) == 1 ? (const char *)kr_kernel_gemm_gemm_cu        \
+                                                                 : (const char *)kr_kernel_gemm_gemm_mma_cu,   \
+                     .len = sizeof(opts) / sizeof(opts[0]) == 1 ? kr_kernel_gemm_gemm_cu_LEN                   \
+                                                                : kr_kernel_gemm_gemm_mma_cu_LEN,              \
+                     .entry = e, .options = opts, .n_options = (int)(sizeof(opts) / sizeof(opts[0]))},
     KR__GM_FN_MAP(KR__GM_SRC)
 #undef KR__GM_SRC
 };
@@ -59,6 +90,7 @@ struct kr_gemm {
     kr_backend *be;                 /* CUDA backend the functions belong to */
     pthread_mutex_t lock;           /* guards fn[] */
     kr_function *fn[KR__GM_COUNT];  /* (KR__GM_COUNT,) lazily fetched; owned by the backend */
+    kr_buffer *ws;                  /* fp16 copy of A for the MMA kernels (kr_gemm_run); NULL until needed */
 };
 
 
@@ -88,6 +120,7 @@ void kr_gemm_free(kr_gemm *g)
 {
     if (!g)
         return;
+    kr_backend_free(g->be, g->ws);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -165,16 +198,75 @@ static kr__gm_fn kr__gm_pick(kr_dtype t, bool small)
 
 static int64_t kr__div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
-                      size_t w_stride, const float *a, size_t lda, float *c, size_t ldc, int64_t m, int64_t n,
-                      int64_t k, kr_err *err)
+bool kr_gemm_mma_supports(kr_dtype t)
+{
+    return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 || t == KR_DTYPE_Q4_K;
+}
+
+static kr__gm_fn kr__mm_pick(kr_dtype t, bool small)
+{
+    switch (t) {
+    case KR_DTYPE_F16: return small ? KR__GM_MM_F16_64 : KR__GM_MM_F16_128;
+    case KR_DTYPE_Q4_0: return small ? KR__GM_MM_Q4_0_64 : KR__GM_MM_Q4_0_128;
+    case KR_DTYPE_Q4_1: return small ? KR__GM_MM_Q4_1_64 : KR__GM_MM_Q4_1_128;
+    case KR_DTYPE_Q8_0: return small ? KR__GM_MM_Q8_0_64 : KR__GM_MM_Q8_0_128;
+    default: return small ? KR__GM_MM_Q4_K_64 : KR__GM_MM_Q4_K_128;
+    }
+}
+
+static kr_status kr__gm_launch(kr_gemm *g, kr_stream *s, kr__gm_fn id, const uint32_t grid[3], uint32_t threads,
+                               void **args, const char *tn, kr_err *err)
+{
+    kr_function *fn;
+    kr_status st = kr__gm_get(g, id, &fn, err);
+    if (st != KR_OK)
+        return st;
+    const uint32_t block[3] = {threads, 1, 1};
+    st = kr_backend_launch(g->be, fn, grid, block, 0, s, args, err);
+    if (st != KR_OK) {
+        char what[96];
+        snprintf(what, sizeof what, "cuda_gemm: launching %s (%s)", kr__gm_src[id].entry, tn);
+        return kr_err_prefix_local(err, st, what);
+    }
+    return KR_OK;
+}
+
+/* The workspace holding at least `bytes` (under g->lock). */
+static kr_status kr__gm_workspace(kr_gemm *g, size_t bytes, void **out, kr_err *err)
+{
+    pthread_mutex_lock(&g->lock);
+    kr_status st = KR_OK;
+    if (!g->ws || g->ws->size < bytes) {
+        /* earlier launches may still read the old buffer */
+        if (g->ws && (st = kr_backend_sync(g->be, NULL, err)) != KR_OK)
+            goto out;
+        kr_backend_free(g->be, g->ws);
+        g->ws = NULL;
+        size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+        st = kr_backend_alloc(g->be, want, &g->ws, err);
+        if (st != KR_OK) {
+            g->ws = NULL;
+            kr_err_prefix_local(err, st, "cuda_gemm: workspace for fp16 A");
+            goto out;
+        }
+    }
+    *out = g->ws->ptr;
+out:
+    pthread_mutex_unlock(&g->lock);
+    return st;
+}
+
+/* a32 (fp32, lda floats) or a16 (fp16, lda halves): exactly one is non-NULL. */
+static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
+                            size_t w_stride, const float *a32, const uint16_t *a16, size_t lda, float *c, size_t ldc,
+                            int64_t m, int64_t n, int64_t k, kr_err *err)
 {
     if (!g)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
     if (!kr_gemm_supports(wtype))
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
-    if (variant != KR_GEMM_AUTO && variant != KR_GEMM_TC128 && variant != KR_GEMM_TC64)
+    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_MMA128_K2)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
@@ -186,8 +278,9 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
     if (k < blk || k > INT32_MAX || k % blk != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld is not a positive multiple of %lld (%s block)",
                           (long long)k, (long long)blk, tn);
+    const void *a = a32 ? (const void *)a32 : (const void *)a16;
     if (!w || !a || !c)
-        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, (const void *)a,
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, a,
                           (void *)c);
     /* k <= INT32_MAX, so row bytes <= 2^31/32*128 = 2^33: no overflow in 64 bits */
     uint64_t row_bytes = (uint64_t)(k / blk) * blk_bytes;
@@ -196,54 +289,144 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
                           "cuda_gemm: %s weight stride %zu (row of %lld needs >= %llu bytes) or address %p not "
                           "%zu-byte aligned",
                           tn, w_stride, (long long)k, (unsigned long long)row_bytes, w, align);
-    if (lda < (uint64_t)k || lda % 4 != 0 || (uintptr_t)a % 16 != 0)
+    if (a32 && (lda < (uint64_t)k || lda % 4 != 0 || (uintptr_t)a % 16 != 0))
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                           "cuda_gemm: A row stride %zu must be >= k %lld and a multiple of 4, A (%p) 16-byte aligned",
-                          lda, (long long)k, (const void *)a);
+                          lda, (long long)k, a);
+    if (a16 && (lda < (uint64_t)k || lda % 8 != 0 || (uintptr_t)a % 16 != 0))
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                          "cuda_gemm: fp16 A row stride %zu must be >= k %lld and a multiple of 8, A (%p) 16-byte "
+                          "aligned", lda, (long long)k, a);
     if (ldc < (uint64_t)n)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: C row stride %zu < n %lld", ldc, (long long)n);
     if (lda > INT64_MAX / (uint64_t)m || ldc > INT64_MAX / (uint64_t)m || w_stride > INT64_MAX / (uint64_t)n)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: strides too large for 64-bit indexing");
 
-    kr__gm_fn id;
-    if (wtype == KR_DTYPE_F32) {
-        id = KR__GM_F32_SIMT;
-    } else {
-        bool small = variant == KR_GEMM_TC64;
-        if (variant == KR_GEMM_AUTO) {
-            /* H200, m 512, n = k = 4096 (docs/GEMM.md): F16 is ~3% faster with 64-row
-             * tiles when 128-row ones give < 2 blocks per SM; the block types are
-             * 1.2-1.3x faster with 128-row tiles (their loads are the bottleneck and
-             * a 128-row tile loads each W tile for twice the rows), so they take 64
-             * only for m <= 64. */
-            if (wtype == KR_DTYPE_F16) {
-                const kr_device_info *dev = kr_backend_device_info(g->be);
-                int sms = dev && dev->sm_count > 0 ? dev->sm_count : 1;
-                small = kr__div_up(m, 128) * kr__div_up(n, KR__GM_BN) < 2 * (int64_t)sms;
-            } else {
-                small = m <= 64;
-            }
-        }
-        id = kr__gm_pick(wtype, small);
+    const bool mma_var = variant == KR_GEMM_MMA128 || variant == KR_GEMM_MMA64 || variant == KR_GEMM_MMA128_K2;
+    const bool w_aligned = (uintptr_t)w % 16 == 0 && w_stride % 16 == 0;
+    bool use_mma = false;
+    if (a16) {
+        if (!kr_gemm_mma_supports(wtype))
+            return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: fp16 A needs a type with an MMA kernel (F16, "
+                                                       "Q4_0, Q4_1, Q8_0, Q4_K), not %s", tn);
+        if (variant == KR_GEMM_TC128 || variant == KR_GEMM_TC64)
+            return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: fp16 A needs an MMA variant or AUTO, not %d",
+                              (int)variant);
+        use_mma = true;
+    } else if (mma_var) {
+        use_mma = kr_gemm_mma_supports(wtype);
     }
+    if (use_mma && !w_aligned)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                          "cuda_gemm: the MMA kernels need W (%p) and its stride (%zu) 16-byte aligned", w, w_stride);
+
+    if (!use_mma) {
+        kr__gm_fn id;
+        if (wtype == KR_DTYPE_F32) {
+            id = KR__GM_F32_SIMT;
+        } else {
+            bool small = variant == KR_GEMM_TC64 || variant == KR_GEMM_MMA64;
+            if (variant == KR_GEMM_AUTO) {
+                /* H200, m 512, n = k = 4096 (docs/GEMM.md): F16 is ~3% faster with 64-row
+                 * tiles when 128-row ones give < 2 blocks per SM; the block types are
+                 * 1.2-1.3x faster with 128-row tiles (their loads are the bottleneck and
+                 * a 128-row tile loads each W tile for twice the rows), so they take 64
+                 * only for m <= 64. */
+                if (wtype == KR_DTYPE_F16) {
+                    const kr_device_info *dev = kr_backend_device_info(g->be);
+                    int sms = dev && dev->sm_count > 0 ? dev->sm_count : 1;
+                    small = kr__div_up(m, 128) * kr__div_up(n, KR__GM_BN) < 2 * (int64_t)sms;
+                } else {
+                    small = m <= 64;
+                }
+            }
+            id = kr__gm_pick(wtype, small);
+        }
+        int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, KR__GM_BN);
+        if (gy > 65535)
+            return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
+                              (long long)m, (long long)gy);
+        long long lda_k = (long long)lda, ldw_k = (long long)w_stride, ldc_k = (long long)ldc;
+        int m_k = (int)m, n_k = (int)n, k_k = (int)k;
+        void *args[] = {&a, &lda_k, &w, &ldw_k, &c, &ldc_k, &m_k, &n_k, &k_k};
+        const uint32_t grid[3] = {(uint32_t)gx, (uint32_t)gy, 1};
+        return kr__gm_launch(g, s, id, grid, KR__GM_THREADS, args, tn, err);
+    }
+
+    /* MMA path. AUTO: 128-row tiles (split-K in 2 when that still leaves < 2 blocks per SM
+     * otherwise), 64-row tiles for m <= 64. */
+    kr_gemm_variant v = variant;
+    if (v == KR_GEMM_AUTO) {
+        const kr_device_info *dev = kr_backend_device_info(g->be);
+        int sms = dev && dev->sm_count > 0 ? dev->sm_count : 1;
+        if (m <= 64)
+            v = KR_GEMM_MMA64;
+        else if (kr__div_up(m, 128) * kr__div_up(n, KR__GM_BN) < (int64_t)sms && ldc == (uint64_t)n && k >= 1024)
+            v = KR_GEMM_MMA128_K2;
+        else
+            v = KR_GEMM_MMA128;
+    }
+    kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64);
     int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, KR__GM_BN);
     if (gy > 65535)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
                           (long long)m, (long long)gy);
-
-    kr_function *fn;
-    kr_status st = kr__gm_get(g, id, &fn, err);
-    if (st != KR_OK)
-        return st;
-    long long lda_k = (long long)lda, ldw_k = (long long)w_stride, ldc_k = (long long)ldc;
-    int m_k = (int)m, n_k = (int)n, k_k = (int)k;
-    void *args[] = {&a, &lda_k, &w, &ldw_k, &c, &ldc_k, &m_k, &n_k, &k_k};
-    const uint32_t grid[3] = {(uint32_t)gx, (uint32_t)gy, 1}, block[3] = {KR__GM_THREADS, 1, 1};
-    st = kr_backend_launch(g->be, fn, grid, block, 0, s, args, err);
-    if (st != KR_OK) {
-        char what[96];
-        snprintf(what, sizeof what, "cuda_gemm: launching %s (%s)", kr__gm_src[id].entry, tn);
-        return kr_err_prefix_local(err, st, what);
+    /* split-K: C is zeroed, each half adds (fp32 a + b is commutative: deterministic for 2) */
+    int splits = v == KR_GEMM_MMA128_K2 && ldc == (uint64_t)n && k >= 2 * blk ? 2 : 1;
+    int64_t k_split = k;
+    if (splits > 1) {
+        k_split = kr__div_up(k / blk, splits) * blk; /* whole blocks per split */
+        if (k_split >= k)
+            splits = 1, k_split = k;
     }
-    return KR_OK;
+    kr_status st;
+    const uint16_t *ah = a16;
+    size_t ldh = lda;
+    if (a32) {
+        /* fp32 -> fp16 copy of A in the workspace: (m, k) halves, rows k apart */
+        void *ws = NULL;
+        st = kr__gm_workspace(g, (size_t)m * (size_t)k * 2, &ws, err);
+        if (st != KR_OK)
+            return st;
+        long long lda_k = (long long)lda, ldh_k = (long long)k;
+        int m_k = (int)m, k_k = (int)k;
+        void *cargs[] = {&a32, &lda_k, &ws, &ldh_k, &m_k, &k_k};
+        int64_t groups = m * (k / 4), blocks = kr__div_up(groups, 256);
+        const uint32_t cgrid[3] = {(uint32_t)(blocks < 4096 ? blocks : 4096), 1, 1};
+        st = kr__gm_launch(g, s, KR__GM_MM_CVT_A, cgrid, 256, cargs, "fp32 A", err);
+        if (st != KR_OK)
+            return st;
+        ah = ws;
+        ldh = (size_t)k;
+    }
+    if (splits > 1) {
+        st = kr_backend_memset(g->be, c, 0, (size_t)m * (size_t)n * sizeof(float), s, err);
+        if (st != KR_OK)
+            return kr_err_prefix_local(err, st, "cuda_gemm: zeroing C for split-K");
+    }
+    long long lda_k = (long long)ldh, ldw_k = (long long)w_stride, ldc_k = (long long)ldc;
+    int m_k = (int)m, n_k = (int)n, k_k = (int)k, ks_k = (int)k_split;
+    void *args[] = {&ah, &lda_k, &w, &ldw_k, &c, &ldc_k, &m_k, &n_k, &k_k, &ks_k};
+    const uint32_t grid[3] = {(uint32_t)gx, (uint32_t)gy, (uint32_t)splits};
+    return kr__gm_launch(g, s, id, grid, 128, args, tn, err);
+}
+
+kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
+                      size_t w_stride, const float *a, size_t lda, float *c, size_t ldc, int64_t m, int64_t n,
+                      int64_t k, kr_err *err)
+{
+    if (!a)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w,
+                                (const void *)a, (void *)c);
+    return kr__gm_run(g, s, variant, wtype, w, w_stride, a, NULL, lda, c, ldc, m, n, k, err);
+}
+
+kr_status kr_gemm_run_f16a(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
+                           size_t w_stride, const uint16_t *a, size_t lda, float *c, size_t ldc, int64_t m,
+                           int64_t n, int64_t k, kr_err *err)
+{
+    if (!a)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w,
+                                (const void *)a, (void *)c);
+    return kr__gm_run(g, s, variant, wtype, w, w_stride, NULL, a, lda, c, ldc, m, n, k, err);
 }

@@ -36,6 +36,15 @@ typedef enum kr_gemm_variant {
                          block types: 128, or 64 when m <= 64 (docs/GEMM.md) */
     KR_GEMM_TC128 = 1, /* tensor cores, 128 (m) x 128 (n) tiles */
     KR_GEMM_TC64 = 2,  /* tensor cores, 64 (m) x 128 (n) tiles */
+    /* Pipelined kernels (kernels/gemm/gemm_mma.cu): A as fp16 (converted from
+     * fp32 into the kr_gemm's workspace first, or given by kr_gemm_run_f16a),
+     * 3-4 stage cp.async ring, ldmatrix, 4 warps of (BM/2) x 64. Types F16,
+     * Q4_0, Q4_1, Q8_0, Q4_K; Q6_K runs the TC kernel of the same tile height.
+     * Need w and w_stride 16-byte aligned; each row is read up to the next
+     * multiple of 16 bytes (<= w_stride). */
+    KR_GEMM_MMA128 = 3,    /* 128 x 128 tiles, 3 stages */
+    KR_GEMM_MMA64 = 4,     /* 64 x 128 tiles, 4 stages */
+    KR_GEMM_MMA128_K2 = 5, /* 128 x 128, K split in 2 halves added into C (needs ldc == n, else no split) */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */
@@ -59,6 +68,23 @@ bool kr_gemm_uses_tensor_cores(kr_dtype t);
 kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
                       size_t w_stride, const float *a, size_t lda, float *c, size_t ldc, int64_t m, int64_t n,
                       int64_t k, kr_err *err);
+
+/* As kr_gemm_run with A given as fp16 (IEEE half bits): a (m, k) at a, rows
+ * lda halves apart (lda >= k, multiple of 8), 16-byte aligned. Only the MMA
+ * variants and AUTO (which then picks an MMA variant); types F16, Q4_0, Q4_1,
+ * Q8_0, Q4_K (kr_gemm_mma_supports). Uses no workspace: calls may overlap on
+ * several streams. */
+kr_status kr_gemm_run_f16a(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
+                           size_t w_stride, const uint16_t *a, size_t lda, float *c, size_t ldc, int64_t m,
+                           int64_t n, int64_t k, kr_err *err);
+/* True when t has a pipelined (MMA) kernel. */
+bool kr_gemm_mma_supports(kr_dtype t);
+
+/* Workspace: kr_gemm_run on an MMA variant (AUTO included) converts A to fp16
+ * into one device buffer owned by the kr_gemm (grown on demand, 2*m*k bytes;
+ * growing synchronises the device). Such calls must not run concurrently on
+ * different streams with one kr_gemm; use one kr_gemm per stream, or
+ * kr_gemm_run_f16a. */
 
 /* Compile (or load from the cache) every kernel now instead of on first use. */
 kr_status kr_gemm_prepare_all(kr_gemm *g, kr_err *err);

@@ -1,14 +1,28 @@
-/* GEMM microbenchmark (not a test): C (M, N) = A (M, K) @ W (N, K)^T with
- * M = 512 tokens, N = K = 4096, i.e. (4096 x 4096) . (4096 x 512), 2*M*N*K
- * flops. FP32 SIMT (W F32) vs tensor cores (W F16, and Q4_0/Q8_0/Q4_1/Q4_K/Q6_K
- * dequantized on the fly): time per GEMM (CUDA events, mean over the timed
- * runs after warm-up), TFLOP/s, speedup over SIMT, and the fraction of the
- * card's dense fp16 tensor rate (fp32 accumulate) looked up from the device
- * name (H100/H200 SXM 989.4, H100 NVL 835, H100 PCIe 756 TFLOP/s;
- * KR_GEMM_PEAK_TFLOPS overrides). Also prints the NMSE between the F16
- * tensor-core and the SIMT results as a sanity check that both did the work.
+/* GEMM microbenchmark (not a test): C (M, N) = A (M, K) @ W (N, K)^T, 2*M*N*K
+ * flops. M is the token count (512 by default), N the output features, K the
+ * inputs: the issue's (4096 x 4096) . (4096 x 512) is M 512, N = K = 4096.
+ * FP32 SIMT (W F32, the baseline) vs the tensor-core kernels (W F16, and
+ * Q4_0/Q8_0/Q4_1/Q4_K/Q6_K dequantized on the fly): time per GEMM (CUDA events,
+ * mean over the timed runs after warm-up), TFLOP/s, speedup over SIMT of the
+ * same shape, and the fraction of the card's dense fp16 tensor rate (fp32
+ * accumulate) looked up from the device name (H100/H200 SXM 989.4, H100 NVL
+ * 835, H100 PCIe 756 TFLOP/s; KR_GEMM_PEAK_TFLOPS overrides). Each row also
+ * prints the NMSE of its result against the SIMT one (fp32 weights: for the
+ * quantized types that is the quantization error, ~1e-3..1e-2; a broken kernel
+ * shows ~1).
  *
- * Usage: bench-gemm [M N K [iters]]    exit 0 = ran; prints "speedup ... (>= 5x: yes|no)". */
+ * Usage: bench-gemm [M N K [iters]]        one shape
+ * Environment:
+ *   KR_BENCH_SHAPES   "MxNxK,MxNxK,..." instead of the arguments
+ *   KR_BENCH_TYPES    "F16 Q4_0 Q8_0 Q4_1 Q4_K Q6_K" (default all)
+ *   KR_BENCH_VARIANTS "auto tc128 tc64 mma128 mma64 mma128k2" and the same
+ *                     with an "h" prefix (hauto, hmma128, ...) for fp16 A
+ *                     (kr_gemm_run_f16a); default all of them
+ *   KR_BENCH_SIMT=0   skip the SIMT baseline (speedups then not printed)
+ * Weights: 256 distinct random rows (per-row scale), repeated over N (fast setup
+ * for 32000-row shapes; the data is still N*K distinct bytes to stream).
+ * Prints "speedup ... (>= 5x: yes|no)" for the F16 best of the first shape.
+ * Exit 0 = ran. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,8 +30,11 @@
 #include <string.h>
 
 #include "kernrun/backend.h"
+#include "kernrun/half.h"
 #include "kernrun/quant.h"
 #include "kr_gemm.h"
+
+#define UNIQUE_ROWS 256
 
 static uint64_t g_rng = 0x1234567887654321ull;
 static float rng_f(void)
@@ -48,26 +65,30 @@ typedef struct bench_ctx {
     kr_event *ev0, *ev1;
     int64_t m, n, k;
     int iters;
-    void *a, *c; /* device (m, k) fp32, (m, n) fp32 */
+    void *a, *ah, *c; /* device (m, k) fp32, (m, k) fp16, (m, n) fp32 */
 } bench_ctx;
 
+static kr_status run_one(bench_ctx *b, kr_gemm_variant v, bool f16a, kr_dtype t, const void *w, size_t ws,
+                         kr_err *err)
+{
+    if (f16a)
+        return kr_gemm_run_f16a(b->g, NULL, v, t, w, ws, b->ah, (size_t)b->k, b->c, (size_t)b->n, b->m, b->n, b->k,
+                                err);
+    return kr_gemm_run(b->g, NULL, v, t, w, ws, b->a, (size_t)b->k, b->c, (size_t)b->n, b->m, b->n, b->k, err);
+}
+
 /* Mean milliseconds per GEMM; negative on error (printed). */
-static double time_gemm(bench_ctx *b, kr_gemm_variant v, kr_dtype t, const void *w, size_t ws)
+static double time_gemm(bench_ctx *b, kr_gemm_variant v, bool f16a, kr_dtype t, const void *w, size_t ws)
 {
     kr_err err;
     memset(&err, 0, sizeof err);
-    for (int i = 0; i < 3; i++) {
-        if (kr_gemm_run(b->g, NULL, v, t, w, ws, b->a, (size_t)b->k, b->c, (size_t)b->n, b->m, b->n, b->k, &err) !=
-            KR_OK) {
-            fprintf(stderr, "bench-gemm: %s\n", err.msg);
-            return -1;
-        }
-    }
+    for (int i = 0; i < 3; i++)
+        if (run_one(b, v, f16a, t, w, ws, &err) != KR_OK)
+            goto fail;
     if (kr_backend_sync(b->be, NULL, &err) != KR_OK || kr_backend_event_record(b->be, b->ev0, NULL, &err) != KR_OK)
         goto fail;
     for (int i = 0; i < b->iters; i++)
-        if (kr_gemm_run(b->g, NULL, v, t, w, ws, b->a, (size_t)b->k, b->c, (size_t)b->n, b->m, b->n, b->k, &err) !=
-            KR_OK)
+        if (run_one(b, v, f16a, t, w, ws, &err) != KR_OK)
             goto fail;
     float ms = 0;
     if (kr_backend_event_record(b->be, b->ev1, NULL, &err) != KR_OK ||
@@ -79,7 +100,7 @@ fail:
     return -1;
 }
 
-/* Quantize (n, k) fp32 to type t and upload; returns the device buffer. */
+/* Rows of wf (UNIQUE_ROWS, k) quantized to type t, repeated over n rows, uploaded. */
 static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, int64_t n, int64_t k, size_t *stride)
 {
     uint64_t rb = 0;
@@ -92,8 +113,10 @@ static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, in
     memset(&err, 0, sizeof err);
     if (!h)
         return NULL;
-    for (int64_t r = 0; r < n; r++)
+    for (int64_t r = 0; r < n && r < UNIQUE_ROWS; r++)
         kr_quantize_row(t, wf + r * k, h + r * rb, (size_t)k);
+    for (int64_t r = UNIQUE_ROWS; r < n; r++)
+        memcpy(h + r * rb, h + (r % UNIQUE_ROWS) * rb, rb);
     if (kr_backend_alloc(be, (size_t)n * rb, &d, &err) != KR_OK ||
         kr_backend_h2d(be, d->ptr, h, (size_t)n * rb, NULL, &err) != KR_OK) {
         fprintf(stderr, "bench-gemm: upload: %s\n", err.msg);
@@ -104,25 +127,208 @@ static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, in
     return d;
 }
 
+static const struct {
+    const char *name;
+    kr_dtype t;
+} k_types[] = {{"F16", KR_DTYPE_F16},   {"Q4_0", KR_DTYPE_Q4_0}, {"Q8_0", KR_DTYPE_Q8_0},
+               {"Q4_1", KR_DTYPE_Q4_1}, {"Q4_K", KR_DTYPE_Q4_K}, {"Q6_K", KR_DTYPE_Q6_K}};
+#define N_TYPES (sizeof k_types / sizeof k_types[0])
+
+static const struct {
+    const char *name;
+    kr_gemm_variant v;
+    bool f16a;
+} k_vars[] = {{"auto", KR_GEMM_AUTO, false},         {"tc128", KR_GEMM_TC128, false},
+              {"tc64", KR_GEMM_TC64, false},         {"mma128", KR_GEMM_MMA128, false},
+              {"mma64", KR_GEMM_MMA64, false},       {"mma128k2", KR_GEMM_MMA128_K2, false},
+              {"hauto", KR_GEMM_AUTO, true},         {"hmma128", KR_GEMM_MMA128, true},
+              {"hmma64", KR_GEMM_MMA64, true},       {"hmma128k2", KR_GEMM_MMA128_K2, true}};
+#define N_VARS (sizeof k_vars / sizeof k_vars[0])
+
+/* name is in the space/comma separated list env (NULL or empty: all). */
+static bool listed(const char *env, const char *name)
+{
+    const char *l = getenv(env);
+    if (!l || !*l)
+        return true;
+    size_t n = strlen(name);
+    for (const char *p = l; (p = strstr(p, name)) != NULL; p += n) {
+        bool start = p == l || p[-1] == ' ' || p[-1] == ',';
+        bool end = p[n] == '\0' || p[n] == ' ' || p[n] == ',';
+        if (start && end)
+            return true;
+    }
+    return false;
+}
+
+/* One shape; *best_f16 / *simt_tf report the F16 best and the SIMT rate. Returns 0 on success. */
+static int bench_shape(bench_ctx *b, double peak, double *best_f16, double *simt_tf)
+{
+    kr_err err;
+    memset(&err, 0, sizeof err);
+    int rc = 1;
+    int64_t m = b->m, n = b->n, k = b->k;
+    float *wf = NULL, *ah = NULL, *c1 = NULL, *c2 = NULL;
+    uint16_t *ah16 = NULL;
+    kr_buffer *da = NULL, *dah = NULL, *dc = NULL, *dw = NULL;
+    int64_t nu = n < UNIQUE_ROWS ? n : UNIQUE_ROWS;
+    size_t na = (size_t)m * k, nc = (size_t)m * n;
+    wf = malloc((size_t)nu * k * sizeof *wf);
+    ah = malloc(na * sizeof *ah);
+    ah16 = malloc(na * sizeof *ah16);
+    c1 = malloc(nc * sizeof *c1);
+    c2 = malloc(nc * sizeof *c2);
+    if (!wf || !ah || !ah16 || !c1 || !c2) {
+        fprintf(stderr, "bench-gemm: out of host memory\n");
+        goto out;
+    }
+    for (int64_t r = 0; r < nu; r++) {
+        float sc = 0.25f + 0.875f * (rng_f() + 1.0f);
+        for (int64_t i = 0; i < k; i++)
+            wf[r * k + i] = sc * rng_f();
+    }
+    for (size_t i = 0; i < na; i++) {
+        ah[i] = rng_f();
+        ah16[i] = kr_fp32_to_fp16(ah[i]);
+    }
+    if (kr_backend_alloc(b->be, na * sizeof(float), &da, &err) != KR_OK ||
+        kr_backend_alloc(b->be, na * 2, &dah, &err) != KR_OK ||
+        kr_backend_alloc(b->be, nc * sizeof(float), &dc, &err) != KR_OK ||
+        kr_backend_h2d(b->be, da->ptr, ah, na * sizeof(float), NULL, &err) != KR_OK ||
+        kr_backend_h2d(b->be, dah->ptr, ah16, na * 2, NULL, &err) != KR_OK)
+        goto out_err;
+    b->a = da->ptr;
+    b->ah = dah->ptr;
+    b->c = dc->ptr;
+    double flops = 2.0 * (double)m * (double)n * (double)k;
+    printf("== shape M %lld (tokens) N %lld K %lld: %.2f GFLOP, %d iters\n", (long long)m, (long long)n, (long long)k,
+           flops * 1e-9, b->iters);
+
+    *simt_tf = 0;
+    double simt_ms = 0;
+    bool have_ref = false;
+    const char *se = getenv("KR_BENCH_SIMT");
+    if (!se || strcmp(se, "0") != 0) {
+        size_t ws = 0;
+        dw = upload_weights(b->be, KR_DTYPE_F32, wf, n, k, &ws);
+        if (!dw)
+            goto out;
+        simt_ms = time_gemm(b, KR_GEMM_AUTO, false, KR_DTYPE_F32, dw->ptr, ws);
+        if (simt_ms < 0)
+            goto out;
+        if (kr_backend_d2h(b->be, c1, b->c, nc * sizeof(float), NULL, &err) != KR_OK)
+            goto out_err;
+        have_ref = true;
+        *simt_tf = flops / (simt_ms * 1e-3) * 1e-12;
+        printf("gemm %-5s %-9s %9.4f ms %8.2f TFLOP/s\n", "F32", "simt", simt_ms, *simt_tf);
+        kr_backend_free(b->be, dw);
+        dw = NULL;
+    }
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        kr_dtype t = k_types[ti].t;
+        if (!listed("KR_BENCH_TYPES", k_types[ti].name) || k % (int64_t)kr_quant_block_size(t) != 0)
+            continue;
+        size_t ws = 0;
+        dw = upload_weights(b->be, t, wf, n, k, &ws);
+        if (!dw)
+            goto out;
+        for (size_t vi = 0; vi < N_VARS; vi++) {
+            if (!listed("KR_BENCH_VARIANTS", k_vars[vi].name))
+                continue;
+            if (k_vars[vi].f16a && !kr_gemm_mma_supports(t))
+                continue;
+            if (kr_backend_memset(b->be, b->c, 0xFF, nc * sizeof(float), NULL, &err) != KR_OK)
+                goto out_err;
+            double ms = time_gemm(b, k_vars[vi].v, k_vars[vi].f16a, t, dw->ptr, ws);
+            if (ms < 0) {
+                printf("gemm %-5s %-9s FAILED\n", k_types[ti].name, k_vars[vi].name);
+                continue;
+            }
+            double tf = flops / (ms * 1e-3) * 1e-12;
+            if (t == KR_DTYPE_F16 && tf > *best_f16)
+                *best_f16 = tf;
+            printf("gemm %-5s %-9s %9.4f ms %8.2f TFLOP/s", k_types[ti].name, k_vars[vi].name, ms, tf);
+            if (simt_ms > 0)
+                printf("  %5.2fx simt", simt_ms / ms);
+            if (peak > 0)
+                printf("  %5.1f%% peak", 100.0 * tf / peak);
+            if (have_ref) {
+                if (kr_backend_d2h(b->be, c2, b->c, nc * sizeof(float), NULL, &err) != KR_OK)
+                    goto out_err;
+                double num = 0, den = 0;
+                for (size_t i = 0; i < nc; i++) {
+                    double e = (double)c2[i] - c1[i];
+                    num += e * e;
+                    den += (double)c1[i] * c1[i];
+                }
+                double nm = den > 0 ? num / den : num;
+                printf("  nmse %.2g%s", nm, !(nm < 0.05) ? " BAD" : "");
+            }
+            printf("\n");
+        }
+        kr_backend_free(b->be, dw);
+        dw = NULL;
+    }
+    rc = 0;
+    goto out;
+out_err:
+    fprintf(stderr, "bench-gemm: %s\n", err.msg);
+out:
+    kr_backend_free(b->be, dw);
+    kr_backend_free(b->be, da);
+    kr_backend_free(b->be, dah);
+    kr_backend_free(b->be, dc);
+    free(wf);
+    free(ah);
+    free(ah16);
+    free(c1);
+    free(c2);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    bench_ctx b = {.m = 512, .n = 4096, .k = 4096, .iters = 20};
-    if (argc >= 4) {
-        b.m = atoll(argv[1]);
-        b.n = atoll(argv[2]);
-        b.k = atoll(argv[3]);
+    bench_ctx b = {.iters = 20};
+    int64_t shapes[16][3];
+    int n_shapes = 0;
+    const char *se = getenv("KR_BENCH_SHAPES");
+    if (se && *se) {
+        const char *p = se;
+        while (*p && n_shapes < 16) {
+            long long m, n, k;
+            int used = 0;
+            if (sscanf(p, "%lldx%lldx%lld%n", &m, &n, &k, &used) != 3)
+                break;
+            shapes[n_shapes][0] = m, shapes[n_shapes][1] = n, shapes[n_shapes][2] = k;
+            n_shapes++;
+            p += used;
+            while (*p == ',' || *p == ' ')
+                p++;
+        }
+    } else {
+        shapes[0][0] = 512, shapes[0][1] = 4096, shapes[0][2] = 4096;
+        n_shapes = 1;
+        if (argc >= 4) {
+            shapes[0][0] = atoll(argv[1]);
+            shapes[0][1] = atoll(argv[2]);
+            shapes[0][2] = atoll(argv[3]);
+        }
     }
     if (argc >= 5)
         b.iters = atoi(argv[4]);
-    if (b.m < 1 || b.n < 1 || b.k < 32 || b.k % 32 || b.iters < 1) {
-        fprintf(stderr, "usage: bench-gemm [M N K [iters]]  (K a multiple of 32)\n");
+    for (int i = 0; i < n_shapes; i++) {
+        if (shapes[i][0] < 1 || shapes[i][1] < 1 || shapes[i][2] < 32 || shapes[i][2] % 32 || b.iters < 1) {
+            fprintf(stderr, "usage: bench-gemm [M N K [iters]]  (K a multiple of 32)\n");
+            return 2;
+        }
+    }
+    if (n_shapes == 0) {
+        fprintf(stderr, "bench-gemm: KR_BENCH_SHAPES has no MxNxK\n");
         return 2;
     }
     kr_err err;
     memset(&err, 0, sizeof err);
     int rc = 1;
-    float *wf = NULL, *ah = NULL, *c1 = NULL, *c2 = NULL;
-    kr_buffer *da = NULL, *dc = NULL, *dw[7] = {0};
     if (kr_backend_create(KR_BACKEND_CUDA, 0, &b.be, &err) != KR_OK) {
         fprintf(stderr, "bench-gemm: no CUDA device: %s\n", err.msg);
         return 1;
@@ -130,113 +336,39 @@ int main(int argc, char **argv)
     const kr_device_info *dev = kr_backend_device_info(b.be);
     const char *name = dev ? dev->name : "?";
     double peak = peak_fp16_tflops(name);
-    if (kr_gemm_create(b.be, &b.g, &err) != KR_OK || kr_gemm_prepare_all(b.g, &err) != KR_OK ||
-        kr_backend_event_create(b.be, &b.ev0, &err) != KR_OK || kr_backend_event_create(b.be, &b.ev1, &err) != KR_OK)
-        goto out_err;
-
-    size_t nw = (size_t)b.n * b.k, na = (size_t)b.m * b.k, nc = (size_t)b.m * b.n;
-    wf = malloc(nw * sizeof *wf);
-    ah = malloc(na * sizeof *ah);
-    c1 = malloc(nc * sizeof *c1);
-    c2 = malloc(nc * sizeof *c2);
-    if (!wf || !ah || !c1 || !c2) {
-        fprintf(stderr, "bench-gemm: out of host memory\n");
+    if (kr_gemm_create(b.be, &b.g, &err) != KR_OK || kr_backend_event_create(b.be, &b.ev0, &err) != KR_OK ||
+        kr_backend_event_create(b.be, &b.ev1, &err) != KR_OK) {
+        fprintf(stderr, "bench-gemm: %s\n", err.msg);
         goto out;
     }
-    for (size_t i = 0; i < nw; i++)
-        wf[i] = rng_f();
-    for (size_t i = 0; i < na; i++)
-        ah[i] = rng_f();
-    if (kr_backend_alloc(b.be, na * sizeof(float), &da, &err) != KR_OK ||
-        kr_backend_alloc(b.be, nc * sizeof(float), &dc, &err) != KR_OK ||
-        kr_backend_h2d(b.be, da->ptr, ah, na * sizeof(float), NULL, &err) != KR_OK)
-        goto out_err;
-    b.a = da->ptr;
-    b.c = dc->ptr;
-
-    const kr_dtype types[7] = {KR_DTYPE_F32,  KR_DTYPE_F16,  KR_DTYPE_Q4_0, KR_DTYPE_Q8_0,
-                               KR_DTYPE_Q4_1, KR_DTYPE_Q4_K, KR_DTYPE_Q6_K};
-    const char *tnames[7] = {"F32", "F16", "Q4_0", "Q8_0", "Q4_1", "Q4_K", "Q6_K"};
-    size_t ws[7] = {0};
-    for (int i = 0; i < 7; i++) {
-        if (b.k % (int64_t)kr_quant_block_size(types[i]) != 0)
-            continue; /* K-quants need K % 256 == 0 */
-        dw[i] = upload_weights(b.be, types[i], wf, b.n, b.k, &ws[i]);
-        if (!dw[i])
-            goto out;
-    }
-
-    double flops = 2.0 * (double)b.m * (double)b.n * (double)b.k;
-    printf("bench-gemm: %s (%d SMs), C (%lld, %lld) = A (%lld, %lld) @ W (%lld, %lld)^T, %.2f GFLOP, %d iters\n",
-           name, dev ? dev->sm_count : 0, (long long)b.m, (long long)b.n, (long long)b.m, (long long)b.k,
-           (long long)b.n, (long long)b.k, flops * 1e-9, b.iters);
+    printf("bench-gemm: %s (%d SMs)\n", name, dev ? dev->sm_count : 0);
     if (peak > 0)
         printf("bench-gemm: dense fp16 tensor peak (fp32 accumulate) taken as %.1f TFLOP/s\n", peak);
     else
         printf("bench-gemm: unknown card: no peak (set KR_GEMM_PEAK_TFLOPS)\n");
-
-    double simt_ms = time_gemm(&b, KR_GEMM_AUTO, KR_DTYPE_F32, dw[0]->ptr, ws[0]);
-    if (simt_ms < 0)
-        goto out;
-    if (kr_backend_d2h(b.be, c1, b.c, nc * sizeof(float), NULL, &err) != KR_OK)
-        goto out_err;
-    printf("gemm %-5s %-6s %9.3f ms %8.2f TFLOP/s\n", "F32", "simt", simt_ms, flops / (simt_ms * 1e-3) * 1e-12);
-
-    double best_f16 = 0;
-    struct {
-        kr_gemm_variant v;
-        const char *name;
-    } vars[3] = {{KR_GEMM_AUTO, "auto"}, {KR_GEMM_TC128, "tc128"}, {KR_GEMM_TC64, "tc64"}};
-    for (int t = 1; t < 7; t++) {
-        if (!dw[t])
-            continue;
-        for (int vi = 0; vi < 3; vi++) {
-            double ms = time_gemm(&b, vars[vi].v, types[t], dw[t]->ptr, ws[t]);
-            if (ms < 0)
-                goto out;
-            double tf = flops / (ms * 1e-3) * 1e-12;
-            if (t == 1 && tf > best_f16)
-                best_f16 = tf;
-            printf("gemm %-5s %-6s %9.3f ms %8.2f TFLOP/s  %5.2fx simt", tnames[t], vars[vi].name, ms, tf,
-                   simt_ms / ms);
-            if (peak > 0)
-                printf("  %5.1f%% of fp16 peak", 100.0 * tf / peak);
-            printf("\n");
-        }
+    double first_best = 0, first_simt = 0;
+    for (int i = 0; i < n_shapes; i++) {
+        b.m = shapes[i][0], b.n = shapes[i][1], b.k = shapes[i][2];
+        double best = 0, simt = 0;
+        if (bench_shape(&b, peak, &best, &simt) != 0)
+            goto out;
+        if (i == 0)
+            first_best = best, first_simt = simt;
+        fflush(stdout);
     }
-    /* sanity: the F16 tensor-core result (auto) against the SIMT one */
-    if (time_gemm(&b, KR_GEMM_AUTO, KR_DTYPE_F16, dw[1]->ptr, ws[1]) < 0 ||
-        kr_backend_d2h(b.be, c2, b.c, nc * sizeof(float), NULL, &err) != KR_OK)
-        goto out_err;
-    double num = 0, den = 0;
-    for (size_t i = 0; i < nc; i++) {
-        double e = (double)c2[i] - c1[i];
-        num += e * e;
-        den += (double)c1[i] * c1[i];
+    if (first_simt > 0 && first_best > 0) {
+        printf("bench-gemm: speedup F16 tensor cores (best %.2f TFLOP/s) over F32 SIMT (%.2f TFLOP/s) = %.2fx "
+               "(>= 5x: %s)",
+               first_best, first_simt, first_best / first_simt, first_best / first_simt >= 5.0 ? "yes" : "no");
+        if (peak > 0)
+            printf(", %.1f%% of the fp16 peak", 100.0 * first_best / peak);
+        printf("\n");
     }
-    double simt_tf = flops / (simt_ms * 1e-3) * 1e-12;
-    printf("bench-gemm: NMSE(F16 tensor cores vs F32 SIMT) = %.3g\n", den > 0 ? num / den : num);
-    printf("bench-gemm: speedup F16 tensor cores (best %.2f TFLOP/s) over F32 SIMT (%.2f TFLOP/s) = %.2fx (>= 5x: %s)",
-           best_f16, simt_tf, best_f16 / simt_tf, best_f16 / simt_tf >= 5.0 ? "yes" : "no");
-    if (peak > 0)
-        printf(", %.1f%% of the fp16 peak", 100.0 * best_f16 / peak);
-    printf("\n");
     rc = 0;
-    goto out;
-out_err:
-    fprintf(stderr, "bench-gemm: %s\n", err.msg);
 out:
-    for (int i = 0; i < 7; i++)
-        kr_backend_free(b.be, dw[i]);
-    kr_backend_free(b.be, da);
-    kr_backend_free(b.be, dc);
     kr_backend_event_destroy(b.be, b.ev0);
     kr_backend_event_destroy(b.be, b.ev1);
     kr_gemm_free(b.g);
     kr_backend_destroy(b.be);
-    free(wf);
-    free(ah);
-    free(c1);
-    free(c2);
     return rc;
 }

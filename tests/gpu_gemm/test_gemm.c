@@ -91,8 +91,14 @@ static bool poisoned(const float *p)
 #define GUARD_FLOATS 64
 
 /* One case: returns after cr_expect/cr_assert on the results. */
+static bool is_mma(kr_gemm_variant v)
+{
+    return v == KR_GEMM_MMA128 || v == KR_GEMM_MMA64 || v == KR_GEMM_MMA128_K2;
+}
+
+/* f16a: A uploaded as fp16 (kr_gemm_run_f16a), lda_pad then in halves (multiple of 8). */
 static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n, int64_t k,
-                     size_t lda_pad, size_t ldc_pad)
+                     size_t lda_pad, size_t ldc_pad, bool f16a)
 {
     kr_err err;
     kr_err_clear(&err);
@@ -100,8 +106,9 @@ static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant va
     const size_t lda = (size_t)k + lda_pad, ldc = (size_t)n + ldc_pad;
     uint64_t row_bytes = 0;
     cr_assert_eq(kr_quant_row_size(wt, (uint64_t)k, &row_bytes, NULL), KR_OK);
-    /* F16/F32 rows are multiples of 64 bytes (k % 32 == 0): already 16-byte aligned */
-    const size_t w_stride = (size_t)row_bytes;
+    /* F16/F32 rows are multiples of 64 bytes (k % 32 == 0): already 16-byte aligned;
+     * the MMA kernels need 16-byte strides (the padding holds garbage) */
+    const size_t w_stride = is_mma(var) || f16a ? (size_t)(row_bytes + 15) / 16 * 16 : (size_t)row_bytes;
 
     float *wf = malloc((size_t)n * k * sizeof *wf);          /* (n, k) source weights */
     float *wd = malloc((size_t)n * k * sizeof *wd);          /* (n, k) CPU dequantization */
@@ -112,6 +119,8 @@ static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant va
     double *ref = malloc((size_t)m * n * sizeof *ref);        /* (m, n) fp32-input reference */
     double *ref16 = malloc((size_t)m * n * sizeof *ref16);    /* (m, n) fp16-rounded-input reference */
     cr_assert(wf && wd && wq && a && c && ref && ref16);
+    for (size_t i = 0; i < (size_t)n * w_stride; i++)
+        wq[i] = (uint8_t)rng_u64();
 
     /* Weights: uniform with a per-row scale so blocks differ in magnitude. */
     for (int64_t r = 0; r < n; r++) {
@@ -138,14 +147,22 @@ static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant va
     }
 
     kr_buffer *da = NULL, *dw = NULL, *dc = NULL;
-    cr_assert_eq(kr_backend_alloc(be, (size_t)m * lda * sizeof(float), &da, &err), KR_OK, "%s", err.msg);
+    const size_t a_elt = f16a ? 2 : 4;
+    if (f16a) { /* fp16 copy of a, in place at the front of the same host buffer */
+        uint16_t *ah = (uint16_t *)a;
+        for (size_t i = 0; i < (size_t)m * lda; i++)
+            ah[i] = kr_fp32_to_fp16(a[i]);
+    }
+    cr_assert_eq(kr_backend_alloc(be, (size_t)m * lda * a_elt, &da, &err), KR_OK, "%s", err.msg);
     cr_assert_eq(kr_backend_alloc(be, (size_t)n * w_stride, &dw, &err), KR_OK, "%s", err.msg);
     cr_assert_eq(kr_backend_alloc(be, c_floats * sizeof(float), &dc, &err), KR_OK, "%s", err.msg);
-    cr_assert_eq(kr_backend_h2d(be, da->ptr, a, (size_t)m * lda * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_h2d(be, da->ptr, a, (size_t)m * lda * a_elt, NULL, &err), KR_OK, "%s", err.msg);
     cr_assert_eq(kr_backend_h2d(be, dw->ptr, wq, (size_t)n * w_stride, NULL, &err), KR_OK, "%s", err.msg);
     cr_assert_eq(kr_backend_memset(be, dc->ptr, 0xFF, c_floats * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
 
-    kr_status st = kr_gemm_run(g, NULL, var, wt, dw->ptr, w_stride, da->ptr, lda, dc->ptr, ldc, m, n, k, &err);
+    kr_status st = f16a ? kr_gemm_run_f16a(g, NULL, var, wt, dw->ptr, w_stride, da->ptr, lda, dc->ptr, ldc, m, n, k,
+                                           &err)
+                        : kr_gemm_run(g, NULL, var, wt, dw->ptr, w_stride, da->ptr, lda, dc->ptr, ldc, m, n, k, &err);
     cr_assert_eq(st, KR_OK, "kr_gemm_run: %s", err.msg);
     cr_assert_eq(kr_backend_sync(be, NULL, &err), KR_OK, "%s", err.msg);
     cr_assert_eq(kr_backend_d2h(be, c, dc->ptr, c_floats * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
@@ -224,11 +241,12 @@ static void run_type(kr_dtype wt)
     kr_err err;
     kr_err_clear(&err);
     cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
-    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64, KR_GEMM_AUTO};
+    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64, KR_GEMM_AUTO, KR_GEMM_MMA128, KR_GEMM_MMA64,
+                                       KR_GEMM_MMA128_K2};
     const kr_gemm_variant vars_simt[] = {KR_GEMM_AUTO};
     const bool tc = kr_gemm_uses_tensor_cores(wt);
     const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
-    size_t n_vars = tc ? 3 : 1;
+    size_t n_vars = tc ? sizeof vars_tc / sizeof vars_tc[0] : 1;
     size_t n_shapes = quick() ? 4 : sizeof k_shapes / sizeof k_shapes[0];
     /* K-quants: k a multiple of 256 (1..3 super-blocks instead of the table's k) */
     const int64_t kq = (int64_t)kr_quant_block_size(wt);
@@ -236,16 +254,35 @@ static void run_type(kr_dtype wt)
         for (size_t i = 0; i < n_shapes; i++) {
             const shape *s = &k_shapes[i];
             int64_t k = kq == 256 ? 256 * (int64_t)(1 + i % 3) : s->k;
-            run_case(be, g, wt, vars[v], s->m, s->n, k, s->lda_pad, s->ldc_pad);
+            run_case(be, g, wt, vars[v], s->m, s->n, k, s->lda_pad, s->ldc_pad, false);
         }
         /* random odd shapes */
         for (int r = 0; r < (quick() ? 1 : 3); r++)
             run_case(be, g, wt, vars[v], rng_int(1, 300), rng_int(1, 300), kq == 256 ? 256 * rng_int(1, 3) : 32 * rng_int(1, 12),
-                     (size_t)(4 * rng_int(0, 3)), (size_t)rng_int(0, 5));
+                     (size_t)(4 * rng_int(0, 3)), (size_t)rng_int(0, 5), false);
+    }
+    /* fp16 A (kr_gemm_run_f16a): fixed + random odd shapes, padded lda */
+    if (kr_gemm_mma_supports(wt)) {
+        const kr_gemm_variant vh[] = {KR_GEMM_AUTO, KR_GEMM_MMA128, KR_GEMM_MMA64, KR_GEMM_MMA128_K2};
+        for (size_t v = 0; v < sizeof vh / sizeof vh[0]; v++) {
+            for (size_t i = 0; i < n_shapes; i += 2) {
+                const shape *s = &k_shapes[i];
+                int64_t k = kq == 256 ? 256 * (int64_t)(1 + i % 3) : s->k;
+                run_case(be, g, wt, vh[v], s->m, s->n, k, 8 * (s->lda_pad / 4), s->ldc_pad, true);
+            }
+            run_case(be, g, wt, vh[v], rng_int(1, 300), rng_int(1, 300), kq == 256 ? 256 * rng_int(1, 3) : 32 * rng_int(1, 12),
+                     (size_t)(8 * rng_int(0, 2)), (size_t)rng_int(0, 5), true);
+        }
     }
     /* one larger case through the automatic choice (several blocks per SM) */
     if (!quick())
-        run_case(be, g, wt, KR_GEMM_AUTO, 512, 384, 1024, 0, 0);
+        run_case(be, g, wt, KR_GEMM_AUTO, 512, 384, 1024, 0, 0, false);
+    /* several K steps and blocks through every MMA variant */
+    if (!quick() && kr_gemm_mma_supports(wt)) {
+        run_case(be, g, wt, KR_GEMM_MMA128, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_MMA64, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_MMA128_K2, 300, 520, 2048, 0, 0, false);
+    }
     kr_gemm_free(g);
     kr_backend_destroy(be);
 }
@@ -355,7 +392,8 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 13, "expected 6 types x 2 tiles + SIMT, got %zu records", n);
+    cr_assert_eq(n, 24, "expected 6 types x 2 tiles + SIMT + 5 MMA types x 2 tiles + A conversion, got %zu records",
+                 n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {
         const kr_kernel_source *ks = kr_gemm_source_at(i);
@@ -366,7 +404,8 @@ Test(gemm_host, all_variants_compile_sm90)
         memset(&img, 0, sizeof img);
         kr_err_clear(&err);
         st = kr_jit_compile(jit, &js, 90, KR_JIT_CUBIN, &img, &err);
-        cr_expect_eq(st, KR_OK, "%s %s: %s", ks->entry, ks->n_options ? ks->options[0] : "", err.msg);
+        cr_expect_eq(st, KR_OK, "%s %s %s: %s", ks->entry, ks->n_options ? ks->options[0] : "",
+                     ks->n_options > 1 ? ks->options[1] : "", err.msg);
         /* the entry symbol is in the cubin's string table */
         if (st == KR_OK) {
             size_t L = strlen(ks->entry);

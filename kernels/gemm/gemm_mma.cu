@@ -1,0 +1,387 @@
+// Pipelined tensor-core GEMM for prompt processing (prefill), second kernel
+// family ("mma" variants of plugins/cuda_gemm):
+//   C (M, N) fp32 = A (M, K) fp16 @ W (N, K)^T        (split-K: C += partial sums)
+// A: fp16 activations, row m at A + m*lda halves. W: GGUF layout, row n at
+// W + n*ldw bytes. C: fp32, row m at C + m*ldc.
+//
+// Block: 128 threads = 4 warps as 2 (m) x 2 (n); block tile BM x 128 (BM =
+// KR_MM_BM, 64 or 128); warp tile (BM/2) x 64 = (BM/32) x 8 mma tiles
+// m16n8k16 (fp16 in, fp32 accumulate). K advances in steps of 32 through a
+// KR_MM_ST-stage cp.async ring in shared memory (one barrier per step):
+//   A stage: BM rows x 64 bytes (32 halves), 16-byte chunks XOR-swizzled
+//            (chunk c of row r at c ^ ((r >> 1) & 3)): ldmatrix conflict-free.
+//   W stage, F16: 128 rows x 64 bytes, same swizzle, ldmatrix for B.
+//   W stage, Q4_0/Q4_1/Q8_0/Q4_K: the raw bytes of the step's block (or
+//            sub-block + super-block header), copied as 16-byte chunks of the
+//            16-byte-aligned window around them, 48 bytes per row (conflict-free
+//            2-byte reads). Each warp dequantizes its 64 columns straight into
+//            B fragments (fp16, same values as gemm.cu: fp16(d*q) etc.).
+// Requirements (checked by the launcher): K a multiple of 32 (256 for Q4_K);
+// A and lda 16-byte aligned (lda % 8 == 0); W and ldw 16-byte aligned; the
+// rows are read up to the next multiple of 16 bytes (within ldw).
+// Rows m >= M / n >= N are zero-filled and never written.
+// Grid (ceil(N/128), ceil(M/BM), splits); blockIdx.z covers K range
+// [z*k_split, min(K, (z+1)*k_split)); with gridDim.z > 1 the block adds into C
+// (atomicAdd; the launcher zeroes C first).
+//
+// One kernel per compile: -DKR_MM_WT=<GGML type id> selects the weight type
+// (0: only kr_mm_cvt_a, the fp32 -> fp16 conversion of A).
+// NVRTC-compilable without headers (PTX for cp.async, ldmatrix, mma, cvt).
+
+typedef unsigned char kr_mm_u8;
+typedef unsigned short kr_mm_u16;
+typedef unsigned int kr_mm_u32;
+typedef long long kr_mm_i64;
+
+#ifndef KR_MM_WT
+#define KR_MM_WT 1
+#endif
+#ifndef KR_MM_BM
+#define KR_MM_BM 128
+#endif
+#ifndef KR_MM_ST
+#define KR_MM_ST 3
+#endif
+#if KR_MM_BM != 64 && KR_MM_BM != 128
+#error "KR_MM_BM must be 64 or 128"
+#endif
+#if KR_MM_ST < 2 || KR_MM_ST > 4
+#error "KR_MM_ST must be 2..4"
+#endif
+
+#define KR_MM_T_F16 1
+#define KR_MM_T_Q4_0 2
+#define KR_MM_T_Q4_1 3
+#define KR_MM_T_Q8_0 8
+#define KR_MM_T_Q4_K 12
+
+#define KR_MM_BN 128
+#define KR_MM_THREADS 128
+#define KR_MM_WM (KR_MM_BM / 2) // warp tile rows
+#define KR_MM_MT (KR_MM_BM / 32) // m16 tiles per warp
+#define KR_MM_NT 8               // n8 tiles per warp (64 columns)
+#define KR_MM_RAW 48             // raw bytes per W row per stage (quantized types)
+#define KR_MM_A_BYTES (KR_MM_BM * 64)
+#define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * 64 : KR_MM_BN * KR_MM_RAW)
+#define KR_MM_STAGE (KR_MM_A_BYTES + KR_MM_W_BYTES)
+
+__device__ __forceinline__ kr_mm_u32 kr_mm_saddr(const void *p)
+{
+    kr_mm_u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared; bytes past src_bytes (0 or 16) are zero-filled.
+__device__ __forceinline__ void kr_mm_cp16(kr_mm_u32 dst, const void *src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void kr_mm_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N> __device__ __forceinline__ void kr_mm_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void kr_mm_ldsm4(kr_mm_u32 r[4], kr_mm_u32 addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// c (16x8 fp32) += a (16x16 fp16, row) * b (16x8 fp16, col).
+__device__ __forceinline__ void kr_mm_mma(float c[4], const kr_mm_u32 a[4], kr_mm_u32 b0, kr_mm_u32 b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> fp16x2 (RNE), lo in the low half.
+__device__ __forceinline__ kr_mm_u32 kr_mm_pack(float lo, float hi)
+{
+    kr_mm_u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ kr_mm_u32 kr_mm_hsub2(kr_mm_u32 a, kr_mm_u32 b)
+{
+    kr_mm_u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ kr_mm_u32 kr_mm_hmul2(kr_mm_u32 a, kr_mm_u32 b)
+{
+    kr_mm_u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ float kr_mm_h2f(kr_mm_u32 h)
+{
+    float f;
+    kr_mm_u16 x = (kr_mm_u16)h;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+    return f;
+}
+
+__device__ __forceinline__ kr_mm_u32 kr_mm_prmt(kr_mm_u32 a, kr_mm_u32 b, kr_mm_u32 sel)
+{
+    kr_mm_u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+__device__ __forceinline__ kr_mm_u32 kr_mm_ld_u16(const kr_mm_u8 *p) { return *(const kr_mm_u16 *)p; }
+
+#if KR_MM_WT == 0
+// A (M, K) fp32 (row stride lda floats) -> Ah (M, K) fp16 (row stride ldh halves).
+// K % 4 == 0, lda % 4 == 0, ldh % 4 == 0, both 16/8-byte aligned.
+// Grid-stride over the M*K/4 groups of 4.
+extern "C" __global__ void __launch_bounds__(256)
+    kr_mm_cvt_a(const float *__restrict__ A, kr_mm_i64 lda, kr_mm_u16 *__restrict__ Ah, kr_mm_i64 ldh, int M, int K)
+{
+    const kr_mm_i64 groups = (kr_mm_i64)M * (K / 4);
+    for (kr_mm_i64 i = (kr_mm_i64)blockIdx.x * blockDim.x + threadIdx.x; i < groups;
+         i += (kr_mm_i64)gridDim.x * blockDim.x) {
+        kr_mm_i64 r = i / (K / 4), c = (i % (K / 4)) * 4;
+        float4 v = *(const float4 *)(A + r * lda + c);
+        uint2 o = make_uint2(kr_mm_pack(v.x, v.y), kr_mm_pack(v.z, v.w));
+        *(uint2 *)(Ah + r * ldh + c) = o;
+    }
+}
+#else
+
+// Issue the cp.async copies of K step ks (32 values) into stage st.
+__device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__restrict__ A, kr_mm_i64 lda,
+                                           const kr_mm_u8 *__restrict__ W, kr_mm_i64 ldw, int M, int N, int m0,
+                                           int n0, int ks, int tid)
+{
+    const kr_mm_u32 sa = kr_mm_saddr(st);
+#pragma unroll
+    for (int i = 0; i < KR_MM_BM * 4 / KR_MM_THREADS; i++) {
+        const int idx = tid + i * KR_MM_THREADS, r = idx >> 2, c = idx & 3;
+        const bool ok = m0 + r < M;
+        const kr_mm_u16 *src = ok ? A + (kr_mm_i64)(m0 + r) * lda + ks * 32 + c * 8 : A;
+        kr_mm_cp16(sa + r * 64 + ((c ^ ((r >> 1) & 3)) << 4), src, ok ? 16 : 0);
+    }
+    const kr_mm_u32 sw = sa + KR_MM_A_BYTES;
+#if KR_MM_WT == KR_MM_T_F16
+#pragma unroll
+    for (int i = 0; i < KR_MM_BN * 4 / KR_MM_THREADS; i++) {
+        const int idx = tid + i * KR_MM_THREADS, r = idx >> 2, c = idx & 3;
+        const bool ok = n0 + r < N;
+        const kr_mm_u8 *src = ok ? W + (kr_mm_i64)(n0 + r) * ldw + ks * 64 + c * 16 : W;
+        kr_mm_cp16(sw + r * 64 + ((c ^ ((r >> 1) & 3)) << 4), src, ok ? 16 : 0);
+    }
+#else
+    // 3 chunk slots per row: BN * 3 = 384 = 3 per thread.
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        const int idx = tid + i * KR_MM_THREADS, r = idx / 3, c = idx - 3 * (idx / 3);
+        const bool ok = n0 + r < N;
+        const kr_mm_u8 *row = W + (kr_mm_i64)(n0 < N ? n0 + (ok ? r : 0) : 0) * ldw;
+        kr_mm_i64 off;
+        bool used = true;
+#if KR_MM_WT == KR_MM_T_Q4_0
+        off = ((kr_mm_i64)ks * 18 & ~(kr_mm_i64)15) + 16 * c;
+        used = c < 2;
+#elif KR_MM_WT == KR_MM_T_Q4_1
+        off = ((kr_mm_i64)ks * 20 & ~(kr_mm_i64)15) + 16 * c;
+        used = c < 2;
+#elif KR_MM_WT == KR_MM_T_Q8_0
+        off = ((kr_mm_i64)ks * 34 & ~(kr_mm_i64)15) + 16 * c;
+#else // Q4_K: header (d, dmin, scales) + the 32 qs bytes of sub-block pair (ks % 8) / 2
+        off = (kr_mm_i64)(ks / 8) * 144 + (c == 0 ? 0 : 16 + 32 * ((ks & 7) >> 1) + 16 * (c - 1));
+#endif
+        if (used)
+            kr_mm_cp16(sw + r * KR_MM_RAW + 16 * c, ok ? row + off : W, ok ? 16 : 0);
+    }
+#endif
+}
+
+// B fragments of K step ks for the warp's 8 n8 tiles, both k16 halves:
+// bf[h][j][0..1] = (b0, b1) of half h (k 16h..16h+15), tile j (rows wn + 8j ..).
+// Lane (g = lane/4, t = lane%4) holds W[n = g][k = 2t, 2t+1] (b0) and
+// [2t+8, 2t+9] (b1), the lower k in the low half.
+__device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn, int lane, kr_mm_u32 bf[2][KR_MM_NT][2])
+{
+    const int g = lane >> 2, t = lane & 3;
+#if KR_MM_WT == KR_MM_T_F16
+    const kr_mm_u32 sw = kr_mm_saddr(Ws);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+#pragma unroll
+        for (int jp = 0; jp < KR_MM_NT / 2; jp++) {
+            const int n = wn + 16 * jp + (lane & 7) + ((lane >> 4) << 3);
+            const int c = 2 * h + ((lane >> 3) & 1);
+            kr_mm_u32 r[4];
+            kr_mm_ldsm4(r, sw + n * 64 + ((c ^ ((n >> 1) & 3)) << 4));
+            bf[h][2 * jp][0] = r[0];
+            bf[h][2 * jp][1] = r[1];
+            bf[h][2 * jp + 1][0] = r[2];
+            bf[h][2 * jp + 1][1] = r[3];
+        }
+    }
+#elif KR_MM_WT == KR_MM_T_Q4_0 || KR_MM_WT == KR_MM_T_Q4_1
+    // qs byte i: value i (low nibble), value 16 + i (high nibble).
+#if KR_MM_WT == KR_MM_T_Q4_0
+    const int mis = (int)(((kr_mm_i64)ks * 18) & 15), qoff = 2;
+#else
+    const int mis = (int)(((kr_mm_i64)ks * 20) & 15), qoff = 4;
+#endif
+#pragma unroll
+    for (int j = 0; j < KR_MM_NT; j++) {
+        const kr_mm_u8 *b = Ws + (wn + 8 * j + g) * KR_MM_RAW + mis;
+        const kr_mm_u32 v0 = kr_mm_ld_u16(b + qoff + 2 * t), v1 = kr_mm_ld_u16(b + qoff + 8 + 2 * t);
+        const kr_mm_u32 dh = kr_mm_ld_u16(b);
+        // nibbles of bytes (lo byte, hi byte) -> (lo half, hi half) as 1024 + q
+        const kr_mm_u32 l0 = (v0 & 0xfu) | ((v0 << 8) & 0xf0000u), h0 = ((v0 >> 4) & 0xfu) | ((v0 << 4) & 0xf0000u);
+        const kr_mm_u32 l1 = (v1 & 0xfu) | ((v1 << 8) & 0xf0000u), h1 = ((v1 >> 4) & 0xfu) | ((v1 << 4) & 0xf0000u);
+#if KR_MM_WT == KR_MM_T_Q4_0
+        const kr_mm_u32 d2 = dh | (dh << 16), bias = 0x64086408u; // 1032 = 1024 + 8
+        bf[0][j][0] = kr_mm_hmul2(kr_mm_hsub2(l0 | 0x64006400u, bias), d2);
+        bf[0][j][1] = kr_mm_hmul2(kr_mm_hsub2(l1 | 0x64006400u, bias), d2);
+        bf[1][j][0] = kr_mm_hmul2(kr_mm_hsub2(h0 | 0x64006400u, bias), d2);
+        bf[1][j][1] = kr_mm_hmul2(kr_mm_hsub2(h1 | 0x64006400u, bias), d2);
+#else
+        const float d = kr_mm_h2f(dh), m = kr_mm_h2f(kr_mm_ld_u16(b + 2));
+        bf[0][j][0] = kr_mm_pack(fmaf(d, (float)(l0 & 0xf), m), fmaf(d, (float)(l0 >> 16), m));
+        bf[0][j][1] = kr_mm_pack(fmaf(d, (float)(l1 & 0xf), m), fmaf(d, (float)(l1 >> 16), m));
+        bf[1][j][0] = kr_mm_pack(fmaf(d, (float)(h0 & 0xf), m), fmaf(d, (float)(h0 >> 16), m));
+        bf[1][j][1] = kr_mm_pack(fmaf(d, (float)(h1 & 0xf), m), fmaf(d, (float)(h1 >> 16), m));
+#endif
+    }
+#elif KR_MM_WT == KR_MM_T_Q8_0
+    const int mis = (int)(((kr_mm_i64)ks * 34) & 15);
+#pragma unroll
+    for (int j = 0; j < KR_MM_NT; j++) {
+        const kr_mm_u8 *b = Ws + (wn + 8 * j + g) * KR_MM_RAW + mis;
+        const kr_mm_u32 dh = kr_mm_ld_u16(b);
+        const kr_mm_u32 d2 = dh | (dh << 16), bias = 0x64806480u; // 1152 = 1024 + 128
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                // int8 pair (biased to unsigned) -> (1024 + q + 128) halves
+                const kr_mm_u32 v = kr_mm_ld_u16(b + 2 + 16 * h + 8 * e + 2 * t) ^ 0x8080u;
+                bf[h][j][e] = kr_mm_hmul2(kr_mm_hsub2(kr_mm_prmt(v, 0x64u, 0x4140u), bias), d2);
+            }
+        }
+    }
+#else // Q4_K: value i of sub-block s = nibble (s & 1) of qs byte i, times d*sc, minus dmin*mn
+    const int s = ks & 7, sh = 4 * (s & 1);
+#pragma unroll
+    for (int j = 0; j < KR_MM_NT; j++) {
+        const kr_mm_u8 *hd = Ws + (wn + 8 * j + g) * KR_MM_RAW, *scb = hd + 4, *q = hd + 16;
+        kr_mm_u32 sc, mn;
+        if (s < 4) {
+            sc = scb[s] & 63;
+            mn = scb[s + 4] & 63;
+        } else {
+            sc = (scb[s + 4] & 0xf) | ((scb[s - 4] >> 6) << 4);
+            mn = (scb[s + 4] >> 4) | ((scb[s] >> 6) << 4);
+        }
+        const float d1 = kr_mm_h2f(kr_mm_ld_u16(hd)) * (float)sc, m1 = kr_mm_h2f(kr_mm_ld_u16(hd + 2)) * (float)mn;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const kr_mm_u32 v = kr_mm_ld_u16(q + 16 * h + 8 * e + 2 * t) >> sh;
+                bf[h][j][e] = kr_mm_pack(fmaf(d1, (float)(v & 0xf), -m1), fmaf(d1, (float)((v >> 8) & 0xf), -m1));
+            }
+        }
+    }
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(KR_MM_THREADS)
+    kr_mm_gemm(const kr_mm_u16 *__restrict__ A, kr_mm_i64 lda, const kr_mm_u8 *__restrict__ W, kr_mm_i64 ldw,
+               float *__restrict__ C, kr_mm_i64 ldc, int M, int N, int K, int k_split)
+{
+    __shared__ __align__(128) kr_mm_u8 sm[KR_MM_ST * KR_MM_STAGE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.y * KR_MM_BM, n0 = blockIdx.x * KR_MM_BN;
+    const int wm = (warp >> 1) * KR_MM_WM, wn = (warp & 1) * 64;
+    const int kbeg = blockIdx.z * k_split, kend = min(K, kbeg + k_split);
+    const int ks0 = kbeg / 32, nsteps = kend > kbeg ? (kend - kbeg) / 32 : 0;
+
+    float acc[KR_MM_MT][KR_MM_NT][4];
+#pragma unroll
+    for (int i = 0; i < KR_MM_MT; i++)
+#pragma unroll
+        for (int j = 0; j < KR_MM_NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i][j][e] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < KR_MM_ST - 1; s++) {
+        if (s < nsteps)
+            kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, M, N, m0, n0, ks0 + s, tid);
+        kr_mm_commit();
+    }
+    int rd = 0, wr = KR_MM_ST - 1; // stage read this step, stage written this step
+    for (int i = 0; i < nsteps; i++) {
+        kr_mm_wait<KR_MM_ST - 2>();
+        __syncthreads(); // step i landed for all threads; stage wr no longer read
+        if (i + KR_MM_ST - 1 < nsteps)
+            kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, M, N, m0, n0, ks0 + i + KR_MM_ST - 1, tid);
+        kr_mm_commit();
+
+        const kr_mm_u8 *st = sm + rd * KR_MM_STAGE;
+        kr_mm_u32 bf[2][KR_MM_NT][2];
+        kr_mm_frag_b(st + KR_MM_A_BYTES, ks0 + i, wn, lane, bf);
+        const kr_mm_u32 sa = kr_mm_saddr(st);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            kr_mm_u32 af[KR_MM_MT][4];
+#pragma unroll
+            for (int mi = 0; mi < KR_MM_MT; mi++) {
+                const int r = wm + 16 * mi + (lane & 15), c = 2 * h + (lane >> 4);
+                kr_mm_ldsm4(af[mi], sa + r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
+            }
+#pragma unroll
+            for (int mi = 0; mi < KR_MM_MT; mi++)
+#pragma unroll
+                for (int j = 0; j < KR_MM_NT; j++)
+                    kr_mm_mma(acc[mi][j], af[mi], bf[h][j][0], bf[h][j][1]);
+        }
+        rd = rd == KR_MM_ST - 1 ? 0 : rd + 1;
+        wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
+    }
+    kr_mm_wait<0>();
+
+    const bool add = gridDim.z > 1;
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < KR_MM_MT; mi++) {
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int row = m0 + wm + 16 * mi + g + 8 * hr;
+            if (row >= M)
+                continue;
+            float *cr = C + (kr_mm_i64)row * ldc;
+#pragma unroll
+            for (int j = 0; j < KR_MM_NT; j++) {
+                const int col = n0 + wn + 8 * j + 2 * t;
+                const float v0 = acc[mi][j][2 * hr], v1 = acc[mi][j][2 * hr + 1];
+                if (add) {
+                    if (col < N)
+                        atomicAdd(cr + col, v0);
+                    if (col + 1 < N)
+                        atomicAdd(cr + col + 1, v1);
+                } else {
+                    if (col < N)
+                        cr[col] = v0;
+                    if (col + 1 < N)
+                        cr[col + 1] = v1;
+                }
+            }
+        }
+    }
+}
+#endif // KR_MM_WT
