@@ -149,6 +149,7 @@ static bool g_no_fuse;   /* separate q/k/v and gate/up matvecs (one test) */
 static bool g_no_repack; /* GGML block layout + kr_dec_matvec_q8 instead of the repacked kernels */
 static bool g_no_fused_ops; /* kr_dec add/rmsnorm/quantize/swiglu instead of kernels/forward/step_fused.cu */
 static int g_attn_splits;   /* 0: default */
+static const char *g_tuning; /* kr_gpu_forward_set_tuning spec applied after creation, or NULL */
 
 static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool no_q8)
 {
@@ -165,6 +166,10 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool 
     kr_gpu_forward *g = NULL;
     kr_status st = kr_gpu_forward_new(m, be, &gp, &g, &err);
     cr_assert_eq(st, KR_OK, "gpu_forward_new: %s", kr_err_msg(&err, st));
+    if (g_tuning) {
+        st = kr_gpu_forward_set_tuning(g, g_tuning, &err);
+        cr_assert_eq(st, KR_OK, "set_tuning %s: %s", g_tuning, kr_err_msg(&err, st));
+    }
     return g;
 }
 
@@ -334,6 +339,51 @@ Test(gpu_forward, mkmodel_mistral_q8_0_q8_unfused_not_repacked)
     g_no_fuse = true;
     g_no_fused_ops = true;
     mk_and_compare("mistral", KR_DTYPE_Q8_0, false, 1e-3);
+}
+
+/* Every step variant (kr_gpu_forward_set_tuning) against the CPU, Q4_0 and Q8_0 with
+ * 8-bit activations (the variants differ only in the repacked path). */
+static void variants_compare(kr_dtype type)
+{
+    static const char *const specs[] = {"old", "pdl=0", "mv4=r1p4,mv8=r1p4", "mv4=r4p2,mv8=r4p2",
+                                        "mv4=r2p8,mv8=r2p2", "mv4=v1,mv8=v1", "resid=0", "norm=sb",
+                                        "pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb"};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        g_tuning = specs[i];
+        cr_log_info("variant %s", specs[i]);
+        mk_and_compare("llama", type, false, 1e-3);
+    }
+    g_tuning = NULL;
+}
+Test(gpu_forward, mkmodel_llama_q4_0_step_variants, .timeout = 300) { variants_compare(KR_DTYPE_Q4_0); }
+Test(gpu_forward, mkmodel_llama_q8_0_step_variants, .timeout = 300) { variants_compare(KR_DTYPE_Q8_0); }
+
+/* set_tuning: bad specs are refused with the reason and leave the variant as it was. */
+Test(gpu_forward, set_tuning_rejects_bad_specs)
+{
+    kr_backend *be = cuda_or_skip();
+    char p[4096];
+    model_path(p, sizeof p, "stories260K-f32.gguf");
+    kr_model *m = load(p);
+    kr_gpu_forward *g = gpu_new(m, be, false, false);
+    kr_err err;
+    kr_err_clear(&err);
+    static const char *const bad[] = {"pdl=2", "mv4=r3p3", "mv8=r2p8", "nosuch=1", "norm=xx", "pdl", "resid=", "=1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kr_status st = kr_gpu_forward_set_tuning(g, bad[i], &err);
+        cr_expect_eq(st, KR_ERR_INVALID_ARG, "'%s' accepted", bad[i]);
+        cr_expect(strstr(err.msg, "pdl=0|1") != NULL, "'%s': message '%s'", bad[i], err.msg);
+    }
+    cr_expect_eq(kr_gpu_forward_set_tuning(g, NULL, &err), KR_ERR_INVALID_ARG);
+    cr_expect_eq(kr_gpu_forward_set_tuning(g, "old,pdl=1,mv4=r2p4,,default", &err), KR_OK, "%s", err.msg);
+    int32_t t = 1;
+    float *lg = malloc((size_t)kr_model_n_vocab(m) * 4);
+    cr_assert_not_null(lg);
+    cr_expect_eq(kr_gpu_forward_eval(g, &t, 1, 0, lg, &err), KR_OK, "%s", err.msg);
+    free(lg);
+    kr_gpu_forward_free(g);
+    kr_model_free(m);
+    kr_backend_destroy(be);
 }
 
 /* ---- falcon ---- */

@@ -2,8 +2,9 @@
 # tools/gpu-dev/decode.sh test|bench — decode speed (issue 6: PDL, matvecs, fewer launches) on the GPU
 # machine. Called by tools/gpu-dev/run-all with BUILD, LOG, KERNRUN_REQUIRE_GPU=1, KR_TESTDATA,
 # KR_7B_Q4_0/Q8_0/F16, KR_KERNRUN set. Appends everything to $LOG; key numbers as a table at the end.
-#   test : gpu_forward (CPU-vs-GPU logits/greedy, every step variant) and gpu_decode (kernels vs CPU,
-#          minus the slow matvec_tunings sweep), in parallel, 52 s each.
+#   test : gpu_forward (CPU-vs-GPU logits/greedy, every step variant), gpu_forward_kernels
+#          (kernels/forward vs CPU, PDL chain) and gpu_decode (kernels vs CPU, minus the slow
+#          matvec_tunings sweep), in parallel, 52 s each.
 #   bench: `kernrun bench --backend cuda --variants ...` per type: one model load + prefill, then the
 #          same 128 decode tokens per step variant (kr_gpu_forward_set_tuning), two rounds in
 #          alternating order so drift shows; --profile once (Q4_0, default variant).
@@ -25,17 +26,18 @@ if [ "$part" = test ]; then
   export KR_DECODE_KERNELS_DIR=$PWD/kernels/decode KR_DECODE_JIT_CACHE=$tmp/jit-cache
   s0=$(date +%s)
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
+  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward_kernels" -j1 --verbose=1 >"$tmp/kern.txt" 2>&1; echo "rc=$?" >>"$tmp/kern.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_decode/test_gpu_decode" -j1 --verbose=1 \
       --filter 'gpu_decode/!(matvec_tunings)' >"$tmp/dec.txt" 2>&1; echo "rc=$?" >>"$tmp/dec.txt" ) &
   wait
   {
-    for f in fwd dec; do
+    for f in kern fwd dec; do
       echo "-- test_gpu_$f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|expected|NMSE|variant" "$tmp/$f.txt" | head -60
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -80
     done
     echo "== decode test summary"
-    for f in fwd dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in kern fwd dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0

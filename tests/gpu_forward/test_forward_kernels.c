@@ -1,0 +1,408 @@
+/* Kernels of the decode step in kernels/forward/ against CPU references on
+ * fresh random inputs with odd sizes, outputs poisoned first:
+ * - the repacked Q4_0 / Q8_0 matvecs against 8-bit activations, v1
+ *   (kr_gf_mv_*) and every v2 variant (kr_gf_mv2_*_r<NR>p<PF>, with and
+ *   without the residual add), row counts not multiples of the rows per
+ *   CTA and block counts that are not multiples of 32 * PF (several
+ *   prefetch chunks, partial last chunk);
+ * - the multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) with several grid
+ *   sizes (grid-stride over the 32-blocks);
+ * - a chain of them launched with KR_LAUNCH_PDL equals the same chain
+ *   launched normally, bit for bit (each kernel waits for its predecessor).
+ * The CPU references are written here from the layouts documented in the
+ * .cu files, in double. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/kr_test_gpu.h"
+#include "../common/kr_test_rng.h"
+#include "../core/kr_test_leaks.h"
+#include "kernrun/backend.h"
+#include "kernrun/half.h"
+#include "kr_kernel_forward_matvec_repacked_cu.h"
+#include "kr_kernel_forward_step_fused_cu.h"
+
+#define WARPS 4 /* KR_GF_WARPS of the .cu */
+
+TestSuite(gpu_forward_kernels, .fini = kr_test_leak_check);
+
+static const kr_kernel_source k_mv_src = {
+    .name = "forward/matvec_repacked.cu",
+    .code = (const char *)kr_kernel_forward_matvec_repacked_cu,
+    .len = kr_kernel_forward_matvec_repacked_cu_LEN,
+    .entry = "-", /* per lookup: see get_fn */
+};
+
+static kr_function *get_fn(kr_backend *be, const unsigned char *code, size_t len, const char *name, const char *entry)
+{
+    /* one static record per entry: the backend caches by record address + entry */
+    static kr_kernel_source recs[32];
+    static size_t n_recs;
+    kr_kernel_source *r = NULL;
+    for (size_t i = 0; i < n_recs; i++)
+        if (recs[i].code == (const char *)code && strcmp(recs[i].entry, entry) == 0)
+            r = &recs[i];
+    if (!r) {
+        cr_assert_lt(n_recs, 32u);
+        r = &recs[n_recs++];
+        *r = (kr_kernel_source){.name = name, .code = (const char *)code, .len = len, .entry = strdup(entry)};
+        cr_assert_not_null(r->entry);
+    }
+    kr_err err;
+    kr_err_clear(&err);
+    kr_function *fn = NULL;
+    kr_status st = kr_backend_get_function(be, r, &fn, &err);
+    cr_assert_eq(st, KR_OK, "%s: %s", entry, kr_err_msg(&err, st));
+    return fn;
+}
+
+static void launch_on(kr_backend *be, kr_stream *s, kr_function *fn, uint32_t gx, uint32_t bx, uint32_t by,
+                      void **args, uint32_t flags)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    const uint32_t grid[3] = {gx, 1, 1}, block[3] = {bx, by, 1};
+    kr_status st = kr_backend_launch_ex(be, fn, grid, block, 0, s, args, flags, &err);
+    cr_assert_eq(st, KR_OK, "launch: %s", kr_err_msg(&err, st));
+}
+
+static void launch(kr_backend *be, kr_function *fn, uint32_t gx, uint32_t bx, uint32_t by, void **args, uint32_t flags)
+{
+    launch_on(be, NULL, fn, gx, bx, by, args, flags);
+}
+
+/* ---- host data --------------------------------------------------------------------- */
+
+/* Repacked matrix: qs (rows*nb*qb bytes) then sc (rows*nb fp16). */
+typedef struct mat {
+    int q8, rows, nb;
+    uint8_t *bytes; /* qs | sc */
+    size_t n_bytes, sc_off;
+} mat;
+
+static mat mat_random(int q8, int rows, int nb)
+{
+    mat m = {.q8 = q8, .rows = rows, .nb = nb};
+    size_t qb = q8 ? 32 : 16, nblk = (size_t)rows * nb;
+    m.sc_off = nblk * qb;
+    m.n_bytes = m.sc_off + nblk * 2;
+    m.bytes = malloc(m.n_bytes);
+    cr_assert_not_null(m.bytes);
+    for (size_t i = 0; i < m.sc_off; i++)
+        m.bytes[i] = (uint8_t)(kr_test_rng_u64() >> 56);
+    uint16_t *sc = (uint16_t *)(m.bytes + m.sc_off);
+    for (size_t i = 0; i < nblk; i++)
+        sc[i] = kr_fp32_to_fp16(kr_test_rng_f(-0.02f, 0.02f));
+    return m;
+}
+
+/* x as kr_dec_quantize_q8 output: int8 q[32 nb] | float d[nb] | float s[nb], s = d sum(q). */
+static uint8_t *xq_random(int nb, size_t *bytes)
+{
+    *bytes = (size_t)nb * 32 + (size_t)nb * 8;
+    uint8_t *x = malloc(*bytes);
+    cr_assert_not_null(x);
+    float *d = (float *)(x + (size_t)nb * 32), *s = d + nb;
+    for (int b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)(kr_test_rng_u64() % 255) - 127;
+            ((int8_t *)x)[b * 32 + j] = (int8_t)q;
+            sum += q;
+        }
+        d[b] = kr_test_rng_f(0.001f, 0.05f);
+        s[b] = d[b] * (float)sum;
+    }
+    return x;
+}
+
+/* y[r] = sum_b dw (dx sum_j w_j q_j) with w_j = nibble - 8 (Q4_0: byte i of a block holds
+ * j = i (low) and j = i + 16 (high)) or int8 (Q8_0). */
+static void mv_ref(const mat *m, const uint8_t *xq, double *y)
+{
+    const float *d = (const float *)(xq + (size_t)m->nb * 32);
+    const uint16_t *sc = (const uint16_t *)(m->bytes + m->sc_off);
+    size_t qb = m->q8 ? 32 : 16;
+    for (int r = 0; r < m->rows; r++) {
+        double acc = 0;
+        for (int b = 0; b < m->nb; b++) {
+            const uint8_t *q = m->bytes + ((size_t)r * m->nb + b) * qb;
+            const int8_t *xb = (const int8_t *)xq + (size_t)b * 32;
+            long dot = 0;
+            for (int j = 0; j < 32; j++) {
+                int w = m->q8 ? (int)(int8_t)q[j] : (j < 16 ? (q[j] & 15) : (q[j - 16] >> 4)) - 8;
+                dot += (long)w * xb[j];
+            }
+            acc += (double)kr_fp16_to_fp32(sc[(size_t)r * m->nb + b]) * (double)d[b] * (double)dot;
+        }
+        y[r] = acc;
+    }
+}
+
+static double nmse_d(const float *a, const double *ref, int n)
+{
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(a[i]))
+            return INFINITY;
+        double e = (double)a[i] - ref[i];
+        num += e * e;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+/* ---- matvec ------------------------------------------------------------------------ */
+
+typedef struct mv_kernel {
+    const char *entry;
+    int q8, rows_per_warp, v2;
+} mv_kernel;
+
+static const mv_kernel k_mv[] = {
+    {"kr_gf_mv_q4_0", 0, 1, 0},         {"kr_gf_mv_q8_0", 1, 1, 0},
+    {"kr_gf_mv2_q4_0_r1p4", 0, 1, 1},   {"kr_gf_mv2_q4_0_r2p4", 0, 2, 1}, {"kr_gf_mv2_q4_0_r4p2", 0, 4, 1},
+    {"kr_gf_mv2_q4_0_r2p8", 0, 2, 1},   {"kr_gf_mv2_q8_0_r1p4", 1, 1, 1}, {"kr_gf_mv2_q8_0_r2p2", 1, 2, 1},
+    {"kr_gf_mv2_q8_0_r2p4", 1, 2, 1},   {"kr_gf_mv2_q8_0_r4p2", 1, 4, 1},
+};
+
+Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    /* (rows, nb): odd rows; nb 1, < 32, 32*PF +- 1, several chunks with a partial one */
+    static const int shapes[][2] = {{1, 1}, {37, 7}, {131, 129}, {67, 300}, {9, 513}, {1001, 128}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], nb = shapes[s][1];
+        size_t xb;
+        uint8_t *xq = xq_random(nb, &xb);
+        kr_buffer *bx;
+        void *dx = kr_test_dupload(be, xq, xb, &bx);
+        for (int q8 = 0; q8 < 2; q8++) {
+            mat m = mat_random(q8, rows, nb);
+            double *ref = malloc((size_t)rows * sizeof *ref);
+            float *y0 = malloc((size_t)rows * sizeof *y0), *y = malloc((size_t)rows * sizeof *y);
+            cr_assert(ref && y0 && y);
+            mv_ref(&m, xq, ref);
+            for (int r = 0; r < rows; r++)
+                y0[r] = kr_test_rng_f(-1.0f, 1.0f);
+            kr_buffer *bw;
+            const uint8_t *dw = kr_test_dupload(be, m.bytes, m.n_bytes, &bw);
+            const void *dqs = dw, *dsc = dw + m.sc_off;
+            for (size_t k = 0; k < sizeof k_mv / sizeof k_mv[0]; k++) {
+                if (k_mv[k].q8 != q8)
+                    continue;
+                kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
+                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, k_mv[k].entry);
+                for (int acc = 0; acc <= k_mv[k].v2; acc++) {
+                    kr_buffer *by;
+                    float *dy = acc ? kr_test_dupload(be, y0, (size_t)rows * 4, &by)
+                                    : kr_test_dpoisoned(be, (size_t)rows, &by);
+                    int irows = rows, inb = nb, iacc = acc;
+                    void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &iacc};
+                    int per = WARPS * k_mv[k].rows_per_warp;
+                    launch(be, fn, (uint32_t)((rows + per - 1) / per), 32, WARPS, args, 0);
+                    kr_test_download(be, y, dy, (size_t)rows * 4);
+                    double *want = ref;
+                    double *tmp = NULL;
+                    if (acc) {
+                        tmp = malloc((size_t)rows * sizeof *tmp);
+                        cr_assert_not_null(tmp);
+                        for (int r = 0; r < rows; r++)
+                            tmp[r] = ref[r] + y0[r];
+                        want = tmp;
+                    }
+                    double e = nmse_d(y, want, rows);
+                    cr_expect_leq(e, 1e-10, "%s rows %d nb %d acc %d: NMSE %.3g (seed %llu)", k_mv[k].entry, rows,
+                                  nb, acc, e, (unsigned long long)kr_test_seed());
+                    free(tmp);
+                    kr_backend_free(be, by);
+                }
+            }
+            kr_backend_free(be, bw);
+            free(ref);
+            free(y0);
+            free(y);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bx);
+        free(xq);
+    }
+    kr_backend_destroy(be);
+}
+
+/* ---- multi-block rmsnorm + q8 ------------------------------------------------------ */
+
+/* h = x / sqrt(mean(x^2) + eps) * w (w NULL: 1), in double */
+static void rms_ref(const float *x, const float *w, int n, float eps, double *h)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    double sc = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++)
+        h[i] = x[i] * sc * (w ? w[i] : 1.0);
+}
+
+/* xq = q8(h) as documented: per 32-block d = max|h|/127, q = rint(h/d), s = d sum(q).
+ * Checked against the reference h: d within 1e-5 relative, |q d - h| <= d/2 (+ rounding), s = d sum(q). */
+static void check_q8(const uint8_t *xq, const double *h, int n, const char *what)
+{
+    int nb = n / 32;
+    const float *d = (const float *)(xq + n), *s = d + nb;
+    for (int b = 0; b < nb; b++) {
+        double amax = 0;
+        for (int j = 0; j < 32; j++)
+            amax = fmax(amax, fabs(h[b * 32 + j]));
+        double dw = amax / 127.0;
+        cr_expect(fabs(d[b] - dw) <= 1e-5 * dw + 1e-30, "%s block %d: d %g, want %g", what, b, (double)d[b], dw);
+        long sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = ((const int8_t *)xq)[b * 32 + j];
+            sum += q;
+            cr_expect(fabs(q * (double)d[b] - h[b * 32 + j]) <= 0.5 * dw * (1 + 1e-4) + 1e-30,
+                      "%s block %d elem %d: q %d d %g vs h %g", what, b, j, q, (double)d[b], h[b * 32 + j]);
+        }
+        cr_expect(fabs(s[b] - d[b] * (double)sum) <= 1e-5 * fabs(d[b] * (double)sum) + 1e-30, "%s block %d: s", what,
+                  b);
+    }
+}
+
+Test(gpu_forward_kernels, rmsnorm_q8_multiblock_vs_cpu, .timeout = 120)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_function *fn = get_fn(be, kr_kernel_forward_step_fused_cu, kr_kernel_forward_step_fused_cu_LEN,
+                             "forward/step_fused.cu", "kr_gf_rmsnorm_q8_mb");
+    static const int ns[] = {32, 96, 4096, 4128, 5120 + 32};
+    for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+        int n = ns[t];
+        float *x = malloc((size_t)n * 4), *w = malloc((size_t)n * 4), *h = malloc((size_t)n * 4);
+        double *ref = malloc((size_t)n * sizeof *ref);
+        size_t xqb = (size_t)n + (size_t)n / 32 * 8;
+        uint8_t *xq = malloc(xqb);
+        cr_assert(x && w && h && ref && xq);
+        for (int i = 0; i < n; i++) {
+            x[i] = kr_test_rng_f(-3.0f, 3.0f);
+            w[i] = kr_test_rng_f(0.5f, 1.5f);
+        }
+        kr_buffer *bx, *bw, *bh, *bq;
+        const float *dx = kr_test_dupload(be, x, (size_t)n * 4, &bx);
+        const float *dw = kr_test_dupload(be, w, (size_t)n * 4, &bw);
+        for (int use_w = 0; use_w < 2; use_w++) {
+            rms_ref(x, use_w ? w : NULL, n, 1e-5f, ref);
+            uint32_t nblk = (uint32_t)n / 32;
+            const uint32_t grids[3] = {(nblk + 3) / 4, 1, 3};
+            for (int g = 0; g < 3; g++) {
+                for (int q8 = 0; q8 < 2; q8++) {
+                    float *dh = kr_test_dpoisoned(be, (size_t)n, &bh);
+                    uint8_t *poison = malloc(xqb);
+                    cr_assert_not_null(poison);
+                    memset(poison, 0x7f, xqb);
+                    void *dq = kr_test_dupload(be, poison, xqb, &bq);
+                    free(poison);
+                    const float *wp = use_w ? dw : NULL;
+                    int in = n, iq8 = q8;
+                    float eps = 1e-5f;
+                    void *args[] = {&dx, &wp, &dh, &dq, &in, &eps, &iq8};
+                    launch(be, fn, grids[g], 128, 1, args, 0);
+                    kr_test_download(be, h, dh, (size_t)n * 4);
+                    char what[96];
+                    snprintf(what, sizeof what, "n %d w %d grid %u q8 %d (seed %llu)", n, use_w, grids[g], q8,
+                             (unsigned long long)kr_test_seed());
+                    double e = nmse_d(h, ref, n);
+                    cr_expect_leq(e, 1e-12, "%s: h NMSE %.3g", what, e);
+                    if (q8) {
+                        kr_test_download(be, xq, dq, xqb);
+                        check_q8(xq, ref, n, what);
+                    }
+                    kr_backend_free(be, bh);
+                    kr_backend_free(be, bq);
+                }
+            }
+        }
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bw);
+        free(x);
+        free(w);
+        free(h);
+        free(ref);
+        free(xq);
+    }
+    kr_backend_destroy(be);
+}
+
+/* ---- PDL chain ----------------------------------------------------------------------- */
+
+/* L rounds of: h, xq = rmsnorm_q8_mb(x); x += W xq (v2, residual add). Each kernel reads
+ * what the previous one wrote, so a kernel that ran ahead of its predecessor would
+ * read stale data. Launched with KR_LAUNCH_PDL (where the device supports it) and
+ * without: the final x must be equal bit for bit, and finite. */
+static void run_chain(kr_backend *be, kr_function *fn_norm, kr_function *fn_mv, const mat *m, const float *x0,
+                      uint32_t flags, float *out)
+{
+    int n = m->rows; /* square: rows = cols = 32 nb */
+    kr_buffer *bx, *bh, *bq, *bw;
+    float *dx = kr_test_dupload(be, x0, (size_t)n * 4, &bx);
+    float *dh = kr_test_dalloc(be, (size_t)n * 4, &bh);
+    void *dq = kr_test_dalloc(be, (size_t)n + (size_t)n / 32 * 8, &bq);
+    const uint8_t *dw = kr_test_dupload(be, m->bytes, m->n_bytes, &bw);
+    const void *dqs = dw, *dsc = dw + m->sc_off;
+    const float *wnull = NULL;
+    int in = n, q8 = 1, one = 1, nb = m->nb;
+    float eps = 1e-5f;
+    const float *cdx = dx;
+    void *nargs[] = {&cdx, &wnull, &dh, &dq, &in, &eps, &q8};
+    void *margs[] = {&dqs, &dsc, &dq, &dx, &in, &nb, &one};
+    kr_stream *s = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_backend_stream_create(be, &s, &err);
+    cr_assert_eq(st, KR_OK, "stream: %s", kr_err_msg(&err, st));
+    kr_test_download(be, out, dx, 4); /* uploads done before the stream starts */
+    for (int l = 0; l < 48; l++) {
+        launch_on(be, s, fn_norm, (uint32_t)(n / 32 + 3) / 4, 128, 1, nargs, flags);
+        launch_on(be, s, fn_mv, (uint32_t)(n + 2 * WARPS - 1) / (2 * WARPS), 32, WARPS, margs, flags);
+    }
+    st = kr_backend_sync(be, s, &err);
+    cr_assert_eq(st, KR_OK, "sync: %s", kr_err_msg(&err, st));
+    kr_backend_stream_destroy(be, s);
+    kr_test_download(be, out, dx, (size_t)n * 4);
+    kr_backend_free(be, bx);
+    kr_backend_free(be, bh);
+    kr_backend_free(be, bq);
+    kr_backend_free(be, bw);
+}
+
+Test(gpu_forward_kernels, pdl_chain_equals_plain_launches, .timeout = 120)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_function *fn_norm = get_fn(be, kr_kernel_forward_step_fused_cu, kr_kernel_forward_step_fused_cu_LEN,
+                                  "forward/step_fused.cu", "kr_gf_rmsnorm_q8_mb");
+    kr_function *fn_mv = get_fn(be, kr_kernel_forward_matvec_repacked_cu, kr_kernel_forward_matvec_repacked_cu_LEN,
+                                k_mv_src.name, "kr_gf_mv2_q4_0_r2p4");
+    int nb = 160, n = 32 * nb; /* 5120 */
+    mat m = mat_random(0, n, nb);
+    float *x0 = malloc((size_t)n * 4), *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
+    cr_assert(x0 && a && b);
+    for (int i = 0; i < n; i++)
+        x0[i] = kr_test_rng_f(-1.0f, 1.0f);
+    run_chain(be, fn_norm, fn_mv, &m, x0, KR_LAUNCH_PDL, a);
+    run_chain(be, fn_norm, fn_mv, &m, x0, 0, b);
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+        bad += !isfinite(a[i]);
+    cr_expect_eq(bad, 0, "%d non-finite outputs", bad);
+    cr_expect_eq(memcmp(a, b, (size_t)n * 4), 0, "PDL chain differs from plain launches (seed %llu)",
+                 (unsigned long long)kr_test_seed());
+    free(x0);
+    free(a);
+    free(b);
+    free(m.bytes);
+    kr_backend_destroy(be);
+}
