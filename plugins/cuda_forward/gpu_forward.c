@@ -25,6 +25,7 @@
 #include "kernrun/checked.h"
 #include "kernrun/log.h"
 #include "gpu_kvcache.h"
+#include "gpu_prefill.h"
 #include "kr_decode.h"
 #include "kr_kernel_forward_matvec_repacked_cu.h"
 #include "kr_kernel_forward_step_fused_cu.h"
@@ -402,6 +403,9 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     const kr_hparams *hp = &g->hp;
     const char *ng = getenv("KERNRUN_NO_GRAPH");
     g->use_graph = !p->no_graph && !(ng && strcmp(ng, "1") == 0);
+    const char *nbp = getenv("KERNRUN_NO_BATCH_PREFILL");
+    g->no_batch_prefill = p->no_batch_prefill || (nbp && strcmp(nbp, "1") == 0);
+    g->n_batch = p->n_batch;
     g->n_ctx = p->n_ctx;
     if (g->n_ctx == 0) {
         g->n_ctx = hp->n_ctx_train ? hp->n_ctx_train : 4096;
@@ -624,6 +628,7 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     free(g->hlogits_mem);
     kr_backend_free(be, g->hstep);
     free(g->hstep_mem);
+    kr__prefill_free(g);
     kr_backend_free(be, g->abuf);
     kr__gkv_free(g);
     free(g->layers);
@@ -1269,7 +1274,10 @@ kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n
     int32_t *hs = g->hstep ? g->hstep->ptr : g->hstep_mem;
     float *hl = g->hlogits_buf ? g->hlogits_buf->ptr : g->hlogits_mem;
     kr_status st = KR_OK;
-    for (size_t i = 0; i < n && st == KR_OK; i++) {
+    bool batched = false; /* n > 1: batched prefill (gpu_prefill.c) unless it declines */
+    if (n > 1)
+        st = kr__prefill(g, tokens, n, pos, &batched, err);
+    for (size_t i = 0; i < n && st == KR_OK && !batched; i++) {
         hs[2 * i] = tokens[i];
         hs[2 * i + 1] = (int32_t)(pos + i);
         st = kr_backend_h2d(g->be, g->step, &hs[2 * i], 2 * sizeof(int32_t), g->stream, err);

@@ -116,6 +116,11 @@ struct kr_gpu_forward {
     char (*prof_label)[64];        /* (prof_cap) label of the launch ending at prof_ev[i] */
     size_t prof_n, prof_cap;
     const char *role;              /* matrix role of the next kr__proj (labels) */
+
+    /* batched prefill (gpu_prefill.c) */
+    struct kr__gpf *prefill;       /* created on the first batched prefill, or NULL */
+    bool no_batch_prefill;         /* params.no_batch_prefill or KERNRUN_NO_BATCH_PREFILL=1 */
+    uint32_t n_batch;              /* params.n_batch (0: default) */
 };
 
 #endif

@@ -54,6 +54,9 @@ typedef struct kr_gpu_forward_params {
     uint32_t n_keep;  /* positions an automatic context shift keeps at the start */
     bool kv_no_ring;  /* sliding-window models: n_ctx rows + window mask instead of a window-row ring */
     uint64_t mem_limit; /* device bytes the fit check plans against; 0: free device memory at creation */
+    /* batched prefill (docs/PREFILL.md; plugins/cuda_forward/gpu_prefill.c) */
+    bool no_batch_prefill; /* prompts token by token through the decode step (also env KERNRUN_NO_BATCH_PREFILL=1) */
+    uint32_t n_batch;      /* tokens per prefill chunk; 0: 512 */
 } kr_gpu_forward_params;
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);

@@ -31,12 +31,13 @@ static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
     "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops]\n"
     "                     [--attn-splits N] [-t N] [--profile] [--tuning SPEC] [--variants LIST]\n"
+    "                     [--no-batch-prefill] [--n-batch N]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
     "that as a fraction of a device-to-device copy measured in the same run, and\n"
-    "kernel launches per decoded token. Prefill on CUDA runs token by token through\n"
-    "the decode step (no batched GEMM yet).\n"
+    "kernel launches per decoded token. Prefill on CUDA runs in batches (tensor-core\n"
+    "GEMMs + flash attention, llama/mistral) unless --no-batch-prefill.\n"
     "\n"
     "  -m, --model FILE  GGUF model (e.g. from `kernrun mkmodel --arch llama --preset 7b`)\n"
     "  -p N              prompt tokens (default 512; 0 skips prefill)\n"
@@ -49,6 +50,9 @@ static const char g_usage[] =
     "  --no-repack       keep GGML's Q4_0/Q8_0 blocks (kr_dec_matvec_q8) instead of the repacked kernels\n"
     "  --no-fused-ops    separate add/rmsnorm/quantize and swiglu/quantize launches\n"
     "  --attn-splits N   split-K chunks of the decode attention (default: about 2 blocks per SM)\n"
+    "  --no-batch-prefill (cuda) prompt token by token through the decode step instead of batched\n"
+    "                    tensor-core prefill (docs/PREFILL.md)\n"
+    "  --n-batch N       (cuda) prompt tokens per batched prefill chunk (default 512)\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "  --profile         (cuda) per-kernel GPU time of one decode step: eager launches timed\n"
     "                    with CUDA events, grouped by kernel and matrix, averaged over 8 steps\n"
@@ -62,11 +66,12 @@ static const char g_usage[] =
 
 typedef struct kr__bench_opts {
     const char *model;
-    long p, n, threads, attn_splits;
+    long p, n, threads, attn_splits, n_batch;
     const char *backend; /* cuda | cpu | auto */
     const char *tuning;   /* --tuning SPEC or NULL */
     const char *variants; /* --variants LIST or NULL */
     bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops, profile;
+    bool no_batch_prefill;
 } kr__bench_opts;
 
 #define KR__PROF_STEPS 8
@@ -170,6 +175,12 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             KR__NEED()
             if (!kr__parse_count(v, 1, 1024, &o->attn_splits))
                 return kr__usage_err("--attn-splits wants a count in 1..1024", v);
+        } else if (!strcmp(a, "--no-batch-prefill")) {
+            o->no_batch_prefill = true;
+        } else if (!strcmp(a, "--n-batch")) {
+            KR__NEED()
+            if (!kr__parse_count(v, 1, 65535, &o->n_batch))
+                return kr__usage_err("--n-batch wants a count in 1..65535", v);
         } else {
             return kr__usage_err("unknown argument", a);
         }
@@ -315,6 +326,8 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     gp.no_repack = o->no_repack;
     gp.no_fused_ops = o->no_fused_ops;
     gp.attn_splits = (int)o->attn_splits;
+    gp.no_batch_prefill = o->no_batch_prefill;
+    gp.n_batch = (uint32_t)o->n_batch;
     kr_gpu_forward *g = NULL;
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);

@@ -1,0 +1,332 @@
+/* Batched prefill on the CUDA path (gpu_prefill.h, docs/PREFILL.md).
+ *
+ * Per chunk of m <= n_batch tokens at positions p0 .. p0+m-1 (llama/mistral):
+ *   x (m, E)       = embedding rows                        (kr_dec_embed per token)
+ *   per layer:
+ *     h            = rmsnorm(x) * attn_norm                 (kr_dec_rmsnorm, m rows)
+ *     qkv (m, QD+2KVD) = h @ [Wq; Wk; Wv]^T                 (kr_gemm, tensor cores)
+ *     rope on the q and k parts, per-token positions        (kr_pf_rope)
+ *     K/V rows p0.. of the cache = fp16(k, v)               (kr_pf_kv_store_f16)
+ *     att (m, QD)  = causal flash attention over the cache  (kr_pf_flash_attn)
+ *     x           += att @ Wo^T                             (kr_gemm + kr_dec_add)
+ *     h            = rmsnorm(x) * ffn_norm
+ *     gu (m, 2F)   = h @ [Wgate; Wup]^T
+ *     gu[:, :F]    = silu(gate) * up                        (kr_pf_swiglu, in place)
+ *     x           += gu[:, :F] @ Wdown^T
+ *   last chunk: logits = rmsnorm(x[m-1]) @ Wout^T           (kr_gemm with m = 1)
+ * Matrices the decode path repacked (Q4_0/Q8_0 as [quants | scales]) are
+ * turned back into GGML blocks slice by slice in a scratch buffer right
+ * before their GEMM (kr_pf_unrepack), since the GEMM reads GGML blocks.
+ */
+#include "gpu_prefill.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_forward_int.h"
+#include "gpu_kvcache.h"
+#include "kernrun/checked.h"
+#include "kernrun/log.h"
+#include "kr_gemm.h"
+#include "kr_prefill_ops.h"
+
+#define KR__DOM "gpu_prefill"
+
+/* Bytes of the unrepack scratch at most (big matrices go in row slices). */
+#define KR__PF_UNPACK_MAX ((size_t)32 << 20)
+
+typedef struct kr__gpf kr__gpf;
+
+struct kr__gpf {
+    kr_gemm *gemm;
+    kr_pf *pf;
+    uint32_t n_batch;   /* tokens per chunk the buffers hold */
+    kr_buffer *buf;     /* all of the below */
+    float *x, *h, *qkv, *att, *gu, *tmp; /* (nb,E) (nb,E) (nb,QKVD) (nb,QD) (nb,2F) (nb,E) */
+    int32_t *tok;       /* (nb) token ids of the chunk */
+    void *unpack;       /* unpack_bytes of GGML-layout scratch, or NULL */
+    size_t unpack_bytes;
+    bool failed;        /* creation failed once: decline from now on */
+};
+
+/* Row stride of a repacked matrix's GGML copy: whole blocks, 16-byte multiple. */
+static size_t kr__pf_ggml_stride(const kr__gf_mat *M)
+{
+    size_t row = (size_t)(M->cols / 32) * (M->type == KR_DTYPE_Q4_0 ? 18u : 34u);
+    return (row + 15) & ~(size_t)15;
+}
+
+/* The matrices a llama layer's prefill multiplies with (fused views where the decode step uses them). */
+static int kr__pf_layer_mats(const kr__gf_layer *L, const kr__gf_mat **out)
+{
+    int n = 0;
+    if (L->fuse_qkv)
+        out[n++] = &L->qkv;
+    else
+        out[n++] = &L->q, out[n++] = &L->k, out[n++] = &L->v;
+    out[n++] = &L->o;
+    if (L->fuse_gu)
+        out[n++] = &L->gu;
+    else
+        out[n++] = &L->gate, out[n++] = &L->up;
+    out[n++] = &L->down;
+    return n;
+}
+
+static const char *kr__pf_mat_unsupported(const kr__gf_mat *M)
+{
+    if (!kr_gemm_supports(M->type) || !kr_gemm_uses_tensor_cores(M->type))
+        return "a weight type without a tensor-core GEMM";
+    if (M->repacked && M->type != KR_DTYPE_Q4_0 && M->type != KR_DTYPE_Q8_0)
+        return "a repacked matrix of an unknown layout";
+    if (M->rows > INT32_MAX || M->cols > INT32_MAX)
+        return "a matrix too large";
+    return NULL;
+}
+
+const char *kr__prefill_unsupported(const kr_gpu_forward *g, size_t n, uint32_t pos)
+{
+    const kr_hparams *hp = &g->hp;
+    if (g->no_batch_prefill)
+        return "turned off (no_batch_prefill / KERNRUN_NO_BATCH_PREFILL=1)";
+    if (n < 2)
+        return "one token";
+    if (g->falcon)
+        return "falcon (llama/mistral only so far)";
+    if (g->prefill && g->prefill->failed)
+        return "its buffers did not fit";
+    if (!g->kv || g->kv->pl.type != KR_DTYPE_F16)
+        return "KV cache type other than f16";
+    if (!kr_pf_flash_attn_supports((int)hp->head_dim))
+        return "head_dim not 64/80/96/128/256";
+    if (g->kv->pl.row_bytes % 16 != 0)
+        return "KV rows not 16-byte multiples";
+    if ((uint64_t)pos + n > g->kv->pl.rows)
+        return "the positions wrap the KV ring";
+    uint64_t qkvd = (uint64_t)hp->n_head * hp->head_dim + 2ull * hp->n_head_kv * hp->head_dim;
+    if (hp->n_embd % 4 != 0 || hp->n_ff % 2 != 0 || qkvd % 4 != 0 || hp->n_rot % 2 != 0)
+        return "n_embd, n_ff or the q/k/v width not a multiple of 4 / 2";
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const kr__gf_mat *mats[8];
+        int nm = kr__pf_layer_mats(&g->layers[l], mats);
+        for (int i = 0; i < nm; i++) {
+            const char *why = kr__pf_mat_unsupported(mats[i]);
+            if (why)
+                return why;
+        }
+    }
+    return kr__pf_mat_unsupported(&g->out);
+}
+
+void kr__prefill_free(kr_gpu_forward *g)
+{
+    if (!g || !g->prefill)
+        return;
+    kr__gpf *P = g->prefill;
+    kr_backend_free(g->be, P->buf);
+    kr_pf_free(P->pf);
+    kr_gemm_free(P->gemm);
+    free(P);
+    g->prefill = NULL;
+}
+
+static void *kr__pf_take(char *base, uint64_t *off, uint64_t bytes)
+{
+    void *p = base ? base + *off : NULL;
+    *off += (bytes + 255) & ~(uint64_t)255;
+    return p;
+}
+
+/* Lay out (base NULL: size) the chunk buffers for nb tokens. */
+static uint64_t kr__pf_layout(kr__gpf *P, const kr_gpu_forward *g, char *base, uint64_t nb)
+{
+    const kr_hparams *hp = &g->hp;
+    uint64_t E = hp->n_embd, QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
+    uint64_t F = hp->n_ff, off = 0;
+    P->x = kr__pf_take(base, &off, nb * E * 4);
+    P->h = kr__pf_take(base, &off, nb * E * 4);
+    P->tmp = kr__pf_take(base, &off, nb * E * 4);
+    P->qkv = kr__pf_take(base, &off, nb * (QD + 2 * KVD) * 4);
+    P->att = kr__pf_take(base, &off, nb * QD * 4);
+    P->gu = kr__pf_take(base, &off, nb * 2 * F * 4);
+    P->tok = kr__pf_take(base, &off, nb * 4);
+    P->unpack = P->unpack_bytes ? kr__pf_take(base, &off, P->unpack_bytes) : NULL;
+    return off;
+}
+
+static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
+{
+    kr__gpf *P = calloc(1, sizeof *P);
+    if (!P)
+        return kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+    g->prefill = P;
+    kr_status st;
+    if ((st = kr_gemm_create(g->be, &P->gemm, err)) != KR_OK || (st = kr_pf_create(g->be, &P->pf, err)) != KR_OK)
+        return st;
+    /* unrepack scratch: the largest repacked matrix, capped (slices) */
+    const kr__gf_mat *all[8 * 1 + 1];
+    for (uint32_t l = 0; l <= g->hp.n_layer; l++) {
+        int nm = 1;
+        if (l < g->hp.n_layer)
+            nm = kr__pf_layer_mats(&g->layers[l], all);
+        else
+            all[0] = &g->out;
+        for (int i = 0; i < nm; i++) {
+            if (!all[i]->repacked)
+                continue;
+            size_t need = kr__pf_ggml_stride(all[i]) * (size_t)all[i]->rows;
+            if (need > KR__PF_UNPACK_MAX)
+                need = KR__PF_UNPACK_MAX;
+            if (need > P->unpack_bytes)
+                P->unpack_bytes = need;
+        }
+    }
+    /* chunk buffers: n_batch tokens, halved while the device says no (down to 64) */
+    uint32_t nb = g->n_batch ? g->n_batch : KR__PREFILL_N_BATCH_DEFAULT;
+    for (;;) {
+        uint64_t bytes = kr__pf_layout(P, g, NULL, nb);
+        kr_err e2;
+        kr_err_clear(&e2);
+        st = kr_backend_alloc(g->be, (size_t)bytes, &P->buf, &e2);
+        if (st == KR_OK) {
+            kr__pf_layout(P, g, P->buf->ptr, nb);
+            P->n_batch = nb;
+            KR_LOGI(KR__DOM, "batched prefill: chunks of %u tokens, %.1f MiB of device buffers", nb,
+                    (double)bytes / 1048576.0);
+            return KR_OK;
+        }
+        if (nb <= 64)
+            return kr_err_set(err, st, "batched prefill buffers (%.1f MiB for %u tokens): %s",
+                              (double)bytes / 1048576.0, nb, e2.msg);
+        nb /= 2;
+    }
+}
+
+/* c (m, M->rows) (rows ldc apart) = a (m, M->cols) @ M^T. */
+static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *a, size_t lda, float *c, size_t ldc,
+                           int64_t m, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    kr_stream *s = g->stream;
+    if (!M->repacked)
+        return kr_gemm_run(P->gemm, s, KR_GEMM_AUTO, M->type, M->w, M->row_stride, a, lda, c, ldc, m, M->rows,
+                           M->cols, err);
+    const bool q8 = M->type == KR_DTYPE_Q8_0;
+    const size_t qsz = q8 ? 32 : 16, nb = (size_t)(M->cols / 32), stride = kr__pf_ggml_stride(M);
+    int64_t per = (int64_t)(P->unpack_bytes / stride);
+    if (per >= 256)
+        per &= ~(int64_t)127; /* whole GEMM column tiles per slice */
+    if (per < 1)
+        return kr_err_set(err, KR_ERR_INTERNAL, "unrepack scratch of %zu bytes below one row of %zu",
+                          P->unpack_bytes, stride);
+    const char *qs = M->w, *sc = (const char *)M->w + (size_t)M->rows * nb * qsz;
+    for (int64_t r0 = 0; r0 < M->rows; r0 += per) {
+        int64_t R = M->rows - r0 < per ? M->rows - r0 : per;
+        kr_status st = kr_pf_unrepack(P->pf, s, q8, qs + (size_t)r0 * nb * qsz, sc + (size_t)r0 * nb * 2, P->unpack,
+                                      stride, R, M->cols, err);
+        if (st == KR_OK)
+            st = kr_gemm_run(P->gemm, s, KR_GEMM_AUTO, M->type, P->unpack, stride, a, lda, c + r0, ldc, m, R, M->cols,
+                             err);
+        if (st != KR_OK)
+            return st;
+    }
+    return KR_OK;
+}
+
+#define KR__PF_TRY(what, call)                                                                 \
+    do {                                                                                       \
+        kr_status st_ = (call);                                                                \
+        if (st_ != KR_OK)                                                                      \
+            return kr_err_prefix(err, "batched prefill %s (layer %u)", what, (unsigned)l);     \
+    } while (0)
+
+/* One chunk of m tokens at p0; logits of its last token when last. */
+static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, int p0, bool last, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    const kr_hparams *hp = &g->hp;
+    kr_dec *d = g->dec;
+    kr_stream *s = g->stream;
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int H = (int)hp->n_head, HK = (int)hp->n_head_kv, D = (int)hp->head_dim;
+    const int64_t QD = (int64_t)H * D, KVD = (int64_t)HK * D, QKVD = QD + 2 * KVD;
+    const float scale = 1.0f / sqrtf((float)D);
+    const bool neox = hp->rope_mode == KR_ROPE_NEOX;
+    uint32_t l = 0;
+
+    KR__PF_TRY("token upload", kr_backend_h2d(g->be, P->tok, tokens, (size_t)m * sizeof(int32_t), s, err));
+    for (int t = 0; t < m; t++)
+        KR__PF_TRY("embedding", kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E,
+                                              P->tok + t, 0, P->x + t * E, err));
+    for (l = 0; l < hp->n_layer; l++) {
+        const kr__gf_layer *L = &g->layers[l];
+        KR__PF_TRY("attn_norm", kr_dec_rmsnorm(d, s, P->x, L->attn_norm, P->h, m, E, hp->norm_eps, err));
+        if (L->fuse_qkv) {
+            KR__PF_TRY("qkv gemm", kr__pf_mm(g, &L->qkv, P->h, E, P->qkv, QKVD, m, err));
+        } else {
+            KR__PF_TRY("q gemm", kr__pf_mm(g, &L->q, P->h, E, P->qkv, QKVD, m, err));
+            KR__PF_TRY("k gemm", kr__pf_mm(g, &L->k, P->h, E, P->qkv + QD, QKVD, m, err));
+            KR__PF_TRY("v gemm", kr__pf_mm(g, &L->v, P->h, E, P->qkv + QD + KVD, QKVD, m, err));
+        }
+        KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
+                                      hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
+        KR__PF_TRY("kv store", kr_pf_kv_store_f16(P->pf, s, P->qkv + QD, QKVD, P->qkv + QD + KVD, QKVD, L->k_cache,
+                                                  L->v_cache, g->kv->pl.row_bytes, (int)g->kv->pl.rows, (int)KVD,
+                                                  m, p0, err));
+        KR__PF_TRY("flash attention",
+                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.row_bytes,
+                                    (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, (int)hp->sliding_window, scale,
+                                    err));
+        KR__PF_TRY("attn_output gemm", kr__pf_mm(g, &L->o, P->att, QD, P->tmp, E, m, err));
+        KR__PF_TRY("residual", kr_dec_add(d, s, P->x, P->tmp, P->x, m * E, err));
+        KR__PF_TRY("ffn_norm", kr_dec_rmsnorm(d, s, P->x, L->ffn_norm, P->h, m, E, hp->norm_eps, err));
+        if (L->fuse_gu) {
+            KR__PF_TRY("gate/up gemm", kr__pf_mm(g, &L->gu, P->h, E, P->gu, 2 * F, m, err));
+        } else {
+            KR__PF_TRY("gate gemm", kr__pf_mm(g, &L->gate, P->h, E, P->gu, 2 * F, m, err));
+            KR__PF_TRY("up gemm", kr__pf_mm(g, &L->up, P->h, E, P->gu + F, 2 * F, m, err));
+        }
+        KR__PF_TRY("swiglu", kr_pf_swiglu(P->pf, s, P->gu, 2 * F, F, P->gu, 2 * F, (int)F, m, err));
+        KR__PF_TRY("ffn_down gemm", kr__pf_mm(g, &L->down, P->gu, 2 * F, P->tmp, E, m, err));
+        KR__PF_TRY("residual", kr_dec_add(d, s, P->x, P->tmp, P->x, m * E, err));
+    }
+    if (!last)
+        return KR_OK;
+    KR__PF_TRY("output norm", kr_dec_rmsnorm(d, s, P->x + (int64_t)(m - 1) * E, g->out_norm, P->h, 1, E,
+                                             hp->norm_eps, err));
+    KR__PF_TRY("output gemm", kr__pf_mm(g, &g->out, P->h, E, g->logits, hp->n_vocab, 1, err));
+    return KR_OK;
+}
+
+kr_status kr__prefill(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, bool *handled, kr_err *err)
+{
+    *handled = false;
+    const char *why = kr__prefill_unsupported(g, n, pos);
+    if (why) {
+        KR_LOGD(KR__DOM, "token-by-token prefill of %zu tokens: %s", n, why);
+        return KR_OK;
+    }
+    if (!g->prefill) {
+        kr_err e2;
+        kr_err_clear(&e2);
+        kr_status st = kr__pf_create(g, &e2);
+        if (st != KR_OK) {
+            KR_LOGW(KR__DOM, "batched prefill off: %s", kr_err_msg(&e2, st));
+            kr__prefill_free(g);
+            g->prefill = calloc(1, sizeof *g->prefill); /* remembers the failure (NULL: retried next time) */
+            if (g->prefill)
+                g->prefill->failed = true;
+            return KR_OK;
+        }
+    }
+    *handled = true;
+    const uint32_t nb = g->prefill->n_batch;
+    for (size_t c0 = 0; c0 < n; c0 += nb) {
+        int m = (int)(n - c0 < nb ? n - c0 : nb);
+        kr_status st = kr__pf_chunk(g, tokens + c0, m, (int)(pos + c0), c0 + (size_t)m == n, err);
+        if (st != KR_OK)
+            return st;
+    }
+    return KR_OK;
+}

@@ -1,0 +1,33 @@
+/* Private to plugins/cuda_forward: batched prefill (gpu_prefill.c,
+ * docs/PREFILL.md). kr_gpu_forward_eval hands n > 1 tokens to kr__prefill,
+ * which runs them in chunks of up to n_batch tokens through tensor-core
+ * GEMMs (plugins/cuda_gemm) and flash attention (kr_prefill_ops.h), writes
+ * the KV cache so decode continues from it, and leaves the last token's
+ * logits in g->logits; or declines (*handled = false) and the caller runs
+ * the token-by-token loop. */
+#ifndef KR_GPU_PREFILL_H
+#define KR_GPU_PREFILL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernrun/status.h"
+
+struct kr_gpu_forward;
+struct kr__gpf; /* prefill state: GEMM and kernel handles, chunk activations (created on first use) */
+
+#define KR__PREFILL_N_BATCH_DEFAULT 512
+
+/* Tokens (validated by the caller) at positions pos .. pos+n-1, enqueued on
+ * g->stream (not synchronised). *handled false (and KR_OK) when the batched
+ * path does not support the model / cache / params or its buffers do not fit:
+ * nothing was enqueued. Other errors: device failures (the caller marks g dead). */
+kr_status kr__prefill(struct kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, bool *handled,
+                      kr_err *err);
+/* Why kr__prefill would decline n tokens at pos (NULL: it would run them). */
+const char *kr__prefill_unsupported(const struct kr_gpu_forward *g, size_t n, uint32_t pos);
+/* Free g's prefill state (NULL ok); the stream must be idle. */
+void kr__prefill_free(struct kr_gpu_forward *g);
+
+#endif
