@@ -815,6 +815,73 @@ Test(gpu_decode, swiglu_gelu_add)
     gpu_close(&g);
 }
 
+/* ---- programmatic dependent launch ------------------------------------------------ */
+
+/* A chain where every launch reads what the previous one wrote, on one stream:
+ *   h = rmsnorm(x); xq = quantize_q8(h); y = W xq (q8 matvec); x = x + y; x = swiglu(x, h)
+ * repeated, with kr_dec_set_pdl on and off: bit-identical results (a kernel that
+ * started before its predecessor finished would read stale data), finite. */
+static void pdl_chain(gpu *g, bool pdl, kr_dtype t, const uint8_t *w, int64_t n, const float *x0, float *out)
+{
+    kr_err err;
+    kr_err_clear(&err);
+    kr_dec_set_pdl(g->dec, pdl);
+    cr_expect_eq(kr_dec_launch_flags(g->dec), pdl ? (uint32_t)KR_LAUNCH_PDL : 0u);
+    size_t rs = (size_t)n / 32 * kr_dtype_type_size(t);
+    kr_buffer *bw, *bx, *bh, *by, *bq;
+    const uint8_t *dw = kr_test_dupload(g->be, w, rs * (size_t)n, &bw);
+    float *dx = kr_test_dupload(g->be, x0, (size_t)n * 4, &bx);
+    float *dh = kr_test_dalloc(g->be, (size_t)n * 4, &bh), *dy = kr_test_dalloc(g->be, (size_t)n * 4, &by);
+    void *dq = kr_test_dalloc(g->be, kr_dec_q8_bytes(n), &bq);
+    kr_stream *s = NULL;
+    check_ok(kr_backend_stream_create(g->be, &s, &err), &err, "stream");
+    for (int l = 0; l < 24; l++) {
+        check_ok(kr_dec_rmsnorm(g->dec, s, dx, NULL, dh, 1, n, 1e-5f, &err), &err, "rmsnorm");
+        check_ok(kr_dec_quantize_q8(g->dec, s, dh, dq, n, &err), &err, "quantize");
+        check_ok(kr_dec_matvec_q8(g->dec, s, t, dw, rs, dq, dy, n, n, &err), &err, "matvec_q8");
+        check_ok(kr_dec_add(g->dec, s, dx, dy, dx, n, &err), &err, "add");
+        check_ok(kr_dec_swiglu(g->dec, s, dx, dh, dx, n, &err), &err, "swiglu");
+    }
+    check_ok(kr_backend_sync(g->be, s, &err), &err, "sync");
+    kr_backend_stream_destroy(g->be, s);
+    kr_test_download(g->be, out, dx, (size_t)n * 4);
+    kr_backend_free(g->be, bw);
+    kr_backend_free(g->be, bx);
+    kr_backend_free(g->be, bh);
+    kr_backend_free(g->be, by);
+    kr_backend_free(g->be, bq);
+    kr_dec_set_pdl(g->dec, false);
+}
+
+Test(gpu_decode, pdl_chain_equals_plain_launches, .timeout = 120)
+{
+    gpu g;
+    gpu_open(&g);
+    cr_expect_eq(kr_dec_launch_flags(g.dec), 0u, "PDL must be off by default");
+    const kr_dtype types[] = {KR_DTYPE_Q4_0, KR_DTYPE_Q8_0};
+    const int64_t n = 4096 + 96;
+    for (size_t ti = 0; ti < KR_ARRAY_LEN(types); ti++) {
+        kr_dtype t = types[ti];
+        size_t rs = (size_t)n / 32 * kr_dtype_type_size(t);
+        uint8_t *w = rand_matrix(t, n, n, rs);
+        float *x0 = rand_f32((size_t)n, -1, 1), *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
+        cr_assert(a && b);
+        pdl_chain(&g, true, t, w, n, x0, a);
+        pdl_chain(&g, false, t, w, n, x0, b);
+        int bad = 0;
+        for (int64_t i = 0; i < n; i++)
+            bad += !isfinite(a[i]);
+        cr_expect_eq(bad, 0, "%s: %d non-finite", kr_dtype_name(t), bad);
+        cr_expect_eq(memcmp(a, b, (size_t)n * 4), 0, "%s: PDL chain differs from plain launches (seed %llu)",
+                     kr_dtype_name(t), (unsigned long long)kr_test_seed());
+        free(w);
+        free(x0);
+        free(a);
+        free(b);
+    }
+    gpu_close(&g);
+}
+
 /* ---- CPU-only: the embedded sources and argument checks ----------------------------------- */
 
 Test(decode_host, default_splits_are_sane)
