@@ -323,11 +323,22 @@ kr_mv_q6_k(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 
 // F16 / F32 rows need no decoding: each lane streams 16-byte chunks of every
 // row straight from global memory (scalar loads when the row base, stride or
 // cols break 16-byte alignment), KR_MV_ROWS rows per warp sharing x.
+// 8 halves of q against xa (4) and xb (4)
+__device__ __forceinline__ float kr_dot8_f16(uint4 q, float4 xa, float4 xb)
+{
+    return kr_h2f((kr_u16)(q.x & 0xffff)) * xa.x + kr_h2f((kr_u16)(q.x >> 16)) * xa.y +
+           kr_h2f((kr_u16)(q.y & 0xffff)) * xa.z + kr_h2f((kr_u16)(q.y >> 16)) * xa.w +
+           kr_h2f((kr_u16)(q.z & 0xffff)) * xb.x + kr_h2f((kr_u16)(q.z >> 16)) * xb.y +
+           kr_h2f((kr_u16)(q.w & 0xffff)) * xb.z + kr_h2f((kr_u16)(q.w >> 16)) * xb.w;
+}
+
+// The first KR_MV_F16_PRE chunks of each row are loaded before KR_PDL_WAIT():
+// the weights are constant, so under PDL they stream in while the previous
+// kernel finishes (same accumulation order as without).
+#define KR_MV_F16_PRE 4
 extern "C" __global__ void __launch_bounds__(32 * KR_MV_WARPS)
 kr_mv_f16(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 row_stride)
 {
-    KR_PDL_WAIT();
-    KR_PDL_LAUNCH_DEPENDENTS();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * KR_MV_WARPS + warp) * KR_MV_ROWS;
     if (r0 >= rows)
@@ -341,16 +352,34 @@ kr_mv_f16(const kr_u8 *w, const float *x, float *y, int rows, int cols, kr_i64 r
         rp[r] = w + (kr_i64)min(r0 + r, rows - 1) * row_stride; // clamp: reads stay in bounds
         acc[r] = 0.0f;
     }
+    uint4 pre[KR_MV_F16_PRE][KR_MV_ROWS];
+#pragma unroll
+    for (int k = 0; k < KR_MV_F16_PRE; k++) {
+        const int c = lane + 32 * k;
+#pragma unroll
+        for (int r = 0; r < KR_MV_ROWS; r++)
+            if (c < nv)
+                pre[k][r] = __ldg((const uint4 *)rp[r] + c);
+    }
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
+#pragma unroll
+    for (int k = 0; k < KR_MV_F16_PRE; k++) {
+        const int c = lane + 32 * k;
+        if (c < nv) {
+            float4 xa = kr_ldx4(x + 8 * c), xb = kr_ldx4(x + 8 * c + 4);
+#pragma unroll
+            for (int r = 0; r < KR_MV_ROWS; r++)
+                acc[r] += kr_dot8_f16(pre[k][r], xa, xb);
+        }
+    }
 #pragma unroll 4
-    for (int c = lane; c < nv; c += 32) {
+    for (int c = lane + 32 * KR_MV_F16_PRE; c < nv; c += 32) {
         float4 xa = kr_ldx4(x + 8 * c), xb = kr_ldx4(x + 8 * c + 4);
 #pragma unroll
         for (int r = 0; r < KR_MV_ROWS; r++) {
             uint4 q = __ldg((const uint4 *)rp[r] + c);
-            acc[r] += kr_h2f((kr_u16)(q.x & 0xffff)) * xa.x + kr_h2f((kr_u16)(q.x >> 16)) * xa.y +
-                      kr_h2f((kr_u16)(q.y & 0xffff)) * xa.z + kr_h2f((kr_u16)(q.y >> 16)) * xa.w +
-                      kr_h2f((kr_u16)(q.z & 0xffff)) * xb.x + kr_h2f((kr_u16)(q.z >> 16)) * xb.y +
-                      kr_h2f((kr_u16)(q.w & 0xffff)) * xb.z + kr_h2f((kr_u16)(q.w >> 16)) * xb.w;
+            acc[r] += kr_dot8_f16(q, xa, xb);
         }
     }
     for (int i = nv * 8 + lane; i < cols; i += 32) {
