@@ -76,8 +76,10 @@ kr_status kr_kv_plan_make(const kr_hparams *hp, const kr_kv_plan_params *p, kr_k
                           hp->n_head_kv, hp->head_dim);
     if (p->layout != KR_KV_LAYOUT_BLOCKS && p->layout != KR_KV_LAYOUT_SPLIT)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "KV plan: layout %d unknown", (int)p->layout);
-    if (p->type == KR_DTYPE_Q8_0 && p->layout == KR_KV_LAYOUT_SPLIT && kv_dim % 32 == 0) {
+    if (p->layout == KR_KV_LAYOUT_SPLIT && p->type == KR_DTYPE_Q8_0 && kv_dim % 32 == 0) {
         pl->row_bytes = (kv_dim + 2 * (kv_dim / 32) + 15) / 16 * 16; /* kv_dim < 2^32: no overflow */
+    } else if (p->layout == KR_KV_LAYOUT_SPLIT && p->type == KR_DTYPE_F16) {
+        pl->row_bytes = (2 * kv_dim + 15) / 16 * 16;
     } else if (!kr_dtype_row_size(p->type, kv_dim, &pl->row_bytes))
         return kr_err_set(err, KR_ERR_UNSUPPORTED,
                           "KV cache type %s needs rows of whole %zu-element blocks; kv row has %" PRIu64

@@ -36,10 +36,11 @@ typedef enum kr_kv_full {
     KR_KV_FULL_SHIFT = 1,   /* context shift (kr_context_shift with the context's n_keep) first */
 } kr_kv_full;
 
-/* Q8_0 row format. BLOCKS: GGML's 34-byte blocks (fp16 scale + 32 int8),
- * row_bytes = 34*kv_dim/32 (host cache). SPLIT: the CUDA cache's row =
- * kv_dim int8 quants, then kv_dim/32 fp16 scales, padded to 16 bytes:
- * row_bytes = round_up(kv_dim + 2*(kv_dim/32), 16) (docs/KVCACHE.md). */
+/* Row format. BLOCKS (host cache): f32/f16 rows packed, Q8_0 as GGML's
+ * 34-byte blocks (fp16 scale + 32 int8), row_bytes = 34*kv_dim/32. SPLIT (the
+ * CUDA cache): Q8_0 row = kv_dim int8 quants, then kv_dim/32 fp16 scales;
+ * rows padded to 16 bytes: Q8_0 round_up(kv_dim + 2*(kv_dim/32), 16), F16
+ * round_up(2*kv_dim, 16) (docs/KVCACHE.md). */
 typedef enum kr_kv_layout {
     KR_KV_LAYOUT_BLOCKS = 0,
     KR_KV_LAYOUT_SPLIT = 1,

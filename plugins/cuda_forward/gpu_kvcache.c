@@ -1,0 +1,326 @@
+/* The device KV cache of the CUDA forward pass (gpu_kvcache.h): plan and fit
+ * check, slots (host bookkeeping from kernrun/kvcache.h), per-slot step
+ * graphs, context shift, reads for tests. docs/KVCACHE.md. */
+#include "gpu_kvcache.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_forward_int.h"
+#include "kernrun/checked.h"
+#include "kernrun/half.h"
+#include "kernrun/log.h"
+#include "kr_kernel_forward_kv_shift_cu.h"
+
+#define KR__DOM "gpu_kvcache"
+#define KR__MIB(b) ((double)(b) / 1048576.0)
+#define KR__MAX_SEQ 4096u
+/* Device memory kept free beyond what we allocate: CUDA graphs, module
+ * loads of kernels compiled later, allocator granularity. */
+#define KR__RESERVE ((uint64_t)64 << 20)
+#define KR__SHIFT_SMEM_MAX (48u * 1024u)
+
+kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err *err)
+{
+    const kr_hparams *hp = &g->hp;
+    kr_dtype t = p->kv_type;
+    if (t == KR_DTYPE_F32)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                          "KV cache type f32 is not supported on CUDA (f16 or q8_0; f32 runs on the CPU backend)");
+    if (t != KR_DTYPE_F16 && t != KR_DTYPE_Q8_0)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "KV cache type %s not supported on CUDA (f16 or q8_0)",
+                          kr_dtype_name(t));
+    if (t == KR_DTYPE_Q8_0 && !KR__GKV_NEW_KERNELS)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "q8_0 KV cache on CUDA needs the kr_dec_attention_kv kernels");
+    if (p->n_seq > KR__MAX_SEQ)
+        return kr_err_set(err, KR_ERR_RANGE, "sequence count %" PRIu32 " exceeds the limit %u", p->n_seq,
+                          KR__MAX_SEQ);
+    if (p->kv_full != KR_KV_FULL_STOP && p->kv_full != KR_KV_FULL_SHIFT)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "kv_full %d is neither stop nor shift", (int)p->kv_full);
+    kr_kv_plan_params pp = {
+        .n_ctx = g->n_ctx,
+        .n_seq = p->n_seq,
+        .window = hp->sliding_window,
+        .ring = !p->kv_no_ring && KR__GKV_NEW_KERNELS,
+        .type = t,
+        .layout = KR_KV_LAYOUT_SPLIT,
+    };
+    kr_kv_plan pl;
+    kr_status st = kr_kv_plan_make(hp, &pp, &pl, err);
+    if (st != KR_OK)
+        return st;
+    if (pl.rows > INT32_MAX || pl.kv_dim > INT32_MAX)
+        return kr_err_set(err, KR_ERR_RANGE, "KV cache rows %" PRIu32 " x kv_dim %" PRIu32 " too large", pl.rows,
+                          pl.kv_dim);
+    kr__gkv *kv = calloc(1, sizeof *kv);
+    if (!kv)
+        return kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+    kv->pl = pl;
+    kv->window = hp->sliding_window;
+    kv->ring = pl.rows < pl.n_ctx;
+    kv->full = p->kv_full;
+    kv->n_keep = p->n_keep;
+    kv->graphs = calloc(pl.n_seq, sizeof *kv->graphs);
+    if (!kv->graphs || (st = kr_kv_slots_init(&kv->sl, pl.n_seq, err)) != KR_OK) {
+        if (!kv->graphs)
+            st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+        free(kv->graphs);
+        free(kv);
+        return st;
+    }
+    g->kv = kv;
+    return KR_OK;
+}
+
+kr_status kr__gkv_check_fit(kr_gpu_forward *g, uint64_t weight_bytes, uint64_t act_bytes, uint64_t other_bytes,
+                            uint64_t limit, kr_err *err)
+{
+    const kr__gkv *kv = g->kv;
+    const kr_kv_plan *pl = &kv->pl;
+    uint64_t avail = limit, total = 0, needed;
+    const char *what = "the configured device memory limit";
+    if (!limit) {
+        what = "free GPU memory";
+        kr_err e2;
+        kr_err_clear(&e2);
+        kr_status s2 = kr_backend_mem_info(g->be, &avail, &total, &e2);
+        if (s2 != KR_OK) { /* no number to compare with: allocations will tell */
+            KR_LOGW(KR__DOM, "no device memory info (%s): fit not checked", kr_err_msg(&e2, s2));
+            avail = UINT64_MAX;
+        }
+    }
+    if (kr_add_overflow_u64(weight_bytes, pl->bytes, &needed) || kr_add_overflow_u64(needed, act_bytes, &needed) ||
+        kr_add_overflow_u64(needed, other_bytes, &needed) || kr_add_overflow_u64(needed, KR__RESERVE, &needed))
+        return kr_err_set(err, KR_ERR_OVERFLOW, "device memory needed overflows");
+    KR_LOGI(KR__DOM, "KV cache %.1f MiB (%s, %" PRIu32 " rows x %" PRIu32 " seqs x %" PRIu32 " layers%s, row %" PRIu64
+            " bytes); device memory needed %.1f MiB of %.1f MiB %s", KR__MIB(pl->bytes), kr_dtype_name(pl->type),
+            pl->rows, pl->n_seq, pl->n_layer, kv->ring ? ", sliding-window ring" : "", pl->row_bytes,
+            KR__MIB(needed), avail == UINT64_MAX ? 0.0 : KR__MIB(avail), limit ? "(limit)" : "free");
+    kr_status st = kr_kv_check_fit(needed, avail, what, err);
+    if (st != KR_OK)
+        kr_err_prefix(err, "n_ctx %" PRIu32 " x %" PRIu32 " seqs, %" PRIu32 " layers, kv row %" PRIu32
+                      " %s: weights %" PRIu64 " + KV cache %" PRIu64 " + activations %" PRIu64 " + scratch %" PRIu64
+                      " + reserve %" PRIu64 " bytes", pl->n_ctx, pl->n_seq, pl->n_layer, pl->kv_dim,
+                      kr_dtype_name(pl->type), weight_bytes, pl->bytes, act_bytes, other_bytes, KR__RESERVE);
+    return st;
+}
+
+/* layers[l].k_cache / v_cache = the current slot's bases */
+static void kr__point(kr_gpu_forward *g)
+{
+    const kr__gkv *kv = g->kv;
+    size_t lb = (size_t)kv->pl.layer_bytes, so = (size_t)kv->sl.cur * kv->pl.rows * (size_t)kv->pl.row_bytes;
+    char *b = kv->buf->ptr;
+    for (uint32_t l = 0; l < kv->pl.n_layer; l++) {
+        g->layers[l].k_cache = (uint16_t *)(b + 2 * (size_t)l * lb + so);
+        g->layers[l].v_cache = (uint16_t *)(b + (2 * (size_t)l + 1) * lb + so);
+    }
+}
+
+kr_status kr__gkv_alloc(kr_gpu_forward *g, kr_err *err)
+{
+    kr__gkv *kv = g->kv;
+    if (kv->pl.bytes > SIZE_MAX)
+        return kr_err_set(err, KR_ERR_OVERFLOW, "KV cache size overflows");
+    kr_status st = kr_backend_alloc(g->be, (size_t)kv->pl.bytes, &kv->buf, err);
+    if (st != KR_OK)
+        return kr_err_prefix(err, "allocating the KV cache (%.1f MiB: %" PRIu32 " rows x %" PRIu32 " seqs x %" PRIu32
+                             " layers, %s rows of %" PRIu64 " bytes)", KR__MIB(kv->pl.bytes), kv->pl.rows,
+                             kv->pl.n_seq, kv->pl.n_layer, kr_dtype_name(kv->pl.type), kv->pl.row_bytes);
+    kr__point(g);
+    g->stats.kv_bytes_per_pos = 2 * kv->pl.row_bytes * kv->pl.n_layer;
+    g->stats.kv_bytes = kv->pl.bytes;
+    g->stats.kv_rows = kv->pl.rows;
+    g->stats.kv_n_seq = kv->pl.n_seq;
+    g->stats.kv_type = kv->pl.type;
+    return KR_OK;
+}
+
+void kr__gkv_free(kr_gpu_forward *g)
+{
+    kr__gkv *kv = g->kv;
+    if (!kv)
+        return;
+    for (uint32_t s = 0; kv->graphs && s < kv->pl.n_seq; s++)
+        if (kv->graphs[s] != g->graph)
+            kr_backend_graph_destroy(g->be, kv->graphs[s]);
+    free(kv->graphs);
+    kr_backend_free(g->be, kv->buf);
+    kr_kv_slots_fini(&kv->sl);
+    free(kv);
+    g->kv = NULL;
+}
+
+/* ---- sequences ---- */
+
+kr_status kr_gpu_forward_seq_use(kr_gpu_forward *g, int32_t seq_id, kr_err *err)
+{
+    if (!g)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward seq_use: NULL");
+    kr__gkv *kv = g->kv;
+    uint32_t old = kv->sl.cur;
+    kv->sl.seq[old].n_past = g->n_past;
+    kr_status st = kr_kv_slots_use(&kv->sl, seq_id, NULL, KR__DOM, err);
+    if (st != KR_OK)
+        return st;
+    if (kv->sl.cur != old) { /* the step graph of a slot captures its cache pointers */
+        kv->graphs[old] = g->graph;
+        g->graph = kv->graphs[kv->sl.cur];
+        kr__point(g);
+    }
+    g->n_past = kv->sl.seq[kv->sl.cur].n_past;
+    return KR_OK;
+}
+
+int32_t kr_gpu_forward_seq_current(const kr_gpu_forward *g) { return g->kv->sl.seq[g->kv->sl.cur].id; }
+bool kr_gpu_forward_seq_cached(const kr_gpu_forward *g, int32_t seq_id)
+{
+    return kr_kv_slots_find(&g->kv->sl, seq_id) >= 0;
+}
+
+kr_status kr_gpu_forward_seq_pin(kr_gpu_forward *g, int32_t seq_id, bool pinned, kr_err *err)
+{
+    if (!g)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward seq_pin: NULL");
+    return kr_kv_slots_pin(&g->kv->sl, seq_id, pinned, err);
+}
+
+void kr_gpu_forward_seq_drop(kr_gpu_forward *g, int32_t seq_id)
+{
+    if (!g)
+        return;
+    kr__gkv *kv = g->kv;
+    int64_t s = kr_kv_slots_find(&kv->sl, seq_id);
+    if (s < 0)
+        return;
+    kr_kv_slots_drop(&kv->sl, seq_id);
+    if ((uint32_t)s == kv->sl.cur)
+        g->n_past = 0;
+}
+
+/* ---- context shift ---- */
+
+kr_status kr_gpu_forward_shift(kr_gpu_forward *g, uint32_t n_keep, uint32_t *n_discarded, kr_err *err)
+{
+    if (!g)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward shift: NULL");
+    if (g->dead)
+        return kr_err_set(err, KR_ERR_STATE, "gpu_forward shift: an earlier device step failed");
+    kr__gkv *kv = g->kv;
+    const kr_kv_plan *pl = &kv->pl;
+    uint32_t nd = 0;
+    kr_status st = kr_kv_shift_count(g->n_past, n_keep, kv->ring, &nd, err);
+    if (st != KR_OK)
+        return st;
+    if ((uint64_t)pl->kv_dim * 4 > KR__SHIFT_SMEM_MAX || pl->row_bytes % 4 != 0)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "context shift on CUDA: kv row of %" PRIu32 " values too long",
+                          pl->kv_dim);
+    if (!kv->fn_shift) {
+        const kr_kernel_source src = {
+            .name = "forward/kv_shift.cu",
+            .code = (const char *)kr_kernel_forward_kv_shift_cu,
+            .len = kr_kernel_forward_kv_shift_cu_LEN,
+            .entry = "kr_kv_shift",
+        };
+        if ((st = kr_backend_get_function(g->be, &src, &kv->fn_shift, err)) != KR_OK)
+            return kr_err_prefix(err, "kernel kr_kv_shift");
+    }
+    const kr_hparams *hp = &g->hp;
+    uint32_t n_move = g->n_past - n_keep - nd;
+    char *base = (char *)kv->buf->ptr + (size_t)kv->sl.cur * pl->rows * (size_t)pl->row_bytes;
+    unsigned long long layer_stride = 2 * pl->layer_bytes, v_off = pl->layer_bytes, rb = pl->row_bytes;
+    int kv_dim = (int)pl->kv_dim, head_dim = (int)hp->head_dim, n_rot = (int)hp->n_rot;
+    int neox = g->falcon || hp->rope_mode == KR_ROPE_NEOX, type = (int)pl->type;
+    float delta = -(float)nd, fb = hp->rope_base, fs = hp->rope_freq_scale;
+    const float *ff = g->falcon ? NULL : g->freq_factors;
+    /* chunks of <= nd rows: a chunk's destination is the previous chunk's source */
+    for (uint32_t c = 0; c < n_move && st == KR_OK; c += nd) {
+        uint32_t cnt = n_move - c < nd ? n_move - c : nd;
+        int src_row = (int)(n_keep + nd + c), dst_row = (int)(n_keep + c);
+        void *args[] = {&base, &layer_stride, &v_off, &rb, &src_row, &dst_row, &kv_dim, &head_dim,
+                        &n_rot, &neox, &delta, &fb, &fs, &ff, &type};
+        uint32_t grid[3] = {cnt, pl->n_layer, 2}, block[3] = {256, 1, 1};
+        st = kr_backend_launch(g->be, kv->fn_shift, grid, block, (size_t)kv_dim * 4, g->stream, args, err);
+    }
+    if (st == KR_OK)
+        st = kr_backend_sync(g->be, g->stream, err);
+    if (st != KR_OK) {
+        g->dead = true;
+        return kr_err_prefix(err, "context shift on the device");
+    }
+    KR_LOGI(KR__DOM, "context shift of sequence %" PRId32 ": kept %" PRIu32 ", dropped %" PRIu32 ", %" PRIu32
+            " -> %" PRIu32 " positions", kv->sl.seq[kv->sl.cur].id, n_keep, nd, g->n_past, g->n_past - nd);
+    g->n_past -= nd;
+    if (n_discarded)
+        *n_discarded = nd;
+    return KR_OK;
+}
+
+kr_status kr__gkv_before_eval(kr_gpu_forward *g, size_t n, uint32_t *pos, kr_err *err)
+{
+    kr__gkv *kv = g->kv;
+    uint32_t p = *pos, n_ctx = g->n_ctx;
+    if (n == 0 || n > n_ctx || p > g->n_past || g->dead)
+        return KR_OK; /* the argument checks report these */
+    if (p > n_ctx - n && kv->full == KR_KV_FULL_SHIFT && p == g->n_past) {
+        kr_status st = kr_gpu_forward_shift(g, kv->n_keep, NULL, err);
+        if (st != KR_OK)
+            return kr_err_prefix(err, "context full at %" PRIu32 " positions", p);
+        p = *pos = g->n_past; /* the tokens go right after the kept ones */
+    }
+    if (p > n_ctx - n)
+        return kr_kv_full_error(n, p, n_ctx, kv->full == KR_KV_FULL_SHIFT, err);
+    return kr_kv_rewind_check(&kv->pl, kv->window, g->n_past, p, err);
+}
+
+/* ---- reads (tests, tools) ---- */
+
+static void kr__dequant_row(const kr_kv_plan *pl, const unsigned char *row, float *out)
+{
+    size_t n = pl->kv_dim;
+    if (pl->type == KR_DTYPE_F16) {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * i, 2);
+            out[i] = kr_fp16_to_fp32(h);
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t d;
+        memcpy(&d, row + n + 2 * (i / 32), 2);
+        out[i] = (float)(int8_t)row[i] * kr_fp16_to_fp32(d);
+    }
+}
+
+kr_status kr_gpu_forward_kv_read(kr_gpu_forward *g, uint32_t layer, uint32_t pos, float *k, float *v, kr_err *err)
+{
+    if (!g)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward kv_read: NULL");
+    const kr__gkv *kv = g->kv;
+    const kr_kv_plan *pl = &kv->pl;
+    uint32_t np = g->n_past;
+    if (layer >= pl->n_layer || pos >= np || (kv->ring && np - pos > pl->rows))
+        return kr_err_set(err, KR_ERR_RANGE, "KV read: layer %" PRIu32 " (of %" PRIu32 "), position %" PRIu32
+                          " not cached (n_past %" PRIu32 ", %" PRIu32 " rows)", layer, pl->n_layer, pos, np,
+                          pl->rows);
+    unsigned char *row = malloc((size_t)pl->row_bytes);
+    if (!row)
+        return kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+    size_t off = ((size_t)kv->sl.cur * pl->rows + pos % pl->rows) * (size_t)pl->row_bytes;
+    kr_status st = kr_backend_sync(g->be, g->stream, err);
+    for (int w = 0; w < 2 && st == KR_OK; w++) {
+        float *out = w ? v : k;
+        if (!out)
+            continue;
+        const char *src = (const char *)kv->buf->ptr + (2 * (size_t)layer + (size_t)w) * (size_t)pl->layer_bytes + off;
+        st = kr_backend_d2h(g->be, row, src, (size_t)pl->row_bytes, NULL, err);
+        if (st == KR_OK)
+            st = kr_backend_sync(g->be, NULL, err);
+        if (st == KR_OK)
+            kr__dequant_row(pl, row, out);
+    }
+    free(row);
+    return st;
+}

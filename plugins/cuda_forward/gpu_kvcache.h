@@ -1,0 +1,57 @@
+/* Private to plugins/cuda_forward: the device KV cache of a kr_gpu_forward
+ * (gpu_kvcache.c). Sizing (kr_kv_plan_make with the SPLIT row layout), the
+ * fit check against free device memory before any weight is uploaded,
+ * sequence slots with the host cache's bookkeeping (kr_kv_slots_*), one
+ * captured step graph per slot, context shift (kernels/forward/kv_shift.cu).
+ *
+ * Device layout (docs/KVCACHE.md): one buffer; layer l's K at
+ * l * 2*layer_bytes, its V at (2l+1) * layer_bytes; each (n_seq slots, rows,
+ * row_bytes); position p of a sequence at row p % rows. gpu_forward.c's
+ * layers[l].k_cache / v_cache always point at the CURRENT slot's K / V base. */
+#ifndef KR_GPU_KVCACHE_H
+#define KR_GPU_KVCACHE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernrun/backend.h"
+#include "kernrun/kvcache.h"
+#include "kr_gpu_forward.h"
+
+typedef struct kr__gkv {
+    kr_kv_plan pl;                 /* SPLIT layout; rows = window with a ring */
+    kr_kv_slots sl;                /* sequences */
+    uint32_t window;               /* model's sliding window (0: none) */
+    bool ring;                     /* pl.rows < pl.n_ctx */
+    kr_kv_full full;               /* at n_ctx: stop or shift */
+    uint32_t n_keep;               /* positions an automatic shift keeps */
+    kr_buffer *buf;                /* all layers, K and V */
+    kr_graph **graphs;             /* (n_seq) captured step of each slot (g->graph is the current one's) */
+    kr_function *fn_shift;         /* kv_shift.cu, compiled on first shift */
+} kr__gkv;
+
+/* 1 once the step uses kr_dec_kv_store / kr_dec_attention_kv (kr_decode_kv.h):
+ * q8_0 and the sliding-window ring need them. */
+#define KR__GKV_NEW_KERNELS 0
+
+struct kr_gpu_forward;
+
+/* In kr_gpu_forward_new, before uploading weights: the plan from p (type,
+ * n_seq, ring) for g->hp / g->n_ctx. KR_ERR_UNSUPPORTED for F32 and for
+ * combinations the kernels lack. Allocates g->kv (host only). */
+kr_status kr__gkv_plan(struct kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err *err);
+/* KR_ERR_LIMIT (with the numbers) when weights + cache + activations +
+ * other (repack scratch) + a fixed reserve exceed the free device memory
+ * (or limit when > 0). Logs the KV size. */
+kr_status kr__gkv_check_fit(struct kr_gpu_forward *g, uint64_t weight_bytes, uint64_t act_bytes,
+                            uint64_t other_bytes, uint64_t limit, kr_err *err);
+/* Allocate the device cache; layers point at slot 0; stats filled. */
+kr_status kr__gkv_alloc(struct kr_gpu_forward *g, kr_err *err);
+/* Free the cache, the slot graphs other than g->graph, g->kv. */
+void kr__gkv_free(struct kr_gpu_forward *g);
+/* Before an eval of n tokens at *pos: automatic context shift (kv_full
+ * SHIFT, *pos == n_past, full: *pos becomes the new n_past), the CPU path's
+ * "context full" message, the ring's rewind check. */
+kr_status kr__gkv_before_eval(struct kr_gpu_forward *g, size_t n, uint32_t *pos, kr_err *err);
+
+#endif

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# tools/gpu-dev/kvhost.sh test|bench — the CUDA path's KV cache (issue 9, GPU side) on the GPU machine.
+# Called by tools/gpu-dev/run-all with BUILD, LOG, KERNRUN_REQUIRE_GPU=1, KR_TESTDATA, KR_7B_*, KR_KERNRUN.
+#   test : tests/gpu_kvcache (sizes/refusals, LRU + pinning vs CPU, graph replay across slots, shift kernel
+#          vs reference, shift GPU vs CPU, ring vs masked, q8_0 vs f16) in two parallel halves, 50 s each;
+#          then `kernrun generate --backend cuda` with --kv-type / --ctx-shift on stories260K.
+#   bench: bench-gpu-kvcache on the 7B q4_0 model: f16 vs q8_0 cache decode speed at 512 / 2048,
+#          recompute-the-prefix vs cache ratio, logits NMSE q8_0 vs f16, sequences taking turns.
+set -u
+cd "$(dirname "$0")/../.."
+LOG=${LOG:-/dev/stdout}
+BUILD=${BUILD:-build}
+part=${1:-test}
+mine="plugins/cuda_forward kernels/forward/kv_shift.cu models/model/src/kvcache.c tests/gpu_kvcache tools/kernrun/pipe_generate.c"
+{
+  # shellcheck disable=SC2086
+  echo "== kvhost $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under kvhost's paths, $(date -u +%H:%M:%S)"
+  nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader 2>/dev/null | head -1
+} >>"$LOG" 2>&1
+export KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1
+T=$BUILD/tests/gpu_kvcache/test_gpu_kvcache
+
+if [ "$part" = test ]; then
+  tmp=$(mktemp -d)
+  s0=$(date +%s)
+  if [ ! -x "$T" ]; then
+    echo "-- $T missing (build failed?)" >>"$LOG"
+    exit 1
+  fi
+  ( timeout 50 "$T" -j1 --verbose=1 --filter 'gpu_kvcache*/!(shift*|ring*|q8*)' >"$tmp/a.txt" 2>&1; echo "rc=$?" >>"$tmp/a.txt" ) &
+  ( timeout 50 "$T" -j1 --verbose=1 --filter 'gpu_kvcache/@(shift*|ring*|q8*)' >"$tmp/b.txt" 2>&1; echo "rc=$?" >>"$tmp/b.txt" ) &
+  wait
+  {
+    for f in a b; do
+      echo "-- test_gpu_kvcache part $f ($(( $(date +%s) - s0 )) s)"
+      grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|NMSE|nmse|refusal|kv_shift|^shift|^ring|^q8_0|graph" "$tmp/$f.txt" | head -80
+      grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
+    done
+    # the CLI on the CUDA backend (stories260K, tiny context so the shift happens)
+    KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
+    M=${KR_TESTDATA:-../shared/testdata}/models/stories260K-f32.gguf
+    for args in "--kv-type f16" "--kv-type q8_0" "--ctx-shift --keep 4 -c 48" "--kv-type q8_0 --ctx-shift --keep 4 -c 48" "-c 48"; do
+      echo "-- kernrun generate --backend cuda $args -n 96 --temp 0"
+      # shellcheck disable=SC2086
+      timeout 20 "$KR" --log-level info generate -m "$M" --backend cuda $args -n 96 --temp 0 -p "Once upon a time" \
+        >"$tmp/gen.txt" 2>&1
+      echo "rc=$?"
+      grep -E "kvcache|KV cache|shift|context|error|backend" "$tmp/gen.txt" | head -8
+      grep -vE "^kernrun:|^\[" "$tmp/gen.txt" | tr '\n' ' ' | cut -c1-300; echo
+    done
+    echo "== kvhost test summary"
+    for f in a b; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+  } >>"$LOG" 2>&1
+  rm -rf "$tmp"
+  exit 0
+fi
+
+if [ "$part" = bench ]; then
+  B=$BUILD/tests/gpu_kvcache/bench-gpu-kvcache
+  f=${KR_7B_Q4_0:-}
+  if [ -z "$f" ] || [ ! -f "$f" ]; then
+    echo "-- 7B q4_0 model missing ($f)" >>"$LOG"
+    exit 1
+  fi
+  echo "-- bench-gpu-kvcache 7B q4_0: f16 vs q8_0 cache, positions 512 and 2048, 32 tokens, 4 sequences" >>"$LOG"
+  timeout 40 "$B" -m "$f" --kv-types f16,q8_0 --pos 512,2048 -n 32 --seqs 4 >>"$LOG" 2>&1
+  echo "rc=$?" >>"$LOG"
+  exit 0
+fi
+echo "usage: $0 test|bench" >&2
+exit 2
