@@ -4,9 +4,9 @@
 // A: fp16 activations, row m at A + m*lda halves. W: GGUF layout, row n at
 // W + n*ldw bytes. C: fp32, row m at C + m*ldc.
 //
-// Block: 128 threads = 4 warps as 2 (m) x 2 (n); block tile BM x 128 (BM =
-// KR_MM_BM, 64 or 128); warp tile (BM/2) x 64 = (BM/32) x 8 mma tiles
-// m16n8k16 (fp16 in, fp32 accumulate). K advances in steps of 32 through a
+// Block: 64*WN threads = 2 (m) x WN (n) warps (KR_MM_WN 2 or 4); block tile
+// BM x 128 (BM = KR_MM_BM, 64 or 128); warp tile (BM/2) x (128/WN) =
+// (BM/32) x (16/WN) mma tiles m16n8k16 (fp16 in, fp32 accumulate). K advances in steps of 32 through a
 // KR_MM_ST-stage cp.async ring in shared memory (one barrier per step):
 //   A stage: BM rows x 64 bytes (32 halves), 16-byte chunks XOR-swizzled
 //            (chunk c of row r at c ^ ((r >> 1) & 3)): ldmatrix conflict-free.
@@ -42,6 +42,12 @@ typedef long long kr_mm_i64;
 #ifndef KR_MM_ST
 #define KR_MM_ST 3
 #endif
+#ifndef KR_MM_WN
+#define KR_MM_WN 2 // warps along n: 2 (warp tile (BM/2) x 64) or 4 ((BM/2) x 32)
+#endif
+#if KR_MM_WN != 2 && KR_MM_WN != 4
+#error "KR_MM_WN must be 2 or 4"
+#endif
 #if KR_MM_BM != 64 && KR_MM_BM != 128
 #error "KR_MM_BM must be 64 or 128"
 #endif
@@ -56,10 +62,11 @@ typedef long long kr_mm_i64;
 #define KR_MM_T_Q4_K 12
 
 #define KR_MM_BN 128
-#define KR_MM_THREADS 128
-#define KR_MM_WM (KR_MM_BM / 2) // warp tile rows
-#define KR_MM_MT (KR_MM_BM / 32) // m16 tiles per warp
-#define KR_MM_NT 8               // n8 tiles per warp (64 columns)
+#define KR_MM_THREADS (64 * KR_MM_WN) // 2 x WN warps
+#define KR_MM_WM (KR_MM_BM / 2)       // warp tile rows
+#define KR_MM_WNC (KR_MM_BN / KR_MM_WN) // warp tile columns
+#define KR_MM_MT (KR_MM_BM / 32)      // m16 tiles per warp
+#define KR_MM_NT (KR_MM_WNC / 8)      // n8 tiles per warp
 #define KR_MM_RAW 48             // raw bytes per W row per stage (quantized types)
 #define KR_MM_A_BYTES (KR_MM_BM * 64)
 #define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * 64 : KR_MM_BN * KR_MM_RAW)
@@ -178,10 +185,12 @@ __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__rest
         kr_mm_cp16(sw + r * 64 + ((c ^ ((r >> 1) & 3)) << 4), src, ok ? 16 : 0);
     }
 #else
-    // 3 chunk slots per row: BN * 3 = 384 = 3 per thread.
+    // 3 chunk slots per row: BN * 3 = 384 slots.
 #pragma unroll
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < (KR_MM_BN * 3 + KR_MM_THREADS - 1) / KR_MM_THREADS; i++) {
         const int idx = tid + i * KR_MM_THREADS, r = idx / 3, c = idx - 3 * (idx / 3);
+        if (idx >= KR_MM_BN * 3)
+            break;
         const bool ok = n0 + r < N;
         const kr_mm_u8 *row = W + (kr_mm_i64)(n0 < N ? n0 + (ok ? r : 0) : 0) * ldw;
         kr_mm_i64 off;
@@ -305,7 +314,7 @@ extern "C" __global__ void __launch_bounds__(KR_MM_THREADS)
     __shared__ __align__(128) kr_mm_u8 sm[KR_MM_ST * KR_MM_STAGE];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int m0 = blockIdx.y * KR_MM_BM, n0 = blockIdx.x * KR_MM_BN;
-    const int wm = (warp >> 1) * KR_MM_WM, wn = (warp & 1) * 64;
+    const int wm = (warp / KR_MM_WN) * KR_MM_WM, wn = (warp % KR_MM_WN) * KR_MM_WNC;
     const int kbeg = blockIdx.z * k_split, kend = min(K, kbeg + k_split);
     const int ks0 = kbeg / 32, nsteps = kend > kbeg ? (kend - kbeg) / 32 : 0;
 

@@ -15,7 +15,7 @@
 #define KR__GM_THREADS 256 /* KR_GM_THREADS in gemm.cu */
 #define KR__GM_BN 128      /* KR_GM_BN */
 
-/* Kernel records: X(id, entry, options, tile rows). Static: the CUDA backend
+/* Kernel records: X(id, entry, options, tile rows, threads per block). Static: the CUDA backend
  * caches functions by record address. */
 static const char *const kr__opts_bm128[1] = {"-DKR_GM_BM=128"};
 static const char *const kr__opts_bm64[1] = {"-DKR_GM_BM=64"};
@@ -34,42 +34,56 @@ KR__MM_OPTS(kr__opts_mm_q8_0_64, 8, 64, 4)
 KR__MM_OPTS(kr__opts_mm_q4_k_64, 12, 64, 4)
 KR__MM_OPTS(kr__opts_mm_cvt, 0, 128, 3)
 #undef KR__MM_OPTS
+/* 8 warps (2 x 4, warp tile 64 x 32) on 128 x 128 tiles */
+#define KR__MM_OPTS8(name, wt) \
+    static const char *const name[4] = {"-DKR_MM_WT=" #wt, "-DKR_MM_BM=128", "-DKR_MM_ST=3", "-DKR_MM_WN=4"};
+KR__MM_OPTS8(kr__opts_mm_f16_w8, 1)
+KR__MM_OPTS8(kr__opts_mm_q4_0_w8, 2)
+KR__MM_OPTS8(kr__opts_mm_q4_1_w8, 3)
+KR__MM_OPTS8(kr__opts_mm_q8_0_w8, 8)
+KR__MM_OPTS8(kr__opts_mm_q4_k_w8, 12)
+#undef KR__MM_OPTS8
 
 #define KR__GM_FN_MAP(X)                                 \
-    X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128)       \
-    X(Q4_0_128, "kr_gemm_q4_0", kr__opts_bm128, 128)     \
-    X(Q4_1_128, "kr_gemm_q4_1", kr__opts_bm128, 128)     \
-    X(Q8_0_128, "kr_gemm_q8_0", kr__opts_bm128, 128)     \
-    X(F16_64, "kr_gemm_f16", kr__opts_bm64, 64)          \
-    X(Q4_0_64, "kr_gemm_q4_0", kr__opts_bm64, 64)        \
-    X(Q4_1_64, "kr_gemm_q4_1", kr__opts_bm64, 64)        \
-    X(Q8_0_64, "kr_gemm_q8_0", kr__opts_bm64, 64)        \
-    X(Q4_K_128, "kr_gemm_q4_k", kr__opts_bm128, 128)     \
-    X(Q6_K_128, "kr_gemm_q6_k", kr__opts_bm128, 128)     \
-    X(Q4_K_64, "kr_gemm_q4_k", kr__opts_bm64, 64)        \
-    X(Q6_K_64, "kr_gemm_q6_k", kr__opts_bm64, 64)        \
-    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128)                                          \
-    X(MM_F16_128, "kr_mm_gemm", kr__opts_mm_f16_128, 128)                                         \
-    X(MM_Q4_0_128, "kr_mm_gemm", kr__opts_mm_q4_0_128, 128)                                       \
-    X(MM_Q4_1_128, "kr_mm_gemm", kr__opts_mm_q4_1_128, 128)                                       \
-    X(MM_Q8_0_128, "kr_mm_gemm", kr__opts_mm_q8_0_128, 128)                                       \
-    X(MM_Q4_K_128, "kr_mm_gemm", kr__opts_mm_q4_k_128, 128)                                       \
-    X(MM_F16_64, "kr_mm_gemm", kr__opts_mm_f16_64, 64)                                            \
-    X(MM_Q4_0_64, "kr_mm_gemm", kr__opts_mm_q4_0_64, 64)                                          \
-    X(MM_Q4_1_64, "kr_mm_gemm", kr__opts_mm_q4_1_64, 64)                                          \
-    X(MM_Q8_0_64, "kr_mm_gemm", kr__opts_mm_q8_0_64, 64)                                          \
-    X(MM_Q4_K_64, "kr_mm_gemm", kr__opts_mm_q4_k_64, 64)                                          \
-    X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0)
+    X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128, 256)       \
+    X(Q4_0_128, "kr_gemm_q4_0", kr__opts_bm128, 128, 256)     \
+    X(Q4_1_128, "kr_gemm_q4_1", kr__opts_bm128, 128, 256)     \
+    X(Q8_0_128, "kr_gemm_q8_0", kr__opts_bm128, 128, 256)     \
+    X(F16_64, "kr_gemm_f16", kr__opts_bm64, 64, 256)          \
+    X(Q4_0_64, "kr_gemm_q4_0", kr__opts_bm64, 64, 256)        \
+    X(Q4_1_64, "kr_gemm_q4_1", kr__opts_bm64, 64, 256)        \
+    X(Q8_0_64, "kr_gemm_q8_0", kr__opts_bm64, 64, 256)        \
+    X(Q4_K_128, "kr_gemm_q4_k", kr__opts_bm128, 128, 256)     \
+    X(Q6_K_128, "kr_gemm_q6_k", kr__opts_bm128, 128, 256)     \
+    X(Q4_K_64, "kr_gemm_q4_k", kr__opts_bm64, 64, 256)        \
+    X(Q6_K_64, "kr_gemm_q6_k", kr__opts_bm64, 64, 256)        \
+    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128, 256)                                          \
+    X(MM_F16_128, "kr_mm_gemm", kr__opts_mm_f16_128, 128, 128)                                         \
+    X(MM_Q4_0_128, "kr_mm_gemm", kr__opts_mm_q4_0_128, 128, 128)                                       \
+    X(MM_Q4_1_128, "kr_mm_gemm", kr__opts_mm_q4_1_128, 128, 128)                                       \
+    X(MM_Q8_0_128, "kr_mm_gemm", kr__opts_mm_q8_0_128, 128, 128)                                       \
+    X(MM_Q4_K_128, "kr_mm_gemm", kr__opts_mm_q4_k_128, 128, 128)                                       \
+    X(MM_F16_64, "kr_mm_gemm", kr__opts_mm_f16_64, 64, 128)                                            \
+    X(MM_Q4_0_64, "kr_mm_gemm", kr__opts_mm_q4_0_64, 64, 128)                                          \
+    X(MM_Q4_1_64, "kr_mm_gemm", kr__opts_mm_q4_1_64, 64, 128)                                          \
+    X(MM_Q8_0_64, "kr_mm_gemm", kr__opts_mm_q8_0_64, 64, 128)                                          \
+    X(MM_Q4_K_64, "kr_mm_gemm", kr__opts_mm_q4_k_64, 64, 128)                                          \
+    X(MM_F16_W8, "kr_mm_gemm", kr__opts_mm_f16_w8, 128, 256)                                     \
+    X(MM_Q4_0_W8, "kr_mm_gemm", kr__opts_mm_q4_0_w8, 128, 256)                                   \
+    X(MM_Q4_1_W8, "kr_mm_gemm", kr__opts_mm_q4_1_w8, 128, 256)                                   \
+    X(MM_Q8_0_W8, "kr_mm_gemm", kr__opts_mm_q8_0_w8, 128, 256)                                   \
+    X(MM_Q4_K_W8, "kr_mm_gemm", kr__opts_mm_q4_k_w8, 128, 256)                                   \
+    X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256)
 
 typedef enum kr__gm_fn {
-#define KR__GM_ENUM(id, entry, opts, bm) KR__GM_##id,
+#define KR__GM_ENUM(id, entry, opts, bm, thr) KR__GM_##id,
     KR__GM_FN_MAP(KR__GM_ENUM)
 #undef KR__GM_ENUM
     KR__GM_COUNT
 } kr__gm_fn;
 
 static const kr_kernel_source kr__gm_src[KR__GM_COUNT] = {
-#define KR__GM_SRC(id, e, opts, bm)                                                                          \
+#define KR__GM_SRC(id, e, opts, bm, thr)                                                                         \
     [KR__GM_##id] = {.name = sizeof(opts) / sizeof(opts[0]) == 1 ? "gemm/gemm.cu" : "gemm/gemm_mma.cu",     \
                      .code = sizeof(opts) / sizeof(opts[0]) == 1 ? (const char *)kr_kernel_gemm_gemm_cu        \
                                                                  : (const char *)kr_kernel_gemm_gemm_mma_cu,   \
@@ -81,9 +95,15 @@ static const kr_kernel_source kr__gm_src[KR__GM_COUNT] = {
 };
 
 static const int kr__gm_bm[KR__GM_COUNT] = {
-#define KR__GM_BM(id, e, opts, bm) [KR__GM_##id] = bm,
+#define KR__GM_BM(id, e, opts, bm, thr) [KR__GM_##id] = bm,
     KR__GM_FN_MAP(KR__GM_BM)
 #undef KR__GM_BM
+};
+
+static const uint32_t kr__gm_threads[KR__GM_COUNT] = {
+#define KR__GM_THR(id, e, opts, bm, thr) [KR__GM_##id] = thr,
+    KR__GM_FN_MAP(KR__GM_THR)
+#undef KR__GM_THR
 };
 
 struct kr_gemm {
@@ -203,8 +223,17 @@ bool kr_gemm_mma_supports(kr_dtype t)
     return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 || t == KR_DTYPE_Q4_K;
 }
 
-static kr__gm_fn kr__mm_pick(kr_dtype t, bool small)
+static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8)
 {
+    if (w8) {
+        switch (t) {
+        case KR_DTYPE_F16: return KR__GM_MM_F16_W8;
+        case KR_DTYPE_Q4_0: return KR__GM_MM_Q4_0_W8;
+        case KR_DTYPE_Q4_1: return KR__GM_MM_Q4_1_W8;
+        case KR_DTYPE_Q8_0: return KR__GM_MM_Q8_0_W8;
+        default: return KR__GM_MM_Q4_K_W8;
+        }
+    }
     switch (t) {
     case KR_DTYPE_F16: return small ? KR__GM_MM_F16_64 : KR__GM_MM_F16_128;
     case KR_DTYPE_Q4_0: return small ? KR__GM_MM_Q4_0_64 : KR__GM_MM_Q4_0_128;
@@ -266,7 +295,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (!kr_gemm_supports(wtype))
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
-    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_MMA128_K2)
+    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_MMA128_W8)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
@@ -302,7 +331,8 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (lda > INT64_MAX / (uint64_t)m || ldc > INT64_MAX / (uint64_t)m || w_stride > INT64_MAX / (uint64_t)n)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: strides too large for 64-bit indexing");
 
-    const bool mma_var = variant == KR_GEMM_MMA128 || variant == KR_GEMM_MMA64 || variant == KR_GEMM_MMA128_K2;
+    const bool mma_var = variant == KR_GEMM_MMA128 || variant == KR_GEMM_MMA64 || variant == KR_GEMM_MMA128_K2 ||
+                         variant == KR_GEMM_MMA128_W8;
     const bool w_aligned = (uintptr_t)w % 16 == 0 && w_stride % 16 == 0;
     bool use_mma = false;
     if (a16) {
@@ -366,7 +396,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         else
             v = KR_GEMM_MMA128;
     }
-    kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64);
+    kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8);
     int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, KR__GM_BN);
     if (gy > 65535)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
@@ -408,7 +438,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     int m_k = (int)m, n_k = (int)n, k_k = (int)k, ks_k = (int)k_split;
     void *args[] = {&ah, &lda_k, &w, &ldw_k, &c, &ldc_k, &m_k, &n_k, &k_k, &ks_k};
     const uint32_t grid[3] = {(uint32_t)gx, (uint32_t)gy, (uint32_t)splits};
-    return kr__gm_launch(g, s, id, grid, 128, args, tn, err);
+    return kr__gm_launch(g, s, id, grid, kr__gm_threads[id], args, tn, err);
 }
 
 kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,

@@ -45,6 +45,7 @@ typedef enum kr_gemm_variant {
     KR_GEMM_MMA128 = 3,    /* 128 x 128 tiles, 3 stages */
     KR_GEMM_MMA64 = 4,     /* 64 x 128 tiles, 4 stages */
     KR_GEMM_MMA128_K2 = 5, /* 128 x 128, K split in 2 halves added into C (needs ldc == n, else no split) */
+    KR_GEMM_MMA128_W8 = 6, /* 128 x 128 tiles, 8 warps of 64 x 32, 3 stages */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */

@@ -93,7 +93,7 @@ static bool poisoned(const float *p)
 /* One case: returns after cr_expect/cr_assert on the results. */
 static bool is_mma(kr_gemm_variant v)
 {
-    return v == KR_GEMM_MMA128 || v == KR_GEMM_MMA64 || v == KR_GEMM_MMA128_K2;
+    return v == KR_GEMM_MMA128 || v == KR_GEMM_MMA64 || v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA128_W8;
 }
 
 /* f16a: A uploaded as fp16 (kr_gemm_run_f16a), lda_pad then in halves (multiple of 8). */
@@ -241,8 +241,8 @@ static void run_type(kr_dtype wt)
     kr_err err;
     kr_err_clear(&err);
     cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
-    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64, KR_GEMM_AUTO, KR_GEMM_MMA128, KR_GEMM_MMA64,
-                                       KR_GEMM_MMA128_K2};
+    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64,      KR_GEMM_AUTO,     KR_GEMM_MMA128,
+                                       KR_GEMM_MMA64, KR_GEMM_MMA128_K2, KR_GEMM_MMA128_W8};
     const kr_gemm_variant vars_simt[] = {KR_GEMM_AUTO};
     const bool tc = kr_gemm_uses_tensor_cores(wt);
     const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
@@ -263,7 +263,8 @@ static void run_type(kr_dtype wt)
     }
     /* fp16 A (kr_gemm_run_f16a): fixed + random odd shapes, padded lda */
     if (kr_gemm_mma_supports(wt)) {
-        const kr_gemm_variant vh[] = {KR_GEMM_AUTO, KR_GEMM_MMA128, KR_GEMM_MMA64, KR_GEMM_MMA128_K2};
+        const kr_gemm_variant vh[] = {KR_GEMM_AUTO, KR_GEMM_MMA128, KR_GEMM_MMA64, KR_GEMM_MMA128_K2,
+                                      KR_GEMM_MMA128_W8};
         for (size_t v = 0; v < sizeof vh / sizeof vh[0]; v++) {
             for (size_t i = 0; i < n_shapes; i += 2) {
                 const shape *s = &k_shapes[i];
@@ -282,6 +283,7 @@ static void run_type(kr_dtype wt)
         run_case(be, g, wt, KR_GEMM_MMA128, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_MMA64, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_MMA128_K2, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_MMA128_W8, 300, 520, 2048, 0, 0, false);
     }
     kr_gemm_free(g);
     kr_backend_destroy(be);
@@ -392,7 +394,7 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 24, "expected 6 types x 2 tiles + SIMT + 5 MMA types x 2 tiles + A conversion, got %zu records",
+    cr_assert_eq(n, 29, "expected 6 types x 2 tiles + SIMT + 5 MMA types x 3 configs + A conversion, got %zu records",
                  n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {
