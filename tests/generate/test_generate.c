@@ -408,7 +408,7 @@ Test(generate, ctx_shift_continues_past_the_context)
     cr_assert_eq(r0.status, 0, "stderr:\n%s", r0.err);
     cr_expect(strstr(r0.err, "context full") != NULL, "%s", r0.err);
 
-    /* default backend (auto): picks the CPU, which has the shift */
+    /* default backend (auto): CUDA when a GPU is usable (it shifts on the device), else the CPU */
     const char *shift[] = {"-m", stories(), "-p", "Once upon a time", "-n", "60", "-c", "24", "--greedy",
                            "--ctx-shift", "--keep", "4", NULL};
     run_result r1 = run_kernrun(shift, info);

@@ -378,9 +378,11 @@ Test(gpu_kvcache, lru_order_same_as_cpu)
     kr_gpu_forward *solo = gnew(km, be, gparams(32));
     float *ls = malloc(b.nv * sizeof *ls);
     kr_err err;
-    cr_assert_eq(kr_gpu_forward_eval(solo, tok[0], N, 0, ls, &err), KR_OK, "%s", err.msg);
+    /* same calls (a batched prefill computes differently from single steps) */
+    cr_assert_eq(kr_gpu_forward_eval(solo, tok[0], N / 2, 0, ls, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_gpu_forward_eval(solo, tok[0] + N / 2, N / 2, N / 2, ls, &err), KR_OK, "%s", err.msg);
     double e = nmse_ff(b.lg, ls, b.nv);
-    cr_expect_leq(e, 1e-12, "resumed sequence vs single instance: NMSE %.3g", e);
+    cr_expect_leq(e, 1e-9, "resumed sequence vs single instance: NMSE %.3g", e);
     kr_context_seq_drop(b.c, 14);
     kr_gpu_forward_seq_drop(b.g, 14);
     both_same_state(&b, "drop 14");

@@ -38,9 +38,9 @@ static const char g_usage[] =
     "  -f, --file FILE         read the prompt from FILE\n"
     "  -n, --n-predict N       tokens to generate (default 128; -1 = until EOS or context end)\n"
     "  -c, --ctx-size N        context size (default: min(trained context, 4096))\n"
-    "      --kv-type T         KV cache rows: f32 (default), f16 or q8_0 (CPU backend)\n"
+    "      --kv-type T         KV cache rows: f32 (CPU default; CPU only), f16 (CUDA default) or q8_0\n"
     "      --ctx-shift         when the context is full, keep the first --keep positions, drop half\n"
-    "                          of the rest and go on (default: stop) (CPU backend)\n"
+    "                          of the rest and go on (default: stop)\n"
     "      --keep N            positions a context shift keeps at the start (default 0)\n"
     "  -s, --seed N            sampler seed (default: random, logged)\n"
     "  -t, --threads N         CPU threads (default: all online CPUs)\n"
@@ -466,8 +466,8 @@ fail:
 /* The CUDA forward pass (plugins/cuda_forward, docs/GPU-FORWARD.md) when the
  * runtime's backend is CUDA and the model is supported: --backend cuda fails
  * otherwise, auto falls back to the CPU (*out NULL). */
-static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, bool required, kr_gpu_forward **out,
-                                  kr_err *e)
+static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, const char *kv_type, bool required,
+                                  kr_gpu_forward **out, kr_err *e)
 {
     *out = NULL;
     kr_runtime *rt = kr_app_runtime(app);
@@ -489,7 +489,14 @@ static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, bo
     }
     kr_gpu_forward_params gp = kr_gpu_forward_params_default();
     gp.n_ctx = n_ctx > 0 ? (uint32_t)n_ctx : 0;
+    if (kv_type && (st = kr_kv_type_parse(kv_type, &gp.kv_type, e)) != KR_OK)
+        return kr_err_prefix(e, "--kv-type");
     st = kr_gpu_forward_new(m, be, &gp, out, e);
+    if (st == KR_ERR_UNSUPPORTED && !required) { /* e.g. --kv-type f32: the CPU path has it */
+        KR_LOGI(KR__DOM, "backend auto: using the CPU (%s)", e->msg);
+        kr_err_clear(e);
+        return KR_OK;
+    }
     if (st == KR_OK)
         KR_LOGI(KR__DOM, "backend cuda: %s", kr_backend_device_info(be) ? kr_backend_device_info(be)->name : "");
     return st;
@@ -636,19 +643,10 @@ static int run_generate(kr_app *app, int argc, char **argv)
                 (int)kr_tokenizer_n_vocab(tok), (int)n_vocab);
         goto out;
     }
-    if (strcmp(backend, "auto") == 0 && (o.kv_type || o.ctx_shift)) {
-        /* the CUDA path keeps its own f16 cache and has no shift yet */
-        KR_LOGI(KR__DOM, "backend auto: --kv-type/--ctx-shift run on the CPU");
-        backend = "cpu";
-    }
+    /* the CUDA path has f16 / q8_0 caches and context shift (gpu_kvcache.c); f32 is CPU only */
     if (strcmp(backend, "cpu") != 0 &&
-        (st = kr__gen_open_gpu(app, m, o.n_ctx, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
+        (st = kr__gen_open_gpu(app, m, o.n_ctx, o.kv_type, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
         rc = kr__fail(&e, st);
-        goto out;
-    }
-    if (gpu && (o.kv_type || o.ctx_shift)) {
-        fprintf(stderr, "kernrun generate: error: --kv-type and --ctx-shift are not available on the CUDA "
-                        "path yet (it keeps an f16 cache and stops when full); use --backend cpu\n");
         goto out;
     }
     kr_context_params cp = kr_context_params_default();
@@ -832,16 +830,17 @@ static int run_generate(kr_app *app, int argc, char **argv)
         }
         if (o.n_predict >= 0 && n_gen >= o.n_predict)
             break; /* no need to evaluate the last token */
-        if (pos >= n_ctx && o.ctx_shift && ctx) {
+        if (pos >= n_ctx && o.ctx_shift) {
             uint32_t n_drop = 0;
-            st = kr_context_shift(ctx, (uint32_t)o.n_keep, &n_drop, &e);
+            st = gpu ? kr_gpu_forward_shift(gpu, (uint32_t)o.n_keep, &n_drop, &e)
+                     : kr_context_shift(ctx, (uint32_t)o.n_keep, &n_drop, &e);
             if (st != KR_OK) {
                 kr_err_prefix(&e, "context shift at position %u", (unsigned)pos);
                 rc = kr__fail(&e, st);
                 goto out;
             }
             KR_LOGI(KR__DOM, "context full: shifted (kept %ld, dropped %u positions)", o.n_keep, (unsigned)n_drop);
-            pos = kr_context_n_past(ctx);
+            pos = gpu ? kr_gpu_forward_n_past(gpu) : kr_context_n_past(ctx);
         }
         if (pos >= n_ctx) {
             stop = o.ctx_shift ? "context full (shift freed nothing; lower --keep)" : "context full (-c)";
