@@ -18,7 +18,7 @@
 //   q   (n, q_stride) fp32: head h of token t at q + t*q_stride + h*D
 //   out (n, o_stride) fp32: same indexing; written for every (t, h)
 //   k, v: slot bases; row r at base + r*row_bytes (bytes); head g at +g*D halves.
-// Requirements (checked by the launcher): D = KR_FA_D in {64, 80, 96, 128, 256}
+// Requirements (checked by the launcher): D = KR_FA_D in {16, 32, 64, 80, 96, 128, 256}
 // (-D option), row_bytes and the bases 16-byte aligned, every visible
 // position already written and not overwritten (pos0 + n - 1 - lo(pos0) < rows).
 // Launch: block (128), grid (ceil(n*G / 64), n_head_kv).
@@ -31,8 +31,9 @@ typedef long long kr_fa_i64;
 #ifndef KR_FA_D
 #define KR_FA_D 128
 #endif
-#if KR_FA_D != 64 && KR_FA_D != 80 && KR_FA_D != 96 && KR_FA_D != 128 && KR_FA_D != 256
-#error "KR_FA_D must be 64, 80, 96, 128 or 256"
+#if KR_FA_D != 16 && KR_FA_D != 32 && KR_FA_D != 64 && KR_FA_D != 80 && KR_FA_D != 96 && KR_FA_D != 128 && \
+    KR_FA_D != 256
+#error "KR_FA_D must be 16, 32, 64, 80, 96, 128 or 256"
 #endif
 #define KR_FA_BM 64
 #if KR_FA_D > 128

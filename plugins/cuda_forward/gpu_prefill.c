@@ -99,7 +99,7 @@ const char *kr__prefill_unsupported(const kr_gpu_forward *g, size_t n, uint32_t 
     if (!g->kv || g->kv->pl.type != KR_DTYPE_F16)
         return "KV cache type other than f16";
     if (!kr_pf_flash_attn_supports((int)hp->head_dim))
-        return "head_dim not 64/80/96/128/256";
+        return "head_dim not 16/32/64/80/96/128/256";
     if (g->kv->pl.row_bytes % 16 != 0)
         return "KV rows not 16-byte multiples";
     if ((uint64_t)pos + n > g->kv->pl.rows)
@@ -209,9 +209,12 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
 {
     kr__gpf *P = g->prefill;
     kr_stream *s = g->stream;
-    if (!M->repacked)
-        return kr_gemm_run(P->gemm, s, KR_GEMM_AUTO, M->type, M->w, M->row_stride, a, lda, c, ldc, m, M->rows,
-                           M->cols, err);
+    if (!M->repacked) {
+        /* AUTO may pick kernels that need 16-byte rows; GGML rows of 18/34-byte blocks may not be */
+        bool a16 = M->row_stride % 16 == 0 && (uintptr_t)M->w % 16 == 0;
+        kr_gemm_variant v = a16 ? KR_GEMM_AUTO : m <= 64 ? KR_GEMM_TC64 : KR_GEMM_TC128;
+        return kr_gemm_run(P->gemm, s, v, M->type, M->w, M->row_stride, a, lda, c, ldc, m, M->rows, M->cols, err);
+    }
     const bool q8 = M->type == KR_DTYPE_Q8_0;
     const size_t qsz = q8 ? 32 : 16, nb = (size_t)(M->cols / 32), stride = kr__pf_ggml_stride(M);
     int64_t per = (int64_t)(P->unpack_bytes / stride);

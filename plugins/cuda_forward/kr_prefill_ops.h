@@ -30,7 +30,7 @@ kr_status kr_pf_prepare_all(kr_pf *p, kr_err *err);                /* compile ev
 size_t kr_pf_source_count(void);
 const kr_kernel_source *kr_pf_source_at(size_t i);
 
-/* True when kr_pf_flash_attn handles head_dim (64, 80, 96, 128, 256). */
+/* True when kr_pf_flash_attn handles head_dim (16, 32, 64, 80, 96, 128, 256). */
 bool kr_pf_flash_attn_supports(int head_dim);
 
 /* Causal attention of n query tokens at positions pos0 .. pos0+n-1 over an

@@ -11,6 +11,8 @@
 #include "kr_kernel_prefill_batch_ops_cu.h"  /* embedded by meson (kernels/meson.build) */
 #include "kr_kernel_prefill_flash_attn_cu.h"
 
+static const char *const kr__o_d16[1] = {"-DKR_FA_D=16"};
+static const char *const kr__o_d32[1] = {"-DKR_FA_D=32"};
 static const char *const kr__o_d64[1] = {"-DKR_FA_D=64"};
 static const char *const kr__o_d80[1] = {"-DKR_FA_D=80"};
 static const char *const kr__o_d96[1] = {"-DKR_FA_D=96"};
@@ -25,6 +27,8 @@ static const char *const kr__o_d256[1] = {"-DKR_FA_D=256"};
      .len = kr_kernel_prefill_batch_ops_cu_LEN, .entry = e, .options = NULL, .n_options = 0}
 
 enum {
+    KR__PF_FA16,
+    KR__PF_FA32,
     KR__PF_FA64,
     KR__PF_FA80,
     KR__PF_FA96,
@@ -39,6 +43,8 @@ enum {
 
 /* Static: the CUDA backend caches functions by record address. */
 static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
+    [KR__PF_FA16] = KR__FA_SRC(kr__o_d16),
+    [KR__PF_FA32] = KR__FA_SRC(kr__o_d32),
     [KR__PF_FA64] = KR__FA_SRC(kr__o_d64),
     [KR__PF_FA80] = KR__FA_SRC(kr__o_d80),
     [KR__PF_FA96] = KR__FA_SRC(kr__o_d96),
@@ -120,6 +126,8 @@ kr_status kr_pf_prepare_all(kr_pf *p, kr_err *err)
 static int kr__pf_fa_id(int head_dim)
 {
     switch (head_dim) {
+    case 16: return KR__PF_FA16;
+    case 32: return KR__PF_FA32;
     case 64: return KR__PF_FA64;
     case 80: return KR__PF_FA80;
     case 96: return KR__PF_FA96;
@@ -155,7 +163,7 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL kr_pf");
     const int id = kr__pf_fa_id(head_dim);
     if (id < 0)
-        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: head_dim %d (supported: 64, 80, 96, 128, 256)",
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: head_dim %d (supported: 16, 32, 64, 80, 96, 128, 256)",
                                 head_dim);
     if (n < 1 || pos0 < 0 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv != 0 || window < 0 || rows < 1)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,

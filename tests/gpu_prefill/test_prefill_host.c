@@ -19,7 +19,7 @@ Test(prefill_host, all_kernels_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_pf_source_count();
-    cr_assert_geq(n, 9);
+    cr_assert_geq(n, 11);
     cr_expect_null(kr_pf_source_at(n));
     for (size_t i = 0; i < n; i++) {
         const kr_kernel_source *ks = kr_pf_source_at(i);
@@ -45,7 +45,7 @@ Test(prefill_host, all_kernels_compile_sm90)
 
 Test(prefill_host, supports_and_null)
 {
-    static const int ok[] = {64, 80, 96, 128, 256}, bad[] = {0, 2, 72, 112, 130, 512};
+    static const int ok[] = {16, 32, 64, 80, 96, 128, 256}, bad[] = {0, 2, 8, 48, 72, 112, 130, 512};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
         cr_expect(kr_pf_flash_attn_supports(ok[i]), "%d", ok[i]);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)

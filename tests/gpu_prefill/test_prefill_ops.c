@@ -164,6 +164,8 @@ Test(gpu_prefill, flash_attn_shapes)
          .row_pad_halves = 8},                                                                       /* ring wraps */
         {.d = 256, .n_head = 4, .n_head_kv = 2, .n = 33, .pos0 = 7, .rows = 64},                    /* head_dim 256 */
         {.d = 96, .n_head = 6, .n_head_kv = 6, .n = 1, .pos0 = 250, .rows = 251},                   /* one token */
+        {.d = 16, .n_head = 4, .n_head_kv = 2, .n = 70, .pos0 = 5, .rows = 80},                     /* tiny models */
+        {.d = 32, .n_head = 3, .n_head_kv = 1, .n = 9, .pos0 = 0, .window = 4, .rows = 9},
         {.d = 64, .n_head = 6, .n_head_kv = 3, .n = 200, .pos0 = 3, .window = 9, .rows = 300},      /* tiny window */
         {.d = 128, .n_head = 32, .n_head_kv = 32, .n = 512, .pos0 = 0, .rows = 512},                /* 7B chunk */
     };
@@ -178,10 +180,10 @@ Test(gpu_prefill, flash_attn_random)
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
-    static const int dims[] = {64, 80, 96, 128, 256};
+    static const int dims[] = {16, 32, 64, 80, 96, 128, 256};
     for (int it = 0; it < 6; it++) {
         fa_case c = {0};
-        c.d = dims[kr_test_rng_u64() % 5];
+        c.d = dims[kr_test_rng_u64() % 7];
         c.n_head_kv = 1 + (int)(kr_test_rng_u64() % 4);
         c.n_head = c.n_head_kv * (1 + (int)(kr_test_rng_u64() % 5));
         c.n = 1 + (int)(kr_test_rng_u64() % 150);

@@ -33,25 +33,25 @@ fi
 if [ "$part" = bench ]; then
   {
     echo "-- bench-prefill-attn"
-    timeout 15 "$BUILD/tests/gpu_prefill/bench-prefill-attn" --iters 30
+    timeout 8 "$BUILD/tests/gpu_prefill/bench-prefill-attn" --iters 20
     echo "bench-prefill-attn rc=$?"
     KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
     rows=()
-    for t in Q4_0 Q8_0 F16; do
-      var=KR_7B_$t
+    # name | model var | extra args
+    runs=("Q4_0 batch|KR_7B_Q4_0|" "Q8_0 batch|KR_7B_Q8_0|" "F16 batch|KR_7B_F16|"
+          "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill")
+    for r in "${runs[@]}"; do
+      IFS='|' read -r name var extra <<<"$r"
       f=${!var:-}
-      [ -n "$f" ] && [ -f "$f" ] || { rows+=("$t: model missing"); continue; }
-      for mode in batch token; do
-        extra=()
-        [ "$mode" = token ] && extra=(--no-batch-prefill)
-        [ "$mode" = token ] && [ "$t" != Q4_0 ] && continue # token-by-token once is enough (time)
-        o=$(timeout 25 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda "${extra[@]}" 2>&1)
-        rc=$?
-        echo "$o" | tail -15
-        rows+=("$t $mode: rc=$rc $(echo "$o" | grep -i -m1 'prefill\|pp512' | tr -s ' ')")
-      done
+      [ -n "$f" ] && [ -f "$f" ] || { rows+=("$name: model missing"); continue; }
+      echo "-- kernrun bench $name ($f $extra)"
+      o=$(timeout 9 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
+      rc=$?
+      echo "$o" | tail -12
+      rows+=("$name: rc=$rc $(echo "$o" | grep -m1 '^prefill *:' | tr -s ' ')")
     done
-    echo "== prefill bench summary"
+    echo "== prefill bench summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+    grep -A8 "^D  *H/HK" "$LOG" | tail -7 | sed 's/^/  attn /'
     for l in "${rows[@]}"; do echo "  $l"; done
   } >>"$LOG" 2>&1
   exit 0

@@ -343,8 +343,11 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
         fprintf(stderr, "kernrun bench: out of memory\n");
         goto out;
     }
-    /* warm-up: first step (graph capture), then rewind */
-    if ((st = kr_gpu_forward_eval(g, toks, 1, 0, logits, &e)) != KR_OK) {
+    /* warm-up: first step (graph capture), then rewind; with batched prefill also
+     * the whole prompt once (JIT, first launches, prefill buffers not timed) */
+    if ((st = kr_gpu_forward_eval(g, toks, 1, 0, logits, &e)) != KR_OK ||
+        (o->p > 1 && !o->no_batch_prefill &&
+         (st = kr_gpu_forward_eval(g, toks, (size_t)o->p, 0, logits, &e)) != KR_OK)) {
         rc = kr__fail("warm-up step", &e, st);
         goto out;
     }
