@@ -154,3 +154,14 @@ extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, cons
             kr_gf_q8_block(v, blk, lane, xq, n);
     }
 }
+
+// Prefetch n bytes at p into L2 (evict_last), one 128-byte line per thread per step; reads
+// nothing into registers and writes nothing, so it needs no PDL wait (and is never launched
+// with the attribute). Any grid. Used on a side stream while the attention runs, for the
+// next matrices of the layer.
+extern "C" __global__ void kr_gf_prefetch_l2(const char *p, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x * 128;
+    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 128; i < n; i += stride)
+        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p + i));
+}

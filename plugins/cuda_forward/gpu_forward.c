@@ -603,6 +603,9 @@ err_layers:
 err_weights:
     kr_backend_free(be, g->wbuf);
 err_stream:
+    kr_backend_event_destroy(be, g->ev_fork);
+    kr_backend_event_destroy(be, g->ev_join);
+    kr_backend_stream_destroy(be, g->side);
     kr_backend_stream_destroy(be, g->stream);
 err_dec:
     kr_dec_free(g->dec);
@@ -620,6 +623,11 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     if (g->stream && !g->dead)
         kr_backend_sync(be, g->stream, NULL);
     kr_backend_graph_destroy(be, g->graph);
+    if (g->side && !g->dead)
+        kr_backend_sync(be, g->side, NULL);
+    kr_backend_event_destroy(be, g->ev_fork);
+    kr_backend_event_destroy(be, g->ev_join);
+    kr_backend_stream_destroy(be, g->side);
     for (size_t i = 0; i < g->prof_cap; i++)
         kr_backend_event_destroy(be, g->prof_ev[i]);
     free(g->prof_ev);
@@ -787,7 +795,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb; "default" resets to the default, "old" to the pre-PDL step. */
+ * resid=0|1, norm=sb|mb, l2pf=MiB (0: off); "default" resets to the default, "old" to the
+ * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
 {
     const char *p = spec;
@@ -814,7 +823,10 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
             else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
                 ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8);
-            else if (kn == 4 && strncmp(p, "norm", 4) == 0 && vn == 2 &&
+            else if (kn == 4 && strncmp(p, "l2pf", 4) == 0 && vn >= 1 && vn <= 4 && strspn(v, "0123456789") >= vn) {
+                t->l2pf_mb = atoi(v);
+                ok = true;
+            } else if (kn == 4 && strncmp(p, "norm", 4) == 0 && vn == 2 &&
                      (strncmp(v, "sb", 2) == 0 || strncmp(v, "mb", 2) == 0)) {
                 t->norm_mb = v[0] == 'm';
                 ok = true;
@@ -823,7 +835,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
         if (!ok && n > 0)
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
-                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, default, old)",
+                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, l2pf=MiB, default, old)",
                               (int)n, p, spec);
         p += n;
         if (*p == ',')
@@ -865,6 +877,23 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         if ((st = kr_backend_get_function(g->be, &src, &fn_mb, err)) != KR_OK)
             return kr_err_prefix(err, "kernel kr_gf_rmsnorm_q8_mb");
     }
+    kr_function *fn_pf = NULL;
+    if (t.l2pf_mb > 0) {
+        const kr_kernel_source src = {
+            .name = "forward/step_fused.cu",
+            .code = (const char *)kr_kernel_forward_step_fused_cu,
+            .len = kr_kernel_forward_step_fused_cu_LEN,
+            .entry = "kr_gf_prefetch_l2",
+        };
+        if ((st = kr_backend_get_function(g->be, &src, &fn_pf, err)) != KR_OK)
+            return kr_err_prefix(err, "kernel kr_gf_prefetch_l2");
+        if (!g->side && (st = kr_backend_stream_create(g->be, &g->side, err)) != KR_OK)
+            return kr_err_prefix(err, "L2 prefetch stream");
+        if (!g->ev_fork && (st = kr_backend_event_create(g->be, &g->ev_fork, err)) != KR_OK)
+            return st;
+        if (!g->ev_join && (st = kr_backend_event_create(g->be, &g->ev_join, err)) != KR_OK)
+            return st;
+    }
     /* the captured step may be in flight: finish it before dropping the graph */
     if (g->graph) {
         if ((st = kr_backend_sync(g->be, g->stream, err)) != KR_OK)
@@ -879,6 +908,7 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->mv2_rows4 = t.mv4 > 0 ? kr__mv2_q4[t.mv4 - 1].rows : 0;
     g->mv2_rows8 = t.mv8 > 0 ? kr__mv2_q8[t.mv8 - 1].rows : 0;
     g->fn_norm_mb = fn_mb;
+    g->fn_prefetch = fn_pf;
     kr_dec_set_pdl(g->dec, t.pdl);
     return KR_OK;
 }
@@ -1097,12 +1127,10 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         }
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
                             pos, 0, hp->rope_base, hp->rope_freq_scale, NULL, true, err));
-        KR__TRY(kr_dec_kv_append(d, s, g->k, g->v, L->k_cache, L->v_cache, KVD, (int)g->n_ctx, pos, 0, err));
-        KR__TRYL(g->n_split > 1 ? "attention (split + combine)" : "attention",
-                 kr_dec_attention(d, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
-                                  (int)hp->head_dim, (int)g->n_ctx, pos, 0, 0, scale, g->n_split, g->attn_scratch,
-                                  err));
-        if (g->n_split > 1)
+        KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err)); /* gpu_kvcache.c: the current slot */
+        KR__TRYL(kr__gkv_splits(g) > 1 ? "attention (split + combine)" : "attention",
+                 kr__gkv_attention(g, s, l, pos, 0, scale, err));
+        if (kr__gkv_splits(g) > 1)
             g->launches++; /* the combine kernel */
         const kr__gf_mat *o[1] = {&L->o}, *dn[1] = {&L->down};
         float *const o_y[1] = {g->tmp}, *const dn_y[1] = {g->ffo};
@@ -1121,6 +1149,35 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     float *const om_y[1] = {g->logits};
     g->role = "output";
     return kr__proj(g, s, g->h, false, om, om_y, 1, false, err);
+}
+
+/* tun.l2pf_mb: fork the side stream off s and prefetch into L2 the first bytes of the
+ * layer's attn_output and then gate/up weights (what the step reads after the attention). */
+static kr_status kr__l2_prefetch(kr_gpu_forward *g, kr_stream *s, const kr__gf_layer *L, kr_err *err)
+{
+    kr_status st;
+    if ((st = kr_backend_event_record(g->be, g->ev_fork, s, err)) != KR_OK ||
+        (st = kr_backend_stream_wait_event(g->be, g->side, g->ev_fork, err)) != KR_OK)
+        return st;
+    uint64_t budget = (uint64_t)g->tun.l2pf_mb << 20;
+    const kr__gf_mat *ms[3] = {&L->o, L->fuse_gu ? &L->gu : &L->gate, L->fuse_gu ? NULL : &L->up};
+    for (int i = 0; i < 3 && budget > 0; i++) {
+        if (!ms[i] || !ms[i]->w)
+            continue;
+        uint64_t b = (uint64_t)ms[i]->rows * ms[i]->row_stride;
+        long long n = (long long)(b < budget ? b : budget);
+        budget -= (uint64_t)n;
+        const void *p = ms[i]->w;
+        void *args[] = {&p, &n};
+        uint32_t grid[3] = {(uint32_t)((n / 128 + 255) / 256 < 264 ? (n / 128 + 255) / 256 : 264), 1, 1};
+        uint32_t block[3] = {256, 1, 1};
+        if (grid[0] == 0)
+            grid[0] = 1;
+        if ((st = kr_backend_launch(g->be, g->fn_prefetch, grid, block, 0, g->side, args, err)) != KR_OK)
+            return st;
+        g->launches++;
+    }
+    return KR_OK;
 }
 
 static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
@@ -1152,14 +1209,14 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         if ((st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
                      : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
             return st;
+        if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && (st = kr__l2_prefetch(g, s, L, err)) != KR_OK)
+            return st;
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
                             pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
-        KR__TRY(kr_dec_kv_append(d, s, g->k, g->v, L->k_cache, L->v_cache, KVD, (int)g->n_ctx, pos, 0, err));
-        KR__TRYL(g->n_split > 1 ? "attention (split + combine)" : "attention",
-                 kr_dec_attention(d, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
-                                  (int)hp->head_dim, (int)g->n_ctx, pos, 0, (int)hp->sliding_window, scale, g->n_split,
-                                  g->attn_scratch, err));
-        if (g->n_split > 1)
+        KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err)); /* gpu_kvcache.c: the current slot */
+        KR__TRYL(kr__gkv_splits(g) > 1 ? "attention (split + combine)" : "attention",
+                 kr__gkv_attention(g, s, l, pos, (int)hp->sliding_window, scale, err));
+        if (kr__gkv_splits(g) > 1)
             g->launches++; /* the combine kernel */
         const kr__gf_mat *o[1] = {&L->o};
         bool ro = g->tun.resid && kr__mv2_ok(g, &L->o);
@@ -1188,6 +1245,12 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
             return st;
         pend = rd ? NULL : g->tmp;
+    }
+    if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && hp->n_layer > 0) {
+        /* join the side stream (graph capture needs every fork joined) */
+        if ((st = kr_backend_event_record(g->be, g->ev_join, g->side, err)) != KR_OK ||
+            (st = kr_backend_stream_wait_event(g->be, s, g->ev_join, err)) != KR_OK)
+            return st;
     }
     const kr__gf_mat *om[1] = {&g->out};
     g->role = "output";

@@ -45,6 +45,8 @@ typedef struct kr__gf_tuning {
     int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
     bool resid;                    /* attn_output / ffn_down (repacked, v2) add into x directly */
     bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
+    int l2pf_mb;                   /* > 0: during the attention, prefetch up to this many MiB of the layer's
+                                      attn_output + ffn gate/up weights into L2 from a side stream */
 } kr__gf_tuning;
 
 struct kr_gpu_forward {
@@ -105,6 +107,9 @@ struct kr_gpu_forward {
     kr_function *fn_mv2_q8_0;
     int mv2_rows4, mv2_rows8;      /* rows per warp of those */
     kr_function *fn_norm_mb;       /* kr_gf_rmsnorm_q8_mb (or NULL) */
+    kr_function *fn_prefetch;      /* kr_gf_prefetch_l2 (or NULL) */
+    kr_stream *side;               /* L2 prefetch stream (created on first use) */
+    kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */
     uint32_t launches;             /* counted during the last step */
     kr_gpu_forward_stats stats;
 

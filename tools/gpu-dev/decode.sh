@@ -47,9 +47,9 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;pdl=0,mv4=r2p4;mv4=r1p4;mv4=r4p2;mv4=r2p8;resid=0,norm=sb;norm=sb"
-  V8="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv8=r1p4;mv8=r2p2;mv8=r4p2;resid=0,norm=sb"
-  VF="old;default;pdl=0"
+  V4="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv4=r1p4;mv4=r4p2;mv4=r2p8;resid=0,norm=sb;norm=sb;l2pf=12;l2pf=24;l2pf=40"
+  V8="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv8=r1p4;mv8=r2p4;mv8=r4p2;resid=0,norm=sb;l2pf=16;l2pf=32"
+  VF="old;default;pdl=0;l2pf=24"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   for t in Q4_0 Q8_0 F16; do
     var=KR_7B_$t

@@ -152,6 +152,9 @@ struct kr_backend_i {
      * first global memory access (docs/KERNELS.md, PDL). */
     kr_status (*launch_ex)(kr_backend *be, kr_function *fn, const uint32_t grid[3], const uint32_t block[3],
                            size_t shmem, kr_stream *s, void **args, uint32_t flags, kr_err *err);
+    /* (optional) later work on s waits until ev (recorded on another stream) has
+     * happened; with graph capture this forks/joins captured streams. */
+    kr_status (*stream_wait_event)(kr_backend *be, kr_stream *s, kr_event *ev, kr_err *err);
 };
 
 /* Flags of kr_backend_launch_ex. */
@@ -325,6 +328,12 @@ static inline kr_status kr_backend_launch_ex(kr_backend *be, kr_function *fn, co
     if (flags && KR_BACKEND_HAS(be, launch_ex))
         return be->iface->launch_ex(be, fn, grid, block, shmem, s, args, flags, err);
     return kr_backend_launch(be, fn, grid, block, shmem, s, args, err);
+}
+static inline kr_status kr_backend_stream_wait_event(kr_backend *be, kr_stream *s, kr_event *ev, kr_err *err)
+{
+    if (!KR_BACKEND_HAS(be, stream_wait_event))
+        return kr__backend_missing(be, "stream_wait_event", err);
+    return be->iface->stream_wait_event(be, s, ev, err);
 }
 static inline kr_status kr_backend_graph_begin(kr_backend *be, kr_stream *s, kr_err *err)
 {

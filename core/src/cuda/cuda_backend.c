@@ -60,6 +60,7 @@
     X(cuStreamSynchronize)       \
     X(cuEventCreate)             \
     X(cuEventRecord)             \
+    X(cuStreamWaitEvent)         \
     X(cuEventSynchronize)        \
     X(cuEventElapsedTime)        \
     X(cuEventDestroy)            \
@@ -632,6 +633,18 @@ out:
     return st;
 }
 
+static kr_status kr__cuda_stream_wait_event(kr_backend *be, kr_stream *s, kr_event *ev, kr_err *err)
+{
+    kr__cuda *cb = kr__cb(be);
+    if (!ev)
+        return kr_err_set(err, KR_ERR_INVALID_ARG, "stream_wait_event: event is NULL");
+    KR__ENTER(cb, err);
+    kr_status st = KR_OK;
+    KR__CU_TRY(cb, cb->cu->cuStreamWaitEvent(kr__stream(s), (CUevent)(void *)ev, 0), err, out);
+out:
+    return st;
+}
+
 static kr_status kr__cuda_event_elapsed(kr_backend *be, kr_event *a, kr_event *b, float *ms, kr_err *err)
 {
     kr__cuda *cb = kr__cb(be);
@@ -930,6 +943,7 @@ static const kr_backend_i kr__cuda_iface = {
     .graph_destroy = kr__cuda_graph_destroy,
     .rng_uniform = kr__cuda_rng_uniform,
     .launch_ex = kr__cuda_launch_ex,
+    .stream_wait_event = kr__cuda_stream_wait_event,
 };
 
 /* ---- create / destroy -------------------------------------------------------- */
