@@ -8,8 +8,8 @@
  *   KR_DTYPE_F16 : row = kv_dim fp16, row_bytes >= 2*kv_dim.
  *   KR_DTYPE_Q8_0: kv_dim % 32 == 0; row = kv_dim int8 quants q[0..kv_dim) then kv_dim/32 fp16
  *                  scales d[..]; value i = q[i] * d[i/32]; row_bytes >= round_up(kv_dim + kv_dim/16, 16).
- *                  Quantization as GGML q8_0 per 32 values: d = amax/127, q = roundf(x/d) (0 if d == 0),
- *                  d stored as fp16 (the division uses the fp32 d, before rounding it to fp16).
+ *                  Quantization as GGML q8_0 (and the CPU cache) per 32 values: d = amax/127,
+ *                  q = roundf(x * (1/d)) (0 if d == 0) with the fp32 d, then d stored as fp16.
  * The launchers take the base of one slot (already offset) plus rows; the view may instead name the
  * slot in device memory (slot/slot_bytes below) so a captured CUDA graph stays valid when it changes.
  *

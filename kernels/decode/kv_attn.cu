@@ -1,0 +1,463 @@
+// KV cache store and decode attention over the device KV cache layout of
+// plugins/cuda_decode/kr_decode_kv.h (per layer and slot: rows x row_bytes,
+// position p in row p % rows; F16 rows = kv_dim fp16; Q8_0 rows = kv_dim int8
+// quants then kv_dim/32 fp16 scales). Positions come from device memory
+// (pos != NULL) so a captured CUDA graph stays valid; the slot base may too
+// (slot != NULL: base + *slot * slot_bytes). Every kernel starts with
+// KR_PDL_WAIT() (programmatic dependent launch).
+#ifndef KR_DECODE_COMMON_CUH
+#include "kr_decode_common.cuh"
+#endif
+
+#ifndef KR_PDL_WAIT
+#define KR_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#endif
+#ifndef KR_PDL_LAUNCH_DEPENDENTS
+#define KR_PDL_LAUNCH_DEPENDENTS() do { } while (0)
+#endif
+
+#ifndef KR_KVA_THREADS
+#define KR_KVA_THREADS 128 // threads per attention block (128 or 256)
+#endif
+#define KR_KVA_RB 8        // query heads per block at most (one KV group, or part of one)
+#ifndef KR_KVA_TILE
+#define KR_KVA_TILE 8192   // positions x head_dim per shared-memory tile (<= 8192)
+#endif
+#define KR_KVA_MAXT 128    // positions per tile at most
+#define KR_KVA_LPT (KR_KVA_TILE / 8 / KR_KVA_THREADS)                  // 8-element chunks per thread per tile
+#define KR_KVA_CPT ((KR_KVA_RB * 32 + KR_KVA_THREADS - 1) / KR_KVA_THREADS) // (head, chunk) PV outputs per thread
+#define KR_KVA_QOFF 36864  // bytes: K and V tiles below, Q and scores above
+#define KR_KVA_SMEM 46080  // KR_KVA_QOFF + KR_KVA_RB * (256 + 32) * 4 (Q rows + scores of the widest case)
+
+__device__ __forceinline__ const kr_u8 *kr_kv_base(const void *b, const int *slot, long long slot_bytes)
+{
+    return (const kr_u8 *)b + (slot ? (kr_i64)*slot * slot_bytes : 0);
+}
+
+// ---- store -------------------------------------------------------------------
+// Token t (blockIdx.y) at position p = (*pos or pos_imm) + t:
+//   items [0, nq): q rotation pairs (nq = n_head*n_rot/2 rounded up to 32; 0 when q is NULL or n_rot 0),
+//   items [nq, nq + nkv): K element e (rotated when n_rot > 0), nkv = kv_dim rounded up to 32,
+//   items [nq + nkv, nq + 2 nkv): V element e.
+// One warp covers 32 consecutive K (or V) elements = one Q8_0 block (kv_dim % 32 == 0 for Q8_0).
+// Rotation as kr_rope_f32: theta_i = p*freq_scale*freq_base^(-2i/n_rot) / ff[i]; pairs (2i, 2i+1),
+// or (i, i + n_rot/2) with neox. k_new is only read; q is rotated in place.
+// Q8_0: d = amax/127, q = roundf(x * (1/d)) (0 when d == 0), d stored as fp16 (GGML q8_0).
+// Nothing is stored for p < 0. Launch: block 256, grid (ceil((nq + 2 nkv) / 256), n_tok).
+__device__ __forceinline__ float kr_kv_theta(int p, int i, int n_rot, float freq_base, float freq_scale,
+                                             const float *ff)
+{
+    float theta = (float)p * freq_scale * powf(freq_base, -2.0f * (float)i / (float)n_rot);
+    if (ff)
+        theta /= ff[i];
+    return theta;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+kr_kv_store_rope(float *q, int n_head, const float *k_new, const float *v_new, void *kc, void *vc, const int *slot,
+                 long long slot_bytes, int q8, int rows, int kv_dim, long long row_bytes, int head_dim, int n_rot,
+                 const int *pos, int pos_imm, float freq_base, float freq_scale, const float *ff, int neox)
+{
+    KR_PDL_WAIT();
+    const int t = blockIdx.y;
+    const int p = (pos ? *pos : pos_imm) + t;
+    const int half = n_rot >> 1;
+    const int nq = q && n_rot > 0 ? ((n_head * half + 31) & ~31) : 0;
+    const int nkv = (kv_dim + 31) & ~31;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < nq) { // warp-uniform: nq is a multiple of 32
+        if (i < n_head * half) {
+            const int h = i / half, ii = i - h * half;
+            float *v = q + ((kr_i64)t * n_head + h) * head_dim;
+            float sn, cs;
+            sincosf(kr_kv_theta(p, ii, n_rot, freq_base, freq_scale, ff), &sn, &cs);
+            const int ia = neox ? ii : 2 * ii, ib = neox ? ii + half : 2 * ii + 1;
+            const float a = v[ia], b = v[ib];
+            v[ia] = a * cs - b * sn;
+            v[ib] = a * sn + b * cs;
+        }
+        return;
+    }
+    int e = i - nq;
+    const bool is_k = e < nkv;
+    if (!is_k)
+        e -= nkv;
+    if (e >= nkv)
+        return; // whole warp (nkv is a multiple of 32)
+    const bool in = e < kv_dim;
+    float x = 0.0f;
+    if (in) {
+        const float *src = (is_k ? k_new : v_new) + (kr_i64)t * kv_dim;
+        x = src[e];
+        const int d = e % head_dim;
+        if (is_k && d < n_rot) {
+            const bool first = neox ? d < half : (d & 1) == 0;
+            const int ii = neox ? (first ? d : d - half) : d >> 1;
+            const int partner = neox ? (first ? d + half : d - half) : (d ^ 1);
+            const float y = src[e - d + partner];
+            float sn, cs;
+            sincosf(kr_kv_theta(p, ii, n_rot, freq_base, freq_scale, ff), &sn, &cs);
+            x = first ? x * cs - y * sn : y * sn + x * cs;
+        }
+    }
+    kr_u8 *row = (kr_u8 *)kr_kv_base(is_k ? kc : vc, slot, slot_bytes);
+    if (p >= 0)
+        row += (kr_i64)(p % rows) * row_bytes;
+    if (!q8) {
+        if (in && p >= 0)
+            ((kr_u16 *)row)[e] = kr_f2h(x);
+        return;
+    }
+    const float amax = kr_warp_max(fabsf(x));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (in && p >= 0) {
+        ((signed char *)row)[e] = (signed char)(int)roundf(x * id);
+        if ((e & 31) == 0)
+            ((kr_u16 *)(row + kv_dim))[e >> 5] = kr_f2h(d);
+    }
+}
+
+// ---- attention -----------------------------------------------------------------
+// One block: query heads h0 .. h0+nr-1 (nr <= KR_KVA_RB) of KV group g, and split
+// blockIdx.y of the visible positions [j0, p]. Grid (n_head_kv * nhb, n_split),
+// nhb = ceil((n_head/n_head_kv) / KR_KVA_RB), block KR_KVA_THREADS.
+// The block walks its chunk in tiles of T = min(128, KR_KVA_TILE/head_dim) positions:
+// every thread loads its share of the next tile's K and V rows (16-byte F16 /
+// 8-byte Q8_0 chunks) into registers while the current tile (in shared memory)
+// is used: scores S[r][t] = (scale q_r) . K_t (one thread per (r, t)), an online
+// softmax per head (one warp per head: running max m, sum l, correction), then
+// acc[r][d] = acc*corr + sum_t P[r][t] V_t[d] (threads own (r, 8 dims) and a slice of t).
+// Output: n_split == 1: out = acc / l; else part[(h*n_split + s)*(D + 2) + :] = (acc, m, l)
+// for kr_kva_combine. Invalid position (p < 0 or the span > rows): NaN.
+template <int Q8>
+__device__ __forceinline__ void kr_kva_load(const kr_u8 *kb, const kr_u8 *vb, long long row_bytes, int rows,
+                                            int kv_dim, int goff, int t0, int te, const int *ct, const int *cj,
+                                            uint4 *kr, uint4 *vr, kr_u16 *ks, kr_u16 *vs)
+{
+    const int r0 = t0 % rows;
+#pragma unroll
+    for (int k = 0; k < KR_KVA_LPT; k++) {
+        const int t = ct[k];
+        kr[k] = make_uint4(0, 0, 0, 0);
+        vr[k] = make_uint4(0, 0, 0, 0);
+        ks[k] = 0;
+        vs[k] = 0;
+        if (t >= 0 && t0 + t < te) {
+            int row = r0 + t;
+            if (row >= rows)
+                row -= rows;
+            const kr_i64 ro = (kr_i64)row * row_bytes;
+            if (Q8) {
+                const kr_i64 o = ro + goff + cj[k] * 8;
+                const uint2 a = __ldg((const uint2 *)(kb + o)), b = __ldg((const uint2 *)(vb + o));
+                kr[k].x = a.x;
+                kr[k].y = a.y;
+                vr[k].x = b.x;
+                vr[k].y = b.y;
+                const kr_i64 so = ro + kv_dim + ((goff + cj[k] * 8) >> 5) * 2;
+                ks[k] = __ldg((const unsigned short *)(kb + so));
+                vs[k] = __ldg((const unsigned short *)(vb + so));
+            } else {
+                const kr_i64 o = ro + goff + cj[k] * 16;
+                kr[k] = __ldg((const uint4 *)(kb + o));
+                vr[k] = __ldg((const uint4 *)(vb + o));
+            }
+        }
+    }
+}
+
+// 8 values of row t, chunk j of a shared tile, as floats (F16: exact; Q8_0:
+// the int8 quants, *sc = the chunk's scale).
+__device__ __forceinline__ void kr_kva_h8(uint4 u, float *f)
+{
+    f[0] = kr_h2f((kr_u16)(u.x & 0xffff));
+    f[1] = kr_h2f((kr_u16)(u.x >> 16));
+    f[2] = kr_h2f((kr_u16)(u.y & 0xffff));
+    f[3] = kr_h2f((kr_u16)(u.y >> 16));
+    f[4] = kr_h2f((kr_u16)(u.z & 0xffff));
+    f[5] = kr_h2f((kr_u16)(u.z >> 16));
+    f[6] = kr_h2f((kr_u16)(u.w & 0xffff));
+    f[7] = kr_h2f((kr_u16)(u.w >> 16));
+}
+
+__device__ __forceinline__ void kr_kva_q8(uint2 u, float *f)
+{
+    const int a = (int)u.x, b = (int)u.y;
+    f[0] = (float)((a << 24) >> 24);
+    f[1] = (float)((a << 16) >> 24);
+    f[2] = (float)((a << 8) >> 24);
+    f[3] = (float)(a >> 24);
+    f[4] = (float)((b << 24) >> 24);
+    f[5] = (float)((b << 16) >> 24);
+    f[6] = (float)((b << 8) >> 24);
+    f[7] = (float)(b >> 24);
+}
+
+template <int Q8>
+__device__ __forceinline__ void kr_kva_chunk(const kr_u8 *tile, const float *sc, int stride, int DC, int t, int j,
+                                             float *f, float *s)
+{
+    if (Q8) {
+        kr_kva_q8(*(const uint2 *)(tile + t * stride + j * 8), f);
+        *s = sc[t * DC + j];
+    } else {
+        kr_kva_h8(*(const uint4 *)(tile + t * stride + j * 16), f);
+        *s = 1.0f;
+    }
+}
+
+template <int Q8>
+__device__ __forceinline__ void kr_kva(const float *q, const void *kc, const void *vc, const int *slot,
+                                       long long slot_bytes, int rows, long long row_bytes, int kv_dim, float *out,
+                                       float *part, int n_head, int n_head_kv, int head_dim, const int *pos,
+                                       int pos_imm, int window, float scale, int n_split)
+{
+    __shared__ __align__(16) kr_u8 sm[KR_KVA_SMEM];
+    __shared__ float m_s[KR_KVA_RB], l_s[KR_KVA_RB], c_s[KR_KVA_RB];
+    KR_PDL_WAIT();
+    const int NT = KR_KVA_THREADS;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int R = n_head / n_head_kv;
+    const int nhb = (R + KR_KVA_RB - 1) / KR_KVA_RB;
+    const int g = blockIdx.x / nhb, hb = blockIdx.x - g * nhb;
+    const int h0 = g * R + hb * KR_KVA_RB;
+    const int nr = min(KR_KVA_RB, R - hb * KR_KVA_RB);
+    const int split = blockIdx.y;
+    const int D = head_dim, DC = D >> 3;
+    const int T = min(KR_KVA_MAXT, KR_KVA_TILE / D);
+    const int p = pos ? *pos : pos_imm;
+    const int j0 = window > 0 ? max(0, p - window + 1) : 0;
+    const int len = p - j0 + 1;
+    if (p < 0 || len > rows) {
+        for (int i = tid; i < nr * D; i += NT) {
+            const int h = h0 + i / D, d = i - (i / D) * D;
+            if (n_split == 1)
+                out[(kr_i64)h * D + d] = kr_qnan();
+            else
+                part[((kr_i64)h * n_split + split) * (D + 2) + d] = kr_qnan();
+        }
+        return;
+    }
+    const int chunk = (len + n_split - 1) / n_split;
+    const int ts = j0 + split * chunk, te = min(ts + chunk, p + 1);
+
+    // shared layout: K tile | V tile | Q (RB x D fp32, pre-scaled) | S (RB x T fp32)
+    const int stride = Q8 ? D + 8 : 2 * D + 16;           // bytes per tile row
+    const int qbytes = (T * stride + 15) & ~15;          // quants / halves of one tile
+    const int tbytes = (qbytes + (Q8 ? T * DC * 4 : 0) + 15) & ~15; // + Q8_0 scales (fp32 per 8-chunk)
+    kr_u8 *Kt = sm, *Vt = sm + tbytes;
+    float *Ksc = (float *)(Kt + qbytes), *Vsc = (float *)(Vt + qbytes);
+    float *Qs = (float *)(sm + KR_KVA_QOFF);
+    float *Ss = Qs + KR_KVA_RB * D;
+
+    for (int i = tid; i < nr * D; i += NT)
+        Qs[i] = q[(kr_i64)h0 * D + i] * scale;
+    if (tid < KR_KVA_RB) {
+        m_s[tid] = kr_neg_inf();
+        l_s[tid] = 0.0f;
+    }
+    // PV ownership: combos (r, j) = c, r = c / DC; NC >= NT: combos tid + k*NT, one slice;
+    // else combo tid % NC, slice tid / NC of nsl = NT / NC.
+    const int NC = nr * DC;
+    const int nsl = NC >= NT ? 1 : NT / NC;
+    const int slice = NC >= NT ? 0 : tid / NC;
+    const int cb = NC >= NT ? tid : tid - (tid / NC) * NC;
+    float acc[KR_KVA_CPT][8];
+#pragma unroll
+    for (int k = 0; k < KR_KVA_CPT; k++)
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            acc[k][e] = 0.0f;
+
+    if (ts < te) {
+        int ct[KR_KVA_LPT], cj[KR_KVA_LPT];
+#pragma unroll
+        for (int k = 0; k < KR_KVA_LPT; k++) {
+            const int c = tid + k * NT;
+            ct[k] = c < T * DC ? c / DC : -1;
+            cj[k] = c < T * DC ? c - (c / DC) * DC : 0;
+        }
+        const kr_u8 *kb = kr_kv_base(kc, slot, slot_bytes), *vb = kr_kv_base(vc, slot, slot_bytes);
+        const int goff = Q8 ? g * D : g * D * 2;
+        uint4 kr[KR_KVA_LPT], vr[KR_KVA_LPT];
+        kr_u16 ks[KR_KVA_LPT], vs[KR_KVA_LPT];
+        kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, ts, te, ct, cj, kr, vr, ks, vs);
+        for (int t0 = ts; t0 < te; t0 += T) {
+            __syncthreads(); // the previous tile is no longer read
+#pragma unroll
+            for (int k = 0; k < KR_KVA_LPT; k++) {
+                const int t = ct[k];
+                if (t >= 0) {
+                    if (Q8) {
+                        *(uint2 *)(Kt + t * stride + cj[k] * 8) = make_uint2(kr[k].x, kr[k].y);
+                        *(uint2 *)(Vt + t * stride + cj[k] * 8) = make_uint2(vr[k].x, vr[k].y);
+                        Ksc[t * DC + cj[k]] = kr_h2f(ks[k]);
+                        Vsc[t * DC + cj[k]] = kr_h2f(vs[k]);
+                    } else {
+                        *(uint4 *)(Kt + t * stride + cj[k] * 16) = kr[k];
+                        *(uint4 *)(Vt + t * stride + cj[k] * 16) = vr[k];
+                    }
+                }
+            }
+            __syncthreads();
+            if (t0 + T < te) // next tile's loads fly while this one is used
+                kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, t0 + T, te, ct, cj, kr, vr, ks, vs);
+            const int tv = min(T, te - t0); // valid rows of this tile
+            // scores
+            for (int i = tid; i < nr * T; i += NT) {
+                const int r = i / T, t = i - r * T;
+                float dot = kr_neg_inf();
+                if (t < tv) {
+                    dot = 0.0f;
+                    const float *qr = Qs + r * D;
+                    for (int j = 0; j < DC; j++) {
+                        float f[8], s;
+                        kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &s);
+                        const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
+                        const float part8 = qa.x * f[0] + qa.y * f[1] + qa.z * f[2] + qa.w * f[3] + qb.x * f[4] +
+                                            qb.y * f[5] + qb.z * f[6] + qb.w * f[7];
+                        dot += Q8 ? part8 * s : part8;
+                    }
+                }
+                Ss[r * T + t] = dot;
+            }
+            __syncthreads();
+            // online softmax, one warp per head
+            for (int r = warp; r < nr; r += NT / 32) {
+                float mt = kr_neg_inf();
+                for (int t = lane; t < tv; t += 32)
+                    mt = fmaxf(mt, Ss[r * T + t]);
+                mt = kr_warp_max(mt);
+                const float mo = m_s[r], mn = fmaxf(mo, mt);
+                float sum = 0.0f;
+                for (int t = lane; t < tv; t += 32) {
+                    const float e = expf(Ss[r * T + t] - mn);
+                    Ss[r * T + t] = e;
+                    sum += e;
+                }
+                sum = kr_warp_sum(sum);
+                if (lane == 0) {
+                    const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
+                    c_s[r] = corr;
+                    l_s[r] = l_s[r] * corr + sum;
+                    m_s[r] = mn;
+                }
+            }
+            __syncthreads();
+            // acc = acc * corr + P V
+            if (slice < nsl) {
+#pragma unroll
+                for (int k = 0; k < KR_KVA_CPT; k++) {
+                    const int c = cb + k * NT;
+                    if (c < NC && (k == 0 || NC >= NT)) {
+                        const int r = c / DC, j = c - r * DC;
+                        const float corr = c_s[r];
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            acc[k][e] *= corr;
+                        const float *pr = Ss + r * T;
+                        for (int t = slice; t < tv; t += nsl) {
+                            float f[8], s;
+                            kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &s);
+                            const float w = Q8 ? pr[t] * s : pr[t];
+#pragma unroll
+                            for (int e = 0; e < 8; e++)
+                                acc[k][e] += w * f[e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    KR_PDL_LAUNCH_DEPENDENTS();
+    __syncthreads(); // tiles are no longer read: reuse them for the slice reduction
+    float *red = (float *)sm; // (nsl, NC, 8)
+    if (slice < nsl) {
+#pragma unroll
+        for (int k = 0; k < KR_KVA_CPT; k++) {
+            const int c = cb + k * NT;
+            if (c < NC && (k == 0 || NC >= NT))
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    red[((kr_i64)slice * NC + c) * 8 + e] = acc[k][e];
+        }
+    }
+    __syncthreads();
+    for (int i = tid; i < nr * D; i += NT) {
+        float a = 0.0f;
+        for (int s = 0; s < nsl; s++)
+            a += red[s * NC * 8 + i];
+        const int r = i / D, d = i - r * D, h = h0 + r;
+        if (n_split == 1) {
+            out[(kr_i64)h * D + d] = a / l_s[r];
+        } else {
+            float *ph = part + ((kr_i64)h * n_split + split) * (D + 2);
+            ph[d] = a;
+            if (d == 0) {
+                ph[D] = m_s[r];
+                ph[D + 1] = l_s[r];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS)
+kr_kva_f16(const float *q, const void *kc, const void *vc, const int *slot, long long slot_bytes, int rows,
+           long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
+           const int *pos, int pos_imm, int window, float scale, int n_split)
+{
+    kr_kva<0>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
+              pos_imm, window, scale, n_split);
+}
+
+extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS)
+kr_kva_q8_0(const float *q, const void *kc, const void *vc, const int *slot, long long slot_bytes, int rows,
+            long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
+            const int *pos, int pos_imm, int window, float scale, int n_split)
+{
+    kr_kva<1>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
+              pos_imm, window, scale, n_split);
+}
+
+// Merge the split partials of kr_kva_*: out[h, d] = sum_s acc_s[d] w_s / sum_s l_s w_s,
+// w_s = e^(m_s - M), M = max_s m_s (empty splits: m = -inf, w = 0). Invalid
+// position (as the attention kernel decides): NaN. n_split <= 1024.
+// Launch: block 256, grid (n_head).
+extern "C" __global__ void __launch_bounds__(256)
+kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const int *pos, int pos_imm, int window,
+               int rows)
+{
+    __shared__ float w_s[1024];
+    __shared__ float red[32];
+    KR_PDL_WAIT();
+    const int h = blockIdx.x, D = head_dim, st = D + 2;
+    const int p = pos ? *pos : pos_imm;
+    const int j0 = window > 0 ? max(0, p - window + 1) : 0;
+    if (p < 0 || p - j0 + 1 > rows) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            out[(kr_i64)h * D + d] = kr_qnan();
+        return;
+    }
+    const float *ph = part + (kr_i64)h * n_split * st;
+    float mx = kr_neg_inf();
+    for (int s = threadIdx.x; s < n_split; s += blockDim.x)
+        mx = fmaxf(mx, ph[(kr_i64)s * st + D]);
+    const float M = kr_block_max(mx, red);
+    float lsum = 0.0f;
+    for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
+        const float ms = ph[(kr_i64)s * st + D];
+        const float w = ms == kr_neg_inf() ? 0.0f : expf(ms - M);
+        w_s[s] = w;
+        lsum += w * ph[(kr_i64)s * st + D + 1];
+    }
+    const float L = kr_block_sum(lsum, red); // contains __syncthreads: w_s is complete
+    KR_PDL_LAUNCH_DEPENDENTS();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < n_split; s++)
+            if (w_s[s] != 0.0f)
+                a += ph[(kr_i64)s * st + d] * w_s[s];
+        out[(kr_i64)h * D + d] = a / L;
+    }
+}
