@@ -1099,7 +1099,6 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     kr_dec *d = g->dec;
     kr_status st;
     int64_t E = hp->n_embd, F = hp->n_ff;
-    int KVD = (int)(hp->n_head_kv * hp->head_dim);
     const int32_t *tok = g->step, *pos = g->step + 1;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
     g->launches = 0;
@@ -1185,7 +1184,6 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     const kr_hparams *hp = &g->hp;
     kr_dec *d = g->dec;
     kr_status st;
-    int KVD = (int)(hp->n_head_kv * hp->head_dim);
     const int32_t *tok = g->step, *pos = g->step + 1;
     bool neox = hp->rope_mode == KR_ROPE_NEOX;
     float scale = 1.0f / sqrtf((float)hp->head_dim);

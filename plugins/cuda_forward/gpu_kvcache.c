@@ -12,6 +12,9 @@
 #include "kernrun/half.h"
 #include "kernrun/log.h"
 #include "kr_kernel_forward_kv_shift_cu.h"
+#if KR__GKV_NEW_KERNELS
+#include "kr_decode_kv.h"
+#endif
 
 #define KR__DOM "gpu_kvcache"
 #define KR__MIB(b) ((double)(b) / 1048576.0)
@@ -31,8 +34,18 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
     if (t != KR_DTYPE_F16 && t != KR_DTYPE_Q8_0)
         return kr_err_set(err, KR_ERR_UNSUPPORTED, "KV cache type %s not supported on CUDA (f16 or q8_0)",
                           kr_dtype_name(t));
-    if (t == KR_DTYPE_Q8_0 && !KR__GKV_NEW_KERNELS)
-        return kr_err_set(err, KR_ERR_UNSUPPORTED, "q8_0 KV cache on CUDA needs the kr_dec_attention_kv kernels");
+    const char *old_env = getenv("KR_GKV_OLD_KERNELS");
+    bool use_new = KR__GKV_NEW_KERNELS && !(old_env && strcmp(old_env, "1") == 0);
+    if (use_new && hp->head_dim % 8 != 0) { /* kr_dec_attention_kv's limit; the old kernels take even sizes */
+        if (t != KR_DTYPE_F16)
+            return kr_err_set(err, KR_ERR_UNSUPPORTED,
+                              "%s KV cache on CUDA needs head_dim %% 8 == 0 (have %" PRIu32 ")", kr_dtype_name(t),
+                              hp->head_dim);
+        use_new = false;
+    }
+    if (t == KR_DTYPE_Q8_0 && !use_new)
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "q8_0 KV cache on CUDA needs the kr_dec_attention_kv kernels%s",
+                          KR__GKV_NEW_KERNELS ? " (KR_GKV_OLD_KERNELS=1 is set)" : "");
     if (p->n_seq > KR__MAX_SEQ)
         return kr_err_set(err, KR_ERR_RANGE, "sequence count %" PRIu32 " exceeds the limit %u", p->n_seq,
                           KR__MAX_SEQ);
@@ -42,7 +55,7 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
         .n_ctx = g->n_ctx,
         .n_seq = p->n_seq,
         .window = hp->sliding_window,
-        .ring = !p->kv_no_ring && KR__GKV_NEW_KERNELS,
+        .ring = !p->kv_no_ring && use_new,
         .type = t,
         .layout = KR_KV_LAYOUT_SPLIT,
     };
@@ -61,6 +74,21 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
     kv->ring = pl.rows < pl.n_ctx;
     kv->full = p->kv_full;
     kv->n_keep = p->n_keep;
+    kv->use_new = use_new;
+    kv->n_split = 1;
+#if KR__GKV_NEW_KERNELS
+    if (use_new) {
+        uint32_t vis = kv->window && kv->window < pl.n_ctx ? kv->window : pl.n_ctx;
+        kv->n_split = p->attn_splits > 0 ? p->attn_splits
+                                         : kr_dec_attention_kv_default_splits(kr_backend_device_info(g->be),
+                                                                               (int)hp->n_head, (int)hp->n_head_kv,
+                                                                               (int)hp->head_dim, (int)vis);
+        if (kv->n_split > 1024)
+            kv->n_split = 1024;
+        if (kv->n_split < 1)
+            kv->n_split = 1;
+    }
+#endif
     kv->graphs = calloc(pl.n_seq, sizeof *kv->graphs);
     if (!kv->graphs || (st = kr_kv_slots_init(&kv->sl, pl.n_seq, err)) != KR_OK) {
         if (!kv->graphs)
@@ -71,6 +99,19 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
     }
     g->kv = kv;
     return KR_OK;
+}
+
+/* bytes of kr_dec_attention_kv's split partials (0 with the old kernels: g->attn_scratch) */
+static uint64_t kr__scratch_bytes(const kr_gpu_forward *g)
+{
+#if KR__GKV_NEW_KERNELS
+    const kr__gkv *kv = g->kv;
+    if (kv->use_new && kv->n_split > 1)
+        return 4 * (uint64_t)kr_dec_attention_kv_scratch_floats((int)g->hp.n_head, (int)g->hp.head_dim, kv->n_split);
+#else
+    (void)g;
+#endif
+    return 0;
 }
 
 kr_status kr__gkv_check_fit(kr_gpu_forward *g, uint64_t weight_bytes, uint64_t act_bytes, uint64_t other_bytes,
@@ -90,6 +131,7 @@ kr_status kr__gkv_check_fit(kr_gpu_forward *g, uint64_t weight_bytes, uint64_t a
             avail = UINT64_MAX;
         }
     }
+    other_bytes += kr__scratch_bytes(g);
     if (kr_add_overflow_u64(weight_bytes, pl->bytes, &needed) || kr_add_overflow_u64(needed, act_bytes, &needed) ||
         kr_add_overflow_u64(needed, other_bytes, &needed) || kr_add_overflow_u64(needed, KR__RESERVE, &needed))
         return kr_err_set(err, KR_ERR_OVERFLOW, "device memory needed overflows");
@@ -128,6 +170,9 @@ kr_status kr__gkv_alloc(kr_gpu_forward *g, kr_err *err)
         return kr_err_prefix(err, "allocating the KV cache (%.1f MiB: %" PRIu32 " rows x %" PRIu32 " seqs x %" PRIu32
                              " layers, %s rows of %" PRIu64 " bytes)", KR__MIB(kv->pl.bytes), kv->pl.rows,
                              kv->pl.n_seq, kv->pl.n_layer, kr_dtype_name(kv->pl.type), kv->pl.row_bytes);
+    uint64_t sb = kr__scratch_bytes(g);
+    if (sb && (st = kr_backend_alloc(g->be, (size_t)sb, &kv->scratch_buf, err)) != KR_OK)
+        return kr_err_prefix(err, "allocating the attention split scratch");
     kr__point(g);
     g->stats.kv_bytes_per_pos = 2 * kv->pl.row_bytes * kv->pl.n_layer;
     g->stats.kv_bytes = kv->pl.bytes;
@@ -147,9 +192,63 @@ void kr__gkv_free(kr_gpu_forward *g)
             kr_backend_graph_destroy(g->be, kv->graphs[s]);
     free(kv->graphs);
     kr_backend_free(g->be, kv->buf);
+    kr_backend_free(g->be, kv->scratch_buf);
     kr_kv_slots_fini(&kv->sl);
     free(kv);
     g->kv = NULL;
+}
+
+/* ---- the decode step's store and attention ---- */
+
+int kr__gkv_splits(const kr_gpu_forward *g) { return g->kv->use_new ? g->kv->n_split : g->n_split; }
+
+#if KR__GKV_NEW_KERNELS
+static void kr__view(const kr_gpu_forward *g, uint32_t l, kr_dec_kv_view *v)
+{
+    const kr__gkv *kv = g->kv;
+    *v = (kr_dec_kv_view){
+        .k = g->layers[l].k_cache,
+        .v = g->layers[l].v_cache,
+        .type = kv->pl.type,
+        .rows = (int)kv->pl.rows,
+        .kv_dim = (int)kv->pl.kv_dim,
+        .row_bytes = (size_t)kv->pl.row_bytes,
+    };
+}
+#endif
+
+kr_status kr__gkv_store(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, kr_err *err)
+{
+    const kr__gf_layer *L = &g->layers[l];
+#if KR__GKV_NEW_KERNELS
+    if (g->kv->use_new) {
+        kr_dec_kv_view v;
+        kr__view(g, l, &v);
+        return kr_dec_kv_store(g->dec, s, g->k, g->v, 1, &v, pos, 0, err);
+    }
+#endif
+    return kr_dec_kv_append(g->dec, s, g->k, g->v, L->k_cache, L->v_cache, (int)g->kv->pl.kv_dim, (int)g->n_ctx, pos,
+                            0, err);
+}
+
+kr_status kr__gkv_attention(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, int window, float scale,
+                            kr_err *err)
+{
+    const kr_hparams *hp = &g->hp;
+    const kr__gf_layer *L = &g->layers[l];
+#if KR__GKV_NEW_KERNELS
+    const kr__gkv *kv = g->kv;
+    if (kv->use_new) {
+        kr_dec_kv_view v;
+        kr__view(g, l, &v);
+        return kr_dec_attention_kv(g->dec, s, g->q, &v, g->att, (int)hp->n_head, (int)hp->n_head_kv,
+                                   (int)hp->head_dim, pos, 0, window, scale, kv->n_split,
+                                   kv->scratch_buf ? kv->scratch_buf->ptr : NULL, err);
+    }
+#endif
+    return kr_dec_attention(g->dec, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
+                            (int)hp->head_dim, (int)g->n_ctx, pos, 0, window, scale, g->n_split, g->attn_scratch,
+                            err);
 }
 
 /* ---- sequences ---- */

@@ -28,11 +28,17 @@ typedef struct kr__gkv {
     kr_buffer *buf;                /* all layers, K and V */
     kr_graph **graphs;             /* (n_seq) captured step of each slot (g->graph is the current one's) */
     kr_function *fn_shift;         /* kv_shift.cu, compiled on first shift */
+    bool use_new;                  /* kr_dec_kv_store / kr_dec_attention_kv (else the old f16 kernels) */
+    int n_split;                   /* split count of kr_dec_attention_kv */
+    kr_buffer *scratch_buf;        /* its split partials (n_split > 1) */
 } kr__gkv;
 
-/* 1 once the step uses kr_dec_kv_store / kr_dec_attention_kv (kr_decode_kv.h):
- * q8_0 and the sliding-window ring need them. */
+/* 1: the step uses kr_dec_kv_store / kr_dec_attention_kv (kr_decode_kv.h),
+ * which q8_0 and the sliding-window ring need (KR_GKV_OLD_KERNELS=1 in the
+ * environment forces the old f16 kernels, rows = n_ctx, for comparisons). */
+#ifndef KR__GKV_NEW_KERNELS
 #define KR__GKV_NEW_KERNELS 0
+#endif
 
 struct kr_gpu_forward;
 
@@ -49,6 +55,14 @@ kr_status kr__gkv_check_fit(struct kr_gpu_forward *g, uint64_t weight_bytes, uin
 kr_status kr__gkv_alloc(struct kr_gpu_forward *g, kr_err *err);
 /* Free the cache, the slot graphs other than g->graph, g->kv. */
 void kr__gkv_free(struct kr_gpu_forward *g);
+/* Inside the decode step (token position *pos, device): store g->k / g->v
+ * into layer l's cache; g->att = attention of g->q over layer l (window:
+ * the attention window, 0 none). Launch counts: 1 for the store; the
+ * attention 1, plus 1 when kr__gkv_splits(g) > 1 (the combine). */
+kr_status kr__gkv_store(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, kr_err *err);
+kr_status kr__gkv_attention(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, int window,
+                            float scale, kr_err *err);
+int kr__gkv_splits(const struct kr_gpu_forward *g);
 /* Before an eval of n tokens at *pos: automatic context shift (kv_full
  * SHIFT, *pos == n_past, full: *pos becomes the new n_past), the CPU path's
  * "context full" message, the ring's rewind check. */
