@@ -58,9 +58,13 @@ static size_t kr__pf_ggml_stride(const kr__gf_mat *M)
 }
 
 /* The matrices a llama layer's prefill multiplies with (fused views where the decode step uses them). */
-static int kr__pf_layer_mats(const kr__gf_layer *L, const kr__gf_mat **out)
+static int kr__pf_layer_mats(const kr_gpu_forward *g, const kr__gf_layer *L, const kr__gf_mat **out)
 {
     int n = 0;
+    if (g->falcon) { /* qkv always fused; MLP up / down */
+        out[n++] = &L->qkv, out[n++] = &L->o, out[n++] = &L->up, out[n++] = &L->down;
+        return n;
+    }
     if (L->fuse_qkv)
         out[n++] = &L->qkv;
     else
@@ -82,6 +86,8 @@ static const char *kr__pf_mat_unsupported(const kr__gf_mat *M)
         return "a repacked matrix of an unknown layout";
     if (M->rows > INT32_MAX || M->cols > INT32_MAX)
         return "a matrix too large";
+    if (M->cols % ((M->type == KR_DTYPE_Q4_K || M->type == KR_DTYPE_Q6_K) ? 256 : 32) != 0)
+        return "a row length that is not whole blocks";
     return NULL;
 }
 
@@ -92,8 +98,6 @@ const char *kr__prefill_unsupported(const kr_gpu_forward *g, size_t n, uint32_t 
         return "turned off (no_batch_prefill / KERNRUN_NO_BATCH_PREFILL=1)";
     if (n < 2)
         return "one token";
-    if (g->falcon)
-        return "falcon (llama/mistral only so far)";
     if (g->prefill && g->prefill->failed)
         return "its buffers did not fit";
     if (!g->kv || g->kv->pl.type != KR_DTYPE_F16)
@@ -104,12 +108,15 @@ const char *kr__prefill_unsupported(const kr_gpu_forward *g, size_t n, uint32_t 
         return "KV rows not 16-byte multiples";
     if ((uint64_t)pos + n > g->kv->pl.rows)
         return "the positions wrap the KV ring";
-    uint64_t qkvd = (uint64_t)hp->n_head * hp->head_dim + 2ull * hp->n_head_kv * hp->head_dim;
-    if (hp->n_embd % 4 != 0 || hp->n_ff % 2 != 0 || qkvd % 4 != 0 || hp->n_rot % 2 != 0)
-        return "n_embd, n_ff or the q/k/v width not a multiple of 4 / 2";
+    /* GEMM inputs need rows of multiples of 4 floats: h (E), att (QD), the MLP activations
+     * (falcon: F; llama: the gate half of (2F) rows) */
+    uint64_t qd = (uint64_t)hp->n_head * hp->head_dim, qkvd = qd + 2ull * hp->n_head_kv * hp->head_dim;
+    if (hp->n_embd % 4 != 0 || qd % 4 != 0 || qkvd % 4 != 0 || hp->n_ff % (g->falcon ? 4 : 2) != 0 ||
+        hp->n_rot % 2 != 0)
+        return "n_embd, n_ff or the q/k/v widths not multiples of 4";
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr__gf_mat *mats[8];
-        int nm = kr__pf_layer_mats(&g->layers[l], mats);
+        int nm = kr__pf_layer_mats(g, &g->layers[l], mats);
         for (int i = 0; i < nm; i++) {
             const char *why = kr__pf_mat_unsupported(mats[i]);
             if (why)
@@ -169,7 +176,7 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
     for (uint32_t l = 0; l <= g->hp.n_layer; l++) {
         int nm = 1;
         if (l < g->hp.n_layer)
-            nm = kr__pf_layer_mats(&g->layers[l], all);
+            nm = kr__pf_layer_mats(g, &g->layers[l], all);
         else
             all[0] = &g->out;
         for (int i = 0; i < nm; i++) {
@@ -244,6 +251,53 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
             return kr_err_prefix(err, "batched prefill %s (layer %u)", what, (unsigned)l);     \
     } while (0)
 
+/* Falcon (7B: one LayerNorm feeds attention and MLP; 40B: attn_norm_2 feeds
+ * the attention): x += attn(norm(x)) + down(gelu(up(norm(x)))). */
+static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    const kr_hparams *hp = &g->hp;
+    kr_dec *d = g->dec;
+    kr_stream *s = g->stream;
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int H = (int)hp->n_head, HK = (int)hp->n_head_kv, D = (int)hp->head_dim;
+    const int64_t QD = (int64_t)H * D, KVD = (int64_t)HK * D, QKVD = QD + 2 * KVD;
+    const float scale = 1.0f / sqrtf((float)D);
+    uint32_t l = 0;
+    for (l = 0; l < hp->n_layer; l++) {
+        const kr__gf_layer *L = &g->layers[l];
+        KR__PF_TRY("attn_norm", kr_dec_layernorm(d, s, P->x, L->attn_norm, L->attn_norm_b, P->h, m, E, hp->norm_eps,
+                                                 err));
+        if (L->attn_norm2) { /* 40B: the attention reads its own norm (into tmp, free until attn_output) */
+            KR__PF_TRY("attn_norm_2", kr_dec_layernorm(d, s, P->x, L->attn_norm2, L->attn_norm2_b, P->tmp, m, E,
+                                                       hp->norm_eps, err));
+            KR__PF_TRY("qkv gemm", kr__pf_mm(g, &L->qkv, P->tmp, E, P->qkv, QKVD, m, err));
+        } else {
+            KR__PF_TRY("qkv gemm", kr__pf_mm(g, &L->qkv, P->h, E, P->qkv, QKVD, m, err));
+        }
+        KR__PF_TRY("up gemm", kr__pf_mm(g, &L->up, P->h, E, P->gu, F, m, err));
+        KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
+                                      hp->rope_base, hp->rope_freq_scale, NULL, true, err));
+        KR__PF_TRY("kv store", kr_pf_kv_store_f16(P->pf, s, P->qkv + QD, QKVD, P->qkv + QD + KVD, QKVD, L->k_cache,
+                                                  L->v_cache, g->kv->pl.row_bytes, (int)g->kv->pl.rows, (int)KVD,
+                                                  m, p0, err));
+        KR__PF_TRY("flash attention",
+                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.row_bytes,
+                                    (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, 0, scale, err));
+        KR__PF_TRY("attn_output gemm", kr__pf_mm(g, &L->o, P->att, QD, P->tmp, E, m, err));
+        KR__PF_TRY("gelu", kr_dec_gelu(d, s, P->gu, P->gu, m * F, err));
+        KR__PF_TRY("ffn_down gemm", kr__pf_mm(g, &L->down, P->gu, F, P->h, E, m, err));
+        KR__PF_TRY("residual", kr_dec_add(d, s, P->x, P->tmp, P->x, m * E, err));
+        KR__PF_TRY("residual", kr_dec_add(d, s, P->x, P->h, P->x, m * E, err));
+    }
+    if (!last)
+        return KR_OK;
+    KR__PF_TRY("output norm", kr_dec_layernorm(d, s, P->x + (int64_t)(m - 1) * E, g->out_norm, g->out_norm_b, P->h,
+                                               1, E, hp->norm_eps, err));
+    KR__PF_TRY("output gemm", kr__pf_mm(g, &g->out, P->h, E, g->logits, hp->n_vocab, 1, err));
+    return KR_OK;
+}
+
 /* One chunk of m tokens at p0; logits of its last token when last. */
 static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, int p0, bool last, kr_err *err)
 {
@@ -262,6 +316,8 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
     for (int t = 0; t < m; t++)
         KR__PF_TRY("embedding", kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E,
                                               P->tok + t, 0, P->x + t * E, err));
+    if (g->falcon)
+        return kr__pf_chunk_falcon(g, m, p0, last, err);
     for (l = 0; l < hp->n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
         KR__PF_TRY("attn_norm", kr_dec_rmsnorm(d, s, P->x, L->attn_norm, P->h, m, E, hp->norm_eps, err));

@@ -1,5 +1,5 @@
 /* Batched prefill (plugins/cuda_forward/gpu_prefill.c) end to end, on
- * mkmodel-written synthetic models (tiny llama/mistral: head_dim 16, F16,
+ * mkmodel-written synthetic models (tiny llama/mistral/falcon: head_dim 16, F16,
  * Q4_0, Q8_0, Q4_1 weights; a 1-layer TinyLlama-shaped Q4_0 model: head_dim
  * 64, GQA 32/4) with fresh random prompts (KR_TEST_SEED=n replays):
  *   - last-token logits of a batched prefill vs the CPU reference forward
@@ -233,6 +233,8 @@ Test(gpu_prefill_forward, llama_tiny_f16) { mk_check("llama", "tiny", KR_DTYPE_F
 Test(gpu_prefill_forward, llama_tiny_q4_0_chunks) { mk_check("llama", "tiny", KR_DTYPE_Q4_0, 0, 45, 23, 16); }
 Test(gpu_prefill_forward, llama_tiny_q8_0) { mk_check("llama", "tiny", KR_DTYPE_Q8_0, 0, 130, 9, 0); }
 Test(gpu_prefill_forward, mistral_tiny_q4_1_window) { mk_check("mistral", "tiny", KR_DTYPE_Q4_1, 0, 150, 31, 64); }
+Test(gpu_prefill_forward, falcon_tiny_f16) { mk_check("falcon", "tiny", KR_DTYPE_F16, 0, 61, 12, 32); }
+Test(gpu_prefill_forward, falcon_tiny_q8_0) { mk_check("falcon", "tiny", KR_DTYPE_Q8_0, 0, 40, 0, 0); }
 Test(gpu_prefill_forward, llama_1b_shape_q4_0_one_layer) { mk_check("llama", "1b", KR_DTYPE_Q4_0, 1, 200, 0, 128); }
 
 /* Real tiny models: head dims the flash kernel lacks -> token by token, identical logits. */
