@@ -901,6 +901,7 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         kr_backend_graph_destroy(g->be, g->graph);
         g->graph = NULL;
     }
+    kr__gkv_drop_graphs(g); /* the other sequence slots' captures */
     g->graph_failed = false;
     g->tun = t;
     g->fn_mv2_q4_0 = f4;

@@ -188,8 +188,7 @@ void kr__gkv_free(kr_gpu_forward *g)
     if (!kv)
         return;
     for (uint32_t s = 0; kv->graphs && s < kv->pl.n_seq; s++)
-        if (kv->graphs[s] != g->graph)
-            kr_backend_graph_destroy(g->be, kv->graphs[s]);
+        kr_backend_graph_destroy(g->be, kv->graphs[s]);
     free(kv->graphs);
     kr_backend_free(g->be, kv->buf);
     kr_backend_free(g->be, kv->scratch_buf);
@@ -251,6 +250,22 @@ kr_status kr__gkv_attention(kr_gpu_forward *g, kr_stream *s, uint32_t l, const i
                             err);
 }
 
+void kr__gkv_drop_graphs(kr_gpu_forward *g)
+{
+    kr__gkv *kv = g->kv;
+    bool any = false;
+    for (uint32_t s = 0; kv && s < kv->pl.n_seq; s++)
+        any |= kv->graphs[s] != NULL;
+    if (!any)
+        return;
+    if (!g->dead)
+        kr_backend_sync(g->be, g->stream, NULL); /* a replay may be in flight */
+    for (uint32_t s = 0; s < kv->pl.n_seq; s++) {
+        kr_backend_graph_destroy(g->be, kv->graphs[s]);
+        kv->graphs[s] = NULL;
+    }
+}
+
 /* ---- sequences ---- */
 
 kr_status kr_gpu_forward_seq_use(kr_gpu_forward *g, int32_t seq_id, kr_err *err)
@@ -265,7 +280,8 @@ kr_status kr_gpu_forward_seq_use(kr_gpu_forward *g, int32_t seq_id, kr_err *err)
         return st;
     if (kv->sl.cur != old) { /* the step graph of a slot captures its cache pointers */
         kv->graphs[old] = g->graph;
-        g->graph = kv->graphs[kv->sl.cur];
+        g->graph = kv->graphs[kv->sl.cur]; /* g->graph owns the current slot's */
+        kv->graphs[kv->sl.cur] = NULL;
         kr__point(g);
     }
     g->n_past = kv->sl.seq[kv->sl.cur].n_past;

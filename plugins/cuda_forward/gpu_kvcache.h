@@ -26,7 +26,7 @@ typedef struct kr__gkv {
     kr_kv_full full;               /* at n_ctx: stop or shift */
     uint32_t n_keep;               /* positions an automatic shift keeps */
     kr_buffer *buf;                /* all layers, K and V */
-    kr_graph **graphs;             /* (n_seq) captured step of each slot (g->graph is the current one's) */
+    kr_graph **graphs;             /* (n_seq) captured step of each other slot; the current slot's is g->graph */
     kr_function *fn_shift;         /* kv_shift.cu, compiled on first shift */
     bool use_new;                  /* kr_dec_kv_store / kr_dec_attention_kv (else the old f16 kernels) */
     int n_split;                   /* split count of kr_dec_attention_kv */
@@ -53,8 +53,11 @@ kr_status kr__gkv_check_fit(struct kr_gpu_forward *g, uint64_t weight_bytes, uin
                             uint64_t other_bytes, uint64_t limit, kr_err *err);
 /* Allocate the device cache; layers point at slot 0; stats filled. */
 kr_status kr__gkv_alloc(struct kr_gpu_forward *g, kr_err *err);
-/* Free the cache, the slot graphs other than g->graph, g->kv. */
+/* Free the cache, the other slots' graphs, g->kv (g->graph is the caller's). */
 void kr__gkv_free(struct kr_gpu_forward *g);
+/* Destroy the other slots' captured graphs (after the step changed: they
+ * would replay the old one); g->graph is the caller's. */
+void kr__gkv_drop_graphs(struct kr_gpu_forward *g);
 /* Inside the decode step (token position *pos, device): store g->k / g->v
  * into layer l's cache; g->att = attention of g->q over layer l (window:
  * the attention window, 0 none). Launch counts: 1 for the store; the
