@@ -48,7 +48,74 @@ struct kr__gpf {
     void *unpack;       /* unpack_bytes of GGML-layout scratch, or NULL */
     size_t unpack_bytes;
     bool failed;        /* creation failed once: decline from now on */
+    /* KERNRUN_PREFILL_PROFILE=1: an event after every op, time per category logged per eval */
+    bool prof;
+    kr_event **ev;      /* (cap_ev) created on demand */
+    int *ev_cat;        /* (cap_ev) category of the op ending at ev[i] */
+    size_t n_ev, cap_ev;
+    bool prof_broken;   /* an event call failed: profiling off */
 };
+
+enum { KR__PF_CAT_GEMM, KR__PF_CAT_UNPACK, KR__PF_CAT_ATTN, KR__PF_CAT_OTHER, KR__PF_NCAT };
+
+/* Profiling: record an event closing an op of category cat. */
+static void kr__pf_mark(kr_gpu_forward *g, int cat)
+{
+    kr__gpf *P = g->prefill;
+    if (!P->prof || P->prof_broken)
+        return;
+    if (P->n_ev == P->cap_ev) {
+        size_t c = P->cap_ev ? 2 * P->cap_ev : 1024;
+        kr_event **e = realloc(P->ev, c * sizeof *e);
+        if (e)
+            P->ev = e;
+        int *k = e ? realloc(P->ev_cat, c * sizeof *k) : NULL;
+        if (k)
+            P->ev_cat = k;
+        if (!e || !k) {
+            P->prof_broken = true;
+            return;
+        }
+        for (size_t i = P->cap_ev; i < c; i++)
+            P->ev[i] = NULL;
+        P->cap_ev = c;
+    }
+    if (!P->ev[P->n_ev] && kr_backend_event_create(g->be, &P->ev[P->n_ev], NULL) != KR_OK) {
+        P->ev[P->n_ev] = NULL;
+        P->prof_broken = true;
+        return;
+    }
+    if (kr_backend_event_record(g->be, P->ev[P->n_ev], g->stream, NULL) != KR_OK) {
+        P->prof_broken = true;
+        return;
+    }
+    P->ev_cat[P->n_ev++] = cat;
+}
+
+/* Profiling: wait for the events, log the time per category of this eval. */
+static void kr__pf_prof_report(kr_gpu_forward *g, size_t n_tok)
+{
+    kr__gpf *P = g->prefill;
+    if (!P->prof || P->prof_broken || P->n_ev < 2) {
+        P->n_ev = 0;
+        return;
+    }
+    double ms[KR__PF_NCAT] = {0}, total = 0;
+    for (size_t i = 1; i < P->n_ev; i++) {
+        float t = 0;
+        if (kr_backend_event_elapsed(g->be, P->ev[i - 1], P->ev[i], &t, NULL) != KR_OK) {
+            P->prof_broken = true;
+            P->n_ev = 0;
+            return;
+        }
+        ms[P->ev_cat[i]] += t;
+        total += t;
+    }
+    KR_LOGW(KR__DOM, "profile of %zu tokens: %.3f ms (%.0f tok/s): gemm %.3f, unrepack %.3f, attention %.3f, "
+            "other %.3f ms (%zu ops)", n_tok, total, total > 0 ? 1e3 * (double)n_tok / total : 0.0, ms[0], ms[1],
+            ms[2], ms[3], P->n_ev - 1);
+    P->n_ev = 0;
+}
 
 /* Row stride of a repacked matrix's GGML copy: whole blocks, 16-byte multiple. */
 static size_t kr__pf_ggml_stride(const kr__gf_mat *M)
@@ -131,6 +198,11 @@ void kr__prefill_free(kr_gpu_forward *g)
     if (!g || !g->prefill)
         return;
     kr__gpf *P = g->prefill;
+    for (size_t i = 0; i < P->cap_ev; i++)
+        if (P->ev[i])
+            kr_backend_event_destroy(g->be, P->ev[i]);
+    free(P->ev);
+    free(P->ev_cat);
     kr_backend_free(g->be, P->buf);
     kr_pf_free(P->pf);
     kr_gemm_free(P->gemm);
@@ -171,7 +243,12 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
     kr_status st;
     if ((st = kr_gemm_create(g->be, &P->gemm, err)) != KR_OK || (st = kr_pf_create(g->be, &P->pf, err)) != KR_OK)
         return st;
-    /* unrepack scratch: the largest repacked matrix, capped (slices) */
+    /* unrepack scratch: the largest repacked matrix, capped (slices; env
+     * KERNRUN_PREFILL_UNPACK_MB overrides the cap, for measurements) */
+    size_t cap = KR__PF_UNPACK_MAX;
+    const char *ue = getenv("KERNRUN_PREFILL_UNPACK_MB");
+    if (ue && atoi(ue) > 0 && atoi(ue) <= 4096)
+        cap = (size_t)atoi(ue) << 20;
     const kr__gf_mat *all[8 * 1 + 1];
     for (uint32_t l = 0; l <= g->hp.n_layer; l++) {
         int nm = 1;
@@ -183,8 +260,8 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
             if (!all[i]->repacked)
                 continue;
             size_t need = kr__pf_ggml_stride(all[i]) * (size_t)all[i]->rows;
-            if (need > KR__PF_UNPACK_MAX)
-                need = KR__PF_UNPACK_MAX;
+            if (need > cap)
+                need = cap;
             if (need > P->unpack_bytes)
                 P->unpack_bytes = need;
         }
@@ -220,7 +297,10 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
         /* AUTO may pick kernels that need 16-byte rows; GGML rows of 18/34-byte blocks may not be */
         bool a16 = M->row_stride % 16 == 0 && (uintptr_t)M->w % 16 == 0;
         kr_gemm_variant v = a16 ? KR_GEMM_AUTO : m <= 64 ? KR_GEMM_TC64 : KR_GEMM_TC128;
-        return kr_gemm_run(P->gemm, s, v, M->type, M->w, M->row_stride, a, lda, c, ldc, m, M->rows, M->cols, err);
+        kr_status st = kr_gemm_run(P->gemm, s, v, M->type, M->w, M->row_stride, a, lda, c, ldc, m, M->rows, M->cols,
+                                   err);
+        kr__pf_mark(g, KR__PF_CAT_GEMM);
+        return st;
     }
     const bool q8 = M->type == KR_DTYPE_Q8_0;
     const size_t qsz = q8 ? 32 : 16, nb = (size_t)(M->cols / 32), stride = kr__pf_ggml_stride(M);
@@ -235,20 +315,26 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
         int64_t R = M->rows - r0 < per ? M->rows - r0 : per;
         kr_status st = kr_pf_unrepack(P->pf, s, q8, qs + (size_t)r0 * nb * qsz, sc + (size_t)r0 * nb * 2, P->unpack,
                                       stride, R, M->cols, err);
+        kr__pf_mark(g, KR__PF_CAT_UNPACK);
         if (st == KR_OK)
             st = kr_gemm_run(P->gemm, s, KR_GEMM_AUTO, M->type, P->unpack, stride, a, lda, c + r0, ldc, m, R, M->cols,
                              err);
+        kr__pf_mark(g, KR__PF_CAT_GEMM);
         if (st != KR_OK)
             return st;
     }
     return KR_OK;
 }
 
+/* Run one op; profiling marks: gemm ops mark themselves (kr__pf_mm), the flash
+ * attention counts as attention, everything else as other. */
 #define KR__PF_TRY(what, call)                                                                 \
     do {                                                                                       \
         kr_status st_ = (call);                                                                \
         if (st_ != KR_OK)                                                                      \
             return kr_err_prefix(err, "batched prefill %s (layer %u)", what, (unsigned)l);     \
+        if (!strstr(what, "gemm"))                                                             \
+            kr__pf_mark(g, strstr(what, "attention") ? KR__PF_CAT_ATTN : KR__PF_CAT_OTHER);    \
     } while (0)
 
 /* Falcon (7B: one LayerNorm feeds attention and MLP; 40B: attn_norm_2 feeds
@@ -380,12 +466,18 @@ kr_status kr__prefill(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32
         }
     }
     *handled = true;
-    const uint32_t nb = g->prefill->n_batch;
+    kr__gpf *P = g->prefill;
+    const char *pe = getenv("KERNRUN_PREFILL_PROFILE");
+    P->prof = pe && strcmp(pe, "1") == 0;
+    P->n_ev = 0;
+    kr__pf_mark(g, KR__PF_CAT_OTHER); /* start */
+    const uint32_t nb = P->n_batch;
     for (size_t c0 = 0; c0 < n; c0 += nb) {
         int m = (int)(n - c0 < nb ? n - c0 : nb);
         kr_status st = kr__pf_chunk(g, tokens + c0, m, (int)(pos + c0), c0 + (size_t)m == n, err);
         if (st != KR_OK)
             return st;
     }
+    kr__pf_prof_report(g, n);
     return KR_OK;
 }
