@@ -45,10 +45,12 @@ if [ "$part" = bench ]; then
       f=${!var:-}
       [ -n "$f" ] && [ -f "$f" ] || { rows+=("$name: model missing"); continue; }
       echo "-- kernrun bench $name ($f $extra)"
-      o=$(timeout 9 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
+      o=$(KERNRUN_PREFILL_PROFILE=1 timeout 9 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
       rc=$?
       echo "$o" | tail -12
       rows+=("$name: rc=$rc $(echo "$o" | grep -m1 '^prefill *:' | tr -s ' ')")
+      prof=$(echo "$o" | grep 'profile of' | tail -1 | sed 's/.*profile of/profile of/')
+      [ -n "$prof" ] && rows+=("    $prof")
     done
     echo "== prefill bench summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
     grep -A8 "^D  *H/HK" "$LOG" | tail -7 | sed 's/^/  attn /'
