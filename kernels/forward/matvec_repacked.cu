@@ -158,10 +158,18 @@ kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ s
 // previous kernel finishes. Each x block is loaded once for the NR rows.
 // acc != 0: y[row] += W x (residual add into y), else y[row] = W x.
 // Q8 = 0: Q4_0 (16 quant bytes per block), 1: Q8_0 (32).
-template <int Q8, int NR, int PF>
+// GUS = 1 (gate/up + SwiGLU + q8, the kr_gf_mv2gus_* entries): W is the fused (2F, E) gate|up
+// matrix, rows = 2F with F % (KR_GF_WARPS * NR) == 0 and F % 32 == 0 (every CTA full, none
+// straddling a 32-row group). After writing its rows of y (gate|up, fp32), each CTA counts
+// itself in cnt[group] (group = 32 outputs i0..i0+31: 32 gate rows + 32 up rows, 64 / (W NR)
+// CTAs); the last CTA of a group (threadfence pattern) computes v = silu(g) * u for the
+// group, writes it to y[i] (over the gate value) and its q8 form to xo (F int8 | F/32 d |
+// F/32 s, as kr_dec_quantize_q8), and resets cnt[group] to 0 (cnt: F/32 ints, zero
+// before the first launch).
+template <int Q8, int NR, int PF, int GUS>
 __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
-                                          const signed char *__restrict__ xq, float *__restrict__ y, int rows,
-                                          int nb, int acc_y)
+                                          const signed char *__restrict__ xq, float *y, int rows,
+                                          int nb, int acc_y, int F, int *cnt, signed char *xo)
 {
     const int VPB = Q8 ? 2 : 1; // uint4 per block
     const int lane = threadIdx.x;
@@ -258,16 +266,60 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
         if (lane == 0 && r0 + r < rows)
             y[r0 + r] = acc_y ? y[r0 + r] + v : v;
     }
+    if (GUS) {
+        __shared__ int last;
+        const int cta_rows = KR_GF_WARPS * NR;
+        const int rc = blockIdx.x * cta_rows;          // first row of this CTA
+        const int i0 = (rc < F ? rc : rc - F) & ~31;   // its output group
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0 && threadIdx.y == 0) {
+            int done = atomicAdd(cnt + (i0 >> 5), 1) + 1;
+            last = done == 64 / cta_rows;
+            if (last)
+                atomicExch(cnt + (i0 >> 5), 0);
+        }
+        __syncthreads();
+        if (!last || threadIdx.y != 0)
+            return;
+        __threadfence();
+        const int i = i0 + lane;
+        float g = __ldcg(y + i), u = __ldcg(y + F + i);
+        float v = g / (1.0f + expf(-g)) * u;
+        y[i] = v;
+        float amax = fabsf(v);
+        for (int o = 16; o > 0; o >>= 1)
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float d = amax / 127.0f;
+        int q = d > 0.0f ? (int)rintf(v / d) : 0;
+        int qsum = q;
+        for (int o = 16; o > 0; o >>= 1)
+            qsum += __shfl_xor_sync(0xffffffffu, qsum, o);
+        xo[i] = (signed char)q;
+        if (lane == 0) {
+            float *dd = (float *)(xo + F);
+            dd[i0 >> 5] = d;
+            dd[F / 32 + (i0 >> 5)] = d * (float)qsum;
+        }
+    }
 }
 
-// Entries kr_gf_mv2_{q4_0,q8_0}_r<NR>p<PF>; arguments as kr_gf_mv_* plus acc_y.
+// Entries kr_gf_mv2_{q4_0,q8_0}_r<NR>p<PF>: arguments as kr_gf_mv_* plus acc_y;
+// kr_gf_mv2gus_{q4_0,q8_0}_r<NR>p<PF>: (qs, sc, xq, y, rows = 2F, nb, F, cnt, xo), see GUS above.
 #define KR_GF_MV2(T, Q8, NR, PF)                                                                                  \
     extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
     kr_gf_mv2_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,              \
                                  const signed char *__restrict__ xq, float *__restrict__ y, int rows, int nb,     \
                                  int acc_y)                                                                       \
     {                                                                                                             \
-        kr_gf_mv2<Q8, NR, PF>(qs, sc, xq, y, rows, nb, acc_y);                                                    \
+        kr_gf_mv2<Q8, NR, PF, 0>(qs, sc, xq, y, rows, nb, acc_y, 0, 0, 0);                                        \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2gus_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,           \
+                                    const signed char *__restrict__ xq, float *y, int rows, int nb, int F,       \
+                                    int *cnt, signed char *xo)                                                    \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, NR, PF, 1>(qs, sc, xq, y, rows, nb, 0, F, cnt, xo);                                         \
     }
 KR_GF_MV2(q4_0, 0, 1, 4)
 KR_GF_MV2(q4_0, 0, 2, 4)

@@ -351,6 +351,7 @@ static kr_status kr__layout_acts(kr_gpu_forward *g, char *base, uint64_t *size)
     g->logits = kr__take(base, &off, V * 4);
     size_t q8b = kr_dec_q8_bytes((int64_t)maxc);
     g->xq = kr__take(base, &off, q8b ? q8b : 16);
+    g->xq2 = kr__take(base, &off, q8b ? q8b : 16);
     size_t sc = kr_dec_attention_scratch_floats((int)hp->n_head, (int)hp->head_dim, g->n_split);
     g->attn_scratch = sc ? kr__take(base, &off, (uint64_t)sc * 4) : NULL;
     g->step = kr__take(base, &off, 2 * sizeof(int32_t));
@@ -606,6 +607,7 @@ err_stream:
     kr_backend_event_destroy(be, g->ev_fork);
     kr_backend_event_destroy(be, g->ev_join);
     kr_backend_stream_destroy(be, g->side);
+    kr_backend_free(be, g->gus_cnt);
     kr_backend_stream_destroy(be, g->stream);
 err_dec:
     kr_dec_free(g->dec);
@@ -628,6 +630,7 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     kr_backend_event_destroy(be, g->ev_fork);
     kr_backend_event_destroy(be, g->ev_join);
     kr_backend_stream_destroy(be, g->side);
+    kr_backend_free(be, g->gus_cnt);
     for (size_t i = 0; i < g->prof_cap; i++)
         kr_backend_event_destroy(be, g->prof_ev[i]);
     free(g->prof_ev);
@@ -795,7 +798,7 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb, l2pf=MiB (0: off); "default" resets to the default, "old" to the
+ * resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB (0: off); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
 {
@@ -819,6 +822,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_bool(v, vn, &t->pdl);
             else if (kn == 5 && strncmp(p, "resid", 5) == 0)
                 ok = kr__parse_bool(v, vn, &t->resid);
+            else if (kn == 3 && strncmp(p, "gus", 3) == 0)
+                ok = kr__parse_bool(v, vn, &t->gus);
             else if (kn == 3 && strncmp(p, "mv4", 3) == 0)
                 ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
             else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
@@ -835,7 +840,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
         if (!ok && n > 0)
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
-                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, l2pf=MiB, default, old)",
+                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB, default, old)",
                               (int)n, p, spec);
         p += n;
         if (*p == ',')
@@ -865,6 +870,25 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     if (t.mv8 > 0) {
         snprintf(entry, sizeof entry, "kr_gf_mv2_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
         if ((st = kr__gf_fn(g->be, entry, &f8, err)) != KR_OK)
+            return st;
+    }
+    kr_function *fg4 = NULL, *fg8 = NULL;
+    if (t.gus && t.mv4 > 0) {
+        snprintf(entry, sizeof entry, "kr_gf_mv2gus_q4_0_%s", kr__mv2_q4[t.mv4 - 1].name);
+        if ((st = kr__gf_fn(g->be, entry, &fg4, err)) != KR_OK)
+            return st;
+    }
+    if (t.gus && t.mv8 > 0) {
+        snprintf(entry, sizeof entry, "kr_gf_mv2gus_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
+        if ((st = kr__gf_fn(g->be, entry, &fg8, err)) != KR_OK)
+            return st;
+    }
+    if (t.gus && !g->gus_cnt && g->hp.n_ff % 32 == 0) {
+        size_t nb = (size_t)g->hp.n_ff / 32 * sizeof(int32_t);
+        if ((st = kr_backend_alloc(g->be, nb, &g->gus_cnt, err)) != KR_OK)
+            return kr_err_prefix(err, "gate/up group counters");
+        if ((st = kr_backend_memset(g->be, g->gus_cnt->ptr, 0, nb, g->stream, err)) != KR_OK ||
+            (st = kr_backend_sync(g->be, g->stream, err)) != KR_OK)
             return st;
     }
     if (t.norm_mb) {
@@ -910,6 +934,8 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->mv2_rows8 = t.mv8 > 0 ? kr__mv2_q8[t.mv8 - 1].rows : 0;
     g->fn_norm_mb = fn_mb;
     g->fn_prefetch = fn_pf;
+    g->fn_gus_q4_0 = fg4;
+    g->fn_gus_q8_0 = fg8;
     kr_dec_set_pdl(g->dec, t.pdl);
     return KR_OK;
 }
@@ -1032,6 +1058,40 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
         else
             KR__TRYL(lb, kr_dec_matvec(g->dec, s, M->type, M->w, M->row_stride, x, ys[i], M->rows, M->cols, err));
     }
+    return KR_OK;
+}
+
+/* The fused gate/up matvec with SwiGLU + q8 in its epilogue (tun.gus), or false when
+ * it does not apply to M (the caller then runs the matvec and kr__swiglu). */
+static bool kr__gus_ok(const kr_gpu_forward *g, const kr__gf_mat *M)
+{
+    int64_t F = g->hp.n_ff;
+    if (!g->tun.gus || !g->gus_cnt || !kr__mv2_ok(g, M) || F % 32 != 0 || M->rows != 2 * F)
+        return false;
+    bool q4 = M->type == KR_DTYPE_Q4_0;
+    int per = KR__GF_WARPS * (q4 ? g->mv2_rows4 : g->mv2_rows8);
+    return (q4 ? g->fn_gus_q4_0 : g->fn_gus_q8_0) != NULL && per > 0 && F % per == 0 && 64 % per == 0;
+}
+
+/* y (2F) = M @ xq; then y[0..F) = silu(gate) * up and g->xq2 = q8 of that. */
+static kr_status kr__proj_gus(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat *M, float *y, kr_err *err)
+{
+    kr_status st;
+    bool q4 = M->type == KR_DTYPE_Q4_0;
+    const void *qs = M->w;
+    const void *sc = (const char *)M->w + (size_t)M->rows * (size_t)(M->cols / 32) * kr__quant_bytes(M->type);
+    const void *xq = g->xq;
+    void *xo = g->xq2; /* not xq: other CTAs may still read xq when the first groups finish */
+    int *cnt = g->gus_cnt->ptr;
+    int rows = (int)M->rows, nb = (int)(M->cols / 32), F = (int)g->hp.n_ff;
+    void *args[] = {&qs, &sc, &xq, &y, &rows, &nb, &F, &cnt, &xo};
+    int per = KR__GF_WARPS * (q4 ? g->mv2_rows4 : g->mv2_rows8);
+    uint32_t grid[3] = {(uint32_t)(rows / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
+    char lb[64];
+    snprintf(lb, sizeof lb, "matvec %s %s q8 repacked v2 + swiglu_q8", g->role ? g->role : "?",
+             kr_dtype_name(M->type));
+    KR__TRYL(lb, kr_backend_launch_ex(g->be, q4 ? g->fn_gus_q4_0 : g->fn_gus_q8_0, grid, block, 0, s, args,
+                                      kr__gf_flags(g), err));
     return KR_OK;
 }
 
@@ -1231,18 +1291,31 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             KR_OK)
             return st;
         g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
-        if ((st = fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, false, err)
-                     : kr__proj(g, s, g->h, true, gu, gu_y, 2, false, err)) != KR_OK)
+        bool gus = fg && kr__gus_ok(g, &L->gu) && L->down.q8;
+        if ((st = gus  ? kr__proj_gus(g, s, &L->gu, g->gate, err)
+                  : fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, false, err)
+                       : kr__proj(g, s, g->h, true, gu, gu_y, 2, false, err)) != KR_OK)
             return st;
         const kr__gf_mat *dn[1] = {&L->down};
         bool rd = g->tun.resid && kr__mv2_ok(g, &L->down);
         float *const dn_y[1] = {rd ? g->x : g->tmp};
         bool dq = false;
-        if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
-            return st;
-        g->role = "ffn_down";
-        if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
-            return st;
+        if (gus) {
+            /* the gate/up matvec left q8(silu(gate) * up) in xq2 */
+            void *xq_save = g->xq;
+            g->xq = g->xq2;
+            g->role = "ffn_down";
+            st = kr__proj(g, s, g->gate, true, dn, dn_y, 1, rd, err);
+            g->xq = xq_save;
+            if (st != KR_OK)
+                return st;
+        } else {
+            if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
+                return st;
+            g->role = "ffn_down";
+            if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
+                return st;
+        }
         pend = rd ? NULL : g->tmp;
     }
     if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && hp->n_layer > 0) {

@@ -45,6 +45,7 @@ typedef struct kr__gf_tuning {
     int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
     bool resid;                    /* attn_output / ffn_down (repacked, v2) add into x directly */
     bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
+    bool gus;                      /* fused gate/up matvec does SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*) */
     int l2pf_mb;                   /* > 0: during the attention, prefetch up to this many MiB of the layer's
                                       attn_output + ffn gate/up weights into L2 from a side stream */
 } kr__gf_tuning;
@@ -94,6 +95,7 @@ struct kr_gpu_forward {
     float *up;                     /* (F) = gate + F */
     float *logits;                 /* (V) */
     void *xq;                      /* q8 activations (kr_dec_q8_bytes(max cols)) */
+    void *xq2;                     /* second q8 buffer (same size): output of the gate/up + swiglu matvec */
     float *attn_scratch;           /* split-K partials or NULL */
     int32_t *step;                 /* (2) device: token id, position */
     int n_split;
@@ -108,6 +110,9 @@ struct kr_gpu_forward {
     int mv2_rows4, mv2_rows8;      /* rows per warp of those */
     kr_function *fn_norm_mb;       /* kr_gf_rmsnorm_q8_mb (or NULL) */
     kr_function *fn_prefetch;      /* kr_gf_prefetch_l2 (or NULL) */
+    kr_function *fn_gus_q4_0;      /* kr_gf_mv2gus_* of tun.mv4 / tun.mv8 (or NULL) */
+    kr_function *fn_gus_q8_0;
+    kr_buffer *gus_cnt;            /* (n_ff/32) int32 group counters, zero between launches */
     kr_stream *side;               /* L2 prefetch stream (created on first use) */
     kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */
     uint32_t launches;             /* counted during the last step */

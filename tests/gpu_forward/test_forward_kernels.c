@@ -5,6 +5,8 @@
  *   without the residual add), row counts not multiples of the rows per
  *   CTA and block counts that are not multiples of 32 * PF (several
  *   prefetch chunks, partial last chunk);
+ * - the gate/up matvec with SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*), twice
+ *   per case (the group counters must return to 0);
  * - the multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) with several grid
  *   sizes (grid-stride over the 32-blocks);
  * - a chain of them launched with KR_LAUNCH_PDL equals the same chain
@@ -331,6 +333,91 @@ Test(gpu_forward_kernels, rmsnorm_q8_multiblock_vs_cpu, .timeout = 120)
         free(w);
         free(h);
         free(ref);
+        free(xq);
+    }
+    kr_backend_destroy(be);
+}
+
+/* ---- gate/up + SwiGLU + q8 (kr_gf_mv2gus_*) ----------------------------------------- */
+
+Test(gpu_forward_kernels, gate_up_swiglu_q8_vs_cpu, .timeout = 300)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    static const struct {
+        const char *entry;
+        int q8, per; /* rows per CTA */
+    } ks[] = {{"kr_gf_mv2gus_q4_0_r1p4", 0, 4}, {"kr_gf_mv2gus_q4_0_r2p4", 0, 8}, {"kr_gf_mv2gus_q4_0_r4p2", 0, 16},
+              {"kr_gf_mv2gus_q4_0_r2p8", 0, 8}, {"kr_gf_mv2gus_q8_0_r1p4", 1, 4}, {"kr_gf_mv2gus_q8_0_r2p2", 1, 8},
+              {"kr_gf_mv2gus_q8_0_r2p4", 1, 8}, {"kr_gf_mv2gus_q8_0_r4p2", 1, 16}};
+    static const int shapes[][2] = {{32, 1}, {352, 7}, {96, 129}, {1376, 300}}; /* (F, nb) */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int F = shapes[si][0], nb = shapes[si][1], rows = 2 * F;
+        size_t xb;
+        uint8_t *xq = xq_random(nb, &xb);
+        kr_buffer *bx, *bc;
+        void *dx = kr_test_dupload(be, xq, xb, &bx);
+        int *zeros = calloc((size_t)F / 32, sizeof(int)), *cnt = malloc((size_t)F / 32 * sizeof(int));
+        cr_assert(zeros && cnt);
+        int *dcnt = kr_test_dupload(be, zeros, (size_t)F / 32 * sizeof(int), &bc);
+        for (int q8 = 0; q8 < 2; q8++) {
+            mat m = mat_random(q8, rows, nb);
+            double *ref = malloc((size_t)rows * sizeof *ref), *v = malloc((size_t)F * sizeof *v);
+            float *y = malloc((size_t)rows * 4);
+            size_t xob = (size_t)F + (size_t)F / 32 * 8;
+            uint8_t *xo = malloc(xob);
+            cr_assert(ref && v && y && xo);
+            mv_ref(&m, xq, ref);
+            for (int i = 0; i < F; i++)
+                v[i] = ref[i] / (1.0 + exp(-ref[i])) * ref[F + i];
+            kr_buffer *bw;
+            const uint8_t *dw = kr_test_dupload(be, m.bytes, m.n_bytes, &bw);
+            const void *dqs = dw, *dsc = dw + m.sc_off;
+            for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
+                if (ks[k].q8 != q8 || F % ks[k].per != 0)
+                    continue;
+                kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
+                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, ks[k].entry);
+                for (int rep = 0; rep < 2; rep++) { /* twice: the counters must be back at 0 */
+                    kr_buffer *by, *bo;
+                    float *dy = kr_test_dpoisoned(be, (size_t)rows, &by);
+                    uint8_t *poison = malloc(xob);
+                    cr_assert_not_null(poison);
+                    memset(poison, 0x7f, xob);
+                    void *dxo = kr_test_dupload(be, poison, xob, &bo);
+                    free(poison);
+                    int irows = rows, inb = nb, iF = F;
+                    void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &iF, &dcnt, &dxo};
+                    launch(be, fn, (uint32_t)(rows / ks[k].per), 32, WARPS, args, 0);
+                    kr_test_download(be, y, dy, (size_t)rows * 4);
+                    kr_test_download(be, xo, dxo, xob);
+                    kr_test_download(be, cnt, dcnt, (size_t)F / 32 * sizeof(int));
+                    char what[128];
+                    snprintf(what, sizeof what, "%s F %d nb %d rep %d (seed %llu)", ks[k].entry, F, nb, rep,
+                             (unsigned long long)kr_test_seed());
+                    double e1 = nmse_d(y, v, F), e2 = nmse_d(y + F, ref + F, F);
+                    cr_expect_leq(e1, 1e-10, "%s: swiglu NMSE %.3g", what, e1);
+                    cr_expect_leq(e2, 1e-10, "%s: up rows NMSE %.3g", what, e2);
+                    check_q8(xo, v, F, what);
+                    int nz = 0;
+                    for (int i = 0; i < F / 32; i++)
+                        nz += cnt[i] != 0;
+                    cr_expect_eq(nz, 0, "%s: %d group counters not reset", what, nz);
+                    kr_backend_free(be, by);
+                    kr_backend_free(be, bo);
+                }
+            }
+            kr_backend_free(be, bw);
+            free(ref);
+            free(v);
+            free(y);
+            free(xo);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bc);
+        free(zeros);
+        free(cnt);
         free(xq);
     }
     kr_backend_destroy(be);
