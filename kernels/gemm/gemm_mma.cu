@@ -27,6 +27,8 @@
 // One kernel per compile: -DKR_MM_WT=<GGML type id> selects the weight type
 // (0: only kr_mm_cvt_a, the fp32 -> fp16 conversion of A).
 // NVRTC-compilable without headers (PTX for cp.async, ldmatrix, mma, cvt).
+// With KR_MM_HOST_EMU the file is plain C (tests/gpu_gemm/test_mma_emu.c
+// supplies the primitives below and runs the kernel's threads as coroutines).
 
 typedef unsigned char kr_mm_u8;
 typedef unsigned short kr_mm_u16;
@@ -72,6 +74,15 @@ typedef long long kr_mm_i64;
 #define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * 64 : KR_MM_BN * KR_MM_RAW)
 #define KR_MM_STAGE (KR_MM_A_BYTES + KR_MM_W_BYTES)
 
+#ifdef KR_MM_HOST_EMU
+#define KR_MM_UNROLL
+#define KR_MM_WAIT(n) kr_mm_wait_emu(n)
+#define KR_MM_KERNEL(threads) static void
+#else
+#define KR_MM_UNROLL _Pragma("unroll")
+#define KR_MM_WAIT(n) asm volatile("cp.async.wait_group %0;" ::"n"(n) : "memory")
+#define KR_MM_KERNEL(threads) extern "C" __global__ void __launch_bounds__(threads)
+
 __device__ __forceinline__ kr_mm_u32 kr_mm_saddr(const void *p)
 {
     kr_mm_u32 r;
@@ -87,7 +98,6 @@ __device__ __forceinline__ void kr_mm_cp16(kr_mm_u32 dst, const void *src, int s
 
 __device__ __forceinline__ void kr_mm_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
-template <int N> __device__ __forceinline__ void kr_mm_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ void kr_mm_ldsm4(kr_mm_u32 r[4], kr_mm_u32 addr)
 {
@@ -142,13 +152,15 @@ __device__ __forceinline__ kr_mm_u32 kr_mm_prmt(kr_mm_u32 a, kr_mm_u32 b, kr_mm_
     return r;
 }
 
+#endif // KR_MM_HOST_EMU
+
 __device__ __forceinline__ kr_mm_u32 kr_mm_ld_u16(const kr_mm_u8 *p) { return *(const kr_mm_u16 *)p; }
 
 #if KR_MM_WT == 0
 // A (M, K) fp32 (row stride lda floats) -> Ah (M, K) fp16 (row stride ldh halves).
 // K % 4 == 0, lda % 4 == 0, ldh % 4 == 0, both 16/8-byte aligned.
 // Grid-stride over the M*K/4 groups of 4.
-extern "C" __global__ void __launch_bounds__(256)
+KR_MM_KERNEL(256)
     kr_mm_cvt_a(const float *__restrict__ A, kr_mm_i64 lda, kr_mm_u16 *__restrict__ Ah, kr_mm_i64 ldh, int M, int K)
 {
     const kr_mm_i64 groups = (kr_mm_i64)M * (K / 4);
@@ -168,7 +180,7 @@ __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__rest
                                            int n0, int ks, int tid)
 {
     const kr_mm_u32 sa = kr_mm_saddr(st);
-#pragma unroll
+KR_MM_UNROLL
     for (int i = 0; i < KR_MM_BM * 4 / KR_MM_THREADS; i++) {
         const int idx = tid + i * KR_MM_THREADS, r = idx >> 2, c = idx & 3;
         const bool ok = m0 + r < M;
@@ -177,7 +189,7 @@ __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__rest
     }
     const kr_mm_u32 sw = sa + KR_MM_A_BYTES;
 #if KR_MM_WT == KR_MM_T_F16
-#pragma unroll
+KR_MM_UNROLL
     for (int i = 0; i < KR_MM_BN * 4 / KR_MM_THREADS; i++) {
         const int idx = tid + i * KR_MM_THREADS, r = idx >> 2, c = idx & 3;
         const bool ok = n0 + r < N;
@@ -186,7 +198,7 @@ __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__rest
     }
 #else
     // 3 chunk slots per row: BN * 3 = 384 slots.
-#pragma unroll
+KR_MM_UNROLL
     for (int i = 0; i < (KR_MM_BN * 3 + KR_MM_THREADS - 1) / KR_MM_THREADS; i++) {
         const int idx = tid + i * KR_MM_THREADS, r = idx / 3, c = idx - 3 * (idx / 3);
         if (idx >= KR_MM_BN * 3)
@@ -218,12 +230,12 @@ __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__rest
 // [2t+8, 2t+9] (b1), the lower k in the low half.
 __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn, int lane, kr_mm_u32 bf[2][KR_MM_NT][2])
 {
-    const int g = lane >> 2, t = lane & 3;
 #if KR_MM_WT == KR_MM_T_F16
+    (void)ks;
     const kr_mm_u32 sw = kr_mm_saddr(Ws);
-#pragma unroll
+KR_MM_UNROLL
     for (int h = 0; h < 2; h++) {
-#pragma unroll
+KR_MM_UNROLL
         for (int jp = 0; jp < KR_MM_NT / 2; jp++) {
             const int n = wn + 16 * jp + (lane & 7) + ((lane >> 4) << 3);
             const int c = 2 * h + ((lane >> 3) & 1);
@@ -235,6 +247,10 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
             bf[h][2 * jp + 1][1] = r[3];
         }
     }
+#else
+    const int g = lane >> 2, t = lane & 3;
+#endif
+#if KR_MM_WT == KR_MM_T_F16
 #elif KR_MM_WT == KR_MM_T_Q4_0 || KR_MM_WT == KR_MM_T_Q4_1
     // qs byte i: value i (low nibble), value 16 + i (high nibble).
 #if KR_MM_WT == KR_MM_T_Q4_0
@@ -242,7 +258,7 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
 #else
     const int mis = (int)(((kr_mm_i64)ks * 20) & 15), qoff = 4;
 #endif
-#pragma unroll
+KR_MM_UNROLL
     for (int j = 0; j < KR_MM_NT; j++) {
         const kr_mm_u8 *b = Ws + (wn + 8 * j + g) * KR_MM_RAW + mis;
         const kr_mm_u32 v0 = kr_mm_ld_u16(b + qoff + 2 * t), v1 = kr_mm_ld_u16(b + qoff + 8 + 2 * t);
@@ -266,14 +282,14 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
     }
 #elif KR_MM_WT == KR_MM_T_Q8_0
     const int mis = (int)(((kr_mm_i64)ks * 34) & 15);
-#pragma unroll
+KR_MM_UNROLL
     for (int j = 0; j < KR_MM_NT; j++) {
         const kr_mm_u8 *b = Ws + (wn + 8 * j + g) * KR_MM_RAW + mis;
         const kr_mm_u32 dh = kr_mm_ld_u16(b);
         const kr_mm_u32 d2 = dh | (dh << 16), bias = 0x64806480u; // 1152 = 1024 + 128
-#pragma unroll
+KR_MM_UNROLL
         for (int h = 0; h < 2; h++) {
-#pragma unroll
+KR_MM_UNROLL
             for (int e = 0; e < 2; e++) {
                 // int8 pair (biased to unsigned) -> (1024 + q + 128) halves
                 const kr_mm_u32 v = kr_mm_ld_u16(b + 2 + 16 * h + 8 * e + 2 * t) ^ 0x8080u;
@@ -283,7 +299,7 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
     }
 #else // Q4_K: value i of sub-block s = nibble (s & 1) of qs byte i, times d*sc, minus dmin*mn
     const int s = ks & 7, sh = 4 * (s & 1);
-#pragma unroll
+KR_MM_UNROLL
     for (int j = 0; j < KR_MM_NT; j++) {
         const kr_mm_u8 *hd = Ws + (wn + 8 * j + g) * KR_MM_RAW, *scb = hd + 4, *q = hd + 16;
         kr_mm_u32 sc, mn;
@@ -295,9 +311,9 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
             mn = (scb[s + 4] >> 4) | ((scb[s] >> 6) << 4);
         }
         const float d1 = kr_mm_h2f(kr_mm_ld_u16(hd)) * (float)sc, m1 = kr_mm_h2f(kr_mm_ld_u16(hd + 2)) * (float)mn;
-#pragma unroll
+KR_MM_UNROLL
         for (int h = 0; h < 2; h++) {
-#pragma unroll
+KR_MM_UNROLL
             for (int e = 0; e < 2; e++) {
                 const kr_mm_u32 v = kr_mm_ld_u16(q + 16 * h + 8 * e + 2 * t) >> sh;
                 bf[h][j][e] = kr_mm_pack(fmaf(d1, (float)(v & 0xf), -m1), fmaf(d1, (float)((v >> 8) & 0xf), -m1));
@@ -307,7 +323,7 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(KR_MM_THREADS)
+KR_MM_KERNEL(KR_MM_THREADS)
     kr_mm_gemm(const kr_mm_u16 *__restrict__ A, kr_mm_i64 lda, const kr_mm_u8 *__restrict__ W, kr_mm_i64 ldw,
                float *__restrict__ C, kr_mm_i64 ldc, int M, int N, int K, int k_split)
 {
@@ -319,15 +335,15 @@ extern "C" __global__ void __launch_bounds__(KR_MM_THREADS)
     const int ks0 = kbeg / 32, nsteps = kend > kbeg ? (kend - kbeg) / 32 : 0;
 
     float acc[KR_MM_MT][KR_MM_NT][4];
-#pragma unroll
+KR_MM_UNROLL
     for (int i = 0; i < KR_MM_MT; i++)
-#pragma unroll
+KR_MM_UNROLL
         for (int j = 0; j < KR_MM_NT; j++)
-#pragma unroll
+KR_MM_UNROLL
             for (int e = 0; e < 4; e++)
                 acc[i][j][e] = 0.0f;
 
-#pragma unroll
+KR_MM_UNROLL
     for (int s = 0; s < KR_MM_ST - 1; s++) {
         if (s < nsteps)
             kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, M, N, m0, n0, ks0 + s, tid);
@@ -335,7 +351,7 @@ extern "C" __global__ void __launch_bounds__(KR_MM_THREADS)
     }
     int rd = 0, wr = KR_MM_ST - 1; // stage read this step, stage written this step
     for (int i = 0; i < nsteps; i++) {
-        kr_mm_wait<KR_MM_ST - 2>();
+        KR_MM_WAIT(KR_MM_ST - 2);
         __syncthreads(); // step i landed for all threads; stage wr no longer read
         if (i + KR_MM_ST - 1 < nsteps)
             kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, M, N, m0, n0, ks0 + i + KR_MM_ST - 1, tid);
@@ -345,36 +361,36 @@ extern "C" __global__ void __launch_bounds__(KR_MM_THREADS)
         kr_mm_u32 bf[2][KR_MM_NT][2];
         kr_mm_frag_b(st + KR_MM_A_BYTES, ks0 + i, wn, lane, bf);
         const kr_mm_u32 sa = kr_mm_saddr(st);
-#pragma unroll
+KR_MM_UNROLL
         for (int h = 0; h < 2; h++) {
             kr_mm_u32 af[KR_MM_MT][4];
-#pragma unroll
+KR_MM_UNROLL
             for (int mi = 0; mi < KR_MM_MT; mi++) {
                 const int r = wm + 16 * mi + (lane & 15), c = 2 * h + (lane >> 4);
                 kr_mm_ldsm4(af[mi], sa + r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
             }
-#pragma unroll
+KR_MM_UNROLL
             for (int mi = 0; mi < KR_MM_MT; mi++)
-#pragma unroll
+KR_MM_UNROLL
                 for (int j = 0; j < KR_MM_NT; j++)
                     kr_mm_mma(acc[mi][j], af[mi], bf[h][j][0], bf[h][j][1]);
         }
         rd = rd == KR_MM_ST - 1 ? 0 : rd + 1;
         wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
     }
-    kr_mm_wait<0>();
+    KR_MM_WAIT(0);
 
     const bool add = gridDim.z > 1;
     const int g = lane >> 2, t = lane & 3;
-#pragma unroll
+KR_MM_UNROLL
     for (int mi = 0; mi < KR_MM_MT; mi++) {
-#pragma unroll
+KR_MM_UNROLL
         for (int hr = 0; hr < 2; hr++) {
             const int row = m0 + wm + 16 * mi + g + 8 * hr;
             if (row >= M)
                 continue;
             float *cr = C + (kr_mm_i64)row * ldc;
-#pragma unroll
+KR_MM_UNROLL
             for (int j = 0; j < KR_MM_NT; j++) {
                 const int col = n0 + wn + 8 * j + 2 * t;
                 const float v0 = acc[mi][j][2 * hr], v1 = acc[mi][j][2 * hr + 1];
