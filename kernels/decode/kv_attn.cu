@@ -19,11 +19,17 @@
 #ifndef KR_KVA_THREADS
 #define KR_KVA_THREADS 128 // threads per attention block (128 or 256)
 #endif
+#ifndef KR_KVA_CP
+#define KR_KVA_CP 0        // 1: F16 tiles arrive by cp.async into two stages (KR_KVA_TILE <= 4096)
+#endif
 #define KR_KVA_RB 8        // query heads per block at most (one KV group, or part of one)
 #ifndef KR_KVA_TILE
 #define KR_KVA_TILE 8192   // positions x head_dim per shared-memory tile (<= 8192)
 #endif
 #define KR_KVA_MAXT 128    // positions per tile at most
+#if KR_KVA_CP && KR_KVA_TILE > 4096
+#error "KR_KVA_CP needs KR_KVA_TILE <= 4096 (two stages of K and V tiles)"
+#endif
 #define KR_KVA_LPT (KR_KVA_TILE / 8 / KR_KVA_THREADS)                  // 8-element chunks per thread per tile
 #define KR_KVA_CPT ((KR_KVA_RB * 32 + KR_KVA_THREADS - 1) / KR_KVA_THREADS) // (head, chunk) PV outputs per thread
 #define KR_KVA_QOFF 36864  // bytes: K and V tiles below, Q and scores above
@@ -130,6 +136,39 @@ kr_kv_store_rope(float *q, int n_head, const float *k_new, const float *v_new, v
 // acc[r][d] = acc*corr + sum_t P[r][t] V_t[d] (threads own (r, 8 dims) and a slice of t).
 // Output: n_split == 1: out = acc / l; else part[(h*n_split + s)*(D + 2) + :] = (acc, m, l)
 // for kr_kva_combine. Invalid position (p < 0 or the span > rows): NaN.
+// cp.async of one F16 tile pair (rows t0.. of [t0, te)) into Kt/Vt; rows past te are zero-filled.
+__device__ __forceinline__ kr_u32 kr_smem_addr(const void *p)
+{
+    kr_u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void kr_kva_issue(kr_u8 *Kt, kr_u8 *Vt, const kr_u8 *kb, const kr_u8 *vb,
+                                             long long row_bytes, int rows, int goff, int t0, int te, const int *ct,
+                                             const int *cj, int stride)
+{
+    const int r0 = t0 % rows;
+#pragma unroll
+    for (int k = 0; k < KR_KVA_LPT; k++) {
+        const int t = ct[k];
+        if (t < 0)
+            continue;
+        const bool ok = t0 + t < te;
+        int row = r0 + t;
+        if (row >= rows)
+            row -= rows;
+        const kr_i64 o = ok ? (kr_i64)row * row_bytes + goff + cj[k] * 16 : 0;
+        const int n = ok ? 16 : 0; // 0: the 16 bytes are zero-filled
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kr_smem_addr(Kt + t * stride + cj[k] * 16)),
+                     "l"(kb + o), "r"(n)
+                     : "memory");
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kr_smem_addr(Vt + t * stride + cj[k] * 16)),
+                     "l"(vb + o), "r"(n)
+                     : "memory");
+    }
+}
+
 template <int Q8>
 __device__ __forceinline__ void kr_kva_load(const kr_u8 *kb, const kr_u8 *vb, long long row_bytes, int rows,
                                             int kv_dim, int goff, int t0, int te, const int *ct, const int *cj,
@@ -207,7 +246,7 @@ __device__ __forceinline__ void kr_kva_chunk(const kr_u8 *tile, const float *sc,
     }
 }
 
-template <int Q8>
+template <int Q8, int CP>
 __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const void *vc, const int *slot,
                                        long long slot_bytes, int rows, long long row_bytes, int kv_dim, float *out,
                                        float *part, int n_head, int n_head_kv, int head_dim, const int *pos,
@@ -225,7 +264,8 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     const int nr = min(KR_KVA_RB, R - hb * KR_KVA_RB);
     const int split = blockIdx.y;
     const int D = head_dim, DC = D >> 3;
-    const int T = min(KR_KVA_MAXT, KR_KVA_TILE / D);
+    enum { USE_CP = CP && !Q8 };                          // cp.async double buffering (F16 only)
+    const int T = min(USE_CP ? KR_KVA_MAXT / 2 : KR_KVA_MAXT, KR_KVA_TILE / D);
     const int p = pos ? *pos : pos_imm;
     const int j0 = window > 0 ? max(0, p - window + 1) : 0;
     const int len = p - j0 + 1;
@@ -280,90 +320,174 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
         }
         const kr_u8 *kb = kr_kv_base(kc, slot, slot_bytes), *vb = kr_kv_base(vc, slot, slot_bytes);
         const int goff = Q8 ? g * D : g * D * 2;
-        uint4 kr[KR_KVA_LPT], vr[KR_KVA_LPT];
-        kr_u16 ks[KR_KVA_LPT], vs[KR_KVA_LPT];
-        kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, ts, te, ct, cj, kr, vr, ks, vs);
-        for (int t0 = ts; t0 < te; t0 += T) {
-            __syncthreads(); // the previous tile is no longer read
-#pragma unroll
-            for (int k = 0; k < KR_KVA_LPT; k++) {
-                const int t = ct[k];
-                if (t >= 0) {
-                    if (Q8) {
-                        *(uint2 *)(Kt + t * stride + cj[k] * 8) = make_uint2(kr[k].x, kr[k].y);
-                        *(uint2 *)(Vt + t * stride + cj[k] * 8) = make_uint2(vr[k].x, vr[k].y);
-                        Ksc[t * DC + cj[k]] = kr_h2f(ks[k]);
-                        Vsc[t * DC + cj[k]] = kr_h2f(vs[k]);
-                    } else {
-                        *(uint4 *)(Kt + t * stride + cj[k] * 16) = kr[k];
-                        *(uint4 *)(Vt + t * stride + cj[k] * 16) = vr[k];
-                    }
+        if (USE_CP) {
+            // two stages of (K tile, V tile), filled by cp.async while the other is used
+            kr_kva_issue(sm, sm + tbytes, kb, vb, row_bytes, rows, goff, ts, te, ct, cj, stride);
+            asm volatile("cp.async.commit_group;" ::: "memory");
+            int it = 0;
+            for (int t0 = ts; t0 < te; t0 += T, it++) {
+                if (t0 + T < te) {
+                    kr_u8 *nk = sm + ((it + 1) & 1) * 2 * tbytes;
+                    kr_kva_issue(nk, nk + tbytes, kb, vb, row_bytes, rows, goff, t0 + T, te, ct, cj, stride);
                 }
-            }
-            __syncthreads();
-            if (t0 + T < te) // next tile's loads fly while this one is used
-                kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, t0 + T, te, ct, cj, kr, vr, ks, vs);
-            const int tv = min(T, te - t0); // valid rows of this tile
-            // scores
-            for (int i = tid; i < nr * T; i += NT) {
-                const int r = i / T, t = i - r * T;
-                float dot = kr_neg_inf();
-                if (t < tv) {
-                    dot = 0.0f;
-                    const float *qr = Qs + r * D;
-                    for (int j = 0; j < DC; j++) {
-                        float f[8], s;
-                        kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &s);
-                        const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
-                        const float part8 = qa.x * f[0] + qa.y * f[1] + qa.z * f[2] + qa.w * f[3] + qb.x * f[4] +
-                                            qb.y * f[5] + qb.z * f[6] + qb.w * f[7];
-                        dot += Q8 ? part8 * s : part8;
-                    }
-                }
-                Ss[r * T + t] = dot;
-            }
-            __syncthreads();
-            // online softmax, one warp per head
-            for (int r = warp; r < nr; r += NT / 32) {
-                float mt = kr_neg_inf();
-                for (int t = lane; t < tv; t += 32)
-                    mt = fmaxf(mt, Ss[r * T + t]);
-                mt = kr_warp_max(mt);
-                const float mo = m_s[r], mn = fmaxf(mo, mt);
-                float sum = 0.0f;
-                for (int t = lane; t < tv; t += 32) {
-                    const float e = expf(Ss[r * T + t] - mn);
-                    Ss[r * T + t] = e;
-                    sum += e;
-                }
-                sum = kr_warp_sum(sum);
-                if (lane == 0) {
-                    const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
-                    c_s[r] = corr;
-                    l_s[r] = l_s[r] * corr + sum;
-                    m_s[r] = mn;
-                }
-            }
-            __syncthreads();
-            // acc = acc * corr + P V
-            if (slice < nsl) {
-#pragma unroll
-                for (int k = 0; k < KR_KVA_CPT; k++) {
-                    const int c = cb + k * NT;
-                    if (c < NC && (k == 0 || NC >= NT)) {
-                        const int r = c / DC, j = c - r * DC;
-                        const float corr = c_s[r];
-#pragma unroll
-                        for (int e = 0; e < 8; e++)
-                            acc[k][e] *= corr;
-                        const float *pr = Ss + r * T;
-                        for (int t = slice; t < tv; t += nsl) {
+                asm volatile("cp.async.commit_group;" ::: "memory");
+                asm volatile("cp.async.wait_group 1;" ::: "memory"); // this tile's group is complete
+                __syncthreads();
+                Kt = sm + (it & 1) * 2 * tbytes;
+                Vt = Kt + tbytes;
+                const int tv = min(T, te - t0); // valid rows of this tile
+                // scores
+                for (int i = tid; i < nr * T; i += NT) {
+                    const int r = i / T, t = i - r * T;
+                    float dot = kr_neg_inf();
+                    if (t < tv) {
+                        dot = 0.0f;
+                        const float *qr = Qs + r * D;
+                        for (int j = 0; j < DC; j++) {
                             float f[8], s;
-                            kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &s);
-                            const float w = Q8 ? pr[t] * s : pr[t];
-#pragma unroll
+                            kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &s);
+                            const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
+                            const float part8 = qa.x * f[0] + qa.y * f[1] + qa.z * f[2] + qa.w * f[3] + qb.x * f[4] +
+                                                qb.y * f[5] + qb.z * f[6] + qb.w * f[7];
+                            dot += Q8 ? part8 * s : part8;
+                        }
+                    }
+                    Ss[r * T + t] = dot;
+                }
+                __syncthreads();
+                // online softmax, one warp per head
+                for (int r = warp; r < nr; r += NT / 32) {
+                    float mt = kr_neg_inf();
+                    for (int t = lane; t < tv; t += 32)
+                        mt = fmaxf(mt, Ss[r * T + t]);
+                    mt = kr_warp_max(mt);
+                    const float mo = m_s[r], mn = fmaxf(mo, mt);
+                    float sum = 0.0f;
+                    for (int t = lane; t < tv; t += 32) {
+                        const float e = expf(Ss[r * T + t] - mn);
+                        Ss[r * T + t] = e;
+                        sum += e;
+                    }
+                    sum = kr_warp_sum(sum);
+                    if (lane == 0) {
+                        const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
+                        c_s[r] = corr;
+                        l_s[r] = l_s[r] * corr + sum;
+                        m_s[r] = mn;
+                    }
+                }
+                __syncthreads();
+                // acc = acc * corr + P V
+                if (slice < nsl) {
+    #pragma unroll
+                    for (int k = 0; k < KR_KVA_CPT; k++) {
+                        const int c = cb + k * NT;
+                        if (c < NC && (k == 0 || NC >= NT)) {
+                            const int r = c / DC, j = c - r * DC;
+                            const float corr = c_s[r];
+    #pragma unroll
                             for (int e = 0; e < 8; e++)
-                                acc[k][e] += w * f[e];
+                                acc[k][e] *= corr;
+                            const float *pr = Ss + r * T;
+                            for (int t = slice; t < tv; t += nsl) {
+                                float f[8], s;
+                                kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &s);
+                                const float w = Q8 ? pr[t] * s : pr[t];
+    #pragma unroll
+                                for (int e = 0; e < 8; e++)
+                                    acc[k][e] += w * f[e];
+                            }
+                        }
+                    }
+                }
+                __syncthreads(); // this stage is refilled two tiles later
+            }
+        } else {
+            uint4 kr[KR_KVA_LPT], vr[KR_KVA_LPT];
+            kr_u16 ks[KR_KVA_LPT], vs[KR_KVA_LPT];
+            kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, ts, te, ct, cj, kr, vr, ks, vs);
+            for (int t0 = ts; t0 < te; t0 += T) {
+                __syncthreads(); // the previous tile is no longer read
+#pragma unroll
+                for (int k = 0; k < KR_KVA_LPT; k++) {
+                    const int t = ct[k];
+                    if (t >= 0) {
+                        if (Q8) {
+                            *(uint2 *)(Kt + t * stride + cj[k] * 8) = make_uint2(kr[k].x, kr[k].y);
+                            *(uint2 *)(Vt + t * stride + cj[k] * 8) = make_uint2(vr[k].x, vr[k].y);
+                            Ksc[t * DC + cj[k]] = kr_h2f(ks[k]);
+                            Vsc[t * DC + cj[k]] = kr_h2f(vs[k]);
+                        } else {
+                            *(uint4 *)(Kt + t * stride + cj[k] * 16) = kr[k];
+                            *(uint4 *)(Vt + t * stride + cj[k] * 16) = vr[k];
+                        }
+                    }
+                }
+                __syncthreads();
+                if (t0 + T < te) // next tile's loads fly while this one is used
+                    kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, t0 + T, te, ct, cj, kr, vr, ks, vs);
+                const int tv = min(T, te - t0); // valid rows of this tile
+                // scores
+                for (int i = tid; i < nr * T; i += NT) {
+                    const int r = i / T, t = i - r * T;
+                    float dot = kr_neg_inf();
+                    if (t < tv) {
+                        dot = 0.0f;
+                        const float *qr = Qs + r * D;
+                        for (int j = 0; j < DC; j++) {
+                            float f[8], s;
+                            kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &s);
+                            const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
+                            const float part8 = qa.x * f[0] + qa.y * f[1] + qa.z * f[2] + qa.w * f[3] + qb.x * f[4] +
+                                                qb.y * f[5] + qb.z * f[6] + qb.w * f[7];
+                            dot += Q8 ? part8 * s : part8;
+                        }
+                    }
+                    Ss[r * T + t] = dot;
+                }
+                __syncthreads();
+                // online softmax, one warp per head
+                for (int r = warp; r < nr; r += NT / 32) {
+                    float mt = kr_neg_inf();
+                    for (int t = lane; t < tv; t += 32)
+                        mt = fmaxf(mt, Ss[r * T + t]);
+                    mt = kr_warp_max(mt);
+                    const float mo = m_s[r], mn = fmaxf(mo, mt);
+                    float sum = 0.0f;
+                    for (int t = lane; t < tv; t += 32) {
+                        const float e = expf(Ss[r * T + t] - mn);
+                        Ss[r * T + t] = e;
+                        sum += e;
+                    }
+                    sum = kr_warp_sum(sum);
+                    if (lane == 0) {
+                        const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
+                        c_s[r] = corr;
+                        l_s[r] = l_s[r] * corr + sum;
+                        m_s[r] = mn;
+                    }
+                }
+                __syncthreads();
+                // acc = acc * corr + P V
+                if (slice < nsl) {
+    #pragma unroll
+                    for (int k = 0; k < KR_KVA_CPT; k++) {
+                        const int c = cb + k * NT;
+                        if (c < NC && (k == 0 || NC >= NT)) {
+                            const int r = c / DC, j = c - r * DC;
+                            const float corr = c_s[r];
+    #pragma unroll
+                            for (int e = 0; e < 8; e++)
+                                acc[k][e] *= corr;
+                            const float *pr = Ss + r * T;
+                            for (int t = slice; t < tv; t += nsl) {
+                                float f[8], s;
+                                kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &s);
+                                const float w = Q8 ? pr[t] * s : pr[t];
+    #pragma unroll
+                                for (int e = 0; e < 8; e++)
+                                    acc[k][e] += w * f[e];
+                            }
                         }
                     }
                 }
@@ -407,7 +531,7 @@ kr_kva_f16(const float *q, const void *kc, const void *vc, const int *slot, long
            long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
            const int *pos, int pos_imm, int window, float scale, int n_split)
 {
-    kr_kva<0>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
+    kr_kva<0, KR_KVA_CP>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
               pos_imm, window, scale, n_split);
 }
 
@@ -416,7 +540,7 @@ kr_kva_q8_0(const float *q, const void *kc, const void *vc, const int *slot, lon
             long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
             const int *pos, int pos_imm, int window, float scale, int n_split)
 {
-    kr_kva<1>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
+    kr_kva<1, KR_KVA_CP>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
               pos_imm, window, scale, n_split);
 }
 

@@ -14,21 +14,24 @@
 #define KR__KVA_RB 8         /* = KR_KVA_RB in the kernel */
 #define KR__KVA_MAX_SPLIT 1024 /* = the combine kernel's shared array */
 
-/* Attention variants: X(index, name, threads per block, tile elements).
- * Each has its own static records (the backend caches functions by record
- * address). */
-#define KR__KVA_VARIANTS(X)     \
-    X(0, "t128", 128, 8192)     \
-    X(1, "t256", 256, 8192)     \
-    X(2, "t128s", 128, 4096)
+/* Attention variants: X(index, name, threads per block, tile elements, cp.async
+ * (F16 only; Q8_0 uses the register path)). Each has its own static records
+ * (the backend caches functions by record address). */
+#define KR__KVA_VARIANTS(X)       \
+    X(0, "t128", 128, 8192, 0)    \
+    X(1, "t256", 256, 8192, 0)    \
+    X(2, "t128s", 128, 4096, 0)   \
+    X(3, "cp128", 128, 4096, 1)   \
+    X(4, "cp256", 256, 4096, 1)
 
-#define KR__KVA_DEF(i, nm, nt, tile)                                                                          \
-    static const char *const kr__kva_opts_##i[2] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile};         \
+#define KR__KVA_DEF(i, nm, nt, tile, cp)                                                                      \
+    static const char *const kr__kva_opts_##i[3] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
+                                                    "-DKR_KVA_CP=" #cp};                                       \
     static const kr_kernel_source kr__kva_src_##i[2] = {                                                       \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 2},                                  \
+         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 3},                                  \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 2}};
+         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 3}};
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
@@ -37,7 +40,7 @@ static const struct {
     int threads;
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__kva_variants[] = {
-#define KR__KVA_ROW(i, nm, nt, tile) {.name = nm, .threads = nt, .src = kr__kva_src_##i},
+#define KR__KVA_ROW(i, nm, nt, tile, cp) {.name = nm, .threads = nt, .src = kr__kva_src_##i},
     KR__KVA_VARIANTS(KR__KVA_ROW)
 #undef KR__KVA_ROW
 };

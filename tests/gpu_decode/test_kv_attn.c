@@ -551,7 +551,7 @@ static void run_store(gpu *g, store_case c)
                 b[i] = (float)ref_value(c.type, kc2 + (size_t)r * rb, kv_dim, i);
             }
             const double ek = nmse_f(a, b, (size_t)kv_dim);
-            cr_expect(ek <= (c.type == KR_DTYPE_F16 ? 1e-9 : 1e-6), "fused K vs rope + store: NMSE %.3g (%s)", ek,
+            cr_expect(ek <= 1e-6, "fused K vs rope + store: NMSE %.3g (%s)", ek,
                       tname(c.type));
             free(a);
             free(b);
