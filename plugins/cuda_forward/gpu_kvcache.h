@@ -33,11 +33,13 @@ typedef struct kr__gkv {
     kr_buffer *scratch_buf;        /* its split partials (n_split > 1) */
 } kr__gkv;
 
-/* 1: the step uses kr_dec_kv_store / kr_dec_attention_kv (kr_decode_kv.h),
- * which q8_0 and the sliding-window ring need (KR_GKV_OLD_KERNELS=1 in the
- * environment forces the old f16 kernels, rows = n_ctx, for comparisons). */
+/* 1: kr_dec_kv_store / kr_dec_attention_kv (kr_decode_kv.h) are built in;
+ * q8_0 and the sliding-window ring use them. An f16 cache without a ring uses
+ * them when the environment has KR_GKV_KERNELS=new, the old kr_dec_kv_append
+ * / kr_dec_attention otherwise; KR_GKV_KERNELS=old forces the old ones (f16,
+ * rows = n_ctx). */
 #ifndef KR__GKV_NEW_KERNELS
-#define KR__GKV_NEW_KERNELS 0
+#define KR__GKV_NEW_KERNELS 1
 #endif
 
 struct kr_gpu_forward;

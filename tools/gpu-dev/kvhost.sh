@@ -27,11 +27,18 @@ if [ "$part" = test ]; then
     echo "-- $T missing (build failed?)" >>"$LOG"
     exit 1
   fi
+  # a, b: defaults (f16 without a ring on the old kernels; q8_0 and the ring on kr_dec_attention_kv)
+  # c: the f16 tests again with KR_GKV_KERNELS=new; d: tests/gpu_forward (GPU vs CPU logits) with the new kernels
   ( timeout 50 "$T" -j1 --verbose=1 --filter 'gpu_kvcache*/!(shift*|ring*|q8*)' >"$tmp/a.txt" 2>&1; echo "rc=$?" >>"$tmp/a.txt" ) &
   ( timeout 50 "$T" -j1 --verbose=1 --filter 'gpu_kvcache/@(shift*|ring*|q8*)' >"$tmp/b.txt" 2>&1; echo "rc=$?" >>"$tmp/b.txt" ) &
+  ( KR_GKV_KERNELS=new timeout 50 "$T" -j1 --verbose=1 \
+      --filter 'gpu_kvcache/@(lru*|pinning*|graph*|context_full*|shift_vs*|shift_kernel_f16*)' >"$tmp/c.txt" 2>&1; echo "rc=$?" >>"$tmp/c.txt" ) &
+  ( KR_GKV_KERNELS=new timeout 50 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
+      --filter 'gpu_forward/@(stories260k_graph|stories260k_eager|stories260k_attn_splits*|llama2_tiny*|mkmodel_mistral*|mkmodel_llama_q4_0|falcon*)' \
+      >"$tmp/d.txt" 2>&1; echo "rc=$?" >>"$tmp/d.txt" ) &
   wait
   {
-    for f in a b; do
+    for f in a b c d; do
       echo "-- test_gpu_kvcache part $f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|NMSE|nmse|refusal|kv_shift|^shift|^ring|^q8_0|graph" "$tmp/$f.txt" | head -80
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
@@ -39,7 +46,7 @@ if [ "$part" = test ]; then
     # the CLI on the CUDA backend (stories260K, tiny context so the shift happens)
     KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
     M=${KR_TESTDATA:-../shared/testdata}/models/stories260K-f32.gguf
-    for args in "--kv-type f16" "--kv-type q8_0" "--ctx-shift --keep 4 -c 48" "--kv-type q8_0 --ctx-shift --keep 4 -c 48" "-c 48"; do
+    for args in "--kv-type f16" "--kv-type q8_0" "--ctx-shift --keep 4 -c 48" "--kv-type q8_0 --ctx-shift --keep 4 -c 48" "-c 48" "--backend cpu --ctx-shift --keep 4 -c 48"; do
       echo "-- kernrun generate --backend cuda $args -n 96 --temp 0"
       # shellcheck disable=SC2086
       timeout 20 "$KR" --log-level info generate -m "$M" --backend cuda $args -n 96 --temp 0 -p "Once upon a time" \
@@ -49,7 +56,7 @@ if [ "$part" = test ]; then
       grep -vE "^kernrun:|^\[" "$tmp/gen.txt" | tr '\n' ' ' | cut -c1-300; echo
     done
     echo "== kvhost test summary"
-    for f in a b; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a b c d; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
