@@ -90,3 +90,56 @@ extern "C" __global__ void kr_pf_unrepack(const unsigned char *__restrict__ qs, 
         o[2 + 2 * i] = (kr_pb_u16)(w >> 16);
     }
 }
+
+__device__ __forceinline__ float kr_pb_h2f(kr_pb_u16 h)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ kr_pb_u16 kr_pb_ld16(const unsigned char *p) { return (kr_pb_u16)(p[0] | (p[1] << 8)); }
+
+// Embedding of n tokens: out[t, i] = dequant(table row tok[t])[i], i < n_embd,
+// for type (GGML ids) F32 0, F16 1, Q4_0 2, Q4_1 3, Q8_0 8 (the decode
+// kernels' formulas: d*(q-8), d*q + m, d*q); rows row_stride bytes apart.
+// A token outside [0, n_vocab) gives NaN. out rows o_stride floats apart.
+// Launch: block (256), grid (ceil(n_embd/256), n).
+extern "C" __global__ void kr_pf_embed(const unsigned char *__restrict__ table, long long row_stride, int n_vocab,
+                                       int n_embd, int type, const int *__restrict__ tok, float *__restrict__ out,
+                                       long long o_stride)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (i >= n_embd)
+        return;
+    const int id = tok[t];
+    float v;
+    if (id < 0 || id >= n_vocab) {
+        v = __int_as_float(0x7fc00000);
+    } else {
+        const unsigned char *row = table + (kr_pb_i64)id * row_stride;
+        const int b = i >> 5, j = i & 31;
+        switch (type) {
+        case 0: v = ((const float *)row)[i]; break;
+        case 1: v = kr_pb_h2f(((const kr_pb_u16 *)row)[i]); break;
+        case 2: {
+            const unsigned char *blk = row + b * 18;
+            const int q = j < 16 ? (blk[2 + j] & 15) : (blk[2 + j - 16] >> 4);
+            v = kr_pb_h2f(kr_pb_ld16(blk)) * (float)(q - 8);
+            break;
+        }
+        case 3: {
+            const unsigned char *blk = row + b * 20;
+            const int q = j < 16 ? (blk[4 + j] & 15) : (blk[4 + j - 16] >> 4);
+            v = kr_pb_h2f(kr_pb_ld16(blk)) * (float)q + kr_pb_h2f(kr_pb_ld16(blk + 2));
+            break;
+        }
+        default: { // 8: Q8_0
+            const unsigned char *blk = row + b * 34;
+            v = kr_pb_h2f(kr_pb_ld16(blk)) * (float)(signed char)blk[2 + j];
+            break;
+        }
+        }
+    }
+    out[(kr_pb_i64)t * o_stride + i] = v;
+}

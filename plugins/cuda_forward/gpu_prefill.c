@@ -399,9 +399,14 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
     uint32_t l = 0;
 
     KR__PF_TRY("token upload", kr_backend_h2d(g->be, P->tok, tokens, (size_t)m * sizeof(int32_t), s, err));
-    for (int t = 0; t < m; t++)
-        KR__PF_TRY("embedding", kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E,
-                                              P->tok + t, 0, P->x + t * E, err));
+    if (kr_pf_embed_supports(g->embd_type)) {
+        KR__PF_TRY("embedding", kr_pf_embed(P->pf, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E,
+                                             P->tok, P->x, E, m, err));
+    } else {
+        for (int t = 0; t < m; t++) /* K quants: one decode launch per token */
+            KR__PF_TRY("embedding", kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, E,
+                                                  P->tok + t, 0, P->x + t * E, err));
+    }
     if (g->falcon)
         return kr__pf_chunk_falcon(g, m, p0, last, err);
     for (l = 0; l < hp->n_layer; l++) {

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "kernrun/backend.h"
+#include "kernrun/dtype.h"
 #include "kernrun/status.h"
 
 typedef struct kr_pf kr_pf;
@@ -83,5 +84,13 @@ kr_status kr_pf_swiglu(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, 
  * bytes). For the GEMM, which reads GGML blocks. */
 kr_status kr_pf_unrepack(kr_pf *p, kr_stream *s, bool q8_0, const void *qs, const void *sc, void *dst,
                          size_t dst_stride, int64_t rows, int64_t cols, kr_err *err);
+
+/* Embedding rows of n tokens: out[t, :] = dequantized row tok[t] (device
+ * int32) of table (n_vocab, n_embd), rows row_stride bytes apart; out rows
+ * o_stride floats apart. Types F32, F16, Q4_0, Q4_1, Q8_0 (kr_pf_embed_supports;
+ * the same formulas as kr_dec_embed); a token outside [0, n_vocab) gives NaN. */
+bool kr_pf_embed_supports(kr_dtype t);
+kr_status kr_pf_embed(kr_pf *p, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride, int64_t n_vocab,
+                      int64_t n_embd, const int32_t *tok, float *out, size_t o_stride, int n, kr_err *err);
 
 #endif

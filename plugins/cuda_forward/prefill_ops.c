@@ -38,6 +38,7 @@ enum {
     KR__PF_KV_STORE,
     KR__PF_SWIGLU,
     KR__PF_UNREPACK,
+    KR__PF_EMBED,
     KR__PF_COUNT
 };
 
@@ -54,6 +55,7 @@ static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
     [KR__PF_KV_STORE] = KR__PB_SRC("kr_pf_kv_store_f16"),
     [KR__PF_SWIGLU] = KR__PB_SRC("kr_pf_swiglu_f32"),
     [KR__PF_UNREPACK] = KR__PB_SRC("kr_pf_unrepack"),
+    [KR__PF_EMBED] = KR__PB_SRC("kr_pf_embed"),
 };
 
 struct kr_pf {
@@ -279,4 +281,33 @@ kr_status kr_pf_unrepack(kr_pf *p, kr_stream *s, bool q8_0, const void *qs, cons
     int nb = (int)(cols / 32);
     void *args[] = {(void *)&qs, (void *)&sc, &dst, &ds, &n_blk, &nb, (void *)&qsz};
     return kr__pf_launch(p, KR__PF_UNREPACK, (uint32_t)((n_blk + 255) / 256), 1, 256, s, args, err);
+}
+
+bool kr_pf_embed_supports(kr_dtype t)
+{
+    return t == KR_DTYPE_F32 || t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0;
+}
+
+kr_status kr_pf_embed(kr_pf *p, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride, int64_t n_vocab,
+                      int64_t n_embd, const int32_t *tok, float *out, size_t o_stride, int n, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "embed: NULL kr_pf");
+    if (!kr_pf_embed_supports(ttype))
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "embed: table type %d (F32, F16, Q4_0, Q4_1, Q8_0)",
+                                (int)ttype);
+    const bool blk = ttype != KR_DTYPE_F32 && ttype != KR_DTYPE_F16;
+    const size_t esz = ttype == KR_DTYPE_F32 ? 4 : 2;
+    const size_t bb = ttype == KR_DTYPE_Q4_0 ? 18 : ttype == KR_DTYPE_Q4_1 ? 20 : 34;
+    if (!table || !tok || !out || n < 1 || n > 65535 || n_vocab < 1 || n_vocab > INT32_MAX || n_embd < 1 ||
+        n_embd > INT32_MAX || (blk && n_embd % 32 != 0) || o_stride < (size_t)n_embd ||
+        row_stride < (blk ? (size_t)(n_embd / 32) * bb : (size_t)n_embd * esz) ||
+        (uintptr_t)table % (blk ? 1 : esz) != 0 || row_stride % (blk ? 1 : esz) != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "embed: n %d, n_vocab %lld, n_embd %lld, row stride %zu, out stride %zu, or a NULL / "
+                                "misaligned operand", n, (long long)n_vocab, (long long)n_embd, row_stride, o_stride);
+    long long rs = (long long)row_stride, os = (long long)o_stride;
+    int nv = (int)n_vocab, ne = (int)n_embd, ty = (int)ttype;
+    void *args[] = {(void *)&table, &rs, &nv, &ne, &ty, (void *)&tok, &out, &os};
+    return kr__pf_launch(p, KR__PF_EMBED, (uint32_t)((n_embd + 255) / 256), (uint32_t)n, 256, s, args, err);
 }

@@ -21,7 +21,9 @@
 #include <string.h>
 
 #include "kernrun/backend.h"
+#include "kernrun/dtype.h"
 #include "kernrun/half.h"
+#include "kernrun/quant.h"
 #include "kr_prefill_ops.h"
 #include "kr_test_gpu.h"
 #include "kr_test_rng.h"
@@ -426,6 +428,68 @@ Test(gpu_prefill, unrepack)
         free(qs);
         free(out);
         free(sc);
+    }
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+/* Batched embedding vs models/quant's CPU dequantization (exact for these types), bad ids -> NaN. */
+Test(gpu_prefill, embed_batched)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    static const kr_dtype types[] = {KR_DTYPE_F32, KR_DTYPE_F16, KR_DTYPE_Q4_0, KR_DTYPE_Q4_1, KR_DTYPE_Q8_0};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const kr_dtype t = types[ti];
+        const int nv = 37, E = 160, n = 23;
+        uint64_t row = 0;
+        cr_assert(kr_dtype_row_size(t, E, &row));
+        const size_t rs = (size_t)row + 2 * (ti % 2) * 4, os = E + 3;
+        uint8_t *tab = calloc(nv, rs);
+        float *src = malloc(E * sizeof *src), *ref = malloc((size_t)nv * E * sizeof *ref);
+        float *out = malloc((size_t)n * os * sizeof *out);
+        int32_t tok[23];
+        cr_assert(tab && src && ref && out);
+        for (int r = 0; r < nv; r++) {
+            for (int i = 0; i < E; i++)
+                src[i] = kr_test_rng_f(-3.0f, 3.0f);
+            cr_assert_eq(kr_quantize_row(t, src, tab + (size_t)r * rs, E), KR_OK);
+            cr_assert_eq(kr_dequantize_row(t, tab + (size_t)r * rs, ref + (size_t)r * E, E), KR_OK);
+        }
+        for (int i = 0; i < n; i++)
+            tok[i] = (int32_t)(kr_test_rng_u64() % nv);
+        tok[5] = -1;
+        tok[9] = nv;
+        kr_buffer *bt, *bk, *bo;
+        void *dt = kr_test_dupload(be, tab, (size_t)nv * rs, &bt);
+        int32_t *dk = kr_test_dupload(be, tok, sizeof tok, &bk);
+        float *dout = kr_test_dpoisoned(be, (size_t)n * os, &bo);
+        kr_err err;
+        kr_err_clear(&err);
+        kr_status st = kr_pf_embed(p, NULL, t, dt, rs, nv, E, dk, dout, os, n, &err);
+        cr_assert_eq(st, KR_OK, "embed %s: %s", kr_dtype_name(t), kr_err_msg(&err, st));
+        kr_test_download(be, out, dout, (size_t)n * os * sizeof *out);
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < E; j++) {
+                float o = out[(size_t)i * os + j];
+                if (i == 5 || i == 9)
+                    cr_assert(isnan(o), "embed %s: bad id gave %g", kr_dtype_name(t), o);
+                else
+                    cr_assert_float_eq(o, ref[(size_t)tok[i] * E + j], 1e-6f * (1.0f + fabsf(o)),
+                                       "embed %s token %d [%d]: %g != %g", kr_dtype_name(t), i, j, o,
+                                       ref[(size_t)tok[i] * E + j]);
+            }
+            for (size_t j = E; j < os; j++)
+                cr_assert(isnan(out[(size_t)i * os + j]), "embed wrote into the padding");
+        }
+        kr_backend_free(be, bt);
+        kr_backend_free(be, bk);
+        kr_backend_free(be, bo);
+        free(tab);
+        free(src);
+        free(ref);
+        free(out);
     }
     kr_pf_free(p);
     kr_backend_destroy(be);
