@@ -255,14 +255,14 @@ Test(gpu_kvcache, refusals_sizes_and_stats)
     gp.mem_limit = 1 << 20;
     kr_err_clear(&err);
     cr_expect_eq(kr_gpu_forward_new(km, be, &gp, &g, &err), KR_ERR_LIMIT);
-    cr_expect(strstr(err.msg, "1048576 bytes") && strstr(err.msg, "configured") && strstr(err.msg, "KV cache 8192") &&
+    cr_expect(strstr(err.msg, "1048576 bytes") && strstr(err.msg, "configured") && strstr(err.msg, "KV cache 16384") &&
                   strstr(err.msg, "weights"), "%s", err.msg);
-    /* 4096 slots x 2^20 rows x 64 bytes x 2 layers x K,V = 2 TiB: more than any GPU has free */
+    /* 4096 slots x 2^20 rows x 64 bytes x 2 layers x K,V = 1 TiB: more than any GPU has free */
     gp = gparams(1u << 20);
     gp.n_seq = 4096;
     kr_err_clear(&err);
     cr_expect_eq(kr_gpu_forward_new(km, be, &gp, &g, &err), KR_ERR_LIMIT);
-    cr_expect(strstr(err.msg, "free GPU memory") && strstr(err.msg, "KV cache 2199023255552") &&
+    cr_expect(strstr(err.msg, "free GPU memory") && strstr(err.msg, "KV cache 1099511627776") &&
                   strstr(err.msg, "4096 seqs"), "%s", err.msg);
     cr_log_info("refusal: %s", err.msg);
     /* sizes */
@@ -737,7 +737,8 @@ Test(gpu_kvcache, ring_equals_masked_full_cache)
         w_full = e1 > w_full ? e1 : w_full;
         w_cpu = e2 > w_cpu ? e2 : w_cpu;
     }
-    cr_expect_leq(w_full, 1e-10, "GPU ring vs GPU masked full cache: worst NMSE %.3g", w_full);
+    /* fp32 sums in another order (the masked instance may run the older kernels) */
+    cr_expect_leq(w_full, 1e-8, "GPU ring vs GPU masked full cache: worst NMSE %.3g", w_full);
     cr_expect_leq(w_cpu, LOGITS_TOL, "GPU ring vs CPU ring: worst NMSE %.3g", w_cpu);
     printf("ring (W %d, %d tokens): GPU ring vs GPU full+mask worst NMSE %.3g, vs CPU ring %.3g\n", W, T, w_full,
            w_cpu);
