@@ -798,7 +798,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB (0: off); "default" resets to the default, "old" to the
+ * resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
+ * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
 {
@@ -824,6 +825,20 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_bool(v, vn, &t->resid);
             else if (kn == 3 && strncmp(p, "gus", 3) == 0)
                 ok = kr__parse_bool(v, vn, &t->gus);
+            else if (kn == 4 && strncmp(p, "skip", 4) == 0) {
+                t->skip = 0;
+                ok = true;
+                for (size_t i = 0; i < vn && ok; i++) {
+                    if (v[i] == 'a')
+                        t->skip |= KR__SKIP_ATTN;
+                    else if (v[i] == 'n')
+                        t->skip |= KR__SKIP_NORM;
+                    else if (v[i] == 'm')
+                        t->skip |= KR__SKIP_MV;
+                    else if (v[i] != '0')
+                        ok = false;
+                }
+            }
             else if (kn == 3 && strncmp(p, "mv4", 3) == 0)
                 ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
             else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
@@ -840,7 +855,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
         if (!ok && n > 0)
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
-                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB, default, old)",
+                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB, skip=[anm]|0, default, "
+                              "old)",
                               (int)n, p, spec);
         p += n;
         if (*p == ',')
@@ -1249,6 +1265,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     bool neox = hp->rope_mode == KR_ROPE_NEOX;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
     g->launches = 0;
+    const unsigned skip = g->tun.skip; /* timing experiments only (wrong results) */
 
     KR__TRY(kr_dec_embed(d, s, g->embd_type, g->embd, g->embd_row_stride, hp->n_vocab, (int64_t)hp->n_embd, tok, 0,
                          g->x, err));
@@ -1262,14 +1279,16 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         float *const qkv_y[3] = {g->q, g->k, g->v};
         const kr__gf_mat *qkv1[1] = {&L->qkv};
         bool fq = L->fuse_qkv;
-        if ((st = kr__norm(g, s, pend, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3), err)) != KR_OK)
+        if (!(skip & KR__SKIP_NORM) &&
+            (st = kr__norm(g, s, pend, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3), err)) != KR_OK)
             return st;
         g->role = fq ? "attn_qkv" : "attn_q/k/v";
-        if ((st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
-                     : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
+        if (!(skip & KR__SKIP_MV) && (st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
+                                              : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
             return st;
         if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && (st = kr__l2_prefetch(g, s, L, err)) != KR_OK)
             return st;
+        if (!(skip & KR__SKIP_ATTN)) {
         KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
                             pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
         KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err)); /* gpu_kvcache.c: the current slot */
@@ -1277,22 +1296,24 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
                  kr__gkv_attention(g, s, l, pos, (int)hp->sliding_window, scale, err));
         if (kr__gkv_splits(g) > 1)
             g->launches++; /* the combine kernel */
+        }
         const kr__gf_mat *o[1] = {&L->o};
         bool ro = g->tun.resid && kr__mv2_ok(g, &L->o);
         float *const o_y[1] = {ro ? g->x : g->tmp};
         g->role = "attn_output";
-        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
+        if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
             return st;
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
         const kr__gf_mat *gu1[1] = {&L->gu};
         bool fg = L->fuse_gu;
-        if ((st = kr__norm(g, s, ro ? NULL : g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) !=
-            KR_OK)
+        if (!(skip & KR__SKIP_NORM) &&
+            (st = kr__norm(g, s, ro ? NULL : g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) !=
+                KR_OK)
             return st;
         g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
         bool gus = fg && kr__gus_ok(g, &L->gu) && L->down.q8;
-        if ((st = gus  ? kr__proj_gus(g, s, &L->gu, g->gate, err)
+        if (!(skip & KR__SKIP_MV) && (st = gus ? kr__proj_gus(g, s, &L->gu, g->gate, err)
                   : fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, false, err)
                        : kr__proj(g, s, g->h, true, gu, gu_y, 2, false, err)) != KR_OK)
             return st;
@@ -1305,7 +1326,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             void *xq_save = g->xq;
             g->xq = g->xq2;
             g->role = "ffn_down";
-            st = kr__proj(g, s, g->gate, true, dn, dn_y, 1, rd, err);
+            st = (skip & KR__SKIP_MV) ? KR_OK : kr__proj(g, s, g->gate, true, dn, dn_y, 1, rd, err);
             g->xq = xq_save;
             if (st != KR_OK)
                 return st;
@@ -1313,7 +1334,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
                 return st;
             g->role = "ffn_down";
-            if ((st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
+            if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
                 return st;
         }
         pend = rd ? NULL : g->tmp;

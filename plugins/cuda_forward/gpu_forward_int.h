@@ -40,12 +40,14 @@ typedef struct kr__gf_layer {
 
 /* Variants of the decode step (kr_gpu_forward_set_tuning, env KERNRUN_GF_TUNING;
  * docs/GPU-FORWARD.md). */
+enum { KR__SKIP_ATTN = 1u, KR__SKIP_NORM = 2u, KR__SKIP_MV = 4u };
 typedef struct kr__gf_tuning {
     bool pdl;                      /* PDL-capable kernels of the step launched with KR_LAUNCH_PDL */
     int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
     bool resid;                    /* attn_output / ffn_down (repacked, v2) add into x directly */
     bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
     bool gus;                      /* fused gate/up matvec does SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*) */
+    unsigned skip;                 /* KR__SKIP_*: leave parts of the layers out (timing experiments only) */
     int l2pf_mb;                   /* > 0: during the attention, prefetch up to this many MiB of the layer's
                                       attn_output + ffn gate/up weights into L2 from a side stream */
 } kr__gf_tuning;

@@ -47,7 +47,7 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv4=r1p4;mv4=r4p2;mv4=r2p8;resid=0,norm=sb;norm=sb;l2pf=12;l2pf=24;l2pf=40;gus=1;gus=1,l2pf=24;gus=1,mv4=r4p2"
+  V4="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv4=r1p4;mv4=r4p2;mv4=r2p8;resid=0,norm=sb;norm=sb;l2pf=12;l2pf=24;l2pf=40;gus=1;gus=1,l2pf=24;gus=1,mv4=r4p2;skip=a;skip=n;skip=an;skip=m;skip=anm"
   V8="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv8=r1p4;mv8=r2p4;mv8=r4p2;resid=0,norm=sb;l2pf=16;l2pf=32;gus=1;gus=1,l2pf=16"
   VF="old;default;pdl=0;l2pf=24"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
