@@ -25,19 +25,22 @@ if [ "$part" = test ]; then
   export KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1
   export KR_DECODE_KERNELS_DIR=$PWD/kernels/decode KR_DECODE_JIT_CACHE=$tmp/jit-cache
   s0=$(date +%s)
-  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
+  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter '!(gpu_forward/*step_variants)' \
+      >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
+  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/*step_variants' \
+      >"$tmp/var.txt" 2>&1; echo "rc=$?" >>"$tmp/var.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward_kernels" -j1 --verbose=1 >"$tmp/kern.txt" 2>&1; echo "rc=$?" >>"$tmp/kern.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_decode/test_gpu_decode" -j1 --verbose=1 \
       --filter 'gpu_decode/!(matvec_tunings)' >"$tmp/dec.txt" 2>&1; echo "rc=$?" >>"$tmp/dec.txt" ) &
   wait
   {
-    for f in kern fwd dec; do
+    for f in kern fwd var dec; do
       echo "-- test_gpu_$f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|expected|NMSE|variant" "$tmp/$f.txt" | head -60
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -80
     done
     echo "== decode test summary"
-    for f in kern fwd dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in kern fwd var dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
