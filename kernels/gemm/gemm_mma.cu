@@ -63,15 +63,35 @@ typedef long long kr_mm_i64;
 #define KR_MM_T_Q8_0 8
 #define KR_MM_T_Q4_K 12
 
+#ifndef KR_MM_BN
 #define KR_MM_BN 128
+#endif
+#ifndef KR_MM_BK
+#define KR_MM_BK 32 // K step (halves): 32, or 16 (F16 only)
+#endif
+#if KR_MM_BN != 128 && KR_MM_BN != 256
+#error "KR_MM_BN must be 128 or 256"
+#endif
+#if KR_MM_BK != 32 && !(KR_MM_BK == 16 && KR_MM_WT == KR_MM_T_F16)
+#error "KR_MM_BK must be 32 (16 only for F16)"
+#endif
+#define KR_MM_CH (KR_MM_BK / 8)  // 16-byte chunks per shared row (A, F16 W)
+#define KR_MM_RB (KR_MM_BK * 2)  // bytes per shared row (A, F16 W)
+#define KR_MM_NH (KR_MM_BK / 16) // k16 halves per step
+// XOR swizzle of chunk c in row r: the 8 rows of an ldmatrix phase hit 8 distinct 16-byte bank groups
+#if KR_MM_BK == 32
+#define KR_MM_SWZ(r, c) ((c) ^ (((r) >> 1) & 3))
+#else
+#define KR_MM_SWZ(r, c) ((c) ^ (((r) >> 2) & 1))
+#endif
 #define KR_MM_THREADS (64 * KR_MM_WN) // 2 x WN warps
 #define KR_MM_WM (KR_MM_BM / 2)       // warp tile rows
 #define KR_MM_WNC (KR_MM_BN / KR_MM_WN) // warp tile columns
 #define KR_MM_MT (KR_MM_BM / 32)      // m16 tiles per warp
 #define KR_MM_NT (KR_MM_WNC / 8)      // n8 tiles per warp
 #define KR_MM_RAW 48             // raw bytes per W row per stage (quantized types)
-#define KR_MM_A_BYTES (KR_MM_BM * 64)
-#define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * 64 : KR_MM_BN * KR_MM_RAW)
+#define KR_MM_A_BYTES (KR_MM_BM * KR_MM_RB)
+#define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * KR_MM_RB : KR_MM_BN * KR_MM_RAW)
 #define KR_MM_STAGE (KR_MM_A_BYTES + KR_MM_W_BYTES)
 
 #ifdef KR_MM_HOST_EMU
@@ -181,20 +201,20 @@ __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__rest
 {
     const kr_mm_u32 sa = kr_mm_saddr(st);
 KR_MM_UNROLL
-    for (int i = 0; i < KR_MM_BM * 4 / KR_MM_THREADS; i++) {
-        const int idx = tid + i * KR_MM_THREADS, r = idx >> 2, c = idx & 3;
+    for (int i = 0; i < KR_MM_BM * KR_MM_CH / KR_MM_THREADS; i++) {
+        const int idx = tid + i * KR_MM_THREADS, r = idx / KR_MM_CH, c = idx % KR_MM_CH;
         const bool ok = m0 + r < M;
-        const kr_mm_u16 *src = ok ? A + (kr_mm_i64)(m0 + r) * lda + ks * 32 + c * 8 : A;
-        kr_mm_cp16(sa + r * 64 + ((c ^ ((r >> 1) & 3)) << 4), src, ok ? 16 : 0);
+        const kr_mm_u16 *src = ok ? A + (kr_mm_i64)(m0 + r) * lda + ks * KR_MM_BK + c * 8 : A;
+        kr_mm_cp16(sa + r * KR_MM_RB + (KR_MM_SWZ(r, c) << 4), src, ok ? 16 : 0);
     }
     const kr_mm_u32 sw = sa + KR_MM_A_BYTES;
 #if KR_MM_WT == KR_MM_T_F16
 KR_MM_UNROLL
-    for (int i = 0; i < KR_MM_BN * 4 / KR_MM_THREADS; i++) {
-        const int idx = tid + i * KR_MM_THREADS, r = idx >> 2, c = idx & 3;
+    for (int i = 0; i < KR_MM_BN * KR_MM_CH / KR_MM_THREADS; i++) {
+        const int idx = tid + i * KR_MM_THREADS, r = idx / KR_MM_CH, c = idx % KR_MM_CH;
         const bool ok = n0 + r < N;
-        const kr_mm_u8 *src = ok ? W + (kr_mm_i64)(n0 + r) * ldw + ks * 64 + c * 16 : W;
-        kr_mm_cp16(sw + r * 64 + ((c ^ ((r >> 1) & 3)) << 4), src, ok ? 16 : 0);
+        const kr_mm_u8 *src = ok ? W + (kr_mm_i64)(n0 + r) * ldw + (kr_mm_i64)ks * KR_MM_RB + c * 16 : W;
+        kr_mm_cp16(sw + r * KR_MM_RB + (KR_MM_SWZ(r, c) << 4), src, ok ? 16 : 0);
     }
 #else
     // 3 chunk slots per row: BN * 3 = 384 slots.
@@ -234,13 +254,13 @@ __device__ __forceinline__ void kr_mm_frag_b(const kr_mm_u8 *Ws, int ks, int wn,
     (void)ks;
     const kr_mm_u32 sw = kr_mm_saddr(Ws);
 KR_MM_UNROLL
-    for (int h = 0; h < 2; h++) {
+    for (int h = 0; h < KR_MM_NH; h++) {
 KR_MM_UNROLL
         for (int jp = 0; jp < KR_MM_NT / 2; jp++) {
             const int n = wn + 16 * jp + (lane & 7) + ((lane >> 4) << 3);
             const int c = 2 * h + ((lane >> 3) & 1);
             kr_mm_u32 r[4];
-            kr_mm_ldsm4(r, sw + n * 64 + ((c ^ ((n >> 1) & 3)) << 4));
+            kr_mm_ldsm4(r, sw + n * KR_MM_RB + (KR_MM_SWZ(n, c) << 4));
             bf[h][2 * jp][0] = r[0];
             bf[h][2 * jp][1] = r[1];
             bf[h][2 * jp + 1][0] = r[2];
@@ -332,7 +352,7 @@ KR_MM_KERNEL(KR_MM_THREADS)
     const int m0 = blockIdx.y * KR_MM_BM, n0 = blockIdx.x * KR_MM_BN;
     const int wm = (warp / KR_MM_WN) * KR_MM_WM, wn = (warp % KR_MM_WN) * KR_MM_WNC;
     const int kbeg = blockIdx.z * k_split, kend = min(K, kbeg + k_split);
-    const int ks0 = kbeg / 32, nsteps = kend > kbeg ? (kend - kbeg) / 32 : 0;
+    const int ks0 = kbeg / KR_MM_BK, nsteps = kend > kbeg ? (kend - kbeg) / KR_MM_BK : 0;
 
     float acc[KR_MM_MT][KR_MM_NT][4];
 KR_MM_UNROLL
@@ -362,12 +382,12 @@ KR_MM_UNROLL
         kr_mm_frag_b(st + KR_MM_A_BYTES, ks0 + i, wn, lane, bf);
         const kr_mm_u32 sa = kr_mm_saddr(st);
 KR_MM_UNROLL
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < KR_MM_NH; h++) {
             kr_mm_u32 af[KR_MM_MT][4];
 KR_MM_UNROLL
             for (int mi = 0; mi < KR_MM_MT; mi++) {
                 const int r = wm + 16 * mi + (lane & 15), c = 2 * h + (lane >> 4);
-                kr_mm_ldsm4(af[mi], sa + r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
+                kr_mm_ldsm4(af[mi], sa + r * KR_MM_RB + (KR_MM_SWZ(r, c) << 4));
             }
 KR_MM_UNROLL
             for (int mi = 0; mi < KR_MM_MT; mi++)

@@ -15,7 +15,7 @@
 #define KR__GM_THREADS 256 /* KR_GM_THREADS in gemm.cu */
 #define KR__GM_BN 128      /* KR_GM_BN */
 
-/* Kernel records: X(id, entry, options, tile rows, threads per block). Static: the CUDA backend
+/* Kernel records: X(id, entry, options, tile rows, threads per block, tile columns). Static: the CUDA backend
  * caches functions by record address. */
 static const char *const kr__opts_bm128[1] = {"-DKR_GM_BM=128"};
 static const char *const kr__opts_bm64[1] = {"-DKR_GM_BM=64"};
@@ -43,47 +43,63 @@ KR__MM_OPTS8(kr__opts_mm_q4_1_w8, 3)
 KR__MM_OPTS8(kr__opts_mm_q8_0_w8, 8)
 KR__MM_OPTS8(kr__opts_mm_q4_k_w8, 12)
 #undef KR__MM_OPTS8
+/* 128 x 256 tiles, 8 warps of 64 x 64: F16 K steps of 16, 4 stages; block types 2 stages */
+static const char *const kr__opts_mm_f16_big[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128", "-DKR_MM_ST=4",
+                                                   "-DKR_MM_WN=4", "-DKR_MM_BN=256", "-DKR_MM_BK=16"};
+#define KR__MM_OPTSB(name, wt) \
+    static const char *const name[5] = {"-DKR_MM_WT=" #wt, "-DKR_MM_BM=128", "-DKR_MM_ST=2", "-DKR_MM_WN=4", \
+                                        "-DKR_MM_BN=256"};
+KR__MM_OPTSB(kr__opts_mm_q4_0_big, 2)
+KR__MM_OPTSB(kr__opts_mm_q4_1_big, 3)
+KR__MM_OPTSB(kr__opts_mm_q8_0_big, 8)
+KR__MM_OPTSB(kr__opts_mm_q4_k_big, 12)
+#undef KR__MM_OPTSB
 
 #define KR__GM_FN_MAP(X)                                 \
-    X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128, 256)       \
-    X(Q4_0_128, "kr_gemm_q4_0", kr__opts_bm128, 128, 256)     \
-    X(Q4_1_128, "kr_gemm_q4_1", kr__opts_bm128, 128, 256)     \
-    X(Q8_0_128, "kr_gemm_q8_0", kr__opts_bm128, 128, 256)     \
-    X(F16_64, "kr_gemm_f16", kr__opts_bm64, 64, 256)          \
-    X(Q4_0_64, "kr_gemm_q4_0", kr__opts_bm64, 64, 256)        \
-    X(Q4_1_64, "kr_gemm_q4_1", kr__opts_bm64, 64, 256)        \
-    X(Q8_0_64, "kr_gemm_q8_0", kr__opts_bm64, 64, 256)        \
-    X(Q4_K_128, "kr_gemm_q4_k", kr__opts_bm128, 128, 256)     \
-    X(Q6_K_128, "kr_gemm_q6_k", kr__opts_bm128, 128, 256)     \
-    X(Q4_K_64, "kr_gemm_q4_k", kr__opts_bm64, 64, 256)        \
-    X(Q6_K_64, "kr_gemm_q6_k", kr__opts_bm64, 64, 256)        \
-    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128, 256)                                          \
-    X(MM_F16_128, "kr_mm_gemm", kr__opts_mm_f16_128, 128, 128)                                         \
-    X(MM_Q4_0_128, "kr_mm_gemm", kr__opts_mm_q4_0_128, 128, 128)                                       \
-    X(MM_Q4_1_128, "kr_mm_gemm", kr__opts_mm_q4_1_128, 128, 128)                                       \
-    X(MM_Q8_0_128, "kr_mm_gemm", kr__opts_mm_q8_0_128, 128, 128)                                       \
-    X(MM_Q4_K_128, "kr_mm_gemm", kr__opts_mm_q4_k_128, 128, 128)                                       \
-    X(MM_F16_64, "kr_mm_gemm", kr__opts_mm_f16_64, 64, 128)                                            \
-    X(MM_Q4_0_64, "kr_mm_gemm", kr__opts_mm_q4_0_64, 64, 128)                                          \
-    X(MM_Q4_1_64, "kr_mm_gemm", kr__opts_mm_q4_1_64, 64, 128)                                          \
-    X(MM_Q8_0_64, "kr_mm_gemm", kr__opts_mm_q8_0_64, 64, 128)                                          \
-    X(MM_Q4_K_64, "kr_mm_gemm", kr__opts_mm_q4_k_64, 64, 128)                                          \
-    X(MM_F16_W8, "kr_mm_gemm", kr__opts_mm_f16_w8, 128, 256)                                     \
-    X(MM_Q4_0_W8, "kr_mm_gemm", kr__opts_mm_q4_0_w8, 128, 256)                                   \
-    X(MM_Q4_1_W8, "kr_mm_gemm", kr__opts_mm_q4_1_w8, 128, 256)                                   \
-    X(MM_Q8_0_W8, "kr_mm_gemm", kr__opts_mm_q8_0_w8, 128, 256)                                   \
-    X(MM_Q4_K_W8, "kr_mm_gemm", kr__opts_mm_q4_k_w8, 128, 256)                                   \
-    X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256)
+    X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128, 256, 128)       \
+    X(Q4_0_128, "kr_gemm_q4_0", kr__opts_bm128, 128, 256, 128)     \
+    X(Q4_1_128, "kr_gemm_q4_1", kr__opts_bm128, 128, 256, 128)     \
+    X(Q8_0_128, "kr_gemm_q8_0", kr__opts_bm128, 128, 256, 128)     \
+    X(F16_64, "kr_gemm_f16", kr__opts_bm64, 64, 256, 128)          \
+    X(Q4_0_64, "kr_gemm_q4_0", kr__opts_bm64, 64, 256, 128)        \
+    X(Q4_1_64, "kr_gemm_q4_1", kr__opts_bm64, 64, 256, 128)        \
+    X(Q8_0_64, "kr_gemm_q8_0", kr__opts_bm64, 64, 256, 128)        \
+    X(Q4_K_128, "kr_gemm_q4_k", kr__opts_bm128, 128, 256, 128)     \
+    X(Q6_K_128, "kr_gemm_q6_k", kr__opts_bm128, 128, 256, 128)     \
+    X(Q4_K_64, "kr_gemm_q4_k", kr__opts_bm64, 64, 256, 128)        \
+    X(Q6_K_64, "kr_gemm_q6_k", kr__opts_bm64, 64, 256, 128)        \
+    X(F32_SIMT, "kr_gemm_f32_simt", kr__opts_bm128, 128, 256, 128)                                          \
+    X(MM_F16_128, "kr_mm_gemm", kr__opts_mm_f16_128, 128, 128, 128)                                         \
+    X(MM_Q4_0_128, "kr_mm_gemm", kr__opts_mm_q4_0_128, 128, 128, 128)                                       \
+    X(MM_Q4_1_128, "kr_mm_gemm", kr__opts_mm_q4_1_128, 128, 128, 128)                                       \
+    X(MM_Q8_0_128, "kr_mm_gemm", kr__opts_mm_q8_0_128, 128, 128, 128)                                       \
+    X(MM_Q4_K_128, "kr_mm_gemm", kr__opts_mm_q4_k_128, 128, 128, 128)                                       \
+    X(MM_F16_64, "kr_mm_gemm", kr__opts_mm_f16_64, 64, 128, 128)                                            \
+    X(MM_Q4_0_64, "kr_mm_gemm", kr__opts_mm_q4_0_64, 64, 128, 128)                                          \
+    X(MM_Q4_1_64, "kr_mm_gemm", kr__opts_mm_q4_1_64, 64, 128, 128)                                          \
+    X(MM_Q8_0_64, "kr_mm_gemm", kr__opts_mm_q8_0_64, 64, 128, 128)                                          \
+    X(MM_Q4_K_64, "kr_mm_gemm", kr__opts_mm_q4_k_64, 64, 128, 128)                                          \
+    X(MM_F16_W8, "kr_mm_gemm", kr__opts_mm_f16_w8, 128, 256, 128)                                     \
+    X(MM_Q4_0_W8, "kr_mm_gemm", kr__opts_mm_q4_0_w8, 128, 256, 128)                                   \
+    X(MM_Q4_1_W8, "kr_mm_gemm", kr__opts_mm_q4_1_w8, 128, 256, 128)                                   \
+    X(MM_Q8_0_W8, "kr_mm_gemm", kr__opts_mm_q8_0_w8, 128, 256, 128)                                   \
+    X(MM_Q4_K_W8, "kr_mm_gemm", kr__opts_mm_q4_k_w8, 128, 256, 128)                                   \
+    X(MM_F16_BIG, "kr_mm_gemm", kr__opts_mm_f16_big, 128, 256, 256)                             \
+    X(MM_Q4_0_BIG, "kr_mm_gemm", kr__opts_mm_q4_0_big, 128, 256, 256)                           \
+    X(MM_Q4_1_BIG, "kr_mm_gemm", kr__opts_mm_q4_1_big, 128, 256, 256)                           \
+    X(MM_Q8_0_BIG, "kr_mm_gemm", kr__opts_mm_q8_0_big, 128, 256, 256)                           \
+    X(MM_Q4_K_BIG, "kr_mm_gemm", kr__opts_mm_q4_k_big, 128, 256, 256)                           \
+    X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256, 128)
 
 typedef enum kr__gm_fn {
-#define KR__GM_ENUM(id, entry, opts, bm, thr) KR__GM_##id,
+#define KR__GM_ENUM(id, entry, opts, bm, thr, bn) KR__GM_##id,
     KR__GM_FN_MAP(KR__GM_ENUM)
 #undef KR__GM_ENUM
     KR__GM_COUNT
 } kr__gm_fn;
 
 static const kr_kernel_source kr__gm_src[KR__GM_COUNT] = {
-#define KR__GM_SRC(id, e, opts, bm, thr)                                                                         \
+#define KR__GM_SRC(id, e, opts, bm, thr, bn)                                                                         \
     [KR__GM_##id] = {.name = sizeof(opts) / sizeof(opts[0]) == 1 ? "gemm/gemm.cu" : "gemm/gemm_mma.cu",     \
                      .code = sizeof(opts) / sizeof(opts[0]) == 1 ? (const char *)kr_kernel_gemm_gemm_cu        \
                                                                  : (const char *)kr_kernel_gemm_gemm_mma_cu,   \
@@ -95,15 +111,21 @@ static const kr_kernel_source kr__gm_src[KR__GM_COUNT] = {
 };
 
 static const int kr__gm_bm[KR__GM_COUNT] = {
-#define KR__GM_BM(id, e, opts, bm, thr) [KR__GM_##id] = bm,
+#define KR__GM_BM(id, e, opts, bm, thr, bn) [KR__GM_##id] = bm,
     KR__GM_FN_MAP(KR__GM_BM)
 #undef KR__GM_BM
 };
 
 static const uint32_t kr__gm_threads[KR__GM_COUNT] = {
-#define KR__GM_THR(id, e, opts, bm, thr) [KR__GM_##id] = thr,
+#define KR__GM_THR(id, e, opts, bm, thr, bn) [KR__GM_##id] = thr,
     KR__GM_FN_MAP(KR__GM_THR)
 #undef KR__GM_THR
+};
+
+static const int kr__gm_bn[KR__GM_COUNT] = {
+#define KR__GM_BN_(id, e, opts, bm, thr, bn) [KR__GM_##id] = bn,
+    KR__GM_FN_MAP(KR__GM_BN_)
+#undef KR__GM_BN_
 };
 
 struct kr_gemm {
@@ -223,8 +245,17 @@ bool kr_gemm_mma_supports(kr_dtype t)
     return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 || t == KR_DTYPE_Q4_K;
 }
 
-static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8)
+static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8, bool big)
 {
+    if (big) {
+        switch (t) {
+        case KR_DTYPE_F16: return KR__GM_MM_F16_BIG;
+        case KR_DTYPE_Q4_0: return KR__GM_MM_Q4_0_BIG;
+        case KR_DTYPE_Q4_1: return KR__GM_MM_Q4_1_BIG;
+        case KR_DTYPE_Q8_0: return KR__GM_MM_Q8_0_BIG;
+        default: return KR__GM_MM_Q4_K_BIG;
+        }
+    }
     if (w8) {
         switch (t) {
         case KR_DTYPE_F16: return KR__GM_MM_F16_W8;
@@ -295,7 +326,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (!kr_gemm_supports(wtype))
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
-    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_MMA128_W8)
+    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_MMA256_K2)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
@@ -331,8 +362,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (lda > INT64_MAX / (uint64_t)m || ldc > INT64_MAX / (uint64_t)m || w_stride > INT64_MAX / (uint64_t)n)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: strides too large for 64-bit indexing");
 
-    const bool mma_var = variant == KR_GEMM_MMA128 || variant == KR_GEMM_MMA64 || variant == KR_GEMM_MMA128_K2 ||
-                         variant == KR_GEMM_MMA128_W8;
+    const bool mma_var = variant >= KR_GEMM_MMA128;
     const bool w_aligned = (uintptr_t)w % 16 == 0 && w_stride % 16 == 0;
     bool use_mma = false;
     if (a16) {
@@ -396,13 +426,14 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         else
             v = KR_GEMM_MMA128;
     }
-    kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8);
-    int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, KR__GM_BN);
+    kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8,
+                               v == KR_GEMM_MMA256 || v == KR_GEMM_MMA256_K2);
+    int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, kr__gm_bn[id]);
     if (gy > 65535)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
                           (long long)m, (long long)gy);
     /* split-K: C is zeroed, each half adds (fp32 a + b is commutative: deterministic for 2) */
-    int splits = v == KR_GEMM_MMA128_K2 && ldc == (uint64_t)n && k >= 2 * blk ? 2 : 1;
+    int splits = (v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA256_K2) && ldc == (uint64_t)n && k >= 2 * blk ? 2 : 1;
     int64_t k_split = k;
     if (splits > 1) {
         k_split = kr__div_up(k / blk, splits) * blk; /* whole blocks per split */

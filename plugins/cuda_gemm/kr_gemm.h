@@ -46,6 +46,8 @@ typedef enum kr_gemm_variant {
     KR_GEMM_MMA64 = 4,     /* 64 x 128 tiles, 4 stages */
     KR_GEMM_MMA128_K2 = 5, /* 128 x 128, K split in 2 halves added into C (needs ldc == n, else no split) */
     KR_GEMM_MMA128_W8 = 6, /* 128 x 128 tiles, 8 warps of 64 x 32, 3 stages */
+    KR_GEMM_MMA256 = 7,    /* 128 x 256 tiles, 8 warps of 64 x 64 (F16: K steps of 16, 4 stages; others 2) */
+    KR_GEMM_MMA256_K2 = 8, /* MMA256 with K split in 2 (as MMA128_K2) */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */

@@ -15,7 +15,7 @@
  * Environment:
  *   KR_BENCH_SHAPES   "MxNxK,MxNxK,..." instead of the arguments
  *   KR_BENCH_TYPES    "F16 Q4_0 Q8_0 Q4_1 Q4_K Q6_K" (default all)
- *   KR_BENCH_VARIANTS "auto tc128 tc64 mma128 mma64 mma128k2 mma128w8" and some
+ *   KR_BENCH_VARIANTS "auto tc128 tc64 mma128 mma64 mma128k2 mma128w8 mma256 mma256k2" and
  *                     with an "h" prefix (hauto, hmma128, ...) for fp16 A
  *                     (kr_gemm_run_f16a); default all of them
  *   KR_BENCH_SIMT=0   skip the SIMT baseline (speedups then not printed)
@@ -141,10 +141,12 @@ static const struct {
 } k_vars[] = {{"auto", KR_GEMM_AUTO, false},         {"tc128", KR_GEMM_TC128, false},
               {"tc64", KR_GEMM_TC64, false},         {"mma128", KR_GEMM_MMA128, false},
               {"mma64", KR_GEMM_MMA64, false},       {"mma128k2", KR_GEMM_MMA128_K2, false},
-              {"mma128w8", KR_GEMM_MMA128_W8, false},
+              {"mma128w8", KR_GEMM_MMA128_W8, false},  {"mma256", KR_GEMM_MMA256, false},
+              {"mma256k2", KR_GEMM_MMA256_K2, false},
               {"hauto", KR_GEMM_AUTO, true},         {"hmma128", KR_GEMM_MMA128, true},
               {"hmma64", KR_GEMM_MMA64, true},       {"hmma128k2", KR_GEMM_MMA128_K2, true},
-              {"hmma128w8", KR_GEMM_MMA128_W8, true}};
+              {"hmma128w8", KR_GEMM_MMA128_W8, true}, {"hmma256", KR_GEMM_MMA256, true},
+              {"hmma256k2", KR_GEMM_MMA256_K2, true}};
 #define N_VARS (sizeof k_vars / sizeof k_vars[0])
 
 /* name is in the space/comma separated list env (NULL or empty: all). */

@@ -93,7 +93,7 @@ static bool poisoned(const float *p)
 /* One case: returns after cr_expect/cr_assert on the results. */
 static bool is_mma(kr_gemm_variant v)
 {
-    return v == KR_GEMM_MMA128 || v == KR_GEMM_MMA64 || v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA128_W8;
+    return v >= KR_GEMM_MMA128;
 }
 
 /* f16a: A uploaded as fp16 (kr_gemm_run_f16a), lda_pad then in halves (multiple of 8). */
@@ -242,7 +242,8 @@ static void run_type(kr_dtype wt)
     kr_err_clear(&err);
     cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
     const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64,      KR_GEMM_AUTO,     KR_GEMM_MMA128,
-                                       KR_GEMM_MMA64, KR_GEMM_MMA128_K2, KR_GEMM_MMA128_W8};
+                                       KR_GEMM_MMA64, KR_GEMM_MMA128_K2, KR_GEMM_MMA128_W8, KR_GEMM_MMA256,
+                                       KR_GEMM_MMA256_K2};
     const kr_gemm_variant vars_simt[] = {KR_GEMM_AUTO};
     const bool tc = kr_gemm_uses_tensor_cores(wt);
     const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
@@ -263,8 +264,8 @@ static void run_type(kr_dtype wt)
     }
     /* fp16 A (kr_gemm_run_f16a): fixed + random odd shapes, padded lda */
     if (kr_gemm_mma_supports(wt)) {
-        const kr_gemm_variant vh[] = {KR_GEMM_AUTO, KR_GEMM_MMA128, KR_GEMM_MMA64, KR_GEMM_MMA128_K2,
-                                      KR_GEMM_MMA128_W8};
+        const kr_gemm_variant vh[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128, KR_GEMM_MMA64,    KR_GEMM_MMA128_K2,
+                                      KR_GEMM_MMA128_W8, KR_GEMM_MMA256, KR_GEMM_MMA256_K2};
         for (size_t v = 0; v < sizeof vh / sizeof vh[0]; v++) {
             for (size_t i = 0; i < n_shapes; i += 2) {
                 const shape *s = &k_shapes[i];
@@ -284,6 +285,8 @@ static void run_type(kr_dtype wt)
         run_case(be, g, wt, KR_GEMM_MMA64, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_MMA128_K2, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_MMA128_W8, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_MMA256, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_MMA256_K2, 300, 520, 2048, 0, 0, false);
     }
     kr_gemm_free(g);
     kr_backend_destroy(be);
@@ -350,7 +353,12 @@ Test(gemm_host, argument_checks)
         {KR_DTYPE_Q4_0, w, 36, (const char *)a + 4, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "16-byte"},
         {KR_DTYPE_Q4_0, w, 36, a, 64, 6, m, n, k, 0, KR_ERR_INVALID_ARG, "C row stride 6"},
         {KR_DTYPE_Q4_0, NULL, 36, a, 64, 7, m, n, k, 0, KR_ERR_INVALID_ARG, "NULL"},
-        {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, 7, KR_ERR_INVALID_ARG, "variant 7"},
+        {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, 99, KR_ERR_INVALID_ARG, "variant 99"},
+        /* MMA variants: 16-byte W stride; Q6_K falls back to the TC kernel (any stride) */
+        {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, KR_GEMM_MMA128, KR_ERR_INVALID_ARG, "stride (36) 16-byte"},
+        {KR_DTYPE_Q4_0, (const char *)w + 2, 48, a, 64, 7, m, n, k, KR_GEMM_MMA64, KR_ERR_INVALID_ARG, "16-byte"},
+        {KR_DTYPE_Q4_0, w, 48, a, 64, 7, m, n, k, KR_GEMM_MMA256_K2, KR_ERR_UNSUPPORTED, "workspace"},
+        {KR_DTYPE_Q6_K, w, 210, a, 256, 7, m, n, 256, KR_GEMM_MMA128, KR_ERR_UNSUPPORTED, "get_function"},
         {KR_DTYPE_F32, w, 256, a, 64, 7, (int64_t)70000 * 128, n, k, 0, KR_ERR_INVALID_ARG, "65535"},
         /* valid: reaches the backend, whose missing JIT slot is reported */
         {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, 0, KR_ERR_UNSUPPORTED, "get_function"},
@@ -367,6 +375,33 @@ Test(gemm_host, argument_checks)
     }
     cr_expect_eq(kr_gemm_run(NULL, NULL, KR_GEMM_AUTO, KR_DTYPE_F16, w, 128, a, 64, c, 7, m, n, k, &err),
                  KR_ERR_INVALID_ARG);
+    /* fp16 A: lda a multiple of 8, MMA types and variants only */
+    const uint16_t *ah = a;
+    struct {
+        kr_dtype t;
+        size_t ws, lda;
+        int variant;
+        kr_status want;
+        const char *needle;
+    } hcases[] = {
+        {KR_DTYPE_F16, 128, 68, 0, KR_ERR_INVALID_ARG, "multiple of 8"},
+        {KR_DTYPE_F16, 128, 56, 0, KR_ERR_INVALID_ARG, "stride 56"},
+        {KR_DTYPE_Q6_K, 224, 256, 0, KR_ERR_INVALID_ARG, "Q6_K"},
+        {KR_DTYPE_F32, 256, 64, 0, KR_ERR_INVALID_ARG, "F32"},
+        {KR_DTYPE_F16, 128, 64, KR_GEMM_TC128, KR_ERR_INVALID_ARG, "MMA variant"},
+        {KR_DTYPE_Q8_0, 68, 64, 0, KR_ERR_INVALID_ARG, "16-byte"},
+        {KR_DTYPE_Q8_0, 80, 64, 0, KR_ERR_UNSUPPORTED, "get_function"},
+    };
+    for (size_t i = 0; i < sizeof hcases / sizeof hcases[0]; i++) {
+        kr_err_clear(&err);
+        int64_t kk = hcases[i].t == KR_DTYPE_Q6_K ? 256 : k;
+        kr_status st = kr_gemm_run_f16a(g, NULL, (kr_gemm_variant)hcases[i].variant, hcases[i].t, w, hcases[i].ws, ah,
+                                        hcases[i].lda, c, 7, m, n, kk, &err);
+        cr_expect_eq(st, hcases[i].want, "f16a case %zu: status %d, want %d (%s)", i, (int)st, (int)hcases[i].want,
+                     err.msg);
+        cr_expect(strstr(err.msg, hcases[i].needle) != NULL, "f16a case %zu: message lacks '%s': %s", i,
+                  hcases[i].needle, err.msg);
+    }
     kr_gemm_free(g);
     kr_gemm_free(NULL);
 }
@@ -394,7 +429,7 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 29, "expected 6 types x 2 tiles + SIMT + 5 MMA types x 3 configs + A conversion, got %zu records",
+    cr_assert_eq(n, 34, "expected 6 types x 2 tiles + SIMT + 5 MMA types x 4 configs + A conversion, got %zu records",
                  n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {
