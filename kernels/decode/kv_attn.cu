@@ -136,7 +136,7 @@ kr_kv_store_rope(float *q, int n_head, const float *k_new, const float *v_new, v
 // acc[r][d] = acc*corr + sum_t P[r][t] V_t[d] (threads own (r, 8 dims) and a slice of t).
 // Output: n_split == 1: out = acc / l; else part[(h*n_split + s)*(D + 2) + :] = (acc, m, l)
 // for kr_kva_combine. Invalid position (p < 0 or the span > rows): NaN.
-// cp.async of one F16 tile pair (rows t0.. of [t0, te)) into Kt/Vt; rows past te are zero-filled.
+#ifndef KR_KVA_CP_HELPERS // (a CPU emulation of this file may supply its own)
 __device__ __forceinline__ kr_u32 kr_smem_addr(const void *p)
 {
     kr_u32 a;
@@ -144,6 +144,18 @@ __device__ __forceinline__ kr_u32 kr_smem_addr(const void *p)
     return a;
 }
 
+// 16 bytes global -> shared, asynchronous; n = 0 zero-fills them instead.
+__device__ __forceinline__ void kr_cp_async16(void *dst, const void *src, int n)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kr_smem_addr(dst)), "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void kr_cp_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// wait until at most the newest committed group is still in flight
+__device__ __forceinline__ void kr_cp_wait1(void) { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+#endif
+
+// cp.async of one F16 tile pair (rows t0.. of [t0, te)) into Kt/Vt; rows past te are zero-filled.
 __device__ __forceinline__ void kr_kva_issue(kr_u8 *Kt, kr_u8 *Vt, const kr_u8 *kb, const kr_u8 *vb,
                                              long long row_bytes, int rows, int goff, int t0, int te, const int *ct,
                                              const int *cj, int stride)
@@ -159,13 +171,8 @@ __device__ __forceinline__ void kr_kva_issue(kr_u8 *Kt, kr_u8 *Vt, const kr_u8 *
         if (row >= rows)
             row -= rows;
         const kr_i64 o = ok ? (kr_i64)row * row_bytes + goff + cj[k] * 16 : 0;
-        const int n = ok ? 16 : 0; // 0: the 16 bytes are zero-filled
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kr_smem_addr(Kt + t * stride + cj[k] * 16)),
-                     "l"(kb + o), "r"(n)
-                     : "memory");
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kr_smem_addr(Vt + t * stride + cj[k] * 16)),
-                     "l"(vb + o), "r"(n)
-                     : "memory");
+        kr_cp_async16(Kt + t * stride + cj[k] * 16, kb + o, ok ? 16 : 0);
+        kr_cp_async16(Vt + t * stride + cj[k] * 16, vb + o, ok ? 16 : 0);
     }
 }
 
@@ -323,15 +330,15 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
         if (USE_CP) {
             // two stages of (K tile, V tile), filled by cp.async while the other is used
             kr_kva_issue(sm, sm + tbytes, kb, vb, row_bytes, rows, goff, ts, te, ct, cj, stride);
-            asm volatile("cp.async.commit_group;" ::: "memory");
+            kr_cp_commit();
             int it = 0;
             for (int t0 = ts; t0 < te; t0 += T, it++) {
                 if (t0 + T < te) {
                     kr_u8 *nk = sm + ((it + 1) & 1) * 2 * tbytes;
                     kr_kva_issue(nk, nk + tbytes, kb, vb, row_bytes, rows, goff, t0 + T, te, ct, cj, stride);
                 }
-                asm volatile("cp.async.commit_group;" ::: "memory");
-                asm volatile("cp.async.wait_group 1;" ::: "memory"); // this tile's group is complete
+                kr_cp_commit();
+                kr_cp_wait1(); // this tile's group is complete
                 __syncthreads();
                 Kt = sm + (it & 1) * 2 * tbytes;
                 Vt = Kt + tbytes;
