@@ -56,6 +56,34 @@ extern "C" __global__ void kr_pf_kv_store_f16(const float *k, long long k_stride
     ((kr_pb_u16 *)(v_cache + row))[i] = kr_pb_f2h(v[(kr_pb_i64)t * v_stride + i]);
 }
 
+// Q8_0 KV store of n tokens (row layout of the interfaces: kv_dim int8 quants,
+// then kv_dim/32 fp16 scales): per 32 values d = amax/127, q = roundf(x * (1/d))
+// (0 when d == 0) with the fp32 d, d stored as fp16 (GGML q8_0, same as
+// kernels/decode/kv_attn.cu). kv_dim % 32 == 0. Item e < kv_dim: K element e;
+// e >= kv_dim: V element e - kv_dim; one warp = one 32-block.
+// Launch: block (256), grid (ceil(2*kv_dim/256), n).
+extern "C" __global__ void kr_pf_kv_store_q8(const float *k, long long k_stride, const float *v,
+                                             long long v_stride, unsigned char *k_cache, unsigned char *v_cache,
+                                             long long row_bytes, int rows, int kv_dim, int pos0)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (i >= 2 * kv_dim) // whole warps (2*kv_dim is a multiple of 32)
+        return;
+    const bool is_k = i < kv_dim;
+    const int e = is_k ? i : i - kv_dim;
+    const float x = is_k ? k[(kr_pb_i64)t * k_stride + e] : v[(kr_pb_i64)t * v_stride + e];
+    float amax = fabsf(x);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    unsigned char *row = (is_k ? k_cache : v_cache) + (kr_pb_i64)((pos0 + t) % rows) * row_bytes;
+    ((signed char *)row)[e] = (signed char)(int)roundf(x * id);
+    if ((e & 31) == 0)
+        ((kr_pb_u16 *)(row + kv_dim))[e >> 5] = kr_pb_f2h(d);
+}
+
 // SwiGLU over rows: y[t, i] = silu(x[t, i]) * x[t, up_off + i], i < ff;
 // x rows x_stride floats apart, y rows y_stride apart (y may alias x's gate half).
 // Launch: block (256), grid (ceil(ff/256), n).

@@ -18,8 +18,11 @@
 //   q   (n, q_stride) fp32: head h of token t at q + t*q_stride + h*D
 //   out (n, o_stride) fp32: same indexing; written for every (t, h)
 //   k, v: slot bases; row r at base + r*row_bytes (bytes); head g at +g*D halves.
+//   KR_FA_Q8=1 (-D option): Q8_0 cache rows instead (interfaces): kv_dim int8
+//   quants, then kv_dim/32 fp16 scales; element i = q[i] * d[i/32], turned
+//   into fp16 as the tile is copied to shared memory.
 // Requirements (checked by the launcher): D = KR_FA_D in {16, 32, 64, 80, 96, 128, 256}
-// (-D option), row_bytes and the bases 16-byte aligned, every visible
+// (-D option), row_bytes and the bases 16-byte aligned (Q8_0: kv_dim % 32 == 0), every visible
 // position already written and not overwritten (pos0 + n - 1 - lo(pos0) < rows).
 // Launch: block (128), grid (ceil(n*G / 64), n_head_kv).
 // NVRTC-compilable without headers: halves go through PTX cvt.
@@ -34,6 +37,9 @@ typedef long long kr_fa_i64;
 #if KR_FA_D != 16 && KR_FA_D != 32 && KR_FA_D != 64 && KR_FA_D != 80 && KR_FA_D != 96 && KR_FA_D != 128 && \
     KR_FA_D != 256
 #error "KR_FA_D must be 16, 32, 64, 80, 96, 128 or 256"
+#endif
+#ifndef KR_FA_Q8
+#define KR_FA_Q8 0
 #endif
 #define KR_FA_BM 64
 #if KR_FA_D > 128
@@ -61,6 +67,13 @@ __device__ __forceinline__ kr_fa_u16 kr_fa_f2h(float f)
     return h;
 }
 
+__device__ __forceinline__ float kr_fa_h2f(kr_fa_u16 h)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
 __device__ __forceinline__ kr_fa_u32 kr_fa_pack(float lo, float hi)
 {
     return (kr_fa_u32)kr_fa_f2h(lo) | ((kr_fa_u32)kr_fa_f2h(hi) << 16);
@@ -77,7 +90,8 @@ __device__ __forceinline__ void kr_fa_mma(float c[4], const kr_fa_u32 a[4], kr_f
 extern "C" __global__ void __launch_bounds__(KR_FA_THREADS)
 kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigned char *__restrict__ kc,
                   const unsigned char *__restrict__ vc, long long row_bytes, int rows, float *__restrict__ out,
-                  long long o_stride, int n, int pos0, int n_head, int n_head_kv, int window, float scale_log2)
+                  long long o_stride, int n, int pos0, int n_head, int n_head_kv, int window, float scale_log2,
+                  int kv_dim)
 {
     __shared__ __align__(16) kr_fa_u16 sm[KR_FA_SMEM];
     kr_fa_u16 *sk = sm, *sv = sm + KR_FA_BN * KR_FA_LDS;
@@ -135,17 +149,35 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float ma = kr_fa_neg_inf(), mb = kr_fa_neg_inf(), la = 0.f, lb = 0.f; // running max (log2 units) and partial sums
 
-    const unsigned char *kg = kc + (kr_fa_i64)g * KR_FA_D * 2;
-    const unsigned char *vg = vc + (kr_fa_i64)g * KR_FA_D * 2;
+    const unsigned char *kg = kc + (kr_fa_i64)g * KR_FA_D * (KR_FA_Q8 ? 1 : 2);
+    const unsigned char *vg = vc + (kr_fa_i64)g * KR_FA_D * (KR_FA_Q8 ? 1 : 2);
     for (int j0 = kv_lo; j0 <= kv_hi; j0 += KR_FA_BN) {
         __syncthreads(); // previous tile (or Q staging) consumed
         for (int i = tid; i < KR_FA_BN * (KR_FA_D / 8); i += KR_FA_THREADS) {
             const int kk = i / (KR_FA_D / 8), c = (i % (KR_FA_D / 8)) * 8, j = j0 + kk;
             uint4 xk = make_uint4(0, 0, 0, 0), xv = make_uint4(0, 0, 0, 0);
             if (j <= kv_hi) {
+#if KR_FA_Q8
+                const kr_fa_i64 rb = (kr_fa_i64)(j % rows) * row_bytes;
+                const uint2 qk = *(const uint2 *)(kg + rb + c), qv = *(const uint2 *)(vg + rb + c);
+                const int sb = kv_dim + ((g * KR_FA_D + c) >> 5) * 2; // scale of these 8 (one 32-block)
+                const float dk = kr_fa_h2f(*(const kr_fa_u16 *)(kc + rb + sb));
+                const float dv = kr_fa_h2f(*(const kr_fa_u16 *)(vc + rb + sb));
+                const unsigned int wk[2] = {qk.x, qk.y}, wv[2] = {qv.x, qv.y};
+                kr_fa_u32 hk[4], hv[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const unsigned int ak = wk[e >> 1] >> (16 * (e & 1)), av = wv[e >> 1] >> (16 * (e & 1));
+                    hk[e] = kr_fa_pack(dk * (float)(signed char)(ak & 0xff), dk * (float)(signed char)((ak >> 8) & 0xff));
+                    hv[e] = kr_fa_pack(dv * (float)(signed char)(av & 0xff), dv * (float)(signed char)((av >> 8) & 0xff));
+                }
+                xk = make_uint4(hk[0], hk[1], hk[2], hk[3]);
+                xv = make_uint4(hv[0], hv[1], hv[2], hv[3]);
+#else
                 const kr_fa_i64 off = (kr_fa_i64)(j % rows) * row_bytes + c * 2;
                 xk = *(const uint4 *)(kg + off);
                 xv = *(const uint4 *)(vg + off);
+#endif
             }
             *(uint4 *)(sk + kk * KR_FA_LDS + c) = xk;
             *(uint4 *)(sv + kk * KR_FA_LDS + c) = xv;

@@ -167,8 +167,10 @@ const char *kr__prefill_unsupported(const kr_gpu_forward *g, size_t n, uint32_t 
         return "one token";
     if (g->prefill && g->prefill->failed)
         return "its buffers did not fit";
-    if (!g->kv || g->kv->pl.type != KR_DTYPE_F16)
-        return "KV cache type other than f16";
+    if (!g->kv || (g->kv->pl.type != KR_DTYPE_F16 && g->kv->pl.type != KR_DTYPE_Q8_0))
+        return "KV cache type other than f16 / q8_0";
+    if (g->kv->pl.type == KR_DTYPE_Q8_0 && g->kv->pl.kv_dim % 32 != 0)
+        return "q8_0 KV cache with kv_dim not a multiple of 32";
     if (!kr_pf_flash_attn_supports((int)hp->head_dim))
         return "head_dim not 16/32/64/80/96/128/256";
     if (g->kv->pl.row_bytes % 16 != 0)
@@ -337,6 +339,18 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
             kr__pf_mark(g, strstr(what, "attention") ? KR__PF_CAT_ATTN : KR__PF_CAT_OTHER);    \
     } while (0)
 
+/* K/V of m tokens (rows stride floats apart) into the layer's cache at p0.. (f16 or q8_0 rows). */
+static kr_status kr__pf_kv_store(kr_gpu_forward *g, const kr__gf_layer *L, const float *k, const float *v,
+                                 size_t stride, int m, int p0, kr_err *err)
+{
+    const kr_kv_plan *pl = &g->kv->pl;
+    if (pl->type == KR_DTYPE_Q8_0)
+        return kr_pf_kv_store_q8(g->prefill->pf, g->stream, k, stride, v, stride, L->k_cache, L->v_cache,
+                                 pl->row_bytes, (int)pl->rows, (int)pl->kv_dim, m, p0, err);
+    return kr_pf_kv_store_f16(g->prefill->pf, g->stream, k, stride, v, stride, L->k_cache, L->v_cache, pl->row_bytes,
+                              (int)pl->rows, (int)pl->kv_dim, m, p0, err);
+}
+
 /* Falcon (7B: one LayerNorm feeds attention and MLP; 40B: attn_norm_2 feeds
  * the attention): x += attn(norm(x)) + down(gelu(up(norm(x)))). */
 static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last, kr_err *err)
@@ -364,11 +378,9 @@ static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last
         KR__PF_TRY("up gemm", kr__pf_mm(g, &L->up, P->h, E, P->gu, F, m, err));
         KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
                                       hp->rope_base, hp->rope_freq_scale, NULL, true, err));
-        KR__PF_TRY("kv store", kr_pf_kv_store_f16(P->pf, s, P->qkv + QD, QKVD, P->qkv + QD + KVD, QKVD, L->k_cache,
-                                                  L->v_cache, g->kv->pl.row_bytes, (int)g->kv->pl.rows, (int)KVD,
-                                                  m, p0, err));
+        KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
         KR__PF_TRY("flash attention",
-                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.row_bytes,
+                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
                                     (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, 0, scale, err));
         KR__PF_TRY("attn_output gemm", kr__pf_mm(g, &L->o, P->att, QD, P->tmp, E, m, err));
         KR__PF_TRY("gelu", kr_dec_gelu(d, s, P->gu, P->gu, m * F, err));
@@ -421,11 +433,9 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
         }
         KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
                                       hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
-        KR__PF_TRY("kv store", kr_pf_kv_store_f16(P->pf, s, P->qkv + QD, QKVD, P->qkv + QD + KVD, QKVD, L->k_cache,
-                                                  L->v_cache, g->kv->pl.row_bytes, (int)g->kv->pl.rows, (int)KVD,
-                                                  m, p0, err));
+        KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
         KR__PF_TRY("flash attention",
-                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.row_bytes,
+                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
                                     (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, (int)hp->sliding_window, scale,
                                     err));
         KR__PF_TRY("attn_output gemm", kr__pf_mm(g, &L->o, P->att, QD, P->tmp, E, m, err));

@@ -47,14 +47,16 @@ bool kr_pf_flash_attn_supports(int head_dim);
  *      fused QKV output).
  * out: (n, o_stride) fp32, same indexing; 8-byte aligned, o_stride even;
  *      must not overlap q.
- * k, v: 16-byte aligned, row_bytes a multiple of 16 and >= 2*n_head_kv*head_dim.
+ * k, v: 16-byte aligned, row_bytes a multiple of 16; kv_type KR_DTYPE_F16 (row_bytes >=
+ *      2*kv_dim) or KR_DTYPE_Q8_0 (kv_dim int8 quants then kv_dim/32 fp16 scales,
+ *      kv_dim % 32 == 0; values become fp16 q*d in shared memory), kv_dim = n_head_kv*head_dim.
  * Ring: the positions seen must not have been overwritten by later ones of the
  * batch: pos0 + n - 1 - lo(pos0) < rows (else KR_ERR_INVALID_ARG with the
  * numbers; the caller splits the batch).
  * Tensor cores (fp16 Q/K/V/P, fp32 accumulation and softmax). */
 kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stride, const void *k, const void *v,
-                           size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0, int n_head,
-                           int n_head_kv, int head_dim, int window, float scale, kr_err *err);
+                           kr_dtype kv_type, size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0,
+                           int n_head, int n_head_kv, int head_dim, int window, float scale, kr_err *err);
 
 /* RoPE in place on q (n, q_stride) with n_head_q heads and k (n, k_stride)
  * with n_head_k heads (k NULL with n_head_k 0), token t at position pos0 + t;
@@ -71,6 +73,14 @@ kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_he
 kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v,
                              size_t v_stride, void *k_cache, void *v_cache, size_t row_bytes, int rows, int kv_dim,
                              int n, int pos0, kr_err *err);
+
+/* Q8_0 KV store (the interfaces' row layout, GGML q8_0 quantization as
+ * kernels/decode/kv_attn.cu: per 32 values d = amax/127, q = roundf(x * (1/d)),
+ * fp16 d); kv_dim % 32 == 0, row_bytes >= kv_dim + kv_dim/16; otherwise as
+ * kr_pf_kv_store_f16. */
+kr_status kr_pf_kv_store_q8(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v, size_t v_stride,
+                            void *k_cache, void *v_cache, size_t row_bytes, int rows, int kv_dim, int n, int pos0,
+                            kr_err *err);
 
 /* y[t, i] = silu(x[t, i]) * x[t, up_off + i], i < ff, t < n; y may alias x
  * (same rows, y_stride == x_stride, gate half). */

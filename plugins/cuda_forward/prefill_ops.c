@@ -18,10 +18,17 @@ static const char *const kr__o_d80[1] = {"-DKR_FA_D=80"};
 static const char *const kr__o_d96[1] = {"-DKR_FA_D=96"};
 static const char *const kr__o_d128[1] = {"-DKR_FA_D=128"};
 static const char *const kr__o_d256[1] = {"-DKR_FA_D=256"};
+static const char *const kr__o_q16[2] = {"-DKR_FA_D=16", "-DKR_FA_Q8=1"};
+static const char *const kr__o_q32[2] = {"-DKR_FA_D=32", "-DKR_FA_Q8=1"};
+static const char *const kr__o_q64[2] = {"-DKR_FA_D=64", "-DKR_FA_Q8=1"};
+static const char *const kr__o_q80[2] = {"-DKR_FA_D=80", "-DKR_FA_Q8=1"};
+static const char *const kr__o_q96[2] = {"-DKR_FA_D=96", "-DKR_FA_Q8=1"};
+static const char *const kr__o_q128[2] = {"-DKR_FA_D=128", "-DKR_FA_Q8=1"};
+static const char *const kr__o_q256[2] = {"-DKR_FA_D=256", "-DKR_FA_Q8=1"};
 
-#define KR__FA_SRC(opts)                                                                                 \
+#define KR__FA_SRC(opts, nopt)                                                                           \
     {.name = "prefill/flash_attn.cu", .code = (const char *)kr_kernel_prefill_flash_attn_cu,            \
-     .len = kr_kernel_prefill_flash_attn_cu_LEN, .entry = "kr_flash_attn_f16", .options = opts, .n_options = 1}
+     .len = kr_kernel_prefill_flash_attn_cu_LEN, .entry = "kr_flash_attn_f16", .options = opts, .n_options = nopt}
 #define KR__PB_SRC(e)                                                                                    \
     {.name = "prefill/batch_ops.cu", .code = (const char *)kr_kernel_prefill_batch_ops_cu,              \
      .len = kr_kernel_prefill_batch_ops_cu_LEN, .entry = e, .options = NULL, .n_options = 0}
@@ -34,8 +41,16 @@ enum {
     KR__PF_FA96,
     KR__PF_FA128,
     KR__PF_FA256,
+    KR__PF_FAQ16,
+    KR__PF_FAQ32,
+    KR__PF_FAQ64,
+    KR__PF_FAQ80,
+    KR__PF_FAQ96,
+    KR__PF_FAQ128,
+    KR__PF_FAQ256,
     KR__PF_ROPE,
     KR__PF_KV_STORE,
+    KR__PF_KV_STORE_Q8,
     KR__PF_SWIGLU,
     KR__PF_UNREPACK,
     KR__PF_EMBED,
@@ -44,15 +59,23 @@ enum {
 
 /* Static: the CUDA backend caches functions by record address. */
 static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
-    [KR__PF_FA16] = KR__FA_SRC(kr__o_d16),
-    [KR__PF_FA32] = KR__FA_SRC(kr__o_d32),
-    [KR__PF_FA64] = KR__FA_SRC(kr__o_d64),
-    [KR__PF_FA80] = KR__FA_SRC(kr__o_d80),
-    [KR__PF_FA96] = KR__FA_SRC(kr__o_d96),
-    [KR__PF_FA128] = KR__FA_SRC(kr__o_d128),
-    [KR__PF_FA256] = KR__FA_SRC(kr__o_d256),
+    [KR__PF_FA16] = KR__FA_SRC(kr__o_d16, 1),
+    [KR__PF_FA32] = KR__FA_SRC(kr__o_d32, 1),
+    [KR__PF_FA64] = KR__FA_SRC(kr__o_d64, 1),
+    [KR__PF_FA80] = KR__FA_SRC(kr__o_d80, 1),
+    [KR__PF_FA96] = KR__FA_SRC(kr__o_d96, 1),
+    [KR__PF_FA128] = KR__FA_SRC(kr__o_d128, 1),
+    [KR__PF_FA256] = KR__FA_SRC(kr__o_d256, 1),
+    [KR__PF_FAQ16] = KR__FA_SRC(kr__o_q16, 2),
+    [KR__PF_FAQ32] = KR__FA_SRC(kr__o_q32, 2),
+    [KR__PF_FAQ64] = KR__FA_SRC(kr__o_q64, 2),
+    [KR__PF_FAQ80] = KR__FA_SRC(kr__o_q80, 2),
+    [KR__PF_FAQ96] = KR__FA_SRC(kr__o_q96, 2),
+    [KR__PF_FAQ128] = KR__FA_SRC(kr__o_q128, 2),
+    [KR__PF_FAQ256] = KR__FA_SRC(kr__o_q256, 2),
     [KR__PF_ROPE] = KR__PB_SRC("kr_pf_rope_f32"),
     [KR__PF_KV_STORE] = KR__PB_SRC("kr_pf_kv_store_f16"),
+    [KR__PF_KV_STORE_Q8] = KR__PB_SRC("kr_pf_kv_store_q8"),
     [KR__PF_SWIGLU] = KR__PB_SRC("kr_pf_swiglu_f32"),
     [KR__PF_UNREPACK] = KR__PB_SRC("kr_pf_unrepack"),
     [KR__PF_EMBED] = KR__PB_SRC("kr_pf_embed"),
@@ -101,9 +124,11 @@ static kr_status kr__pf_get(kr_pf *p, int id, kr_function **fn, kr_err *err)
         if (st != KR_OK) {
             p->fn[id] = NULL;
             char what[128];
-            snprintf(what, sizeof what, "prefill ops: kernel %s (%s%s%s)", kr__pf_src[id].entry,
+            snprintf(what, sizeof what, "prefill ops: kernel %s (%s%s%s%s%s)", kr__pf_src[id].entry,
                      kr__pf_src[id].name, kr__pf_src[id].n_options ? " " : "",
-                     kr__pf_src[id].n_options ? kr__pf_src[id].options[0] : "");
+                     kr__pf_src[id].n_options ? kr__pf_src[id].options[0] : "",
+                     kr__pf_src[id].n_options > 1 ? " " : "",
+                     kr__pf_src[id].n_options > 1 ? kr__pf_src[id].options[1] : "");
             kr_err_prefix_local(err, st, what);
         }
     }
@@ -158,12 +183,15 @@ static kr_status kr__pf_launch(kr_pf *p, int id, uint32_t gx, uint32_t gy, uint3
 #define KR__PF_FA_BM 64 /* KR_FA_BM in flash_attn.cu */
 
 kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stride, const void *k, const void *v,
-                           size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0, int n_head,
-                           int n_head_kv, int head_dim, int window, float scale, kr_err *err)
+                           kr_dtype kv_type, size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0,
+                           int n_head, int n_head_kv, int head_dim, int window, float scale, kr_err *err)
 {
     if (!p)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL kr_pf");
-    const int id = kr__pf_fa_id(head_dim);
+    if (kv_type != KR_DTYPE_F16 && kv_type != KR_DTYPE_Q8_0)
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: KV cache type %d (F16, Q8_0)", (int)kv_type);
+    const bool q8 = kv_type == KR_DTYPE_Q8_0;
+    const int id = kr__pf_fa_id(head_dim) < 0 ? -1 : kr__pf_fa_id(head_dim) + (q8 ? KR__PF_FAQ16 - KR__PF_FA16 : 0);
     if (id < 0)
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: head_dim %d (supported: 16, 32, 64, 80, 96, 128, 256)",
                                 head_dim);
@@ -186,10 +214,13 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                                 "flash attention: out stride %zu (need >= %zu, even) or out %p not 8-byte aligned",
                                 o_stride, qkd, (void *)out);
-    if (row_bytes < 2 * kvd || row_bytes % 16 != 0 || (uintptr_t)k % 16 != 0 || (uintptr_t)v % 16 != 0)
+    const size_t min_row = q8 ? kvd + 2 * (kvd / 32) : 2 * kvd;
+    if ((q8 && kvd % 32 != 0) || kvd > INT32_MAX || row_bytes < min_row || row_bytes % 16 != 0 ||
+        (uintptr_t)k % 16 != 0 || (uintptr_t)v % 16 != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
-                                "flash attention: row_bytes %zu (need >= %zu, multiple of 16) or cache bases "
-                                "%p/%p not 16-byte aligned", row_bytes, 2 * kvd, k, v);
+                                "flash attention: kv_dim %zu (Q8_0: multiple of 32), row_bytes %zu (need >= %zu, "
+                                "multiple of 16) or cache bases %p/%p not 16-byte aligned",
+                                kvd, row_bytes, min_row, k, v);
     const int64_t lo0 = window > 0 ? (pos0 - window + 1 > 0 ? pos0 - window + 1 : 0) : 0;
     if ((int64_t)pos0 + n - 1 - lo0 >= rows)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
@@ -197,8 +228,9 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
                                 "window %d)", (long long)lo0, pos0 + n - 1, rows, n, pos0, window);
     long long qs = (long long)q_stride, os = (long long)o_stride, rb = (long long)row_bytes;
     const float scale_log2 = scale * 1.4426950408889634f;
+    int kv_dim = (int)kvd;
     void *args[] = {(void *)&q, &qs, (void *)&k, (void *)&v, &rb, &rows, &out, &os, &n, &pos0, &n_head, &n_head_kv,
-                    &window, (void *)&scale_log2};
+                    &window, (void *)&scale_log2, &kv_dim};
     const int64_t n_rows = (int64_t)n * (n_head / n_head_kv);
     return kr__pf_launch(p, id, (uint32_t)((n_rows + KR__PF_FA_BM - 1) / KR__PF_FA_BM), (uint32_t)n_head_kv,
                          32 * 4, s, args, err);
@@ -310,4 +342,25 @@ kr_status kr_pf_embed(kr_pf *p, kr_stream *s, kr_dtype ttype, const void *table,
     int nv = (int)n_vocab, ne = (int)n_embd, ty = (int)ttype;
     void *args[] = {(void *)&table, &rs, &nv, &ne, &ty, (void *)&tok, &out, &os};
     return kr__pf_launch(p, KR__PF_EMBED, (uint32_t)((n_embd + 255) / 256), (uint32_t)n, 256, s, args, err);
+}
+
+kr_status kr_pf_kv_store_q8(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v, size_t v_stride,
+                            void *k_cache, void *v_cache, size_t row_bytes, int rows, int kv_dim, int n, int pos0,
+                            kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "kv store q8: NULL kr_pf");
+    if (n < 1 || n > 65535 || pos0 < 0 || rows < 1 || kv_dim < 32 || kv_dim % 32 != 0 || kv_dim > INT32_MAX / 2 ||
+        !k || !v || !k_cache || !v_cache || (int64_t)pos0 + n > INT32_MAX)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "kv store q8: n %d (1..65535), pos0 %d, rows %d, kv_dim %d (multiple of 32), or a "
+                                "NULL operand", n, pos0, rows, kv_dim);
+    if (k_stride < (size_t)kv_dim || v_stride < (size_t)kv_dim ||
+        row_bytes < (size_t)kv_dim + 2 * (size_t)(kv_dim / 32) || row_bytes % 2 != 0 ||
+        (uintptr_t)k_cache % 2 != 0 || (uintptr_t)v_cache % 2 != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "kv store q8: strides %zu/%zu, row_bytes %zu (need >= %d, even)",
+                                k_stride, v_stride, row_bytes, kv_dim + 2 * (kv_dim / 32));
+    long long ks = (long long)k_stride, vs = (long long)v_stride, rb = (long long)row_bytes;
+    void *args[] = {(void *)&k, &ks, (void *)&v, &vs, &k_cache, &v_cache, &rb, &rows, &kv_dim, &pos0};
+    return kr__pf_launch(p, KR__PF_KV_STORE_Q8, (uint32_t)((2 * kv_dim + 255) / 256), (uint32_t)n, 256, s, args, err);
 }

@@ -65,7 +65,7 @@ int main(int argc, char **argv)
         for (int it = -3; it < iters; it++) {
             if (it == 0 && (st = kr_backend_event_record(be, e0, NULL, &err)) != KR_OK)
                 goto fail;
-            st = kr_pf_flash_attn(p, NULL, bq->ptr, qs, bk->ptr, bv->ptr, rb, rows, bo->ptr, qs, s->n, s->pos0, s->h,
+            st = kr_pf_flash_attn(p, NULL, bq->ptr, qs, bk->ptr, bv->ptr, KR_DTYPE_F16, rb, rows, bo->ptr, qs, s->n, s->pos0, s->h,
                                   s->hk, s->d, s->window, 0.0883883f, &err);
             if (st != KR_OK)
                 goto fail;

@@ -19,7 +19,7 @@ Test(prefill_host, all_kernels_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_pf_source_count();
-    cr_assert_eq(n, 12, "7 flash attention head dims + 5 batched ops, got %zu records", n);
+    cr_assert_eq(n, 20, "7 flash attention head dims x (f16, q8_0) + 6 batched ops, got %zu records", n);
     cr_expect_null(kr_pf_source_at(n));
     for (size_t i = 0; i < n; i++) {
         const kr_kernel_source *ks = kr_pf_source_at(i);
@@ -55,7 +55,7 @@ Test(prefill_host, supports_and_null)
     kr_pf *p = (kr_pf *)1;
     cr_expect_eq(kr_pf_create(NULL, &p, &err), KR_ERR_INVALID_ARG);
     cr_expect_null(p);
-    cr_expect_eq(kr_pf_flash_attn(NULL, NULL, NULL, 0, NULL, NULL, 0, 1, NULL, 0, 1, 0, 1, 1, 128, 0, 1.0f, &err),
+    cr_expect_eq(kr_pf_flash_attn(NULL, NULL, NULL, 0, NULL, NULL, KR_DTYPE_F16, 0, 1, NULL, 0, 1, 0, 1, 1, 128, 0, 1.0f, &err),
                  KR_ERR_INVALID_ARG);
     kr_pf_free(NULL);
 }

@@ -43,32 +43,64 @@ static kr_pf *pf_open(kr_backend *be)
 typedef struct fa_case {
     int d, n_head, n_head_kv, n, pos0, window, rows;
     int q_pad, o_pad;   /* extra floats per token row of q / out */
-    int row_pad_halves; /* extra halves per cache row (multiple of 8) */
+    int row_pad;        /* extra bytes per cache row (multiple of 16) */
+    bool q8;            /* Q8_0 cache rows instead of f16 */
 } fa_case;
+
+/* Host Q8_0 row (interfaces layout) of kvd values x: quants then fp16 scales; deq gets q * fp32(fp16 d). */
+static void q8_row(const float *x, size_t kvd, uint8_t *row, float *deq)
+{
+    for (size_t b = 0; b < kvd / 32; b++) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[32 * b + i]));
+        const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        const uint16_t dh = kr_fp32_to_fp16(d);
+        memcpy(row + kvd + 2 * b, &dh, 2);
+        for (int i = 0; i < 32; i++) {
+            const int q = (int)roundf(x[32 * b + i] * id);
+            row[32 * b + i] = (uint8_t)(int8_t)q;
+            deq[32 * b + i] = (float)q * kr_fp16_to_fp32(dh);
+        }
+    }
+}
 
 static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
 {
     const int D = c->d, H = c->n_head, HK = c->n_head_kv, n = c->n, pos0 = c->pos0, W = c->window, R = c->rows;
     const int G = H / HK;
     const size_t qs = (size_t)H * D + c->q_pad, os = (size_t)H * D + c->o_pad;
-    const size_t kvd = (size_t)HK * D, rowh = kvd + c->row_pad_halves, row_bytes = 2 * rowh;
+    const size_t kvd = (size_t)HK * D;
+    const size_t row_bytes = ((c->q8 ? kvd + 2 * (kvd / 32) : 2 * kvd) + 15) / 16 * 16 + c->row_pad;
     const int lo0 = W > 0 ? (pos0 - W + 1 > 0 ? pos0 - W + 1 : 0) : 0, hi = pos0 + n - 1;
     cr_assert(hi - lo0 < R, "bad case");
 
     float *q = malloc((size_t)n * qs * sizeof *q);
-    uint16_t *kc = malloc((size_t)R * row_bytes), *vc = malloc((size_t)R * row_bytes);
+    uint8_t *kc = malloc((size_t)R * row_bytes), *vc = malloc((size_t)R * row_bytes);
+    float *kf = malloc((size_t)R * kvd * sizeof *kf), *vf = malloc((size_t)R * kvd * sizeof *vf); /* reference values */
+    float *x = malloc(kvd * sizeof *x);
     float *o = malloc((size_t)n * os * sizeof *o);
-    cr_assert(q && kc && vc && o);
+    cr_assert(q && kc && vc && kf && vf && x && o);
     const float qa = 6.0f; /* score std ~ qa / 3 with scale 1/sqrt(D) */
     for (size_t i = 0; i < (size_t)n * qs; i++)
         q[i] = kr_test_rng_f(-qa, qa);
-    for (size_t i = 0; i < (size_t)R * rowh; i++)
-        kc[i] = vc[i] = 0x7e00; /* fp16 NaN: rows nobody may read */
+    for (size_t i = 0; i < (size_t)R * row_bytes / 2; i++)
+        ((uint16_t *)kc)[i] = ((uint16_t *)vc)[i] = 0x7e00; /* fp16 NaN (q8: NaN scales): rows nobody may read */
     for (int j = lo0; j <= hi; j++) {
-        uint16_t *kr = kc + (size_t)(j % R) * rowh, *vr = vc + (size_t)(j % R) * rowh;
-        for (size_t i = 0; i < kvd; i++) {
-            kr[i] = kr_fp32_to_fp16(kr_test_rng_f(-1.0f, 1.0f));
-            vr[i] = kr_fp32_to_fp16(kr_test_rng_f(-1.0f, 1.0f));
+        for (int kv = 0; kv < 2; kv++) {
+            uint8_t *row = (kv ? vc : kc) + (size_t)(j % R) * row_bytes;
+            float *ref = (kv ? vf : kf) + (size_t)(j % R) * kvd;
+            for (size_t i = 0; i < kvd; i++)
+                x[i] = kr_test_rng_f(-1.0f, 1.0f);
+            if (c->q8) {
+                q8_row(x, kvd, row, ref);
+            } else {
+                for (size_t i = 0; i < kvd; i++) {
+                    uint16_t h = kr_fp32_to_fp16(x[i]);
+                    memcpy(row + 2 * i, &h, 2);
+                    ref[i] = kr_fp16_to_fp32(h);
+                }
+            }
         }
     }
     const float scale = 1.0f / sqrtf((float)D);
@@ -80,7 +112,8 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
     float *dout = kr_test_dpoisoned(be, (size_t)n * os, &bo);
     kr_err err;
     kr_err_clear(&err);
-    kr_status st = kr_pf_flash_attn(p, NULL, dq, qs, dk, dv, row_bytes, R, dout, os, n, pos0, H, HK, D, W, scale, &err);
+    kr_status st = kr_pf_flash_attn(p, NULL, dq, qs, dk, dv, c->q8 ? KR_DTYPE_Q8_0 : KR_DTYPE_F16, row_bytes, R, dout,
+                                    os, n, pos0, H, HK, D, W, scale, &err);
     cr_assert_eq(st, KR_OK, "flash attn: %s", kr_err_msg(&err, st));
     kr_test_download(be, o, dout, (size_t)n * os * sizeof *o);
 
@@ -95,10 +128,10 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
             const float *qh = q + (size_t)t * qs + (size_t)h * D;
             double mx = -INFINITY;
             for (int j = lo; j <= pp; j++) {
-                const uint16_t *kr = kc + (size_t)(j % R) * rowh + (size_t)g * D;
+                const float *kr = kf + (size_t)(j % R) * kvd + (size_t)g * D;
                 double dot = 0;
                 for (int i = 0; i < D; i++)
-                    dot += (double)qh[i] * kr_fp16_to_fp32(kr[i]);
+                    dot += (double)qh[i] * kr[i];
                 sc[j] = dot * scale;
                 if (sc[j] > mx)
                     mx = sc[j];
@@ -109,16 +142,16 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
             for (int j = lo; j <= pp; j++) {
                 const double e = exp(sc[j] - mx);
                 l += e;
-                const uint16_t *vr = vc + (size_t)(j % R) * rowh + (size_t)g * D;
+                const float *vr = vf + (size_t)(j % R) * kvd + (size_t)g * D;
                 for (int i = 0; i < D; i++)
-                    ref[i] += e * kr_fp16_to_fp32(vr[i]);
+                    ref[i] += e * vr[i];
             }
             double rn = 0, rd = 0;
             const float *oh = o + (size_t)t * os + (size_t)h * D;
             for (int i = 0; i < D; i++) {
                 const double r = ref[i] / l, e = (double)oh[i] - r;
-                cr_assert(isfinite(oh[i]), "flash attn D %d n %d pos0 %d: out[%d, %d, %d] = %g not finite (seed %llu)",
-                          D, n, pos0, t, h, i, oh[i], (unsigned long long)kr_test_seed());
+                cr_assert(isfinite(oh[i]), "flash attn D %d n %d pos0 %d q8 %d: out[%d, %d, %d] = %g not finite (seed %llu)",
+                          D, n, pos0, (int)c->q8, t, h, i, oh[i], (unsigned long long)kr_test_seed());
                 rn += e * e;
                 rd += r * r;
             }
@@ -134,12 +167,13 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
             cr_assert(isnan(o[(size_t)t * os + (size_t)H * D + i]), "flash attn wrote into the out padding");
     }
     const double nmse = num / den;
-    cr_log_info("flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d: nmse %.3g, worst row %.3g (t %d h %d)", D,
-                H, HK, n, pos0, W, R, nmse, worst, worst_t, worst_h);
-    cr_expect(worst <= 1e-4, "flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d: worst row error %.3g at t %d h %d "
-              "(seed %llu)", D, H, HK, n, pos0, W, R, worst, worst_t, worst_h, (unsigned long long)kr_test_seed());
-    cr_expect(nmse <= 1e-5, "flash attn D %d heads %d/%d n %d pos0 %d: NMSE %.3g (seed %llu)", D, H, HK, n, pos0, nmse,
+    cr_log_info("flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d%s: nmse %.3g, worst row %.3g (t %d h %d)", D,
+                H, HK, n, pos0, W, R, c->q8 ? " q8_0" : "", nmse, worst, worst_t, worst_h);
+    cr_expect(worst <= 1e-4, "flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d q8 %d: worst row error %.3g at t "
+              "%d h %d (seed %llu)", D, H, HK, n, pos0, W, R, (int)c->q8, worst, worst_t, worst_h,
               (unsigned long long)kr_test_seed());
+    cr_expect(nmse <= 1e-5, "flash attn D %d heads %d/%d n %d pos0 %d q8 %d: NMSE %.3g (seed %llu)", D, H, HK, n, pos0,
+              (int)c->q8, nmse, (unsigned long long)kr_test_seed());
     free(sc);
     free(ref);
     kr_backend_free(be, bq);
@@ -149,6 +183,9 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
     free(q);
     free(kc);
     free(vc);
+    free(kf);
+    free(vf);
+    free(x);
     free(o);
 }
 
@@ -163,13 +200,19 @@ Test(gpu_prefill, flash_attn_shapes)
         {.d = 64, .n_head = 71, .n_head_kv = 1, .n = 19, .pos0 = 10, .rows = 64, .o_pad = 6},       /* falcon MQA */
         {.d = 80, .n_head = 12, .n_head_kv = 4, .n = 65, .pos0 = 100, .window = 37, .rows = 256},   /* window */
         {.d = 128, .n_head = 4, .n_head_kv = 2, .n = 57, .pos0 = 300, .window = 40, .rows = 96,
-         .row_pad_halves = 8},                                                                       /* ring wraps */
+         .row_pad = 16},                                                                             /* ring wraps */
         {.d = 256, .n_head = 4, .n_head_kv = 2, .n = 33, .pos0 = 7, .rows = 64},                    /* head_dim 256 */
         {.d = 96, .n_head = 6, .n_head_kv = 6, .n = 1, .pos0 = 250, .rows = 251},                   /* one token */
         {.d = 16, .n_head = 4, .n_head_kv = 2, .n = 70, .pos0 = 5, .rows = 80},                     /* tiny models */
         {.d = 32, .n_head = 3, .n_head_kv = 1, .n = 9, .pos0 = 0, .window = 4, .rows = 9},
         {.d = 64, .n_head = 6, .n_head_kv = 3, .n = 200, .pos0 = 3, .window = 9, .rows = 300},      /* tiny window */
         {.d = 128, .n_head = 32, .n_head_kv = 32, .n = 512, .pos0 = 0, .rows = 512},                /* 7B chunk */
+        /* Q8_0 cache */
+        {.d = 128, .n_head = 32, .n_head_kv = 8, .n = 131, .pos0 = 45, .rows = 200, .q8 = true},
+        {.d = 64, .n_head = 71, .n_head_kv = 1, .n = 19, .pos0 = 10, .rows = 64, .q8 = true},
+        {.d = 80, .n_head = 8, .n_head_kv = 2, .n = 65, .pos0 = 100, .window = 37, .rows = 256, .q8 = true},
+        {.d = 16, .n_head = 4, .n_head_kv = 2, .n = 70, .pos0 = 5, .rows = 80, .row_pad = 16, .q8 = true},
+        {.d = 256, .n_head = 2, .n_head_kv = 1, .n = 33, .pos0 = 7, .rows = 64, .q8 = true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_fa(be, p, &cases[i]);
@@ -183,7 +226,7 @@ Test(gpu_prefill, flash_attn_random)
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
     static const int dims[] = {16, 32, 64, 80, 96, 128, 256};
-    for (int it = 0; it < 6; it++) {
+    for (int it = 0; it < 8; it++) {
         fa_case c = {0};
         c.d = dims[kr_test_rng_u64() % 7];
         c.n_head_kv = 1 + (int)(kr_test_rng_u64() % 4);
@@ -195,6 +238,7 @@ Test(gpu_prefill, flash_attn_random)
         c.rows = c.pos0 + c.n - lo0 + (int)(kr_test_rng_u64() % 5); /* ring when the window cuts */
         c.q_pad = 4 * (int)(kr_test_rng_u64() % 3);
         c.o_pad = 2 * (int)(kr_test_rng_u64() % 3);
+        c.q8 = (c.n_head_kv * c.d) % 32 == 0 && kr_test_rng_u64() % 2;
         run_fa(be, p, &c);
     }
     kr_pf_free(p);
@@ -210,19 +254,24 @@ Test(gpu_prefill, flash_attn_refuses)
     kr_err err;
     kr_err_clear(&err);
     /* head_dim 72 unsupported */
-    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 72, d, d, 144, 16, d, 72, 4, 0, 1, 1, 72, 0, 1.0f, &err),
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 72, d, d, KR_DTYPE_F16, 144, 16, d, 72, 4, 0, 1, 1, 72, 0, 1.0f, &err),
                  KR_ERR_UNSUPPORTED);
     /* heads not a multiple */
-    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 384, d, d, 256, 16, d, 384, 4, 0, 3, 2, 128, 0, 1.0f, &err),
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 384, d, d, KR_DTYPE_F16, 256, 16, d, 384, 4, 0, 3, 2, 128, 0, 1.0f, &err),
                  KR_ERR_INVALID_ARG);
     /* span does not fit the ring: positions 0..16 in 16 rows */
-    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, 256, 16, d, 128, 17, 0, 1, 1, 128, 0, 1.0f, &err),
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, KR_DTYPE_F16, 256, 16, d, 128, 17, 0, 1, 1, 128, 0, 1.0f, &err),
                  KR_ERR_INVALID_ARG);
     /* window makes it fit: pos 100..115 with window 1 -> lo0 100 */
-    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, 256, 16, d + 4096, 128, 16, 100, 1, 1, 128, 1, 1.0f, &err),
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, KR_DTYPE_F16, 256, 16, d + 4096, 128, 16, 100, 1, 1, 128, 1, 1.0f, &err),
                  KR_OK, "%s", err.msg);
+    /* q8_0 cache with kv_dim 16 (not whole blocks); F32 cache */
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 16, d, d, KR_DTYPE_Q8_0, 64, 16, d, 16, 4, 0, 1, 1, 16, 0, 1.0f, &err),
+                 KR_ERR_INVALID_ARG);
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 128, d, d, KR_DTYPE_F32, 512, 16, d, 128, 4, 0, 1, 1, 128, 0, 1.0f, &err),
+                 KR_ERR_UNSUPPORTED);
     /* misaligned q stride */
-    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 130, d, d, 256, 16, d, 128, 4, 0, 1, 1, 128, 0, 1.0f, &err),
+    cr_expect_eq(kr_pf_flash_attn(p, NULL, d, 130, d, d, KR_DTYPE_F16, 256, 16, d, 128, 4, 0, 1, 1, 128, 0, 1.0f, &err),
                  KR_ERR_INVALID_ARG);
     kr_test_download(be, &(float){0}, d, sizeof(float)); /* sync: the one valid launch ran */
     kr_backend_free(be, b);
@@ -345,6 +394,60 @@ Test(gpu_prefill, kv_store)
     free(x);
     free(kc);
     free(vc);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+/* Q8_0 store: bytes equal the host quantization (GGML q8_0 formula) of the same values; ring; other rows untouched. */
+Test(gpu_prefill, kv_store_q8)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    const int kvd = 96, n = 21, rows = 16, pos0 = 7;
+    const size_t xs = 2 * (size_t)kvd + 4, row_bytes = 128;
+    float *x = malloc((size_t)n * xs * sizeof *x), *deq = malloc(kvd * sizeof *deq);
+    uint8_t *kc = malloc(rows * row_bytes), *vc = malloc(rows * row_bytes), *want = malloc(row_bytes);
+    cr_assert(x && deq && kc && vc && want);
+    for (size_t i = 0; i < (size_t)n * xs; i++)
+        x[i] = kr_test_rng_f(-5.0f, 5.0f);
+    for (int i = 0; i < 32; i++)
+        x[(size_t)3 * xs + i] = 0.0f; /* an all-zero block: d = 0, q = 0 */
+    kr_buffer *bx, *bk, *bv;
+    float *dx = kr_test_dupload(be, x, (size_t)n * xs * sizeof *x, &bx);
+    void *dk = kr_test_dalloc(be, rows * row_bytes, &bk), *dv = kr_test_dalloc(be, rows * row_bytes, &bv);
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_backend_memset(be, dk, 0xAB, rows * row_bytes, NULL, &err), KR_OK);
+    cr_assert_eq(kr_backend_memset(be, dv, 0xCD, rows * row_bytes, NULL, &err), KR_OK);
+    kr_status st = kr_pf_kv_store_q8(p, NULL, dx, xs, dx + kvd, xs, dk, dv, row_bytes, rows, kvd, n, pos0, &err);
+    cr_assert_eq(st, KR_OK, "kv store q8: %s", kr_err_msg(&err, st));
+    kr_test_download(be, kc, dk, rows * row_bytes);
+    kr_test_download(be, vc, dv, rows * row_bytes);
+    const size_t used = (size_t)kvd + 2 * (kvd / 32);
+    for (int r = 0; r < rows; r++) {
+        int t = -1;
+        for (int u = 0; u < n; u++)
+            if ((pos0 + u) % rows == r)
+                t = u;
+        for (int kv = 0; kv < 2; kv++) {
+            const uint8_t *got = (kv ? vc : kc) + (size_t)r * row_bytes;
+            memset(want, kv ? 0xCD : 0xAB, row_bytes);
+            if (t >= 0)
+                q8_row(x + (size_t)t * xs + (size_t)kv * kvd, kvd, want, deq);
+            for (size_t i = 0; i < row_bytes; i++)
+                cr_assert_eq(got[i], want[i], "%s row %d byte %zu (of %zu used): %02x != %02x", kv ? "v" : "k", r, i,
+                             used, got[i], want[i]);
+        }
+    }
+    kr_backend_free(be, bx);
+    kr_backend_free(be, bk);
+    kr_backend_free(be, bv);
+    free(x);
+    free(deq);
+    free(kc);
+    free(vc);
+    free(want);
     kr_pf_free(p);
     kr_backend_destroy(be);
 }
