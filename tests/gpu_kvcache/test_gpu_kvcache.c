@@ -11,7 +11,9 @@
  * a double-precision RoPE reference, shift on the GPU vs the CPU (normal and
  * neox rope, freq_scale, rope_freqs), automatic shift, and (when the
  * kr_dec_attention_kv kernels are in) ring vs masked full cache and q8_0 vs
- * f16 logits NMSE. Models: tests/model's tiny random models (fp32 weights). */
+ * f16 logits NMSE; the shift kernel alone on random rows (odd sizes, partial
+ * rotary dims, poisoned destinations) vs a CPU reference. Models:
+ * tests/model's tiny random models (fp32 weights) and stories260K. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <math.h>
@@ -21,11 +23,14 @@
 #include <unistd.h>
 
 #include "kernrun/builtin_model.h"
+#include "kernrun/half.h"
 #include "kernrun/kvcache.h"
 #include "kernrun/model.h"
 #include "kr_gpu_forward.h"
+#include "kr_kernel_forward_kv_shift_cu.h"
 #include "kr_test_gpu.h"
 #include "kr_test_leaks.h"
+#include "kr_test_rng.h"
 #include "tiny_model.h"
 
 TestSuite(gpu_kvcache_host, .fini = kr_test_leak_check);
@@ -914,3 +919,134 @@ Test(gpu_kvcache, stories260k_q8_0_vs_f16)
     kr_model_free(km);
     kr_backend_destroy(be);
 }
+
+/* ---- the shift kernel alone (kernels/forward/kv_shift.cu) on random rows ---- */
+
+/* value i of a SPLIT-layout row */
+static float row_get(const uint8_t *row, kr_dtype t, uint32_t D, uint32_t i)
+{
+    uint16_t h;
+    if (t == KR_DTYPE_F16) {
+        memcpy(&h, row + 2 * i, 2);
+        return kr_fp16_to_fp32(h);
+    }
+    memcpy(&h, row + D + 2 * (i / 32), 2);
+    return (float)(int8_t)row[i] * kr_fp16_to_fp32(h);
+}
+
+/* Layers of (rows, row_bytes) K and V with random rows; one launch moves cnt
+ * rows from src_row to dst_row (destination poisoned with 0xff bytes), every
+ * other row must keep its bytes. Odd sizes: 3 layers, 37 rows, kv heads of
+ * head_dim 24 (f16) / 32 (q8_0) with partial rotary dims (n_rot < head_dim). */
+static void kernel_case(kr_dtype t, bool neox, bool with_ff)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    const uint32_t L = 3, R = 37, HKV = 3, HD = t == KR_DTYPE_F16 ? 24 : 32, NROT = t == KR_DTYPE_F16 ? 16 : 24;
+    const uint32_t D = HKV * HD;
+    const size_t rb = t == KR_DTYPE_F16 ? (2 * D + 15) / 16 * 16 : (D + D / 16 + 15) / 16 * 16;
+    const size_t lb = R * rb, total = 2 * L * lb;
+    const int src_row = 20, dst_row = 5, cnt = 13; /* src rows 20..32, dst rows 5..17 */
+    const float delta = -15.0f, fbase = 10000.0f, fscale = 0.5f;
+    float ff[16];
+    for (uint32_t i = 0; i < NROT / 2; i++)
+        ff[i] = kr_test_rng_f(1.0f, 8.0f);
+    uint8_t *h0 = malloc(total), *h1 = malloc(total);
+    cr_assert(h0 && h1);
+    for (size_t r = 0; r < 2 * L * R; r++) { /* random rows of the type */
+        uint8_t *row = h0 + r * rb;
+        memset(row, 0, rb);
+        if (t == KR_DTYPE_F16) {
+            for (uint32_t i = 0; i < D; i++) {
+                uint16_t h = kr_fp32_to_fp16(kr_test_rng_f(-2.0f, 2.0f));
+                memcpy(row + 2 * i, &h, 2);
+            }
+        } else {
+            for (uint32_t i = 0; i < D; i++)
+                row[i] = (uint8_t)(int8_t)((int)(kr_test_rng_u64() % 255) - 127);
+            for (uint32_t b = 0; b < D / 32; b++) {
+                uint16_t h = kr_fp32_to_fp16(kr_test_rng_f(0.001f, 0.05f));
+                memcpy(row + D + 2 * b, &h, 2);
+            }
+        }
+    }
+    for (uint32_t l = 0; l < 2 * L; l++) /* poison the destination rows */
+        memset(h0 + l * lb + (size_t)dst_row * rb, 0xff, (size_t)cnt * rb);
+    kr_buffer *buf = NULL, *ffb = NULL;
+    uint8_t *d = kr_test_dupload(be, h0, total, &buf);
+    const float *dff = with_ff ? kr_test_dupload(be, ff, sizeof ff, &ffb) : NULL;
+    kr_function *fn = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    const kr_kernel_source src = {.name = "forward/kv_shift.cu", .code = (const char *)kr_kernel_forward_kv_shift_cu,
+                                  .len = kr_kernel_forward_kv_shift_cu_LEN, .entry = "kr_kv_shift"};
+    cr_assert_eq(kr_backend_get_function(be, &src, &fn, &err), KR_OK, "%s", err.msg);
+    unsigned long long a_ls = 2 * lb, a_vo = lb, a_rb = rb;
+    int a_src = src_row, a_dst = dst_row, a_d = (int)D, a_hd = (int)HD, a_nr = (int)NROT, a_neox = neox,
+        a_t = (int)t;
+    float a_delta = delta, a_fb = fbase, a_fs = fscale;
+    void *args[] = {&d, &a_ls, &a_vo, &a_rb, &a_src, &a_dst, &a_d, &a_hd, &a_nr, &a_neox, &a_delta, &a_fb, &a_fs,
+                    &dff, &a_t};
+    uint32_t grid[3] = {(uint32_t)cnt, L, 2}, block[3] = {256, 1, 1};
+    cr_assert_eq(kr_backend_launch(be, fn, grid, block, D * 4, NULL, args, &err), KR_OK, "%s", err.msg);
+    kr_test_download(be, h1, d, total);
+    double worst = 0, ulp_worst = 0;
+    float *ref = malloc(D * sizeof *ref), *got = malloc(D * sizeof *got);
+    for (uint32_t l = 0; l < L; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            const size_t base = (2 * (size_t)l + (size_t)kv) * lb;
+            for (uint32_t r = 0; r < R; r++) {
+                bool is_dst = (int)r >= dst_row && (int)r < dst_row + cnt;
+                const uint8_t *o = h0 + base + r * rb, *n = h1 + base + r * rb;
+                if (!is_dst) {
+                    cr_expect(memcmp(o, n, rb) == 0, "layer %u %c row %u changed (seed %" PRIu64 ")", l,
+                              kv ? 'V' : 'K', r, kr_test_seed());
+                    continue;
+                }
+                const uint8_t *s = h0 + base + (size_t)(r - (uint32_t)dst_row + (uint32_t)src_row) * rb;
+                if (kv) {
+                    cr_expect(memcmp(s, n, rb) == 0, "layer %u V row %u not copied", l, r);
+                    continue;
+                }
+                for (uint32_t i = 0; i < D; i++)
+                    ref[i] = row_get(s, t, D, i), got[i] = row_get(n, t, D, i);
+                /* reference rotation in double (dims >= n_rot stay) */
+                for (uint32_t g = 0; g < HKV; g++)
+                    for (uint32_t i = 0; i < NROT / 2; i++) {
+                        double th = (double)delta * fscale * pow(fbase, -2.0 * i / NROT);
+                        if (with_ff)
+                            th /= ff[i];
+                        uint32_t ia = g * HD + (neox ? i : 2 * i), ib = g * HD + (neox ? i + NROT / 2 : 2 * i + 1);
+                        double a = ref[ia], b = ref[ib];
+                        ref[ia] = (float)(a * cos(th) - b * sin(th));
+                        ref[ib] = (float)(a * sin(th) + b * cos(th));
+                    }
+                double e = nmse_ff(got, ref, D);
+                worst = e > worst ? e : worst;
+                for (uint32_t i = 0; i < D && t == KR_DTYPE_F16; i++) {
+                    double u = fabs((double)got[i] - ref[i]) / (fabs(ref[i]) > 6e-5 ? fabs(ref[i]) : 6e-5);
+                    ulp_worst = u > ulp_worst ? u : ulp_worst;
+                }
+            }
+        }
+    /* f16: one rounding (relative 2^-11 at most); q8_0: half a step of amax/127 per value */
+    double tol = t == KR_DTYPE_F16 ? 1e-6 : 1e-4;
+    cr_expect_leq(worst, tol, "%s neox %d ff %d: rotated keys NMSE %.3g (seed %" PRIu64 ")", kr_dtype_name(t),
+                  (int)neox, (int)with_ff, worst, kr_test_seed());
+    if (t == KR_DTYPE_F16)
+        cr_expect_leq(ulp_worst, 1.0 / 1024, "f16 rotated key relative error %.3g", ulp_worst);
+    printf("kv_shift kernel alone %s neox %d ff %d: rotated keys vs double reference NMSE %.3g\n", kr_dtype_name(t),
+           (int)neox, (int)with_ff, worst);
+    free(ref);
+    free(got);
+    free(h0);
+    free(h1);
+    kr_backend_free(be, buf);
+    kr_backend_free(be, ffb);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_kvcache, kv_shift_kernel_f16_normal_ff) { kernel_case(KR_DTYPE_F16, false, true); }
+Test(gpu_kvcache, kv_shift_kernel_f16_neox) { kernel_case(KR_DTYPE_F16, true, false); }
+Test(gpu_kvcache, kv_shift_kernel_q8_0_normal) { kernel_case(KR_DTYPE_Q8_0, false, false); }
+Test(gpu_kvcache, kv_shift_kernel_q8_0_neox_ff) { kernel_case(KR_DTYPE_Q8_0, true, true); }
