@@ -273,6 +273,22 @@ __device__ __forceinline__ void kr_gs_hist_add(kr_gs_shared *sh, kr_u32 dig)
         atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
 }
 
+// As kr_gs_hist_add, also adding the fixed-point weight w (<= 2^44 + 1) of each
+// lane to mass[dig]: one atomic per digit and warp instead of one per token
+// (the top digits of bell-shaped logits fall into a handful of bins, where
+// per-token 64-bit atomics serialise). Exact: integer sums, 22-bit limbs so
+// 32 lanes cannot overflow 32 bits.
+__device__ __forceinline__ void kr_gs_hist_add_mass(kr_gs_shared *sh, kr_u32 dig, kr_u64 w)
+{
+    kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
+    kr_u32 lo = __reduce_add_sync(peers, (kr_u32)(w & 0x3fffffu));
+    kr_u32 hi = __reduce_add_sync(peers, (kr_u32)(w >> 22));
+    if (dig != 0xffffffffu && (threadIdx.x & 31) == __ffs(peers) - 1) {
+        atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
+        atomicAdd(&sh->mass[dig], ((kr_u64)hi << 22) + (kr_u64)lo);
+    }
+}
+
 // Digit schedule: counts use a 12-bit first digit (sign, exponent, 3 mantissa
 // bits: usually enough to isolate a top-k), mass histograms 8-bit digits
 // (their 64-bit bins must fit next to the union).
@@ -318,14 +334,17 @@ __device__ bool kr_gs_radix(kr_gs_shared *sh, const float *cur, int n_vocab, kr_
                 for (int u = 0; u < KR_GS_UNROLL; u++) {
                     int i = base + u * KR_GS_THREADS + (int)threadIdx.x;
                     kr_u32 dig = 0xffffffffu;
+                    kr_u64 w = 0;
                     kr_u32 k = kr_gs_key(x[u]);
                     if (i < n_vocab && kr_gs_in_cut(k, i, ck_key, ck_id) && (k & hi_mask) == (prefix & hi_mask)) {
                         dig = (k >> shift) & dmask;
                         if (mass)
-                            atomicAdd(&sh->mass[dig],
-                                      (kr_u64)(exp((double)x[u] - (double)maxl) * KR_GS_FX_SCALE + 0.5));
+                            w = (kr_u64)(exp((double)x[u] - (double)maxl) * KR_GS_FX_SCALE + 0.5);
                     }
-                    kr_gs_hist_add(sh, dig);
+                    if (mass)
+                        kr_gs_hist_add_mass(sh, dig, w);
+                    else
+                        kr_gs_hist_add(sh, dig);
                 }
             }
         }
@@ -767,24 +786,40 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
         __syncthreads();
         last = sh.red_i[0];
         __syncthreads();
+        // first running sum above the target, in id order: each thread takes
+        // KR_GS_UNROLL consecutive ids per step, a block scan over the threads
         double target = (double)u * tot, basec = 0.0;
         pick = -1;
-        for (int base = 0; base < n_vocab; base += KR_GS_THREADS) {
-            int i = base + tid;
-            double w = 0.0;
-            bool s = false;
-            if (i < n_vocab) {
-                float l = cur[i];
-                s = kr_gs_in_cut(kr_gs_key(l), i, ck_key, ck_id) && (double)l >= thr;
-                if (s)
-                    w = exp(((double)l - (double)maxl) * inv_t);
+        for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
+            double w[KR_GS_UNROLL], tsum = 0.0;
+#pragma unroll
+            for (int q = 0; q < KR_GS_UNROLL; q++) {
+                int i = base + tid * KR_GS_UNROLL + q;
+                w[q] = -1.0; // not a survivor
+                if (i < n_vocab) {
+                    float l = cur[i];
+                    if (kr_gs_in_cut(kr_gs_key(l), i, ck_key, ck_id) && (double)l >= thr) {
+                        w[q] = exp(((double)l - (double)maxl) * inv_t);
+                        tsum += w[q];
+                    }
+                }
             }
             if (tid == 0)
                 sh.found = 0x7fffffff;
             double chunk;
-            double inc = kr_gs_block_scan_d(w, &chunk, &sh);
-            if (s && basec + inc > target)
-                atomicMin(&sh.found, i);
+            double run = basec + kr_gs_block_scan_d(tsum, &chunk, &sh) - tsum;
+            if (run + tsum > target) {
+#pragma unroll
+                for (int q = 0; q < KR_GS_UNROLL; q++) {
+                    if (w[q] >= 0.0) {
+                        run += w[q];
+                        if (run > target) {
+                            atomicMin(&sh.found, base + tid * KR_GS_UNROLL + q);
+                            break;
+                        }
+                    }
+                }
+            }
             __syncthreads();
             int f = sh.found;
             __syncthreads();
