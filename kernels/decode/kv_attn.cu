@@ -32,8 +32,15 @@
 #endif
 #define KR_KVA_LPT (KR_KVA_TILE / 8 / KR_KVA_THREADS)                  // 8-element chunks per thread per tile
 #define KR_KVA_CPT ((KR_KVA_RB * 32 + KR_KVA_THREADS - 1) / KR_KVA_THREADS) // (head, chunk) PV outputs per thread
-#define KR_KVA_QOFF 36864  // bytes: K and V tiles below, Q and scores above
-#define KR_KVA_SMEM 46080  // KR_KVA_QOFF + KR_KVA_RB * (256 + 32) * 4 (Q rows + scores of the widest case)
+// Shared bytes: K and V tiles (one stage: 2 x (2*TILE + 16*MAXT) for F16 rows padded by 16 bytes; Q8_0
+// needs less; cp.async: two stages of at most MAXT/2 rows) below KR_KVA_QOFF, then Q rows + scores
+// (KR_KVA_RB * (head_dim + T) fp32 <= 9216 bytes: head_dim 256 with T 32 is the widest case).
+#if KR_KVA_CP
+#define KR_KVA_QOFF (4 * (2 * KR_KVA_TILE + 8 * KR_KVA_MAXT))
+#else
+#define KR_KVA_QOFF (2 * (2 * KR_KVA_TILE + 16 * KR_KVA_MAXT))
+#endif
+#define KR_KVA_SMEM (KR_KVA_QOFF + 9216)
 
 __device__ __forceinline__ const kr_u8 *kr_kv_base(const void *b, const int *slot, long long slot_bytes)
 {
