@@ -98,25 +98,49 @@ extern "C" __global__ void kr_pf_swiglu_f32(const float *x, long long x_stride, 
 }
 
 // Undo kernels/forward/matvec_repacked.cu's repacking of a Q4_0 (qsz 16) or
-// Q8_0 (qsz 32) matrix for the GEMM: block b (of n_blk = rows * nb, row-major)
-// with quants qs[b*qsz ..] and fp16 scale sc[b] becomes the GGML block
-// [d | quants] at dst + (b / nb) * dst_stride + (b % nb) * (qsz + 2).
-// dst_stride even. Launch: block (256), grid (ceil(n_blk / 256)).
-extern "C" __global__ void kr_pf_unrepack(const unsigned char *__restrict__ qs, const kr_pb_u16 *__restrict__ sc,
-                                          unsigned char *__restrict__ dst, long long dst_stride, long long n_blk,
-                                          int nb, int qsz)
+// Q8_0 (qsz 32) matrix for the GEMM: block b (of rows * nb, row-major) with
+// quants qs[b*qsz ..] and fp16 scale sc[b] becomes the GGML block [d | quants]
+// at dst + (b / nb) * dst_stride + (b % nb) * (qsz + 2).
+// One warp per (row, chunk of 32 blocks): 16-byte loads of the quants, the
+// blocks assembled in shared memory, then written with 16-byte stores (a
+// chunk starts 16-byte aligned: 32*18 and 32*34 are multiples of 16).
+// qs 16-byte aligned, dst and dst_stride 16-byte aligned.
+// Launch: block (256), grid (ceil(rows * ceil(nb/32) / 8)).
+extern "C" __global__ void __launch_bounds__(256)
+kr_pf_unrepack(const unsigned char *__restrict__ qs, const kr_pb_u16 *__restrict__ sc,
+               unsigned char *__restrict__ dst, long long dst_stride, long long rows, int nb, int qsz)
 {
-    const kr_pb_i64 b = (kr_pb_i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= n_blk)
-        return;
-    kr_pb_u16 *o = (kr_pb_u16 *)(dst + (b / nb) * dst_stride + (b % nb) * (kr_pb_i64)(qsz + 2));
-    o[0] = sc[b];
-    const unsigned int *q = (const unsigned int *)(qs + b * qsz);
-    for (int i = 0; i < qsz / 4; i++) {
-        const unsigned int w = q[i];
-        o[1 + 2 * i] = (kr_pb_u16)(w & 0xffffu);
-        o[2 + 2 * i] = (kr_pb_u16)(w >> 16);
+    __shared__ __align__(16) unsigned char sm[8][32 * 34];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int cpr = (nb + 31) >> 5; // chunks per row
+    const kr_pb_i64 item = (kr_pb_i64)blockIdx.x * 8 + warp;
+    if (item >= rows * cpr)
+        return; // whole warp
+    const kr_pb_i64 row = item / cpr;
+    const int chunk = (int)(item - row * cpr), kb0 = chunk * 32, nblk = min(32, nb - kb0);
+    const int bb = qsz + 2;
+    unsigned char *w = sm[warp];
+    if (lane < nblk) {
+        const kr_pb_i64 b = row * nb + kb0 + lane;
+        kr_pb_u16 *o = (kr_pb_u16 *)(w + lane * bb); // even offset
+        o[0] = sc[b];
+        for (int c = 0; c < qsz / 16; c++) {
+            const uint4 v = *(const uint4 *)(qs + b * qsz + 16 * c);
+            const unsigned int u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                o[1 + 8 * c + 2 * i] = (kr_pb_u16)(u[i] & 0xffffu);
+                o[2 + 8 * c + 2 * i] = (kr_pb_u16)(u[i] >> 16);
+            }
+        }
     }
+    __syncwarp();
+    unsigned char *d = dst + row * dst_stride + (kr_pb_i64)kb0 * bb;
+    const int bytes = nblk * bb, n16 = bytes >> 4;
+    for (int i = lane; i < n16; i += 32)
+        ((uint4 *)d)[i] = ((const uint4 *)w)[i];
+    for (int i = 16 * n16 + 2 * lane; i < bytes; i += 64) // tail of a partial chunk (even length)
+        *(kr_pb_u16 *)(d + i) = *(const kr_pb_u16 *)(w + i);
 }
 
 __device__ __forceinline__ float kr_pb_h2f(kr_pb_u16 h)

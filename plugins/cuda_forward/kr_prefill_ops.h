@@ -89,9 +89,10 @@ kr_status kr_pf_swiglu(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, 
 
 /* Undo the decode path's repacking (kernels/forward/matvec_repacked.cu) of a
  * Q4_0 (q8_0 false) or Q8_0 matrix (rows, cols): qs (rows*cols/32 blocks of
- * 16 / 32 quant bytes, 4-byte aligned), sc (rows*cols/32 fp16 scales) ->
- * GGML blocks [d | quants], row r at dst + r*dst_stride (even, >= the row's
- * bytes). For the GEMM, which reads GGML blocks. */
+ * 16 / 32 quant bytes, 16-byte aligned), sc (rows*cols/32 fp16 scales) ->
+ * GGML blocks [d | quants], row r at dst + r*dst_stride (dst and dst_stride
+ * 16-byte aligned, stride >= the row's bytes; padding bytes untouched). For
+ * the GEMM, which reads GGML blocks. */
 kr_status kr_pf_unrepack(kr_pf *p, kr_stream *s, bool q8_0, const void *qs, const void *sc, void *dst,
                          size_t dst_stride, int64_t rows, int64_t cols, kr_err *err);
 

@@ -303,16 +303,18 @@ kr_status kr_pf_unrepack(kr_pf *p, kr_stream *s, bool q8_0, const void *qs, cons
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "unrepack: NULL kr_pf");
     const int qsz = q8_0 ? 32 : 16;
     if (!qs || !sc || !dst || rows < 1 || cols < 32 || cols % 32 != 0 || cols / 32 > INT32_MAX ||
-        (uintptr_t)qs % 4 != 0 || (uintptr_t)sc % 2 != 0 || (uintptr_t)dst % 2 != 0 || dst_stride % 2 != 0 ||
-        dst_stride < (size_t)(cols / 32) * (size_t)(qsz + 2) || rows > INT64_MAX / (cols / 32) ||
-        (rows * (cols / 32) + 255) / 256 > UINT32_MAX)
+        (uintptr_t)qs % 16 != 0 || (uintptr_t)sc % 2 != 0 || (uintptr_t)dst % 16 != 0 || dst_stride % 16 != 0 ||
+        dst_stride < (size_t)(cols / 32) * (size_t)(qsz + 2) || rows > INT64_MAX / (cols / 32 + 31) ||
+        (rows * ((cols / 32 + 31) / 32) + 7) / 8 > UINT32_MAX)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
-                                "unrepack: rows %lld, cols %lld (multiple of 32), dst stride %zu, or a NULL / "
-                                "misaligned operand", (long long)rows, (long long)cols, dst_stride);
-    long long n_blk = (long long)(rows * (cols / 32)), ds = (long long)dst_stride;
+                                "unrepack: rows %lld, cols %lld (multiple of 32), dst stride %zu (multiple of 16), or "
+                                "a NULL / misaligned operand (qs, dst 16 bytes)",
+                                (long long)rows, (long long)cols, dst_stride);
+    long long ds = (long long)dst_stride, nr = (long long)rows;
     int nb = (int)(cols / 32);
-    void *args[] = {(void *)&qs, (void *)&sc, &dst, &ds, &n_blk, &nb, (void *)&qsz};
-    return kr__pf_launch(p, KR__PF_UNREPACK, (uint32_t)((n_blk + 255) / 256), 1, 256, s, args, err);
+    const int64_t items = rows * ((nb + 31) / 32);
+    void *args[] = {(void *)&qs, (void *)&sc, &dst, &ds, &nr, &nb, (void *)&qsz};
+    return kr__pf_launch(p, KR__PF_UNREPACK, (uint32_t)((items + 7) / 8), 1, 256, s, args, err);
 }
 
 bool kr_pf_embed_supports(kr_dtype t)

@@ -498,8 +498,8 @@ Test(gpu_prefill, unrepack)
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
     for (int q8 = 0; q8 < 2; q8++) {
-        const int qsz = q8 ? 32 : 16, rows = 37, nb = 5, bb = qsz + 2;
-        const size_t row = (size_t)nb * bb, stride = row + 6, nbk = (size_t)rows * nb;
+        const int qsz = q8 ? 32 : 16, rows = 37, nb = q8 ? 5 : 70, bb = qsz + 2; /* partial chunks of 32 blocks */
+        const size_t row = (size_t)nb * bb, stride = (row + 15) / 16 * 16 + 16, nbk = (size_t)rows * nb;
         uint8_t *ggml = malloc(rows * row), *qs = malloc(nbk * qsz), *out = malloc(rows * stride);
         uint16_t *sc = malloc(nbk * 2);
         cr_assert(ggml && qs && out && sc);
