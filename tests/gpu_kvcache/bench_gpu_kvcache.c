@@ -2,6 +2,9 @@
  *
  *   bench-gpu-kvcache -m MODEL [--kv-types f16,q8_0] [--pos 512,2048] [-n 32] [--seqs 4]
  *
+ * A type may carry the kernel set, "f16:old" / "f16:new" (KR_GKV_KERNELS for
+ * that instance, gpu_kvcache.h).
+ *
  * Per cache type: one kr_gpu_forward with n_ctx = max pos + n; for each
  * position P: recompute = one eval of the P-token prefix from position 0 (what
  * decoding without a cache costs per token), then n decode steps at P.. (one
@@ -92,14 +95,24 @@ int main(int argc, char **argv)
         return 2;
     }
     kr_dtype types[MAX_T];
+    char names[MAX_T][16], kern[MAX_T][8];
     int nt = 0;
-    char tb[64];
+    char tb[128];
     snprintf(tb, sizeof tb, "%s", types_s);
     kr_err e;
     kr_err_clear(&e);
-    for (char *t = strtok(tb, ","); t && nt < MAX_T; t = strtok(NULL, ","))
-        if (kr_kv_type_parse(t, &types[nt++], &e) != KR_OK)
+    for (char *t = strtok(tb, ","); t && nt < MAX_T; t = strtok(NULL, ",")) {
+        snprintf(names[nt], sizeof names[nt], "%s", t);
+        char *colon = strchr(t, ':');
+        kern[nt][0] = 0;
+        if (colon) {
+            *colon = 0;
+            snprintf(kern[nt], sizeof kern[nt], "%s", colon + 1);
+        }
+        if (kr_kv_type_parse(t, &types[nt], &e) != KR_OK)
             return fail("--kv-types", &e, KR_ERR_INVALID_ARG);
+        nt++;
+    }
     long maxp = 0;
     for (int i = 0; i < np; i++)
         if (pos[i] > maxp)
@@ -134,7 +147,7 @@ int main(int argc, char **argv)
         tok[i] = (int32_t)((s >> 16) % (uint32_t)nv);
     }
     printf("model %s, card %s, %ld decode tokens per point\n", model, di ? di->name : "?", n);
-    printf("%-6s %6s %10s %9s %12s %9s %12s %12s %10s\n", "kv", "pos", "ms/token", "tok/s", "recompute_ms", "ratio",
+    printf("%-8s %6s %10s %9s %12s %9s %12s %12s %10s\n", "kv", "pos", "ms/token", "tok/s", "recompute_ms", "ratio",
            "kv_MiB", "nmse_mean", "nmse_max");
     int rc = 0;
     for (int ti = 0; ti < nt && rc == 0; ti++) {
@@ -143,8 +156,14 @@ int main(int argc, char **argv)
         gp.kv_type = types[ti];
         gp.n_seq = (uint32_t)seqs;
         kr_gpu_forward *g = NULL;
-        if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK) {
-            printf("%-6s unavailable: %s\n", kr_dtype_name(types[ti]), kr_err_msg(&e, st));
+        if (kern[ti][0])
+            setenv("KR_GKV_KERNELS", kern[ti], 1);
+        else
+            unsetenv("KR_GKV_KERNELS");
+        st = kr_gpu_forward_new(m, be, &gp, &g, &e);
+        unsetenv("KR_GKV_KERNELS");
+        if (st != KR_OK) {
+            printf("%-8s unavailable: %s\n", names[ti], kr_err_msg(&e, st));
             continue;
         }
         kr_gpu_forward_stats gs;
@@ -174,7 +193,7 @@ int main(int argc, char **argv)
                 }
             }
             double t_dec = (now_s() - t0) / (double)n;
-            printf("%-6s %6u %10.3f %9.1f %12.1f %9.1f %12.1f %12.3g %10.3g\n", kr_dtype_name(types[ti]), P,
+            printf("%-8s %6u %10.3f %9.1f %12.1f %9.1f %12.1f %12.3g %10.3g\n", names[ti], P,
                    t_dec * 1e3, 1.0 / t_dec, t_re * 1e3, t_re / t_dec, (double)gs.kv_bytes / 1048576.0,
                    ti ? sum / (double)n : 0.0, worst);
         }
@@ -197,8 +216,8 @@ int main(int argc, char **argv)
                     t2 = t;
             }
             kr_gpu_forward_get_stats(g, &gs);
-            printf("%-6s %ld sequences taking turns: %.3f ms/token; one sequence: %.3f ms/token (graph %d)\n",
-                   kr_dtype_name(types[ti]), seqs, t1 * 1e3, t2 * 1e3, (int)gs.graph);
+            printf("%-8s %ld sequences taking turns: %.3f ms/token; one sequence: %.3f ms/token (graph %d)\n",
+                   names[ti], seqs, t1 * 1e3, t2 * 1e3, (int)gs.graph);
         }
         kr_gpu_forward_free(g);
     }
