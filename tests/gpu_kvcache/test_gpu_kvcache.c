@@ -787,18 +787,33 @@ Test(gpu_kvcache, q8_0_vs_f16_logits_nmse)
     cr_expect_eq(gs.kv_type, KR_DTYPE_Q8_0);
     cr_expect_eq(gs.kv_bytes, 2ull * 2 * T * 48); /* 32 quants + 1 scale = 34, padded to 48 */
     kr_gpu_forward *h = gnew(km, be, gparams(T));
+    /* the CPU's q8_0 cache quantizes the same way (other row layout) */
+    kr_context_params cp = kr_context_params_default();
+    cp.n_ctx = T;
+    cp.n_threads = 2;
+    cp.kv_type = KR_DTYPE_Q8_0;
+    kr_context *c = NULL;
+    cr_assert_eq(kr_context_new(km, &cp, &c, &err), KR_OK, "%s", err.msg);
     uint32_t nv = (uint32_t)kr_model_n_vocab(km);
-    float *a = malloc(nv * sizeof *a), *r = malloc(nv * sizeof *r);
+    float *a = malloc(nv * sizeof *a), *r = malloc(nv * sizeof *r), *cq = malloc(nv * sizeof *cq);
     int32_t tok[T];
     fill_tokens(tok, T, 64, 71);
-    double sum = 0, worst = 0;
+    double sum = 0, worst = 0, worst_cpu = 0;
     for (int i = 0; i < T; i++) {
         cr_assert_eq(kr_gpu_forward_eval(q, &tok[i], 1, (uint32_t)i, a, &err), KR_OK, "%s", err.msg);
         cr_assert_eq(kr_gpu_forward_eval(h, &tok[i], 1, (uint32_t)i, r, &err), KR_OK, "%s", err.msg);
-        double e = nmse_ff(a, r, nv);
+        cr_assert_eq(kr_model_eval(c, &tok[i], 1, (uint32_t)i, cq, &err), KR_OK, "%s", err.msg);
+        double e = nmse_ff(a, r, nv), ec = nmse_ff(a, cq, nv);
         sum += e;
         worst = e > worst ? e : worst;
+        worst_cpu = ec > worst_cpu ? ec : worst_cpu;
     }
+    /* an order below the q8_0-vs-f16 difference: the same quantization on both backends */
+    cr_expect_leq(worst_cpu, worst / 10 > 1e-6 ? worst / 10 : 1e-6, "GPU q8_0 vs CPU q8_0: worst NMSE %.3g (q8_0 vs f16 %.3g)",
+                  worst_cpu, worst);
+    printf("q8_0 cache GPU vs CPU (tiny llama): worst logits NMSE %.3g\n", worst_cpu);
+    free(cq);
+    kr_context_free(c);
     cr_expect_leq(sum / T, 1e-3, "q8_0 vs f16 cache: mean logits NMSE %.3g", sum / T);
     cr_expect_leq(worst, 1e-2, "q8_0 vs f16 cache: worst logits NMSE %.3g", worst);
     cr_expect_gt(worst, 0.0, "q8_0 and f16 caches gave identical logits: the q8_0 path is not in use");
