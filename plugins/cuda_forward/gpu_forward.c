@@ -1201,9 +1201,13 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             if ((st = kr__proj(g, s, g->h, false, qkv_up, qkv_up_y, 2, false, err)) != KR_OK)
                 return st;
         }
-        KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
-                            pos, 0, hp->rope_base, hp->rope_freq_scale, NULL, true, err));
-        KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err)); /* gpu_kvcache.c: the current slot */
+        if (kr__gkv_fused_rope(g)) { /* gpu_kvcache.c: into the current slot */
+            KR__TRYL("rope + kv store", kr__gkv_rope_store(g, s, l, pos, true, NULL, err));
+        } else {
+            KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim,
+                                (int)hp->n_rot, pos, 0, hp->rope_base, hp->rope_freq_scale, NULL, true, err));
+            KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err));
+        }
         KR__TRYL(kr__gkv_splits(g) > 1 ? "attention (split + combine)" : "attention",
                  kr__gkv_attention(g, s, l, pos, 0, scale, err));
         if (kr__gkv_splits(g) > 1)
@@ -1289,9 +1293,13 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && (st = kr__l2_prefetch(g, s, L, err)) != KR_OK)
             return st;
         if (!(skip & KR__SKIP_ATTN)) {
-        KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot,
-                            pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
-        KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err)); /* gpu_kvcache.c: the current slot */
+        if (kr__gkv_fused_rope(g)) { /* gpu_kvcache.c: into the current slot */
+            KR__TRYL("rope + kv store", kr__gkv_rope_store(g, s, l, pos, neox, g->freq_factors, err));
+        } else {
+            KR__TRY(kr_dec_rope(d, s, g->q, (int)hp->n_head, g->k, (int)hp->n_head_kv, (int)hp->head_dim,
+                                (int)hp->n_rot, pos, 0, hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
+            KR__TRYL("kv_append", kr__gkv_store(g, s, l, pos, err));
+        }
         KR__TRYL(kr__gkv_splits(g) > 1 ? "attention (split + combine)" : "attention",
                  kr__gkv_attention(g, s, l, pos, (int)hp->sliding_window, scale, err));
         if (kr__gkv_splits(g) > 1)

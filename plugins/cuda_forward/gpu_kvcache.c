@@ -79,6 +79,8 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
     kv->full = p->kv_full;
     kv->n_keep = p->n_keep;
     kv->use_new = use_new;
+    const char *fr = getenv("KR_GKV_FUSED_ROPE");
+    kv->fused_rope = use_new && !(fr && strcmp(fr, "0") == 0);
     kv->n_split = 1;
 #if KR__GKV_NEW_KERNELS
     if (use_new) {
@@ -232,6 +234,23 @@ kr_status kr__gkv_store(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32
 #endif
     return kr_dec_kv_append(g->dec, s, g->k, g->v, L->k_cache, L->v_cache, (int)g->kv->pl.kv_dim, (int)g->n_ctx, pos,
                             0, err);
+}
+
+bool kr__gkv_fused_rope(const kr_gpu_forward *g) { return g->kv->fused_rope; }
+
+kr_status kr__gkv_rope_store(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
+                             const float *freq_factors, kr_err *err)
+{
+#if KR__GKV_NEW_KERNELS
+    const kr_hparams *hp = &g->hp;
+    kr_dec_kv_view v;
+    kr__view(g, l, &v);
+    return kr_dec_kv_store_rope(g->dec, s, g->q, (int)hp->n_head, g->k, g->v, 1, &v, (int)hp->head_dim,
+                                (int)hp->n_rot, pos, 0, hp->rope_base, hp->rope_freq_scale, freq_factors, neox, err);
+#else
+    (void)s, (void)l, (void)pos, (void)neox, (void)freq_factors;
+    return kr_err_set(err, KR_ERR_INTERNAL, "gpu_kvcache: fused rope + store without the new kernels");
+#endif
 }
 
 kr_status kr__gkv_attention(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, int window, float scale,

@@ -29,6 +29,7 @@ typedef struct kr__gkv {
     kr_graph **graphs;             /* (n_seq) captured step of each other slot; the current slot's is g->graph */
     kr_function *fn_shift;         /* kv_shift.cu, compiled on first shift */
     bool use_new;                  /* kr_dec_kv_store / kr_dec_attention_kv (else the old f16 kernels) */
+    bool fused_rope;               /* use_new and kr_dec_kv_store_rope */
     int n_split;                   /* split count of kr_dec_attention_kv */
     kr_buffer *scratch_buf;        /* its split partials (n_split > 1) */
 } kr__gkv;
@@ -68,6 +69,12 @@ kr_status kr__gkv_store(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, cons
 kr_status kr__gkv_attention(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, int window,
                             float scale, kr_err *err);
 int kr__gkv_splits(const struct kr_gpu_forward *g);
+/* True when the step should use kr__gkv_rope_store (one launch: q rotated in
+ * place, k rotated into the cache, v stored; the new kernels, unless
+ * KR_GKV_FUSED_ROPE=0) instead of kr_dec_rope + kr__gkv_store. */
+bool kr__gkv_fused_rope(const struct kr_gpu_forward *g);
+kr_status kr__gkv_rope_store(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
+                             const float *freq_factors, kr_err *err);
 /* Before an eval of n tokens at *pos: automatic context shift (kv_full
  * SHIFT, *pos == n_past, full: *pos becomes the new n_past), the CPU path's
  * "context full" message, the ring's rewind check. */

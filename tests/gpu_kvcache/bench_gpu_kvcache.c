@@ -3,7 +3,7 @@
  *   bench-gpu-kvcache -m MODEL [--kv-types f16,q8_0] [--pos 512,2048] [-n 32] [--seqs 4]
  *
  * A type may carry the kernel set, "f16:old" / "f16:new" (KR_GKV_KERNELS for
- * that instance, gpu_kvcache.h).
+ * that instance, gpu_kvcache.h) / "f16:newsep" (new, without the fused rope).
  *
  * Per cache type: one kr_gpu_forward with n_ctx = max pos + n; for each
  * position P: recompute = one eval of the P-token prefix from position 0 (what
@@ -156,12 +156,16 @@ int main(int argc, char **argv)
         gp.kv_type = types[ti];
         gp.n_seq = (uint32_t)seqs;
         kr_gpu_forward *g = NULL;
+        bool sep = strcmp(kern[ti], "newsep") == 0; /* new kernels, rope not fused into the store */
         if (kern[ti][0])
-            setenv("KR_GKV_KERNELS", kern[ti], 1);
+            setenv("KR_GKV_KERNELS", sep ? "new" : kern[ti], 1);
         else
             unsetenv("KR_GKV_KERNELS");
+        if (sep)
+            setenv("KR_GKV_FUSED_ROPE", "0", 1);
         st = kr_gpu_forward_new(m, be, &gp, &g, &e);
         unsetenv("KR_GKV_KERNELS");
+        unsetenv("KR_GKV_FUSED_ROPE");
         if (st != KR_OK) {
             printf("%-8s unavailable: %s\n", names[ti], kr_err_msg(&e, st));
             continue;

@@ -72,10 +72,10 @@ if [ "$part" = bench ]; then
   # f16 on the old kernels (default) vs kr_dec_attention_kv (f16:new, q8_0); q8_0's prefix runs token by
   # token (the batched prefill takes f16 only), so its recompute column is not the batched one
   echo "-- bench-gpu-kvcache 7B q4_0: positions 512 and 2048, 32 tokens, 4 sequences" >>"$LOG"
-  timeout 25 "$B" -m "$f" --kv-types f16:old,f16:new,q8_0 --pos 512,2048 -n 32 --seqs 4 >>"$LOG" 2>&1
+  timeout 27 "$B" -m "$f" --kv-types f16:old,f16:new,f16:newsep,q8_0 --pos 512,2048 -n 32 --seqs 4 >>"$LOG" 2>&1
   echo "rc=$?" >>"$LOG"
   echo "-- bench-gpu-kvcache 7B q4_0: f16 old vs new kernels at 8192" >>"$LOG"
-  timeout 14 "$B" -m "$f" --kv-types f16:old,f16:new --pos 8192 -n 32 --seqs 1 >>"$LOG" 2>&1
+  timeout 12 "$B" -m "$f" --kv-types f16:old,f16:new --pos 8192 -n 32 --seqs 1 >>"$LOG" 2>&1
   echo "rc=$?" >>"$LOG"
   exit 0
 fi
