@@ -506,6 +506,18 @@ Test(gpu_kvcache, graph_replay_across_slots)
     kr_gpu_forward_stats gs;
     kr_gpu_forward_get_stats(g, &gs);
     cr_expect(gs.graph, "the graph instance did not replay a graph (failed: %d)", (int)gs.graph_failed);
+    /* a step variant change drops every slot's capture: the sequences go on, recaptured */
+    cr_assert_eq(kr_gpu_forward_set_tuning(g, "pdl=0", &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_gpu_forward_set_tuning(e[0], "pdl=0", &err), KR_OK, "%s", err.msg);
+    for (int s = 0; s < S; s++) {
+        cr_assert_eq(kr_gpu_forward_seq_use(g, s, &err), KR_OK, "%s", err.msg);
+        cr_assert_eq(kr_gpu_forward_eval(g, &tok[s][N - 1], 1, N - 1, a, &err), KR_OK, "%s", err.msg);
+        cr_assert_eq(kr_gpu_forward_eval(e[0], &tok[s][N - 1], 1, N - 1, r, &err), KR_OK, "%s", err.msg);
+        if (s == 0) { /* e[0] holds sequence 0's cache */
+            double d = nmse_ff(a, r, nv);
+            cr_expect_leq(d, 1e-12, "after set_tuning: NMSE %.3g", d);
+        }
+    }
     cr_log_info("graph replay across %d slots: worst NMSE vs eager %.3g", S, worst);
     free(a);
     free(r);

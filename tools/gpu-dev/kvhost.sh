@@ -46,7 +46,7 @@ if [ "$part" = test ]; then
     # the CLI on the CUDA backend (stories260K, tiny context so the shift happens)
     KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
     M=${KR_TESTDATA:-../shared/testdata}/models/stories260K-f32.gguf
-    for args in "--kv-type f16" "--kv-type q8_0" "--ctx-shift --keep 4 -c 48" "--kv-type q8_0 --ctx-shift --keep 4 -c 48" "-c 48" "--backend cpu --ctx-shift --keep 4 -c 48"; do
+    for args in "--kv-type f16" "--kv-type q8_0" "--ctx-shift --keep 4 -c 48" "--kv-type q8_0 --ctx-shift --keep 4 -c 48" "-c 48" "--backend cpu --ctx-shift --keep 4 -c 48" "--kv-type f32"; do
       echo "-- kernrun generate --backend cuda $args -n 96 --temp 0"
       # shellcheck disable=SC2086
       timeout 20 "$KR" --log-level info generate -m "$M" --backend cuda $args -n 96 --temp 0 -p "Once upon a time" \
