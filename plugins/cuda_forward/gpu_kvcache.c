@@ -311,10 +311,10 @@ kr_status kr_gpu_forward_seq_use(kr_gpu_forward *g, int32_t seq_id, kr_err *err)
     return KR_OK;
 }
 
-int32_t kr_gpu_forward_seq_current(const kr_gpu_forward *g) { return g->kv->sl.seq[g->kv->sl.cur].id; }
+int32_t kr_gpu_forward_seq_current(const kr_gpu_forward *g) { return g ? g->kv->sl.seq[g->kv->sl.cur].id : -1; }
 bool kr_gpu_forward_seq_cached(const kr_gpu_forward *g, int32_t seq_id)
 {
-    return kr_kv_slots_find(&g->kv->sl, seq_id) >= 0;
+    return g && kr_kv_slots_find(&g->kv->sl, seq_id) >= 0;
 }
 
 kr_status kr_gpu_forward_seq_pin(kr_gpu_forward *g, int32_t seq_id, bool pinned, kr_err *err)

@@ -94,7 +94,7 @@ kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n
  * (logged); KR_ERR_LIMIT when every slot holds a pinned sequence (the current
  * one stays). Each slot gets its own captured step graph. */
 kr_status kr_gpu_forward_seq_use(kr_gpu_forward *g, int32_t seq_id, kr_err *err);
-int32_t kr_gpu_forward_seq_current(const kr_gpu_forward *g);   /* 0 after creation */
+int32_t kr_gpu_forward_seq_current(const kr_gpu_forward *g);   /* 0 after creation (-1 for NULL) */
 bool kr_gpu_forward_seq_cached(const kr_gpu_forward *g, int32_t seq_id);
 /* Pinned sequences are never evicted. KR_ERR_NOT_FOUND if not cached. */
 kr_status kr_gpu_forward_seq_pin(kr_gpu_forward *g, int32_t seq_id, bool pinned, kr_err *err);
