@@ -22,6 +22,10 @@
 #ifndef KR_KVA_CP
 #define KR_KVA_CP 0        // 1: F16 tiles arrive by cp.async into two stages (KR_KVA_TILE <= 4096)
 #endif
+#ifndef KR_KVA_FC
+#define KR_KVA_FC 0        // 1: the last block of each head group merges the splits (no combine launch)
+#endif
+#define KR_KVA_FC_MAX 512  // most splits the fused combine takes ((RB x n_split) weights in shared memory)
 #define KR_KVA_RB 8        // query heads per block at most (one KV group, or part of one)
 #ifndef KR_KVA_TILE
 #define KR_KVA_TILE 8192   // positions x head_dim per shared-memory tile (<= 8192)
@@ -286,7 +290,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     if (p < 0 || len > rows) {
         for (int i = tid; i < nr * D; i += NT) {
             const int h = h0 + i / D, d = i - (i / D) * D;
-            if (n_split == 1)
+            if (n_split == 1 || KR_KVA_FC)
                 out[(kr_i64)h * D + d] = kr_qnan();
             else
                 part[((kr_i64)h * n_split + split) * (D + 2) + d] = kr_qnan();
@@ -538,6 +542,59 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
             }
         }
     }
+#if KR_KVA_FC
+    // Fused combine: the last block of this head group to finish merges all splits.
+    // Counter per blockIdx.x after the partials; zero before the first launch, left zero.
+    if (n_split > 1) {
+        __shared__ int last_s;
+        __shared__ float L_s[KR_KVA_RB];
+        unsigned *cnt = (unsigned *)(part + (kr_i64)n_head * n_split * (D + 2)) + blockIdx.x;
+        __threadfence(); // this block's partials are visible before the count says so
+        __syncthreads();
+        if (tid == 0)
+            last_s = atomicAdd(cnt, 1u) == (unsigned)(n_split - 1);
+        __syncthreads();
+        if (last_s) {
+            __threadfence();
+            float *w = (float *)sm; // (nr, n_split) weights; n_split <= KR_KVA_FC_MAX
+            for (int i = tid; i < nr * n_split; i += NT) {
+                const int r = i / n_split, sp = i - r * n_split;
+                w[i] = __ldcg(part + ((kr_i64)(h0 + r) * n_split + sp) * (D + 2) + D);
+            }
+            __syncthreads();
+            for (int r = warp; r < nr; r += NT / 32) {
+                float mx = kr_neg_inf();
+                for (int sp = lane; sp < n_split; sp += 32)
+                    mx = fmaxf(mx, w[r * n_split + sp]);
+                mx = kr_warp_max(mx);
+                float lsum = 0.0f;
+                for (int sp = lane; sp < n_split; sp += 32) {
+                    const float ms = w[r * n_split + sp];
+                    const float wt = ms == kr_neg_inf() ? 0.0f : expf(ms - mx);
+                    w[r * n_split + sp] = wt;
+                    lsum += wt * __ldcg(part + ((kr_i64)(h0 + r) * n_split + sp) * (D + 2) + D + 1);
+                }
+                lsum = kr_warp_sum(lsum);
+                if (lane == 0)
+                    L_s[r] = lsum;
+            }
+            __syncthreads();
+            for (int i = tid; i < nr * D; i += NT) {
+                const int r = i / D, d = i - r * D;
+                const float *ph = part + (kr_i64)(h0 + r) * n_split * (D + 2) + d;
+                float a = 0.0f;
+                for (int sp = 0; sp < n_split; sp++) {
+                    const float wt = w[r * n_split + sp];
+                    if (wt != 0.0f)
+                        a += wt * __ldcg(ph + (kr_i64)sp * (D + 2));
+                }
+                out[(kr_i64)(h0 + r) * D + d] = a / L_s[r];
+            }
+            if (tid == 0)
+                *cnt = 0u;
+        }
+    }
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS)

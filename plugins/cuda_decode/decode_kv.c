@@ -13,34 +13,38 @@
 #define KR__KVA_MAX_HEAD_DIM 256
 #define KR__KVA_RB 8         /* = KR_KVA_RB in the kernel */
 #define KR__KVA_MAX_SPLIT 1024 /* = the combine kernel's shared array */
+#define KR__KVA_FC_MAX 512     /* = KR_KVA_FC_MAX: most splits of a fused-combine variant */
 
 /* Attention variants: X(index, name, threads per block, tile elements, cp.async
- * (F16 only; Q8_0 uses the register path)). Each has its own static records
- * (the backend caches functions by record address). */
-#define KR__KVA_VARIANTS(X)       \
-    X(0, "t128", 128, 8192, 0)    \
-    X(1, "t256", 256, 8192, 0)    \
-    X(2, "t128s", 128, 4096, 0)   \
-    X(3, "cp128", 128, 4096, 1)   \
-    X(4, "cp256", 256, 4096, 1)
+ * (F16 only; Q8_0 uses the register path), fused combine). Each has its own
+ * static records (the backend caches functions by record address). */
+#define KR__KVA_VARIANTS(X)           \
+    X(0, "t128", 128, 8192, 0, 0)     \
+    X(1, "t256", 256, 8192, 0, 0)     \
+    X(2, "t128s", 128, 4096, 0, 0)    \
+    X(3, "cp128", 128, 4096, 1, 0)    \
+    X(4, "cp256", 256, 4096, 1, 0)    \
+    X(5, "t128fc", 128, 8192, 0, 1)   \
+    X(6, "cp256fc", 256, 4096, 1, 1)
 
-#define KR__KVA_DEF(i, nm, nt, tile, cp)                                                                      \
-    static const char *const kr__kva_opts_##i[3] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
-                                                    "-DKR_KVA_CP=" #cp};                                       \
+#define KR__KVA_DEF(i, nm, nt, tile, cp, fc)                                                                  \
+    static const char *const kr__kva_opts_##i[4] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
+                                                    "-DKR_KVA_CP=" #cp, "-DKR_KVA_FC=" #fc};                   \
     static const kr_kernel_source kr__kva_src_##i[2] = {                                                       \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 3},                                  \
+         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 4},                                  \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 3}};
+         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 4}};
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
 static const struct {
     const char *name;
     int threads;
+    int fused;                   /* the attention kernel merges the splits itself (no combine launch) */
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__kva_variants[] = {
-#define KR__KVA_ROW(i, nm, nt, tile, cp) {.name = nm, .threads = nt, .src = kr__kva_src_##i},
+#define KR__KVA_ROW(i, nm, nt, tile, cp, fc) {.name = nm, .threads = nt, .fused = fc, .src = kr__kva_src_##i},
     KR__KVA_VARIANTS(KR__KVA_ROW)
 #undef KR__KVA_ROW
 };
@@ -165,11 +169,24 @@ kr_status kr_dec_kv_store_rope(kr_dec *d, kr_stream *s, float *q, int n_head, co
                         freq_scale, freq_factors, neox, err);
 }
 
+/* scratch: partials (n_head, n_split, head_dim + 2) fp32, then n_head 32-bit counters */
 size_t kr_dec_attention_kv_scratch_floats(int n_head, int head_dim, int n_split)
 {
     if (n_head <= 0 || head_dim <= 0 || n_split <= 1)
         return 0;
-    return (size_t)n_head * (size_t)n_split * ((size_t)head_dim + 2);
+    return (size_t)n_head * (size_t)n_split * ((size_t)head_dim + 2) + (size_t)n_head;
+}
+
+kr_status kr_dec_attention_kv_scratch_init(kr_dec *d, kr_stream *s, float *scratch, int n_head, int head_dim,
+                                           int n_split, kr_err *err)
+{
+    const size_t n = kr_dec_attention_kv_scratch_floats(n_head, head_dim, n_split);
+    if (n == 0)
+        return KR_OK;
+    if (!scratch)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "attention_kv scratch_init: NULL scratch");
+    float *cnt = scratch + (n - (size_t)n_head);
+    return kr_backend_memset(kr_dec_backend(d), cnt, 0, (size_t)n_head * 4, s, err);
 }
 
 int kr_dec_attention_kv_default_splits(const kr_device_info *dev, int n_head, int n_head_kv, int head_dim, int n_ctx)
@@ -211,6 +228,9 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                                 "<= %d), kv_dim %d, n_split %d (1..%d))",
                                 n_head, n_head_kv, head_dim, KR__KVA_MAX_HEAD_DIM, view->kv_dim, n_split,
                                 KR__KVA_MAX_SPLIT);
+    if (kr__kva_variants[variant].fused && n_split > KR__KVA_FC_MAX)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "attention_kv: variant %s takes at most %d splits (have %d)",
+                                kr__kva_variants[variant].name, KR__KVA_FC_MAX, n_split);
     if (!q || !out || (n_split > 1 && !scratch) || ((uintptr_t)q & 15) != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                                 "attention_kv: q (16-byte aligned) and out are required, and scratch when n_split %d > 1",
@@ -226,7 +246,7 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                     &part, &n_head, &n_head_kv, &head_dim, &pos, &pos_imm, &window, &scale,  &n_split};
     const kr_kernel_source *src = &kr__kva_variants[variant].src[view->type == KR_DTYPE_Q8_0 ? 1 : 0];
     st = kr__kv_launch(d, src, gx, (uint32_t)n_split, (uint32_t)kr__kva_variants[variant].threads, s, args, err);
-    if (st != KR_OK || n_split == 1)
+    if (st != KR_OK || n_split == 1 || kr__kva_variants[variant].fused)
         return st;
     const float *cpart = scratch;
     void *cargs[] = {&cpart, &out, &head_dim, &n_split, &pos, &pos_imm, &window, &rows};

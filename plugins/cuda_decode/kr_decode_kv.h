@@ -74,12 +74,19 @@ kr_status kr_dec_kv_store_rope(kr_dec *d, kr_stream *s, float *q, int n_head, co
  * When the visible span does not fit the cache (p + 1 - j0 > rows) or p < 0 the
  * outputs are NaN. n_split (1..1024) splits the positions into chunks handled
  * by separate blocks; n_split > 1 needs `scratch` of
- * kr_dec_attention_kv_scratch_floats() floats (device) and adds a combine
- * launch. kr_dec_attention_kv_default_splits() picks a split count. */
+ * kr_dec_attention_kv_scratch_floats() floats (device), initialised once with
+ * kr_dec_attention_kv_scratch_init(), and adds a combine launch (none for the
+ * fused-combine variants). kr_dec_attention_kv_default_splits() picks a split
+ * count. */
 kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_dec_kv_view *view, float *out,
                               int n_head, int n_head_kv, int head_dim, const int32_t *pos, int32_t pos_imm,
                               int window, float scale, int n_split, float *scratch, kr_err *err);
 size_t kr_dec_attention_kv_scratch_floats(int n_head, int head_dim, int n_split);
+/* Zero the scratch's split counters (enqueued on s). Call once after allocating
+ * the scratch, before its first use: the fused-combine variants count finished
+ * splits there (and leave the counters zero); harmless for the others. */
+kr_status kr_dec_attention_kv_scratch_init(kr_dec *d, kr_stream *s, float *scratch, int n_head, int head_dim,
+                                           int n_split, kr_err *err);
 /* Split count for a cache of up to n_ctx visible positions on device dev
  * (NULL: 132 SMs): enough blocks to fill the GPU, chunks of >= 32 positions. */
 int kr_dec_attention_kv_default_splits(const kr_device_info *dev, int n_head, int n_head_kv, int head_dim,

@@ -185,6 +185,7 @@ static void gpu_attn(gpu *g, const attn_case *c, int v, const uint8_t *kc, const
     int32_t *dsl = kr_test_dupload(g->be, &sl, 4, &bsl);
     size_t nscr = kr_dec_attention_kv_scratch_floats(c->n_head, c->hd, c->n_split);
     float *dscr = nscr ? kr_test_dpoisoned(g->be, nscr, &bs) : NULL;
+    CHECK_OK(kr_dec_attention_kv_scratch_init(g->dec, NULL, dscr, c->n_head, c->hd, c->n_split, errp));
     kr_dec_kv_view view = {.k = dk, .v = dv, .type = c->type, .rows = c->rows, .kv_dim = c->n_kv * c->hd,
                            .row_bytes = rb};
     if (n_slot > 1) {
@@ -350,30 +351,36 @@ Test(kv_attn, attention_invalid_position_is_nan)
     float *scr = kr_test_dalloc(g.be, kr_dec_attention_kv_scratch_floats(n_head, hd, 3) * 4, &bs);
     kr_err err;
     kr_err_clear(&err);
+    CHECK_OK(kr_dec_attention_kv_scratch_init(g.dec, NULL, scr, n_head, hd, 3, errp));
     cr_assert_eq(kr_backend_memset(g.be, dk, 0, rows * rb, NULL, &err), KR_OK);
     cr_assert_eq(kr_backend_memset(g.be, dq, 0, (size_t)n_head * hd * 4, NULL, &err), KR_OK);
     kr_dec_kv_view view = {.k = dk, .v = dk, .type = KR_DTYPE_F16, .rows = rows, .kv_dim = n_head * hd, .row_bytes = rb};
     const int bad_pos[] = {-1, rows, 100};
-    for (int split = 1; split <= 3; split += 2) {
-        for (size_t i = 0; i < sizeof bad_pos / sizeof bad_pos[0]; i++) {
-            cr_assert_eq(kr_backend_memset(g.be, dout, 0, (size_t)n_head * hd * 4, NULL, &err), KR_OK);
-            CHECK_OK(kr_dec_attention_kv(g.dec, NULL, dq, &view, dout, n_head, n_head, hd, NULL, bad_pos[i], 0, 1.0f,
-                                         split, scr, errp));
+    for (int v = 0; kr_dec_attention_kv_variant_name(v); v++) {
+        for (int split = 1; split <= 3; split += 2) {
+            for (size_t i = 0; i < sizeof bad_pos / sizeof bad_pos[0]; i++) {
+                cr_assert_eq(kr_backend_memset(g.be, dout, 0, (size_t)n_head * hd * 4, NULL, &err), KR_OK);
+                CHECK_OK(kr_dec_attention_kv_variant(g.dec, NULL, v, dq, &view, dout, n_head, n_head, hd, NULL,
+                                                     bad_pos[i], 0, 1.0f, split, scr, errp));
+                float out[256];
+                kr_test_download(g.be, out, dout, sizeof out);
+                int nan = 0;
+                for (int j = 0; j < n_head * hd; j++)
+                    nan += isnan(out[j]) != 0;
+                cr_expect_eq(nan, n_head * hd, "%s pos %d split %d: %d of %d outputs NaN",
+                             kr_dec_attention_kv_variant_name(v), bad_pos[i], split, nan, n_head * hd);
+            }
+            /* the same position with a window that fits is valid */
+            CHECK_OK(kr_dec_attention_kv_variant(g.dec, NULL, v, dq, &view, dout, n_head, n_head, hd, NULL, 100, rows,
+                                                 1.0f, split, scr, errp));
             float out[256];
             kr_test_download(g.be, out, dout, sizeof out);
-            int nan = 0;
+            int nz = 0;
             for (int j = 0; j < n_head * hd; j++)
-                nan += isnan(out[j]) != 0;
-            cr_expect_eq(nan, n_head * hd, "pos %d split %d: %d of %d outputs NaN", bad_pos[i], split, nan,
-                         n_head * hd);
+                nz += out[j] != 0.0f;
+            cr_expect_eq(nz, 0, "%s pos 100 window %d split %d: %d outputs not 0 (zero cache)",
+                         kr_dec_attention_kv_variant_name(v), rows, split, nz);
         }
-        /* the same position with a window that fits is valid */
-        CHECK_OK(kr_dec_attention_kv(g.dec, NULL, dq, &view, dout, n_head, n_head, hd, NULL, 100, rows, 1.0f, split,
-                                     scr, errp));
-        float out[256];
-        kr_test_download(g.be, out, dout, sizeof out);
-        for (int j = 0; j < n_head * hd; j++)
-            cr_expect(out[j] == 0.0f, "pos 100 window %d: out[%d] = %g (zero cache: 0)", rows, j, (double)out[j]);
     }
     kr_backend_free(g.be, bk);
     kr_backend_free(g.be, bq);
@@ -637,6 +644,7 @@ Test(kv_attn, store_then_attention, .timeout = 300)
         uint8_t *dkc = kr_test_dalloc(g.be, cb, &bkc), *dvc = kr_test_dalloc(g.be, cb, &bvc);
         float *dout = kr_test_dpoisoned(g.be, (size_t)n_head * hd, &bo);
         float *scr = kr_test_dpoisoned(g.be, kr_dec_attention_kv_scratch_floats(n_head, hd, 4), &bs);
+        CHECK_OK(kr_dec_attention_kv_scratch_init(g.dec, NULL, scr, n_head, hd, 4, errp));
         kr_dec_kv_view view = {.k = dkc, .v = dvc, .type = t, .rows = rows, .kv_dim = kv_dim, .row_bytes = rb};
         /* 40 tokens in two calls (20 + 20; the second wraps the ring) */
         CHECK_OK(kr_dec_kv_store(g.dec, NULL, dk, dv, 20, &view, NULL, pos0, errp));
@@ -727,7 +735,7 @@ Test(kv_attn_host, row_bytes_and_view_checks)
     v.rows = 0;
     cr_expect_eq(kr_dec_kv_check_view(&v, &err), KR_ERR_INVALID_ARG);
     cr_expect_eq(kr_dec_attention_kv_scratch_floats(32, 128, 1), 0);
-    cr_expect_eq(kr_dec_attention_kv_scratch_floats(32, 128, 4), 32 * 4 * 130);
+    cr_expect_eq(kr_dec_attention_kv_scratch_floats(32, 128, 4), 32 * 4 * 130 + 32);
     kr_device_info dev = {.sm_count = 132};
     for (int ctx = 1; ctx <= 65536; ctx *= 4) {
         int s = kr_dec_attention_kv_default_splits(&dev, 32, 8, 128, ctx);
