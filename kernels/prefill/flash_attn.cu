@@ -58,44 +58,56 @@ typedef long long kr_fa_i64;
 #define KR_FA_SMEM_Q (KR_FA_BM * KR_FA_LDS)
 #define KR_FA_SMEM (KR_FA_SMEM_KV > KR_FA_SMEM_Q ? KR_FA_SMEM_KV : KR_FA_SMEM_Q)
 
-__device__ __forceinline__ float kr_fa_neg_inf() { return __int_as_float(0xff800000); }
+// tests/gpu_prefill/test_flash_emu.c compiles this file as C with
+// KR_FA_HOST_EMU defined and supplies the device pieces (threads, barriers,
+// shuffles, the mma, fp16 conversions, vector types), to check the kernel's
+// fragment bookkeeping, masks and online softmax on the CPU.
+#ifndef KR_FA_HOST_EMU
+#define KR_FA_KERNEL extern "C" __global__ void __launch_bounds__(KR_FA_THREADS)
+#define KR_FA_SHARED __shared__ __align__(16)
+#define KR_FA_UNROLL _Pragma("unroll")
+#define KR_FA_INL __device__ __forceinline__
 
-__device__ __forceinline__ kr_fa_u16 kr_fa_f2h(float f)
+KR_FA_INL float kr_fa_neg_inf() { return __int_as_float(0xff800000); }
+
+KR_FA_INL kr_fa_u16 kr_fa_f2h(float f)
 {
     kr_fa_u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
 
-__device__ __forceinline__ float kr_fa_h2f(kr_fa_u16 h)
+KR_FA_INL float kr_fa_h2f(kr_fa_u16 h)
 {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
 
-__device__ __forceinline__ kr_fa_u32 kr_fa_pack(float lo, float hi)
-{
-    return (kr_fa_u32)kr_fa_f2h(lo) | ((kr_fa_u32)kr_fa_f2h(hi) << 16);
-}
-
-__device__ __forceinline__ void kr_fa_mma(float c[4], const kr_fa_u32 a[4], kr_fa_u32 b0, kr_fa_u32 b1)
+KR_FA_INL void kr_fa_mma(float c[4], const kr_fa_u32 a[4], kr_fa_u32 b0, kr_fa_u32 b1)
 {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
-extern "C" __global__ void __launch_bounds__(KR_FA_THREADS)
+KR_FA_INL kr_fa_u32 kr_fa_pack(float lo, float hi)
+{
+    return (kr_fa_u32)kr_fa_f2h(lo) | ((kr_fa_u32)kr_fa_f2h(hi) << 16);
+}
+
+KR_FA_KERNEL
 kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigned char *__restrict__ kc,
                   const unsigned char *__restrict__ vc, long long row_bytes, int rows, float *__restrict__ out,
                   long long o_stride, int n, int pos0, int n_head, int n_head_kv, int window, float scale_log2,
                   int kv_dim)
 {
-    __shared__ __align__(16) kr_fa_u16 sm[KR_FA_SMEM];
+    KR_FA_SHARED kr_fa_u16 sm[KR_FA_SMEM];
     kr_fa_u16 *sk = sm, *sv = sm + KR_FA_BN * KR_FA_LDS;
     const int G = n_head / n_head_kv;
+    (void)kv_dim; // used by the Q8_0 variant
     const int g = blockIdx.y;
     const int n_rows = n * G;
     const int r0 = blockIdx.x * KR_FA_BM;
@@ -117,13 +129,13 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
     kr_fa_u32 qa[KR_FA_KC][4];
     {
         const kr_fa_u16 *base = sm + (warp * 16) * KR_FA_LDS;
-#pragma unroll
-        for (int kc = 0; kc < KR_FA_KC; kc++) {
-            const int c = kc * 16 + 2 * lt;
-            qa[kc][0] = *(const kr_fa_u32 *)(base + lg * KR_FA_LDS + c);
-            qa[kc][1] = *(const kr_fa_u32 *)(base + (lg + 8) * KR_FA_LDS + c);
-            qa[kc][2] = *(const kr_fa_u32 *)(base + lg * KR_FA_LDS + c + 8);
-            qa[kc][3] = *(const kr_fa_u32 *)(base + (lg + 8) * KR_FA_LDS + c + 8);
+KR_FA_UNROLL
+        for (int kq = 0; kq < KR_FA_KC; kq++) {
+            const int c = kq * 16 + 2 * lt;
+            qa[kq][0] = *(const kr_fa_u32 *)(base + lg * KR_FA_LDS + c);
+            qa[kq][1] = *(const kr_fa_u32 *)(base + (lg + 8) * KR_FA_LDS + c);
+            qa[kq][2] = *(const kr_fa_u32 *)(base + lg * KR_FA_LDS + c + 8);
+            qa[kq][3] = *(const kr_fa_u32 *)(base + (lg + 8) * KR_FA_LDS + c + 8);
         }
     }
 
@@ -144,7 +156,7 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
     const int w_lo = window > 0 ? max(0, pos0 + w_t_lo - window + 1) : 0;
 
     float o[KR_FA_OT][4];
-#pragma unroll
+KR_FA_UNROLL
     for (int j = 0; j < KR_FA_OT; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float ma = kr_fa_neg_inf(), mb = kr_fa_neg_inf(), la = 0.f, lb = 0.f; // running max (log2 units) and partial sums
@@ -158,14 +170,14 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
             uint4 xk = make_uint4(0, 0, 0, 0), xv = make_uint4(0, 0, 0, 0);
             if (j <= kv_hi) {
 #if KR_FA_Q8
-                const kr_fa_i64 rb = (kr_fa_i64)(j % rows) * row_bytes;
-                const uint2 qk = *(const uint2 *)(kg + rb + c), qv = *(const uint2 *)(vg + rb + c);
+                const kr_fa_i64 roff = (kr_fa_i64)(j % rows) * row_bytes;
+                const uint2 qk = *(const uint2 *)(kg + roff + c), qv = *(const uint2 *)(vg + roff + c);
                 const int sb = kv_dim + ((g * KR_FA_D + c) >> 5) * 2; // scale of these 8 (one 32-block)
-                const float dk = kr_fa_h2f(*(const kr_fa_u16 *)(kc + rb + sb));
-                const float dv = kr_fa_h2f(*(const kr_fa_u16 *)(vc + rb + sb));
+                const float dk = kr_fa_h2f(*(const kr_fa_u16 *)(kc + roff + sb));
+                const float dv = kr_fa_h2f(*(const kr_fa_u16 *)(vc + roff + sb));
                 const unsigned int wk[2] = {qk.x, qk.y}, wv[2] = {qv.x, qv.y};
                 kr_fa_u32 hk[4], hv[4];
-#pragma unroll
+KR_FA_UNROLL
                 for (int e = 0; e < 4; e++) {
                     const unsigned int ak = wk[e >> 1] >> (16 * (e & 1)), av = wv[e >> 1] >> (16 * (e & 1));
                     hk[e] = kr_fa_pack(dk * (float)(signed char)(ak & 0xff), dk * (float)(signed char)((ak >> 8) & 0xff));
@@ -188,22 +200,22 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
 
         // S = Q K^T (16 x BN per warp)
         float s[KR_FA_NT][4];
-#pragma unroll
+KR_FA_UNROLL
         for (int nt = 0; nt < KR_FA_NT; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
             const kr_fa_u16 *kr = sk + (nt * 8 + lg) * KR_FA_LDS + 2 * lt;
-#pragma unroll
-            for (int kc = 0; kc < KR_FA_KC; kc++) {
-                const kr_fa_u32 b0 = *(const kr_fa_u32 *)(kr + kc * 16);
-                const kr_fa_u32 b1 = *(const kr_fa_u32 *)(kr + kc * 16 + 8);
-                kr_fa_mma(s[nt], qa[kc], b0, b1);
+KR_FA_UNROLL
+            for (int kq = 0; kq < KR_FA_KC; kq++) {
+                const kr_fa_u32 b0 = *(const kr_fa_u32 *)(kr + kq * 16);
+                const kr_fa_u32 b1 = *(const kr_fa_u32 *)(kr + kq * 16 + 8);
+                kr_fa_mma(s[nt], qa[kq], b0, b1);
             }
         }
         // mask + scale; row max
         float mxa = kr_fa_neg_inf(), mxb = kr_fa_neg_inf();
-#pragma unroll
+KR_FA_UNROLL
         for (int nt = 0; nt < KR_FA_NT; nt++) {
-#pragma unroll
+KR_FA_UNROLL
             for (int e = 0; e < 2; e++) {
                 const int j = j0 + nt * 8 + 2 * lt + e;
                 float va = s[nt][e] * scale_log2, vb = s[nt][2 + e] * scale_log2;
@@ -227,7 +239,7 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
         mb = mnb;
         la *= ca;
         lb *= cb;
-#pragma unroll
+KR_FA_UNROLL
         for (int j = 0; j < KR_FA_OT; j++) {
             o[j][0] *= ca;
             o[j][1] *= ca;
@@ -235,11 +247,11 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
             o[j][3] *= cb;
         }
         // P = exp2(S - m) as A fragments (fp16), then O += P V
-#pragma unroll
+KR_FA_UNROLL
         for (int kk = 0; kk < KR_FA_BN / 16; kk++) {
             kr_fa_u32 pa4[4];
             float p[8];
-#pragma unroll
+KR_FA_UNROLL
             for (int h2 = 0; h2 < 2; h2++) {
                 const int nt = 2 * kk + h2;
                 p[4 * h2 + 0] = exp2f(s[nt][0] - ba);
@@ -254,7 +266,7 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
             pa4[2] = kr_fa_pack(p[4], p[5]); // row lg, keys 16kk + 8 + 2lt
             pa4[3] = kr_fa_pack(p[6], p[7]); // row lg+8
             const kr_fa_u16 *v0 = sv + (kk * 16 + 2 * lt) * KR_FA_LDS + lg;
-#pragma unroll
+KR_FA_UNROLL
             for (int ot = 0; ot < KR_FA_OT; ot++) {
                 const kr_fa_u16 *vp = v0 + ot * 8;
                 const kr_fa_u32 b0 = (kr_fa_u32)vp[0] | ((kr_fa_u32)vp[KR_FA_LDS] << 16);
@@ -272,13 +284,13 @@ kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigne
     const float ia = 1.f / la, ib = 1.f / lb;
     if (ra < n_rows) {
         float *dst = out + (kr_fa_i64)(ra / G) * o_stride + (kr_fa_i64)(g * G + ra % G) * KR_FA_D + 2 * lt;
-#pragma unroll
+KR_FA_UNROLL
         for (int ot = 0; ot < KR_FA_OT; ot++)
             *(float2 *)(dst + ot * 8) = make_float2(o[ot][0] * ia, o[ot][1] * ia);
     }
     if (rb < n_rows) {
         float *dst = out + (kr_fa_i64)(rb / G) * o_stride + (kr_fa_i64)(g * G + rb % G) * KR_FA_D + 2 * lt;
-#pragma unroll
+KR_FA_UNROLL
         for (int ot = 0; ot < KR_FA_OT; ot++)
             *(float2 *)(dst + ot * 8) = make_float2(o[ot][2] * ib, o[ot][3] * ib);
     }
