@@ -36,10 +36,10 @@ if [ "$part" = test ]; then
   san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
   ( timeout 50 "$T" -j1 --verbose=1 >"$tmp/a.txt" 2>&1; echo "rc=$?" >>"$tmp/a.txt" ) &
   if [ -n "$san" ]; then
-    ( timeout 50 "$san" --tool memcheck --error-exitcode 9 "$T" -j1 \
+    ( timeout 50 "$san" --tool memcheck --error-exitcode 9 --target-processes all "$T" -j1 \
         --filter 'kv_attn/@(store_f16|store_q8_0|store_then_attention|attention_invalid_position_is_nan)' \
         >"$tmp/m.txt" 2>&1; echo "rc=$?" >>"$tmp/m.txt" ) &
-    ( timeout 50 "$san" --tool racecheck --error-exitcode 9 "$T" -j1 \
+    ( timeout 50 "$san" --tool racecheck --error-exitcode 9 --target-processes all "$T" -j1 \
         --filter 'kv_attn/@(store_then_attention|attention_invalid_position_is_nan)' \
         >"$tmp/r.txt" 2>&1; echo "rc=$?" >>"$tmp/r.txt" ) &
   fi
