@@ -62,6 +62,11 @@ typedef long long kr_mm_i64;
 #define KR_MM_T_Q4_1 3
 #define KR_MM_T_Q8_0 8
 #define KR_MM_T_Q4_K 12
+// The decode path's repacked layout (kernels/forward/matvec_repacked.cu): quants of
+// row n, block b at W + n*ldw + b*QSZ (QSZ 16 for Q4_0, 32 for Q8_0; ldw = nb*QSZ),
+// fp16 scale at S + n*lds + 2*b (lds = 2*nb, a multiple of 16: nb % 8 == 0).
+#define KR_MM_T_Q4_0R 102
+#define KR_MM_T_Q8_0R 108
 
 #ifndef KR_MM_BN
 #define KR_MM_BN 128
@@ -196,7 +201,8 @@ KR_MM_KERNEL(256)
 
 // Issue the cp.async copies of K step ks (32 values) into stage st.
 __device__ __forceinline__ void kr_mm_load(kr_mm_u8 *st, const kr_mm_u16 *__restrict__ A, kr_mm_i64 lda,
-                                           const kr_mm_u8 *__restrict__ W, kr_mm_i64 ldw, int M, int N, int m0,
+                                           const kr_mm_u8 *__restrict__ W, kr_mm_i64 ldw,
+                                           const kr_mm_u8 *__restrict__ S, kr_mm_i64 lds, int M, int N, int m0,
                                            int n0, int ks, int tid)
 {
     const kr_mm_u32 sa = kr_mm_saddr(st);
@@ -224,6 +230,14 @@ KR_MM_UNROLL
         if (idx >= KR_MM_BN * 3)
             break;
         const bool ok = n0 + r < N;
+#if KR_MM_WT == KR_MM_T_Q4_0R || KR_MM_WT == KR_MM_T_Q8_0R
+        // quants (1 or 2 chunks), then the 16-byte chunk holding the block's scale
+        const int nq = KR_MM_WT == KR_MM_T_Q4_0R ? 1 : 2;
+        const kr_mm_u8 *src = c < nq ? W + (kr_mm_i64)(n0 + r) * ldw + (kr_mm_i64)ks * (16 * nq) + 16 * c
+                                     : S + (kr_mm_i64)(n0 + r) * lds + (((kr_mm_i64)ks * 2) & ~(kr_mm_i64)15);
+        if (c <= nq)
+            kr_mm_cp16(sw + r * KR_MM_RAW + 16 * c, ok ? src : W, ok ? 16 : 0);
+#else
         const kr_mm_u8 *row = W + (kr_mm_i64)(n0 < N ? n0 + (ok ? r : 0) : 0) * ldw;
         kr_mm_i64 off;
         bool used = true;
@@ -240,6 +254,7 @@ KR_MM_UNROLL
 #endif
         if (used)
             kr_mm_cp16(sw + r * KR_MM_RAW + 16 * c, ok ? row + off : W, ok ? 16 : 0);
+#endif
     }
 #endif
 }
@@ -271,22 +286,24 @@ KR_MM_UNROLL
     const int g = lane >> 2, t = lane & 3;
 #endif
 #if KR_MM_WT == KR_MM_T_F16
-#elif KR_MM_WT == KR_MM_T_Q4_0 || KR_MM_WT == KR_MM_T_Q4_1
-    // qs byte i: value i (low nibble), value 16 + i (high nibble).
+#elif KR_MM_WT == KR_MM_T_Q4_0 || KR_MM_WT == KR_MM_T_Q4_1 || KR_MM_WT == KR_MM_T_Q4_0R
+    // qs byte i: value i (low nibble), value 16 + i (high nibble); d at doff, quants at qoff
 #if KR_MM_WT == KR_MM_T_Q4_0
-    const int mis = (int)(((kr_mm_i64)ks * 18) & 15), qoff = 2;
+    const int mis = (int)(((kr_mm_i64)ks * 18) & 15), qoff = 2, doff = 0;
+#elif KR_MM_WT == KR_MM_T_Q4_1
+    const int mis = (int)(((kr_mm_i64)ks * 20) & 15), qoff = 4, doff = 0;
 #else
-    const int mis = (int)(((kr_mm_i64)ks * 20) & 15), qoff = 4;
+    const int mis = 0, qoff = 0, doff = 16 + 2 * (ks & 7);
 #endif
 KR_MM_UNROLL
     for (int j = 0; j < KR_MM_NT; j++) {
         const kr_mm_u8 *b = Ws + (wn + 8 * j + g) * KR_MM_RAW + mis;
         const kr_mm_u32 v0 = kr_mm_ld_u16(b + qoff + 2 * t), v1 = kr_mm_ld_u16(b + qoff + 8 + 2 * t);
-        const kr_mm_u32 dh = kr_mm_ld_u16(b);
+        const kr_mm_u32 dh = kr_mm_ld_u16(b + doff);
         // nibbles of bytes (lo byte, hi byte) -> (lo half, hi half) as 1024 + q
         const kr_mm_u32 l0 = (v0 & 0xfu) | ((v0 << 8) & 0xf0000u), h0 = ((v0 >> 4) & 0xfu) | ((v0 << 4) & 0xf0000u);
         const kr_mm_u32 l1 = (v1 & 0xfu) | ((v1 << 8) & 0xf0000u), h1 = ((v1 >> 4) & 0xfu) | ((v1 << 4) & 0xf0000u);
-#if KR_MM_WT == KR_MM_T_Q4_0
+#if KR_MM_WT != KR_MM_T_Q4_1
         const kr_mm_u32 d2 = dh | (dh << 16), bias = 0x64086408u; // 1032 = 1024 + 8
         bf[0][j][0] = kr_mm_hmul2(kr_mm_hsub2(l0 | 0x64006400u, bias), d2);
         bf[0][j][1] = kr_mm_hmul2(kr_mm_hsub2(l1 | 0x64006400u, bias), d2);
@@ -300,19 +317,23 @@ KR_MM_UNROLL
         bf[1][j][1] = kr_mm_pack(fmaf(d, (float)(h1 & 0xf), m), fmaf(d, (float)(h1 >> 16), m));
 #endif
     }
-#elif KR_MM_WT == KR_MM_T_Q8_0
-    const int mis = (int)(((kr_mm_i64)ks * 34) & 15);
+#elif KR_MM_WT == KR_MM_T_Q8_0 || KR_MM_WT == KR_MM_T_Q8_0R
+#if KR_MM_WT == KR_MM_T_Q8_0
+    const int mis = (int)(((kr_mm_i64)ks * 34) & 15), qoff = 2, doff = 0;
+#else
+    const int mis = 0, qoff = 0, doff = 32 + 2 * (ks & 7);
+#endif
 KR_MM_UNROLL
     for (int j = 0; j < KR_MM_NT; j++) {
         const kr_mm_u8 *b = Ws + (wn + 8 * j + g) * KR_MM_RAW + mis;
-        const kr_mm_u32 dh = kr_mm_ld_u16(b);
+        const kr_mm_u32 dh = kr_mm_ld_u16(b + doff);
         const kr_mm_u32 d2 = dh | (dh << 16), bias = 0x64806480u; // 1152 = 1024 + 128
 KR_MM_UNROLL
         for (int h = 0; h < 2; h++) {
 KR_MM_UNROLL
             for (int e = 0; e < 2; e++) {
                 // int8 pair (biased to unsigned) -> (1024 + q + 128) halves
-                const kr_mm_u32 v = kr_mm_ld_u16(b + 2 + 16 * h + 8 * e + 2 * t) ^ 0x8080u;
+                const kr_mm_u32 v = kr_mm_ld_u16(b + qoff + 16 * h + 8 * e + 2 * t) ^ 0x8080u;
                 bf[h][j][e] = kr_mm_hmul2(kr_mm_hsub2(kr_mm_prmt(v, 0x64u, 0x4140u), bias), d2);
             }
         }
@@ -345,7 +366,8 @@ KR_MM_UNROLL
 
 KR_MM_KERNEL(KR_MM_THREADS)
     kr_mm_gemm(const kr_mm_u16 *__restrict__ A, kr_mm_i64 lda, const kr_mm_u8 *__restrict__ W, kr_mm_i64 ldw,
-               float *__restrict__ C, kr_mm_i64 ldc, int M, int N, int K, int k_split)
+               const kr_mm_u8 *__restrict__ S, kr_mm_i64 lds, float *__restrict__ C, kr_mm_i64 ldc, int M, int N,
+               int K, int k_split)
 {
     __shared__ __align__(128) kr_mm_u8 sm[KR_MM_ST * KR_MM_STAGE];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -366,7 +388,7 @@ KR_MM_UNROLL
 KR_MM_UNROLL
     for (int s = 0; s < KR_MM_ST - 1; s++) {
         if (s < nsteps)
-            kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, M, N, m0, n0, ks0 + s, tid);
+            kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + s, tid);
         kr_mm_commit();
     }
     int rd = 0, wr = KR_MM_ST - 1; // stage read this step, stage written this step
@@ -374,7 +396,7 @@ KR_MM_UNROLL
         KR_MM_WAIT(KR_MM_ST - 2);
         __syncthreads(); // step i landed for all threads; stage wr no longer read
         if (i + KR_MM_ST - 1 < nsteps)
-            kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, M, N, m0, n0, ks0 + i + KR_MM_ST - 1, tid);
+            kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + i + KR_MM_ST - 1, tid);
         kr_mm_commit();
 
         const kr_mm_u8 *st = sm + rd * KR_MM_STAGE;

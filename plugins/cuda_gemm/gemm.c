@@ -32,6 +32,10 @@ KR__MM_OPTS(kr__opts_mm_q4_0_64, 2, 64, 4)
 KR__MM_OPTS(kr__opts_mm_q4_1_64, 3, 64, 4)
 KR__MM_OPTS(kr__opts_mm_q8_0_64, 8, 64, 4)
 KR__MM_OPTS(kr__opts_mm_q4_k_64, 12, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q4_0r_128, 102, 128, 3)
+KR__MM_OPTS(kr__opts_mm_q8_0r_128, 108, 128, 3)
+KR__MM_OPTS(kr__opts_mm_q4_0r_64, 102, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q8_0r_64, 108, 64, 4)
 KR__MM_OPTS(kr__opts_mm_cvt, 0, 128, 3)
 #undef KR__MM_OPTS
 /* 8 warps (2 x 4, warp tile 64 x 32) on 128 x 128 tiles */
@@ -42,6 +46,8 @@ KR__MM_OPTS8(kr__opts_mm_q4_0_w8, 2)
 KR__MM_OPTS8(kr__opts_mm_q4_1_w8, 3)
 KR__MM_OPTS8(kr__opts_mm_q8_0_w8, 8)
 KR__MM_OPTS8(kr__opts_mm_q4_k_w8, 12)
+KR__MM_OPTS8(kr__opts_mm_q4_0r_w8, 102)
+KR__MM_OPTS8(kr__opts_mm_q8_0r_w8, 108)
 #undef KR__MM_OPTS8
 /* 128 x 256 tiles, 8 warps of 64 x 64: F16 K steps of 16, 4 stages; block types 2 stages */
 static const char *const kr__opts_mm_f16_big[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128", "-DKR_MM_ST=4",
@@ -53,6 +59,8 @@ KR__MM_OPTSB(kr__opts_mm_q4_0_big, 2)
 KR__MM_OPTSB(kr__opts_mm_q4_1_big, 3)
 KR__MM_OPTSB(kr__opts_mm_q8_0_big, 8)
 KR__MM_OPTSB(kr__opts_mm_q4_k_big, 12)
+KR__MM_OPTSB(kr__opts_mm_q4_0r_big, 102)
+KR__MM_OPTSB(kr__opts_mm_q8_0r_big, 108)
 #undef KR__MM_OPTSB
 
 #define KR__GM_FN_MAP(X)                                 \
@@ -89,6 +97,14 @@ KR__MM_OPTSB(kr__opts_mm_q4_k_big, 12)
     X(MM_Q4_1_BIG, "kr_mm_gemm", kr__opts_mm_q4_1_big, 128, 256, 256)                           \
     X(MM_Q8_0_BIG, "kr_mm_gemm", kr__opts_mm_q8_0_big, 128, 256, 256)                           \
     X(MM_Q4_K_BIG, "kr_mm_gemm", kr__opts_mm_q4_k_big, 128, 256, 256)                           \
+    X(MM_Q4_0R_128, "kr_mm_gemm", kr__opts_mm_q4_0r_128, 128, 128, 128)                         \
+    X(MM_Q8_0R_128, "kr_mm_gemm", kr__opts_mm_q8_0r_128, 128, 128, 128)                         \
+    X(MM_Q4_0R_64, "kr_mm_gemm", kr__opts_mm_q4_0r_64, 64, 128, 128)                            \
+    X(MM_Q8_0R_64, "kr_mm_gemm", kr__opts_mm_q8_0r_64, 64, 128, 128)                            \
+    X(MM_Q4_0R_W8, "kr_mm_gemm", kr__opts_mm_q4_0r_w8, 128, 256, 128)                           \
+    X(MM_Q8_0R_W8, "kr_mm_gemm", kr__opts_mm_q8_0r_w8, 128, 256, 128)                           \
+    X(MM_Q4_0R_BIG, "kr_mm_gemm", kr__opts_mm_q4_0r_big, 128, 256, 256)                         \
+    X(MM_Q8_0R_BIG, "kr_mm_gemm", kr__opts_mm_q8_0r_big, 128, 256, 256)                         \
     X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256, 128)
 
 typedef enum kr__gm_fn {
@@ -245,8 +261,18 @@ bool kr_gemm_mma_supports(kr_dtype t)
     return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 || t == KR_DTYPE_Q4_K;
 }
 
-static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8, bool big)
+static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8, bool big, bool repacked)
 {
+    if (repacked) {
+        bool q8 = t == KR_DTYPE_Q8_0;
+        if (big)
+            return q8 ? KR__GM_MM_Q8_0R_BIG : KR__GM_MM_Q4_0R_BIG;
+        if (w8)
+            return q8 ? KR__GM_MM_Q8_0R_W8 : KR__GM_MM_Q4_0R_W8;
+        if (small)
+            return q8 ? KR__GM_MM_Q8_0R_64 : KR__GM_MM_Q4_0R_64;
+        return q8 ? KR__GM_MM_Q8_0R_128 : KR__GM_MM_Q4_0R_128;
+    }
     if (big) {
         switch (t) {
         case KR_DTYPE_F16: return KR__GM_MM_F16_BIG;
@@ -317,9 +343,10 @@ out:
 }
 
 /* a32 (fp32, lda floats) or a16 (fp16, lda halves): exactly one is non-NULL. */
+/* sc != NULL: W in the repacked layout (kr_gemm_run_repacked; w = qs, w_stride = nb * quant bytes). */
 static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
-                            size_t w_stride, const float *a32, const uint16_t *a16, size_t lda, float *c, size_t ldc,
-                            int64_t m, int64_t n, int64_t k, kr_err *err)
+                            size_t w_stride, const void *sc, const float *a32, const uint16_t *a16, size_t lda,
+                            float *c, size_t ldc, int64_t m, int64_t n, int64_t k, kr_err *err)
 {
     if (!g)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL kr_gemm");
@@ -343,7 +370,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w, a,
                           (void *)c);
     /* k <= INT32_MAX, so row bytes <= 2^31/32*128 = 2^33: no overflow in 64 bits */
-    uint64_t row_bytes = (uint64_t)(k / blk) * blk_bytes;
+    uint64_t row_bytes = (uint64_t)(k / blk) * (sc ? blk_bytes - 2 : blk_bytes); /* repacked: quants only */
     if (w_stride < row_bytes || w_stride % align != 0 || (uintptr_t)w % align != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                           "cuda_gemm: %s weight stride %zu (row of %lld needs >= %llu bytes) or address %p not "
@@ -365,7 +392,19 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     const bool mma_var = variant >= KR_GEMM_MMA128;
     const bool w_aligned = (uintptr_t)w % 16 == 0 && w_stride % 16 == 0;
     bool use_mma = false;
-    if (a16) {
+    if (sc) {
+        if (wtype != KR_DTYPE_Q4_0 && wtype != KR_DTYPE_Q8_0)
+            return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: repacked weights must be Q4_0 or Q8_0, not %s",
+                              tn);
+        if (k % 256 != 0 || (uintptr_t)sc % 16 != 0)
+            return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                              "cuda_gemm: repacked weights need k %% 256 == 0 (k %lld) and 16-byte aligned scales (%p)",
+                              (long long)k, sc);
+        if (variant == KR_GEMM_TC128 || variant == KR_GEMM_TC64)
+            return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: repacked weights need an MMA variant or AUTO, "
+                                                       "not %d", (int)variant);
+        use_mma = true;
+    } else if (a16) {
         if (!kr_gemm_mma_supports(wtype))
             return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: fp16 A needs a type with an MMA kernel (F16, "
                                                        "Q4_0, Q4_1, Q8_0, Q4_K), not %s", tn);
@@ -427,7 +466,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
             v = KR_GEMM_MMA128;
     }
     kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8,
-                               v == KR_GEMM_MMA256 || v == KR_GEMM_MMA256_K2);
+                               v == KR_GEMM_MMA256 || v == KR_GEMM_MMA256_K2, sc != NULL);
     int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, kr__gm_bn[id]);
     if (gy > 65535)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
@@ -466,8 +505,10 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
             return kr_err_prefix_local(err, st, "cuda_gemm: zeroing C for split-K");
     }
     long long lda_k = (long long)ldh, ldw_k = (long long)w_stride, ldc_k = (long long)ldc;
+    long long lds_k = sc ? (long long)(k / 32 * 2) : 0;
+    const void *sp = sc ? sc : w;
     int m_k = (int)m, n_k = (int)n, k_k = (int)k, ks_k = (int)k_split;
-    void *args[] = {&ah, &lda_k, &w, &ldw_k, &c, &ldc_k, &m_k, &n_k, &k_k, &ks_k};
+    void *args[] = {&ah, &lda_k, &w, &ldw_k, &sp, &lds_k, &c, &ldc_k, &m_k, &n_k, &k_k, &ks_k};
     const uint32_t grid[3] = {(uint32_t)gx, (uint32_t)gy, (uint32_t)splits};
     return kr__gm_launch(g, s, id, grid, kr__gm_threads[id], args, tn, err);
 }
@@ -479,7 +520,7 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
     if (!a)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w,
                                 (const void *)a, (void *)c);
-    return kr__gm_run(g, s, variant, wtype, w, w_stride, a, NULL, lda, c, ldc, m, n, k, err);
+    return kr__gm_run(g, s, variant, wtype, w, w_stride, NULL, a, NULL, lda, c, ldc, m, n, k, err);
 }
 
 kr_status kr_gemm_run_f16a(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
@@ -489,5 +530,22 @@ kr_status kr_gemm_run_f16a(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr
     if (!a)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: NULL operand (w %p, a %p, c %p)", w,
                                 (const void *)a, (void *)c);
-    return kr__gm_run(g, s, variant, wtype, w, w_stride, NULL, a, lda, c, ldc, m, n, k, err);
+    return kr__gm_run(g, s, variant, wtype, w, w_stride, NULL, NULL, a, lda, c, ldc, m, n, k, err);
+}
+
+kr_status kr_gemm_run_repacked(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *qs,
+                               const void *sc, const float *a, const uint16_t *a16, size_t lda, float *c, size_t ldc,
+                               int64_t m, int64_t n, int64_t k, kr_err *err)
+{
+    if (!qs || !sc || (!a) == (!a16))
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "cuda_gemm: repacked: need qs (%p), sc (%p) and exactly one of a (%p), a16 (%p)", qs,
+                                sc, (const void *)a, (const void *)a16);
+    if (wtype != KR_DTYPE_Q4_0 && wtype != KR_DTYPE_Q8_0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: repacked weights must be Q4_0 or Q8_0, not type %d",
+                                (int)wtype);
+    if (k < 32 || k > INT32_MAX)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld out of range", (long long)k);
+    size_t qsz = wtype == KR_DTYPE_Q8_0 ? 32 : 16;
+    return kr__gm_run(g, s, variant, wtype, qs, (size_t)(k / 32) * qsz, sc, a, a16, lda, c, ldc, m, n, k, err);
 }

@@ -80,6 +80,15 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
 kr_status kr_gemm_run_f16a(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
                            size_t w_stride, const uint16_t *a, size_t lda, float *c, size_t ldc, int64_t m,
                            int64_t n, int64_t k, kr_err *err);
+/* As kr_gemm_run / kr_gemm_run_f16a (exactly one of a, a16 non-NULL; lda in its
+ * elements) with W (n, k) in the decode path's repacked layout
+ * (kernels/forward/matvec_repacked.cu): qs = (n * nb) blocks of 16 (Q4_0) or 32
+ * (Q8_0) quant bytes, row-major; sc = (n * nb) fp16 block scales, row-major;
+ * nb = k / 32. wtype Q4_0 or Q8_0; k % 256 == 0; qs and sc 16-byte aligned;
+ * MMA variants or AUTO. A row slice r0.. is qs + r0*nb*(16|32), sc + r0*nb*2. */
+kr_status kr_gemm_run_repacked(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *qs,
+                               const void *sc, const float *a, const uint16_t *a16, size_t lda, float *c, size_t ldc,
+                               int64_t m, int64_t n, int64_t k, kr_err *err);
 /* True when t has a pipelined (MMA) kernel. */
 bool kr_gemm_mma_supports(kr_dtype t);
 

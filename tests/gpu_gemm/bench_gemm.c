@@ -14,11 +14,13 @@
  * Usage: bench-gemm [M N K [iters]]        one shape
  * Environment:
  *   KR_BENCH_SHAPES   "MxNxK,MxNxK,..." instead of the arguments
- *   KR_BENCH_TYPES    "F16 Q4_0 Q8_0 Q4_1 Q4_K Q6_K" (default all)
+ *   KR_BENCH_TYPES    "F16 Q4_0 Q8_0 Q4_1 Q4_K Q6_K Q4_0R Q8_0R" (default all;
+ *                     ...R: the decode path's repacked layout, kr_gemm_run_repacked)
  *   KR_BENCH_VARIANTS "auto tc128 tc64 mma128 mma64 mma128k2 mma128w8 mma256 mma256k2" and
  *                     with an "h" prefix (hauto, hmma128, ...) for fp16 A
  *                     (kr_gemm_run_f16a); default all of them
  *   KR_BENCH_SIMT=0   skip the SIMT baseline (speedups then not printed)
+ *   KR_BENCH_NMSE=0   skip the NMSE check (saves the copy of C per row)
  * Weights: 256 distinct random rows (per-row scale), repeated over N (fast setup
  * for 32000-row shapes; the data is still N*K distinct bytes to stream).
  * Prints "speedup ... (>= 5x: yes|no)" for the F16 best of the first shape.
@@ -66,11 +68,15 @@ typedef struct bench_ctx {
     int64_t m, n, k;
     int iters;
     void *a, *ah, *c; /* device (m, k) fp32, (m, k) fp16, (m, n) fp32 */
+    const void *sc;   /* repacked weights: the scales; NULL otherwise */
 } bench_ctx;
 
 static kr_status run_one(bench_ctx *b, kr_gemm_variant v, bool f16a, kr_dtype t, const void *w, size_t ws,
                          kr_err *err)
 {
+    if (b->sc)
+        return kr_gemm_run_repacked(b->g, NULL, v, t, w, b->sc, f16a ? NULL : b->a, f16a ? b->ah : NULL,
+                                    (size_t)b->k, b->c, (size_t)b->n, b->m, b->n, b->k, err);
     if (f16a)
         return kr_gemm_run_f16a(b->g, NULL, v, t, w, ws, b->ah, (size_t)b->k, b->c, (size_t)b->n, b->m, b->n, b->k,
                                 err);
@@ -100,8 +106,11 @@ fail:
     return -1;
 }
 
-/* Rows of wf (UNIQUE_ROWS, k) quantized to type t, repeated over n rows, uploaded. */
-static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, int64_t n, int64_t k, size_t *stride)
+/* Rows of wf (UNIQUE_ROWS, k) quantized to type t, repeated over n rows, uploaded.
+ * repacked (Q4_0/Q8_0): rewritten as [quants row-major | fp16 scales row-major]
+ * (kr_gemm_run_repacked); *stride is then the quant bytes per row. */
+static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, int64_t n, int64_t k, size_t *stride,
+                                 bool repacked)
 {
     uint64_t rb = 0;
     if (kr_quant_row_size(t, (uint64_t)k, &rb, NULL) != KR_OK)
@@ -117,6 +126,23 @@ static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, in
         kr_quantize_row(t, wf + r * k, h + r * rb, (size_t)k);
     for (int64_t r = UNIQUE_ROWS; r < n; r++)
         memcpy(h + r * rb, h + (r % UNIQUE_ROWS) * rb, rb);
+    if (repacked) {
+        const size_t nb = (size_t)k / 32, qsz = t == KR_DTYPE_Q8_0 ? 32 : 16;
+        uint8_t *rp = malloc((size_t)n * rb);
+        if (!rp) {
+            free(h);
+            return NULL;
+        }
+        for (int64_t r = 0; r < n; r++)
+            for (size_t b = 0; b < nb; b++) {
+                const uint8_t *blk = h + r * rb + b * (qsz + 2);
+                memcpy(rp + (size_t)n * nb * qsz + ((size_t)r * nb + b) * 2, blk, 2);
+                memcpy(rp + ((size_t)r * nb + b) * qsz, blk + 2, qsz);
+            }
+        free(h);
+        h = rp;
+        *stride = nb * qsz;
+    }
     if (kr_backend_alloc(be, (size_t)n * rb, &d, &err) != KR_OK ||
         kr_backend_h2d(be, d->ptr, h, (size_t)n * rb, NULL, &err) != KR_OK) {
         fprintf(stderr, "bench-gemm: upload: %s\n", err.msg);
@@ -130,8 +156,10 @@ static kr_buffer *upload_weights(kr_backend *be, kr_dtype t, const float *wf, in
 static const struct {
     const char *name;
     kr_dtype t;
-} k_types[] = {{"F16", KR_DTYPE_F16},   {"Q4_0", KR_DTYPE_Q4_0}, {"Q8_0", KR_DTYPE_Q8_0},
-               {"Q4_1", KR_DTYPE_Q4_1}, {"Q4_K", KR_DTYPE_Q4_K}, {"Q6_K", KR_DTYPE_Q6_K}};
+    bool repacked;
+} k_types[] = {{"F16", KR_DTYPE_F16, false},   {"Q4_0", KR_DTYPE_Q4_0, false}, {"Q8_0", KR_DTYPE_Q8_0, false},
+               {"Q4_1", KR_DTYPE_Q4_1, false}, {"Q4_K", KR_DTYPE_Q4_K, false}, {"Q6_K", KR_DTYPE_Q6_K, false},
+               {"Q4_0R", KR_DTYPE_Q4_0, true}, {"Q8_0R", KR_DTYPE_Q8_0, true}};
 #define N_TYPES (sizeof k_types / sizeof k_types[0])
 
 static const struct {
@@ -209,12 +237,13 @@ static int bench_shape(bench_ctx *b, double peak, double *best_f16, double *simt
            flops * 1e-9, b->iters);
 
     *simt_tf = 0;
+    b->sc = NULL;
     double simt_ms = 0;
     bool have_ref = false;
     const char *se = getenv("KR_BENCH_SIMT");
     if (!se || strcmp(se, "0") != 0) {
         size_t ws = 0;
-        dw = upload_weights(b->be, KR_DTYPE_F32, wf, n, k, &ws);
+        dw = upload_weights(b->be, KR_DTYPE_F32, wf, n, k, &ws, false);
         if (!dw)
             goto out;
         simt_ms = time_gemm(b, KR_GEMM_AUTO, false, KR_DTYPE_F32, dw->ptr, ws);
@@ -230,16 +259,20 @@ static int bench_shape(bench_ctx *b, double peak, double *best_f16, double *simt
     }
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         kr_dtype t = k_types[ti].t;
-        if (!listed("KR_BENCH_TYPES", k_types[ti].name) || k % (int64_t)kr_quant_block_size(t) != 0)
+        const bool rp = k_types[ti].repacked;
+        if (!listed("KR_BENCH_TYPES", k_types[ti].name) || k % (int64_t)kr_quant_block_size(t) != 0 ||
+            (rp && k % 256 != 0))
             continue;
         size_t ws = 0;
-        dw = upload_weights(b->be, t, wf, n, k, &ws);
+        dw = upload_weights(b->be, t, wf, n, k, &ws, rp);
+        b->sc = rp ? (const uint8_t *)dw->ptr + (size_t)n * ws : NULL;
         if (!dw)
             goto out;
         for (size_t vi = 0; vi < N_VARS; vi++) {
             if (!listed("KR_BENCH_VARIANTS", k_vars[vi].name))
                 continue;
-            if (k_vars[vi].f16a && !kr_gemm_mma_supports(t))
+            if ((k_vars[vi].f16a && !kr_gemm_mma_supports(t)) ||
+                (rp && (k_vars[vi].v == KR_GEMM_TC128 || k_vars[vi].v == KR_GEMM_TC64)))
                 continue;
             if (kr_backend_memset(b->be, b->c, 0xFF, nc * sizeof(float), NULL, &err) != KR_OK)
                 goto out_err;
@@ -256,7 +289,8 @@ static int bench_shape(bench_ctx *b, double peak, double *best_f16, double *simt
                 printf("  %5.2fx simt", simt_ms / ms);
             if (peak > 0)
                 printf("  %5.1f%% peak", 100.0 * tf / peak);
-            if (have_ref) {
+            const char *ne = getenv("KR_BENCH_NMSE");
+            if (have_ref && !(ne && strcmp(ne, "0") == 0)) {
                 if (kr_backend_d2h(b->be, c2, b->c, nc * sizeof(float), NULL, &err) != KR_OK)
                     goto out_err;
                 double num = 0, den = 0;
@@ -272,6 +306,7 @@ static int bench_shape(bench_ctx *b, double peak, double *best_f16, double *simt
         }
         kr_backend_free(b->be, dw);
         dw = NULL;
+        b->sc = NULL;
     }
     rc = 0;
     goto out;

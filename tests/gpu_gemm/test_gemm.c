@@ -292,6 +292,118 @@ static void run_type(kr_dtype wt)
     kr_backend_destroy(be);
 }
 
+/* Repacked Q4_0 / Q8_0 (kr_gemm_run_repacked): GGML blocks from kr_quantize_row
+ * rewritten on the host as [quants row-major | fp16 scales row-major]; fp32 and
+ * fp16 A; the reference from kr_dequantize_row of the GGML bytes. */
+static void run_repacked(kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n, int64_t k, bool f16a, size_t ldc_pad)
+{
+    kr_backend *be = gpu_open();
+    kr_gemm *g = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
+    const size_t qsz = wt == KR_DTYPE_Q8_0 ? 32 : 16, nb = (size_t)k / 32, lda = (size_t)k + 8, ldc = (size_t)n + ldc_pad;
+    uint64_t rb = 0;
+    cr_assert_eq(kr_quant_row_size(wt, (uint64_t)k, &rb, NULL), KR_OK);
+    float *wf = malloc((size_t)k * sizeof *wf), *wd = malloc((size_t)n * k * sizeof *wd);
+    uint8_t *blk = malloc((size_t)rb), *rp = malloc((size_t)n * nb * (qsz + 2));
+    float *a = malloc((size_t)m * lda * sizeof *a), *c = malloc((size_t)m * ldc * sizeof *c);
+    uint16_t *ah = malloc((size_t)m * lda * sizeof *ah);
+    double *ref = malloc((size_t)m * n * sizeof *ref);
+    cr_assert(wf && wd && blk && rp && a && c && ah && ref);
+    uint8_t *qs = rp, *sc = rp + (size_t)n * nb * qsz;
+    for (int64_t r = 0; r < n; r++) {
+        float s = rng_f(0.25f, 2.0f);
+        for (int64_t i = 0; i < k; i++)
+            wf[i] = s * rng_f(-1.0f, 1.0f);
+        cr_assert_eq(kr_quantize_row(wt, wf, blk, (size_t)k), KR_OK);
+        cr_assert_eq(kr_dequantize_row(wt, blk, wd + r * k, (size_t)k), KR_OK);
+        for (size_t b = 0; b < nb; b++) {
+            memcpy(sc + ((size_t)r * nb + b) * 2, blk + b * (qsz + 2), 2);
+            memcpy(qs + ((size_t)r * nb + b) * qsz, blk + b * (qsz + 2) + 2, qsz);
+        }
+    }
+    for (size_t i = 0; i < (size_t)m * lda; i++) {
+        a[i] = rng_f(-2.0f, 2.0f);
+        ah[i] = kr_fp32_to_fp16(a[i]);
+    }
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0;
+            for (int64_t q = 0; q < k; q++)
+                acc += (double)fp16_round(a[i * lda + q]) * fp16_round(wd[j * k + q]);
+            ref[i * n + j] = acc;
+        }
+    kr_buffer *dw = NULL, *da = NULL, *dc = NULL;
+    const size_t wbytes = (size_t)n * nb * (qsz + 2), abytes = (size_t)m * lda * (f16a ? 2 : 4);
+    cr_assert_eq(kr_backend_alloc(be, wbytes, &dw, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_alloc(be, abytes, &da, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_alloc(be, (size_t)m * ldc * sizeof(float), &dc, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_h2d(be, dw->ptr, rp, wbytes, NULL, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_h2d(be, da->ptr, f16a ? (const void *)ah : (const void *)a, abytes, NULL, &err), KR_OK,
+                 "%s", err.msg);
+    cr_assert_eq(kr_backend_memset(be, dc->ptr, 0xFF, (size_t)m * ldc * sizeof(float), NULL, &err), KR_OK, "%s",
+                 err.msg);
+    const uint8_t *dqs = dw->ptr, *dsc = dqs + (size_t)n * nb * qsz;
+    kr_status st = kr_gemm_run_repacked(g, NULL, var, wt, dqs, dsc, f16a ? NULL : da->ptr,
+                                        f16a ? (const uint16_t *)da->ptr : NULL, lda, dc->ptr, ldc, m, n, k, &err);
+    cr_assert_eq(st, KR_OK, "kr_gemm_run_repacked: %s", err.msg);
+    cr_assert_eq(kr_backend_sync(be, NULL, &err), KR_OK, "%s", err.msg);
+    cr_assert_eq(kr_backend_d2h(be, c, dc->ptr, (size_t)m * ldc * sizeof(float), NULL, &err), KR_OK, "%s", err.msg);
+    double num = 0, den = 0;
+    size_t bad = 0, oob = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (size_t j = 0; j < ldc; j++) {
+            const float *p = &c[(size_t)i * ldc + j];
+            if ((int64_t)j >= n) {
+                oob += !poisoned(p);
+                continue;
+            }
+            if (!isfinite(*p)) {
+                bad++;
+                continue;
+            }
+            double e = *p - ref[i * n + j];
+            num += e * e;
+            den += ref[i * n + j] * ref[i * n + j];
+        }
+    double nmse = den > 0 ? num / den : num;
+    cr_expect_eq(bad, 0, "repacked %d variant %d m %lld n %lld k %lld f16a %d: %zu outputs not finite (seed %llu)",
+                 (int)wt, (int)var, (long long)m, (long long)n, (long long)k, (int)f16a, bad,
+                 (unsigned long long)g_seed);
+    cr_expect_eq(oob, 0, "repacked: %zu writes into the ldc padding", oob);
+    cr_expect_leq(nmse, 1e-6, "repacked %d variant %d m %lld n %lld k %lld f16a %d: NMSE vs fp16-input reference %g "
+                  "(seed %llu)", (int)wt, (int)var, (long long)m, (long long)n, (long long)k, (int)f16a, nmse,
+                  (unsigned long long)g_seed);
+    kr_backend_free(be, dw);
+    kr_backend_free(be, da);
+    kr_backend_free(be, dc);
+    free(wf);
+    free(wd);
+    free(blk);
+    free(rp);
+    free(a);
+    free(c);
+    free(ah);
+    free(ref);
+    kr_gemm_free(g);
+    kr_backend_destroy(be);
+}
+
+static void run_repacked_type(kr_dtype wt)
+{
+    const kr_gemm_variant vars[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128, KR_GEMM_MMA64,    KR_GEMM_MMA128_K2,
+                                    KR_GEMM_MMA128_W8, KR_GEMM_MMA256, KR_GEMM_MMA256_K2};
+    for (size_t v = 0; v < sizeof vars / sizeof vars[0]; v++) {
+        run_repacked(wt, vars[v], 129, 257, 512, false, 3);
+        run_repacked(wt, vars[v], 7, 5, 256, true, 0);
+        if (!quick())
+            run_repacked(wt, vars[v], 300, 130, 1024, v % 2 == 0, 0);
+    }
+}
+
+Test(gpu_gemm, q4_0_repacked) { run_repacked_type(KR_DTYPE_Q4_0); }
+Test(gpu_gemm, q8_0_repacked) { run_repacked_type(KR_DTYPE_Q8_0); }
 Test(gpu_gemm, f16) { run_type(KR_DTYPE_F16); }
 Test(gpu_gemm, q4_0) { run_type(KR_DTYPE_Q4_0); }
 Test(gpu_gemm, q4_1) { run_type(KR_DTYPE_Q4_1); }
@@ -392,6 +504,24 @@ Test(gemm_host, argument_checks)
         {KR_DTYPE_Q8_0, 68, 64, 0, KR_ERR_INVALID_ARG, "16-byte"},
         {KR_DTYPE_Q8_0, 80, 64, 0, KR_ERR_UNSUPPORTED, "get_function"},
     };
+    /* repacked weights */
+    cr_expect_eq(kr_gemm_run_repacked(g, NULL, KR_GEMM_AUTO, KR_DTYPE_Q4_1, w, w, a, NULL, 256, c, 7, m, n, 256, &err),
+                 KR_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "Q4_0 or Q8_0") != NULL, "%s", err.msg);
+    cr_expect_eq(kr_gemm_run_repacked(g, NULL, KR_GEMM_AUTO, KR_DTYPE_Q4_0, w, w, a, NULL, 64, c, 7, m, n, 64, &err),
+                 KR_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "256") != NULL, "%s", err.msg);
+    cr_expect_eq(kr_gemm_run_repacked(g, NULL, KR_GEMM_TC128, KR_DTYPE_Q8_0, w, w, a, NULL, 256, c, 7, m, n, 256, &err),
+                 KR_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "MMA variant") != NULL, "%s", err.msg);
+    cr_expect_eq(kr_gemm_run_repacked(g, NULL, KR_GEMM_AUTO, KR_DTYPE_Q8_0, w, (const char *)w + 2, a, NULL, 256, c, 7,
+                                      m, n, 256, &err),
+                 KR_ERR_INVALID_ARG);
+    cr_expect_eq(kr_gemm_run_repacked(g, NULL, KR_GEMM_AUTO, KR_DTYPE_Q8_0, w, w, a, ah, 256, c, 7, m, n, 256, &err),
+                 KR_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "exactly one") != NULL, "%s", err.msg);
+    cr_expect_eq(kr_gemm_run_repacked(g, NULL, KR_GEMM_AUTO, KR_DTYPE_Q8_0, w, w, NULL, ah, 256, c, 7, m, n, 256, &err),
+                 KR_ERR_UNSUPPORTED); /* valid: reaches the fake backend */
     for (size_t i = 0; i < sizeof hcases / sizeof hcases[0]; i++) {
         kr_err_clear(&err);
         int64_t kk = hcases[i].t == KR_DTYPE_Q6_K ? 256 : k;
@@ -429,7 +559,7 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 34, "expected 6 types x 2 tiles + SIMT + 5 MMA types x 4 configs + A conversion, got %zu records",
+    cr_assert_eq(n, 42, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + A conversion, got %zu records",
                  n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {

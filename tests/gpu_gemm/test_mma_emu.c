@@ -198,6 +198,8 @@ static struct {
     long long lda;
     const uint8_t *W;
     long long ldw;
+    const uint8_t *S;
+    long long lds;
     float *C;
     long long ldc;
     int M, N, K, ks;
@@ -205,8 +207,8 @@ static struct {
 
 static void thread_main(void)
 {
-    kr_mm_gemm(g_args.A, g_args.lda, g_args.W, g_args.ldw, g_args.C, g_args.ldc, g_args.M, g_args.N, g_args.K,
-               g_args.ks);
+    kr_mm_gemm(g_args.A, g_args.lda, g_args.W, g_args.ldw, g_args.S, g_args.lds, g_args.C, g_args.ldc, g_args.M,
+               g_args.N, g_args.K, g_args.ks);
     emu_land_where(g_cur, 1 << 30, false);
     g_cur->op = OP_DONE;
     swapcontext(&g_cur->ctx, &g_sched);
@@ -305,9 +307,13 @@ static void run_block(int bx, int by, int bz)
 
 static double fp16r(float x) { return kr_fp16_to_fp32(kr_fp32_to_fp16(x)); }
 
+/* The repacked types (102, 108) are Q4_0 / Q8_0 blocks rewritten as
+ * [quants row-major | fp16 scales row-major] (kernels/forward/matvec_repacked.cu). */
+#define REPACKED (KR_MM_WT == 102 || KR_MM_WT == 108)
+
 static void run_case(int M, int N, int K, int splits, size_t ldc_pad)
 {
-    const kr_dtype wt = (kr_dtype)KR_MM_WT;
+    const kr_dtype wt = (kr_dtype)(REPACKED ? KR_MM_WT - 100 : KR_MM_WT);
     uint64_t rb = 0;
     cr_assert_eq(kr_quant_row_size(wt, (uint64_t)K, &rb, NULL), KR_OK);
     const size_t ldw = (size_t)(rb + 15) / 16 * 16, lda = (size_t)K + 8, ldc = (size_t)N + ldc_pad;
@@ -339,6 +345,8 @@ static void run_case(int M, int N, int K, int splits, size_t ldc_pad)
     int k_split = K;
     if (splits > 1) {
         int blk = (int)kr_quant_block_size(wt) < 32 ? 32 : (int)kr_quant_block_size(wt); /* whole K steps */
+        if (REPACKED)
+            blk = 256;
         k_split = ((K / blk + splits - 1) / splits) * blk;
         splits = (K + k_split - 1) / k_split;
         for (int i = 0; i < M; i++)
@@ -346,6 +354,21 @@ static void run_case(int M, int N, int K, int splits, size_t ldc_pad)
                 C[(size_t)i * ldc + j] = 0.0f;
     }
     g_args.A = A, g_args.lda = (long long)lda, g_args.W = W, g_args.ldw = (long long)ldw, g_args.C = C;
+    g_args.S = W, g_args.lds = 0;
+    uint8_t *Wr = NULL;
+    if (REPACKED) { /* qs (N * nb * qsz) then sc (N * nb * 2) */
+        const int nb = K / 32, qsz = KR_MM_WT == 102 ? 16 : 32;
+        Wr = aligned_alloc(16, (size_t)N * nb * (qsz + 2) + 16);
+        cr_assert_not_null(Wr);
+        uint8_t *qs = Wr, *sc = Wr + (size_t)N * nb * qsz;
+        for (int r = 0; r < N; r++)
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = W + (size_t)r * ldw + (size_t)b * (qsz + 2);
+                memcpy(sc + ((size_t)r * nb + b) * 2, blk, 2);
+                memcpy(qs + ((size_t)r * nb + b) * qsz, blk + 2, (size_t)qsz);
+            }
+        g_args.W = qs, g_args.ldw = (long long)nb * qsz, g_args.S = sc, g_args.lds = 2LL * nb;
+    }
     g_args.ldc = (long long)ldc, g_args.M = M, g_args.N = N, g_args.K = K, g_args.ks = k_split;
     gridDim.x = (N + KR_MM_BN - 1) / KR_MM_BN, gridDim.y = (M + KR_MM_BM - 1) / KR_MM_BM, gridDim.z = splits;
     g_nthr = KR_MM_THREADS;
@@ -382,6 +405,7 @@ static void run_case(int M, int N, int K, int splits, size_t ldc_pad)
     cr_expect_eq(oob, 0, "M %d N %d K %d: %zu writes into the ldc padding", M, N, K, oob);
     cr_expect_leq(nmse, 1e-10, "M %d N %d K %d splits %d: NMSE %g", M, N, K, splits, nmse);
     free(g_thr);
+    free(Wr);
     free(W);
     free(A);
     free(C);
@@ -393,7 +417,7 @@ static void run_case(int M, int N, int K, int splits, size_t ldc_pad)
 Test(gemm_mma_emu, kernel)
 {
     g_rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)KR_MM_WT * 7919u ^ (uint64_t)KR_MM_BM * 31u;
-    const bool kq = kr_quant_block_size((kr_dtype)KR_MM_WT) == 256;
+    const bool kq = REPACKED || kr_quant_block_size((kr_dtype)KR_MM_WT) == 256; /* repacked: nb % 8 == 0 */
     /* ragged M, N around the tiles; K: several steps (more than the stages) */
     run_case(KR_MM_BM + 3, 133, kq ? 512 : 160, 1, 3);
     run_case(5, 7, kq ? 256 : 32, 1, 0);

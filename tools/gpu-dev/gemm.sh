@@ -70,8 +70,8 @@ if [ "$part" = bench ]; then
   # 2. 7B projections at 512 tokens (N x K = out x in): q/o 4096x4096, qkv 12288x4096,
   #    gate+up 22016x4096, down 4096x11008, output 32000x4096
   KR_BENCH_SHAPES=${GEMM_BENCH_SHAPES:-512x4096x4096,512x12288x4096,512x22016x4096,512x4096x11008,512x32000x4096} \
-  KR_BENCH_TYPES=${GEMM_BENCH_TYPES:-F16 Q4_0 Q8_0} \
-  KR_BENCH_VARIANTS=${GEMM_BENCH_VARIANTS:-auto tc128 mma128 mma64 mma128k2 mma128w8 mma256 mma256k2 hauto hmma128 hmma128w8 hmma256 hmma256k2} \
+  KR_BENCH_TYPES=${GEMM_BENCH_TYPES:-F16 Q4_0 Q8_0 Q4_0R Q8_0R} KR_BENCH_NMSE=0 \
+  KR_BENCH_VARIANTS=${GEMM_BENCH_VARIANTS:-auto mma128 mma64 mma128k2 mma128w8 mma256 mma256k2 hmma128 hmma256} \
     timeout "$(left 40)" "$bench" 512 4096 4096 10 >>"$out" 2>&1
   echo "bench 7B shapes rc=$?" >>"$out"
   cat "$out" >>"$LOG"
