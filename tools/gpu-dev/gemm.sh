@@ -27,9 +27,11 @@ if [ "$part" = test ]; then
     # GPU tests only (the gemm_host suite, incl. the NVRTC compile of all records, runs in CI)
     echo "-- test_gpu_gemm --filter 'gpu_gemm/*' (-j8)" >>"$LOG"
     s0=$(date +%s%N)
-    timeout 42 "$exe" -j8 --verbose=1 --filter 'gpu_gemm/*' >>"$LOG" 2>&1
+    timeout 42 "$exe" -j8 --verbose=1 --filter 'gpu_gemm/*' >"$BUILD/gemm-test.log" 2>&1
     rc=$?
-    summary+=("test_gpu_gemm: rc=$rc ($(( ($(date +%s%N) - s0) / 1000000 )) ms)")
+    cat "$BUILD/gemm-test.log" >>"$LOG"
+    summary+=("test_gpu_gemm: rc=$rc ($(( ($(date +%s%N) - s0) / 1000000 )) ms) $(grep -h 'Synthesis' "$BUILD/gemm-test.log" | tail -1)")
+    summary+=("  failed: $(grep -h '^\[FAIL\]' "$BUILD/gemm-test.log" | awk '{print $2}' | tr '\n' ' ')")
   else
     summary+=("test_gpu_gemm: NOT BUILT")
   fi
@@ -54,8 +56,7 @@ if [ "$part" = test ]; then
   {
     echo "== gemm test summary"
     for l in "${summary[@]}"; do echo "  $l"; done
-    grep -E "^\[----\].*(NMSE|not finite|outside C|kr_gemm_run)" "$LOG" | head -20
-    grep -E "Synthesis: Tested" "$LOG" | tail -1
+    grep -E "^\[----\].*(NMSE|not finite|outside C|kr_gemm_run|padding)" "$BUILD/gemm-test.log" 2>/dev/null | head -20
   } >>"$LOG" 2>&1
   exit 0
 fi
