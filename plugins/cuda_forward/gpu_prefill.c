@@ -48,6 +48,8 @@ struct kr__gpf {
     void *unpack;       /* unpack_bytes of GGML-layout scratch, or NULL */
     size_t unpack_bytes;
     bool failed;        /* creation failed once: decline from now on */
+    bool gemm_repacked; /* repacked Q4_0/Q8_0 through kr_gemm_run_repacked (k % 256 == 0), not unrepack + GEMM;
+                           env KERNRUN_PREFILL_UNREPACK=1 forces the unrepack path (measurements) */
     /* KERNRUN_PREFILL_PROFILE=1: an event after every op, time per category logged per eval */
     bool prof;
     kr_event **ev;      /* (cap_ev) created on demand */
@@ -245,6 +247,8 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
     kr_status st;
     if ((st = kr_gemm_create(g->be, &P->gemm, err)) != KR_OK || (st = kr_pf_create(g->be, &P->pf, err)) != KR_OK)
         return st;
+    const char *ur = getenv("KERNRUN_PREFILL_UNREPACK");
+    P->gemm_repacked = !(ur && strcmp(ur, "1") == 0);
     /* unrepack scratch: the largest repacked matrix, capped (slices; env
      * KERNRUN_PREFILL_UNPACK_MB overrides the cap, for measurements) */
     size_t cap = KR__PF_UNPACK_MAX;
@@ -259,7 +263,7 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
         else
             all[0] = &g->out;
         for (int i = 0; i < nm; i++) {
-            if (!all[i]->repacked)
+            if (!all[i]->repacked || (P->gemm_repacked && all[i]->cols % 256 == 0))
                 continue;
             size_t need = kr__pf_ggml_stride(all[i]) * (size_t)all[i]->rows;
             if (need > cap)
@@ -306,13 +310,20 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
     }
     const bool q8 = M->type == KR_DTYPE_Q8_0;
     const size_t qsz = q8 ? 32 : 16, nb = (size_t)(M->cols / 32), stride = kr__pf_ggml_stride(M);
+    const char *qs = M->w, *sc = (const char *)M->w + (size_t)M->rows * nb * qsz;
+    if (P->gemm_repacked && M->cols % 256 == 0 && (uintptr_t)qs % 16 == 0 && (uintptr_t)sc % 16 == 0) {
+        /* the GEMM reads the repacked layout itself */
+        kr_status st = kr_gemm_run_repacked(P->gemm, s, KR_GEMM_AUTO, M->type, qs, sc, a, NULL, lda, c, ldc, m, M->rows,
+                                            M->cols, err);
+        kr__pf_mark(g, KR__PF_CAT_GEMM);
+        return st;
+    }
     int64_t per = (int64_t)(P->unpack_bytes / stride);
     if (per >= 256)
         per &= ~(int64_t)127; /* whole GEMM column tiles per slice */
     if (per < 1)
         return kr_err_set(err, KR_ERR_INTERNAL, "unrepack scratch of %zu bytes below one row of %zu",
                           P->unpack_bytes, stride);
-    const char *qs = M->w, *sc = (const char *)M->w + (size_t)M->rows * nb * qsz;
     for (int64_t r0 = 0; r0 < M->rows; r0 += per) {
         int64_t R = M->rows - r0 < per ? M->rows - r0 : per;
         kr_status st = kr_pf_unrepack(P->pf, s, q8, qs + (size_t)r0 * nb * qsz, sc + (size_t)r0 * nb * 2, P->unpack,

@@ -45,17 +45,18 @@ if [ "$part" = bench ]; then
     echo "bench-prefill-attn rc=$?"
     KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
     rows=()
-    # name | model var | extra args
-    runs=("Q4_0 batch|KR_7B_Q4_0|" "Q8_0 batch|KR_7B_Q8_0|" "F16 batch|KR_7B_F16|"
-          "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill"
-          "Q4_0 batch no-repack (no unrepack)|KR_7B_Q4_0|--no-repack"
-          "Q4_0 batch n_batch 256|KR_7B_Q4_0|--n-batch 256")
+    # name | model var | extra args | extra env (VAR=VALUE ...)
+    runs=("Q4_0 batch|KR_7B_Q4_0||" "Q8_0 batch|KR_7B_Q8_0||" "F16 batch|KR_7B_F16||"
+          "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill|"
+          "Q4_0 batch unrepack+GEMM|KR_7B_Q4_0||KERNRUN_PREFILL_UNREPACK=1"
+          "Q4_0 batch no-repack (GGML layout)|KR_7B_Q4_0|--no-repack|"
+          "Q8_0 batch unrepack+GEMM|KR_7B_Q8_0||KERNRUN_PREFILL_UNREPACK=1")
     for r in "${runs[@]}"; do
-      IFS='|' read -r name var extra <<<"$r"
+      IFS='|' read -r name var extra envs <<<"$r"
       f=${!var:-}
       [ -n "$f" ] && [ -f "$f" ] || { rows+=("$name: model missing"); continue; }
-      echo "-- kernrun bench $name ($f $extra)"
-      o=$(KERNRUN_PREFILL_PROFILE=1 timeout 8 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
+      echo "-- kernrun bench $name ($f $extra $envs)"
+      o=$(env KERNRUN_PREFILL_PROFILE=1 $envs timeout 8 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
       rc=$?
       echo "$o" | tail -12
       rows+=("$name: rc=$rc $(echo "$o" | grep -m1 '^prefill *:' | tr -s ' ')")
