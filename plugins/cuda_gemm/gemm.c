@@ -414,6 +414,9 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         use_mma = true;
     } else if (mma_var) {
         use_mma = kr_gemm_mma_supports(wtype);
+    } else if (variant == KR_GEMM_AUTO) {
+        /* rows of whole 16-byte chunks: the MMA loads never pass a row's end */
+        use_mma = kr_gemm_mma_supports(wtype) && w_aligned && row_bytes % 16 == 0;
     }
     if (use_mma && !w_aligned)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
@@ -548,4 +551,13 @@ kr_status kr_gemm_run_repacked(kr_gemm *g, kr_stream *s, kr_gemm_variant variant
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: k %lld out of range", (long long)k);
     size_t qsz = wtype == KR_DTYPE_Q8_0 ? 32 : 16;
     return kr__gm_run(g, s, variant, wtype, qs, (size_t)(k / 32) * qsz, sc, a, a16, lda, c, ldc, m, n, k, err);
+}
+
+kr_status kr_gemm_reserve(kr_gemm *g, int64_t m, int64_t k, kr_err *err)
+{
+    if (!g || m < 1 || k < 1 || m > INT32_MAX || k > INT32_MAX)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: reserve: bad kr_gemm or m %lld, k %lld",
+                                (long long)m, (long long)k);
+    void *ws = NULL;
+    return kr__gm_workspace(g, (size_t)m * (size_t)k * 2, &ws, err);
 }

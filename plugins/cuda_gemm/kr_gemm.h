@@ -32,8 +32,10 @@ typedef struct kr_gemm kr_gemm;
 
 /* Which kernel runs (tensor-core tile height along m). */
 typedef enum kr_gemm_variant {
-    KR_GEMM_AUTO = 0, /* F16: 128-row tiles, or 64 when 128 gives < 2 blocks per SM;
-                         block types: 128, or 64 when m <= 64 (docs/GEMM.md) */
+    KR_GEMM_AUTO = 0, /* an MMA kernel when the type has one and W, its stride and the
+                         row bytes are 16-byte multiples (docs/GEMM.md for the choice),
+                         else TC: F16 128-row tiles, or 64 when 128 gives < 2 blocks per SM;
+                         block types: 128, or 64 when m <= 64 */
     KR_GEMM_TC128 = 1, /* tensor cores, 128 (m) x 128 (n) tiles */
     KR_GEMM_TC64 = 2,  /* tensor cores, 64 (m) x 128 (n) tiles */
     /* Pipelined kernels (kernels/gemm/gemm_mma.cu): A as fp16 (converted from
@@ -96,7 +98,8 @@ bool kr_gemm_mma_supports(kr_dtype t);
  * into one device buffer owned by the kr_gemm (grown on demand, 2*m*k bytes;
  * growing synchronises the device). Such calls must not run concurrently on
  * different streams with one kr_gemm; use one kr_gemm per stream, or
- * kr_gemm_run_f16a. */
+ * kr_gemm_run_f16a. kr_gemm_reserve sizes it up front for the largest m x k. */
+kr_status kr_gemm_reserve(kr_gemm *g, int64_t m, int64_t k, kr_err *err);
 
 /* Compile (or load from the cache) every kernel now instead of on first use. */
 kr_status kr_gemm_prepare_all(kr_gemm *g, kr_err *err);
