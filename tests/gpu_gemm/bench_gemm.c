@@ -327,6 +327,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* rows survive a timeout kill */
     bench_ctx b = {.iters = 20};
     int64_t shapes[16][3];
     int n_shapes = 0;
