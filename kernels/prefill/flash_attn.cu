@@ -41,11 +41,21 @@ typedef long long kr_fa_i64;
 #ifndef KR_FA_Q8
 #define KR_FA_Q8 0
 #endif
+// KR_FA_PIPE=1 (F16 only): K/V tiles through a 2-stage cp.async ring (the next
+// tile's copies in flight during the current tile's math), smaller tiles.
+#ifndef KR_FA_PIPE
+#define KR_FA_PIPE 0
+#endif
+#if KR_FA_PIPE && KR_FA_Q8
+#error "KR_FA_PIPE needs an F16 cache"
+#endif
 #define KR_FA_BM 64
-#if KR_FA_D > 128
-#define KR_FA_BN 32
+#if KR_FA_PIPE
+#define KR_FA_BN (KR_FA_D <= 64 ? 64 : KR_FA_D <= 128 ? 32 : 16)
+#define KR_FA_STAGES 2
 #else
-#define KR_FA_BN 64
+#define KR_FA_BN (KR_FA_D > 128 ? 32 : 64)
+#define KR_FA_STAGES 1
 #endif
 #define KR_FA_WARPS 4
 #define KR_FA_THREADS (32 * KR_FA_WARPS)
@@ -53,8 +63,9 @@ typedef long long kr_fa_i64;
 #define KR_FA_KC (KR_FA_D / 16)      // 16-wide k chunks of Q.K
 #define KR_FA_NT (KR_FA_BN / 8)      // 8-key n tiles of S
 #define KR_FA_OT (KR_FA_D / 8)       // 8-dim n tiles of O
-// Shared: K tile + V tile (BN rows each); Q (BM rows) is staged in the same space first.
-#define KR_FA_SMEM_KV (2 * KR_FA_BN * KR_FA_LDS)
+// Shared: per stage a K tile + V tile (BN rows each); Q (BM rows) is staged in the same space first.
+#define KR_FA_STG (2 * KR_FA_BN * KR_FA_LDS)
+#define KR_FA_SMEM_KV (KR_FA_STAGES * KR_FA_STG)
 #define KR_FA_SMEM_Q (KR_FA_BM * KR_FA_LDS)
 #define KR_FA_SMEM (KR_FA_SMEM_KV > KR_FA_SMEM_Q ? KR_FA_SMEM_KV : KR_FA_SMEM_Q)
 
@@ -90,6 +101,31 @@ KR_FA_INL void kr_fa_mma(float c[4], const kr_fa_u32 a[4], kr_fa_u32 b0, kr_fa_u
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared, asynchronously; src_bytes 0 zero-fills (src not read).
+KR_FA_INL void kr_fa_cp16(void *dst, const void *src, int src_bytes)
+{
+    unsigned d;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(d) : "l"(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+KR_FA_INL void kr_fa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+KR_FA_INL void kr_fa_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+#endif
+
+#if KR_FA_PIPE
+// Issue the copies of keys j0 .. j0+BN-1 (those <= kv_hi; the rest zero-filled) into stage st.
+KR_FA_INL void kr_fa_issue(kr_fa_u16 *st, const unsigned char *kg, const unsigned char *vg, int j0, int kv_hi,
+                           int rows, long long row_bytes, int tid)
+{
+    for (int i = tid; i < KR_FA_BN * (KR_FA_D / 8); i += KR_FA_THREADS) {
+        const int kk = i / (KR_FA_D / 8), c = (i % (KR_FA_D / 8)) * 8, j = j0 + kk;
+        const bool in = j <= kv_hi;
+        const kr_fa_i64 off = in ? (kr_fa_i64)(j % rows) * row_bytes + c * 2 : 0;
+        kr_fa_cp16(st + kk * KR_FA_LDS + c, kg + off, in ? 16 : 0);
+        kr_fa_cp16(st + (KR_FA_BN + kk) * KR_FA_LDS + c, vg + off, in ? 16 : 0);
+    }
 }
 #endif
 
@@ -163,7 +199,22 @@ KR_FA_UNROLL
 
     const unsigned char *kg = kc + (kr_fa_i64)g * KR_FA_D * (KR_FA_Q8 ? 1 : 2);
     const unsigned char *vg = vc + (kr_fa_i64)g * KR_FA_D * (KR_FA_Q8 ? 1 : 2);
+#if KR_FA_PIPE
+    __syncthreads(); // Q fragments taken: the stages may be filled
+    kr_fa_issue(sm, kg, vg, kv_lo, kv_hi, rows, row_bytes, tid);
+    kr_fa_commit();
+    int stage = 0;
+#endif
     for (int j0 = kv_lo; j0 <= kv_hi; j0 += KR_FA_BN) {
+#if KR_FA_PIPE
+        if (j0 + KR_FA_BN <= kv_hi) // next tile into the other stage (consumed: barrier at the end of the last step)
+            kr_fa_issue(sm + (stage ^ 1) * KR_FA_STG, kg, vg, j0 + KR_FA_BN, kv_hi, rows, row_bytes, tid);
+        kr_fa_commit(); // (maybe empty) group: wait_group 1 then means "this tile has landed"
+        kr_fa_wait1();
+        __syncthreads();
+        sk = sm + stage * KR_FA_STG;
+        sv = sk + KR_FA_BN * KR_FA_LDS;
+#else
         __syncthreads(); // previous tile (or Q staging) consumed
         for (int i = tid; i < KR_FA_BN * (KR_FA_D / 8); i += KR_FA_THREADS) {
             const int kk = i / (KR_FA_D / 8), c = (i % (KR_FA_D / 8)) * 8, j = j0 + kk;
@@ -195,8 +246,8 @@ KR_FA_UNROLL
             *(uint4 *)(sv + kk * KR_FA_LDS + c) = xv;
         }
         __syncthreads();
-        if (j0 > w_hi || j0 + KR_FA_BN - 1 < w_lo)
-            continue; // no key of this tile is visible to this warp's rows
+#endif
+        if (j0 <= w_hi && j0 + KR_FA_BN - 1 >= w_lo) { // else no key of this tile is visible to this warp's rows
 
         // S = Q K^T (16 x BN per warp)
         float s[KR_FA_NT][4];
@@ -274,6 +325,11 @@ KR_FA_UNROLL
                 kr_fa_mma(o[ot], pa4, b0, b1);
             }
         }
+        } // visible tile
+#if KR_FA_PIPE
+        __syncthreads(); // this stage consumed before the next step refills it
+        stage ^= 1;
+#endif
     }
 
     // finish the row sums over the 4 lanes of a row, normalise, store

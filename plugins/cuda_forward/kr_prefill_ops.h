@@ -31,6 +31,13 @@ kr_status kr_pf_prepare_all(kr_pf *p, kr_err *err);                /* compile ev
 size_t kr_pf_source_count(void);
 const kr_kernel_source *kr_pf_source_at(size_t i);
 
+/* Flash attention kernel for F16 caches: AUTO (the measured default), SIMPLE
+ * (tiles loaded synchronously, 64 keys), PIPE (2-stage cp.async ring, 64/32/16
+ * keys for head_dim <= 64 / <= 128 / 256). Env KERNRUN_FA_VARIANT=simple|pipe
+ * sets it at kr_pf_create. Q8_0 caches have one kernel. */
+enum { KR_PF_FA_AUTO = 0, KR_PF_FA_SIMPLE = 1, KR_PF_FA_PIPE = 2 };
+void kr_pf_set_flash_variant(kr_pf *p, int variant);
+
 /* True when kr_pf_flash_attn handles head_dim (16, 32, 64, 80, 96, 128, 256). */
 bool kr_pf_flash_attn_supports(int head_dim);
 

@@ -25,6 +25,13 @@ static const char *const kr__o_q80[2] = {"-DKR_FA_D=80", "-DKR_FA_Q8=1"};
 static const char *const kr__o_q96[2] = {"-DKR_FA_D=96", "-DKR_FA_Q8=1"};
 static const char *const kr__o_q128[2] = {"-DKR_FA_D=128", "-DKR_FA_Q8=1"};
 static const char *const kr__o_q256[2] = {"-DKR_FA_D=256", "-DKR_FA_Q8=1"};
+static const char *const kr__o_p16[2] = {"-DKR_FA_D=16", "-DKR_FA_PIPE=1"};
+static const char *const kr__o_p32[2] = {"-DKR_FA_D=32", "-DKR_FA_PIPE=1"};
+static const char *const kr__o_p64[2] = {"-DKR_FA_D=64", "-DKR_FA_PIPE=1"};
+static const char *const kr__o_p80[2] = {"-DKR_FA_D=80", "-DKR_FA_PIPE=1"};
+static const char *const kr__o_p96[2] = {"-DKR_FA_D=96", "-DKR_FA_PIPE=1"};
+static const char *const kr__o_p128[2] = {"-DKR_FA_D=128", "-DKR_FA_PIPE=1"};
+static const char *const kr__o_p256[2] = {"-DKR_FA_D=256", "-DKR_FA_PIPE=1"};
 
 #define KR__FA_SRC(opts, nopt)                                                                           \
     {.name = "prefill/flash_attn.cu", .code = (const char *)kr_kernel_prefill_flash_attn_cu,            \
@@ -48,6 +55,13 @@ enum {
     KR__PF_FAQ96,
     KR__PF_FAQ128,
     KR__PF_FAQ256,
+    KR__PF_FAP16,
+    KR__PF_FAP32,
+    KR__PF_FAP64,
+    KR__PF_FAP80,
+    KR__PF_FAP96,
+    KR__PF_FAP128,
+    KR__PF_FAP256,
     KR__PF_ROPE,
     KR__PF_KV_STORE,
     KR__PF_KV_STORE_Q8,
@@ -73,6 +87,13 @@ static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
     [KR__PF_FAQ96] = KR__FA_SRC(kr__o_q96, 2),
     [KR__PF_FAQ128] = KR__FA_SRC(kr__o_q128, 2),
     [KR__PF_FAQ256] = KR__FA_SRC(kr__o_q256, 2),
+    [KR__PF_FAP16] = KR__FA_SRC(kr__o_p16, 2),
+    [KR__PF_FAP32] = KR__FA_SRC(kr__o_p32, 2),
+    [KR__PF_FAP64] = KR__FA_SRC(kr__o_p64, 2),
+    [KR__PF_FAP80] = KR__FA_SRC(kr__o_p80, 2),
+    [KR__PF_FAP96] = KR__FA_SRC(kr__o_p96, 2),
+    [KR__PF_FAP128] = KR__FA_SRC(kr__o_p128, 2),
+    [KR__PF_FAP256] = KR__FA_SRC(kr__o_p256, 2),
     [KR__PF_ROPE] = KR__PB_SRC("kr_pf_rope_f32"),
     [KR__PF_KV_STORE] = KR__PB_SRC("kr_pf_kv_store_f16"),
     [KR__PF_KV_STORE_Q8] = KR__PB_SRC("kr_pf_kv_store_q8"),
@@ -83,6 +104,7 @@ static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
 
 struct kr_pf {
     kr_backend *be;
+    int fa_variant;                /* KR_PF_FA_* */
     pthread_mutex_t lock;          /* guards fn[] */
     kr_function *fn[KR__PF_COUNT]; /* lazily fetched; owned by the backend */
 };
@@ -103,6 +125,8 @@ kr_status kr_pf_create(kr_backend *be, kr_pf **out, kr_err *err)
         return kr_err_set_local(err, KR_ERR_INTERNAL, "prefill ops: pthread_mutex_init failed");
     }
     p->be = be;
+    const char *fv = getenv("KERNRUN_FA_VARIANT");
+    p->fa_variant = fv && !strcmp(fv, "simple") ? KR_PF_FA_SIMPLE : fv && !strcmp(fv, "pipe") ? KR_PF_FA_PIPE : KR_PF_FA_AUTO;
     *out = p;
     return KR_OK;
 }
@@ -166,6 +190,15 @@ static int kr__pf_fa_id(int head_dim)
 
 bool kr_pf_flash_attn_supports(int head_dim) { return kr__pf_fa_id(head_dim) >= 0; }
 
+/* AUTO's choice for F16 caches (set from measurements, docs/PREFILL.md). */
+#define KR__PF_FA_AUTO_PIPE 0
+
+void kr_pf_set_flash_variant(kr_pf *p, int variant)
+{
+    if (p)
+        p->fa_variant = variant == KR_PF_FA_SIMPLE || variant == KR_PF_FA_PIPE ? variant : KR_PF_FA_AUTO;
+}
+
 static kr_status kr__pf_launch(kr_pf *p, int id, uint32_t gx, uint32_t gy, uint32_t bx, kr_stream *s, void **args,
                                kr_err *err)
 {
@@ -191,7 +224,10 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
     if (kv_type != KR_DTYPE_F16 && kv_type != KR_DTYPE_Q8_0)
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: KV cache type %d (F16, Q8_0)", (int)kv_type);
     const bool q8 = kv_type == KR_DTYPE_Q8_0;
-    const int id = kr__pf_fa_id(head_dim) < 0 ? -1 : kr__pf_fa_id(head_dim) + (q8 ? KR__PF_FAQ16 - KR__PF_FA16 : 0);
+    /* F16: simple (synchronous tile loads) or pipelined (cp.async ring) kernel; Q8_0: one kernel */
+    const bool pipe = !q8 && (p->fa_variant == KR_PF_FA_PIPE || (p->fa_variant == KR_PF_FA_AUTO && KR__PF_FA_AUTO_PIPE));
+    const int id = kr__pf_fa_id(head_dim) < 0 ? -1
+                   : kr__pf_fa_id(head_dim) + (q8 ? KR__PF_FAQ16 - KR__PF_FA16 : pipe ? KR__PF_FAP16 - KR__PF_FA16 : 0);
     if (id < 0)
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "flash attention: head_dim %d (supported: 16, 32, 64, 80, 96, 128, 256)",
                                 head_dim);

@@ -2,7 +2,7 @@
  * tokens at pos0 .. pos0+n-1 over an fp16 cache, time per launch (CUDA
  * events, mean of --iters after 3 warm-ups) and TFLOP/s counted as 4*D FLOPs
  * per visible (query, key) pair and head (QK^T and PV; masked work not
- * counted). Prints one line per shape: "fa D H/HK n pos0 window  us  TFLOP/s".
+ * counted). One line per shape and kernel (simple, pipe): "D H/HK n pos0 window kernel us TFLOP/s".
  * Usage: bench-prefill-attn [--iters N]. Exits 77 without a GPU. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,9 +55,11 @@ int main(int argc, char **argv)
         {64, 71, 1, 512, 0, 0},      /* falcon 7B */
         {128, 32, 32, 2048, 0, 0},   /* one long chunk */
     };
-    printf("%-4s %-7s %-5s %-5s %-6s %10s %8s\n", "D", "H/HK", "n", "pos0", "window", "us", "TFLOP/s");
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        const shape *s = &shapes[si];
+    printf("%-4s %-7s %-5s %-5s %-6s %-6s %10s %8s\n", "D", "H/HK", "n", "pos0", "window", "kernel", "us", "TFLOP/s");
+    for (size_t vi = 0; vi < 2 * sizeof shapes / sizeof shapes[0]; vi++) {
+        const shape *s = &shapes[vi / 2];
+        const int variant = vi % 2 ? KR_PF_FA_PIPE : KR_PF_FA_SIMPLE;
+        kr_pf_set_flash_variant(p, variant);
         const int rows = s->pos0 + s->n;
         const size_t qs = (size_t)s->h * s->d, rb = (size_t)2 * s->hk * s->d;
         if ((size_t)rows * rb > maxkv * 2 || (size_t)s->n * qs > maxq)
@@ -80,8 +82,8 @@ int main(int argc, char **argv)
             pairs += pp - lo + 1;
         }
         const double us = 1e3 * ms / iters, flops = 4.0 * s->d * s->h * pairs;
-        printf("%-4d %3d/%-3d %-5d %-5d %-6d %10.1f %8.1f\n", s->d, s->h, s->hk, s->n, s->pos0, s->window, us,
-               flops / (us * 1e-6) / 1e12);
+        printf("%-4d %3d/%-3d %-5d %-5d %-6d %-6s %10.1f %8.1f\n", s->d, s->h, s->hk, s->n, s->pos0, s->window,
+               variant == KR_PF_FA_PIPE ? "pipe" : "simple", us, flops / (us * 1e-6) / 1e12);
     }
     rc = 0;
     goto done;

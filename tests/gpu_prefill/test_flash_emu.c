@@ -8,7 +8,9 @@
  * Checked against a double reference on the fp16 (or Q8_0) K/V values like
  * tests/gpu_prefill's GPU test: worst (token, head) row error <= 1e-4,
  * NMSE <= 1e-5; unseen cache rows hold NaN, out padding stays NaN.
- * Built once per head_dim (-DKR_FA_D, meson) and with -DKR_FA_Q8=1. */
+ * Built once per head_dim (-DKR_FA_D, meson), with -DKR_FA_Q8=1 and with
+ * -DKR_FA_PIPE=1 (cp.async as a plain copy: the stage bookkeeping is checked,
+ * not the asynchrony). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
@@ -85,6 +87,17 @@ static inline void kr_fa_mma(float c[4], const unsigned a[4], unsigned b0, unsig
     }
     pthread_barrier_wait(&g_warp_bar[w]);
 }
+
+/* cp.async: a plain copy (ordering is not emulated) */
+static inline void kr_fa_cp16(void *dst, const void *src, int src_bytes)
+{
+    if (src_bytes)
+        memcpy(dst, src, 16);
+    else
+        memset(dst, 0, 16);
+}
+static inline void kr_fa_commit(void) {}
+static inline void kr_fa_wait1(void) {}
 
 static inline float __int_as_float(unsigned u)
 {
@@ -261,7 +274,7 @@ static void run_case(int H, int HK, int n, int pos0, int W, int R, int q_pad, in
         for (int i = 0; i < o_pad; i++)
             cr_assert(isnan(o[(size_t)t * os + (size_t)H * D + i]), "out padding written");
     }
-    cr_log_info("emu D %d q8 %d heads %d/%d n %d pos0 %d window %d rows %d: nmse %.3g worst row %.3g", D, q8, H, HK, n,
+    cr_log_info("emu D %d pipe %d q8 %d heads %d/%d n %d pos0 %d window %d rows %d: nmse %.3g worst row %.3g", D, KR_FA_PIPE, q8, H, HK, n,
                 pos0, W, R, num / den, worst);
     cr_expect(worst <= 1e-4, "emu D %d q8 %d heads %d/%d n %d pos0 %d window %d: worst row %.3g", D, q8, H, HK, n, pos0,
               W, worst);

@@ -65,8 +65,11 @@ static void q8_row(const float *x, size_t kvd, uint8_t *row, float *deq)
     }
 }
 
+static int g_fa_variant = KR_PF_FA_AUTO; /* kernel of F16 cases (in the messages) */
+
 static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
 {
+    kr_pf_set_flash_variant(p, g_fa_variant);
     const int D = c->d, H = c->n_head, HK = c->n_head_kv, n = c->n, pos0 = c->pos0, W = c->window, R = c->rows;
     const int G = H / HK;
     const size_t qs = (size_t)H * D + c->q_pad, os = (size_t)H * D + c->o_pad;
@@ -167,10 +170,11 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
             cr_assert(isnan(o[(size_t)t * os + (size_t)H * D + i]), "flash attn wrote into the out padding");
     }
     const double nmse = num / den;
+    const char *var = c->q8 ? " q8_0" : g_fa_variant == KR_PF_FA_PIPE ? " pipe" : " simple";
     cr_log_info("flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d%s: nmse %.3g, worst row %.3g (t %d h %d)", D,
-                H, HK, n, pos0, W, R, c->q8 ? " q8_0" : "", nmse, worst, worst_t, worst_h);
-    cr_expect(worst <= 1e-4, "flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d q8 %d: worst row error %.3g at t "
-              "%d h %d (seed %llu)", D, H, HK, n, pos0, W, R, (int)c->q8, worst, worst_t, worst_h,
+                H, HK, n, pos0, W, R, var, nmse, worst, worst_t, worst_h);
+    cr_expect(worst <= 1e-4, "flash attn D %d heads %d/%d n %d pos0 %d window %d rows %d%s: worst row error %.3g at t "
+              "%d h %d (seed %llu)", D, H, HK, n, pos0, W, R, var, worst, worst_t, worst_h,
               (unsigned long long)kr_test_seed());
     cr_expect(nmse <= 1e-5, "flash attn D %d heads %d/%d n %d pos0 %d q8 %d: NMSE %.3g (seed %llu)", D, H, HK, n, pos0,
               (int)c->q8, nmse, (unsigned long long)kr_test_seed());
@@ -214,8 +218,12 @@ Test(gpu_prefill, flash_attn_shapes)
         {.d = 16, .n_head = 4, .n_head_kv = 2, .n = 70, .pos0 = 5, .rows = 80, .row_pad = 16, .q8 = true},
         {.d = 256, .n_head = 2, .n_head_kv = 1, .n = 33, .pos0 = 7, .rows = 64, .q8 = true},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        run_fa(be, p, &cases[i]);
+    for (int v = KR_PF_FA_SIMPLE; v <= KR_PF_FA_PIPE; v++) {
+        g_fa_variant = v;
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            if (v == KR_PF_FA_SIMPLE || !cases[i].q8) /* Q8_0 has one kernel */
+                run_fa(be, p, &cases[i]);
+    }
     kr_pf_free(p);
     kr_backend_destroy(be);
 }
@@ -239,6 +247,7 @@ Test(gpu_prefill, flash_attn_random)
         c.q_pad = 4 * (int)(kr_test_rng_u64() % 3);
         c.o_pad = 2 * (int)(kr_test_rng_u64() % 3);
         c.q8 = (c.n_head_kv * c.d) % 32 == 0 && kr_test_rng_u64() % 2;
+        g_fa_variant = kr_test_rng_u64() % 2 ? KR_PF_FA_PIPE : KR_PF_FA_SIMPLE;
         run_fa(be, p, &c);
     }
     kr_pf_free(p);

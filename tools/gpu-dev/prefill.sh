@@ -64,7 +64,7 @@ if [ "$part" = bench ]; then
       [ -n "$prof" ] && rows+=("    $prof")
     done
     echo "== prefill bench summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
-    grep -A8 "^D  *H/HK" "$LOG" | tail -7 | sed 's/^/  attn /'
+    grep -A13 "^D  *H/HK" "$LOG" | tail -13 | sed 's/^/  attn /'
     for l in "${rows[@]}"; do echo "  $l"; done
   } >>"$LOG" 2>&1
   exit 0
