@@ -133,18 +133,28 @@ static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant va
     for (size_t i = 0; i < (size_t)m * lda; i++)
         a[i] = rng_f(-2.0f, 2.0f);
 
+    /* fp16-rounded copies once (the inner loop stays plain arithmetic) */
+    float *a16r = malloc((size_t)m * k * sizeof *a16r), *wd16 = malloc((size_t)n * k * sizeof *wd16);
+    cr_assert(a16r && wd16);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t q = 0; q < k; q++)
+            a16r[i * k + q] = fp16_round(a[i * lda + q]);
+    for (size_t i = 0; i < (size_t)n * k; i++)
+        wd16[i] = fp16_round(wd[i]);
     for (int64_t i = 0; i < m; i++) {
         for (int64_t j = 0; j < n; j++) {
             double s = 0.0, s16 = 0.0;
+            const float *ar = a + i * lda, *a16 = a16r + i * k, *wr = wd + j * k, *w16 = wd16 + j * k;
             for (int64_t q = 0; q < k; q++) {
-                float av = a[i * lda + q], wv = wd[j * k + q];
-                s += (double)av * wv;
-                s16 += (double)fp16_round(av) * fp16_round(wv);
+                s += (double)ar[q] * wr[q];
+                s16 += (double)a16[q] * w16[q];
             }
             ref[i * n + j] = s;
             ref16[i * n + j] = s16;
         }
     }
+    free(a16r);
+    free(wd16);
 
     kr_buffer *da = NULL, *dw = NULL, *dc = NULL;
     const size_t a_elt = f16a ? 2 : 4;
@@ -318,6 +328,8 @@ static void run_repacked(kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n,
             wf[i] = s * rng_f(-1.0f, 1.0f);
         cr_assert_eq(kr_quantize_row(wt, wf, blk, (size_t)k), KR_OK);
         cr_assert_eq(kr_dequantize_row(wt, blk, wd + r * k, (size_t)k), KR_OK);
+        for (int64_t i = 0; i < k; i++)
+            wd[r * k + i] = fp16_round(wd[r * k + i]);
         for (size_t b = 0; b < nb; b++) {
             memcpy(sc + ((size_t)r * nb + b) * 2, blk + b * (qsz + 2), 2);
             memcpy(qs + ((size_t)r * nb + b) * qsz, blk + b * (qsz + 2) + 2, qsz);
@@ -331,7 +343,7 @@ static void run_repacked(kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n,
         for (int64_t j = 0; j < n; j++) {
             double acc = 0;
             for (int64_t q = 0; q < k; q++)
-                acc += (double)fp16_round(a[i * lda + q]) * fp16_round(wd[j * k + q]);
+                acc += (double)kr_fp16_to_fp32(ah[i * lda + q]) * wd[j * k + q];
             ref[i * n + j] = acc;
         }
     kr_buffer *dw = NULL, *da = NULL, *dc = NULL;
