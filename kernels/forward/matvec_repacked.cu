@@ -166,14 +166,26 @@ kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ s
 // group, writes it to y[i] (over the gate value) and its q8 form to xo (F int8 | F/32 d |
 // F/32 s, as kr_dec_quantize_q8), and resets cnt[group] to 0 (cnt: F/32 ints, zero
 // before the first launch).
-template <int Q8, int NR, int PF, int GUS>
+//
+// MODE (the GUS template argument): 0 plain, 1 GUS (above), 2 NORM producer, 3 NS consumer;
+// W warps per CTA. The norm folding (kr_gf_mv2nf{p,c}_*, docs/GPU-FORWARD.md `nf`):
+// NORM (2): y is the residual x (acc_y = 1 implied), rows = n = E, rows % 32 == 0 and
+//   W * NR == 32 (one CTA = one q8 block of x). After x[row] += W xq, the CTA writes
+//   xo = q8(x * wn) for its 32 rows (block blockIdx.x; layout as kr_dec_quantize_q8 with
+//   n = rows) and part[blockIdx.x] = sum of x^2 over them. The rms scale is NOT applied:
+//   q8 of (x * wn) equals q8 of (x * wn * scale) with d scaled by 1/scale.
+// NS (3): xq is such an unscaled q8 vector of n = nb*32 elements and part its n/32
+//   partial sums; y = rsqrt(sum(part) / n + eps) * (W xq) (every warp sums part in the
+//   same order).
+template <int Q8, int NR, int PF, int GUS, int W = KR_GF_WARPS>
 __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
                                           const signed char *__restrict__ xq, float *y, int rows,
-                                          int nb, int acc_y, int F, int *cnt, signed char *xo)
+                                          int nb, int acc_y, int F, int *cnt, signed char *xo,
+                                          const float *wn = 0, float *part = 0, float eps = 0.0f)
 {
     const int VPB = Q8 ? 2 : 1; // uint4 per block
     const int lane = threadIdx.x;
-    const int r0 = (blockIdx.x * KR_GF_WARPS + threadIdx.y) * NR;
+    const int r0 = (blockIdx.x * W + threadIdx.y) * NR;
     if (r0 >= rows)
         return;
     const uint4 *rq[NR];
@@ -260,13 +272,56 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
             }
         }
     }
+    float scale = 1.0f;
+    if (GUS == 3) {
+        const int n_part = nb; // (nb * 32) / 32
+        float t = 0.0f;
+        for (int i = lane; i < n_part; i += 32)
+            t += __ldcg(part + i);
+        t = kr_gf_warp_sum(t);
+        scale = rsqrtf(t / (float)(nb * 32) + eps);
+    }
+    __shared__ float xnew[GUS == 2 ? 32 : 1];
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         float v = kr_gf_warp_sum(acc[r]);
-        if (lane == 0 && r0 + r < rows)
-            y[r0 + r] = acc_y ? y[r0 + r] + v : v;
+        if (lane == 0 && r0 + r < rows) {
+            if (GUS == 2) {
+                float xn = y[r0 + r] + v;
+                y[r0 + r] = xn;
+                xnew[r0 + r - blockIdx.x * 32] = xn;
+            } else {
+                v *= scale;
+                y[r0 + r] = acc_y ? y[r0 + r] + v : v;
+            }
+        }
     }
-    if (GUS) {
+    if (GUS == 2) {
+        __syncthreads();
+        if (threadIdx.y != 0)
+            return;
+        const int row = blockIdx.x * 32 + lane;
+        float xn = xnew[lane];
+        float hv = xn * __ldg(wn + row);
+        float amax = fabsf(hv);
+        for (int o = 16; o > 0; o >>= 1)
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float d = amax / 127.0f;
+        int q = d > 0.0f ? (int)rintf(hv / d) : 0;
+        int qsum = q;
+        for (int o = 16; o > 0; o >>= 1)
+            qsum += __shfl_xor_sync(0xffffffffu, qsum, o);
+        float ss = kr_gf_warp_sum(xn * xn);
+        xo[row] = (signed char)q;
+        if (lane == 0) {
+            float *dd = (float *)(xo + rows);
+            dd[blockIdx.x] = d;
+            dd[rows / 32 + blockIdx.x] = d * (float)qsum;
+            part[blockIdx.x] = ss;
+        }
+        return;
+    }
+    if (GUS == 1) {
         __shared__ int last;
         const int cta_rows = KR_GF_WARPS * NR;
         const int rc = blockIdx.x * cta_rows;          // first row of this CTA
@@ -329,3 +384,23 @@ KR_GF_MV2(q8_0, 1, 1, 4)
 KR_GF_MV2(q8_0, 1, 2, 2)
 KR_GF_MV2(q8_0, 1, 2, 4)
 KR_GF_MV2(q8_0, 1, 4, 2)
+
+// Norm folding (MODE 2 / 3 above), 16 warps x 2 rows = 32 rows per CTA for the producer.
+//   kr_gf_mv2nfp_<type>(qs, sc, xq, x, rows, nb, wn, part, xo): x += W xq; xo, part as NORM
+//   kr_gf_mv2nfc_<type>(qs, sc, xq, y, rows, nb, part, eps):   y = scale * (W xq) as NS
+#define KR_GF_MV2NF(T, Q8, PF)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(32 * 16)                                                         \
+    kr_gf_mv2nfp_##T(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,                         \
+                     const signed char *__restrict__ xq, float *x, int rows, int nb, const float *wn, float *part,  \
+                     signed char *xo)                                                                             \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, 2, PF, 2, 16>(qs, sc, xq, x, rows, nb, 1, 0, 0, xo, wn, part, 0.0f);                         \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2nfc_##T(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,                         \
+                     const signed char *__restrict__ xq, float *y, int rows, int nb, const float *part, float eps)  \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, 2, PF, 3>(qs, sc, xq, y, rows, nb, 0, 0, 0, 0, 0, (float *)part, eps);                      \
+    }
+KR_GF_MV2NF(q4_0, 0, 4)
+KR_GF_MV2NF(q8_0, 1, 2)

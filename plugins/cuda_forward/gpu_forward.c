@@ -352,6 +352,7 @@ static kr_status kr__layout_acts(kr_gpu_forward *g, char *base, uint64_t *size)
     size_t q8b = kr_dec_q8_bytes((int64_t)maxc);
     g->xq = kr__take(base, &off, q8b ? q8b : 16);
     g->xq2 = kr__take(base, &off, q8b ? q8b : 16);
+    g->nf_part = kr__take(base, &off, (E / 32 + 1) * 4);
     size_t sc = kr_dec_attention_scratch_floats((int)hp->n_head, (int)hp->head_dim, g->n_split);
     g->attn_scratch = sc ? kr__take(base, &off, (uint64_t)sc * 4) : NULL;
     g->step = kr__take(base, &off, 2 * sizeof(int32_t));
@@ -798,7 +799,7 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
+ * resid=0|1, norm=sb|mb, nf=0|1, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
@@ -825,6 +826,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_bool(v, vn, &t->resid);
             else if (kn == 3 && strncmp(p, "gus", 3) == 0)
                 ok = kr__parse_bool(v, vn, &t->gus);
+            else if (kn == 2 && strncmp(p, "nf", 2) == 0)
+                ok = kr__parse_bool(v, vn, &t->nf);
             else if (kn == 4 && strncmp(p, "skip", 4) == 0) {
                 t->skip = 0;
                 ok = true;
@@ -855,8 +858,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
         if (!ok && n > 0)
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
-                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, gus=0|1, l2pf=MiB, skip=[anm]|0, default, "
-                              "old)",
+                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, nf=0|1, gus=0|1, l2pf=MiB, skip=[anm]|0, "
+                              "default, old)",
                               (int)n, p, spec);
         p += n;
         if (*p == ',')
@@ -887,6 +890,14 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         snprintf(entry, sizeof entry, "kr_gf_mv2_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
         if ((st = kr__gf_fn(g->be, entry, &f8, err)) != KR_OK)
             return st;
+    }
+    kr_function *fnf[4] = {NULL, NULL, NULL, NULL}; /* p q4, p q8, c q4, c q8 */
+    if (t.nf) {
+        static const char *const nfe[4] = {"kr_gf_mv2nfp_q4_0", "kr_gf_mv2nfp_q8_0", "kr_gf_mv2nfc_q4_0",
+                                           "kr_gf_mv2nfc_q8_0"};
+        for (int i = 0; i < 4; i++)
+            if ((st = kr__gf_fn(g->be, nfe[i], &fnf[i], err)) != KR_OK)
+                return st;
     }
     kr_function *fg4 = NULL, *fg8 = NULL;
     if (t.gus && t.mv4 > 0) {
@@ -952,6 +963,10 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->fn_prefetch = fn_pf;
     g->fn_gus_q4_0 = fg4;
     g->fn_gus_q8_0 = fg8;
+    g->fn_nfp_q4_0 = fnf[0];
+    g->fn_nfp_q8_0 = fnf[1];
+    g->fn_nfc_q4_0 = fnf[2];
+    g->fn_nfc_q8_0 = fnf[3];
     kr_dec_set_pdl(g->dec, t.pdl);
     return KR_OK;
 }
@@ -1108,6 +1123,58 @@ static kr_status kr__proj_gus(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat 
              kr_dtype_name(M->type));
     KR__TRYL(lb, kr_backend_launch_ex(g->be, q4 ? g->fn_gus_q4_0 : g->fn_gus_q8_0, grid, block, 0, s, args,
                                       kr__gf_flags(g), err));
+    return KR_OK;
+}
+
+/* Norm folding (tun.nf): producer P (attn_output / ffn_down, adds into x) and consumer C
+ * (gate_up / next qkv) both on the v2 repacked path, E % 32 == 0. */
+static bool kr__nf_ok(const kr_gpu_forward *g, const kr__gf_mat *P, const kr__gf_mat *C)
+{
+    int64_t E = g->hp.n_embd;
+    if (!g->tun.nf || !g->tun.resid || !kr__mv2_ok(g, P) || !kr__mv2_ok(g, C) || E % 32 != 0 || P->rows != E ||
+        C->cols != E)
+        return false;
+    return (P->type == KR_DTYPE_Q4_0 ? g->fn_nfp_q4_0 : g->fn_nfp_q8_0) != NULL &&
+           (C->type == KR_DTYPE_Q4_0 ? g->fn_nfc_q4_0 : g->fn_nfc_q8_0) != NULL;
+}
+
+/* x += P @ xq (input q8 in g->xq); g->xq2 = q8(x * wn) unscaled, g->nf_part = block sums of x^2. */
+static kr_status kr__nf_produce(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat *P, const float *wn, kr_err *err)
+{
+    kr_status st;
+    const void *qs = P->w;
+    const void *sc = (const char *)P->w + (size_t)P->rows * (size_t)(P->cols / 32) * kr__quant_bytes(P->type);
+    const void *xq = g->xq;
+    float *x = g->x, *part = g->nf_part;
+    void *xo = g->xq2;
+    int rows = (int)P->rows, nb = (int)(P->cols / 32);
+    void *args[] = {&qs, &sc, &xq, &x, &rows, &nb, &wn, &part, &xo};
+    uint32_t grid[3] = {(uint32_t)(rows / 32), 1, 1}, block[3] = {32, 16, 1};
+    char lb[64];
+    snprintf(lb, sizeof lb, "matvec %s %s q8 repacked v2 + norm", g->role ? g->role : "?", kr_dtype_name(P->type));
+    KR__TRYL(lb, kr_backend_launch_ex(g->be, P->type == KR_DTYPE_Q4_0 ? g->fn_nfp_q4_0 : g->fn_nfp_q8_0, grid, block,
+                                      0, s, args, kr__gf_flags(g), err));
+    return KR_OK;
+}
+
+/* y = rsqrt(sum(nf_part) / E + eps) * (C @ xq2). */
+static kr_status kr__nf_consume(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat *C, float *y, kr_err *err)
+{
+    kr_status st;
+    const void *qs = C->w;
+    const void *sc = (const char *)C->w + (size_t)C->rows * (size_t)(C->cols / 32) * kr__quant_bytes(C->type);
+    const void *xq = g->xq2;
+    const float *part = g->nf_part;
+    float eps = g->hp.norm_eps;
+    int rows = (int)C->rows, nb = (int)(C->cols / 32);
+    void *args[] = {&qs, &sc, &xq, &y, &rows, &nb, &part, &eps};
+    uint32_t grid[3] = {(uint32_t)((rows + 2 * KR__GF_WARPS - 1) / (2 * KR__GF_WARPS)), 1, 1},
+             block[3] = {32, KR__GF_WARPS, 1};
+    char lb[64];
+    snprintf(lb, sizeof lb, "matvec %s %s q8 repacked v2 (norm scale)", g->role ? g->role : "?",
+             kr_dtype_name(C->type));
+    KR__TRYL(lb, kr_backend_launch_ex(g->be, C->type == KR_DTYPE_Q4_0 ? g->fn_nfc_q4_0 : g->fn_nfc_q8_0, grid, block,
+                                      0, s, args, kr__gf_flags(g), err));
     return KR_OK;
 }
 
@@ -1277,18 +1344,22 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
      * (v2 repacked) matvec adds into x itself; otherwise it writes tmp and
      * the next norm adds it (pend). */
     const float *pend = NULL;
+    bool nf_in = false; /* this layer's qkv input was left by the previous ffn_down (tun.nf) */
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
         const kr__gf_mat *qkv[3] = {&L->q, &L->k, &L->v};
         float *const qkv_y[3] = {g->q, g->k, g->v};
         const kr__gf_mat *qkv1[1] = {&L->qkv};
         bool fq = L->fuse_qkv;
-        if (!(skip & KR__SKIP_NORM) &&
+        if (!nf_in && !(skip & KR__SKIP_NORM) &&
             (st = kr__norm(g, s, pend, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3), err)) != KR_OK)
             return st;
         g->role = fq ? "attn_qkv" : "attn_q/k/v";
-        if (!(skip & KR__SKIP_MV) && (st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
-                                              : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
+        if (nf_in) {
+            if (!(skip & KR__SKIP_MV) && (st = kr__nf_consume(g, s, &L->qkv, g->q, err)) != KR_OK)
+                return st;
+        } else if (!(skip & KR__SKIP_MV) && (st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
+                                                     : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
             return st;
         if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && (st = kr__l2_prefetch(g, s, L, err)) != KR_OK)
             return st;
@@ -1309,19 +1380,29 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         bool ro = g->tun.resid && kr__mv2_ok(g, &L->o);
         float *const o_y[1] = {ro ? g->x : g->tmp};
         g->role = "attn_output";
-        if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
+        bool fg = L->fuse_gu;
+        bool nf_o = fg && kr__nf_ok(g, &L->o, &L->gu);
+        if (nf_o) {
+            if (!(skip & KR__SKIP_MV)) {
+                KR__TRY(kr_dec_quantize_q8(d, s, g->att, g->xq, L->o.cols, err));
+                if ((st = kr__nf_produce(g, s, &L->o, L->ffn_norm, err)) != KR_OK)
+                    return st;
+            }
+        } else if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
             return st;
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
         const kr__gf_mat *gu1[1] = {&L->gu};
-        bool fg = L->fuse_gu;
-        if (!(skip & KR__SKIP_NORM) &&
+        if (!nf_o && !(skip & KR__SKIP_NORM) &&
             (st = kr__norm(g, s, ro ? NULL : g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) !=
                 KR_OK)
             return st;
         g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
-        bool gus = fg && kr__gus_ok(g, &L->gu) && L->down.q8;
-        if (!(skip & KR__SKIP_MV) && (st = gus ? kr__proj_gus(g, s, &L->gu, g->gate, err)
+        bool gus = !nf_o && fg && kr__gus_ok(g, &L->gu) && L->down.q8;
+        if (nf_o) {
+            if (!(skip & KR__SKIP_MV) && (st = kr__nf_consume(g, s, &L->gu, g->gate, err)) != KR_OK)
+                return st;
+        } else if (!(skip & KR__SKIP_MV) && (st = gus ? kr__proj_gus(g, s, &L->gu, g->gate, err)
                   : fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, false, err)
                        : kr__proj(g, s, g->h, true, gu, gu_y, 2, false, err)) != KR_OK)
             return st;
@@ -1342,9 +1423,16 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
                 return st;
             g->role = "ffn_down";
-            if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
+            const kr__gf_layer *Ln = l + 1 < hp->n_layer ? &g->layers[l + 1] : NULL;
+            nf_in = Ln && Ln->fuse_qkv && dq && kr__nf_ok(g, &L->down, &Ln->qkv);
+            if (nf_in) {
+                if (!(skip & KR__SKIP_MV) && (st = kr__nf_produce(g, s, &L->down, Ln->attn_norm, err)) != KR_OK)
+                    return st;
+            } else if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
                 return st;
         }
+        if (gus)
+            nf_in = false;
         pend = rd ? NULL : g->tmp;
     }
     if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && hp->n_layer > 0) {

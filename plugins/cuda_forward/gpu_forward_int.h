@@ -46,6 +46,8 @@ typedef struct kr__gf_tuning {
     int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
     bool resid;                    /* attn_output / ffn_down (repacked, v2) add into x directly */
     bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
+    bool nf;                       /* ffn_norm / next attn_norm folded into attn_output / ffn_down (producer)
+                                      and gate_up / qkv (consumer): kr_gf_mv2nf{p,c}_* */
     bool gus;                      /* fused gate/up matvec does SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*) */
     unsigned skip;                 /* KR__SKIP_*: leave parts of the layers out (timing experiments only) */
     int l2pf_mb;                   /* > 0: during the attention, prefetch up to this many MiB of the layer's
@@ -97,6 +99,7 @@ struct kr_gpu_forward {
     float *up;                     /* (F) = gate + F */
     float *logits;                 /* (V) */
     void *xq;                      /* q8 activations (kr_dec_q8_bytes(max cols)) */
+    float *nf_part;                /* (E/32) per-block sums of x^2 from the norm-folding producer */
     void *xq2;                     /* second q8 buffer (same size): output of the gate/up + swiglu matvec */
     float *attn_scratch;           /* split-K partials or NULL */
     int32_t *step;                 /* (2) device: token id, position */
@@ -114,6 +117,8 @@ struct kr_gpu_forward {
     kr_function *fn_prefetch;      /* kr_gf_prefetch_l2 (or NULL) */
     kr_function *fn_gus_q4_0;      /* kr_gf_mv2gus_* of tun.mv4 / tun.mv8 (or NULL) */
     kr_function *fn_gus_q8_0;
+    kr_function *fn_nfp_q4_0, *fn_nfp_q8_0; /* norm-folding producer / consumer matvecs (tun.nf) */
+    kr_function *fn_nfc_q4_0, *fn_nfc_q8_0;
     kr_buffer *gus_cnt;            /* (n_ff/32) int32 group counters, zero between launches */
     kr_stream *side;               /* L2 prefetch stream (created on first use) */
     kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */

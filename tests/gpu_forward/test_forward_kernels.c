@@ -7,6 +7,8 @@
  *   prefetch chunks, partial last chunk);
  * - the gate/up matvec with SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*), twice
  *   per case (the group counters must return to 0);
+ * - the norm-folding producer (x += W xq, then q8(x * wn) and block sums of x^2) and
+ *   consumer (scale from those sums times W xq), kr_gf_mv2nf{p,c}_*;
  * - the multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) with several grid
  *   sizes (grid-stride over the 32-blocks);
  * - a chain of them launched with KR_LAUNCH_PDL equals the same chain
@@ -419,6 +421,145 @@ Test(gpu_forward_kernels, gate_up_swiglu_q8_vs_cpu, .timeout = 300)
         free(zeros);
         free(cnt);
         free(xq);
+    }
+    kr_backend_destroy(be);
+}
+
+/* ---- norm folding: kr_gf_mv2nfp_* (producer) and kr_gf_mv2nfc_* (consumer) ------------- */
+
+Test(gpu_forward_kernels, norm_folding_producer_vs_cpu, .timeout = 300)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    static const char *const entries[2] = {"kr_gf_mv2nfp_q4_0", "kr_gf_mv2nfp_q8_0"};
+    static const int shapes[][2] = {{32, 1}, {96, 7}, {160, 300}, {4096, 129}}; /* (rows = E, nb) */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], nb = shapes[si][1];
+        size_t xb;
+        uint8_t *xq = xq_random(nb, &xb);
+        float *x0 = malloc((size_t)rows * 4), *wn = malloc((size_t)rows * 4), *x = malloc((size_t)rows * 4);
+        float *part = malloc((size_t)rows / 32 * 4);
+        double *ref = malloc((size_t)rows * sizeof *ref), *hw = malloc((size_t)rows * sizeof *hw);
+        size_t xob = (size_t)rows + (size_t)rows / 32 * 8;
+        uint8_t *xo = malloc(xob);
+        cr_assert(x0 && wn && x && part && ref && hw && xo);
+        for (int i = 0; i < rows; i++) {
+            x0[i] = kr_test_rng_f(-2.0f, 2.0f);
+            wn[i] = kr_test_rng_f(0.5f, 1.5f);
+        }
+        kr_buffer *bx, *bw;
+        void *dx = kr_test_dupload(be, xq, xb, &bx);
+        const float *dwn = kr_test_dupload(be, wn, (size_t)rows * 4, &bw);
+        for (int q8 = 0; q8 < 2; q8++) {
+            mat m = mat_random(q8, rows, nb);
+            mv_ref(&m, xq, ref);
+            for (int i = 0; i < rows; i++) {
+                ref[i] += x0[i];
+                hw[i] = ref[i] * wn[i];
+            }
+            kr_buffer *bm, *by, *bp, *bo;
+            const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
+            const void *dqs = dm, *dsc = dm + m.sc_off;
+            float *dy = kr_test_dupload(be, x0, (size_t)rows * 4, &by);
+            float *dp = kr_test_dpoisoned(be, (size_t)rows / 32, &bp);
+            uint8_t *poison = malloc(xob);
+            cr_assert_not_null(poison);
+            memset(poison, 0x7f, xob);
+            void *dxo = kr_test_dupload(be, poison, xob, &bo);
+            free(poison);
+            kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu, kr_kernel_forward_matvec_repacked_cu_LEN,
+                                     k_mv_src.name, entries[q8]);
+            int irows = rows, inb = nb;
+            void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &dwn, &dp, &dxo};
+            launch(be, fn, (uint32_t)rows / 32, 32, 16, args, 0);
+            kr_test_download(be, x, dy, (size_t)rows * 4);
+            kr_test_download(be, part, dp, (size_t)rows / 32 * 4);
+            kr_test_download(be, xo, dxo, xob);
+            char what[128];
+            snprintf(what, sizeof what, "%s rows %d nb %d (seed %llu)", entries[q8], rows, nb,
+                     (unsigned long long)kr_test_seed());
+            double e = nmse_d(x, ref, rows);
+            cr_expect_leq(e, 1e-10, "%s: x NMSE %.3g", what, e);
+            check_q8(xo, hw, rows, what);
+            for (int b = 0; b < rows / 32; b++) {
+                double ss = 0;
+                for (int j = 0; j < 32; j++)
+                    ss += ref[b * 32 + j] * ref[b * 32 + j];
+                cr_expect(fabs(part[b] - ss) <= 1e-5 * ss + 1e-30, "%s: part[%d] %g, want %g", what, b,
+                          (double)part[b], ss);
+            }
+            kr_backend_free(be, bm);
+            kr_backend_free(be, by);
+            kr_backend_free(be, bp);
+            kr_backend_free(be, bo);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bw);
+        free(xq);
+        free(x0);
+        free(wn);
+        free(x);
+        free(part);
+        free(ref);
+        free(hw);
+        free(xo);
+    }
+    kr_backend_destroy(be);
+}
+
+Test(gpu_forward_kernels, norm_folding_consumer_vs_cpu, .timeout = 300)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    static const char *const entries[2] = {"kr_gf_mv2nfc_q4_0", "kr_gf_mv2nfc_q8_0"};
+    static const int shapes[][2] = {{1, 1}, {37, 7}, {1001, 128}, {67, 300}}; /* (rows, nb) */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], nb = shapes[si][1];
+        size_t xb;
+        uint8_t *xq = xq_random(nb, &xb);
+        float *part = malloc((size_t)nb * 4), *y = malloc((size_t)rows * 4);
+        double *ref = malloc((size_t)rows * sizeof *ref);
+        cr_assert(part && y && ref);
+        double sum = 0;
+        for (int b = 0; b < nb; b++) {
+            part[b] = kr_test_rng_f(0.0f, 40.0f);
+            sum += part[b];
+        }
+        const float eps = 1e-5f;
+        double scale = 1.0 / sqrt(sum / (32.0 * nb) + eps);
+        kr_buffer *bx, *bp;
+        void *dx = kr_test_dupload(be, xq, xb, &bx);
+        const float *dp = kr_test_dupload(be, part, (size_t)nb * 4, &bp);
+        for (int q8 = 0; q8 < 2; q8++) {
+            mat m = mat_random(q8, rows, nb);
+            mv_ref(&m, xq, ref);
+            for (int r = 0; r < rows; r++)
+                ref[r] *= scale;
+            kr_buffer *bm, *by;
+            const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
+            const void *dqs = dm, *dsc = dm + m.sc_off;
+            float *dy = kr_test_dpoisoned(be, (size_t)rows, &by);
+            kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu, kr_kernel_forward_matvec_repacked_cu_LEN,
+                                     k_mv_src.name, entries[q8]);
+            int irows = rows, inb = nb;
+            float e2 = eps;
+            void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &dp, &e2};
+            launch(be, fn, (uint32_t)(rows + 2 * WARPS - 1) / (2 * WARPS), 32, WARPS, args, 0);
+            kr_test_download(be, y, dy, (size_t)rows * 4);
+            double e = nmse_d(y, ref, rows);
+            cr_expect_leq(e, 1e-10, "%s rows %d nb %d: NMSE %.3g (seed %llu)", entries[q8], rows, nb, e,
+                          (unsigned long long)kr_test_seed());
+            kr_backend_free(be, bm);
+            kr_backend_free(be, by);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bp);
+        free(xq);
+        free(part);
+        free(y);
+        free(ref);
     }
     kr_backend_destroy(be);
 }

@@ -348,7 +348,8 @@ static void variants_compare(kr_dtype type)
     static const char *const specs[] = {"old", "pdl=0", "mv4=r1p4,mv8=r1p4", "mv4=r4p2,mv8=r4p2",
                                         "mv4=r2p8,mv8=r2p2", "mv4=v1,mv8=v1", "resid=0", "norm=sb",
                                         "pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb", "l2pf=16", "old,l2pf=1", "gus=1",
-                                        "gus=1,mv4=r1p4,mv8=r1p4", "gus=1,mv4=r4p2,mv8=r4p2,pdl=0"};
+                                        "gus=1,mv4=r1p4,mv8=r1p4", "gus=1,mv4=r4p2,mv8=r4p2,pdl=0",
+                                        "nf=1", "nf=1,pdl=0", "nf=1,gus=1", "nf=1,resid=0"};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
         g_tuning = specs[i];
         cr_log_info("variant %s", specs[i]);
@@ -370,7 +371,7 @@ Test(gpu_forward, set_tuning_rejects_bad_specs)
     kr_err err;
     kr_err_clear(&err);
     static const char *const bad[] = {"pdl=2", "mv4=r3p3", "mv8=r2p8", "nosuch=1", "norm=xx", "pdl", "resid=", "=1",
-                                      "l2pf=-1", "l2pf=12345", "l2pf=x", "gus=2"};
+                                      "l2pf=-1", "l2pf=12345", "l2pf=x", "gus=2", "nf=01"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         kr_status st = kr_gpu_forward_set_tuning(g, bad[i], &err);
         cr_expect_eq(st, KR_ERR_INVALID_ARG, "'%s' accepted", bad[i]);

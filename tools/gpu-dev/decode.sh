@@ -50,9 +50,9 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv4=r1p4;mv4=r4p2;mv4=r2p8;resid=0,norm=sb;norm=sb;l2pf=12;l2pf=24;l2pf=40;gus=1;gus=1,l2pf=24;gus=1,mv4=r4p2;skip=a;skip=n;skip=an;skip=m;skip=anm"
-  V8="old;pdl=0;pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb;default;mv8=r1p4;mv8=r2p4;mv8=r4p2;resid=0,norm=sb;l2pf=16;l2pf=32;gus=1;gus=1,l2pf=16"
-  VF="old;default;pdl=0;l2pf=24"
+  V4="old;pdl=0;default;nf=1;nf=1,pdl=0;nf=1,mv4=r2p8;mv4=r2p8;norm=sb;resid=0,norm=sb;skip=a;skip=n;skip=an;skip=m;skip=anm;nf=1,skip=a;nf=1,skip=m"
+  V8="old;pdl=0;default;nf=1;mv8=r2p4;nf=1,mv8=r2p4;skip=a;skip=n;skip=m"
+  VF="old;default;pdl=0;nf=1"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   # decode timing only: keep the prompt on the decode step (independent of the batched prefill)
   pre=()
@@ -70,9 +70,19 @@ if [ "$part" = bench ]; then
     echo "rc=$?" >>"$tmp/$t.txt"
     cat "$tmp/$t.txt" >>"$LOG"
   done
+  # the attention kernels of kr_decode_kv.h on the f16 cache (gpu_kvcache.c: KR_GKV_KERNELS=new)
+  f=${KR_7B_Q4_0:-}
+  if [ -n "$f" ] && [ -f "$f" ]; then
+    V="default;nf=1;skip=a"
+    echo "-- Q4_0 with KR_GKV_KERNELS=new: --variants (2 rounds)" >>"$LOG"
+    KR_GKV_KERNELS=new timeout 30 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" \
+      --variants "$V;$(rev "$V")" >"$tmp/Q4_0-newkv.txt" 2>&1
+    echo "rc=$?" >>"$tmp/Q4_0-newkv.txt"
+    cat "$tmp/Q4_0-newkv.txt" >>"$LOG"
+  fi
   {
     echo "== decode bench summary (ms/tok; % of copy = GB/s / copy GB/s of the same run; r1 r2 = the two rounds)"
-    for t in Q4_0 Q8_0 F16; do
+    for t in Q4_0 Q8_0 F16 Q4_0-newkv; do
       [ -f "$tmp/$t.txt" ] || continue
       awk -v t="$t" '
         /^copy bw/ {copy=$4}
