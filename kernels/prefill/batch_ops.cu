@@ -195,3 +195,51 @@ extern "C" __global__ void kr_pf_embed(const unsigned char *__restrict__ table, 
     }
     out[(kr_pb_i64)t * o_stride + i] = v;
 }
+
+// Residual add + RMSNorm of rows with fp16 output (the GEMM's fp16 A):
+//   if res: x[r, :] += res[r, :] (written back to x)
+//   y[r, i] = fp16(x[r, i] / sqrt(mean(x[r, :]^2) + eps) * w[i])   (w NULL: 1)
+// x, res: (rows, n) fp32 rows n apart; y rows y_stride halves apart.
+// Launch: block (256), grid (rows).
+extern "C" __global__ void __launch_bounds__(256)
+kr_pf_rmsnorm_h(float *x, const float *res, const float *w, kr_pb_u16 *y, long long y_stride, int n, float eps)
+{
+    __shared__ float sh[8];
+    float *xr = x + (kr_pb_i64)blockIdx.x * n;
+    const float *rr = res ? res + (kr_pb_i64)blockIdx.x * n : 0;
+    kr_pb_u16 *yr = y + (kr_pb_i64)blockIdx.x * y_stride;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (rr) {
+            v += rr[i];
+            xr[i] = v;
+        }
+        ss += v * v;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0)
+        sh[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        tot += sh[i];
+    const float scale = rsqrtf(tot / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        yr[i] = kr_pb_f2h(w ? xr[i] * scale * w[i] : xr[i] * scale);
+}
+
+// SwiGLU over rows with fp16 output: y[t, i] = fp16(silu(x[t, i]) * x[t, up_off + i]), i < ff;
+// y rows y_stride halves apart. Launch: block (256), grid (ceil(ff/256), n).
+extern "C" __global__ void kr_pf_swiglu_h(const float *x, long long x_stride, long long up_off, kr_pb_u16 *y,
+                                          long long y_stride, int ff)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (i >= ff)
+        return;
+    const float g = x[(kr_pb_i64)t * x_stride + i], u = x[(kr_pb_i64)t * x_stride + up_off + i];
+    y[(kr_pb_i64)t * y_stride + i] = kr_pb_f2h(g / (1.0f + expf(-g)) * u);
+}

@@ -44,6 +44,9 @@ struct kr__gpf {
     uint32_t n_batch;   /* tokens per chunk the buffers hold */
     kr_buffer *buf;     /* all of the below */
     float *x, *h, *qkv, *att, *gu, *tmp; /* (nb,E) (nb,E) (nb,QKVD) (nb,QD) (nb,2F) (nb,E) */
+    bool f16a;          /* llama: norms and swiglu write fp16 GEMM inputs (h16, ff16), kr_gemm_run_f16a /
+                           _repacked with a16 (env KERNRUN_PREFILL_F16A=1/0 overrides the default) */
+    uint16_t *h16, *ff16; /* (nb,E) (nb,F) halves, when f16a */
     int32_t *tok;       /* (nb) token ids of the chunk */
     void *unpack;       /* unpack_bytes of GGML-layout scratch, or NULL */
     size_t unpack_bytes;
@@ -234,8 +237,37 @@ static uint64_t kr__pf_layout(kr__gpf *P, const kr_gpu_forward *g, char *base, u
     P->att = kr__pf_take(base, &off, nb * QD * 4);
     P->gu = kr__pf_take(base, &off, nb * 2 * F * 4);
     P->tok = kr__pf_take(base, &off, nb * 4);
+    P->h16 = P->f16a ? kr__pf_take(base, &off, nb * E * 2) : NULL;
+    P->ff16 = P->f16a ? kr__pf_take(base, &off, nb * F * 2) : NULL;
     P->unpack = P->unpack_bytes ? kr__pf_take(base, &off, P->unpack_bytes) : NULL;
     return off;
+}
+
+/* Default of P->f16a (set from measurements, docs/PREFILL.md). */
+#define KR__PF_F16A_DEFAULT 0
+
+/* M can take fp16 A: the repacked GEMM, or an MMA kernel on 16-byte aligned rows. */
+static bool kr__pf_f16a_mat(const kr__gpf *P, const kr__gf_mat *M)
+{
+    if (M->repacked)
+        return P->gemm_repacked && M->cols % 256 == 0;
+    return kr_gemm_mma_supports(M->type) && M->row_stride % 16 == 0 && (uintptr_t)M->w % 16 == 0;
+}
+
+/* llama/mistral whose every layer matrix takes fp16 A (output stays fp32); rows of 8-half multiples. */
+static bool kr__pf_f16a_possible(const kr_gpu_forward *g, const kr__gpf *P)
+{
+    if (g->falcon || g->hp.n_embd % 8 != 0 || g->hp.n_ff % 8 != 0)
+        return false;
+    for (uint32_t l = 0; l < g->hp.n_layer; l++) {
+        const kr__gf_layer *L = &g->layers[l];
+        const kr__gf_mat *mats[8];
+        int nm = kr__pf_layer_mats(g, L, mats);
+        for (int i = 0; i < nm; i++)
+            if (mats[i] != &L->o && !kr__pf_f16a_mat(P, mats[i])) /* o reads the fp32 attention output */
+                return false;
+    }
+    return true;
 }
 
 static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
@@ -249,6 +281,10 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
         return st;
     const char *ur = getenv("KERNRUN_PREFILL_UNREPACK");
     P->gemm_repacked = !(ur && strcmp(ur, "1") == 0);
+    const char *fa = getenv("KERNRUN_PREFILL_F16A");
+    P->f16a = fa ? strcmp(fa, "1") == 0 : KR__PF_F16A_DEFAULT;
+    if (P->f16a)
+        P->f16a = kr__pf_f16a_possible(g, P);
     /* unrepack scratch: the largest repacked matrix, capped (slices; env
      * KERNRUN_PREFILL_UNPACK_MB overrides the cap, for measurements) */
     size_t cap = KR__PF_UNPACK_MAX;
@@ -282,8 +318,8 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
         if (st == KR_OK) {
             kr__pf_layout(P, g, P->buf->ptr, nb);
             P->n_batch = nb;
-            KR_LOGI(KR__DOM, "batched prefill: chunks of %u tokens, %.1f MiB of device buffers", nb,
-                    (double)bytes / 1048576.0);
+            KR_LOGI(KR__DOM, "batched prefill: chunks of %u tokens, %.1f MiB of device buffers, %s GEMM inputs", nb,
+                    (double)bytes / 1048576.0, P->f16a ? "fp16" : "fp32");
             return KR_OK;
         }
         if (nb <= 64)
@@ -341,6 +377,25 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
 
 /* Run one op; profiling marks: gemm ops mark themselves (kr__pf_mm), the flash
  * attention counts as attention, everything else as other. */
+/* As kr__pf_mm with A in fp16 (rows lda halves apart); M must pass kr__pf_f16a_mat. */
+static kr_status kr__pf_mm16(kr_gpu_forward *g, const kr__gf_mat *M, const uint16_t *a, size_t lda, float *c,
+                             size_t ldc, int64_t m, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    kr_status st;
+    if (M->repacked) {
+        const size_t qsz = M->type == KR_DTYPE_Q8_0 ? 32 : 16;
+        const char *qs = M->w, *sc = (const char *)M->w + (size_t)M->rows * (size_t)(M->cols / 32) * qsz;
+        st = kr_gemm_run_repacked(P->gemm, g->stream, KR_GEMM_AUTO, M->type, qs, sc, NULL, a, lda, c, ldc, m, M->rows,
+                                  M->cols, err);
+    } else {
+        st = kr_gemm_run_f16a(P->gemm, g->stream, KR_GEMM_AUTO, M->type, M->w, M->row_stride, a, lda, c, ldc, m,
+                              M->rows, M->cols, err);
+    }
+    kr__pf_mark(g, KR__PF_CAT_GEMM);
+    return st;
+}
+
 #define KR__PF_TRY(what, call)                                                                 \
     do {                                                                                       \
         kr_status st_ = (call);                                                                \
@@ -407,6 +462,59 @@ static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last
     return KR_OK;
 }
 
+/* llama/mistral with fp16 GEMM inputs: the residual adds ride in the norms (x += pending, then
+ * normalise into h16), SwiGLU writes ff16. */
+static kr_status kr__pf_chunk_llama16(kr_gpu_forward *g, int m, int p0, bool last, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    const kr_hparams *hp = &g->hp;
+    kr_dec *d = g->dec;
+    kr_stream *s = g->stream;
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int H = (int)hp->n_head, HK = (int)hp->n_head_kv, D = (int)hp->head_dim;
+    const int64_t QD = (int64_t)H * D, KVD = (int64_t)HK * D, QKVD = QD + 2 * KVD;
+    const float scale = 1.0f / sqrtf((float)D);
+    const bool neox = hp->rope_mode == KR_ROPE_NEOX;
+    const float *pend = NULL; /* residual not yet added to x */
+    uint32_t l = 0;
+    for (l = 0; l < hp->n_layer; l++) {
+        const kr__gf_layer *L = &g->layers[l];
+        KR__PF_TRY("attn_norm", kr_pf_rmsnorm_h(P->pf, s, P->x, pend, L->attn_norm, P->h16, E, m, E, hp->norm_eps, err));
+        if (L->fuse_qkv) {
+            KR__PF_TRY("qkv gemm", kr__pf_mm16(g, &L->qkv, P->h16, E, P->qkv, QKVD, m, err));
+        } else {
+            KR__PF_TRY("q gemm", kr__pf_mm16(g, &L->q, P->h16, E, P->qkv, QKVD, m, err));
+            KR__PF_TRY("k gemm", kr__pf_mm16(g, &L->k, P->h16, E, P->qkv + QD, QKVD, m, err));
+            KR__PF_TRY("v gemm", kr__pf_mm16(g, &L->v, P->h16, E, P->qkv + QD + KVD, QKVD, m, err));
+        }
+        KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
+                                      hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
+        KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
+        KR__PF_TRY("flash attention",
+                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
+                                    (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, (int)hp->sliding_window, scale,
+                                    err));
+        KR__PF_TRY("attn_output gemm", kr__pf_mm(g, &L->o, P->att, QD, P->tmp, E, m, err));
+        KR__PF_TRY("ffn_norm", kr_pf_rmsnorm_h(P->pf, s, P->x, P->tmp, L->ffn_norm, P->h16, E, m, E, hp->norm_eps, err));
+        if (L->fuse_gu) {
+            KR__PF_TRY("gate/up gemm", kr__pf_mm16(g, &L->gu, P->h16, E, P->gu, 2 * F, m, err));
+        } else {
+            KR__PF_TRY("gate gemm", kr__pf_mm16(g, &L->gate, P->h16, E, P->gu, 2 * F, m, err));
+            KR__PF_TRY("up gemm", kr__pf_mm16(g, &L->up, P->h16, E, P->gu + F, 2 * F, m, err));
+        }
+        KR__PF_TRY("swiglu", kr_pf_swiglu_h(P->pf, s, P->gu, 2 * F, F, P->ff16, F, (int)F, m, err));
+        KR__PF_TRY("ffn_down gemm", kr__pf_mm16(g, &L->down, P->ff16, F, P->tmp, E, m, err));
+        pend = P->tmp;
+    }
+    if (!last)
+        return KR_OK; /* the chunk's residual stream is not needed past its KV */
+    float *xl = P->x + (int64_t)(m - 1) * E;
+    KR__PF_TRY("residual", kr_dec_add(d, s, xl, pend + (int64_t)(m - 1) * E, xl, E, err));
+    KR__PF_TRY("output norm", kr_dec_rmsnorm(d, s, xl, g->out_norm, P->h, 1, E, hp->norm_eps, err));
+    KR__PF_TRY("output gemm", kr__pf_mm(g, &g->out, P->h, E, g->logits, hp->n_vocab, 1, err));
+    return KR_OK;
+}
+
 /* One chunk of m tokens at p0; logits of its last token when last. */
 static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, int p0, bool last, kr_err *err)
 {
@@ -432,6 +540,8 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
     }
     if (g->falcon)
         return kr__pf_chunk_falcon(g, m, p0, last, err);
+    if (P->f16a)
+        return kr__pf_chunk_llama16(g, m, p0, last, err);
     for (l = 0; l < hp->n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
         KR__PF_TRY("attn_norm", kr_dec_rmsnorm(d, s, P->x, L->attn_norm, P->h, m, E, hp->norm_eps, err));

@@ -111,4 +111,14 @@ bool kr_pf_embed_supports(kr_dtype t);
 kr_status kr_pf_embed(kr_pf *p, kr_stream *s, kr_dtype ttype, const void *table, size_t row_stride, int64_t n_vocab,
                       int64_t n_embd, const int32_t *tok, float *out, size_t o_stride, int n, kr_err *err);
 
+/* fp16 activations for the GEMM (kr_gemm_run_f16a / _repacked with a16):
+ * rmsnorm_h: for each of rows rows of x (rows n floats apart): x += res (when
+ * res != NULL, written back), y (rows y_stride halves apart) = fp16 RNE of
+ * x / sqrt(mean(x^2) + eps) * w (w NULL: 1).
+ * swiglu_h: y[t, i] = fp16(silu(x[t, i]) * x[t, up_off + i]), i < ff, t < n. */
+kr_status kr_pf_rmsnorm_h(kr_pf *p, kr_stream *s, float *x, const float *res, const float *w, uint16_t *y,
+                          size_t y_stride, int64_t rows, int64_t n, float eps, kr_err *err);
+kr_status kr_pf_swiglu_h(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, size_t up_off, uint16_t *y,
+                         size_t y_stride, int ff, int n, kr_err *err);
+
 #endif

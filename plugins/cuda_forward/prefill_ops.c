@@ -68,6 +68,8 @@ enum {
     KR__PF_SWIGLU,
     KR__PF_UNREPACK,
     KR__PF_EMBED,
+    KR__PF_RMSNORM_H,
+    KR__PF_SWIGLU_H,
     KR__PF_COUNT
 };
 
@@ -100,6 +102,8 @@ static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
     [KR__PF_SWIGLU] = KR__PB_SRC("kr_pf_swiglu_f32"),
     [KR__PF_UNREPACK] = KR__PB_SRC("kr_pf_unrepack"),
     [KR__PF_EMBED] = KR__PB_SRC("kr_pf_embed"),
+    [KR__PF_RMSNORM_H] = KR__PB_SRC("kr_pf_rmsnorm_h"),
+    [KR__PF_SWIGLU_H] = KR__PB_SRC("kr_pf_swiglu_h"),
 };
 
 struct kr_pf {
@@ -401,4 +405,33 @@ kr_status kr_pf_kv_store_q8(kr_pf *p, kr_stream *s, const float *k, size_t k_str
     long long ks = (long long)k_stride, vs = (long long)v_stride, rb = (long long)row_bytes;
     void *args[] = {(void *)&k, &ks, (void *)&v, &vs, &k_cache, &v_cache, &rb, &rows, &kv_dim, &pos0};
     return kr__pf_launch(p, KR__PF_KV_STORE_Q8, (uint32_t)((2 * kv_dim + 255) / 256), (uint32_t)n, 256, s, args, err);
+}
+
+kr_status kr_pf_rmsnorm_h(kr_pf *p, kr_stream *s, float *x, const float *res, const float *w, uint16_t *y,
+                          size_t y_stride, int64_t rows, int64_t n, float eps, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rmsnorm_h: NULL kr_pf");
+    if (!x || !y || rows < 1 || rows > UINT32_MAX || n < 1 || n > INT32_MAX || y_stride < (size_t)n)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rmsnorm_h: rows %lld, n %lld, y stride %zu or a NULL operand",
+                                (long long)rows, (long long)n, y_stride);
+    long long ys = (long long)y_stride;
+    int ni = (int)n;
+    void *args[] = {&x, (void *)&res, (void *)&w, &y, &ys, &ni, &eps};
+    return kr__pf_launch(p, KR__PF_RMSNORM_H, (uint32_t)rows, 1, 256, s, args, err);
+}
+
+kr_status kr_pf_swiglu_h(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, size_t up_off, uint16_t *y,
+                         size_t y_stride, int ff, int n, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "swiglu_h: NULL kr_pf");
+    if (n < 1 || n > 65535 || ff < 1 || !x || !y || up_off < (size_t)ff || x_stride < up_off + (size_t)ff ||
+        y_stride < (size_t)ff)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "swiglu_h: n %d (1..65535), ff %d, x stride %zu, up offset %zu, y stride %zu", n, ff,
+                                x_stride, up_off, y_stride);
+    long long xs = (long long)x_stride, uo = (long long)up_off, ys = (long long)y_stride;
+    void *args[] = {(void *)&x, &xs, &uo, &y, &ys, &ff};
+    return kr__pf_launch(p, KR__PF_SWIGLU_H, (uint32_t)((ff + 255) / 256), (uint32_t)n, 256, s, args, err);
 }

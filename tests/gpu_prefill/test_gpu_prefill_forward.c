@@ -246,6 +246,17 @@ Test(gpu_prefill_forward, llama_tiny_q8_0_kv_q8_0)
 }
 Test(gpu_prefill_forward, falcon_tiny_f16) { mk_check("falcon", "tiny", KR_DTYPE_F16, 0, 61, 12, 32); }
 Test(gpu_prefill_forward, falcon_tiny_q8_0) { mk_check("falcon", "tiny", KR_DTYPE_Q8_0, 0, 40, 0, 0); }
+/* fp16 GEMM inputs (kr_pf_rmsnorm_h / kr_pf_swiglu_h, kr_gemm_run_f16a / _repacked with a16) */
+Test(gpu_prefill_forward, llama_tiny_f16_f16a)
+{
+    setenv("KERNRUN_PREFILL_F16A", "1", 1);
+    mk_check("llama", "tiny", KR_DTYPE_F16, 0, 66, 17, 32);
+}
+Test(gpu_prefill_forward, llama_1b_shape_q4_0_f16a)
+{
+    setenv("KERNRUN_PREFILL_F16A", "1", 1);
+    mk_check("llama", "1b", KR_DTYPE_Q4_0, 1, 150, 20, 64);
+}
 Test(gpu_prefill_forward, llama_1b_shape_q4_0_one_layer) { mk_check("llama", "1b", KR_DTYPE_Q4_0, 1, 200, 0, 128); }
 
 /* Real tiny models: head dims the flash kernel lacks -> token by token, identical logits. */

@@ -606,3 +606,84 @@ Test(gpu_prefill, embed_batched)
     kr_pf_free(p);
     kr_backend_destroy(be);
 }
+
+/* fp16-output ops: residual add + RMSNorm rows (x written back exactly: x + res in fp32),
+ * SwiGLU rows; outputs vs double references rounded to fp16: every value within one
+ * fp16 rounding (relative 2^-10) plus fp32 noise, padding untouched. */
+Test(gpu_prefill, fp16_outputs)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    const int rows = 13, n = 777, ys = 784, ff = 301, fs = 2 * ff + 3, fys = 304;
+    float *x = malloc((size_t)rows * n * sizeof *x), *r = malloc((size_t)rows * n * sizeof *r);
+    float *w = malloc((size_t)n * sizeof *w), *x2 = malloc((size_t)rows * n * sizeof *x2);
+    float *g = malloc((size_t)rows * fs * sizeof *g);
+    uint16_t *y = malloc((size_t)rows * ys * 2), *fy = malloc((size_t)rows * fys * 2);
+    cr_assert(x && r && w && x2 && g && y && fy);
+    for (size_t i = 0; i < (size_t)rows * n; i++) {
+        x[i] = kr_test_rng_f(-4.0f, 4.0f);
+        r[i] = kr_test_rng_f(-1.0f, 1.0f);
+    }
+    for (int i = 0; i < n; i++)
+        w[i] = kr_test_rng_f(0.5f, 1.5f);
+    for (size_t i = 0; i < (size_t)rows * fs; i++)
+        g[i] = kr_test_rng_f(-6.0f, 6.0f);
+    kr_buffer *bx, *br, *bw, *by, *bg, *bf;
+    float *dx = kr_test_dupload(be, x, (size_t)rows * n * sizeof *x, &bx);
+    float *dr = kr_test_dupload(be, r, (size_t)rows * n * sizeof *r, &br);
+    float *dw = kr_test_dupload(be, w, (size_t)n * sizeof *w, &bw);
+    float *dg = kr_test_dupload(be, g, (size_t)rows * fs * sizeof *g, &bg);
+    uint16_t *dy = kr_test_dalloc(be, (size_t)rows * ys * 2, &by), *df = kr_test_dalloc(be, (size_t)rows * fys * 2, &bf);
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_backend_memset(be, dy, 0xFF, (size_t)rows * ys * 2, NULL, &err), KR_OK);
+    cr_assert_eq(kr_backend_memset(be, df, 0xFF, (size_t)rows * fys * 2, NULL, &err), KR_OK);
+    kr_status st = kr_pf_rmsnorm_h(p, NULL, dx, dr, dw, dy, ys, rows, n, 1e-5f, &err);
+    cr_assert_eq(st, KR_OK, "rmsnorm_h: %s", kr_err_msg(&err, st));
+    st = kr_pf_swiglu_h(p, NULL, dg, fs, ff + 1, df, fys, ff, rows, &err);
+    cr_assert_eq(st, KR_OK, "swiglu_h: %s", kr_err_msg(&err, st));
+    kr_test_download(be, x2, dx, (size_t)rows * n * sizeof *x2);
+    kr_test_download(be, y, dy, (size_t)rows * ys * 2);
+    kr_test_download(be, fy, df, (size_t)rows * fys * 2);
+    for (int t = 0; t < rows; t++) {
+        double ss = 0;
+        for (int i = 0; i < n; i++) {
+            const float v = x[(size_t)t * n + i] + r[(size_t)t * n + i];
+            cr_assert_eq(x2[(size_t)t * n + i], v, "x + res written back (row %d, %d)", t, i);
+            ss += (double)v * v;
+        }
+        const double sc = 1.0 / sqrt(ss / n + 1e-5);
+        for (int i = 0; i < n; i++) {
+            const double ref = (double)x2[(size_t)t * n + i] * sc * w[i];
+            const double got = kr_fp16_to_fp32(y[(size_t)t * ys + i]);
+            cr_assert(fabs(got - ref) <= fabs(ref) * 1.0e-3 + 1e-6, "rmsnorm_h row %d [%d]: %g vs %g (seed %llu)", t,
+                      i, got, ref, (unsigned long long)kr_test_seed());
+        }
+        for (int i = n; i < ys; i++)
+            cr_assert_eq(y[(size_t)t * ys + i], 0xFFFF, "rmsnorm_h wrote into the padding");
+        for (int i = 0; i < ff; i++) {
+            const double a = g[(size_t)t * fs + i], u = g[(size_t)t * fs + ff + 1 + i];
+            const double ref = a / (1.0 + exp(-a)) * u, got = kr_fp16_to_fp32(fy[(size_t)t * fys + i]);
+            cr_assert(fabs(got - ref) <= fabs(ref) * 1.0e-3 + 1e-6, "swiglu_h row %d [%d]: %g vs %g (seed %llu)", t, i,
+                      got, ref, (unsigned long long)kr_test_seed());
+        }
+        for (int i = ff; i < fys; i++)
+            cr_assert_eq(fy[(size_t)t * fys + i], 0xFFFF, "swiglu_h wrote into the padding");
+    }
+    kr_backend_free(be, bx);
+    kr_backend_free(be, br);
+    kr_backend_free(be, bw);
+    kr_backend_free(be, by);
+    kr_backend_free(be, bg);
+    kr_backend_free(be, bf);
+    free(x);
+    free(r);
+    free(w);
+    free(x2);
+    free(g);
+    free(y);
+    free(fy);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}

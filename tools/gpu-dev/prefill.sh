@@ -50,7 +50,7 @@ if [ "$part" = bench ]; then
           "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill|"
           "Q4_0 batch unrepack+GEMM|KR_7B_Q4_0||KERNRUN_PREFILL_UNREPACK=1"
           "Q4_0 batch no-repack (GGML layout)|KR_7B_Q4_0|--no-repack|"
-          "Q8_0 batch unrepack+GEMM|KR_7B_Q8_0||KERNRUN_PREFILL_UNREPACK=1")
+          "Q4_0 batch fp16 GEMM inputs|KR_7B_Q4_0||KERNRUN_PREFILL_F16A=1")
     for r in "${runs[@]}"; do
       IFS='|' read -r name var extra envs <<<"$r"
       f=${!var:-}
