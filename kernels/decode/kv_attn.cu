@@ -264,6 +264,106 @@ __device__ __forceinline__ void kr_kva_chunk(const kr_u8 *tile, const float *sc,
     }
 }
 
+// One tile in shared memory (rows 0..tv-1 valid): scores, online softmax, acc = acc*corr + P V.
+// Scores: dsp (1, 2 or 4) adjacent threads per (head, position), each over DC/dsp chunks with four
+// accumulators, summed by shuffles. PV: threads own (head, 8 dims) combos x a slice of the positions.
+template <int Q8>
+__device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, const float *Ksc, const float *Vsc,
+                                            int stride, int DC, int D, int T, int tv, int nr, const float *Qs,
+                                            float *Ss, float *m_s, float *l_s, float *c_s, float (*acc)[8], int cb,
+                                            int nsl, int slice, int NC)
+{
+    const int NT = KR_KVA_THREADS;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int dsp = nr * T * 4 <= NT && DC % 4 == 0 ? 4 : nr * T * 2 <= NT && DC % 2 == 0 ? 2 : 1;
+    const int items = nr * T * dsp, dcp = DC / dsp;
+    for (int base = 0; base < items; base += NT) { // trip count uniform over the block (shuffles)
+        const int i = base + tid;
+        const int pr = i / dsp, part = i - pr * dsp;
+        const int r = pr / T, t = pr - r * T;
+        float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+        if (i < items && t < tv) {
+            const float *qr = Qs + r * D;
+#pragma unroll 4
+            for (int jj = 0; jj < dcp; jj++) {
+                const int j = part * dcp + jj;
+                float f[8], sc;
+                kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &sc);
+                const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
+                if (Q8) {
+                    d0 = fmaf(fmaf(qb.x, f[4], qa.x * f[0]), sc, d0);
+                    d1 = fmaf(fmaf(qb.y, f[5], qa.y * f[1]), sc, d1);
+                    d2 = fmaf(fmaf(qb.z, f[6], qa.z * f[2]), sc, d2);
+                    d3 = fmaf(fmaf(qb.w, f[7], qa.w * f[3]), sc, d3);
+                } else {
+                    d0 = fmaf(qa.x, f[0], d0);
+                    d1 = fmaf(qa.y, f[1], d1);
+                    d2 = fmaf(qa.z, f[2], d2);
+                    d3 = fmaf(qa.w, f[3], d3);
+                    d0 = fmaf(qb.x, f[4], d0);
+                    d1 = fmaf(qb.y, f[5], d1);
+                    d2 = fmaf(qb.z, f[6], d2);
+                    d3 = fmaf(qb.w, f[7], d3);
+                }
+            }
+        }
+        float dot = (d0 + d1) + (d2 + d3);
+        if (dsp > 1)
+            dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+        if (dsp > 2)
+            dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+        if (i < items && part == 0)
+            Ss[r * T + t] = t < tv ? dot : kr_neg_inf();
+    }
+    __syncthreads();
+    // online softmax, one warp per head
+    for (int r = warp; r < nr; r += NT / 32) {
+        float mt = kr_neg_inf();
+        for (int t = lane; t < tv; t += 32)
+            mt = fmaxf(mt, Ss[r * T + t]);
+        mt = kr_warp_max(mt);
+        const float mo = m_s[r], mn = fmaxf(mo, mt);
+        float sum = 0.0f;
+        for (int t = lane; t < tv; t += 32) {
+            const float e = expf(Ss[r * T + t] - mn);
+            Ss[r * T + t] = e;
+            sum += e;
+        }
+        sum = kr_warp_sum(sum);
+        if (lane == 0) {
+            const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
+            c_s[r] = corr;
+            l_s[r] = l_s[r] * corr + sum;
+            m_s[r] = mn;
+        }
+    }
+    __syncthreads();
+    // acc = acc * corr + P V
+    if (slice < nsl) {
+#pragma unroll
+        for (int k = 0; k < KR_KVA_CPT; k++) {
+            const int c = cb + k * NT;
+            if (c < NC && (k == 0 || NC >= NT)) {
+                const int r = c / DC, j = c - r * DC;
+                const float corr = c_s[r];
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    acc[k][e] *= corr;
+                const float *pr = Ss + r * T;
+#pragma unroll 4
+                for (int t = slice; t < tv; t += nsl) {
+                    float f[8], sc;
+                    kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &sc);
+                    const float w = Q8 ? pr[t] * sc : pr[t];
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc[k][e] = fmaf(w, f[e], acc[k][e]);
+                }
+            }
+        }
+    }
+}
+
 template <int Q8, int CP>
 __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const void *vc, const int *slot,
                                        long long slot_bytes, int rows, long long row_bytes, int kv_dim, float *out,
@@ -274,7 +374,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     __shared__ float m_s[KR_KVA_RB], l_s[KR_KVA_RB], c_s[KR_KVA_RB];
     KR_PDL_WAIT();
     const int NT = KR_KVA_THREADS;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int R = n_head / n_head_kv;
     const int nhb = (R + KR_KVA_RB - 1) / KR_KVA_RB;
     const int g = blockIdx.x / nhb, hb = blockIdx.x - g * nhb;
@@ -284,7 +384,18 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     const int D = head_dim, DC = D >> 3;
     enum { USE_CP = CP && !Q8 };                          // cp.async double buffering (F16 only)
     const int T = min(USE_CP ? KR_KVA_MAXT / 2 : KR_KVA_MAXT, KR_KVA_TILE / D);
-    const int p = pos ? *pos : pos_imm;
+    // shared layout: K tile | V tile | Q (RB x D fp32, pre-scaled) | S (RB x T fp32)
+    const int stride = Q8 ? D + 8 : 2 * D + 16;           // bytes per tile row
+    const int qbytes = (T * stride + 15) & ~15;          // quants / halves of one tile
+    const int tbytes = (qbytes + (Q8 ? T * DC * 4 : 0) + 15) & ~15; // + Q8_0 scales (fp32 per 8-chunk)
+    kr_u8 *Kt = sm, *Vt = sm + tbytes;
+    float *Ksc = (float *)(Kt + qbytes), *Vsc = (float *)(Vt + qbytes);
+    float *Qs = (float *)(sm + KR_KVA_QOFF);
+    float *Ss = Qs + KR_KVA_RB * D;
+
+    const int p = pos ? *pos : pos_imm; // issued first: the q loads below overlap it
+    for (int i = tid; i < nr * D; i += NT)
+        Qs[i] = q[(kr_i64)h0 * D + i] * scale;
     const int j0 = window > 0 ? max(0, p - window + 1) : 0;
     const int len = p - j0 + 1;
     if (p < 0 || len > rows) {
@@ -300,17 +411,6 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     const int chunk = (len + n_split - 1) / n_split;
     const int ts = j0 + split * chunk, te = min(ts + chunk, p + 1);
 
-    // shared layout: K tile | V tile | Q (RB x D fp32, pre-scaled) | S (RB x T fp32)
-    const int stride = Q8 ? D + 8 : 2 * D + 16;           // bytes per tile row
-    const int qbytes = (T * stride + 15) & ~15;          // quants / halves of one tile
-    const int tbytes = (qbytes + (Q8 ? T * DC * 4 : 0) + 15) & ~15; // + Q8_0 scales (fp32 per 8-chunk)
-    kr_u8 *Kt = sm, *Vt = sm + tbytes;
-    float *Ksc = (float *)(Kt + qbytes), *Vsc = (float *)(Vt + qbytes);
-    float *Qs = (float *)(sm + KR_KVA_QOFF);
-    float *Ss = Qs + KR_KVA_RB * D;
-
-    for (int i = tid; i < nr * D; i += NT)
-        Qs[i] = q[(kr_i64)h0 * D + i] * scale;
     if (tid < KR_KVA_RB) {
         m_s[tid] = kr_neg_inf();
         l_s[tid] = 0.0f;
@@ -354,70 +454,8 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
                 Kt = sm + (it & 1) * 2 * tbytes;
                 Vt = Kt + tbytes;
                 const int tv = min(T, te - t0); // valid rows of this tile
-                // scores
-                for (int i = tid; i < nr * T; i += NT) {
-                    const int r = i / T, t = i - r * T;
-                    float dot = kr_neg_inf();
-                    if (t < tv) {
-                        dot = 0.0f;
-                        const float *qr = Qs + r * D;
-                        for (int j = 0; j < DC; j++) {
-                            float f[8], s;
-                            kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &s);
-                            const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
-                            const float part8 = qa.x * f[0] + qa.y * f[1] + qa.z * f[2] + qa.w * f[3] + qb.x * f[4] +
-                                                qb.y * f[5] + qb.z * f[6] + qb.w * f[7];
-                            dot += Q8 ? part8 * s : part8;
-                        }
-                    }
-                    Ss[r * T + t] = dot;
-                }
-                __syncthreads();
-                // online softmax, one warp per head
-                for (int r = warp; r < nr; r += NT / 32) {
-                    float mt = kr_neg_inf();
-                    for (int t = lane; t < tv; t += 32)
-                        mt = fmaxf(mt, Ss[r * T + t]);
-                    mt = kr_warp_max(mt);
-                    const float mo = m_s[r], mn = fmaxf(mo, mt);
-                    float sum = 0.0f;
-                    for (int t = lane; t < tv; t += 32) {
-                        const float e = expf(Ss[r * T + t] - mn);
-                        Ss[r * T + t] = e;
-                        sum += e;
-                    }
-                    sum = kr_warp_sum(sum);
-                    if (lane == 0) {
-                        const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
-                        c_s[r] = corr;
-                        l_s[r] = l_s[r] * corr + sum;
-                        m_s[r] = mn;
-                    }
-                }
-                __syncthreads();
-                // acc = acc * corr + P V
-                if (slice < nsl) {
-    #pragma unroll
-                    for (int k = 0; k < KR_KVA_CPT; k++) {
-                        const int c = cb + k * NT;
-                        if (c < NC && (k == 0 || NC >= NT)) {
-                            const int r = c / DC, j = c - r * DC;
-                            const float corr = c_s[r];
-    #pragma unroll
-                            for (int e = 0; e < 8; e++)
-                                acc[k][e] *= corr;
-                            const float *pr = Ss + r * T;
-                            for (int t = slice; t < tv; t += nsl) {
-                                float f[8], s;
-                                kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &s);
-                                const float w = Q8 ? pr[t] * s : pr[t];
-    #pragma unroll
-                                for (int e = 0; e < 8; e++)
-                                    acc[k][e] += w * f[e];
-                            }
-                        }
-                    }
-                }
+                kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
+                                NC);
                 __syncthreads(); // this stage is refilled two tiles later
             }
         } else {
@@ -445,70 +483,8 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
                 if (t0 + T < te) // next tile's loads fly while this one is used
                     kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, t0 + T, te, ct, cj, kr, vr, ks, vs);
                 const int tv = min(T, te - t0); // valid rows of this tile
-                // scores
-                for (int i = tid; i < nr * T; i += NT) {
-                    const int r = i / T, t = i - r * T;
-                    float dot = kr_neg_inf();
-                    if (t < tv) {
-                        dot = 0.0f;
-                        const float *qr = Qs + r * D;
-                        for (int j = 0; j < DC; j++) {
-                            float f[8], s;
-                            kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &s);
-                            const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
-                            const float part8 = qa.x * f[0] + qa.y * f[1] + qa.z * f[2] + qa.w * f[3] + qb.x * f[4] +
-                                                qb.y * f[5] + qb.z * f[6] + qb.w * f[7];
-                            dot += Q8 ? part8 * s : part8;
-                        }
-                    }
-                    Ss[r * T + t] = dot;
-                }
-                __syncthreads();
-                // online softmax, one warp per head
-                for (int r = warp; r < nr; r += NT / 32) {
-                    float mt = kr_neg_inf();
-                    for (int t = lane; t < tv; t += 32)
-                        mt = fmaxf(mt, Ss[r * T + t]);
-                    mt = kr_warp_max(mt);
-                    const float mo = m_s[r], mn = fmaxf(mo, mt);
-                    float sum = 0.0f;
-                    for (int t = lane; t < tv; t += 32) {
-                        const float e = expf(Ss[r * T + t] - mn);
-                        Ss[r * T + t] = e;
-                        sum += e;
-                    }
-                    sum = kr_warp_sum(sum);
-                    if (lane == 0) {
-                        const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
-                        c_s[r] = corr;
-                        l_s[r] = l_s[r] * corr + sum;
-                        m_s[r] = mn;
-                    }
-                }
-                __syncthreads();
-                // acc = acc * corr + P V
-                if (slice < nsl) {
-    #pragma unroll
-                    for (int k = 0; k < KR_KVA_CPT; k++) {
-                        const int c = cb + k * NT;
-                        if (c < NC && (k == 0 || NC >= NT)) {
-                            const int r = c / DC, j = c - r * DC;
-                            const float corr = c_s[r];
-    #pragma unroll
-                            for (int e = 0; e < 8; e++)
-                                acc[k][e] *= corr;
-                            const float *pr = Ss + r * T;
-                            for (int t = slice; t < tv; t += nsl) {
-                                float f[8], s;
-                                kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, j, f, &s);
-                                const float w = Q8 ? pr[t] * s : pr[t];
-    #pragma unroll
-                                for (int e = 0; e < 8; e++)
-                                    acc[k][e] += w * f[e];
-                            }
-                        }
-                    }
-                }
+                kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
+                                NC);
             }
         }
     }
@@ -548,6 +524,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     if (n_split > 1) {
         __shared__ int last_s;
         __shared__ float L_s[KR_KVA_RB];
+        const int lane = tid & 31, warp = tid >> 5;
         unsigned *cnt = (unsigned *)(part + (kr_i64)n_head * n_split * (D + 2)) + blockIdx.x;
         __threadfence(); // this block's partials are visible before the count says so
         __syncthreads();

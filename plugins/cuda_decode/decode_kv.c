@@ -19,13 +19,14 @@
  * (F16 only; Q8_0 uses the register path), fused combine). Each has its own
  * static records (the backend caches functions by record address). */
 #define KR__KVA_VARIANTS(X)           \
-    X(0, "t128", 128, 8192, 0, 0)     \
-    X(1, "t256", 256, 8192, 0, 0)     \
-    X(2, "t128s", 128, 4096, 0, 0)    \
-    X(3, "cp128", 128, 4096, 1, 0)    \
-    X(4, "cp256", 256, 4096, 1, 0)    \
-    X(5, "t128fc", 128, 8192, 0, 1)   \
-    X(6, "cp256fc", 256, 4096, 1, 1)
+    X(0, "t128s", 128, 4096, 0, 0)    \
+    X(1, "t128", 128, 8192, 0, 0)     \
+    X(2, "t256", 256, 8192, 0, 0)     \
+    X(3, "t256s", 256, 4096, 0, 0)    \
+    X(4, "cp128", 128, 4096, 1, 0)    \
+    X(5, "t128sfc", 128, 4096, 0, 1)  \
+    X(6, "t256sfc", 256, 4096, 0, 1)  \
+    X(7, "cp128fc", 128, 4096, 1, 1)
 
 #define KR__KVA_DEF(i, nm, nt, tile, cp, fc)                                                                  \
     static const char *const kr__kva_opts_##i[4] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
@@ -196,7 +197,9 @@ int kr_dec_attention_kv_default_splits(const kr_device_info *dev, int n_head, in
     const int sms = dev && dev->sm_count > 0 ? dev->sm_count : 132;
     const int r = n_head / n_head_kv;
     const int blocks = n_head_kv * ((r + KR__KVA_RB - 1) / KR__KVA_RB); /* per split */
-    int s = (4 * sms + blocks - 1) / blocks; /* ~4 blocks per SM */
+    /* one wave: the default variant keeps 4 blocks per SM resident (124 registers x 128 threads,
+     * 29.8 KB shared); a 17th split of 32 heads (544 blocks > 528) cost a second wave on the H200 */
+    int s = 4 * sms / blocks;
     const int by_ctx = n_ctx / 32 > 0 ? n_ctx / 32 : 1;
     if (s > by_ctx)
         s = by_ctx;

@@ -51,7 +51,8 @@ if [ "$part" = test ]; then
     for f in m r; do
       [ -f "$tmp/$f.txt" ] || continue
       echo "-- compute-sanitizer $([ $f = m ] && echo memcheck || echo racecheck)"
-      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|hazard|Synthesis|^rc=|^\[FAIL\]" "$tmp/$f.txt" | head -30
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Synthesis|^rc=|^\[FAIL\]" "$tmp/$f.txt" | head -10
+      grep -E -A4 "Warning|Error|Invalid" "$tmp/$f.txt" | grep -v "^=*\s*$" | head -40
     done
   } >>"$LOG" 2>&1
   # the old kernels still pass (unchanged files, shared launcher library)
