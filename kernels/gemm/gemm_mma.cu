@@ -62,6 +62,7 @@ typedef long long kr_mm_i64;
 #define KR_MM_T_Q4_1 3
 #define KR_MM_T_Q8_0 8
 #define KR_MM_T_Q4_K 12
+#define KR_MM_T_Q6_K 14
 // The decode path's repacked layout (kernels/forward/matvec_repacked.cu): quants of
 // row n, block b at W + n*ldw + b*QSZ (QSZ 16 for Q4_0, 32 for Q8_0; ldw = nb*QSZ),
 // fp16 scale at S + n*lds + 2*b (lds = 2*nb, a multiple of 16: nb % 8 == 0).
@@ -94,7 +95,10 @@ typedef long long kr_mm_i64;
 #define KR_MM_WNC (KR_MM_BN / KR_MM_WN) // warp tile columns
 #define KR_MM_MT (KR_MM_BM / 32)      // m16 tiles per warp
 #define KR_MM_NT (KR_MM_WNC / 8)      // n8 tiles per warp
-#define KR_MM_RAW 48             // raw bytes per W row per stage (quantized types)
+// raw bytes per W row per stage (quantized types); Q6_K: 8 chunks (ql, qh and scales+d
+// windows of 3 + 3 + 2), chunk c of row r stored at c ^ (r & 7) (conflict-free reads)
+#define KR_MM_RAW (KR_MM_WT == KR_MM_T_Q6_K ? 128 : 48)
+#define KR_MM_CHR (KR_MM_RAW / 16)
 #define KR_MM_A_BYTES (KR_MM_BM * KR_MM_RB)
 #define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * KR_MM_RB : KR_MM_BN * KR_MM_RAW)
 #define KR_MM_STAGE (KR_MM_A_BYTES + KR_MM_W_BYTES)
@@ -223,14 +227,24 @@ KR_MM_UNROLL
         kr_mm_cp16(sw + r * KR_MM_RB + (KR_MM_SWZ(r, c) << 4), src, ok ? 16 : 0);
     }
 #else
-    // 3 chunk slots per row: BN * 3 = 384 slots.
+    // CHR chunk slots per row
 KR_MM_UNROLL
-    for (int i = 0; i < (KR_MM_BN * 3 + KR_MM_THREADS - 1) / KR_MM_THREADS; i++) {
-        const int idx = tid + i * KR_MM_THREADS, r = idx / 3, c = idx - 3 * (idx / 3);
-        if (idx >= KR_MM_BN * 3)
+    for (int i = 0; i < (KR_MM_BN * KR_MM_CHR + KR_MM_THREADS - 1) / KR_MM_THREADS; i++) {
+        const int idx = tid + i * KR_MM_THREADS, r = idx / KR_MM_CHR, c = idx - KR_MM_CHR * (idx / KR_MM_CHR);
+        if (idx >= KR_MM_BN * KR_MM_CHR)
             break;
         const bool ok = n0 + r < N;
-#if KR_MM_WT == KR_MM_T_Q4_0R || KR_MM_WT == KR_MM_T_Q8_0R
+#if KR_MM_WT == KR_MM_T_Q6_K
+        // super-block (210 B: ql[128], qh[64], scales[16], d) of step ks, half hf, quarter qq:
+        // ql bytes 64hf + 32(qq&1) .. +32, qh bytes 128 + 32hf .. +32, bytes 192..209
+        const kr_mm_i64 base = (kr_mm_i64)(ks / 8) * 210, a16 = base & ~(kr_mm_i64)15;
+        const int hf = (ks & 7) >> 2, qq = ks & 3;
+        const kr_mm_i64 off = c < 3   ? a16 + 64 * hf + 32 * (qq & 1) + 16 * c
+                              : c < 6 ? a16 + 128 + 32 * hf + 16 * (c - 3)
+                                      : a16 + 192 + 16 * (c - 6);
+        const kr_mm_u8 *row = W + (kr_mm_i64)(ok ? n0 + r : 0) * ldw;
+        kr_mm_cp16(sw + r * KR_MM_RAW + ((c ^ (r & 7)) << 4), ok ? row + off : W, ok ? 16 : 0);
+#elif KR_MM_WT == KR_MM_T_Q4_0R || KR_MM_WT == KR_MM_T_Q8_0R
         // quants (1 or 2 chunks), then the 16-byte chunk holding the block's scale
         const int nq = KR_MM_WT == KR_MM_T_Q4_0R ? 1 : 2;
         const kr_mm_u8 *src = c < nq ? W + (kr_mm_i64)(n0 + r) * ldw + (kr_mm_i64)ks * (16 * nq) + 16 * c
@@ -249,7 +263,7 @@ KR_MM_UNROLL
         used = c < 2;
 #elif KR_MM_WT == KR_MM_T_Q8_0
         off = ((kr_mm_i64)ks * 34 & ~(kr_mm_i64)15) + 16 * c;
-#else // Q4_K: header (d, dmin, scales) + the 32 qs bytes of sub-block pair (ks % 8) / 2
+#elif KR_MM_WT == KR_MM_T_Q4_K // header (d, dmin, scales) + the 32 qs bytes of sub-block pair (ks % 8) / 2
         off = (kr_mm_i64)(ks / 8) * 144 + (c == 0 ? 0 : 16 + 32 * ((ks & 7) >> 1) + 16 * (c - 1));
 #endif
         if (used)
@@ -337,6 +351,31 @@ KR_MM_UNROLL
                 bf[h][j][e] = kr_mm_hmul2(kr_mm_hsub2(kr_mm_prmt(v, 0x64u, 0x4140u), bias), d2);
             }
         }
+    }
+#elif KR_MM_WT == KR_MM_T_Q6_K
+    // value l of step (hf, qq): q = (ql[l] >> 4*(qq >> 1)) & 15 | ((qh[l] >> 2qq) & 3) << 4,
+    // d * scales[8hf + 2qq + l/16] * (q - 32). Logical byte o of the row's window
+    // (chunk o/16) lives at chunk (o/16) ^ (row & 7).
+    const int hf = (ks & 7) >> 2, qq = ks & 3, mis = (int)(((kr_mm_i64)(ks / 8) * 210) & 15);
+    const int shl = 4 * (qq >> 1), shh = 2 * qq;
+KR_MM_UNROLL
+    for (int j = 0; j < KR_MM_NT; j++) {
+        const int n = wn + 8 * j + g, x = n & 7;
+        const kr_mm_u8 *rb = Ws + n * KR_MM_RAW;
+#define KR_MM_Q6B(o) (rb + (((((o) >> 4) ^ x) << 4) | ((o) & 15)))
+        const float d = kr_mm_h2f(kr_mm_ld_u16(KR_MM_Q6B(96 + mis + 16)));
+KR_MM_UNROLL
+        for (int h = 0; h < 2; h++) {
+            const float ds = d * (float)(int)(signed char)*KR_MM_Q6B(96 + mis + 8 * hf + 2 * qq + h);
+KR_MM_UNROLL
+            for (int e = 0; e < 2; e++) {
+                const int l = 16 * h + 8 * e + 2 * t;
+                const kr_mm_u32 lo = kr_mm_ld_u16(KR_MM_Q6B(mis + l)) >> shl, hi = kr_mm_ld_u16(KR_MM_Q6B(48 + mis + l)) >> shh;
+                const int q0 = (int)((lo & 15) | ((hi & 3) << 4)), q1 = (int)(((lo >> 8) & 15) | (((hi >> 8) & 3) << 4));
+                bf[h][j][e] = kr_mm_pack(ds * (float)(q0 - 32), ds * (float)(q1 - 32));
+            }
+        }
+#undef KR_MM_Q6B
     }
 #else // Q4_K: value i of sub-block s = nibble (s & 1) of qs byte i, times d*sc, minus dmin*mn
     const int s = ks & 7, sh = 4 * (s & 1);

@@ -36,6 +36,8 @@ KR__MM_OPTS(kr__opts_mm_q4_0r_128, 102, 128, 3)
 KR__MM_OPTS(kr__opts_mm_q8_0r_128, 108, 128, 3)
 KR__MM_OPTS(kr__opts_mm_q4_0r_64, 102, 64, 4)
 KR__MM_OPTS(kr__opts_mm_q8_0r_64, 108, 64, 4)
+KR__MM_OPTS(kr__opts_mm_q6_k_128, 14, 128, 2) /* Q6_K: 128-byte raw rows, 2 stages fit */
+KR__MM_OPTS(kr__opts_mm_q6_k_64, 14, 64, 2)
 KR__MM_OPTS(kr__opts_mm_cvt, 0, 128, 3)
 #undef KR__MM_OPTS
 /* 8 warps (2 x 4, warp tile 64 x 32) on 128 x 128 tiles */
@@ -48,6 +50,8 @@ KR__MM_OPTS8(kr__opts_mm_q8_0_w8, 8)
 KR__MM_OPTS8(kr__opts_mm_q4_k_w8, 12)
 KR__MM_OPTS8(kr__opts_mm_q4_0r_w8, 102)
 KR__MM_OPTS8(kr__opts_mm_q8_0r_w8, 108)
+static const char *const kr__opts_mm_q6_k_w8[4] = {"-DKR_MM_WT=14", "-DKR_MM_BM=128", "-DKR_MM_ST=2",
+                                                   "-DKR_MM_WN=4"};
 #undef KR__MM_OPTS8
 /* 128 x 256 tiles, 8 warps of 64 x 64: F16 K steps of 16, 4 stages; block types 2 stages */
 static const char *const kr__opts_mm_f16_big[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128", "-DKR_MM_ST=4",
@@ -105,6 +109,9 @@ KR__MM_OPTSB(kr__opts_mm_q8_0r_big, 108)
     X(MM_Q8_0R_W8, "kr_mm_gemm", kr__opts_mm_q8_0r_w8, 128, 256, 128)                           \
     X(MM_Q4_0R_BIG, "kr_mm_gemm", kr__opts_mm_q4_0r_big, 128, 256, 256)                         \
     X(MM_Q8_0R_BIG, "kr_mm_gemm", kr__opts_mm_q8_0r_big, 128, 256, 256)                         \
+    X(MM_Q6_K_128, "kr_mm_gemm", kr__opts_mm_q6_k_128, 128, 128, 128)                          \
+    X(MM_Q6_K_64, "kr_mm_gemm", kr__opts_mm_q6_k_64, 64, 128, 128)                             \
+    X(MM_Q6_K_W8, "kr_mm_gemm", kr__opts_mm_q6_k_w8, 128, 256, 128)                            \
     X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256, 128)
 
 typedef enum kr__gm_fn {
@@ -258,7 +265,8 @@ static int64_t kr__div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 bool kr_gemm_mma_supports(kr_dtype t)
 {
-    return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 || t == KR_DTYPE_Q4_K;
+    return t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q4_1 || t == KR_DTYPE_Q8_0 || t == KR_DTYPE_Q4_K ||
+           t == KR_DTYPE_Q6_K;
 }
 
 static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8, bool big, bool repacked)
@@ -273,6 +281,8 @@ static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8, bool big, bool rep
             return q8 ? KR__GM_MM_Q8_0R_64 : KR__GM_MM_Q4_0R_64;
         return q8 ? KR__GM_MM_Q8_0R_128 : KR__GM_MM_Q4_0R_128;
     }
+    if (t == KR_DTYPE_Q6_K) /* no 128 x 256 record (raw rows too big): the 8-warp one */
+        return big || w8 ? KR__GM_MM_Q6_K_W8 : small ? KR__GM_MM_Q6_K_64 : KR__GM_MM_Q6_K_128;
     if (big) {
         switch (t) {
         case KR_DTYPE_F16: return KR__GM_MM_F16_BIG;
@@ -407,7 +417,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     } else if (a16) {
         if (!kr_gemm_mma_supports(wtype))
             return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: fp16 A needs a type with an MMA kernel (F16, "
-                                                       "Q4_0, Q4_1, Q8_0, Q4_K), not %s", tn);
+                                                       "Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), not %s", tn);
         if (variant == KR_GEMM_TC128 || variant == KR_GEMM_TC64)
             return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: fp16 A needs an MMA variant or AUTO, not %d",
                               (int)variant);

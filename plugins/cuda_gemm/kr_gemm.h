@@ -40,8 +40,8 @@ typedef enum kr_gemm_variant {
     KR_GEMM_TC64 = 2,  /* tensor cores, 64 (m) x 128 (n) tiles */
     /* Pipelined kernels (kernels/gemm/gemm_mma.cu): A as fp16 (converted from
      * fp32 into the kr_gemm's workspace first, or given by kr_gemm_run_f16a),
-     * 3-4 stage cp.async ring, ldmatrix, 4 warps of (BM/2) x 64. Types F16,
-     * Q4_0, Q4_1, Q8_0, Q4_K; Q6_K runs the TC kernel of the same tile height.
+     * 2-4 stage cp.async ring, ldmatrix, 4 or 8 warps. Types F16, Q4_0, Q4_1,
+     * Q8_0, Q4_K, Q6_K (Q6_K: 2 stages; its MMA256 runs the MMA128_W8 record).
      * Need w and w_stride 16-byte aligned; each row is read up to the next
      * multiple of 16 bytes (<= w_stride). */
     KR_GEMM_MMA128 = 3,    /* 128 x 128 tiles, 3 stages */
@@ -77,7 +77,7 @@ kr_status kr_gemm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtyp
 /* As kr_gemm_run with A given as fp16 (IEEE half bits): a (m, k) at a, rows
  * lda halves apart (lda >= k, multiple of 8), 16-byte aligned. Only the MMA
  * variants and AUTO (which then picks an MMA variant); types F16, Q4_0, Q4_1,
- * Q8_0, Q4_K (kr_gemm_mma_supports). Uses no workspace: calls may overlap on
+ * Q8_0, Q4_K, Q6_K (kr_gemm_mma_supports). Uses no workspace: calls may overlap on
  * several streams. */
 kr_status kr_gemm_run_f16a(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, kr_dtype wtype, const void *w,
                            size_t w_stride, const uint16_t *a, size_t lda, float *c, size_t ldc, int64_t m,

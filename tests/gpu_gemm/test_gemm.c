@@ -482,7 +482,8 @@ Test(gemm_host, argument_checks)
         {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, KR_GEMM_MMA128, KR_ERR_INVALID_ARG, "stride (36) 16-byte"},
         {KR_DTYPE_Q4_0, (const char *)w + 2, 48, a, 64, 7, m, n, k, KR_GEMM_MMA64, KR_ERR_INVALID_ARG, "16-byte"},
         {KR_DTYPE_Q4_0, w, 48, a, 64, 7, m, n, k, KR_GEMM_MMA256_K2, KR_ERR_UNSUPPORTED, "workspace"},
-        {KR_DTYPE_Q6_K, w, 210, a, 256, 7, m, n, 256, KR_GEMM_MMA128, KR_ERR_UNSUPPORTED, "get_function"},
+        {KR_DTYPE_Q6_K, w, 210, a, 256, 7, m, n, 256, KR_GEMM_MMA128, KR_ERR_INVALID_ARG, "16-byte"},
+        {KR_DTYPE_Q6_K, w, 224, a, 256, 7, m, n, 256, KR_GEMM_MMA128, KR_ERR_UNSUPPORTED, "workspace"},
         {KR_DTYPE_F32, w, 256, a, 64, 7, (int64_t)70000 * 128, n, k, 0, KR_ERR_INVALID_ARG, "65535"},
         /* valid: reaches the backend, whose missing JIT slot is reported */
         {KR_DTYPE_Q4_0, w, 36, a, 64, 7, m, n, k, 0, KR_ERR_UNSUPPORTED, "get_function"},
@@ -510,7 +511,7 @@ Test(gemm_host, argument_checks)
     } hcases[] = {
         {KR_DTYPE_F16, 128, 68, 0, KR_ERR_INVALID_ARG, "multiple of 8"},
         {KR_DTYPE_F16, 128, 56, 0, KR_ERR_INVALID_ARG, "stride 56"},
-        {KR_DTYPE_Q6_K, 224, 256, 0, KR_ERR_INVALID_ARG, "Q6_K"},
+        {KR_DTYPE_Q6_K, 224, 256, 0, KR_ERR_UNSUPPORTED, "get_function"},
         {KR_DTYPE_F32, 256, 64, 0, KR_ERR_INVALID_ARG, "F32"},
         {KR_DTYPE_F16, 128, 64, KR_GEMM_TC128, KR_ERR_INVALID_ARG, "MMA variant"},
         {KR_DTYPE_Q8_0, 68, 64, 0, KR_ERR_INVALID_ARG, "16-byte"},
@@ -571,7 +572,8 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 42, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + A conversion, got %zu records",
+    cr_assert_eq(n, 45, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + Q6_K x 3 + A conversion, got "
+                        "%zu records",
                  n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {
