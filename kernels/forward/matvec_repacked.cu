@@ -177,7 +177,11 @@ kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ s
 // NS (3): xq is such an unscaled q8 vector of n = nb*32 elements and part its n/32
 //   partial sums; y = rsqrt(sum(part) / n + eps) * (W xq) (every warp sums part in the
 //   same order).
-template <int Q8, int NR, int PF, int GUS, int W = KR_GF_WARPS>
+// XF (x source): 0 = xq, q8 in global memory; 1 = xq is fp32 x (nb*32 floats), quantized by
+// the CTA into shared memory after the PDL wait (dynamic smem nb*40 bytes; MODE 2 only: full
+// CTAs); 2 = xq is the fp32 gate|up vector (2 * nb*32 floats), x = silu(gate) * up computed
+// and quantized into shared memory the same way. Quantization as kr_dec_quantize_q8.
+template <int Q8, int NR, int PF, int GUS, int W = KR_GF_WARPS, int XF = 0>
 __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
                                           const signed char *__restrict__ xq, float *y, int rows,
                                           int nb, int acc_y, int F, int *cnt, signed char *xo,
@@ -216,6 +220,40 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
     const int4 *xv = (const int4 *)xq;
     const float *xd = (const float *)(xq + (kr_gf_i64)nb * 32);
     const float *xs = xd + nb;
+    if (XF) {
+        extern __shared__ int4 kr_gf_xsm[];
+        signed char *sq = (signed char *)kr_gf_xsm;
+        float *sd = (float *)(sq + nb * 32), *ss = sd + nb;
+        const float *xf = (const float *)xq;
+        const int n = nb * 32;
+        for (int b = threadIdx.y; b < nb; b += W) {
+            const int i = b * 32 + lane;
+            float v;
+            if (XF == 1) {
+                v = xf[i];
+            } else {
+                float g = xf[i], u = xf[n + i];
+                v = g / (1.0f + expf(-g)) * u;
+            }
+            float amax = fabsf(v);
+            for (int o = 16; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            float dq = amax / 127.0f;
+            int q = dq > 0.0f ? (int)rintf(v / dq) : 0;
+            int qsum = q;
+            for (int o = 16; o > 0; o >>= 1)
+                qsum += __shfl_xor_sync(0xffffffffu, qsum, o);
+            sq[i] = (signed char)q;
+            if (lane == 0) {
+                sd[b] = dq;
+                ss[b] = dq * (float)qsum;
+            }
+        }
+        __syncthreads();
+        xv = (const int4 *)sq;
+        xd = sd;
+        xs = ss;
+    }
     float acc[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++)
@@ -225,9 +263,9 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
         for (int k = 0; k < PF; k++) {
             int b = lane + 32 * (k0 + k);
             if (b < nb) {
-                int4 x0 = __ldg(xv + 2 * b), x1 = __ldg(xv + 2 * b + 1);
-                float dx = __ldg(xd + b);
-                float sx = Q8 ? 0.0f : __ldg(xs + b);
+                int4 x0 = XF ? xv[2 * b] : __ldg(xv + 2 * b), x1 = XF ? xv[2 * b + 1] : __ldg(xv + 2 * b + 1);
+                float dx = XF ? xd[b] : __ldg(xd + b);
+                float sx = Q8 ? 0.0f : (XF ? xs[b] : __ldg(xs + b));
 #pragma unroll
                 for (int r = 0; r < NR; r++) {
                     int s = 0;
@@ -404,3 +442,23 @@ KR_GF_MV2(q8_0, 1, 4, 2)
     }
 KR_GF_MV2NF(q4_0, 0, 4)
 KR_GF_MV2NF(q8_0, 1, 2)
+
+// Norm-folding producers that quantize their own input (dynamic smem nb*40 bytes):
+//   kr_gf_mv2nfpf_<type>(qs, sc, const float *xf, x, rows, nb, wn, part, xo): x input fp32 (nb*32)
+//   kr_gf_mv2nfps_<type>(qs, sc, const float *gu, x, rows, nb, wn, part, xo): x = silu(gate) * up
+//     of the fp32 gate|up vector (2 * nb*32 floats)
+#define KR_GF_MV2NFX(T, Q8, PF)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * 16)                                                         \
+    kr_gf_mv2nfpf_##T(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc, const float *xf,      \
+                      float *x, int rows, int nb, const float *wn, float *part, signed char *xo)                 \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, 2, PF, 2, 16, 1>(qs, sc, (const signed char *)xf, x, rows, nb, 1, 0, 0, xo, wn, part, 0.0f); \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * 16)                                                         \
+    kr_gf_mv2nfps_##T(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc, const float *gu,      \
+                      float *x, int rows, int nb, const float *wn, float *part, signed char *xo)                 \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, 2, PF, 2, 16, 2>(qs, sc, (const signed char *)gu, x, rows, nb, 1, 0, 0, xo, wn, part, 0.0f); \
+    }
+KR_GF_MV2NFX(q4_0, 0, 4)
+KR_GF_MV2NFX(q8_0, 1, 2)

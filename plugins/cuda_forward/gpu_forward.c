@@ -799,7 +799,7 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb, nf=0|1, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
+ * resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
@@ -828,6 +828,10 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_bool(v, vn, &t->gus);
             else if (kn == 2 && strncmp(p, "nf", 2) == 0)
                 ok = kr__parse_bool(v, vn, &t->nf);
+            else if (kn == 2 && strncmp(p, "oq", 2) == 0)
+                ok = kr__parse_bool(v, vn, &t->oq);
+            else if (kn == 2 && strncmp(p, "sw", 2) == 0)
+                ok = kr__parse_bool(v, vn, &t->sw);
             else if (kn == 4 && strncmp(p, "skip", 4) == 0) {
                 t->skip = 0;
                 ok = true;
@@ -858,8 +862,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
         if (!ok && n > 0)
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
-                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, nf=0|1, gus=0|1, l2pf=MiB, skip=[anm]|0, "
-                              "default, old)",
+                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
+                              "skip=[anm]|0, default, old)",
                               (int)n, p, spec);
         p += n;
         if (*p == ',')
@@ -891,12 +895,13 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         if ((st = kr__gf_fn(g->be, entry, &f8, err)) != KR_OK)
             return st;
     }
-    kr_function *fnf[4] = {NULL, NULL, NULL, NULL}; /* p q4, p q8, c q4, c q8 */
+    kr_function *fnf[8] = {NULL}; /* p q4, p q8, c q4, c q8, pf q4, pf q8, ps q4, ps q8 */
     if (t.nf) {
-        static const char *const nfe[4] = {"kr_gf_mv2nfp_q4_0", "kr_gf_mv2nfp_q8_0", "kr_gf_mv2nfc_q4_0",
-                                           "kr_gf_mv2nfc_q8_0"};
-        for (int i = 0; i < 4; i++)
-            if ((st = kr__gf_fn(g->be, nfe[i], &fnf[i], err)) != KR_OK)
+        static const char *const nfe[8] = {"kr_gf_mv2nfp_q4_0",  "kr_gf_mv2nfp_q8_0",  "kr_gf_mv2nfc_q4_0",
+                                           "kr_gf_mv2nfc_q8_0",  "kr_gf_mv2nfpf_q4_0", "kr_gf_mv2nfpf_q8_0",
+                                           "kr_gf_mv2nfps_q4_0", "kr_gf_mv2nfps_q8_0"};
+        for (int i = 0; i < 8; i++)
+            if ((i < 4 || (i < 6 && t.oq) || (i >= 6 && t.sw)) && (st = kr__gf_fn(g->be, nfe[i], &fnf[i], err)) != KR_OK)
                 return st;
     }
     kr_function *fg4 = NULL, *fg8 = NULL;
@@ -967,6 +972,10 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->fn_nfp_q8_0 = fnf[1];
     g->fn_nfc_q4_0 = fnf[2];
     g->fn_nfc_q8_0 = fnf[3];
+    g->fn_nfpf_q4_0 = fnf[4];
+    g->fn_nfpf_q8_0 = fnf[5];
+    g->fn_nfps_q4_0 = fnf[6];
+    g->fn_nfps_q8_0 = fnf[7];
     kr_dec_set_pdl(g->dec, t.pdl);
     return KR_OK;
 }
@@ -1138,22 +1147,29 @@ static bool kr__nf_ok(const kr_gpu_forward *g, const kr__gf_mat *P, const kr__gf
            (C->type == KR_DTYPE_Q4_0 ? g->fn_nfc_q4_0 : g->fn_nfc_q8_0) != NULL;
 }
 
-/* x += P @ xq (input q8 in g->xq); g->xq2 = q8(x * wn) unscaled, g->nf_part = block sums of x^2. */
-static kr_status kr__nf_produce(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat *P, const float *wn, kr_err *err)
+/* x += P @ q8(input); g->xq2 = q8(x * wn) unscaled, g->nf_part = block sums of x^2.
+ * xf NULL: the input is q8 in g->xq; else fp32 (sw false: x itself; sw true: the gate|up
+ * vector, x = silu(gate) * up), quantized by each CTA (kr_gf_mv2nfp{f,s}_*). */
+static kr_status kr__nf_produce(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat *P, const float *wn, const float *xf,
+                                bool sw, kr_err *err)
 {
     kr_status st;
+    bool q4 = P->type == KR_DTYPE_Q4_0;
     const void *qs = P->w;
     const void *sc = (const char *)P->w + (size_t)P->rows * (size_t)(P->cols / 32) * kr__quant_bytes(P->type);
-    const void *xq = g->xq;
+    const void *xq = xf ? (const void *)xf : (const void *)g->xq;
     float *x = g->x, *part = g->nf_part;
     void *xo = g->xq2;
     int rows = (int)P->rows, nb = (int)(P->cols / 32);
     void *args[] = {&qs, &sc, &xq, &x, &rows, &nb, &wn, &part, &xo};
     uint32_t grid[3] = {(uint32_t)(rows / 32), 1, 1}, block[3] = {32, 16, 1};
+    kr_function *fn = !xf ? (q4 ? g->fn_nfp_q4_0 : g->fn_nfp_q8_0)
+                      : sw ? (q4 ? g->fn_nfps_q4_0 : g->fn_nfps_q8_0)
+                           : (q4 ? g->fn_nfpf_q4_0 : g->fn_nfpf_q8_0);
     char lb[64];
-    snprintf(lb, sizeof lb, "matvec %s %s q8 repacked v2 + norm", g->role ? g->role : "?", kr_dtype_name(P->type));
-    KR__TRYL(lb, kr_backend_launch_ex(g->be, P->type == KR_DTYPE_Q4_0 ? g->fn_nfp_q4_0 : g->fn_nfp_q8_0, grid, block,
-                                      0, s, args, kr__gf_flags(g), err));
+    snprintf(lb, sizeof lb, "matvec %s %s q8 repacked v2 + norm%s", g->role ? g->role : "?", kr_dtype_name(P->type),
+             !xf ? "" : sw ? " (+ swiglu_q8 in)" : " (+ quantize in)");
+    KR__TRYL(lb, kr_backend_launch_ex(g->be, fn, grid, block, xf ? (size_t)nb * 40 : 0, s, args, kr__gf_flags(g), err));
     return KR_OK;
 }
 
@@ -1383,9 +1399,11 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         bool fg = L->fuse_gu;
         bool nf_o = fg && kr__nf_ok(g, &L->o, &L->gu);
         if (nf_o) {
+            bool oq = g->tun.oq && (L->o.type == KR_DTYPE_Q4_0 ? g->fn_nfpf_q4_0 : g->fn_nfpf_q8_0) != NULL;
             if (!(skip & KR__SKIP_MV)) {
-                KR__TRY(kr_dec_quantize_q8(d, s, g->att, g->xq, L->o.cols, err));
-                if ((st = kr__nf_produce(g, s, &L->o, L->ffn_norm, err)) != KR_OK)
+                if (!oq)
+                    KR__TRY(kr_dec_quantize_q8(d, s, g->att, g->xq, L->o.cols, err));
+                if ((st = kr__nf_produce(g, s, &L->o, L->ffn_norm, oq ? g->att : NULL, false, err)) != KR_OK)
                     return st;
             }
         } else if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
@@ -1420,13 +1438,18 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             if (st != KR_OK)
                 return st;
         } else {
-            if ((st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
-                return st;
-            g->role = "ffn_down";
             const kr__gf_layer *Ln = l + 1 < hp->n_layer ? &g->layers[l + 1] : NULL;
-            nf_in = Ln && Ln->fuse_qkv && dq && kr__nf_ok(g, &L->down, &Ln->qkv);
+            nf_in = Ln && Ln->fuse_qkv && L->down.q8 && kr__nf_ok(g, &L->down, &Ln->qkv);
+            /* tun.sw: the down matvec computes SwiGLU + q8 itself (fused gate|up output) */
+            bool sw = nf_in && g->tun.sw && fg && g->hp.n_ff % 32 == 0 &&
+                      (L->down.type == KR_DTYPE_Q4_0 ? g->fn_nfps_q4_0 : g->fn_nfps_q8_0) != NULL;
+            if (!sw && (st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
+                return st;
+            nf_in = nf_in && (sw || dq);
+            g->role = "ffn_down";
             if (nf_in) {
-                if (!(skip & KR__SKIP_MV) && (st = kr__nf_produce(g, s, &L->down, Ln->attn_norm, err)) != KR_OK)
+                if (!(skip & KR__SKIP_MV) &&
+                    (st = kr__nf_produce(g, s, &L->down, Ln->attn_norm, sw ? g->gate : NULL, sw, err)) != KR_OK)
                     return st;
             } else if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
                 return st;

@@ -48,6 +48,8 @@ typedef struct kr__gf_tuning {
     bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
     bool nf;                       /* ffn_norm / next attn_norm folded into attn_output / ffn_down (producer)
                                       and gate_up / qkv (consumer): kr_gf_mv2nf{p,c}_* */
+    bool oq;                       /* nf: attn_output quantizes the attention output itself (kr_gf_mv2nfpf_*) */
+    bool sw;                       /* nf: ffn_down computes SwiGLU + q8 of gate|up itself (kr_gf_mv2nfps_*) */
     bool gus;                      /* fused gate/up matvec does SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*) */
     unsigned skip;                 /* KR__SKIP_*: leave parts of the layers out (timing experiments only) */
     int l2pf_mb;                   /* > 0: during the attention, prefetch up to this many MiB of the layer's
@@ -119,6 +121,8 @@ struct kr_gpu_forward {
     kr_function *fn_gus_q8_0;
     kr_function *fn_nfp_q4_0, *fn_nfp_q8_0; /* norm-folding producer / consumer matvecs (tun.nf) */
     kr_function *fn_nfc_q4_0, *fn_nfc_q8_0;
+    kr_function *fn_nfpf_q4_0, *fn_nfpf_q8_0; /* producers quantizing fp32 x / SwiGLU themselves */
+    kr_function *fn_nfps_q4_0, *fn_nfps_q8_0;
     kr_buffer *gus_cnt;            /* (n_ff/32) int32 group counters, zero between launches */
     kr_stream *side;               /* L2 prefetch stream (created on first use) */
     kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */

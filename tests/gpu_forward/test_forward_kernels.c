@@ -7,7 +7,8 @@
  *   prefetch chunks, partial last chunk);
  * - the gate/up matvec with SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*), twice
  *   per case (the group counters must return to 0);
- * - the norm-folding producer (x += W xq, then q8(x * wn) and block sums of x^2) and
+ * - the norm-folding producer (x += W xq, then q8(x * wn) and block sums of x^2; input q8,
+ *   fp32 quantized by the kernel, or SwiGLU of fp32 gate|up quantized by the kernel) and
  *   consumer (scale from those sums times W xq), kr_gf_mv2nf{p,c}_*;
  * - the multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) with several grid
  *   sizes (grid-stride over the 32-blocks);
@@ -427,76 +428,119 @@ Test(gpu_forward_kernels, gate_up_swiglu_q8_vs_cpu, .timeout = 300)
 
 /* ---- norm folding: kr_gf_mv2nfp_* (producer) and kr_gf_mv2nfc_* (consumer) ------------- */
 
+/* q8 of v (n floats) as kr_dec_quantize_q8, in float like the kernels (same IEEE ops). */
+static void q8_host(const float *v, int n, uint8_t *xq)
+{
+    float *d = (float *)(xq + n), *s = d + n / 32;
+    for (int b = 0; b < n / 32; b++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++)
+            amax = fmaxf(amax, fabsf(v[b * 32 + j]));
+        float dq = amax / 127.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = dq > 0.0f ? (int)rintf(v[b * 32 + j] / dq) : 0;
+            ((int8_t *)xq)[b * 32 + j] = (int8_t)q;
+            sum += q;
+        }
+        d[b] = dq;
+        s[b] = dq * (float)sum;
+    }
+}
+
+/* mode 0: input q8 (kr_gf_mv2nfp_*); 1: fp32 x (kr_gf_mv2nfpf_*); 2: fp32 gate|up, x = silu(g) * u
+ * (kr_gf_mv2nfps_*). */
 Test(gpu_forward_kernels, norm_folding_producer_vs_cpu, .timeout = 300)
 {
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
-    static const char *const entries[2] = {"kr_gf_mv2nfp_q4_0", "kr_gf_mv2nfp_q8_0"};
+    static const char *const entries[3][2] = {{"kr_gf_mv2nfp_q4_0", "kr_gf_mv2nfp_q8_0"},
+                                              {"kr_gf_mv2nfpf_q4_0", "kr_gf_mv2nfpf_q8_0"},
+                                              {"kr_gf_mv2nfps_q4_0", "kr_gf_mv2nfps_q8_0"}};
     static const int shapes[][2] = {{32, 1}, {96, 7}, {160, 300}, {4096, 129}}; /* (rows = E, nb) */
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        int rows = shapes[si][0], nb = shapes[si][1];
-        size_t xb;
-        uint8_t *xq = xq_random(nb, &xb);
+        int rows = shapes[si][0], nb = shapes[si][1], n = nb * 32;
+        size_t xb = (size_t)n + (size_t)nb * 8;
+        uint8_t *xq = malloc(xb);
+        float *xin = malloc((size_t)n * 2 * 4), *v = malloc((size_t)n * 4);
         float *x0 = malloc((size_t)rows * 4), *wn = malloc((size_t)rows * 4), *x = malloc((size_t)rows * 4);
         float *part = malloc((size_t)rows / 32 * 4);
         double *ref = malloc((size_t)rows * sizeof *ref), *hw = malloc((size_t)rows * sizeof *hw);
         size_t xob = (size_t)rows + (size_t)rows / 32 * 8;
         uint8_t *xo = malloc(xob);
-        cr_assert(x0 && wn && x && part && ref && hw && xo);
+        cr_assert(xq && xin && v && x0 && wn && x && part && ref && hw && xo);
         for (int i = 0; i < rows; i++) {
             x0[i] = kr_test_rng_f(-2.0f, 2.0f);
             wn[i] = kr_test_rng_f(0.5f, 1.5f);
         }
-        kr_buffer *bx, *bw;
-        void *dx = kr_test_dupload(be, xq, xb, &bx);
+        for (int i = 0; i < 2 * n; i++)
+            xin[i] = kr_test_rng_f(-3.0f, 3.0f);
+        kr_buffer *bw;
         const float *dwn = kr_test_dupload(be, wn, (size_t)rows * 4, &bw);
-        for (int q8 = 0; q8 < 2; q8++) {
-            mat m = mat_random(q8, rows, nb);
-            mv_ref(&m, xq, ref);
-            for (int i = 0; i < rows; i++) {
-                ref[i] += x0[i];
-                hw[i] = ref[i] * wn[i];
+        for (int mode = 0; mode < 3; mode++) {
+            /* the q8 input the kernel sees (built on the host the way the kernel builds it) */
+            for (int i = 0; i < n; i++)
+                v[i] = mode == 2 ? xin[i] / (1.0f + expf(-xin[i])) * xin[n + i] : xin[i];
+            q8_host(v, n, xq);
+            kr_buffer *bx;
+            void *dx = mode == 0 ? kr_test_dupload(be, xq, xb, &bx)
+                                 : kr_test_dupload(be, xin, (size_t)n * (mode == 2 ? 2 : 1) * 4, &bx);
+            for (int q8 = 0; q8 < 2; q8++) {
+                mat m = mat_random(q8, rows, nb);
+                mv_ref(&m, xq, ref);
+                for (int i = 0; i < rows; i++)
+                    ref[i] += x0[i];
+                kr_buffer *bm, *by, *bp, *bo;
+                const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
+                const void *dqs = dm, *dsc = dm + m.sc_off;
+                float *dy = kr_test_dupload(be, x0, (size_t)rows * 4, &by);
+                float *dp = kr_test_dpoisoned(be, (size_t)rows / 32, &bp);
+                uint8_t *poison = malloc(xob);
+                cr_assert_not_null(poison);
+                memset(poison, 0x7f, xob);
+                void *dxo = kr_test_dupload(be, poison, xob, &bo);
+                free(poison);
+                kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
+                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, entries[mode][q8]);
+                int irows = rows, inb = nb;
+                void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &dwn, &dp, &dxo};
+                kr_err err;
+                kr_err_clear(&err);
+                const uint32_t grid[3] = {(uint32_t)rows / 32, 1, 1}, block[3] = {32, 16, 1};
+                kr_status st = kr_backend_launch(be, fn, grid, block, mode ? (size_t)nb * 40 : 0, NULL, args, &err);
+                cr_assert_eq(st, KR_OK, "launch: %s", kr_err_msg(&err, st));
+                kr_test_download(be, x, dy, (size_t)rows * 4);
+                kr_test_download(be, part, dp, (size_t)rows / 32 * 4);
+                kr_test_download(be, xo, dxo, xob);
+                char what[128];
+                snprintf(what, sizeof what, "%s rows %d nb %d (seed %llu)", entries[mode][q8], rows, nb,
+                         (unsigned long long)kr_test_seed());
+                double e = nmse_d(x, ref, rows);
+                /* mode 2: expf may differ by an ulp from the host's, flipping a rare q at a .5 boundary */
+                cr_expect_leq(e, mode == 2 ? 1e-5 : 1e-10, "%s: x NMSE %.3g", what, e);
+                /* the epilogue against the kernel's own x */
+                for (int i = 0; i < rows; i++)
+                    hw[i] = (double)x[i] * wn[i];
+                check_q8(xo, hw, rows, what);
+                for (int b = 0; b < rows / 32; b++) {
+                    double ss = 0;
+                    for (int j = 0; j < 32; j++)
+                        ss += (double)x[b * 32 + j] * x[b * 32 + j];
+                    cr_expect(fabs(part[b] - ss) <= 1e-5 * ss + 1e-30, "%s: part[%d] %g, want %g", what, b,
+                              (double)part[b], ss);
+                }
+                kr_backend_free(be, bm);
+                kr_backend_free(be, by);
+                kr_backend_free(be, bp);
+                kr_backend_free(be, bo);
+                free(m.bytes);
             }
-            kr_buffer *bm, *by, *bp, *bo;
-            const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
-            const void *dqs = dm, *dsc = dm + m.sc_off;
-            float *dy = kr_test_dupload(be, x0, (size_t)rows * 4, &by);
-            float *dp = kr_test_dpoisoned(be, (size_t)rows / 32, &bp);
-            uint8_t *poison = malloc(xob);
-            cr_assert_not_null(poison);
-            memset(poison, 0x7f, xob);
-            void *dxo = kr_test_dupload(be, poison, xob, &bo);
-            free(poison);
-            kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu, kr_kernel_forward_matvec_repacked_cu_LEN,
-                                     k_mv_src.name, entries[q8]);
-            int irows = rows, inb = nb;
-            void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &dwn, &dp, &dxo};
-            launch(be, fn, (uint32_t)rows / 32, 32, 16, args, 0);
-            kr_test_download(be, x, dy, (size_t)rows * 4);
-            kr_test_download(be, part, dp, (size_t)rows / 32 * 4);
-            kr_test_download(be, xo, dxo, xob);
-            char what[128];
-            snprintf(what, sizeof what, "%s rows %d nb %d (seed %llu)", entries[q8], rows, nb,
-                     (unsigned long long)kr_test_seed());
-            double e = nmse_d(x, ref, rows);
-            cr_expect_leq(e, 1e-10, "%s: x NMSE %.3g", what, e);
-            check_q8(xo, hw, rows, what);
-            for (int b = 0; b < rows / 32; b++) {
-                double ss = 0;
-                for (int j = 0; j < 32; j++)
-                    ss += ref[b * 32 + j] * ref[b * 32 + j];
-                cr_expect(fabs(part[b] - ss) <= 1e-5 * ss + 1e-30, "%s: part[%d] %g, want %g", what, b,
-                          (double)part[b], ss);
-            }
-            kr_backend_free(be, bm);
-            kr_backend_free(be, by);
-            kr_backend_free(be, bp);
-            kr_backend_free(be, bo);
-            free(m.bytes);
+            kr_backend_free(be, bx);
         }
-        kr_backend_free(be, bx);
         kr_backend_free(be, bw);
         free(xq);
+        free(xin);
+        free(v);
         free(x0);
         free(wn);
         free(x);

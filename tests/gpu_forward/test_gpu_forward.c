@@ -349,7 +349,8 @@ static void variants_compare(kr_dtype type)
                                         "mv4=r2p8,mv8=r2p2", "mv4=v1,mv8=v1", "resid=0", "norm=sb",
                                         "pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb", "l2pf=16", "old,l2pf=1", "gus=1",
                                         "gus=1,mv4=r1p4,mv8=r1p4", "gus=1,mv4=r4p2,mv8=r4p2,pdl=0",
-                                        "nf=1", "nf=1,pdl=0", "nf=1,gus=1", "nf=1,resid=0"};
+                                        "nf=1", "nf=1,pdl=0", "nf=1,gus=1", "nf=1,resid=0", "nf=1,oq=1,sw=1",
+                                        "nf=1,oq=1,sw=1,pdl=0,mv4=r1p4,mv8=r4p2", "oq=1,sw=1"};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
         g_tuning = specs[i];
         cr_log_info("variant %s", specs[i]);

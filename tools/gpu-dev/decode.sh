@@ -50,9 +50,9 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;default;nf=1;nf=1,pdl=0;nf=1,mv4=r2p8;mv4=r2p8;norm=sb;resid=0,norm=sb;skip=a;skip=n;skip=an;skip=m;skip=anm;nf=1,skip=a;nf=1,skip=m"
-  V8="old;pdl=0;default;nf=1;mv8=r2p4;nf=1,mv8=r2p4;skip=a;skip=n;skip=m"
-  VF="old;default;pdl=0;nf=1"
+  V4="old;pdl=0;default;nf=1;nf=1,oq=1;nf=1,sw=1;nf=1,oq=1,sw=1;nf=1,pdl=0;nf=1,mv4=r2p8;norm=sb;skip=a;skip=n;skip=an;skip=m;skip=anm;nf=1,oq=1,sw=1,skip=a;nf=1,oq=1,sw=1,skip=m"
+  V8="old;pdl=0;default;nf=1;nf=1,oq=1,sw=1;mv8=r2p4;nf=1,mv8=r2p4;skip=a;skip=n;skip=m"
+  VF="old;default;pdl=0;nf=1,oq=1,sw=1"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   # decode timing only: keep the prompt on the decode step (independent of the batched prefill)
   pre=()
@@ -73,7 +73,7 @@ if [ "$part" = bench ]; then
   # the attention kernels of kr_decode_kv.h on the f16 cache (gpu_kvcache.c: KR_GKV_KERNELS=new)
   f=${KR_7B_Q4_0:-}
   if [ -n "$f" ] && [ -f "$f" ]; then
-    V="default;nf=1;skip=a"
+    V="default;nf=1;nf=1,oq=1,sw=1;skip=a;nf=1,oq=1,sw=1,skip=a"
     echo "-- Q4_0 with KR_GKV_KERNELS=new: --variants (2 rounds)" >>"$LOG"
     KR_GKV_KERNELS=new timeout 30 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" \
       --variants "$V;$(rev "$V")" >"$tmp/Q4_0-newkv.txt" 2>&1
