@@ -115,11 +115,14 @@ kr_status kr_gpu_forward_kv_read(kr_gpu_forward *g, uint32_t layer, uint32_t pos
  * spec is "key=value,..." with pdl=0|1 (programmatic dependent launch),
  * mv4=v1|r1p4|r2p4|r4p2|r2p8 and mv8=v1|r1p4|r2p2|r2p4|r4p2 (repacked Q4_0 /
  * Q8_0 matvec kernel), resid=0|1 (attn_output / ffn_down add into the
- * residual), norm=sb|mb (single- or multi-block rmsnorm), or the words
- * "default" / "old" (the step before PDL). Applied on top of the current
- * variant; the env KERNRUN_GF_TUNING is applied the same way at creation.
- * Drops the captured graph (the next step captures again). Errors:
- * KR_ERR_INVALID_ARG (bad spec), JIT failures. */
+ * residual), norm=sb|mb (single- or multi-block rmsnorm), nf=0|1 (norms
+ * folded into the matvecs), oq=0|1 and sw=0|1 (with nf: attention-output
+ * quantize / SwiGLU folded into the matvecs), gus=0|1, l2pf=MiB, skip=[anm]
+ * (timing experiments only: wrong logits), or the words "default" / "old"
+ * (the step before PDL). Applied on top of the current variant; the env
+ * KERNRUN_GF_TUNING is applied the same way at creation. Drops the captured
+ * graphs (the next step captures again). Errors: KR_ERR_INVALID_ARG (bad
+ * spec, with the accepted keys), JIT failures. */
 kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err *err);
 
 uint32_t kr_gpu_forward_n_ctx(const kr_gpu_forward *g);
