@@ -25,6 +25,9 @@
 #ifndef KR_KVA_FC
 #define KR_KVA_FC 0        // 1: the last block of each head group merges the splits (no combine launch)
 #endif
+#ifndef KR_KVA_EARLY
+#define KR_KVA_EARLY 0     // 1: trigger the dependent launch (PDL) at the start instead of after the loop
+#endif
 #define KR_KVA_FC_MAX 512  // most splits the fused combine takes ((RB x n_split) weights in shared memory)
 #define KR_KVA_RB 8        // query heads per block at most (one KV group, or part of one)
 #ifndef KR_KVA_TILE
@@ -76,6 +79,7 @@ kr_kv_store_rope(float *q, int n_head, const float *k_new, const float *v_new, v
                  const int *pos, int pos_imm, float freq_base, float freq_scale, const float *ff, int neox)
 {
     KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS(); // the next kernel may start once all our blocks have (it still waits for us)
     const int t = blockIdx.y;
     const int p = (pos ? *pos : pos_imm) + t;
     const int half = n_rot >> 1;
@@ -373,6 +377,9 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     __shared__ __align__(16) kr_u8 sm[KR_KVA_SMEM];
     __shared__ float m_s[KR_KVA_RB], l_s[KR_KVA_RB], c_s[KR_KVA_RB];
     KR_PDL_WAIT();
+#if KR_KVA_EARLY
+    KR_PDL_LAUNCH_DEPENDENTS(); // one wave: the next grid may get resident while this one runs
+#endif
     const int NT = KR_KVA_THREADS;
     const int tid = threadIdx.x;
     const int R = n_head / n_head_kv;
@@ -488,7 +495,9 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
             }
         }
     }
+#if !KR_KVA_EARLY
     KR_PDL_LAUNCH_DEPENDENTS();
+#endif
     __syncthreads(); // tiles are no longer read: reuse them for the slice reduction
     float *red = (float *)sm; // (nsl, NC, 8)
     if (slice < nsl) {
@@ -603,6 +612,7 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
     __shared__ float w_s[1024];
     __shared__ float red[32];
     KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS(); // the next kernel may start once all our blocks have (it still waits for us)
     const int h = blockIdx.x, D = head_dim, st = D + 2;
     const int p = pos ? *pos : pos_imm;
     const int j0 = window > 0 ? max(0, p - window + 1) : 0;
@@ -624,7 +634,6 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
         lsum += w * ph[(kr_i64)s * st + D + 1];
     }
     const float L = kr_block_sum(lsum, red); // contains __syncthreads: w_s is complete
-    KR_PDL_LAUNCH_DEPENDENTS();
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float a = 0.0f;
         for (int s = 0; s < n_split; s++)
