@@ -243,3 +243,19 @@ extern "C" __global__ void kr_pf_swiglu_h(const float *x, long long x_stride, lo
     const float g = x[(kr_pb_i64)t * x_stride + i], u = x[(kr_pb_i64)t * x_stride + up_off + i];
     y[(kr_pb_i64)t * y_stride + i] = kr_pb_f2h(g / (1.0f + expf(-g)) * u);
 }
+
+// fp32 -> fp16 (RNE) of n values (the attention output as the next GEMM's A).
+// Launch: block (256), grid (ceil(n / 1024)): 4 values per thread.
+extern "C" __global__ void kr_pf_to_f16(const float *__restrict__ x, kr_pb_u16 *__restrict__ y, long long n)
+{
+    const kr_pb_i64 i = ((kr_pb_i64)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i + 3 < n) {
+        const float4 v = *(const float4 *)(x + i);
+        const unsigned int lo = (unsigned int)kr_pb_f2h(v.x) | ((unsigned int)kr_pb_f2h(v.y) << 16);
+        const unsigned int hi = (unsigned int)kr_pb_f2h(v.z) | ((unsigned int)kr_pb_f2h(v.w) << 16);
+        *(uint2 *)(y + i) = make_uint2(lo, hi);
+    } else {
+        for (kr_pb_i64 j = i; j < n; j++)
+            y[j] = kr_pb_f2h(x[j]);
+    }
+}

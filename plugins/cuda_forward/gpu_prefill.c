@@ -46,7 +46,7 @@ struct kr__gpf {
     float *x, *h, *qkv, *att, *gu, *tmp; /* (nb,E) (nb,E) (nb,QKVD) (nb,QD) (nb,2F) (nb,E) */
     bool f16a;          /* llama: norms and swiglu write fp16 GEMM inputs (h16, ff16), kr_gemm_run_f16a /
                            _repacked with a16 (env KERNRUN_PREFILL_F16A=1/0 overrides the default) */
-    uint16_t *h16, *ff16; /* (nb,E) (nb,F) halves, when f16a */
+    uint16_t *h16, *ff16, *att16; /* (nb,E) (nb,F) (nb,QD) halves, when f16a */
     int32_t *tok;       /* (nb) token ids of the chunk */
     void *unpack;       /* unpack_bytes of GGML-layout scratch, or NULL */
     size_t unpack_bytes;
@@ -117,8 +117,9 @@ static void kr__pf_prof_report(kr_gpu_forward *g, size_t n_tok)
         total += t;
     }
     KR_LOGW(KR__DOM, "profile of %zu tokens: %.3f ms (%.0f tok/s): gemm %.3f, unrepack %.3f, attention %.3f, "
-            "other %.3f ms (%zu ops)", n_tok, total, total > 0 ? 1e3 * (double)n_tok / total : 0.0, ms[0], ms[1],
-            ms[2], ms[3], P->n_ev - 1);
+            "other %.3f ms (%zu ops; chunks of %u, fp%d GEMM inputs)", n_tok, total,
+            total > 0 ? 1e3 * (double)n_tok / total : 0.0, ms[0], ms[1], ms[2], ms[3], P->n_ev - 1, P->n_batch,
+            P->f16a ? 16 : 32);
     P->n_ev = 0;
 }
 
@@ -239,12 +240,13 @@ static uint64_t kr__pf_layout(kr__gpf *P, const kr_gpu_forward *g, char *base, u
     P->tok = kr__pf_take(base, &off, nb * 4);
     P->h16 = P->f16a ? kr__pf_take(base, &off, nb * E * 2) : NULL;
     P->ff16 = P->f16a ? kr__pf_take(base, &off, nb * F * 2) : NULL;
+    P->att16 = P->f16a ? kr__pf_take(base, &off, nb * QD * 2) : NULL;
     P->unpack = P->unpack_bytes ? kr__pf_take(base, &off, P->unpack_bytes) : NULL;
     return off;
 }
 
 /* Default of P->f16a (set from measurements, docs/PREFILL.md). */
-#define KR__PF_F16A_DEFAULT 0
+#define KR__PF_F16A_DEFAULT 1 /* H200: GEMM AUTO with fp16 A 1.7x (Q4_0) - 2.5x (Q8_0) the fp32-A path */
 
 /* M can take fp16 A: the repacked GEMM, or an MMA kernel on 16-byte aligned rows. */
 static bool kr__pf_f16a_mat(const kr__gpf *P, const kr__gf_mat *M)
@@ -254,17 +256,18 @@ static bool kr__pf_f16a_mat(const kr__gpf *P, const kr__gf_mat *M)
     return kr_gemm_mma_supports(M->type) && M->row_stride % 16 == 0 && (uintptr_t)M->w % 16 == 0;
 }
 
-/* llama/mistral whose every layer matrix takes fp16 A (output stays fp32); rows of 8-half multiples. */
+/* llama/mistral whose every layer matrix takes fp16 A (the output matrix stays fp32); rows of
+ * 8-half multiples. */
 static bool kr__pf_f16a_possible(const kr_gpu_forward *g, const kr__gpf *P)
 {
-    if (g->falcon || g->hp.n_embd % 8 != 0 || g->hp.n_ff % 8 != 0)
+    if (g->falcon || g->hp.n_embd % 8 != 0 || g->hp.n_ff % 8 != 0 || ((uint64_t)g->hp.n_head * g->hp.head_dim) % 8 != 0)
         return false;
     for (uint32_t l = 0; l < g->hp.n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
         const kr__gf_mat *mats[8];
         int nm = kr__pf_layer_mats(g, L, mats);
         for (int i = 0; i < nm; i++)
-            if (mats[i] != &L->o && !kr__pf_f16a_mat(P, mats[i])) /* o reads the fp32 attention output */
+            if (!kr__pf_f16a_mat(P, mats[i]))
                 return false;
     }
     return true;
@@ -494,7 +497,8 @@ static kr_status kr__pf_chunk_llama16(kr_gpu_forward *g, int m, int p0, bool las
                    kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
                                     (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, (int)hp->sliding_window, scale,
                                     err));
-        KR__PF_TRY("attn_output gemm", kr__pf_mm(g, &L->o, P->att, QD, P->tmp, E, m, err));
+        KR__PF_TRY("attention to fp16", kr_pf_to_f16(P->pf, s, P->att, P->att16, m * QD, err));
+        KR__PF_TRY("attn_output gemm", kr__pf_mm16(g, &L->o, P->att16, QD, P->tmp, E, m, err));
         KR__PF_TRY("ffn_norm", kr_pf_rmsnorm_h(P->pf, s, P->x, P->tmp, L->ffn_norm, P->h16, E, m, E, hp->norm_eps, err));
         if (L->fuse_gu) {
             KR__PF_TRY("gate/up gemm", kr__pf_mm16(g, &L->gu, P->h16, E, P->gu, 2 * F, m, err));

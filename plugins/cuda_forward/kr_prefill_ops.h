@@ -76,7 +76,7 @@ kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_he
 /* fp16 KV store of n tokens: row (pos0 + t) % rows of k_cache / v_cache
  * (row_bytes apart, row_bytes >= 2*kv_dim, even) = fp16 (round to nearest
  * even) of k[t, 0..kv_dim) / v[t, 0..kv_dim); k, v (n, k_stride / v_stride)
- * fp32. Later tokens win when n > rows. */
+ * fp32. n <= rows (two tokens of one launch must not share a row). */
 kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v,
                              size_t v_stride, void *k_cache, void *v_cache, size_t row_bytes, int rows, int kv_dim,
                              int n, int pos0, kr_err *err);
@@ -120,5 +120,7 @@ kr_status kr_pf_rmsnorm_h(kr_pf *p, kr_stream *s, float *x, const float *res, co
                           size_t y_stride, int64_t rows, int64_t n, float eps, kr_err *err);
 kr_status kr_pf_swiglu_h(kr_pf *p, kr_stream *s, const float *x, size_t x_stride, size_t up_off, uint16_t *y,
                          size_t y_stride, int ff, int n, kr_err *err);
+/* y[i] = fp16 RNE of x[i], i < n (x 16-byte, y 8-byte aligned). */
+kr_status kr_pf_to_f16(kr_pf *p, kr_stream *s, const float *x, uint16_t *y, int64_t n, kr_err *err);
 
 #endif

@@ -70,6 +70,7 @@ enum {
     KR__PF_EMBED,
     KR__PF_RMSNORM_H,
     KR__PF_SWIGLU_H,
+    KR__PF_TO_F16,
     KR__PF_COUNT
 };
 
@@ -104,6 +105,7 @@ static const kr_kernel_source kr__pf_src[KR__PF_COUNT] = {
     [KR__PF_EMBED] = KR__PB_SRC("kr_pf_embed"),
     [KR__PF_RMSNORM_H] = KR__PB_SRC("kr_pf_rmsnorm_h"),
     [KR__PF_SWIGLU_H] = KR__PB_SRC("kr_pf_swiglu_h"),
+    [KR__PF_TO_F16] = KR__PB_SRC("kr_pf_to_f16"),
 };
 
 struct kr_pf {
@@ -306,11 +308,11 @@ kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_st
 {
     if (!p)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "kv store: NULL kr_pf");
-    if (n < 1 || n > 65535 || pos0 < 0 || rows < 1 || kv_dim < 1 || !k || !v || !k_cache || !v_cache ||
+    if (n < 1 || n > 65535 || n > rows || pos0 < 0 || rows < 1 || kv_dim < 1 || !k || !v || !k_cache || !v_cache ||
         (int64_t)pos0 + n > INT32_MAX)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
-                                "kv store: n %d (1..65535), pos0 %d, rows %d, kv_dim %d, or a NULL operand", n,
-                                pos0, rows, kv_dim);
+                                "kv store: n %d (1..65535, <= rows), pos0 %d, rows %d, kv_dim %d, or a NULL operand",
+                                n, pos0, rows, kv_dim);
     if (k_stride < (size_t)kv_dim || v_stride < (size_t)kv_dim || row_bytes < 2 * (size_t)kv_dim ||
         row_bytes % 2 != 0 || (uintptr_t)k_cache % 2 != 0 || (uintptr_t)v_cache % 2 != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
@@ -392,10 +394,11 @@ kr_status kr_pf_kv_store_q8(kr_pf *p, kr_stream *s, const float *k, size_t k_str
 {
     if (!p)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "kv store q8: NULL kr_pf");
-    if (n < 1 || n > 65535 || pos0 < 0 || rows < 1 || kv_dim < 32 || kv_dim % 32 != 0 || kv_dim > INT32_MAX / 2 ||
+    if (n < 1 || n > 65535 || n > rows || pos0 < 0 || rows < 1 || kv_dim < 32 || kv_dim % 32 != 0 ||
+        kv_dim > INT32_MAX / 2 ||
         !k || !v || !k_cache || !v_cache || (int64_t)pos0 + n > INT32_MAX)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
-                                "kv store q8: n %d (1..65535), pos0 %d, rows %d, kv_dim %d (multiple of 32), or a "
+                                "kv store q8: n %d (1..65535, <= rows), pos0 %d, rows %d, kv_dim %d (multiple of 32), or a "
                                 "NULL operand", n, pos0, rows, kv_dim);
     if (k_stride < (size_t)kv_dim || v_stride < (size_t)kv_dim ||
         row_bytes < (size_t)kv_dim + 2 * (size_t)(kv_dim / 32) || row_bytes % 2 != 0 ||
@@ -434,4 +437,16 @@ kr_status kr_pf_swiglu_h(kr_pf *p, kr_stream *s, const float *x, size_t x_stride
     long long xs = (long long)x_stride, uo = (long long)up_off, ys = (long long)y_stride;
     void *args[] = {(void *)&x, &xs, &uo, &y, &ys, &ff};
     return kr__pf_launch(p, KR__PF_SWIGLU_H, (uint32_t)((ff + 255) / 256), (uint32_t)n, 256, s, args, err);
+}
+
+kr_status kr_pf_to_f16(kr_pf *p, kr_stream *s, const float *x, uint16_t *y, int64_t n, kr_err *err)
+{
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "to_f16: NULL kr_pf");
+    if (!x || !y || n < 1 || (n + 1023) / 1024 > UINT32_MAX || (uintptr_t)x % 16 != 0 || (uintptr_t)y % 8 != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "to_f16: n %lld, or x %p / y %p NULL or not 16/8-byte aligned",
+                                (long long)n, (const void *)x, (void *)y);
+    long long nn = (long long)n;
+    void *args[] = {(void *)&x, &y, &nn};
+    return kr__pf_launch(p, KR__PF_TO_F16, (uint32_t)((n + 1023) / 1024), 1, 256, s, args, err);
 }

@@ -19,7 +19,7 @@ Test(prefill_host, all_kernels_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_pf_source_count();
-    cr_assert_eq(n, 29, "7 flash attention head dims x (f16, q8_0, f16 pipelined) + 8 batched ops, got %zu records", n);
+    cr_assert_eq(n, 30, "7 flash attention head dims x (f16, q8_0, f16 pipelined) + 9 batched ops, got %zu records", n);
     cr_expect_null(kr_pf_source_at(n));
     for (size_t i = 0; i < n; i++) {
         const kr_kernel_source *ks = kr_pf_source_at(i);

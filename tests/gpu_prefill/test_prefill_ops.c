@@ -193,12 +193,13 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
     free(o);
 }
 
-Test(gpu_prefill, flash_attn_shapes)
+/* Fixed shapes; which: 0 F16 cases with the simple kernel, 1 with the pipelined one, 2 Q8_0 cases. */
+static void fa_shapes(int which)
 {
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
-    const fa_case cases[] = {
+    static const fa_case cases[] = {
         {.d = 128, .n_head = 8, .n_head_kv = 8, .n = 77, .pos0 = 0, .rows = 128},                  /* MHA, odd n */
         {.d = 128, .n_head = 32, .n_head_kv = 8, .n = 131, .pos0 = 45, .rows = 200, .q_pad = 4},    /* GQA, cached */
         {.d = 64, .n_head = 71, .n_head_kv = 1, .n = 19, .pos0 = 10, .rows = 64, .o_pad = 6},       /* falcon MQA */
@@ -218,15 +219,18 @@ Test(gpu_prefill, flash_attn_shapes)
         {.d = 16, .n_head = 4, .n_head_kv = 2, .n = 70, .pos0 = 5, .rows = 80, .row_pad = 16, .q8 = true},
         {.d = 256, .n_head = 2, .n_head_kv = 1, .n = 33, .pos0 = 7, .rows = 64, .q8 = true},
     };
-    for (int v = KR_PF_FA_SIMPLE; v <= KR_PF_FA_PIPE; v++) {
-        g_fa_variant = v;
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-            if (v == KR_PF_FA_SIMPLE || !cases[i].q8) /* Q8_0 has one kernel */
-                run_fa(be, p, &cases[i]);
-    }
+    g_fa_variant = which == 1 ? KR_PF_FA_PIPE : KR_PF_FA_SIMPLE;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (cases[i].q8 == (which == 2))
+            run_fa(be, p, &cases[i]);
     kr_pf_free(p);
     kr_backend_destroy(be);
 }
+
+/* (separate tests: they run in parallel processes with -jN, compiling their kernels at once) */
+Test(gpu_prefill, flash_attn_shapes_simple) { fa_shapes(0); }
+Test(gpu_prefill, flash_attn_shapes_pipe) { fa_shapes(1); }
+Test(gpu_prefill, flash_attn_shapes_q8_0) { fa_shapes(2); }
 
 Test(gpu_prefill, flash_attn_random)
 {
@@ -362,7 +366,7 @@ Test(gpu_prefill, kv_store)
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
-    const int kvd = 200, n = 45, rows = 32, pos0 = 13; /* wraps the ring; later tokens win */
+    const int kvd = 200, n = 29, rows = 32, pos0 = 13; /* wraps the ring (positions 13..41), 3 rows untouched */
     const size_t xs = 3 * (size_t)kvd + 4, row_bytes = 2 * (size_t)kvd + 16, rowh = row_bytes / 2;
     float *x = malloc((size_t)n * xs * sizeof *x);
     uint16_t *kc = malloc(rows * row_bytes), *vc = malloc(rows * row_bytes);
@@ -376,13 +380,16 @@ Test(gpu_prefill, kv_store)
     kr_err_clear(&err);
     cr_assert_eq(kr_backend_memset(be, dk, 0xAB, rows * row_bytes, NULL, &err), KR_OK);
     cr_assert_eq(kr_backend_memset(be, dv, 0xCD, rows * row_bytes, NULL, &err), KR_OK);
+    cr_expect_eq(kr_pf_kv_store_f16(p, NULL, dx + kvd, xs, dx + 2 * kvd, xs, dk, dv, row_bytes, rows, kvd, rows + 1,
+                                    pos0, &err),
+                 KR_ERR_INVALID_ARG, "n > rows must be refused (two tokens would share a row)");
     kr_status st = kr_pf_kv_store_f16(p, NULL, dx + kvd, xs, dx + 2 * kvd, xs, dk, dv, row_bytes, rows, kvd, n, pos0,
                                       &err);
     cr_assert_eq(st, KR_OK, "kv store: %s", kr_err_msg(&err, st));
     kr_test_download(be, kc, dk, rows * row_bytes);
     kr_test_download(be, vc, dv, rows * row_bytes);
     for (int r = 0; r < rows; r++) {
-        /* the last token t with (pos0 + t) % rows == r */
+        /* the token t with (pos0 + t) % rows == r (at most one: n <= rows) */
         int t = -1;
         for (int u = 0; u < n; u++)
             if ((pos0 + u) % rows == r)
@@ -413,7 +420,7 @@ Test(gpu_prefill, kv_store_q8)
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
-    const int kvd = 96, n = 21, rows = 16, pos0 = 7;
+    const int kvd = 96, n = 13, rows = 16, pos0 = 7;
     const size_t xs = 2 * (size_t)kvd + 4, row_bytes = 128;
     float *x = malloc((size_t)n * xs * sizeof *x), *deq = malloc(kvd * sizeof *deq);
     uint8_t *kc = malloc(rows * row_bytes), *vc = malloc(rows * row_bytes), *want = malloc(row_bytes);
@@ -643,6 +650,22 @@ Test(gpu_prefill, fp16_outputs)
     cr_assert_eq(st, KR_OK, "rmsnorm_h: %s", kr_err_msg(&err, st));
     st = kr_pf_swiglu_h(p, NULL, dg, fs, ff + 1, df, fys, ff, rows, &err);
     cr_assert_eq(st, KR_OK, "swiglu_h: %s", kr_err_msg(&err, st));
+    /* to_f16 of an odd count (tail path): g's values as fp16 into the rmsnorm output's space after the test */
+    const int64_t nc = 1001;
+    kr_buffer *bc;
+    uint16_t *dc = kr_test_dalloc(be, (size_t)nc * 2 + 64, &bc), *hc = malloc((size_t)nc * 2 + 64);
+    cr_assert(hc);
+    cr_assert_eq(kr_backend_memset(be, dc, 0xEE, (size_t)nc * 2 + 64, NULL, &err), KR_OK);
+    st = kr_pf_to_f16(p, NULL, dg, dc, nc, &err);
+    cr_assert_eq(st, KR_OK, "to_f16: %s", kr_err_msg(&err, st));
+    kr_test_download(be, hc, dc, (size_t)nc * 2 + 64);
+    for (int64_t i = 0; i < nc; i++)
+        cr_assert_eq(hc[i], kr_fp32_to_fp16(g[i]), "to_f16 [%lld]: %04x != %04x", (long long)i, hc[i],
+                     kr_fp32_to_fp16(g[i]));
+    for (int64_t i = nc; i < nc + 32; i++)
+        cr_assert_eq(hc[i], 0xEEEE, "to_f16 wrote past n");
+    free(hc);
+    kr_backend_free(be, bc);
     kr_test_download(be, x2, dx, (size_t)rows * n * sizeof *x2);
     kr_test_download(be, y, dy, (size_t)rows * ys * 2);
     kr_test_download(be, fy, df, (size_t)rows * fys * 2);

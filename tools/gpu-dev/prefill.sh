@@ -19,7 +19,7 @@ if [ "$part" = test ]; then
     exe=$BUILD/tests/gpu_prefill/$t
     if [ ! -x "$exe" ]; then echo "NOT BUILT" >"$tmpd/$t.rc"; continue; fi
     ( s0=$(date +%s%N)
-      KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1 timeout 54 "$exe" -j1 --verbose=1 >"$tmpd/$t.log" 2>&1
+      KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1 timeout 54 "$exe" -j4 --verbose=1 >"$tmpd/$t.log" 2>&1
       echo "rc=$? ($(( ($(date +%s%N) - s0) / 1000000 )) ms)" >"$tmpd/$t.rc" ) &
     pids+=($!)
   done
@@ -48,15 +48,18 @@ if [ "$part" = bench ]; then
     # name | model var | extra args | extra env (VAR=VALUE ...)
     runs=("Q4_0 batch|KR_7B_Q4_0||" "Q8_0 batch|KR_7B_Q8_0||" "F16 batch|KR_7B_F16||"
           "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill|"
-          "Q4_0 batch unrepack+GEMM|KR_7B_Q4_0||KERNRUN_PREFILL_UNREPACK=1"
-          "Q4_0 batch no-repack (GGML layout)|KR_7B_Q4_0|--no-repack|"
-          "Q4_0 batch fp16 GEMM inputs|KR_7B_Q4_0||KERNRUN_PREFILL_F16A=1")
+          "Q4_0 batch fp32 GEMM inputs|KR_7B_Q4_0||KERNRUN_PREFILL_F16A=0"
+          "Q4_0 batch pipelined attention|KR_7B_Q4_0||KERNRUN_FA_VARIANT=pipe"
+          "Q4_0 batch -p 2048 (4 chunks)|KR_7B_Q4_0|-p 2048|"
+          "F16 batch pipelined attention|KR_7B_F16||KERNRUN_FA_VARIANT=pipe")
     for r in "${runs[@]}"; do
       IFS='|' read -r name var extra envs <<<"$r"
       f=${!var:-}
       [ -n "$f" ] && [ -f "$f" ] || { rows+=("$name: model missing"); continue; }
       echo "-- kernrun bench $name ($f $extra $envs)"
-      o=$(env KERNRUN_PREFILL_PROFILE=1 $envs timeout 8 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
+      p=512
+      case "$extra" in -p\ *) p=${extra#-p }; extra= ;; esac
+      o=$(env KERNRUN_PREFILL_PROFILE=1 $envs timeout 8 "$KR" bench -m "$f" -p "$p" -n 8 --backend cuda $extra 2>&1)
       rc=$?
       echo "$o" | tail -12
       rows+=("$name: rc=$rc $(echo "$o" | grep -m1 '^prefill *:' | tr -s ' ')")
