@@ -1549,10 +1549,10 @@ kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n
     int32_t *hs = g->hstep ? g->hstep->ptr : g->hstep_mem;
     float *hl = g->hlogits_buf ? g->hlogits_buf->ptr : g->hlogits_mem;
     kr_status st = KR_OK;
-    bool batched = false; /* n > 1: batched prefill (gpu_prefill.c) unless it declines */
+    size_t done = 0; /* n > 1: batched prefill (gpu_prefill.c) of done tokens, the rest token by token */
     if (n > 1)
-        st = kr__prefill(g, tokens, n, pos, &batched, err);
-    for (size_t i = 0; i < n && st == KR_OK && !batched; i++) {
+        st = kr__prefill(g, tokens, n, pos, &done, err);
+    for (size_t i = done; i < n && st == KR_OK; i++) {
         hs[2 * i] = tokens[i];
         hs[2 * i + 1] = (int32_t)(pos + i);
         st = kr_backend_h2d(g->be, g->step, &hs[2 * i], 2 * sizeof(int32_t), g->stream, err);

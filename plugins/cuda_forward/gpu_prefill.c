@@ -181,7 +181,7 @@ const char *kr__prefill_unsupported(const kr_gpu_forward *g, size_t n, uint32_t 
         return "head_dim not 16/32/64/80/96/128/256";
     if (g->kv->pl.row_bytes % 16 != 0)
         return "KV rows not 16-byte multiples";
-    if ((uint64_t)pos + n > g->kv->pl.rows)
+    if ((uint64_t)pos + 2 > g->kv->pl.rows)
         return "the positions wrap the KV ring";
     /* GEMM inputs need rows of multiples of 4 floats: h (E), att (QD), the MLP activations
      * (falcon: F; llama: the gate half of (2F) rows) */
@@ -584,9 +584,9 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
     return KR_OK;
 }
 
-kr_status kr__prefill(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, bool *handled, kr_err *err)
+kr_status kr__prefill(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, size_t *n_done, kr_err *err)
 {
-    *handled = false;
+    *n_done = 0;
     const char *why = kr__prefill_unsupported(g, n, pos);
     if (why) {
         KR_LOGD(KR__DOM, "token-by-token prefill of %zu tokens: %s", n, why);
@@ -605,19 +605,23 @@ kr_status kr__prefill(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32
             return KR_OK;
         }
     }
-    *handled = true;
+    /* a sliding-window ring: only the positions before its first wrap (later ones would overwrite
+     * keys the earlier queries of a chunk still need); the caller runs the rest token by token */
+    const size_t nb_ok = (uint64_t)pos + n <= g->kv->pl.rows ? n : (size_t)(g->kv->pl.rows - pos);
     kr__gpf *P = g->prefill;
     const char *pe = getenv("KERNRUN_PREFILL_PROFILE");
     P->prof = pe && strcmp(pe, "1") == 0;
     P->n_ev = 0;
     kr__pf_mark(g, KR__PF_CAT_OTHER); /* start */
     const uint32_t nb = P->n_batch;
-    for (size_t c0 = 0; c0 < n; c0 += nb) {
-        int m = (int)(n - c0 < nb ? n - c0 : nb);
+    for (size_t c0 = 0; c0 < nb_ok; c0 += nb) {
+        int m = (int)(nb_ok - c0 < nb ? nb_ok - c0 : nb);
+        /* logits only when this chunk ends the eval */
         kr_status st = kr__pf_chunk(g, tokens + c0, m, (int)(pos + c0), c0 + (size_t)m == n, err);
         if (st != KR_OK)
             return st;
+        *n_done = c0 + (size_t)m;
     }
-    kr__pf_prof_report(g, n);
+    kr__pf_prof_report(g, nb_ok);
     return KR_OK;
 }

@@ -3,8 +3,8 @@
  * which runs them in chunks of up to n_batch tokens through tensor-core
  * GEMMs (plugins/cuda_gemm) and flash attention (kr_prefill_ops.h), writes
  * the KV cache so decode continues from it, and leaves the last token's
- * logits in g->logits; or declines (*handled = false) and the caller runs
- * the token-by-token loop. */
+ * logits in g->logits; or declines (all or the tail of the tokens) and the
+ * caller runs those through the token-by-token loop. */
 #ifndef KR_GPU_PREFILL_H
 #define KR_GPU_PREFILL_H
 
@@ -20,10 +20,13 @@ struct kr__gpf; /* prefill state: GEMM and kernel handles, chunk activations (cr
 #define KR__PREFILL_N_BATCH_DEFAULT 512
 
 /* Tokens (validated by the caller) at positions pos .. pos+n-1, enqueued on
- * g->stream (not synchronised). *handled false (and KR_OK) when the batched
- * path does not support the model / cache / params or its buffers do not fit:
- * nothing was enqueued. Other errors: device failures (the caller marks g dead). */
-kr_status kr__prefill(struct kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, bool *handled,
+ * g->stream (not synchronised). *n_done = how many of them (from the first)
+ * ran batched: 0 (and KR_OK) when the batched path does not support the
+ * model / cache / params or its buffers do not fit; fewer than n when a
+ * sliding-window ring wraps (the caller runs the rest token by token). The
+ * logits of the last token are computed only when *n_done == n. Other errors:
+ * device failures (the caller marks g dead). */
+kr_status kr__prefill(struct kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32_t pos, size_t *n_done,
                       kr_err *err);
 /* Why kr__prefill would decline n tokens at pos (NULL: it would run them). */
 const char *kr__prefill_unsupported(const struct kr_gpu_forward *g, size_t n, uint32_t pos);

@@ -36,6 +36,7 @@
 #define TOL 1e-3
 
 static kr_dtype g_kv_type = KR_DTYPE_F16; /* KV cache type of the GPU runs and the CPU reference */
+static bool g_gpu_ring;                   /* GPU cache: the default sliding-window ring (CPU: n_ctx rows + mask) */
 
 static const char *testdata(void)
 {
@@ -108,7 +109,7 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, uint32_t n_ctx, bool
     gp.n_ctx = n_ctx;
     gp.no_batch_prefill = !batched;
     gp.n_batch = n_batch;
-    gp.kv_no_ring = true;
+    gp.kv_no_ring = !g_gpu_ring;
     gp.kv_type = g_kv_type;
     kr_gpu_forward *g = NULL;
     kr_status st = kr_gpu_forward_new(m, be, &gp, &g, &err);
@@ -255,6 +256,12 @@ Test(gpu_prefill_forward, llama_1b_shape_q4_0_f16a)
 {
     setenv("KERNRUN_PREFILL_F16A", "1", 1);
     mk_check("llama", "1b", KR_DTYPE_Q4_0, 1, 150, 20, 64);
+}
+/* The window-row ring (when the CUDA path has it): batched up to the first wrap, the rest token by token. */
+Test(gpu_prefill_forward, mistral_tiny_q8_0_ring)
+{
+    g_gpu_ring = true;
+    mk_check("mistral", "tiny", KR_DTYPE_Q8_0, 0, 100, 20, 32);
 }
 Test(gpu_prefill_forward, llama_1b_shape_q4_0_one_layer) { mk_check("llama", "1b", KR_DTYPE_Q4_0, 1, 200, 0, 128); }
 
