@@ -49,17 +49,18 @@ if [ "$part" = bench ]; then
     runs=("Q4_0 batch|KR_7B_Q4_0||" "Q8_0 batch|KR_7B_Q8_0||" "F16 batch|KR_7B_F16||"
           "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill|"
           "Q4_0 batch fp32 GEMM inputs|KR_7B_Q4_0||KERNRUN_PREFILL_F16A=0"
+          "Q8_0 batch fp32 GEMM inputs|KR_7B_Q8_0||KERNRUN_PREFILL_F16A=0"
           "Q4_0 batch pipelined attention|KR_7B_Q4_0||KERNRUN_FA_VARIANT=pipe"
-          "Q4_0 batch -p 2048 (4 chunks)|KR_7B_Q4_0|-p 2048|"
-          "F16 batch pipelined attention|KR_7B_F16||KERNRUN_FA_VARIANT=pipe")
+          "F16 batch pipelined attention|KR_7B_F16||KERNRUN_FA_VARIANT=pipe"
+          "Q4_0 -p 2048 (chunks of 512)|KR_7B_Q4_0|-p 2048|"
+          "Q4_0 -p 2048 chunks of 1024|KR_7B_Q4_0|-p 2048 --n-batch 1024|"
+          "Q4_0 -p 2048 chunks of 2048|KR_7B_Q4_0|-p 2048 --n-batch 2048|")
     for r in "${runs[@]}"; do
       IFS='|' read -r name var extra envs <<<"$r"
       f=${!var:-}
       [ -n "$f" ] && [ -f "$f" ] || { rows+=("$name: model missing"); continue; }
       echo "-- kernrun bench $name ($f $extra $envs)"
-      p=512
-      case "$extra" in -p\ *) p=${extra#-p }; extra= ;; esac
-      o=$(env KERNRUN_PREFILL_PROFILE=1 $envs timeout 8 "$KR" bench -m "$f" -p "$p" -n 8 --backend cuda $extra 2>&1)
+      o=$(env KERNRUN_PREFILL_PROFILE=1 $envs timeout 8 "$KR" bench -m "$f" -p 512 -n 8 --backend cuda $extra 2>&1)
       rc=$?
       echo "$o" | tail -12
       rows+=("$name: rc=$rc $(echo "$o" | grep -m1 '^prefill *:' | tr -s ' ')")
