@@ -111,6 +111,23 @@ KR_FA_INL void kr_fa_cp16(void *dst, const void *src, int src_bytes)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
 }
 KR_FA_INL void kr_fa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// ldmatrix x4: lane l gives the row address (16-byte aligned) of row l%8 of matrix l/8;
+// r[j] = matrix j's (row lane/4, cols 2(lane%4), +1), or with .trans (rows 2(lane%4), +1, col lane/4).
+KR_FA_INL void kr_fa_ldsm4(kr_fa_u32 r[4], const kr_fa_u16 *p)
+{
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+KR_FA_INL void kr_fa_ldsm4t(kr_fa_u32 r[4], const kr_fa_u16 *p)
+{
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
 KR_FA_INL void kr_fa_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 #endif
 
@@ -250,16 +267,21 @@ KR_FA_UNROLL
         if (j0 <= w_hi && j0 + KR_FA_BN - 1 >= w_lo) { // else no key of this tile is visible to this warp's rows
 
         // S = Q K^T (16 x BN per warp)
+        // B fragments of two 8-key tiles per ldmatrix.x4: lane row (lane&7) of matrix lane>>3 =
+        // key nt*8 + 8*(m>>1) + (lane&7), dims kq*16 + 8*(m&1)
         float s[KR_FA_NT][4];
 KR_FA_UNROLL
-        for (int nt = 0; nt < KR_FA_NT; nt++) {
+        for (int nt = 0; nt < KR_FA_NT; nt++)
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            const kr_fa_u16 *kr = sk + (nt * 8 + lg) * KR_FA_LDS + 2 * lt;
+        const kr_fa_u16 *krow = sk + (((lane >> 4) << 3) + (lane & 7)) * KR_FA_LDS + ((lane >> 3) & 1) * 8;
+KR_FA_UNROLL
+        for (int nt = 0; nt < KR_FA_NT; nt += 2) {
 KR_FA_UNROLL
             for (int kq = 0; kq < KR_FA_KC; kq++) {
-                const kr_fa_u32 b0 = *(const kr_fa_u32 *)(kr + kq * 16);
-                const kr_fa_u32 b1 = *(const kr_fa_u32 *)(kr + kq * 16 + 8);
-                kr_fa_mma(s[nt], qa[kq], b0, b1);
+                kr_fa_u32 b[4];
+                kr_fa_ldsm4(b, krow + nt * 8 * KR_FA_LDS + kq * 16);
+                kr_fa_mma(s[nt], qa[kq], b[0], b[1]);
+                kr_fa_mma(s[nt + 1], qa[kq], b[2], b[3]);
             }
         }
         // mask + scale; row max
@@ -316,13 +338,15 @@ KR_FA_UNROLL
             pa4[1] = kr_fa_pack(p[2], p[3]); // row lg+8
             pa4[2] = kr_fa_pack(p[4], p[5]); // row lg, keys 16kk + 8 + 2lt
             pa4[3] = kr_fa_pack(p[6], p[7]); // row lg+8
-            const kr_fa_u16 *v0 = sv + (kk * 16 + 2 * lt) * KR_FA_LDS + lg;
+            // V B fragments (k = keys, n = dims) of two 8-dim tiles per ldmatrix.x4.trans: lane row
+            // (lane&7) of matrix m = lane>>3 = key kk*16 + 8*(m&1) + (lane&7), dims 8*(ot + (m>>1))
+            const kr_fa_u16 *vrow = sv + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * KR_FA_LDS + (lane >> 4) * 8;
 KR_FA_UNROLL
-            for (int ot = 0; ot < KR_FA_OT; ot++) {
-                const kr_fa_u16 *vp = v0 + ot * 8;
-                const kr_fa_u32 b0 = (kr_fa_u32)vp[0] | ((kr_fa_u32)vp[KR_FA_LDS] << 16);
-                const kr_fa_u32 b1 = (kr_fa_u32)vp[8 * KR_FA_LDS] | ((kr_fa_u32)vp[9 * KR_FA_LDS] << 16);
-                kr_fa_mma(o[ot], pa4, b0, b1);
+            for (int ot = 0; ot < KR_FA_OT; ot += 2) {
+                kr_fa_u32 b[4];
+                kr_fa_ldsm4t(b, vrow + ot * 8);
+                kr_fa_mma(o[ot], pa4, b[0], b[1]);
+                kr_fa_mma(o[ot + 1], pa4, b[2], b[3]);
             }
         }
         } // visible tile

@@ -1,8 +1,8 @@
 /* Host emulation of kernels/prefill/flash_attn.cu (no GPU): the kernel
  * source is compiled as C with KR_FA_HOST_EMU and run with one pthread per
  * CUDA thread (128 per block, blocks one after another); __syncthreads is a
- * barrier, __shfl_xor_sync and mma.sync m16n8k16 exchange through per-warp
- * arrays between two warp barriers (the mma computes each lane's C fragment
+ * barrier, __shfl_xor_sync, ldmatrix and mma.sync m16n8k16 exchange through
+ * per-warp arrays between two warp barriers (the mma computes each lane's C fragment
  * from the A/B fragments of all 32 lanes with the PTX fragment layout, fp32
  * accumulation), fp16 conversions are kernrun/half.h's round-to-nearest-even.
  * Checked against a double reference on the fp16 (or Q8_0) K/V values like
@@ -87,6 +87,27 @@ static inline void kr_fa_mma(float c[4], const unsigned a[4], unsigned b0, unsig
     }
     pthread_barrier_wait(&g_warp_bar[w]);
 }
+
+/* ldmatrix x4 (optionally .trans): lane l gives the row address of row l%8 of matrix l/8;
+ * r[j] = matrix j's (row lane/4, cols 2(lane%4), +1) or, transposed, (rows 2(lane%4), +1, col lane/4);
+ * the lower column (row) in the low 16 bits. */
+static const unsigned short *g_rowp[4][32];
+static inline void emu_ldsm4(unsigned r[4], const unsigned short *p, int trans)
+{
+    const int w = (int)threadIdx.x >> 5, l = (int)threadIdx.x & 31;
+    g_rowp[w][l] = p;
+    pthread_barrier_wait(&g_warp_bar[w]);
+    const int gq = l / 4, t = l % 4;
+    for (int j = 0; j < 4; j++) {
+        if (trans)
+            r[j] = (unsigned)g_rowp[w][j * 8 + 2 * t][gq] | ((unsigned)g_rowp[w][j * 8 + 2 * t + 1][gq] << 16);
+        else
+            r[j] = (unsigned)g_rowp[w][j * 8 + gq][2 * t] | ((unsigned)g_rowp[w][j * 8 + gq][2 * t + 1] << 16);
+    }
+    pthread_barrier_wait(&g_warp_bar[w]);
+}
+static inline void kr_fa_ldsm4(unsigned r[4], const unsigned short *p) { emu_ldsm4(r, p, 0); }
+static inline void kr_fa_ldsm4t(unsigned r[4], const unsigned short *p) { emu_ldsm4(r, p, 1); }
 
 /* cp.async: a plain copy (ordering is not emulated) */
 static inline void kr_fa_cp16(void *dst, const void *src, int src_bytes)
