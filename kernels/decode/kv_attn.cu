@@ -28,6 +28,8 @@
 #ifndef KR_KVA_EARLY
 #define KR_KVA_EARLY 0     // 1: trigger the dependent launch (PDL) at the start instead of after the loop
 #endif
+// 4096-element tiles: ask for 512 resident threads per SM (<= 128 registers: 4 blocks of 128)
+#define KR_KVA_MINB (KR_KVA_TILE <= 4096 ? 512 / KR_KVA_THREADS : 1)
 #define KR_KVA_FC_MAX 512  // most splits the fused combine takes ((RB x n_split) weights in shared memory)
 #define KR_KVA_RB 8        // query heads per block at most (one KV group, or part of one)
 #ifndef KR_KVA_TILE
@@ -242,17 +244,24 @@ __device__ __forceinline__ void kr_kva_h8(uint4 u, float *f)
     f[7] = kr_h2f((kr_u16)(u.w >> 16));
 }
 
+// int8 -> float without I2F (a quarter-rate conversion): flip the sign bit so the byte is
+// q + 128, place it in the mantissa of 2^23 (0x4B0000xx = 2^23 + q + 128) and subtract: exact.
+__device__ __forceinline__ float kr_kva_b2f(kr_u32 u, kr_u32 sel)
+{
+    return __int_as_float((int)__byte_perm(u, 0x4Bu, sel)) - 8388736.0f; // 2^23 + 128
+}
+
 __device__ __forceinline__ void kr_kva_q8(uint2 u, float *f)
 {
-    const int a = (int)u.x, b = (int)u.y;
-    f[0] = (float)((a << 24) >> 24);
-    f[1] = (float)((a << 16) >> 24);
-    f[2] = (float)((a << 8) >> 24);
-    f[3] = (float)(a >> 24);
-    f[4] = (float)((b << 24) >> 24);
-    f[5] = (float)((b << 16) >> 24);
-    f[6] = (float)((b << 8) >> 24);
-    f[7] = (float)(b >> 24);
+    const kr_u32 a = u.x ^ 0x80808080u, b = u.y ^ 0x80808080u;
+    f[0] = kr_kva_b2f(a, 0x4550u);
+    f[1] = kr_kva_b2f(a, 0x4551u);
+    f[2] = kr_kva_b2f(a, 0x4552u);
+    f[3] = kr_kva_b2f(a, 0x4553u);
+    f[4] = kr_kva_b2f(b, 0x4550u);
+    f[5] = kr_kva_b2f(b, 0x4551u);
+    f[6] = kr_kva_b2f(b, 0x4552u);
+    f[7] = kr_kva_b2f(b, 0x4553u);
 }
 
 template <int Q8>
@@ -583,7 +592,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS)
+extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS, KR_KVA_MINB)
 kr_kva_f16(const float *q, const void *kc, const void *vc, const int *slot, long long slot_bytes, int rows,
            long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
            const int *pos, int pos_imm, int window, float scale, int n_split)
@@ -592,7 +601,7 @@ kr_kva_f16(const float *q, const void *kc, const void *vc, const int *slot, long
               pos_imm, window, scale, n_split);
 }
 
-extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS)
+extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS, KR_KVA_MINB)
 kr_kva_q8_0(const float *q, const void *kc, const void *vc, const int *slot, long long slot_bytes, int rows,
             long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
             const int *pos, int pos_imm, int window, float scale, int n_split)
