@@ -16,7 +16,7 @@
 //
 // Layouts:
 //   q   (n, q_stride) fp32: head h of token t at q + t*q_stride + h*D
-//   out (n, o_stride) fp32: same indexing; written for every (t, h)
+//   out (n, o_stride) fp32: same indexing; written for every (t, h) (or out16, fp16, when not NULL)
 //   k, v: slot bases; row r at base + r*row_bytes (bytes); head g at +g*D halves.
 //   KR_FA_Q8=1 (-D option): Q8_0 cache rows instead (interfaces): kv_dim int8
 //   quants, then kv_dim/32 fp16 scales; element i = q[i] * d[i/32], turned
@@ -155,7 +155,7 @@ KR_FA_KERNEL
 kr_flash_attn_f16(const float *__restrict__ q, long long q_stride, const unsigned char *__restrict__ kc,
                   const unsigned char *__restrict__ vc, long long row_bytes, int rows, float *__restrict__ out,
                   long long o_stride, int n, int pos0, int n_head, int n_head_kv, int window, float scale_log2,
-                  int kv_dim)
+                  int kv_dim, kr_fa_u16 *__restrict__ out16)
 {
     KR_FA_SHARED kr_fa_u16 sm[KR_FA_SMEM];
     kr_fa_u16 *sk = sm, *sv = sm + KR_FA_BN * KR_FA_LDS;
@@ -362,16 +362,22 @@ KR_FA_UNROLL
     lb += __shfl_xor_sync(0xffffffffu, lb, 1);
     lb += __shfl_xor_sync(0xffffffffu, lb, 2);
     const float ia = 1.f / la, ib = 1.f / lb;
-    if (ra < n_rows) {
-        float *dst = out + (kr_fa_i64)(ra / G) * o_stride + (kr_fa_i64)(g * G + ra % G) * KR_FA_D + 2 * lt;
+    // out16 != NULL: fp16 (RNE) into out16 (same indexing, o_stride halves per token) instead of out
 KR_FA_UNROLL
-        for (int ot = 0; ot < KR_FA_OT; ot++)
-            *(float2 *)(dst + ot * 8) = make_float2(o[ot][0] * ia, o[ot][1] * ia);
-    }
-    if (rb < n_rows) {
-        float *dst = out + (kr_fa_i64)(rb / G) * o_stride + (kr_fa_i64)(g * G + rb % G) * KR_FA_D + 2 * lt;
+    for (int h2 = 0; h2 < 2; h2++) {
+        const int r = h2 ? rb : ra;
+        const float inv = h2 ? ib : ia;
+        if (r >= n_rows)
+            continue;
+        const kr_fa_i64 e0 = (kr_fa_i64)(r / G) * o_stride + (kr_fa_i64)(g * G + r % G) * KR_FA_D + 2 * lt;
+        if (out16) {
 KR_FA_UNROLL
-        for (int ot = 0; ot < KR_FA_OT; ot++)
-            *(float2 *)(dst + ot * 8) = make_float2(o[ot][2] * ib, o[ot][3] * ib);
+            for (int ot = 0; ot < KR_FA_OT; ot++)
+                *(kr_fa_u32 *)(out16 + e0 + ot * 8) = kr_fa_pack(o[ot][2 * h2] * inv, o[ot][2 * h2 + 1] * inv);
+        } else {
+KR_FA_UNROLL
+            for (int ot = 0; ot < KR_FA_OT; ot++)
+                *(float2 *)(out + e0 + ot * 8) = make_float2(o[ot][2 * h2] * inv, o[ot][2 * h2 + 1] * inv);
+        }
     }
 }

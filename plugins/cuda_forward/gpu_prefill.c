@@ -494,10 +494,9 @@ static kr_status kr__pf_chunk_llama16(kr_gpu_forward *g, int m, int p0, bool las
                                       hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
         KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
         KR__PF_TRY("flash attention",
-                   kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
-                                    (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, (int)hp->sliding_window, scale,
-                                    err));
-        KR__PF_TRY("attention to fp16", kr_pf_to_f16(P->pf, s, P->att, P->att16, m * QD, err));
+                   kr_pf_flash_attn_ex(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type,
+                                       g->kv->pl.row_bytes, (int)g->kv->pl.rows, NULL, P->att16, QD, m, p0, H, HK, D,
+                                       (int)hp->sliding_window, scale, err));
         KR__PF_TRY("attn_output gemm", kr__pf_mm16(g, &L->o, P->att16, QD, P->tmp, E, m, err));
         KR__PF_TRY("ffn_norm", kr_pf_rmsnorm_h(P->pf, s, P->x, P->tmp, L->ffn_norm, P->h16, E, m, E, hp->norm_eps, err));
         if (L->fuse_gu) {

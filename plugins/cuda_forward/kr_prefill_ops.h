@@ -65,6 +65,13 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
                            kr_dtype kv_type, size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0,
                            int n_head, int n_head_kv, int head_dim, int window, float scale, kr_err *err);
 
+/* As kr_pf_flash_attn, writing either out (fp32) or out16 (fp16 RNE, 4-byte
+ * aligned, o_stride halves per token): exactly one of them non-NULL. */
+kr_status kr_pf_flash_attn_ex(kr_pf *p, kr_stream *s, const float *q, size_t q_stride, const void *k, const void *v,
+                              kr_dtype kv_type, size_t row_bytes, int rows, float *out, uint16_t *out16,
+                              size_t o_stride, int n, int pos0, int n_head, int n_head_kv, int head_dim, int window,
+                              float scale, kr_err *err);
+
 /* RoPE in place on q (n, q_stride) with n_head_q heads and k (n, k_stride)
  * with n_head_k heads (k NULL with n_head_k 0), token t at position pos0 + t;
  * the math of kr_dec_rope (normal or neox pairs, first n_rot dims, optional

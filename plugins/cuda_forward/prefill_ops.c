@@ -225,6 +225,15 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
                            kr_dtype kv_type, size_t row_bytes, int rows, float *out, size_t o_stride, int n, int pos0,
                            int n_head, int n_head_kv, int head_dim, int window, float scale, kr_err *err)
 {
+    return kr_pf_flash_attn_ex(p, s, q, q_stride, k, v, kv_type, row_bytes, rows, out, NULL, o_stride, n, pos0, n_head,
+                               n_head_kv, head_dim, window, scale, err);
+}
+
+kr_status kr_pf_flash_attn_ex(kr_pf *p, kr_stream *s, const float *q, size_t q_stride, const void *k, const void *v,
+                              kr_dtype kv_type, size_t row_bytes, int rows, float *out, uint16_t *out16,
+                              size_t o_stride, int n, int pos0, int n_head, int n_head_kv, int head_dim, int window,
+                              float scale, kr_err *err)
+{
     if (!p)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL kr_pf");
     if (kv_type != KR_DTYPE_F16 && kv_type != KR_DTYPE_Q8_0)
@@ -245,17 +254,17 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
     if ((int64_t)pos0 + n - 1 > INT32_MAX - 1 || (int64_t)n * (n_head / n_head_kv) > INT32_MAX - KR__PF_FA_BM)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: n %d at pos0 %d with %d heads too large", n,
                                 pos0, n_head);
-    if (!q || !k || !v || !out)
-        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL operand");
+    if (!q || !k || !v || (!out) == (!out16))
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "flash attention: NULL operand (or both / neither of out, out16)");
     const size_t qkd = (size_t)n_head * (size_t)head_dim, kvd = (size_t)n_head_kv * (size_t)head_dim;
     if (q_stride < qkd || q_stride % 4 != 0 || (uintptr_t)q % 16 != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                                 "flash attention: q stride %zu (need >= %zu, multiple of 4) or q %p not 16-byte "
                                 "aligned", q_stride, qkd, (const void *)q);
-    if (o_stride < qkd || o_stride % 2 != 0 || (uintptr_t)out % 8 != 0)
+    if (o_stride < qkd || o_stride % 2 != 0 || (out ? (uintptr_t)out % 8 : (uintptr_t)out16 % 4) != 0)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
-                                "flash attention: out stride %zu (need >= %zu, even) or out %p not 8-byte aligned",
-                                o_stride, qkd, (void *)out);
+                                "flash attention: out stride %zu (need >= %zu, even) or out %p / out16 %p not 8 / 4-byte "
+                                "aligned", o_stride, qkd, (void *)out, (void *)out16);
     const size_t min_row = q8 ? kvd + 2 * (kvd / 32) : 2 * kvd;
     if ((q8 && kvd % 32 != 0) || kvd > INT32_MAX || row_bytes < min_row || row_bytes % 16 != 0 ||
         (uintptr_t)k % 16 != 0 || (uintptr_t)v % 16 != 0)
@@ -272,7 +281,7 @@ kr_status kr_pf_flash_attn(kr_pf *p, kr_stream *s, const float *q, size_t q_stri
     const float scale_log2 = scale * 1.4426950408889634f;
     int kv_dim = (int)kvd;
     void *args[] = {(void *)&q, &qs, (void *)&k, (void *)&v, &rb, &rows, &out, &os, &n, &pos0, &n_head, &n_head_kv,
-                    &window, (void *)&scale_log2, &kv_dim};
+                    &window, (void *)&scale_log2, &kv_dim, &out16};
     const int64_t n_rows = (int64_t)n * (n_head / n_head_kv);
     return kr__pf_launch(p, id, (uint32_t)((n_rows + KR__PF_FA_BM - 1) / KR__PF_FA_BM), (uint32_t)n_head_kv,
                          32 * 4, s, args, err);

@@ -143,6 +143,7 @@ typedef struct emu_args {
     int n, pos0, n_head, n_head_kv, window;
     float scale_log2;
     int kv_dim;
+    unsigned short *out16;
 } emu_args;
 
 typedef struct emu_thread {
@@ -157,7 +158,7 @@ static void *emu_run(void *p)
     blockIdx = t->bid;
     const emu_args *a = t->a;
     kr_flash_attn_f16(a->q, a->q_stride, a->kc, a->vc, a->row_bytes, a->rows, a->out, a->o_stride, a->n, a->pos0,
-                      a->n_head, a->n_head_kv, a->window, a->scale_log2, a->kv_dim);
+                      a->n_head, a->n_head_kv, a->window, a->scale_log2, a->kv_dim, a->out16);
     return NULL;
 }
 
@@ -216,7 +217,7 @@ static void q8_row(const float *x, size_t kvd, uint8_t *row, float *deq)
     }
 }
 
-static void run_case(int H, int HK, int n, int pos0, int W, int R, int q_pad, int o_pad)
+static void run_case(int H, int HK, int n, int pos0, int W, int R, int q_pad, int o_pad, int out16)
 {
     const int D = KR_FA_D, G = H / HK, q8 = KR_FA_Q8;
     const size_t qs = (size_t)H * D + q_pad, os = (size_t)H * D + o_pad, kvd = (size_t)HK * D;
@@ -254,7 +255,21 @@ static void run_case(int H, int HK, int n, int pos0, int W, int R, int q_pad, in
     emu_args a = {.q = q, .q_stride = (long long)qs, .kc = kc, .vc = vc, .row_bytes = (long long)row_bytes,
                   .rows = R, .out = o, .o_stride = (long long)os, .n = n, .pos0 = pos0, .n_head = H,
                   .n_head_kv = HK, .window = W, .scale_log2 = scale * 1.4426950408889634f, .kv_dim = (int)kvd};
+    uint16_t *o16 = NULL;
+    if (out16) {
+        o16 = malloc((size_t)n * os * 2);
+        cr_assert(o16);
+        for (size_t i = 0; i < (size_t)n * os; i++)
+            o16[i] = 0xFFFF;
+        a.out = NULL;
+        a.out16 = o16;
+    }
     emu_launch(&a);
+    if (out16) {
+        for (size_t i = 0; i < (size_t)n * os; i++)
+            o[i] = kr_fp16_to_fp32(o16[i]);
+        free(o16);
+    }
 
     double num = 0, den = 0, worst = 0;
     double *sc = malloc((size_t)(hi + 1) * sizeof *sc), *ref = malloc((size_t)D * sizeof *ref);
@@ -315,8 +330,9 @@ Test(flash_emu, causal_gqa_window_ring)
 {
     if (KR_FA_Q8 && (2 * KR_FA_D) % 32 != 0)
         cr_skip_test("q8_0 needs kv_dim %% 32 == 0");
-    run_case(4, 2, 37, 0, 0, 40, 4, 2);   /* odd n, GQA, from position 0 */
-    run_case(3, 3, 21, 50, 0, 80, 0, 0);  /* cached tokens before the batch */
-    run_case(6, 2, 30, 20, 7, 37, 0, 2);  /* window, ring (positions 14..49 in 37 rows) */
-    run_case(5, 1, 14, 3, 0, 17, 0, 0);   /* MQA */
+    run_case(4, 2, 37, 0, 0, 40, 4, 2, 0);  /* odd n, GQA, from position 0 */
+    run_case(3, 3, 21, 50, 0, 80, 0, 0, 0); /* cached tokens before the batch */
+    run_case(6, 2, 30, 20, 7, 37, 0, 2, 0); /* window, ring (positions 14..49 in 37 rows) */
+    run_case(5, 1, 14, 3, 0, 17, 0, 0, 0);  /* MQA */
+    run_case(4, 2, 20, 5, 0, 32, 0, 2, 1);  /* fp16 output */
 }

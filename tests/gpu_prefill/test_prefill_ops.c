@@ -45,6 +45,7 @@ typedef struct fa_case {
     int q_pad, o_pad;   /* extra floats per token row of q / out */
     int row_pad;        /* extra bytes per cache row (multiple of 16) */
     bool q8;            /* Q8_0 cache rows instead of f16 */
+    bool out16;         /* fp16 output (kr_pf_flash_attn_ex out16) */
 } fa_case;
 
 /* Host Q8_0 row (interfaces layout) of kvd values x: quants then fp16 scales; deq gets q * fp32(fp16 d). */
@@ -115,10 +116,18 @@ static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
     float *dout = kr_test_dpoisoned(be, (size_t)n * os, &bo);
     kr_err err;
     kr_err_clear(&err);
-    kr_status st = kr_pf_flash_attn(p, NULL, dq, qs, dk, dv, c->q8 ? KR_DTYPE_Q8_0 : KR_DTYPE_F16, row_bytes, R, dout,
-                                    os, n, pos0, H, HK, D, W, scale, &err);
+    if (c->out16) /* (n, os) halves, poisoned with fp16 NaN 0xFFFF */
+        cr_assert_eq(kr_backend_memset(be, dout, 0xFF, (size_t)n * os * sizeof(float), NULL, &err), KR_OK);
+    kr_status st = kr_pf_flash_attn_ex(p, NULL, dq, qs, dk, dv, c->q8 ? KR_DTYPE_Q8_0 : KR_DTYPE_F16, row_bytes, R,
+                                       c->out16 ? NULL : dout, c->out16 ? (uint16_t *)dout : NULL, os, n, pos0, H, HK, D,
+                                       W, scale, &err);
     cr_assert_eq(st, KR_OK, "flash attn: %s", kr_err_msg(&err, st));
     kr_test_download(be, o, dout, (size_t)n * os * sizeof *o);
+    if (c->out16) { /* widen in place, back to front (halves occupy the first half of the buffer) */
+        const uint16_t *h16 = (const uint16_t *)o;
+        for (size_t i = (size_t)n * os; i-- > 0;)
+            o[i] = kr_fp16_to_fp32(h16[i]);
+    }
 
     double num = 0, den = 0, worst = 0;
     int worst_t = -1, worst_h = -1;
@@ -218,6 +227,10 @@ static void fa_shapes(int which)
         {.d = 80, .n_head = 8, .n_head_kv = 2, .n = 65, .pos0 = 100, .window = 37, .rows = 256, .q8 = true},
         {.d = 16, .n_head = 4, .n_head_kv = 2, .n = 70, .pos0 = 5, .rows = 80, .row_pad = 16, .q8 = true},
         {.d = 256, .n_head = 2, .n_head_kv = 1, .n = 33, .pos0 = 7, .rows = 64, .q8 = true},
+        /* fp16 output (f16 cases run with both F16 kernels) */
+        {.d = 128, .n_head = 32, .n_head_kv = 8, .n = 100, .pos0 = 20, .rows = 128, .o_pad = 2, .out16 = true},
+        {.d = 80, .n_head = 6, .n_head_kv = 2, .n = 45, .pos0 = 3, .window = 11, .rows = 64, .out16 = true},
+        {.d = 64, .n_head = 8, .n_head_kv = 2, .n = 50, .pos0 = 0, .rows = 64, .q8 = true, .out16 = true},
     };
     g_fa_variant = which == 1 ? KR_PF_FA_PIPE : KR_PF_FA_SIMPLE;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
