@@ -43,6 +43,9 @@
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
+/* the variant kr_dec_attention_kv uses */
+#define KR__KVA_DEFAULT 0
+
 static const struct {
     const char *name;
     int threads;
@@ -264,6 +267,6 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
                               int n_head, int n_head_kv, int head_dim, const int32_t *pos, int32_t pos_imm,
                               int window, float scale, int n_split, float *scratch, kr_err *err)
 {
-    return kr_dec_attention_kv_variant(d, s, 0, q, view, out, n_head, n_head_kv, head_dim, pos, pos_imm, window,
-                                       scale, n_split, scratch, err);
+    return kr_dec_attention_kv_variant(d, s, KR__KVA_DEFAULT, q, view, out, n_head, n_head_kv, head_dim, pos,
+                                       pos_imm, window, scale, n_split, scratch, err);
 }
