@@ -30,6 +30,13 @@
 #endif
 // 4096-element tiles: ask for 512 resident threads per SM (<= 128 registers: 4 blocks of 128)
 #define KR_KVA_MINB (KR_KVA_TILE <= 4096 ? 512 / KR_KVA_THREADS : 1)
+#ifndef KR_KVA_HR
+#define KR_KVA_HR 0        // 1: GQA groups of 2..4 query heads: a thread keeps all of them (one K/V chunk load and
+#endif                     //    conversion serves every head); 128 threads only
+#if KR_KVA_HR && KR_KVA_THREADS != 128
+#error "KR_KVA_HR needs KR_KVA_THREADS 128 (slice reduction buffer)"
+#endif
+#define KR_KVA_HRMAX 4
 #define KR_KVA_FC_MAX 512  // most splits the fused combine takes ((RB x n_split) weights in shared memory)
 #define KR_KVA_RB 8        // query heads per block at most (one KV group, or part of one)
 #ifndef KR_KVA_TILE
@@ -41,6 +48,7 @@
 #endif
 #define KR_KVA_LPT (KR_KVA_TILE / 8 / KR_KVA_THREADS)                  // 8-element chunks per thread per tile
 #define KR_KVA_CPT ((KR_KVA_RB * 32 + KR_KVA_THREADS - 1) / KR_KVA_THREADS) // (head, chunk) PV outputs per thread
+#define KR_KVA_NACC (KR_KVA_HR && KR_KVA_CPT < 4 ? 4 : KR_KVA_CPT)          // acc rows per thread
 // Shared bytes: K and V tiles (one stage: 2 x (2*TILE + 16*MAXT) for F16 rows padded by 16 bytes; Q8_0
 // needs less; cp.async: two stages of at most MAXT/2 rows) below KR_KVA_QOFF, then Q rows + scores
 // (KR_KVA_RB * (head_dim + T) fp32 <= 9216 bytes: head_dim 256 with T 32 is the widest case).
@@ -284,10 +292,62 @@ template <int Q8>
 __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, const float *Ksc, const float *Vsc,
                                             int stride, int DC, int D, int T, int tv, int nr, const float *Qs,
                                             float *Ss, float *m_s, float *l_s, float *c_s, float (*acc)[8], int cb,
-                                            int nsl, int slice, int NC)
+                                            int nsl, int slice, int NC, bool hr)
 {
     const int NT = KR_KVA_THREADS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+#if KR_KVA_HR
+    if (hr) {
+        // scores: dsp threads per position, each over DC/dsp chunks for every head of the group
+        const int dsp = T * 4 <= NT && DC % 4 == 0 ? 4 : T * 2 <= NT && DC % 2 == 0 ? 2 : 1;
+        const int items = T * dsp, dcp = DC / dsp;
+        for (int base = 0; base < items; base += NT) {
+            const int i = base + tid;
+            const int t = i / dsp, part = i - t * dsp;
+            float d[KR_KVA_HRMAX][2];
+#pragma unroll
+            for (int r = 0; r < KR_KVA_HRMAX; r++)
+                d[r][0] = d[r][1] = 0.0f;
+            if (i < items && t < tv) {
+#pragma unroll 2
+                for (int jj = 0; jj < dcp; jj++) {
+                    const int j = part * dcp + jj;
+                    float f[8], sc;
+                    kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &sc);
+#pragma unroll
+                    for (int r = 0; r < KR_KVA_HRMAX; r++) {
+                        if (r < nr) {
+                            const float *qr = Qs + r * D + 8 * j;
+                            const float4 qa = *(const float4 *)qr, qb = *(const float4 *)(qr + 4);
+                            const float s0 = fmaf(qb.z, f[6], fmaf(qb.x, f[4], fmaf(qa.z, f[2], qa.x * f[0])));
+                            const float s1 = fmaf(qb.w, f[7], fmaf(qb.y, f[5], fmaf(qa.w, f[3], qa.y * f[1])));
+                            if (Q8) {
+                                d[r][0] = fmaf(s0, sc, d[r][0]);
+                                d[r][1] = fmaf(s1, sc, d[r][1]);
+                            } else {
+                                d[r][0] += s0;
+                                d[r][1] += s1;
+                            }
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < KR_KVA_HRMAX; r++) {
+                if (r < nr) { // block-uniform
+                    float dot = d[r][0] + d[r][1];
+                    if (dsp > 1)
+                        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+                    if (dsp > 2)
+                        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+                    if (i < items && part == 0)
+                        Ss[r * T + t] = t < tv ? dot : kr_neg_inf();
+                }
+            }
+        }
+    } else
+#endif
+    {
     const int dsp = nr * T * 4 <= NT && DC % 4 == 0 ? 4 : nr * T * 2 <= NT && DC % 2 == 0 ? 2 : 1;
     const int items = nr * T * dsp, dcp = DC / dsp;
     for (int base = 0; base < items; base += NT) { // trip count uniform over the block (shuffles)
@@ -328,6 +388,7 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
         if (i < items && part == 0)
             Ss[r * T + t] = t < tv ? dot : kr_neg_inf();
     }
+    }
     __syncthreads();
     // online softmax, one warp per head
     for (int r = warp; r < nr; r += NT / 32) {
@@ -352,6 +413,36 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
     }
     __syncthreads();
     // acc = acc * corr + P V
+#if KR_KVA_HR
+    if (hr) { // thread: chunk j = cb of every head, positions slice, slice + nsl, ...
+        if (slice < nsl) {
+#pragma unroll
+            for (int r = 0; r < KR_KVA_HRMAX; r++) {
+                if (r < nr) {
+                    const float corr = c_s[r];
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc[r][e] *= corr;
+                }
+            }
+#pragma unroll 2
+            for (int t = slice; t < tv; t += nsl) {
+                float f[8], sc;
+                kr_kva_chunk<Q8>(Vt, Vsc, stride, DC, t, cb, f, &sc);
+#pragma unroll
+                for (int r = 0; r < KR_KVA_HRMAX; r++) {
+                    if (r < nr) {
+                        const float w = Q8 ? Ss[r * T + t] * sc : Ss[r * T + t];
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            acc[r][e] = fmaf(w, f[e], acc[r][e]);
+                    }
+                }
+            }
+        }
+        return;
+    }
+#endif
     if (slice < nsl) {
 #pragma unroll
         for (int k = 0; k < KR_KVA_CPT; k++) {
@@ -433,13 +524,15 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     }
     // PV ownership: combos (r, j) = c, r = c / DC; NC >= NT: combos tid + k*NT, one slice;
     // else combo tid % NC, slice tid / NC of nsl = NT / NC.
+    // HR (GQA groups of 2..4 heads): chunk cb = tid % DC of every head, slice tid / DC of NT / DC.
     const int NC = nr * DC;
-    const int nsl = NC >= NT ? 1 : NT / NC;
-    const int slice = NC >= NT ? 0 : tid / NC;
-    const int cb = NC >= NT ? tid : tid - (tid / NC) * NC;
-    float acc[KR_KVA_CPT][8];
+    const bool hr = KR_KVA_HR && nr > 1 && nr <= KR_KVA_HRMAX;
+    const int nsl = hr ? NT / DC : NC >= NT ? 1 : NT / NC;
+    const int slice = hr ? tid / DC : NC >= NT ? 0 : tid / NC;
+    const int cb = hr ? tid - (tid / DC) * DC : NC >= NT ? tid : tid - (tid / NC) * NC;
+    float acc[KR_KVA_NACC][8];
 #pragma unroll
-    for (int k = 0; k < KR_KVA_CPT; k++)
+    for (int k = 0; k < KR_KVA_NACC; k++)
 #pragma unroll
         for (int e = 0; e < 8; e++)
             acc[k][e] = 0.0f;
@@ -471,7 +564,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
                 Vt = Kt + tbytes;
                 const int tv = min(T, te - t0); // valid rows of this tile
                 kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
-                                NC);
+                                NC, hr);
                 __syncthreads(); // this stage is refilled two tiles later
             }
         } else {
@@ -500,7 +593,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
                     kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, t0 + T, te, ct, cj, kr, vr, ks, vs);
                 const int tv = min(T, te - t0); // valid rows of this tile
                 kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
-                                NC);
+                                NC, hr);
             }
         }
     }
@@ -509,6 +602,16 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
 #endif
     __syncthreads(); // tiles are no longer read: reuse them for the slice reduction
     float *red = (float *)sm; // (nsl, NC, 8)
+#if KR_KVA_HR
+    if (hr && slice < nsl) {
+#pragma unroll
+        for (int r = 0; r < KR_KVA_HRMAX; r++)
+            if (r < nr)
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    red[((kr_i64)slice * NC + r * DC + cb) * 8 + e] = acc[r][e];
+    } else
+#endif
     if (slice < nsl) {
 #pragma unroll
         for (int k = 0; k < KR_KVA_CPT; k++) {
