@@ -4,7 +4,7 @@
  *
  *   bench-kv-attn [--quick] [--iters N]
  *
- * Shapes: 32/32 heads x 128 (llama-2 7B) and 32/8 x 128 (llama-3 8B); positions
+ * Shapes: 32/32 heads x 128 (llama-2 7B), 32/8 x 128 (llama-3 8B), 71/1 x 64 (falcon 7B); positions
  * 512, 640, 4096, 32768 (the query at position pos-1 sees pos positions); f16
  * and q8_0 caches. Each layer's cache is replicated (>= 512 MiB in all, many
  * times the L2) and consecutive launches cycle through the copies, so K/V come
@@ -187,14 +187,16 @@ int main(int argc, char **argv)
     kr_backend_memset(b.be, bkn->ptr, 0, qbytes, NULL, &b.err);
     kr_backend_memset(b.be, bvn->ptr, 0, qbytes, NULL, &b.err);
 
-    static const int shapes[][3] = {{32, 32, 128}, {32, 8, 128}};
+    static const int shapes[][3] = {{32, 32, 128}, {32, 8, 128}, {71, 1, 64}}; /* falcon 7B last, 640/4096 only */
     static const int positions[] = {640, 4096, 32768, 512}; /* most telling first (a timeout keeps them) */
     const int n_pos = quick ? 2 : 4;
     const int iters0 = b.iters;
     printf("\n%-5s %-9s %6s %-6s %-8s %6s %9s %8s %s\n", "op", "heads", "pos", "type", "kernel", "split", "us/call",
            "GB/s", "");
     for (int pi = 0; pi < n_pos; pi++) {
-        for (size_t si = 0; si < 2; si++) {
+        for (size_t si = 0; si < 3; si++) {
+            if (si == 2 && positions[pi] != 640 && positions[pi] != 4096)
+                continue;
             for (int ti = 0; ti < 2; ti++) {
                 const kr_dtype t = ti == 0 ? KR_DTYPE_F16 : KR_DTYPE_Q8_0;
                 const int nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2], pos = positions[pi];
