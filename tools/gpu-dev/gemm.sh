@@ -67,14 +67,14 @@ if [ "$part" = bench ]; then
   : >"$out"
   if [ ! -x "$bench" ]; then echo "bench-gemm: NOT BUILT" >>"$LOG"; exit 1; fi
   # 1. the shape, every type x variant
-  timeout 16 "$bench" 512 4096 4096 20 >>"$out" 2>&1
+  timeout 10 "$bench" 512 4096 4096 20 >>"$out" 2>&1
   echo "bench 512x4096x4096 rc=$?" >>"$out"
   # 2. 7B projections at 512 tokens (N x K = out x in): q/o 4096x4096, qkv 12288x4096,
   #    gate+up 22016x4096, down 4096x11008, output 32000x4096
   KR_BENCH_SHAPES=${GEMM_BENCH_SHAPES:-512x4096x4096,512x12288x4096,512x22016x4096,512x4096x11008,512x32000x4096} \
-  KR_BENCH_TYPES=${GEMM_BENCH_TYPES:-F16 Q4_0 Q8_0 Q4_0R Q8_0R} KR_BENCH_NMSE=0 \
-  KR_BENCH_VARIANTS=${GEMM_BENCH_VARIANTS:-auto mma128 mma64 mma128k2 mma128w8 mma256 mma256k2 hmma128 hmma256} \
-    timeout "$(left 40)" "$bench" 512 4096 4096 10 >>"$out" 2>&1
+  KR_BENCH_TYPES=${GEMM_BENCH_TYPES:-F16 Q4_0 Q8_0 Q4_0R Q8_0R Q4_K Q6_K} KR_BENCH_NMSE=0 \
+  KR_BENCH_VARIANTS=${GEMM_BENCH_VARIANTS:-auto mma128 mma64 mma128k2 mma128w8 hauto hmma128 hmma64 hmma128k2 hmma128w8} \
+    timeout "$(left 26)" "$bench" 512 4096 4096 10 >>"$out" 2>&1
   echo "bench 7B shapes rc=$?" >>"$out"
   cat "$out" >>"$LOG"
   # 3. Nsight Compute on a few MMA kernels (512x4096x4096, fp16 A): where the time goes
