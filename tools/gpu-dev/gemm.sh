@@ -77,24 +77,6 @@ if [ "$part" = bench ]; then
     timeout "$(left 26)" "$bench" 512 4096 4096 10 >>"$out" 2>&1
   echo "bench 7B shapes rc=$?" >>"$out"
   cat "$out" >>"$LOG"
-  # 3. Nsight Compute on a few MMA kernels (512x4096x4096, fp16 A): where the time goes
-  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-  if [ -n "$NCU" ]; then
-    for tv in F16:hmma128 F16:hmma64 F16:hmma128w8 Q4_0:hmma128w8 Q8_0:hmma128; do
-      [ "$(left 43)" -gt 6 ] || { echo "ncu $tv: no time left" >>"$LOG"; break; }
-      echo "-- ncu $tv" >>"$LOG"
-      KR_BENCH_TYPES=${tv%%:*} KR_BENCH_VARIANTS=${tv##*:} KR_BENCH_SIMT=0 KR_BENCH_NMSE=0 \
-        timeout "$(left 43)" "$NCU" --clock-control none -k regex:kr_mm_gemm --launch-skip 3 --launch-count 1 \
-        --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \
-        --section ComputeWorkloadAnalysis --print-details all \
-        "$bench" 512 4096 4096 1 >"$BUILD/gemm-ncu.txt" 2>&1
-      echo "ncu rc=$?" >>"$LOG"
-      grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles Per Issued|Issued Warp|Registers|Block Limit|Mem Busy|Max Bandwidth|Mem Pipes|Pipe|Tensor|Bank|==ERROR==|WRN|OPT" \
-        "$BUILD/gemm-ncu.txt" | cut -c1-160 | head -70 >>"$LOG"
-    done
-  else
-    echo "ncu: not found" >>"$LOG"
-  fi
   {
     echo "== gemm bench summary (TFLOP/s; best variant per type and shape; x = speedup vs SIMT of that shape)"
     awk '
@@ -117,6 +99,24 @@ if [ "$part" = bench ]; then
     grep -h "speedup" "$out" | head -2
     grep -h "BAD\|FAILED" "$out" | head -10
   } >>"$LOG" 2>&1
+  # 3. Nsight Compute on a few MMA kernels (512x4096x4096, fp16 A): where the time goes
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU" ]; then
+    for tv in F16:hmma128 F16:hmma64 F16:hmma128w8 Q4_0:hmma128w8 Q8_0:hmma128; do
+      [ "$(left 43)" -gt 6 ] || { echo "ncu $tv: no time left" >>"$LOG"; break; }
+      echo "-- ncu $tv" >>"$LOG"
+      KR_BENCH_TYPES=${tv%%:*} KR_BENCH_VARIANTS=${tv##*:} KR_BENCH_SIMT=0 KR_BENCH_NMSE=0 \
+        timeout "$(left 43)" "$NCU" --clock-control none -k regex:kr_mm_gemm --launch-skip 3 --launch-count 1 \
+        --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \
+        --section ComputeWorkloadAnalysis --print-details all \
+        "$bench" 512 4096 4096 1 >"$BUILD/gemm-ncu.txt" 2>&1
+      echo "ncu rc=$?" >>"$LOG"
+      grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles Per Issued|Issued Warp|Registers|Block Limit|Mem Busy|Max Bandwidth|Mem Pipes|Pipe|Tensor|Bank|==ERROR==|WRN|OPT" \
+        "$BUILD/gemm-ncu.txt" | cut -c1-160 | head -70 >>"$LOG"
+    done
+  else
+    echo "ncu: not found" >>"$LOG"
+  fi
   exit 0
 fi
 echo "usage: $0 test|bench" >&2
