@@ -34,12 +34,9 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
     if (t != KR_DTYPE_F16 && t != KR_DTYPE_Q8_0)
         return kr_err_set(err, KR_ERR_UNSUPPORTED, "KV cache type %s not supported on CUDA (f16 or q8_0)",
                           kr_dtype_name(t));
-    /* KR_GKV_KERNELS=new|old; default: the new kernels where the old ones
-     * cannot serve (q8_0, a sliding-window ring), the old ones otherwise */
+    /* the new kernels (kr_dec_attention_kv) unless KR_GKV_KERNELS=old (f16, no ring) */
     const char *ke = getenv("KR_GKV_KERNELS");
-    bool force_old = ke && strcmp(ke, "old") == 0, force_new = ke && strcmp(ke, "new") == 0;
-    bool ring_wanted = !p->kv_no_ring && hp->sliding_window && hp->sliding_window < g->n_ctx;
-    bool use_new = KR__GKV_NEW_KERNELS && !force_old && (force_new || t == KR_DTYPE_Q8_0 || ring_wanted);
+    bool use_new = KR__GKV_NEW_KERNELS && !(ke && strcmp(ke, "old") == 0);
     if (use_new && hp->head_dim % 8 != 0) { /* kr_dec_attention_kv's limit; the old kernels take even sizes */
         if (t != KR_DTYPE_F16)
             return kr_err_set(err, KR_ERR_UNSUPPORTED,

@@ -34,11 +34,10 @@ typedef struct kr__gkv {
     kr_buffer *scratch_buf;        /* its split partials (n_split > 1) */
 } kr__gkv;
 
-/* 1: kr_dec_kv_store / kr_dec_attention_kv (kr_decode_kv.h) are built in;
- * q8_0 and the sliding-window ring use them. An f16 cache without a ring uses
- * them when the environment has KR_GKV_KERNELS=new, the old kr_dec_kv_append
- * / kr_dec_attention otherwise; KR_GKV_KERNELS=old forces the old ones (f16,
- * rows = n_ctx). */
+/* 1: the step uses kr_dec_kv_store_rope (or kr_dec_kv_store) and
+ * kr_dec_attention_kv (kr_decode_kv.h) for every cache; KR_GKV_KERNELS=old in
+ * the environment selects the older kr_dec_kv_append / kr_dec_attention
+ * instead (f16 only, rows = n_ctx: no ring), for comparisons. */
 #ifndef KR__GKV_NEW_KERNELS
 #define KR__GKV_NEW_KERNELS 1
 #endif

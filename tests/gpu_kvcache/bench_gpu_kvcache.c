@@ -3,7 +3,9 @@
  *   bench-gpu-kvcache -m MODEL [--kv-types f16,q8_0] [--pos 512,2048] [-n 32] [--seqs 4]
  *
  * A type may carry the kernel set, "f16:old" / "f16:new" (KR_GKV_KERNELS for
- * that instance, gpu_kvcache.h) / "f16:newsep" (new, without the fused rope).
+ * that instance, gpu_kvcache.h) / "f16:newsep" (new, without the fused rope),
+ * and a split count: "f16:old/s1" (params.attn_splits). The same type twice
+ * (e.g. first and last) shows the drift between runs.
  *
  * Per cache type: one kr_gpu_forward with n_ctx = max pos + n; for each
  * position P: recompute = one eval of the P-token prefix from position 0 (what
@@ -26,7 +28,7 @@
 #include "kernrun/model.h"
 #include "kr_gpu_forward.h"
 
-#define MAX_T 4
+#define MAX_T 6
 #define MAX_P 8
 
 static double now_s(void)
@@ -95,7 +97,8 @@ int main(int argc, char **argv)
         return 2;
     }
     kr_dtype types[MAX_T];
-    char names[MAX_T][16], kern[MAX_T][8];
+    char names[MAX_T][24], kern[MAX_T][8];
+    int splits[MAX_T];
     int nt = 0;
     char tb[128];
     snprintf(tb, sizeof tb, "%s", types_s);
@@ -103,6 +106,12 @@ int main(int argc, char **argv)
     kr_err_clear(&e);
     for (char *t = strtok(tb, ","); t && nt < MAX_T; t = strtok(NULL, ",")) {
         snprintf(names[nt], sizeof names[nt], "%s", t);
+        char *sl = strchr(t, '/');
+        splits[nt] = 0;
+        if (sl) { /* "/sN": attention split count N */
+            splits[nt] = (int)strtol(sl + 2, NULL, 10);
+            *sl = 0;
+        }
         char *colon = strchr(t, ':');
         kern[nt][0] = 0;
         if (colon) {
@@ -147,7 +156,7 @@ int main(int argc, char **argv)
         tok[i] = (int32_t)((s >> 16) % (uint32_t)nv);
     }
     printf("model %s, card %s, %ld decode tokens per point\n", model, di ? di->name : "?", n);
-    printf("%-8s %6s %10s %9s %12s %9s %12s %12s %10s\n", "kv", "pos", "ms/token", "tok/s", "recompute_ms", "ratio",
+    printf("%-10s %6s %10s %9s %12s %9s %12s %12s %10s\n", "kv", "pos", "ms/token", "tok/s", "recompute_ms", "ratio",
            "kv_MiB", "nmse_mean", "nmse_max");
     int rc = 0;
     for (int ti = 0; ti < nt && rc == 0; ti++) {
@@ -155,6 +164,7 @@ int main(int argc, char **argv)
         gp.n_ctx = (uint32_t)n_tok;
         gp.kv_type = types[ti];
         gp.n_seq = (uint32_t)seqs;
+        gp.attn_splits = splits[ti];
         kr_gpu_forward *g = NULL;
         bool sep = strcmp(kern[ti], "newsep") == 0; /* new kernels, rope not fused into the store */
         if (kern[ti][0])
@@ -197,7 +207,7 @@ int main(int argc, char **argv)
                 }
             }
             double t_dec = (now_s() - t0) / (double)n;
-            printf("%-8s %6u %10.3f %9.1f %12.1f %9.1f %12.1f %12.3g %10.3g\n", names[ti], P,
+            printf("%-10s %6u %10.3f %9.1f %12.1f %9.1f %12.1f %12.3g %10.3g\n", names[ti], P,
                    t_dec * 1e3, 1.0 / t_dec, t_re * 1e3, t_re / t_dec, (double)gs.kv_bytes / 1048576.0,
                    ti ? sum / (double)n : 0.0, worst);
         }
