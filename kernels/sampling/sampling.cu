@@ -468,9 +468,14 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
              float repeat_penalty, float presence_penalty, float frequency_penalty,
              kr_u64 seed,
              int *out_token,            // (1,) chosen id or -1
-             const int *cand_id)        // (n_vocab,) ids of the entries when `logits` holds
-                                        // kr_gs_prepass candidates (ascending id), else NULL
+             const int *cand_id,        // (n_vocab,) ids of the entries when `logits` holds
+                                        // kr_gs_prepass / kr_gs_pp_select candidates (ascending id), else NULL
+             const int *n_dev,          // (1,) entries in logits (replaces n_vocab), or NULL
+             const double *ext_tot)     // (2,) top-p totals over the whole vocabulary (weight, fixed-point
+                                        // mass) when the candidates are kr_gs_pp_select's, else NULL
 {
+    if (n_dev)
+        n_vocab = *n_dev;
     __shared__ kr_gs_shared sh;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -695,7 +700,7 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
             n_s = m >= 0 ? m + 1 : n_s;
         } else {
             double td = 0.0, tf = 0.0;
-            for (int i = tid; i < n_vocab; i += KR_GS_THREADS) {
+            for (int i = tid; !ext_tot && i < n_vocab; i += KR_GS_THREADS) {
                 float l = cur[i];
                 if (kr_gs_in_cut(kr_gs_key(l), i, ck_key, ck_id)) {
                     double w = exp((double)l - (double)maxl);
@@ -705,6 +710,10 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
             }
             td = kr_gs_block_sum_d(td, &sh);
             tf = kr_gs_block_sum_d(tf, &sh); // exact: integers < 2^53 per partial sum
+            if (ext_tot) { // the candidates hold the survivors, not all the mass
+                td = ext_tot[0];
+                tf = ext_tot[1];
+            }
             double need = (double)top_p * td;
             kr_u64 target = (kr_u64)ceil((double)top_p * tf);
             if (target == 0)
@@ -879,28 +888,14 @@ __device__ __forceinline__ int kr_gsp_block_excl_scan(int v, int *warp_tot, int 
     return before + inc - v;
 }
 
-extern "C" __global__ void __launch_bounds__(KR_GSP_THREADS)
-kr_gs_prepass(const float *logits,      // (n_vocab,) device
-              int n_vocab,
-              const int *hist,          // (hist_cap,) ring of accepted tokens
-              const int *hist_meta,     // (2,) valid entries, next write position
-              const int *bias_tok,      // (n_bias,)
-              const float *bias_val,    // (n_bias,)
-              int n_bias,
-              float repeat_penalty, float presence_penalty, float frequency_penalty,
-              int k,                    // candidates per block, 1 <= k <= KR_GSP_KMAX
-              float *cand_val,          // (gridDim.x * k,)
-              int *cand_id)             // (gridDim.x * k,)
+// Steps 1-3 of kr_gs_sample (sanitize, penalties, bias, +inf fixups) for the
+// chunk [base, base + len) into v (KR_GSP_CHUNK,), padded with -inf. Ends
+// with a barrier.
+__device__ void kr_gsp_adjust(float *v, int base, int len, const float *logits, const int *hist,
+                              const int *hist_meta, const int *bias_tok, const float *bias_val, int n_bias,
+                              float repeat_penalty, float presence_penalty, float frequency_penalty)
 {
-    __shared__ float v[KR_GSP_CHUNK];
-    __shared__ kr_u32 hist_cnt[256];
-    __shared__ int warp_tot[KR_GSP_THREADS / 32];
-    __shared__ kr_u32 s_prefix;
-    __shared__ int s_rem;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int base = blockIdx.x * KR_GSP_CHUNK;
-    const int len = min(KR_GSP_CHUNK, n_vocab - base);
-
+    const int tid = threadIdx.x;
     // 1. sanitize (as kr_gs_sample)
 #pragma unroll
     for (int u = 0; u < KR_GSP_PER; u++) {
@@ -950,6 +945,32 @@ kr_gs_prepass(const float *logits,      // (n_vocab,) device
             if (bias_tok[b] >= base && bias_tok[b] < base + len && v[bias_tok[b] - base] == KR_GS_INF)
                 v[bias_tok[b] - base] = KR_GS_FLT_MAX;
     __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(KR_GSP_THREADS)
+kr_gs_prepass(const float *logits,      // (n_vocab,) device
+              int n_vocab,
+              const int *hist,          // (hist_cap,) ring of accepted tokens
+              const int *hist_meta,     // (2,) valid entries, next write position
+              const int *bias_tok,      // (n_bias,)
+              const float *bias_val,    // (n_bias,)
+              int n_bias,
+              float repeat_penalty, float presence_penalty, float frequency_penalty,
+              int k,                    // candidates per block, 1 <= k <= KR_GSP_KMAX
+              float *cand_val,          // (gridDim.x * k,)
+              int *cand_id)             // (gridDim.x * k,)
+{
+    __shared__ float v[KR_GSP_CHUNK];
+    __shared__ kr_u32 hist_cnt[256];
+    __shared__ int warp_tot[KR_GSP_THREADS / 32];
+    __shared__ kr_u32 s_prefix;
+    __shared__ int s_rem;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int base = blockIdx.x * KR_GSP_CHUNK;
+    const int len = min(KR_GSP_CHUNK, n_vocab - base);
+
+    kr_gsp_adjust(v, base, len, logits, hist, hist_meta, bias_tok, bias_val, n_bias, repeat_penalty,
+                  presence_penalty, frequency_penalty);
 
     // 4. radix selection of the k-th largest key (8-bit digits, most significant first)
     kr_u32 key[KR_GSP_PER];
@@ -1048,4 +1069,222 @@ extern "C" __global__ void kr_gs_accept(int *hist,          // (cap,) ring
     hist_meta[1] = (pos + 1) % cap;
     if (hist_meta[0] < cap)
         hist_meta[0]++;
+}
+
+// ---- multi-block top-p pre-pass (no top-k) ----
+//
+// Top-p over the whole vocabulary needs the total softmax mass, and its
+// survivors are the rank prefix holding top_p of it. Three launches reduce
+// the vocabulary to a superset of that prefix:
+//   kr_gs_pp_adjust (one block per 1024 ids): steps 1-3 into cur, each
+//       block's max key; zeroes the mass histogram;
+//   kr_gs_pp_mass (same grid): fixed-point weights round(exp(l - max) 2^44)
+//       into a 4096-bin histogram over the top 12 key bits (global atomics,
+//       exact), and each block's double sum of exp(l - max);
+//   kr_gs_pp_select (one block): the totals (block sums added in block
+//       order: deterministic), the highest 12-bit digit d where the mass from
+//       the top reaches ceil(top_p * total), and the tokens with digit >= d
+//       compacted in ascending id order into cand_val/cand_id, *n_cand.
+// kr_gs_sample then runs on the candidates with ext_tot = the totals, so the
+// cut, min-p and the draw are what they would be over the whole vocabulary.
+
+#define KR_GSPP_BINS 4096
+#define KR_GSPP_SHIFT 20
+
+extern "C" __global__ void __launch_bounds__(KR_GSP_THREADS)
+kr_gs_pp_adjust(const float *logits, int n_vocab, const int *hist, const int *hist_meta, const int *bias_tok,
+                const float *bias_val, int n_bias, float repeat_penalty, float presence_penalty,
+                float frequency_penalty,
+                float *cur,              // (n_vocab,) adjusted logits
+                kr_u32 *block_max,       // (gridDim.x,) max key per block
+                kr_u64 *g_hist)          // (KR_GSPP_BINS,) zeroed here
+{
+    __shared__ float v[KR_GSP_CHUNK];
+    __shared__ kr_u32 s_max;
+    const int tid = threadIdx.x;
+    const int base = blockIdx.x * KR_GSP_CHUNK;
+    const int len = min(KR_GSP_CHUNK, n_vocab - base);
+    for (int t = blockIdx.x * KR_GSP_THREADS + tid; t < KR_GSPP_BINS; t += gridDim.x * KR_GSP_THREADS)
+        g_hist[t] = 0;
+    if (tid == 0)
+        s_max = 0;
+    kr_gsp_adjust(v, base, len, logits, hist, hist_meta, bias_tok, bias_val, n_bias, repeat_penalty,
+                  presence_penalty, frequency_penalty);
+    kr_u32 m = 0;
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++) {
+        int j = tid * KR_GSP_PER + u;
+        if (j < len) {
+            cur[base + j] = v[j];
+            m = max(m, kr_gs_key(v[j]));
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        m = max(m, __shfl_down_sync(KR_GS_FULL, m, o));
+    if ((tid & 31) == 0)
+        atomicMax(&s_max, m);
+    __syncthreads();
+    if (tid == 0)
+        block_max[blockIdx.x] = s_max;
+}
+
+__device__ __forceinline__ float kr_gs_key_float(kr_u32 k)
+{
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+extern "C" __global__ void __launch_bounds__(KR_GSP_THREADS)
+kr_gs_pp_mass(const float *cur, int n_vocab, const kr_u32 *block_max,
+              kr_u64 *g_hist,            // (KR_GSPP_BINS,)
+              double *block_sum)         // (gridDim.x,) sum of exp(l - max) per block
+{
+    __shared__ kr_u64 h[KR_GSPP_BINS];
+    __shared__ double red[KR_GSP_THREADS / 32];
+    __shared__ kr_u32 s_max;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int base = blockIdx.x * KR_GSP_CHUNK;
+    const int len = min(KR_GSP_CHUNK, n_vocab - base);
+    for (int b = tid; b < KR_GSPP_BINS; b += KR_GSP_THREADS)
+        h[b] = 0;
+    if (tid == 0)
+        s_max = 0;
+    __syncthreads();
+    kr_u32 m = 0;
+    for (int b = tid; b < (int)gridDim.x; b += KR_GSP_THREADS)
+        m = max(m, block_max[b]);
+    for (int o = 16; o > 0; o >>= 1)
+        m = max(m, __shfl_down_sync(KR_GS_FULL, m, o));
+    if (lane == 0)
+        atomicMax(&s_max, m);
+    __syncthreads();
+    const float maxl = kr_gs_key_float(s_max);
+    double sum = 0.0;
+#pragma unroll
+    for (int u = 0; u < KR_GSP_PER; u++) {
+        int j = u * KR_GSP_THREADS + tid; // coalesced
+        kr_u32 dig = 0xffffffffu;
+        kr_u64 w = 0;
+        if (j < len) {
+            float l = cur[base + j];
+            if (l != -KR_GS_INF) {
+                double e = exp((double)l - (double)maxl);
+                sum += e;
+                w = (kr_u64)(e * KR_GS_FX_SCALE + 0.5);
+                dig = kr_gs_key(l) >> KR_GSPP_SHIFT;
+            }
+        }
+        kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
+        kr_u32 lo = __reduce_add_sync(peers, (kr_u32)(w & 0x3fffffu));
+        kr_u32 hi = __reduce_add_sync(peers, (kr_u32)(w >> 22));
+        if (dig != 0xffffffffu && lane == __ffs(peers) - 1)
+            atomicAdd(&h[dig], ((kr_u64)hi << 22) + (kr_u64)lo);
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_down_sync(KR_GS_FULL, sum, o);
+    if (lane == 0)
+        red[warp] = sum;
+    __syncthreads();
+    if (tid == 0) {
+        double t = 0.0;
+        for (int w = 0; w < KR_GSP_THREADS / 32; w++)
+            t += red[w];
+        block_sum[blockIdx.x] = t;
+    }
+    for (int b = tid; b < KR_GSPP_BINS; b += KR_GSP_THREADS)
+        if (h[b])
+            atomicAdd(&g_hist[b], h[b]);
+}
+
+extern "C" __global__ void __launch_bounds__(KR_GS_THREADS)
+kr_gs_pp_select(const float *cur, int n_vocab, int n_blocks, const kr_u64 *g_hist, const double *block_sum,
+                float top_p,
+                float *cand_val,         // (n_vocab,)
+                int *cand_id,            // (n_vocab,)
+                int *n_cand,             // (1,)
+                double *ext_tot)         // (2,) weight total, fixed-point mass total
+{
+    __shared__ kr_u64 part[KR_GS_WARPS];
+    __shared__ int s_dig;
+    __shared__ int wt[KR_GS_WARPS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    // totals; the digit: warp w covers bins 4095-128w .. 3968-128w (descending)
+    kr_u64 wsum = 0;
+    for (int q = 0; q < KR_GSPP_BINS / KR_GS_THREADS; q++)
+        wsum += g_hist[KR_GSPP_BINS - 1 - (warp * (KR_GSPP_BINS / KR_GS_WARPS) + lane * (KR_GSPP_BINS / KR_GS_THREADS) + q)];
+    for (int o = 16; o > 0; o >>= 1)
+        wsum += __shfl_down_sync(KR_GS_FULL, wsum, o);
+    if (lane == 0)
+        part[warp] = wsum;
+    __syncthreads();
+    if (tid == 0) {
+        kr_u64 tf = 0;
+        for (int w = 0; w < KR_GS_WARPS; w++)
+            tf += part[w];
+        double td = 0.0;
+        for (int b = 0; b < n_blocks; b++)
+            td += block_sum[b];
+        kr_u64 target = (kr_u64)ceil((double)top_p * (double)tf);
+        if (target == 0)
+            target = 1;
+        // the digit holding the target: walk the warps' parts, then that warp's bins
+        kr_u64 acc = 0;
+        int d = 0;
+        for (int w = 0; w < KR_GS_WARPS; w++) {
+            if (acc + part[w] >= target) {
+                for (int b = KR_GSPP_BINS - 1 - w * (KR_GSPP_BINS / KR_GS_WARPS); b >= 0; b--) {
+                    acc += g_hist[b];
+                    if (acc >= target) {
+                        d = b;
+                        break;
+                    }
+                }
+                break;
+            }
+            acc += part[w];
+        }
+        s_dig = d; // rounding left the target out of reach: d = 0, everything finite
+        ext_tot[0] = td;
+        ext_tot[1] = (double)tf;
+    }
+    __syncthreads();
+    const kr_u32 dmin = (kr_u32)s_dig;
+    // compaction in ascending id order, KR_GS_UNROLL consecutive ids per thread
+    int written = 0;
+    for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
+        float x[KR_GS_UNROLL];
+        int c = 0;
+#pragma unroll
+        for (int q = 0; q < KR_GS_UNROLL; q++) {
+            int i = base + tid * KR_GS_UNROLL + q;
+            x[q] = i < n_vocab ? cur[i] : -KR_GS_INF;
+            c += x[q] != -KR_GS_INF && (kr_gs_key(x[q]) >> KR_GSPP_SHIFT) >= dmin;
+        }
+        int inc = c;
+        for (int o = 1; o < 32; o <<= 1) {
+            int y = __shfl_up_sync(KR_GS_FULL, inc, o);
+            if (lane >= o)
+                inc += y;
+        }
+        if (lane == 31)
+            wt[warp] = inc;
+        __syncthreads();
+        int before = 0, all = 0;
+        for (int w = 0; w < KR_GS_WARPS; w++) {
+            before += w < warp ? wt[w] : 0;
+            all += wt[w];
+        }
+        __syncthreads();
+        int pos = written + before + inc - c;
+#pragma unroll
+        for (int q = 0; q < KR_GS_UNROLL; q++) {
+            if (x[q] != -KR_GS_INF && (kr_gs_key(x[q]) >> KR_GSPP_SHIFT) >= dmin) {
+                cand_val[pos] = x[q];
+                cand_id[pos] = base + tid * KR_GS_UNROLL + q;
+                pos++;
+            }
+        }
+        written += all;
+    }
+    if (tid == 0)
+        *n_cand = written;
 }

@@ -12,6 +12,7 @@
 #define KR__GSP_THREADS 256  /* KR_GSP_THREADS of kr_gs_prepass */
 #define KR__GSP_CHUNK 1024   /* KR_GSP_CHUNK: vocabulary entries per pre-pass block */
 #define KR__GSP_KMAX 256     /* KR_GSP_KMAX: candidates per block at most */
+#define KR__GSPP_BINS 4096   /* KR_GSPP_BINS: top-p pre-pass histogram */
 
 /* Kernel records: static, because the backend caches functions by record address. */
 static const kr_kernel_source kr__gs_src_sample = {
@@ -25,6 +26,24 @@ static const kr_kernel_source kr__gs_src_prepass = {
     .code = (const char *)kr_kernel_sampling_sampling_cu,
     .len = kr_kernel_sampling_sampling_cu_LEN,
     .entry = "kr_gs_prepass",
+};
+static const kr_kernel_source kr__gs_src_pp_adjust = {
+    .name = "sampling/sampling.cu",
+    .code = (const char *)kr_kernel_sampling_sampling_cu,
+    .len = kr_kernel_sampling_sampling_cu_LEN,
+    .entry = "kr_gs_pp_adjust",
+};
+static const kr_kernel_source kr__gs_src_pp_mass = {
+    .name = "sampling/sampling.cu",
+    .code = (const char *)kr_kernel_sampling_sampling_cu,
+    .len = kr_kernel_sampling_sampling_cu_LEN,
+    .entry = "kr_gs_pp_mass",
+};
+static const kr_kernel_source kr__gs_src_pp_select = {
+    .name = "sampling/sampling.cu",
+    .code = (const char *)kr_kernel_sampling_sampling_cu,
+    .len = kr_kernel_sampling_sampling_cu_LEN,
+    .entry = "kr_gs_pp_select",
 };
 static const kr_kernel_source kr__gs_src_accept = {
     .name = "sampling/sampling.cu",
@@ -47,26 +66,41 @@ struct kr_gpu_sampler {
     int32_t *d_hist;            /* (hist_cap,) ring of accepted tokens */
     int32_t *d_bias_tok;        /* (n_bias,) */
     float *d_bias_val;          /* (n_bias,) */
-    int32_t pre_k;              /* candidates per pre-pass block; 0: no pre-pass */
+    int32_t pre_k;              /* top-k pre-pass: candidates per block; 0: none */
+    bool pre_topp;              /* top-p pre-pass (no top-k) */
     int32_t pre_blocks;         /* ceil(n_vocab / KR__GSP_CHUNK) */
-    float *d_cand_val;          /* (pre_blocks * pre_k,) pre-pass candidates */
-    int32_t *d_cand_id;         /* (pre_blocks * pre_k,) their ids, ascending */
+    float *d_cand_val;          /* (pre_blocks * pre_k or n_vocab,) pre-pass candidates */
+    int32_t *d_cand_id;         /* (same,) their ids, ascending */
+    uint32_t *d_block_max;      /* top-p pre-pass: (pre_blocks,) max key per block */
+    double *d_block_sum;        /* (pre_blocks,) sum of exp(l - max) per block */
+    uint64_t *d_mass_hist;      /* (KR__GSPP_BINS,) fixed-point mass per 12-bit key digit */
+    double *d_ext_tot;          /* (2,) totals handed to kr_gs_sample */
+    int32_t *d_n_cand;          /* (1,) candidates written by kr_gs_pp_select */
     kr_function *fn_sample;     /* owned by the backend */
     kr_function *fn_prepass;
+    kr_function *fn_pp_adjust, *fn_pp_mass, *fn_pp_select;
     kr_function *fn_accept;
 };
 
-/* The multi-block pre-pass (kr_gs_prepass) reduces the vocabulary to each
- * 1024-entry chunk's best k = top_k (1 when greedy) before the one-block
- * sampler runs; it pays off only when that leaves at most half of it. Off
- * with KERNRUN_GPU_SAMPLER_PREPASS=0. */
-static int32_t kr__gs_pre_k(const kr_sampler_params *p, int32_t n_vocab, int32_t *blocks)
+/* Multi-block pre-passes before the one-block sampler (docs/SAMPLING.md):
+ * top-k (kr_gs_prepass) reduces the vocabulary to each 1024-entry chunk's
+ * best k = top_k (1 when greedy), when that leaves at most half of it;
+ * top-p without top-k (kr_gs_pp_*) to the tokens of the 12-bit key digits
+ * that hold the top_p mass, for vocabularies of 8192 or more. Both off with
+ * KERNRUN_GPU_SAMPLER_PREPASS=0. */
+static int32_t kr__gs_pre_k(const kr_sampler_params *p, int32_t n_vocab, int32_t *blocks, bool *topp)
 {
     const char *e = getenv("KERNRUN_GPU_SAMPLER_PREPASS");
     *blocks = (int32_t)((n_vocab + (KR__GSP_CHUNK - 1)) / KR__GSP_CHUNK);
+    *topp = false;
     if (e && strcmp(e, "0") == 0)
         return 0;
-    int32_t k = p->greedy || p->temperature <= 0.0f ? 1 : p->top_k;
+    bool greedy = p->greedy || p->temperature <= 0.0f;
+    int32_t k = greedy ? 1 : p->top_k;
+    if (!greedy && (k <= 0 || k >= n_vocab)) {
+        *topp = p->top_p < 1.0f && n_vocab >= 8192;
+        return 0;
+    }
     if (k <= 0 || k > KR__GSP_KMAX || (int64_t)*blocks * k * 2 > n_vocab)
         return 0;
     return k;
@@ -115,17 +149,21 @@ kr_status kr_gpu_sampler_create(kr_backend *be, const kr_sampler_params *p, int3
     s->n_vocab = n_vocab;
     s->hist_cap = p->repeat_last_n;
     s->n_bias = (int32_t)p->n_logit_bias;
-    s->pre_k = kr__gs_pre_k(p, n_vocab, &s->pre_blocks);
-    size_t n_cand = (size_t)s->pre_blocks * (size_t)s->pre_k;
+    s->pre_k = kr__gs_pre_k(p, n_vocab, &s->pre_blocks, &s->pre_topp);
+    size_t n_cand = s->pre_topp ? (size_t)n_vocab : (size_t)s->pre_blocks * (size_t)s->pre_k;
+    size_t n_pp = s->pre_topp ? (size_t)s->pre_blocks : 0, n_ppb = s->pre_topp ? KR__GSPP_BINS : 0;
 
-    size_t off = 0, o_cur, o_meta, o_out, o_hist, o_btok, o_bval, o_cval, o_cid;
+    size_t off = 0, o_cur, o_meta, o_out, o_hist, o_btok, o_bval, o_cval, o_cid, o_bmax, o_bsum, o_mh, o_ext, o_nc;
     if (!kr__gs_region(&off, (size_t)n_vocab, sizeof(float), &o_cur) ||
         !kr__gs_region(&off, 2, sizeof(uint64_t), &o_meta) || /* draws (8) + hist_meta (8) */
         !kr__gs_region(&off, 1, sizeof(int32_t), &o_out) ||
         !kr__gs_region(&off, (size_t)s->hist_cap, sizeof(int32_t), &o_hist) ||
         !kr__gs_region(&off, (size_t)s->n_bias, sizeof(int32_t), &o_btok) ||
         !kr__gs_region(&off, (size_t)s->n_bias, sizeof(float), &o_bval) ||
-        !kr__gs_region(&off, n_cand, sizeof(float), &o_cval) || !kr__gs_region(&off, n_cand, sizeof(int32_t), &o_cid)) {
+        !kr__gs_region(&off, n_cand, sizeof(float), &o_cval) || !kr__gs_region(&off, n_cand, sizeof(int32_t), &o_cid) ||
+        !kr__gs_region(&off, n_pp, sizeof(uint32_t), &o_bmax) || !kr__gs_region(&off, n_pp, sizeof(double), &o_bsum) ||
+        !kr__gs_region(&off, n_ppb, sizeof(uint64_t), &o_mh) || !kr__gs_region(&off, 2, sizeof(double), &o_ext) ||
+        !kr__gs_region(&off, 1, sizeof(int32_t), &o_nc)) {
         free(s);
         return kr_err_set(err, KR_ERR_OVERFLOW, "gpu sampler: device state size overflows (n_vocab %d)",
                           (int)n_vocab);
@@ -145,6 +183,11 @@ kr_status kr_gpu_sampler_create(kr_backend *be, const kr_sampler_params *p, int3
     s->d_bias_val = (float *)(void *)(base + o_bval);
     s->d_cand_val = (float *)(void *)(base + o_cval);
     s->d_cand_id = (int32_t *)(void *)(base + o_cid);
+    s->d_block_max = (uint32_t *)(void *)(base + o_bmax);
+    s->d_block_sum = (double *)(void *)(base + o_bsum);
+    s->d_mass_hist = (uint64_t *)(void *)(base + o_mh);
+    s->d_ext_tot = (double *)(void *)(base + o_ext);
+    s->d_n_cand = (int32_t *)(void *)(base + o_nc);
 
     if (s->n_bias > 0) {
         size_t nb = (size_t)s->n_bias;
@@ -206,13 +249,27 @@ static kr_status kr__gs_fn(kr_gpu_sampler *s, const kr_kernel_source *src, kr_fu
     return KR_OK;
 }
 
+static kr_status kr__gs_pre_fns(kr_gpu_sampler *s, kr_err *err)
+{
+    kr_status st = KR_OK;
+    if (s->pre_k > 0)
+        st = kr__gs_fn(s, &kr__gs_src_prepass, &s->fn_prepass, err);
+    if (st == KR_OK && s->pre_topp)
+        st = kr__gs_fn(s, &kr__gs_src_pp_adjust, &s->fn_pp_adjust, err);
+    if (st == KR_OK && s->pre_topp)
+        st = kr__gs_fn(s, &kr__gs_src_pp_mass, &s->fn_pp_mass, err);
+    if (st == KR_OK && s->pre_topp)
+        st = kr__gs_fn(s, &kr__gs_src_pp_select, &s->fn_pp_select, err);
+    return st;
+}
+
 kr_status kr_gpu_sampler_prepare(kr_gpu_sampler *s, kr_err *err)
 {
     if (!s)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu sampler: NULL handle");
     kr_status st = kr__gs_fn(s, &kr__gs_src_sample, &s->fn_sample, err);
-    if (st == KR_OK && s->pre_k > 0)
-        st = kr__gs_fn(s, &kr__gs_src_prepass, &s->fn_prepass, err);
+    if (st == KR_OK)
+        st = kr__gs_pre_fns(s, err);
     return st != KR_OK ? st : kr__gs_fn(s, &kr__gs_src_accept, &s->fn_accept, err);
 }
 
@@ -263,13 +320,14 @@ kr_status kr_gpu_sampler_sample_async(kr_gpu_sampler *s, kr_stream *stream, cons
     if (!s || !d_logits || !d_token)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu sampler: NULL argument");
     kr_status st = kr__gs_fn(s, &kr__gs_src_sample, &s->fn_sample, err);
-    if (st == KR_OK && s->pre_k > 0)
-        st = kr__gs_fn(s, &kr__gs_src_prepass, &s->fn_prepass, err);
+    if (st == KR_OK)
+        st = kr__gs_pre_fns(s, err);
     if (st != KR_OK)
         return st;
     const kr_sampler_params *p = &s->p;
     void *logits = (void *)(uintptr_t)d_logits, *cur = s->d_cur, *hist = s->d_hist, *meta = s->d_hist_meta,
-         *draws = s->d_draws, *btok = s->d_bias_tok, *bval = s->d_bias_val, *out = d_token, *cand_id = NULL;
+         *draws = s->d_draws, *btok = s->d_bias_tok, *bval = s->d_bias_val, *out = d_token, *cand_id = NULL,
+         *n_dev = NULL, *ext = NULL;
     int nv = s->n_vocab, nb = s->n_bias, greedy = p->greedy || p->temperature <= 0.0f, top_k = p->top_k;
     float top_p = p->top_p, min_p = p->min_p, temp = p->temperature, rp = p->repeat_penalty,
           pres = p->presence_penalty, freq = p->frequency_penalty;
@@ -291,10 +349,35 @@ kr_status kr_gpu_sampler_sample_async(kr_gpu_sampler *s, kr_stream *stream, cons
         rp = 1.0f;
         pres = 0.0f;
         freq = 0.0f;
+    } else if (s->pre_topp) {
+        void *bmax = s->d_block_max, *bsum = s->d_block_sum, *mh = s->d_mass_hist, *cval = s->d_cand_val,
+             *cid = s->d_cand_id, *nc = s->d_n_cand;
+        int nblk = s->pre_blocks;
+        ext = s->d_ext_tot;
+        const uint32_t pgrid[3] = {(uint32_t)nblk, 1, 1}, pblock[3] = {KR__GSP_THREADS, 1, 1};
+        const uint32_t one[3] = {1, 1, 1}, sblock[3] = {KR__GS_THREADS, 1, 1};
+        /* orders and types of kr_gs_pp_adjust's, kr_gs_pp_mass's and kr_gs_pp_select's parameters */
+        void *a1[] = {&logits, &nv, &hist, &meta, &btok, &bval, &nb, &rp, &pres, &freq, &cur, &bmax, &mh};
+        void *a2[] = {&cur, &nv, &bmax, &mh, &bsum};
+        void *a3[] = {&cur, &nv, &nblk, &mh, &bsum, &top_p, &cval, &cid, &nc, &ext};
+        st = kr_backend_launch(s->be, s->fn_pp_adjust, pgrid, pblock, 0, stream, a1, err);
+        if (st == KR_OK)
+            st = kr_backend_launch(s->be, s->fn_pp_mass, pgrid, pblock, 0, stream, a2, err);
+        if (st == KR_OK)
+            st = kr_backend_launch(s->be, s->fn_pp_select, one, sblock, 0, stream, a3, err);
+        if (st != KR_OK)
+            return kr__gs_prefix(err, st, "gpu sampler: launching the top-p pre-pass");
+        logits = cval;
+        cand_id = cid;
+        n_dev = nc;
+        nb = 0;
+        rp = 1.0f;
+        pres = 0.0f;
+        freq = 0.0f;
     }
     /* order and types of kr_gs_sample's parameters */
     void *args[] = {&logits, &cur, &nv, &hist, &meta, &draws, &btok, &bval, &nb, &greedy,
-                    &top_k, &top_p, &min_p, &temp, &rp, &pres, &freq, &seed, &out, &cand_id};
+                    &top_k, &top_p, &min_p, &temp, &rp, &pres, &freq, &seed, &out, &cand_id, &n_dev, &ext};
     const uint32_t grid[3] = {1, 1, 1}, block[3] = {KR__GS_THREADS, 1, 1};
     st = kr_backend_launch(s->be, s->fn_sample, grid, block, 0, stream, args, err);
     return st != KR_OK ? kr__gs_prefix(err, st, "gpu sampler: launching kr_gs_sample") : KR_OK;

@@ -235,7 +235,7 @@ Test(gpu_sampling, vocab_256k_and_odd_sizes, .timeout = 300)
     kr_backend_destroy(be);
 }
 
-/* Top-k <= 256 and greedy go through the multi-block pre-pass by default;
+/* Top-k <= 256, greedy and top-p without top-k go through multi-block pre-passes by default;
  * the same settings with it off (KERNRUN_GPU_SAMPLER_PREPASS=0, read when the
  * sampler is created) keep the one-block path covered. Also the pre-pass
  * bounds: k = 256 (the largest per block) and 257 (one-block path). */
@@ -250,7 +250,7 @@ Test(gpu_sampling, prepass_on_and_off_match_cpu, .timeout = 300)
     for (int off = 0; off < 2; off++) {
         if (off)
             setenv("KERNRUN_GPU_SAMPLER_PREPASS", "0", 1);
-        const size_t pick[] = {0, 1, 5, 9};
+        const size_t pick[] = {0, 1, 2, 5, 8, 9}; /* top-k, llama.cpp defaults, top-p alone, top-k 1, penalties */
         for (size_t i = 0; i < sizeof pick / sizeof pick[0]; i++)
             run_combo(be, &k_combos[pick[i]], 32000, 10, 2.0f, kr_test_rng_u64());
         for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) {
