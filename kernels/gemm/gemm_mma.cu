@@ -90,11 +90,24 @@ typedef long long kr_mm_i64;
 #else
 #define KR_MM_SWZ(r, c) ((c) ^ (((r) >> 2) & 1))
 #endif
+#ifndef KR_MM_WG
+#define KR_MM_WG 0 // 1: Hopper wgmma kernel (needs --gpu-architecture=sm_90a), see kr_mm_gemm
+#endif
+#if KR_MM_WG
+// 2 warpgroups; warp w owns W rows 16w..16w+15 of the 128-row tile (the wgmma A
+// operand, from registers) and all BM = 128 tokens (the B operand, from shared memory)
+#if KR_MM_BM != 128 || KR_MM_BN != 128 || KR_MM_BK != 32
+#error "the wgmma kernel needs BM = BN = 128, BK = 32"
+#endif
+#define KR_MM_THREADS 256
+#define KR_MM_NT 2
+#else
 #define KR_MM_THREADS (64 * KR_MM_WN) // 2 x WN warps
 #define KR_MM_WM (KR_MM_BM / 2)       // warp tile rows
 #define KR_MM_WNC (KR_MM_BN / KR_MM_WN) // warp tile columns
 #define KR_MM_MT (KR_MM_BM / 32)      // m16 tiles per warp
 #define KR_MM_NT (KR_MM_WNC / 8)      // n8 tiles per warp
+#endif
 // raw bytes per W row per stage (quantized types); Q6_K: 8 chunks (ql, qh and scales+d
 // windows of 3 + 3 + 2), chunk c of row r stored at c ^ (r & 7) (conflict-free reads)
 #define KR_MM_RAW (KR_MM_WT == KR_MM_T_Q6_K ? 128 : 48)
@@ -181,6 +194,46 @@ __device__ __forceinline__ kr_mm_u32 kr_mm_prmt(kr_mm_u32 a, kr_mm_u32 b, kr_mm_
     return r;
 }
 
+#if KR_MM_WG
+// wgmma shared-memory descriptor of a K-major tile with rows of 64 bytes in the
+// 64-byte swizzle (chunk c of row r at c ^ ((r >> 1) & 3), 8-row groups 512 B
+// apart): start address >> 4 (bits 0-13), leading offset 1 (unused when swizzled),
+// stride offset 512 >> 4 (bits 32-45), swizzle mode 2 = 64 B (bits 62-63).
+__device__ __forceinline__ unsigned long long kr_mm_desc(kr_mm_u32 saddr)
+{
+    return (unsigned long long)((saddr & 0x3ffffu) >> 4) | (1ull << 16) | ((unsigned long long)(512 >> 4) << 32) |
+           (2ull << 62);
+}
+
+__device__ __forceinline__ void kr_mm_wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void kr_mm_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void kr_mm_wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void kr_mm_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// d (64 x 128 fp32, this warpgroup) += a (64 x 16 fp16, registers: the warp's 16 rows
+// as an mma.m16n8k16 A fragment) * B (16 x 128 fp16 from the descriptor, K-major).
+__device__ __forceinline__ void kr_mm_wgmma(float *d, const kr_mm_u32 a[4], unsigned long long desc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
+                   "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+                   "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc)
+                 : "memory");
+}
+#endif
 #endif // KR_MM_HOST_EMU
 
 __device__ __forceinline__ kr_mm_u32 kr_mm_ld_u16(const kr_mm_u8 *p) { return *(const kr_mm_u16 *)p; }
@@ -408,12 +461,73 @@ KR_MM_KERNEL(KR_MM_THREADS)
                const kr_mm_u8 *__restrict__ S, kr_mm_i64 lds, float *__restrict__ C, kr_mm_i64 ldc, int M, int N,
                int K, int k_split)
 {
-    __shared__ __align__(128) kr_mm_u8 sm[KR_MM_ST * KR_MM_STAGE];
+    __shared__ __align__(1024) kr_mm_u8 sm[KR_MM_ST * KR_MM_STAGE];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int m0 = blockIdx.y * KR_MM_BM, n0 = blockIdx.x * KR_MM_BN;
-    const int wm = (warp / KR_MM_WN) * KR_MM_WM, wn = (warp % KR_MM_WN) * KR_MM_WNC;
     const int kbeg = blockIdx.z * k_split, kend = min(K, kbeg + k_split);
     const int ks0 = kbeg / KR_MM_BK, nsteps = kend > kbeg ? (kend - kbeg) / KR_MM_BK : 0;
+#if KR_MM_WG
+    // C^T tile (128 W rows x 128 tokens) = W tile (A operand, registers) x X tile^T (B, shared)
+    float acc[64]; // acc[4j + e]: W row 16*warp + g + 8*(e >> 1), token 8j + 2t + (e & 1)
+KR_MM_UNROLL
+    for (int i = 0; i < 64; i++)
+        acc[i] = 0.0f;
+KR_MM_UNROLL
+    for (int s = 0; s < KR_MM_ST - 1; s++) {
+        if (s < nsteps)
+            kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + s, tid);
+        kr_mm_commit();
+    }
+    int rd = 0, wr = KR_MM_ST - 1;
+    for (int i = 0; i < nsteps; i++) {
+        KR_MM_WAIT(KR_MM_ST - 2);
+        kr_mm_proxy_fence(); // this thread's cp.async data, visible to the async proxy (wgmma)
+        __syncthreads();
+        if (i + KR_MM_ST - 1 < nsteps)
+            kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + i + KR_MM_ST - 1, tid);
+        kr_mm_commit();
+        const kr_mm_u8 *st = sm + rd * KR_MM_STAGE;
+        kr_mm_u32 bf[2][KR_MM_NT][2];
+        kr_mm_frag_b(st + KR_MM_A_BYTES, ks0 + i, 16 * warp, lane, bf);
+        const kr_mm_u32 sa = kr_mm_saddr(st);
+        kr_mm_wg_fence();
+KR_MM_UNROLL
+        for (int h = 0; h < 2; h++) {
+            // A fragment of the warp's 16 rows: a0 rows 0-7 k lo, a1 rows 8-15 k lo, a2 / a3 k hi
+            const kr_mm_u32 af[4] = {bf[h][0][0], bf[h][1][0], bf[h][0][1], bf[h][1][1]};
+            kr_mm_wgmma(acc, af, kr_mm_desc(sa + 32 * h));
+        }
+        kr_mm_wg_commit();
+        kr_mm_wg_wait0(); // before the stage is refilled and af is rewritten
+        rd = rd == KR_MM_ST - 1 ? 0 : rd + 1;
+        wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
+    }
+    KR_MM_WAIT(0);
+    const bool add = gridDim.z > 1;
+    const int g = lane >> 2, t = lane & 3;
+KR_MM_UNROLL
+    for (int e2 = 0; e2 < 2; e2++) {
+        const int col = n0 + 16 * warp + g + 8 * e2; // W row = C column
+        if (col >= N)
+            continue;
+KR_MM_UNROLL
+        for (int j = 0; j < 16; j++) {
+KR_MM_UNROLL
+            for (int e1 = 0; e1 < 2; e1++) {
+                const int row = m0 + 8 * j + 2 * t + e1; // token = C row
+                if (row >= M)
+                    continue;
+                float *cp = C + (kr_mm_i64)row * ldc + col;
+                const float v = acc[4 * j + 2 * e2 + e1];
+                if (add)
+                    atomicAdd(cp, v);
+                else
+                    *cp = v;
+            }
+        }
+    }
+#else
+    const int wm = (warp / KR_MM_WN) * KR_MM_WM, wn = (warp % KR_MM_WN) * KR_MM_WNC;
 
     float acc[KR_MM_MT][KR_MM_NT][4];
 KR_MM_UNROLL
@@ -489,5 +603,6 @@ KR_MM_UNROLL
             }
         }
     }
+#endif // KR_MM_WG
 }
 #endif // KR_MM_WT
