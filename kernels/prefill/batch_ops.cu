@@ -17,16 +17,16 @@ __device__ __forceinline__ kr_pb_u16 kr_pb_f2h(float f)
 //   normal: (a, b) = (h[2i], h[2i+1]); neox: (a, b) = (h[i], h[i + n_rot/2])
 // q: (n, q_stride) fp32, head h of token t at q + t*q_stride + h*head_dim;
 // k likewise with k_stride (k NULL with n_head_k 0).
-// Launch: block (min(n_rot/2, 128)), grid (n_head_q + n_head_k, n).
+// One block per token: each (t, i) angle is computed once and applied to all
+// n_head_q + n_head_k heads. Launch: block (128), grid (n).
 extern "C" __global__ void kr_pf_rope_f32(float *q, long long q_stride, int n_head_q, float *k, long long k_stride,
                                           int n_head_k, int head_dim, int n_rot, int pos0, float freq_base,
                                           float freq_scale, const float *freq_factors, int neox)
 {
-    const int h = blockIdx.x, t = blockIdx.y;
-    float *v = h < n_head_q ? q + (kr_pb_i64)t * q_stride + (kr_pb_i64)h * head_dim
-                            : k + (kr_pb_i64)t * k_stride + (kr_pb_i64)(h - n_head_q) * head_dim;
+    const int t = blockIdx.x;
     const float p = (float)(pos0 + t);
     const int half = n_rot / 2;
+    float *qt = q + (kr_pb_i64)t * q_stride, *kt = k ? k + (kr_pb_i64)t * k_stride : 0;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float theta = p * freq_scale * powf(freq_base, -2.0f * (float)i / (float)n_rot);
         if (freq_factors)
@@ -34,9 +34,12 @@ extern "C" __global__ void kr_pf_rope_f32(float *q, long long q_stride, int n_he
         float sn, cs;
         sincosf(theta, &sn, &cs);
         const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
-        const float a = v[ia], b = v[ib];
-        v[ia] = a * cs - b * sn;
-        v[ib] = a * sn + b * cs;
+        for (int h = 0; h < n_head_q + n_head_k; h++) {
+            float *v = h < n_head_q ? qt + (kr_pb_i64)h * head_dim : kt + (kr_pb_i64)(h - n_head_q) * head_dim;
+            const float a = v[ia], b = v[ib];
+            v[ia] = a * cs - b * sn;
+            v[ib] = a * sn + b * cs;
+        }
     }
 }
 

@@ -1573,6 +1573,7 @@ kr_status kr_gpu_forward_eval(kr_gpu_forward *g, const int32_t *tokens, size_t n
     g->stats.launches_per_token = g->launches;
     g->stats.graph = g->graph != NULL;
     g->stats.graph_failed = g->graph_failed;
+    g->stats.batched_tokens = (uint32_t)done;
     return KR_OK;
 }
 

@@ -137,6 +137,7 @@ typedef struct kr_gpu_forward_stats {
     bool graph;                  /* steps replay a captured CUDA graph */
     bool graph_failed;           /* capture was tried and failed (eager fallback) */
     double upload_s;             /* seconds spent uploading the weights */
+    uint32_t batched_tokens;     /* tokens of the last eval that ran as a batched prefill (gpu_prefill.c) */
     uint64_t kv_bytes;           /* device KV cache: K and V, all layers and slots */
     uint32_t kv_rows;            /* cache rows per sequence slot (n_ctx, or the window with a ring) */
     uint32_t kv_n_seq;           /* sequence slots */

@@ -196,8 +196,9 @@ static int kr__pf_fa_id(int head_dim)
 
 bool kr_pf_flash_attn_supports(int head_dim) { return kr__pf_fa_id(head_dim) >= 0; }
 
-/* AUTO's choice for F16 caches (set from measurements, docs/PREFILL.md). */
-#define KR__PF_FA_AUTO_PIPE 0
+/* AUTO's choice for F16 caches (set from measurements, docs/PREFILL.md: H200, 512 x 32 x 128 at
+ * position 0: pipe 38 us vs simple 49; at 1536: 134 vs 240; falcon 71/1 x 64: equal). */
+#define KR__PF_FA_AUTO_PIPE 1
 
 void kr_pf_set_flash_variant(kr_pf *p, int variant)
 {
@@ -307,8 +308,8 @@ kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_he
     void *args[] = {&q, &qs, &n_head_q, &k, &ks, &n_head_k, &head_dim, &n_rot, &pos0, &freq_base, &freq_scale,
                     (void *)&freq_factors, &nx};
     const int half = n_rot / 2;
-    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)(n_head_q + n_head_k), (uint32_t)n,
-                         (uint32_t)(half < 128 ? half : 128), s, args, err);
+    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)n, 1, (uint32_t)(half < 128 ? (half + 31) / 32 * 32 : 128), s, args,
+                         err);
 }
 
 kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v,

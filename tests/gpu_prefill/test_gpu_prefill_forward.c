@@ -151,7 +151,16 @@ static void check_model(const char *path, int n, int n2, uint32_t n_batch)
     /* 1: first n tokens */
     cpu_logits(m, toks, n, ref);
     gpu_eval(gb, toks, n, 0, lb, nv);
+    kr_gpu_forward_stats gs;
+    kr_gpu_forward_get_stats(gb, &gs);
+    if (g_gpu_ring) /* batched up to the ring's first wrap (all when the CUDA path has no ring) */
+        cr_expect(gs.batched_tokens >= 2 && gs.batched_tokens <= (uint32_t)n, "%s: %u tokens batched", path,
+                  gs.batched_tokens);
+    else
+        cr_expect_eq(gs.batched_tokens, (uint32_t)n, "%s: the batched prefill did not run all %d tokens", path, n);
     gpu_eval(gt, toks, n, 0, lt, nv);
+    kr_gpu_forward_get_stats(gt, &gs);
+    cr_expect_eq(gs.batched_tokens, 0u, "%s: no_batch_prefill still batched", path);
     double e_cpu = nmse(lb, ref, nv), e_tok = nmse(lb, lt, nv), e_tok_cpu = nmse(lt, ref, nv);
     cr_log_info("%s n %d (n_batch %u): batched vs cpu %.3g, vs token-by-token %.3g (token-by-token vs cpu %.3g)",
                 path, n, n_batch, e_cpu, e_tok, e_tok_cpu);
@@ -283,6 +292,9 @@ Test(gpu_prefill_forward, testdata_models_decline)
         kr_gpu_forward *ga = gpu_new(m, be, 32, true, 0), *gb = gpu_new(m, be, 32, false, 0);
         gpu_eval(ga, toks, 20, 0, a, nv);
         gpu_eval(gb, toks, 20, 0, b, nv);
+        kr_gpu_forward_stats gs;
+        kr_gpu_forward_get_stats(ga, &gs);
+        cr_expect_eq(gs.batched_tokens, 0u, "%s: head_dim without a flash kernel, yet batched", files[f]);
         cr_expect_eq(memcmp(a, b, (size_t)nv * sizeof *a), 0, "%s: declined batched prefill differs", files[f]);
         kr_gpu_forward_free(ga);
         kr_gpu_forward_free(gb);

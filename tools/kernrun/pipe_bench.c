@@ -88,6 +88,7 @@ typedef struct kr__bench_res {
     double bytes_per_tok;     /* average bytes read per decoded token */
     uint32_t launches;        /* per decoded token (0 on cpu) */
     bool graph;
+    uint32_t prefill_batched;  /* prompt tokens that ran as a batched prefill (cuda) */
     kr_gpu_forward_prof_op prof[KR__PROF_MAX]; /* --profile: sorted by time */
     size_t n_prof;            /* entries in prof (0: no profile) */
     size_t n_prof_labels;     /* distinct labels (may exceed KR__PROF_MAX) */
@@ -360,6 +361,9 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
         }
         r->prefill_s = kr__now() - t0;
         pos = (uint32_t)o->p;
+        kr_gpu_forward_stats ps;
+        kr_gpu_forward_get_stats(g, &ps);
+        r->prefill_batched = ps.batched_tokens;
     }
     double t0 = kr__now();
     for (long i = 0; i < o->n; i++) {
@@ -484,7 +488,9 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
                r->upload_s > 0 ? (double)r->weight_bytes / r->upload_s / 1e9 : 0);
     if (o->p > 0)
         printf("prefill   : %ld tokens, %.2f tok/s%s\n", o->p, pre_tps,
-               !strcmp(r->backend, "cuda") ? " (token by token through the decode step)" : "");
+               strcmp(r->backend, "cuda") ? ""
+               : r->prefill_batched == (uint32_t)o->p ? " (batched: tensor-core GEMMs + flash attention)"
+               : r->prefill_batched ? " (partly batched)" : " (token by token through the decode step)");
     printf("decode    : %ld tokens, %.2f tok/s (%.3f ms/token)\n", o->n, dec_tps, dec_tps > 0 ? 1e3 / dec_tps : 0);
     printf("decode bw : %.1f GB/s (%.1f MiB read per token: weights + KV)\n", gbs, r->bytes_per_tok / 1048576.0);
     if (r->copy_gbs > 0) {
