@@ -66,6 +66,19 @@ KR__MM_OPTSB(kr__opts_mm_q4_k_big, 12)
 KR__MM_OPTSB(kr__opts_mm_q4_0r_big, 102)
 KR__MM_OPTSB(kr__opts_mm_q8_0r_big, 108)
 #undef KR__MM_OPTSB
+/* Hopper wgmma (sm_90a: the later --gpu-architecture wins over the JIT's sm_90) */
+#define KR__WG_OPTS(name, wt, st) \
+    static const char *const name[5] = {"-DKR_MM_WT=" #wt, "-DKR_MM_BM=128", "-DKR_MM_ST=" #st, "-DKR_MM_WG=1", \
+                                        "--gpu-architecture=sm_90a"};
+KR__WG_OPTS(kr__opts_wg_f16, 1, 3)
+KR__WG_OPTS(kr__opts_wg_q4_0, 2, 3)
+KR__WG_OPTS(kr__opts_wg_q4_1, 3, 3)
+KR__WG_OPTS(kr__opts_wg_q8_0, 8, 3)
+KR__WG_OPTS(kr__opts_wg_q4_k, 12, 3)
+KR__WG_OPTS(kr__opts_wg_q6_k, 14, 2)
+KR__WG_OPTS(kr__opts_wg_q4_0r, 102, 3)
+KR__WG_OPTS(kr__opts_wg_q8_0r, 108, 3)
+#undef KR__WG_OPTS
 
 #define KR__GM_FN_MAP(X)                                 \
     X(F16_128, "kr_gemm_f16", kr__opts_bm128, 128, 256, 128)       \
@@ -112,6 +125,14 @@ KR__MM_OPTSB(kr__opts_mm_q8_0r_big, 108)
     X(MM_Q6_K_128, "kr_mm_gemm", kr__opts_mm_q6_k_128, 128, 128, 128)                          \
     X(MM_Q6_K_64, "kr_mm_gemm", kr__opts_mm_q6_k_64, 64, 128, 128)                             \
     X(MM_Q6_K_W8, "kr_mm_gemm", kr__opts_mm_q6_k_w8, 128, 256, 128)                            \
+    X(WG_F16, "kr_mm_gemm", kr__opts_wg_f16, 128, 256, 128)                                    \
+    X(WG_Q4_0, "kr_mm_gemm", kr__opts_wg_q4_0, 128, 256, 128)                                  \
+    X(WG_Q4_1, "kr_mm_gemm", kr__opts_wg_q4_1, 128, 256, 128)                                  \
+    X(WG_Q8_0, "kr_mm_gemm", kr__opts_wg_q8_0, 128, 256, 128)                                  \
+    X(WG_Q4_K, "kr_mm_gemm", kr__opts_wg_q4_k, 128, 256, 128)                                  \
+    X(WG_Q6_K, "kr_mm_gemm", kr__opts_wg_q6_k, 128, 256, 128)                                  \
+    X(WG_Q4_0R, "kr_mm_gemm", kr__opts_wg_q4_0r, 128, 256, 128)                                \
+    X(WG_Q8_0R, "kr_mm_gemm", kr__opts_wg_q8_0r, 128, 256, 128)                                \
     X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256, 128)
 
 typedef enum kr__gm_fn {
@@ -269,6 +290,18 @@ bool kr_gemm_mma_supports(kr_dtype t)
            t == KR_DTYPE_Q6_K;
 }
 
+static kr__gm_fn kr__wg_pick(kr_dtype t, bool repacked)
+{
+    switch (t) {
+    case KR_DTYPE_F16: return KR__GM_WG_F16;
+    case KR_DTYPE_Q4_0: return repacked ? KR__GM_WG_Q4_0R : KR__GM_WG_Q4_0;
+    case KR_DTYPE_Q4_1: return KR__GM_WG_Q4_1;
+    case KR_DTYPE_Q8_0: return repacked ? KR__GM_WG_Q8_0R : KR__GM_WG_Q8_0;
+    case KR_DTYPE_Q4_K: return KR__GM_WG_Q4_K;
+    default: return KR__GM_WG_Q6_K;
+    }
+}
+
 static kr__gm_fn kr__mm_pick(kr_dtype t, bool small, bool w8, bool big, bool repacked)
 {
     if (repacked) {
@@ -363,7 +396,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (!kr_gemm_supports(wtype))
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
-    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_MMA256_K2)
+    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_WG_K2)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
@@ -483,14 +516,23 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         else
             v = KR_GEMM_MMA128;
     }
-    kr__gm_fn id = kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8,
-                               v == KR_GEMM_MMA256 || v == KR_GEMM_MMA256_K2, sc != NULL);
+    const bool wg = v == KR_GEMM_WG || v == KR_GEMM_WG_K2;
+    if (wg) {
+        const kr_device_info *dev = kr_backend_device_info(g->be);
+        if (!dev || dev->cc_major != 9 || dev->cc_minor != 0)
+            return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: the wgmma kernels need compute capability 9.0, "
+                                                       "not %d.%d", dev ? dev->cc_major : 0, dev ? dev->cc_minor : 0);
+    }
+    kr__gm_fn id = wg ? kr__wg_pick(wtype, sc != NULL)
+                      : kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8,
+                                    v == KR_GEMM_MMA256 || v == KR_GEMM_MMA256_K2, sc != NULL);
     int64_t gy = kr__div_up(m, kr__gm_bm[id]), gx = kr__div_up(n, kr__gm_bn[id]);
     if (gy > 65535)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
                           (long long)m, (long long)gy);
     /* split-K: C is zeroed, each half adds (fp32 a + b is commutative: deterministic for 2) */
-    int splits = (v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA256_K2) && ldc == (uint64_t)n && k >= 2 * blk ? 2 : 1;
+    int splits = (v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA256_K2 || v == KR_GEMM_WG_K2) && ldc == (uint64_t)n &&
+                         k >= 2 * blk ? 2 : 1;
     int64_t k_split = k;
     if (splits > 1) {
         k_split = kr__div_up(k / blk, splits) * blk; /* whole blocks per split */

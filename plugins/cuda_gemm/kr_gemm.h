@@ -50,6 +50,11 @@ typedef enum kr_gemm_variant {
     KR_GEMM_MMA128_W8 = 6, /* 128 x 128 tiles, 8 warps of 64 x 32, 3 stages */
     KR_GEMM_MMA256 = 7,    /* 128 x 256 tiles, 8 warps of 64 x 64 (F16: K steps of 16, 4 stages; others 2) */
     KR_GEMM_MMA256_K2 = 8, /* MMA256 with K split in 2 (as MMA128_K2) */
+    /* Hopper wgmma (compute capability 9.0 only, else KR_ERR_UNSUPPORTED): 2 warpgroups,
+     * 128 W rows x 128 tokens; W dequantized per warp into the A operand registers,
+     * the fp16 tokens tile from shared memory (64-byte swizzle); 3 stages (Q6_K 2). */
+    KR_GEMM_WG = 9,
+    KR_GEMM_WG_K2 = 10, /* WG with K split in 2 (as MMA128_K2) */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */

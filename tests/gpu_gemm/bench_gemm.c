@@ -174,7 +174,9 @@ static const struct {
               {"hauto", KR_GEMM_AUTO, true},         {"hmma128", KR_GEMM_MMA128, true},
               {"hmma64", KR_GEMM_MMA64, true},       {"hmma128k2", KR_GEMM_MMA128_K2, true},
               {"hmma128w8", KR_GEMM_MMA128_W8, true}, {"hmma256", KR_GEMM_MMA256, true},
-              {"hmma256k2", KR_GEMM_MMA256_K2, true}};
+              {"hmma256k2", KR_GEMM_MMA256_K2, true}, {"wg", KR_GEMM_WG, false},
+              {"wgk2", KR_GEMM_WG_K2, false},         {"hwg", KR_GEMM_WG, true},
+              {"hwgk2", KR_GEMM_WG_K2, true}};
 #define N_VARS (sizeof k_vars / sizeof k_vars[0])
 
 /* name is in the space/comma separated list env (NULL or empty: all). */

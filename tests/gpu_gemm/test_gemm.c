@@ -251,9 +251,9 @@ static void run_type(kr_dtype wt)
     kr_err err;
     kr_err_clear(&err);
     cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
-    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128, KR_GEMM_TC64,      KR_GEMM_AUTO,     KR_GEMM_MMA128,
-                                       KR_GEMM_MMA64, KR_GEMM_MMA128_K2, KR_GEMM_MMA128_W8, KR_GEMM_MMA256,
-                                       KR_GEMM_MMA256_K2};
+    const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128,     KR_GEMM_TC64,      KR_GEMM_AUTO,   KR_GEMM_MMA128,
+                                       KR_GEMM_MMA64,     KR_GEMM_MMA128_K2, KR_GEMM_MMA128_W8, KR_GEMM_MMA256,
+                                       KR_GEMM_MMA256_K2, KR_GEMM_WG,        KR_GEMM_WG_K2};
     const kr_gemm_variant vars_simt[] = {KR_GEMM_AUTO};
     const bool tc = kr_gemm_uses_tensor_cores(wt);
     const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
@@ -274,8 +274,9 @@ static void run_type(kr_dtype wt)
     }
     /* fp16 A (kr_gemm_run_f16a): fixed + random odd shapes, padded lda */
     if (kr_gemm_mma_supports(wt)) {
-        const kr_gemm_variant vh[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128, KR_GEMM_MMA64,    KR_GEMM_MMA128_K2,
-                                      KR_GEMM_MMA128_W8, KR_GEMM_MMA256, KR_GEMM_MMA256_K2};
+        const kr_gemm_variant vh[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128,    KR_GEMM_MMA64, KR_GEMM_MMA128_K2,
+                                      KR_GEMM_MMA128_W8, KR_GEMM_MMA256,    KR_GEMM_MMA256_K2, KR_GEMM_WG,
+                                      KR_GEMM_WG_K2};
         for (size_t v = 0; v < sizeof vh / sizeof vh[0]; v++) {
             for (size_t i = 0; i < n_shapes; i += 2) {
                 const shape *s = &k_shapes[i];
@@ -297,6 +298,8 @@ static void run_type(kr_dtype wt)
         run_case(be, g, wt, KR_GEMM_MMA128_W8, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_MMA256, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_MMA256_K2, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_WG, 300, 520, 2048, 0, 0, false);
+        run_case(be, g, wt, KR_GEMM_WG_K2, 300, 520, 2048, 0, 0, true);
     }
     kr_gemm_free(g);
     kr_backend_destroy(be);
@@ -405,7 +408,8 @@ static void run_repacked(kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n,
 static void run_repacked_type(kr_dtype wt)
 {
     const kr_gemm_variant vars[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128, KR_GEMM_MMA64,    KR_GEMM_MMA128_K2,
-                                    KR_GEMM_MMA128_W8, KR_GEMM_MMA256, KR_GEMM_MMA256_K2};
+                                    KR_GEMM_MMA128_W8, KR_GEMM_MMA256, KR_GEMM_MMA256_K2, KR_GEMM_WG,
+                                    KR_GEMM_WG_K2};
     for (size_t v = 0; v < sizeof vars / sizeof vars[0]; v++) {
         run_repacked(wt, vars[v], 129, 257, 512, false, 3);
         run_repacked(wt, vars[v], 7, 5, 256, true, 0);
@@ -572,8 +576,8 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 45, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + Q6_K x 3 + A conversion, got "
-                        "%zu records",
+    cr_assert_eq(n, 53, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + Q6_K x 3 + 8 wgmma + A "
+                        "conversion, got %zu records",
                  n);
     cr_expect_null(kr_gemm_source_at(n));
     for (size_t i = 0; i < n; i++) {

@@ -42,7 +42,7 @@ typedef struct emu_dim3 {
     int x, y, z;
 } emu_dim3;
 
-enum { OP_NONE = 0, OP_SYNC, OP_LDSM, OP_MMA, OP_DONE };
+enum { OP_NONE = 0, OP_SYNC, OP_LDSM, OP_MMA, OP_WGMMA, OP_DONE };
 
 #define MAX_PEND 64
 typedef struct emu_copy {
@@ -58,6 +58,8 @@ typedef struct emu_thread {
     uint32_t in[8];       /* ldsm: in[0] = address; mma: a0..a3, b0, b1 */
     float cin[4], cout[4];
     uint32_t out[4];
+    float *wg_d;       /* wgmma: the thread's 64 accumulators (updated in place) */
+    uint64_t wg_desc;  /* wgmma: B descriptor (emulation encoding, see kr_mm_desc) */
     emu_copy pend[MAX_PEND];
     int npend, group;     /* queued copies; committed groups so far */
 } emu_thread;
@@ -189,6 +191,22 @@ static inline uint32_t kr_mm_prmt(uint32_t a, uint32_t b, uint32_t sel)
 }
 static inline void atomicAdd(float *p, float v) { *p += v; }
 
+/* wgmma (KR_MM_WG): the descriptor carries the 32-bit shared address here (the device
+ * packs address >> 4 into 14 bits); the stride (512 B per 8 rows) and the 64-byte
+ * swizzle are what the device descriptor states, applied in do_wgmma. */
+static inline uint64_t kr_mm_desc(uint32_t saddr) { return (uint64_t)saddr; }
+static inline void kr_mm_wg_fence(void) {}
+static inline void kr_mm_wg_commit(void) {}
+static inline void kr_mm_wg_wait0(void) {}
+static inline void kr_mm_proxy_fence(void) {}
+static inline void kr_mm_wgmma(float *d, const uint32_t a[4], uint64_t desc)
+{
+    memcpy(g_cur->in, a, 16);
+    g_cur->wg_d = d;
+    g_cur->wg_desc = desc;
+    emu_yield(OP_WGMMA);
+}
+
 #include "gemm_mma.cu"
 
 /* ---- the scheduler ---------------------------------------------------------- */
@@ -258,6 +276,48 @@ static void do_mma(emu_thread *w)
     }
 }
 
+/* wgmma.m64n128k16 f32 += f16 x f16 for one warpgroup (128 threads): A (64 x 16) from
+ * the lanes' registers as four m16n8k16 A fragments (warp w: rows 16w..), B (16 x 128)
+ * K-major from shared memory: element (k, n) at start + (n / 8) * 512 + (n % 8) * 64 + 2k,
+ * then the 64-byte swizzle (address bits 4-5 ^= bits 7-8); D: thread (w, g, t) holds
+ * d[4j + e] = D[16w + g + 8 (e / 2)][8j + 2t + e % 2]. */
+static void do_wgmma(emu_thread *w)
+{
+    static float a[64][16], b[16][128];
+    const uint32_t start = (uint32_t)w[0].wg_desc;
+    for (int i = 1; i < 128; i++)
+        if (w[i].wg_desc != w[0].wg_desc)
+            g_fail++;
+    for (int T = 0; T < 128; T++) {
+        int wq = T / 32, g = (T % 32) / 4, t = T % 4;
+        for (int h = 0; h < 2; h++) {
+            a[16 * wq + g][2 * t + h] = h2f(w[T].in[0] >> (16 * h));
+            a[16 * wq + g + 8][2 * t + h] = h2f(w[T].in[1] >> (16 * h));
+            a[16 * wq + g][2 * t + 8 + h] = h2f(w[T].in[2] >> (16 * h));
+            a[16 * wq + g + 8][2 * t + 8 + h] = h2f(w[T].in[3] >> (16 * h));
+        }
+    }
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 128; n++) {
+            uint32_t ad = start + (uint32_t)(n / 8) * 512u + (uint32_t)(n % 8) * 64u + 2u * (uint32_t)k;
+            ad ^= ((ad >> 7) & 3u) << 4;
+            uint16_t v;
+            memcpy(&v, emu_sptr(ad), 2);
+            b[k][n] = h2f(v);
+        }
+    for (int T = 0; T < 128; T++) {
+        int wq = T / 32, g = (T % 32) / 4, t = T % 4;
+        for (int j = 0; j < 16; j++)
+            for (int e = 0; e < 4; e++) {
+                int r = 16 * wq + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
+                float s = w[T].wg_d[4 * j + e];
+                for (int k = 0; k < 16; k++)
+                    s += a[r][k] * b[k][c];
+                w[T].wg_d[4 * j + e] = s;
+            }
+    }
+}
+
 #define STACK_BYTES (256 * 1024)
 
 static void run_block(int bx, int by, int bz)
@@ -292,6 +352,9 @@ static void run_block(int bx, int by, int bz)
             }
         if (op == OP_DONE)
             break;
+        if (op == OP_WGMMA)
+            for (int wg = 0; wg < g_nthr / 128; wg++)
+                do_wgmma(&g_thr[128 * wg]);
         for (int w = 0; w < g_nthr / 32; w++) {
             if (op == OP_LDSM)
                 do_ldsm(&g_thr[32 * w]);
