@@ -378,6 +378,20 @@ static kr_status kr__pf_mm(kr_gpu_forward *g, const kr__gf_mat *M, const float *
     return KR_OK;
 }
 
+/* logits (n_vocab) = W_out @ h (one row): the decode matvec (fp32 x, memory-bound kernel) for GGML
+ * layouts, the GEMM with m = 1 for repacked weights. */
+static kr_status kr__pf_logits(kr_gpu_forward *g, const float *h, kr_err *err)
+{
+    const kr__gf_mat *M = &g->out;
+    if (!M->repacked && kr_dec_matvec_supports(M->type)) {
+        kr_status st = kr_dec_matvec(g->dec, g->stream, M->type, M->w, M->row_stride, h, g->logits, M->rows, M->cols,
+                                     err);
+        kr__pf_mark(g, KR__PF_CAT_GEMM);
+        return st;
+    }
+    return kr__pf_mm(g, M, h, (size_t)M->cols, g->logits, (size_t)M->rows, 1, err);
+}
+
 /* Run one op; profiling marks: gemm ops mark themselves (kr__pf_mm), the flash
  * attention counts as attention, everything else as other. */
 /* As kr__pf_mm with A in fp16 (rows lda halves apart); M must pass kr__pf_f16a_mat. */
@@ -461,7 +475,7 @@ static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last
         return KR_OK;
     KR__PF_TRY("output norm", kr_dec_layernorm(d, s, P->x + (int64_t)(m - 1) * E, g->out_norm, g->out_norm_b, P->h,
                                                1, E, hp->norm_eps, err));
-    KR__PF_TRY("output gemm", kr__pf_mm(g, &g->out, P->h, E, g->logits, hp->n_vocab, 1, err));
+    KR__PF_TRY("output gemm", kr__pf_logits(g, P->h, err));
     return KR_OK;
 }
 
@@ -514,7 +528,7 @@ static kr_status kr__pf_chunk_llama16(kr_gpu_forward *g, int m, int p0, bool las
     float *xl = P->x + (int64_t)(m - 1) * E;
     KR__PF_TRY("residual", kr_dec_add(d, s, xl, pend + (int64_t)(m - 1) * E, xl, E, err));
     KR__PF_TRY("output norm", kr_dec_rmsnorm(d, s, xl, g->out_norm, P->h, 1, E, hp->norm_eps, err));
-    KR__PF_TRY("output gemm", kr__pf_mm(g, &g->out, P->h, E, g->logits, hp->n_vocab, 1, err));
+    KR__PF_TRY("output gemm", kr__pf_logits(g, P->h, err));
     return KR_OK;
 }
 
@@ -579,7 +593,7 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
         return KR_OK;
     KR__PF_TRY("output norm", kr_dec_rmsnorm(d, s, P->x + (int64_t)(m - 1) * E, g->out_norm, P->h, 1, E,
                                              hp->norm_eps, err));
-    KR__PF_TRY("output gemm", kr__pf_mm(g, &g->out, P->h, E, g->logits, hp->n_vocab, 1, err));
+    KR__PF_TRY("output gemm", kr__pf_logits(g, P->h, err));
     return KR_OK;
 }
 
