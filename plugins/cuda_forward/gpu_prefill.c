@@ -61,7 +61,29 @@ struct kr__gpf {
     bool prof_broken;   /* an event call failed: profiling off */
 };
 
-enum { KR__PF_CAT_GEMM, KR__PF_CAT_UNPACK, KR__PF_CAT_ATTN, KR__PF_CAT_OTHER, KR__PF_NCAT };
+enum {
+    KR__PF_CAT_GEMM, KR__PF_CAT_UNPACK, KR__PF_CAT_ATTN, KR__PF_CAT_OTHER, /* reported first */
+    KR__PF_CAT_NORM, KR__PF_CAT_ROPE, KR__PF_CAT_KV, KR__PF_CAT_ACT, KR__PF_CAT_EMBED, KR__PF_CAT_ADD, KR__PF_NCAT
+};
+/* The category of an op from its KR__PF_TRY label. */
+static int kr__pf_cat_of(const char *what)
+{
+    if (strstr(what, "attention"))
+        return KR__PF_CAT_ATTN;
+    if (strstr(what, "norm"))
+        return KR__PF_CAT_NORM;
+    if (strstr(what, "rope"))
+        return KR__PF_CAT_ROPE;
+    if (strstr(what, "kv store"))
+        return KR__PF_CAT_KV;
+    if (strstr(what, "swiglu") || strstr(what, "gelu"))
+        return KR__PF_CAT_ACT;
+    if (strstr(what, "embedding") || strstr(what, "token upload"))
+        return KR__PF_CAT_EMBED;
+    if (strstr(what, "residual"))
+        return KR__PF_CAT_ADD;
+    return KR__PF_CAT_OTHER;
+}
 
 /* Profiling: record an event closing an op of category cat. */
 static void kr__pf_mark(kr_gpu_forward *g, int cat)
@@ -116,10 +138,15 @@ static void kr__pf_prof_report(kr_gpu_forward *g, size_t n_tok)
         ms[P->ev_cat[i]] += t;
         total += t;
     }
+    double other = 0;
+    for (int c = KR__PF_CAT_OTHER; c < KR__PF_NCAT; c++)
+        other += ms[c];
     KR_LOGW(KR__DOM, "profile of %zu tokens: %.3f ms (%.0f tok/s): gemm %.3f, unrepack %.3f, attention %.3f, "
-            "other %.3f ms (%zu ops; chunks of %u, fp%d GEMM inputs)", n_tok, total,
-            total > 0 ? 1e3 * (double)n_tok / total : 0.0, ms[0], ms[1], ms[2], ms[3], P->n_ev - 1, P->n_batch,
-            P->f16a ? 16 : 32);
+            "other %.3f ms (norms %.3f, rope %.3f, kv store %.3f, swiglu/gelu %.3f, embedding %.3f, adds %.3f, "
+            "rest %.3f) (%zu ops; chunks of %u, fp%d GEMM inputs)", n_tok, total,
+            total > 0 ? 1e3 * (double)n_tok / total : 0.0, ms[KR__PF_CAT_GEMM], ms[KR__PF_CAT_UNPACK],
+            ms[KR__PF_CAT_ATTN], other, ms[KR__PF_CAT_NORM], ms[KR__PF_CAT_ROPE], ms[KR__PF_CAT_KV], ms[KR__PF_CAT_ACT],
+            ms[KR__PF_CAT_EMBED], ms[KR__PF_CAT_ADD], ms[KR__PF_CAT_OTHER], P->n_ev - 1, P->n_batch, P->f16a ? 16 : 32);
     P->n_ev = 0;
 }
 
@@ -419,7 +446,7 @@ static kr_status kr__pf_mm16(kr_gpu_forward *g, const kr__gf_mat *M, const uint1
         if (st_ != KR_OK)                                                                      \
             return kr_err_prefix(err, "batched prefill %s (layer %u)", what, (unsigned)l);     \
         if (!strstr(what, "gemm"))                                                             \
-            kr__pf_mark(g, strstr(what, "attention") ? KR__PF_CAT_ATTN : KR__PF_CAT_OTHER);    \
+            kr__pf_mark(g, kr__pf_cat_of(what));                                               \
     } while (0)
 
 /* K/V of m tokens (rows stride floats apart) into the layer's cache at p0.. (f16 or q8_0 rows). */
