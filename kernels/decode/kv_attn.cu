@@ -29,7 +29,14 @@
 #define KR_KVA_EARLY 0     // 1: trigger the dependent launch (PDL) at the start instead of after the loop
 #endif
 // 4096-element tiles: ask for 512 resident threads per SM (<= 128 registers: 4 blocks of 128)
+#if defined(KR_KVA_MINB_OPT) && KR_KVA_MINB_OPT > 0
+#define KR_KVA_MINB KR_KVA_MINB_OPT
+#else
 #define KR_KVA_MINB (KR_KVA_TILE <= 4096 ? 512 / KR_KVA_THREADS : 1)
+#endif
+#ifndef KR_KVA_DSP
+#define KR_KVA_DSP 4       // most threads per (head, position) dot product in the scores (1, 2 or 4)
+#endif
 #ifndef KR_KVA_HR
 #define KR_KVA_HR 0        // 1: GQA groups of 2..4 query heads: a thread keeps all of them (one K/V chunk load and
 #endif                     //    conversion serves every head); 128 threads only
@@ -299,7 +306,9 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
 #if KR_KVA_HR
     if (hr) {
         // scores: dsp threads per position, each over DC/dsp chunks for every head of the group
-        const int dsp = T * 4 <= NT && DC % 4 == 0 ? 4 : T * 2 <= NT && DC % 2 == 0 ? 2 : 1;
+        const int dsp = KR_KVA_DSP >= 4 && T * 4 <= NT && DC % 4 == 0   ? 4
+                        : KR_KVA_DSP >= 2 && T * 2 <= NT && DC % 2 == 0 ? 2
+                                                                          : 1;
         const int items = T * dsp, dcp = DC / dsp;
         for (int base = 0; base < items; base += NT) {
             const int i = base + tid;
@@ -348,7 +357,9 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
     } else
 #endif
     {
-    const int dsp = nr * T * 4 <= NT && DC % 4 == 0 ? 4 : nr * T * 2 <= NT && DC % 2 == 0 ? 2 : 1;
+    const int dsp = KR_KVA_DSP >= 4 && nr * T * 4 <= NT && DC % 4 == 0   ? 4
+                    : KR_KVA_DSP >= 2 && nr * T * 2 <= NT && DC % 2 == 0 ? 2
+                                                                           : 1;
     const int items = nr * T * dsp, dcp = DC / dsp;
     for (int base = 0; base < items; base += NT) { // trip count uniform over the block (shuffles)
         const int i = base + tid;
@@ -404,6 +415,7 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
             sum += e;
         }
         sum = kr_warp_sum(sum);
+        __syncwarp(); // every lane has read m_s[r] (racecheck does not count the shuffles)
         if (lane == 0) {
             const float corr = expf(mo - mn); // mo = -inf on the first tile: 0
             c_s[r] = corr;

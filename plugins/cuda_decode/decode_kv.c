@@ -17,29 +17,33 @@
 
 /* Attention variants: X(index, name, threads per block, tile elements, cp.async
  * (F16 only; Q8_0 uses the register path), fused combine, early PDL trigger,
- * heads in registers for GQA groups of 2..4). Each has its own static records
- * (the backend caches functions by record address). */
-#define KR__KVA_VARIANTS(X)                 \
-    X(0, "t128s", 128, 4096, 0, 0, 0, 0)    \
-    X(1, "t128", 128, 8192, 0, 0, 0, 0)     \
-    X(2, "t256s", 256, 4096, 0, 0, 0, 0)    \
-    X(3, "cp128", 128, 4096, 1, 0, 0, 0)    \
-    X(4, "t128sfc", 128, 4096, 0, 1, 0, 0)  \
-    X(5, "t128sfce", 128, 4096, 0, 1, 1, 0) \
-    X(6, "t128se", 128, 4096, 0, 0, 1, 0)   \
-    X(7, "t128sh", 128, 4096, 0, 0, 0, 1)   \
-    X(8, "t128sfch", 128, 4096, 0, 1, 0, 1) \
-    X(9, "t256sfc", 256, 4096, 0, 1, 0, 0)
+ * heads in registers for GQA groups of 2..4, most threads per score dot
+ * product, min blocks per SM in the launch bounds (0: the kernel's default)).
+ * Each has its own static records (the backend caches functions by record
+ * address). */
+#define KR__KVA_VARIANTS(X)                         \
+    X(0, "t128s", 128, 4096, 0, 0, 0, 0, 4, 0)      \
+    X(1, "t128", 128, 8192, 0, 0, 0, 0, 4, 0)       \
+    X(2, "t128s-d1", 128, 4096, 0, 0, 0, 0, 1, 0)   \
+    X(3, "t128s-d2", 128, 4096, 0, 0, 0, 0, 2, 0)   \
+    X(4, "t128s-nb", 128, 4096, 0, 0, 0, 0, 4, 1)   \
+    X(5, "cp128-d1", 128, 4096, 1, 0, 0, 0, 1, 0)   \
+    X(6, "t128sfc-d1", 128, 4096, 0, 1, 0, 0, 1, 0) \
+    X(7, "t128sh", 128, 4096, 0, 0, 0, 1, 4, 0)     \
+    X(8, "t128sh-d1", 128, 4096, 0, 0, 0, 1, 1, 0)  \
+    X(9, "t128se-d1", 128, 4096, 0, 0, 1, 0, 1, 0)  \
+    X(10, "t128-d1", 128, 8192, 0, 0, 0, 0, 1, 0)
 
-#define KR__KVA_DEF(i, nm, nt, tile, cp, fc, early, hr)                                                       \
-    static const char *const kr__kva_opts_##i[6] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
+#define KR__KVA_DEF(i, nm, nt, tile, cp, fc, early, hr, dsp, minb)                                            \
+    static const char *const kr__kva_opts_##i[8] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
                                                     "-DKR_KVA_CP=" #cp,      "-DKR_KVA_FC=" #fc,              \
-                                                    "-DKR_KVA_EARLY=" #early, "-DKR_KVA_HR=" #hr};            \
+                                                    "-DKR_KVA_EARLY=" #early, "-DKR_KVA_HR=" #hr,             \
+                                                    "-DKR_KVA_DSP=" #dsp,    "-DKR_KVA_MINB_OPT=" #minb};     \
     static const kr_kernel_source kr__kva_src_##i[2] = {                                                       \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 6},                                  \
+         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 8},                                  \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 6}};
+         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 8}};
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
@@ -52,7 +56,7 @@ static const struct {
     int fused;                   /* the attention kernel merges the splits itself (no combine launch) */
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__kva_variants[] = {
-#define KR__KVA_ROW(i, nm, nt, tile, cp, fc, early, hr) {.name = nm, .threads = nt, .fused = fc, .src = kr__kva_src_##i},
+#define KR__KVA_ROW(i, nm, nt, tile, cp, fc, early, hr, dsp, minb) {.name = nm, .threads = nt, .fused = fc, .src = kr__kva_src_##i},
     KR__KVA_VARIANTS(KR__KVA_ROW)
 #undef KR__KVA_ROW
 };

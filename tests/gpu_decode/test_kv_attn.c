@@ -316,7 +316,7 @@ static void attn_cases(kr_dtype t)
 {
     gpu g;
     gpu_open(&g);
-    run_attn(&g, every(ac(t, 8, 8, 64, 16, 0, 0, 1)));          /* first token */
+    run_attn(&g, ac(t, 8, 8, 64, 16, 0, 0, 1));                 /* first token */
     run_attn(&g, ac(t, 8, 8, 64, 16, 1, 0, 1));                 /* second */
     run_attn(&g, ac(t, 8, 8, 64, 16, 1, 0, 3));                 /* more splits than keys */
     run_attn(&g, ac(t, 32, 32, 128, 1100, 1000, 0, 1));         /* llama-2 7B */
@@ -325,15 +325,15 @@ static void attn_cases(kr_dtype t)
     run_attn(&g, ac(t, 32, 8, 128, 4200, 4100, 0, 1));          /* one block walks the whole span */
     run_attn(&g, every(ac(t, 71, 1, 64, 700, 650, 0, 9)));      /* falcon 7B MQA: 9 head batches */
     run_attn(&g, ac(t, 71, 1, 64, 700, 650, 0, 1));
-    run_attn(&g, every(ac(t, 4, 1, 256, 300, 299, 0, 16)));     /* head_dim 256 */
+    run_attn(&g, ac(t, 4, 1, 256, 300, 299, 0, 16));            /* head_dim 256 */
     run_attn(&g, every(ac(t, 6, 2, 80, 100, 3, 0, 8)));         /* head_dim 80, empty splits */
     run_attn(&g, ac(t, 12, 4, 96, 530, 517, 0, 5));             /* head_dim 96 */
     run_attn(&g, ac(t, 8, 8, 64, 600, 517, 33, 1));             /* sliding window, plain cache */
     run_attn(&g, ac(t, 8, 8, 64, 600, 517, 33, 4));
-    run_attn(&g, every(ac(t, 8, 2, 128, 64, 1000, 64, 3)));     /* ring: rows = window */
+    run_attn(&g, ac(t, 8, 2, 128, 64, 1000, 64, 3));            /* ring: rows = window */
     run_attn(&g, ac(t, 8, 2, 128, 64, 1000, 50, 1));            /* ring, window < rows */
     run_attn(&g, ac(t, 16, 4, 64, 4096, 4095, 4096, 20));       /* window = rows, full */
-    run_attn(&g, every(ac(t, 16, 4, 64, 4096, 5000, 4096, 20))); /* ring of 4096 at 5000 */
+    run_attn(&g, ac(t, 16, 4, 64, 4096, 5000, 4096, 20));       /* ring of 4096 at 5000 */
     attn_case c = every(ac(t, 10, 2, 64, 77, 76, 0, 2));
     c.pad = 48;    /* row_bytes larger than needed */
     c.kmag = 8.0f; /* peaky softmax */
