@@ -443,6 +443,20 @@ KR_GF_MV2(q8_0, 1, 4, 2)
 KR_GF_MV2NF(q4_0, 0, 4)
 KR_GF_MV2NF(q8_0, 1, 2)
 
+// The same producer with smaller CTAs (32 rows each): kr_gf_mv2nfp<W>_<type>, W warps x (32/W) rows.
+#define KR_GF_MV2NFPW(T, Q8, W, NR, PF)                                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * W)                                                          \
+    kr_gf_mv2nfp##W##_##T(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,                    \
+                          const signed char *__restrict__ xq, float *x, int rows, int nb, const float *wn,        \
+                          float *part, signed char *xo)                                                           \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, NR, PF, 2, W>(qs, sc, xq, x, rows, nb, 1, 0, 0, xo, wn, part, 0.0f);                        \
+    }
+KR_GF_MV2NFPW(q4_0, 0, 8, 4, 2)
+KR_GF_MV2NFPW(q8_0, 1, 8, 4, 1)
+KR_GF_MV2NFPW(q4_0, 0, 4, 8, 1)
+KR_GF_MV2NFPW(q8_0, 1, 4, 8, 1)
+
 // Norm-folding producers that quantize their own input (dynamic smem nb*40 bytes):
 //   kr_gf_mv2nfpf_<type>(qs, sc, const float *xf, x, rows, nb, wn, part, xo): x input fp32 (nb*32)
 //   kr_gf_mv2nfps_<type>(qs, sc, const float *gu, x, rows, nb, wn, part, xo): x = silu(gate) * up

@@ -772,7 +772,7 @@ static const kr__mv2_var kr__mv2_q8[] = {{"r1p4", 1}, {"r2p2", 2}, {"r2p4", 2}, 
 /* Default variant (docs/GPU-FORWARD.md). */
 static kr__gf_tuning kr__tuning_default(void)
 {
-    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true};
+    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true, .nfp_w = 16};
 }
 
 static bool kr__parse_bool(const char *v, size_t n, bool *out)
@@ -799,7 +799,7 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
+ * resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, nfp=16|8|4, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
@@ -828,7 +828,11 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_bool(v, vn, &t->gus);
             else if (kn == 2 && strncmp(p, "nf", 2) == 0)
                 ok = kr__parse_bool(v, vn, &t->nf);
-            else if (kn == 2 && strncmp(p, "oq", 2) == 0)
+            else if (kn == 3 && strncmp(p, "nfp", 3) == 0 &&
+                     ((vn == 2 && v[0] == '1' && v[1] == '6') || (vn == 1 && (v[0] == '8' || v[0] == '4')))) {
+                t->nfp_w = atoi(v);
+                ok = true;
+            } else if (kn == 2 && strncmp(p, "oq", 2) == 0)
                 ok = kr__parse_bool(v, vn, &t->oq);
             else if (kn == 2 && strncmp(p, "sw", 2) == 0)
                 ok = kr__parse_bool(v, vn, &t->sw);
@@ -854,8 +858,12 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 t->l2pf_mb = atoi(v);
                 ok = true;
             } else if (kn == 4 && strncmp(p, "norm", 4) == 0 && vn == 2 &&
-                     (strncmp(v, "sb", 2) == 0 || strncmp(v, "mb", 2) == 0)) {
+                       (strncmp(v, "sb", 2) == 0 || strncmp(v, "mb", 2) == 0)) {
                 t->norm_mb = v[0] == 'm';
+                t->norm_wide = false;
+                ok = true;
+            } else if (kn == 4 && strncmp(p, "norm", 4) == 0 && vn == 3 && strncmp(v, "mbw", 3) == 0) {
+                t->norm_mb = t->norm_wide = true;
                 ok = true;
             }
         }
@@ -897,7 +905,10 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     }
     kr_function *fnf[8] = {NULL}; /* p q4, p q8, c q4, c q8, pf q4, pf q8, ps q4, ps q8 */
     if (t.nf) {
-        static const char *const nfe[8] = {"kr_gf_mv2nfp_q4_0",  "kr_gf_mv2nfp_q8_0",  "kr_gf_mv2nfc_q4_0",
+        char p4[32], p8[32];
+        snprintf(p4, sizeof p4, "kr_gf_mv2nfp%s_q4_0", t.nfp_w == 8 ? "8" : t.nfp_w == 4 ? "4" : "");
+        snprintf(p8, sizeof p8, "kr_gf_mv2nfp%s_q8_0", t.nfp_w == 8 ? "8" : t.nfp_w == 4 ? "4" : "");
+        const char *const nfe[8] = {p4, p8, "kr_gf_mv2nfc_q4_0",
                                            "kr_gf_mv2nfc_q8_0",  "kr_gf_mv2nfpf_q4_0", "kr_gf_mv2nfpf_q8_0",
                                            "kr_gf_mv2nfps_q4_0", "kr_gf_mv2nfps_q8_0"};
         for (int i = 0; i < 8; i++)
@@ -1162,7 +1173,7 @@ static kr_status kr__nf_produce(kr_gpu_forward *g, kr_stream *s, const kr__gf_ma
     void *xo = g->xq2;
     int rows = (int)P->rows, nb = (int)(P->cols / 32);
     void *args[] = {&qs, &sc, &xq, &x, &rows, &nb, &wn, &part, &xo};
-    uint32_t grid[3] = {(uint32_t)(rows / 32), 1, 1}, block[3] = {32, 16, 1};
+    uint32_t grid[3] = {(uint32_t)(rows / 32), 1, 1}, block[3] = {32, xf || !g->tun.nfp_w ? 16 : (uint32_t)g->tun.nfp_w, 1};
     kr_function *fn = !xf ? (q4 ? g->fn_nfp_q4_0 : g->fn_nfp_q8_0)
                       : sw ? (q4 ? g->fn_nfps_q4_0 : g->fn_nfps_q8_0)
                            : (q4 ? g->fn_nfpf_q4_0 : g->fn_nfpf_q8_0);
@@ -1207,7 +1218,15 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
         int n = (int)E, iq8 = q8;
         float eps = g->hp.norm_eps;
         void *args[] = {&x, &w, &h, &xq, &n, &eps, &iq8};
-        uint32_t nblk = (uint32_t)(E / 32), grid[3] = {(nblk + 3) / 4, 1, 1}, block[3] = {128, 1, 1};
+        /* mb: 4 warps per CTA; mbw: up to 32 warps (one float4 of x per thread for E <= 4096) */
+        uint32_t nblk = (uint32_t)(E / 32), wpc = 4;
+        if (g->tun.norm_wide) {
+            wpc = nblk < 32 ? nblk : 32;
+            uint32_t by4 = (uint32_t)((E / 4 + 31) / 32); /* warps for one float4 per thread */
+            if (by4 < wpc)
+                wpc = by4 > 0 ? by4 : 1;
+        }
+        uint32_t grid[3] = {(nblk + wpc - 1) / wpc, 1, 1}, block[3] = {32 * wpc, 1, 1};
         KR__TRYL("rmsnorm_q8 (multi-block)",
                  kr_backend_launch_ex(g->be, g->fn_norm_mb, grid, block, 0, s, args, kr__gf_flags(g), err));
         return KR_OK;

@@ -46,8 +46,10 @@ typedef struct kr__gf_tuning {
     int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
     bool resid;                    /* attn_output / ffn_down (repacked, v2) add into x directly */
     bool norm_mb;                  /* multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) when no add is pending */
+    bool norm_wide;                /* ... with up to 32 warps per CTA (norm=mbw) instead of 4 */
     bool nf;                       /* ffn_norm / next attn_norm folded into attn_output / ffn_down (producer)
                                       and gate_up / qkv (consumer): kr_gf_mv2nf{p,c}_* */
+    int nfp_w;                     /* nf producer warps per CTA: 16 (kr_gf_mv2nfp_*), 8 or 4 (kr_gf_mv2nfp<W>_*) */
     bool oq;                       /* nf: attn_output quantizes the attention output itself (kr_gf_mv2nfpf_*) */
     bool sw;                       /* nf: ffn_down computes SwiGLU + q8 of gate|up itself (kr_gf_mv2nfps_*) */
     bool gus;                      /* fused gate/up matvec does SwiGLU + q8 in its last CTAs (kr_gf_mv2gus_*) */

@@ -301,8 +301,9 @@ Test(gpu_forward_kernels, rmsnorm_q8_multiblock_vs_cpu, .timeout = 120)
         for (int use_w = 0; use_w < 2; use_w++) {
             rms_ref(x, use_w ? w : NULL, n, 1e-5f, ref);
             uint32_t nblk = (uint32_t)n / 32;
-            const uint32_t grids[3] = {(nblk + 3) / 4, 1, 3};
-            for (int g = 0; g < 3; g++) {
+            /* (grid, block): 4 warps per CTA as norm=mb, one CTA, three, and 32 warps as norm=mbw */
+            const uint32_t grids[5][2] = {{(nblk + 3) / 4, 128}, {1, 128}, {3, 128}, {(nblk + 31) / 32, 1024}, {2, 1024}};
+            for (int g = 0; g < 5; g++) {
                 for (int q8 = 0; q8 < 2; q8++) {
                     float *dh = kr_test_dpoisoned(be, (size_t)n, &bh);
                     uint8_t *poison = malloc(xqb);
@@ -314,10 +315,11 @@ Test(gpu_forward_kernels, rmsnorm_q8_multiblock_vs_cpu, .timeout = 120)
                     int in = n, iq8 = q8;
                     float eps = 1e-5f;
                     void *args[] = {&dx, &wp, &dh, &dq, &in, &eps, &iq8};
-                    launch(be, fn, grids[g], 128, 1, args, 0);
+                    launch(be, fn, grids[g][0], grids[g][1], 1, args, 0);
                     kr_test_download(be, h, dh, (size_t)n * 4);
                     char what[96];
-                    snprintf(what, sizeof what, "n %d w %d grid %u q8 %d (seed %llu)", n, use_w, grids[g], q8,
+                    snprintf(what, sizeof what, "n %d w %d grid %u x %u q8 %d (seed %llu)", n, use_w, grids[g][0],
+                             grids[g][1], q8,
                              (unsigned long long)kr_test_seed());
                     double e = nmse_d(h, ref, n);
                     cr_expect_leq(e, 1e-12, "%s: h NMSE %.3g", what, e);
@@ -485,7 +487,12 @@ Test(gpu_forward_kernels, norm_folding_producer_vs_cpu, .timeout = 300)
             kr_buffer *bx;
             void *dx = mode == 0 ? kr_test_dupload(be, xq, xb, &bx)
                                  : kr_test_dupload(be, xin, (size_t)n * (mode == 2 ? 2 : 1) * 4, &bx);
-            for (int q8 = 0; q8 < 2; q8++) {
+            for (int q8w = 0; q8w < (mode == 0 ? 6 : 2); q8w++) {
+                int q8 = q8w & 1, wpc = q8w < 2 ? 16 : q8w < 4 ? 8 : 4;
+                char entry[48];
+                snprintf(entry, sizeof entry, "%s", entries[mode][q8]);
+                if (wpc != 16)
+                    snprintf(entry, sizeof entry, "kr_gf_mv2nfp%d_%s", wpc, q8 ? "q8_0" : "q4_0");
                 mat m = mat_random(q8, rows, nb);
                 mv_ref(&m, xq, ref);
                 for (int i = 0; i < rows; i++)
@@ -501,19 +508,19 @@ Test(gpu_forward_kernels, norm_folding_producer_vs_cpu, .timeout = 300)
                 void *dxo = kr_test_dupload(be, poison, xob, &bo);
                 free(poison);
                 kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
-                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, entries[mode][q8]);
+                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, entry);
                 int irows = rows, inb = nb;
                 void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &dwn, &dp, &dxo};
                 kr_err err;
                 kr_err_clear(&err);
-                const uint32_t grid[3] = {(uint32_t)rows / 32, 1, 1}, block[3] = {32, 16, 1};
+                const uint32_t grid[3] = {(uint32_t)rows / 32, 1, 1}, block[3] = {32, (uint32_t)wpc, 1};
                 kr_status st = kr_backend_launch(be, fn, grid, block, mode ? (size_t)nb * 40 : 0, NULL, args, &err);
                 cr_assert_eq(st, KR_OK, "launch: %s", kr_err_msg(&err, st));
                 kr_test_download(be, x, dy, (size_t)rows * 4);
                 kr_test_download(be, part, dp, (size_t)rows / 32 * 4);
                 kr_test_download(be, xo, dxo, xob);
                 char what[128];
-                snprintf(what, sizeof what, "%s rows %d nb %d (seed %llu)", entries[mode][q8], rows, nb,
+                snprintf(what, sizeof what, "%s rows %d nb %d (seed %llu)", entry, rows, nb,
                          (unsigned long long)kr_test_seed());
                 double e = nmse_d(x, ref, rows);
                 /* mode 2: expf may differ by an ulp from the host's, flipping a rare q at a .5 boundary */

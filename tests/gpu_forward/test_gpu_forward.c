@@ -173,16 +173,13 @@ static kr_gpu_forward *gpu_new(kr_model *m, kr_backend *be, bool no_graph, bool 
     return g;
 }
 
-/* Teacher-forced comparison and then a free greedy run. */
-static void compare(const char *path, bool no_graph, bool no_q8, double tol)
+/* Teacher-forced comparison and then a free greedy run, on an existing g (rewound to 0). */
+static void compare_run(kr_gpu_forward *g, kr_model *m, const ref_run *rr, const char *path, bool no_graph,
+                        double tol)
 {
-    kr_backend *be = cuda_or_skip();
-    kr_model *m = load(path);
+    const ref_run r = *rr;
     int nv = kr_model_n_vocab(m);
-    int32_t bos = 1; /* BOS of the SPM models; for others any valid id serves as a start */
-    ref_run r;
-    cpu_reference(m, bos, &r);
-    kr_gpu_forward *g = gpu_new(m, be, no_graph, no_q8);
+    int32_t bos = r.toks[0];
     float *lg = malloc((size_t)nv * sizeof(float));
     cr_assert_not_null(lg);
     kr_err err;
@@ -237,6 +234,18 @@ static void compare(const char *path, bool no_graph, bool no_q8, double tol)
     cr_log_info("%s: %d steps compared, first tie at %d, %u launches/token, graph %d", path, N_STEPS, first_tie,
                 gs.launches_per_token, (int)gs.graph);
     free(lg);
+}
+
+/* Teacher-forced comparison and then a free greedy run. */
+static void compare(const char *path, bool no_graph, bool no_q8, double tol)
+{
+    kr_backend *be = cuda_or_skip();
+    kr_model *m = load(path);
+    int32_t bos = 1; /* BOS of the SPM models; for others any valid id serves as a start */
+    ref_run r;
+    cpu_reference(m, bos, &r);
+    kr_gpu_forward *g = gpu_new(m, be, no_graph, no_q8);
+    compare_run(g, m, &r, path, no_graph, tol);
     free(r.logits);
     kr_gpu_forward_free(g);
     kr_model_free(m);
@@ -345,18 +354,40 @@ Test(gpu_forward, mkmodel_mistral_q8_0_q8_unfused_not_repacked)
  * 8-bit activations (the variants differ only in the repacked path). */
 static void variants_compare(kr_dtype type)
 {
-    static const char *const specs[] = {"old", "pdl=0", "mv4=r1p4,mv8=r1p4", "mv4=r4p2,mv8=r4p2",
-                                        "mv4=r2p8,mv8=r2p2", "mv4=v1,mv8=v1", "resid=0", "norm=sb",
-                                        "pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb", "l2pf=16", "old,l2pf=1", "gus=1",
-                                        "gus=1,mv4=r1p4,mv8=r1p4", "gus=1,mv4=r4p2,mv8=r4p2,pdl=0",
-                                        "nf=1", "nf=1,pdl=0", "nf=1,gus=1", "nf=1,resid=0", "nf=1,oq=1,sw=1",
-                                        "nf=1,oq=1,sw=1,pdl=0,mv4=r1p4,mv8=r4p2", "oq=1,sw=1"};
+    static const char *const specs[] = {"nf=1", "nf=1,nfp=8", "nf=1,nfp=4,norm=mbw", "norm=mbw", "nf=1,pdl=0", "nf=1,oq=1,sw=1", "nf=1,oq=1,sw=1,pdl=0,mv4=r1p4,mv8=r4p2",
+                                        "nf=1,gus=1", "nf=1,resid=0", "oq=1,sw=1", "old", "pdl=0",
+                                        "mv4=r1p4,mv8=r1p4", "mv4=r4p2,mv8=r4p2", "mv4=r2p8,mv8=r2p2",
+                                        "mv4=v1,mv8=v1", "resid=0", "norm=sb", "pdl=1,mv4=v1,mv8=v1,resid=0,norm=sb",
+                                        "l2pf=16", "old,l2pf=1", "gus=1", "gus=1,mv4=r1p4,mv8=r1p4",
+                                        "gus=1,mv4=r4p2,mv8=r4p2,pdl=0", "default"};
+    kr_backend *be = cuda_or_skip(); /* one backend, model, CPU reference and GPU object for all */
+    char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    kr_mkmodel_opts o = {.arch = "llama", .preset = "tiny", .type = type, .out_path = path, .seed = 7, .n_threads = 1};
+    kr_err err;
+    kr_err_clear(&err);
+    kr_status st = kr_mkmodel_write(&o, NULL, &err);
+    cr_assert_eq(st, KR_OK, "mkmodel: %s", kr_err_msg(&err, st));
+    kr_model *m = load(path);
+    ref_run r;
+    cpu_reference(m, 1, &r);
+    kr_gpu_forward *g = gpu_new(m, be, false, false);
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
-        g_tuning = specs[i];
         cr_log_info("variant %s", specs[i]);
-        mk_and_compare("llama", type, false, 1e-3);
+        st = kr_gpu_forward_set_tuning(g, "default", &err);
+        cr_assert_eq(st, KR_OK, "%s", kr_err_msg(&err, st));
+        st = kr_gpu_forward_set_tuning(g, specs[i], &err);
+        cr_assert_eq(st, KR_OK, "set_tuning %s: %s", specs[i], kr_err_msg(&err, st));
+        compare_run(g, m, &r, specs[i], false, 1e-3);
     }
-    g_tuning = NULL;
+    free(r.logits);
+    kr_gpu_forward_free(g);
+    kr_model_free(m);
+    kr_backend_destroy(be);
+    unlink(path);
+    rmdir(dir);
 }
 Test(gpu_forward, mkmodel_llama_q4_0_step_variants, .timeout = 300) { variants_compare(KR_DTYPE_Q4_0); }
 Test(gpu_forward, mkmodel_llama_q8_0_step_variants, .timeout = 300) { variants_compare(KR_DTYPE_Q8_0); }
@@ -372,7 +403,8 @@ Test(gpu_forward, set_tuning_rejects_bad_specs)
     kr_err err;
     kr_err_clear(&err);
     static const char *const bad[] = {"pdl=2", "mv4=r3p3", "mv8=r2p8", "nosuch=1", "norm=xx", "pdl", "resid=", "=1",
-                                      "l2pf=-1", "l2pf=12345", "l2pf=x", "gus=2", "nf=01"};
+                                      "l2pf=-1", "l2pf=12345", "l2pf=x", "gus=2", "nf=01", "nfp=2", "nfp=1",
+                                      "norm=mbx"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         kr_status st = kr_gpu_forward_set_tuning(g, bad[i], &err);
         cr_expect_eq(st, KR_ERR_INVALID_ARG, "'%s' accepted", bad[i]);

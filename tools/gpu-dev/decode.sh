@@ -25,8 +25,10 @@ if [ "$part" = test ]; then
   export KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1
   export KR_DECODE_KERNELS_DIR=$PWD/kernels/decode KR_DECODE_JIT_CACHE=$tmp/jit-cache
   s0=$(date +%s)
-  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter '!(gpu_forward/*step_variants)' \
-      >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
+  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
+      --filter '!(gpu_forward/@(*step_variants|falcon*))' >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
+  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/falcon*' \
+      >"$tmp/fal.txt" 2>&1; echo "rc=$?" >>"$tmp/fal.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/*step_variants' \
       >"$tmp/var.txt" 2>&1; echo "rc=$?" >>"$tmp/var.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward_kernels" -j1 --verbose=1 >"$tmp/kern.txt" 2>&1; echo "rc=$?" >>"$tmp/kern.txt" ) &
@@ -34,13 +36,13 @@ if [ "$part" = test ]; then
       --filter 'gpu_decode/!(matvec_tunings)' >"$tmp/dec.txt" 2>&1; echo "rc=$?" >>"$tmp/dec.txt" ) &
   wait
   {
-    for f in kern fwd var dec; do
+    for f in kern fwd fal var dec; do
       echo "-- test_gpu_$f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|expected|NMSE|variant" "$tmp/$f.txt" | head -60
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -80
     done
     echo "== decode test summary"
-    for f in kern fwd var dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in kern fwd fal var dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
@@ -50,9 +52,9 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;default;nf=1;nf=1,oq=1;nf=1,sw=1;nf=1,oq=1,sw=1;nf=1,pdl=0;nf=1,mv4=r2p8;norm=sb;skip=a;skip=n;skip=an;skip=m;skip=anm;nf=1,oq=1,sw=1,skip=a;nf=1,oq=1,sw=1,skip=m"
-  V8="old;pdl=0;default;nf=1;nf=1,oq=1,sw=1;mv8=r2p4;nf=1,mv8=r2p4;skip=a;skip=n;skip=m"
-  VF="old;default;pdl=0;nf=1,oq=1,sw=1"
+  V4="old;pdl=0;default;norm=mbw;nf=1;nf=1,nfp=8;nf=1,nfp=4;nf=1,nfp=8,norm=mbw;nf=1,nfp=4,norm=mbw;skip=a;skip=n;skip=m;norm=mbw,skip=a;nf=1,nfp=8,skip=a"
+  V8="old;default;norm=mbw;nf=1;nf=1,nfp=8;nf=1,nfp=4;nf=1,nfp=8,norm=mbw;skip=a"
+  VF="old;default;norm=mbw"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   # decode timing only: keep the prompt on the decode step (independent of the batched prefill)
   pre=()
@@ -73,7 +75,7 @@ if [ "$part" = bench ]; then
   # the attention kernels of kr_decode_kv.h on the f16 cache (gpu_kvcache.c: KR_GKV_KERNELS=new)
   f=${KR_7B_Q4_0:-}
   if [ -n "$f" ] && [ -f "$f" ]; then
-    V="default;nf=1;nf=1,oq=1,sw=1;skip=a;nf=1,oq=1,sw=1,skip=a"
+    V="default;norm=mbw;nf=1,nfp=8;nf=1,nfp=4,norm=mbw;skip=a"
     echo "-- Q4_0 with KR_GKV_KERNELS=new: --variants (2 rounds)" >>"$LOG"
     KR_GKV_KERNELS=new timeout 30 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" \
       --variants "$V;$(rev "$V")" >"$tmp/Q4_0-newkv.txt" 2>&1
