@@ -308,13 +308,11 @@ static void run_type(kr_dtype wt)
 /* Repacked Q4_0 / Q8_0 (kr_gemm_run_repacked): GGML blocks from kr_quantize_row
  * rewritten on the host as [quants row-major | fp16 scales row-major]; fp32 and
  * fp16 A; the reference from kr_dequantize_row of the GGML bytes. */
-static void run_repacked(kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n, int64_t k, bool f16a, size_t ldc_pad)
+static void run_repacked(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n,
+                         int64_t k, bool f16a, size_t ldc_pad)
 {
-    kr_backend *be = gpu_open();
-    kr_gemm *g = NULL;
     kr_err err;
     kr_err_clear(&err);
-    cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
     const size_t qsz = wt == KR_DTYPE_Q8_0 ? 32 : 16, nb = (size_t)k / 32, lda = (size_t)k + 8, ldc = (size_t)n + ldc_pad;
     uint64_t rb = 0;
     cr_assert_eq(kr_quant_row_size(wt, (uint64_t)k, &rb, NULL), KR_OK);
@@ -401,21 +399,26 @@ static void run_repacked(kr_dtype wt, kr_gemm_variant var, int64_t m, int64_t n,
     free(c);
     free(ah);
     free(ref);
-    kr_gemm_free(g);
-    kr_backend_destroy(be);
 }
 
 static void run_repacked_type(kr_dtype wt)
 {
+    kr_backend *be = gpu_open();
+    kr_gemm *g = NULL;
+    kr_err err;
+    kr_err_clear(&err);
+    cr_assert_eq(kr_gemm_create(be, &g, &err), KR_OK, "%s", err.msg);
     const kr_gemm_variant vars[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128, KR_GEMM_MMA64,    KR_GEMM_MMA128_K2,
                                     KR_GEMM_MMA128_W8, KR_GEMM_MMA256, KR_GEMM_MMA256_K2, KR_GEMM_WG,
                                     KR_GEMM_WG_K2};
     for (size_t v = 0; v < sizeof vars / sizeof vars[0]; v++) {
-        run_repacked(wt, vars[v], 129, 257, 512, false, 3);
-        run_repacked(wt, vars[v], 7, 5, 256, true, 0);
+        run_repacked(be, g, wt, vars[v], 129, 257, 512, false, 3);
+        run_repacked(be, g, wt, vars[v], 7, 5, 256, true, 0);
         if (!quick())
-            run_repacked(wt, vars[v], 300, 130, 1024, v % 2 == 0, 0);
+            run_repacked(be, g, wt, vars[v], 300, 130, 1024, v % 2 == 0, 0);
     }
+    kr_gemm_free(g);
+    kr_backend_destroy(be);
 }
 
 Test(gpu_gemm, q4_0_repacked) { run_repacked_type(KR_DTYPE_Q4_0); }

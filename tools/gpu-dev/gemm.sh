@@ -27,11 +27,12 @@ if [ "$part" = test ]; then
     # GPU tests only (the gemm_host suite, incl. the NVRTC compile of all records, runs in CI)
     echo "-- test_gpu_gemm --filter 'gpu_gemm/*' (-j8)" >>"$LOG"
     s0=$(date +%s%N)
-    timeout 42 "$exe" -j8 --verbose=1 --filter 'gpu_gemm/*' >"$BUILD/gemm-test.log" 2>&1
+    timeout 45 "$exe" -j10 --verbose=1 --filter 'gpu_gemm/*' >"$BUILD/gemm-test.log" 2>&1
     rc=$?
     cat "$BUILD/gemm-test.log" >>"$LOG"
     summary+=("test_gpu_gemm: rc=$rc ($(( ($(date +%s%N) - s0) / 1000000 )) ms) $(grep -h 'Synthesis' "$BUILD/gemm-test.log" | tail -1)")
     summary+=("  failed: $(grep -h '^\[FAIL\]' "$BUILD/gemm-test.log" | awk '{print $2}' | tr '\n' ' ')")
+    summary+=("  passed: $(grep -h '^\[PASS\]' "$BUILD/gemm-test.log" | awk '{print $2 $3}' | tr '\n' ' ')")
   else
     summary+=("test_gpu_gemm: NOT BUILT")
   fi
@@ -42,12 +43,12 @@ if [ "$part" = test ]; then
     summary+=("emu bm$bm: rc=$?")
   done
   if command -v compute-sanitizer >/dev/null 2>&1 && [ -x "$exe" ]; then
-    for t in q8_0 q4_0_repacked f16 q4_k; do
+    for t in q8_0 f16; do
       [ "$(left 56)" -gt 5 ] || { summary+=("memcheck $t: no time left"); break; }
       KERNRUN_SKIP_FAULT_TESTS=1 timeout "$(left 56)" compute-sanitizer --tool memcheck --print-limit 5 \
         "$exe" -j1 --filter "gpu_gemm/$t" >"$BUILD/gemm-memcheck.log" 2>&1
       rc=$?
-      tail -3 "$BUILD/gemm-memcheck.log" >>"$LOG"
+      grep -E "^\[----\]|\[FAIL\]|=========" "$BUILD/gemm-memcheck.log" | grep -v "^\[----\]\s*$" | head -12 >>"$LOG"
       summary+=("memcheck $t (quick): rc=$rc, $(grep -h 'ERROR SUMMARY' "$BUILD/gemm-memcheck.log" | tail -1)")
     done
   else
