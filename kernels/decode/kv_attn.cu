@@ -20,7 +20,10 @@
 #define KR_KVA_THREADS 128 // threads per attention block (128 or 256)
 #endif
 #ifndef KR_KVA_CP
-#define KR_KVA_CP 0        // 1: F16 tiles arrive by cp.async into two stages (KR_KVA_TILE <= 4096)
+#define KR_KVA_CP 0        // 1: F16 tiles arrive by cp.async into KR_KVA_STAGES stages
+#endif
+#ifndef KR_KVA_STAGES
+#define KR_KVA_STAGES 2    // cp.async stages (tiles in flight + 1); STAGES x TILE <= 8192
 #endif
 #ifndef KR_KVA_FC
 #define KR_KVA_FC 0        // 1: the last block of each head group merges the splits (no combine launch)
@@ -50,17 +53,17 @@
 #define KR_KVA_TILE 8192   // positions x head_dim per shared-memory tile (<= 8192)
 #endif
 #define KR_KVA_MAXT 128    // positions per tile at most
-#if KR_KVA_CP && KR_KVA_TILE > 4096
-#error "KR_KVA_CP needs KR_KVA_TILE <= 4096 (two stages of K and V tiles)"
+#if KR_KVA_CP && KR_KVA_STAGES * KR_KVA_TILE > 8192
+#error "KR_KVA_CP needs KR_KVA_STAGES x KR_KVA_TILE <= 8192 (stages of K and V tiles)"
 #endif
 #define KR_KVA_LPT (KR_KVA_TILE / 8 / KR_KVA_THREADS)                  // 8-element chunks per thread per tile
 #define KR_KVA_CPT ((KR_KVA_RB * 32 + KR_KVA_THREADS - 1) / KR_KVA_THREADS) // (head, chunk) PV outputs per thread
 #define KR_KVA_NACC (KR_KVA_HR && KR_KVA_CPT < 4 ? 4 : KR_KVA_CPT)          // acc rows per thread
 // Shared bytes: K and V tiles (one stage: 2 x (2*TILE + 16*MAXT) for F16 rows padded by 16 bytes; Q8_0
-// needs less; cp.async: two stages of at most MAXT/2 rows) below KR_KVA_QOFF, then Q rows + scores
+// needs less; cp.async: KR_KVA_STAGES stages of at most 32 rows) below KR_KVA_QOFF, then Q rows + scores
 // (KR_KVA_RB * (head_dim + T) fp32 <= 9216 bytes: head_dim 256 with T 32 is the widest case).
-#if KR_KVA_CP
-#define KR_KVA_QOFF (4 * (2 * KR_KVA_TILE + 8 * KR_KVA_MAXT))
+#if KR_KVA_CP // stages of at most 32 rows (KR_KVA_CPT_ROWS)
+#define KR_KVA_QOFF (KR_KVA_STAGES * 2 * (2 * KR_KVA_TILE + 16 * 32))
 #else
 #define KR_KVA_QOFF (2 * (2 * KR_KVA_TILE + 16 * KR_KVA_MAXT))
 #endif
@@ -185,6 +188,11 @@ __device__ __forceinline__ void kr_cp_async16(void *dst, const void *src, int n)
 __device__ __forceinline__ void kr_cp_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // wait until at most the newest committed group is still in flight
 __device__ __forceinline__ void kr_cp_wait1(void) { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+// wait until at most the newest KR_KVA_STAGES - 1 groups are still in flight
+__device__ __forceinline__ void kr_cp_wait_stages(void)
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(KR_KVA_STAGES - 1) : "memory");
+}
 #endif
 
 // cp.async of one F16 tile pair (rows t0.. of [t0, te)) into Kt/Vt; rows past te are zero-filled.
@@ -502,7 +510,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     const int split = blockIdx.y;
     const int D = head_dim, DC = D >> 3;
     enum { USE_CP = CP && !Q8 };                          // cp.async double buffering (F16 only)
-    const int T = min(USE_CP ? KR_KVA_MAXT / 2 : KR_KVA_MAXT, KR_KVA_TILE / D);
+    const int T = min(USE_CP ? 32 : KR_KVA_MAXT, KR_KVA_TILE / D);
     // shared layout: K tile | V tile | Q (RB x D fp32, pre-scaled) | S (RB x T fp32)
     const int stride = Q8 ? D + 8 : 2 * D + 16;           // bytes per tile row
     const int qbytes = (T * stride + 15) & ~15;          // quants / halves of one tile
@@ -560,24 +568,30 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
         const kr_u8 *kb = kr_kv_base(kc, slot, slot_bytes), *vb = kr_kv_base(vc, slot, slot_bytes);
         const int goff = Q8 ? g * D : g * D * 2;
         if (USE_CP) {
-            // two stages of (K tile, V tile), filled by cp.async while the other is used
-            kr_kva_issue(sm, sm + tbytes, kb, vb, row_bytes, rows, goff, ts, te, ct, cj, stride);
-            kr_cp_commit();
+            // KR_KVA_STAGES stages of (K tile, V tile): STAGES - 1 tiles in flight while one is used
+            const int S = KR_KVA_STAGES;
+            for (int st = 0; st < S - 1; st++) {
+                if (ts + st * T < te)
+                    kr_kva_issue(sm + st * 2 * tbytes, sm + st * 2 * tbytes + tbytes, kb, vb, row_bytes, rows, goff,
+                                 ts + st * T, te, ct, cj, stride);
+                kr_cp_commit();
+            }
             int it = 0;
             for (int t0 = ts; t0 < te; t0 += T, it++) {
-                if (t0 + T < te) {
-                    kr_u8 *nk = sm + ((it + 1) & 1) * 2 * tbytes;
-                    kr_kva_issue(nk, nk + tbytes, kb, vb, row_bytes, rows, goff, t0 + T, te, ct, cj, stride);
+                const int tn = t0 + (S - 1) * T;
+                if (tn < te) { // into the stage used by the previous tile (done: trailing barrier)
+                    kr_u8 *nk = sm + ((it + S - 1) % S) * 2 * tbytes;
+                    kr_kva_issue(nk, nk + tbytes, kb, vb, row_bytes, rows, goff, tn, te, ct, cj, stride);
                 }
                 kr_cp_commit();
-                kr_cp_wait1(); // this tile's group is complete
+                kr_cp_wait_stages(); // all but the newest S - 1 groups: this tile's group is complete
                 __syncthreads();
-                Kt = sm + (it & 1) * 2 * tbytes;
+                Kt = sm + (it % S) * 2 * tbytes;
                 Vt = Kt + tbytes;
                 const int tv = min(T, te - t0); // valid rows of this tile
                 kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
                                 NC, hr);
-                __syncthreads(); // this stage is refilled two tiles later
+                __syncthreads(); // this stage is refilled by the next iteration
             }
         } else {
             uint4 kr[KR_KVA_LPT], vr[KR_KVA_LPT];

@@ -21,29 +21,32 @@
  * product, min blocks per SM in the launch bounds (0: the kernel's default)).
  * Each has its own static records (the backend caches functions by record
  * address). */
-#define KR__KVA_VARIANTS(X)                         \
-    X(0, "t128s", 128, 4096, 0, 0, 0, 0, 4, 0)      \
-    X(1, "t128", 128, 8192, 0, 0, 0, 0, 4, 0)       \
-    X(2, "t128s-d1", 128, 4096, 0, 0, 0, 0, 1, 0)   \
-    X(3, "t128s-d2", 128, 4096, 0, 0, 0, 0, 2, 0)   \
-    X(4, "t128s-nb", 128, 4096, 0, 0, 0, 0, 4, 1)   \
-    X(5, "cp128-d1", 128, 4096, 1, 0, 0, 0, 1, 0)   \
-    X(6, "t128sfc-d1", 128, 4096, 0, 1, 0, 0, 1, 0) \
-    X(7, "t128sh", 128, 4096, 0, 0, 0, 1, 4, 0)     \
-    X(8, "t128sh-d1", 128, 4096, 0, 0, 0, 1, 1, 0)  \
-    X(9, "t128se-d1", 128, 4096, 0, 0, 1, 0, 1, 0)  \
-    X(10, "t128-d1", 128, 8192, 0, 0, 0, 0, 1, 0)
+#define KR__KVA_VARIANTS(X)                               \
+    X(0, "t128s", 128, 4096, 0, 0, 0, 0, 4, 0, 2)         \
+    X(1, "t128", 128, 8192, 0, 0, 0, 0, 4, 0, 2)          \
+    X(2, "t128s-d1", 128, 4096, 0, 0, 0, 0, 1, 0, 2)      \
+    X(3, "t128s-d2", 128, 4096, 0, 0, 0, 0, 2, 0, 2)      \
+    X(4, "t128s-nb", 128, 4096, 0, 0, 0, 0, 4, 1, 2)      \
+    X(5, "cp128-d1", 128, 4096, 1, 0, 0, 0, 1, 0, 2)      \
+    X(6, "t128sfc-d1", 128, 4096, 0, 1, 0, 0, 1, 0, 2)    \
+    X(7, "t128sh", 128, 4096, 0, 0, 0, 1, 4, 0, 2)        \
+    X(8, "t128sh-d1", 128, 4096, 0, 0, 0, 1, 1, 0, 2)     \
+    X(9, "t128se-d1", 128, 4096, 0, 0, 1, 0, 1, 0, 2)     \
+    X(10, "t128-d1", 128, 8192, 0, 0, 0, 0, 1, 0, 2)      \
+    X(11, "cp4x2k-d1", 128, 2048, 1, 0, 0, 0, 1, 0, 4)    \
+    X(12, "cp4x2kfc-d1", 128, 2048, 1, 1, 0, 0, 1, 0, 4)  \
+    X(13, "cp4x2kh-d1", 128, 2048, 1, 0, 0, 1, 1, 0, 4)
 
-#define KR__KVA_DEF(i, nm, nt, tile, cp, fc, early, hr, dsp, minb)                                            \
-    static const char *const kr__kva_opts_##i[8] = {"-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile,          \
-                                                    "-DKR_KVA_CP=" #cp,      "-DKR_KVA_FC=" #fc,              \
-                                                    "-DKR_KVA_EARLY=" #early, "-DKR_KVA_HR=" #hr,             \
-                                                    "-DKR_KVA_DSP=" #dsp,    "-DKR_KVA_MINB_OPT=" #minb};     \
+#define KR__KVA_DEF(i, nm, nt, tile, cp, fc, early, hr, dsp, minb, stages)                                    \
+    static const char *const kr__kva_opts_##i[9] = {                                                           \
+        "-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile, "-DKR_KVA_CP=" #cp,   "-DKR_KVA_FC=" #fc,               \
+        "-DKR_KVA_EARLY=" #early, "-DKR_KVA_HR=" #hr,    "-DKR_KVA_DSP=" #dsp, "-DKR_KVA_MINB_OPT=" #minb,       \
+        "-DKR_KVA_STAGES=" #stages};                                                                           \
     static const kr_kernel_source kr__kva_src_##i[2] = {                                                       \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 8},                                  \
+         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 9},                                  \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 8}};
+         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 9}};
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
@@ -56,7 +59,7 @@ static const struct {
     int fused;                   /* the attention kernel merges the splits itself (no combine launch) */
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__kva_variants[] = {
-#define KR__KVA_ROW(i, nm, nt, tile, cp, fc, early, hr, dsp, minb) {.name = nm, .threads = nt, .fused = fc, .src = kr__kva_src_##i},
+#define KR__KVA_ROW(i, nm, nt, tile, cp, fc, early, hr, dsp, minb, stages) {.name = nm, .threads = nt, .fused = fc, .src = kr__kva_src_##i},
     KR__KVA_VARIANTS(KR__KVA_ROW)
 #undef KR__KVA_ROW
 };
