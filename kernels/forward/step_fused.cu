@@ -130,9 +130,14 @@ extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, cons
                                                int q8)
 {
     __shared__ float part[32];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
+    // this warp's first 32-block: its norm weight is constant in the step, so it is
+    // loaded before the PDL wait; its x is loaded together with the reduction's loads
+    const int blk0 = blockIdx.x * nwarp + warp, nblk = n / 32;
+    const float w0 = (w && blk0 < nblk) ? __ldg(w + blk0 * 32 + lane) : 1.0f;
     KR_PDL_WAIT();
     KR_PDL_LAUNCH_DEPENDENTS();
-    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
+    const float x0 = blk0 < nblk ? x[blk0 * 32 + lane] : 0.0f;
     float ss = 0.0f;
     const float4 *x4 = (const float4 *)x;
     for (int i = tid; i < n / 4; i += blockDim.x) {
@@ -146,9 +151,9 @@ extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, cons
     float t = lane < nwarp ? part[lane] : 0.0f;
     t = kr_gf_warp_sum_f(t);
     float scale = rsqrtf(t / (float)n + eps);
-    for (int blk = blockIdx.x * nwarp + warp; blk < n / 32; blk += gridDim.x * nwarp) {
+    for (int blk = blk0; blk < nblk; blk += gridDim.x * nwarp) {
         int i = blk * 32 + lane;
-        float v = x[i] * scale * (w ? w[i] : 1.0f);
+        float v = blk == blk0 ? x0 * scale * w0 : x[i] * scale * (w ? w[i] : 1.0f);
         h[i] = v;
         if (q8)
             kr_gf_q8_block(v, blk, lane, xq, n);
