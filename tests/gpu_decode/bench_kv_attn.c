@@ -188,8 +188,9 @@ int main(int argc, char **argv)
     kr_backend_memset(b.be, bvn->ptr, 0, qbytes, NULL, &b.err);
 
     static const int shapes[][3] = {{32, 32, 128}, {32, 8, 128}, {71, 1, 64}}; /* falcon 7B last, 640/4096 only */
-    static const int positions[] = {640, 4096, 32768, 512}; /* most telling first (a timeout keeps them) */
-    const int n_pos = quick ? 2 : 4;
+    /* most telling first (a timeout keeps them); 64..256: the fixed cost, default variant + old only */
+    static const int positions[] = {640, 4096, 32768, 512, 64, 128, 256};
+    const int n_pos = quick ? 2 : 7;
     const int iters0 = b.iters;
     printf("\n%-5s %-9s %6s %-6s %-8s %6s %9s %8s %s\n", "op", "heads", "pos", "type", "kernel", "split", "us/call",
            "GB/s", "");
@@ -235,9 +236,12 @@ int main(int argc, char **argv)
                         splits[ns++] = sweep[k];
                 char heads[16];
                 snprintf(heads, sizeof heads, "%d/%dx%d", nh, nkv, hd);
-                for (int v = 0; kr_dec_attention_kv_variant_name(v); v++) {
+                for (int v = 0; kr_dec_attention_kv_variant_name(v) && (v == 0 || pos >= 512); v++) {
                     for (int k = 0; k < ns; k++) {
-                        /* the full sweep for variant 0; the others at the default, 2x and 1/2 of it */
+                        /* the full sweep for variant 0; the others at the default, and at 640 / 4096
+                         * positions also at about 2x and 1/2 of it */
+                        if (v > 0 && k > 0 && (pos != 640 && pos != 4096))
+                            continue;
                         if (v > 0 && k > 0 && splits[k] != 2 * def && 2 * splits[k] != def &&
                             !(splits[k] > def && splits[k] < 2 * def) && !(2 * splits[k] > def && splits[k] < def))
                             continue;
