@@ -36,9 +36,18 @@ if [ "$part" = test ]; then
   ( timeout 50 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(stories260k_graph|stories260k_attn_splits*|llama2_tiny*|mkmodel_mistral_q4_1|falcon_7b_layout_f16|falcon_40b_layout_q8_0)' \
       >"$tmp/d.txt" 2>&1; echo "rc=$?" >>"$tmp/d.txt" ) &
+  # e: compute-sanitizer memcheck on the shift kernel, a shift through the forward pass, the ring
+  san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ -n "$san" ]; then
+    ( timeout 50 "$san" --tool memcheck --error-exitcode 99 --target-processes all "$T" -j1 --verbose=1 \
+        --filter 'gpu_kvcache/@(kv_shift_kernel_f16_neox|kv_shift_kernel_q8_0_normal|shift_vs_cpu_llama|ring*|lru*)' \
+        >"$tmp/e.txt" 2>&1; echo "rc=$?" >>"$tmp/e.txt" ) &
+  else
+    echo "compute-sanitizer not installed" >"$tmp/e.txt"
+  fi
   wait
   {
-    for f in a b c d; do
+    for f in a b c d e; do
       echo "-- test_gpu_kvcache part $f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|NMSE|nmse|refusal|kv_shift|^shift|^ring|^q8_0|^stories|graph" "$tmp/$f.txt" | head -80
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
@@ -56,7 +65,8 @@ if [ "$part" = test ]; then
       grep -vE "^kernrun:|^\[" "$tmp/gen.txt" | tr '\n' ' ' | cut -c1-300; echo
     done
     echo "== kvhost test summary"
-    for f in a b c d; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    grep -E "ERROR SUMMARY|Invalid|out of bounds" "$tmp/e.txt" | head -10
+    for f in a b c d e; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
