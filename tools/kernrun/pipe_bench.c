@@ -31,7 +31,7 @@ static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
     "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops]\n"
     "                     [--attn-splits N] [-t N] [--profile] [--tuning SPEC] [--variants LIST]\n"
-    "                     [--no-batch-prefill] [--n-batch N]\n"
+    "                     [--no-batch-prefill] [--n-batch N] [--kv-type f16|q8_0]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -53,6 +53,7 @@ static const char g_usage[] =
     "  --no-batch-prefill (cuda) prompt token by token through the decode step instead of batched\n"
     "                    tensor-core prefill (docs/PREFILL.md)\n"
     "  --n-batch N       (cuda) prompt tokens per batched prefill chunk (default 512)\n"
+    "  --kv-type T       (cuda) KV cache rows: f16 (default) or q8_0 (docs/KVCACHE.md)\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "  --profile         (cuda) per-kernel GPU time of one decode step: eager launches timed\n"
     "                    with CUDA events, grouped by kernel and matrix, averaged over 8 steps\n"
@@ -70,6 +71,7 @@ typedef struct kr__bench_opts {
     const char *backend; /* cuda | cpu | auto */
     const char *tuning;   /* --tuning SPEC or NULL */
     const char *variants; /* --variants LIST or NULL */
+    const char *kv_type;  /* --kv-type T or NULL */
     bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops, profile;
     bool no_batch_prefill;
 } kr__bench_opts;
@@ -176,6 +178,9 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
             KR__NEED()
             if (!kr__parse_count(v, 1, 1024, &o->attn_splits))
                 return kr__usage_err("--attn-splits wants a count in 1..1024", v);
+        } else if (!strcmp(a, "--kv-type")) {
+            KR__NEED()
+            o->kv_type = v;
         } else if (!strcmp(a, "--no-batch-prefill")) {
             o->no_batch_prefill = true;
         } else if (!strcmp(a, "--n-batch")) {
@@ -329,6 +334,8 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     gp.attn_splits = (int)o->attn_splits;
     gp.no_batch_prefill = o->no_batch_prefill;
     gp.n_batch = (uint32_t)o->n_batch;
+    if (o->kv_type && (st = kr_kv_type_parse(o->kv_type, &gp.kv_type, &e)) != KR_OK)
+        return kr__fail("--kv-type", &e, st);
     kr_gpu_forward *g = NULL;
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);
