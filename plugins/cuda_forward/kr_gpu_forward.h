@@ -10,7 +10,8 @@
  *
  * Weights are uploaded once at creation (pinned staging buffers, async
  * copies on two streams overlapping the reads from the mapped file);
- * activations and the fp16 KV cache stay on the device; per token only the
+ * activations and the KV cache (f16 or q8_0, sequence slots, sliding-window
+ * ring, context shift: gpu_kvcache.c, docs/KVCACHE.md) stay on the device; per token only the
  * logits come back. Every op is a kr_dec launcher (plugins/cuda_decode). The
  * decode step is captured once as a CUDA graph whose token id and position
  * live in device memory, and replayed; a capture failure falls back to eager
