@@ -36,6 +36,9 @@ if [ "$part" = test ]; then
   ( timeout 50 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(stories260k_graph|stories260k_attn_splits*|llama2_tiny*|mkmodel_mistral_q4_1|falcon_7b_layout_f16|falcon_40b_layout_q8_0)' \
       >"$tmp/d.txt" 2>&1; echo "rc=$?" >>"$tmp/d.txt" ) &
+  # f: tests/generate's shift / kv-type cases, where --backend auto now picks CUDA
+  ( KERNRUN_BIN=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun} timeout 50 "$BUILD/tests/generate/test_generate" -j1 \
+      --verbose=1 --filter 'generate/@(ctx_shift*|kv_type*)' >"$tmp/f.txt" 2>&1; echo "rc=$?" >>"$tmp/f.txt" ) &
   # e: compute-sanitizer memcheck on the shift kernel, a shift through the forward pass, the ring
   san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
   if [ -n "$san" ]; then
@@ -47,7 +50,7 @@ if [ "$part" = test ]; then
   fi
   wait
   {
-    for f in a b c d e; do
+    for f in a b c d e f; do
       echo "-- test_gpu_kvcache part $f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|NMSE|nmse|refusal|kv_shift|^shift|^ring|^q8_0|^stories|graph" "$tmp/$f.txt" | head -80
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
@@ -66,7 +69,7 @@ if [ "$part" = test ]; then
     done
     echo "== kvhost test summary"
     grep -E "ERROR SUMMARY|Invalid|out of bounds" "$tmp/e.txt" | head -10
-    for f in a b c d e; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a b c d e f; do echo "  part $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
