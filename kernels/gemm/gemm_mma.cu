@@ -53,8 +53,8 @@ typedef long long kr_mm_i64;
 #if KR_MM_BM != 64 && KR_MM_BM != 128
 #error "KR_MM_BM must be 64 or 128"
 #endif
-#if KR_MM_ST < 2 || KR_MM_ST > 4
-#error "KR_MM_ST must be 2..4"
+#if KR_MM_ST < 2 || KR_MM_ST > 6
+#error "KR_MM_ST must be 2..6"
 #endif
 
 #define KR_MM_T_F16 1
@@ -93,12 +93,21 @@ typedef long long kr_mm_i64;
 #ifndef KR_MM_WG
 #define KR_MM_WG 0 // 1: Hopper wgmma kernel (needs --gpu-architecture=sm_90a), see kr_mm_gemm
 #endif
-#if KR_MM_WG
+#if KR_MM_WG == 1
 // 2 warpgroups; warp w owns W rows 16w..16w+15 of the 128-row tile (the wgmma A
 // operand, from registers) and all BM = 128 tokens (the B operand, from shared memory)
 #if KR_MM_BM != 128 || KR_MM_BN != 128 || KR_MM_BK != 32
 #error "the wgmma kernel needs BM = BN = 128, BK = 32"
 #endif
+#elif KR_MM_WG == 2
+// F16 only: both operands from shared memory (W rows of warpgroup q = rows 64q.. of
+// the stage), K steps of 16 (rows of 32 bytes, 32-byte swizzle), one wgmma group kept
+// in flight while the next step is waited for and issued
+#if KR_MM_BM != 128 || KR_MM_BN != 128 || KR_MM_BK != 16 || KR_MM_WT != KR_MM_T_F16 || KR_MM_ST < 4
+#error "the wgmma SS kernel needs F16, BM = BN = 128, BK = 16, ST >= 4"
+#endif
+#endif
+#if KR_MM_WG
 #define KR_MM_THREADS 256
 #define KR_MM_NT 2
 #else
@@ -208,6 +217,15 @@ __device__ __forceinline__ unsigned long long kr_mm_desc(kr_mm_u32 saddr)
 __device__ __forceinline__ void kr_mm_wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void kr_mm_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void kr_mm_wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void kr_mm_wg_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
+
+// As kr_mm_desc for rows of 32 bytes in the 32-byte swizzle (chunk c of row r at
+// c ^ ((r >> 2) & 1), 8-row groups 256 B apart): swizzle mode 3.
+__device__ __forceinline__ unsigned long long kr_mm_desc32(kr_mm_u32 saddr)
+{
+    return (unsigned long long)((saddr & 0x3ffffu) >> 4) | (1ull << 16) | ((unsigned long long)(256 >> 4) << 32) |
+           (3ull << 62);
+}
 __device__ __forceinline__ void kr_mm_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
 // d (64 x 128 fp32, this warpgroup) += a (64 x 16 fp16, registers: the warp's 16 rows
@@ -231,6 +249,29 @@ __device__ __forceinline__ void kr_mm_wgmma(float *d, const kr_mm_u32 a[4], unsi
                    "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
                    "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc)
+                 : "memory");
+}
+
+// As kr_mm_wgmma with A (64 x 16, K-major) from shared memory too.
+__device__ __forceinline__ void kr_mm_wgmma_ss(float *d, unsigned long long da, unsigned long long db)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
+                   "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+                   "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db)
                  : "memory");
 }
 #endif
@@ -466,7 +507,39 @@ KR_MM_KERNEL(KR_MM_THREADS)
     const int m0 = blockIdx.y * KR_MM_BM, n0 = blockIdx.x * KR_MM_BN;
     const int kbeg = blockIdx.z * k_split, kend = min(K, kbeg + k_split);
     const int ks0 = kbeg / KR_MM_BK, nsteps = kend > kbeg ? (kend - kbeg) / KR_MM_BK : 0;
-#if KR_MM_WG
+#if KR_MM_WG == 2
+    // C^T tile (128 W rows x 128 tokens) = W tile (A, shared) x X tile^T (B, shared); P = ST-2
+    // steps prefetched: the stage refilled at step i was read by wgmma(i-2), complete after
+    // the wait_group(1) that ended step i-1 (and the barrier of step i).
+    float acc[64]; // acc[4j + e]: W row 16*warp + g + 8*(e >> 1), token 8j + 2t + (e & 1)
+KR_MM_UNROLL
+    for (int i = 0; i < 64; i++)
+        acc[i] = 0.0f;
+KR_MM_UNROLL
+    for (int s = 0; s < KR_MM_ST - 2; s++) {
+        if (s < nsteps)
+            kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + s, tid);
+        kr_mm_commit();
+    }
+    int rd = 0, wr = KR_MM_ST - 2;
+    for (int i = 0; i < nsteps; i++) {
+        KR_MM_WAIT(KR_MM_ST - 3);
+        kr_mm_proxy_fence();
+        __syncthreads();
+        if (i + KR_MM_ST - 2 < nsteps)
+            kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + i + KR_MM_ST - 2, tid);
+        kr_mm_commit();
+        const kr_mm_u32 sa = kr_mm_saddr(sm + rd * KR_MM_STAGE);
+        kr_mm_wg_fence();
+        kr_mm_wgmma_ss(acc, kr_mm_desc32(sa + KR_MM_A_BYTES + (warp >> 2) * 64 * KR_MM_RB), kr_mm_desc32(sa));
+        kr_mm_wg_commit();
+        kr_mm_wg_wait1();
+        rd = rd == KR_MM_ST - 1 ? 0 : rd + 1;
+        wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
+    }
+    kr_mm_wg_wait0();
+    KR_MM_WAIT(0);
+#elif KR_MM_WG == 1
     // C^T tile (128 W rows x 128 tokens) = W tile (A operand, registers) x X tile^T (B, shared)
     float acc[64]; // acc[4j + e]: W row 16*warp + g + 8*(e >> 1), token 8j + 2t + (e & 1)
 KR_MM_UNROLL
@@ -503,6 +576,8 @@ KR_MM_UNROLL
         wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
     }
     KR_MM_WAIT(0);
+#endif
+#if KR_MM_WG
     const bool add = gridDim.z > 1;
     const int g = lane >> 2, t = lane & 3;
 KR_MM_UNROLL

@@ -55,6 +55,9 @@ typedef enum kr_gemm_variant {
      * the fp16 tokens tile from shared memory (64-byte swizzle); 3 stages (Q6_K 2). */
     KR_GEMM_WG = 9,
     KR_GEMM_WG_K2 = 10, /* WG with K split in 2 (as MMA128_K2) */
+    KR_GEMM_WG2 = 11,    /* F16: both wgmma operands from shared memory, K steps of 16 in 6
+                            stages, one wgmma group in flight; other types: WG */
+    KR_GEMM_WG2_K2 = 12, /* WG2 with K split in 2 */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */

@@ -176,7 +176,9 @@ static const struct {
               {"hmma128w8", KR_GEMM_MMA128_W8, true}, {"hmma256", KR_GEMM_MMA256, true},
               {"hmma256k2", KR_GEMM_MMA256_K2, true}, {"wg", KR_GEMM_WG, false},
               {"wgk2", KR_GEMM_WG_K2, false},         {"hwg", KR_GEMM_WG, true},
-              {"hwgk2", KR_GEMM_WG_K2, true}};
+              {"hwgk2", KR_GEMM_WG_K2, true},         {"wg2", KR_GEMM_WG2, false},
+              {"wg2k2", KR_GEMM_WG2_K2, false},       {"hwg2", KR_GEMM_WG2, true},
+              {"hwg2k2", KR_GEMM_WG2_K2, true}};
 #define N_VARS (sizeof k_vars / sizeof k_vars[0])
 
 /* name is in the space/comma separated list env (NULL or empty: all). */

@@ -60,6 +60,7 @@ typedef struct emu_thread {
     uint32_t out[4];
     float *wg_d;       /* wgmma: the thread's 64 accumulators (updated in place) */
     uint64_t wg_desc;  /* wgmma: B descriptor (emulation encoding, see kr_mm_desc) */
+    uint64_t wg_adesc; /* wgmma with A from shared memory: its descriptor; 0: A from registers */
     emu_copy pend[MAX_PEND];
     int npend, group;     /* queued copies; committed groups so far */
 } emu_thread;
@@ -194,16 +195,26 @@ static inline void atomicAdd(float *p, float v) { *p += v; }
 /* wgmma (KR_MM_WG): the descriptor carries the 32-bit shared address here (the device
  * packs address >> 4 into 14 bits); the stride (512 B per 8 rows) and the 64-byte
  * swizzle are what the device descriptor states, applied in do_wgmma. */
-static inline uint64_t kr_mm_desc(uint32_t saddr) { return (uint64_t)saddr; }
+static inline uint64_t kr_mm_desc(uint32_t saddr) { return (uint64_t)saddr | (2ull << 62); }
+static inline uint64_t kr_mm_desc32(uint32_t saddr) { return (uint64_t)saddr | (3ull << 62); }
 static inline void kr_mm_wg_fence(void) {}
 static inline void kr_mm_wg_commit(void) {}
 static inline void kr_mm_wg_wait0(void) {}
+static inline void kr_mm_wg_wait1(void) {}
 static inline void kr_mm_proxy_fence(void) {}
 static inline void kr_mm_wgmma(float *d, const uint32_t a[4], uint64_t desc)
 {
     memcpy(g_cur->in, a, 16);
     g_cur->wg_d = d;
     g_cur->wg_desc = desc;
+    g_cur->wg_adesc = 0;
+    emu_yield(OP_WGMMA);
+}
+static inline void kr_mm_wgmma_ss(float *d, uint64_t da, uint64_t db)
+{
+    g_cur->wg_d = d;
+    g_cur->wg_desc = db;
+    g_cur->wg_adesc = da;
     emu_yield(OP_WGMMA);
 }
 
@@ -281,14 +292,37 @@ static void do_mma(emu_thread *w)
  * K-major from shared memory: element (k, n) at start + (n / 8) * 512 + (n % 8) * 64 + 2k,
  * then the 64-byte swizzle (address bits 4-5 ^= bits 7-8); D: thread (w, g, t) holds
  * d[4j + e] = D[16w + g + 8 (e / 2)][8j + 2t + e % 2]. */
+/* Element (row, k) of a K-major operand in shared memory: mode 2 = rows of 64 bytes,
+ * 8-row groups 512 B apart, 64-byte swizzle (bits 4-5 ^= bits 7-8); mode 3 = rows of 32
+ * bytes, groups 256 B apart, 32-byte swizzle (bit 4 ^= bit 7). */
+static float desc_elem(uint64_t desc, int row, int k)
+{
+    const uint32_t start = (uint32_t)desc;
+    const int mode = (int)(desc >> 62);
+    uint32_t ad;
+    if (mode == 2) {
+        ad = start + (uint32_t)(row / 8) * 512u + (uint32_t)(row % 8) * 64u + 2u * (uint32_t)k;
+        ad ^= ((ad >> 7) & 3u) << 4;
+    } else {
+        ad = start + (uint32_t)(row / 8) * 256u + (uint32_t)(row % 8) * 32u + 2u * (uint32_t)k;
+        ad ^= ((ad >> 7) & 1u) << 4;
+    }
+    uint16_t v;
+    memcpy(&v, emu_sptr(ad), 2);
+    return h2f(v);
+}
+
 static void do_wgmma(emu_thread *w)
 {
     static float a[64][16], b[16][128];
-    const uint32_t start = (uint32_t)w[0].wg_desc;
     for (int i = 1; i < 128; i++)
-        if (w[i].wg_desc != w[0].wg_desc)
+        if (w[i].wg_desc != w[0].wg_desc || w[i].wg_adesc != w[0].wg_adesc)
             g_fail++;
-    for (int T = 0; T < 128; T++) {
+    if (w[0].wg_adesc)
+        for (int r = 0; r < 64; r++)
+            for (int k = 0; k < 16; k++)
+                a[r][k] = desc_elem(w[0].wg_adesc, r, k);
+    for (int T = 0; T < 128 && !w[0].wg_adesc; T++) {
         int wq = T / 32, g = (T % 32) / 4, t = T % 4;
         for (int h = 0; h < 2; h++) {
             a[16 * wq + g][2 * t + h] = h2f(w[T].in[0] >> (16 * h));
@@ -298,13 +332,8 @@ static void do_wgmma(emu_thread *w)
         }
     }
     for (int k = 0; k < 16; k++)
-        for (int n = 0; n < 128; n++) {
-            uint32_t ad = start + (uint32_t)(n / 8) * 512u + (uint32_t)(n % 8) * 64u + 2u * (uint32_t)k;
-            ad ^= ((ad >> 7) & 3u) << 4;
-            uint16_t v;
-            memcpy(&v, emu_sptr(ad), 2);
-            b[k][n] = h2f(v);
-        }
+        for (int n = 0; n < 128; n++)
+            b[k][n] = desc_elem(w[0].wg_desc, n, k);
     for (int T = 0; T < 128; T++) {
         int wq = T / 32, g = (T % 32) / 4, t = T % 4;
         for (int j = 0; j < 16; j++)
