@@ -307,16 +307,13 @@ template <int Q8>
 __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, const float *Ksc, const float *Vsc,
                                             int stride, int DC, int D, int T, int tv, int nr, const float *Qs,
                                             float *Ss, float *m_s, float *l_s, float *c_s, float (*acc)[8], int cb,
-                                            int nsl, int slice, int NC, bool hr)
+                                            int nsl, int slice, int NC, bool hr, int dsp)
 {
     const int NT = KR_KVA_THREADS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 #if KR_KVA_HR
     if (hr) {
         // scores: dsp threads per position, each over DC/dsp chunks for every head of the group
-        const int dsp = KR_KVA_DSP >= 4 && T * 4 <= NT && DC % 4 == 0   ? 4
-                        : KR_KVA_DSP >= 2 && T * 2 <= NT && DC % 2 == 0 ? 2
-                                                                          : 1;
         const int items = T * dsp, dcp = DC / dsp;
         for (int base = 0; base < items; base += NT) {
             const int i = base + tid;
@@ -328,7 +325,7 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
             if (i < items && t < tv) {
 #pragma unroll 2
                 for (int jj = 0; jj < dcp; jj++) {
-                    const int j = part * dcp + jj;
+                    const int j = jj * dsp + part; // interleaved: the dsp lanes read adjacent chunks
                     float f[8], sc;
                     kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &sc);
 #pragma unroll
@@ -365,9 +362,6 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
     } else
 #endif
     {
-    const int dsp = KR_KVA_DSP >= 4 && nr * T * 4 <= NT && DC % 4 == 0   ? 4
-                    : KR_KVA_DSP >= 2 && nr * T * 2 <= NT && DC % 2 == 0 ? 2
-                                                                           : 1;
     const int items = nr * T * dsp, dcp = DC / dsp;
     for (int base = 0; base < items; base += NT) { // trip count uniform over the block (shuffles)
         const int i = base + tid;
@@ -378,7 +372,7 @@ __device__ __forceinline__ void kr_kva_tile(const kr_u8 *Kt, const kr_u8 *Vt, co
             const float *qr = Qs + r * D;
 #pragma unroll 4
             for (int jj = 0; jj < dcp; jj++) {
-                const int j = part * dcp + jj;
+                const int j = jj * dsp + part; // interleaved: the dsp lanes read adjacent chunks
                 float f[8], sc;
                 kr_kva_chunk<Q8>(Kt, Ksc, stride, DC, t, j, f, &sc);
                 const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
@@ -512,7 +506,15 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
     enum { USE_CP = CP && !Q8 };                          // cp.async double buffering (F16 only)
     const int T = min(USE_CP ? 32 : KR_KVA_MAXT, KR_KVA_TILE / D);
     // shared layout: K tile | V tile | Q (RB x D fp32, pre-scaled) | S (RB x T fp32)
-    const int stride = Q8 ? D + 8 : 2 * D + 16;           // bytes per tile row
+    // scores: dsp adjacent threads per (head, position) dot product (HR: per position, all heads);
+    // F16 rows padded by 16*dsp bytes so the dsp x (32/dsp) 16-byte reads of a quarter warp hit
+    // distinct banks when 2*head_dim is a multiple of 128 (T*dsp <= 128 keeps the tile bound)
+    const int hr_rows = KR_KVA_HR && nr > 1 && nr <= KR_KVA_HRMAX ? 1 : nr;
+    const int dlim = USE_CP ? 32 : NT;
+    const int dsp = KR_KVA_DSP >= 4 && hr_rows * T * 4 <= NT && T * 4 <= dlim && DC % 4 == 0   ? 4
+                    : KR_KVA_DSP >= 2 && hr_rows * T * 2 <= NT && T * 2 <= dlim && DC % 2 == 0 ? 2
+                                                                                               : 1;
+    const int stride = Q8 ? D + 8 : 2 * D + 16 * dsp; // bytes per tile row
     const int qbytes = (T * stride + 15) & ~15;          // quants / halves of one tile
     const int tbytes = (qbytes + (Q8 ? T * DC * 4 : 0) + 15) & ~15; // + Q8_0 scales (fp32 per 8-chunk)
     kr_u8 *Kt = sm, *Vt = sm + tbytes;
@@ -590,7 +592,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
                 Vt = Kt + tbytes;
                 const int tv = min(T, te - t0); // valid rows of this tile
                 kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
-                                NC, hr);
+                                NC, hr, dsp);
                 __syncthreads(); // this stage is refilled by the next iteration
             }
         } else {
@@ -619,7 +621,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
                     kr_kva_load<Q8>(kb, vb, row_bytes, rows, kv_dim, goff, t0 + T, te, ct, cj, kr, vr, ks, vs);
                 const int tv = min(T, te - t0); // valid rows of this tile
                 kr_kva_tile<Q8>(Kt, Vt, Ksc, Vsc, stride, DC, D, T, tv, nr, Qs, Ss, m_s, l_s, c_s, acc, cb, nsl, slice,
-                                NC, hr);
+                                NC, hr, dsp);
             }
         }
     }
