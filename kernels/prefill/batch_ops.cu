@@ -12,33 +12,70 @@ __device__ __forceinline__ kr_pb_u16 kr_pb_f2h(float f)
     return h;
 }
 
-// RoPE in place, same math as decode/rope.cu for each token t at p = pos0 + t:
-//   theta_i = p * freq_scale * freq_base^(-2i/n_rot) / ff[i], i < n_rot/2
+// RoPE, same math as decode/rope.cu for each token t at p = pos0 + t:
+//   theta_i = p * freq_scale * freq_base^(-2i/n_rot) / ff[i], i < n_rot/2   (n_rot <= 256)
 //   normal: (a, b) = (h[2i], h[2i+1]); neox: (a, b) = (h[i], h[i + n_rot/2])
-// q: (n, q_stride) fp32, head h of token t at q + t*q_stride + h*head_dim;
-// k likewise with k_stride (k NULL with n_head_k 0).
-// One block per token: each (t, i) angle is computed once and applied to all
-// n_head_q + n_head_k heads. Launch: block (128), grid (n).
+// q: (n, q_stride) fp32, head h of token t at q + t*q_stride + h*head_dim, rotated in place;
+// k likewise with k_stride (k NULL with n_head_k 0):
+//   kc == NULL: k rotated in place;
+//   kc != NULL (f16 cache, fused KV store): k is only read; row (pos0 + t) % rows of kc
+//     (row_bytes apart) gets fp16 of the rotated k (dims >= n_rot as they are) and the same row
+//     of vc fp16 of v (n_head_k heads, v_stride).
+// Block (x = token, y = group of 8 heads of the q, k (and v) heads); the block's angles are
+// computed once into shared memory. Launch: block (32..128, >= n_rot/2 rounded to 32 when
+// possible), grid (n, ceil(heads / 8)).
+#define KR_PB_ROPE_HPB 8
 extern "C" __global__ void kr_pf_rope_f32(float *q, long long q_stride, int n_head_q, float *k, long long k_stride,
                                           int n_head_k, int head_dim, int n_rot, int pos0, float freq_base,
-                                          float freq_scale, const float *freq_factors, int neox)
+                                          float freq_scale, const float *freq_factors, int neox, const float *v,
+                                          long long v_stride, unsigned char *kc, unsigned char *vc,
+                                          long long row_bytes, int rows)
 {
-    const int t = blockIdx.x;
+    __shared__ float s_sn[128], s_cs[128];
+    const int t = blockIdx.x, half = n_rot / 2;
     const float p = (float)(pos0 + t);
-    const int half = n_rot / 2;
-    float *qt = q + (kr_pb_i64)t * q_stride, *kt = k ? k + (kr_pb_i64)t * k_stride : 0;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float theta = p * freq_scale * powf(freq_base, -2.0f * (float)i / (float)n_rot);
         if (freq_factors)
             theta /= freq_factors[i];
-        float sn, cs;
-        sincosf(theta, &sn, &cs);
-        const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
-        for (int h = 0; h < n_head_q + n_head_k; h++) {
-            float *v = h < n_head_q ? qt + (kr_pb_i64)h * head_dim : kt + (kr_pb_i64)(h - n_head_q) * head_dim;
-            const float a = v[ia], b = v[ib];
-            v[ia] = a * cs - b * sn;
-            v[ib] = a * sn + b * cs;
+        sincosf(theta, &s_sn[i], &s_cs[i]);
+    }
+    __syncthreads();
+    const int nqk = n_head_q + n_head_k, nh = nqk + (kc ? n_head_k : 0);
+    const int h_end = min(nh, (int)(blockIdx.y + 1) * KR_PB_ROPE_HPB);
+    kr_pb_u16 *krow = 0, *vrow = 0;
+    if (kc) {
+        const kr_pb_i64 ro = (kr_pb_i64)((pos0 + t) % rows) * row_bytes;
+        krow = (kr_pb_u16 *)(kc + ro);
+        vrow = (kr_pb_u16 *)(vc + ro);
+    }
+    for (int h = blockIdx.y * KR_PB_ROPE_HPB; h < h_end; h++) {
+        if (h < nqk) {
+            const bool isq = h < n_head_q;
+            float *x = isq ? q + (kr_pb_i64)t * q_stride + (kr_pb_i64)h * head_dim
+                           : k + (kr_pb_i64)t * k_stride + (kr_pb_i64)(h - n_head_q) * head_dim;
+            kr_pb_u16 *dst = !isq && kc ? krow + (kr_pb_i64)(h - n_head_q) * head_dim : 0;
+            for (int i = threadIdx.x; i < half; i += blockDim.x) {
+                const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+                const float sn = s_sn[i], cs = s_cs[i];
+                const float a = x[ia], b = x[ib];
+                const float ra = a * cs - b * sn, rb = a * sn + b * cs;
+                if (dst) {
+                    dst[ia] = kr_pb_f2h(ra);
+                    dst[ib] = kr_pb_f2h(rb);
+                } else {
+                    x[ia] = ra;
+                    x[ib] = rb;
+                }
+            }
+            if (dst)
+                for (int d = n_rot + threadIdx.x; d < head_dim; d += blockDim.x)
+                    dst[d] = kr_pb_f2h(x[d]);
+        } else {
+            const int g = h - nqk;
+            const float *x = v + (kr_pb_i64)t * v_stride + (kr_pb_i64)g * head_dim;
+            for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+                vrow[(kr_pb_i64)g * head_dim + d] = kr_pb_f2h(x[d]);
         }
     }
 }
@@ -203,22 +240,44 @@ extern "C" __global__ void kr_pf_embed(const unsigned char *__restrict__ table, 
 //   if res: x[r, :] += res[r, :] (written back to x)
 //   y[r, i] = fp16(x[r, i] / sqrt(mean(x[r, :]^2) + eps) * w[i])   (w NULL: 1)
 // x, res: (rows, n) fp32 rows n apart; y rows y_stride halves apart.
-// Launch: block (256), grid (rows).
+// n % 4 == 0, n <= 8192, y_stride % 4 == 0 (and 16-byte aligned x, res, w, 8-byte
+// aligned y: the launcher checks): float4 loads, the row kept in registers; otherwise a
+// scalar two-pass loop. Launch: block (256), grid (rows).
 extern "C" __global__ void __launch_bounds__(256)
-kr_pf_rmsnorm_h(float *x, const float *res, const float *w, kr_pb_u16 *y, long long y_stride, int n, float eps)
+kr_pf_rmsnorm_h(float *x, const float *res, const float *w, kr_pb_u16 *y, long long y_stride, int n, float eps,
+                int vec)
 {
     __shared__ float sh[8];
     float *xr = x + (kr_pb_i64)blockIdx.x * n;
     const float *rr = res ? res + (kr_pb_i64)blockIdx.x * n : 0;
     kr_pb_u16 *yr = y + (kr_pb_i64)blockIdx.x * y_stride;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i];
-        if (rr) {
-            v += rr[i];
-            xr[i] = v;
+    float4 r[8];
+    const int n4 = n >> 2;
+    if (vec) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int idx = threadIdx.x + j * 256;
+            if (idx < n4) {
+                float4 v = ((const float4 *)xr)[idx];
+                if (rr) {
+                    const float4 e = ((const float4 *)rr)[idx];
+                    v.x += e.x, v.y += e.y, v.z += e.z, v.w += e.w;
+                    ((float4 *)xr)[idx] = v;
+                }
+                r[j] = v;
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
         }
-        ss += v * v;
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = xr[i];
+            if (rr) {
+                v += rr[i];
+                xr[i] = v;
+            }
+            ss += v * v;
+        }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
@@ -231,20 +290,53 @@ kr_pf_rmsnorm_h(float *x, const float *res, const float *w, kr_pb_u16 *y, long l
     for (int i = 0; i < 8; i++)
         tot += sh[i];
     const float scale = rsqrtf(tot / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        yr[i] = kr_pb_f2h(w ? xr[i] * scale * w[i] : xr[i] * scale);
+    if (vec) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int idx = threadIdx.x + j * 256;
+            if (idx < n4) {
+                const float4 v = r[j];
+                float4 m = w ? ((const float4 *)w)[idx] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+                const unsigned int lo = (unsigned int)kr_pb_f2h(w ? v.x * scale * m.x : v.x * scale) |
+                                        ((unsigned int)kr_pb_f2h(w ? v.y * scale * m.y : v.y * scale) << 16);
+                const unsigned int hi = (unsigned int)kr_pb_f2h(w ? v.z * scale * m.z : v.z * scale) |
+                                        ((unsigned int)kr_pb_f2h(w ? v.w * scale * m.w : v.w * scale) << 16);
+                ((uint2 *)yr)[idx] = make_uint2(lo, hi);
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            yr[i] = kr_pb_f2h(w ? xr[i] * scale * w[i] : xr[i] * scale);
+    }
 }
 
 // SwiGLU over rows with fp16 output: y[t, i] = fp16(silu(x[t, i]) * x[t, up_off + i]), i < ff;
-// y rows y_stride halves apart. Launch: block (256), grid (ceil(ff/256), n).
+// y rows y_stride halves apart. vec: 4 values per thread (ff, x_stride, up_off, y_stride
+// multiples of 4, x 16-byte and y 8-byte aligned: the launcher checks).
+// Launch: block (256), grid (ceil(ff / (vec ? 1024 : 256)), n).
+__device__ __forceinline__ float kr_pb_silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 extern "C" __global__ void kr_pf_swiglu_h(const float *x, long long x_stride, long long up_off, kr_pb_u16 *y,
-                                          long long y_stride, int ff)
+                                          long long y_stride, int ff, int vec)
 {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    const int t = blockIdx.y;
+    const float *xt = x + (kr_pb_i64)t * x_stride;
+    kr_pb_u16 *yt = y + (kr_pb_i64)t * y_stride;
+    if (vec) {
+        const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+        if (i >= ff)
+            return;
+        const float4 g = *(const float4 *)(xt + i), u = *(const float4 *)(xt + up_off + i);
+        const unsigned int lo = (unsigned int)kr_pb_f2h(kr_pb_silu_mul(g.x, u.x)) |
+                                ((unsigned int)kr_pb_f2h(kr_pb_silu_mul(g.y, u.y)) << 16);
+        const unsigned int hi = (unsigned int)kr_pb_f2h(kr_pb_silu_mul(g.z, u.z)) |
+                                ((unsigned int)kr_pb_f2h(kr_pb_silu_mul(g.w, u.w)) << 16);
+        *(uint2 *)(yt + i) = make_uint2(lo, hi);
+        return;
+    }
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= ff)
         return;
-    const float g = x[(kr_pb_i64)t * x_stride + i], u = x[(kr_pb_i64)t * x_stride + up_off + i];
-    y[(kr_pb_i64)t * y_stride + i] = kr_pb_f2h(g / (1.0f + expf(-g)) * u);
+    yt[i] = kr_pb_f2h(kr_pb_silu_mul(xt[i], xt[up_off + i]));
 }
 
 // fp32 -> fp16 (RNE) of n values (the attention output as the next GEMM's A).

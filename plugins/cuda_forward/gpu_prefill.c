@@ -461,6 +461,25 @@ static kr_status kr__pf_kv_store(kr_gpu_forward *g, const kr__gf_layer *L, const
                               (int)pl->rows, (int)pl->kv_dim, m, p0, err);
 }
 
+/* RoPE on the q and k parts of P->qkv and the K/V store of the m tokens at p0: one fused launch for
+ * f16 caches, rope in place + kr_pf_kv_store_q8 for q8_0. */
+static kr_status kr__pf_rope_kv(kr_gpu_forward *g, const kr__gf_layer *L, const float *freq_factors, bool neox, int m,
+                                int p0, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    const kr_hparams *hp = &g->hp;
+    const kr_kv_plan *pl = &g->kv->pl;
+    const int H = (int)hp->n_head, HK = (int)hp->n_head_kv, D = (int)hp->head_dim;
+    const size_t QD = (size_t)H * D, KVD = (size_t)HK * D, QKVD = QD + 2 * KVD;
+    if (pl->type == KR_DTYPE_F16)
+        return kr_pf_rope_kv_f16(P->pf, g->stream, P->qkv, QKVD, H, P->qkv + QD, QKVD, P->qkv + QD + KVD, QKVD, HK, D,
+                                 (int)hp->n_rot, m, p0, hp->rope_base, hp->rope_freq_scale, freq_factors, neox,
+                                 L->k_cache, L->v_cache, pl->row_bytes, (int)pl->rows, err);
+    kr_status st = kr_pf_rope(P->pf, g->stream, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
+                              hp->rope_base, hp->rope_freq_scale, freq_factors, neox, err);
+    return st != KR_OK ? st : kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err);
+}
+
 /* Falcon (7B: one LayerNorm feeds attention and MLP; 40B: attn_norm_2 feeds
  * the attention): x += attn(norm(x)) + down(gelu(up(norm(x)))). */
 static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last, kr_err *err)
@@ -486,9 +505,7 @@ static kr_status kr__pf_chunk_falcon(kr_gpu_forward *g, int m, int p0, bool last
             KR__PF_TRY("qkv gemm", kr__pf_mm(g, &L->qkv, P->h, E, P->qkv, QKVD, m, err));
         }
         KR__PF_TRY("up gemm", kr__pf_mm(g, &L->up, P->h, E, P->gu, F, m, err));
-        KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
-                                      hp->rope_base, hp->rope_freq_scale, NULL, true, err));
-        KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
+        KR__PF_TRY("rope + kv store", kr__pf_rope_kv(g, L, NULL, true, m, p0, err));
         KR__PF_TRY("flash attention",
                    kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
                                     (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, 0, scale, err));
@@ -531,9 +548,7 @@ static kr_status kr__pf_chunk_llama16(kr_gpu_forward *g, int m, int p0, bool las
             KR__PF_TRY("k gemm", kr__pf_mm16(g, &L->k, P->h16, E, P->qkv + QD, QKVD, m, err));
             KR__PF_TRY("v gemm", kr__pf_mm16(g, &L->v, P->h16, E, P->qkv + QD + KVD, QKVD, m, err));
         }
-        KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
-                                      hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
-        KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
+        KR__PF_TRY("rope + kv store", kr__pf_rope_kv(g, L, g->freq_factors, neox, m, p0, err));
         KR__PF_TRY("flash attention",
                    kr_pf_flash_attn_ex(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type,
                                        g->kv->pl.row_bytes, (int)g->kv->pl.rows, NULL, P->att16, QD, m, p0, H, HK, D,
@@ -596,9 +611,7 @@ static kr_status kr__pf_chunk(kr_gpu_forward *g, const int32_t *tokens, int m, i
             KR__PF_TRY("k gemm", kr__pf_mm(g, &L->k, P->h, E, P->qkv + QD, QKVD, m, err));
             KR__PF_TRY("v gemm", kr__pf_mm(g, &L->v, P->h, E, P->qkv + QD + KVD, QKVD, m, err));
         }
-        KR__PF_TRY("rope", kr_pf_rope(P->pf, s, P->qkv, QKVD, H, P->qkv + QD, QKVD, HK, D, (int)hp->n_rot, m, p0,
-                                      hp->rope_base, hp->rope_freq_scale, g->freq_factors, neox, err));
-        KR__PF_TRY("kv store", kr__pf_kv_store(g, L, P->qkv + QD, P->qkv + QD + KVD, QKVD, m, p0, err));
+        KR__PF_TRY("rope + kv store", kr__pf_rope_kv(g, L, g->freq_factors, neox, m, p0, err));
         KR__PF_TRY("flash attention",
                    kr_pf_flash_attn(P->pf, s, P->qkv, QKVD, L->k_cache, L->v_cache, g->kv->pl.type, g->kv->pl.row_bytes,
                                     (int)g->kv->pl.rows, P->att, QD, m, p0, H, HK, D, (int)hp->sliding_window, scale,

@@ -75,10 +75,19 @@ kr_status kr_pf_flash_attn_ex(kr_pf *p, kr_stream *s, const float *q, size_t q_s
 /* RoPE in place on q (n, q_stride) with n_head_q heads and k (n, k_stride)
  * with n_head_k heads (k NULL with n_head_k 0), token t at position pos0 + t;
  * the math of kr_dec_rope (normal or neox pairs, first n_rot dims, optional
- * freq_factors (n_rot/2,) fp32). */
+ * freq_factors (n_rot/2,) fp32); n_rot <= 256. */
 kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
                      int n_head_k, int head_dim, int n_rot, int n, int pos0, float freq_base, float freq_scale,
                      const float *freq_factors, bool neox, kr_err *err);
+
+/* RoPE (as kr_pf_rope) fused with the f16 KV store (as kr_pf_kv_store_f16):
+ * q rotated in place; k is only read: the rotated k (dims >= n_rot unchanged)
+ * and v (both (n, stride) with n_head_kv heads) go to row (pos0 + t) % rows
+ * of k_cache / v_cache as fp16 (RNE). n <= rows, n_rot <= 256. */
+kr_status kr_pf_rope_kv_f16(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, const float *k,
+                            size_t k_stride, const float *v, size_t v_stride, int n_head_kv, int head_dim, int n_rot,
+                            int n, int pos0, float freq_base, float freq_scale, const float *freq_factors, bool neox,
+                            void *k_cache, void *v_cache, size_t row_bytes, int rows, kr_err *err);
 
 /* fp16 KV store of n tokens: row (pos0 + t) % rows of k_cache / v_cache
  * (row_bytes apart, row_bytes >= 2*kv_dim, even) = fp16 (round to nearest

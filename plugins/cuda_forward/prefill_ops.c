@@ -288,28 +288,56 @@ kr_status kr_pf_flash_attn_ex(kr_pf *p, kr_stream *s, const float *q, size_t q_s
                          32 * 4, s, args, err);
 }
 
-kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
-                     int n_head_k, int head_dim, int n_rot, int n, int pos0, float freq_base, float freq_scale,
-                     const float *freq_factors, bool neox, kr_err *err)
+/* Shared by kr_pf_rope and kr_pf_rope_kv_f16 (kc NULL: in place). */
+static kr_status kr__pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
+                             int n_head_k, int head_dim, int n_rot, int n, int pos0, float freq_base, float freq_scale,
+                             const float *freq_factors, bool neox, const float *v, size_t v_stride, void *kc, void *vc,
+                             size_t row_bytes, int rows, kr_err *err)
 {
     if (!p)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rope: NULL kr_pf");
     if (n < 1 || n > 65535 || pos0 < 0 || n_head_q < 1 || n_head_k < 0 || (n_head_k > 0 && !k) || !q ||
-        head_dim < 2 || n_rot < 2 || n_rot % 2 != 0 || n_rot > head_dim)
+        head_dim < 2 || n_rot < 2 || n_rot % 2 != 0 || n_rot > head_dim || n_rot > 256 ||
+        (int64_t)n_head_q + 2 * (int64_t)n_head_k > 65535 * 8)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                                 "rope: n %d (1..65535), pos0 %d, heads %d/%d, head_dim %d, n_rot %d (even, <= "
-                                "head_dim), q %p, k %p", n, pos0, n_head_q, n_head_k, head_dim, n_rot, (void *)q,
-                                (void *)k);
+                                "head_dim, <= 256), q %p, k %p", n, pos0, n_head_q, n_head_k, head_dim, n_rot,
+                                (void *)q, (void *)k);
     if (q_stride < (size_t)n_head_q * head_dim || (n_head_k > 0 && k_stride < (size_t)n_head_k * head_dim))
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rope: strides %zu/%zu shorter than the heads", q_stride,
                                 k_stride);
-    long long qs = (long long)q_stride, ks = (long long)k_stride;
+    if (kc && (!vc || !v || n_head_k < 1 || n > rows || rows < 1 || v_stride < (size_t)n_head_k * head_dim ||
+               row_bytes < 2 * (size_t)n_head_k * head_dim || row_bytes % 2 != 0 || (uintptr_t)kc % 2 != 0 ||
+               (uintptr_t)vc % 2 != 0 || (int64_t)pos0 + n > INT32_MAX))
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "rope + kv store: n %d (<= rows %d), v stride %zu, row_bytes %zu (>= %d, even), or a "
+                                "NULL / misaligned cache", n, rows, v_stride, row_bytes, 2 * n_head_k * head_dim);
+    long long qs = (long long)q_stride, ks = (long long)k_stride, vs = (long long)v_stride, rb = (long long)row_bytes;
     int nx = neox ? 1 : 0;
     void *args[] = {&q, &qs, &n_head_q, &k, &ks, &n_head_k, &head_dim, &n_rot, &pos0, &freq_base, &freq_scale,
-                    (void *)&freq_factors, &nx};
-    const int half = n_rot / 2;
-    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)n, 1, (uint32_t)(half < 128 ? (half + 31) / 32 * 32 : 128), s, args,
-                         err);
+                    (void *)&freq_factors, &nx, (void *)&v, &vs, &kc, &vc, &rb, &rows};
+    const int half = n_rot / 2, heads = n_head_q + n_head_k + (kc ? n_head_k : 0);
+    const uint32_t bx = half <= 32 ? 32 : half <= 64 ? 64 : 128;
+    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)n, (uint32_t)((heads + 7) / 8), bx, s, args, err);
+}
+
+kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
+                     int n_head_k, int head_dim, int n_rot, int n, int pos0, float freq_base, float freq_scale,
+                     const float *freq_factors, bool neox, kr_err *err)
+{
+    return kr__pf_rope(p, s, q, q_stride, n_head_q, k, k_stride, n_head_k, head_dim, n_rot, n, pos0, freq_base,
+                       freq_scale, freq_factors, neox, NULL, 0, NULL, NULL, 0, 1, err);
+}
+
+kr_status kr_pf_rope_kv_f16(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, const float *k,
+                            size_t k_stride, const float *v, size_t v_stride, int n_head_kv, int head_dim, int n_rot,
+                            int n, int pos0, float freq_base, float freq_scale, const float *freq_factors, bool neox,
+                            void *k_cache, void *v_cache, size_t row_bytes, int rows, kr_err *err)
+{
+    if (!k_cache)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "rope + kv store: NULL k_cache");
+    return kr__pf_rope(p, s, q, q_stride, n_head_q, (float *)k, k_stride, n_head_kv, head_dim, n_rot, n, pos0,
+                       freq_base, freq_scale, freq_factors, neox, v, v_stride, k_cache, v_cache, row_bytes, rows, err);
 }
 
 kr_status kr_pf_kv_store_f16(kr_pf *p, kr_stream *s, const float *k, size_t k_stride, const float *v,
@@ -430,7 +458,9 @@ kr_status kr_pf_rmsnorm_h(kr_pf *p, kr_stream *s, float *x, const float *res, co
                                 (long long)rows, (long long)n, y_stride);
     long long ys = (long long)y_stride;
     int ni = (int)n;
-    void *args[] = {&x, (void *)&res, (void *)&w, &y, &ys, &ni, &eps};
+    int vec = n % 4 == 0 && n <= 8192 && y_stride % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)res % 16 == 0 &&
+              (uintptr_t)w % 16 == 0 && (uintptr_t)y % 8 == 0;
+    void *args[] = {&x, (void *)&res, (void *)&w, &y, &ys, &ni, &eps, &vec};
     return kr__pf_launch(p, KR__PF_RMSNORM_H, (uint32_t)rows, 1, 256, s, args, err);
 }
 
@@ -445,8 +475,12 @@ kr_status kr_pf_swiglu_h(kr_pf *p, kr_stream *s, const float *x, size_t x_stride
                                 "swiglu_h: n %d (1..65535), ff %d, x stride %zu, up offset %zu, y stride %zu", n, ff,
                                 x_stride, up_off, y_stride);
     long long xs = (long long)x_stride, uo = (long long)up_off, ys = (long long)y_stride;
-    void *args[] = {(void *)&x, &xs, &uo, &y, &ys, &ff};
-    return kr__pf_launch(p, KR__PF_SWIGLU_H, (uint32_t)((ff + 255) / 256), (uint32_t)n, 256, s, args, err);
+    int vec = ff % 4 == 0 && x_stride % 4 == 0 && up_off % 4 == 0 && y_stride % 4 == 0 && (uintptr_t)x % 16 == 0 &&
+              (uintptr_t)y % 8 == 0;
+    void *args[] = {(void *)&x, &xs, &uo, &y, &ys, &ff, &vec};
+    const int per_block = vec ? 1024 : 256;
+    return kr__pf_launch(p, KR__PF_SWIGLU_H, (uint32_t)((ff + per_block - 1) / per_block), (uint32_t)n, 256, s, args,
+                         err);
 }
 
 kr_status kr_pf_to_f16(kr_pf *p, kr_stream *s, const float *x, uint16_t *y, int64_t n, kr_err *err)

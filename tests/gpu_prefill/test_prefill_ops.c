@@ -630,12 +630,14 @@ Test(gpu_prefill, embed_batched)
 /* fp16-output ops: residual add + RMSNorm rows (x written back exactly: x + res in fp32),
  * SwiGLU rows; outputs vs double references rounded to fp16: every value within one
  * fp16 rounding (relative 2^-10) plus fp32 noise, padding untouched. */
-Test(gpu_prefill, fp16_outputs)
+/* vec: shapes for the float4 paths (n, ff, strides multiples of 4), else the scalar ones */
+static void fp16_outputs(bool vec)
 {
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
-    const int rows = 13, n = 777, ys = 784, ff = 301, fs = 2 * ff + 3, fys = 304;
+    const int rows = 13, n = vec ? 4096 : 777, ys = vec ? 4100 : 784, ff = vec ? 1100 : 301;
+    const int fs = vec ? 2 * ff + 4 : 2 * ff + 3, fys = vec ? 1104 : 304;
     float *x = malloc((size_t)rows * n * sizeof *x), *r = malloc((size_t)rows * n * sizeof *r);
     float *w = malloc((size_t)n * sizeof *w), *x2 = malloc((size_t)rows * n * sizeof *x2);
     float *g = malloc((size_t)rows * fs * sizeof *g);
@@ -661,7 +663,8 @@ Test(gpu_prefill, fp16_outputs)
     cr_assert_eq(kr_backend_memset(be, df, 0xFF, (size_t)rows * fys * 2, NULL, &err), KR_OK);
     kr_status st = kr_pf_rmsnorm_h(p, NULL, dx, dr, dw, dy, ys, rows, n, 1e-5f, &err);
     cr_assert_eq(st, KR_OK, "rmsnorm_h: %s", kr_err_msg(&err, st));
-    st = kr_pf_swiglu_h(p, NULL, dg, fs, ff + 1, df, fys, ff, rows, &err);
+    const int uo = vec ? ff + 4 : ff + 1; /* up half offset */
+    st = kr_pf_swiglu_h(p, NULL, dg, fs, (size_t)uo, df, fys, ff, rows, &err);
     cr_assert_eq(st, KR_OK, "swiglu_h: %s", kr_err_msg(&err, st));
     /* to_f16 of an odd count (tail path): g's values as fp16 into the rmsnorm output's space after the test */
     const int64_t nc = 1001;
@@ -699,7 +702,7 @@ Test(gpu_prefill, fp16_outputs)
         for (int i = n; i < ys; i++)
             cr_assert_eq(y[(size_t)t * ys + i], 0xFFFF, "rmsnorm_h wrote into the padding");
         for (int i = 0; i < ff; i++) {
-            const double a = g[(size_t)t * fs + i], u = g[(size_t)t * fs + ff + 1 + i];
+            const double a = g[(size_t)t * fs + i], u = g[(size_t)t * fs + uo + i];
             const double ref = a / (1.0 + exp(-a)) * u, got = kr_fp16_to_fp32(fy[(size_t)t * fys + i]);
             cr_assert(fabs(got - ref) <= fabs(ref) * 1.0e-3 + 1e-6, "swiglu_h row %d [%d]: %g vs %g (seed %llu)", t, i,
                       got, ref, (unsigned long long)kr_test_seed());
@@ -720,6 +723,79 @@ Test(gpu_prefill, fp16_outputs)
     free(g);
     free(y);
     free(fy);
+    kr_pf_free(p);
+    kr_backend_destroy(be);
+}
+
+Test(gpu_prefill, fp16_outputs_scalar) { fp16_outputs(false); }
+Test(gpu_prefill, fp16_outputs_vec) { fp16_outputs(true); }
+
+/* RoPE fused with the f16 KV store == kr_pf_rope then kr_pf_kv_store_f16: q bit-exact, the cache within one fp16
+ * ulp (fp32 rounding of the rotation may differ by contraction), k untouched; 26 heads (several head groups),
+ * partial rotary, neox and normal, a wrapped ring row. */
+Test(gpu_prefill, rope_kv_fused)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_pf *p = pf_open(be);
+    for (int variant = 0; variant < 2; variant++) {
+        /* positions 20..42: rows 20..31, then 0..10 */
+        const int D = 64, HQ = 20, HK = 6, n = 23, pos0 = 20, rows = 32, n_rot = variant ? 32 : 64;
+        const bool neox = variant == 1;
+        const size_t qs = (size_t)(HQ + 2 * HK) * D + 4, kvd = (size_t)HK * D, row_bytes = 2 * kvd + 32;
+        float *x = malloc((size_t)n * qs * sizeof *x), *qa = malloc((size_t)n * qs * sizeof *qa);
+        float *qb = malloc((size_t)n * qs * sizeof *qb);
+        uint16_t *ca = malloc(2 * rows * row_bytes), *cb = malloc(2 * rows * row_bytes);
+        cr_assert(x && qa && qb && ca && cb);
+        for (size_t i = 0; i < (size_t)n * qs; i++)
+            x[i] = kr_test_rng_f(-3.0f, 3.0f);
+        kr_buffer *b1, *b2, *bc1, *bc2;
+        float *d1 = kr_test_dupload(be, x, (size_t)n * qs * sizeof *x, &b1);
+        float *d2 = kr_test_dupload(be, x, (size_t)n * qs * sizeof *x, &b2);
+        uint8_t *c1 = kr_test_dalloc(be, 2 * rows * row_bytes, &bc1), *c2 = kr_test_dalloc(be, 2 * rows * row_bytes, &bc2);
+        kr_err err;
+        kr_err_clear(&err);
+        cr_assert_eq(kr_backend_memset(be, c1, 0x77, 2 * rows * row_bytes, NULL, &err), KR_OK);
+        cr_assert_eq(kr_backend_memset(be, c2, 0x77, 2 * rows * row_bytes, NULL, &err), KR_OK);
+        /* separate */
+        kr_status st = kr_pf_rope(p, NULL, d1, qs, HQ, d1 + (size_t)HQ * D, qs, HK, D, n_rot, n, pos0, 10000.0f, 1.0f,
+                                  NULL, neox, &err);
+        cr_assert_eq(st, KR_OK, "%s", err.msg);
+        st = kr_pf_kv_store_f16(p, NULL, d1 + (size_t)HQ * D, qs, d1 + (size_t)(HQ + HK) * D, qs, c1,
+                                c1 + rows * row_bytes, row_bytes, rows, (int)kvd, n, pos0, &err);
+        cr_assert_eq(st, KR_OK, "%s", err.msg);
+        /* fused */
+        st = kr_pf_rope_kv_f16(p, NULL, d2, qs, HQ, d2 + (size_t)HQ * D, qs, d2 + (size_t)(HQ + HK) * D, qs, HK, D,
+                               n_rot, n, pos0, 10000.0f, 1.0f, NULL, neox, c2, c2 + rows * row_bytes, row_bytes, rows,
+                               &err);
+        cr_assert_eq(st, KR_OK, "%s", err.msg);
+        kr_test_download(be, qa, d1, (size_t)n * qs * sizeof *qa);
+        kr_test_download(be, qb, d2, (size_t)n * qs * sizeof *qb);
+        kr_test_download(be, ca, c1, 2 * rows * row_bytes);
+        kr_test_download(be, cb, c2, 2 * rows * row_bytes);
+        for (int t = 0; t < n; t++) {
+            for (size_t i = 0; i < (size_t)HQ * D; i++)
+                cr_assert_eq(qa[(size_t)t * qs + i], qb[(size_t)t * qs + i], "variant %d: q[%d][%zu] differs", variant,
+                             t, i);
+            for (size_t i = (size_t)HQ * D; i < qs; i++)
+                cr_assert_eq(qb[(size_t)t * qs + i], x[(size_t)t * qs + i], "variant %d: fused rope wrote k/v/pad [%d][%zu]",
+                             variant, t, i);
+        }
+        for (size_t i = 0; i < 2 * rows * row_bytes / 2; i++) {
+            const int d = (int)ca[i] - (int)cb[i];
+            cr_assert(d >= -1 && d <= 1 && (ca[i] & 0x8000) == (cb[i] & 0x8000), "variant %d: cache half %zu: %04x vs %04x",
+                      variant, i, ca[i], cb[i]);
+        }
+        kr_backend_free(be, b1);
+        kr_backend_free(be, b2);
+        kr_backend_free(be, bc1);
+        kr_backend_free(be, bc2);
+        free(x);
+        free(qa);
+        free(qb);
+        free(ca);
+        free(cb);
+    }
     kr_pf_free(p);
     kr_backend_destroy(be);
 }
