@@ -254,6 +254,10 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
         xd = sd;
         xs = ss;
     }
+    float t = 0.0f; // NS: this lane's share of the partial sums, loaded before the main loop
+    if (GUS == 3)
+        for (int i = lane; i < nb; i += 32) // nb partials: (nb * 32) / 32
+            t += __ldcg(part + i);
     float acc[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++)
@@ -312,10 +316,6 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
     }
     float scale = 1.0f;
     if (GUS == 3) {
-        const int n_part = nb; // (nb * 32) / 32
-        float t = 0.0f;
-        for (int i = lane; i < n_part; i += 32)
-            t += __ldcg(part + i);
         t = kr_gf_warp_sum(t);
         scale = rsqrtf(t / (float)(nb * 32) + eps);
     }

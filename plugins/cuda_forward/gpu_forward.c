@@ -772,7 +772,10 @@ static const kr__mv2_var kr__mv2_q8[] = {{"r1p4", 1}, {"r2p2", 2}, {"r2p4", 2}, 
 /* Default variant (docs/GPU-FORWARD.md). */
 static kr__gf_tuning kr__tuning_default(void)
 {
-    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true, .nfp_w = 16};
+    /* H200 checkpoints 07:15-07:54 (docs/PERF.md): PDL, v2 r2p4 / r2p2, residual in the
+     * matvec, 32-warp multi-block norm; nf / gus / l2pf / oq / sw measured slower */
+    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true,
+                           .norm_wide = true, .nfp_w = 16};
 }
 
 static bool kr__parse_bool(const char *v, size_t n, bool *out)
