@@ -119,7 +119,15 @@ typedef long long kr_mm_i64;
 #endif
 // raw bytes per W row per stage (quantized types); Q6_K: 8 chunks (ql, qh and scales+d
 // windows of 3 + 3 + 2), chunk c of row r stored at c ^ (r & 7) (conflict-free reads)
-#define KR_MM_RAW (KR_MM_WT == KR_MM_T_Q6_K ? 128 : 48)
+// KR_MM_RAW32: 32-byte raw rows for the types whose window is at most 2 chunks (Q4_0,
+// Q4_1, repacked Q4_0), so 4 stages fit in 48 KiB (2-way bank conflicts on the reads)
+#ifndef KR_MM_RAW32
+#define KR_MM_RAW32 0
+#endif
+#if KR_MM_RAW32 && KR_MM_WT != KR_MM_T_Q4_0 && KR_MM_WT != KR_MM_T_Q4_1 && KR_MM_WT != KR_MM_T_Q4_0R
+#error "KR_MM_RAW32 is for Q4_0, Q4_1 and repacked Q4_0"
+#endif
+#define KR_MM_RAW (KR_MM_WT == KR_MM_T_Q6_K ? 128 : KR_MM_RAW32 ? 32 : 48)
 #define KR_MM_CHR (KR_MM_RAW / 16)
 #define KR_MM_A_BYTES (KR_MM_BM * KR_MM_RB)
 #define KR_MM_W_BYTES (KR_MM_WT == KR_MM_T_F16 ? KR_MM_BN * KR_MM_RB : KR_MM_BN * KR_MM_RAW)

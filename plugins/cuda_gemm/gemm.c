@@ -80,6 +80,14 @@ KR__WG_OPTS(kr__opts_wg_q4_0r, 102, 3)
 KR__WG_OPTS(kr__opts_wg_q8_0r, 108, 3)
 #undef KR__WG_OPTS
 /* F16, both wgmma operands from shared memory, K steps of 16, 6 stages, one group in flight */
+/* 4-stage wgmma records for the types whose raw rows fit 32 bytes */
+#define KR__WG4_OPTS(name, wt)                                                                                    \
+    static const char *const name[6] = {"-DKR_MM_WT=" #wt, "-DKR_MM_BM=128", "-DKR_MM_ST=4", "-DKR_MM_WG=1",     \
+                                        "-DKR_MM_RAW32=1", "--gpu-architecture=sm_90a"};
+KR__WG4_OPTS(kr__opts_wg4_q4_0, 2)
+KR__WG4_OPTS(kr__opts_wg4_q4_1, 3)
+KR__WG4_OPTS(kr__opts_wg4_q4_0r, 102)
+#undef KR__WG4_OPTS
 static const char *const kr__opts_wg2_f16[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128", "-DKR_MM_ST=6", "-DKR_MM_BK=16",
                                                 "-DKR_MM_WG=2", "--gpu-architecture=sm_90a"};
 
@@ -137,6 +145,9 @@ static const char *const kr__opts_wg2_f16[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128"
     X(WG_Q4_0R, "kr_mm_gemm", kr__opts_wg_q4_0r, 128, 256, 128)                                \
     X(WG_Q8_0R, "kr_mm_gemm", kr__opts_wg_q8_0r, 128, 256, 128)                                \
     X(WG2_F16, "kr_mm_gemm", kr__opts_wg2_f16, 128, 256, 128)                                  \
+    X(WG4_Q4_0, "kr_mm_gemm", kr__opts_wg4_q4_0, 128, 256, 128)                                \
+    X(WG4_Q4_1, "kr_mm_gemm", kr__opts_wg4_q4_1, 128, 256, 128)                                \
+    X(WG4_Q4_0R, "kr_mm_gemm", kr__opts_wg4_q4_0r, 128, 256, 128)                              \
     X(MM_CVT_A, "kr_mm_cvt_a", kr__opts_mm_cvt, 0, 256, 128)
 
 typedef enum kr__gm_fn {
@@ -400,7 +411,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (!kr_gemm_supports(wtype))
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
-    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_WG2_K2)
+    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_WG_S4_K2)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
@@ -525,7 +536,10 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
             v = KR_GEMM_MMA128;
     }
     const bool wg2 = (v == KR_GEMM_WG2 || v == KR_GEMM_WG2_K2) && wtype == KR_DTYPE_F16 && !sc;
-    const bool wg = v == KR_GEMM_WG || v == KR_GEMM_WG_K2 || v == KR_GEMM_WG2 || v == KR_GEMM_WG2_K2;
+    const bool wg4 = (v == KR_GEMM_WG_S4 || v == KR_GEMM_WG_S4_K2) &&
+                     (wtype == KR_DTYPE_Q4_0 || (wtype == KR_DTYPE_Q4_1 && !sc));
+    const bool wg = v == KR_GEMM_WG || v == KR_GEMM_WG_K2 || v == KR_GEMM_WG2 || v == KR_GEMM_WG2_K2 ||
+                    v == KR_GEMM_WG_S4 || v == KR_GEMM_WG_S4_K2;
     if (wg) {
         const kr_device_info *dev = kr_backend_device_info(g->be);
         if (!dev || dev->cc_major != 9 || dev->cc_minor != 0)
@@ -533,6 +547,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
                                                        "not %d.%d", dev ? dev->cc_major : 0, dev ? dev->cc_minor : 0);
     }
     kr__gm_fn id = wg2 ? KR__GM_WG2_F16
+                 : wg4 ? (wtype == KR_DTYPE_Q4_1 ? KR__GM_WG4_Q4_1 : sc ? KR__GM_WG4_Q4_0R : KR__GM_WG4_Q4_0)
                  : wg  ? kr__wg_pick(wtype, sc != NULL)
                       : kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8,
                                     v == KR_GEMM_MMA256 || v == KR_GEMM_MMA256_K2, sc != NULL);
@@ -541,7 +556,8 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: m %lld needs %lld row blocks (> 65535)",
                           (long long)m, (long long)gy);
     /* split-K: C is zeroed, each half adds (fp32 a + b is commutative: deterministic for 2) */
-    int splits = (v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA256_K2 || v == KR_GEMM_WG_K2 || v == KR_GEMM_WG2_K2) &&
+    int splits = (v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA256_K2 || v == KR_GEMM_WG_K2 || v == KR_GEMM_WG2_K2 ||
+                  v == KR_GEMM_WG_S4_K2) &&
                          ldc == (uint64_t)n && k >= 2 * blk ? 2 : 1;
     int64_t k_split = k;
     if (splits > 1) {

@@ -58,6 +58,9 @@ typedef enum kr_gemm_variant {
     KR_GEMM_WG2 = 11,    /* F16: both wgmma operands from shared memory, K steps of 16 in 6
                             stages, one wgmma group in flight; other types: WG */
     KR_GEMM_WG2_K2 = 12, /* WG2 with K split in 2 */
+    KR_GEMM_WG_S4 = 13,    /* Q4_0 (GGML or repacked), Q4_1: WG with 4 stages (32-byte raw rows);
+                              other types: WG */
+    KR_GEMM_WG_S4_K2 = 14, /* WG_S4 with K split in 2 */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */

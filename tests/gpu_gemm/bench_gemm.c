@@ -178,7 +178,9 @@ static const struct {
               {"wgk2", KR_GEMM_WG_K2, false},         {"hwg", KR_GEMM_WG, true},
               {"hwgk2", KR_GEMM_WG_K2, true},         {"wg2", KR_GEMM_WG2, false},
               {"wg2k2", KR_GEMM_WG2_K2, false},       {"hwg2", KR_GEMM_WG2, true},
-              {"hwg2k2", KR_GEMM_WG2_K2, true}};
+              {"hwg2k2", KR_GEMM_WG2_K2, true},       {"wgs4", KR_GEMM_WG_S4, false},
+              {"wgs4k2", KR_GEMM_WG_S4_K2, false},    {"hwgs4", KR_GEMM_WG_S4, true},
+              {"hwgs4k2", KR_GEMM_WG_S4_K2, true}};
 #define N_VARS (sizeof k_vars / sizeof k_vars[0])
 
 /* name is in the space/comma separated list env (NULL or empty: all). */
