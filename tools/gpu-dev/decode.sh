@@ -52,9 +52,9 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;default;norm=mbw;nf=1;nf=1,nfp=8;nf=1,nfp=4;nf=1,nfp=8,norm=mbw;nf=1,nfp=4,norm=mbw;skip=a;skip=n;skip=m;norm=mbw,skip=a;nf=1,nfp=8,skip=a"
-  V8="old;default;norm=mbw;nf=1;nf=1,nfp=8;nf=1,nfp=4;nf=1,nfp=8,norm=mbw;skip=a"
-  VF="old;default;norm=mbw"
+  V4="old;pdl=0;default;norm=mb;nf=1;nf=1,nfp=8;resid=0,norm=sb;skip=a;skip=n;skip=m;skip=anm"
+  V8="old;default;norm=mb;nf=1;nf=1,nfp=8;skip=a;skip=n"
+  VF="old;default;pdl=0;norm=mb"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   # decode timing only: keep the prompt on the decode step (independent of the batched prefill)
   pre=()
@@ -75,16 +75,28 @@ if [ "$part" = bench ]; then
   # the attention kernels of kr_decode_kv.h on the f16 cache (gpu_kvcache.c: KR_GKV_KERNELS=new)
   f=${KR_7B_Q4_0:-}
   if [ -n "$f" ] && [ -f "$f" ]; then
-    V="default;norm=mbw;nf=1,nfp=8;nf=1,nfp=4,norm=mbw;skip=a"
+    V="default;nf=1,nfp=8;skip=a"
     echo "-- Q4_0 with KR_GKV_KERNELS=new: --variants (2 rounds)" >>"$LOG"
     KR_GKV_KERNELS=new timeout 30 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" \
       --variants "$V;$(rev "$V")" >"$tmp/Q4_0-newkv.txt" 2>&1
     echo "rc=$?" >>"$tmp/Q4_0-newkv.txt"
     cat "$tmp/Q4_0-newkv.txt" >>"$LOG"
   fi
+  # attention split count inside the graph (the default is about 2 CTAs per SM)
+  f=${KR_7B_Q4_0:-}
+  if [ -n "$f" ] && [ -f "$f" ]; then
+    for sp in 1 4 16 32; do
+      V="default;skip=a"
+      echo "-- Q4_0 --attn-splits $sp: --variants (2 rounds)" >>"$LOG"
+      timeout 25 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" --attn-splits $sp \
+        --variants "$V;$(rev "$V")" >"$tmp/Q4_0-split$sp.txt" 2>&1
+      echo "rc=$?" >>"$tmp/Q4_0-split$sp.txt"
+      grep -E "^variant|^decode |^rc=" "$tmp/Q4_0-split$sp.txt" >>"$LOG"
+    done
+  fi
   {
     echo "== decode bench summary (ms/tok; % of copy = GB/s / copy GB/s of the same run; r1 r2 = the two rounds)"
-    for t in Q4_0 Q8_0 F16 Q4_0-newkv; do
+    for t in Q4_0 Q8_0 F16 Q4_0-newkv Q4_0-split1 Q4_0-split4 Q4_0-split16 Q4_0-split32; do
       [ -f "$tmp/$t.txt" ] || continue
       awk -v t="$t" '
         /^copy bw/ {copy=$4}
