@@ -338,8 +338,25 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
                 P->unpack_bytes = need;
         }
     }
-    /* chunk buffers: n_batch tokens, halved while the device says no (down to 64) */
-    uint32_t nb = g->n_batch ? g->n_batch : KR__PREFILL_N_BATCH_DEFAULT;
+    /* chunk buffers: allocated by kr__pf_reserve, sized by the evals */
+    return KR_OK;
+}
+
+/* Chunk buffers for `want` tokens (want <= n_batch): grown on demand (the stream is synchronised
+ * and the old buffers freed first), halved while the device says no, down to 64 (or the old size). */
+static kr_status kr__pf_reserve(kr_gpu_forward *g, uint32_t want, kr_err *err)
+{
+    kr__gpf *P = g->prefill;
+    if (P->buf && P->n_batch >= want)
+        return KR_OK;
+    kr_status st = kr_backend_sync(g->be, g->stream, err);
+    if (st != KR_OK)
+        return st;
+    const uint32_t floor = P->buf && P->n_batch > 64 ? P->n_batch : 64;
+    kr_backend_free(g->be, P->buf);
+    P->buf = NULL;
+    P->n_batch = 0;
+    uint32_t nb = want;
     for (;;) {
         uint64_t bytes = kr__pf_layout(P, g, NULL, nb);
         kr_err e2;
@@ -352,10 +369,11 @@ static kr_status kr__pf_create(kr_gpu_forward *g, kr_err *err)
                     (double)bytes / 1048576.0, P->f16a ? "fp16" : "fp32");
             return KR_OK;
         }
-        if (nb <= 64)
-            return kr_err_set(err, st, "batched prefill buffers (%.1f MiB for %u tokens): %s",
+        P->buf = NULL;
+        if (nb <= floor)
+            return kr_err_set(err, KR_ERR_NOMEM, "batched prefill buffers (%.1f MiB for %u tokens): %s",
                               (double)bytes / 1048576.0, nb, e2.msg);
-        nb /= 2;
+        nb = nb / 2 > floor ? nb / 2 : floor;
     }
 }
 
@@ -662,6 +680,21 @@ kr_status kr__prefill(kr_gpu_forward *g, const int32_t *tokens, size_t n, uint32
      * keys the earlier queries of a chunk still need); the caller runs the rest token by token */
     const size_t nb_ok = (uint64_t)pos + n <= g->kv->pl.rows ? n : (size_t)(g->kv->pl.rows - pos);
     kr__gpf *P = g->prefill;
+    const uint32_t max_batch = g->n_batch ? g->n_batch : KR__PREFILL_N_BATCH_DEFAULT;
+    {
+        kr_err e2;
+        kr_err_clear(&e2);
+        kr_status st = kr__pf_reserve(g, nb_ok < max_batch ? (uint32_t)nb_ok : max_batch, &e2);
+        if (st != KR_OK) {
+            if (st != KR_ERR_NOMEM) { /* the synchronisation failed: a device failure */
+                *err = e2;
+                return st;
+            }
+            KR_LOGW(KR__DOM, "batched prefill off: %s", kr_err_msg(&e2, st));
+            P->failed = true;
+            return KR_OK;
+        }
+    }
     const char *pe = getenv("KERNRUN_PREFILL_PROFILE");
     P->prof = pe && strcmp(pe, "1") == 0;
     P->n_ev = 0;

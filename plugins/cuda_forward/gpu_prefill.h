@@ -17,7 +17,9 @@
 struct kr_gpu_forward;
 struct kr__gpf; /* prefill state: GEMM and kernel handles, chunk activations (created on first use) */
 
-#define KR__PREFILL_N_BATCH_DEFAULT 512
+/* Chunk size when params.n_batch is 0. H200, 2048-token prompt, Q4_0 7B: chunks of 512 12.4k,
+ * 1024 13.7k, 2048 14.5k tok/s (docs/PERF.md). The buffers are sized by the evals (grown on demand). */
+#define KR__PREFILL_N_BATCH_DEFAULT 2048
 
 /* Tokens (validated by the caller) at positions pos .. pos+n-1, enqueued on
  * g->stream (not synchronised). *n_done = how many of them (from the first)

@@ -57,7 +57,7 @@ typedef struct kr_gpu_forward_params {
     uint64_t mem_limit; /* device bytes the fit check plans against; 0: free device memory at creation */
     /* batched prefill (docs/PREFILL.md; plugins/cuda_forward/gpu_prefill.c) */
     bool no_batch_prefill; /* prompts token by token through the decode step (also env KERNRUN_NO_BATCH_PREFILL=1) */
-    uint32_t n_batch;      /* tokens per prefill chunk; 0: 512 */
+    uint32_t n_batch;      /* tokens per prefill chunk at most; 0: 2048 */
 } kr_gpu_forward_params;
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);

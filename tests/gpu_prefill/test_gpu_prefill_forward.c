@@ -245,6 +245,8 @@ static void mk_check(const char *arch, const char *preset, kr_dtype type, uint32
 }
 
 Test(gpu_prefill_forward, llama_tiny_f16) { mk_check("llama", "tiny", KR_DTYPE_F16, 0, 77, 0, 0); }
+/* the chunk buffers grow: 20 tokens first, then 150 */
+Test(gpu_prefill_forward, llama_tiny_f16_buffers_grow) { mk_check("llama", "tiny", KR_DTYPE_F16, 0, 20, 150, 0); }
 Test(gpu_prefill_forward, llama_tiny_q4_0_chunks) { mk_check("llama", "tiny", KR_DTYPE_Q4_0, 0, 45, 23, 16); }
 Test(gpu_prefill_forward, llama_tiny_q8_0) { mk_check("llama", "tiny", KR_DTYPE_Q8_0, 0, 130, 9, 0); }
 Test(gpu_prefill_forward, mistral_tiny_q4_1_window) { mk_check("mistral", "tiny", KR_DTYPE_Q4_1, 0, 150, 31, 64); }

@@ -52,7 +52,7 @@ static const char g_usage[] =
     "  --attn-splits N   split-K chunks of the decode attention (default: about 2 blocks per SM)\n"
     "  --no-batch-prefill (cuda) prompt token by token through the decode step instead of batched\n"
     "                    tensor-core prefill (docs/PREFILL.md)\n"
-    "  --n-batch N       (cuda) prompt tokens per batched prefill chunk (default 512)\n"
+    "  --n-batch N       (cuda) prompt tokens per batched prefill chunk at most (default 2048)\n"
     "  --kv-type T       (cuda) KV cache rows: f16 (default) or q8_0 (docs/KVCACHE.md)\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "  --profile         (cuda) per-kernel GPU time of one decode step: eager launches timed\n"
