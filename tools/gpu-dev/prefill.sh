@@ -48,13 +48,12 @@ if [ "$part" = bench ]; then
     # name | model var | extra args | extra env (VAR=VALUE ...)
     runs=("Q4_0 batch|KR_7B_Q4_0||" "Q8_0 batch|KR_7B_Q8_0||" "F16 batch|KR_7B_F16||"
           "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill|"
-          "Q4_0 batch fp32 GEMM inputs|KR_7B_Q4_0||KERNRUN_PREFILL_F16A=0"
-          "Q8_0 batch fp32 GEMM inputs|KR_7B_Q8_0||KERNRUN_PREFILL_F16A=0"
-          "Q4_0 batch pipelined attention|KR_7B_Q4_0||KERNRUN_FA_VARIANT=pipe"
-          "F16 batch pipelined attention|KR_7B_F16||KERNRUN_FA_VARIANT=pipe"
-          "Q4_0 -p 2048 (chunks of 512)|KR_7B_Q4_0|-p 2048|"
-          "Q4_0 -p 2048 chunks of 1024|KR_7B_Q4_0|-p 2048 --n-batch 1024|"
-          "Q4_0 -p 2048 chunks of 2048|KR_7B_Q4_0|-p 2048 --n-batch 2048|")
+          "F16 batch simple attention|KR_7B_F16||KERNRUN_FA_VARIANT=simple"
+          "F16 batch fp32 GEMM inputs|KR_7B_F16||KERNRUN_PREFILL_F16A=0"
+          "Q4_0 -p 2048|KR_7B_Q4_0|-p 2048|"
+          "Q8_0 -p 2048|KR_7B_Q8_0|-p 2048|"
+          "F16 -p 2048|KR_7B_F16|-p 2048|"
+          "Q4_0 -p 2048 chunks of 512|KR_7B_Q4_0|-p 2048 --n-batch 512|")
     for r in "${runs[@]}"; do
       IFS='|' read -r name var extra envs <<<"$r"
       f=${!var:-}
