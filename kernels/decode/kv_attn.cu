@@ -723,6 +723,7 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
 #endif
 }
 
+#if !KR_KVW_ONLY
 extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS, KR_KVA_MINB)
 kr_kva_f16(const float *q, const void *kc, const void *vc, const int *slot, long long slot_bytes, int rows,
            long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
@@ -740,6 +741,8 @@ kr_kva_q8_0(const float *q, const void *kc, const void *vc, const int *slot, lon
     kr_kva<1, KR_KVA_CP>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv, head_dim, pos,
               pos_imm, window, scale, n_split);
 }
+
+#endif // !KR_KVW_ONLY
 
 // Merge the split partials of kr_kva_*: out[h, d] = sum_s acc_s[d] w_s / sum_s l_s w_s,
 // w_s = e^(m_s - M), M = max_s m_s (empty splits: m = -inf, w = 0). Invalid
@@ -782,3 +785,215 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
         out[(kr_i64)h * D + d] = a / L;
     }
 }
+
+// ---- warp-per-positions attention (short contexts) ------------------------------
+#if KR_KVW_ONLY // compiled only into the kr_kvw records (keeps the other variants' compiles small)
+// kr_kvw_*: block = KR_KVW_WARPS warps, heads h0..h0+nr-1 (nr <= 8) of KV group g, one
+// split [ts, te) of the visible positions (as kr_kva). Warp w takes positions ts + w*KR_KVW_PW ..
+// in passes of KR_KVW_WARPS*KR_KVW_PW; lanes split head_dim (VD = head_dim/32 values each):
+// every K/V row a warp needs for a pass is loaded at once (one memory latency per pass), the
+// dot products are warp-reduced with shuffles, and the online softmax and P V stay in registers;
+// the warps merge through shared memory once at the end. No block barrier inside the loop.
+// Output as kr_kva (n_split == 1: out, else partials for kr_kva_combine). Needs head_dim == 32*VD.
+#ifndef KR_KVW_WARPS
+#define KR_KVW_WARPS 4
+#endif
+#ifndef KR_KVW_PW
+#define KR_KVW_PW 8 // positions per warp per pass
+#endif
+
+template <int VD>
+__device__ __forceinline__ void kr_kvw_ldrow(const kr_u8 *p, float *f)
+{
+    if (VD == 2) {
+        const kr_u32 u = __ldg((const unsigned int *)p);
+        f[0] = kr_h2f((kr_u16)(u & 0xffff));
+        f[1] = kr_h2f((kr_u16)(u >> 16));
+    } else if (VD == 4) {
+        const uint2 u = __ldg((const uint2 *)p);
+        f[0] = kr_h2f((kr_u16)(u.x & 0xffff));
+        f[1] = kr_h2f((kr_u16)(u.x >> 16));
+        f[2] = kr_h2f((kr_u16)(u.y & 0xffff));
+        f[3] = kr_h2f((kr_u16)(u.y >> 16));
+    } else {
+        const uint4 u = __ldg((const uint4 *)p);
+        kr_kva_h8(u, f);
+    }
+}
+
+template <int Q8, int VD, int H>
+__device__ __forceinline__ void kr_kvw(const float *q, const void *kc, const void *vc, const int *slot,
+                                       long long slot_bytes, int rows, long long row_bytes, int kv_dim, float *out,
+                                       float *part, int n_head, int n_head_kv, int head_dim, const int *pos,
+                                       int pos_imm, int window, float scale, int n_split)
+{
+    __shared__ float w_m[KR_KVW_WARPS][H], w_l[KR_KVW_WARPS][H];
+    __shared__ float w_acc[KR_KVW_WARPS][H * 32 * VD];
+    KR_PDL_WAIT();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int R = n_head / n_head_kv;
+    const int nhb = (R + KR_KVA_RB - 1) / KR_KVA_RB;
+    const int g = blockIdx.x / nhb, hb = blockIdx.x - g * nhb;
+    const int h0 = g * R + hb * KR_KVA_RB;
+    const int nr = min(KR_KVA_RB, R - hb * KR_KVA_RB); // <= H (the launcher picks H)
+    const int split = blockIdx.y;
+    const int D = head_dim;
+    const int p = pos ? *pos : pos_imm;
+    float qv[H][VD];
+#pragma unroll
+    for (int r = 0; r < H; r++)
+#pragma unroll
+        for (int e = 0; e < VD; e++)
+            qv[r][e] = r < nr ? q[(kr_i64)(h0 + r) * D + lane * VD + e] * scale : 0.0f;
+    const int j0 = window > 0 ? max(0, p - window + 1) : 0;
+    const int len = p - j0 + 1;
+    if (p < 0 || len > rows) {
+        for (int i = tid; i < nr * D; i += blockDim.x) {
+            const int h = h0 + i / D, d = i - (i / D) * D;
+            if (n_split == 1)
+                out[(kr_i64)h * D + d] = kr_qnan();
+            else
+                part[((kr_i64)h * n_split + split) * (D + 2) + d] = kr_qnan();
+        }
+        return;
+    }
+    const int chunk = (len + n_split - 1) / n_split;
+    const int ts = j0 + split * chunk, te = min(ts + chunk, p + 1);
+    const kr_u8 *kb = kr_kv_base(kc, slot, slot_bytes), *vb = kr_kv_base(vc, slot, slot_bytes);
+    // this lane's bytes within a row: F16 halves g*D + lane*VD..; Q8_0 quants likewise, scale of its 32-block
+    const kr_i64 off = Q8 ? (kr_i64)g * D + lane * VD : ((kr_i64)g * D + lane * VD) * 2;
+    const kr_i64 soff = (kr_i64)kv_dim + (((kr_i64)g * D + lane * VD) >> 5) * 2;
+    float m[H], l[H], acc[H][VD];
+#pragma unroll
+    for (int r = 0; r < H; r++) {
+        m[r] = kr_neg_inf();
+        l[r] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VD; e++)
+            acc[r][e] = 0.0f;
+    }
+    for (int base = ts + warp * KR_KVW_PW; base < te; base += KR_KVW_WARPS * KR_KVW_PW) {
+        float kf[KR_KVW_PW][VD], vf[KR_KVW_PW][VD];
+        int row = base % rows;
+#pragma unroll
+        for (int i = 0; i < KR_KVW_PW; i++) { // every load of the pass first
+            if (base + i < te) {
+                const kr_u8 *kr = kb + (kr_i64)row * row_bytes, *vr = vb + (kr_i64)row * row_bytes;
+                if (Q8) {
+                    const float ks = kr_h2f(__ldg((const unsigned short *)(kr + soff)));
+                    const float vs = kr_h2f(__ldg((const unsigned short *)(vr + soff)));
+#pragma unroll
+                    for (int e = 0; e < VD; e++) {
+                        kf[i][e] = (float)((const signed char *)(kr + off))[e] * ks;
+                        vf[i][e] = (float)((const signed char *)(vr + off))[e] * vs;
+                    }
+                } else {
+                    kr_kvw_ldrow<VD>(kr + off, kf[i]);
+                    kr_kvw_ldrow<VD>(vr + off, vf[i]);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < VD; e++)
+                    kf[i][e] = vf[i][e] = 0.0f;
+            }
+            if (++row == rows)
+                row = 0;
+        }
+#pragma unroll
+        for (int r = 0; r < H; r++) {
+            if (r >= nr) // block-uniform
+                break;
+            float s[KR_KVW_PW];
+            float mt = m[r];
+#pragma unroll
+            for (int i = 0; i < KR_KVW_PW; i++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < VD; e++)
+                    d = fmaf(qv[r][e], kf[i][e], d);
+                s[i] = d;
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+                for (int i = 0; i < KR_KVW_PW; i++)
+                    s[i] += __shfl_xor_sync(0xffffffffu, s[i], o);
+#pragma unroll
+            for (int i = 0; i < KR_KVW_PW; i++) {
+                s[i] = base + i < te ? s[i] : kr_neg_inf();
+                mt = fmaxf(mt, s[i]);
+            }
+            const float corr = expf(m[r] - mt); // m = -inf on the first pass: 0
+            l[r] *= corr;
+#pragma unroll
+            for (int e = 0; e < VD; e++)
+                acc[r][e] *= corr;
+#pragma unroll
+            for (int i = 0; i < KR_KVW_PW; i++) {
+                const float w = expf(s[i] - mt); // masked: 0
+                l[r] += w;
+#pragma unroll
+                for (int e = 0; e < VD; e++)
+                    acc[r][e] = fmaf(w, vf[i][e], acc[r][e]);
+            }
+            m[r] = mt;
+        }
+    }
+    KR_PDL_LAUNCH_DEPENDENTS();
+    // merge the warps
+#pragma unroll
+    for (int r = 0; r < H; r++) {
+        if (r < nr) {
+            if (lane == 0) {
+                w_m[warp][r] = m[r];
+                w_l[warp][r] = l[r];
+            }
+#pragma unroll
+            for (int e = 0; e < VD; e++)
+                w_acc[warp][r * D + lane * VD + e] = acc[r][e];
+        }
+    }
+    __syncthreads();
+    for (int i = tid; i < nr * D; i += blockDim.x) {
+        const int r = i / D, d = i - r * D, h = h0 + r;
+        float mb = kr_neg_inf();
+#pragma unroll
+        for (int w = 0; w < KR_KVW_WARPS; w++)
+            mb = fmaxf(mb, w_m[w][r]);
+        float a = 0.0f, lb = 0.0f;
+#pragma unroll
+        for (int w = 0; w < KR_KVW_WARPS; w++) {
+            const float f = w_m[w][r] == kr_neg_inf() ? 0.0f : expf(w_m[w][r] - mb);
+            lb += w_l[w][r] * f;
+            a += w_acc[w][i] * f;
+        }
+        if (n_split == 1) {
+            out[(kr_i64)h * D + d] = a / lb;
+        } else {
+            float *ph = part + ((kr_i64)h * n_split + split) * (D + 2);
+            ph[d] = a;
+            if (d == 0) {
+                ph[D] = mb;
+                ph[D + 1] = lb;
+            }
+        }
+    }
+}
+
+#define KR_KVW_ENTRY(q8, tn, vd, dd, h)                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * KR_KVW_WARPS)                                           \
+    kr_kvw_##tn##_d##dd##_h##h(const float *q, const void *kc, const void *vc, const int *slot,               \
+                               long long slot_bytes, int rows, long long row_bytes, int kv_dim, float *out,    \
+                               float *part, int n_head, int n_head_kv, int head_dim, const int *pos,           \
+                               int pos_imm, int window, float scale, int n_split)                              \
+    {                                                                                                          \
+        kr_kvw<q8, vd, h>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv,  \
+                          head_dim, pos, pos_imm, window, scale, n_split);                                     \
+    }
+#define KR_KVW_ENTRIES(q8, tn)                                                                                 \
+    KR_KVW_ENTRY(q8, tn, 2, 64, 1) KR_KVW_ENTRY(q8, tn, 4, 128, 1) KR_KVW_ENTRY(q8, tn, 8, 256, 1)           \
+    KR_KVW_ENTRY(q8, tn, 2, 64, 4) KR_KVW_ENTRY(q8, tn, 4, 128, 4) KR_KVW_ENTRY(q8, tn, 8, 256, 4)           \
+    KR_KVW_ENTRY(q8, tn, 2, 64, 8) KR_KVW_ENTRY(q8, tn, 4, 128, 8) KR_KVW_ENTRY(q8, tn, 8, 256, 8)
+KR_KVW_ENTRIES(0, f16)
+KR_KVW_ENTRIES(1, q8_0)
+#endif // KR_KVW_ONLY

@@ -61,6 +61,19 @@ static const struct {
 };
 #define KR__KVA_N_VARIANTS ((int)(sizeof kr__kva_variants / sizeof kr__kva_variants[0]))
 
+/* Warp-per-positions kernels (kr_kvw_<type>_d<head_dim>_h<heads per block>), one record per entry,
+ * all compiled from one module (-DKR_KVW_ONLY=1); variant index KR__KVA_N_VARIANTS ("w4"). */
+static const char *const kr__kvw_opts[1] = {"-DKR_KVW_ONLY=1"};
+#define KR__KVW_REC(tn, dd, h)                                                                               \
+    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
+     .entry = "kr_kvw_" #tn "_d" #dd "_h" #h, .options = kr__kvw_opts, .n_options = 1}
+#define KR__KVW_RECS(tn)                                                                                     \
+    {{KR__KVW_REC(tn, 64, 1), KR__KVW_REC(tn, 64, 4), KR__KVW_REC(tn, 64, 8)},                               \
+     {KR__KVW_REC(tn, 128, 1), KR__KVW_REC(tn, 128, 4), KR__KVW_REC(tn, 128, 8)},                            \
+     {KR__KVW_REC(tn, 256, 1), KR__KVW_REC(tn, 256, 4), KR__KVW_REC(tn, 256, 8)}}
+static const kr_kernel_source kr__kvw_src[2][3][3] = {KR__KVW_RECS(f16), KR__KVW_RECS(q8_0)}; /* [type][D][H] */
+#define KR__KVW_THREADS 128 /* = 32 * KR_KVW_WARPS */
+
 static const kr_kernel_source kr__kva_combine_src = {
     .name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,
     .entry = "kr_kva_combine"};
@@ -220,6 +233,8 @@ int kr_dec_attention_kv_default_splits(const kr_device_info *dev, int n_head, in
 
 const char *kr_dec_attention_kv_variant_name(int variant)
 {
+    if (variant == KR__KVA_N_VARIANTS)
+        return "w4";
     return variant >= 0 && variant < KR__KVA_N_VARIANTS ? kr__kva_variants[variant].name : NULL;
 }
 
@@ -228,8 +243,12 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                                       int head_dim, const int32_t *pos, int32_t pos_imm, int window, float scale,
                                       int n_split, float *scratch, kr_err *err)
 {
-    if (variant < 0 || variant >= KR__KVA_N_VARIANTS)
+    if (variant < 0 || variant > KR__KVA_N_VARIANTS)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "attention_kv: no variant %d", variant);
+    const bool warp = variant == KR__KVA_N_VARIANTS;
+    if (warp && head_dim != 64 && head_dim != 128 && head_dim != 256)
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "attention_kv: variant w4 needs head_dim 64, 128 or 256 (have %d)",
+                                head_dim);
     kr_status st = kr_dec_kv_check_view(view, err);
     if (st != KR_OK)
         return st;
@@ -241,7 +260,7 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                                 "<= %d), kv_dim %d, n_split %d (1..%d))",
                                 n_head, n_head_kv, head_dim, KR__KVA_MAX_HEAD_DIM, view->kv_dim, n_split,
                                 KR__KVA_MAX_SPLIT);
-    if (kr__kva_variants[variant].fused && n_split > KR__KVA_FC_MAX)
+    if (!warp && kr__kva_variants[variant].fused && n_split > KR__KVA_FC_MAX)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "attention_kv: variant %s takes at most %d splits (have %d)",
                                 kr__kva_variants[variant].name, KR__KVA_FC_MAX, n_split);
     if (!q || !out || (n_split > 1 && !scratch) || ((uintptr_t)q & 15) != 0)
@@ -257,9 +276,13 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
     float *part = scratch;
     void *args[] = {&q,    &kc,     &vc,        &slot,     &sb,  &rows,    &rb,     &kv_dim, &out,
                     &part, &n_head, &n_head_kv, &head_dim, &pos, &pos_imm, &window, &scale,  &n_split};
-    const kr_kernel_source *src = &kr__kva_variants[variant].src[view->type == KR_DTYPE_Q8_0 ? 1 : 0];
-    st = kr__kv_launch(d, src, gx, (uint32_t)n_split, (uint32_t)kr__kva_variants[variant].threads, s, args, err);
-    if (st != KR_OK || n_split == 1 || kr__kva_variants[variant].fused)
+    const int ti = view->type == KR_DTYPE_Q8_0 ? 1 : 0;
+    const kr_kernel_source *src =
+        warp ? &kr__kvw_src[ti][head_dim == 64 ? 0 : head_dim == 128 ? 1 : 2][r == 1 ? 0 : r <= 4 ? 1 : 2]
+             : &kr__kva_variants[variant].src[ti];
+    const uint32_t threads = warp ? KR__KVW_THREADS : (uint32_t)kr__kva_variants[variant].threads;
+    st = kr__kv_launch(d, src, gx, (uint32_t)n_split, threads, s, args, err);
+    if (st != KR_OK || n_split == 1 || (!warp && kr__kva_variants[variant].fused))
         return st;
     const float *cpart = scratch;
     void *cargs[] = {&cpart, &out, &head_dim, &n_split, &pos, &pos_imm, &window, &rows};
