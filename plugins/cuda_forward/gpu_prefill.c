@@ -1,22 +1,24 @@
 /* Batched prefill on the CUDA path (gpu_prefill.h, docs/PREFILL.md).
  *
- * Per chunk of m <= n_batch tokens at positions p0 .. p0+m-1 (llama/mistral):
- *   x (m, E)       = embedding rows                        (kr_dec_embed per token)
+ * Per chunk of m <= n_batch tokens at positions p0 .. p0+m-1, llama/mistral with fp16 GEMM
+ * inputs (the default; kr__pf_chunk_llama16):
+ *   x (m, E)         = embedding rows                              (kr_pf_embed)
  *   per layer:
- *     h            = rmsnorm(x) * attn_norm                 (kr_dec_rmsnorm, m rows)
- *     qkv (m, QD+2KVD) = h @ [Wq; Wk; Wv]^T                 (kr_gemm, tensor cores)
- *     rope on the q and k parts, per-token positions        (kr_pf_rope)
- *     K/V rows p0.. of the cache = fp16(k, v)               (kr_pf_kv_store_f16)
- *     att (m, QD)  = causal flash attention over the cache  (kr_pf_flash_attn)
- *     x           += att @ Wo^T                             (kr_gemm + kr_dec_add)
- *     h            = rmsnorm(x) * ffn_norm
- *     gu (m, 2F)   = h @ [Wgate; Wup]^T
- *     gu[:, :F]    = silu(gate) * up                        (kr_pf_swiglu, in place)
- *     x           += gu[:, :F] @ Wdown^T
- *   last chunk: logits = rmsnorm(x[m-1]) @ Wout^T           (kr_gemm with m = 1)
- * Matrices the decode path repacked (Q4_0/Q8_0 as [quants | scales]) are
- * turned back into GGML blocks slice by slice in a scratch buffer right
- * before their GEMM (kr_pf_unrepack), since the GEMM reads GGML blocks.
+ *     x += pending;  h16 = fp16(rmsnorm(x) * attn_norm)           (kr_pf_rmsnorm_h)
+ *     qkv (m, QD+2KVD) = h16 @ [Wq; Wk; Wv]^T                       (kr_gemm, tensor cores)
+ *     rope on q (in place) and k, K/V rows p0.. of the cache       (kr_pf_rope_kv_f16; q8_0: rope + store)
+ *     att16 (m, QD)  = causal flash attention over the cache       (kr_pf_flash_attn_ex)
+ *     tmp  = att16 @ Wo^T
+ *     x += tmp;  h16 = fp16(rmsnorm(x) * ffn_norm)
+ *     gu (m, 2F)     = h16 @ [Wgate; Wup]^T
+ *     ff16           = fp16(silu(gate) * up)                       (kr_pf_swiglu_h)
+ *     pending        = ff16 @ Wdown^T
+ *   last chunk: logits = W_out @ rmsnorm(x[m-1] + pending)         (kr_dec_matvec, or the GEMM)
+ * kr__pf_chunk is the same with fp32 GEMM inputs and separate adds (a matrix without an fp16-input
+ * kernel, or KERNRUN_PREFILL_F16A=0); kr__pf_chunk_falcon the falcon layout (LayerNorm, parallel
+ * attention + GELU MLP). Repacked Q4_0/Q8_0 matrices (the decode path's [quants | scales]) go
+ * through kr_gemm_run_repacked, or are turned back into GGML blocks slice by slice
+ * (kr_pf_unrepack) for k % 256 != 0.
  */
 #include "gpu_prefill.h"
 
