@@ -192,6 +192,7 @@ struct kr_gemm {
     pthread_mutex_t lock;           /* guards fn[] */
     kr_function *fn[KR__GM_COUNT];  /* (KR__GM_COUNT,) lazily fetched; owned by the backend */
     kr_buffer *ws;                  /* fp16 copy of A for the MMA kernels (kr_gemm_run); NULL until needed */
+    bool failed[KR__GM_COUNT];      /* (KR__GM_COUNT,) the JIT compile / load failed once: not retried */
 };
 
 
@@ -232,10 +233,14 @@ static kr_status kr__gm_get(kr_gemm *g, kr__gm_fn id, kr_function **fn, kr_err *
 {
     pthread_mutex_lock(&g->lock);
     kr_status st = KR_OK;
-    if (!g->fn[id]) {
+    if (!g->fn[id] && g->failed[id]) {
+        st = kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: kernel %s (%s %s) failed to compile or load before",
+                              kr__gm_src[id].entry, kr__gm_src[id].name, kr__gm_src[id].options[0]);
+    } else if (!g->fn[id]) {
         st = kr_backend_get_function(g->be, &kr__gm_src[id], &g->fn[id], err);
         if (st != KR_OK) {
             g->fn[id] = NULL;
+            g->failed[id] = true;
             char what[128];
             snprintf(what, sizeof what, "cuda_gemm: kernel %s (%s %s)", kr__gm_src[id].entry,
                      kr__gm_src[id].name, kr__gm_src[id].options[0]);
@@ -524,9 +529,16 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         int64_t tiles = kr__div_up(m, 128) * kr__div_up(n, KR__GM_BN);
         bool q4 = wtype == KR_DTYPE_Q4_0 || wtype == KR_DTYPE_Q4_1 || wtype == KR_DTYPE_Q4_K;
         const bool hopper = dev && dev->cc_major == 9 && dev->cc_minor == 0;
+        bool wg_ok = hopper;
+        if (hopper) { /* an NVRTC without sm_90a (or a failed load): mma.sync from now on */
+            kr_function *probe;
+            kr_err e2;
+            memset(&e2, 0, sizeof e2);
+            wg_ok = kr__gm_get(g, kr__wg_pick(wtype, sc != NULL), &probe, &e2) == KR_OK;
+        }
         if (m <= 64)
             v = KR_GEMM_MMA64;
-        else if (hopper) /* wgmma: 15-30% over the best mma.sync config at every 7B shape (H200, 07:54) */
+        else if (wg_ok) /* wgmma: 15-30% over the best mma.sync config at every 7B shape (H200, 07:54) */
             v = tiles < 2 * sms && ldc == (uint64_t)n && k >= 1024 ? KR_GEMM_WG_K2 : KR_GEMM_WG;
         else if (tiles < sms && ldc == (uint64_t)n && k >= 1024)
             v = KR_GEMM_MMA128_K2;
