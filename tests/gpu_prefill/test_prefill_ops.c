@@ -68,6 +68,9 @@ static void q8_row(const float *x, size_t kvd, uint8_t *row, float *deq)
 
 static int g_fa_variant = KR_PF_FA_AUTO; /* kernel of F16 cases (in the messages) */
 
+/* Under tools/gpu-check's compute-sanitizer pass: no cases above 200 tokens, fewer random ones. */
+static bool quick(void) { return getenv("KERNRUN_SKIP_FAULT_TESTS") != NULL; }
+
 static void run_fa(kr_backend *be, kr_pf *p, const fa_case *c)
 {
     kr_pf_set_flash_variant(p, g_fa_variant);
@@ -234,7 +237,7 @@ static void fa_shapes(int which)
     };
     g_fa_variant = which == 1 ? KR_PF_FA_PIPE : KR_PF_FA_SIMPLE;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        if (cases[i].q8 == (which == 2))
+        if (cases[i].q8 == (which == 2) && !(quick() && cases[i].n > 200))
             run_fa(be, p, &cases[i]);
     kr_pf_free(p);
     kr_backend_destroy(be);
@@ -251,7 +254,7 @@ Test(gpu_prefill, flash_attn_random)
     kr_test_rng_seed();
     kr_pf *p = pf_open(be);
     static const int dims[] = {16, 32, 64, 80, 96, 128, 256};
-    for (int it = 0; it < 8; it++) {
+    for (int it = 0; it < (quick() ? 3 : 8); it++) {
         fa_case c = {0};
         c.d = dims[kr_test_rng_u64() % 7];
         c.n_head_kv = 1 + (int)(kr_test_rng_u64() % 4);
