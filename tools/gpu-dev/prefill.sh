@@ -23,6 +23,15 @@ if [ "$part" = test ]; then
       echo "rc=$? ($(( ($(date +%s%N) - s0) / 1000000 )) ms)" >"$tmpd/$t.rc" ) &
     pids+=($!)
   done
+  # compute-sanitizer memcheck of the kernel tests (quick mode), alongside
+  san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ -n "$san" ] && [ -x "$BUILD/tests/gpu_prefill/test_gpu_prefill_ops" ]; then
+    ( KERNRUN_SKIP_FAULT_TESTS=1 KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1 timeout 54 "$san" \
+        --tool memcheck --error-exitcode 99 --target-processes all "$BUILD/tests/gpu_prefill/test_gpu_prefill_ops" -j4 \
+        >"$tmpd/memcheck.log" 2>&1
+      echo "rc=$?" >"$tmpd/memcheck.rc" ) &
+    pids+=($!)
+  fi
   wait "${pids[@]}"
   {
     for t in test_gpu_prefill_ops test_gpu_prefill_forward; do
@@ -31,6 +40,10 @@ if [ "$part" = test ]; then
     done
     echo "== prefill test summary"
     for t in test_gpu_prefill_ops test_gpu_prefill_forward; do echo "  $t: $(cat "$tmpd/$t.rc" 2>/dev/null)"; done
+    if [ -f "$tmpd/memcheck.rc" ]; then
+      echo "  memcheck test_gpu_prefill_ops (quick): $(cat "$tmpd/memcheck.rc") $(grep -h 'ERROR SUMMARY\|Synthesis' "$tmpd/memcheck.log" | tr '\n' ' ')"
+      grep -h -B2 -A12 "Invalid\|========= Error\|Program hit" "$tmpd/memcheck.log" | head -60
+    fi
     grep -h "flash attn D\|batched vs\|greedy tokens compared\|\[FAIL\]\|\[SKIP\]" "$tmpd"/*.log 2>/dev/null |
       sed 's/^.*\(flash attn D\)/  \1/' | head -60
   } >>"$LOG" 2>&1
