@@ -349,22 +349,28 @@ static void do_wgmma(emu_thread *w)
 
 #define STACK_BYTES (256 * 1024)
 
+/* Thread i's coroutine on its stack (a function of its own: nothing of the caller
+ * lives across getcontext). */
+static __attribute__((noinline)) void init_thread(emu_thread *t, int i, char *stack)
+{
+    memset(t, 0, sizeof *t);
+    t->tidx.x = i;
+    getcontext(&t->ctx);
+    t->ctx.uc_stack.ss_sp = stack;
+    t->ctx.uc_stack.ss_size = STACK_BYTES;
+    t->ctx.uc_link = NULL;
+    makecontext(&t->ctx, thread_main, 0);
+}
+
 static void run_block(int bx, int by, int bz)
 {
     blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
     static char *stacks[KR_MM_THREADS];
     for (int i = 0; i < g_nthr; i++) {
-        emu_thread *t = &g_thr[i];
-        memset(t, 0, sizeof *t);
-        t->tidx.x = i;
         if (!stacks[i])
             stacks[i] = malloc(STACK_BYTES);
         cr_assert_not_null(stacks[i]);
-        getcontext(&t->ctx);
-        t->ctx.uc_stack.ss_sp = stacks[i];
-        t->ctx.uc_stack.ss_size = STACK_BYTES;
-        t->ctx.uc_link = NULL;
-        makecontext(&t->ctx, thread_main, 0);
+        init_thread(&g_thr[i], i, stacks[i]);
     }
     for (;;) {
         for (int i = 0; i < g_nthr; i++) {
