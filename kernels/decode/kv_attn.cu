@@ -996,4 +996,40 @@ __device__ __forceinline__ void kr_kvw(const float *q, const void *kc, const voi
     KR_KVW_ENTRY(q8, tn, 2, 64, 8) KR_KVW_ENTRY(q8, tn, 4, 128, 8) KR_KVW_ENTRY(q8, tn, 8, 256, 8)
 KR_KVW_ENTRIES(0, f16)
 KR_KVW_ENTRIES(1, q8_0)
+
+// Hybrid: per launch, the visible span decides (the position is read on the device, so one
+// captured graph serves every step): chunks of at most KR_KVH_MAXW positions per split go to the
+// warp kernel above, longer ones to the tile kernel (kr_kva with this module's KR_KVA_* options).
+#ifndef KR_KVH_MAXW
+#define KR_KVH_MAXW 64
+#endif
+__device__ __forceinline__ bool kr_kvh_short(const int *pos, int pos_imm, int window, int n_split)
+{
+    const int p = pos ? *pos : pos_imm;
+    const int j0 = window > 0 ? max(0, p - window + 1) : 0;
+    return (p - j0 + n_split) / n_split <= KR_KVH_MAXW; // chunk = ceil((p - j0 + 1) / n_split)
+}
+#define KR_KVH_ENTRY(q8, tn, vd, dd, h)                                                                         \
+    extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS, KR_KVA_MINB)                                 \
+    kr_kvh_##tn##_d##dd##_h##h(const float *q, const void *kc, const void *vc, const int *slot,               \
+                               long long slot_bytes, int rows, long long row_bytes, int kv_dim, float *out,    \
+                               float *part, int n_head, int n_head_kv, int head_dim, const int *pos,           \
+                               int pos_imm, int window, float scale, int n_split)                              \
+    {                                                                                                          \
+        KR_PDL_WAIT();                                                                                         \
+        if (kr_kvh_short(pos, pos_imm, window, n_split))                                                       \
+            kr_kvw<q8, vd, h>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head,          \
+                              n_head_kv, head_dim, pos, pos_imm, window, scale, n_split);                      \
+        else                                                                                                   \
+            kr_kva<q8, 0>(q, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, out, part, n_head, n_head_kv,  \
+                          head_dim, pos, pos_imm, window, scale, n_split);                                     \
+    }
+#if KR_KVA_THREADS == 32 * KR_KVW_WARPS && !KR_KVA_FC
+KR_KVH_ENTRY(0, f16, 4, 128, 1)
+KR_KVH_ENTRY(0, f16, 4, 128, 4)
+KR_KVH_ENTRY(0, f16, 2, 64, 8)
+KR_KVH_ENTRY(1, q8_0, 4, 128, 1)
+KR_KVH_ENTRY(1, q8_0, 4, 128, 4)
+KR_KVH_ENTRY(1, q8_0, 2, 64, 8)
+#endif
 #endif // KR_KVW_ONLY
