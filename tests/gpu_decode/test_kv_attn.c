@@ -371,6 +371,11 @@ Test(kv_attn, attention_invalid_position_is_nan)
     kr_dec_kv_view view = {.k = dk, .v = dk, .type = KR_DTYPE_F16, .rows = rows, .kv_dim = n_head * hd, .row_bytes = rb};
     const int bad_pos[] = {-1, rows, 100};
     for (int v = 0; kr_dec_attention_kv_variant_name(v); v++) {
+        kr_err verr;
+        kr_err_clear(&verr);
+        if (kr_dec_attention_kv_variant(g.dec, NULL, v, dq, &view, dout, n_head, n_head, hd, NULL, 0, 0, 1.0f, 1, scr,
+                                        &verr) == KR_ERR_UNSUPPORTED)
+            continue; /* this variant is not built for the shape */
         for (int split = 1; split <= 3; split += 2) {
             for (size_t i = 0; i < sizeof bad_pos / sizeof bad_pos[0]; i++) {
                 cr_assert_eq(kr_backend_memset(g.be, dout, 0, (size_t)n_head * hd * 4, NULL, &err), KR_OK);
