@@ -41,8 +41,9 @@
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
-/* the variant kr_dec_attention_kv uses */
+/* the variant kr_dec_attention_kv uses; KR__KVA_DEFAULT_HYB 1: the hybrid where it is built */
 #define KR__KVA_DEFAULT 0
+#define KR__KVA_DEFAULT_HYB 0
 
 static const struct {
     const char *name;
@@ -307,6 +308,13 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
                               int n_head, int n_head_kv, int head_dim, const int32_t *pos, int32_t pos_imm,
                               int window, float scale, int n_split, float *scratch, kr_err *err)
 {
-    return kr_dec_attention_kv_variant(d, s, KR__KVA_DEFAULT, q, view, out, n_head, n_head_kv, head_dim, pos,
-                                       pos_imm, window, scale, n_split, scratch, err);
+    int v = KR__KVA_DEFAULT;
+#if KR__KVA_DEFAULT_HYB
+    /* the hybrid where it is built (see kr__kvh_src), the tile kernel elsewhere */
+    const int rg = n_head_kv > 0 && n_head % n_head_kv == 0 ? n_head / n_head_kv : 0;
+    if ((head_dim == 128 && rg >= 1 && rg <= 4) || (head_dim == 64 && rg > 4))
+        v = KR__KVA_N_VARIANTS + 1;
+#endif
+    return kr_dec_attention_kv_variant(d, s, v, q, view, out, n_head, n_head_kv, head_dim, pos, pos_imm, window,
+                                       scale, n_split, scratch, err);
 }
