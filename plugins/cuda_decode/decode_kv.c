@@ -1,7 +1,9 @@
 /* Host-side launchers for kernels/decode/kv_attn.cu (see kr_decode_kv.h). */
 #include "kr_decode_kv.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernrun/err_local.h"
@@ -304,11 +306,33 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
     return kr__kv_launch(d, &kr__kva_combine_src, (uint32_t)n_head, 1, 256, s, cargs, err);
 }
 
+/* KR_DEC_KV_ATTN=<variant name> in the environment (read once) overrides the default variant:
+ * for end-to-end measurements (kernrun bench) of the variants. */
+static int kr__kva_env = -2;
+static pthread_once_t kr__kva_env_once = PTHREAD_ONCE_INIT;
+static void kr__kva_env_init(void)
+{
+    const char *e = getenv("KR_DEC_KV_ATTN");
+    kr__kva_env = -1;
+    for (int v = 0; e && kr_dec_attention_kv_variant_name(v); v++)
+        if (strcmp(e, kr_dec_attention_kv_variant_name(v)) == 0)
+            kr__kva_env = v;
+}
+static int kr__kva_env_variant(void)
+{
+    pthread_once(&kr__kva_env_once, kr__kva_env_init);
+    return kr__kva_env;
+}
+
 kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_dec_kv_view *view, float *out,
                               int n_head, int n_head_kv, int head_dim, const int32_t *pos, int32_t pos_imm,
                               int window, float scale, int n_split, float *scratch, kr_err *err)
 {
     int v = KR__KVA_DEFAULT;
+    const int ov = kr__kva_env_variant();
+    if (ov >= 0)
+        return kr_dec_attention_kv_variant(d, s, ov, q, view, out, n_head, n_head_kv, head_dim, pos, pos_imm, window,
+                                           scale, n_split, scratch, err);
 #if KR__KVA_DEFAULT_HYB
     /* the hybrid where it is built (see kr__kvh_src), the tile kernel elsewhere */
     const int rg = n_head_kv > 0 && n_head % n_head_kv == 0 ? n_head / n_head_kv : 0;

@@ -93,7 +93,10 @@ int kr_dec_attention_kv_default_splits(const kr_device_info *dev, int n_head, in
                                        int n_ctx);
 
 /* Kernel variants (for the benchmark): 0 is the default kr_dec_attention_kv
- * uses; kr_dec_attention_kv_variant_name(i) is NULL past the last one. */
+ * uses; kr_dec_attention_kv_variant_name(i) is NULL past the last one. A
+ * variant may refuse a shape it is not built for (KR_ERR_UNSUPPORTED).
+ * KR_DEC_KV_ATTN=<name> in the environment (read once) makes
+ * kr_dec_attention_kv use that variant (end-to-end measurements). */
 const char *kr_dec_attention_kv_variant_name(int variant);
 kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, const float *q,
                                       const kr_dec_kv_view *view, float *out, int n_head, int n_head_kv,
