@@ -26,7 +26,10 @@ if [ "$part" = test ]; then
   export KR_DECODE_KERNELS_DIR=$PWD/kernels/decode KR_DECODE_JIT_CACHE=$tmp/jit-cache
   s0=$(date +%s)
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
-      --filter '!(gpu_forward/@(*step_variants|falcon*))' >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
+      --filter '!(gpu_forward/@(*step_variants|falcon*|bench_cli*|generate*))' >"$tmp/fwd.txt" 2>&1
+    echo "rc=$?" >>"$tmp/fwd.txt" ) &
+  ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
+      --filter 'gpu_forward/@(bench_cli*|generate*)' >"$tmp/cli.txt" 2>&1; echo "rc=$?" >>"$tmp/cli.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/falcon*' \
       >"$tmp/fal.txt" 2>&1; echo "rc=$?" >>"$tmp/fal.txt" ) &
   ( timeout 52 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/*step_variants' \
@@ -36,13 +39,13 @@ if [ "$part" = test ]; then
       --filter 'gpu_decode/!(matvec_tunings)' >"$tmp/dec.txt" 2>&1; echo "rc=$?" >>"$tmp/dec.txt" ) &
   wait
   {
-    for f in kern fwd fal var dec; do
+    for f in kern fwd cli fal var dec; do
       echo "-- test_gpu_$f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|expected|NMSE|variant" "$tmp/$f.txt" | head -60
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -80
     done
     echo "== decode test summary"
-    for f in kern fwd fal var dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in kern fwd cli fal var dec; do echo "  test_gpu_$f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
@@ -52,9 +55,9 @@ if [ "$part" = bench ]; then
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   tmp=$(mktemp -d)
   # variants (kr_gpu_forward_set_tuning, applied on top of the default; see docs/GPU-FORWARD.md)
-  V4="old;pdl=0;default;norm=mb;nf=1;nf=1,nfp=8;resid=0,norm=sb;skip=a;skip=n;skip=m;skip=anm"
-  V8="old;default;norm=mb;nf=1;nf=1,nfp=8;skip=a;skip=n"
-  VF="old;default;pdl=0;norm=mb"
+  V4="old;pdl=0;default;norm=mb;skip=a;skip=n;skip=m"
+  V8="old;default;norm=mb;skip=a"
+  VF="old;default;pdl=0"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   # decode timing only: keep the prompt on the decode step (independent of the batched prefill)
   pre=()
@@ -72,31 +75,9 @@ if [ "$part" = bench ]; then
     echo "rc=$?" >>"$tmp/$t.txt"
     cat "$tmp/$t.txt" >>"$LOG"
   done
-  # the attention kernels of kr_decode_kv.h on the f16 cache (gpu_kvcache.c: KR_GKV_KERNELS=new)
-  f=${KR_7B_Q4_0:-}
-  if [ -n "$f" ] && [ -f "$f" ]; then
-    V="default;nf=1,nfp=8;skip=a"
-    echo "-- Q4_0 with KR_GKV_KERNELS=new: --variants (2 rounds)" >>"$LOG"
-    KR_GKV_KERNELS=new timeout 30 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" \
-      --variants "$V;$(rev "$V")" >"$tmp/Q4_0-newkv.txt" 2>&1
-    echo "rc=$?" >>"$tmp/Q4_0-newkv.txt"
-    cat "$tmp/Q4_0-newkv.txt" >>"$LOG"
-  fi
-  # attention split count inside the graph (the default is about 2 CTAs per SM)
-  f=${KR_7B_Q4_0:-}
-  if [ -n "$f" ] && [ -f "$f" ]; then
-    for sp in 1 4 16 32; do
-      V="default;skip=a"
-      echo "-- Q4_0 --attn-splits $sp: --variants (2 rounds)" >>"$LOG"
-      timeout 25 "$KR" bench -m "$f" --backend cuda -p 512 -n 128 "${pre[@]}" --attn-splits $sp \
-        --variants "$V;$(rev "$V")" >"$tmp/Q4_0-split$sp.txt" 2>&1
-      echo "rc=$?" >>"$tmp/Q4_0-split$sp.txt"
-      grep -E "^variant|^decode |^rc=" "$tmp/Q4_0-split$sp.txt" >>"$LOG"
-    done
-  fi
   {
     echo "== decode bench summary (ms/tok; % of copy = GB/s / copy GB/s of the same run; r1 r2 = the two rounds)"
-    for t in Q4_0 Q8_0 F16 Q4_0-newkv Q4_0-split1 Q4_0-split4 Q4_0-split16 Q4_0-split32; do
+    for t in Q4_0 Q8_0 F16; do
       [ -f "$tmp/$t.txt" ] || continue
       awk -v t="$t" '
         /^copy bw/ {copy=$4}
