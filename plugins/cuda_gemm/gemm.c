@@ -538,8 +538,12 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
         }
         if (m <= 64)
             v = KR_GEMM_MMA64;
-        else if (wg_ok) /* wgmma: 15-30% over the best mma.sync config at every 7B shape (H200, 07:54) */
-            v = tiles < 2 * sms && ldc == (uint64_t)n && k >= 1024 ? KR_GEMM_WG_K2 : KR_GEMM_WG;
+        else if (wg_ok) { /* wgmma: 15-30% over the best mma.sync config at every 7B shape (H200, 07:54);
+                             GGML Q4_0 / Q4_1: the 4-stage records, 3-6% more (08:21) */
+            const bool s4 = (wtype == KR_DTYPE_Q4_0 && !sc) || (wtype == KR_DTYPE_Q4_1 && !sc);
+            const bool k2 = tiles < 2 * sms && ldc == (uint64_t)n && k >= 1024;
+            v = s4 ? (k2 ? KR_GEMM_WG_S4_K2 : KR_GEMM_WG_S4) : (k2 ? KR_GEMM_WG_K2 : KR_GEMM_WG);
+        }
         else if (tiles < sms && ldc == (uint64_t)n && k >= 1024)
             v = KR_GEMM_MMA128_K2;
         else if (q4 || tiles < 3 * sms)

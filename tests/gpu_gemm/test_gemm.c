@@ -209,8 +209,12 @@ static void run_case(kr_backend *be, kr_gemm *g, kr_dtype wt, kr_gemm_variant va
     cr_expect_eq(oob, 0, "%s variant %d m %lld n %lld k %lld: %zu floats written outside C (seed %llu)", tn,
                  (int)var, (long long)m, (long long)n, (long long)k, oob, (unsigned long long)g_seed);
     if (tc) {
-        cr_expect_leq(nmse, 1e-3, "%s variant %d m %lld n %lld k %lld: NMSE %g > 1e-3 (seed %llu)", tn, (int)var,
-                      (long long)m, (long long)n, (long long)k, nmse, (unsigned long long)g_seed);
+        /* vs the fp32-input reference only over >= 256 outputs: for a handful of them the
+         * fp16 rounding of the inputs alone can exceed 1e-3 (seen: Q4_0 1x1x32, 8.2e-3, H200);
+         * the fp16-input bound below holds for any size */
+        if (m * n >= 256)
+            cr_expect_leq(nmse, 1e-3, "%s variant %d m %lld n %lld k %lld: NMSE %g > 1e-3 (seed %llu)", tn, (int)var,
+                          (long long)m, (long long)n, (long long)k, nmse, (unsigned long long)g_seed);
         cr_expect_leq(nmse16, 1e-6, "%s variant %d m %lld n %lld k %lld: NMSE vs fp16-input reference %g > 1e-6 "
                       "(seed %llu)", tn, (int)var, (long long)m, (long long)n, (long long)k, nmse16,
                       (unsigned long long)g_seed);
