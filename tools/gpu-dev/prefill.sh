@@ -62,7 +62,7 @@ if [ "$part" = bench ]; then
     runs=("Q4_0 batch|KR_7B_Q4_0||" "Q8_0 batch|KR_7B_Q8_0||" "F16 batch|KR_7B_F16||"
           "Q4_0 token-by-token|KR_7B_Q4_0|--no-batch-prefill|"
           "F16 batch simple attention|KR_7B_F16||KERNRUN_FA_VARIANT=simple"
-          "F16 batch fp32 GEMM inputs|KR_7B_F16||KERNRUN_PREFILL_F16A=0"
+          "F16 batch (repeat)|KR_7B_F16||"
           "Q4_0 -p 2048|KR_7B_Q4_0|-p 2048|"
           "Q8_0 -p 2048|KR_7B_Q8_0|-p 2048|"
           "F16 -p 2048|KR_7B_F16|-p 2048|"
