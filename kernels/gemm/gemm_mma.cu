@@ -99,6 +99,12 @@ typedef long long kr_mm_i64;
 #if KR_MM_BM != 128 || KR_MM_BN != 128 || KR_MM_BK != 32
 #error "the wgmma kernel needs BM = BN = 128, BK = 32"
 #endif
+#elif KR_MM_WG == 4
+// F16 only: as WG 1 (K steps of 32, 64-byte swizzle, wait_group 0 per step) with the W
+// tile as the A operand from shared memory too (no ldmatrix, no A registers)
+#if KR_MM_BM != 128 || KR_MM_BN != 128 || KR_MM_BK != 32 || KR_MM_WT != KR_MM_T_F16
+#error "the wgmma SS-32 kernel needs F16, BM = BN = 128, BK = 32"
+#endif
 #elif KR_MM_WG == 2
 // F16 only: both operands from shared memory (W rows of warpgroup q = rows 64q.. of
 // the stage), K steps of 16 (rows of 32 bytes, 32-byte swizzle), one wgmma group kept
@@ -546,6 +552,35 @@ KR_MM_UNROLL
         wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
     }
     kr_mm_wg_wait0();
+    KR_MM_WAIT(0);
+#elif KR_MM_WG == 4
+    float acc[64]; // acc[4j + e]: W row 16*warp + g + 8*(e >> 1), token 8j + 2t + (e & 1)
+KR_MM_UNROLL
+    for (int i = 0; i < 64; i++)
+        acc[i] = 0.0f;
+KR_MM_UNROLL
+    for (int s = 0; s < KR_MM_ST - 1; s++) {
+        if (s < nsteps)
+            kr_mm_load(sm + s * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + s, tid);
+        kr_mm_commit();
+    }
+    int rd = 0, wr = KR_MM_ST - 1;
+    for (int i = 0; i < nsteps; i++) {
+        KR_MM_WAIT(KR_MM_ST - 2);
+        kr_mm_proxy_fence();
+        __syncthreads();
+        if (i + KR_MM_ST - 1 < nsteps)
+            kr_mm_load(sm + wr * KR_MM_STAGE, A, lda, W, ldw, S, lds, M, N, m0, n0, ks0 + i + KR_MM_ST - 1, tid);
+        kr_mm_commit();
+        const kr_mm_u32 sa = kr_mm_saddr(sm + rd * KR_MM_STAGE), sw = sa + KR_MM_A_BYTES + (warp >> 2) * 64 * KR_MM_RB;
+        kr_mm_wg_fence();
+        kr_mm_wgmma_ss(acc, kr_mm_desc(sw), kr_mm_desc(sa));
+        kr_mm_wgmma_ss(acc, kr_mm_desc(sw + 32), kr_mm_desc(sa + 32));
+        kr_mm_wg_commit();
+        kr_mm_wg_wait0();
+        rd = rd == KR_MM_ST - 1 ? 0 : rd + 1;
+        wr = wr == KR_MM_ST - 1 ? 0 : wr + 1;
+    }
     KR_MM_WAIT(0);
 #elif KR_MM_WG == 1
     // C^T tile (128 W rows x 128 tokens) = W tile (A operand, registers) x X tile^T (B, shared)

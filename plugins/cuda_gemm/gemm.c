@@ -88,6 +88,8 @@ KR__WG4_OPTS(kr__opts_wg4_q4_0, 2)
 KR__WG4_OPTS(kr__opts_wg4_q4_1, 3)
 KR__WG4_OPTS(kr__opts_wg4_q4_0r, 102)
 #undef KR__WG4_OPTS
+static const char *const kr__opts_wgss_f16[5] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128", "-DKR_MM_ST=3", "-DKR_MM_WG=4",
+                                                 "--gpu-architecture=sm_90a"};
 static const char *const kr__opts_wg2_f16[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128", "-DKR_MM_ST=6", "-DKR_MM_BK=16",
                                                 "-DKR_MM_WG=2", "--gpu-architecture=sm_90a"};
 
@@ -145,6 +147,7 @@ static const char *const kr__opts_wg2_f16[6] = {"-DKR_MM_WT=1", "-DKR_MM_BM=128"
     X(WG_Q4_0R, "kr_mm_gemm", kr__opts_wg_q4_0r, 128, 256, 128)                                \
     X(WG_Q8_0R, "kr_mm_gemm", kr__opts_wg_q8_0r, 128, 256, 128)                                \
     X(WG2_F16, "kr_mm_gemm", kr__opts_wg2_f16, 128, 256, 128)                                  \
+    X(WGSS_F16, "kr_mm_gemm", kr__opts_wgss_f16, 128, 256, 128)                                \
     X(WG4_Q4_0, "kr_mm_gemm", kr__opts_wg4_q4_0, 128, 256, 128)                                \
     X(WG4_Q4_1, "kr_mm_gemm", kr__opts_wg4_q4_1, 128, 256, 128)                                \
     X(WG4_Q4_0R, "kr_mm_gemm", kr__opts_wg4_q4_0r, 128, 256, 128)                              \
@@ -416,7 +419,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
     if (!kr_gemm_supports(wtype))
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: weight type %d not supported (F32, F16, Q4_0, "
                                                    "Q4_1, Q8_0, Q4_K, Q6_K)", (int)wtype);
-    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_WG_S4_K2)
+    if (variant < KR_GEMM_AUTO || variant > KR_GEMM_WG_SS_K2)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "cuda_gemm: unknown variant %d", (int)variant);
     int64_t blk;
     size_t blk_bytes, align;
@@ -552,17 +555,19 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
             v = KR_GEMM_MMA128;
     }
     const bool wg2 = (v == KR_GEMM_WG2 || v == KR_GEMM_WG2_K2) && wtype == KR_DTYPE_F16 && !sc;
+    const bool wgss = (v == KR_GEMM_WG_SS || v == KR_GEMM_WG_SS_K2) && wtype == KR_DTYPE_F16 && !sc;
     const bool wg4 = (v == KR_GEMM_WG_S4 || v == KR_GEMM_WG_S4_K2) &&
                      (wtype == KR_DTYPE_Q4_0 || (wtype == KR_DTYPE_Q4_1 && !sc));
     const bool wg = v == KR_GEMM_WG || v == KR_GEMM_WG_K2 || v == KR_GEMM_WG2 || v == KR_GEMM_WG2_K2 ||
-                    v == KR_GEMM_WG_S4 || v == KR_GEMM_WG_S4_K2;
+                    v == KR_GEMM_WG_S4 || v == KR_GEMM_WG_S4_K2 || v == KR_GEMM_WG_SS || v == KR_GEMM_WG_SS_K2;
     if (wg) {
         const kr_device_info *dev = kr_backend_device_info(g->be);
         if (!dev || dev->cc_major != 9 || dev->cc_minor != 0)
             return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "cuda_gemm: the wgmma kernels need compute capability 9.0, "
                                                        "not %d.%d", dev ? dev->cc_major : 0, dev ? dev->cc_minor : 0);
     }
-    kr__gm_fn id = wg2 ? KR__GM_WG2_F16
+    kr__gm_fn id = wg2  ? KR__GM_WG2_F16
+                 : wgss ? KR__GM_WGSS_F16
                  : wg4 ? (wtype == KR_DTYPE_Q4_1 ? KR__GM_WG4_Q4_1 : sc ? KR__GM_WG4_Q4_0R : KR__GM_WG4_Q4_0)
                  : wg  ? kr__wg_pick(wtype, sc != NULL)
                       : kr__mm_pick(wtype, v == KR_GEMM_MMA64, v == KR_GEMM_MMA128_W8,
@@ -573,7 +578,7 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
                           (long long)m, (long long)gy);
     /* split-K: C is zeroed, each half adds (fp32 a + b is commutative: deterministic for 2) */
     int splits = (v == KR_GEMM_MMA128_K2 || v == KR_GEMM_MMA256_K2 || v == KR_GEMM_WG_K2 || v == KR_GEMM_WG2_K2 ||
-                  v == KR_GEMM_WG_S4_K2) &&
+                  v == KR_GEMM_WG_S4_K2 || v == KR_GEMM_WG_SS_K2) &&
                          ldc == (uint64_t)n && k >= 2 * blk ? 2 : 1;
     int64_t k_split = k;
     if (splits > 1) {

@@ -61,6 +61,9 @@ typedef enum kr_gemm_variant {
     KR_GEMM_WG_S4 = 13,    /* Q4_0 (GGML or repacked), Q4_1: WG with 4 stages (32-byte raw rows);
                               other types: WG */
     KR_GEMM_WG_S4_K2 = 14, /* WG_S4 with K split in 2 */
+    KR_GEMM_WG_SS = 15,    /* F16: WG with the W tile as a shared-memory operand too (no ldmatrix);
+                              other types: WG */
+    KR_GEMM_WG_SS_K2 = 16, /* WG_SS with K split in 2 */
 } kr_gemm_variant;
 
 /* be must be a CUDA backend and outlive the kr_gemm. */

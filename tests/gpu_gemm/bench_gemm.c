@@ -180,7 +180,9 @@ static const struct {
               {"wg2k2", KR_GEMM_WG2_K2, false},       {"hwg2", KR_GEMM_WG2, true},
               {"hwg2k2", KR_GEMM_WG2_K2, true},       {"wgs4", KR_GEMM_WG_S4, false},
               {"wgs4k2", KR_GEMM_WG_S4_K2, false},    {"hwgs4", KR_GEMM_WG_S4, true},
-              {"hwgs4k2", KR_GEMM_WG_S4_K2, true}};
+              {"hwgs4k2", KR_GEMM_WG_S4_K2, true},    {"wgss", KR_GEMM_WG_SS, false},
+              {"wgssk2", KR_GEMM_WG_SS_K2, false},    {"hwgss", KR_GEMM_WG_SS, true},
+              {"hwgssk2", KR_GEMM_WG_SS_K2, true}};
 #define N_VARS (sizeof k_vars / sizeof k_vars[0])
 
 /* name is in the space/comma separated list env (NULL or empty: all). */

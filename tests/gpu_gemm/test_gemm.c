@@ -258,7 +258,8 @@ static void run_type(kr_dtype wt)
     const kr_gemm_variant vars_tc[] = {KR_GEMM_TC128,     KR_GEMM_TC64,      KR_GEMM_AUTO,   KR_GEMM_MMA128,
                                        KR_GEMM_MMA64,     KR_GEMM_MMA128_K2, KR_GEMM_MMA128_W8, KR_GEMM_MMA256,
                                        KR_GEMM_MMA256_K2, KR_GEMM_WG,        KR_GEMM_WG_K2,     KR_GEMM_WG2,
-                                       KR_GEMM_WG2_K2,    KR_GEMM_WG_S4,     KR_GEMM_WG_S4_K2};
+                                       KR_GEMM_WG2_K2,    KR_GEMM_WG_S4,     KR_GEMM_WG_S4_K2,  KR_GEMM_WG_SS,
+                                       KR_GEMM_WG_SS_K2};
     const kr_gemm_variant vars_simt[] = {KR_GEMM_AUTO};
     const bool tc = kr_gemm_uses_tensor_cores(wt);
     const kr_gemm_variant *vars = tc ? vars_tc : vars_simt;
@@ -268,7 +269,8 @@ static void run_type(kr_dtype wt)
     const int64_t kq = (int64_t)kr_quant_block_size(wt);
     for (size_t v = 0; v < n_vars; v++) {
         /* WG2 is F16's, WG_S4 Q4_0/Q4_1's: for other types they run the WG kernel again */
-        if (((vars[v] == KR_GEMM_WG2 || vars[v] == KR_GEMM_WG2_K2) && wt != KR_DTYPE_F16) ||
+        if (((vars[v] == KR_GEMM_WG2 || vars[v] == KR_GEMM_WG2_K2 || vars[v] == KR_GEMM_WG_SS ||
+              vars[v] == KR_GEMM_WG_SS_K2) && wt != KR_DTYPE_F16) ||
             ((vars[v] == KR_GEMM_WG_S4 || vars[v] == KR_GEMM_WG_S4_K2) && wt != KR_DTYPE_Q4_0 && wt != KR_DTYPE_Q4_1))
             continue;
         for (size_t i = 0; i < n_shapes; i++) {
@@ -286,7 +288,7 @@ static void run_type(kr_dtype wt)
         const kr_gemm_variant vh[] = {KR_GEMM_AUTO,      KR_GEMM_MMA128,    KR_GEMM_MMA64, KR_GEMM_MMA128_K2,
                                       KR_GEMM_MMA128_W8, KR_GEMM_MMA256,    KR_GEMM_MMA256_K2, KR_GEMM_WG,
                                       KR_GEMM_WG_K2,     KR_GEMM_WG2,       KR_GEMM_WG2_K2,    KR_GEMM_WG_S4,
-                                      KR_GEMM_WG_S4_K2};
+                                      KR_GEMM_WG_S4_K2,  KR_GEMM_WG_SS,     KR_GEMM_WG_SS_K2};
         for (size_t v = 0; v < sizeof vh / sizeof vh[0]; v++) {
             for (size_t i = 0; i < n_shapes; i += 2) {
                 const shape *s = &k_shapes[i];
@@ -314,6 +316,10 @@ static void run_type(kr_dtype wt)
         run_case(be, g, wt, KR_GEMM_WG2_K2, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_WG_S4, 300, 520, 2048, 0, 0, false);
         run_case(be, g, wt, KR_GEMM_WG_S4_K2, 300, 520, 2048, 0, 0, true);
+        if (wt == KR_DTYPE_F16) {
+            run_case(be, g, wt, KR_GEMM_WG_SS, 300, 520, 2048, 0, 0, true);
+            run_case(be, g, wt, KR_GEMM_WG_SS_K2, 300, 520, 2048, 0, 0, false);
+        }
     }
     kr_gemm_free(g);
     kr_backend_destroy(be);
@@ -593,7 +599,7 @@ Test(gemm_host, all_variants_compile_sm90)
         cr_skip_test("no NVRTC: %s", err.msg);
     cr_assert_eq(st, KR_OK, "%s", err.msg);
     size_t n = kr_gemm_source_count();
-    cr_assert_eq(n, 57, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + Q6_K x 3 + 8 wgmma + A "
+    cr_assert_eq(n, 58, "expected 6 types x 2 tiles + SIMT + 7 MMA types x 4 configs + Q6_K x 3 + 8 wgmma + A "
                         "conversion, got %zu records",
                  n);
     cr_expect_null(kr_gemm_source_at(n));

@@ -74,7 +74,7 @@ if [ "$part" = bench ]; then
   #    gate+up 22016x4096, down 4096x11008, output 32000x4096
   KR_BENCH_SHAPES=${GEMM_BENCH_SHAPES:-512x4096x4096,512x12288x4096,512x22016x4096,512x4096x11008,512x32000x4096} \
   KR_BENCH_TYPES=${GEMM_BENCH_TYPES:-F16 Q4_0 Q8_0 Q4_0R Q8_0R Q4_K Q6_K} KR_BENCH_NMSE=0 \
-  KR_BENCH_VARIANTS=${GEMM_BENCH_VARIANTS:-auto mma128 mma128k2 mma128w8 wg wgk2 wg2 wg2k2 wgs4 wgs4k2 hauto hmma128 hmma128k2 hwg hwgk2 hwg2 hwg2k2 hwgs4 hwgs4k2} \
+  KR_BENCH_VARIANTS=${GEMM_BENCH_VARIANTS:-auto mma128 mma128k2 mma128w8 wg wgk2 wg2 wg2k2 wgs4 wgs4k2 wgss wgssk2 hauto hmma128 hmma128k2 hwg hwgk2 hwg2 hwg2k2 hwgs4 hwgs4k2 hwgss hwgssk2} \
     timeout "$(left 26)" "$bench" 512 4096 4096 10 >>"$out" 2>&1
   echo "bench 7B shapes rc=$?" >>"$out"
   cat "$out" >>"$LOG"
@@ -103,7 +103,7 @@ if [ "$part" = bench ]; then
   # 3. Nsight Compute on a few MMA kernels (512x4096x4096, fp16 A): where the time goes
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
   if [ -n "$NCU" ]; then
-    for tv in F16:hwg2 Q4_0:hwgs4 F16:hwg Q4_0:hwg; do
+    for tv in F16:hwgss Q8_0:hwg Q4_0:hwgs4; do
       [ "$(left 43)" -gt 6 ] || { echo "ncu $tv: no time left" >>"$LOG"; break; }
       echo "-- ncu $tv" >>"$LOG"
       KR_BENCH_TYPES=${tv%%:*} KR_BENCH_VARIANTS=${tv##*:} KR_BENCH_SIMT=0 KR_BENCH_NMSE=0 \
