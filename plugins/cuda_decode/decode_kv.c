@@ -25,10 +25,9 @@
  * address). */
 #define KR__KVA_VARIANTS(X)                               \
     X(0, "t128s", 128, 4096, 0, 0, 0, 0, 1, 0, 2)         \
-    X(1, "t128s-d4", 128, 4096, 0, 0, 0, 0, 4, 0, 2)      \
-    X(2, "t128sfc", 128, 4096, 0, 1, 0, 0, 1, 0, 2)       \
-    X(3, "t128sh", 128, 4096, 0, 0, 0, 1, 1, 0, 2)        \
-    X(4, "cp4x2k-d4", 128, 2048, 1, 0, 0, 0, 4, 0, 4)
+    X(1, "t128sfc", 128, 4096, 0, 1, 0, 0, 1, 0, 2)       \
+    X(2, "t128sh", 128, 4096, 0, 0, 0, 1, 1, 0, 2)        \
+    X(3, "cp4x2k-d4", 128, 2048, 1, 0, 0, 0, 4, 0, 4)
 
 #define KR__KVA_DEF(i, nm, nt, tile, cp, fc, early, hr, dsp, minb, stages)                                    \
     static const char *const kr__kva_opts_##i[9] = {                                                           \
@@ -43,9 +42,9 @@
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
-/* the variant kr_dec_attention_kv uses; KR__KVA_DEFAULT_HYB 1: the hybrid where it is built */
+/* the variant kr_dec_attention_kv uses (H200 08:21: best or within 5% of the best everywhere except
+ * the fused combine's 4-5% at 32/32 heads, which needs kr_dec_attention_kv_scratch_init) */
 #define KR__KVA_DEFAULT 0
-#define KR__KVA_DEFAULT_HYB 0
 
 static const struct {
     const char *name;
@@ -58,28 +57,6 @@ static const struct {
 #undef KR__KVA_ROW
 };
 #define KR__KVA_N_VARIANTS ((int)(sizeof kr__kva_variants / sizeof kr__kva_variants[0]))
-
-/* Warp-per-positions kernels (kr_kvw_<type>_d<head_dim>_h<heads per block>), one record per entry,
- * all compiled from one module (-DKR_KVW_ONLY=1); variant index KR__KVA_N_VARIANTS ("w4"). */
-static const char *const kr__kvw_opts[3] = {"-DKR_KVW_ONLY=1", "-DKR_KVA_TILE=4096", "-DKR_KVA_DSP=1"};
-#define KR__KVW_REC(tn, dd, h)                                                                               \
-    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-     .entry = "kr_kvw_" #tn "_d" #dd "_h" #h, .options = kr__kvw_opts, .n_options = 3}
-#define KR__KVW_RECS(tn)                                                                                     \
-    {{KR__KVW_REC(tn, 64, 1), KR__KVW_REC(tn, 64, 4), KR__KVW_REC(tn, 64, 8)},                               \
-     {KR__KVW_REC(tn, 128, 1), KR__KVW_REC(tn, 128, 4), KR__KVW_REC(tn, 128, 8)},                            \
-     {KR__KVW_REC(tn, 256, 1), KR__KVW_REC(tn, 256, 4), KR__KVW_REC(tn, 256, 8)}}
-static const kr_kernel_source kr__kvw_src[2][3][3] = {KR__KVW_RECS(f16), KR__KVW_RECS(q8_0)}; /* [type][D][H] */
-#define KR__KVW_THREADS 128 /* = 32 * KR_KVW_WARPS */
-/* Hybrid (variant index KR__KVA_N_VARIANTS + 1, "hyb"): chunks of <= 64 positions per split take
- * the warp kernel, longer ones the t128s tile kernel, decided on the device per launch. Built for
- * head_dim 128 with 1 or <= 4 heads per KV group and head_dim 64 with > 4 (falcon 7B). */
-#define KR__KVH_REC(tn, dd, h)                                                                               \
-    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-     .entry = "kr_kvh_" #tn "_d" #dd "_h" #h, .options = kr__kvw_opts, .n_options = 3}
-static const kr_kernel_source kr__kvh_src[2][3] = { /* [type][d128 h1, d128 h4, d64 h8] */
-    {KR__KVH_REC(f16, 128, 1), KR__KVH_REC(f16, 128, 4), KR__KVH_REC(f16, 64, 8)},
-    {KR__KVH_REC(q8_0, 128, 1), KR__KVH_REC(q8_0, 128, 4), KR__KVH_REC(q8_0, 64, 8)}};
 
 static const kr_kernel_source kr__kva_combine_src = {
     .name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,
@@ -240,10 +217,6 @@ int kr_dec_attention_kv_default_splits(const kr_device_info *dev, int n_head, in
 
 const char *kr_dec_attention_kv_variant_name(int variant)
 {
-    if (variant == KR__KVA_N_VARIANTS)
-        return "w4";
-    if (variant == KR__KVA_N_VARIANTS + 1)
-        return "hyb";
     return variant >= 0 && variant < KR__KVA_N_VARIANTS ? kr__kva_variants[variant].name : NULL;
 }
 
@@ -252,19 +225,8 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                                       int head_dim, const int32_t *pos, int32_t pos_imm, int window, float scale,
                                       int n_split, float *scratch, kr_err *err)
 {
-    if (variant < 0 || variant > KR__KVA_N_VARIANTS + 1)
+    if (variant < 0 || variant >= KR__KVA_N_VARIANTS)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "attention_kv: no variant %d", variant);
-    const bool hyb = variant == KR__KVA_N_VARIANTS + 1;
-    const bool warp = variant == KR__KVA_N_VARIANTS || hyb;
-    const int rg = n_head_kv > 0 ? n_head / n_head_kv : 0;
-    if (hyb && !((head_dim == 128 && rg >= 1 && rg <= 4) || (head_dim == 64 && rg > 4)))
-        return kr_err_set_local(err, KR_ERR_UNSUPPORTED,
-                                "attention_kv: variant hyb is built for head_dim 128 with <= 4 heads per KV head "
-                                "and head_dim 64 with more (have %d, %d)",
-                                head_dim, rg);
-    if (warp && head_dim != 64 && head_dim != 128 && head_dim != 256)
-        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "attention_kv: variant w4 needs head_dim 64, 128 or 256 (have %d)",
-                                head_dim);
     kr_status st = kr_dec_kv_check_view(view, err);
     if (st != KR_OK)
         return st;
@@ -276,7 +238,7 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                                 "<= %d), kv_dim %d, n_split %d (1..%d))",
                                 n_head, n_head_kv, head_dim, KR__KVA_MAX_HEAD_DIM, view->kv_dim, n_split,
                                 KR__KVA_MAX_SPLIT);
-    if (!warp && kr__kva_variants[variant].fused && n_split > KR__KVA_FC_MAX)
+    if (kr__kva_variants[variant].fused && n_split > KR__KVA_FC_MAX)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG, "attention_kv: variant %s takes at most %d splits (have %d)",
                                 kr__kva_variants[variant].name, KR__KVA_FC_MAX, n_split);
     if (!q || !out || (n_split > 1 && !scratch) || ((uintptr_t)q & 15) != 0)
@@ -292,14 +254,9 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
     float *part = scratch;
     void *args[] = {&q,    &kc,     &vc,        &slot,     &sb,  &rows,    &rb,     &kv_dim, &out,
                     &part, &n_head, &n_head_kv, &head_dim, &pos, &pos_imm, &window, &scale,  &n_split};
-    const int ti = view->type == KR_DTYPE_Q8_0 ? 1 : 0;
-    const kr_kernel_source *src =
-        hyb    ? &kr__kvh_src[ti][head_dim == 64 ? 2 : r == 1 ? 0 : 1]
-        : warp ? &kr__kvw_src[ti][head_dim == 64 ? 0 : head_dim == 128 ? 1 : 2][r == 1 ? 0 : r <= 4 ? 1 : 2]
-               : &kr__kva_variants[variant].src[ti];
-    const uint32_t threads = warp ? KR__KVW_THREADS : (uint32_t)kr__kva_variants[variant].threads;
-    st = kr__kv_launch(d, src, gx, (uint32_t)n_split, threads, s, args, err);
-    if (st != KR_OK || n_split == 1 || (!warp && kr__kva_variants[variant].fused))
+    const kr_kernel_source *src = &kr__kva_variants[variant].src[view->type == KR_DTYPE_Q8_0 ? 1 : 0];
+    st = kr__kv_launch(d, src, gx, (uint32_t)n_split, (uint32_t)kr__kva_variants[variant].threads, s, args, err);
+    if (st != KR_OK || n_split == 1 || kr__kva_variants[variant].fused)
         return st;
     const float *cpart = scratch;
     void *cargs[] = {&cpart, &out, &head_dim, &n_split, &pos, &pos_imm, &window, &rows};
@@ -328,17 +285,7 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
                               int n_head, int n_head_kv, int head_dim, const int32_t *pos, int32_t pos_imm,
                               int window, float scale, int n_split, float *scratch, kr_err *err)
 {
-    int v = KR__KVA_DEFAULT;
     const int ov = kr__kva_env_variant();
-    if (ov >= 0)
-        return kr_dec_attention_kv_variant(d, s, ov, q, view, out, n_head, n_head_kv, head_dim, pos, pos_imm, window,
-                                           scale, n_split, scratch, err);
-#if KR__KVA_DEFAULT_HYB
-    /* the hybrid where it is built (see kr__kvh_src), the tile kernel elsewhere */
-    const int rg = n_head_kv > 0 && n_head % n_head_kv == 0 ? n_head / n_head_kv : 0;
-    if ((head_dim == 128 && rg >= 1 && rg <= 4) || (head_dim == 64 && rg > 4))
-        v = KR__KVA_N_VARIANTS + 1;
-#endif
-    return kr_dec_attention_kv_variant(d, s, v, q, view, out, n_head, n_head_kv, head_dim, pos, pos_imm, window,
-                                       scale, n_split, scratch, err);
+    return kr_dec_attention_kv_variant(d, s, ov >= 0 ? ov : KR__KVA_DEFAULT, q, view, out, n_head, n_head_kv,
+                                       head_dim, pos, pos_imm, window, scale, n_split, scratch, err);
 }

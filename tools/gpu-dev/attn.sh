@@ -77,11 +77,10 @@ if [ "$part" = bench ]; then
   # end to end: the 7B q4_0 decode step with the new (KR_GKV_KERNELS=new) vs the old f16 kernels
   KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   if [ -n "${KR_7B_Q4_0:-}" ] && [ -f "$KR_7B_Q4_0" ]; then
-    for k in t128s hyb old; do
-      [ $(( $(date +%s) - s0 )) -lt 35 ] || break
-      g=new; [ $k = old ] && g=old
-      { echo "-- KR_GKV_KERNELS=$g KR_DEC_KV_ATTN=$k kernrun bench 7B q4_0 -p 512 -n 64 --profile"
-        KR_GKV_KERNELS=$g KR_DEC_KV_ATTN=$k timeout 8 "$KR" bench -m "$KR_7B_Q4_0" --backend cuda -p 512 -n 64 --profile 2>&1 | \
+    for g in new old; do
+      [ $(( $(date +%s) - s0 )) -lt 34 ] || break
+      { echo "-- KR_GKV_KERNELS=$g kernrun bench 7B q4_0 -p 512 -n 64 --profile"
+        KR_GKV_KERNELS=$g timeout 9 "$KR" bench -m "$KR_7B_Q4_0" --backend cuda -p 512 -n 64 --profile 2>&1 | \
           grep -iE "tok/s|decode|attention|rope|kv|append|store|combine|launch|error" | head -16
         echo "rc=${PIPESTATUS[0]}"; } >>"$LOG" 2>&1
     done
