@@ -22,8 +22,8 @@ __device__ __forceinline__ kr_pb_u16 kr_pb_f2h(float f)
 //     (row_bytes apart) gets fp16 of the rotated k (dims >= n_rot as they are) and the same row
 //     of vc fp16 of v (n_head_k heads, v_stride).
 // Block (x = token, y = group of 8 heads of the q, k (and v) heads); the block's angles are
-// computed once into shared memory, then every (head, pair) item of the group is independent.
-// Launch: block (256), grid (n, ceil(heads / 8)).
+// computed once into shared memory. Launch: block (32..128, >= n_rot/2 rounded to 32 when
+// possible), grid (n, ceil(heads / 8)).
 #define KR_PB_ROPE_HPB 8
 extern "C" __global__ void kr_pf_rope_f32(float *q, long long q_stride, int n_head_q, float *k, long long k_stride,
                                           int n_head_k, int head_dim, int n_rot, int pos0, float freq_base,
@@ -49,44 +49,33 @@ extern "C" __global__ void kr_pf_rope_f32(float *q, long long q_stride, int n_he
         krow = (kr_pb_u16 *)(kc + ro);
         vrow = (kr_pb_u16 *)(vc + ro);
     }
-    // every (head of the group, pair / dim) item independent: the whole block's loads in flight at once
-    const int h0 = blockIdx.y * KR_PB_ROPE_HPB, nhg = h_end - h0;
-    for (int it = threadIdx.x; it < nhg * half; it += blockDim.x) {
-        const int h = h0 + it / half, i = it % half;
-        if (h >= nqk)
-            continue; // v heads: below
-        const bool isq = h < n_head_q;
-        float *x = isq ? q + (kr_pb_i64)t * q_stride + (kr_pb_i64)h * head_dim
-                       : k + (kr_pb_i64)t * k_stride + (kr_pb_i64)(h - n_head_q) * head_dim;
-        kr_pb_u16 *dst = !isq && kc ? krow + (kr_pb_i64)(h - n_head_q) * head_dim : 0;
-        const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
-        const float sn = s_sn[i], cs = s_cs[i];
-        const float a = x[ia], b = x[ib];
-        const float ra = a * cs - b * sn, rb = a * sn + b * cs;
-        if (dst) {
-            dst[ia] = kr_pb_f2h(ra);
-            dst[ib] = kr_pb_f2h(rb);
-        } else {
-            x[ia] = ra;
-            x[ib] = rb;
-        }
-    }
-    if (!kc)
-        return;
-    // cache: k dims >= n_rot as they are, v heads converted
-    const int rest = head_dim - n_rot;
-    for (int it = threadIdx.x; it < nhg * head_dim; it += blockDim.x) {
-        const int h = h0 + it / head_dim, d = it % head_dim;
-        if (h < n_head_q)
-            continue;
+    for (int h = blockIdx.y * KR_PB_ROPE_HPB; h < h_end; h++) {
         if (h < nqk) {
-            if (rest > 0 && d >= n_rot) {
-                const int g = h - n_head_q;
-                krow[(kr_pb_i64)g * head_dim + d] = kr_pb_f2h(k[(kr_pb_i64)t * k_stride + (kr_pb_i64)g * head_dim + d]);
+            const bool isq = h < n_head_q;
+            float *x = isq ? q + (kr_pb_i64)t * q_stride + (kr_pb_i64)h * head_dim
+                           : k + (kr_pb_i64)t * k_stride + (kr_pb_i64)(h - n_head_q) * head_dim;
+            kr_pb_u16 *dst = !isq && kc ? krow + (kr_pb_i64)(h - n_head_q) * head_dim : 0;
+            for (int i = threadIdx.x; i < half; i += blockDim.x) {
+                const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+                const float sn = s_sn[i], cs = s_cs[i];
+                const float a = x[ia], b = x[ib];
+                const float ra = a * cs - b * sn, rb = a * sn + b * cs;
+                if (dst) {
+                    dst[ia] = kr_pb_f2h(ra);
+                    dst[ib] = kr_pb_f2h(rb);
+                } else {
+                    x[ia] = ra;
+                    x[ib] = rb;
+                }
             }
+            if (dst)
+                for (int d = n_rot + threadIdx.x; d < head_dim; d += blockDim.x)
+                    dst[d] = kr_pb_f2h(x[d]);
         } else {
             const int g = h - nqk;
-            vrow[(kr_pb_i64)g * head_dim + d] = kr_pb_f2h(v[(kr_pb_i64)t * v_stride + (kr_pb_i64)g * head_dim + d]);
+            const float *x = v + (kr_pb_i64)t * v_stride + (kr_pb_i64)g * head_dim;
+            for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+                vrow[(kr_pb_i64)g * head_dim + d] = kr_pb_f2h(x[d]);
         }
     }
 }

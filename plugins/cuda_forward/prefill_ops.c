@@ -316,8 +316,9 @@ static kr_status kr__pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, 
     int nx = neox ? 1 : 0;
     void *args[] = {&q, &qs, &n_head_q, &k, &ks, &n_head_k, &head_dim, &n_rot, &pos0, &freq_base, &freq_scale,
                     (void *)&freq_factors, &nx, (void *)&v, &vs, &kc, &vc, &rb, &rows};
-    const int heads = n_head_q + n_head_k + (kc ? n_head_k : 0);
-    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)n, (uint32_t)((heads + 7) / 8), 256, s, args, err);
+    const int half = n_rot / 2, heads = n_head_q + n_head_k + (kc ? n_head_k : 0);
+    const uint32_t bx = half <= 32 ? 32 : half <= 64 ? 64 : 128;
+    return kr__pf_launch(p, KR__PF_ROPE, (uint32_t)n, (uint32_t)((heads + 7) / 8), bx, s, args, err);
 }
 
 kr_status kr_pf_rope(kr_pf *p, kr_stream *s, float *q, size_t q_stride, int n_head_q, float *k, size_t k_stride,
