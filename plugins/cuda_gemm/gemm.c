@@ -545,7 +545,10 @@ static kr_status kr__gm_run(kr_gemm *g, kr_stream *s, kr_gemm_variant variant, k
                              GGML Q4_0 / Q4_1: the 4-stage records, 3-6% more (08:21) */
             const bool s4 = (wtype == KR_DTYPE_Q4_0 && !sc) || (wtype == KR_DTYPE_Q4_1 && !sc);
             const bool k2 = tiles < 2 * sms && ldc == (uint64_t)n && k >= 1024;
-            v = s4 ? (k2 ? KR_GEMM_WG_S4_K2 : KR_GEMM_WG_S4) : (k2 ? KR_GEMM_WG_K2 : KR_GEMM_WG);
+            if (wtype == KR_DTYPE_F16) /* both operands from shared memory: 2-10% over WG (08:45) */
+                v = k2 ? KR_GEMM_WG_SS_K2 : KR_GEMM_WG_SS;
+            else
+                v = s4 ? (k2 ? KR_GEMM_WG_S4_K2 : KR_GEMM_WG_S4) : (k2 ? KR_GEMM_WG_K2 : KR_GEMM_WG);
         }
         else if (tiles < sms && ldc == (uint64_t)n && k >= 1024)
             v = KR_GEMM_MMA128_K2;

@@ -34,7 +34,8 @@ typedef struct kr_gemm kr_gemm;
 typedef enum kr_gemm_variant {
     KR_GEMM_AUTO = 0, /* an MMA/WG kernel when the type has one and W, its stride and the
                          row bytes are 16-byte multiples: m <= 64 MMA64; compute capability
-                         9.0: WG (GGML Q4_0/Q4_1: WG_S4), split K below two tiles per SM;
+                         9.0: WG (F16: WG_SS, GGML Q4_0/Q4_1: WG_S4), split K below two
+                         tiles per SM;
                          else the mma.sync records (docs/GEMM.md). Otherwise TC: F16
                          128-row tiles, or 64 when 128 gives < 2 blocks per SM; block
                          types: 128, or 64 when m <= 64 */
