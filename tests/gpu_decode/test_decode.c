@@ -22,50 +22,15 @@
 #include "kr_test_gpu.h"
 #include "kr_test_leaks.h"
 #include "kr_test_rng.h"
+#include "kr_test_dec.h"
 
 #define KR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- harness ---------------------------------------------------------------- */
 
-typedef struct gpu {
-    kr_backend *be;
-    kr_dec *dec;
-} gpu;
-
-static void gpu_open(gpu *g)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_test_rng_seed();
-    g->dec = NULL;
-    g->be = kr_test_gpu_backend();
-    kr_status st = kr_dec_create(g->be, &g->dec, &err);
-    cr_assert_eq(st, KR_OK, "kr_dec_create: %s", kr_err_msg(&err, st));
-}
-
-static void gpu_close(gpu *g)
-{
-    kr_dec_free(g->dec);
-    kr_backend_destroy(g->be);
-}
-
 static void check_ok(kr_status st, const kr_err *err, const char *what)
 {
     cr_assert_eq(st, KR_OK, "%s: %s", what, kr_err_msg(err, st));
-}
-
-/* sum (a-b)^2 / sum b^2; NaN anywhere in a gives +inf */
-static double nmse(const float *a, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
 }
 
 /* For dot products: sum (a-b)^2 / sum mag^2 with mag[i] = sum_j |w_ij x_j|,

@@ -22,28 +22,7 @@
 #include "kr_test_gpu.h"
 #include "kr_test_leaks.h"
 #include "kr_test_rng.h"
-
-typedef struct gpu {
-    kr_backend *be;
-    kr_dec *dec;
-} gpu;
-
-static void gpu_open(gpu *g)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_test_rng_seed();
-    g->dec = NULL;
-    g->be = kr_test_gpu_backend();
-    kr_status st = kr_dec_create(g->be, &g->dec, &err);
-    cr_assert_eq(st, KR_OK, "kr_dec_create: %s", kr_err_msg(&err, st));
-}
-
-static void gpu_close(gpu *g)
-{
-    kr_dec_free(g->dec);
-    kr_backend_destroy(g->be);
-}
+#include "kr_test_dec.h"
 
 #define CHECK_OK(expr)                                                                                  \
     do {                                                                                                \
@@ -53,20 +32,6 @@ static void gpu_close(gpu *g)
         kr_status st_ = (expr);                                                                         \
         cr_assert_eq(st_, KR_OK, "%s: %s", #expr, kr_err_msg(&err_, st_));                             \
     } while (0)
-
-/* sum (a-b)^2 / sum b^2; NaN in a gives +inf */
-static double nmse(const float *a, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 static double nmse_f(const float *a, const float *b, size_t n)
 {
