@@ -440,3 +440,19 @@ Test(generate, kv_type_f16_and_q8_0_keep_the_golden_text)
         free_result(&r);
     }
 }
+
+/* -b / --batch-size: range-checked; the text does not depend on it. */
+Test(generate, batch_size_flag)
+{
+    const char *args[] = {"-m", stories(), "-p", "Once upon a time", "-n", "48", "--greedy", "--backend", "cpu",
+                          "-b", "3", NULL};
+    run_result r = run_kernrun(args, NULL);
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_expect(strncmp(r.out, GOLDEN, strlen(GOLDEN)) == 0, "[%s]", r.out);
+    free_result(&r);
+    const char *bad[] = {"-m", stories(), "-p", "x", "--batch-size", "0", NULL};
+    run_result r2 = run_kernrun(bad, NULL);
+    cr_expect_eq(r2.status, 2, "stderr:\n%s", r2.err);
+    cr_expect(strstr(r2.err, "out of range") != NULL, "%s", r2.err);
+    free_result(&r2);
+}

@@ -42,6 +42,8 @@ static const char g_usage[] =
     "      --ctx-shift         when the context is full, keep the first --keep positions, drop half\n"
     "                          of the rest and go on (default: stop)\n"
     "      --keep N            positions a context shift keeps at the start (default 0)\n"
+    "  -b, --batch-size N      CUDA: prompt tokens per batched prefill chunk (default 2048;\n"
+    "                          1 = the prompt goes token by token through the decode step)\n"
     "  -s, --seed N            sampler seed (default: random, logged)\n"
     "  -t, --threads N         CPU threads (default: all online CPUs)\n"
     "      --temp T            temperature (default 0.8; 0 = greedy)\n"
@@ -113,6 +115,7 @@ typedef struct kr__gen_opts {
     const char *kv_type;   /* --kv-type; NULL = default */
     bool ctx_shift;        /* --ctx-shift */
     long n_keep;           /* --keep */
+    long n_batch;          /* -b; 0 = default (CUDA prefill chunk) */
     long threads;          /* -t; 0 = default */
     bool chat, no_bos;
     kr__set sets[KR__MAX_SETS]; /* sampling flags, in order */
@@ -293,6 +296,9 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("--keep", NULL)) {
             KR__VAL();
             rc = kr__parse_long(a, val, 0, INT32_MAX, &o->n_keep);
+        } else if (KR__IS("-b", "--batch-size")) {
+            KR__VAL();
+            rc = kr__parse_long(a, val, 1, 65536, &o->n_batch);
         } else if (KR__IS("--ignore-eos", NULL)) {
             KR__NOVAL();
             o->ignore_eos = true;
@@ -466,8 +472,8 @@ fail:
 /* The CUDA forward pass (plugins/cuda_forward, docs/GPU-FORWARD.md) when the
  * runtime's backend is CUDA and the model is supported: --backend cuda fails
  * otherwise, auto falls back to the CPU (*out NULL). */
-static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, const char *kv_type, bool required,
-                                  kr_gpu_forward **out, kr_err *e)
+static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, long n_batch, const char *kv_type,
+                                  bool required, kr_gpu_forward **out, kr_err *e)
 {
     *out = NULL;
     kr_runtime *rt = kr_app_runtime(app);
@@ -489,6 +495,7 @@ static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, co
     }
     kr_gpu_forward_params gp = kr_gpu_forward_params_default();
     gp.n_ctx = n_ctx > 0 ? (uint32_t)n_ctx : 0;
+    gp.n_batch = n_batch > 0 ? (uint32_t)n_batch : 0;
     if (kv_type && (st = kr_kv_type_parse(kv_type, &gp.kv_type, e)) != KR_OK)
         return kr_err_prefix(e, "--kv-type");
     st = kr_gpu_forward_new(m, be, &gp, out, e);
@@ -645,7 +652,7 @@ static int run_generate(kr_app *app, int argc, char **argv)
     }
     /* the CUDA path has f16 / q8_0 caches and context shift (gpu_kvcache.c); f32 is CPU only */
     if (strcmp(backend, "cpu") != 0 &&
-        (st = kr__gen_open_gpu(app, m, o.n_ctx, o.kv_type, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
+        (st = kr__gen_open_gpu(app, m, o.n_ctx, o.n_batch, o.kv_type, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
         rc = kr__fail(&e, st);
         goto out;
     }
