@@ -74,6 +74,12 @@ __device__ __forceinline__ kr_u32 kr_gs_key(float l)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// inverse of kr_gs_key
+__device__ __forceinline__ float kr_gs_key_float(kr_u32 k)
+{
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
 __device__ __forceinline__ bool kr_gs_in_cut(kr_u32 k, int i, kr_u32 ck_key, int ck_id)
 {
     return k > ck_key || (k == ck_key && i <= ck_id);
@@ -273,19 +279,21 @@ __device__ __forceinline__ void kr_gs_hist_add(kr_gs_shared *sh, kr_u32 dig)
         atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
 }
 
-// As kr_gs_hist_add, also adding the fixed-point weight w (<= 2^44 + 1) of each
-// lane to mass[dig]: one atomic per digit and warp instead of one per token
-// (the top digits of bell-shaped logits fall into a handful of bins, where
-// per-token 64-bit atomics serialise). Exact: integer sums, 22-bit limbs so
-// 32 lanes cannot overflow 32 bits.
-__device__ __forceinline__ void kr_gs_hist_add_mass(kr_gs_shared *sh, kr_u32 dig, kr_u64 w)
+// Add the fixed-point weight w (<= 2^44 + 1) of each lane to mass[dig] and,
+// when cnt is not NULL, count it in cnt[dig] (all lanes of the warp call it;
+// dig = 0xffffffff: not added): one atomic per digit and warp instead of one
+// per token (the top digits of bell-shaped logits fall into a handful of bins,
+// where per-token 64-bit atomics serialise). Exact: integer sums, 22-bit limbs
+// so 32 lanes cannot overflow 32 bits.
+__device__ __forceinline__ void kr_gs_warp_add_mass(kr_u32 *cnt, kr_u64 *mass, kr_u32 dig, kr_u64 w)
 {
     kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
     kr_u32 lo = __reduce_add_sync(peers, (kr_u32)(w & 0x3fffffu));
     kr_u32 hi = __reduce_add_sync(peers, (kr_u32)(w >> 22));
     if (dig != 0xffffffffu && (threadIdx.x & 31) == __ffs(peers) - 1) {
-        atomicAdd(&sh->cnt[dig], (kr_u32)__popc(peers));
-        atomicAdd(&sh->mass[dig], ((kr_u64)hi << 22) + (kr_u64)lo);
+        if (cnt)
+            atomicAdd(&cnt[dig], (kr_u32)__popc(peers));
+        atomicAdd(&mass[dig], ((kr_u64)hi << 22) + (kr_u64)lo);
     }
 }
 
@@ -342,7 +350,7 @@ __device__ bool kr_gs_radix(kr_gs_shared *sh, const float *cur, int n_vocab, kr_
                             w = (kr_u64)(exp((double)x[u] - (double)maxl) * KR_GS_FX_SCALE + 0.5);
                     }
                     if (mass)
-                        kr_gs_hist_add_mass(sh, dig, w);
+                        kr_gs_warp_add_mass(sh->cnt, sh->mass, dig, w);
                     else
                         kr_gs_hist_add(sh, dig);
                 }
@@ -728,7 +736,7 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
                 small = true;
             } else {
                 // tokens with key v weigh the same; take as many (lowest ids first) as reach the target
-                float lv = __uint_as_float((v & 0x80000000u) ? (v & 0x7fffffffu) : ~v);
+                float lv = kr_gs_key_float(v);
                 kr_u64 w = (kr_u64)(exp((double)lv - (double)maxl) * KR_GS_FX_SCALE + 0.5);
                 kr_u64 rem = target > above ? target - above : 1;
                 kr_u64 j = w ? (rem + w - 1) / w : (kr_u64)ceq;
@@ -865,7 +873,9 @@ kr_gs_sample(const float *logits,       // (n_vocab,) device
 #define KR_GSP_CHUNK (KR_GSP_THREADS * KR_GSP_PER)    // 1024
 #define KR_GSP_KMAX 256
 
-__device__ __forceinline__ int kr_gsp_block_excl_scan(int v, int *warp_tot, int *total)
+// Exclusive prefix sum of v over the block's threads in thread order (n_warps
+// warps; warp_tot: (n_warps,) shared scratch); *total = the block's sum.
+__device__ __forceinline__ int kr_gsp_block_excl_scan(int v, int *warp_tot, int n_warps, int *total)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int inc = v;
@@ -878,7 +888,7 @@ __device__ __forceinline__ int kr_gsp_block_excl_scan(int v, int *warp_tot, int 
         warp_tot[warp] = inc;
     __syncthreads();
     int before = 0, all = 0;
-    for (int w = 0; w < KR_GSP_THREADS / 32; w++) {
+    for (int w = 0; w < n_warps; w++) {
         int t = warp_tot[w];
         before += w < warp ? t : 0;
         all += t;
@@ -1029,7 +1039,7 @@ kr_gs_prepass(const float *logits,      // (n_vocab,) device
     for (int u = 0; u < KR_GSP_PER; u++)
         n_eq += key[u] == thr;
     int tot;
-    int eq_before = kr_gsp_block_excl_scan(n_eq, warp_tot, &tot);
+    int eq_before = kr_gsp_block_excl_scan(n_eq, warp_tot, KR_GSP_THREADS / 32, &tot);
     bool sel[KR_GSP_PER];
     int n_sel = 0;
 #pragma unroll
@@ -1038,7 +1048,7 @@ kr_gs_prepass(const float *logits,      // (n_vocab,) device
         eq_before += key[u] == thr;
         n_sel += sel[u];
     }
-    int pos = kr_gsp_block_excl_scan(n_sel, warp_tot, &tot);
+    int pos = kr_gsp_block_excl_scan(n_sel, warp_tot, KR_GSP_THREADS / 32, &tot);
     float *ov = cand_val + (size_t)blockIdx.x * k;
     int *oi = cand_id + (size_t)blockIdx.x * k;
 #pragma unroll
@@ -1128,11 +1138,6 @@ kr_gs_pp_adjust(const float *logits, int n_vocab, const int *hist, const int *hi
         block_max[blockIdx.x] = s_max;
 }
 
-__device__ __forceinline__ float kr_gs_key_float(kr_u32 k)
-{
-    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
-
 extern "C" __global__ void __launch_bounds__(KR_GSP_THREADS)
 kr_gs_pp_mass(const float *cur, int n_vocab, const kr_u32 *block_max,
               kr_u64 *g_hist,            // (KR_GSPP_BINS,)
@@ -1173,11 +1178,7 @@ kr_gs_pp_mass(const float *cur, int n_vocab, const kr_u32 *block_max,
                 dig = kr_gs_key(l) >> KR_GSPP_SHIFT;
             }
         }
-        kr_u32 peers = __match_any_sync(KR_GS_FULL, dig);
-        kr_u32 lo = __reduce_add_sync(peers, (kr_u32)(w & 0x3fffffu));
-        kr_u32 hi = __reduce_add_sync(peers, (kr_u32)(w >> 22));
-        if (dig != 0xffffffffu && lane == __ffs(peers) - 1)
-            atomicAdd(&h[dig], ((kr_u64)hi << 22) + (kr_u64)lo);
+        kr_gs_warp_add_mass(NULL, h, dig, w);
     }
     for (int o = 16; o > 0; o >>= 1)
         sum += __shfl_down_sync(KR_GS_FULL, sum, o);
@@ -1252,32 +1253,20 @@ kr_gs_pp_select(const float *cur, int n_vocab, int n_blocks, const kr_u64 *g_his
     int written = 0;
     for (int base = 0; base < n_vocab; base += KR_GS_THREADS * KR_GS_UNROLL) {
         float x[KR_GS_UNROLL];
+        bool sel[KR_GS_UNROLL];
         int c = 0;
 #pragma unroll
         for (int q = 0; q < KR_GS_UNROLL; q++) {
             int i = base + tid * KR_GS_UNROLL + q;
             x[q] = i < n_vocab ? cur[i] : -KR_GS_INF;
-            c += x[q] != -KR_GS_INF && (kr_gs_key(x[q]) >> KR_GSPP_SHIFT) >= dmin;
+            sel[q] = x[q] != -KR_GS_INF && (kr_gs_key(x[q]) >> KR_GSPP_SHIFT) >= dmin;
+            c += sel[q];
         }
-        int inc = c;
-        for (int o = 1; o < 32; o <<= 1) {
-            int y = __shfl_up_sync(KR_GS_FULL, inc, o);
-            if (lane >= o)
-                inc += y;
-        }
-        if (lane == 31)
-            wt[warp] = inc;
-        __syncthreads();
-        int before = 0, all = 0;
-        for (int w = 0; w < KR_GS_WARPS; w++) {
-            before += w < warp ? wt[w] : 0;
-            all += wt[w];
-        }
-        __syncthreads();
-        int pos = written + before + inc - c;
+        int all;
+        int pos = written + kr_gsp_block_excl_scan(c, wt, KR_GS_WARPS, &all);
 #pragma unroll
         for (int q = 0; q < KR_GS_UNROLL; q++) {
-            if (x[q] != -KR_GS_INF && (kr_gs_key(x[q]) >> KR_GSPP_SHIFT) >= dmin) {
+            if (sel[q]) {
                 cand_val[pos] = x[q];
                 cand_id[pos] = base + tid * KR_GS_UNROLL + q;
                 pos++;

@@ -15,42 +15,19 @@
 #define KR__GSPP_BINS 4096   /* KR_GSPP_BINS: top-p pre-pass histogram */
 
 /* Kernel records: static, because the backend caches functions by record address. */
-static const kr_kernel_source kr__gs_src_sample = {
-    .name = "sampling/sampling.cu",
-    .code = (const char *)kr_kernel_sampling_sampling_cu,
-    .len = kr_kernel_sampling_sampling_cu_LEN,
-    .entry = "kr_gs_sample",
-};
-static const kr_kernel_source kr__gs_src_prepass = {
-    .name = "sampling/sampling.cu",
-    .code = (const char *)kr_kernel_sampling_sampling_cu,
-    .len = kr_kernel_sampling_sampling_cu_LEN,
-    .entry = "kr_gs_prepass",
-};
-static const kr_kernel_source kr__gs_src_pp_adjust = {
-    .name = "sampling/sampling.cu",
-    .code = (const char *)kr_kernel_sampling_sampling_cu,
-    .len = kr_kernel_sampling_sampling_cu_LEN,
-    .entry = "kr_gs_pp_adjust",
-};
-static const kr_kernel_source kr__gs_src_pp_mass = {
-    .name = "sampling/sampling.cu",
-    .code = (const char *)kr_kernel_sampling_sampling_cu,
-    .len = kr_kernel_sampling_sampling_cu_LEN,
-    .entry = "kr_gs_pp_mass",
-};
-static const kr_kernel_source kr__gs_src_pp_select = {
-    .name = "sampling/sampling.cu",
-    .code = (const char *)kr_kernel_sampling_sampling_cu,
-    .len = kr_kernel_sampling_sampling_cu_LEN,
-    .entry = "kr_gs_pp_select",
-};
-static const kr_kernel_source kr__gs_src_accept = {
-    .name = "sampling/sampling.cu",
-    .code = (const char *)kr_kernel_sampling_sampling_cu,
-    .len = kr_kernel_sampling_sampling_cu_LEN,
-    .entry = "kr_gs_accept",
-};
+#define KR__GS_SRC(var, entry_)                                 \
+    static const kr_kernel_source var = {                      \
+        .name = "sampling/sampling.cu",                         \
+        .code = (const char *)kr_kernel_sampling_sampling_cu,   \
+        .len = kr_kernel_sampling_sampling_cu_LEN,              \
+        .entry = entry_,                                        \
+    }
+KR__GS_SRC(kr__gs_src_sample, "kr_gs_sample");
+KR__GS_SRC(kr__gs_src_prepass, "kr_gs_prepass");
+KR__GS_SRC(kr__gs_src_pp_adjust, "kr_gs_pp_adjust");
+KR__GS_SRC(kr__gs_src_pp_mass, "kr_gs_pp_mass");
+KR__GS_SRC(kr__gs_src_pp_select, "kr_gs_pp_select");
+KR__GS_SRC(kr__gs_src_accept, "kr_gs_accept");
 
 struct kr_gpu_sampler {
     kr_backend *be;             /* CUDA backend (not owned) */
@@ -341,14 +318,9 @@ kr_status kr_gpu_sampler_sample_async(kr_gpu_sampler *s, kr_stream *stream, cons
         st = kr_backend_launch(s->be, s->fn_prepass, pgrid, pblock, 0, stream, pargs, err);
         if (st != KR_OK)
             return kr__gs_prefix(err, st, "gpu sampler: launching kr_gs_prepass");
-        /* the sampler then runs on the candidates: adjusted already, ids mapped back */
         logits = cval;
         cand_id = cid;
         nv = s->pre_blocks * s->pre_k;
-        nb = 0;
-        rp = 1.0f;
-        pres = 0.0f;
-        freq = 0.0f;
     } else if (s->pre_topp) {
         void *bmax = s->d_block_max, *bsum = s->d_block_sum, *mh = s->d_mass_hist, *cval = s->d_cand_val,
              *cid = s->d_cand_id, *nc = s->d_n_cand;
@@ -370,6 +342,8 @@ kr_status kr_gpu_sampler_sample_async(kr_gpu_sampler *s, kr_stream *stream, cons
         logits = cval;
         cand_id = cid;
         n_dev = nc;
+    }
+    if (cand_id) { /* the sampler runs on pre-pass candidates: adjusted already, ids mapped back */
         nb = 0;
         rp = 1.0f;
         pres = 0.0f;
