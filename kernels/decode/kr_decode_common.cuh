@@ -58,6 +58,39 @@ __device__ __forceinline__ kr_u16 kr_f2h(float f)
 #define KR_PDL_LAUNCH_DEPENDENTS() do { } while (0)
 #endif
 
+// ---- L2 prefetch of data a LATER kernel reads ---------------------------------
+// kr_l2_prefetch_part(base, bytes, part, nparts): part `part` of `nparts` equal
+// shares of [base, base + bytes) is requested into L2 (no registers, no wait,
+// nothing returned; a hint the hardware may drop). Meant for latency-bound
+// kernels of the decode step, which leave DRAM idle: they can pull the next
+// matvec's weights into L2 (50 MB on H100/H200). Call it from ONE thread per
+// part. base need not be aligned (the share is narrowed to 16-byte bounds, so
+// nothing outside [base, base + bytes) is touched). sm_90: cp.async.bulk.prefetch.L2 in pieces of at most
+// 64 KiB; older targets: one prefetch.global.L2 per 128-byte line.
+__device__ __forceinline__ void kr_l2_prefetch_part(const void *base, long long bytes, int part, int nparts)
+{
+    if (!base || bytes <= 0 || nparts <= 0 || part < 0 || part >= nparts)
+        return;
+    const unsigned long long b0 = (unsigned long long)base, e0 = b0 + (unsigned long long)bytes;
+    const unsigned long long share = ((unsigned long long)bytes + nparts - 1) / (unsigned long long)nparts;
+    unsigned long long a = b0 + share * (unsigned long long)part;
+    if (a >= e0)
+        return;
+    unsigned long long e = a + share < e0 ? a + share : e0;
+    a = (a + 15ull) & ~15ull;
+    e &= ~15ull;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    while (a < e) {
+        const unsigned long long n = e - a < 65536ull ? e - a : 65536ull;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((unsigned)n) : "memory");
+        a += n;
+    }
+#else
+    for (; a < e; a = (a | 127ull) + 1)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+#endif
+}
+
 __device__ __forceinline__ float kr_neg_inf(void) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float kr_qnan(void) { return __int_as_float(0x7fc00000); }
 
