@@ -472,6 +472,67 @@ Test(gpu, curand_uniform, .timeout = 120)
     close_runtime(rt);
 }
 
+/* Dynamic shared memory above the default 48 KiB: the backend opts the
+ * function in. Each thread writes its stripe of a 160 KiB buffer, the block
+ * syncs, and thread t sums the stripe of thread (t + 1) % n: the result shows
+ * that every byte was really there (and distinct). Also a request above the
+ * device's opt-in maximum is refused with a range error, not a crash. */
+Test(gpu, dynamic_shared_memory_above_48k, .timeout = 120)
+{
+    kr_runtime *rt = open_cuda_runtime();
+    kr_backend *be = kr_runtime_backend(rt);
+    kr_err e;
+    kr_err_clear(&e);
+    static const char src_txt[] =
+        "extern \"C\" __global__ void kr_test_big_smem(unsigned *out, int words, unsigned seed)\n"
+        "{\n"
+        "    extern __shared__ unsigned sm[];\n"
+        "    const int t = threadIdx.x, n = blockDim.x, per = words / n;\n"
+        "    for (int i = 0; i < per; i++) sm[t * per + i] = seed * (unsigned)(t * per + i + 1) + blockIdx.x;\n"
+        "    __syncthreads();\n"
+        "    const int u = (t + 1) % n;\n"
+        "    unsigned acc = 0;\n"
+        "    for (int i = 0; i < per; i++) acc = acc * 31u + sm[u * per + i];\n"
+        "    out[blockIdx.x * n + t] = acc;\n"
+        "}\n";
+    static const kr_kernel_source src = {
+        .name = "test/big_smem.cu", .code = src_txt, .len = sizeof src_txt - 1, .entry = "kr_test_big_smem"};
+    const kr_device_info *info = kr_backend_device_info(be);
+    cr_assert_not_null(info);
+    enum { NT = 256, NB = 3 };
+    size_t bytes = 160 * 1024;
+    if (info->max_shared_per_block < bytes)
+        cr_skip_test("device opts into %zu bytes of shared memory per block only", info->max_shared_per_block);
+    int words = (int)(bytes / 4);
+    uint64_t rng = fresh_seed();
+    unsigned seed = (unsigned)(rng | 1u);
+    kr_function *fn = NULL;
+    cr_assert_eq(kr_backend_get_function(be, &src, &fn, &e), KR_OK, "%s", e.msg);
+    kr_buffer *d = NULL;
+    cr_assert_eq(kr_backend_alloc(be, NB * NT * sizeof(unsigned), &d, &e), KR_OK, "%s", e.msg);
+    void *out = d->ptr;
+    void *args[] = {&out, &words, &seed};
+    uint32_t grid[3] = {NB, 1, 1}, block[3] = {NT, 1, 1};
+    cr_assert_eq(kr_backend_launch(be, fn, grid, block, bytes, NULL, args, &e), KR_OK, "160 KiB launch: %s", e.msg);
+    cr_assert_eq(kr_backend_sync(be, NULL, &e), KR_OK, "%s", e.msg);
+    unsigned got[NB * NT];
+    cr_assert_eq(kr_backend_d2h(be, got, d->ptr, sizeof got, NULL, &e), KR_OK, "%s", e.msg);
+    int per = words / NT, bad = 0;
+    for (int b = 0; b < NB; b++)
+        for (int t = 0; t < NT; t++) {
+            int u = (t + 1) % NT;
+            unsigned acc = 0;
+            for (int i = 0; i < per; i++)
+                acc = acc * 31u + (seed * (unsigned)(u * per + i + 1) + (unsigned)b);
+            bad += got[b * NT + t] != acc;
+        }
+    cr_expect_eq(bad, 0, "%d of %d sums differ from the host's", bad, NB * NT);
+    kr_status st = kr_backend_launch(be, fn, grid, block, info->max_shared_per_block + 1024, NULL, args, &e);
+    cr_expect_eq(st, KR_ERR_RANGE, "oversized shared memory: %s", kr_err_msg(&e, st));
+    kr_backend_free(be, d);
+    close_runtime(rt);
+}
+
 /* A deliberately broken kernel (store to an unmapped address) marks the
  * context dead; every later call returns KR_ERR_DEVICE_LOST naming the
  * original fault. */

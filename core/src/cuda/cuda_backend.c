@@ -54,6 +54,7 @@
     X(cuModuleLoadData)          \
     X(cuModuleUnload)            \
     X(cuModuleGetFunction)       \
+    X(cuFuncSetAttribute)        \
     X(cuLaunchKernel)            \
     X(cuStreamCreate)            \
     X(cuStreamDestroy)           \
@@ -194,6 +195,7 @@ typedef struct kr__func {
     const kr_kernel_source *src;  /* identity of the plugin's static record */
     char *entry;                  /* copy of src->entry at lookup time */
     CUfunction fn;
+    size_t dyn_smem;              /* dynamic shared bytes opted in (0: the default 48 KiB) */
 } kr__func;
 
 typedef struct kr__curand kr__curand;
@@ -777,6 +779,42 @@ unlock:
     return st;
 }
 
+/* Dynamic shared memory above 48 KiB must be opted into per function
+ * (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES); done once per function
+ * and size, before the first launch that needs it (also inside a graph capture:
+ * setting a function attribute is not a stream operation). */
+#define KR__SMEM_DEFAULT ((size_t)48 * 1024)
+
+static kr_status kr__smem_optin(kr__cuda *cb, kr_function *fn, size_t shmem, kr_err *err)
+{
+    kr_status st = KR_OK;
+    pthread_mutex_lock(&cb->lock);
+    kr__func *f = NULL;
+    for (size_t i = 0; i < cb->n_funcs; i++)
+        if ((void *)cb->funcs[i].fn == (void *)fn) {
+            f = &cb->funcs[i];
+            break;
+        }
+    if (f && f->dyn_smem >= shmem)
+        goto unlock;
+    CUresult r = cb->cu->cuFuncSetAttribute((CUfunction)(void *)fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                            (int)shmem);
+    if (r != CUDA_SUCCESS) {
+        const char *name = NULL;
+        if (cb->cu->cuGetErrorName(r, &name) != CUDA_SUCCESS)
+            name = NULL;
+        st = kr_err_set(err, KR_ERR_RANGE, "launch%s%s: %zu bytes of dynamic shared memory refused (%s; the kernel's "
+                        "static shared memory counts too)", f ? " of " : "", f ? f->entry : "", shmem,
+                        name ? name : "unknown CUDA error");
+        goto unlock;
+    }
+    if (f)
+        f->dyn_smem = shmem;
+unlock:
+    pthread_mutex_unlock(&cb->lock);
+    return st;
+}
+
 static kr_status kr__cuda_launch_ex(kr_backend *be, kr_function *fn, const uint32_t grid[3],
                                     const uint32_t block[3], size_t shmem, kr_stream *s, void **args, uint32_t flags,
                                     kr_err *err)
@@ -799,6 +837,8 @@ static kr_status kr__cuda_launch_ex(kr_backend *be, kr_function *fn, const uint3
                           cb->info.max_shared_per_block);
     KR__ENTER(cb, err);
     kr_status st = KR_OK;
+    if (shmem > KR__SMEM_DEFAULT && (st = kr__smem_optin(cb, fn, shmem, err)) != KR_OK)
+        return st;
     if ((flags & KR_LAUNCH_PDL) && cb->pdl) {
         /* programmatic dependent launch: may start before the previous
          * kernel on s completes; the kernel waits in griddepcontrol.wait */
