@@ -86,3 +86,32 @@ KR_EMBED(kr_embed_q4_1, kr_deq1_q4_1)
 KR_EMBED(kr_embed_q8_0, kr_deq1_q8_0)
 KR_EMBED(kr_embed_q4_k, kr_deq1_q4_k)
 KR_EMBED(kr_embed_q6_k, kr_deq1_q6_k)
+
+// Whole-matrix dequantization to fp16 (load-time conversion, kr_gpu_forward params.weights):
+// dst (rows, cols) IEEE half bits, rows dst_stride bytes apart = fp16(DEQ(src row r, c)), the fp32
+// value of the element rounded to nearest even; src in GGML block layout, rows src_stride bytes
+// apart. Launch: block 256, grid (rows, ceil(cols / (256 * KR_DEQ_PER_THREAD))).
+#define KR_DEQ_PER_THREAD 8
+#define KR_DEQ_F16(NAME, DEQ)                                                                     \
+    extern "C" __global__ void NAME(const kr_u8 *src, kr_i64 src_stride, kr_u8 *dst, kr_i64 dst_stride, \
+                                    int cols)                                                     \
+    {                                                                                             \
+        KR_PDL_WAIT();                                                                            \
+        KR_PDL_LAUNCH_DEPENDENTS();                                                               \
+        const kr_u8 *row = src + (kr_i64)blockIdx.x * src_stride;                                 \
+        kr_u16 *out = (kr_u16 *)(dst + (kr_i64)blockIdx.x * dst_stride);                          \
+        const int c0 = blockIdx.y * (256 * KR_DEQ_PER_THREAD) + threadIdx.x;                       \
+        _Pragma("unroll")                                                                         \
+        for (int k = 0; k < KR_DEQ_PER_THREAD; k++) {                                             \
+            const int c = c0 + 256 * k;                                                           \
+            if (c < cols)                                                                         \
+                out[c] = kr_f2h(DEQ(row, c));                                                     \
+        }                                                                                         \
+    }
+KR_DEQ_F16(kr_deq_f16_f32, kr_deq1_f32)
+KR_DEQ_F16(kr_deq_f16_f16, kr_deq1_f16)
+KR_DEQ_F16(kr_deq_f16_q4_0, kr_deq1_q4_0)
+KR_DEQ_F16(kr_deq_f16_q4_1, kr_deq1_q4_1)
+KR_DEQ_F16(kr_deq_f16_q8_0, kr_deq1_q8_0)
+KR_DEQ_F16(kr_deq_f16_q4_k, kr_deq1_q4_k)
+KR_DEQ_F16(kr_deq_f16_q6_k, kr_deq1_q6_k)

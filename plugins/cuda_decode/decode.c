@@ -49,7 +49,14 @@
     X(EMB_Q4_1, elementwise, "kr_embed_q4_1")        \
     X(EMB_Q8_0, elementwise, "kr_embed_q8_0")        \
     X(EMB_Q4_K, elementwise, "kr_embed_q4_k")        \
-    X(EMB_Q6_K, elementwise, "kr_embed_q6_k")
+    X(EMB_Q6_K, elementwise, "kr_embed_q6_k")        \
+    X(DEQ_F32, elementwise, "kr_deq_f16_f32")        \
+    X(DEQ_F16, elementwise, "kr_deq_f16_f16")        \
+    X(DEQ_Q4_0, elementwise, "kr_deq_f16_q4_0")      \
+    X(DEQ_Q4_1, elementwise, "kr_deq_f16_q4_1")      \
+    X(DEQ_Q8_0, elementwise, "kr_deq_f16_q8_0")      \
+    X(DEQ_Q4_K, elementwise, "kr_deq_f16_q4_k")      \
+    X(DEQ_Q6_K, elementwise, "kr_deq_f16_q6_k")
 
 /* PDL (docs/KERNELS.md): 1 for the sources whose every kernel executes
  * KR_PDL_WAIT() before its first global memory access; only their launches
@@ -412,6 +419,27 @@ kr_status kr_dec_embed(kr_dec *d, kr_stream *s, kr_dtype ttype, const void *tabl
     long long rs = (long long)row_stride;
     void *args[] = {&table, &rs, &nv, &ne, &token, &tok_imm, &out};
     return kr__dec_launch(d, (kr__dec_fn)kr__mv_fn(ttype, true), kr__div_up(n_embd, 256), 1, 256, s, args, err);
+}
+
+kr_status kr_dec_dequant_f16(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, size_t row_stride,
+                             void *dst, size_t dst_stride, int64_t rows, int64_t cols, kr_err *err)
+{
+    kr_status st = kr__check_rows("dequant_f16", wtype, row_stride, rows, cols, err);
+    if (st != KR_OK)
+        return st;
+    if (dst_stride < (uint64_t)cols * 2 || dst_stride % 2 != 0 || dst_stride > INT64_MAX / 4 ||
+        ((uintptr_t)dst & 1) != 0 || ((uintptr_t)w & 1) != 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "dequant_f16: dst stride %zu bytes invalid for %lld halves (or W / dst not 2-byte "
+                                "aligned)", dst_stride, (long long)cols);
+    static const kr__dec_fn ids[] = {KR__FN_DEQ_F32, KR__FN_DEQ_F16, KR__FN_DEQ_Q4_0, KR__FN_DEQ_Q4_1,
+                                     KR__FN_DEQ_Q8_0, KR__FN_DEQ_Q4_K, KR__FN_DEQ_Q6_K};
+    const int e = kr__mv_fn(wtype, true); /* the embed entry of wtype: same order as ids */
+    kr__dec_fn id = ids[e - KR__FN_EMB_F32];
+    int c = (int)cols;
+    long long ss = (long long)row_stride, ds = (long long)dst_stride;
+    void *args[] = {&w, &ss, &dst, &ds, &c};
+    return kr__dec_launch(d, id, (uint32_t)rows, kr__div_up(cols, 256 * 8), 256, s, args, err);
 }
 
 static uint32_t kr__row_threads(int64_t n) { return n >= 4096 ? 1024 : n >= 1024 ? 512 : 256; }

@@ -89,6 +89,13 @@ kr_status kr_dec_quantize_q8(kr_dec *d, kr_stream *s, const float *x, void *xq, 
 kr_status kr_dec_matvec_q8(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, size_t row_stride,
                            const void *xq, float *y, int64_t rows, int64_t cols, kr_err *err);
 
+/* dst (rows, cols) fp16 (IEEE half bits, rows dst_stride bytes apart) = W (rows, cols) of wtype (any
+ * kr_dec_matvec_supports type, GGML block layout, rows row_stride bytes apart) dequantized to fp32 and
+ * rounded to nearest even, as the CPU's kr_dequantize_row + kr_fp32_to_fp16. W and dst 2-byte aligned,
+ * dst_stride >= 2 cols, even. Used to store weights as fp16 at load (kr_gpu_forward params.weights). */
+kr_status kr_dec_dequant_f16(kr_dec *d, kr_stream *s, kr_dtype wtype, const void *w, size_t row_stride,
+                             void *dst, size_t dst_stride, int64_t rows, int64_t cols, kr_err *err);
+
 /* y[r,:] = x[r,:] / sqrt(mean(x[r,:]^2) + eps) * w; x, y (rows, n); w (n,) or NULL. y may be x. */
 kr_status kr_dec_rmsnorm(kr_dec *d, kr_stream *s, const float *x, const float *w, float *y, int64_t rows,
                          int64_t n, float eps, kr_err *err);

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "kernrun/checked.h"
@@ -181,23 +182,82 @@ static uint64_t kr__weight_bytes(const kr_weight *w)
     return w->row_bytes * w->ne[1] * w->ne[2] * w->ne[3]; /* bounded by the file size (model lib checked) */
 }
 
-/* Place weight w[i] at the next offset (aligned unless it continues a group). */
-static bool kr__place(const kr_weight *w, size_t i, bool aligned, uint64_t *offs, uint64_t *total)
+/* ---- weight storage (params.weights): which weights become fp16, their device type and size ---- */
+
+kr_status kr_gpu_forward_weights_parse(const char *s, kr_dtype *out, kr_err *err)
+{
+    if (s && strcasecmp(s, "native") == 0) {
+        *out = KR_DTYPE_F32;
+        return KR_OK;
+    }
+    if (s && strcasecmp(s, "f16") == 0) {
+        *out = KR_DTYPE_F16;
+        return KR_OK;
+    }
+    return kr_err_set(err, KR_ERR_INVALID_ARG, "weight storage '%s': expected native or f16", s ? s : "(null)");
+}
+
+/* Weights of the matrices the forward pass multiplies with: per layer q,k,v,o,gate,up,down (falcon:
+ * qkv,o,up,down), and the output matrix (output.weight, or token_embd when it is tied). */
+static void kr__mark_conv(const kr_gpu_forward *g, const kr_weight *w0, uint8_t *conv)
+{
+    static const char *const llama[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                                        "ffn_down"};
+    static const char *const falcon[] = {"attn_qkv", "attn_output", "ffn_up", "ffn_down"};
+    const kr_model *m = g->model;
+    const bool fal = kr__is_falcon(m);
+    char nm[KR_ARCH_NAME_MAX];
+    for (uint32_t l = 0; l < g->hp.n_layer; l++)
+        for (size_t j = 0; j < (fal ? 4u : 7u); j++) {
+            snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, fal ? falcon[j] : llama[j]);
+            const kr_weight *w = kr_model_weight(m, nm);
+            if (w && w->type != KR_DTYPE_F16)
+                conv[w - w0] = 1;
+        }
+    const kr_weight *out = kr_model_weight(m, "output.weight");
+    if (!out)
+        out = kr_model_weight(m, "token_embd.weight");
+    if (out && out->type != KR_DTYPE_F16)
+        conv[out - w0] = 1;
+}
+
+/* Device type / bytes per row / bytes of weight w = w0[i]. */
+static kr_dtype kr__dev_type(const kr_gpu_forward *g, const kr_weight *w0, const kr_weight *w)
+{
+    return g->wconv && g->wconv[w - w0] ? KR_DTYPE_F16 : w->type;
+}
+
+static uint64_t kr__dev_row_bytes(const kr_gpu_forward *g, const kr_weight *w0, const kr_weight *w)
+{
+    return g->wconv && g->wconv[w - w0] ? w->ne[0] * 2 : w->row_bytes;
+}
+
+static uint64_t kr__dev_bytes(const kr_gpu_forward *g, const kr_weight *w0, const kr_weight *w)
+{
+    /* fp16 rows (2 bytes per element) are at most 4x a quantized row's bytes (>= 4.5 bits per element),
+     * which the file size bounds: no overflow */
+    return kr__dev_row_bytes(g, w0, w) * w->ne[1] * w->ne[2] * w->ne[3];
+}
+
+/* Place weight w0[i] at the next offset (aligned unless it continues a group). */
+static bool kr__place(const kr_gpu_forward *g, const kr_weight *w0, size_t i, bool aligned, uint64_t *offs,
+                      uint64_t *total)
 {
     uint64_t a = *total;
     if (aligned && kr_align_up_u64(a, KR__ALIGN, &a))
         return false;
     offs[i] = a;
-    return !kr_add_overflow_u64(a, kr__weight_bytes(&w[i]), total);
+    return !kr_add_overflow_u64(a, kr__dev_bytes(g, w0, &w0[i]), total);
 }
 
-/* Same type and row layout: the rows of `names` may be read as one matrix. */
-static bool kr__fusable(const kr_model *m, const char *const *names, int n)
+/* Same device type and row layout: the rows of `names` may be read as one matrix. */
+static bool kr__fusable(const kr_gpu_forward *g, const kr_weight *w0, const char *const *names, int n)
 {
-    const kr_weight *a = kr_model_weight(m, names[0]);
+    const kr_weight *a = kr_model_weight(g->model, names[0]);
     for (int i = 1; i < n; i++) {
-        const kr_weight *b = kr_model_weight(m, names[i]);
-        if (!a || !b || a->type != b->type || a->row_bytes != b->row_bytes || a->ne[0] != b->ne[0])
+        const kr_weight *b = kr_model_weight(g->model, names[i]);
+        if (!a || !b || kr__dev_type(g, w0, a) != kr__dev_type(g, w0, b) ||
+            kr__dev_row_bytes(g, w0, a) != kr__dev_row_bytes(g, w0, b) || a->ne[0] != b->ne[0])
             return false;
     }
     return true;
@@ -219,20 +279,36 @@ static kr_status kr__plan(const kr_gpu_forward *g, const kr_weight *w, size_t n_
             int n = groups[gi][2] ? 3 : 2;
             for (int j = 0; j < n; j++)
                 snprintf(nm[j], sizeof nm[j], "blk.%u.%s.weight", l, groups[gi][j]);
-            if (!kr__fusable(g->model, names, n))
+            if (!kr__fusable(g, w, names, n))
                 continue;
             for (int j = 0; j < n; j++)
-                if (!kr__place(w, (size_t)(kr_model_weight(g->model, names[j]) - w), j == 0, offs, total))
+                if (!kr__place(g, w, (size_t)(kr_model_weight(g->model, names[j]) - w), j == 0, offs, total))
                     return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
         }
     }
     for (size_t i = 0; i < n_w; i++)
-        if (w[i].data && offs[i] == UINT64_MAX && !kr__place(w, i, true, offs, total))
+        if (w[i].data && offs[i] == UINT64_MAX && !kr__place(g, w, i, true, offs, total))
             return kr_err_set(err, KR_ERR_OVERFLOW, "weight bytes overflow");
     return KR_OK;
 }
 
-/* Copy every present weight into one device buffer at offs[i] (kr__plan). */
+/* Bytes of each of the two device staging slots the fp16 conversion uploads through: the largest
+ * converted weight as in the file, capped at KR__STAGE_BYTES (whole rows go in slices); 0: none. */
+static uint64_t kr__conv_slot_bytes(const kr_gpu_forward *g, const kr_weight *w, size_t n_w)
+{
+    uint64_t mx = 0;
+    for (size_t i = 0; i < n_w; i++)
+        if (g->wconv && g->wconv[i] && w[i].data && kr__weight_bytes(&w[i]) > mx)
+            mx = kr__weight_bytes(&w[i]);
+    if (mx > KR__STAGE_BYTES)
+        mx = KR__STAGE_BYTES;
+    return (mx + KR__ALIGN - 1) / KR__ALIGN * KR__ALIGN;
+}
+
+/* Copy every present weight into one device buffer at offs[i] (kr__plan). A weight marked in
+ * g->wconv goes as in the file into a device staging slot, in slices of whole rows, and
+ * kr_dec_dequant_f16 writes its fp16 rows into place (on the slot's stream, so the next copy into
+ * the slot waits for it). */
 static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, const uint64_t *offs, uint64_t total,
                             kr_err *err)
 {
@@ -243,6 +319,11 @@ static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, c
     if (st != KR_OK)
         return kr_err_prefix(err, "allocating %.2f GiB of weights on the device", (double)total / 1073741824.0);
     g->stats.weight_bytes = total;
+    const uint64_t slot = kr__conv_slot_bytes(g, w, n_w);
+    kr_buffer *dstage = NULL; /* (2, slot) device staging of the converted weights' file bytes */
+    if (slot && (st = kr_backend_alloc(be, (size_t)(2 * slot), &dstage, err)) != KR_OK)
+        return kr_err_prefix(err, "allocating %.1f MiB of fp16-conversion staging on the device",
+                             (double)(2 * slot) / 1048576.0);
 
     /* Two pinned staging buffers, each with its own stream: while one DMA
      * runs, the CPU reads (page faults in) the next chunk of the file. */
@@ -263,27 +344,56 @@ static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, c
     for (size_t i = 0; i < n_w && st == KR_OK; i++) {
         if (offs[i] == UINT64_MAX)
             continue;
+        const bool conv = g->wconv && g->wconv[i];
+        const uint64_t rb = w[i].row_bytes, drb = kr__dev_row_bytes(g, w, &w[i]);
+        uint64_t cap = KR__STAGE_BYTES; /* bytes per slice */
+        if (conv) {
+            if (rb == 0 || rb > slot) {
+                st = kr_err_set(err, KR_ERR_UNSUPPORTED, "rows of %" PRIu64 " bytes exceed the fp16-conversion "
+                                "staging (%" PRIu64 " bytes)", rb, slot);
+                kr_err_prefix(err, "uploading '%s'", w[i].name);
+                break;
+            }
+            cap = slot / rb * rb; /* whole rows */
+            g->stats.n_converted++;
+        }
         const char *src = w[i].data;
         uint64_t left = kr__weight_bytes(&w[i]);
         char *dst = base + offs[i];
         while (left > 0 && st == KR_OK) {
-            if (!staged) {
+            if (!staged && !conv) {
                 st = kr_backend_h2d(be, dst, src, (size_t)left, NULL, err);
                 break;
             }
-            size_t chunk = left < KR__STAGE_BYTES ? (size_t)left : KR__STAGE_BYTES;
-            if ((st = kr_backend_sync(be, ss[cur], err)) != KR_OK) /* its previous DMA is done */
-                break;
-            memcpy(stage[cur]->ptr, src, chunk);
-            if ((st = kr_backend_h2d(be, dst, stage[cur]->ptr, chunk, ss[cur], err)) != KR_OK)
-                break;
+            size_t chunk = left < cap ? (size_t)left : (size_t)cap;
+            kr_stream *cs = staged ? ss[cur] : g->stream;
+            char *dslot = conv ? (char *)dstage->ptr + (staged ? (size_t)cur * slot : 0) : NULL;
+            if (!staged) { /* synchronous copy into the slot, then the conversion */
+                if ((st = kr_backend_h2d(be, dslot, src, chunk, NULL, err)) != KR_OK)
+                    break;
+            } else {
+                if ((st = kr_backend_sync(be, cs, err)) != KR_OK) /* its previous DMA (and conversion) is done */
+                    break;
+                memcpy(stage[cur]->ptr, src, chunk);
+                if ((st = kr_backend_h2d(be, conv ? dslot : dst, stage[cur]->ptr, chunk, cs, err)) != KR_OK)
+                    break;
+            }
+            if (conv) {
+                const int64_t rows = (int64_t)(chunk / rb);
+                if ((st = kr_dec_dequant_f16(g->dec, cs, w[i].type, dslot, (size_t)rb, dst, (size_t)drb, rows,
+                                             (int64_t)w[i].ne[0], err)) != KR_OK ||
+                    (!staged && (st = kr_backend_sync(be, cs, err)) != KR_OK))
+                    break;
+                dst += (size_t)rows * drb;
+            } else {
+                dst += chunk;
+            }
             src += chunk;
-            dst += chunk;
             left -= chunk;
             cur ^= 1;
         }
         if (st != KR_OK)
-            kr_err_prefix(err, "uploading '%s'", w[i].name);
+            kr_err_prefix(err, "uploading '%s'%s", w[i].name, conv ? " (fp16 conversion)" : "");
     }
     for (int b = 0; b < 2; b++) {
         if (ss[b]) {
@@ -294,6 +404,9 @@ static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, c
         }
         kr_backend_free(be, stage[b]);
     }
+    if (dstage && !staged && st != KR_OK)
+        kr_backend_sync(be, g->stream, NULL); /* a conversion may still read the slot */
+    kr_backend_free(be, dstage);
     return st;
 }
 
@@ -312,9 +425,9 @@ static void kr__mat(const kr_gpu_forward *g, const kr_model *m, const kr_weight 
                     const char *name, bool use_q8, kr__gf_mat *out)
 {
     const kr_weight *w = kr_model_weight(m, name); /* present: checked */
-    out->type = w->type;
+    out->type = kr__dev_type(g, w0, w);
     out->w = (const char *)g->wbuf->ptr + offs[w - w0];
-    out->row_stride = (size_t)w->row_bytes;
+    out->row_stride = (size_t)kr__dev_row_bytes(g, w0, w);
     out->rows = (int64_t)w->ne[1];
     out->cols = (int64_t)w->ne[0];
     out->q8 = use_q8 && kr_dec_matvec_q8_supports(w->type) && kr_dec_q8_bytes(out->cols) > 0;
@@ -379,9 +492,21 @@ static kr_status kr__fit(kr_gpu_forward *g, const kr_gpu_forward_params *p, cons
     uint64_t abytes, max_w = 0;
     kr__layout_acts(g, NULL, &abytes);
     for (size_t i = 0; i < n_w; i++) /* the repack's temporary copy of the largest matrix */
-        if (w[i].data && kr__weight_bytes(&w[i]) > max_w)
+        if (w[i].data && kr__dev_bytes(g, w, &w[i]) > max_w && !(g->wconv && g->wconv[i]))
             max_w = kr__weight_bytes(&w[i]);
-    return kr__gkv_check_fit(g, wtotal, abytes, max_w, p->mem_limit, err);
+    const uint64_t conv_stage = 2 * kr__conv_slot_bytes(g, w, n_w); /* during the upload only */
+    if (conv_stage > max_w)
+        max_w = conv_stage;
+    st = kr__gkv_check_fit(g, wtotal, abytes, max_w, p->mem_limit, err);
+    if (st != KR_OK && g->wconv) {
+        uint64_t file = 0;
+        for (size_t i = 0; i < n_w; i++)
+            if (w[i].data)
+                file += kr__weight_bytes(&w[i]);
+        kr_err_prefix(err, "weights stored as fp16 (--weights f16): %.2f GiB instead of %.2f GiB as in the file "
+                      "(--weights native needs less)", (double)wtotal / 1073741824.0, (double)file / 1073741824.0);
+    }
+    return st;
 }
 
 kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_forward_params *p,
@@ -439,6 +564,22 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     }
     double t0 = kr__now_s();
     uint64_t wtotal = 0;
+    if (p->weights != KR_DTYPE_F32 && p->weights != KR_DTYPE_F16) {
+        free(offs);
+        st = kr_err_set(err, KR_ERR_UNSUPPORTED, "weight storage %s: only as in the file or f16",
+                        kr_dtype_name(p->weights));
+        goto err_stream;
+    }
+    g->stats.weights = p->weights;
+    if (p->weights == KR_DTYPE_F16) {
+        g->wconv = calloc(n_w ? n_w : 1, 1);
+        if (!g->wconv) {
+            free(offs);
+            st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+            goto err_stream;
+        }
+        kr__mark_conv(g, w0, g->wconv);
+    }
     st = kr__plan(g, w0, n_w, offs, &wtotal, !p->no_fuse, err);
     if (st == KR_OK)
         st = kr__fit(g, p, w0, n_w, wtotal, err);
@@ -457,16 +598,16 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
     }
     bool use_q8 = !p->no_q8;
     const kr_weight *emb = kr_model_weight(m, "token_embd.weight");
-    g->embd_type = emb->type;
+    g->embd_type = kr__dev_type(g, w0, emb);
     g->embd = kr__dev(g, m, w0, offs, "token_embd.weight");
-    g->embd_row_stride = (size_t)emb->row_bytes;
+    g->embd_row_stride = (size_t)kr__dev_row_bytes(g, w0, emb);
     g->out_norm = kr__dev(g, m, w0, offs, "output_norm.weight");
     g->out_norm_b = kr__dev(g, m, w0, offs, "output_norm.bias");
     g->falcon = kr__is_falcon(m);
     kr__mat(g, m, w0, offs, kr_model_weight(m, "output.weight") ? "output.weight" : "token_embd.weight", use_q8,
             &g->out);
     g->freq_factors = kr__dev(g, m, w0, offs, "rope_freqs.weight");
-    uint64_t step_bytes = emb->row_bytes + E * 4 /* output_norm */ + (uint64_t)g->out.rows * g->out.row_stride;
+    uint64_t step_bytes = g->embd_row_stride + E * 4 /* output_norm */ + (uint64_t)g->out.rows * g->out.row_stride;
     char nm[KR_ARCH_NAME_MAX];
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         kr__gf_layer *L = &g->layers[l];
@@ -521,7 +662,7 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         L->ffn_norm = kr__dev(g, m, w0, offs, nm);
         step_bytes += 2 * E * 4;
     }
-    free(offs);
+    g->woffs = offs; /* kr_gpu_forward_weight */
     if (g->out_norm_b)
         step_bytes += E * 4;
     g->stats.step_weight_bytes = step_bytes;
@@ -614,6 +755,8 @@ err_dec:
     kr_dec_free(g->dec);
 err_free:
     kr__gkv_free(g);
+    free(g->woffs);
+    free(g->wconv);
     free(g);
     return kr_err_prefix(err, "CUDA forward pass");
 }
@@ -645,9 +788,25 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     kr__gkv_free(g);
     free(g->layers);
     kr_backend_free(be, g->wbuf);
+    free(g->woffs);
+    free(g->wconv);
     kr_backend_stream_destroy(be, g->stream);
     kr_dec_free(g->dec);
     free(g);
+}
+
+kr_status kr_gpu_forward_weight(const kr_gpu_forward *g, const char *name, kr_dtype *type, const void **dev,
+                                size_t *row_stride, kr_err *err)
+{
+    size_t n_w;
+    const kr_weight *w0 = g ? kr_model_weights(g->model, &n_w) : NULL;
+    const kr_weight *w = g && name ? kr_model_weight(g->model, name) : NULL;
+    if (!w || !g->woffs || g->woffs[w - w0] == UINT64_MAX)
+        return kr_err_set(err, KR_ERR_NOT_FOUND, "weight '%s' is not on the device", name ? name : "(null)");
+    *type = kr__dev_type(g, w0, w);
+    *dev = (const char *)g->wbuf->ptr + g->woffs[w - w0];
+    *row_stride = (size_t)kr__dev_row_bytes(g, w0, w);
+    return KR_OK;
 }
 
 /* ---- repacked Q4_0 / Q8_0 (kernels/forward/matvec_repacked.cu) ----------------------- */

@@ -72,6 +72,8 @@ struct kr_gpu_forward {
     bool graph_failed;
 
     kr_buffer *wbuf;               /* all weights */
+    uint64_t *woffs;               /* (n_w of kr_model_weights) offset of each weight in wbuf (UINT64_MAX: absent) */
+    uint8_t *wconv;                /* (n_w) 1: stored as fp16, converted at load (params.weights F16) */
     struct kr__gkv *kv;            /* the KV cache: slots, plan, device buffer (gpu_kvcache.h) */
     kr_buffer *abuf;               /* activations, scratch, step inputs */
     kr_buffer *hstep;              /* pinned host (2 * n_ctx) int32 tok/pos pairs (or NULL: hstep_mem) */

@@ -58,7 +58,17 @@ typedef struct kr_gpu_forward_params {
     /* batched prefill (docs/PREFILL.md; plugins/cuda_forward/gpu_prefill.c) */
     bool no_batch_prefill; /* prompts token by token through the decode step (also env KERNRUN_NO_BATCH_PREFILL=1) */
     uint32_t n_batch;      /* tokens per prefill chunk at most; 0: 2048 */
+    /* weight storage (docs/PREFILL.md, "Weight storage and precision") */
+    kr_dtype weights;      /* KR_DTYPE_F32 (0, default): every weight as in the file; KR_DTYPE_F16: every
+                              matrix the forward pass multiplies with (layer matrices, the output matrix,
+                              token_embd when it is the output) converted to fp16 on the device at load,
+                              so decode runs the F16 matvec and prefill the F16 GEMM; an untied token_embd,
+                              norms and biases stay as in the file. Others: KR_ERR_UNSUPPORTED */
 } kr_gpu_forward_params;
+
+/* "native" -> KR_DTYPE_F32 (as in the file), "f16" -> KR_DTYPE_F16 (case-insensitive; the values of
+ * `--weights` and the [runtime] weights config key); else KR_ERR_INVALID_ARG naming the choices. */
+kr_status kr_gpu_forward_weights_parse(const char *s, kr_dtype *out, kr_err *err);
 
 kr_gpu_forward_params kr_gpu_forward_params_default(void);
 
@@ -126,6 +136,12 @@ kr_status kr_gpu_forward_kv_read(kr_gpu_forward *g, uint32_t layer, uint32_t pos
  * spec, with the accepted keys), JIT failures. */
 kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err *err);
 
+/* Where weight `name` (a model tensor name) is stored on the device: its type there (F16 when it
+ * was converted at load, else the file's), device address and bytes per row. For tests and tools.
+ * KR_ERR_NOT_FOUND when the model has no such tensor or it is not on the device. */
+kr_status kr_gpu_forward_weight(const kr_gpu_forward *g, const char *name, kr_dtype *type, const void **dev,
+                                size_t *row_stride, kr_err *err);
+
 uint32_t kr_gpu_forward_n_ctx(const kr_gpu_forward *g);
 uint32_t kr_gpu_forward_n_past(const kr_gpu_forward *g);
 void kr_gpu_forward_reset(kr_gpu_forward *g); /* forget the cached positions */
@@ -143,6 +159,8 @@ typedef struct kr_gpu_forward_stats {
     uint32_t kv_rows;            /* cache rows per sequence slot (n_ctx, or the window with a ring) */
     uint32_t kv_n_seq;           /* sequence slots */
     kr_dtype kv_type;            /* F16 or Q8_0 */
+    kr_dtype weights;            /* params.weights in use: F32 (as in the file) or F16 (converted at load) */
+    uint32_t n_converted;        /* weights converted to fp16 at load */
 } kr_gpu_forward_stats;
 
 void kr_gpu_forward_get_stats(const kr_gpu_forward *g, kr_gpu_forward_stats *out);
