@@ -35,6 +35,7 @@ struct kr_config {
 
 static const char *const g_backend_choices[] = {"auto", "cpu", "cuda", NULL};
 static const char *const g_log_choices[] = {"error", "warn", "warning", "info", "debug", "trace", NULL};
+static const char *const g_weights_choices[] = {"native", "f16", NULL};
 
 static const kr_config_key g_runtime_keys[] = {
     {.section = "runtime", .key = "backend", .type = KR_CONFIG_ENUM, .def = "auto",
@@ -47,6 +48,9 @@ static const kr_config_key g_runtime_keys[] = {
      .help = "JIT cubin cache directory (default $XDG_CACHE_HOME/kernrun or ~/.cache/kernrun)"},
     {.section = "runtime", .key = "log_level", .type = KR_CONFIG_ENUM, .def = "warn", .choices = g_log_choices,
      .help = "log level: error, warn, info, debug, trace"},
+    {.section = "runtime", .key = "weights", .type = KR_CONFIG_ENUM, .def = "native", .choices = g_weights_choices,
+     .help = "CUDA forward pass weight storage: native (as in the file) or f16 (every matrix converted to fp16 "
+             "at load; docs/PREFILL.md)"},
 };
 
 static char *dup_str(const char *s)

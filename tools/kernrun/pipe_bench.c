@@ -31,7 +31,7 @@ static const char g_usage[] =
     "usage: kernrun bench -m FILE [-p N] [-n N] [--backend cuda|cpu|auto] [--json]\n"
     "                     [--no-graph] [--no-q8] [--no-fuse] [--no-repack] [--no-fused-ops]\n"
     "                     [--attn-splits N] [-t N] [--profile] [--tuning SPEC] [--variants LIST]\n"
-    "                     [--no-batch-prefill] [--n-batch N] [--kv-type f16|q8_0]\n"
+    "                     [--no-batch-prefill] [--n-batch N] [--kv-type f16|q8_0] [--weights native|f16]\n"
     "\n"
     "Prefill and decode tokens/s of a model (random token ids, no sampling).\n"
     "On CUDA also: achieved GB/s of decode (weights + KV cache read per token),\n"
@@ -54,6 +54,8 @@ static const char g_usage[] =
     "                    tensor-core prefill (docs/PREFILL.md)\n"
     "  --n-batch N       (cuda) prompt tokens per batched prefill chunk at most (default 2048)\n"
     "  --kv-type T       (cuda) KV cache rows: f16 (default) or q8_0 (docs/KVCACHE.md)\n"
+    "  --weights W       (cuda) weight storage: native (as in the file) or f16 (every matrix converted\n"
+    "                    to fp16 at load); default: [runtime] weights (native); the CPU ignores it\n"
     "  -t N              CPU threads (cpu backend; default: online CPUs, max 16)\n"
     "  --profile         (cuda) per-kernel GPU time of one decode step: eager launches timed\n"
     "                    with CUDA events, grouped by kernel and matrix, averaged over 8 steps\n"
@@ -72,6 +74,7 @@ typedef struct kr__bench_opts {
     const char *tuning;   /* --tuning SPEC or NULL */
     const char *variants; /* --variants LIST or NULL */
     const char *kv_type;  /* --kv-type T or NULL */
+    const char *weights;  /* --weights W or NULL ([runtime] weights) */
     bool json, no_graph, no_q8, no_fuse, no_repack, no_fused_ops, profile;
     bool no_batch_prefill;
 } kr__bench_opts;
@@ -91,6 +94,8 @@ typedef struct kr__bench_res {
     uint32_t launches;        /* per decoded token (0 on cpu) */
     bool graph;
     uint32_t prefill_batched;  /* prompt tokens that ran as a batched prefill (cuda) */
+    bool weights_f16;          /* cuda: matrices stored as fp16 (--weights f16) */
+    uint32_t n_converted;      /* cuda: weights converted to fp16 at load */
     kr_gpu_forward_prof_op prof[KR__PROF_MAX]; /* --profile: sorted by time */
     size_t n_prof;            /* entries in prof (0: no profile) */
     size_t n_prof_labels;     /* distinct labels (may exceed KR__PROF_MAX) */
@@ -181,6 +186,12 @@ static int kr__parse(int argc, char **argv, kr__bench_opts *o, bool *help)
         } else if (!strcmp(a, "--kv-type")) {
             KR__NEED()
             o->kv_type = v;
+        } else if (!strcmp(a, "--weights")) {
+            KR__NEED()
+            kr_dtype wt;
+            if (kr_gpu_forward_weights_parse(v, &wt, NULL) != KR_OK)
+                return kr__usage_err("--weights wants native or f16", v);
+            o->weights = v;
         } else if (!strcmp(a, "--no-batch-prefill")) {
             o->no_batch_prefill = true;
         } else if (!strcmp(a, "--n-batch")) {
@@ -336,6 +347,8 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     gp.n_batch = (uint32_t)o->n_batch;
     if (o->kv_type && (st = kr_kv_type_parse(o->kv_type, &gp.kv_type, &e)) != KR_OK)
         return kr__fail("--kv-type", &e, st);
+    if (o->weights && (st = kr_gpu_forward_weights_parse(o->weights, &gp.weights, &e)) != KR_OK)
+        return kr__fail("--weights", &e, st);
     kr_gpu_forward *g = NULL;
     if ((st = kr_gpu_forward_new(m, be, &gp, &g, &e)) != KR_OK)
         return kr__fail("loading onto the GPU", &e, st);
@@ -396,6 +409,8 @@ static int kr__bench_cuda(const kr__bench_opts *o, kr_model *m, kr_backend *be, 
     kr_gpu_forward_get_stats(g, &gs);
     r->weight_bytes = gs.weight_bytes;
     r->upload_s = gs.upload_s;
+    r->weights_f16 = gs.weights == KR_DTYPE_F16;
+    r->n_converted = gs.n_converted;
     r->launches = gs.launches_per_token;
     r->graph = gs.graph;
     /* average over positions pos .. pos+n-1 of weights + (position+1) cached K/V rows */
@@ -467,11 +482,12 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
                "\"device\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"load_s\":%.3f,\"upload_s\":%.3f,\"p\":%ld,\"n\":%ld,"
                "\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"decode_ms_per_tok\":%.4f,\"bytes_per_tok\":%.0f,"
                "\"decode_gb_s\":%.1f,\"copy_gb_s\":%.1f,\"fraction_of_copy\":%.4f,\"launches_per_tok\":%u,"
-               "\"graph\":%s,\"q8_activations\":%s",
+               "\"graph\":%s,\"q8_activations\":%s,\"weights\":\"%s\",\"n_converted\":%u",
                o->model, kr_model_arch(m), r->wtype, hp->n_layer, hp->n_embd, r->backend, r->device,
                r->weight_bytes, r->load_s, r->upload_s, o->p, o->n, pre_tps, dec_tps,
                dec_tps > 0 ? 1e3 / dec_tps : 0, r->bytes_per_tok, gbs, r->copy_gbs, frac, r->launches,
-               r->graph ? "true" : "false", (!o->no_q8 && !strcmp(r->backend, "cuda")) ? "true" : "false");
+               r->graph ? "true" : "false", (!o->no_q8 && !strcmp(r->backend, "cuda")) ? "true" : "false",
+               r->weights_f16 ? "f16" : "native", r->n_converted);
         if (r->n_prof > 0) {
             printf(",\"profile\":{\"steps\":%d,\"pos\":%u,\"step_ms\":%.4f,\"n_labels\":%zu,\"ops\":[",
                    KR__PROF_STEPS, r->prof_pos, r->prof_step_ms, r->n_prof_labels);
@@ -489,6 +505,8 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
     printf("device    : %s [%s%s%s]\n", r->device, r->backend,
            !strcmp(r->backend, "cuda") ? (r->graph ? ", CUDA graph" : ", eager launches") : "",
            !strcmp(r->backend, "cuda") ? (o->no_q8 ? ", fp32 activations" : ", q8 activations for Q4_0/Q8_0") : "");
+    if (r->weights_f16)
+        printf("weights   : fp16 on the device (%u matrices converted at load)\n", r->n_converted);
     printf("load      : %.2f s (file)%s", r->load_s, !strcmp(r->backend, "cuda") ? "" : "\n");
     if (!strcmp(r->backend, "cuda"))
         printf(", upload %.2f s (%.1f GB/s)\n", r->upload_s,
@@ -521,7 +539,6 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
 
 static int run_bench(kr_app *app, int argc, char **argv)
 {
-    (void)app;
     kr__bench_opts o;
     bool help = false;
     int prc = kr__parse(argc, argv, &o, &help);
@@ -530,6 +547,12 @@ static int run_bench(kr_app *app, int argc, char **argv)
     if (help) {
         fputs(g_usage, stdout);
         return 0;
+    }
+    if (!o.weights) { /* [runtime] weights (config file or KERNRUN_RUNTIME_WEIGHTS) */
+        kr_config *cfg = kr_app_config(app);
+        if (!cfg)
+            return 1; /* the driver printed why */
+        o.weights = kr_config_get(cfg, "runtime", "weights");
     }
     kr_err e;
     kr_err_clear(&e);
@@ -578,6 +601,8 @@ static int run_bench(kr_app *app, int argc, char **argv)
     }
     if (!be && o.profile)
         KR_LOGW(KR__DOM, "--profile needs the cuda backend; no profile on the CPU");
+    if (!be && o.weights && strcasecmp(o.weights, "native") != 0)
+        KR_LOGW(KR__DOM, "weights %s: ignored on the CPU (it computes from the file's weights)", o.weights);
     rc = be ? kr__bench_cuda(&o, m, be, toks, &r) : kr__bench_cpu(&o, m, toks, &r);
     if (rc == 0)
         kr__print(&o, m, &r);

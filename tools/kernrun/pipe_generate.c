@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +45,9 @@ static const char g_usage[] =
     "      --keep N            positions a context shift keeps at the start (default 0)\n"
     "  -b, --batch-size N      CUDA: prompt tokens per batched prefill chunk (default 2048;\n"
     "                          1 = the prompt goes token by token through the decode step)\n"
+    "      --weights W         CUDA: weight storage on the device: native (as in the file, default) or\n"
+    "                          f16 (every matrix converted to fp16 at load; more memory, faster prefill;\n"
+    "                          [runtime] weights; the CPU path ignores it)\n"
     "  -s, --seed N            sampler seed (default: random, logged)\n"
     "  -t, --threads N         CPU threads (default: all online CPUs)\n"
     "      --temp T            temperature (default 0.8; 0 = greedy)\n"
@@ -116,6 +120,7 @@ typedef struct kr__gen_opts {
     bool ctx_shift;        /* --ctx-shift */
     long n_keep;           /* --keep */
     long n_batch;          /* -b; 0 = default (CUDA prefill chunk) */
+    const char *weights;   /* --weights native|f16; NULL = [runtime] weights */
     long threads;          /* -t; 0 = default */
     bool chat, no_bos;
     kr__set sets[KR__MAX_SETS]; /* sampling flags, in order */
@@ -296,6 +301,9 @@ static int kr__parse_args(int argc, char **argv, kr__gen_opts *o)
         } else if (KR__IS("--keep", NULL)) {
             KR__VAL();
             rc = kr__parse_long(a, val, 0, INT32_MAX, &o->n_keep);
+        } else if (KR__IS("--weights", NULL)) {
+            KR__VAL();
+            o->weights = val; /* checked by the config ([runtime] weights) */
         } else if (KR__IS("-b", "--batch-size")) {
             KR__VAL();
             rc = kr__parse_long(a, val, 1, 65536, &o->n_batch);
@@ -417,6 +425,10 @@ static int kr__sampling_from_config(kr_app *app, const kr__gen_opts *o, kr_sampl
         rc = 2;
         goto fail;
     }
+    if (o->weights && (st = kr_config_set(cfg, "runtime", "weights", o->weights, "--weights", &e)) != KR_OK) {
+        rc = 2;
+        goto fail;
+    }
     for (int i = 0; i < o->n_sets; i++) {
         st = kr_config_set(cfg, "sampling", o->sets[i].key, o->sets[i].value, o->sets[i].flag, &e);
         if (st != KR_OK) {
@@ -473,7 +485,7 @@ fail:
  * runtime's backend is CUDA and the model is supported: --backend cuda fails
  * otherwise, auto falls back to the CPU (*out NULL). */
 static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, long n_batch, const char *kv_type,
-                                  bool required, kr_gpu_forward **out, kr_err *e)
+                                  const char *weights, bool required, kr_gpu_forward **out, kr_err *e)
 {
     *out = NULL;
     kr_runtime *rt = kr_app_runtime(app);
@@ -498,6 +510,8 @@ static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, lo
     gp.n_batch = n_batch > 0 ? (uint32_t)n_batch : 0;
     if (kv_type && (st = kr_kv_type_parse(kv_type, &gp.kv_type, e)) != KR_OK)
         return kr_err_prefix(e, "--kv-type");
+    if (weights && (st = kr_gpu_forward_weights_parse(weights, &gp.weights, e)) != KR_OK)
+        return kr_err_prefix(e, "--weights");
     st = kr_gpu_forward_new(m, be, &gp, out, e);
     if (st == KR_ERR_UNSUPPORTED && !required) { /* e.g. --kv-type f32: the CPU path has it */
         KR_LOGI(KR__DOM, "backend auto: using the CPU (%s)", e->msg);
@@ -650,12 +664,17 @@ static int run_generate(kr_app *app, int argc, char **argv)
                 (int)kr_tokenizer_n_vocab(tok), (int)n_vocab);
         goto out;
     }
+    /* [runtime] weights (or --weights): the CUDA path's weight storage */
+    const char *weights = kr_app_config(app) ? kr_config_get(kr_app_config(app), "runtime", "weights") : NULL;
     /* the CUDA path has f16 / q8_0 caches and context shift (gpu_kvcache.c); f32 is CPU only */
     if (strcmp(backend, "cpu") != 0 &&
-        (st = kr__gen_open_gpu(app, m, o.n_ctx, o.n_batch, o.kv_type, strcmp(backend, "cuda") == 0, &gpu, &e)) != KR_OK) {
+        (st = kr__gen_open_gpu(app, m, o.n_ctx, o.n_batch, o.kv_type, weights, strcmp(backend, "cuda") == 0, &gpu,
+                               &e)) != KR_OK) {
         rc = kr__fail(&e, st);
         goto out;
     }
+    if (!gpu && weights && strcasecmp(weights, "native") != 0) /* a CUDA-path setting (docs/PREFILL.md) */
+        KR_LOGW(KR__DOM, "weights %s: ignored on the CPU path (it computes from the file's weights)", weights);
     kr_context_params cp = kr_context_params_default();
     if (o.n_ctx > 0)
         cp.n_ctx = (uint32_t)o.n_ctx;
