@@ -93,6 +93,13 @@ __device__ __forceinline__ float kr_kv_theta(int p, int i, int n_rot, float freq
     return theta;
 }
 
+// One rotated element: x is the element, y its pair partner; first: x is the pair's first element.
+// Shared by kr_kv_store_rope and kr_fa_* so both write bit-identical cache rows.
+__device__ __forceinline__ float kr_kv_rot(float x, float y, float cs, float sn, bool first)
+{
+    return first ? x * cs - y * sn : y * sn + x * cs;
+}
+
 extern "C" __global__ void __launch_bounds__(256)
 kr_kv_store_rope(float *q, int n_head, const float *k_new, const float *v_new, void *kc, void *vc, const int *slot,
                  long long slot_bytes, int q8, int rows, int kv_dim, long long row_bytes, int head_dim, int n_rot,
@@ -138,7 +145,7 @@ kr_kv_store_rope(float *q, int n_head, const float *k_new, const float *v_new, v
             const float y = src[e - d + partner];
             float sn, cs;
             sincosf(kr_kv_theta(p, ii, n_rot, freq_base, freq_scale, ff), &sn, &cs);
-            x = first ? x * cs - y * sn : y * sn + x * cs;
+            x = kr_kv_rot(x, y, cs, sn, first);
         }
     }
     kr_u8 *row = (kr_u8 *)kr_kv_base(is_k ? kc : vc, slot, slot_bytes);
@@ -723,6 +730,8 @@ __device__ __forceinline__ void kr_kva(const float *q, const void *kc, const voi
 #endif
 }
 
+// KR_FA_ONLY=1 (the fused kernel's modules) leaves the split kernels' entries out (JIT time)
+#if !defined(KR_FA_ONLY) || !KR_FA_ONLY
 extern "C" __global__ void __launch_bounds__(KR_KVA_THREADS, KR_KVA_MINB)
 kr_kva_f16(const float *q, const void *kc, const void *vc, const int *slot, long long slot_bytes, int rows,
            long long row_bytes, int kv_dim, float *out, float *part, int n_head, int n_head_kv, int head_dim,
@@ -783,3 +792,495 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
         out[(kr_i64)h * D + d] = a / L;
     }
 }
+#endif // !KR_FA_ONLY
+
+// KR_FA=0 (the split kernels' variant modules) leaves the fused kernel out (JIT time)
+#if !defined(KR_FA) || KR_FA
+// ---- fused decode attention: RoPE + KV store + attention + split merge + q8 ----------------
+// kr_fa_f16 / kr_fa_q8_0: one launch per layer replaces kr_kv_store_rope, kr_kva_*, kr_kva_combine
+// and the kr_quantize_x_q8 of the attention output (kr_dec_fattn in kr_decode_kv.h).
+// Grid (n_head_kv * nhb, n_split), nhb = ceil(R / KR_FA_RB), R = n_head / n_head_kv; block KR_FA_NT.
+// Block (group g, head batch hb, split s): query heads h0 .. h0+nr-1 of KV group g, positions
+// [ts, te) of the visible span [j0, p] cut into n_split chunks; the block with te == p + 1 holds p.
+// Phases:
+//  1. before KR_PDL_WAIT (the previous kernel may still run): read *pos / *slot, compute the range,
+//     issue cp.async of the K/V rows of positions < p into up to nst stages of KR_FA_CH rows, the
+//     RoPE sin/cos table of p, and an L2 prefetch of a share of [pf, pf + pf_bytes) (the next
+//     matvec's weights). Legal because every kernel of the decode step executes
+//     KR_PDL_LAUNCH_DEPENDENTS only after its own KR_PDL_WAIT (docs/KERNELS.md, PDL): when this grid
+//     runs at all, the kernel before the previous one has completed, so the position/slot words
+//     (host-written before the launch), the rows < p (earlier steps) and the weights are final,
+//     and the previous kernel (the q/k/v matvec) writes none of them.
+//  2. after the wait: q (heads of the block) rotated, pre-scaled by scale*log2(e) into shared
+//     memory; the block holding p rotates k_new (kr_kv_rot, the table), rounds the K/V rows to the
+//     cache format (f16, or q8_0 as kr_kv_store_rope), writes them to the cache (head batch 0 only)
+//     and uses the rounded rows for position p (no re-read).
+//  3. tiles of KR_FA_CH positions: scores (dsp threads per (head, position) dot product), online
+//     softmax (one warp per head, one lane per position, base 2), acc = acc*corr + P V.
+//  4. n_split == 1: out = acc / l. Else partials (acc, m, l) to part; the last block of each
+//     (g, hb) to finish (atomic counter after the partials, as kr_kva's KR_KVA_FC) merges them.
+//  5. the merging block writes out (n_head, D) fp32 and, when xq != NULL (D % 32 == 0), the q8
+//     activations exactly as kr_quantize_x_q8 would from out: int8 q[cols] | float d[cols/32] |
+//     float s[cols/32], cols = n_head * D.
+// Invalid position (p < 0 or the span > rows): out NaN (and xq: q 0, d = s = NaN); nothing stored.
+// Shared memory (dynamic, host-sized in decode_kv.c kr__fa_smem): nst stages of
+// [K rows CH x ks | V rows CH x ks | K scales CH x D/16 B | V scales] (ks = 16 (DC + dsp) bytes,
+// DC = 16-byte chunks per row), then Q (RB x D fp32), S (RB x CH fp32), the sin/cos table
+// (2 x 128 fp32), the new K and V rows (2 x 512 B).
+#ifndef KR_FA_NT
+#define KR_FA_NT 128
+#endif
+#define KR_FA_CH 32  // positions per stage (= warp size: one lane per position in the softmax)
+#define KR_FA_RB 8   // query heads per block at most
+#define KR_FA_MAXST 8
+#define KR_FA_FIXED (KR_FA_RB * 256 * 4 + KR_FA_RB * KR_FA_CH * 4 + 2 * 128 * 4 + 2 * 512)
+#define KR_FA_LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ void kr_fa_cp(void *dst, const void *src, int bytes)
+{
+    if (bytes == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(kr_smem_addr(dst)), "l"(src) : "memory");
+    else if (bytes == 8)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(kr_smem_addr(dst)), "l"(src) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(kr_smem_addr(dst)), "l"(src) : "memory");
+}
+
+// wait until at most n (0..KR_FA_MAXST-1) committed groups are still in flight
+__device__ __forceinline__ void kr_fa_wait(int n)
+{
+    switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+    }
+}
+
+// Issue the cp.async loads of tile positions [t0, t0 + n) (n <= CH) into stage st.
+template <int Q8>
+__device__ __forceinline__ void kr_fa_issue(kr_u8 *Kt, kr_u8 *Vt, kr_u8 *Ks, kr_u8 *Vs, const kr_u8 *kb,
+                                            const kr_u8 *vb, long long row_bytes, int rows, int kv_dim, int goff,
+                                            int soff, int DC, int ks, int sbytes, int t0, int n)
+{
+    if (n <= 0)
+        return;
+    const int r0 = t0 % rows;
+    for (int i = threadIdx.x; i < n * DC; i += KR_FA_NT) {
+        const int t = i / DC, j = i - t * DC;
+        int row = r0 + t;
+        if (row >= rows)
+            row -= rows;
+        const kr_i64 o = (kr_i64)row * row_bytes + goff + 16 * j;
+        kr_fa_cp(Kt + t * ks + 16 * j, kb + o, 16);
+        kr_fa_cp(Vt + t * ks + 16 * j, vb + o, 16);
+    }
+    if (Q8) {
+        for (int t = threadIdx.x; t < n; t += KR_FA_NT) {
+            int row = r0 + t;
+            if (row >= rows)
+                row -= rows;
+            const kr_i64 o = (kr_i64)row * row_bytes + kv_dim + soff;
+            kr_fa_cp(Ks + t * sbytes, kb + o, sbytes);
+            kr_fa_cp(Vs + t * sbytes, vb + o, sbytes);
+        }
+    }
+}
+
+template <int Q8>
+__device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const float *v_new, void *kc, void *vc,
+                                      const int *slot, long long slot_bytes, int rows, long long row_bytes, int kv_dim,
+                                      int n_head, int n_head_kv, int D, int n_rot, float freq_base, float freq_scale,
+                                      const float *ff, int neox, const int *pos, int pos_imm, int window, float scale,
+                                      int n_split, int nst, int dsp, float *scr, float *out, kr_u8 *xq,
+                                      const void *pf, long long pf_bytes)
+{
+    // scratch: ((n_head + 3) & ~3) split counters (zero before the first launch, left zero), then the
+    // partials (n_head, n_split, D + 2) fp32
+    float *part = scr + ((n_head + 3) & ~3);
+    extern __shared__ __align__(16) kr_u8 fsm[];
+    __shared__ float m_s[KR_FA_RB], l_s[KR_FA_RB], c_s[KR_FA_RB];
+    __shared__ int last_s;
+    const int NT = KR_FA_NT, CH = KR_FA_CH;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int R = n_head / n_head_kv;
+    const int nhb = (R + KR_FA_RB - 1) / KR_FA_RB;
+    const int g = blockIdx.x / nhb, hb = blockIdx.x - g * nhb;
+    const int h0 = g * R + hb * KR_FA_RB;
+    const int nr = min(KR_FA_RB, R - hb * KR_FA_RB);
+    const int split = blockIdx.y;
+    const int DC = Q8 ? D >> 4 : D >> 3; // 16-byte chunks per row
+    const int ks = 16 * (DC + dsp);       // tile row stride (bytes)
+    const int sbytes = Q8 ? D >> 4 : 0;   // q8_0 scale bytes per row (fp16 per 32 values)
+    const int sstage = (CH * sbytes + 15) & ~15;
+    const int stage = 2 * CH * ks + 2 * sstage;
+    float *Qs = (float *)(fsm + nst * stage);
+    float *Ss = Qs + KR_FA_RB * 256;
+    float *tab = Ss + KR_FA_RB * CH; // sin [0, 128), cos [128, 256)
+    kr_u8 *newk = (kr_u8 *)(tab + 256), *newv = newk + 512;
+    const int half = n_rot >> 1;
+
+    // ---- 1. before the wait (see above: only data no running kernel writes) ----
+    const int p = pos ? *pos : pos_imm;
+    const kr_u8 *kb = kr_kv_base(kc, slot, slot_bytes), *vb = kr_kv_base(vc, slot, slot_bytes);
+    const int j0 = window > 0 ? max(0, p - window + 1) : 0;
+    const int len = p - j0 + 1;
+    const bool valid = p >= 0 && len <= rows;
+    const int chunk = valid ? (len + n_split - 1) / n_split : 0;
+    const int ts = j0 + split * chunk, te = valid ? min(ts + chunk, p + 1) : ts;
+    const int tol = min(te, p); // rows [ts, tol) are in the cache already
+    const int ntiles = te > ts ? (te - ts + CH - 1) / CH : 0;
+    const int goff = Q8 ? g * D : 2 * g * D, soff = g * sbytes;
+    for (int st = 0; st < nst; st++) {
+        if (st < ntiles) {
+            kr_u8 *Kt = fsm + st * stage;
+            const int t0 = ts + st * CH;
+            kr_fa_issue<Q8>(Kt, Kt + CH * ks, Kt + 2 * CH * ks, Kt + 2 * CH * ks + sstage, kb, vb, row_bytes, rows,
+                            kv_dim, goff, soff, DC, ks, sbytes, t0, min(CH, tol - t0));
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    if (tid == 0 && pf && pf_bytes > 0)
+        kr_l2_prefetch_part(pf, pf_bytes, blockIdx.y * gridDim.x + blockIdx.x, gridDim.x * gridDim.y);
+    const bool has_p = valid && ts <= p && p < te;
+    if (valid && n_rot > 0)
+        for (int i = tid; i < half; i += NT) {
+            float sn, cs;
+            sincosf(kr_kv_theta(p, i, n_rot, freq_base, freq_scale, ff), &sn, &cs);
+            tab[i] = sn;
+            tab[128 + i] = cs;
+        }
+    if (tid < KR_FA_RB) {
+        m_s[tid] = kr_neg_inf();
+        l_s[tid] = 0.0f;
+    }
+
+    KR_PDL_WAIT();
+    // Every block is past its wait: the next kernel may get resident (it waits for our completion
+    // in its own KR_PDL_WAIT; we never trigger before our own wait, which the pre-wait phase of the
+    // next fused attention relies on).
+    KR_PDL_LAUNCH_DEPENDENTS();
+
+    if (!valid) {
+        if (split == 0) {
+            for (int i = tid; i < nr * D; i += NT)
+                out[(kr_i64)h0 * D + i] = kr_qnan();
+            if (xq && (D & 31) == 0) {
+                const int cols = n_head * D, nb = cols >> 5;
+                for (int i = tid; i < nr * D; i += NT)
+                    ((kr_i8 *)xq)[(kr_i64)h0 * D + i] = 0;
+                for (int b = tid; b < nr * D / 32; b += NT) {
+                    float *dp = (float *)(xq + cols);
+                    dp[h0 * D / 32 + b] = kr_qnan();
+                    dp[nb + h0 * D / 32 + b] = kr_qnan();
+                }
+            }
+        }
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+        return;
+    }
+
+    // ---- 2. q (rotated, scaled), the new K/V row ----
+    const float qsc = scale * KR_FA_LOG2E;
+    __syncthreads(); // tab complete
+    for (int i = tid; i < nr * D; i += NT) {
+        const int r = i / D, d = i - r * D;
+        const float *qh = q + (kr_i64)(h0 + r) * D;
+        float v = qh[d];
+        if (d < n_rot) {
+            const bool first = neox ? d < half : (d & 1) == 0;
+            const int ii = neox ? (first ? d : d - half) : d >> 1;
+            const int partner = neox ? (first ? d + half : d - half) : (d ^ 1);
+            v = kr_kv_rot(v, qh[partner], tab[128 + ii], tab[ii], first);
+        }
+        Qs[r * D + d] = v * qsc;
+    }
+    if (has_p) {
+        kr_u8 *krow = (kr_u8 *)kb + (kr_i64)(p % rows) * row_bytes, *vrow = (kr_u8 *)vb + (kr_i64)(p % rows) * row_bytes;
+        const bool store = hb == 0;
+        // warps walk 32 consecutive elements (one q8_0 block) of K then V
+        for (int i = tid; i < 2 * ((D + 31) & ~31); i += NT) {
+            const int Dp = (D + 31) & ~31;
+            const bool is_k = i < Dp;
+            const int d = is_k ? i : i - Dp;
+            const bool in = d < D;
+            const float *src = (is_k ? k_new : v_new) + g * D;
+            float x = in ? src[d] : 0.0f;
+            if (in && is_k && d < n_rot) {
+                const bool first = neox ? d < half : (d & 1) == 0;
+                const int ii = neox ? (first ? d : d - half) : d >> 1;
+                const int partner = neox ? (first ? d + half : d - half) : (d ^ 1);
+                x = kr_kv_rot(x, src[partner], tab[128 + ii], tab[ii], first);
+            }
+            kr_u8 *sm_row = is_k ? newk : newv;
+            kr_u8 *g_row = is_k ? krow : vrow;
+            if (!Q8) {
+                if (in) {
+                    const kr_u16 h = kr_f2h(x);
+                    ((kr_u16 *)sm_row)[d] = h;
+                    if (store)
+                        ((kr_u16 *)g_row)[g * D + d] = h;
+                }
+            } else { // D % 32 == 0: the warp holds one block
+                const float amax = kr_warp_max(fabsf(x));
+                const float dd = amax / 127.0f;
+                const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+                const signed char qv = (signed char)(int)roundf(x * id);
+                sm_row[d] = (kr_u8)qv;
+                if (store)
+                    ((signed char *)g_row)[g * D + d] = qv;
+                if ((d & 31) == 0) {
+                    const kr_u16 hd = kr_f2h(dd);
+                    ((kr_u16 *)(sm_row + D))[d >> 5] = hd;
+                    if (store)
+                        ((kr_u16 *)(g_row + kv_dim))[(g * D + d) >> 5] = hd;
+                }
+            }
+        }
+    }
+    __syncthreads(); // Q and the new rows complete
+
+    // ---- 3. tiles ----
+    const int DC8 = D >> 3, NC = nr * DC8;
+    const int nsl = NC >= NT ? 1 : NT / NC;
+    const int slice = NC >= NT ? 0 : tid / NC;
+    const int cb = NC >= NT ? tid : tid - (tid / NC) * NC;
+    float acc[2][8];
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            acc[k][e] = 0.0f;
+    for (int it = 0; it < ntiles; it++) {
+        kr_u8 *Kt = fsm + (it % nst) * stage;
+        kr_u8 *Vt = Kt + CH * ks, *Ks = Kt + 2 * CH * ks, *Vs = Ks + sstage;
+        const int t0 = ts + it * CH, tv = min(CH, te - t0);
+        kr_fa_wait(nst - 1); // this tile's group is complete (one group committed per tile)
+        if (has_p && p - t0 < CH) { // the new row at tile row p - t0
+            const int tp = p - t0;
+            for (int i = tid; i < DC; i += NT) {
+                *(uint4 *)(Kt + tp * ks + 16 * i) = *(const uint4 *)(newk + 16 * i);
+                *(uint4 *)(Vt + tp * ks + 16 * i) = *(const uint4 *)(newv + 16 * i);
+            }
+            if (Q8)
+                for (int i = tid; i < sbytes; i += NT) {
+                    Ks[tp * sbytes + i] = newk[D + i];
+                    Vs[tp * sbytes + i] = newv[D + i];
+                }
+        }
+        __syncthreads();
+        // scores: item = (r, t, part), dsp adjacent threads per dot product
+        for (int base = 0; base < nr * CH * dsp; base += NT) {
+            const int i = base + tid;
+            const int part = i % dsp, rt = i / dsp, r = rt / CH, t = rt - r * CH;
+            float a0 = 0.0f, a1 = 0.0f;
+            if (r < nr && t < tv) {
+                const float *qr = Qs + r * D;
+                const kr_u8 *kr = Kt + t * ks;
+                for (int j = part; j < DC; j += dsp) {
+                    const uint4 u = *(const uint4 *)(kr + 16 * j);
+                    if (Q8) {
+                        float f[8], f2[8];
+                        kr_kva_q8(make_uint2(u.x, u.y), f);
+                        kr_kva_q8(make_uint2(u.z, u.w), f2);
+                        const float *qq = qr + 16 * j;
+                        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < 8; e += 2) {
+                            s0 = fmaf(qq[e], f[e], s0);
+                            s1 = fmaf(qq[e + 1], f[e + 1], s1);
+                            s0 = fmaf(qq[8 + e], f2[e], s0);
+                            s1 = fmaf(qq[9 + e], f2[e + 1], s1);
+                        }
+                        const float sc = kr_h2f(*(const kr_u16 *)(Ks + t * sbytes + 2 * (j >> 1)));
+                        a0 = fmaf(s0, sc, a0);
+                        a1 = fmaf(s1, sc, a1);
+                    } else {
+                        float f[8];
+                        kr_kva_h8(u, f);
+                        const float4 qa = *(const float4 *)(qr + 8 * j), qb = *(const float4 *)(qr + 8 * j + 4);
+                        a0 = fmaf(qb.z, f[6], fmaf(qb.x, f[4], fmaf(qa.z, f[2], fmaf(qa.x, f[0], a0))));
+                        a1 = fmaf(qb.w, f[7], fmaf(qb.y, f[5], fmaf(qa.w, f[3], fmaf(qa.y, f[1], a1))));
+                    }
+                }
+            }
+            float dot = a0 + a1;
+            for (int o = 1; o < dsp; o <<= 1)
+                dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (r < nr && part == 0)
+                Ss[r * CH + t] = t < tv ? dot : kr_neg_inf();
+        }
+        __syncthreads();
+        // online softmax: warp per head, lane = position
+        for (int r = warp; r < nr; r += NT / 32) {
+            const float s = Ss[r * CH + lane];
+            const float mo = m_s[r];
+            const float mn = fmaxf(mo, kr_warp_max(s));
+            const float pe = lane < tv ? exp2f(s - mn) : 0.0f;
+            const float ls = kr_warp_sum(pe);
+            Ss[r * CH + lane] = pe;
+            if (lane == 0) {
+                const float corr = mo == kr_neg_inf() ? 0.0f : exp2f(mo - mn);
+                c_s[r] = corr;
+                m_s[r] = mn;
+                l_s[r] = l_s[r] * corr + ls;
+            }
+        }
+        __syncthreads();
+        // acc = acc * corr + P V: combos (r, 8 dims), slices of the positions
+        if (slice < nsl) {
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const int c = cb + k * NT;
+                if (c < NC && (k == 0 || NC >= NT)) {
+                    const int r = c / DC8, j8 = c - r * DC8;
+                    const float corr = c_s[r];
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc[k][e] *= corr;
+                    const float *pr = Ss + r * CH;
+                    for (int t = slice; t < tv; t += nsl) {
+                        float f[8], w = pr[t];
+                        if (Q8) {
+                            kr_kva_q8(*(const uint2 *)(Vt + t * ks + 8 * j8), f);
+                            w *= kr_h2f(*(const kr_u16 *)(Vs + t * sbytes + 2 * (j8 >> 2)));
+                        } else {
+                            kr_kva_h8(*(const uint4 *)(Vt + t * ks + 16 * j8), f);
+                        }
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            acc[k][e] = fmaf(w, f[e], acc[k][e]);
+                    }
+                }
+            }
+        }
+        __syncthreads(); // this stage and S are free again
+        if (it + nst < ntiles) {
+            const int tn = ts + (it + nst) * CH;
+            kr_fa_issue<Q8>(Kt, Vt, Ks, Vs, kb, vb, row_bytes, rows, kv_dim, goff, soff, DC, ks, sbytes, tn,
+                            min(CH, tol - tn));
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncthreads();
+
+    // ---- 4. slices -> (acc, m, l) per head; merge ----
+    float *red = (float *)fsm; // (nsl, NC, 8) over the stages
+    if (slice < nsl) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int c = cb + k * NT;
+            if (c < NC && (k == 0 || NC >= NT))
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    red[(slice * NC + c) * 8 + e] = acc[k][e];
+        }
+    }
+    __syncthreads();
+    float *Os = Qs; // (nr, D) final outputs (Q is no longer read)
+    for (int i = tid; i < nr * D; i += NT) {
+        float a = 0.0f;
+        for (int s = 0; s < nsl; s++)
+            a += red[s * NC * 8 + i];
+        const int r = i / D, d = i - r * D;
+        if (n_split == 1) {
+            Os[i] = a / l_s[r];
+        } else {
+            float *ph = part + ((kr_i64)(h0 + r) * n_split + split) * (D + 2);
+            ph[d] = a;
+            if (d == 0) {
+                ph[D] = m_s[r];
+                ph[D + 1] = l_s[r];
+            }
+        }
+    }
+    if (n_split > 1) {
+        unsigned *cnt = (unsigned *)scr + blockIdx.x;
+        __threadfence(); // this block's partials are visible before the count says so
+        __syncthreads();
+        if (tid == 0)
+            last_s = atomicAdd(cnt, 1u) == (unsigned)(n_split - 1);
+        __syncthreads();
+        if (!last_s)
+            return;
+        __threadfence();
+        float *w = red; // (nr, n_split) weights (red is consumed)
+        for (int i = tid; i < nr * n_split; i += NT) {
+            const int r = i / n_split, sp = i - r * n_split;
+            w[i] = __ldcg(part + ((kr_i64)(h0 + r) * n_split + sp) * (D + 2) + D);
+        }
+        __syncthreads();
+        for (int r = warp; r < nr; r += NT / 32) {
+            float mx = kr_neg_inf();
+            for (int sp = lane; sp < n_split; sp += 32)
+                mx = fmaxf(mx, w[r * n_split + sp]);
+            mx = kr_warp_max(mx);
+            float lsum = 0.0f;
+            for (int sp = lane; sp < n_split; sp += 32) {
+                const float ms = w[r * n_split + sp];
+                const float wt = ms == kr_neg_inf() ? 0.0f : exp2f(ms - mx);
+                w[r * n_split + sp] = wt;
+                lsum += wt * __ldcg(part + ((kr_i64)(h0 + r) * n_split + sp) * (D + 2) + D + 1);
+            }
+            lsum = kr_warp_sum(lsum);
+            if (lane == 0)
+                c_s[r] = lsum;
+        }
+        __syncthreads();
+        for (int i = tid; i < nr * D; i += NT) {
+            const int r = i / D, d = i - r * D;
+            const float *ph = part + (kr_i64)(h0 + r) * n_split * (D + 2) + d;
+            float a = 0.0f;
+            for (int sp = 0; sp < n_split; sp++) {
+                const float wt = w[r * n_split + sp];
+                if (wt != 0.0f)
+                    a += wt * __ldcg(ph + (kr_i64)sp * (D + 2));
+            }
+            Os[i] = a / c_s[r];
+        }
+        if (tid == 0)
+            *cnt = 0u; // ready for the next launch
+    }
+    __syncthreads();
+    // ---- 5. outputs ----
+    for (int i = tid; i < nr * D; i += NT)
+        out[(kr_i64)h0 * D + i] = Os[i];
+    if (xq && (D & 31) == 0) { // as kr_quantize_x_q8 (lane = element of the 32-block)
+        const int cols = n_head * D, nb = cols >> 5;
+        for (int b = warp; b < nr * D / 32; b += NT / 32) {
+            const float v = Os[32 * b + lane];
+            const float amax = kr_warp_max(fabsf(v));
+            const float dq = amax / 127.0f;
+            const int qi = dq > 0.0f ? __float2int_rn(v / dq) : 0;
+            const float qs = kr_warp_sum((float)qi);
+            const int gb = h0 * D / 32 + b;
+            ((kr_i8 *)xq)[32 * gb + lane] = (kr_i8)qi;
+            if (lane == 0) {
+                float *dp = (float *)(xq + cols);
+                dp[gb] = dq;
+                dp[nb + gb] = dq * qs;
+            }
+        }
+    }
+}
+
+#define KR_FA_ENTRY(name, Q8)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(KR_FA_NT)                                                            \
+    name(const float *q, const float *k_new, const float *v_new, void *kc, void *vc, const int *slot,                \
+         long long slot_bytes, int rows, long long row_bytes, int kv_dim, int n_head, int n_head_kv, int head_dim,     \
+         int n_rot, float freq_base, float freq_scale, const float *ff, int neox, const int *pos, int pos_imm,        \
+         int window, float scale, int n_split, int nst, int dsp, float *scr, float *out, kr_u8 *xq, const void *pf,   \
+         long long pf_bytes)                                                                                          \
+    {                                                                                                                 \
+        kr_fa<Q8>(q, k_new, v_new, kc, vc, slot, slot_bytes, rows, row_bytes, kv_dim, n_head, n_head_kv, head_dim,    \
+                  n_rot, freq_base, freq_scale, ff, neox, pos, pos_imm, window, scale, n_split, nst, dsp, scr, out,   \
+                  xq, pf, pf_bytes);                                                                                  \
+    }
+KR_FA_ENTRY(kr_fa_f16, 0)
+KR_FA_ENTRY(kr_fa_q8_0, 1)
+#endif // KR_FA

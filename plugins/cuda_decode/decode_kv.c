@@ -30,15 +30,15 @@
     X(3, "cp4x2k-d4", 128, 2048, 1, 0, 0, 0, 4, 0, 4)
 
 #define KR__KVA_DEF(i, nm, nt, tile, cp, fc, early, hr, dsp, minb, stages)                                    \
-    static const char *const kr__kva_opts_##i[9] = {                                                           \
+    static const char *const kr__kva_opts_##i[10] = {                                                          \
         "-DKR_KVA_THREADS=" #nt, "-DKR_KVA_TILE=" #tile, "-DKR_KVA_CP=" #cp,   "-DKR_KVA_FC=" #fc,               \
         "-DKR_KVA_EARLY=" #early, "-DKR_KVA_HR=" #hr,    "-DKR_KVA_DSP=" #dsp, "-DKR_KVA_MINB_OPT=" #minb,       \
-        "-DKR_KVA_STAGES=" #stages};                                                                           \
+        "-DKR_KVA_STAGES=" #stages, "-DKR_FA=0"};                                                              \
     static const kr_kernel_source kr__kva_src_##i[2] = {                                                       \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 9},                                  \
+         .entry = "kr_kva_f16", .options = kr__kva_opts_##i, .n_options = 10},                                  \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,         \
-         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 9}};
+         .entry = "kr_kva_q8_0", .options = kr__kva_opts_##i, .n_options = 10}};
 KR__KVA_VARIANTS(KR__KVA_DEF)
 #undef KR__KVA_DEF
 
@@ -288,4 +288,151 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
     const int ov = kr__kva_env_variant();
     return kr_dec_attention_kv_variant(d, s, ov >= 0 ? ov : KR__KVA_DEFAULT, q, view, out, n_head, n_head_kv,
                                        head_dim, pos, pos_imm, window, scale, n_split, scratch, err);
+}
+
+/* ---- fused decode attention (kr_fa_*) ---- */
+
+#define KR__FA_NT 128      /* = KR_FA_NT */
+#define KR__FA_CH 32       /* = KR_FA_CH */
+#define KR__FA_RB 8        /* = KR_FA_RB */
+#define KR__FA_MAXST 8     /* = KR_FA_MAXST */
+#define KR__FA_FIXED (KR__FA_RB * 256 * 4 + KR__FA_RB * KR__FA_CH * 4 + 2 * 128 * 4 + 2 * 512) /* = KR_FA_FIXED */
+#define KR__FA_SMEM_BUDGET (100 * 1024) /* default stage budget per block: 2 blocks per SM */
+
+static const char *const kr__fa_opts[1] = {"-DKR_FA_ONLY=1"};
+static const kr_kernel_source kr__fa_src[2] = {
+    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,
+     .entry = "kr_fa_f16", .options = kr__fa_opts, .n_options = 1},
+    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,
+     .entry = "kr_fa_q8_0", .options = kr__fa_opts, .n_options = 1}};
+
+bool kr_dec_fattn_supports(kr_dtype t, int n_head, int n_head_kv, int head_dim, int n_rot)
+{
+    if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0 || n_head > 65535 * 8 || n_rot < 0 ||
+        n_rot % 2 != 0 || n_rot > head_dim)
+        return false;
+    if (t == KR_DTYPE_F16)
+        return head_dim >= 8 && head_dim <= 256 && head_dim % 8 == 0;
+    if (t == KR_DTYPE_Q8_0)
+        return head_dim == 64 || head_dim == 128 || head_dim == 256;
+    return false;
+}
+
+size_t kr_dec_fattn_scratch_floats(int n_head, int head_dim, int max_split)
+{
+    if (n_head <= 0 || head_dim <= 0 || max_split < 1)
+        return 0;
+    return (size_t)((n_head + 3) & ~3) + (size_t)n_head * (size_t)max_split * ((size_t)head_dim + 2);
+}
+
+kr_status kr_dec_fattn_scratch_init(kr_dec *d, kr_stream *s, float *scratch, int n_head, kr_err *err)
+{
+    if (!scratch || n_head <= 0)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "fattn scratch_init: NULL scratch or n_head %d", n_head);
+    return kr_backend_memset(kr_dec_backend(d), scratch, 0, (size_t)((n_head + 3) & ~3) * 4, s, err);
+}
+
+int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_head_kv, int visible)
+{
+    if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0 || visible <= 0)
+        return 1;
+    const int sms = dev && dev->sm_count > 0 ? dev->sm_count : 132;
+    const int r = n_head / n_head_kv;
+    const int blocks = n_head_kv * ((r + KR__FA_RB - 1) / KR__FA_RB); /* per split */
+    int s = (2 * sms + blocks / 2) / blocks;
+    const int by_ctx = visible / KR__FA_CH > 0 ? visible / KR__FA_CH : 1;
+    if (s > by_ctx)
+        s = by_ctx;
+    if (s > KR_DEC_FATTN_MAX_SPLIT)
+        s = KR_DEC_FATTN_MAX_SPLIT;
+    return s < 1 ? 1 : s;
+}
+
+/* shared-memory plan of kr_fa_* (see the kernel's comment): threads per dot product, bytes per stage */
+static void kr__fa_plan(bool q8, int R, int hd, int *dsp, size_t *stage)
+{
+    const int nrm = R < KR__FA_RB ? R : KR__FA_RB;
+    const int dc = q8 ? hd / 16 : hd / 8;
+    *dsp = nrm * KR__FA_CH * 4 <= KR__FA_NT && dc % 4 == 0 ? 4 : nrm * KR__FA_CH * 2 <= KR__FA_NT && dc % 2 == 0 ? 2 : 1;
+    const size_t ks = 16 * (size_t)(dc + *dsp), sb = q8 ? (size_t)hd / 16 : 0;
+    *stage = 2 * KR__FA_CH * ks + 2 * ((KR__FA_CH * sb + 15) / 16 * 16);
+}
+
+kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, const kr_dec_fattn_params *p, kr_err *err)
+{
+    kr_status st = kr_dec_kv_check_view(view, err);
+    if (st != KR_OK)
+        return st;
+    if (!p)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG, "fattn: NULL params");
+    const int nh = p->n_head, nkv = p->n_head_kv, hd = p->head_dim;
+    if (!kr_dec_fattn_supports(view->type, nh, nkv, hd, p->n_rot))
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED,
+                                "fattn: shape not supported (%s cache, n_head %d, n_head_kv %d, head_dim %d, n_rot %d; "
+                                "f16: head_dim %% 8 == 0 <= 256, q8_0: head_dim 64/128/256)",
+                                view->type == KR_DTYPE_F16 ? "f16" : "q8_0", nh, nkv, hd, p->n_rot);
+    if ((int64_t)nkv * hd != view->kv_dim || p->n_split < 1 || p->n_split > KR_DEC_FATTN_MAX_SPLIT ||
+        p->max_stages < 0 || p->max_stages > KR__FA_MAXST)
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "fattn: bad arguments (kv_dim %d vs n_head_kv %d x head_dim %d, n_split %d (1..%d), "
+                                "max_stages %d (0..%d))",
+                                view->kv_dim, nkv, hd, p->n_split, KR_DEC_FATTN_MAX_SPLIT, p->max_stages, KR__FA_MAXST);
+    if (!p->q || !p->k_new || !p->v_new || !p->out || (p->n_split > 1 && !p->scratch) ||
+        (p->xq && (hd % 32 != 0 || ((uintptr_t)p->xq & 3) != 0)) || (p->prefetch_bytes && !p->prefetch))
+        return kr_err_set_local(err, KR_ERR_INVALID_ARG,
+                                "fattn: q, k_new, v_new, out (and scratch when n_split %d > 1) are required; xq needs "
+                                "head_dim %% 32 == 0 (have %d) and 4-byte alignment",
+                                p->n_split, hd);
+    const bool q8 = view->type == KR_DTYPE_Q8_0;
+    const int r = nh / nkv;
+    int dsp;
+    size_t stage;
+    kr__fa_plan(q8, r, hd, &dsp, &stage);
+    /* stages: every tile of the longest chunk when it fits the budget (all issued before the wait) */
+    const int vis = p->window > 0 && p->window < view->rows ? p->window : view->rows;
+    const int chunk = (vis + p->n_split - 1) / p->n_split;
+    int nst = (chunk + KR__FA_CH - 1) / KR__FA_CH;
+    int smax = (int)((KR__FA_SMEM_BUDGET - KR__FA_FIXED) / stage);
+    if (p->max_stages > 0)
+        smax = p->max_stages;
+    if (smax > KR__FA_MAXST)
+        smax = KR__FA_MAXST;
+    if (nst > smax)
+        nst = smax;
+    if (nst < 1)
+        nst = 1;
+    /* the slice reduction and the merge weights reuse the stages */
+    const int nrm = r < KR__FA_RB ? r : KR__FA_RB;
+    const size_t nc = (size_t)nrm * (size_t)hd / 8;
+    size_t need = nc >= KR__FA_NT ? nc * 8 * 4 : (size_t)KR__FA_NT * 8 * 4;
+    if ((size_t)nrm * (size_t)p->n_split * 4 > need)
+        need = (size_t)nrm * (size_t)p->n_split * 4;
+    while ((size_t)nst * stage < need && nst < KR__FA_MAXST)
+        nst++;
+    if ((size_t)nst * stage < need)
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "fattn: %d splits need more shared memory", p->n_split);
+    const size_t smem = (size_t)nst * stage + KR__FA_FIXED;
+
+    const void *q = p->q, *kn = p->k_new, *vn = p->v_new, *ff = p->freq_factors, *pf = p->prefetch;
+    void *kc = view->k, *vc = view->v, *out = p->out, *xq = p->xq, *scr = p->scratch;
+    const int32_t *slot = view->slot, *pos = p->pos;
+    long long sb = (long long)view->slot_bytes, rb = (long long)view->row_bytes,
+              pfb = p->prefetch ? (long long)p->prefetch_bytes : 0;
+    int rows = view->rows, kv_dim = view->kv_dim, n_head = nh, n_head_kv = nkv, head_dim = hd, n_rot = p->n_rot;
+    int neox = p->neox ? 1 : 0, pos_imm = p->pos_imm, window = p->window, n_split = p->n_split;
+    float fb = p->freq_base, fs = p->freq_scale, scale = p->scale;
+    void *args[] = {&q,      &kn,       &vn,   &kc,   &vc,     &slot,    &sb,     &rows,    &rb,  &kv_dim,
+                    &n_head, &n_head_kv, &head_dim, &n_rot, &fb,   &fs,      &ff,     &neox,    &pos, &pos_imm,
+                    &window, &scale,    &n_split, &nst,  &dsp,   &scr,     &out,    &xq,      &pf,  &pfb};
+    kr_backend *be = kr_dec_backend(d);
+    kr_function *fn = NULL;
+    const kr_kernel_source *src = &kr__fa_src[q8 ? 1 : 0];
+    if ((st = kr_backend_get_function(be, src, &fn, err)) != KR_OK)
+        return kr_err_prefix_local(err, st, "cuda_decode: kernel kr_fa (decode/kv_attn.cu)");
+    const uint32_t grid[3] = {(uint32_t)nkv * (uint32_t)((r + KR__FA_RB - 1) / KR__FA_RB), (uint32_t)n_split, 1},
+                   block[3] = {KR__FA_NT, 1, 1};
+    st = kr_backend_launch_ex(be, fn, grid, block, smem, s, args, KR_LAUNCH_PDL, err);
+    if (st != KR_OK)
+        return kr_err_prefix_local(err, st, "cuda_decode: launching kr_fa");
+    return KR_OK;
 }

@@ -103,4 +103,52 @@ kr_status kr_dec_attention_kv_variant(kr_dec *d, kr_stream *s, int variant, cons
                                       int head_dim, const int32_t *pos, int32_t pos_imm, int window, float scale,
                                       int n_split, float *scratch, kr_err *err);
 
+/* ---- fused decode attention (kr_fa_* in kernels/decode/kv_attn.cu) ----
+ * One launch for the whole attention block of a decode step at position p = *pos (device) or pos_imm:
+ *   - RoPE of q (NOT written back) and of k_new exactly as kr_dec_kv_store_rope (n_rot even <= head_dim,
+ *     0: none; freq_base, freq_scale, freq_factors (n_rot/2,) or NULL, neox);
+ *   - the new K/V row stored at row p % rows (bit-identical to kr_dec_kv_store_rope's row) and used
+ *     directly for position p;
+ *   - attention as kr_dec_attention_kv over [max(0, p - window + 1), p] (window <= 0: [0, p]);
+ *   - n_split blocks per head group, merged by the last block to finish (no combine launch);
+ *   - out (n_head, head_dim) fp32 and, when xq != NULL, the same values quantized as
+ *     kr_dec_quantize_q8(out) writes them (head_dim % 32 == 0), so no separate quantize launch.
+ * K/V loads of positions < p are issued BEFORE the kernel's PDL wait (they overlap the previous kernel):
+ * only legal in a stream where every kernel triggers its dependents after its own wait (the decode step's
+ * rule, docs/KERNELS.md). p < 0 or a span > rows: out NaN (xq: d, s NaN), nothing stored.
+ * Shapes: n_head % n_head_kv == 0; f16 cache: head_dim % 8 == 0, <= 256; q8_0 cache: head_dim 64, 128
+ * or 256; anything else KR_ERR_UNSUPPORTED (kr_dec_fattn_supports says so up front). */
+typedef struct kr_dec_fattn_params {
+    const float *q;             /* (n_head, head_dim) fp32, not rotated; only read */
+    const float *k_new, *v_new; /* (kv_dim) fp32 of the token at p; k not rotated; only read */
+    int n_head, n_head_kv, head_dim;
+    int n_rot;                  /* 0: no rotation */
+    float freq_base, freq_scale;
+    const float *freq_factors;  /* device (n_rot/2) or NULL */
+    bool neox;
+    const int32_t *pos;         /* device, or NULL: pos_imm */
+    int32_t pos_imm;
+    int window;                 /* <= 0: none */
+    float scale;                /* softmax scale (1/sqrt(head_dim)) */
+    int n_split;                /* 1..KR_DEC_FATTN_MAX_SPLIT */
+    float *scratch;             /* n_split > 1: kr_dec_fattn_scratch_floats(n_head, head_dim, >= n_split)
+                                   floats, zeroed once with kr_dec_fattn_scratch_init */
+    float *out;                 /* (n_head, head_dim) fp32, not aliasing q */
+    void *xq;                   /* NULL or kr_dec_q8_bytes(n_head * head_dim) bytes, 4-byte aligned */
+    const void *prefetch;       /* NULL or a device range the NEXT kernel reads: requested into L2 by the */
+    size_t prefetch_bytes;      /*   blocks before their wait (kr_l2_prefetch_part); 0: off */
+    int max_stages;             /* 0: default; else most K/V stages of 32 rows per block (1..8) */
+} kr_dec_fattn_params;
+#define KR_DEC_FATTN_MAX_SPLIT 256
+
+bool kr_dec_fattn_supports(kr_dtype cache_type, int n_head, int n_head_kv, int head_dim, int n_rot);
+kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, const kr_dec_fattn_params *p,
+                       kr_err *err);
+/* Scratch of n_split (or fewer) splits: split counters first, then the partials. */
+size_t kr_dec_fattn_scratch_floats(int n_head, int head_dim, int max_split);
+kr_status kr_dec_fattn_scratch_init(kr_dec *d, kr_stream *s, float *scratch, int n_head, kr_err *err);
+/* Split count for up to `visible` positions on device dev (NULL: 132 SMs): about two blocks per SM,
+ * chunks of >= 32 positions. */
+int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_head_kv, int visible);
+
 #endif
