@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# tools/gpu-dev/f16w.sh test|bench — fp16 weight storage (issue 8: --weights f16, converted at load)
+# on the GPU machine. Called by tools/gpu-dev/run-all with BUILD, LOG, KERNRUN_REQUIRE_GPU=1,
+# KR_TESTDATA, KR_7B_Q4_0/Q8_0/F16, KR_KERNRUN set. Appends everything to $LOG; a table at the end.
+#   test : tests/gpu_forward/test_gpu_f16w in three parallel groups (kernel + small models + fit
+#          check; the 1b-shaped Q4_K model; generate through the binary), 55 s each.
+#   bench: `kernrun bench -p 512 -n 32 --backend cuda` on the 7B models: Q4_0 --weights f16 vs native,
+#          then (time allowing) Q8_0 --weights f16 and the F16 file natively (what f16 storage should
+#          match); prefill / decode tok/s, upload and whole-command time.
+set -u
+cd "$(dirname "$0")/../.."
+LOG=${LOG:-/dev/stdout}
+BUILD=${BUILD:-build}
+part=${1:-test}
+mine="kernels/decode/elementwise.cu plugins/cuda_decode plugins/cuda_forward tools/kernrun tests/gpu_forward/test_gpu_f16w.c"
+{
+  # shellcheck disable=SC2086
+  echo "== f16w $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under f16w's paths, $(date -u +%H:%M:%S)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1
+} >>"$LOG" 2>&1
+
+if [ "$part" = test ]; then
+  tmp=$(mktemp -d)
+  export KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1
+  export KR_KERNRUN=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
+  T=$BUILD/tests/gpu_forward/test_gpu_f16w
+  s0=$(date +%s)
+  ( timeout 55 "$T" -j1 --verbose=1 --filter '!(gpu_f16w/@(mkmodel_llama_1b*|generate*))' >"$tmp/a.txt" 2>&1
+    echo "rc=$?" >>"$tmp/a.txt" ) &
+  ( timeout 55 "$T" -j1 --verbose=1 --filter 'gpu_f16w/mkmodel_llama_1b*' >"$tmp/b.txt" 2>&1
+    echo "rc=$?" >>"$tmp/b.txt" ) &
+  ( timeout 55 "$T" -j1 --verbose=1 --filter 'gpu_f16w/generate*' >"$tmp/c.txt" 2>&1
+    echo "rc=$?" >>"$tmp/c.txt" ) &
+  wait
+  {
+    for f in a b c; do
+      echo "-- test_gpu_f16w group $f ($(( $(date +%s) - s0 )) s)"
+      grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|expected|NMSE|converted|needed|refusal|halves|cuda --weights|cpu:" "$tmp/$f.txt" | grep -v "Test is disabled" | head -120
+      grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
+    done
+    echo "== f16w test summary"
+    for f in a b c; do echo "  group $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+  } >>"$LOG" 2>&1
+  rm -rf "$tmp"
+  exit 0
+fi
+
+if [ "$part" = bench ]; then
+  KR=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
+  tmp=$(mktemp -d)
+  s0=$(date +%s)
+  runs=("Q4_0 f16" "Q4_0 native" "Q8_0 f16" "F16 native")
+  limits=(16 13 14 12) # seconds; later runs only while the 45 s budget allows
+  i=0
+  for r in "${runs[@]}"; do
+    t=${r% *}
+    w=${r#* }
+    lim=${limits[$i]}
+    i=$((i + 1))
+    left=$(( 43 - ($(date +%s) - s0) ))
+    [ "$left" -lt 8 ] && { echo "-- $t --weights $w: skipped (${left} s left)" >>"$LOG"; continue; }
+    [ "$lim" -gt "$left" ] && lim=$left
+    var=KR_7B_$t
+    f=${!var:-}
+    [ -n "$f" ] && [ -f "$f" ] || { echo "-- $t: model missing ($f)" >>"$LOG"; continue; }
+    out="$tmp/${t}_$w.txt"
+    echo "-- $t --weights $w: kernrun bench -p 512 -n 32 --backend cuda (limit $lim s)" >>"$LOG"
+    a=$(date +%s.%N)
+    timeout "$lim" "$KR" --log-level info bench -m "$f" --backend cuda -p 512 -n 32 --weights "$w" >"$out" 2>&1
+    echo "rc=$?" >>"$out"
+    b=$(date +%s.%N)
+    echo "wall=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", b - a}')" >>"$out"
+    grep -vE "^kernrun: info: (jit|cuda)" "$out" | tail -40 >>"$LOG"
+  done
+  {
+    echo "== f16w bench summary (7B, -p 512 -n 32; card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+    printf "  %-6s %-7s %12s %12s %10s %9s %8s %s\n" file weights "pp512 tok/s" "decode tok/s" "% of copy" "upload s" "wall s" rc
+    for r in "${runs[@]}"; do
+      t=${r% *}
+      w=${r#* }
+      out="$tmp/${t}_$w.txt"
+      [ -f "$out" ] || continue
+      awk -v t="$t" -v w="$w" '
+        /^prefill   :/ {pp=$5}
+        /^decode    :/ {dec=$5}
+        /^fraction  :/ {fr=$3}
+        /^load      :/ {for (i=1;i<=NF;i++) if ($i=="upload") up=$(i+1)}
+        /^rc=/ {rc=$0}
+        /^wall=/ {sub("wall=","",$0); wall=$0}
+        END {printf "  %-6s %-7s %12s %12s %10s %9s %8s %s\n", t, w, pp, dec, fr, up, wall, rc}' "$out"
+    done
+  } >>"$LOG" 2>&1
+  rm -rf "$tmp"
+  exit 0
+fi
+echo "usage: $0 test|bench" >&2
+exit 2
