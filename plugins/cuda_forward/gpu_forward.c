@@ -509,7 +509,7 @@ static kr_status kr__fit(kr_gpu_forward *g, const kr_gpu_forward_params *p, cons
             if (w[i].data)
                 file += kr__weight_bytes(&w[i]);
         kr_err_prefix(err, "weights stored as fp16 (--weights f16): %.2f GiB instead of %.2f GiB as in the file "
-                      "(--weights native needs less)", (double)wtotal / 1073741824.0, (double)file / 1073741824.0);
+                      "(--weights native takes less)", (double)wtotal / 1073741824.0, (double)file / 1073741824.0);
     }
     return st;
 }

@@ -491,9 +491,9 @@ Test(gpu_f16w, mkmodel_llama_1b_1layer_q4_k, .timeout = 300) { mk_and_check("lla
 /* "KV cache needs N bytes" -> N */
 static uint64_t needed_bytes(const char *msg)
 {
-    const char *p = strstr(msg, "needs ");
-    cr_assert_not_null(p, "no 'needs' in: %s", msg);
-    return strtoull(p + 6, NULL, 10);
+    const char *p = strstr(msg, "KV cache needs ");
+    cr_assert_not_null(p, "no 'KV cache needs' in: %s", msg);
+    return strtoull(p + strlen("KV cache needs "), NULL, 10);
 }
 
 Test(gpu_f16w, fit_check_refuses_f16_where_native_fits)
@@ -532,7 +532,7 @@ Test(gpu_f16w, fit_check_refuses_f16_where_native_fits)
     cr_expect_eq(st, KR_ERR_LIMIT);
     cr_expect_null(g);
     cr_log_info("refusal: %s", err.msg);
-    cr_expect(strstr(err.msg, "fp16") && strstr(err.msg, "--weights native"), "message: %s", err.msg);
+    cr_expect(strstr(err.msg, "fp16") && strstr(err.msg, "--weights native takes less"), "message: %s", err.msg);
     char want[64];
     snprintf(want, sizeof want, "only %llu bytes", (unsigned long long)native);
     cr_expect(strstr(err.msg, want) != NULL, "available bytes not named: %s", err.msg);
