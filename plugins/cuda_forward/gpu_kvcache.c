@@ -90,6 +90,11 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
             kv->n_split = 1024;
         if (kv->n_split < 1)
             kv->n_split = 1;
+        kv->fa_ok = kr_dec_fattn_supports(t, (int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot);
+        kv->fa_split = kr_dec_fattn_default_splits(kr_backend_device_info(g->be), (int)hp->n_head, (int)hp->n_head_kv,
+                                                   (int)vis);
+        if (kv->fa_split > KR__GKV_FA_MAX_SPLIT)
+            kv->fa_split = KR__GKV_FA_MAX_SPLIT;
     }
 #endif
     kv->graphs = calloc(pl.n_seq, sizeof *kv->graphs);
@@ -104,13 +109,28 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
     return KR_OK;
 }
 
-/* bytes of kr_dec_attention_kv's split partials (0 with the old kernels: g->attn_scratch) */
+/* bytes of kr_dec_fattn's scratch (0 without the fused attention) */
+static uint64_t kr__fa_scratch_bytes(const kr_gpu_forward *g)
+{
+#if KR__GKV_NEW_KERNELS
+    if (g->kv->fa_ok)
+        return 4 * (uint64_t)kr_dec_fattn_scratch_floats((int)g->hp.n_head, (int)g->hp.head_dim, KR__GKV_FA_MAX_SPLIT);
+#else
+    (void)g;
+#endif
+    return 0;
+}
+
+/* bytes of kr_dec_attention_kv's split partials (0 with the old kernels: g->attn_scratch) + kr_dec_fattn's */
 static uint64_t kr__scratch_bytes(const kr_gpu_forward *g)
 {
 #if KR__GKV_NEW_KERNELS
     const kr__gkv *kv = g->kv;
+    uint64_t fa = kr__fa_scratch_bytes(g);
     if (kv->use_new && kv->n_split > 1)
-        return 4 * (uint64_t)kr_dec_attention_kv_scratch_floats((int)g->hp.n_head, (int)g->hp.head_dim, kv->n_split);
+        return fa + 4 * (uint64_t)kr_dec_attention_kv_scratch_floats((int)g->hp.n_head, (int)g->hp.head_dim,
+                                                                      kv->n_split);
+    return fa;
 #else
     (void)g;
 #endif
@@ -173,9 +193,16 @@ kr_status kr__gkv_alloc(kr_gpu_forward *g, kr_err *err)
         return kr_err_prefix(err, "allocating the KV cache (%.1f MiB: %" PRIu32 " rows x %" PRIu32 " seqs x %" PRIu32
                              " layers, %s rows of %" PRIu64 " bytes)", KR__MIB(kv->pl.bytes), kv->pl.rows,
                              kv->pl.n_seq, kv->pl.n_layer, kr_dtype_name(kv->pl.type), kv->pl.row_bytes);
-    uint64_t sb = kr__scratch_bytes(g);
+    uint64_t fb = kr__fa_scratch_bytes(g), sb = kr__scratch_bytes(g) - fb;
     if (sb && (st = kr_backend_alloc(g->be, (size_t)sb, &kv->scratch_buf, err)) != KR_OK)
         return kr_err_prefix(err, "allocating the attention split scratch");
+#if KR__GKV_NEW_KERNELS
+    if (fb && ((st = kr_backend_alloc(g->be, (size_t)fb, &kv->fa_scratch, err)) != KR_OK ||
+               (st = kr_dec_fattn_scratch_init(g->dec, g->stream, kv->fa_scratch->ptr, (int)g->hp.n_head, err)) !=
+                   KR_OK ||
+               (st = kr_backend_sync(g->be, g->stream, err)) != KR_OK))
+        return kr_err_prefix(err, "allocating the fused attention scratch");
+#endif
     kr__point(g);
     g->stats.kv_bytes_per_pos = 2 * kv->pl.row_bytes * kv->pl.n_layer;
     g->stats.kv_bytes = kv->pl.bytes;
@@ -195,6 +222,7 @@ void kr__gkv_free(kr_gpu_forward *g)
     free(kv->graphs);
     kr_backend_free(g->be, kv->buf);
     kr_backend_free(g->be, kv->scratch_buf);
+    kr_backend_free(g->be, kv->fa_scratch);
     kr_kv_slots_fini(&kv->sl);
     free(kv);
     g->kv = NULL;
@@ -268,6 +296,38 @@ kr_status kr__gkv_attention(kr_gpu_forward *g, kr_stream *s, uint32_t l, const i
     return kr_dec_attention(g->dec, s, g->q, L->k_cache, L->v_cache, g->att, (int)hp->n_head, (int)hp->n_head_kv,
                             (int)hp->head_dim, (int)g->n_ctx, pos, 0, window, scale, g->n_split, g->attn_scratch,
                             err);
+}
+
+bool kr__gkv_fattn_ok(const kr_gpu_forward *g) { return g->kv->fa_ok && g->kv->fa_scratch; }
+bool kr__gkv_fattn_xq_ok(const kr_gpu_forward *g) { return g->hp.head_dim % 32 == 0; }
+
+kr_status kr__gkv_fattn(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
+                        const float *freq_factors, int window, float scale, int n_split, int max_stages, void *xq,
+                        const void *pf, size_t pf_bytes, kr_err *err)
+{
+#if KR__GKV_NEW_KERNELS
+    const kr_hparams *hp = &g->hp;
+    const kr__gkv *kv = g->kv;
+    if (!kr__gkv_fattn_ok(g))
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "gpu_kvcache: the fused attention does not take this model");
+    if (n_split <= 0)
+        n_split = kv->fa_split;
+    if (n_split > KR__GKV_FA_MAX_SPLIT)
+        n_split = KR__GKV_FA_MAX_SPLIT;
+    kr_dec_kv_view v;
+    kr__view(g, l, &v);
+    kr_dec_fattn_params fp = {
+        .q = g->q, .k_new = g->k, .v_new = g->v, .n_head = (int)hp->n_head, .n_head_kv = (int)hp->n_head_kv,
+        .head_dim = (int)hp->head_dim, .n_rot = (int)hp->n_rot, .freq_base = hp->rope_base,
+        .freq_scale = hp->rope_freq_scale, .freq_factors = freq_factors, .neox = neox, .pos = pos, .window = window,
+        .scale = scale, .n_split = n_split, .scratch = kv->fa_scratch->ptr, .out = g->att, .xq = xq,
+        .prefetch = pf, .prefetch_bytes = pf ? pf_bytes : 0, .max_stages = max_stages};
+    return kr_dec_fattn(g->dec, s, &v, &fp, err);
+#else
+    (void)g, (void)s, (void)l, (void)pos, (void)neox, (void)freq_factors, (void)window, (void)scale, (void)n_split;
+    (void)max_stages, (void)xq, (void)pf, (void)pf_bytes;
+    return kr_err_set(err, KR_ERR_UNSUPPORTED, "gpu_kvcache: no fused attention without the new kernels");
+#endif
 }
 
 void kr__gkv_drop_graphs(kr_gpu_forward *g)

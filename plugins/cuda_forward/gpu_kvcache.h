@@ -32,7 +32,13 @@ typedef struct kr__gkv {
     bool fused_rope;               /* use_new and kr_dec_kv_store_rope */
     int n_split;                   /* split count of kr_dec_attention_kv */
     kr_buffer *scratch_buf;        /* its split partials (n_split > 1) */
+    bool fa_ok;                    /* kr_dec_fattn takes this cache and model shape (use_new) */
+    int fa_split;                  /* its default split count (kr_dec_fattn_default_splits) */
+    kr_buffer *fa_scratch;         /* its split counters + partials, up to KR__GKV_FA_MAX_SPLIT splits */
 } kr__gkv;
+
+/* most splits kr__gkv_fattn takes (its scratch is sized for them) */
+#define KR__GKV_FA_MAX_SPLIT 128
 
 /* 1: the step uses kr_dec_kv_store_rope (or kr_dec_kv_store) and
  * kr_dec_attention_kv (kr_decode_kv.h) for every cache; KR_GKV_KERNELS=old in
@@ -74,6 +80,17 @@ int kr__gkv_splits(const struct kr_gpu_forward *g);
 bool kr__gkv_fused_rope(const struct kr_gpu_forward *g);
 kr_status kr__gkv_rope_store(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
                              const float *freq_factors, kr_err *err);
+/* The fused attention block (kr_dec_fattn, kr_decode_kv.h): one launch doing RoPE of g->q (not
+ * written back) and g->k, the store of g->k / g->v into layer l's cache, attention into g->att and,
+ * when xq != NULL, the q8 activations of g->att (kr_dec_quantize_q8's format) there. n_split 0: the
+ * default (fa_split), else 1..KR__GKV_FA_MAX_SPLIT; max_stages 0: the launcher's default; pf /
+ * pf_bytes: a range the next kernel reads, prefetched into L2 (NULL/0: off). Only when
+ * kr__gkv_fattn_ok(g) (else KR_ERR_UNSUPPORTED). */
+bool kr__gkv_fattn_ok(const struct kr_gpu_forward *g);
+bool kr__gkv_fattn_xq_ok(const struct kr_gpu_forward *g); /* head_dim % 32 == 0: xq may be asked for */
+kr_status kr__gkv_fattn(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
+                        const float *freq_factors, int window, float scale, int n_split, int max_stages, void *xq,
+                        const void *pf, size_t pf_bytes, kr_err *err);
 /* Before an eval of n tokens at *pos: automatic context shift (kv_full
  * SHIFT, *pos == n_past, full: *pos becomes the new n_past), the CPU path's
  * "context full" message, the ring's rewind check. */
