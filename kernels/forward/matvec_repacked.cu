@@ -15,6 +15,10 @@
 // One warp per row, lanes stride over the row's blocks; KR_GF_WARPS rows per
 // CTA (blockDim = (32, KR_GF_WARPS)).
 
+#ifndef KR_GF_COMMON_CUH
+#include "kr_gf_common.cuh"
+#endif
+
 #ifndef KR_GF_WARPS
 #define KR_GF_WARPS 4
 #endif
@@ -150,6 +154,72 @@ kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ s
         y[row] = acc;
 }
 
+// v2 helpers: the PF blocks b0 + 32 k (k < PF) of each of the NR rows (b0 = lane + 32 k0).
+template <int Q8, int NR, int PF>
+__device__ __forceinline__ void kr_gf_mv2_load(uint4 (&w)[PF][NR][Q8 ? 2 : 1], unsigned short (&d)[PF][NR],
+                                               const uint4 *const (&rq)[NR], const unsigned short *const (&rs)[NR],
+                                               int b0, int nb)
+{
+    const int VPB = Q8 ? 2 : 1;
+#pragma unroll
+    for (int k = 0; k < PF; k++) {
+        int b = b0 + 32 * k;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (b < nb) {
+#pragma unroll
+                for (int v = 0; v < VPB; v++)
+                    w[k][r][v] = __ldg(rq[r] + (kr_gf_i64)b * VPB + v);
+                d[k][r] = __ldg(rs[r] + b);
+            }
+        }
+    }
+}
+
+// acc[r] += the dot products of those blocks with x (XF: x in shared memory, else global).
+template <int Q8, int NR, int PF, int XF>
+__device__ __forceinline__ void kr_gf_mv2_dot(float (&acc)[NR], const uint4 (&w)[PF][NR][Q8 ? 2 : 1],
+                                              const unsigned short (&d)[PF][NR], const int4 *xv, const float *xd,
+                                              const float *xs, int b0, int nb)
+{
+    const int VPB = Q8 ? 2 : 1;
+#pragma unroll
+    for (int k = 0; k < PF; k++) {
+        int b = b0 + 32 * k;
+        if (b < nb) {
+            int4 x0 = XF ? xv[2 * b] : __ldg(xv + 2 * b), x1 = XF ? xv[2 * b + 1] : __ldg(xv + 2 * b + 1);
+            float dx = XF ? xd[b] : __ldg(xd + b);
+            float sx = Q8 ? 0.0f : (XF ? xs[b] : __ldg(xs + b));
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                int s = 0;
+                if (Q8) {
+                    s = __dp4a((int)w[k][r][0].x, x0.x, s);
+                    s = __dp4a((int)w[k][r][0].y, x0.y, s);
+                    s = __dp4a((int)w[k][r][0].z, x0.z, s);
+                    s = __dp4a((int)w[k][r][0].w, x0.w, s);
+                    s = __dp4a((int)w[k][r][VPB - 1].x, x1.x, s);
+                    s = __dp4a((int)w[k][r][VPB - 1].y, x1.y, s);
+                    s = __dp4a((int)w[k][r][VPB - 1].z, x1.z, s);
+                    s = __dp4a((int)w[k][r][VPB - 1].w, x1.w, s);
+                    acc[r] += kr_gf_h2f(d[k][r]) * dx * (float)s;
+                } else {
+                    uint4 q = w[k][r][0];
+                    s = __dp4a((int)(q.x & 0x0F0F0F0Fu), x0.x, s);
+                    s = __dp4a((int)(q.y & 0x0F0F0F0Fu), x0.y, s);
+                    s = __dp4a((int)(q.z & 0x0F0F0F0Fu), x0.z, s);
+                    s = __dp4a((int)(q.w & 0x0F0F0F0Fu), x0.w, s);
+                    s = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), x1.x, s);
+                    s = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), x1.y, s);
+                    s = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), x1.z, s);
+                    s = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), x1.w, s);
+                    acc[r] += kr_gf_h2f(d[k][r]) * (dx * (float)s - 8.0f * sx);
+                }
+            }
+        }
+    }
+}
+
 // ---- v2: NR rows per warp, weights prefetched before the PDL wait ----------
 // blockDim (32, KR_GF_WARPS); warp w of CTA c takes rows (c*KR_GF_WARPS + w)*NR
 // .. +NR-1; lane l takes the blocks b = l + 32 k of each. The weights (and
@@ -181,11 +251,18 @@ kr_gf_mv_q8_0(const uint4 *__restrict__ qs, const unsigned short *__restrict__ s
 // the CTA into shared memory after the PDL wait (dynamic smem nb*40 bytes; MODE 2 only: full
 // CTAs); 2 = xq is the fp32 gate|up vector (2 * nb*32 floats), x = silu(gate) * up computed
 // and quantized into shared memory the same way. Quantization as kr_dec_quantize_q8.
-template <int Q8, int NR, int PF, int GUS, int W = KR_GF_WARPS, int XF = 0>
+// DB = 1: double-buffered chunks (the next PF blocks per lane are loaded before the current
+// ones are used: two chunks in flight per warp; rows longer than 32 * PF blocks only);
+// DB = 2: the single-buffered loop written with the helpers (same math, other registers).
+// pf (MODE 0 only; NULL: none): L2 prefetch of the step's next weights (kr_gf_pf): CTA
+// first + j issues part j, right after its own first weight loads (pf->early) or after its
+// rows are written.
+template <int Q8, int NR, int PF, int GUS, int W = KR_GF_WARPS, int XF = 0, int DB = 0>
 __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
                                           const signed char *__restrict__ xq, float *y, int rows,
                                           int nb, int acc_y, int F, int *cnt, signed char *xo,
-                                          const float *wn = 0, float *part = 0, float eps = 0.0f)
+                                          const float *wn = 0, float *part = 0, float eps = 0.0f,
+                                          const kr_gf_pf *pf = 0)
 {
     const int VPB = Q8 ? 2 : 1; // uint4 per block
     const int lane = threadIdx.x;
@@ -215,6 +292,9 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
             }
         }
     }
+    const bool pf_me = GUS == 0 && pf && lane == 0 && threadIdx.y == 0;
+    if (pf_me && pf->early)
+        kr_gf_pf_issue(*pf, (int)blockIdx.x - pf->first);
     KR_PDL_WAIT();
     KR_PDL_LAUNCH_DEPENDENTS();
     const int4 *xv = (const int4 *)xq;
@@ -262,56 +342,84 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
 #pragma unroll
     for (int r = 0; r < NR; r++)
         acc[r] = 0.0f;
-    for (int k0 = 0;; k0 += PF) {
+    if (!DB) {
+        // (kept as written before the helpers: the same code as the measured default)
+        for (int k0 = 0;; k0 += PF) {
 #pragma unroll
-        for (int k = 0; k < PF; k++) {
-            int b = lane + 32 * (k0 + k);
-            if (b < nb) {
-                int4 x0 = XF ? xv[2 * b] : __ldg(xv + 2 * b), x1 = XF ? xv[2 * b + 1] : __ldg(xv + 2 * b + 1);
-                float dx = XF ? xd[b] : __ldg(xd + b);
-                float sx = Q8 ? 0.0f : (XF ? xs[b] : __ldg(xs + b));
+            for (int k = 0; k < PF; k++) {
+                int b = lane + 32 * (k0 + k);
+                if (b < nb) {
+                    int4 x0 = XF ? xv[2 * b] : __ldg(xv + 2 * b), x1 = XF ? xv[2 * b + 1] : __ldg(xv + 2 * b + 1);
+                    float dx = XF ? xd[b] : __ldg(xd + b);
+                    float sx = Q8 ? 0.0f : (XF ? xs[b] : __ldg(xs + b));
+#pragma unroll
+                    for (int r = 0; r < NR; r++) {
+                        int s = 0;
+                        if (Q8) {
+                            s = __dp4a((int)w[k][r][0].x, x0.x, s);
+                            s = __dp4a((int)w[k][r][0].y, x0.y, s);
+                            s = __dp4a((int)w[k][r][0].z, x0.z, s);
+                            s = __dp4a((int)w[k][r][0].w, x0.w, s);
+                            s = __dp4a((int)w[k][r][VPB - 1].x, x1.x, s);
+                            s = __dp4a((int)w[k][r][VPB - 1].y, x1.y, s);
+                            s = __dp4a((int)w[k][r][VPB - 1].z, x1.z, s);
+                            s = __dp4a((int)w[k][r][VPB - 1].w, x1.w, s);
+                            acc[r] += kr_gf_h2f(d[k][r]) * dx * (float)s;
+                        } else {
+                            uint4 q = w[k][r][0];
+                            s = __dp4a((int)(q.x & 0x0F0F0F0Fu), x0.x, s);
+                            s = __dp4a((int)(q.y & 0x0F0F0F0Fu), x0.y, s);
+                            s = __dp4a((int)(q.z & 0x0F0F0F0Fu), x0.z, s);
+                            s = __dp4a((int)(q.w & 0x0F0F0F0Fu), x0.w, s);
+                            s = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), x1.x, s);
+                            s = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), x1.y, s);
+                            s = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), x1.z, s);
+                            s = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), x1.w, s);
+                            acc[r] += kr_gf_h2f(d[k][r]) * (dx * (float)s - 8.0f * sx);
+                        }
+                    }
+                }
+            }
+            if (lane + 32 * (k0 + PF) >= nb)
+                break;
+#pragma unroll
+            for (int k = 0; k < PF; k++) {
+                int b = lane + 32 * (k0 + PF + k);
 #pragma unroll
                 for (int r = 0; r < NR; r++) {
-                    int s = 0;
-                    if (Q8) {
-                        s = __dp4a((int)w[k][r][0].x, x0.x, s);
-                        s = __dp4a((int)w[k][r][0].y, x0.y, s);
-                        s = __dp4a((int)w[k][r][0].z, x0.z, s);
-                        s = __dp4a((int)w[k][r][0].w, x0.w, s);
-                        s = __dp4a((int)w[k][r][VPB - 1].x, x1.x, s);
-                        s = __dp4a((int)w[k][r][VPB - 1].y, x1.y, s);
-                        s = __dp4a((int)w[k][r][VPB - 1].z, x1.z, s);
-                        s = __dp4a((int)w[k][r][VPB - 1].w, x1.w, s);
-                        acc[r] += kr_gf_h2f(d[k][r]) * dx * (float)s;
-                    } else {
-                        uint4 q = w[k][r][0];
-                        s = __dp4a((int)(q.x & 0x0F0F0F0Fu), x0.x, s);
-                        s = __dp4a((int)(q.y & 0x0F0F0F0Fu), x0.y, s);
-                        s = __dp4a((int)(q.z & 0x0F0F0F0Fu), x0.z, s);
-                        s = __dp4a((int)(q.w & 0x0F0F0F0Fu), x0.w, s);
-                        s = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), x1.x, s);
-                        s = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), x1.y, s);
-                        s = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), x1.z, s);
-                        s = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), x1.w, s);
-                        acc[r] += kr_gf_h2f(d[k][r]) * (dx * (float)s - 8.0f * sx);
+                    if (b < nb) {
+#pragma unroll
+                        for (int v = 0; v < VPB; v++)
+                            w[k][r][v] = __ldg(rq[r] + (kr_gf_i64)b * VPB + v);
+                        d[k][r] = __ldg(rs[r] + b);
                     }
                 }
             }
         }
-        if (lane + 32 * (k0 + PF) >= nb)
-            break;
-#pragma unroll
-        for (int k = 0; k < PF; k++) {
-            int b = lane + 32 * (k0 + PF + k);
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                if (b < nb) {
-#pragma unroll
-                    for (int v = 0; v < VPB; v++)
-                        w[k][r][v] = __ldg(rq[r] + (kr_gf_i64)b * VPB + v);
-                    d[k][r] = __ldg(rs[r] + b);
-                }
-            }
+    } else if (DB == 2) {
+        // the same loop through the helpers (ptxas allocates fewer registers for it: r2p4 64 vs 80)
+        for (int k0 = 0;; k0 += PF) {
+            kr_gf_mv2_dot<Q8, NR, PF, XF>(acc, w, d, xv, xd, xs, lane + 32 * k0, nb);
+            if (lane + 32 * (k0 + PF) >= nb)
+                break;
+            kr_gf_mv2_load<Q8, NR, PF>(w, d, rq, rs, lane + 32 * (k0 + PF), nb);
+        }
+    } else {
+        uint4 w2[PF][NR][VPB];
+        unsigned short d2[PF][NR];
+        for (int k0 = 0;; k0 += 2 * PF) {
+            const bool m1 = lane + 32 * (k0 + PF) < nb;
+            if (m1)
+                kr_gf_mv2_load<Q8, NR, PF>(w2, d2, rq, rs, lane + 32 * (k0 + PF), nb);
+            kr_gf_mv2_dot<Q8, NR, PF, XF>(acc, w, d, xv, xd, xs, lane + 32 * k0, nb);
+            if (!m1)
+                break;
+            const bool m2 = lane + 32 * (k0 + 2 * PF) < nb;
+            if (m2)
+                kr_gf_mv2_load<Q8, NR, PF>(w, d, rq, rs, lane + 32 * (k0 + 2 * PF), nb);
+            kr_gf_mv2_dot<Q8, NR, PF, XF>(acc, w2, d2, xv, xd, xs, lane + 32 * (k0 + PF), nb);
+            if (!m2)
+                break;
         }
     }
     float scale = 1.0f;
@@ -334,6 +442,8 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
             }
         }
     }
+    if (pf_me && !pf->early)
+        kr_gf_pf_issue(*pf, (int)blockIdx.x - pf->first);
     if (GUS == 2) {
         __syncthreads();
         if (threadIdx.y != 0)
@@ -397,31 +507,49 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
     }
 }
 
-// Entries kr_gf_mv2_{q4_0,q8_0}_r<NR>p<PF>: arguments as kr_gf_mv_* plus acc_y;
-// kr_gf_mv2gus_{q4_0,q8_0}_r<NR>p<PF>: (qs, sc, xq, y, rows = 2F, nb, F, cnt, xo), see GUS above.
-#define KR_GF_MV2(T, Q8, NR, PF)                                                                                  \
+// Entries kr_gf_mv2_{q4_0,q8_0}_r<NR>p<PF>[d|h]: arguments as kr_gf_mv_* plus acc_y (suffix d: DB = 1,
+// h: DB = 2);
+// kr_gf_mv2t_*: the same plus the L2 prefetch request pf (kr_gf_pf, by value; see kr_gf_mv2);
+// kr_gf_mv2gus_{q4_0,q8_0}_r<NR>p<PF>[d]: (qs, sc, xq, y, rows = 2F, nb, F, cnt, xo), see GUS above.
+#define KR_GF_MV2X(T, Q8, NR, PF, DB, SFX)                                                                        \
     extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
-    kr_gf_mv2_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,              \
-                                 const signed char *__restrict__ xq, float *__restrict__ y, int rows, int nb,     \
-                                 int acc_y)                                                                       \
+    kr_gf_mv2_##T##_r##NR##p##PF##SFX(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,         \
+                                      const signed char *__restrict__ xq, float *__restrict__ y, int rows, int nb, \
+                                      int acc_y)                                                                  \
     {                                                                                                             \
-        kr_gf_mv2<Q8, NR, PF, 0>(qs, sc, xq, y, rows, nb, acc_y, 0, 0, 0);                                        \
+        kr_gf_mv2<Q8, NR, PF, 0, KR_GF_WARPS, 0, DB>(qs, sc, xq, y, rows, nb, acc_y, 0, 0, 0);                     \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
-    kr_gf_mv2gus_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,           \
-                                    const signed char *__restrict__ xq, float *y, int rows, int nb, int F,       \
-                                    int *cnt, signed char *xo)                                                    \
+    kr_gf_mv2t_##T##_r##NR##p##PF##SFX(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,        \
+                                       const signed char *__restrict__ xq, float *__restrict__ y, int rows,       \
+                                       int nb, int acc_y, const __grid_constant__ kr_gf_pf pf)                    \
     {                                                                                                             \
-        kr_gf_mv2<Q8, NR, PF, 1>(qs, sc, xq, y, rows, nb, 0, F, cnt, xo);                                         \
+        kr_gf_mv2<Q8, NR, PF, 0, KR_GF_WARPS, 0, DB>(qs, sc, xq, y, rows, nb, acc_y, 0, 0, 0, 0, 0, 0.0f, &pf);    \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2gus_##T##_r##NR##p##PF##SFX(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,      \
+                                         const signed char *__restrict__ xq, float *y, int rows, int nb, int F,   \
+                                         int *cnt, signed char *xo)                                               \
+    {                                                                                                             \
+        kr_gf_mv2<Q8, NR, PF, 1, KR_GF_WARPS, 0, DB>(qs, sc, xq, y, rows, nb, 0, F, cnt, xo);                      \
     }
+#define KR_GF_MV2(T, Q8, NR, PF) KR_GF_MV2X(T, Q8, NR, PF, 0, )
+#define KR_GF_MV2D(T, Q8, NR, PF) KR_GF_MV2X(T, Q8, NR, PF, 1, d)
+#define KR_GF_MV2H(T, Q8, NR, PF) KR_GF_MV2X(T, Q8, NR, PF, 2, h)
 KR_GF_MV2(q4_0, 0, 1, 4)
 KR_GF_MV2(q4_0, 0, 2, 4)
 KR_GF_MV2(q4_0, 0, 4, 2)
 KR_GF_MV2(q4_0, 0, 2, 8)
+KR_GF_MV2D(q4_0, 0, 2, 4)
+KR_GF_MV2D(q4_0, 0, 2, 2)
+KR_GF_MV2H(q4_0, 0, 2, 4)
 KR_GF_MV2(q8_0, 1, 1, 4)
 KR_GF_MV2(q8_0, 1, 2, 2)
 KR_GF_MV2(q8_0, 1, 2, 4)
 KR_GF_MV2(q8_0, 1, 4, 2)
+KR_GF_MV2D(q8_0, 1, 2, 2)
+KR_GF_MV2D(q8_0, 1, 2, 1)
+KR_GF_MV2H(q8_0, 1, 2, 2)
 
 // Norm folding (MODE 2 / 3 above), 16 warps x 2 rows = 32 rows per CTA for the producer.
 //   kr_gf_mv2nfp_<type>(qs, sc, xq, x, rows, nb, wn, part, xo): x += W xq; xo, part as NORM

@@ -4,6 +4,10 @@
 // 8-bit activation format (as kr_dec_quantize_q8): xq = int8 q[n] | float d[n/32] | float s[n/32],
 // per 32-block d = max|v|/127, q = rint(v/d) (0 when d = 0), s = d * sum(q).
 
+#ifndef KR_GF_COMMON_CUH
+#include "kr_gf_common.cuh"
+#endif
+
 typedef long long kr_gf_i64;
 
 // Programmatic dependent launch (as kernels/decode/kr_decode_common.cuh; this
@@ -104,8 +108,13 @@ extern "C" __global__ void kr_gf_add_rmsnorm_q8(float *__restrict__ x, const flo
 
 // y (n) = silu(g) * u with g = gu[0..n), u = gu[n..2n); y may alias g.
 // q8 != 0: also xq = q8(y). n a multiple of 32; one warp per 32-block, any grid.
-extern "C" __global__ void kr_gf_swiglu_q8(const float *gu, float *y, signed char *__restrict__ xq, int n, int q8)
+// pf (NULL: none): before the PDL wait, lane 0 of global warp j issues part j of the L2
+// prefetch (the next matvec's weights; kr_gf_pf).
+__device__ __forceinline__ void kr_gf_swiglu_q8_impl(const float *gu, float *y, signed char *__restrict__ xq, int n,
+                                                     int q8, const kr_gf_pf *pf)
 {
+    if (pf && (threadIdx.x & 31) == 0)
+        kr_gf_pf_issue(*pf, (int)(((kr_gf_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5));
     KR_PDL_WAIT();
     KR_PDL_LAUNCH_DEPENDENTS();
     int lane = threadIdx.x & 31;
@@ -120,14 +129,28 @@ extern "C" __global__ void kr_gf_swiglu_q8(const float *gu, float *y, signed cha
         kr_gf_q8_block(v, blk, lane, xq, n);
 }
 
+extern "C" __global__ void kr_gf_swiglu_q8(const float *gu, float *y, signed char *__restrict__ xq, int n, int q8)
+{
+    kr_gf_swiglu_q8_impl(gu, y, xq, n, q8, 0);
+}
+
+// The same with an L2 prefetch request (issued before the PDL wait).
+extern "C" __global__ void kr_gf_swiglu_q8p(const float *gu, float *y, signed char *__restrict__ xq, int n, int q8,
+                                            const __grid_constant__ kr_gf_pf pf)
+{
+    kr_gf_swiglu_q8_impl(gu, y, xq, n, q8, &pf);
+}
+
 // Several CTAs (blockDim.x a multiple of 32, <= 1024; any grid), n a multiple of 32:
 //   h (n) = x / sqrt(mean(x^2) + eps) * w   (w NULL: 1);  q8 != 0: xq = q8(h)
 // Every CTA reduces the whole x (from L2; same order in every CTA, so all get
 // the same scale) and writes its share of the 32-blocks. x is only read: the
 // residual add happens in the producing matvec (kr_gf_mv2_* with acc_y).
-extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, const float *__restrict__ w,
-                                               float *__restrict__ h, signed char *__restrict__ xq, int n, float eps,
-                                               int q8)
+// pf (NULL: none): before the PDL wait, lane 0 of global warp j (blockIdx.x * warps + warp)
+// issues part j of the L2 prefetch (the next matvec's weights; kr_gf_pf).
+__device__ __forceinline__ void kr_gf_rmsnorm_q8_mb_impl(const float *__restrict__ x, const float *__restrict__ w,
+                                                         float *__restrict__ h, signed char *__restrict__ xq, int n,
+                                                         float eps, int q8, const kr_gf_pf *pf)
 {
     __shared__ float part[32];
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarp = blockDim.x >> 5;
@@ -135,6 +158,8 @@ extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, cons
     // loaded before the PDL wait; its x is loaded together with the reduction's loads
     const int blk0 = blockIdx.x * nwarp + warp, nblk = n / 32;
     const float w0 = (w && blk0 < nblk) ? __ldg(w + blk0 * 32 + lane) : 1.0f;
+    if (pf && lane == 0)
+        kr_gf_pf_issue(*pf, blk0);
     KR_PDL_WAIT();
     KR_PDL_LAUNCH_DEPENDENTS();
     const float x0 = blk0 < nblk ? x[blk0 * 32 + lane] : 0.0f;
@@ -158,6 +183,21 @@ extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, cons
         if (q8)
             kr_gf_q8_block(v, blk, lane, xq, n);
     }
+}
+
+extern "C" __global__ void kr_gf_rmsnorm_q8_mb(const float *__restrict__ x, const float *__restrict__ w,
+                                               float *__restrict__ h, signed char *__restrict__ xq, int n, float eps,
+                                               int q8)
+{
+    kr_gf_rmsnorm_q8_mb_impl(x, w, h, xq, n, eps, q8, 0);
+}
+
+// The same with an L2 prefetch request (issued before the PDL wait).
+extern "C" __global__ void kr_gf_rmsnorm_q8_mbp(const float *__restrict__ x, const float *__restrict__ w,
+                                                float *__restrict__ h, signed char *__restrict__ xq, int n, float eps,
+                                                int q8, const __grid_constant__ kr_gf_pf pf)
+{
+    kr_gf_rmsnorm_q8_mb_impl(x, w, h, xq, n, eps, q8, &pf);
 }
 
 // Prefetch n bytes at p into L2 (evict_last), one 128-byte line per thread per step; reads

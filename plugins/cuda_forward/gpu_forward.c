@@ -28,8 +28,8 @@
 #include "gpu_kvcache.h"
 #include "gpu_prefill.h"
 #include "kr_decode.h"
-#include "kr_kernel_forward_matvec_repacked_cu.h"
-#include "kr_kernel_forward_step_fused_cu.h"
+#include "kr_gf_matvec_repacked_src.h" /* kernels/forward/matvec_repacked.cu, headers flattened in front */
+#include "kr_gf_step_fused_src.h"      /* kernels/forward/step_fused.cu, likewise */
 
 #define KR__DOM "gpu_forward"
 #define KR__ALIGN 256u
@@ -677,8 +677,8 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         for (int i = 0; i < 2; i++) {
             const kr_kernel_source src = {
                 .name = "forward/step_fused.cu",
-                .code = (const char *)kr_kernel_forward_step_fused_cu,
-                .len = kr_kernel_forward_step_fused_cu_LEN,
+                .code = kr_gf_step_fused_src,
+                .len = kr_gf_step_fused_src_LEN,
                 .entry = entries[i],
             };
             if ((st = kr_backend_get_function(be, &src, fns[i], err)) != KR_OK) {
@@ -822,8 +822,8 @@ static kr_status kr__gf_fn(kr_backend *be, const char *entry, kr_function **fn, 
 {
     const kr_kernel_source src = {
         .name = "forward/matvec_repacked.cu",
-        .code = (const char *)kr_kernel_forward_matvec_repacked_cu,
-        .len = kr_kernel_forward_matvec_repacked_cu_LEN,
+        .code = kr_gf_matvec_repacked_src,
+        .len = kr_gf_matvec_repacked_src_LEN,
         .entry = entry,
     };
     kr_status st = kr_backend_get_function(be, &src, fn, err);
@@ -929,9 +929,13 @@ typedef struct kr__mv2_var {
     const char *name; /* "r2p4" */
     int rows;         /* NR: rows per warp */
 } kr__mv2_var;
-static const kr__mv2_var kr__mv2_q4[] = {{"r1p4", 1}, {"r2p4", 2}, {"r4p2", 4}, {"r2p8", 2}};
-static const kr__mv2_var kr__mv2_q8[] = {{"r1p4", 1}, {"r2p2", 2}, {"r2p4", 2}, {"r4p2", 4}};
-#define KR__N_MV2 4
+/* suffix d: double-buffered chunks; h: the same single-buffered loop through the .cu's
+ * helpers (fewer registers) */
+static const kr__mv2_var kr__mv2_q4[] = {{"r1p4", 1},  {"r2p4", 2},  {"r4p2", 4}, {"r2p8", 2},
+                                         {"r2p4d", 2}, {"r2p2d", 2}, {"r2p4h", 2}};
+static const kr__mv2_var kr__mv2_q8[] = {{"r1p4", 1},  {"r2p2", 2},  {"r2p4", 2}, {"r4p2", 4},
+                                         {"r2p2d", 2}, {"r2p1d", 2}, {"r2p2h", 2}};
+#define KR__N_MV2 7
 
 /* Default variant (docs/GPU-FORWARD.md). */
 static kr__gf_tuning kr__tuning_default(void)
@@ -951,6 +955,15 @@ static bool kr__parse_bool(const char *v, size_t n, bool *out)
     return false;
 }
 
+/* MiB count: 1-4 digits */
+static bool kr__parse_mib(const char *v, size_t n, int *out)
+{
+    if (n < 1 || n > 4 || strspn(v, "0123456789") < n)
+        return false;
+    *out = atoi(v);
+    return true;
+}
+
 static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *out)
 {
     if (n == 2 && strncmp(v, "v1", 2) == 0) {
@@ -965,8 +978,11 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
     return false;
 }
 
-/* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, mv8=v1|r1p4|r2p2|r2p4|r4p2,
- * resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, nfp=16|8|4, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB (0: off), skip=[anm]|0 (timing experiments: leave
+/* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h,
+ * mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, oq=0|1, sw=0|1,
+ * gus=0|1, l2pf=MiB (0: off), pfa/pft/pfn/pfs=MiB (in-kernel L2 prefetch of the next weights: qkv tail,
+ * matvec tails, norms, swiglu; 0: off), pfc=N, pfe=0|1, fa=0|1 (fused attention), fas=N (its splits, 0: default),
+ * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
@@ -1003,6 +1019,18 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_bool(v, vn, &t->oq);
             else if (kn == 2 && strncmp(p, "sw", 2) == 0)
                 ok = kr__parse_bool(v, vn, &t->sw);
+            else if (kn == 2 && strncmp(p, "fa", 2) == 0)
+                ok = kr__parse_bool(v, vn, &t->fa);
+            else if (kn == 4 && strncmp(p, "fapf", 4) == 0)
+                ok = kr__parse_bool(v, vn, &t->fa_pf);
+            else if (kn == 3 && strncmp(p, "fas", 3) == 0 && vn >= 1 && vn <= 3 && strspn(v, "0123456789") >= vn &&
+                     atoi(v) <= KR__GKV_FA_MAX_SPLIT) {
+                t->fa_split = atoi(v);
+                ok = true;
+            } else if (kn == 4 && strncmp(p, "fast", 4) == 0 && vn == 1 && v[0] >= '0' && v[0] <= '8') {
+                t->fa_st = v[0] - '0';
+                ok = true;
+            }
             else if (kn == 4 && strncmp(p, "skip", 4) == 0) {
                 t->skip = 0;
                 ok = true;
@@ -1021,6 +1049,18 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
             else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
                 ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8);
+            else if (kn == 3 && strncmp(p, "pfa", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pfa_mb);
+            else if (kn == 3 && strncmp(p, "pft", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pft_mb);
+            else if (kn == 3 && strncmp(p, "pfn", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pfn_mb);
+            else if (kn == 3 && strncmp(p, "pfs", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pfs_mb);
+            else if (kn == 3 && strncmp(p, "pfc", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pfc) && t->pfc <= 64;
+            else if (kn == 3 && strncmp(p, "pfe", 3) == 0)
+                ok = kr__parse_bool(v, vn, &t->pfe);
             else if (kn == 4 && strncmp(p, "l2pf", 4) == 0 && vn >= 1 && vn <= 4 && strspn(v, "0123456789") >= vn) {
                 t->l2pf_mb = atoi(v);
                 ok = true;
@@ -1036,8 +1076,10 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
         }
         if (!ok && n > 0)
             return kr_err_set(err, KR_ERR_INVALID_ARG,
-                              "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8, "
-                              "mv8=v1|r1p4|r2p2|r2p4|r4p2, resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
+                              "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, "
+                              "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
+                              "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
+                              "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, fa=0|1, fas=N, fapf=0|1, fast=0..8, "
                               "skip=[anm]|0, default, old)",
                               (int)n, p, spec);
         p += n;
@@ -1069,6 +1111,30 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         snprintf(entry, sizeof entry, "kr_gf_mv2_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
         if ((st = kr__gf_fn(g->be, entry, &f8, err)) != KR_OK)
             return st;
+    }
+    /* in-kernel L2 prefetch (pfa / pft / pfn / pfs): the same kernels with a kr_gf_pf argument */
+    kr_function *ft4 = NULL, *ft8 = NULL, *fn_mbp = NULL, *fn_swp = NULL;
+    if ((t.pfa_mb > 0 || t.pft_mb > 0) && t.mv4 > 0) {
+        snprintf(entry, sizeof entry, "kr_gf_mv2t_q4_0_%s", kr__mv2_q4[t.mv4 - 1].name);
+        if ((st = kr__gf_fn(g->be, entry, &ft4, err)) != KR_OK)
+            return st;
+    }
+    if ((t.pfa_mb > 0 || t.pft_mb > 0) && t.mv8 > 0) {
+        snprintf(entry, sizeof entry, "kr_gf_mv2t_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
+        if ((st = kr__gf_fn(g->be, entry, &ft8, err)) != KR_OK)
+            return st;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (i == 0 ? !(t.pfn_mb > 0 && t.norm_mb) : !(t.pfs_mb > 0))
+            continue;
+        const kr_kernel_source src = {
+            .name = "forward/step_fused.cu",
+            .code = kr_gf_step_fused_src,
+            .len = kr_gf_step_fused_src_LEN,
+            .entry = i == 0 ? "kr_gf_rmsnorm_q8_mbp" : "kr_gf_swiglu_q8p",
+        };
+        if ((st = kr_backend_get_function(g->be, &src, i == 0 ? &fn_mbp : &fn_swp, err)) != KR_OK)
+            return kr_err_prefix(err, "kernel %s", src.entry);
     }
     kr_function *fnf[8] = {NULL}; /* p q4, p q8, c q4, c q8, pf q4, pf q8, ps q4, ps q8 */
     if (t.nf) {
@@ -1104,8 +1170,8 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     if (t.norm_mb) {
         const kr_kernel_source src = {
             .name = "forward/step_fused.cu",
-            .code = (const char *)kr_kernel_forward_step_fused_cu,
-            .len = kr_kernel_forward_step_fused_cu_LEN,
+            .code = kr_gf_step_fused_src,
+            .len = kr_gf_step_fused_src_LEN,
             .entry = "kr_gf_rmsnorm_q8_mb",
         };
         if ((st = kr_backend_get_function(g->be, &src, &fn_mb, err)) != KR_OK)
@@ -1115,8 +1181,8 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     if (t.l2pf_mb > 0) {
         const kr_kernel_source src = {
             .name = "forward/step_fused.cu",
-            .code = (const char *)kr_kernel_forward_step_fused_cu,
-            .len = kr_kernel_forward_step_fused_cu_LEN,
+            .code = kr_gf_step_fused_src,
+            .len = kr_gf_step_fused_src_LEN,
             .entry = "kr_gf_prefetch_l2",
         };
         if ((st = kr_backend_get_function(g->be, &src, &fn_pf, err)) != KR_OK)
@@ -1144,6 +1210,10 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->mv2_rows8 = t.mv8 > 0 ? kr__mv2_q8[t.mv8 - 1].rows : 0;
     g->fn_norm_mb = fn_mb;
     g->fn_prefetch = fn_pf;
+    g->fn_mv2t_q4_0 = ft4;
+    g->fn_mv2t_q8_0 = ft8;
+    g->fn_norm_mbp = fn_mbp;
+    g->fn_swiglu_p = fn_swp;
     g->fn_gus_q4_0 = fg4;
     g->fn_gus_q8_0 = fg8;
     g->fn_nfp_q4_0 = fnf[0];
@@ -1242,12 +1312,58 @@ static bool kr__mv2_ok(const kr_gpu_forward *g, const kr__gf_mat *M)
     return M->repacked && (M->type == KR_DTYPE_Q4_0 ? g->fn_mv2_q4_0 : g->fn_mv2_q8_0) != NULL;
 }
 
+/* ---- in-kernel L2 prefetch of the next weights (tun.pfa/pft/pfn/pfs, kr__gf_pf) ---------- */
+
+/* Append the leading *budget bytes of M (at most all of it) to pf's ranges and take them
+ * from *budget. Repacked matrices are [quants | scales]: the leading fraction of each part
+ * (what the first rows need). False when pf has no room left (the rest is dropped). */
+static bool kr__pf_add(kr__gf_pf *pf, const kr__gf_mat *M, uint64_t *budget)
+{
+    if (!M || !M->w || *budget == 0)
+        return true;
+    uint64_t total = (uint64_t)M->rows * M->row_stride; /* the matrix's device bytes (checked at upload) */
+    uint64_t take = total < *budget ? total : *budget;
+    int free_i = 0;
+    while (free_i < 4 && pf->n[free_i] > 0)
+        free_i++;
+    if (take == total || !M->repacked) {
+        if (free_i == 4)
+            return false;
+        pf->p[free_i] = M->w;
+        pf->n[free_i] = (int64_t)take;
+    } else {
+        if (free_i > 2)
+            return false;
+        uint64_t qs = (uint64_t)M->rows * (uint64_t)(M->cols / 32) * kr__quant_bytes(M->type), sc = total - qs;
+        double f = (double)take / (double)total;
+        pf->p[free_i] = M->w;
+        pf->n[free_i] = (int64_t)(f * (double)qs);
+        pf->p[free_i + 1] = (const char *)M->w + qs;
+        pf->n[free_i + 1] = (int64_t)(f * (double)sc);
+    }
+    *budget -= take;
+    return true;
+}
+
+/* pf = the leading MiB of a, then of b (either may be NULL). */
+static void kr__pf_set(kr__gf_pf *pf, int mib, const kr__gf_mat *a, const kr__gf_mat *b)
+{
+    memset(pf, 0, sizeof *pf);
+    uint64_t budget = (uint64_t)(mib > 0 ? mib : 0) << 20;
+    if (kr__pf_add(pf, a, &budget))
+        kr__pf_add(pf, b, &budget);
+}
+
+static bool kr__pf_any(const kr__gf_pf *pf) { return pf->n[0] > 0; }
+
 /* x_quantized: g->xq already holds q8(x). acc: ys[i] += mats[i] @ x (every
  * mats[i] must satisfy kr__mv2_ok), else ys[i] = mats[i] @ x. */
 static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool x_quantized,
                           const kr__gf_mat *const *mats, float *const *ys, int n, bool acc, kr_err *err)
 {
     kr_status st;
+    const kr__gf_pf pf_req = g->pf_mv; /* consumed by this call (tun.pfa / pft) */
+    memset(&g->pf_mv, 0, sizeof g->pf_mv);
     if (kr__any_q8(mats, n) && !x_quantized)
         KR__TRY(kr_dec_quantize_q8(g->dec, s, x, g->xq, mats[0]->cols, err));
     for (int i = 0; i < n; i++) {
@@ -1265,11 +1381,26 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
             const void *xq = g->xq;
             float *y = ys[i];
             int rows = (int)M->rows, nb = (int)(M->cols / 32), iacc = acc;
+            kr__gf_pf pf = pf_req;
             void *args[] = {&qs, &sc, &xq, &y, &rows, &nb, &iacc};
+            void *args_t[] = {&qs, &sc, &xq, &y, &rows, &nb, &iacc, &pf};
             bool q4 = M->type == KR_DTYPE_Q4_0;
             int per = KR__GF_WARPS * (v2 ? (q4 ? g->mv2_rows4 : g->mv2_rows8) : 1);
             kr_function *fn = v2 ? (q4 ? g->fn_mv2_q4_0 : g->fn_mv2_q8_0) : (q4 ? g->fn_mv_q4_0 : g->fn_mv_q8_0);
             uint32_t grid[3] = {(uint32_t)((rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
+            kr_function *ft = q4 ? g->fn_mv2t_q4_0 : g->fn_mv2t_q8_0;
+            if (v2 && ft && i == n - 1 && kr__pf_any(&pf)) {
+                /* the tail request (tun.pfa / pft): the last pfc x SMs CTAs each issue a share */
+                const kr_device_info *di = kr_backend_device_info(g->be);
+                uint32_t sms = di && di->sm_count > 0 ? (uint32_t)di->sm_count : 132;
+                uint32_t k = sms * (uint32_t)(g->tun.pfc > 0 ? g->tun.pfc : 4);
+                pf.nparts = (int32_t)(k < grid[0] ? k : grid[0]);
+                pf.first = (int32_t)grid[0] - pf.nparts;
+                pf.early = g->tun.pfe;
+                snprintf(lb + strlen(lb), sizeof lb - strlen(lb), " + L2 prefetch");
+                KR__TRYL(lb, kr_backend_launch_ex(g->be, ft, grid, block, 0, s, args_t, kr__gf_flags(g), err));
+                continue;
+            }
             KR__TRYL(lb, kr_backend_launch_ex(g->be, fn, grid, block, 0, s, args, kr__gf_flags(g), err));
         } else if (M->q8)
             KR__TRYL(lb, kr_dec_matvec_q8(g->dec, s, M->type, M->w, M->row_stride, g->xq, ys[i], M->rows, M->cols, err));
@@ -1372,11 +1503,14 @@ static kr_status kr__nf_consume(kr_gpu_forward *g, kr_stream *s, const kr__gf_ma
     return KR_OK;
 }
 
-/* x += resid (resid NULL: none); h = rmsnorm(x) * w; q8: xq = q8(h). */
+/* x += resid (resid NULL: none); h = rmsnorm(x) * w; q8: xq = q8(h). The multi-block kernel
+ * takes g->pf_lat (tun.pfn), which every call consumes. */
 static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, const float *w, bool q8, kr_err *err)
 {
     kr_status st;
     int64_t E = g->hp.n_embd;
+    kr__gf_pf pf = g->pf_lat;
+    memset(&g->pf_lat, 0, sizeof g->pf_lat);
     if (!resid && g->fn_norm_mb && g->fn_norm && E % 32 == 0) {
         /* several CTAs, 4 warps each, one warp per 32-block */
         const float *x = g->x;
@@ -1385,6 +1519,7 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
         int n = (int)E, iq8 = q8;
         float eps = g->hp.norm_eps;
         void *args[] = {&x, &w, &h, &xq, &n, &eps, &iq8};
+        void *args_p[] = {&x, &w, &h, &xq, &n, &eps, &iq8, &pf};
         /* mb: 4 warps per CTA; mbw: up to 32 warps (one float4 of x per thread for E <= 4096) */
         uint32_t nblk = (uint32_t)(E / 32), wpc = 4;
         if (g->tun.norm_wide) {
@@ -1394,6 +1529,12 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
                 wpc = by4 > 0 ? by4 : 1;
         }
         uint32_t grid[3] = {(nblk + wpc - 1) / wpc, 1, 1}, block[3] = {32 * wpc, 1, 1};
+        if (g->fn_norm_mbp && kr__pf_any(&pf)) {
+            pf.nparts = (int32_t)(grid[0] * wpc); /* one share per warp */
+            KR__TRYL("rmsnorm_q8 (multi-block) + L2 prefetch",
+                     kr_backend_launch_ex(g->be, g->fn_norm_mbp, grid, block, 0, s, args_p, kr__gf_flags(g), err));
+            return KR_OK;
+        }
         KR__TRYL("rmsnorm_q8 (multi-block)",
                  kr_backend_launch_ex(g->be, g->fn_norm_mb, grid, block, 0, s, args, kr__gf_flags(g), err));
         return KR_OK;
@@ -1417,19 +1558,30 @@ static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, c
     return KR_OK;
 }
 
-/* gate = silu(gate) * up; q8: xq = q8(gate) when that can be fused. Sets *quantized. */
+/* gate = silu(gate) * up; q8: xq = q8(gate) when that can be fused. Sets *quantized. The
+ * fused kernel takes g->pf_lat (tun.pfs), which every call consumes. */
 static kr_status kr__swiglu(kr_gpu_forward *g, kr_stream *s, bool q8, bool *quantized, kr_err *err)
 {
     kr_status st;
     int64_t F = g->hp.n_ff;
     *quantized = false;
+    kr__gf_pf pf = g->pf_lat;
+    memset(&g->pf_lat, 0, sizeof g->pf_lat);
     if (g->fn_swiglu && F % 32 == 0) {
         const float *gu = g->gate;
         float *y = g->gate;
         void *xq = g->xq;
         int n = (int)F, iq8 = q8;
         void *args[] = {&gu, &y, &xq, &n, &iq8};
+        void *args_p[] = {&gu, &y, &xq, &n, &iq8, &pf};
         uint32_t grid[3] = {(uint32_t)((F + 255) / 256), 1, 1}, block[3] = {256, 1, 1};
+        if (g->fn_swiglu_p && kr__pf_any(&pf)) {
+            pf.nparts = (int32_t)(grid[0] * 8); /* one share per warp */
+            KR__TRYL("swiglu_q8 (fused) + L2 prefetch",
+                     kr_backend_launch_ex(g->be, g->fn_swiglu_p, grid, block, 0, s, args_p, kr__gf_flags(g), err));
+            *quantized = q8;
+            return KR_OK;
+        }
         KR__TRYL("swiglu_q8 (fused)",
                  kr_backend_launch_ex(g->be, g->fn_swiglu, grid, block, 0, s, args, kr__gf_flags(g), err));
         *quantized = q8;
@@ -1553,6 +1705,12 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         float *const qkv_y[3] = {g->q, g->k, g->v};
         const kr__gf_mat *qkv1[1] = {&L->qkv};
         bool fq = L->fuse_qkv;
+        bool fg = L->fuse_gu;
+        const kr__gf_mat *gu0 = fg ? &L->gu : &L->gate; /* the first gate/up matvec */
+        /* in-kernel L2 prefetch requests (tun.pfn / pfa / pft / pfs; each consumed by the next
+         * kr__norm / kr__swiglu (pf_lat) or kr__proj (pf_mv)): the next matvec's leading bytes */
+        if (g->tun.pfn_mb > 0)
+            kr__pf_set(&g->pf_lat, g->tun.pfn_mb, fq ? &L->qkv : &L->q, NULL);
         if (!nf_in && !(skip & KR__SKIP_NORM) &&
             (st = kr__norm(g, s, pend, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3), err)) != KR_OK)
             return st;
@@ -1560,12 +1718,28 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         if (nf_in) {
             if (!(skip & KR__SKIP_MV) && (st = kr__nf_consume(g, s, &L->qkv, g->q, err)) != KR_OK)
                 return st;
-        } else if (!(skip & KR__SKIP_MV) && (st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
-                                                     : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
-            return st;
+        } else {
+            /* the attention leaves HBM mostly idle: pfa covers attn_output and the start of gate/up */
+            if (g->tun.pfa_mb > 0)
+                kr__pf_set(&g->pf_mv, g->tun.pfa_mb, &L->o, gu0);
+            else if (g->tun.pft_mb > 0)
+                kr__pf_set(&g->pf_mv, g->tun.pft_mb, &L->o, NULL);
+            if (!(skip & KR__SKIP_MV) && (st = fq ? kr__proj(g, s, g->h, true, qkv1, qkv_y, 1, false, err)
+                                                  : kr__proj(g, s, g->h, true, qkv, qkv_y, 3, false, err)) != KR_OK)
+                return st;
+            memset(&g->pf_mv, 0, sizeof g->pf_mv);
+        }
         if (g->fn_prefetch && g->tun.l2pf_mb > 0 && g->side && (st = kr__l2_prefetch(g, s, L, err)) != KR_OK)
             return st;
-        if (!(skip & KR__SKIP_ATTN)) {
+        /* the fused attention (tun.fa) also leaves q8(att) in g->xq for a q8 attn_output */
+        bool att_q = false;
+        if (!(skip & KR__SKIP_ATTN) && g->tun.fa && kr__gkv_fattn_ok(g)) {
+            att_q = L->o.q8 && kr__gkv_fattn_xq_ok(g);
+            KR__TRYL("fused attention (rope + kv store + attention + q8)",
+                     kr__gkv_fattn(g, s, l, pos, neox, g->freq_factors, (int)hp->sliding_window, scale,
+                                   g->tun.fa_split, g->tun.fa_st, att_q ? g->xq : NULL,
+                                   g->tun.fa_pf ? L->o.w : NULL, (size_t)L->o.rows * L->o.row_stride, err));
+        } else if (!(skip & KR__SKIP_ATTN)) {
         if (kr__gkv_fused_rope(g)) { /* gpu_kvcache.c: into the current slot */
             KR__TRYL("rope + kv store", kr__gkv_rope_store(g, s, l, pos, neox, g->freq_factors, err));
         } else {
@@ -1582,18 +1756,24 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         bool ro = g->tun.resid && kr__mv2_ok(g, &L->o);
         float *const o_y[1] = {ro ? g->x : g->tmp};
         g->role = "attn_output";
-        bool fg = L->fuse_gu;
         bool nf_o = fg && kr__nf_ok(g, &L->o, &L->gu);
         if (nf_o) {
             bool oq = g->tun.oq && (L->o.type == KR_DTYPE_Q4_0 ? g->fn_nfpf_q4_0 : g->fn_nfpf_q8_0) != NULL;
             if (!(skip & KR__SKIP_MV)) {
-                if (!oq)
+                if (!oq && !att_q)
                     KR__TRY(kr_dec_quantize_q8(d, s, g->att, g->xq, L->o.cols, err));
                 if ((st = kr__nf_produce(g, s, &L->o, L->ffn_norm, oq ? g->att : NULL, false, err)) != KR_OK)
                     return st;
             }
-        } else if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->att, false, o, o_y, 1, ro, err)) != KR_OK)
-            return st;
+        } else {
+            if (g->tun.pft_mb > 0)
+                kr__pf_set(&g->pf_mv, g->tun.pft_mb, gu0, NULL);
+            if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->att, att_q, o, o_y, 1, ro, err)) != KR_OK)
+                return st;
+            memset(&g->pf_mv, 0, sizeof g->pf_mv);
+        }
+        if (g->tun.pfn_mb > 0)
+            kr__pf_set(&g->pf_lat, g->tun.pfn_mb, gu0, NULL);
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
         const kr__gf_mat *gu1[1] = {&L->gu};
@@ -1603,6 +1783,9 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             return st;
         g->role = fg ? "ffn_gate_up" : "ffn_gate/up";
         bool gus = !nf_o && fg && kr__gus_ok(g, &L->gu) && L->down.q8;
+        memset(&g->pf_lat, 0, sizeof g->pf_lat);
+        if (g->tun.pft_mb > 0 && !nf_o && !gus)
+            kr__pf_set(&g->pf_mv, g->tun.pft_mb, &L->down, NULL);
         if (nf_o) {
             if (!(skip & KR__SKIP_MV) && (st = kr__nf_consume(g, s, &L->gu, g->gate, err)) != KR_OK)
                 return st;
@@ -1610,6 +1793,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
                   : fg ? kr__proj(g, s, g->h, true, gu1, gu_y, 1, false, err)
                        : kr__proj(g, s, g->h, true, gu, gu_y, 2, false, err)) != KR_OK)
             return st;
+        memset(&g->pf_mv, 0, sizeof g->pf_mv);
         const kr__gf_mat *dn[1] = {&L->down};
         bool rd = g->tun.resid && kr__mv2_ok(g, &L->down);
         float *const dn_y[1] = {rd ? g->x : g->tmp};
@@ -1629,16 +1813,24 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             /* tun.sw: the down matvec computes SwiGLU + q8 itself (fused gate|up output) */
             bool sw = nf_in && g->tun.sw && fg && g->hp.n_ff % 32 == 0 &&
                       (L->down.type == KR_DTYPE_Q4_0 ? g->fn_nfps_q4_0 : g->fn_nfps_q8_0) != NULL;
+            if (g->tun.pfs_mb > 0)
+                kr__pf_set(&g->pf_lat, g->tun.pfs_mb, &L->down, NULL);
             if (!sw && (st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
                 return st;
+            memset(&g->pf_lat, 0, sizeof g->pf_lat);
             nf_in = nf_in && (sw || dq);
             g->role = "ffn_down";
             if (nf_in) {
                 if (!(skip & KR__SKIP_MV) &&
                     (st = kr__nf_produce(g, s, &L->down, Ln->attn_norm, sw ? g->gate : NULL, sw, err)) != KR_OK)
                     return st;
-            } else if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
-                return st;
+            } else {
+                if (g->tun.pft_mb > 0)
+                    kr__pf_set(&g->pf_mv, g->tun.pft_mb, Ln ? (Ln->fuse_qkv ? &Ln->qkv : &Ln->q) : &g->out, NULL);
+                if (!(skip & KR__SKIP_MV) && (st = kr__proj(g, s, g->gate, dq, dn, dn_y, 1, rd, err)) != KR_OK)
+                    return st;
+                memset(&g->pf_mv, 0, sizeof g->pf_mv);
+            }
         }
         if (gus)
             nf_in = false;
@@ -1653,6 +1845,8 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     const kr__gf_mat *om[1] = {&g->out};
     g->role = "output";
     float *const om_y[1] = {g->logits};
+    if (g->tun.pfn_mb > 0)
+        kr__pf_set(&g->pf_lat, g->tun.pfn_mb, &g->out, NULL);
     if ((st = kr__norm(g, s, pend, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)
         return st;
     return kr__proj(g, s, g->h, true, om, om_y, 1, false, err);

@@ -56,7 +56,31 @@ typedef struct kr__gf_tuning {
     unsigned skip;                 /* KR__SKIP_*: leave parts of the layers out (timing experiments only) */
     int l2pf_mb;                   /* > 0: during the attention, prefetch up to this many MiB of the layer's
                                       attn_output + ffn gate/up weights into L2 from a side stream */
+    int pfa_mb;                    /* l2pf helper: the qkv matvec's tail prefetches MiB of attn_output (+ gate/up) */
+    int pft_mb;                    /* matvec tails prefetch MiB of the next matvec (o->gu, gu->down, down->qkv) */
+    int pfn_mb;                    /* the multi-block norms prefetch MiB of the next matvec before their PDL wait */
+    int pfs_mb;                    /* swiglu_q8 prefetches MiB of ffn_down before its PDL wait */
+    int pfc;                       /* matvec tails: the last pfc x SMs CTAs issue the prefetch (0: 4) */
+    bool pfe;                      /* matvec tails issue before their PDL wait instead of after their rows */
+    bool fa;                       /* fused attention block (kr_dec_fattn: rope + store + attention + q8, one launch) */
+    int fa_split;                  /* its split count (0: default) */
+    bool fa_pf;                    /* its blocks prefetch attn_output's weights into L2 before their wait */
+    int fa_st;                     /* its most K/V stages per block (0: default) */
 } kr__gf_tuning;
+
+/* Host mirror of kernels/forward/kr_gf_common.cuh struct kr_gf_pf (a kernel parameter by
+ * value: same field order and sizes, 80 bytes): L2 prefetch of up to 4 byte ranges of
+ * weights, each split into nparts shares. */
+typedef struct kr__gf_pf {
+    const void *p[4];
+    int64_t n[4];
+    int32_t first;                 /* matvec tails: first CTA that issues a share */
+    int32_t nparts;                /* 0: no prefetch */
+    int32_t early;                 /* matvec tails: before the PDL wait */
+    int32_t pad;
+} kr__gf_pf;
+_Static_assert(sizeof(kr__gf_pf) == 80 && offsetof(kr__gf_pf, first) == 64,
+               "kr__gf_pf must match struct kr_gf_pf of kernels/forward/kr_gf_common.cuh");
 
 struct kr_gpu_forward {
     const kr_model *model;
@@ -127,6 +151,12 @@ struct kr_gpu_forward {
     kr_function *fn_nfc_q4_0, *fn_nfc_q8_0;
     kr_function *fn_nfpf_q4_0, *fn_nfpf_q8_0; /* producers quantizing fp32 x / SwiGLU themselves */
     kr_function *fn_nfps_q4_0, *fn_nfps_q8_0;
+    kr_function *fn_mv2t_q4_0;     /* kr_gf_mv2t_* (v2 + L2 prefetch request) of tun.mv4 / tun.mv8, or NULL */
+    kr_function *fn_mv2t_q8_0;
+    kr_function *fn_norm_mbp;      /* kr_gf_rmsnorm_q8_mbp (tun.pfn_mb) or NULL */
+    kr_function *fn_swiglu_p;      /* kr_gf_swiglu_q8p (tun.pfs_mb) or NULL */
+    kr__gf_pf pf_mv;               /* prefetch request for the next kr__proj matvec (ranges only; n[i] 0: none) */
+    kr__gf_pf pf_lat;              /* ... for the next kr__norm / kr__swiglu */
     kr_buffer *gus_cnt;            /* (n_ff/32) int32 group counters, zero between launches */
     kr_stream *side;               /* L2 prefetch stream (created on first use) */
     kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */

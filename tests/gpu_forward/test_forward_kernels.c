@@ -13,7 +13,12 @@
  * - the multi-block rmsnorm + q8 (kr_gf_rmsnorm_q8_mb) with several grid
  *   sizes (grid-stride over the 32-blocks);
  * - a chain of them launched with KR_LAUNCH_PDL equals the same chain
- *   launched normally, bit for bit (each kernel waits for its predecessor).
+ *   launched normally, bit for bit (each kernel waits for its predecessor), also
+ *   through the L2-prefetching kernels;
+ * - the kernels that take an L2 prefetch request (kr_gf_mv2t_*, kr_gf_rmsnorm_q8_mbp,
+ *   kr_gf_swiglu_q8p; kernels/forward/kr_gf_common.cuh) give the same bits as the plain
+ *   ones for requests with odd, unaligned, empty and NULL ranges and any share count;
+ *   kr_gf_swiglu_q8 against a double reference.
  * The CPU references are written here from the layouts documented in the
  * .cu files, in double. */
 #include <criterion/criterion.h>
@@ -28,8 +33,9 @@
 #include "../core/kr_test_leaks.h"
 #include "kernrun/backend.h"
 #include "kernrun/half.h"
-#include "kr_kernel_forward_matvec_repacked_cu.h"
-#include "kr_kernel_forward_step_fused_cu.h"
+#include "kernrun/jit.h"
+#include "kr_gf_matvec_repacked_src.h" /* kernels/forward/matvec_repacked.cu, headers flattened in front */
+#include "kr_gf_step_fused_src.h"      /* kernels/forward/step_fused.cu, likewise */
 
 #define WARPS 4 /* KR_GF_WARPS of the .cu */
 
@@ -37,12 +43,12 @@ TestSuite(gpu_forward_kernels, .fini = kr_test_leak_check);
 
 static const kr_kernel_source k_mv_src = {
     .name = "forward/matvec_repacked.cu",
-    .code = (const char *)kr_kernel_forward_matvec_repacked_cu,
-    .len = kr_kernel_forward_matvec_repacked_cu_LEN,
+    .code = kr_gf_matvec_repacked_src,
+    .len = kr_gf_matvec_repacked_src_LEN,
     .entry = "-", /* per lookup: see get_fn */
 };
 
-static kr_function *get_fn(kr_backend *be, const unsigned char *code, size_t len, const char *name, const char *entry)
+static kr_function *get_fn(kr_backend *be, const char *code, size_t len, const char *name, const char *entry)
 {
     /* one static record per entry: the backend caches by record address + entry */
     static kr_kernel_source recs[32];
@@ -173,6 +179,9 @@ static const mv_kernel k_mv[] = {
     {"kr_gf_mv2_q4_0_r1p4", 0, 1, 1},   {"kr_gf_mv2_q4_0_r2p4", 0, 2, 1}, {"kr_gf_mv2_q4_0_r4p2", 0, 4, 1},
     {"kr_gf_mv2_q4_0_r2p8", 0, 2, 1},   {"kr_gf_mv2_q8_0_r1p4", 1, 1, 1}, {"kr_gf_mv2_q8_0_r2p2", 1, 2, 1},
     {"kr_gf_mv2_q8_0_r2p4", 1, 2, 1},   {"kr_gf_mv2_q8_0_r4p2", 1, 4, 1},
+    /* double-buffered (d) and helper-loop (h) variants */
+    {"kr_gf_mv2_q4_0_r2p4d", 0, 2, 1},  {"kr_gf_mv2_q4_0_r2p2d", 0, 2, 1}, {"kr_gf_mv2_q4_0_r2p4h", 0, 2, 1},
+    {"kr_gf_mv2_q8_0_r2p2d", 1, 2, 1},  {"kr_gf_mv2_q8_0_r2p1d", 1, 2, 1}, {"kr_gf_mv2_q8_0_r2p2h", 1, 2, 1},
 };
 
 Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)
@@ -201,8 +210,8 @@ Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)
             for (size_t k = 0; k < sizeof k_mv / sizeof k_mv[0]; k++) {
                 if (k_mv[k].q8 != q8)
                     continue;
-                kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
-                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, k_mv[k].entry);
+                kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src,
+                                         kr_gf_matvec_repacked_src_LEN, k_mv_src.name, k_mv[k].entry);
                 for (int acc = 0; acc <= k_mv[k].v2; acc++) {
                     kr_buffer *by;
                     float *dy = acc ? kr_test_dupload(be, y0, (size_t)rows * 4, &by)
@@ -281,7 +290,7 @@ Test(gpu_forward_kernels, rmsnorm_q8_multiblock_vs_cpu, .timeout = 120)
 {
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
-    kr_function *fn = get_fn(be, kr_kernel_forward_step_fused_cu, kr_kernel_forward_step_fused_cu_LEN,
+    kr_function *fn = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN,
                              "forward/step_fused.cu", "kr_gf_rmsnorm_q8_mb");
     static const int ns[] = {32, 96, 4096, 4128, 5120 + 32};
     for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
@@ -354,7 +363,8 @@ Test(gpu_forward_kernels, gate_up_swiglu_q8_vs_cpu, .timeout = 300)
         int q8, per; /* rows per CTA */
     } ks[] = {{"kr_gf_mv2gus_q4_0_r1p4", 0, 4}, {"kr_gf_mv2gus_q4_0_r2p4", 0, 8}, {"kr_gf_mv2gus_q4_0_r4p2", 0, 16},
               {"kr_gf_mv2gus_q4_0_r2p8", 0, 8}, {"kr_gf_mv2gus_q8_0_r1p4", 1, 4}, {"kr_gf_mv2gus_q8_0_r2p2", 1, 8},
-              {"kr_gf_mv2gus_q8_0_r2p4", 1, 8}, {"kr_gf_mv2gus_q8_0_r4p2", 1, 16}};
+              {"kr_gf_mv2gus_q8_0_r2p4", 1, 8}, {"kr_gf_mv2gus_q8_0_r4p2", 1, 16},
+              {"kr_gf_mv2gus_q4_0_r2p4d", 0, 8}, {"kr_gf_mv2gus_q4_0_r2p2d", 0, 8}, {"kr_gf_mv2gus_q8_0_r2p1d", 1, 8}};
     static const int shapes[][2] = {{32, 1}, {352, 7}, {96, 129}, {1376, 300}}; /* (F, nb) */
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int F = shapes[si][0], nb = shapes[si][1], rows = 2 * F;
@@ -381,8 +391,8 @@ Test(gpu_forward_kernels, gate_up_swiglu_q8_vs_cpu, .timeout = 300)
             for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
                 if (ks[k].q8 != q8 || F % ks[k].per != 0)
                     continue;
-                kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
-                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, ks[k].entry);
+                kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src,
+                                         kr_gf_matvec_repacked_src_LEN, k_mv_src.name, ks[k].entry);
                 for (int rep = 0; rep < 2; rep++) { /* twice: the counters must be back at 0 */
                     kr_buffer *by, *bo;
                     float *dy = kr_test_dpoisoned(be, (size_t)rows, &by);
@@ -507,8 +517,8 @@ Test(gpu_forward_kernels, norm_folding_producer_vs_cpu, .timeout = 300)
                 memset(poison, 0x7f, xob);
                 void *dxo = kr_test_dupload(be, poison, xob, &bo);
                 free(poison);
-                kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu,
-                                         kr_kernel_forward_matvec_repacked_cu_LEN, k_mv_src.name, entry);
+                kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src,
+                                         kr_gf_matvec_repacked_src_LEN, k_mv_src.name, entry);
                 int irows = rows, inb = nb;
                 void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &dwn, &dp, &dxo};
                 kr_err err;
@@ -591,7 +601,7 @@ Test(gpu_forward_kernels, norm_folding_consumer_vs_cpu, .timeout = 300)
             const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
             const void *dqs = dm, *dsc = dm + m.sc_off;
             float *dy = kr_test_dpoisoned(be, (size_t)rows, &by);
-            kr_function *fn = get_fn(be, kr_kernel_forward_matvec_repacked_cu, kr_kernel_forward_matvec_repacked_cu_LEN,
+            kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN,
                                      k_mv_src.name, entries[q8]);
             int irows = rows, inb = nb;
             float e2 = eps;
@@ -615,6 +625,30 @@ Test(gpu_forward_kernels, norm_folding_consumer_vs_cpu, .timeout = 300)
     kr_backend_destroy(be);
 }
 
+/* Mirror of struct kr_gf_pf (kernels/forward/kr_gf_common.cuh): a kernel parameter by value. */
+typedef struct pf_req {
+    const void *p[4];
+    int64_t n[4];
+    int32_t first, nparts, early, pad;
+} pf_req;
+_Static_assert(sizeof(pf_req) == 80, "pf_req must match struct kr_gf_pf");
+
+/* Ranges with odd sizes and offsets (narrowed to 16-byte bounds by the kernel), one that
+ * narrows to nothing, a NULL base (ignored), and more than 64 KiB per share for large buffers. */
+static pf_req pf_make(const uint8_t *a, size_t an, const void *b, size_t bn, int first, int nparts, int early)
+{
+    pf_req r = {.first = first, .nparts = nparts, .early = early};
+    r.p[0] = a + 5;
+    r.n[0] = an > 12 ? (int64_t)an - 7 : 0;
+    r.p[1] = b;
+    r.n[1] = (int64_t)bn;
+    r.p[2] = a + 1;
+    r.n[2] = 9;
+    r.p[3] = NULL;
+    r.n[3] = 4096;
+    return r;
+}
+
 /* ---- PDL chain ----------------------------------------------------------------------- */
 
 /* L rounds of: h, xq = rmsnorm_q8_mb(x); x += W xq (v2, residual add). Each kernel reads
@@ -622,7 +656,7 @@ Test(gpu_forward_kernels, norm_folding_consumer_vs_cpu, .timeout = 300)
  * read stale data. Launched with KR_LAUNCH_PDL (where the device supports it) and
  * without: the final x must be equal bit for bit, and finite. */
 static void run_chain(kr_backend *be, kr_function *fn_norm, kr_function *fn_mv, const mat *m, const float *x0,
-                      uint32_t flags, float *out)
+                      uint32_t flags, bool with_pf, float *out)
 {
     int n = m->rows; /* square: rows = cols = 32 nb */
     kr_buffer *bx, *bh, *bq, *bw;
@@ -635,8 +669,16 @@ static void run_chain(kr_backend *be, kr_function *fn_norm, kr_function *fn_mv, 
     int in = n, q8 = 1, one = 1, nb = m->nb;
     float eps = 1e-5f;
     const float *cdx = dx;
-    void *nargs[] = {&cdx, &wnull, &dh, &dq, &in, &eps, &q8};
-    void *margs[] = {&dqs, &dsc, &dq, &dx, &in, &nb, &one};
+    /* with_pf: fn_norm / fn_mv are the _mbp / mv2t kernels, given prefetch requests over the
+     * weights (the norm's before its wait; the matvec's after its rows / before its wait) */
+    const int mgrid = (n + 2 * WARPS - 1) / (2 * WARPS), ngrid = (n / 32 + 3) / 4;
+    pf_req npf = pf_make(dw, m->n_bytes, dx, (size_t)n * 4, 0, ngrid * 4, 0);
+    pf_req mpf[2] = {pf_make(dw, m->n_bytes, dq, (size_t)n, mgrid / 2, mgrid - mgrid / 2, 0),
+                     pf_make(dw, m->n_bytes, dq, (size_t)n, 0, mgrid, 1)};
+    void *nargs[] = {&cdx, &wnull, &dh, &dq, &in, &eps, &q8, &npf};
+    void *margs[2][8] = {{&dqs, &dsc, &dq, &dx, &in, &nb, &one, &mpf[0]}, {&dqs, &dsc, &dq, &dx, &in, &nb, &one, &mpf[1]}};
+    void *nargs0[] = {&cdx, &wnull, &dh, &dq, &in, &eps, &q8};
+    void *margs0[] = {&dqs, &dsc, &dq, &dx, &in, &nb, &one};
     kr_stream *s = NULL;
     kr_err err;
     kr_err_clear(&err);
@@ -644,8 +686,8 @@ static void run_chain(kr_backend *be, kr_function *fn_norm, kr_function *fn_mv, 
     cr_assert_eq(st, KR_OK, "stream: %s", kr_err_msg(&err, st));
     kr_test_download(be, out, dx, 4); /* uploads done before the stream starts */
     for (int l = 0; l < 48; l++) {
-        launch_on(be, s, fn_norm, (uint32_t)(n / 32 + 3) / 4, 128, 1, nargs, flags);
-        launch_on(be, s, fn_mv, (uint32_t)(n + 2 * WARPS - 1) / (2 * WARPS), 32, WARPS, margs, flags);
+        launch_on(be, s, fn_norm, (uint32_t)ngrid, 128, 1, with_pf ? nargs : nargs0, flags);
+        launch_on(be, s, fn_mv, (uint32_t)mgrid, 32, WARPS, with_pf ? margs[l & 1] : margs0, flags);
     }
     st = kr_backend_sync(be, s, &err);
     cr_assert_eq(st, KR_OK, "sync: %s", kr_err_msg(&err, st));
@@ -661,9 +703,9 @@ Test(gpu_forward_kernels, pdl_chain_equals_plain_launches, .timeout = 120)
 {
     kr_backend *be = kr_test_gpu_backend();
     kr_test_rng_seed();
-    kr_function *fn_norm = get_fn(be, kr_kernel_forward_step_fused_cu, kr_kernel_forward_step_fused_cu_LEN,
+    kr_function *fn_norm = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN,
                                   "forward/step_fused.cu", "kr_gf_rmsnorm_q8_mb");
-    kr_function *fn_mv = get_fn(be, kr_kernel_forward_matvec_repacked_cu, kr_kernel_forward_matvec_repacked_cu_LEN,
+    kr_function *fn_mv = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN,
                                 k_mv_src.name, "kr_gf_mv2_q4_0_r2p4");
     int nb = 160, n = 32 * nb; /* 5120 */
     mat m = mat_random(0, n, nb);
@@ -671,17 +713,253 @@ Test(gpu_forward_kernels, pdl_chain_equals_plain_launches, .timeout = 120)
     cr_assert(x0 && a && b);
     for (int i = 0; i < n; i++)
         x0[i] = kr_test_rng_f(-1.0f, 1.0f);
-    run_chain(be, fn_norm, fn_mv, &m, x0, KR_LAUNCH_PDL, a);
-    run_chain(be, fn_norm, fn_mv, &m, x0, 0, b);
+    run_chain(be, fn_norm, fn_mv, &m, x0, KR_LAUNCH_PDL, false, a);
+    run_chain(be, fn_norm, fn_mv, &m, x0, 0, false, b);
     int bad = 0;
     for (int i = 0; i < n; i++)
         bad += !isfinite(a[i]);
     cr_expect_eq(bad, 0, "%d non-finite outputs", bad);
     cr_expect_eq(memcmp(a, b, (size_t)n * 4), 0, "PDL chain differs from plain launches (seed %llu)",
                  (unsigned long long)kr_test_seed());
+    /* the same chain through the L2-prefetching kernels (requests before the PDL waits) */
+    kr_function *fn_norm_p = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN, "forward/step_fused.cu",
+                                    "kr_gf_rmsnorm_q8_mbp");
+    kr_function *fn_mv_t = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN, k_mv_src.name,
+                                  "kr_gf_mv2t_q4_0_r2p4");
+    run_chain(be, fn_norm_p, fn_mv_t, &m, x0, KR_LAUNCH_PDL, true, a);
+    cr_expect_eq(memcmp(a, b, (size_t)n * 4), 0, "PDL chain with L2 prefetch requests differs (seed %llu)",
+                 (unsigned long long)kr_test_seed());
     free(x0);
     free(a);
     free(b);
     free(m.bytes);
     kr_backend_destroy(be);
+}
+
+/* ---- in-kernel L2 prefetch requests (kr_gf_pf): results unchanged ------------------------ */
+
+/* kr_gf_mv2t_* (every v2 variant) with prefetch requests vs kr_gf_mv2_*: bit-identical y, with and
+ * without the residual add, prefetch issued after the rows and before the PDL wait, by all
+ * CTAs, by the last 3, or by the last one with more shares than CTAs. */
+Test(gpu_forward_kernels, matvec_l2_prefetch_equals_plain, .timeout = 300)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    static const int shapes[][2] = {{1, 1}, {37, 7}, {67, 300}, {1001, 128}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], nb = shapes[si][1];
+        size_t xb;
+        uint8_t *xq = xq_random(nb, &xb);
+        kr_buffer *bx;
+        void *dx = kr_test_dupload(be, xq, xb, &bx);
+        float *y0 = malloc((size_t)rows * 4), *ya = malloc((size_t)rows * 4), *yb = malloc((size_t)rows * 4);
+        cr_assert(y0 && ya && yb);
+        for (int r = 0; r < rows; r++)
+            y0[r] = kr_test_rng_f(-1.0f, 1.0f);
+        for (size_t k = 0; k < sizeof k_mv / sizeof k_mv[0]; k++) {
+            if (!k_mv[k].v2)
+                continue;
+            int q8 = k_mv[k].q8;
+            mat m = mat_random(q8, rows, nb);
+            kr_buffer *bw;
+            const uint8_t *dw = kr_test_dupload(be, m.bytes, m.n_bytes, &bw);
+            const void *dqs = dw, *dsc = dw + m.sc_off;
+            char tentry[64];
+            snprintf(tentry, sizeof tentry, "kr_gf_mv2t_%s", k_mv[k].entry + strlen("kr_gf_mv2_"));
+            kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN, k_mv_src.name,
+                                     k_mv[k].entry);
+            kr_function *ft = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN, k_mv_src.name,
+                                     tentry);
+            int per = WARPS * k_mv[k].rows_per_warp, grid = (rows + per - 1) / per;
+            const int cfg[3][2] = {{0, grid}, {grid > 3 ? grid - 3 : 0, grid > 3 ? 3 : grid}, {grid - 1, 7}};
+            for (int acc = 0; acc < 2; acc++) {
+                kr_buffer *by;
+                float *dy = acc ? kr_test_dupload(be, y0, (size_t)rows * 4, &by) : kr_test_dpoisoned(be, (size_t)rows, &by);
+                int irows = rows, inb = nb, iacc = acc;
+                void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &iacc};
+                launch(be, fn, (uint32_t)grid, 32, WARPS, args, 0);
+                kr_test_download(be, ya, dy, (size_t)rows * 4);
+                kr_backend_free(be, by);
+                for (int c = 0; c < 6; c++) {
+                    pf_req pf = pf_make(dw, m.n_bytes, dx, xb, cfg[c / 2][0], cfg[c / 2][1], c & 1);
+                    dy = acc ? kr_test_dupload(be, y0, (size_t)rows * 4, &by) : kr_test_dpoisoned(be, (size_t)rows, &by);
+                    void *targs[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &iacc, &pf};
+                    launch(be, ft, (uint32_t)grid, 32, WARPS, targs, 0);
+                    kr_test_download(be, yb, dy, (size_t)rows * 4);
+                    kr_backend_free(be, by);
+                    cr_expect_eq(memcmp(ya, yb, (size_t)rows * 4), 0,
+                                 "%s rows %d nb %d acc %d pf first %d nparts %d early %d: differs from %s (seed %llu)",
+                                 tentry, rows, nb, acc, pf.first, pf.nparts, pf.early, k_mv[k].entry,
+                                 (unsigned long long)kr_test_seed());
+                }
+            }
+            kr_backend_free(be, bw);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bx);
+        free(xq);
+        free(y0);
+        free(ya);
+        free(yb);
+    }
+    kr_backend_destroy(be);
+}
+
+/* kr_gf_rmsnorm_q8_mbp vs kr_gf_rmsnorm_q8_mb (bit-identical h and q8), and kr_gf_swiglu_q8 /
+ * kr_gf_swiglu_q8p vs a double reference (y, and q8 of the kernel's own y) and vs each other. */
+Test(gpu_forward_kernels, norm_swiglu_l2_prefetch, .timeout = 120)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    kr_function *fmb = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN, "forward/step_fused.cu",
+                              "kr_gf_rmsnorm_q8_mb");
+    kr_function *fmbp = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN, "forward/step_fused.cu",
+                               "kr_gf_rmsnorm_q8_mbp");
+    kr_function *fsw = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN, "forward/step_fused.cu",
+                              "kr_gf_swiglu_q8");
+    kr_function *fswp = get_fn(be, kr_gf_step_fused_src, kr_gf_step_fused_src_LEN, "forward/step_fused.cu",
+                               "kr_gf_swiglu_q8p");
+    /* a weight-like buffer for the prefetch ranges: 3 MiB + 3 bytes */
+    size_t wn = ((size_t)3 << 20) + 3;
+    uint8_t *wbytes = malloc(wn);
+    cr_assert_not_null(wbytes);
+    for (size_t i = 0; i < wn; i++)
+        wbytes[i] = (uint8_t)i;
+    kr_buffer *bwb;
+    const uint8_t *dwb = kr_test_dupload(be, wbytes, wn, &bwb);
+    free(wbytes);
+    static const int ns[] = {32, 160, 4128, 11008};
+    for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+        int n = ns[t];
+        size_t xqb = (size_t)n + (size_t)n / 32 * 8;
+        float *x = malloc((size_t)n * 2 * 4), *w = malloc((size_t)n * 4), *ha = malloc((size_t)n * 4),
+              *hb = malloc((size_t)n * 4);
+        uint8_t *qa = malloc(xqb), *qb = malloc(xqb);
+        double *ref = malloc((size_t)n * sizeof *ref);
+        cr_assert(x && w && ha && hb && qa && qb && ref);
+        for (int i = 0; i < 2 * n; i++)
+            x[i] = kr_test_rng_f(-3.0f, 3.0f);
+        for (int i = 0; i < n; i++)
+            w[i] = kr_test_rng_f(0.5f, 1.5f);
+        kr_buffer *bx, *bw, *bh, *bq;
+        const float *dx = kr_test_dupload(be, x, (size_t)n * 2 * 4, &bx);
+        const float *dw = kr_test_dupload(be, w, (size_t)n * 4, &bw);
+        uint32_t nblk = (uint32_t)n / 32;
+        const uint32_t grids[3][2] = {{(nblk + 31) / 32, 1024}, {(nblk + 3) / 4, 128}, {1, 64}};
+        /* norm: plain, then with requests (shares per warp of the grid, or fewer/more) */
+        for (int g = 0; g < 3; g++) {
+            int nwarps = (int)(grids[g][0] * grids[g][1] / 32);
+            for (int c = -1; c < 3; c++) {
+                float *dh = kr_test_dpoisoned(be, (size_t)n, &bh);
+                float *dq = kr_test_dpoisoned(be, (xqb + 3) / 4, &bq);
+                int in = n, iq8 = 1;
+                float eps = 1e-5f;
+                const int np[3] = {nwarps, nwarps > 1 ? nwarps - 1 : 1, nwarps + 5};
+                pf_req pf = pf_make(dwb, wn, dx, (size_t)n * 8, 0, c < 0 ? 0 : np[c], 0);
+                void *args[] = {&dx, &dw, &dh, &dq, &in, &eps, &iq8, &pf};
+                launch(be, c < 0 ? fmb : fmbp, grids[g][0], grids[g][1], 1, args, 0);
+                kr_test_download(be, c < 0 ? ha : hb, dh, (size_t)n * 4);
+                kr_test_download(be, c < 0 ? qa : qb, dq, xqb);
+                kr_backend_free(be, bh);
+                kr_backend_free(be, bq);
+                if (c >= 0) {
+                    cr_expect_eq(memcmp(ha, hb, (size_t)n * 4), 0, "rmsnorm_q8_mbp n %d grid %u x %u nparts %d: h differs",
+                                 n, grids[g][0], grids[g][1], pf.nparts);
+                    cr_expect_eq(memcmp(qa, qb, xqb), 0, "rmsnorm_q8_mbp n %d grid %u x %u nparts %d: q8 differs", n,
+                                 grids[g][0], grids[g][1], pf.nparts);
+                }
+            }
+        }
+        /* swiglu: y = silu(g) * u of gu = x (2n floats) */
+        for (int i = 0; i < n; i++) {
+            double gg = x[i], u = x[n + i];
+            ref[i] = gg / (1.0 + exp(-gg)) * u;
+        }
+        for (int c = -1; c < 3; c++) {
+            float *dy = kr_test_dpoisoned(be, (size_t)n, &bh);
+            float *dq = kr_test_dpoisoned(be, (xqb + 3) / 4, &bq);
+            int in = n, iq8 = 1;
+            uint32_t grid = (uint32_t)(n + 255) / 256;
+            const int np[3] = {(int)grid * 8, 1, (int)grid * 8 + 9};
+            pf_req pf = pf_make(dwb, wn, dx, (size_t)n * 8, 0, c < 0 ? 0 : np[c], 0);
+            void *args[] = {&dx, &dy, &dq, &in, &iq8, &pf};
+            launch(be, c < 0 ? fsw : fswp, grid, 256, 1, args, 0);
+            kr_test_download(be, c < 0 ? ha : hb, dy, (size_t)n * 4);
+            kr_test_download(be, c < 0 ? qa : qb, dq, xqb);
+            kr_backend_free(be, bh);
+            kr_backend_free(be, bq);
+            char what[96];
+            snprintf(what, sizeof what, "swiglu_q8%s n %d nparts %d (seed %llu)", c < 0 ? "" : "p", n, pf.nparts,
+                     (unsigned long long)kr_test_seed());
+            if (c < 0) {
+                double e = nmse_d(ha, ref, n);
+                cr_expect_leq(e, 1e-12, "%s: y NMSE %.3g", what, e);
+                double *own = malloc((size_t)n * sizeof *own);
+                cr_assert_not_null(own);
+                for (int i = 0; i < n; i++)
+                    own[i] = ha[i];
+                check_q8(qa, own, n, what);
+                free(own);
+            } else {
+                cr_expect_eq(memcmp(ha, hb, (size_t)n * 4), 0, "%s: y differs from kr_gf_swiglu_q8", what);
+                cr_expect_eq(memcmp(qa, qb, xqb), 0, "%s: q8 differs from kr_gf_swiglu_q8", what);
+            }
+        }
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bw);
+        free(x);
+        free(w);
+        free(ha);
+        free(hb);
+        free(qa);
+        free(qb);
+        free(ref);
+    }
+    kr_backend_free(be, bwb);
+    kr_backend_destroy(be);
+}
+
+/* The embedded texts (kr_decode_common.cuh + kr_gf_common.cuh + .cu, flattened at build
+ * time) compile for sm_90 without any include path and contain every entry the step
+ * fetches by name. Host only (NVRTC, no device); skips without NVRTC. */
+Test(gpu_forward_kernels, embedded_sources_compile_for_sm90, .timeout = 300)
+{
+    kr_jit_config cfg = {.no_cache = true, .kernel_dir = ""};
+    kr_err e;
+    kr_err_clear(&e);
+    kr_jit *jit = NULL;
+    kr_status st = kr_jit_create(&cfg, &jit, &e);
+    if (st == KR_ERR_NOT_FOUND || st == KR_ERR_UNSUPPORTED)
+        cr_skip_test("NVRTC unavailable: %s", kr_err_msg(&e, st));
+    cr_assert_eq(st, KR_OK, "kr_jit_create: %s", kr_err_msg(&e, st));
+    static const struct {
+        const char *name, *code;
+        size_t len;
+        const char *entries[6];
+    } srcs[] = {
+        {"forward/matvec_repacked.cu", kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN,
+         {"kr_gf_mv2t_q4_0_r2p4(", "kr_gf_mv2t_q8_0_r2p2(", "kr_gf_mv2_q4_0_r2p4d(", "kr_gf_mv2t_q8_0_r2p1d(",
+          "kr_gf_mv2_q4_0_r2p4h(", "kr_gf_mv2gus_q8_0_r2p2h("}},
+        {"forward/step_fused.cu", kr_gf_step_fused_src, kr_gf_step_fused_src_LEN,
+         {"kr_gf_rmsnorm_q8_mbp(", "kr_gf_swiglu_q8p(", "kr_gf_rmsnorm_q8_mb(", "kr_gf_swiglu_q8(",
+          "kr_gf_add_rmsnorm_q8(", "kr_gf_prefetch_l2("}},
+    };
+    for (size_t i = 0; i < sizeof srcs / sizeof srcs[0]; i++) {
+        kr_jit_source js = {.name = srcs[i].name, .src = srcs[i].code, .len = srcs[i].len};
+        kr_jit_image img;
+        kr_err_clear(&e);
+        st = kr_jit_compile(jit, &js, 90, KR_JIT_PTX, &img, &e);
+        cr_expect_eq(st, KR_OK, "%s (embedded) does not compile for sm_90: %s", srcs[i].name, kr_err_msg(&e, st));
+        if (st != KR_OK)
+            continue;
+        for (int k = 0; k < 6; k++) {
+            char want[96];
+            snprintf(want, sizeof want, ".entry %s", srcs[i].entries[k]);
+            cr_expect(strstr(img.data, want) != NULL, "%s: no %s in the PTX", srcs[i].name, want);
+        }
+        cr_expect(strstr(img.data, "cp.async.bulk.prefetch.L2") != NULL,
+                  "%s: no bulk L2 prefetch in the PTX", srcs[i].name);
+        kr_jit_image_free(&img);
+    }
+    kr_jit_free(jit);
 }
