@@ -17,14 +17,18 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernrun/checked.h"
+#include "kernrun/half.h"
 #include "kernrun/log.h"
+#include "kernrun/quant.h"
 #include "gpu_kvcache.h"
 #include "gpu_prefill.h"
 #include "kr_decode.h"
@@ -61,13 +65,18 @@ static bool kr__is_llama(const kr_model *m)
 
 static bool kr__is_falcon(const kr_model *m) { return strcmp(kr_model_arch(m), "falcon") == 0; }
 
-static kr_status kr__check_mat(const kr_weight *w, const char *name, uint64_t cols, uint64_t rows, kr_err *err)
+/* A type the device cannot read but models/quant dequantizes: with weights F16 converted on the host. */
+static bool kr__host_conv_type(kr_dtype t) { return !kr_dec_matvec_supports(t) && kr_quant_can_dequantize(t); }
+
+/* f16: params.weights F16 (host-converted types are accepted too). */
+static kr_status kr__check_mat(const kr_weight *w, const char *name, uint64_t cols, uint64_t rows, bool f16,
+                               kr_err *err)
 {
     if (!w)
         return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s' missing", name);
-    if (!kr_dec_matvec_supports(w->type))
-        return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s': type %s has no CUDA matvec", name,
-                          kr_dtype_name(w->type));
+    if (!kr_dec_matvec_supports(w->type) && !(f16 && kr__host_conv_type(w->type)))
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "tensor '%s': type %s has no CUDA matvec%s", name,
+                          kr_dtype_name(w->type), f16 ? " and no fp16 conversion" : " (--weights f16 converts it)");
     size_t bs = kr_dtype_block_size(w->type);
     if (w->ne[0] != cols || w->ne[1] != rows || w->ne[2] != 1 || w->ne[3] != 1 || bs == 0 || cols % bs != 0 ||
         w->row_bytes % 2 != 0)
@@ -88,7 +97,8 @@ static kr_status kr__check_vec(const kr_weight *w, const char *name, uint64_t n,
 }
 
 /* falcon's layers (the globals are checked by the caller). */
-static kr_status kr__check_falcon(const kr_model *m, uint64_t E, uint64_t F, uint64_t QD, uint64_t KVD, kr_err *err)
+static kr_status kr__check_falcon(const kr_model *m, uint64_t E, uint64_t F, uint64_t QD, uint64_t KVD, bool f16,
+                                  kr_err *err)
 {
     kr_status st;
     char nm[KR_ARCH_NAME_MAX], nb[KR_ARCH_NAME_MAX];
@@ -103,7 +113,7 @@ static kr_status kr__check_falcon(const kr_model *m, uint64_t E, uint64_t F, uin
         uint64_t dims[4] = {E, QD, F, QD + 2 * KVD};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
             snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, mats[i].sfx);
-            if ((st = kr__check_mat(kr_model_weight(m, nm), nm, dims[mats[i].cols], dims[mats[i].rows], err)) !=
+            if ((st = kr__check_mat(kr_model_weight(m, nm), nm, dims[mats[i].cols], dims[mats[i].rows], f16, err)) !=
                 KR_OK)
                 return st;
         }
@@ -121,10 +131,13 @@ static kr_status kr__check_falcon(const kr_model *m, uint64_t E, uint64_t F, uin
     return KR_OK;
 }
 
-kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err)
+kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err) { return kr_gpu_forward_check_params(m, NULL, err); }
+
+kr_status kr_gpu_forward_check_params(const kr_model *m, const kr_gpu_forward_params *p, kr_err *err)
 {
     if (!m)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward: no model");
+    const bool f16 = p && p->weights == KR_DTYPE_F16;
     bool falcon = kr__is_falcon(m);
     if (!kr__is_llama(m) && !falcon)
         return kr_err_set(err, KR_ERR_UNSUPPORTED,
@@ -141,17 +154,18 @@ kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err)
     uint64_t QD = (uint64_t)hp->n_head * hp->head_dim, KVD = (uint64_t)hp->n_head_kv * hp->head_dim;
     kr_status st;
     const kr_weight *emb = kr_model_weight(m, "token_embd.weight");
-    if (!emb || !kr_dec_matvec_supports(emb->type))
-        return kr_err_set(err, KR_ERR_UNSUPPORTED, "token_embd.weight: type %s has no CUDA embedding",
-                          emb ? kr_dtype_name(emb->type) : "?");
+    if (!emb || !(kr_dec_matvec_supports(emb->type) || (f16 && kr__host_conv_type(emb->type))))
+        return kr_err_set(err, KR_ERR_UNSUPPORTED, "token_embd.weight: type %s has no CUDA embedding%s",
+                          emb ? kr_dtype_name(emb->type) : "?",
+                          emb && !f16 && kr__host_conv_type(emb->type) ? " (--weights f16 converts it)" : "");
     const kr_weight *out = kr_model_weight(m, "output.weight");
-    if ((st = kr__check_mat(out ? out : emb, out ? "output.weight" : "token_embd.weight", E, V, err)) != KR_OK)
+    if ((st = kr__check_mat(out ? out : emb, out ? "output.weight" : "token_embd.weight", E, V, f16, err)) != KR_OK)
         return st;
     if ((st = kr__check_vec(kr_model_weight(m, "output_norm.weight"), "output_norm.weight", E, err)) != KR_OK)
         return st;
     char nm[KR_ARCH_NAME_MAX];
     if (falcon)
-        return kr__check_falcon(m, E, F, QD, KVD, err);
+        return kr__check_falcon(m, E, F, QD, KVD, f16, err);
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         static const struct {
             const char *sfx;
@@ -161,7 +175,7 @@ kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err)
         uint64_t dims[4] = {E, QD, KVD, F};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
             snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, mats[i].sfx);
-            if ((st = kr__check_mat(kr_model_weight(m, nm), nm, dims[mats[i].cols], dims[mats[i].rows], err)) !=
+            if ((st = kr__check_mat(kr_model_weight(m, nm), nm, dims[mats[i].cols], dims[mats[i].rows], f16, err)) !=
                 KR_OK)
                 return st;
         }
@@ -197,8 +211,14 @@ kr_status kr_gpu_forward_weights_parse(const char *s, kr_dtype *out, kr_err *err
     return kr_err_set(err, KR_ERR_INVALID_ARG, "weight storage '%s': expected native or f16", s ? s : "(null)");
 }
 
+/* g->wconv values: 1 converted on the device (kr_dec_dequant_f16), 2 on the host (models/quant). */
+enum { KR__CONV_DEV = 1, KR__CONV_HOST = 2 };
+
+static uint8_t kr__conv_kind(kr_dtype t) { return kr__host_conv_type(t) ? KR__CONV_HOST : KR__CONV_DEV; }
+
 /* Weights of the matrices the forward pass multiplies with: per layer q,k,v,o,gate,up,down (falcon:
- * qkv,o,up,down), and the output matrix (output.weight, or token_embd when it is tied). */
+ * qkv,o,up,down), and the output matrix (output.weight, or token_embd when it is tied); an untied
+ * token_embd only when the device cannot read its type. */
 static void kr__mark_conv(const kr_gpu_forward *g, const kr_weight *w0, uint8_t *conv)
 {
     static const char *const llama[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
@@ -212,13 +232,15 @@ static void kr__mark_conv(const kr_gpu_forward *g, const kr_weight *w0, uint8_t 
             snprintf(nm, sizeof nm, "blk.%u.%s.weight", l, fal ? falcon[j] : llama[j]);
             const kr_weight *w = kr_model_weight(m, nm);
             if (w && w->type != KR_DTYPE_F16)
-                conv[w - w0] = 1;
+                conv[w - w0] = kr__conv_kind(w->type);
         }
-    const kr_weight *out = kr_model_weight(m, "output.weight");
+    const kr_weight *out = kr_model_weight(m, "output.weight"), *emb = kr_model_weight(m, "token_embd.weight");
     if (!out)
-        out = kr_model_weight(m, "token_embd.weight");
+        out = emb;
     if (out && out->type != KR_DTYPE_F16)
-        conv[out - w0] = 1;
+        conv[out - w0] = kr__conv_kind(out->type);
+    if (emb && kr__host_conv_type(emb->type))
+        conv[emb - w0] = KR__CONV_HOST;
 }
 
 /* Device type / bytes per row / bytes of weight w = w0[i]. */
@@ -298,17 +320,77 @@ static uint64_t kr__conv_slot_bytes(const kr_gpu_forward *g, const kr_weight *w,
 {
     uint64_t mx = 0;
     for (size_t i = 0; i < n_w; i++)
-        if (g->wconv && g->wconv[i] && w[i].data && kr__weight_bytes(&w[i]) > mx)
+        if (g->wconv && g->wconv[i] == KR__CONV_DEV && w[i].data && kr__weight_bytes(&w[i]) > mx)
             mx = kr__weight_bytes(&w[i]);
     if (mx > KR__STAGE_BYTES)
         mx = KR__STAGE_BYTES;
     return (mx + KR__ALIGN - 1) / KR__ALIGN * KR__ALIGN;
 }
 
+/* Host conversion of rows [r0, r1) of w into out ((r1 - r0), cols) fp16 halves: kr_dequantize_row
+ * then kr_fp32_to_fp16 (RNE), by up to 16 threads. */
+typedef struct kr__hconv {
+    const kr_weight *w;
+    uint16_t *out;
+    int64_t r0, r1;
+    kr_status st;
+} kr__hconv;
+
+static void *kr__hconv_run(void *arg)
+{
+    kr__hconv *j = arg;
+    const size_t cols = (size_t)j->w->ne[0];
+    float *tmp = malloc(cols * sizeof *tmp);
+    if (!tmp) {
+        j->st = KR_ERR_NOMEM;
+        return NULL;
+    }
+    for (int64_t r = j->r0; r < j->r1 && j->st == KR_OK; r++) {
+        j->st = kr_dequantize_row(j->w->type, (const char *)j->w->data + (size_t)r * j->w->row_bytes, tmp, cols);
+        uint16_t *o = j->out + (size_t)(r - j->r0) * cols;
+        for (size_t c = 0; c < cols; c++)
+            o[c] = kr_fp32_to_fp16(tmp[c]);
+    }
+    free(tmp);
+    return NULL;
+}
+
+static kr_status kr__host_convert(const kr_weight *w, int64_t r0, int64_t r1, uint16_t *out, kr_err *err)
+{
+    enum { MAXT = 16 };
+    kr__hconv jobs[MAXT];
+    pthread_t th[MAXT];
+    bool started[MAXT] = {false};
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t nt = ncpu < 1 ? 1 : ncpu > MAXT ? MAXT : ncpu;
+    if (nt > r1 - r0)
+        nt = r1 - r0 > 0 ? r1 - r0 : 1;
+    const int64_t per = (r1 - r0 + nt - 1) / nt;
+    for (int64_t t = 0; t < nt; t++) {
+        int64_t a = r0 + t * per, b = a + per < r1 ? a + per : r1;
+        jobs[t] = (kr__hconv){.w = w, .out = out + (size_t)(a - r0) * (size_t)w->ne[0], .r0 = a, .r1 = a < b ? b : a,
+                              .st = KR_OK};
+        if (t > 0)
+            started[t] = pthread_create(&th[t], NULL, kr__hconv_run, &jobs[t]) == 0;
+    }
+    kr__hconv_run(&jobs[0]);
+    for (int64_t t = 1; t < nt; t++) {
+        if (started[t])
+            pthread_join(th[t], NULL);
+        else
+            kr__hconv_run(&jobs[t]); /* no thread: do it here */
+    }
+    for (int64_t t = 0; t < nt; t++)
+        if (jobs[t].st != KR_OK)
+            return kr_err_set(err, jobs[t].st, "dequantizing %s rows on the host failed", kr_dtype_name(w->type));
+    return KR_OK;
+}
+
 /* Copy every present weight into one device buffer at offs[i] (kr__plan). A weight marked in
  * g->wconv goes as in the file into a device staging slot, in slices of whole rows, and
  * kr_dec_dequant_f16 writes its fp16 rows into place (on the slot's stream, so the next copy into
- * the slot waits for it). */
+ * the slot waits for it); one marked KR__CONV_HOST is converted on the host into the pinned staging
+ * buffer (or a malloc'd one without pinned memory) and copied as fp16. */
 static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, const uint64_t *offs, uint64_t total,
                             kr_err *err)
 {
@@ -346,9 +428,35 @@ static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, c
 
     char *base = g->wbuf->ptr;
     int cur = 0;
+    uint16_t *hbuf = NULL; /* host conversion without pinned staging */
     for (size_t i = 0; i < n_w && st == KR_OK; i++) {
         if (offs[i] == UINT64_MAX)
             continue;
+        if (g->wconv && g->wconv[i] == KR__CONV_HOST) {
+            const uint64_t drb = kr__dev_row_bytes(g, w, &w[i]), rows = w[i].ne[1] * w[i].ne[2] * w[i].ne[3];
+            const uint64_t per = drb ? KR__STAGE_BYTES / drb : 0; /* rows per slice */
+            if (per == 0) {
+                st = kr_err_set(err, KR_ERR_UNSUPPORTED, "fp16 rows of %" PRIu64 " bytes exceed the staging", drb);
+            } else if (!staged && !hbuf && !(hbuf = malloc(KR__STAGE_BYTES))) {
+                st = kr_err_set(err, KR_ERR_NOMEM, "out of memory");
+            }
+            g->stats.n_converted++;
+            char *dst = base + offs[i];
+            for (uint64_t r = 0; r < rows && st == KR_OK; r += per) {
+                const uint64_t n = rows - r < per ? rows - r : per;
+                uint16_t *h = staged ? stage[cur]->ptr : hbuf;
+                if (staged && (st = kr_backend_sync(be, ss[cur], err)) != KR_OK) /* its previous DMA is done */
+                    break;
+                if ((st = kr__host_convert(&w[i], (int64_t)r, (int64_t)(r + n), h, err)) != KR_OK ||
+                    (st = kr_backend_h2d(be, dst, h, (size_t)(n * drb), staged ? ss[cur] : NULL, err)) != KR_OK)
+                    break;
+                dst += n * drb;
+                cur ^= 1;
+            }
+            if (st != KR_OK)
+                kr_err_prefix(err, "uploading '%s' (fp16 conversion on the host)", w[i].name);
+            continue;
+        }
         const bool conv = g->wconv && g->wconv[i];
         const uint64_t rb = w[i].row_bytes, drb = kr__dev_row_bytes(g, w, &w[i]);
         uint64_t cap = KR__STAGE_BYTES; /* bytes per slice */
@@ -412,6 +520,7 @@ static kr_status kr__upload(kr_gpu_forward *g, const kr_weight *w, size_t n_w, c
     if (dstage && !staged && st != KR_OK)
         kr_backend_sync(be, g->stream, NULL); /* a conversion may still read the slot */
     kr_backend_free(be, dstage);
+    free(hbuf);
     return st;
 }
 
@@ -523,7 +632,7 @@ kr_status kr_gpu_forward_new(const kr_model *m, kr_backend *be, const kr_gpu_for
         p = &dp;
     if (!be || be->kind != KR_BACKEND_CUDA)
         return kr_err_set(err, KR_ERR_INVALID_ARG, "gpu_forward: needs a CUDA backend");
-    kr_status st = kr_gpu_forward_check(m, err);
+    kr_status st = kr_gpu_forward_check_params(m, p, err);
     if (st != KR_OK)
         return st;
     kr_gpu_forward *g = calloc(1, sizeof *g);

@@ -61,9 +61,10 @@ typedef struct kr_gpu_forward_params {
     /* weight storage (docs/PREFILL.md, "Weight storage and precision") */
     kr_dtype weights;      /* KR_DTYPE_F32 (0, default): every weight as in the file; KR_DTYPE_F16: every
                               matrix the forward pass multiplies with (layer matrices, the output matrix,
-                              token_embd when it is the output) converted to fp16 on the device at load,
-                              so decode runs the F16 matvec and prefill the F16 GEMM; an untied token_embd,
-                              norms and biases stay as in the file. Others: KR_ERR_UNSUPPORTED */
+                              token_embd when it is the output) converted to fp16 at load (on the device;
+                              types it cannot read, e.g. Q5_K, on the host), so decode runs the F16 matvec
+                              and prefill the F16 GEMM; an untied token_embd (unless the device cannot read
+                              it), norms and biases stay as in the file. Others: KR_ERR_UNSUPPORTED */
 } kr_gpu_forward_params;
 
 /* "native" -> KR_DTYPE_F32 (as in the file), "f16" -> KR_DTYPE_F16 (case-insensitive; the values of
@@ -77,6 +78,10 @@ kr_gpu_forward_params kr_gpu_forward_params_default(void);
  * every matrix of a kr_dec_matvec type with a supported shape; head_dim even
  * and <= 256); else KR_ERR_UNSUPPORTED with the reason. Needs no GPU. */
 kr_status kr_gpu_forward_check(const kr_model *m, kr_err *err);
+/* As kr_gpu_forward_check for the params p (NULL: defaults): with p->weights F16, matrices (and an
+ * untied token_embd) of the types the device cannot read but models/quant dequantizes (Q5_0, Q5_1,
+ * Q2_K, Q3_K, Q5_K, BF16, ...) pass too: kr_gpu_forward_new converts them to fp16 on the host. */
+kr_status kr_gpu_forward_check_params(const kr_model *m, const kr_gpu_forward_params *p, kr_err *err);
 
 /* Upload m's weights to be (a CUDA backend) and allocate the KV cache and
  * activations. m and be must outlive the result. Before any upload, weights +

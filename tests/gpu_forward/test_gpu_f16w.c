@@ -140,10 +140,13 @@ static double cmp_halves(const uint16_t *dev, const float *ref, size_t n, size_t
     return den > 0 ? num / den : num;
 }
 
-/* The fp32 value of each element is exact (so the fp16 bits must equal the CPU's) for these. */
+/* The fp16 bits must equal the CPU's for these: the fp32 value of each element is exact (F32, F16,
+ * Q4_0, Q8_0 on the device), or the host converts with the CPU's own code (types the device cannot
+ * read). */
 static bool exact_type(kr_dtype t)
 {
-    return t == KR_DTYPE_F32 || t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q8_0;
+    return t == KR_DTYPE_F32 || t == KR_DTYPE_F16 || t == KR_DTYPE_Q4_0 || t == KR_DTYPE_Q8_0 ||
+           !kr_dec_matvec_supports(t);
 }
 
 /* ---- kr_dec_dequant_f16 on random blocks ------------------------------------------------------ */
@@ -253,7 +256,9 @@ static bool converted_name(const kr_model *m, const char *name)
     }
     if (strcmp(name, "output.weight") == 0)
         return true;
-    return strcmp(name, "token_embd.weight") == 0 && !kr_model_weight(m, "output.weight");
+    const kr_weight *e = kr_model_weight(m, "token_embd.weight");
+    return strcmp(name, "token_embd.weight") == 0 &&
+           (!kr_model_weight(m, "output.weight") || !kr_dec_matvec_supports(e->type)); /* host-converted */
 }
 
 static kr_gpu_forward *gpu_new_f16(kr_model *m, kr_backend *be)
@@ -485,8 +490,12 @@ Test(gpu_f16w, mkmodel_llama_q4_0) { mk_and_check("llama", "tiny", KR_DTYPE_Q4_0
 Test(gpu_f16w, mkmodel_llama_q8_0) { mk_and_check("llama", "tiny", KR_DTYPE_Q8_0, 0); }
 Test(gpu_f16w, mkmodel_mistral_q4_1) { mk_and_check("mistral", "tiny", KR_DTYPE_Q4_1, 0); }
 Test(gpu_f16w, mkmodel_falcon_q8_0) { mk_and_check("falcon", "tiny", KR_DTYPE_Q8_0, 0); }
+/* types the device cannot read: converted on the host (models/quant), then the same F16 paths */
+Test(gpu_f16w, mkmodel_llama_q5_0_host) { mk_and_check("llama", "tiny", KR_DTYPE_Q5_0, 0); }
+Test(gpu_f16w, mkmodel_mistral_bf16_host) { mk_and_check("mistral", "tiny", KR_DTYPE_BF16, 0); }
 /* K-quants need rows of 256: the 1b shapes with one layer (n_embd 2048, n_ff 5632, vocab 32000) */
 Test(gpu_f16w, mkmodel_llama_1b_1layer_q4_k, .timeout = 300) { mk_and_check("llama", "1b", KR_DTYPE_Q4_K, 1); }
+Test(gpu_f16w, mkmodel_llama_1b_1layer_q5_k_host, .timeout = 300) { mk_and_check("llama", "1b", KR_DTYPE_Q5_K, 1); }
 
 /* "KV cache needs N bytes" -> N */
 static uint64_t needed_bytes(const char *msg)
@@ -603,6 +612,31 @@ Test(gpu_f16w_host, weights_parse)
     }
     cr_expect_eq(kr_gpu_forward_weights_parse(NULL, &t, NULL), KR_ERR_INVALID_ARG);
     cr_expect_eq(kr_gpu_forward_params_default().weights, KR_DTYPE_F32, "default: as in the file");
+}
+
+/* Types the device cannot read pass the check only with weights F16 (no GPU needed). */
+Test(gpu_f16w_host, check_params_accepts_host_converted_types)
+{
+    static const kr_dtype types[] = {KR_DTYPE_Q5_0, KR_DTYPE_Q5_1, KR_DTYPE_BF16};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        char dir[64], path[128];
+        mk("llama", "tiny", types[i], 0, dir, path, sizeof path);
+        kr_model *m = load(path);
+        kr_err err;
+        kr_err_clear(&err);
+        kr_gpu_forward_params gp = kr_gpu_forward_params_default();
+        kr_status st = kr_gpu_forward_check_params(m, &gp, &err);
+        cr_expect_eq(st, KR_ERR_UNSUPPORTED, "%s native: %d", kr_dtype_name(types[i]), (int)st);
+        cr_expect(strstr(err.msg, "--weights f16 converts it") != NULL, "%s: %s", kr_dtype_name(types[i]), err.msg);
+        cr_expect_eq(kr_gpu_forward_check(m, &err), KR_ERR_UNSUPPORTED);
+        gp.weights = KR_DTYPE_F16;
+        kr_err_clear(&err);
+        st = kr_gpu_forward_check_params(m, &gp, &err);
+        cr_expect_eq(st, KR_OK, "%s f16: %s", kr_dtype_name(types[i]), err.msg);
+        kr_model_free(m);
+        unlink(path);
+        rmdir(dir);
+    }
 }
 
 Test(gpu_f16w_host, cli_flag_and_config_key)

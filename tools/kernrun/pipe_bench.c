@@ -587,8 +587,11 @@ static int run_bench(kr_app *app, int argc, char **argv)
     bool want_cuda = strcasecmp(o.backend, "cpu") != 0;
     if (want_cuda) {
         st = kr_backend_create(KR_BACKEND_CUDA, 0, &be, &e);
+        kr_gpu_forward_params cp0 = kr_gpu_forward_params_default(); /* --weights f16 converts more types */
+        if (o.weights && kr_gpu_forward_weights_parse(o.weights, &cp0.weights, NULL) != KR_OK)
+            cp0.weights = KR_DTYPE_F32;
         if (st == KR_OK)
-            st = kr_gpu_forward_check(m, &e);
+            st = kr_gpu_forward_check_params(m, &cp0, &e);
         if (st != KR_OK) {
             if (strcasecmp(o.backend, "cuda") == 0) {
                 rc = kr__fail("--backend cuda", &e, st);

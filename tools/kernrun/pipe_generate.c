@@ -497,7 +497,10 @@ static kr_status kr__gen_open_gpu(kr_app *app, const kr_model *m, long n_ctx, lo
         KR_LOGI(KR__DOM, "backend auto: using the CPU (%s)", rt ? kr_runtime_cuda_status(rt) : "no runtime");
         return KR_OK;
     }
-    kr_status st = kr_gpu_forward_check(m, e);
+    kr_gpu_forward_params cp0 = kr_gpu_forward_params_default(); /* the weight storage decides what is supported */
+    if (weights && kr_gpu_forward_weights_parse(weights, &cp0.weights, NULL) != KR_OK)
+        cp0.weights = KR_DTYPE_F32; /* reported below */
+    kr_status st = kr_gpu_forward_check_params(m, &cp0, e);
     if (st != KR_OK) {
         if (required)
             return kr_err_prefix(e, "--backend cuda");
