@@ -836,6 +836,7 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #define KR_FA_FIXED (KR_FA_RB * 256 * 4 + KR_FA_RB * KR_FA_CH * 4 + 2 * 128 * 4 + 2 * 512)
 #define KR_FA_LOG2E 1.4426950408889634f
 
+#ifndef KR_FA_EMU // (a CPU emulation of this file supplies its own)
 __device__ __forceinline__ void kr_fa_cp(void *dst, const void *src, int bytes)
 {
     if (bytes == 16)
@@ -845,6 +846,8 @@ __device__ __forceinline__ void kr_fa_cp(void *dst, const void *src, int bytes)
     else
         asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(kr_smem_addr(dst)), "l"(src) : "memory");
 }
+
+__device__ __forceinline__ void kr_fa_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
 // wait until at most n (0..KR_FA_MAXST-1) committed groups are still in flight
 __device__ __forceinline__ void kr_fa_wait(int n)
@@ -860,6 +863,8 @@ __device__ __forceinline__ void kr_fa_wait(int n)
     default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
     }
 }
+#define KR_FA_DYN_SMEM extern __shared__ __align__(16) kr_u8 fsm[]
+#endif
 
 // Issue the cp.async loads of tile positions [t0, t0 + n) (n <= CH) into stage st.
 template <int Q8>
@@ -902,7 +907,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     // scratch: ((n_head + 3) & ~3) split counters (zero before the first launch, left zero), then the
     // partials (n_head, n_split, D + 2) fp32
     float *part = scr + ((n_head + 3) & ~3);
-    extern __shared__ __align__(16) kr_u8 fsm[];
+    KR_FA_DYN_SMEM;
     __shared__ float m_s[KR_FA_RB], l_s[KR_FA_RB], c_s[KR_FA_RB];
     __shared__ int last_s;
     const int NT = KR_FA_NT, CH = KR_FA_CH;
@@ -942,7 +947,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
             kr_fa_issue<Q8>(Kt, Kt + CH * ks, Kt + 2 * CH * ks, Kt + 2 * CH * ks + sstage, kb, vb, row_bytes, rows,
                             kv_dim, goff, soff, DC, ks, sbytes, t0, min(CH, tol - t0));
         }
-        asm volatile("cp.async.commit_group;" ::: "memory");
+        kr_fa_commit();
     }
     if (tid == 0 && pf && pf_bytes > 0)
         kr_l2_prefetch_part(pf, pf_bytes, blockIdx.y * gridDim.x + blockIdx.x, gridDim.x * gridDim.y);
@@ -980,7 +985,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
                 }
             }
         }
-        asm volatile("cp.async.wait_group 0;" ::: "memory");
+        kr_fa_wait(0);
         return;
     }
 
@@ -1164,9 +1169,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
             kr_fa_issue<Q8>(Kt, Vt, Ks, Vs, kb, vb, row_bytes, rows, kv_dim, goff, soff, DC, ks, sbytes, tn,
                             min(CH, tol - tn));
         }
-        asm volatile("cp.async.commit_group;" ::: "memory");
+        kr_fa_commit();
     }
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    kr_fa_wait(0);
     __syncthreads();
 
     // ---- 4. slices -> (acc, m, l) per head; merge ----
