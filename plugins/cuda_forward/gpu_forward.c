@@ -1088,7 +1088,7 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 }
 
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h,
- * mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, oq=0|1, sw=0|1,
+ * mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, mv4e=/mv8e= (a v2 name: the n_embd-row matrices), resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, oq=0|1, sw=0|1,
  * gus=0|1, l2pf=MiB (0: off), pfa/pft/pfn/pfs=MiB (in-kernel L2 prefetch of the next weights: qkv tail,
  * matvec tails, norms, swiglu; 0: off), pfc=N, pfe=0|1, fa=0|1 (fused attention), fas=N (its splits, 0: default),
  * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), skip=[anm]|0 (timing experiments: leave
@@ -1158,6 +1158,10 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
             else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
                 ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8);
+            else if (kn == 4 && strncmp(p, "mv4e", 4) == 0)
+                ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4e) && t->mv4e > 0;
+            else if (kn == 4 && strncmp(p, "mv8e", 4) == 0)
+                ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8e) && t->mv8e > 0;
             else if (kn == 3 && strncmp(p, "pfa", 3) == 0)
                 ok = kr__parse_mib(v, vn, &t->pfa_mb);
             else if (kn == 3 && strncmp(p, "pft", 3) == 0)
@@ -1187,6 +1191,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, "
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
+                              "mv4e=, mv8e= (v2 names: o/down), "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
                               "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, fa=0|1, fas=N, fapf=0|1, fast=0..8, "
                               "skip=[anm]|0, default, old)",
@@ -1199,6 +1204,18 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
 }
 
 static kr_status kr__gf_fn(kr_backend *be, const char *entry, kr_function **fn, kr_err *err);
+
+/* *fn = <pfx>_<type>_<name of v2 variant var> (var 1-based; other values: NULL). */
+static kr_status kr__mv2_fn(kr_backend *be, const char *pfx, bool q4, int var, kr_function **fn, kr_err *err)
+{
+    *fn = NULL;
+    if (var < 1 || var > KR__N_MV2)
+        return KR_OK;
+    char entry[64];
+    snprintf(entry, sizeof entry, "%s_%s_%s", pfx, q4 ? "q4_0" : "q8_0",
+             q4 ? kr__mv2_q4[var - 1].name : kr__mv2_q8[var - 1].name);
+    return kr__gf_fn(be, entry, fn, err);
+}
 
 kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err *err)
 {
@@ -1244,6 +1261,16 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         };
         if ((st = kr_backend_get_function(g->be, &src, i == 0 ? &fn_mbp : &fn_swp, err)) != KR_OK)
             return kr_err_prefix(err, "kernel %s", src.entry);
+    }
+    /* mv4e / mv8e: another v2 variant (and its prefetching twin) for the n_embd-row matrices */
+    kr_function *fe[4] = {NULL}; /* q4, q8, t q4, t q8 */
+    for (int i = 0; i < 4; i++) {
+        bool q4 = i % 2 == 0;
+        if ((q4 ? t.mv4 : t.mv8) <= 0 || (i >= 2 && t.pfa_mb <= 0 && t.pft_mb <= 0))
+            continue;
+        if ((st = kr__mv2_fn(g->be, i >= 2 ? "kr_gf_mv2t" : "kr_gf_mv2", q4, q4 ? t.mv4e : t.mv8e, &fe[i], err)) !=
+            KR_OK)
+            return st;
     }
     kr_function *fnf[8] = {NULL}; /* p q4, p q8, c q4, c q8, pf q4, pf q8, ps q4, ps q8 */
     if (t.nf) {
@@ -1321,6 +1348,12 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->fn_prefetch = fn_pf;
     g->fn_mv2t_q4_0 = ft4;
     g->fn_mv2t_q8_0 = ft8;
+    g->fn_mv2e_q4_0 = fe[0];
+    g->fn_mv2e_q8_0 = fe[1];
+    g->fn_mv2et_q4_0 = fe[2];
+    g->fn_mv2et_q8_0 = fe[3];
+    g->mv2e_rows4 = t.mv4e > 0 ? kr__mv2_q4[t.mv4e - 1].rows : 0;
+    g->mv2e_rows8 = t.mv8e > 0 ? kr__mv2_q8[t.mv8e - 1].rows : 0;
     g->fn_norm_mbp = fn_mbp;
     g->fn_swiglu_p = fn_swp;
     g->fn_gus_q4_0 = fg4;
@@ -1496,8 +1529,14 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
             bool q4 = M->type == KR_DTYPE_Q4_0;
             int per = KR__GF_WARPS * (v2 ? (q4 ? g->mv2_rows4 : g->mv2_rows8) : 1);
             kr_function *fn = v2 ? (q4 ? g->fn_mv2_q4_0 : g->fn_mv2_q8_0) : (q4 ? g->fn_mv_q4_0 : g->fn_mv_q8_0);
-            uint32_t grid[3] = {(uint32_t)((rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
             kr_function *ft = q4 ? g->fn_mv2t_q4_0 : g->fn_mv2t_q8_0;
+            if (v2 && M->rows == (int64_t)g->hp.n_embd && (q4 ? g->fn_mv2e_q4_0 : g->fn_mv2e_q8_0)) {
+                /* tun.mv4e / mv8e: the n_embd-row matrices (attn_output, ffn_down) */
+                fn = q4 ? g->fn_mv2e_q4_0 : g->fn_mv2e_q8_0;
+                ft = q4 ? g->fn_mv2et_q4_0 : g->fn_mv2et_q8_0;
+                per = KR__GF_WARPS * (q4 ? g->mv2e_rows4 : g->mv2e_rows8);
+            }
+            uint32_t grid[3] = {(uint32_t)((rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
             if (v2 && ft && i == n - 1 && kr__pf_any(&pf)) {
                 /* the tail request (tun.pfa / pft): the last pfc x SMs CTAs each issue a share */
                 const kr_device_info *di = kr_backend_device_info(g->be);

@@ -62,6 +62,7 @@ typedef struct kr__gf_tuning {
     int pfs_mb;                    /* swiglu_q8 prefetches MiB of ffn_down before its PDL wait */
     int pfc;                       /* matvec tails: the last pfc x SMs CTAs issue the prefetch (0: 4) */
     bool pfe;                      /* matvec tails issue before their PDL wait instead of after their rows */
+    int mv4e, mv8e;                /* 0: as mv4 / mv8; else 1 + v2 variant for the n_embd-row matrices (o, down) */
     bool fa;                       /* fused attention block (kr_dec_fattn: rope + store + attention + q8, one launch) */
     int fa_split;                  /* its split count (0: default) */
     bool fa_pf;                    /* its blocks prefetch attn_output's weights into L2 before their wait */
@@ -153,6 +154,11 @@ struct kr_gpu_forward {
     kr_function *fn_nfps_q4_0, *fn_nfps_q8_0;
     kr_function *fn_mv2t_q4_0;     /* kr_gf_mv2t_* (v2 + L2 prefetch request) of tun.mv4 / tun.mv8, or NULL */
     kr_function *fn_mv2t_q8_0;
+    kr_function *fn_mv2e_q4_0;     /* v2 matvecs of tun.mv4e / mv8e for the n_embd-row matrices (or NULL) */
+    kr_function *fn_mv2e_q8_0;
+    kr_function *fn_mv2et_q4_0;    /* ... their kr_gf_mv2t_* (with tun.pfa / pft) */
+    kr_function *fn_mv2et_q8_0;
+    int mv2e_rows4, mv2e_rows8;    /* rows per warp of those */
     kr_function *fn_norm_mbp;      /* kr_gf_rmsnorm_q8_mbp (tun.pfn_mb) or NULL */
     kr_function *fn_swiglu_p;      /* kr_gf_swiglu_q8p (tun.pfs_mb) or NULL */
     kr__gf_pf pf_mv;               /* prefetch request for the next kr__proj matvec (ranges only; n[i] 0: none) */
