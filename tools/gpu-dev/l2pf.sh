@@ -26,20 +26,22 @@ if [ "$part" = test ]; then
   s0=$(date +%s)
   ( timeout 70 "$BUILD/tests/gpu_forward/test_gpu_forward_kernels" -j1 --verbose=1 >"$tmp/kern.txt" 2>&1
     echo "rc=$?" >>"$tmp/kern.txt" ) &
-  ( timeout 70 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/*step_variants' \
+  ( timeout 70 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/*q4_0_step_variants' \
       >"$tmp/var.txt" 2>&1; echo "rc=$?" >>"$tmp/var.txt" ) &
+  ( timeout 70 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 --filter 'gpu_forward/*q8_0_step_variants' \
+      >"$tmp/var8.txt" 2>&1; echo "rc=$?" >>"$tmp/var8.txt" ) &
   ( timeout 70 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(set_tuning*|mkmodel_llama_q4_0_q8_activations|mkmodel_llama_q8_0_q8_activations|stories*|graph*)' \
       >"$tmp/fwd.txt" 2>&1; echo "rc=$?" >>"$tmp/fwd.txt" ) &
   wait
   {
-    for f in kern var fwd; do
+    for f in kern var var8 fwd; do
       echo "-- $f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|expected|NMSE|differs" "$tmp/$f.txt" | head -60
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -60
     done
     echo "== l2pf test summary"
-    for f in kern var fwd; do echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in kern var var8 fwd; do echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
