@@ -91,8 +91,9 @@ kr_status kr__gkv_plan(kr_gpu_forward *g, const kr_gpu_forward_params *p, kr_err
         if (kv->n_split < 1)
             kv->n_split = 1;
         kv->fa_ok = kr_dec_fattn_supports(t, (int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot);
-        kv->fa_split = kr_dec_fattn_default_splits(kr_backend_device_info(g->be), (int)hp->n_head, (int)hp->n_head_kv,
-                                                   (int)vis);
+        kv->fa_split = p->attn_splits > 0 ? p->attn_splits
+                                          : kr_dec_fattn_default_splits(kr_backend_device_info(g->be),
+                                                                        (int)hp->n_head, (int)hp->n_head_kv, (int)vis);
         if (kv->fa_split > KR__GKV_FA_MAX_SPLIT)
             kv->fa_split = KR__GKV_FA_MAX_SPLIT;
     }
