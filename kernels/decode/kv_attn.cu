@@ -1214,39 +1214,38 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         if (!last_s)
             return;
         __threadfence();
-        float *w = red; // (nr, n_split) weights (red is consumed)
-        for (int i = tid; i < nr * n_split; i += NT) {
-            const int r = i / n_split, sp = i - r * n_split;
-            w[i] = __ldcg(part + ((kr_i64)(h0 + r) * n_split + sp) * (D + 2) + D);
-        }
-        __syncthreads();
-        for (int r = warp; r < nr; r += NT / 32) {
-            float mx = kr_neg_inf();
-            for (int sp = lane; sp < n_split; sp += 32)
-                mx = fmaxf(mx, w[r * n_split + sp]);
-            mx = kr_warp_max(mx);
-            float lsum = 0.0f;
-            for (int sp = lane; sp < n_split; sp += 32) {
-                const float ms = w[r * n_split + sp];
-                const float wt = ms == kr_neg_inf() ? 0.0f : exp2f(ms - mx);
-                w[r * n_split + sp] = wt;
-                lsum += wt * __ldcg(part + ((kr_i64)(h0 + r) * n_split + sp) * (D + 2) + D + 1);
-            }
-            lsum = kr_warp_sum(lsum);
-            if (lane == 0)
-                c_s[r] = lsum;
-        }
-        __syncthreads();
+        // one pass, 8 splits' (m, l, acc) loads in flight at a time (one L2 round trip for <= 8 splits)
         for (int i = tid; i < nr * D; i += NT) {
             const int r = i / D, d = i - r * D;
-            const float *ph = part + (kr_i64)(h0 + r) * n_split * (D + 2) + d;
-            float a = 0.0f;
-            for (int sp = 0; sp < n_split; sp++) {
-                const float wt = w[r * n_split + sp];
-                if (wt != 0.0f)
-                    a += wt * __ldcg(ph + (kr_i64)sp * (D + 2));
+            const float *ph = part + (kr_i64)(h0 + r) * n_split * (D + 2);
+            float mx = kr_neg_inf(), L = 0.0f, a = 0.0f;
+            for (int s0 = 0; s0 < n_split; s0 += 8) {
+                float mv[8], lv[8], av[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float *pk = ph + (kr_i64)min(s0 + k, n_split - 1) * (D + 2);
+                    mv[k] = s0 + k < n_split ? __ldcg(pk + D) : kr_neg_inf();
+                    lv[k] = __ldcg(pk + D + 1);
+                    av[k] = __ldcg(pk + d);
+                }
+                float m8 = mx;
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    m8 = fmaxf(m8, mv[k]);
+                if (m8 == kr_neg_inf())
+                    continue; // only empty splits so far
+                const float c = mx == kr_neg_inf() ? 0.0f : exp2f(mx - m8);
+                L *= c;
+                a *= c;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float wt = mv[k] == kr_neg_inf() ? 0.0f : exp2f(mv[k] - m8);
+                    L = fmaf(wt, lv[k], L);
+                    a = fmaf(wt, av[k], a);
+                }
+                mx = m8;
             }
-            Os[i] = a / c_s[r];
+            Os[i] = a / L;
         }
         if (tid == 0)
             *cnt = 0u; // ready for the next launch
