@@ -25,7 +25,9 @@ struct kr_gf_pf {
     int nparts; // shares per range; 0: no prefetch
     int early;  // matvec tails: issue before the PDL wait (right after the CTA's own first
                 // weight loads) instead of after the CTA's last row
-    int pad;
+    int ahead;  // matvec (kr_gf_mv2t_*): CTA c also requests, before its PDL wait, the weights of
+                // the rows CTA c + ahead will read (0: no); a later wave's rows stream into L2 while
+                // this one waits
 };
 
 __device__ __forceinline__ void kr_gf_pf_issue(const kr_gf_pf &pf, int part)

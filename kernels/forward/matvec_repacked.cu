@@ -256,7 +256,8 @@ __device__ __forceinline__ void kr_gf_mv2_dot(float (&acc)[NR], const uint4 (&w)
 // DB = 2: the single-buffered loop written with the helpers (same math, other registers).
 // pf (MODE 0 only; NULL: none): L2 prefetch of the step's next weights (kr_gf_pf): CTA
 // first + j issues part j, right after its own first weight loads (pf->early) or after its
-// rows are written.
+// rows are written; with pf->ahead, each CTA also requests the rows of CTA + ahead before
+// its PDL wait.
 template <int Q8, int NR, int PF, int GUS, int W = KR_GF_WARPS, int XF = 0, int DB = 0>
 __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
                                           const signed char *__restrict__ xq, float *y, int rows,
@@ -295,6 +296,15 @@ __device__ __forceinline__ void kr_gf_mv2(const uint4 *__restrict__ qs, const un
     const bool pf_me = GUS == 0 && pf && lane == 0 && threadIdx.y == 0;
     if (pf_me && pf->early)
         kr_gf_pf_issue(*pf, (int)blockIdx.x - pf->first);
+    if (pf_me && pf->ahead > 0) {
+        // the rows of CTA blockIdx.x + ahead (a later wave): quants, then their scales
+        const kr_gf_i64 ra = ((kr_gf_i64)blockIdx.x + pf->ahead) * W * NR;
+        if (ra < rows) {
+            const kr_gf_i64 nr = min((kr_gf_i64)W * NR, (kr_gf_i64)rows - ra);
+            kr_l2_prefetch_part(qs + ra * nb * VPB, nr * nb * VPB * 16, 0, 1);
+            kr_l2_prefetch_part(sc + ra * nb, nr * nb * 2, 0, 1);
+        }
+    }
     KR_PDL_WAIT();
     KR_PDL_LAUNCH_DEPENDENTS();
     const int4 *xv = (const int4 *)xq;

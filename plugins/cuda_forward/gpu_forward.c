@@ -1090,7 +1090,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h,
  * mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, mv4e=/mv8e= (a v2 name: the n_embd-row matrices), resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, oq=0|1, sw=0|1,
  * gus=0|1, l2pf=MiB (0: off), pfa/pft/pfn/pfs=MiB (in-kernel L2 prefetch of the next weights: qkv tail,
- * matvec tails, norms, swiglu; 0: off), pfc=N, pfe=0|1, fa=0|1 (fused attention), fas=N (its splits, 0: default),
+ * matvec tails, norms, swiglu; 0: off), pfc=N, pfe=0|1, pfw=N (matvec CTAs request the rows of the CTA
+ * N x SMs ahead), fa=0|1 (fused attention), fas=N (its splits, 0: default),
  * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
@@ -1174,6 +1175,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mib(v, vn, &t->pfc) && t->pfc <= 64;
             else if (kn == 3 && strncmp(p, "pfe", 3) == 0)
                 ok = kr__parse_bool(v, vn, &t->pfe);
+            else if (kn == 3 && strncmp(p, "pfw", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pfw) && t->pfw <= 64;
             else if (kn == 4 && strncmp(p, "l2pf", 4) == 0 && vn >= 1 && vn <= 4 && strspn(v, "0123456789") >= vn) {
                 t->l2pf_mb = atoi(v);
                 ok = true;
@@ -1193,7 +1196,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
                               "mv4e=, mv8e= (v2 names: o/down), "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
-                              "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, fa=0|1, fas=N, fapf=0|1, fast=0..8, "
+                              "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, "
                               "skip=[anm]|0, default, old)",
                               (int)n, p, spec);
         p += n;
@@ -1240,12 +1243,13 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     }
     /* in-kernel L2 prefetch (pfa / pft / pfn / pfs): the same kernels with a kr_gf_pf argument */
     kr_function *ft4 = NULL, *ft8 = NULL, *fn_mbp = NULL, *fn_swp = NULL;
-    if ((t.pfa_mb > 0 || t.pft_mb > 0) && t.mv4 > 0) {
+    const bool want_t = t.pfa_mb > 0 || t.pft_mb > 0 || t.pfw > 0;
+    if (want_t && t.mv4 > 0) {
         snprintf(entry, sizeof entry, "kr_gf_mv2t_q4_0_%s", kr__mv2_q4[t.mv4 - 1].name);
         if ((st = kr__gf_fn(g->be, entry, &ft4, err)) != KR_OK)
             return st;
     }
-    if ((t.pfa_mb > 0 || t.pft_mb > 0) && t.mv8 > 0) {
+    if (want_t && t.mv8 > 0) {
         snprintf(entry, sizeof entry, "kr_gf_mv2t_q8_0_%s", kr__mv2_q8[t.mv8 - 1].name);
         if ((st = kr__gf_fn(g->be, entry, &ft8, err)) != KR_OK)
             return st;
@@ -1266,7 +1270,7 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     kr_function *fe[4] = {NULL}; /* q4, q8, t q4, t q8 */
     for (int i = 0; i < 4; i++) {
         bool q4 = i % 2 == 0;
-        if ((q4 ? t.mv4 : t.mv8) <= 0 || (i >= 2 && t.pfa_mb <= 0 && t.pft_mb <= 0))
+        if ((q4 ? t.mv4 : t.mv8) <= 0 || (i >= 2 && !want_t))
             continue;
         if ((st = kr__mv2_fn(g->be, i >= 2 ? "kr_gf_mv2t" : "kr_gf_mv2", q4, q4 ? t.mv4e : t.mv8e, &fe[i], err)) !=
             KR_OK)
@@ -1537,14 +1541,19 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
                 per = KR__GF_WARPS * (q4 ? g->mv2e_rows4 : g->mv2e_rows8);
             }
             uint32_t grid[3] = {(uint32_t)((rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
-            if (v2 && ft && i == n - 1 && kr__pf_any(&pf)) {
-                /* the tail request (tun.pfa / pft): the last pfc x SMs CTAs each issue a share */
+            bool ranges = i == n - 1 && kr__pf_any(&pf);
+            if (v2 && ft && (ranges || g->tun.pfw > 0)) {
+                /* the tail request (tun.pfa / pft): the last pfc x SMs CTAs each issue a share;
+                 * tun.pfw: every CTA also requests the rows of CTA + pfw x SMs before its wait */
                 const kr_device_info *di = kr_backend_device_info(g->be);
                 uint32_t sms = di && di->sm_count > 0 ? (uint32_t)di->sm_count : 132;
                 uint32_t k = sms * (uint32_t)(g->tun.pfc > 0 ? g->tun.pfc : 4);
-                pf.nparts = (int32_t)(k < grid[0] ? k : grid[0]);
+                if (!ranges)
+                    memset(&pf, 0, sizeof pf);
+                pf.nparts = ranges ? (int32_t)(k < grid[0] ? k : grid[0]) : 0;
                 pf.first = (int32_t)grid[0] - pf.nparts;
                 pf.early = g->tun.pfe;
+                pf.ahead = (int32_t)(sms * (uint32_t)g->tun.pfw);
                 snprintf(lb + strlen(lb), sizeof lb - strlen(lb), " + L2 prefetch");
                 KR__TRYL(lb, kr_backend_launch_ex(g->be, ft, grid, block, 0, s, args_t, kr__gf_flags(g), err));
                 continue;

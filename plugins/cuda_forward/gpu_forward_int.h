@@ -62,6 +62,7 @@ typedef struct kr__gf_tuning {
     int pfs_mb;                    /* swiglu_q8 prefetches MiB of ffn_down before its PDL wait */
     int pfc;                       /* matvec tails: the last pfc x SMs CTAs issue the prefetch (0: 4) */
     bool pfe;                      /* matvec tails issue before their PDL wait instead of after their rows */
+    int pfw;                       /* matvecs: CTA c requests the rows of CTA c + pfw x SMs before its wait (0: no) */
     int mv4e, mv8e;                /* 0: as mv4 / mv8; else 1 + v2 variant for the n_embd-row matrices (o, down) */
     bool fa;                       /* fused attention block (kr_dec_fattn: rope + store + attention + q8, one launch) */
     int fa_split;                  /* its split count (0: default) */
@@ -78,7 +79,7 @@ typedef struct kr__gf_pf {
     int32_t first;                 /* matvec tails: first CTA that issues a share */
     int32_t nparts;                /* 0: no prefetch */
     int32_t early;                 /* matvec tails: before the PDL wait */
-    int32_t pad;
+    int32_t ahead;                 /* matvec: CTA c also requests the rows of CTA c + ahead (0: no) */
 } kr__gf_pf;
 _Static_assert(sizeof(kr__gf_pf) == 80 && offsetof(kr__gf_pf, first) == 64,
                "kr__gf_pf must match struct kr_gf_pf of kernels/forward/kr_gf_common.cuh");

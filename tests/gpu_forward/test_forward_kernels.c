@@ -629,7 +629,7 @@ Test(gpu_forward_kernels, norm_folding_consumer_vs_cpu, .timeout = 300)
 typedef struct pf_req {
     const void *p[4];
     int64_t n[4];
-    int32_t first, nparts, early, pad;
+    int32_t first, nparts, early, ahead;
 } pf_req;
 _Static_assert(sizeof(pf_req) == 80, "pf_req must match struct kr_gf_pf");
 
@@ -675,6 +675,7 @@ static void run_chain(kr_backend *be, kr_function *fn_norm, kr_function *fn_mv, 
     pf_req npf = pf_make(dw, m->n_bytes, dx, (size_t)n * 4, 0, ngrid * 4, 0);
     pf_req mpf[2] = {pf_make(dw, m->n_bytes, dq, (size_t)n, mgrid / 2, mgrid - mgrid / 2, 0),
                      pf_make(dw, m->n_bytes, dq, (size_t)n, 0, mgrid, 1)};
+    mpf[1].ahead = 7;
     void *nargs[] = {&cdx, &wnull, &dh, &dq, &in, &eps, &q8, &npf};
     void *margs[2][8] = {{&dqs, &dsc, &dq, &dx, &in, &nb, &one, &mpf[0]}, {&dqs, &dsc, &dq, &dx, &in, &nb, &one, &mpf[1]}};
     void *nargs0[] = {&cdx, &wnull, &dh, &dq, &in, &eps, &q8};
@@ -782,14 +783,15 @@ Test(gpu_forward_kernels, matvec_l2_prefetch_equals_plain, .timeout = 300)
                 kr_backend_free(be, by);
                 for (int c = 0; c < 6; c++) {
                     pf_req pf = pf_make(dw, m.n_bytes, dx, xb, cfg[c / 2][0], cfg[c / 2][1], c & 1);
+                    pf.ahead = c % 3 == 0 ? 0 : c % 3 == 1 ? 1 : 3; /* the rows of the CTA 1 / 3 ahead (or none) */
                     dy = acc ? kr_test_dupload(be, y0, (size_t)rows * 4, &by) : kr_test_dpoisoned(be, (size_t)rows, &by);
                     void *targs[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &iacc, &pf};
                     launch(be, ft, (uint32_t)grid, 32, WARPS, targs, 0);
                     kr_test_download(be, yb, dy, (size_t)rows * 4);
                     kr_backend_free(be, by);
                     cr_expect_eq(memcmp(ya, yb, (size_t)rows * 4), 0,
-                                 "%s rows %d nb %d acc %d pf first %d nparts %d early %d: differs from %s (seed %llu)",
-                                 tentry, rows, nb, acc, pf.first, pf.nparts, pf.early, k_mv[k].entry,
+                                 "%s rows %d nb %d acc %d pf first %d nparts %d early %d ahead %d: differs from %s (seed %llu)",
+                                 tentry, rows, nb, acc, pf.first, pf.nparts, pf.early, pf.ahead, k_mv[k].entry,
                                  (unsigned long long)kr_test_seed());
                 }
             }
