@@ -2,8 +2,9 @@
 # tools/gpu-dev/f16w.sh test|bench — fp16 weight storage (issue 8: --weights f16, converted at load)
 # on the GPU machine. Called by tools/gpu-dev/run-all with BUILD, LOG, KERNRUN_REQUIRE_GPU=1,
 # KR_TESTDATA, KR_7B_Q4_0/Q8_0/F16, KR_KERNRUN set. Appends everything to $LOG; a table at the end.
-#   test : tests/gpu_forward/test_gpu_f16w in three parallel groups (kernel + small models + fit
-#          check; the 1b-shaped Q4_K model; generate through the binary), 55 s each.
+#   test : tests/gpu_forward/test_gpu_f16w in four parallel groups (dequant kernel, stories260K, fit
+#          check and the CPU tests; the tiny mkmodel models; the 1b-shaped Q4_K / Q5_K models;
+#          generate through the binary), 55 s each.
 #   bench: `kernrun bench -p 512 -n 32 --backend cuda` on the 7B models: Q4_0 --weights f16 vs native,
 #          then (time allowing) Q8_0 --weights f16 and the F16 file natively (what f16 storage should
 #          match); prefill / decode tok/s, upload and whole-command time.
@@ -25,21 +26,23 @@ if [ "$part" = test ]; then
   export KR_KERNRUN=${KR_KERNRUN:-$BUILD/tools/kernrun/kernrun}
   T=$BUILD/tests/gpu_forward/test_gpu_f16w
   s0=$(date +%s)
-  ( timeout 55 "$T" -j1 --verbose=1 --filter '!(gpu_f16w/@(mkmodel_llama_1b*|generate*))' >"$tmp/a.txt" 2>&1
+  ( timeout 55 "$T" -j1 --verbose=1 --filter '!(gpu_f16w/@(mkmodel_*|generate*))' >"$tmp/a.txt" 2>&1
     echo "rc=$?" >>"$tmp/a.txt" ) &
+  ( timeout 55 "$T" -j1 --verbose=1 --filter 'gpu_f16w/mkmodel_!(llama_1b*)' >"$tmp/d.txt" 2>&1
+    echo "rc=$?" >>"$tmp/d.txt" ) &
   ( timeout 55 "$T" -j1 --verbose=1 --filter 'gpu_f16w/mkmodel_llama_1b*' >"$tmp/b.txt" 2>&1
     echo "rc=$?" >>"$tmp/b.txt" ) &
   ( timeout 55 "$T" -j1 --verbose=1 --filter 'gpu_f16w/generate*' >"$tmp/c.txt" 2>&1
     echo "rc=$?" >>"$tmp/c.txt" ) &
   wait
   {
-    for f in a b c; do
+    for f in a d b c; do
       echo "-- test_gpu_f16w group $f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|expected|NMSE|converted|needed|refusal|halves|cuda --weights|cpu:" "$tmp/$f.txt" | grep -v "Test is disabled" | head -120
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
     done
     echo "== f16w test summary"
-    for f in a b c; do echo "  group $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a d b c; do echo "  group $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
