@@ -830,7 +830,12 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #ifndef KR_FA_NT
 #define KR_FA_NT 128
 #endif
-#define KR_FA_CH 32  // positions per stage (= warp size: one lane per position in the softmax)
+#ifndef KR_FA_CH
+#define KR_FA_CH 32  // positions per stage (32 or 64: one or two per lane in the softmax)
+#endif
+#ifndef KR_FA_LATE
+#define KR_FA_LATE 0 // 1: trigger the next kernel after the outputs instead of right after the wait
+#endif
 #define KR_FA_RB 8   // query heads per block at most
 #define KR_FA_MAXST 8
 #define KR_FA_FIXED (KR_FA_RB * 256 * 4 + KR_FA_RB * KR_FA_CH * 4 + 2 * 128 * 4 + 2 * 512)
@@ -968,7 +973,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     // Every block is past its wait: the next kernel may get resident (it waits for our completion
     // in its own KR_PDL_WAIT; we never trigger before our own wait, which the pre-wait phase of the
     // next fused attention relies on).
+#if !KR_FA_LATE
     KR_PDL_LAUNCH_DEPENDENTS();
+#endif
 
     if (!valid) {
         if (split == 0) {
@@ -1122,12 +1129,21 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         __syncthreads();
         // online softmax: warp per head, lane = position
         for (int r = warp; r < nr; r += NT / 32) {
-            const float s = Ss[r * CH + lane];
+            float sv[KR_FA_CH / 32], mt = kr_neg_inf(), ps = 0.0f;
+#pragma unroll
+            for (int k = 0; k < KR_FA_CH / 32; k++) {
+                sv[k] = Ss[r * CH + 32 * k + lane];
+                mt = fmaxf(mt, sv[k]);
+            }
             const float mo = m_s[r];
-            const float mn = fmaxf(mo, kr_warp_max(s));
-            const float pe = lane < tv ? exp2f(s - mn) : 0.0f;
-            const float ls = kr_warp_sum(pe);
-            Ss[r * CH + lane] = pe;
+            const float mn = fmaxf(mo, kr_warp_max(mt));
+#pragma unroll
+            for (int k = 0; k < KR_FA_CH / 32; k++) {
+                const float pe = 32 * k + lane < tv ? exp2f(sv[k] - mn) : 0.0f;
+                Ss[r * CH + 32 * k + lane] = pe;
+                ps += pe;
+            }
+            const float ls = kr_warp_sum(ps);
             if (lane == 0) {
                 const float corr = mo == kr_neg_inf() ? 0.0f : exp2f(mo - mn);
                 c_s[r] = corr;
@@ -1172,6 +1188,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         kr_fa_commit();
     }
     kr_fa_wait(0);
+#if KR_FA_LATE
+    KR_PDL_LAUNCH_DEPENDENTS();
+#endif
     __syncthreads();
 
     // ---- 4. slices -> (acc, m, l) per head; merge ----

@@ -293,18 +293,38 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
 /* ---- fused decode attention (kr_fa_*) ---- */
 
 #define KR__FA_NT 128      /* = KR_FA_NT */
-#define KR__FA_CH 32       /* = KR_FA_CH */
 #define KR__FA_RB 8        /* = KR_FA_RB */
 #define KR__FA_MAXST 8     /* = KR_FA_MAXST */
-#define KR__FA_FIXED (KR__FA_RB * 256 * 4 + KR__FA_RB * KR__FA_CH * 4 + 2 * 128 * 4 + 2 * 512) /* = KR_FA_FIXED */
+/* = KR_FA_FIXED for tiles of ch positions */
+#define KR__FA_FIXED(ch) (KR__FA_RB * 256 * 4 + KR__FA_RB * (ch) * 4 + 2 * 128 * 4 + 2 * 512)
 #define KR__FA_SMEM_BUDGET (100 * 1024) /* default stage budget per block: 2 blocks per SM */
 
-static const char *const kr__fa_opts[1] = {"-DKR_FA_ONLY=1"};
-static const kr_kernel_source kr__fa_src[2] = {
-    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,
-     .entry = "kr_fa_f16", .options = kr__fa_opts, .n_options = 1},
-    {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,
-     .entry = "kr_fa_q8_0", .options = kr__fa_opts, .n_options = 1}};
+/* Variants (kr_dec_fattn_params.variant): X(index, name, positions per tile (KR_FA_CH), late trigger) */
+#define KR__FA_VARIANTS(X) \
+    X(0, "c32", 32, 0)     \
+    X(1, "c64", 64, 0)     \
+    X(2, "late", 32, 1)
+#define KR__FA_DEF(i, nm, ch, late)                                                                              \
+    static const char *const kr__fa_opts_##i[3] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_LATE=" #late}; \
+    static const kr_kernel_source kr__fa_src_##i[2] = {                                                          \
+        {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
+         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 3},                                      \
+        {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
+         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 3}};
+KR__FA_VARIANTS(KR__FA_DEF)
+#undef KR__FA_DEF
+static const struct {
+    const char *name;
+    int ch;
+    const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
+} kr__fa_variants[] = {
+#define KR__FA_ROW(i, nm, tch, late) {.name = nm, .ch = tch, .src = kr__fa_src_##i},
+    KR__FA_VARIANTS(KR__FA_ROW)
+#undef KR__FA_ROW
+};
+#define KR__FA_N_VARIANTS ((int)(sizeof kr__fa_variants / sizeof kr__fa_variants[0]))
+
+const char *kr_dec_fattn_variant_name(int v) { return v >= 0 && v < KR__FA_N_VARIANTS ? kr__fa_variants[v].name : NULL; }
 
 bool kr_dec_fattn_supports(kr_dtype t, int n_head, int n_head_kv, int head_dim, int n_rot)
 {
@@ -340,7 +360,7 @@ int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_hea
     const int r = n_head / n_head_kv;
     const int blocks = n_head_kv * ((r + KR__FA_RB - 1) / KR__FA_RB); /* per split */
     int s = (2 * sms + blocks / 2) / blocks;
-    const int by_ctx = visible / KR__FA_CH > 0 ? visible / KR__FA_CH : 1;
+    const int by_ctx = visible / 32 > 0 ? visible / 32 : 1;
     if (s > by_ctx)
         s = by_ctx;
     if (s > KR_DEC_FATTN_MAX_SPLIT)
@@ -349,13 +369,13 @@ int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_hea
 }
 
 /* shared-memory plan of kr_fa_* (see the kernel's comment): threads per dot product, bytes per stage */
-static void kr__fa_plan(bool q8, int R, int hd, int *dsp, size_t *stage)
+static void kr__fa_plan(bool q8, int R, int hd, int ch, int *dsp, size_t *stage)
 {
     const int nrm = R < KR__FA_RB ? R : KR__FA_RB;
     const int dc = q8 ? hd / 16 : hd / 8;
-    *dsp = nrm * KR__FA_CH * 4 <= KR__FA_NT && dc % 4 == 0 ? 4 : nrm * KR__FA_CH * 2 <= KR__FA_NT && dc % 2 == 0 ? 2 : 1;
+    *dsp = nrm * ch * 4 <= KR__FA_NT && dc % 4 == 0 ? 4 : nrm * ch * 2 <= KR__FA_NT && dc % 2 == 0 ? 2 : 1;
     const size_t ks = 16 * (size_t)(dc + *dsp), sb = q8 ? (size_t)hd / 16 : 0;
-    *stage = 2 * KR__FA_CH * ks + 2 * ((KR__FA_CH * sb + 15) / 16 * 16);
+    *stage = 2 * (size_t)ch * ks + 2 * (((size_t)ch * sb + 15) / 16 * 16);
 }
 
 kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, const kr_dec_fattn_params *p, kr_err *err)
@@ -372,11 +392,12 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
                                 "f16: head_dim %% 8 == 0 <= 256, q8_0: head_dim 64/128/256)",
                                 view->type == KR_DTYPE_F16 ? "f16" : "q8_0", nh, nkv, hd, p->n_rot);
     if ((int64_t)nkv * hd != view->kv_dim || p->n_split < 1 || p->n_split > KR_DEC_FATTN_MAX_SPLIT ||
-        p->max_stages < 0 || p->max_stages > KR__FA_MAXST)
+        p->max_stages < 0 || p->max_stages > KR__FA_MAXST || p->variant < 0 || p->variant >= KR__FA_N_VARIANTS)
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
                                 "fattn: bad arguments (kv_dim %d vs n_head_kv %d x head_dim %d, n_split %d (1..%d), "
-                                "max_stages %d (0..%d))",
-                                view->kv_dim, nkv, hd, p->n_split, KR_DEC_FATTN_MAX_SPLIT, p->max_stages, KR__FA_MAXST);
+                                "max_stages %d (0..%d), variant %d)",
+                                view->kv_dim, nkv, hd, p->n_split, KR_DEC_FATTN_MAX_SPLIT, p->max_stages, KR__FA_MAXST,
+                                p->variant);
     if (!p->q || !p->k_new || !p->v_new || !p->out || (p->n_split > 1 && !p->scratch) ||
         (p->xq && (hd % 32 != 0 || ((uintptr_t)p->xq & 3) != 0)) || (p->prefetch_bytes && !p->prefetch))
         return kr_err_set_local(err, KR_ERR_INVALID_ARG,
@@ -387,12 +408,13 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
     const int r = nh / nkv;
     int dsp;
     size_t stage;
-    kr__fa_plan(q8, r, hd, &dsp, &stage);
+    const int ch = kr__fa_variants[p->variant].ch;
+    kr__fa_plan(q8, r, hd, ch, &dsp, &stage);
     /* stages: every tile of the longest chunk when it fits the budget (all issued before the wait) */
     const int vis = p->window > 0 && p->window < view->rows ? p->window : view->rows;
     const int chunk = (vis + p->n_split - 1) / p->n_split;
-    int nst = (chunk + KR__FA_CH - 1) / KR__FA_CH;
-    int smax = (int)((KR__FA_SMEM_BUDGET - KR__FA_FIXED) / stage);
+    int nst = (chunk + ch - 1) / ch;
+    int smax = (int)((KR__FA_SMEM_BUDGET - KR__FA_FIXED(ch)) / stage);
     if (p->max_stages > 0)
         smax = p->max_stages;
     if (smax > KR__FA_MAXST)
@@ -411,7 +433,7 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
         nst++;
     if ((size_t)nst * stage < need)
         return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "fattn: %d splits need more shared memory", p->n_split);
-    const size_t smem = (size_t)nst * stage + KR__FA_FIXED;
+    const size_t smem = (size_t)nst * stage + KR__FA_FIXED(ch);
 
     const void *q = p->q, *kn = p->k_new, *vn = p->v_new, *ff = p->freq_factors, *pf = p->prefetch;
     void *kc = view->k, *vc = view->v, *out = p->out, *xq = p->xq, *scr = p->scratch;
@@ -426,7 +448,7 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
                     &window, &scale,    &n_split, &nst,  &dsp,   &scr,     &out,    &xq,      &pf,  &pfb};
     kr_backend *be = kr_dec_backend(d);
     kr_function *fn = NULL;
-    const kr_kernel_source *src = &kr__fa_src[q8 ? 1 : 0];
+    const kr_kernel_source *src = &kr__fa_variants[p->variant].src[q8 ? 1 : 0];
     if ((st = kr_backend_get_function(be, src, &fn, err)) != KR_OK)
         return kr_err_prefix_local(err, st, "cuda_decode: kernel kr_fa (decode/kv_attn.cu)");
     const uint32_t grid[3] = {(uint32_t)nkv * (uint32_t)((r + KR__FA_RB - 1) / KR__FA_RB), (uint32_t)n_split, 1},

@@ -137,10 +137,12 @@ typedef struct kr_dec_fattn_params {
     void *xq;                   /* NULL or kr_dec_q8_bytes(n_head * head_dim) bytes, 4-byte aligned */
     const void *prefetch;       /* NULL or a device range the NEXT kernel reads: requested into L2 by the */
     size_t prefetch_bytes;      /*   blocks before their wait (kr_l2_prefetch_part); 0: off */
-    int max_stages;             /* 0: default; else most K/V stages of 32 rows per block (1..8) */
+    int max_stages;             /* 0: default; else most K/V stages (tiles) per block (1..8) */
+    int variant;                /* 0: default; kr_dec_fattn_variant_name(i) names them (NULL past the last) */
 } kr_dec_fattn_params;
 #define KR_DEC_FATTN_MAX_SPLIT 256
 
+const char *kr_dec_fattn_variant_name(int variant);
 bool kr_dec_fattn_supports(kr_dtype cache_type, int n_head, int n_head_kv, int head_dim, int n_rot);
 kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, const kr_dec_fattn_params *p,
                        kr_err *err);

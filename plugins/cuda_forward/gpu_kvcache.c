@@ -301,10 +301,18 @@ kr_status kr__gkv_attention(kr_gpu_forward *g, kr_stream *s, uint32_t l, const i
 
 bool kr__gkv_fattn_ok(const kr_gpu_forward *g) { return g->kv->fa_ok && g->kv->fa_scratch; }
 bool kr__gkv_fattn_xq_ok(const kr_gpu_forward *g) { return g->hp.head_dim % 32 == 0; }
+bool kr__gkv_fattn_variant_ok(int variant)
+{
+#if KR__GKV_NEW_KERNELS
+    return kr_dec_fattn_variant_name(variant) != NULL;
+#else
+    return variant == 0;
+#endif
+}
 
 kr_status kr__gkv_fattn(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
-                        const float *freq_factors, int window, float scale, int n_split, int max_stages, void *xq,
-                        const void *pf, size_t pf_bytes, kr_err *err)
+                        const float *freq_factors, int window, float scale, int n_split, int max_stages, int variant,
+                        void *xq, const void *pf, size_t pf_bytes, kr_err *err)
 {
 #if KR__GKV_NEW_KERNELS
     const kr_hparams *hp = &g->hp;
@@ -322,11 +330,11 @@ kr_status kr__gkv_fattn(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32
         .head_dim = (int)hp->head_dim, .n_rot = (int)hp->n_rot, .freq_base = hp->rope_base,
         .freq_scale = hp->rope_freq_scale, .freq_factors = freq_factors, .neox = neox, .pos = pos, .window = window,
         .scale = scale, .n_split = n_split, .scratch = kv->fa_scratch->ptr, .out = g->att, .xq = xq,
-        .prefetch = pf, .prefetch_bytes = pf ? pf_bytes : 0, .max_stages = max_stages};
+        .prefetch = pf, .prefetch_bytes = pf ? pf_bytes : 0, .max_stages = max_stages, .variant = variant};
     return kr_dec_fattn(g->dec, s, &v, &fp, err);
 #else
     (void)g, (void)s, (void)l, (void)pos, (void)neox, (void)freq_factors, (void)window, (void)scale, (void)n_split;
-    (void)max_stages, (void)xq, (void)pf, (void)pf_bytes;
+    (void)max_stages, (void)variant, (void)xq, (void)pf, (void)pf_bytes;
     return kr_err_set(err, KR_ERR_UNSUPPORTED, "gpu_kvcache: no fused attention without the new kernels");
 #endif
 }

@@ -83,14 +83,16 @@ kr_status kr__gkv_rope_store(struct kr_gpu_forward *g, kr_stream *s, uint32_t l,
 /* The fused attention block (kr_dec_fattn, kr_decode_kv.h): one launch doing RoPE of g->q (not
  * written back) and g->k, the store of g->k / g->v into layer l's cache, attention into g->att and,
  * when xq != NULL, the q8 activations of g->att (kr_dec_quantize_q8's format) there. n_split 0: the
- * default (fa_split), else 1..KR__GKV_FA_MAX_SPLIT; max_stages 0: the launcher's default; pf /
+ * default (fa_split), else 1..KR__GKV_FA_MAX_SPLIT; max_stages 0: the launcher's default; variant: the
+ * kernel variant (kr_dec_fattn_variant_name; 0 default); pf /
  * pf_bytes: a range the next kernel reads, prefetched into L2 (NULL/0: off). Only when
  * kr__gkv_fattn_ok(g) (else KR_ERR_UNSUPPORTED). */
 bool kr__gkv_fattn_ok(const struct kr_gpu_forward *g);
 bool kr__gkv_fattn_xq_ok(const struct kr_gpu_forward *g); /* head_dim % 32 == 0: xq may be asked for */
+bool kr__gkv_fattn_variant_ok(int variant); /* a kernel variant of that index exists */
 kr_status kr__gkv_fattn(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
-                        const float *freq_factors, int window, float scale, int n_split, int max_stages, void *xq,
-                        const void *pf, size_t pf_bytes, kr_err *err);
+                        const float *freq_factors, int window, float scale, int n_split, int max_stages, int variant,
+                        void *xq, const void *pf, size_t pf_bytes, kr_err *err);
 /* Before an eval of n tokens at *pos: automatic context shift (kv_full
  * SHIFT, *pos == n_past, full: *pos becomes the new n_past), the CPU path's
  * "context full" message, the ring's rewind check. */

@@ -127,6 +127,7 @@ typedef struct fa_case {
     int n_slot, slot; /* slot from device memory when n_slot > 1 */
     bool xq, prefetch;
     int max_stages;
+    int variant;
     float kmag;
 } fa_case;
 
@@ -146,9 +147,10 @@ static void run_case(gpu *g, fa_case c)
     const int j0 = c.window > 0 && c.pos - c.window + 1 > 0 ? c.pos - c.window + 1 : 0;
     const size_t n_out = (size_t)c.n_head * D;
     char what[200];
-    snprintf(what, sizeof what, "%s heads %d/%d dim %d rot %d%s%s rows %d pos %d window %d split %d slot %d/%d st %d",
-             tname(c.type), c.n_head, c.n_kv, D, c.n_rot, c.neox ? " neox" : "", c.ff ? " ff" : "", c.rows, c.pos,
-             c.window, c.n_split, c.slot, c.n_slot, c.max_stages);
+    snprintf(what, sizeof what,
+             "%s %s heads %d/%d dim %d rot %d%s%s rows %d pos %d window %d split %d slot %d/%d st %d",
+             kr_dec_fattn_variant_name(c.variant), tname(c.type), c.n_head, c.n_kv, D, c.n_rot, c.neox ? " neox" : "",
+             c.ff ? " ff" : "", c.rows, c.pos, c.window, c.n_split, c.slot, c.n_slot, c.max_stages);
 
     /* cache: rows of positions [j0, pos) random, everything else NaN */
     uint8_t *kc = malloc(cb), *vc = malloc(cb);
@@ -215,7 +217,7 @@ static void run_case(gpu *g, fa_case c)
         .n_rot = c.n_rot, .freq_base = c.freq_base, .freq_scale = c.freq_scale, .freq_factors = c.ff ? dff : NULL,
         .neox = c.neox, .pos = dp, .window = c.window, .scale = scale, .n_split = c.n_split, .scratch = dscr,
         .out = dout, .xq = c.xq ? dxq : NULL, .prefetch = c.prefetch ? dpf : NULL,
-        .prefetch_bytes = c.prefetch ? (1u << 20) - 5 : 0, .max_stages = c.max_stages};
+        .prefetch_bytes = c.prefetch ? (1u << 20) - 5 : 0, .max_stages = c.max_stages, .variant = c.variant};
     CHECK_OK(kr_dec_fattn(g->dec, NULL, &view, &fp, errp));
     float *out = malloc(n_out * 4), *out2 = malloc(n_out * 4), *qa = malloc(n_out * 4);
     uint8_t *kc1 = malloc(cb), *vc1 = malloc(cb), *kc2 = malloc(cb), *vc2 = malloc(cb);
@@ -421,6 +423,35 @@ Test(kv_fattn, small, .timeout = 300)
     gpu_close(&g);
 }
 
+/* the other kernel variants (tile of 64 positions, late trigger) on a subset */
+Test(kv_fattn, variants, .timeout = 300)
+{
+    gpu g;
+    gpu_open(&g);
+    for (int v = 1; kr_dec_fattn_variant_name(v); v++)
+        for (int q8 = 0; q8 < 2; q8++) {
+            const kr_dtype t = q8 ? KR_DTYPE_Q8_0 : KR_DTYPE_F16;
+            fa_case c = fc(t, 8, 8, 64, 16, 1, 0, 3);
+            c.variant = v;
+            run_case(&g, c);
+            c = fc(t, 32, 32, 128, 641, 600, 0, 8);
+            c.variant = v;
+            run_case(&g, c);
+            c = fc(t, 32, 8, 128, 1100, 1037, 0, 5);
+            c.variant = v;
+            c.max_stages = 2;
+            c.neox = true;
+            run_case(&g, c);
+            c = fc(t, 71, 1, 64, 300, 250, 0, 3);
+            c.variant = v;
+            run_case(&g, c);
+            c = fc(t, 8, 2, 128, 64, 1000, 50, 2);
+            c.variant = v;
+            run_case(&g, c);
+        }
+    gpu_close(&g);
+}
+
 Test(kv_fattn, f16, .timeout = 300) { cases(KR_DTYPE_F16); }
 Test(kv_fattn, q8_0, .timeout = 300) { cases(KR_DTYPE_Q8_0); }
 
@@ -499,4 +530,6 @@ Test(kv_fattn_host, supports)
     cr_expect_eq(kr_dec_fattn_default_splits(NULL, 32, 8, 32768), 33);
     cr_expect_eq(kr_dec_fattn_default_splits(NULL, 8, 8, 16), 1);
     cr_expect_eq(kr_dec_fattn_scratch_floats(5, 64, 2), 8 + 5 * 2 * 66u);
+    cr_expect_str_eq(kr_dec_fattn_variant_name(0), "c32");
+    cr_expect_null(kr_dec_fattn_variant_name(-1));
 }

@@ -70,7 +70,7 @@ if [ "$part" = bench ]; then
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
-  V="fa=0;fa=1;fa=1,fas=4;fa=1,fas=6;fa=1,fas=12;fa=1,fas=16;fa=1,fas=24;fa=1,fapf=1;fa=1,fast=2;fa=1,fast=1;skip=a"
+  V="fa=0;fa=1;fa=1,fas=4;fa=1,fas=6;fa=1,fas=12;fa=1,fas=16;fa=1,fas=24;fa=1,fapf=1;fa=1,fast=2;fa=1,fast=1;fa=1,fav=1;fa=1,fav=2;fa=1,fav=1,fas=16;skip=a"
   run() { # name timeout args...
     local n=$1 t=$2; shift 2
     echo "-- $n: kernrun bench $*" >>"$LOG"
@@ -80,7 +80,7 @@ if [ "$part" = bench ]; then
   }
   if [ -n "${KR_7B_Q4_0:-}" ] && [ -f "$KR_7B_Q4_0" ]; then
     run q4_512 40 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --tuning fa=1 --profile --variants "$V;$(rev "$V")"
-    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=4;fa=1,fas=16;fa=1,fast=4;fa=0;fa=1"
+    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=4;fa=1,fas=16;fa=1,fast=4;fa=1,fav=1;fa=0;fa=1"
     run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fas=16;fa=0;fa=1"
   else
     echo "-- 7B q4_0 model missing (${KR_7B_Q4_0:-unset})" >>"$LOG"
