@@ -1092,7 +1092,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
  * gus=0|1, l2pf=MiB (0: off), pfa/pft/pfn/pfs=MiB (in-kernel L2 prefetch of the next weights: qkv tail,
  * matvec tails, norms, swiglu; 0: off), pfc=N, pfe=0|1, pfw=N (matvec CTAs request the rows of the CTA
  * N x SMs ahead), fa=0|1 (fused attention), fas=N (its splits, 0: default),
- * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), skip=[anm]|0 (timing experiments: leave
+ * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), fav=N (its kernel variant),
+ * skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
@@ -1139,6 +1140,10 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = true;
             } else if (kn == 4 && strncmp(p, "fast", 4) == 0 && vn == 1 && v[0] >= '0' && v[0] <= '8') {
                 t->fa_st = v[0] - '0';
+                ok = true;
+            } else if (kn == 3 && strncmp(p, "fav", 3) == 0 && vn == 1 && v[0] >= '0' && v[0] <= '9' &&
+                       kr__gkv_fattn_variant_ok(v[0] - '0')) {
+                t->fa_var = v[0] - '0';
                 ok = true;
             }
             else if (kn == 4 && strncmp(p, "skip", 4) == 0) {
@@ -1196,7 +1201,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
                               "mv4e=, mv8e= (v2 names: o/down), "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
-                              "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, "
+                              "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=0..2, "
                               "skip=[anm]|0, default, old)",
                               (int)n, p, spec);
         p += n;
@@ -1894,7 +1899,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             att_q = L->o.q8 && kr__gkv_fattn_xq_ok(g);
             KR__TRYL("fused attention (rope + kv store + attention + q8)",
                      kr__gkv_fattn(g, s, l, pos, neox, g->freq_factors, (int)hp->sliding_window, scale,
-                                   g->tun.fa_split, g->tun.fa_st, att_q ? g->xq : NULL,
+                                   g->tun.fa_split, g->tun.fa_st, g->tun.fa_var, att_q ? g->xq : NULL,
                                    g->tun.fa_pf ? L->o.w : NULL, (size_t)L->o.rows * L->o.row_stride, err));
         } else if (!(skip & KR__SKIP_ATTN)) {
         if (kr__gkv_fused_rope(g)) { /* gpu_kvcache.c: into the current slot */

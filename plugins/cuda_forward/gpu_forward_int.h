@@ -68,6 +68,7 @@ typedef struct kr__gf_tuning {
     int fa_split;                  /* its split count (0: default) */
     bool fa_pf;                    /* its blocks prefetch attn_output's weights into L2 before their wait */
     int fa_st;                     /* its most K/V stages per block (0: default) */
+    int fa_var;                    /* its kernel variant (kr_dec_fattn_variant_name; 0: default) */
 } kr__gf_tuning;
 
 /* Host mirror of kernels/forward/kr_gf_common.cuh struct kr_gf_pf (a kernel parameter by
