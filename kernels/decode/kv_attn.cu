@@ -838,7 +838,10 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #endif
 #define KR_FA_RB 8   // query heads per block at most
 #define KR_FA_MAXST 8
-#define KR_FA_FIXED (KR_FA_RB * 256 * 4 + KR_FA_RB * KR_FA_CH * 4 + 2 * 128 * 4 + 2 * 512)
+#define KR_FA_FIXED (KR_FA_RB * 256 * 4 + KR_FA_RB * KR_FA_CH * 4 + 2 * 128 * 4 + 2 * 512 + 128)
+#ifndef KR_FA_CL
+#define KR_FA_CL 0 // > 0: the n_split == KR_FA_CL blocks of a head group are one thread block cluster and
+#endif             //      merge their partials through distributed shared memory (no atomics, no global partials)
 #define KR_FA_LOG2E 1.4426950408889634f
 
 #ifndef KR_FA_EMU // (a CPU emulation of this file supplies its own)
@@ -869,6 +872,20 @@ __device__ __forceinline__ void kr_fa_wait(int n)
     }
 }
 #define KR_FA_DYN_SMEM extern __shared__ __align__(16) kr_u8 fsm[]
+// cluster-wide barrier (release / acquire: shared-memory writes before it are visible to the cluster)
+__device__ __forceinline__ void kr_fa_cluster_sync(void)
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// fp32 at shared address a (this block's layout) of cluster block `rank`
+__device__ __forceinline__ float kr_fa_dsmem_ld(kr_u32 a, int rank)
+{
+    kr_u32 ra;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+    return v;
+}
 #endif
 
 // Issue the cp.async loads of tile positions [t0, t0 + n) (n <= CH) into stage st.
@@ -913,8 +930,6 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     // partials (n_head, n_split, D + 2) fp32
     float *part = scr + ((n_head + 3) & ~3);
     KR_FA_DYN_SMEM;
-    __shared__ float m_s[KR_FA_RB], l_s[KR_FA_RB], c_s[KR_FA_RB];
-    __shared__ int last_s;
     const int NT = KR_FA_NT, CH = KR_FA_CH;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int R = n_head / n_head_kv;
@@ -932,6 +947,8 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     float *Ss = Qs + KR_FA_RB * 256;
     float *tab = Ss + KR_FA_RB * CH; // sin [0, 128), cos [128, 256)
     kr_u8 *newk = (kr_u8 *)(tab + 256), *newv = newk + 512;
+    float *m_s = (float *)(newv + 512), *l_s = m_s + KR_FA_RB, *c_s = l_s + KR_FA_RB; // per head: max, sum, corr
+    int *last_s = (int *)(c_s + KR_FA_RB);
     const int half = n_rot >> 1;
 
     // ---- 1. before the wait (see above: only data no running kernel writes) ----
@@ -1207,6 +1224,57 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     }
     __syncthreads();
     float *Os = Qs; // (nr, D) final outputs (Q is no longer read)
+#if KR_FA_CL > 0
+    // cluster: every block leaves (acc, m, l) in its own shared memory; after a cluster barrier, block
+    // rank k merges the 32-element units u = k*4 + warp (mod 4*CL) from all ranks, writes out and xq
+    for (int i = tid; i < nr * D; i += NT) {
+        float a = 0.0f;
+        for (int s = 0; s < nsl; s++)
+            a += red[s * NC * 8 + i];
+        Os[i] = a;
+    }
+    kr_fa_cluster_sync();
+    {
+        const int nu = (nr * D + 31) >> 5, cols = n_head * D, nb = cols >> 5;
+        const kr_u32 a_os = kr_smem_addr(Os), a_m = kr_smem_addr(m_s), a_l = kr_smem_addr(l_s);
+        for (int u = split * (NT / 32) + warp; u < nu; u += KR_FA_CL * (NT / 32)) {
+            const int e = 32 * u + lane, ec = min(e, nr * D - 1), r = ec / D;
+            float mv[KR_FA_CL], lv[KR_FA_CL], av[KR_FA_CL], mx = kr_neg_inf();
+#pragma unroll
+            for (int k = 0; k < KR_FA_CL; k++) {
+                mv[k] = kr_fa_dsmem_ld(a_m + 4 * r, k);
+                lv[k] = kr_fa_dsmem_ld(a_l + 4 * r, k);
+                av[k] = kr_fa_dsmem_ld(a_os + 4 * ec, k);
+                mx = fmaxf(mx, mv[k]);
+            }
+            float L = 0.0f, acc1 = 0.0f;
+#pragma unroll
+            for (int k = 0; k < KR_FA_CL; k++) {
+                const float wt = mv[k] == kr_neg_inf() ? 0.0f : exp2f(mv[k] - mx);
+                L = fmaf(wt, lv[k], L);
+                acc1 = fmaf(wt, av[k], acc1);
+            }
+            const float v = acc1 / L;
+            if (e < nr * D)
+                out[(kr_i64)h0 * D + e] = v;
+            if (xq && (D & 31) == 0) { // as kr_quantize_x_q8 (all lanes valid: nr * D % 32 == 0)
+                const float amax = kr_warp_max(fabsf(v));
+                const float dq = amax / 127.0f;
+                const int qi = dq > 0.0f ? __float2int_rn(v / dq) : 0;
+                const float qs = kr_warp_sum((float)qi);
+                const int gb = h0 * D / 32 + u;
+                ((kr_i8 *)xq)[32 * gb + lane] = (kr_i8)qi;
+                if (lane == 0) {
+                    float *dp = (float *)(xq + cols);
+                    dp[gb] = dq;
+                    dp[nb + gb] = dq * qs;
+                }
+            }
+        }
+    }
+    kr_fa_cluster_sync(); // no block leaves while another still reads its shared memory
+    return;
+#endif
     for (int i = tid; i < nr * D; i += NT) {
         float a = 0.0f;
         for (int s = 0; s < nsl; s++)
@@ -1228,9 +1296,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         __threadfence(); // this block's partials are visible before the count says so
         __syncthreads();
         if (tid == 0)
-            last_s = atomicAdd(cnt, 1u) == (unsigned)(n_split - 1);
+            *last_s = atomicAdd(cnt, 1u) == (unsigned)(n_split - 1);
         __syncthreads();
-        if (!last_s)
+        if (!*last_s)
             return;
         __threadfence();
         // one pass, 8 splits' (m, l, acc) loads in flight at a time (one L2 round trip for <= 8 splits)
@@ -1292,8 +1360,13 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     }
 }
 
+#if KR_FA_CL > 0 && !defined(KR_FA_EMU)
+#define KR_FA_CLUSTER __cluster_dims__(1, KR_FA_CL, 1)
+#else
+#define KR_FA_CLUSTER
+#endif
 #define KR_FA_ENTRY(name, Q8)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(KR_FA_NT)                                                            \
+    extern "C" __global__ void __launch_bounds__(KR_FA_NT) KR_FA_CLUSTER                                              \
     name(const float *q, const float *k_new, const float *v_new, void *kc, void *vc, const int *slot,                \
          long long slot_bytes, int rows, long long row_bytes, int kv_dim, int n_head, int n_head_kv, int head_dim,     \
          int n_rot, float freq_base, float freq_scale, const float *ff, int neox, const int *pos, int pos_imm,        \

@@ -296,29 +296,34 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
 #define KR__FA_RB 8        /* = KR_FA_RB */
 #define KR__FA_MAXST 8     /* = KR_FA_MAXST */
 /* = KR_FA_FIXED for tiles of ch positions */
-#define KR__FA_FIXED(ch) (KR__FA_RB * 256 * 4 + KR__FA_RB * (ch) * 4 + 2 * 128 * 4 + 2 * 512)
+#define KR__FA_FIXED(ch) (KR__FA_RB * 256 * 4 + KR__FA_RB * (ch) * 4 + 2 * 128 * 4 + 2 * 512 + 128)
 #define KR__FA_SMEM_BUDGET (100 * 1024) /* default stage budget per block: 2 blocks per SM */
 
-/* Variants (kr_dec_fattn_params.variant): X(index, name, positions per tile (KR_FA_CH), late trigger) */
-#define KR__FA_VARIANTS(X) \
-    X(0, "c32", 32, 0)     \
-    X(1, "c64", 64, 0)     \
-    X(2, "late", 32, 1)
-#define KR__FA_DEF(i, nm, ch, late)                                                                              \
-    static const char *const kr__fa_opts_##i[3] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_LATE=" #late}; \
+/* Variants (kr_dec_fattn_params.variant): X(index, name, positions per tile (KR_FA_CH), late trigger,
+ * cluster size (KR_FA_CL: the splits of a head group are one thread block cluster merging through
+ * distributed shared memory; the split count is then the cluster size)) */
+#define KR__FA_VARIANTS(X)  \
+    X(0, "c32", 32, 0, 0)   \
+    X(1, "c64", 64, 0, 0)   \
+    X(2, "late", 32, 1, 0)  \
+    X(3, "cl8", 32, 0, 8)   \
+    X(4, "cl4", 32, 0, 4)
+#define KR__FA_DEF(i, nm, ch, late, cl)                                                                          \
+    static const char *const kr__fa_opts_##i[4] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_LATE=" #late,  \
+                                                    "-DKR_FA_CL=" #cl};                                          \
     static const kr_kernel_source kr__fa_src_##i[2] = {                                                          \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 3},                                      \
+         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 4},                                      \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 3}};
+         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 4}};
 KR__FA_VARIANTS(KR__FA_DEF)
 #undef KR__FA_DEF
 static const struct {
     const char *name;
-    int ch;
+    int ch, cl;
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__fa_variants[] = {
-#define KR__FA_ROW(i, nm, tch, late) {.name = nm, .ch = tch, .src = kr__fa_src_##i},
+#define KR__FA_ROW(i, nm, tch, late, tcl) {.name = nm, .ch = tch, .cl = tcl, .src = kr__fa_src_##i},
     KR__FA_VARIANTS(KR__FA_ROW)
 #undef KR__FA_ROW
 };
@@ -406,13 +411,15 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
                                 p->n_split, hd);
     const bool q8 = view->type == KR_DTYPE_Q8_0;
     const int r = nh / nkv;
+    const int cl = kr__fa_variants[p->variant].cl;
+    const int n_split_req = cl > 0 ? cl : p->n_split; /* a cluster variant's split count is its cluster size */
     int dsp;
     size_t stage;
     const int ch = kr__fa_variants[p->variant].ch;
     kr__fa_plan(q8, r, hd, ch, &dsp, &stage);
     /* stages: every tile of the longest chunk when it fits the budget (all issued before the wait) */
     const int vis = p->window > 0 && p->window < view->rows ? p->window : view->rows;
-    const int chunk = (vis + p->n_split - 1) / p->n_split;
+    const int chunk = (vis + n_split_req - 1) / n_split_req;
     int nst = (chunk + ch - 1) / ch;
     int smax = (int)((KR__FA_SMEM_BUDGET - KR__FA_FIXED(ch)) / stage);
     if (p->max_stages > 0)
@@ -427,12 +434,11 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
     const int nrm = r < KR__FA_RB ? r : KR__FA_RB;
     const size_t nc = (size_t)nrm * (size_t)hd / 8;
     size_t need = nc >= KR__FA_NT ? nc * 8 * 4 : (size_t)KR__FA_NT * 8 * 4;
-    if ((size_t)nrm * (size_t)p->n_split * 4 > need)
-        need = (size_t)nrm * (size_t)p->n_split * 4;
+
     while ((size_t)nst * stage < need && nst < KR__FA_MAXST)
         nst++;
     if ((size_t)nst * stage < need)
-        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "fattn: %d splits need more shared memory", p->n_split);
+        return kr_err_set_local(err, KR_ERR_UNSUPPORTED, "fattn: %d splits need more shared memory", n_split_req);
     const size_t smem = (size_t)nst * stage + KR__FA_FIXED(ch);
 
     const void *q = p->q, *kn = p->k_new, *vn = p->v_new, *ff = p->freq_factors, *pf = p->prefetch;
@@ -441,7 +447,7 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
     long long sb = (long long)view->slot_bytes, rb = (long long)view->row_bytes,
               pfb = p->prefetch ? (long long)p->prefetch_bytes : 0;
     int rows = view->rows, kv_dim = view->kv_dim, n_head = nh, n_head_kv = nkv, head_dim = hd, n_rot = p->n_rot;
-    int neox = p->neox ? 1 : 0, pos_imm = p->pos_imm, window = p->window, n_split = p->n_split;
+    int neox = p->neox ? 1 : 0, pos_imm = p->pos_imm, window = p->window, n_split = n_split_req;
     float fb = p->freq_base, fs = p->freq_scale, scale = p->scale;
     void *args[] = {&q,      &kn,       &vn,   &kc,   &vc,     &slot,    &sb,     &rows,    &rb,  &kv_dim,
                     &n_head, &n_head_kv, &head_dim, &n_rot, &fb,   &fs,      &ff,     &neox,    &pos, &pos_imm,

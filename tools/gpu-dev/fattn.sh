@@ -80,7 +80,8 @@ if [ "$part" = bench ]; then
   }
   if [ -n "${KR_7B_Q4_0:-}" ] && [ -f "$KR_7B_Q4_0" ]; then
     run q4_512 40 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --tuning fa=1 --profile --variants "$V;$(rev "$V")"
-    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=4;fa=1,fas=16;fa=1,fast=4;fa=1,fav=1;fa=0;fa=1"
+    run q4_cl 16 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --variants "fa=1;fa=1,fav=3;fa=1,fav=4;fa=1,fav=3,fapf=1;fa=1;fa=1,fav=3;fa=1,fav=4"
+    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=4;fa=1,fas=16;fa=1,fast=4;fa=1,fav=1;fa=0;fa=1;fa=1,fav=3"
     run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fas=16;fa=0;fa=1"
   else
     echo "-- 7B q4_0 model missing (${KR_7B_Q4_0:-unset})" >>"$LOG"
@@ -90,7 +91,7 @@ if [ "$part" = bench ]; then
   fi
   {
     echo "== fattn bench summary (ms/tok; % of copy = GB/s / copy GB/s of the same run; r1 r2 = rounds)"
-    for n in q4_512 q4_4096 q4_kvq8 q8_512; do
+    for n in q4_512 q4_cl q4_4096 q4_kvq8 q8_512; do
       [ -f "$tmp/$n.txt" ] || continue
       awk -v t="$n" '
         /^copy bw/ {copy=$4}
