@@ -929,6 +929,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     // scratch: ((n_head + 3) & ~3) split counters (zero before the first launch, left zero), then the
     // partials (n_head, n_split, D + 2) fp32
     float *part = scr + ((n_head + 3) & ~3);
+    (void)part; // (unused by the cluster variants)
     KR_FA_DYN_SMEM;
     const int NT = KR_FA_NT, CH = KR_FA_CH;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1273,8 +1274,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         }
     }
     kr_fa_cluster_sync(); // no block leaves while another still reads its shared memory
-    return;
-#endif
+#else
     for (int i = tid; i < nr * D; i += NT) {
         float a = 0.0f;
         for (int s = 0; s < nsl; s++)
@@ -1358,6 +1358,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
             }
         }
     }
+#endif // KR_FA_CL
 }
 
 #if KR_FA_CL > 0 && !defined(KR_FA_EMU)
