@@ -950,6 +950,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     kr_u8 *newk = (kr_u8 *)(tab + 256), *newv = newk + 512;
     float *m_s = (float *)(newv + 512), *l_s = m_s + KR_FA_RB, *c_s = l_s + KR_FA_RB; // per head: max, sum, corr
     int *last_s = (int *)(c_s + KR_FA_RB);
+    (void)last_s;
     const int half = n_rot >> 1;
 
     // ---- 1. before the wait (see above: only data no running kernel writes) ----
