@@ -1090,7 +1090,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
 /* "key=value,..." over *t: pdl=0|1, mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h,
  * mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, mv4e=/mv8e= (a v2 name: the n_embd-row matrices), resid=0|1, norm=sb|mb|mbw, nf=0|1, nfp=16|8|4, oq=0|1, sw=0|1,
  * gus=0|1, l2pf=MiB (0: off), pfa/pft/pfn/pfs=MiB (in-kernel L2 prefetch of the next weights: qkv tail,
- * matvec tails, norms, swiglu; 0: off), pfc=N, pfe=0|1, pfw=N (matvec CTAs request the rows of the CTA
+ * matvec tails, norms, swiglu; pfo: the output matvec's tail -> layer 0 of the next step; 0: off), pfc=N,
+ * pfe=0|1, pfw=N (matvec CTAs request the rows of the CTA
  * N x SMs ahead), fa=0|1 (fused attention), fas=N (its splits, 0: default),
  * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), fav=N (its kernel variant),
  * skip=[anm]|0 (timing experiments: leave
@@ -1180,6 +1181,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mib(v, vn, &t->pfc) && t->pfc <= 64;
             else if (kn == 3 && strncmp(p, "pfe", 3) == 0)
                 ok = kr__parse_bool(v, vn, &t->pfe);
+            else if (kn == 3 && strncmp(p, "pfo", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->pfo_mb);
             else if (kn == 3 && strncmp(p, "pfw", 3) == 0)
                 ok = kr__parse_mib(v, vn, &t->pfw) && t->pfw <= 64;
             else if (kn == 4 && strncmp(p, "l2pf", 4) == 0 && vn >= 1 && vn <= 4 && strspn(v, "0123456789") >= vn) {
@@ -1201,7 +1204,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
                               "mv4e=, mv8e= (v2 names: o/down), "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
-                              "pfa|pft|pfn|pfs=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=0..2, "
+                              "pfa|pft|pfn|pfs|pfo=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=0..2, "
                               "skip=[anm]|0, default, old)",
                               (int)n, p, spec);
         p += n;
@@ -1248,7 +1251,7 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     }
     /* in-kernel L2 prefetch (pfa / pft / pfn / pfs): the same kernels with a kr_gf_pf argument */
     kr_function *ft4 = NULL, *ft8 = NULL, *fn_mbp = NULL, *fn_swp = NULL;
-    const bool want_t = t.pfa_mb > 0 || t.pft_mb > 0 || t.pfw > 0;
+    const bool want_t = t.pfa_mb > 0 || t.pft_mb > 0 || t.pfo_mb > 0 || t.pfw > 0;
     if (want_t && t.mv4 > 0) {
         snprintf(entry, sizeof entry, "kr_gf_mv2t_q4_0_%s", kr__mv2_q4[t.mv4 - 1].name);
         if ((st = kr__gf_fn(g->be, entry, &ft4, err)) != KR_OK)
@@ -2011,7 +2014,14 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         kr__pf_set(&g->pf_lat, g->tun.pfn_mb, &g->out, NULL);
     if ((st = kr__norm(g, s, pend, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)
         return st;
-    return kr__proj(g, s, g->h, true, om, om_y, 1, false, err);
+    /* tun.pfo: the output matvec's last CTAs request layer 0's qkv (then attn_output) for the
+     * next step: HBM idles while the logits go to the host and the next token comes back */
+    if (g->tun.pfo_mb > 0 && hp->n_layer > 0)
+        kr__pf_set(&g->pf_mv, g->tun.pfo_mb, g->layers[0].fuse_qkv ? &g->layers[0].qkv : &g->layers[0].q,
+                   &g->layers[0].o);
+    st = kr__proj(g, s, g->h, true, om, om_y, 1, false, err);
+    memset(&g->pf_mv, 0, sizeof g->pf_mv);
+    return st;
 }
 
 static kr_status kr__step(kr_gpu_forward *g, kr_stream *s, kr_err *err)

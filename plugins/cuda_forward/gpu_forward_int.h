@@ -63,6 +63,7 @@ typedef struct kr__gf_tuning {
     int pfc;                       /* matvec tails: the last pfc x SMs CTAs issue the prefetch (0: 4) */
     bool pfe;                      /* matvec tails issue before their PDL wait instead of after their rows */
     int pfw;                       /* matvecs: CTA c requests the rows of CTA c + pfw x SMs before its wait (0: no) */
+    int pfo_mb;                    /* the output matvec's tail prefetches MiB of layer 0's qkv (+ o) for the next step */
     int mv4e, mv8e;                /* 0: as mv4 / mv8; else 1 + v2 variant for the n_embd-row matrices (o, down) */
     bool fa;                       /* fused attention block (kr_dec_fattn: rope + store + attention + q8, one launch) */
     int fa_split;                  /* its split count (0: default) */

@@ -367,7 +367,7 @@ static void variants_compare(kr_dtype type)
                                         "mv4=r2p4h,mv8=r2p2h,pfa=4", "pfn=4,norm=sb", "gus=1,pft=2,pfs=2",
                                         "nf=1,pfa=8,pft=8,pfn=8,pfs=8", "mv4e=r1p4,mv8e=r1p4",
                                         "mv4e=r2p4d,mv8e=r2p2d,pft=4", "mv4=r2p4h,mv4e=r4p2,mv8e=r4p2,pfa=2,pfe=1", "pfw=6",
-                                        "pfw=1,pft=4,mv4=r2p4h,mv8=r2p2h", "default"};
+                                        "pfw=1,pft=4,mv4=r2p4h,mv8=r2p2h", "pfo=64,pfe=1", "default"};
     kr_backend *be = cuda_or_skip(); /* one backend, model, CPU reference and GPU object for all */
     char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));

@@ -57,7 +57,7 @@ if [ "$part" = bench ]; then
   V4="default;pfa=8;pfa=16;pfa=24;pfa=32;pft=4;pft=8;pft=16;pft=8,pfe=1;pft=8,pfc=1;pft=8,pfc=8"
   V4="$V4;pfn=4;pfn=8;pfn=16;pfs=4;pfs=8;pfn=8,pfs=8;pfa=16,pfn=8,pfs=8;pfa=16,pft=8"
   V4="$V4;mv4=r2p4d;mv4=r2p2d;mv4=r2p4h;mv4=r2p4h,pfa=16,pfn=8,pfs=8;mv4e=r1p4;mv4e=r2p2d;mv4e=r2p4d;mv4e=r4p2"
-  V4="$V4;pfw=6;pfw=3;mv4=r2p4h,pfw=8;pft=8,pfn=8,pfs=8;pfa=16,pft=8,pfn=8,pfs=8;pfa=32,pft=16,pfe=1,pfn=16,pfs=16;pfa=24,pft=8,pfn=8,pfs=8"
+  V4="$V4;pfw=6;pfw=3;mv4=r2p4h,pfw=8;pft=8,pfn=8,pfs=8;pfa=16,pft=8,pfn=8,pfs=8;pfa=32,pft=16,pfe=1,pfn=16,pfs=16;pfa=24,pft=8,pfn=8,pfs=8;pfo=32"
   V8="default;pfa=16;pft=8;pfn=8,pfs=8;pfa=16,pfn=8,pfs=8;mv8=r2p2d;mv8=r2p1d;mv8=r2p2h;mv8e=r1p4;mv8e=r2p1d;pfw=8"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
