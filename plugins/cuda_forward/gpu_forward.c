@@ -1787,6 +1787,15 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             if ((st = kr__proj(g, s, g->h, false, qkv_up, qkv_up_y, 2, false, err)) != KR_OK)
                 return st;
         }
+        /* the fused attention (tun.fa; neox, no freq factors) also leaves q8(att) in g->xq */
+        bool att_q = false;
+        if (g->tun.fa && kr__gkv_fattn_ok(g)) {
+            att_q = L->o.q8 && kr__gkv_fattn_xq_ok(g);
+            KR__TRYL("fused attention (rope + kv store + attention + q8)",
+                     kr__gkv_fattn(g, s, l, pos, true, NULL, 0, scale, g->tun.fa_split, g->tun.fa_st, g->tun.fa_var,
+                                   att_q ? g->xq : NULL, g->tun.fa_pf ? L->o.w : NULL,
+                                   (size_t)L->o.rows * L->o.row_stride, err));
+        } else {
         if (kr__gkv_fused_rope(g)) { /* gpu_kvcache.c: into the current slot */
             KR__TRYL("rope + kv store", kr__gkv_rope_store(g, s, l, pos, true, NULL, err));
         } else {
@@ -1798,10 +1807,11 @@ static kr_status kr__step_falcon(kr_gpu_forward *g, kr_stream *s, kr_err *err)
                  kr__gkv_attention(g, s, l, pos, 0, scale, err));
         if (kr__gkv_splits(g) > 1)
             g->launches++; /* the combine kernel */
+        }
         const kr__gf_mat *o[1] = {&L->o}, *dn[1] = {&L->down};
         float *const o_y[1] = {g->tmp}, *const dn_y[1] = {g->ffo};
         g->role = "attn_output";
-        if ((st = kr__proj(g, s, g->att, false, o, o_y, 1, false, err)) != KR_OK)
+        if ((st = kr__proj(g, s, g->att, att_q, o, o_y, 1, false, err)) != KR_OK)
             return st;
         KR__TRY(kr_dec_gelu(d, s, g->gate, g->gate, F, err));
         g->role = "ffn_down";

@@ -42,6 +42,9 @@ if [ "$part" = test ]; then
   ( KERNRUN_GF_TUNING=fa=1 timeout 65 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(stories260k_graph|stories260k_eager|llama2_tiny_random_f16|mkmodel_llama_q4_0|mkmodel_llama_q8_0|mkmodel_mistral_q4_1|mkmodel_llama_q4_0_q8_activations|graph_equals_eager_and_rewind|generate_cuda_equals_cpu|default_model_if_cached)' \
       >"$tmp/f.txt" 2>&1; echo "rc=$?" >>"$tmp/f.txt" ) &
+  ( KERNRUN_GF_TUNING=fa=1 timeout 65 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
+      --filter 'gpu_forward/@(falcon_7b_layout_f16|falcon_7b_layout_q4_0|falcon_7b_layout_q4_0_q8_activations|falcon_40b_layout_q8_0|generate_cuda_equals_cpu_falcon|mkmodel_llama_q8_0_q8_activations|stories260k_attn_splits_1_and_7)' \
+      >"$tmp/fa.txt" 2>&1; echo "rc=$?" >>"$tmp/fa.txt" ) &
   ( KERNRUN_GF_TUNING=fa=1 timeout 65 "$BUILD/tests/gpu_kvcache/test_gpu_kvcache" -j1 --verbose=1 \
       --filter 'gpu_kvcache/@(graph_replay_across_slots|ring_equals_masked_full_cache|q8_0_vs_f16_logits_nmse|stories260k_generation_with_shifts_same_as_cpu|stories260k_q8_0_vs_f16|lru_order_same_as_cpu)' \
       >"$tmp/k.txt" 2>&1; echo "rc=$?" >>"$tmp/k.txt" ) &
@@ -49,15 +52,15 @@ if [ "$part" = test ]; then
       >"$tmp/o.txt" 2>&1; echo "rc=$?" >>"$tmp/o.txt" ) &
   wait
   {
-    for f in a m r f k o; do
+    for f in a m r f fa k o; do
       [ -f "$tmp/$f.txt" ] || continue
       case $f in a) n="test_gpu_decode_fattn" ;; m) n="memcheck small" ;; r) n="racecheck small" ;;
-        f) n="gpu_forward with fa=1" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
+        f) n="gpu_forward with fa=1" ;; fa) n="gpu_forward falcon etc. with fa=1" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
       echo "-- $n ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|NMSE|differ|NaN|bytes|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$tmp/$f.txt" | head -40
     done
     echo "== fattn test summary"
-    for f in a m r f k o; do [ -f "$tmp/$f.txt" ] && echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a m r f fa k o; do [ -f "$tmp/$f.txt" ] && echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
