@@ -544,7 +544,7 @@ static void kr__mat(const kr_gpu_forward *g, const kr_model *m, const kr_weight 
     out->row_stride = (size_t)kr__dev_row_bytes(g, w0, w);
     out->rows = (int64_t)w->ne[1];
     out->cols = (int64_t)w->ne[0];
-    out->q8 = use_q8 && kr_dec_matvec_q8_supports(w->type) && kr_dec_q8_bytes(out->cols) > 0;
+    out->q8 = use_q8 && kr_dec_matvec_q8_supports(out->type) && kr_dec_q8_bytes(out->cols) > 0; /* device type */
 }
 
 /* Carve n bytes (256-aligned) from an arena; sizes are bounded by hparams (<= 2^20 each). */
