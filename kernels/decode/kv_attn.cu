@@ -831,7 +831,7 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #define KR_FA_NT 128
 #endif
 #ifndef KR_FA_CH
-#define KR_FA_CH 32  // positions per stage (32 or 64: one or two per lane in the softmax)
+#define KR_FA_CH 64  // positions per stage (32, 64 or 128: CH/32 per lane in the softmax)
 #endif
 #ifndef KR_FA_LATE
 #define KR_FA_LATE 0 // 1: trigger the next kernel after the outputs instead of right after the wait
@@ -1163,6 +1163,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
                 ps += pe;
             }
             const float ls = kr_warp_sum(ps);
+            __syncwarp(); // every lane has read m_s[r] before lane 0 replaces it
             if (lane == 0) {
                 const float corr = mo == kr_neg_inf() ? 0.0f : exp2f(mo - mn);
                 c_s[r] = corr;

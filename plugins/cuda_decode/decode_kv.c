@@ -292,38 +292,44 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
 
 /* ---- fused decode attention (kr_fa_*) ---- */
 
-#define KR__FA_NT 128      /* = KR_FA_NT */
 #define KR__FA_RB 8        /* = KR_FA_RB */
 #define KR__FA_MAXST 8     /* = KR_FA_MAXST */
 /* = KR_FA_FIXED for tiles of ch positions */
 #define KR__FA_FIXED(ch) (KR__FA_RB * 256 * 4 + KR__FA_RB * (ch) * 4 + 2 * 128 * 4 + 2 * 512 + 128)
 #define KR__FA_SMEM_BUDGET (100 * 1024) /* default stage budget per block: 2 blocks per SM */
 
-/* Variants (kr_dec_fattn_params.variant): X(index, name, positions per tile (KR_FA_CH), late trigger,
- * cluster size (KR_FA_CL: the splits of a head group are one thread block cluster merging through
- * distributed shared memory; the split count is then the cluster size)) */
-#define KR__FA_VARIANTS(X)  \
-    X(0, "c32", 32, 0, 0)   \
-    X(1, "c64", 64, 0, 0)   \
-    X(2, "late", 32, 1, 0)  \
-    X(3, "cl8", 32, 0, 8)   \
-    X(4, "cl4", 32, 0, 4)
-#define KR__FA_DEF(i, nm, ch, late, cl)                                                                          \
-    static const char *const kr__fa_opts_##i[4] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_LATE=" #late,  \
-                                                    "-DKR_FA_CL=" #cl};                                          \
+/* Variants (kr_dec_fattn_params.variant): X(index, name, positions per tile (KR_FA_CH), threads per
+ * block (KR_FA_NT), late trigger (KR_FA_LATE), cluster size (KR_FA_CL: the splits of a head group are
+ * one thread block cluster merging through distributed shared memory; the split count is then the
+ * cluster size)). H200 10:10 (7B q4_0, 512 / 4096 positions): c64 1.714 / 2.318 ms/token, c32 1.826 /
+ * 2.693, late 1.809, cl8 1.72, cl4 1.824; the split kernels 1.904 / 2.418. */
+#define KR__FA_VARIANTS(X)              \
+    X(0, "c64", 64, 128, 0, 0)          \
+    X(1, "c32", 32, 128, 0, 0)          \
+    X(2, "late", 32, 128, 1, 0)         \
+    X(3, "cl8", 32, 128, 0, 8)          \
+    X(4, "cl4", 32, 128, 0, 4)          \
+    X(5, "c64w", 64, 256, 0, 0)         \
+    X(6, "c128w", 128, 256, 0, 0)       \
+    X(7, "cl8c64", 64, 128, 0, 8)       \
+    X(8, "cl8c64w", 64, 256, 0, 8)      \
+    X(9, "cl8c128w", 128, 256, 0, 8)
+#define KR__FA_DEF(i, nm, ch, nt, late, cl)                                                                      \
+    static const char *const kr__fa_opts_##i[5] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_NT=" #nt,      \
+                                                    "-DKR_FA_LATE=" #late, "-DKR_FA_CL=" #cl};                   \
     static const kr_kernel_source kr__fa_src_##i[2] = {                                                          \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 4},                                      \
+         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 5},                                      \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 4}};
+         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 5}};
 KR__FA_VARIANTS(KR__FA_DEF)
 #undef KR__FA_DEF
 static const struct {
     const char *name;
-    int ch, cl;
+    int ch, nt, cl;
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__fa_variants[] = {
-#define KR__FA_ROW(i, nm, tch, late, tcl) {.name = nm, .ch = tch, .cl = tcl, .src = kr__fa_src_##i},
+#define KR__FA_ROW(i, nm, tch, tnt, late, tcl) {.name = nm, .ch = tch, .nt = tnt, .cl = tcl, .src = kr__fa_src_##i},
     KR__FA_VARIANTS(KR__FA_ROW)
 #undef KR__FA_ROW
 };
@@ -364,7 +370,12 @@ int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_hea
     const int sms = dev && dev->sm_count > 0 ? dev->sm_count : 132;
     const int r = n_head / n_head_kv;
     const int blocks = n_head_kv * ((r + KR__FA_RB - 1) / KR__FA_RB); /* per split */
-    int s = (2 * sms + blocks / 2) / blocks;
+    /* about 4 blocks per SM while a block's chunk is one 64-position tile (all of it loaded before the
+     * PDL wait, ~50 KB of shared memory), else 2 (H200 10:10, 7B q4_0: 16 splits 1.697 ms/token at 512
+     * positions vs 8: 1.714; at 4096 positions 16 splits need 2 waves) */
+    int s = 4 * sms / blocks; /* floor: a 17th split of 32 heads would start a second wave */
+    if (s < 1 || (visible + s - 1) / s > 64)
+        s = 2 * sms / blocks;
     const int by_ctx = visible / 32 > 0 ? visible / 32 : 1;
     if (s > by_ctx)
         s = by_ctx;
@@ -374,11 +385,11 @@ int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_hea
 }
 
 /* shared-memory plan of kr_fa_* (see the kernel's comment): threads per dot product, bytes per stage */
-static void kr__fa_plan(bool q8, int R, int hd, int ch, int *dsp, size_t *stage)
+static void kr__fa_plan(bool q8, int R, int hd, int ch, int nt, int *dsp, size_t *stage)
 {
     const int nrm = R < KR__FA_RB ? R : KR__FA_RB;
     const int dc = q8 ? hd / 16 : hd / 8;
-    *dsp = nrm * ch * 4 <= KR__FA_NT && dc % 4 == 0 ? 4 : nrm * ch * 2 <= KR__FA_NT && dc % 2 == 0 ? 2 : 1;
+    *dsp = nrm * ch * 4 <= nt && dc % 4 == 0 ? 4 : nrm * ch * 2 <= nt && dc % 2 == 0 ? 2 : 1;
     const size_t ks = 16 * (size_t)(dc + *dsp), sb = q8 ? (size_t)hd / 16 : 0;
     *stage = 2 * (size_t)ch * ks + 2 * (((size_t)ch * sb + 15) / 16 * 16);
 }
@@ -415,8 +426,8 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
     const int n_split_req = cl > 0 ? cl : p->n_split; /* a cluster variant's split count is its cluster size */
     int dsp;
     size_t stage;
-    const int ch = kr__fa_variants[p->variant].ch;
-    kr__fa_plan(q8, r, hd, ch, &dsp, &stage);
+    const int ch = kr__fa_variants[p->variant].ch, nt = kr__fa_variants[p->variant].nt;
+    kr__fa_plan(q8, r, hd, ch, nt, &dsp, &stage);
     /* stages: every tile of the longest chunk when it fits the budget (all issued before the wait) */
     const int vis = p->window > 0 && p->window < view->rows ? p->window : view->rows;
     const int chunk = (vis + n_split_req - 1) / n_split_req;
@@ -433,7 +444,7 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
     /* the slice reduction and the merge weights reuse the stages */
     const int nrm = r < KR__FA_RB ? r : KR__FA_RB;
     const size_t nc = (size_t)nrm * (size_t)hd / 8;
-    size_t need = nc >= KR__FA_NT ? nc * 8 * 4 : (size_t)KR__FA_NT * 8 * 4;
+    size_t need = nc >= (size_t)nt ? nc * 8 * 4 : (size_t)nt * 8 * 4;
 
     while ((size_t)nst * stage < need && nst < KR__FA_MAXST)
         nst++;
@@ -458,7 +469,7 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
     if ((st = kr_backend_get_function(be, src, &fn, err)) != KR_OK)
         return kr_err_prefix_local(err, st, "cuda_decode: kernel kr_fa (decode/kv_attn.cu)");
     const uint32_t grid[3] = {(uint32_t)nkv * (uint32_t)((r + KR__FA_RB - 1) / KR__FA_RB), (uint32_t)n_split, 1},
-                   block[3] = {KR__FA_NT, 1, 1};
+                   block[3] = {(uint32_t)nt, 1, 1};
     st = kr_backend_launch_ex(be, fn, grid, block, smem, s, args, KR_LAUNCH_PDL, err);
     if (st != KR_OK)
         return kr_err_prefix_local(err, st, "cuda_decode: launching kr_fa");

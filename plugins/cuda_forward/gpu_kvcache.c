@@ -310,6 +310,18 @@ bool kr__gkv_fattn_variant_ok(int variant)
 #endif
 }
 
+int kr__gkv_fattn_variant_find(const char *v, size_t n)
+{
+#if KR__GKV_NEW_KERNELS
+    for (int i = 0; kr_dec_fattn_variant_name(i); i++)
+        if (strlen(kr_dec_fattn_variant_name(i)) == n && strncmp(v, kr_dec_fattn_variant_name(i), n) == 0)
+            return i;
+#else
+    (void)v, (void)n;
+#endif
+    return -1;
+}
+
 kr_status kr__gkv_fattn(kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
                         const float *freq_factors, int window, float scale, int n_split, int max_stages, int variant,
                         void *xq, const void *pf, size_t pf_bytes, kr_err *err)

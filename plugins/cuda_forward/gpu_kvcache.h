@@ -89,6 +89,8 @@ kr_status kr__gkv_rope_store(struct kr_gpu_forward *g, kr_stream *s, uint32_t l,
  * kr__gkv_fattn_ok(g) (else KR_ERR_UNSUPPORTED). */
 bool kr__gkv_fattn_ok(const struct kr_gpu_forward *g);
 bool kr__gkv_fattn_xq_ok(const struct kr_gpu_forward *g); /* head_dim % 32 == 0: xq may be asked for */
+/* index of the kernel variant named v[0..n) (kr_dec_fattn_variant_name), or -1 */
+int kr__gkv_fattn_variant_find(const char *v, size_t n);
 bool kr__gkv_fattn_variant_ok(int variant); /* a kernel variant of that index exists */
 kr_status kr__gkv_fattn(struct kr_gpu_forward *g, kr_stream *s, uint32_t l, const int32_t *pos, bool neox,
                         const float *freq_factors, int window, float scale, int n_split, int max_stages, int variant,
