@@ -45,6 +45,13 @@ if [ "$part" = test ]; then
   ( KERNRUN_GF_TUNING=fa=1 timeout 65 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(falcon_7b_layout_f16|falcon_7b_layout_q4_0|falcon_7b_layout_q4_0_q8_activations|falcon_40b_layout_q8_0|generate_cuda_equals_cpu_falcon|mkmodel_llama_q8_0_q8_activations|stories260k_attn_splits_1_and_7)' \
       >"$tmp/fa.txt" 2>&1; echo "rc=$?" >>"$tmp/fa.txt" ) &
+  ( export KERNRUN_GF_TUNING=fa=1,fav=cl8c64
+    timeout 40 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
+      --filter 'gpu_forward/@(mkmodel_llama_q4_0|mkmodel_llama_q8_0|mkmodel_mistral_q4_1|graph_equals_eager_and_rewind|falcon_7b_layout_q4_0|stories260k_graph)' \
+      >"$tmp/c.txt" 2>&1; echo "rc=$?" >>"$tmp/c.txt"
+    timeout 24 "$BUILD/tests/gpu_kvcache/test_gpu_kvcache" -j1 --verbose=1 \
+      --filter 'gpu_kvcache/@(ring_equals_masked_full_cache|q8_0_vs_f16_logits_nmse|graph_replay_across_slots)' >>"$tmp/c.txt" 2>&1
+    echo "rc=$?" >>"$tmp/c.txt" ) &
   ( KERNRUN_GF_TUNING=fa=1 timeout 65 "$BUILD/tests/gpu_kvcache/test_gpu_kvcache" -j1 --verbose=1 \
       --filter 'gpu_kvcache/@(graph_replay_across_slots|ring_equals_masked_full_cache|q8_0_vs_f16_logits_nmse|stories260k_generation_with_shifts_same_as_cpu|stories260k_q8_0_vs_f16|lru_order_same_as_cpu)' \
       >"$tmp/k.txt" 2>&1; echo "rc=$?" >>"$tmp/k.txt" ) &
@@ -52,15 +59,15 @@ if [ "$part" = test ]; then
       >"$tmp/o.txt" 2>&1; echo "rc=$?" >>"$tmp/o.txt" ) &
   wait
   {
-    for f in a m r f fa k o; do
+    for f in a m r f fa c k o; do
       [ -f "$tmp/$f.txt" ] || continue
       case $f in a) n="test_gpu_decode_fattn" ;; m) n="memcheck small" ;; r) n="racecheck small" ;;
-        f) n="gpu_forward with fa=1" ;; fa) n="gpu_forward falcon etc. with fa=1" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
+        f) n="gpu_forward with fa=1" ;; fa) n="gpu_forward falcon etc. with fa=1" ;; c) n="gpu_forward + gpu_kvcache with fav=cl8c64" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
       echo "-- $n ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|NMSE|differ|NaN|bytes|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$tmp/$f.txt" | head -40
     done
     echo "== fattn test summary"
-    for f in a m r f fa k o; do [ -f "$tmp/$f.txt" ] && echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a m r f fa c k o; do [ -f "$tmp/$f.txt" ] && echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
@@ -73,7 +80,7 @@ if [ "$part" = bench ]; then
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
-  V="fa=0;fa=1;fa=1,fas=4;fa=1,fas=6;fa=1,fas=12;fa=1,fas=16;fa=1,fas=24;fa=1,fapf=1;fa=1,fast=2;fa=1,fast=1;fa=1,fav=1;fa=1,fav=2;fa=1,fav=1,fas=16;skip=a"
+  V="fa=0;fa=1;fa=1,fav=c32;fa=1,fas=8;fa=1,fas=12;fa=1,fas=24;fa=1,fav=c64w;fa=1,fav=c64w,fas=8;fa=1,fav=c128w;fa=1,fav=c128w,fas=8;fa=1,fapf=1;skip=a"
   run() { # name timeout args...
     local n=$1 t=$2; shift 2
     echo "-- $n: kernrun bench $*" >>"$LOG"
@@ -82,10 +89,10 @@ if [ "$part" = bench ]; then
     grep -vE "^\s*$" "$tmp/$n.txt" | grep -vE "^variant" | tail -40 >>"$LOG"
   }
   if [ -n "${KR_7B_Q4_0:-}" ] && [ -f "$KR_7B_Q4_0" ]; then
-    run q4_512 40 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --tuning fa=1 --profile --variants "$V;$(rev "$V")"
-    run q4_cl 16 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --variants "fa=1;fa=1,fav=3;fa=1,fav=4;fa=1,fav=3,fapf=1;fa=1;fa=1,fav=3;fa=1,fav=4"
-    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=4;fa=1,fas=16;fa=1,fast=4;fa=1,fav=1;fa=0;fa=1;fa=1,fav=3"
-    run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fas=16;fa=0;fa=1"
+    run q4_512 40 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --profile --variants "$V;$(rev "$V")"
+    run q4_cl 16 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --variants "fa=1;fa=1,fav=cl8;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w;fa=1;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w"
+    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=16;fa=1,fav=c64w;fa=1,fav=c128w;fa=1,fast=4;fa=1,fav=cl8c64;fa=0;fa=1"
+    run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fav=c64w;fa=0;fa=1;fa=1,fav=cl8c64"
   else
     echo "-- 7B q4_0 model missing (${KR_7B_Q4_0:-unset})" >>"$LOG"
   fi
