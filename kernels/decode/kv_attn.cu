@@ -833,6 +833,9 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #ifndef KR_FA_CH
 #define KR_FA_CH 64  // positions per stage (32, 64 or 128: CH/32 per lane in the softmax)
 #endif
+#ifndef KR_FA_PS
+#define KR_FA_PS 0   // 1: no softmax phase: the P V threads take the tile max themselves (one barrier less)
+#endif
 #ifndef KR_FA_LATE
 #define KR_FA_LATE 0 // 1: trigger the next kernel after the outputs instead of right after the wait
 #endif
@@ -1086,6 +1089,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
 #pragma unroll
         for (int e = 0; e < 8; e++)
             acc[k][e] = 0.0f;
+#if KR_FA_PS
+    float mrun[2] = {kr_neg_inf(), kr_neg_inf()}, lrun[2] = {0.0f, 0.0f}; // per combo: running max, partial sum
+#endif
     for (int it = 0; it < ntiles; it++) {
         kr_u8 *Kt = fsm + (it % nst) * stage;
         kr_u8 *Vt = Kt + CH * ks, *Ks = Kt + 2 * CH * ks, *Vs = Ks + sstage;
@@ -1146,6 +1152,49 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
                 Ss[r * CH + t] = t < tv ? dot : kr_neg_inf();
         }
         __syncthreads();
+#if KR_FA_PS
+        // per-thread softmax: every P V thread takes the tile max of its head from S itself (the
+        // same value in every thread of the head), rescales its acc and its partial sum l, and
+        // turns the scores of its own positions into weights: no softmax phase, one barrier less
+        if (slice < nsl) {
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const int c = cb + k * NT;
+                if (c < NC && (k == 0 || NC >= NT)) {
+                    const int r = c / DC8, j8 = c - r * DC8;
+                    const float *pr = Ss + r * CH;
+                    float mt = kr_neg_inf();
+#pragma unroll 4
+                    for (int t = 0; t < CH; t += 4) {
+                        const float4 v = *(const float4 *)(pr + t);
+                        mt = fmaxf(mt, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
+                    }
+                    const float mn = fmaxf(mrun[k], mt);
+                    const float corr = mrun[k] == kr_neg_inf() ? 0.0f : exp2f(mrun[k] - mn);
+                    mrun[k] = mn;
+                    lrun[k] *= corr;
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc[k][e] *= corr;
+                    for (int t = slice; t < tv; t += nsl) {
+                        float f[8];
+                        const float pw = exp2f(pr[t] - mn);
+                        float w = pw;
+                        lrun[k] += pw;
+                        if (Q8) {
+                            kr_kva_q8(*(const uint2 *)(Vt + t * ks + 8 * j8), f);
+                            w *= kr_h2f(*(const kr_u16 *)(Vs + t * sbytes + 2 * (j8 >> 2)));
+                        } else {
+                            kr_kva_h8(*(const uint4 *)(Vt + t * ks + 16 * j8), f);
+                        }
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            acc[k][e] = fmaf(w, f[e], acc[k][e]);
+                    }
+                }
+            }
+        }
+#else
         // online softmax: warp per head, lane = position
         for (int r = warp; r < nr; r += NT / 32) {
             float sv[KR_FA_CH / 32], mt = kr_neg_inf(), ps = 0.0f;
@@ -1199,6 +1248,7 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
                 }
             }
         }
+#endif
         __syncthreads(); // this stage and S are free again
         if (it + nst < ntiles) {
             const int tn = ts + (it + nst) * CH;
@@ -1212,6 +1262,30 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     KR_PDL_LAUNCH_DEPENDENTS();
 #endif
     __syncthreads();
+#if KR_FA_PS
+    // per head: m from any of its threads (all equal), l = sum over the position slices (S is free)
+    if (slice < nsl) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int c = cb + k * NT;
+            if (c < NC && (k == 0 || NC >= NT)) {
+                const int r = c / DC8, j8 = c - r * DC8;
+                if (j8 == 0) {
+                    Ss[slice * nr + r] = lrun[k];
+                    if (slice == 0)
+                        m_s[r] = mrun[k];
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (tid < nr) {
+        float l = 0.0f;
+        for (int sl = 0; sl < nsl; sl++)
+            l += Ss[sl * nr + tid];
+        l_s[tid] = l;
+    }
+#endif
 
     // ---- 4. slices -> (acc, m, l) per head; merge ----
     float *red = (float *)fsm; // (nsl, NC, 8) over the stages

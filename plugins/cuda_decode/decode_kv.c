@@ -301,27 +301,29 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
 /* Variants (kr_dec_fattn_params.variant): X(index, name, positions per tile (KR_FA_CH), threads per
  * block (KR_FA_NT), late trigger (KR_FA_LATE), cluster size (KR_FA_CL: the splits of a head group are
  * one thread block cluster merging through distributed shared memory; the split count is then the
- * cluster size)). H200 10:10 (7B q4_0, 512 / 4096 positions): c64 1.714 / 2.318 ms/token, c32 1.826 /
+ * cluster size), per-thread softmax (KR_FA_PS: no softmax phase, one barrier less per tile)). H200 10:10 (7B q4_0, 512 / 4096 positions): c64 1.714 / 2.318 ms/token, c32 1.826 /
  * 2.693, late 1.809, cl8 1.72, cl4 1.824; the split kernels 1.904 / 2.418. */
-#define KR__FA_VARIANTS(X)              \
-    X(0, "c64", 64, 128, 0, 0)          \
-    X(1, "c32", 32, 128, 0, 0)          \
-    X(2, "late", 32, 128, 1, 0)         \
-    X(3, "cl8", 32, 128, 0, 8)          \
-    X(4, "cl4", 32, 128, 0, 4)          \
-    X(5, "c64w", 64, 256, 0, 0)         \
-    X(6, "c128w", 128, 256, 0, 0)       \
-    X(7, "cl8c64", 64, 128, 0, 8)       \
-    X(8, "cl8c64w", 64, 256, 0, 8)      \
-    X(9, "cl8c128w", 128, 256, 0, 8)
-#define KR__FA_DEF(i, nm, ch, nt, late, cl)                                                                      \
-    static const char *const kr__fa_opts_##i[5] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_NT=" #nt,      \
-                                                    "-DKR_FA_LATE=" #late, "-DKR_FA_CL=" #cl};                   \
+#define KR__FA_VARIANTS(X)                \
+    X(0, "c64", 64, 128, 0, 0, 0)         \
+    X(1, "c32", 32, 128, 0, 0, 0)         \
+    X(2, "cl8c64", 64, 128, 0, 8, 0)      \
+    X(3, "c64w", 64, 256, 0, 0, 0)        \
+    X(4, "c128w", 128, 256, 0, 0, 0)      \
+    X(5, "cl8c64w", 64, 256, 0, 8, 0)     \
+    X(6, "cl8c128w", 128, 256, 0, 8, 0)   \
+    X(7, "c64s", 64, 128, 0, 0, 1)        \
+    X(8, "cl8c64s", 64, 128, 0, 8, 1)     \
+    X(9, "c128ws", 128, 256, 0, 0, 1)     \
+    X(10, "late", 32, 128, 1, 0, 0)       \
+    X(11, "cl8", 32, 128, 0, 8, 0)
+#define KR__FA_DEF(i, nm, ch, nt, late, cl, ps)                                                                  \
+    static const char *const kr__fa_opts_##i[6] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_NT=" #nt,      \
+                                                    "-DKR_FA_LATE=" #late, "-DKR_FA_CL=" #cl, "-DKR_FA_PS=" #ps}; \
     static const kr_kernel_source kr__fa_src_##i[2] = {                                                          \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 5},                                      \
+         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 6},                                      \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 5}};
+         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 6}};
 KR__FA_VARIANTS(KR__FA_DEF)
 #undef KR__FA_DEF
 static const struct {
@@ -329,7 +331,7 @@ static const struct {
     int ch, nt, cl;
     const kr_kernel_source *src; /* [0] F16, [1] Q8_0 */
 } kr__fa_variants[] = {
-#define KR__FA_ROW(i, nm, tch, tnt, late, tcl) {.name = nm, .ch = tch, .nt = tnt, .cl = tcl, .src = kr__fa_src_##i},
+#define KR__FA_ROW(i, nm, tch, tnt, late, tcl, ps) {.name = nm, .ch = tch, .nt = tnt, .cl = tcl, .src = kr__fa_src_##i},
     KR__FA_VARIANTS(KR__FA_ROW)
 #undef KR__FA_ROW
 };

@@ -138,10 +138,10 @@ typedef struct kr_dec_fattn_params {
     const void *prefetch;       /* NULL or a device range the NEXT kernel reads: requested into L2 by the */
     size_t prefetch_bytes;      /*   blocks before their wait (kr_l2_prefetch_part); 0: off */
     int max_stages;             /* 0: default; else most K/V stages (tiles) per block (1..8) */
-    int variant;                /* 0: default; kr_dec_fattn_variant_name(i) names them (NULL past the last):
-                                   c32, c64 (64-position tiles), late (later PDL trigger), cl8 / cl4 (the
-                                   splits of a head group are one 8 / 4 block cluster merging in distributed
-                                   shared memory: n_split is then 8 / 4 and the scratch is not used) */
+    int variant;                /* 0: default (c64); kr_dec_fattn_variant_name(i) names them (NULL past the
+                                   last): c<N> tiles of N positions, w: 256 threads, s: no softmax phase,
+                                   cl8...: the 8 splits of a head group are one thread block cluster merging
+                                   in distributed shared memory (n_split is then 8, the scratch is unused) */
 } kr_dec_fattn_params;
 #define KR_DEC_FATTN_MAX_SPLIT 256
 

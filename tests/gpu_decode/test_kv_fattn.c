@@ -423,32 +423,27 @@ Test(kv_fattn, small, .timeout = 300)
     gpu_close(&g);
 }
 
-/* the other kernel variants (tile of 64 positions, late trigger) on a subset */
+/* the other kernel variants (kr_dec_fattn_variant_name) on a subset */
 Test(kv_fattn, variants, .timeout = 300)
 {
     gpu g;
     gpu_open(&g);
-    for (int v = 1; kr_dec_fattn_variant_name(v); v++)
-        for (int q8 = 0; q8 < 2; q8++) {
-            const kr_dtype t = q8 ? KR_DTYPE_Q8_0 : KR_DTYPE_F16;
-            fa_case c = fc(t, 8, 8, 64, 16, 1, 0, 3);
-            c.variant = v;
-            run_case(&g, c);
-            c = fc(t, 32, 32, 128, 641, 600, 0, 8);
-            c.variant = v;
-            run_case(&g, c);
-            c = fc(t, 32, 8, 128, 1100, 1037, 0, 5);
-            c.variant = v;
-            c.max_stages = 2;
-            c.neox = true;
-            run_case(&g, c);
-            c = fc(t, 71, 1, 64, 300, 250, 0, 3);
-            c.variant = v;
-            run_case(&g, c);
-            c = fc(t, 8, 2, 128, 64, 1000, 50, 2);
-            c.variant = v;
-            run_case(&g, c);
-        }
+    for (int v = 1; kr_dec_fattn_variant_name(v); v++) {
+        fa_case c = fc(KR_DTYPE_F16, 32, 32, 128, 641, 600, 0, 8);
+        c.variant = v;
+        run_case(&g, c);
+        c = fc(KR_DTYPE_Q8_0, 32, 8, 128, 1100, 1037, 0, 5); /* streaming through 2 stages */
+        c.variant = v;
+        c.max_stages = 2;
+        c.neox = true;
+        run_case(&g, c);
+        c = fc(v % 2 ? KR_DTYPE_F16 : KR_DTYPE_Q8_0, 71, 1, 64, 300, 250, 0, 3); /* MQA: 9 head batches */
+        c.variant = v;
+        run_case(&g, c);
+        c = fc(v % 2 ? KR_DTYPE_Q8_0 : KR_DTYPE_F16, 8, 2, 128, 64, 1000, 50, 2); /* ring, window < rows */
+        c.variant = v;
+        run_case(&g, c);
+    }
     gpu_close(&g);
 }
 

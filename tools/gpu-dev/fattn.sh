@@ -32,7 +32,8 @@ if [ "$part" = test ]; then
     grep -iE "kv_attn|decode_kv|fattn|gpu_kvcache|gpu_forward" "$(dirname "$LOG")/build.log" 2>/dev/null | head -30 >>"$LOG"
   fi
   san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-  ( timeout 65 "$T" -j1 --verbose=1 >"$tmp/a.txt" 2>&1; echo "rc=$?" >>"$tmp/a.txt" ) &
+  ( timeout 65 "$T" -j1 --verbose=1 --filter '!(kv_fattn/variants)' >"$tmp/a.txt" 2>&1; echo "rc=$?" >>"$tmp/a.txt" ) &
+  ( timeout 65 "$T" -j1 --verbose=1 --filter 'kv_fattn/variants' >"$tmp/v.txt" 2>&1; echo "rc=$?" >>"$tmp/v.txt" ) &
   if [ -n "$san" ]; then
     ( timeout 65 "$san" --tool memcheck --error-exitcode 9 "$T" -j1 --filter 'kv_fattn/@(small|invalid_position)' \
         >"$tmp/m.txt" 2>&1; echo "rc=$?" >>"$tmp/m.txt" ) &
@@ -59,15 +60,15 @@ if [ "$part" = test ]; then
       >"$tmp/o.txt" 2>&1; echo "rc=$?" >>"$tmp/o.txt" ) &
   wait
   {
-    for f in a m r f fa c k o; do
+    for f in a v m r f fa c k o; do
       [ -f "$tmp/$f.txt" ] || continue
-      case $f in a) n="test_gpu_decode_fattn" ;; m) n="memcheck small" ;; r) n="racecheck small" ;;
+      case $f in a) n="test_gpu_decode_fattn" ;; v) n="test_gpu_decode_fattn variants" ;; m) n="memcheck small" ;; r) n="racecheck small" ;;
         f) n="gpu_forward with fa=1" ;; fa) n="gpu_forward falcon etc. with fa=1" ;; c) n="gpu_forward + gpu_kvcache with fav=cl8c64" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
       echo "-- $n ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|NMSE|differ|NaN|bytes|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$tmp/$f.txt" | head -40
     done
     echo "== fattn test summary"
-    for f in a m r f fa c k o; do [ -f "$tmp/$f.txt" ] && echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a v m r f fa c k o; do [ -f "$tmp/$f.txt" ] && echo "  $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
@@ -80,7 +81,7 @@ if [ "$part" = bench ]; then
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
-  V="fa=0;fa=1;fa=1,fav=c32;fa=1,fas=8;fa=1,fas=12;fa=1,fas=24;fa=1,fav=c64w;fa=1,fav=c64w,fas=8;fa=1,fav=c128w;fa=1,fav=c128w,fas=8;fa=1,fapf=1;skip=a"
+  V="fa=0;fa=1;fa=1,fav=c32;fa=1,fas=8;fa=1,fas=24;fa=1,fav=c64w;fa=1,fav=c128w;fa=1,fav=c128w,fas=8;fa=1,fav=c64s;fa=1,fav=c128ws;fa=1,fav=c128ws,fas=8;fa=1,fapf=1;skip=a"
   run() { # name timeout args...
     local n=$1 t=$2; shift 2
     echo "-- $n: kernrun bench $*" >>"$LOG"
@@ -90,9 +91,9 @@ if [ "$part" = bench ]; then
   }
   if [ -n "${KR_7B_Q4_0:-}" ] && [ -f "$KR_7B_Q4_0" ]; then
     run q4_512 40 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --profile --variants "$V;$(rev "$V")"
-    run q4_cl 16 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --variants "fa=1;fa=1,fav=cl8;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w;fa=1;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w"
-    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=16;fa=1,fav=c64w;fa=1,fav=c128w;fa=1,fast=4;fa=1,fav=cl8c64;fa=0;fa=1"
-    run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fav=c64w;fa=0;fa=1;fa=1,fav=cl8c64"
+    run q4_cl 16 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --variants "fa=1;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w;fa=1,fav=cl8c64s;fa=1;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w;fa=1,fav=cl8c64s"
+    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=16;fa=1,fav=c64w;fa=1,fav=c64s;fa=1,fav=c128ws;fa=1,fast=4;fa=1,fav=cl8c64;fa=1,fav=cl8c64s;fa=0;fa=1"
+    run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fav=c64s;fa=1,fav=cl8c64;fa=0;fa=1"
   else
     echo "-- 7B q4_0 model missing (${KR_7B_Q4_0:-unset})" >>"$LOG"
   fi
