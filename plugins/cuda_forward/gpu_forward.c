@@ -1052,7 +1052,8 @@ static kr__gf_tuning kr__tuning_default(void)
     /* H200 checkpoints 07:15-07:54 (docs/PERF.md): PDL, v2 r2p4 / r2p2, residual in the
      * matvec, 32-warp multi-block norm; nf / gus / l2pf / oq / sw measured slower */
     return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true,
-                           .norm_wide = true, .nfp_w = 16};
+                           .norm_wide = true, .nfp_w = 16,
+                           .fa = true /* fused attention: H200 10:10, Q4_0 1.714 vs 1.904 ms/token (c64) */};
 }
 
 static bool kr__parse_bool(const char *v, size_t n, bool *out)
@@ -1093,7 +1094,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *
  * matvec tails, norms, swiglu; pfo: the output matvec's tail -> layer 0 of the next step; 0: off), pfc=N,
  * pfe=0|1, pfw=N (matvec CTAs request the rows of the CTA
  * N x SMs ahead), fa=0|1 (fused attention), fas=N (its splits, 0: default),
- * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), fav=N (its kernel variant),
+ * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), fav=NAME (its kernel variant:
+ * kr_dec_fattn_variant_name, e.g. c64 (default), c32, cl8),
  * skip=[anm]|0 (timing experiments: leave
  * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
@@ -1142,9 +1144,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
             } else if (kn == 4 && strncmp(p, "fast", 4) == 0 && vn == 1 && v[0] >= '0' && v[0] <= '8') {
                 t->fa_st = v[0] - '0';
                 ok = true;
-            } else if (kn == 3 && strncmp(p, "fav", 3) == 0 && vn == 1 && v[0] >= '0' && v[0] <= '9' &&
-                       kr__gkv_fattn_variant_ok(v[0] - '0')) {
-                t->fa_var = v[0] - '0';
+            } else if (kn == 3 && strncmp(p, "fav", 3) == 0 && kr__gkv_fattn_variant_find(v, vn) >= 0) {
+                t->fa_var = kr__gkv_fattn_variant_find(v, vn);
                 ok = true;
             }
             else if (kn == 4 && strncmp(p, "skip", 4) == 0) {
@@ -1204,7 +1205,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
                               "mv4e=, mv8e= (v2 names: o/down), "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
-                              "pfa|pft|pfn|pfs|pfo=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=0..2, "
+                              "pfa|pft|pfn|pfs|pfo=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=c64|c32|cl8|..., "
                               "skip=[anm]|0, default, old)",
                               (int)n, p, spec);
         p += n;
