@@ -833,6 +833,9 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #ifndef KR_FA_CH
 #define KR_FA_CH 64  // positions per stage (32, 64 or 128: CH/32 per lane in the softmax)
 #endif
+#ifndef KR_FA_POSTLOAD
+#define KR_FA_POSTLOAD 0 // 1 (diagnostic): the K/V loads are issued after the PDL wait, not before
+#endif
 #ifndef KR_FA_PS
 #define KR_FA_PS 0   // 1: no softmax phase: the P V threads take the tile max themselves (one barrier less)
 #endif
@@ -957,6 +960,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
     const int half = n_rot >> 1;
 
     // ---- 1. before the wait (see above: only data no running kernel writes) ----
+#if KR_FA_POSTLOAD
+    KR_PDL_WAIT(); // (diagnostic variant: everything after the wait)
+#endif
     const int p = pos ? *pos : pos_imm;
     const kr_u8 *kb = kr_kv_base(kc, slot, slot_bytes), *vb = kr_kv_base(vc, slot, slot_bytes);
     const int j0 = window > 0 ? max(0, p - window + 1) : 0;
@@ -991,7 +997,9 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         l_s[tid] = 0.0f;
     }
 
+#if !KR_FA_POSTLOAD
     KR_PDL_WAIT();
+#endif
     // Every block is past its wait: the next kernel may get resident (it waits for our completion
     // in its own KR_PDL_WAIT; we never trigger before our own wait, which the pre-wait phase of the
     // next fused attention relies on).

@@ -315,15 +315,19 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
     X(8, "cl8c64s", 64, 128, 0, 8, 1)     \
     X(9, "c128ws", 128, 256, 0, 0, 1)     \
     X(10, "late", 32, 128, 1, 0, 0)       \
-    X(11, "cl8", 32, 128, 0, 8, 0)
+    X(11, "cl8", 32, 128, 0, 8, 0)        \
+    X(12, "c64pw", 64, 128, 2, 0, 0)
+/* late 2: KR_FA_POSTLOAD (diagnostic: K/V loads after the PDL wait) */
 #define KR__FA_DEF(i, nm, ch, nt, late, cl, ps)                                                                  \
-    static const char *const kr__fa_opts_##i[6] = {"-DKR_FA_ONLY=1", "-DKR_FA_CH=" #ch, "-DKR_FA_NT=" #nt,      \
-                                                    "-DKR_FA_LATE=" #late, "-DKR_FA_CL=" #cl, "-DKR_FA_PS=" #ps}; \
+    static const char *const kr__fa_opts_##i[7] = {"-DKR_FA_ONLY=1",         "-DKR_FA_CH=" #ch,                 \
+                                                    "-DKR_FA_NT=" #nt,        "-DKR_FA_LATE=(" #late " == 1)",   \
+                                                    "-DKR_FA_CL=" #cl,        "-DKR_FA_PS=" #ps,                 \
+                                                    "-DKR_FA_POSTLOAD=(" #late " == 2)"};                        \
     static const kr_kernel_source kr__fa_src_##i[2] = {                                                          \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 6},                                      \
+         .entry = "kr_fa_f16", .options = kr__fa_opts_##i, .n_options = 7},                                      \
         {.name = "decode/kv_attn.cu", .code = kr_decode_kv_attn_src, .len = kr_decode_kv_attn_src_LEN,           \
-         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 6}};
+         .entry = "kr_fa_q8_0", .options = kr__fa_opts_##i, .n_options = 7}};
 KR__FA_VARIANTS(KR__FA_DEF)
 #undef KR__FA_DEF
 static const struct {

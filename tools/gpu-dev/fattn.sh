@@ -81,7 +81,7 @@ if [ "$part" = bench ]; then
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
-  V="fa=0;fa=1;fa=1,fav=c32;fa=1,fas=8;fa=1,fas=24;fa=1,fav=c64w;fa=1,fav=c128w;fa=1,fav=c128w,fas=8;fa=1,fav=c64s;fa=1,fav=c128ws;fa=1,fav=c128ws,fas=8;fa=1,fapf=1;skip=a"
+  V="fa=0;fa=1;fa=1,fav=c32;fa=1,fas=8;fa=1,fas=24;fa=1,fav=c64w;fa=1,fav=c128w;fa=1,fav=c128w,fas=8;fa=1,fav=c64s;fa=1,fav=c128ws;fa=1,fav=c128ws,fas=8;fa=1,fapf=1;fa=1,fav=c64pw;skip=a"
   run() { # name timeout args...
     local n=$1 t=$2; shift 2
     echo "-- $n: kernrun bench $*" >>"$LOG"
