@@ -561,6 +561,121 @@ KR_GF_MV2D(q8_0, 1, 2, 2)
 KR_GF_MV2D(q8_0, 1, 2, 1)
 KR_GF_MV2H(q8_0, 1, 2, 2)
 
+// ---- v2p: persistent warps over row tiles, double-buffered across chunk AND tile bounds ----
+// Same math and result layout as kr_gf_mv2 (MODE 0). A tile = NR rows; warp gw = blockIdx.x *
+// KR_GF_WARPS + threadIdx.y of nw = gridDim.x * KR_GF_WARPS takes tiles gw, gw + nw, ... and
+// walks their chunks (PF blocks per lane) as one sequence s = 0, 1, ...: chunk s + 1 (of the
+// same tile or of the next) is loaded before chunk s is used, so a warp keeps two chunks in
+// flight and never waits for a CTA of a later wave to be scheduled. The host sizes the grid
+// so every warp gets about the same number of tiles. Chunk 0 is loaded before the PDL wait.
+// acc_y != 0: y[row] += W x. pf (may be NULL): as kr_gf_mv2's tail request (first/nparts
+// over CTAs; issued after the CTA's first warp finishes, or before its wait when pf->early).
+template <int Q8, int NR, int PF>
+__device__ __forceinline__ void kr_gf_mv2p(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
+                                           const signed char *__restrict__ xq, float *__restrict__ y, int rows,
+                                           int nb, int acc_y, const kr_gf_pf *pf)
+{
+    const int VPB = Q8 ? 2 : 1;
+    const int lane = threadIdx.x;
+    const int gw = blockIdx.x * KR_GF_WARPS + threadIdx.y, nw = gridDim.x * KR_GF_WARPS;
+    const int ntiles = (rows + NR - 1) / NR, nch = (nb + 32 * PF - 1) / (32 * PF);
+    const bool pf_me = pf && lane == 0 && threadIdx.y == 0;
+    const int my_tiles = gw < ntiles ? (ntiles - gw + nw - 1) / nw : 0;
+    const int S = my_tiles * nch; // chunks of this warp
+    uint4 wa[PF][NR][VPB], wb[PF][NR][VPB];
+    unsigned short da[PF][NR], db[PF][NR];
+    // row pointers of sequence step s (tile gw + nw * (s / nch), chunk s % nch)
+    const uint4 *rq[NR];
+    const unsigned short *rs[NR];
+#define KR_GF_MV2P_ROWS(s_)                                                                                    \
+    {                                                                                                          \
+        const int t_ = gw + nw * ((s_) / nch);                                                                 \
+        _Pragma("unroll") for (int r = 0; r < NR; r++)                                                         \
+        {                                                                                                      \
+            const int row = min(t_ * NR + r, rows - 1);                                                        \
+            rq[r] = qs + (kr_gf_i64)row * nb * VPB;                                                            \
+            rs[r] = sc + (kr_gf_i64)row * nb;                                                                  \
+        }                                                                                                      \
+    }
+    if (S > 0) {
+        KR_GF_MV2P_ROWS(0);
+        kr_gf_mv2_load<Q8, NR, PF>(wa, da, rq, rs, lane, nb);
+    }
+    if (pf_me && pf->early)
+        kr_gf_pf_issue(*pf, (int)blockIdx.x - pf->first);
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
+    const int4 *xv = (const int4 *)xq;
+    const float *xd = (const float *)(xq + (kr_gf_i64)nb * 32);
+    const float *xs = xd + nb;
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        acc[r] = 0.0f;
+    for (int s = 0; s < S; s += 2) {
+        // step s: chunk in (wa, da); load step s + 1 into (wb, db) first
+        if (s + 1 < S) {
+            KR_GF_MV2P_ROWS(s + 1);
+            kr_gf_mv2_load<Q8, NR, PF>(wb, db, rq, rs, lane + 32 * PF * ((s + 1) % nch), nb);
+        }
+        kr_gf_mv2_dot<Q8, NR, PF, 0>(acc, wa, da, xv, xd, xs, lane + 32 * PF * (s % nch), nb);
+        if (s % nch == nch - 1) {
+            const int t = gw + nw * (s / nch);
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                float v = kr_gf_warp_sum(acc[r]);
+                acc[r] = 0.0f;
+                if (lane == 0 && t * NR + r < rows)
+                    y[t * NR + r] = acc_y ? y[t * NR + r] + v : v;
+            }
+        }
+        if (s + 1 >= S)
+            break;
+        // step s + 1: chunk in (wb, db); load step s + 2 into (wa, da) first
+        if (s + 2 < S) {
+            KR_GF_MV2P_ROWS(s + 2);
+            kr_gf_mv2_load<Q8, NR, PF>(wa, da, rq, rs, lane + 32 * PF * ((s + 2) % nch), nb);
+        }
+        kr_gf_mv2_dot<Q8, NR, PF, 0>(acc, wb, db, xv, xd, xs, lane + 32 * PF * ((s + 1) % nch), nb);
+        if ((s + 1) % nch == nch - 1) {
+            const int t = gw + nw * ((s + 1) / nch);
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                float v = kr_gf_warp_sum(acc[r]);
+                acc[r] = 0.0f;
+                if (lane == 0 && t * NR + r < rows)
+                    y[t * NR + r] = acc_y ? y[t * NR + r] + v : v;
+            }
+        }
+    }
+#undef KR_GF_MV2P_ROWS
+    if (pf_me && !pf->early)
+        kr_gf_pf_issue(*pf, (int)blockIdx.x - pf->first);
+}
+
+// Entries kr_gf_mv2_{q4_0,q8_0}_pr<NR>p<PF> (qs, sc, xq, y, rows, nb, acc_y) and
+// kr_gf_mv2t_*_pr<NR>p<PF> (+ kr_gf_pf pf): any grid (the host picks one that balances the tiles).
+#define KR_GF_MV2P(T, Q8, NR, PF)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2_##T##_pr##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,             \
+                                  const signed char *__restrict__ xq, float *__restrict__ y, int rows, int nb,    \
+                                  int acc_y)                                                                      \
+    {                                                                                                             \
+        kr_gf_mv2p<Q8, NR, PF>(qs, sc, xq, y, rows, nb, acc_y, 0);                                                \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2t_##T##_pr##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,            \
+                                   const signed char *__restrict__ xq, float *__restrict__ y, int rows, int nb,   \
+                                   int acc_y, const __grid_constant__ kr_gf_pf pf)                                \
+    {                                                                                                             \
+        kr_gf_mv2p<Q8, NR, PF>(qs, sc, xq, y, rows, nb, acc_y, &pf);                                              \
+    }
+KR_GF_MV2P(q4_0, 0, 2, 4)
+KR_GF_MV2P(q4_0, 0, 2, 2)
+KR_GF_MV2P(q4_0, 0, 1, 4)
+KR_GF_MV2P(q8_0, 1, 2, 2)
+KR_GF_MV2P(q8_0, 1, 2, 1)
+
 // Norm folding (MODE 2 / 3 above), 16 warps x 2 rows = 32 rows per CTA for the producer.
 //   kr_gf_mv2nfp_<type>(qs, sc, xq, x, rows, nb, wn, part, xo): x += W xq; xo, part as NORM
 //   kr_gf_mv2nfc_<type>(qs, sc, xq, y, rows, nb, part, eps):   y = scale * (W xq) as NS

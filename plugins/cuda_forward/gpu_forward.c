@@ -1037,21 +1037,27 @@ static kr_status kr__repack_all(kr_gpu_forward *g, kr_err *err)
 typedef struct kr__mv2_var {
     const char *name; /* "r2p4" */
     int rows;         /* NR: rows per warp */
+    bool persist;     /* "pr..": persistent warps over row tiles (grid from kr__mv2p_grid) */
 } kr__mv2_var;
 /* suffix d: double-buffered chunks; h: the same single-buffered loop through the .cu's
- * helpers (fewer registers) */
-static const kr__mv2_var kr__mv2_q4[] = {{"r1p4", 1},  {"r2p4", 2},  {"r4p2", 4}, {"r2p8", 2},
-                                         {"r2p4d", 2}, {"r2p2d", 2}, {"r2p4h", 2}};
-static const kr__mv2_var kr__mv2_q8[] = {{"r1p4", 1},  {"r2p2", 2},  {"r2p4", 2}, {"r4p2", 4},
-                                         {"r2p2d", 2}, {"r2p1d", 2}, {"r2p2h", 2}};
-#define KR__N_MV2 7
+ * helpers (fewer registers); prefix p: persistent warps, double-buffered across tiles */
+static const kr__mv2_var kr__mv2_q4[] = {
+    {"r1p4", 1, false},  {"r2p4", 2, false},  {"r4p2", 4, false}, {"r2p8", 2, false}, {"r2p4d", 2, false},
+    {"r2p2d", 2, false}, {"r2p4h", 2, false}, {"pr2p4", 2, true}, {"pr2p2", 2, true}, {"pr1p4", 1, true}};
+static const kr__mv2_var kr__mv2_q8[] = {
+    {"r1p4", 1, false},  {"r2p2", 2, false},  {"r2p4", 2, false}, {"r4p2", 4, false}, {"r2p2d", 2, false},
+    {"r2p1d", 2, false}, {"r2p2h", 2, false}, {"pr2p2", 2, true}, {"pr2p1", 2, true}};
+#define KR__N_MV2_Q4 ((int)(sizeof kr__mv2_q4 / sizeof kr__mv2_q4[0]))
+#define KR__N_MV2_Q8 ((int)(sizeof kr__mv2_q8 / sizeof kr__mv2_q8[0]))
 
 /* Default variant (docs/GPU-FORWARD.md). */
 static kr__gf_tuning kr__tuning_default(void)
 {
     /* H200 checkpoints 07:15-07:54 (docs/PERF.md): PDL, v2 r2p4 / r2p2, residual in the
-     * matvec, 32-warp multi-block norm; nf / gus / l2pf / oq / sw measured slower */
-    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 1, .resid = true, .norm_mb = true,
+     * matvec, 32-warp multi-block norm; nf / gus / l2pf / oq / sw measured slower.
+     * Session 3 (10:10): Q8_0 r2p1d (double-buffered, 1 block per lane per chunk) 2.518 vs
+     * 2.603 ms/token; the in-kernel L2 prefetch variants (pfa/pft/pfn/pfs/pfw) all slower */
+    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 5, .resid = true, .norm_mb = true,
                            .norm_wide = true, .nfp_w = 16,
                            .fa = true /* fused attention: H200 10:10, Q4_0 1.714 vs 1.904 ms/token (c64) */};
 }
@@ -1074,13 +1080,13 @@ static bool kr__parse_mib(const char *v, size_t n, int *out)
     return true;
 }
 
-static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int *out)
+static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int n_vars, int *out)
 {
     if (n == 2 && strncmp(v, "v1", 2) == 0) {
         *out = 0;
         return true;
     }
-    for (int i = 0; i < KR__N_MV2; i++)
+    for (int i = 0; i < n_vars; i++)
         if (strlen(vars[i].name) == n && strncmp(v, vars[i].name, n) == 0) {
             *out = 1 + i;
             return true;
@@ -1163,13 +1169,13 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 }
             }
             else if (kn == 3 && strncmp(p, "mv4", 3) == 0)
-                ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4);
+                ok = kr__parse_mv(v, vn, kr__mv2_q4, KR__N_MV2_Q4, &t->mv4);
             else if (kn == 3 && strncmp(p, "mv8", 3) == 0)
-                ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8);
+                ok = kr__parse_mv(v, vn, kr__mv2_q8, KR__N_MV2_Q8, &t->mv8);
             else if (kn == 4 && strncmp(p, "mv4e", 4) == 0)
-                ok = kr__parse_mv(v, vn, kr__mv2_q4, &t->mv4e) && t->mv4e > 0;
+                ok = kr__parse_mv(v, vn, kr__mv2_q4, KR__N_MV2_Q4, &t->mv4e) && t->mv4e > 0;
             else if (kn == 4 && strncmp(p, "mv8e", 4) == 0)
-                ok = kr__parse_mv(v, vn, kr__mv2_q8, &t->mv8e) && t->mv8e > 0;
+                ok = kr__parse_mv(v, vn, kr__mv2_q8, KR__N_MV2_Q8, &t->mv8e) && t->mv8e > 0;
             else if (kn == 3 && strncmp(p, "pfa", 3) == 0)
                 ok = kr__parse_mib(v, vn, &t->pfa_mb);
             else if (kn == 3 && strncmp(p, "pft", 3) == 0)
@@ -1182,6 +1188,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mib(v, vn, &t->pfc) && t->pfc <= 64;
             else if (kn == 3 && strncmp(p, "pfe", 3) == 0)
                 ok = kr__parse_bool(v, vn, &t->pfe);
+            else if (kn == 3 && strncmp(p, "mvp", 3) == 0)
+                ok = kr__parse_mib(v, vn, &t->mvp) && t->mvp >= 1 && t->mvp <= 32;
             else if (kn == 3 && strncmp(p, "pfo", 3) == 0)
                 ok = kr__parse_mib(v, vn, &t->pfo_mb);
             else if (kn == 3 && strncmp(p, "pfw", 3) == 0)
@@ -1203,7 +1211,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, "
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
-                              "mv4e=, mv8e= (v2 names: o/down), "
+                              "mv4e=, mv8e= (v2 names: o/down), mvp=1..32, "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
                               "pfa|pft|pfn|pfs|pfo=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=c64|c32|cl8|..., "
                               "skip=[anm]|0, default, old)",
@@ -1221,7 +1229,7 @@ static kr_status kr__gf_fn(kr_backend *be, const char *entry, kr_function **fn, 
 static kr_status kr__mv2_fn(kr_backend *be, const char *pfx, bool q4, int var, kr_function **fn, kr_err *err)
 {
     *fn = NULL;
-    if (var < 1 || var > KR__N_MV2)
+    if (var < 1 || var > (q4 ? KR__N_MV2_Q4 : KR__N_MV2_Q8))
         return KR_OK;
     char entry[64];
     snprintf(entry, sizeof entry, "%s_%s_%s", pfx, q4 ? "q4_0" : "q8_0",
@@ -1357,6 +1365,10 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->fn_mv2_q8_0 = f8;
     g->mv2_rows4 = t.mv4 > 0 ? kr__mv2_q4[t.mv4 - 1].rows : 0;
     g->mv2_rows8 = t.mv8 > 0 ? kr__mv2_q8[t.mv8 - 1].rows : 0;
+    g->mv2_persist4 = t.mv4 > 0 && kr__mv2_q4[t.mv4 - 1].persist;
+    g->mv2_persist8 = t.mv8 > 0 && kr__mv2_q8[t.mv8 - 1].persist;
+    g->mv2e_persist4 = t.mv4e > 0 && kr__mv2_q4[t.mv4e - 1].persist;
+    g->mv2e_persist8 = t.mv8e > 0 && kr__mv2_q8[t.mv8e - 1].persist;
     g->fn_norm_mb = fn_mb;
     g->fn_prefetch = fn_pf;
     g->fn_mv2t_q4_0 = ft4;
@@ -1543,13 +1555,25 @@ static kr_status kr__proj(kr_gpu_forward *g, kr_stream *s, const float *x, bool 
             int per = KR__GF_WARPS * (v2 ? (q4 ? g->mv2_rows4 : g->mv2_rows8) : 1);
             kr_function *fn = v2 ? (q4 ? g->fn_mv2_q4_0 : g->fn_mv2_q8_0) : (q4 ? g->fn_mv_q4_0 : g->fn_mv_q8_0);
             kr_function *ft = q4 ? g->fn_mv2t_q4_0 : g->fn_mv2t_q8_0;
+            bool persist = v2 && (q4 ? g->mv2_persist4 : g->mv2_persist8);
             if (v2 && M->rows == (int64_t)g->hp.n_embd && (q4 ? g->fn_mv2e_q4_0 : g->fn_mv2e_q8_0)) {
                 /* tun.mv4e / mv8e: the n_embd-row matrices (attn_output, ffn_down) */
                 fn = q4 ? g->fn_mv2e_q4_0 : g->fn_mv2e_q8_0;
                 ft = q4 ? g->fn_mv2et_q4_0 : g->fn_mv2et_q8_0;
                 per = KR__GF_WARPS * (q4 ? g->mv2e_rows4 : g->mv2e_rows8);
+                persist = q4 ? g->mv2e_persist4 : g->mv2e_persist8;
             }
             uint32_t grid[3] = {(uint32_t)((rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
+            if (persist) {
+                /* persistent warps: at most tun.mvp (default 4) CTAs per SM, every warp the same
+                 * number of row tiles (k), the fewest warps that achieve it */
+                const kr_device_info *di = kr_backend_device_info(g->be);
+                int64_t sms = di && di->sm_count > 0 ? di->sm_count : 132;
+                int64_t nr = per / KR__GF_WARPS, tiles = (rows + nr - 1) / nr;
+                int64_t cap = sms * (g->tun.mvp > 0 ? g->tun.mvp : 4) * KR__GF_WARPS;
+                int64_t k = (tiles + cap - 1) / cap, warps = (tiles + k - 1) / k;
+                grid[0] = (uint32_t)((warps + KR__GF_WARPS - 1) / KR__GF_WARPS);
+            }
             bool ranges = i == n - 1 && kr__pf_any(&pf);
             if (v2 && ft && (ranges || g->tun.pfw > 0)) {
                 /* the tail request (tun.pfa / pft): the last pfc x SMs CTAs each issue a share;

@@ -65,6 +65,7 @@ typedef struct kr__gf_tuning {
     int pfw;                       /* matvecs: CTA c requests the rows of CTA c + pfw x SMs before its wait (0: no) */
     int pfo_mb;                    /* the output matvec's tail prefetches MiB of layer 0's qkv (+ o) for the next step */
     int mv4e, mv8e;                /* 0: as mv4 / mv8; else 1 + v2 variant for the n_embd-row matrices (o, down) */
+    int mvp;                       /* persistent v2 matvecs ("pr..."): CTAs per SM of their grid (0: 4) */
     bool fa;                       /* fused attention block (kr_dec_fattn: rope + store + attention + q8, one launch) */
     int fa_split;                  /* its split count (0: default) */
     bool fa_pf;                    /* its blocks prefetch attn_output's weights into L2 before their wait */
@@ -162,6 +163,8 @@ struct kr_gpu_forward {
     kr_function *fn_mv2et_q4_0;    /* ... their kr_gf_mv2t_* (with tun.pfa / pft) */
     kr_function *fn_mv2et_q8_0;
     int mv2e_rows4, mv2e_rows8;    /* rows per warp of those */
+    bool mv2_persist4, mv2_persist8;   /* the v2 variants in use are persistent ("pr...": grid by kr__proj) */
+    bool mv2e_persist4, mv2e_persist8;
     kr_function *fn_norm_mbp;      /* kr_gf_rmsnorm_q8_mbp (tun.pfn_mb) or NULL */
     kr_function *fn_swiglu_p;      /* kr_gf_swiglu_q8p (tun.pfs_mb) or NULL */
     kr__gf_pf pf_mv;               /* prefetch request for the next kr__proj matvec (ranges only; n[i] 0: none) */

@@ -172,16 +172,20 @@ static double nmse_d(const float *a, const double *ref, int n)
 typedef struct mv_kernel {
     const char *entry;
     int q8, rows_per_warp, v2;
+    int persist; /* any grid: also run with grids of 1, 3 and 7 CTAs (several tiles per warp) */
 } mv_kernel;
 
 static const mv_kernel k_mv[] = {
-    {"kr_gf_mv_q4_0", 0, 1, 0},         {"kr_gf_mv_q8_0", 1, 1, 0},
-    {"kr_gf_mv2_q4_0_r1p4", 0, 1, 1},   {"kr_gf_mv2_q4_0_r2p4", 0, 2, 1}, {"kr_gf_mv2_q4_0_r4p2", 0, 4, 1},
-    {"kr_gf_mv2_q4_0_r2p8", 0, 2, 1},   {"kr_gf_mv2_q8_0_r1p4", 1, 1, 1}, {"kr_gf_mv2_q8_0_r2p2", 1, 2, 1},
-    {"kr_gf_mv2_q8_0_r2p4", 1, 2, 1},   {"kr_gf_mv2_q8_0_r4p2", 1, 4, 1},
+    {"kr_gf_mv_q4_0", 0, 1, 0, 0},         {"kr_gf_mv_q8_0", 1, 1, 0, 0},
+    {"kr_gf_mv2_q4_0_r1p4", 0, 1, 1, 0},   {"kr_gf_mv2_q4_0_r2p4", 0, 2, 1, 0}, {"kr_gf_mv2_q4_0_r4p2", 0, 4, 1, 0},
+    {"kr_gf_mv2_q4_0_r2p8", 0, 2, 1, 0},   {"kr_gf_mv2_q8_0_r1p4", 1, 1, 1, 0}, {"kr_gf_mv2_q8_0_r2p2", 1, 2, 1, 0},
+    {"kr_gf_mv2_q8_0_r2p4", 1, 2, 1, 0},   {"kr_gf_mv2_q8_0_r4p2", 1, 4, 1, 0},
     /* double-buffered (d) and helper-loop (h) variants */
-    {"kr_gf_mv2_q4_0_r2p4d", 0, 2, 1},  {"kr_gf_mv2_q4_0_r2p2d", 0, 2, 1}, {"kr_gf_mv2_q4_0_r2p4h", 0, 2, 1},
-    {"kr_gf_mv2_q8_0_r2p2d", 1, 2, 1},  {"kr_gf_mv2_q8_0_r2p1d", 1, 2, 1}, {"kr_gf_mv2_q8_0_r2p2h", 1, 2, 1},
+    {"kr_gf_mv2_q4_0_r2p4d", 0, 2, 1, 0},  {"kr_gf_mv2_q4_0_r2p2d", 0, 2, 1, 0}, {"kr_gf_mv2_q4_0_r2p4h", 0, 2, 1, 0},
+    {"kr_gf_mv2_q8_0_r2p2d", 1, 2, 1, 0},  {"kr_gf_mv2_q8_0_r2p1d", 1, 2, 1, 0}, {"kr_gf_mv2_q8_0_r2p2h", 1, 2, 1, 0},
+    /* persistent warps over row tiles */
+    {"kr_gf_mv2_q4_0_pr2p4", 0, 2, 1, 1}, {"kr_gf_mv2_q4_0_pr2p2", 0, 2, 1, 1}, {"kr_gf_mv2_q4_0_pr1p4", 0, 1, 1, 1},
+    {"kr_gf_mv2_q8_0_pr2p2", 1, 2, 1, 1}, {"kr_gf_mv2_q8_0_pr2p1", 1, 2, 1, 1},
 };
 
 Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)
@@ -212,18 +216,25 @@ Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)
                     continue;
                 kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src,
                                          kr_gf_matvec_repacked_src_LEN, k_mv_src.name, k_mv[k].entry);
-                for (int acc = 0; acc <= k_mv[k].v2; acc++) {
+                for (int acc = 0; acc <= 3 * k_mv[k].v2; acc++) {
+                    /* acc 2, 3: persistent kernels only, with grids of 1 / 3 / 7 CTAs */
+                    if (acc >= 2 && !k_mv[k].persist)
+                        break;
+                    int a = acc & 1;
                     kr_buffer *by;
-                    float *dy = acc ? kr_test_dupload(be, y0, (size_t)rows * 4, &by)
-                                    : kr_test_dpoisoned(be, (size_t)rows, &by);
-                    int irows = rows, inb = nb, iacc = acc;
+                    float *dy = a ? kr_test_dupload(be, y0, (size_t)rows * 4, &by)
+                                  : kr_test_dpoisoned(be, (size_t)rows, &by);
+                    int irows = rows, inb = nb, iacc = a;
                     void *args[] = {&dqs, &dsc, &dx, &dy, &irows, &inb, &iacc};
                     int per = WARPS * k_mv[k].rows_per_warp;
-                    launch(be, fn, (uint32_t)((rows + per - 1) / per), 32, WARPS, args, 0);
+                    uint32_t grid = (uint32_t)((rows + per - 1) / per);
+                    if (acc >= 2)
+                        grid = acc == 2 ? 1 : (s % 2 ? 3 : 7);
+                    launch(be, fn, grid, 32, WARPS, args, 0);
                     kr_test_download(be, y, dy, (size_t)rows * 4);
                     double *want = ref;
                     double *tmp = NULL;
-                    if (acc) {
+                    if (a) {
                         tmp = malloc((size_t)rows * sizeof *tmp);
                         cr_assert_not_null(tmp);
                         for (int r = 0; r < rows; r++)
@@ -231,8 +242,8 @@ Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)
                         want = tmp;
                     }
                     double e = nmse_d(y, want, rows);
-                    cr_expect_leq(e, 1e-10, "%s rows %d nb %d acc %d: NMSE %.3g (seed %llu)", k_mv[k].entry, rows,
-                                  nb, acc, e, (unsigned long long)kr_test_seed());
+                    cr_expect_leq(e, 1e-10, "%s rows %d nb %d acc %d grid %u: NMSE %.3g (seed %llu)", k_mv[k].entry,
+                                  rows, nb, a, grid, e, (unsigned long long)kr_test_seed());
                     free(tmp);
                     kr_backend_free(be, by);
                 }
@@ -940,8 +951,8 @@ Test(gpu_forward_kernels, embedded_sources_compile_for_sm90, .timeout = 300)
         const char *entries[6];
     } srcs[] = {
         {"forward/matvec_repacked.cu", kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN,
-         {"kr_gf_mv2t_q4_0_r2p4(", "kr_gf_mv2t_q8_0_r2p2(", "kr_gf_mv2_q4_0_r2p4d(", "kr_gf_mv2t_q8_0_r2p1d(",
-          "kr_gf_mv2_q4_0_r2p4h(", "kr_gf_mv2gus_q8_0_r2p2h("}},
+         {"kr_gf_mv2t_q4_0_r2p4(", "kr_gf_mv2t_q8_0_pr2p1(", "kr_gf_mv2_q4_0_r2p4d(", "kr_gf_mv2t_q8_0_r2p1d(",
+          "kr_gf_mv2_q4_0_pr2p4(", "kr_gf_mv2gus_q8_0_r2p2h("}},
         {"forward/step_fused.cu", kr_gf_step_fused_src, kr_gf_step_fused_src_LEN,
          {"kr_gf_rmsnorm_q8_mbp(", "kr_gf_swiglu_q8p(", "kr_gf_rmsnorm_q8_mb(", "kr_gf_swiglu_q8(",
           "kr_gf_add_rmsnorm_q8(", "kr_gf_prefetch_l2("}},

@@ -54,11 +54,11 @@ if [ "$part" = bench ]; then
   #   pfa=MiB qkv tail -> attn_output (+ gate/up) during the attention; pft=MiB every matvec tail ->
   #   the next matvec; pfn / pfs = MiB the norms / swiglu_q8 request before their PDL wait;
   #   pfe=1 tails request before the wait; pfc=N the last N x SMs CTAs request; mv4/mv8 d/h matvecs
-  V4="default;pfa=8;pfa=16;pfa=24;pfa=32;pft=4;pft=8;pft=16;pft=8,pfe=1;pft=8,pfc=1;pft=8,pfc=8"
-  V4="$V4;pfn=4;pfn=8;pfn=16;pfs=4;pfs=8;pfn=8,pfs=8;pfa=16,pfn=8,pfs=8;pfa=16,pft=8"
-  V4="$V4;mv4=r2p4d;mv4=r2p2d;mv4=r2p4h;mv4=r2p4h,pfa=16,pfn=8,pfs=8;mv4e=r1p4;mv4e=r2p2d;mv4e=r2p4d;mv4e=r4p2"
-  V4="$V4;pfw=6;pfw=3;mv4=r2p4h,pfw=8;pft=8,pfn=8,pfs=8;pfa=16,pft=8,pfn=8,pfs=8;pfa=32,pft=16,pfe=1,pfn=16,pfs=16;pfa=24,pft=8,pfn=8,pfs=8;pfo=32"
-  V8="default;pfa=16;pft=8;pfn=8,pfs=8;pfa=16,pfn=8,pfs=8;mv8=r2p2d;mv8=r2p1d;mv8=r2p2h;mv8e=r1p4;mv8e=r2p1d;pfw=8"
+  # checkpoint 10:10: every prefetch variant was slower (pfn=16 +0.73 ms), Q8_0 mv8=r2p1d -0.08 ms
+  # (now Q8_0's default; mv8=r2p2 = the old one). Now: persistent matvecs (pr..., mvp = CTAs/SM).
+  V4="default;mv4=pr2p4;mv4=pr2p4,mvp=3;mv4=pr2p4,mvp=2;mv4=pr2p2;mv4=pr2p2,mvp=7;mv4=pr2p2,mvp=5"
+  V4="$V4;mv4=pr1p4;mv4=pr1p4,mvp=7;mv4e=r2p4d;mv4e=pr2p4;mv4=pr2p2,mvp=7,mv4e=r2p4d;pfo=32;pfs=4;skip=a"
+  V8="default;mv8=r2p2;mv8=pr2p1;mv8=pr2p1,mvp=7;mv8=pr2p1,mvp=5;mv8=pr2p2;mv8e=pr2p1;mv8e=r2p2d"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
