@@ -673,6 +673,7 @@ __device__ __forceinline__ void kr_gf_mv2p(const uint4 *__restrict__ qs, const u
 KR_GF_MV2P(q4_0, 0, 2, 4)
 KR_GF_MV2P(q4_0, 0, 2, 2)
 KR_GF_MV2P(q4_0, 0, 1, 4)
+KR_GF_MV2P(q4_0, 0, 4, 2)
 KR_GF_MV2P(q8_0, 1, 2, 2)
 KR_GF_MV2P(q8_0, 1, 2, 1)
 

@@ -1043,7 +1043,8 @@ typedef struct kr__mv2_var {
  * helpers (fewer registers); prefix p: persistent warps, double-buffered across tiles */
 static const kr__mv2_var kr__mv2_q4[] = {
     {"r1p4", 1, false},  {"r2p4", 2, false},  {"r4p2", 4, false}, {"r2p8", 2, false}, {"r2p4d", 2, false},
-    {"r2p2d", 2, false}, {"r2p4h", 2, false}, {"pr2p4", 2, true}, {"pr2p2", 2, true}, {"pr1p4", 1, true}};
+    {"r2p2d", 2, false}, {"r2p4h", 2, false}, {"pr2p4", 2, true}, {"pr2p2", 2, true}, {"pr1p4", 1, true},
+    {"pr4p2", 4, true}};
 static const kr__mv2_var kr__mv2_q8[] = {
     {"r1p4", 1, false},  {"r2p2", 2, false},  {"r2p4", 2, false}, {"r4p2", 4, false}, {"r2p2d", 2, false},
     {"r2p1d", 2, false}, {"r2p2h", 2, false}, {"pr2p2", 2, true}, {"pr2p1", 2, true}};

@@ -185,7 +185,7 @@ static const mv_kernel k_mv[] = {
     {"kr_gf_mv2_q8_0_r2p2d", 1, 2, 1, 0},  {"kr_gf_mv2_q8_0_r2p1d", 1, 2, 1, 0}, {"kr_gf_mv2_q8_0_r2p2h", 1, 2, 1, 0},
     /* persistent warps over row tiles */
     {"kr_gf_mv2_q4_0_pr2p4", 0, 2, 1, 1}, {"kr_gf_mv2_q4_0_pr2p2", 0, 2, 1, 1}, {"kr_gf_mv2_q4_0_pr1p4", 0, 1, 1, 1},
-    {"kr_gf_mv2_q8_0_pr2p2", 1, 2, 1, 1}, {"kr_gf_mv2_q8_0_pr2p1", 1, 2, 1, 1},
+    {"kr_gf_mv2_q4_0_pr4p2", 0, 4, 1, 1}, {"kr_gf_mv2_q8_0_pr2p2", 1, 2, 1, 1}, {"kr_gf_mv2_q8_0_pr2p1", 1, 2, 1, 1},
 };
 
 Test(gpu_forward_kernels, repacked_matvecs_vs_cpu, .timeout = 300)

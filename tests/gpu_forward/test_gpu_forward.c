@@ -368,7 +368,8 @@ static void variants_compare(kr_dtype type)
                                         "nf=1,pfa=8,pft=8,pfn=8,pfs=8", "mv4e=r1p4,mv8e=r1p4",
                                         "mv4e=r2p4d,mv8e=r2p2d,pft=4", "mv4=r2p4h,mv4e=r4p2,mv8e=r4p2,pfa=2,pfe=1", "pfw=6",
                                         "pfw=1,pft=4,mv4=r2p4h,mv8=r2p2h", "pfo=64,pfe=1", "mv4=pr2p4,mv8=pr2p1",
-                                        "mv4=pr2p2,mv8=pr2p2,mvp=1,pft=2", "mv4=pr1p4,mv4e=r2p4d,mv8e=pr2p1,mvp=3", "default"};
+                                        "mv4=pr2p2,mv8=pr2p2,mvp=1,pft=2", "mv4=pr1p4,mv4e=r2p4d,mv8e=pr2p1,mvp=3", "mv4=pr4p2,mvp=2",
+                                        "default"};
     kr_backend *be = cuda_or_skip(); /* one backend, model, CPU reference and GPU object for all */
     char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
