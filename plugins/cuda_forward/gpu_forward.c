@@ -1103,8 +1103,8 @@ static bool kr__parse_mv(const char *v, size_t n, const kr__mv2_var *vars, int n
  * N x SMs ahead), fa=0|1 (fused attention), fas=N (its splits, 0: default),
  * fapf=0|1 (it prefetches attn_output), fast=0..8 (its stages, 0: default), fav=NAME (its kernel variant:
  * kr_dec_fattn_variant_name, e.g. c64 (default), c32, cl8),
- * skip=[anm]|0 (timing experiments: leave
- * out the layers' attention / norms / matvecs; wrong results); "default" resets to the default, "old" to the
+ * skip=[anms]|0 (timing experiments: leave
+ * out the layers' attention / norms / matvecs / swiglu; wrong results); "default" resets to the default, "old" to the
  * pre-PDL step. */
 static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *err)
 {
@@ -1165,6 +1165,8 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                         t->skip |= KR__SKIP_NORM;
                     else if (v[i] == 'm')
                         t->skip |= KR__SKIP_MV;
+                    else if (v[i] == 's')
+                        t->skip |= KR__SKIP_SWIGLU;
                     else if (v[i] != '0')
                         ok = false;
                 }
@@ -1215,7 +1217,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                               "mv4e=, mv8e= (v2 names: o/down), mvp=1..32, "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
                               "pfa|pft|pfn|pfs|pfo=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=c64|c32|cl8|..., "
-                              "skip=[anm]|0, default, old)",
+                              "skip=[anms]|0, default, old)",
                               (int)n, p, spec);
         p += n;
         if (*p == ',')
@@ -2016,7 +2018,9 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
                       (L->down.type == KR_DTYPE_Q4_0 ? g->fn_nfps_q4_0 : g->fn_nfps_q8_0) != NULL;
             if (g->tun.pfs_mb > 0)
                 kr__pf_set(&g->pf_lat, g->tun.pfs_mb, &L->down, NULL);
-            if (!sw && (st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
+            if (skip & KR__SKIP_SWIGLU) /* timing only: down reads whatever xq holds */
+                dq = kr__any_q8(dn, 1);
+            else if (!sw && (st = kr__swiglu(g, s, kr__any_q8(dn, 1), &dq, err)) != KR_OK)
                 return st;
             memset(&g->pf_lat, 0, sizeof g->pf_lat);
             nf_in = nf_in && (sw || dq);

@@ -40,7 +40,7 @@ typedef struct kr__gf_layer {
 
 /* Variants of the decode step (kr_gpu_forward_set_tuning, env KERNRUN_GF_TUNING;
  * docs/GPU-FORWARD.md). */
-enum { KR__SKIP_ATTN = 1u, KR__SKIP_NORM = 2u, KR__SKIP_MV = 4u };
+enum { KR__SKIP_ATTN = 1u, KR__SKIP_NORM = 2u, KR__SKIP_MV = 4u, KR__SKIP_SWIGLU = 8u };
 typedef struct kr__gf_tuning {
     bool pdl;                      /* PDL-capable kernels of the step launched with KR_LAUNCH_PDL */
     int mv4, mv8;                  /* repacked Q4_0 / Q8_0 matvec: 0 = kr_gf_mv_* (v1), else 1 + v2 variant */
