@@ -677,6 +677,170 @@ KR_GF_MV2P(q4_0, 0, 4, 2)
 KR_GF_MV2P(q8_0, 1, 2, 2)
 KR_GF_MV2P(q8_0, 1, 2, 1)
 
+// ---- v2q: the rmsnorm + q8 of the matvec's input done by the first CTAs of the same grid ----
+// CTAs 0 .. nq-1 (the norm): after the PDL wait, CTA 0 zeroes flags[prev] (the previous
+// instance's counter: its consumers have completed, they ran before this grid's predecessor);
+// every norm CTA reduces the whole x (n = nb*32 floats, the same order in every CTA, as
+// kr_gf_rmsnorm_q8_mb), writes its 32-blocks of xq = q8(x / rms * wn) (blocks blockIdx*W + warp,
+// stride nq*W), then fences and adds 1 to flags[idx]. CTAs nq.. (the matvec, virtual CTA
+// blockIdx - nq, rows as kr_gf_mv2 with NR rows per warp and PF-block chunks): weights of the
+// first chunk before the PDL wait, then thread 0 polls flags[idx] until it reaches nq (bounded:
+// traps after ~2 s instead of hanging if the norm CTAs were never scheduled), a barrier, and xq
+// is read through L2 (__ldcg: it was written inside this grid). One kernel boundary less than
+// norm + matvec; the matvec's CTAs start one kernel earlier. flags: int counters, 0 at start.
+template <int Q8, int NR, int PF>
+__device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
+                                           signed char *xq, float *y, int rows, int nb, int acc_y,
+                                           const float *x, const float *__restrict__ wn, float eps, int *flags,
+                                           int idx, int prev, int nq)
+{
+    const int VPB = Q8 ? 2 : 1;
+    const int lane = threadIdx.x, warp = threadIdx.y;
+    __shared__ float red[KR_GF_WARPS];
+    if ((int)blockIdx.x < nq) {
+        KR_PDL_WAIT();
+        KR_PDL_LAUNCH_DEPENDENTS();
+        if (blockIdx.x == 0 && lane == 0 && warp == 0 && prev >= 0)
+            flags[prev] = 0;
+        const int n = nb * 32, tid = warp * 32 + lane;
+        const float4 *x4 = (const float4 *)x;
+        float ss = 0.0f;
+        for (int i = tid; i < n / 4; i += 32 * KR_GF_WARPS) {
+            float4 v = __ldcg(x4 + i);
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        ss = kr_gf_warp_sum(ss);
+        if (lane == 0)
+            red[warp] = ss;
+        __syncthreads();
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < KR_GF_WARPS; w++)
+            t += red[w];
+        const float scale = rsqrtf(t / (float)n + eps);
+        for (int blk = blockIdx.x * KR_GF_WARPS + warp; blk < nb; blk += nq * KR_GF_WARPS) {
+            const int i = blk * 32 + lane;
+            float v = __ldcg(x + i) * scale * __ldg(wn + i);
+            float amax = fabsf(v);
+            for (int o = 16; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            float d = amax / 127.0f;
+            int q = d > 0.0f ? (int)rintf(v / d) : 0;
+            int qsum = q;
+            for (int o = 16; o > 0; o >>= 1)
+                qsum += __shfl_xor_sync(0xffffffffu, qsum, o);
+            xq[i] = (signed char)q;
+            if (lane == 0) {
+                float *dd = (float *)(xq + n);
+                dd[blk] = d;
+                dd[nb + blk] = d * (float)qsum;
+            }
+        }
+        __threadfence();
+        __syncthreads();
+        if (lane == 0 && warp == 0)
+            atomicAdd(flags + idx, 1);
+        return;
+    }
+    const int cta = (int)blockIdx.x - nq;
+    const int r0 = (cta * KR_GF_WARPS + warp) * NR;
+    const bool active = r0 < rows; // inactive warps still take part in the barrier
+    const uint4 *rq[NR];
+    const unsigned short *rs[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        int row = min(r0 + r, rows - 1);
+        rq[r] = qs + (kr_gf_i64)row * nb * VPB;
+        rs[r] = sc + (kr_gf_i64)row * nb;
+    }
+    uint4 w[PF][NR][VPB];
+    unsigned short d[PF][NR];
+    if (active)
+        kr_gf_mv2_load<Q8, NR, PF>(w, d, rq, rs, lane, nb);
+    KR_PDL_WAIT();
+    KR_PDL_LAUNCH_DEPENDENTS();
+    if (lane == 0 && warp == 0) {
+        volatile int *f = flags + idx;
+        long long spins = 0;
+        while (*f < nq) {
+            __nanosleep(128);
+            if (++spins > (1ll << 24))
+                __trap(); // the norm CTAs never ran: fail loudly rather than hang
+        }
+        __threadfence();
+    }
+    __syncthreads();
+    if (!active)
+        return;
+    const int4 *xv = (const int4 *)xq;
+    const float *xd = (const float *)(xq + (kr_gf_i64)nb * 32);
+    const float *xs = xd + nb;
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        acc[r] = 0.0f;
+    for (int k0 = 0;; k0 += PF) {
+#pragma unroll
+        for (int k = 0; k < PF; k++) {
+            int b = lane + 32 * (k0 + k);
+            if (b < nb) {
+                int4 x0 = __ldcg(xv + 2 * b), x1 = __ldcg(xv + 2 * b + 1);
+                float dx = __ldcg(xd + b);
+                float sx = Q8 ? 0.0f : __ldcg(xs + b);
+#pragma unroll
+                for (int r = 0; r < NR; r++) {
+                    int s = 0;
+                    if (Q8) {
+                        s = __dp4a((int)w[k][r][0].x, x0.x, s);
+                        s = __dp4a((int)w[k][r][0].y, x0.y, s);
+                        s = __dp4a((int)w[k][r][0].z, x0.z, s);
+                        s = __dp4a((int)w[k][r][0].w, x0.w, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].x, x1.x, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].y, x1.y, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].z, x1.z, s);
+                        s = __dp4a((int)w[k][r][VPB - 1].w, x1.w, s);
+                        acc[r] += kr_gf_h2f(d[k][r]) * dx * (float)s;
+                    } else {
+                        uint4 q = w[k][r][0];
+                        s = __dp4a((int)(q.x & 0x0F0F0F0Fu), x0.x, s);
+                        s = __dp4a((int)(q.y & 0x0F0F0F0Fu), x0.y, s);
+                        s = __dp4a((int)(q.z & 0x0F0F0F0Fu), x0.z, s);
+                        s = __dp4a((int)(q.w & 0x0F0F0F0Fu), x0.w, s);
+                        s = __dp4a((int)((q.x >> 4) & 0x0F0F0F0Fu), x1.x, s);
+                        s = __dp4a((int)((q.y >> 4) & 0x0F0F0F0Fu), x1.y, s);
+                        s = __dp4a((int)((q.z >> 4) & 0x0F0F0F0Fu), x1.z, s);
+                        s = __dp4a((int)((q.w >> 4) & 0x0F0F0F0Fu), x1.w, s);
+                        acc[r] += kr_gf_h2f(d[k][r]) * (dx * (float)s - 8.0f * sx);
+                    }
+                }
+            }
+        }
+        if (lane + 32 * (k0 + PF) >= nb)
+            break;
+        kr_gf_mv2_load<Q8, NR, PF>(w, d, rq, rs, lane + 32 * (k0 + PF), nb);
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float v = kr_gf_warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows)
+            y[r0 + r] = acc_y ? y[r0 + r] + v : v;
+    }
+}
+
+// Entries kr_gf_mv2q_{q4_0,q8_0}_r<NR>p<PF>(qs, sc, xq, y, rows, nb, acc_y, x, wn, eps, flags, idx, prev, nq):
+// grid nq + ceil(rows / (KR_GF_WARPS * NR)) CTAs of (32, KR_GF_WARPS); n = nb * 32 = the norm's length.
+#define KR_GF_MV2Q(T, Q8, NR, PF)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2q_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,             \
+                                  signed char *xq, float *y, int rows, int nb, int acc_y, const float *x,         \
+                                  const float *__restrict__ wn, float eps, int *flags, int idx, int prev, int nq) \
+    {                                                                                                             \
+        kr_gf_mv2q<Q8, NR, PF>(qs, sc, xq, y, rows, nb, acc_y, x, wn, eps, flags, idx, prev, nq);                 \
+    }
+KR_GF_MV2Q(q4_0, 0, 2, 4)
+KR_GF_MV2Q(q8_0, 1, 2, 2)
+KR_GF_MV2Q(q8_0, 1, 2, 1)
+
 // Norm folding (MODE 2 / 3 above), 16 warps x 2 rows = 32 rows per CTA for the producer.
 //   kr_gf_mv2nfp_<type>(qs, sc, xq, x, rows, nb, wn, part, xo): x += W xq; xo, part as NORM
 //   kr_gf_mv2nfc_<type>(qs, sc, xq, y, rows, nb, part, eps):   y = scale * (W xq) as NS

@@ -952,7 +952,7 @@ Test(gpu_forward_kernels, embedded_sources_compile_for_sm90, .timeout = 300)
     } srcs[] = {
         {"forward/matvec_repacked.cu", kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN,
          {"kr_gf_mv2t_q4_0_r2p4(", "kr_gf_mv2t_q8_0_pr2p1(", "kr_gf_mv2_q4_0_r2p4d(", "kr_gf_mv2t_q8_0_r2p1d(",
-          "kr_gf_mv2_q4_0_pr2p4(", "kr_gf_mv2gus_q8_0_r2p2h("}},
+          "kr_gf_mv2_q4_0_pr2p4(", "kr_gf_mv2q_q4_0_r2p4("}},
         {"forward/step_fused.cu", kr_gf_step_fused_src, kr_gf_step_fused_src_LEN,
          {"kr_gf_rmsnorm_q8_mbp(", "kr_gf_swiglu_q8p(", "kr_gf_rmsnorm_q8_mb(", "kr_gf_swiglu_q8(",
           "kr_gf_add_rmsnorm_q8(", "kr_gf_prefetch_l2("}},
@@ -975,4 +975,81 @@ Test(gpu_forward_kernels, embedded_sources_compile_for_sm90, .timeout = 300)
         kr_jit_image_free(&img);
     }
     kr_jit_free(jit);
+}
+
+/* kr_gf_mv2q_*: the first nq CTAs do rmsnorm + q8 of x (xq checked against the double
+ * reference like the multi-block norm), the others the matvec on that xq (checked against
+ * mv_ref on the kernel's own xq), and the counters: flags[idx] ends at nq, flags[prev] at 0. */
+Test(gpu_forward_kernels, norm_in_matvec_grid_vs_cpu, .timeout = 120)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    static const struct {
+        const char *entry;
+        int q8;
+    } ks[] = {{"kr_gf_mv2q_q4_0_r2p4", 0}, {"kr_gf_mv2q_q8_0_r2p2", 1}, {"kr_gf_mv2q_q8_0_r2p1", 1}};
+    static const int shapes[][2] = {{1, 1}, {37, 7}, {1001, 128}, {67, 129}}; /* (rows, nb) */
+    static const int nqs[] = {1, 3, 8};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], nb = shapes[si][1], n = nb * 32;
+        size_t xqb = (size_t)n + (size_t)nb * 8;
+        float *x = malloc((size_t)n * 4), *w = malloc((size_t)n * 4), *y = malloc((size_t)rows * 4);
+        double *h = malloc((size_t)n * sizeof *h), *ref = malloc((size_t)rows * sizeof *ref);
+        uint8_t *xq = malloc(xqb);
+        cr_assert(x && w && y && h && ref && xq);
+        for (int i = 0; i < n; i++) {
+            x[i] = kr_test_rng_f(-3.0f, 3.0f);
+            w[i] = kr_test_rng_f(0.5f, 1.5f);
+        }
+        rms_ref(x, w, n, 1e-5f, h);
+        kr_buffer *bx, *bw;
+        const float *dx = kr_test_dupload(be, x, (size_t)n * 4, &bx);
+        const float *dwn = kr_test_dupload(be, w, (size_t)n * 4, &bw);
+        for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
+            mat m = mat_random(ks[k].q8, rows, nb);
+            kr_buffer *bm;
+            const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
+            const void *dqs = dm, *dsc = dm + m.sc_off;
+            kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN, k_mv_src.name,
+                                     ks[k].entry);
+            for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
+                int nq = nqs[qi], idx = 2, prev = 1;
+                int flags0[4] = {7, 5, 0, 9}, flags[4];
+                kr_buffer *by, *bq, *bf;
+                float *dy = kr_test_dpoisoned(be, (size_t)rows, &by);
+                float *dq = kr_test_dpoisoned(be, (xqb + 3) / 4, &bq);
+                int *df = kr_test_dupload(be, flags0, sizeof flags0, &bf);
+                int irows = rows, inb = nb, iacc = 0;
+                float eps = 1e-5f;
+                void *args[] = {&dqs, &dsc, &dq, &dy, &irows, &inb, &iacc, &dx, &dwn, &eps, &df, &idx, &prev, &nq};
+                launch(be, fn, (uint32_t)(nq + (rows + 2 * WARPS - 1) / (2 * WARPS)), 32, WARPS, args, 0);
+                kr_test_download(be, y, dy, (size_t)rows * 4);
+                kr_test_download(be, xq, dq, xqb);
+                kr_test_download(be, flags, df, sizeof flags);
+                char what[128];
+                snprintf(what, sizeof what, "%s rows %d nb %d nq %d (seed %llu)", ks[k].entry, rows, nb, nq,
+                         (unsigned long long)kr_test_seed());
+                check_q8(xq, h, n, what);
+                mv_ref(&m, xq, ref);
+                double e = nmse_d(y, ref, rows);
+                cr_expect_leq(e, 1e-10, "%s: y NMSE %.3g", what, e);
+                cr_expect(flags[0] == 7 && flags[1] == 0 && flags[2] == nq && flags[3] == 9,
+                          "%s: counters %d %d %d %d, want 7 0 %d 9", what, flags[0], flags[1], flags[2], flags[3], nq);
+                kr_backend_free(be, by);
+                kr_backend_free(be, bq);
+                kr_backend_free(be, bf);
+            }
+            kr_backend_free(be, bm);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bx);
+        kr_backend_free(be, bw);
+        free(x);
+        free(w);
+        free(y);
+        free(h);
+        free(ref);
+        free(xq);
+    }
+    kr_backend_destroy(be);
 }
