@@ -688,7 +688,9 @@ KR_GF_MV2P(q8_0, 1, 2, 1)
 // traps after ~2 s instead of hanging if the norm CTAs were never scheduled), a barrier, and xq
 // is read through L2 (__ldcg: it was written inside this grid). One kernel boundary less than
 // norm + matvec; the matvec's CTAs start one kernel earlier. flags: int counters, 0 at start.
-template <int Q8, int NR, int PF>
+// PROD 1 (kr_gf_mv2s_*: SwiGLU + q8 instead of the norm): x is the fp32 gate|up vector (2n
+// floats), xq = q8(silu(gate) * up); wn and eps unused.
+template <int Q8, int NR, int PF, int PROD = 0>
 __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,
                                            signed char *xq, float *y, int rows, int nb, int acc_y,
                                            const float *x, const float *__restrict__ wn, float eps, int *flags,
@@ -698,29 +700,43 @@ __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const u
     const int lane = threadIdx.x, warp = threadIdx.y;
     __shared__ float red[KR_GF_WARPS];
     if ((int)blockIdx.x < nq) {
+        // this warp's first 32-block: its norm weight before the wait, its input with the
+        // reduction's loads (one L2 round trip for a CTA with one block per warp)
+        const int n = nb * 32, tid = warp * 32 + lane, blk0 = blockIdx.x * KR_GF_WARPS + warp;
+        const float w0 = PROD == 0 && blk0 < nb ? __ldg(wn + blk0 * 32 + lane) : 1.0f;
         KR_PDL_WAIT();
         KR_PDL_LAUNCH_DEPENDENTS();
         if (blockIdx.x == 0 && lane == 0 && warp == 0 && prev >= 0)
             flags[prev] = 0;
-        const int n = nb * 32, tid = warp * 32 + lane;
-        const float4 *x4 = (const float4 *)x;
-        float ss = 0.0f;
-        for (int i = tid; i < n / 4; i += 32 * KR_GF_WARPS) {
-            float4 v = __ldcg(x4 + i);
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        ss = kr_gf_warp_sum(ss);
-        if (lane == 0)
-            red[warp] = ss;
-        __syncthreads();
-        float t = 0.0f;
+        const float x0 = blk0 < nb ? __ldcg(x + blk0 * 32 + lane) : 0.0f;
+        const float u0 = PROD == 1 && blk0 < nb ? __ldcg(x + n + blk0 * 32 + lane) : 0.0f;
+        float scale = 1.0f;
+        if (PROD == 0) {
+            const float4 *x4 = (const float4 *)x;
+            float ss = 0.0f;
+            for (int i = tid; i < n / 4; i += 32 * KR_GF_WARPS) {
+                float4 v = __ldcg(x4 + i);
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+            ss = kr_gf_warp_sum(ss);
+            if (lane == 0)
+                red[warp] = ss;
+            __syncthreads();
+            float t = 0.0f;
 #pragma unroll
-        for (int w = 0; w < KR_GF_WARPS; w++)
-            t += red[w];
-        const float scale = rsqrtf(t / (float)n + eps);
-        for (int blk = blockIdx.x * KR_GF_WARPS + warp; blk < nb; blk += nq * KR_GF_WARPS) {
+            for (int w = 0; w < KR_GF_WARPS; w++)
+                t += red[w];
+            scale = rsqrtf(t / (float)n + eps);
+        }
+        for (int blk = blk0; blk < nb; blk += nq * KR_GF_WARPS) {
             const int i = blk * 32 + lane;
-            float v = __ldcg(x + i) * scale * __ldg(wn + i);
+            float v;
+            if (PROD == 0) {
+                v = blk == blk0 ? x0 * scale * w0 : __ldcg(x + i) * scale * __ldg(wn + i);
+            } else {
+                float g = blk == blk0 ? x0 : __ldcg(x + i), u = blk == blk0 ? u0 : __ldcg(x + n + i);
+                v = g / (1.0f + expf(-g)) * u;
+            }
             float amax = fabsf(v);
             for (int o = 16; o > 0; o >>= 1)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -827,8 +843,9 @@ __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const u
     }
 }
 
-// Entries kr_gf_mv2q_{q4_0,q8_0}_r<NR>p<PF>(qs, sc, xq, y, rows, nb, acc_y, x, wn, eps, flags, idx, prev, nq):
-// grid nq + ceil(rows / (KR_GF_WARPS * NR)) CTAs of (32, KR_GF_WARPS); n = nb * 32 = the norm's length.
+// Entries kr_gf_mv2q_{q4_0,q8_0}_r<NR>p<PF>(qs, sc, xq, y, rows, nb, acc_y, x, wn, eps, flags, idx, prev, nq)
+// and kr_gf_mv2s_* (same arguments, PROD 1: x = gate|up): grid nq + ceil(rows / (KR_GF_WARPS * NR)) CTAs of
+// (32, KR_GF_WARPS); n = nb * 32 = the norm's (SwiGLU's) length.
 #define KR_GF_MV2Q(T, Q8, NR, PF)                                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
     kr_gf_mv2q_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,             \
@@ -836,6 +853,13 @@ __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const u
                                   const float *__restrict__ wn, float eps, int *flags, int idx, int prev, int nq) \
     {                                                                                                             \
         kr_gf_mv2q<Q8, NR, PF>(qs, sc, xq, y, rows, nb, acc_y, x, wn, eps, flags, idx, prev, nq);                 \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * KR_GF_WARPS)                                                \
+    kr_gf_mv2s_##T##_r##NR##p##PF(const uint4 *__restrict__ qs, const unsigned short *__restrict__ sc,             \
+                                  signed char *xq, float *y, int rows, int nb, int acc_y, const float *x,         \
+                                  const float *__restrict__ wn, float eps, int *flags, int idx, int prev, int nq) \
+    {                                                                                                             \
+        kr_gf_mv2q<Q8, NR, PF, 1>(qs, sc, xq, y, rows, nb, acc_y, x, wn, eps, flags, idx, prev, nq);              \
     }
 KR_GF_MV2Q(q4_0, 0, 2, 4)
 KR_GF_MV2Q(q8_0, 1, 2, 2)

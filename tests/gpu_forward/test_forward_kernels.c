@@ -1053,3 +1053,81 @@ Test(gpu_forward_kernels, norm_in_matvec_grid_vs_cpu, .timeout = 120)
     }
     kr_backend_destroy(be);
 }
+
+/* kr_gf_mv2s_*: the first nq CTAs do SwiGLU + q8 of the fp32 gate|up vector, the others
+ * y += W xq on it (acc_y 1, as ffn_down into the residual); counters as above. */
+Test(gpu_forward_kernels, swiglu_in_matvec_grid_vs_cpu, .timeout = 120)
+{
+    kr_backend *be = kr_test_gpu_backend();
+    kr_test_rng_seed();
+    static const struct {
+        const char *entry;
+        int q8;
+    } ks[] = {{"kr_gf_mv2s_q4_0_r2p4", 0}, {"kr_gf_mv2s_q8_0_r2p2", 1}, {"kr_gf_mv2s_q8_0_r2p1", 1}};
+    static const int shapes[][2] = {{1, 1}, {37, 7}, {1001, 128}, {67, 344}}; /* (rows, nb) */
+    static const int nqs[] = {1, 5, 86};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], nb = shapes[si][1], n = nb * 32;
+        size_t xqb = (size_t)n + (size_t)nb * 8;
+        float *gu = malloc((size_t)n * 2 * 4), *y0 = malloc((size_t)rows * 4), *y = malloc((size_t)rows * 4);
+        double *v = malloc((size_t)n * sizeof *v), *ref = malloc((size_t)rows * sizeof *ref);
+        uint8_t *xq = malloc(xqb);
+        cr_assert(gu && y0 && y && v && ref && xq);
+        for (int i = 0; i < 2 * n; i++)
+            gu[i] = kr_test_rng_f(-3.0f, 3.0f);
+        for (int i = 0; i < n; i++)
+            v[i] = gu[i] / (1.0 + exp(-(double)gu[i])) * gu[n + i];
+        for (int r = 0; r < rows; r++)
+            y0[r] = kr_test_rng_f(-1.0f, 1.0f);
+        kr_buffer *bg;
+        const float *dgu = kr_test_dupload(be, gu, (size_t)n * 2 * 4, &bg);
+        for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
+            mat m = mat_random(ks[k].q8, rows, nb);
+            kr_buffer *bm;
+            const uint8_t *dm = kr_test_dupload(be, m.bytes, m.n_bytes, &bm);
+            const void *dqs = dm, *dsc = dm + m.sc_off;
+            kr_function *fn = get_fn(be, kr_gf_matvec_repacked_src, kr_gf_matvec_repacked_src_LEN, k_mv_src.name,
+                                     ks[k].entry);
+            for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
+                int nq = nqs[qi], idx = 0, prev = 3;
+                int flags0[4] = {0, 5, 6, 9}, flags[4];
+                kr_buffer *by, *bq, *bf;
+                float *dy = kr_test_dupload(be, y0, (size_t)rows * 4, &by);
+                float *dq = kr_test_dpoisoned(be, (xqb + 3) / 4, &bq);
+                int *df = kr_test_dupload(be, flags0, sizeof flags0, &bf);
+                int irows = rows, inb = nb, iacc = 1;
+                float eps = 0.0f;
+                const float *wnull = NULL;
+                void *args[] = {&dqs, &dsc, &dq, &dy, &irows, &inb, &iacc, &dgu, &wnull, &eps, &df, &idx, &prev, &nq};
+                launch(be, fn, (uint32_t)(nq + (rows + 2 * WARPS - 1) / (2 * WARPS)), 32, WARPS, args, 0);
+                kr_test_download(be, y, dy, (size_t)rows * 4);
+                kr_test_download(be, xq, dq, xqb);
+                kr_test_download(be, flags, df, sizeof flags);
+                char what[128];
+                snprintf(what, sizeof what, "%s rows %d nb %d nq %d (seed %llu)", ks[k].entry, rows, nb, nq,
+                         (unsigned long long)kr_test_seed());
+                check_q8(xq, v, n, what);
+                mv_ref(&m, xq, ref);
+                for (int r = 0; r < rows; r++)
+                    ref[r] += y0[r];
+                double e = nmse_d(y, ref, rows);
+                cr_expect_leq(e, 1e-10, "%s: y NMSE %.3g", what, e);
+                cr_expect(flags[0] == nq && flags[1] == 5 && flags[2] == 6 && flags[3] == 0,
+                          "%s: counters %d %d %d %d, want %d 5 6 0", what, flags[0], flags[1], flags[2], flags[3], nq);
+                kr_backend_free(be, by);
+                kr_backend_free(be, bq);
+                kr_backend_free(be, bf);
+            }
+            kr_backend_free(be, bm);
+            free(m.bytes);
+        }
+        kr_backend_free(be, bg);
+        free(gu);
+        free(y0);
+        free(y);
+        free(v);
+        free(ref);
+        free(xq);
+    }
+    kr_backend_destroy(be);
+}

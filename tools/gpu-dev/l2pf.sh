@@ -58,8 +58,8 @@ if [ "$part" = bench ]; then
   # (now Q8_0's default; mv8=r2p2 = the old one). Now: persistent matvecs (pr..., mvp = CTAs/SM).
   V4="default;mv4=pr2p4;mv4=pr2p4,mvp=3;mv4=pr2p4,mvp=2;mv4=pr2p2;mv4=pr2p2,mvp=7;mv4=pr2p2,mvp=5"
   V4="$V4;mv4=pr1p4;mv4=pr1p4,mvp=7;mv4e=r2p4d;mv4e=pr2p4;mv4=pr2p2,mvp=7,mv4e=r2p4d;mv4=pr4p2;mv4=pr4p2,mvp=3;pfo=32;pfs=4;skip=a;skip=n;skip=s;skip=m"
-  V4="$V4;nq=4;nq=8;nq=2;nq=16;nq=4,mv4=pr2p2,mvp=7"
-  V8="default;mv8=r2p2;mv8=pr2p1;mv8=pr2p1,mvp=7;mv8=pr2p1,mvp=5;mv8=pr2p2;mv8e=pr2p1;mv8e=r2p2d;nq=4;nq=8"
+  V4="$V4;nq=8;nq=16;nq=32;sq=86;sq=43;nq=32,sq=86;nq=16,sq=43"
+  V8="default;mv8=r2p2;mv8=pr2p1;mv8=pr2p1,mvp=7;mv8=pr2p1,mvp=5;mv8=pr2p2;mv8e=pr2p1;mv8e=r2p2d;nq=32;sq=86;nq=32,sq=86"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
