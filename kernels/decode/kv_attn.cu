@@ -1028,6 +1028,22 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
 
     // ---- 2. q (rotated, scaled), the new K/V row ----
     const float qsc = scale * KR_FA_LOG2E;
+    // the block holding p: its k_new / v_new values go into registers first, so their loads fly
+    // together with the q loads below (one round trip); thread item i = tid + k NT of [K | V] rows
+    // padded to 32 (a warp = one q8_0 block), 2 Dp <= 512 items: k < 4
+    const int Dp = (D + 31) & ~31;
+    float kx[4], ky[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int i = tid + k * NT, d = i < Dp ? i : i - Dp;
+        kx[k] = ky[k] = 0.0f;
+        if (has_p && i < 2 * Dp && d < D) {
+            const float *src = (i < Dp ? k_new : v_new) + g * D;
+            kx[k] = src[d];
+            if (i < Dp && d < n_rot)
+                ky[k] = src[neox ? (d < half ? d + half : d - half) : (d ^ 1)];
+        }
+    }
     __syncthreads(); // tab complete
     for (int i = tid; i < nr * D; i += NT) {
         const int r = i / D, d = i - r * D;
@@ -1045,18 +1061,19 @@ __device__ __forceinline__ void kr_fa(const float *q, const float *k_new, const 
         kr_u8 *krow = (kr_u8 *)kb + (kr_i64)(p % rows) * row_bytes, *vrow = (kr_u8 *)vb + (kr_i64)(p % rows) * row_bytes;
         const bool store = hb == 0;
         // warps walk 32 consecutive elements (one q8_0 block) of K then V
-        for (int i = tid; i < 2 * ((D + 31) & ~31); i += NT) {
-            const int Dp = (D + 31) & ~31;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int i = tid + k * NT;
+            if (i >= 2 * Dp)
+                break; // warp-uniform (2 Dp and NT are multiples of 32)
             const bool is_k = i < Dp;
             const int d = is_k ? i : i - Dp;
             const bool in = d < D;
-            const float *src = (is_k ? k_new : v_new) + g * D;
-            float x = in ? src[d] : 0.0f;
+            float x = kx[k];
             if (in && is_k && d < n_rot) {
                 const bool first = neox ? d < half : (d & 1) == 0;
                 const int ii = neox ? (first ? d : d - half) : d >> 1;
-                const int partner = neox ? (first ? d + half : d - half) : (d ^ 1);
-                x = kr_kv_rot(x, src[partner], tab[128 + ii], tab[ii], first);
+                x = kr_kv_rot(x, ky[k], tab[128 + ii], tab[ii], first);
             }
             kr_u8 *sm_row = is_k ? newk : newv;
             kr_u8 *g_row = is_k ? krow : vrow;
