@@ -304,19 +304,26 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
  * cluster size), per-thread softmax (KR_FA_PS: no softmax phase, one barrier less per tile)). H200 10:10 (7B q4_0, 512 / 4096 positions): c64 1.714 / 2.318 ms/token, c32 1.826 /
  * 2.693, late 1.809, cl8 1.72, cl4 1.824; the split kernels 1.904 / 2.418. */
 #define KR__FA_VARIANTS(X)                \
-    X(0, "c64", 64, 128, 0, 0, 0)         \
-    X(1, "c32", 32, 128, 0, 0, 0)         \
-    X(2, "cl8c64", 64, 128, 0, 8, 0)      \
-    X(3, "c64w", 64, 256, 0, 0, 0)        \
-    X(4, "c128w", 128, 256, 0, 0, 0)      \
-    X(5, "cl8c64w", 64, 256, 0, 8, 0)     \
-    X(6, "cl8c128w", 128, 256, 0, 8, 0)   \
-    X(7, "c64s", 64, 128, 0, 0, 1)        \
-    X(8, "cl8c64s", 64, 128, 0, 8, 1)     \
-    X(9, "c128ws", 128, 256, 0, 0, 1)     \
-    X(10, "late", 32, 128, 1, 0, 0)       \
-    X(11, "cl8", 32, 128, 0, 8, 0)        \
-    X(12, "c64pw", 64, 128, 2, 0, 0)
+    X(0, "auto", 0, 0, 0, 0, 0)           \
+    X(1, "c64", 64, 128, 0, 0, 0)         \
+    X(2, "c32", 32, 128, 0, 0, 0)         \
+    X(3, "cl8c64", 64, 128, 0, 8, 0)      \
+    X(4, "c64w", 64, 256, 0, 0, 0)        \
+    X(5, "c128w", 128, 256, 0, 0, 0)      \
+    X(6, "cl8c64w", 64, 256, 0, 8, 0)     \
+    X(7, "cl8c128w", 128, 256, 0, 8, 0)   \
+    X(8, "c64s", 64, 128, 0, 0, 1)        \
+    X(9, "cl8c64s", 64, 128, 0, 8, 1)     \
+    X(10, "c128ws", 128, 256, 0, 0, 1)    \
+    X(11, "late", 32, 128, 1, 0, 0)       \
+    X(12, "cl8", 32, 128, 0, 8, 0)        \
+    X(13, "c64pw", 64, 128, 2, 0, 0)
+/* "auto" (never compiled): c128w when a block's chunk is one 128-position tile that fits the stage
+ * budget, else c64w (H200 10:43, 7B q4_0: 512 positions c128w/8 splits 1.684 ms/token, c64/16 1.751,
+ * c64w/16 1.810, split kernels 1.912-1.936; 4096 positions c64w 2.286, c64 2.367, c128ws 2.363,
+ * split kernels 2.418) */
+#define KR__FA_AUTO_SHORT 5
+#define KR__FA_AUTO_LONG 4
 /* late 2: KR_FA_POSTLOAD (diagnostic: K/V loads after the PDL wait) */
 #define KR__FA_DEF(i, nm, ch, nt, late, cl, ps)                                                                  \
     static const char *const kr__fa_opts_##i[7] = {"-DKR_FA_ONLY=1",         "-DKR_FA_CH=" #ch,                 \
@@ -376,12 +383,9 @@ int kr_dec_fattn_default_splits(const kr_device_info *dev, int n_head, int n_hea
     const int sms = dev && dev->sm_count > 0 ? dev->sm_count : 132;
     const int r = n_head / n_head_kv;
     const int blocks = n_head_kv * ((r + KR__FA_RB - 1) / KR__FA_RB); /* per split */
-    /* about 4 blocks per SM while a block's chunk is one 64-position tile (all of it loaded before the
-     * PDL wait, ~50 KB of shared memory), else 2 (H200 10:10, 7B q4_0: 16 splits 1.697 ms/token at 512
-     * positions vs 8: 1.714; at 4096 positions 16 splits need 2 waves) */
-    int s = 4 * sms / blocks; /* floor: a 17th split of 32 heads would start a second wave */
-    if (s < 1 || (visible + s - 1) / s > 64)
-        s = 2 * sms / blocks;
+    /* about 2 blocks per SM, one wave (H200 10:43, 7B q4_0 at 512 positions: c128w (256 threads) 8
+     * splits 1.684 ms/token vs 16 splits 1.834 (two waves); c64 16 splits 1.751 vs 8 1.768) */
+    int s = 2 * sms / blocks;
     const int by_ctx = visible / 32 > 0 ? visible / 32 : 1;
     if (s > by_ctx)
         s = by_ctx;
@@ -428,14 +432,23 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
                                 p->n_split, hd);
     const bool q8 = view->type == KR_DTYPE_Q8_0;
     const int r = nh / nkv;
-    const int cl = kr__fa_variants[p->variant].cl;
+    const int vis = p->window > 0 && p->window < view->rows ? p->window : view->rows;
+    int var = p->variant;
+    if (var == 0) { /* auto */
+        int dsp_s;
+        size_t stage_s;
+        kr__fa_plan(q8, r, hd, 128, 256, &dsp_s, &stage_s);
+        var = (vis + p->n_split - 1) / p->n_split <= 128 && stage_s + KR__FA_FIXED(128) <= KR__FA_SMEM_BUDGET
+                  ? KR__FA_AUTO_SHORT
+                  : KR__FA_AUTO_LONG;
+    }
+    const int cl = kr__fa_variants[var].cl;
     const int n_split_req = cl > 0 ? cl : p->n_split; /* a cluster variant's split count is its cluster size */
     int dsp;
     size_t stage;
-    const int ch = kr__fa_variants[p->variant].ch, nt = kr__fa_variants[p->variant].nt;
+    const int ch = kr__fa_variants[var].ch, nt = kr__fa_variants[var].nt;
     kr__fa_plan(q8, r, hd, ch, nt, &dsp, &stage);
     /* stages: every tile of the longest chunk when it fits the budget (all issued before the wait) */
-    const int vis = p->window > 0 && p->window < view->rows ? p->window : view->rows;
     const int chunk = (vis + n_split_req - 1) / n_split_req;
     int nst = (chunk + ch - 1) / ch;
     int smax = (int)((KR__FA_SMEM_BUDGET - KR__FA_FIXED(ch)) / stage);
@@ -471,7 +484,7 @@ kr_status kr_dec_fattn(kr_dec *d, kr_stream *s, const kr_dec_kv_view *view, cons
                     &window, &scale,    &n_split, &nst,  &dsp,   &scr,     &out,    &xq,      &pf,  &pfb};
     kr_backend *be = kr_dec_backend(d);
     kr_function *fn = NULL;
-    const kr_kernel_source *src = &kr__fa_variants[p->variant].src[q8 ? 1 : 0];
+    const kr_kernel_source *src = &kr__fa_variants[var].src[q8 ? 1 : 0];
     if ((st = kr_backend_get_function(be, src, &fn, err)) != KR_OK)
         return kr_err_prefix_local(err, st, "cuda_decode: kernel kr_fa (decode/kv_attn.cu)");
     const uint32_t grid[3] = {(uint32_t)nkv * (uint32_t)((r + KR__FA_RB - 1) / KR__FA_RB), (uint32_t)n_split, 1},

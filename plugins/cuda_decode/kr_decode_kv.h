@@ -138,8 +138,9 @@ typedef struct kr_dec_fattn_params {
     const void *prefetch;       /* NULL or a device range the NEXT kernel reads: requested into L2 by the */
     size_t prefetch_bytes;      /*   blocks before their wait (kr_l2_prefetch_part); 0: off */
     int max_stages;             /* 0: default; else most K/V stages (tiles) per block (1..8) */
-    int variant;                /* 0: default (c64); kr_dec_fattn_variant_name(i) names them (NULL past the
-                                   last): c<N> tiles of N positions, w: 256 threads, s: no softmax phase,
+    int variant;                /* 0: "auto" (c128w when a block's chunk is one 128-position tile, else c64w);
+                                   kr_dec_fattn_variant_name(i) names them (NULL past the last): c<N> tiles
+                                   of N positions, w: 256 threads, s: no softmax phase, pw: loads after the wait,
                                    cl8...: the 8 splits of a head group are one thread block cluster merging
                                    in distributed shared memory (n_split is then 8, the scratch is unused) */
 } kr_dec_fattn_params;

@@ -520,12 +520,13 @@ Test(kv_fattn_host, supports)
     cr_expect(!kr_dec_fattn_supports(KR_DTYPE_F16, 8, 3, 64, 64));
     cr_expect(!kr_dec_fattn_supports(KR_DTYPE_F16, 8, 8, 64, 65));
     cr_expect(!kr_dec_fattn_supports(KR_DTYPE_F32, 8, 8, 64, 64));
-    cr_expect_eq(kr_dec_fattn_default_splits(NULL, 32, 32, 641), 16);
+    cr_expect_eq(kr_dec_fattn_default_splits(NULL, 32, 32, 641), 8);
     cr_expect_eq(kr_dec_fattn_default_splits(NULL, 32, 32, 4161), 8);
     cr_expect_eq(kr_dec_fattn_default_splits(NULL, 32, 8, 641), 20);
     cr_expect_eq(kr_dec_fattn_default_splits(NULL, 32, 8, 32768), 33);
     cr_expect_eq(kr_dec_fattn_default_splits(NULL, 8, 8, 16), 1);
     cr_expect_eq(kr_dec_fattn_scratch_floats(5, 64, 2), 8 + 5 * 2 * 66u);
-    cr_expect_str_eq(kr_dec_fattn_variant_name(0), "c64");
+    cr_expect_str_eq(kr_dec_fattn_variant_name(0), "auto");
+    cr_expect_str_eq(kr_dec_fattn_variant_name(1), "c64");
     cr_expect_null(kr_dec_fattn_variant_name(-1));
 }

@@ -46,7 +46,7 @@ if [ "$part" = test ]; then
   ( KERNRUN_GF_TUNING=fa=1 timeout 65 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(falcon_7b_layout_f16|falcon_7b_layout_q4_0|falcon_7b_layout_q4_0_q8_activations|falcon_40b_layout_q8_0|generate_cuda_equals_cpu_falcon|mkmodel_llama_q8_0_q8_activations|stories260k_attn_splits_1_and_7)' \
       >"$tmp/fa.txt" 2>&1; echo "rc=$?" >>"$tmp/fa.txt" ) &
-  ( export KERNRUN_GF_TUNING=fa=1,fav=cl8c64
+  ( export KERNRUN_GF_TUNING=fa=1,fav=c64
     timeout 40 "$BUILD/tests/gpu_forward/test_gpu_forward" -j1 --verbose=1 \
       --filter 'gpu_forward/@(mkmodel_llama_q4_0|mkmodel_llama_q8_0|mkmodel_mistral_q4_1|graph_equals_eager_and_rewind|falcon_7b_layout_q4_0|stories260k_graph)' \
       >"$tmp/c.txt" 2>&1; echo "rc=$?" >>"$tmp/c.txt"
@@ -63,7 +63,7 @@ if [ "$part" = test ]; then
     for f in a v m r f fa c k o; do
       [ -f "$tmp/$f.txt" ] || continue
       case $f in a) n="test_gpu_decode_fattn" ;; v) n="test_gpu_decode_fattn variants" ;; m) n="memcheck small" ;; r) n="racecheck small" ;;
-        f) n="gpu_forward with fa=1" ;; fa) n="gpu_forward falcon etc. with fa=1" ;; c) n="gpu_forward + gpu_kvcache with fav=cl8c64" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
+        f) n="gpu_forward with fa=1" ;; fa) n="gpu_forward falcon etc. with fa=1" ;; c) n="gpu_forward + gpu_kvcache with fav=c64" ;; k) n="gpu_kvcache with fa=1" ;; o) n="split kernels (test_gpu_decode_kv)" ;; esac
       echo "-- $n ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN)\]|Synthesis|^rc=|Assertion|NMSE|differ|NaN|bytes|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$tmp/$f.txt" | head -40
     done
@@ -81,7 +81,7 @@ if [ "$part" = bench ]; then
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
-  V="fa=0;fa=1;fa=1,fav=c32;fa=1,fas=8;fa=1,fas=24;fa=1,fav=c64w;fa=1,fav=c128w;fa=1,fav=c128w,fas=8;fa=1,fav=c64s;fa=1,fav=c128ws;fa=1,fav=c128ws,fas=8;fa=1,fapf=1;fa=1,fav=c64pw;skip=a"
+  V="fa=0;fa=1;fa=1,fav=c64;fa=1,fav=c64,fas=16;fa=1,fav=c128w,fas=12;fa=1,fav=c128ws;fa=1,fav=c64w;fa=1,fav=cl8c128w;fa=1,fav=c64pw;fa=1,fapf=1;skip=a"
   run() { # name timeout args...
     local n=$1 t=$2; shift 2
     echo "-- $n: kernrun bench $*" >>"$LOG"
@@ -91,18 +91,20 @@ if [ "$part" = bench ]; then
   }
   if [ -n "${KR_7B_Q4_0:-}" ] && [ -f "$KR_7B_Q4_0" ]; then
     run q4_512 40 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --profile --variants "$V;$(rev "$V")"
-    run q4_cl 16 -m "$KR_7B_Q4_0" -p 512 -n 128 "${pre[@]}" --variants "fa=1;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w;fa=1,fav=cl8c64s;fa=1;fa=1,fav=cl8c64;fa=1,fav=cl8c64w;fa=1,fav=cl8c128w;fa=1,fav=cl8c64s"
-    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fas=16;fa=1,fav=c64w;fa=1,fav=c64s;fa=1,fav=c128ws;fa=1,fast=4;fa=1,fav=cl8c64;fa=1,fav=cl8c64s;fa=0;fa=1"
-    run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fav=c64s;fa=1,fav=cl8c64;fa=0;fa=1"
+    run q4_4096 22 -m "$KR_7B_Q4_0" -p 4096 -n 64 --variants "fa=0;fa=1;fa=1,fav=c64;fa=1,fav=c64w,fas=16;fa=1,fav=c128w;fa=1,fav=c64s;fa=0;fa=1"
+    run q4_kvq8 14 -m "$KR_7B_Q4_0" -p 512 -n 64 --kv-type q8_0 --variants "fa=0;fa=1;fa=1,fav=c64;fa=0;fa=1"
   else
     echo "-- 7B q4_0 model missing (${KR_7B_Q4_0:-unset})" >>"$LOG"
   fi
   if [ -n "${KR_7B_Q8_0:-}" ] && [ -f "$KR_7B_Q8_0" ] && [ $(( $(date +%s) - s0 )) -lt 80 ]; then
     run q8_512 16 -m "$KR_7B_Q8_0" -p 512 -n 64 --variants "fa=0;fa=1;fa=0;fa=1"
   fi
+  if [ -n "${KR_7B_F16:-}" ] && [ -f "$KR_7B_F16" ] && [ $(( $(date +%s) - s0 )) -lt 78 ]; then
+    run f16_512 18 -m "$KR_7B_F16" -p 512 -n 32 --variants "fa=0;fa=1;fa=0;fa=1"
+  fi
   {
     echo "== fattn bench summary (ms/tok; % of copy = GB/s / copy GB/s of the same run; r1 r2 = rounds)"
-    for n in q4_512 q4_cl q4_4096 q4_kvq8 q8_512; do
+    for n in q4_512 q4_4096 q4_kvq8 q8_512 f16_512; do
       [ -f "$tmp/$n.txt" ] || continue
       awk -v t="$n" '
         /^copy bw/ {copy=$4}
