@@ -317,7 +317,9 @@ kr_status kr_dec_attention_kv(kr_dec *d, kr_stream *s, const float *q, const kr_
     X(10, "c128ws", 128, 256, 0, 0, 1)    \
     X(11, "late", 32, 128, 1, 0, 0)       \
     X(12, "cl8", 32, 128, 0, 8, 0)        \
-    X(13, "c64pw", 64, 128, 2, 0, 0)
+    X(13, "c64pw", 64, 128, 2, 0, 0)      \
+    X(14, "c96w", 96, 256, 0, 0, 0)       \
+    X(15, "c96", 96, 128, 0, 0, 0)
 /* "auto" (never compiled): c128w when a block's chunk is one 128-position tile that fits the stage
  * budget, else c64w (H200 10:43, 7B q4_0: 512 positions c128w/8 splits 1.684 ms/token, c64/16 1.751,
  * c64w/16 1.810, split kernels 1.912-1.936; 4096 positions c64w 2.286, c64 2.367, c128ws 2.363,

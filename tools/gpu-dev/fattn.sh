@@ -81,7 +81,7 @@ if [ "$part" = bench ]; then
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
-  V="fa=0;fa=1;fa=1,fav=c64;fa=1,fav=c64,fas=16;fa=1,fav=c128w,fas=12;fa=1,fav=c128ws;fa=1,fav=c64w;fa=1,fav=cl8c128w;fa=1,fav=c64pw;fa=1,fapf=1;skip=a"
+  V="fa=0;fa=1;fa=1,fav=c64;fa=1,fav=c64,fas=16;fa=1,fav=c128w,fas=12;fa=1,fav=c96w;fa=1,fav=c96w,fas=12;fa=1,fav=c96,fas=12;fa=1,fav=c128ws;fa=1,fav=c64w;fa=1,fav=cl8c128w;fa=1,fav=c64pw;fa=1,fapf=1;skip=a"
   run() { # name timeout args...
     local n=$1 t=$2; shift 2
     echo "-- $n: kernrun bench $*" >>"$LOG"
