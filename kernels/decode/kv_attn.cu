@@ -821,17 +821,20 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 //     (g, hb) to finish (atomic counter after the partials, as kr_kva's KR_KVA_FC) merges them.
 //  5. the merging block writes out (n_head, D) fp32 and, when xq != NULL (D % 32 == 0), the q8
 //     activations exactly as kr_quantize_x_q8 would from out: int8 q[cols] | float d[cols/32] |
-//     float s[cols/32], cols = n_head * D.
+//     float s[cols/32], cols = n_head * D. (KR_FA_CL: the blocks of a cluster merge shares of the
+//     units through distributed shared memory instead.)
+// Compile-time variants (decode_kv.c's table): KR_FA_CH positions per tile, KR_FA_NT threads,
+// KR_FA_PS, KR_FA_LATE, KR_FA_CL, KR_FA_POSTLOAD (below).
 // Invalid position (p < 0 or the span > rows): out NaN (and xq: q 0, d = s = NaN); nothing stored.
-// Shared memory (dynamic, host-sized in decode_kv.c kr__fa_smem): nst stages of
+// Shared memory (dynamic, host-sized in decode_kv.c kr_dec_fattn): nst stages of
 // [K rows CH x ks | V rows CH x ks | K scales CH x D/16 B | V scales] (ks = 16 (DC + dsp) bytes,
 // DC = 16-byte chunks per row), then Q (RB x D fp32), S (RB x CH fp32), the sin/cos table
-// (2 x 128 fp32), the new K and V rows (2 x 512 B).
+// (2 x 128 fp32), the new K and V rows (2 x 512 B), the softmax state (m, l, corr per head, a flag).
 #ifndef KR_FA_NT
 #define KR_FA_NT 128
 #endif
 #ifndef KR_FA_CH
-#define KR_FA_CH 64  // positions per stage (32, 64 or 128: CH/32 per lane in the softmax)
+#define KR_FA_CH 64  // positions per stage (32, 64, 96 or 128: CH/32 per lane in the softmax)
 #endif
 #ifndef KR_FA_POSTLOAD
 #define KR_FA_POSTLOAD 0 // 1 (diagnostic): the K/V loads are issued after the PDL wait, not before
@@ -840,7 +843,7 @@ kr_kva_combine(const float *part, float *out, int head_dim, int n_split, const i
 #define KR_FA_PS 0   // 1: no softmax phase: the P V threads take the tile max themselves (one barrier less)
 #endif
 #ifndef KR_FA_LATE
-#define KR_FA_LATE 0 // 1: trigger the next kernel after the outputs instead of right after the wait
+#define KR_FA_LATE 0 // 1: trigger the next kernel after the tiles instead of right after the wait
 #endif
 #define KR_FA_RB 8   // query heads per block at most
 #define KR_FA_MAXST 8
