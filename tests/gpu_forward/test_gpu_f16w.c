@@ -558,7 +558,8 @@ Test(gpu_f16w, fit_check_refuses_f16_where_native_fits)
 static int run_kernrun_q(const char *env, const char *args, char *buf, size_t cap, bool quiet)
 {
     const char *k = getenv("KR_KERNRUN");
-    cr_assert_not_null(k, "KR_KERNRUN unset (run through meson test)");
+    if (!k)
+        cr_skip_test("KR_KERNRUN not set (run through meson test)");
     char cmd[8300];
     snprintf(cmd, sizeof cmd, "%s '%s' %s %s", env ? env : "", k, args, quiet ? "2>/dev/null" : "2>&1");
     FILE *f = popen(cmd, "r");
