@@ -40,18 +40,21 @@ if [ "$part" = test ]; then
     ( timeout 55 "$san" --tool memcheck --error-exitcode 99 "$T" -j1 --verbose=1 \
         --filter 'gpu_f16w/@(dequant*|fit*|mkmodel_llama_q4_0|mkmodel_llama_q5_0_host|mkmodel_falcon*)' \
         >"$tmp/e.txt" 2>&1; echo "rc=$?" >>"$tmp/e.txt" ) &
+    ( s1=$(date +%s); timeout 55 "$san" --tool memcheck --error-exitcode 99 "$T" -j1 --verbose=1 \
+        --filter 'gpu_f16w/mkmodel_llama_1b_1layer_q4_k' >"$tmp/f.txt" 2>&1
+      echo "rc=$? after $(( $(date +%s) - s1 )) s (1b Q4_K under memcheck)" >>"$tmp/f.txt" ) &
   else
     echo "compute-sanitizer not installed" >"$tmp/e.txt"
   fi
   wait
   {
-    for f in a d b c e; do
+    for f in a d b c e f; do
       echo "-- test_gpu_f16w group $f ($(( $(date +%s) - s0 )) s)"
       grep -E "^\[(FAIL|----|ERR|WARN|SKIP)\]|Synthesis|^rc=|Assertion|expected|NMSE|converted|needed|refusal|halves|cuda --weights|cpu:|ERROR SUMMARY|Invalid|=========" "$tmp/$f.txt" | grep -v "Test is disabled" | head -120
       grep -E "^\[PASS\]" "$tmp/$f.txt" | sed 's/^/  /' | head -40
     done
     echo "== f16w test summary"
-    for f in a d b c e; do echo "  group $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
+    for f in a d b c e f; do echo "  group $f: $(grep -E 'Synthesis' "$tmp/$f.txt" | tail -1) $(tail -1 "$tmp/$f.txt")"; done
   } >>"$LOG" 2>&1
   rm -rf "$tmp"
   exit 0
