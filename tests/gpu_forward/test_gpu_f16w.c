@@ -31,6 +31,7 @@
 #include "kernrun/quant.h"
 #include "kr_decode.h"
 #include "kr_gpu_forward.h"
+#include "kr_test_gpu.h"
 #include "mkmodel.h"
 
 #define N_STEPS 32
@@ -42,12 +43,6 @@
 TestSuite(gpu_f16w, .fini = kr_test_leak_check);
 TestSuite(gpu_f16w_host, .fini = kr_test_leak_check);
 
-static bool require_gpu(void)
-{
-    const char *r = getenv("KERNRUN_REQUIRE_GPU");
-    return r && strcmp(r, "1") == 0;
-}
-
 static const char *testdata(void)
 {
     const char *d = getenv("KR_TESTDATA");
@@ -56,20 +51,6 @@ static const char *testdata(void)
 #else
     return d ? d : "../shared/testdata";
 #endif
-}
-
-static kr_backend *cuda_or_skip(void)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_backend *be = NULL;
-    kr_status st = kr_backend_create(KR_BACKEND_CUDA, 0, &be, &err);
-    if (st != KR_OK) {
-        if (require_gpu())
-            cr_assert_fail("KERNRUN_REQUIRE_GPU=1 but no CUDA backend: %s", kr_err_msg(&err, st));
-        cr_skip_test("no CUDA device: %s", kr_err_msg(&err, st));
-    }
-    return be;
 }
 
 static kr_model *load(const char *path)
@@ -216,7 +197,7 @@ static void dequant_kernel_case(kr_backend *be, kr_dec *d, kr_dtype t, int64_t r
 
 Test(gpu_f16w, dequant_f16_kernel_every_type)
 {
-    kr_backend *be = cuda_or_skip();
+    kr_backend *be = kr_test_gpu_backend();
     kr_dec *d = NULL;
     kr_err err;
     kr_err_clear(&err);
@@ -442,7 +423,7 @@ static void check_prefill(kr_gpu_forward *g, kr_model *m, const char *label, boo
 
 static void check_model(const char *path, const char *label, bool want_batched)
 {
-    kr_backend *be = cuda_or_skip();
+    kr_backend *be = kr_test_gpu_backend();
     kr_model *m = load(path);
     kr_gpu_forward *g = gpu_new_f16(m, be);
     check_weights(g, m, be, label);
@@ -469,7 +450,7 @@ static void mk(const char *arch, const char *preset, kr_dtype type, uint32_t n_l
 
 static void mk_and_check(const char *arch, const char *preset, kr_dtype type, uint32_t n_layer)
 {
-    kr_backend *be = cuda_or_skip(); /* skip before writing anything */
+    kr_backend *be = kr_test_gpu_backend(); /* skip before writing anything */
     kr_backend_destroy(be);
     char dir[64], path[128], label[96];
     mk(arch, preset, type, n_layer, dir, path, sizeof path);
@@ -507,7 +488,7 @@ static uint64_t needed_bytes(const char *msg)
 
 Test(gpu_f16w, fit_check_refuses_f16_where_native_fits)
 {
-    kr_backend *be = cuda_or_skip();
+    kr_backend *be = kr_test_gpu_backend();
     char dir[64], path[128];
     mk("llama", "tiny", KR_DTYPE_Q4_0, 0, dir, path, sizeof path);
     kr_model *m = load(path);
@@ -577,7 +558,7 @@ static int run_kernrun(const char *env, const char *args, char *buf, size_t cap)
 
 Test(gpu_f16w, generate_cuda_weights_f16_prints_the_cpu_text, .timeout = 120)
 {
-    kr_backend *be = cuda_or_skip();
+    kr_backend *be = kr_test_gpu_backend();
     kr_backend_destroy(be);
     static char out_cpu[1 << 16], out_gpu[1 << 16];
     char args[4096], a_cpu[4200], a_gpu[4200];
