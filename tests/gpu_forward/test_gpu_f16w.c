@@ -162,14 +162,12 @@ static void dequant_kernel_case(kr_backend *be, kr_dec *d, kr_dtype t, int64_t r
     kr_err err;
     kr_err_clear(&err);
     kr_buffer *bs = NULL, *bd = NULL;
-    cr_assert_eq(kr_backend_alloc(be, (size_t)rows * sstride, &bs, &err), KR_OK);
-    cr_assert_eq(kr_backend_alloc(be, (size_t)rows * dstride, &bd, &err), KR_OK);
-    cr_assert_eq(kr_backend_h2d(be, bs->ptr, src, (size_t)rows * sstride, NULL, &err), KR_OK);
-    cr_assert_eq(kr_backend_memset(be, bd->ptr, 0xff, (size_t)rows * dstride, NULL, &err), KR_OK); /* poison */
-    kr_status st = kr_dec_dequant_f16(d, NULL, t, bs->ptr, sstride, bd->ptr, dstride, rows, cols, &err);
+    void *dsrc = kr_test_dupload(be, src, (size_t)rows * sstride, &bs);
+    void *ddst = kr_test_dalloc(be, (size_t)rows * dstride, &bd);
+    cr_assert_eq(kr_backend_memset(be, ddst, 0xff, (size_t)rows * dstride, NULL, &err), KR_OK); /* poison */
+    kr_status st = kr_dec_dequant_f16(d, NULL, t, dsrc, sstride, ddst, dstride, rows, cols, &err);
     cr_assert_eq(st, KR_OK, "%s: %s", kr_dtype_name(t), kr_err_msg(&err, st));
-    cr_assert_eq(kr_backend_sync(be, NULL, &err), KR_OK);
-    cr_assert_eq(kr_backend_d2h(be, out, bd->ptr, (size_t)rows * dstride, NULL, &err), KR_OK);
+    kr_test_download(be, out, ddst, (size_t)rows * dstride);
     size_t mism = 0;
     int32_t max_ulp = 0;
     double worst = 0;
