@@ -1046,7 +1046,7 @@ typedef struct kr__mv2_var {
 static const kr__mv2_var kr__mv2_q4[] = {
     {"r1p4", 1, false},  {"r2p4", 2, false},  {"r4p2", 4, false}, {"r2p8", 2, false}, {"r2p4d", 2, false},
     {"r2p2d", 2, false}, {"r2p4h", 2, false}, {"pr2p4", 2, true}, {"pr2p2", 2, true}, {"pr1p4", 1, true},
-    {"pr4p2", 4, true}};
+    {"pr4p2", 4, true},  {"r2p1d", 2, false}, {"r4p1d", 4, false}, {"r1p2d", 1, false}};
 static const kr__mv2_var kr__mv2_q8[] = {
     {"r1p4", 1, false},  {"r2p2", 2, false},  {"r2p4", 2, false}, {"r4p2", 4, false}, {"r2p2d", 2, false},
     {"r2p1d", 2, false}, {"r2p2h", 2, false}, {"pr2p2", 2, true}, {"pr2p1", 2, true}};
@@ -1059,9 +1059,10 @@ static kr__gf_tuning kr__tuning_default(void)
     /* H200 checkpoints 07:15-07:54 (docs/PERF.md): PDL, v2 r2p4 / r2p2, residual in the
      * matvec, 32-warp multi-block norm; nf / gus / l2pf / oq / sw measured slower.
      * Session 3 (10:10): Q8_0 r2p1d (double-buffered, 1 block per lane per chunk) 2.518 vs
-     * 2.603 ms/token; the in-kernel L2 prefetch variants (pfa/pft/pfn/pfs/pfw) all slower */
-    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 5, .resid = true, .norm_mb = true,
-                           .norm_wide = true, .nfp_w = 16,
+     * 2.603 ms/token; the in-kernel L2 prefetch variants (pfa/pft/pfn/pfs/pfw) all slower;
+     * 10:43: Q8_0 attn_output / ffn_down on r2p2d (mv8e) 2.356 vs 2.386 */
+    return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 5, .mv8e = 1 + 4, .resid = true,
+                           .norm_mb = true, .norm_wide = true, .nfp_w = 16,
                            .fa = true /* fused attention: H200 10:10, Q4_0 1.714 vs 1.904 ms/token (c64) */};
 }
 

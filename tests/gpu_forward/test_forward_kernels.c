@@ -51,14 +51,14 @@ static const kr_kernel_source k_mv_src = {
 static kr_function *get_fn(kr_backend *be, const char *code, size_t len, const char *name, const char *entry)
 {
     /* one static record per entry: the backend caches by record address + entry */
-    static kr_kernel_source recs[32];
+    static kr_kernel_source recs[128];
     static size_t n_recs;
     kr_kernel_source *r = NULL;
     for (size_t i = 0; i < n_recs; i++)
         if (recs[i].code == (const char *)code && strcmp(recs[i].entry, entry) == 0)
             r = &recs[i];
     if (!r) {
-        cr_assert_lt(n_recs, 32u);
+        cr_assert_lt(n_recs, 128u);
         r = &recs[n_recs++];
         *r = (kr_kernel_source){.name = name, .code = (const char *)code, .len = len, .entry = strdup(entry)};
         cr_assert_not_null(r->entry);
@@ -183,6 +183,7 @@ static const mv_kernel k_mv[] = {
     /* double-buffered (d) and helper-loop (h) variants */
     {"kr_gf_mv2_q4_0_r2p4d", 0, 2, 1, 0},  {"kr_gf_mv2_q4_0_r2p2d", 0, 2, 1, 0}, {"kr_gf_mv2_q4_0_r2p4h", 0, 2, 1, 0},
     {"kr_gf_mv2_q8_0_r2p2d", 1, 2, 1, 0},  {"kr_gf_mv2_q8_0_r2p1d", 1, 2, 1, 0}, {"kr_gf_mv2_q8_0_r2p2h", 1, 2, 1, 0},
+    {"kr_gf_mv2_q4_0_r2p1d", 0, 2, 1, 0},  {"kr_gf_mv2_q4_0_r4p1d", 0, 4, 1, 0}, {"kr_gf_mv2_q4_0_r1p2d", 0, 1, 1, 0},
     /* persistent warps over row tiles */
     {"kr_gf_mv2_q4_0_pr2p4", 0, 2, 1, 1}, {"kr_gf_mv2_q4_0_pr2p2", 0, 2, 1, 1}, {"kr_gf_mv2_q4_0_pr1p4", 0, 1, 1, 1},
     {"kr_gf_mv2_q4_0_pr4p2", 0, 4, 1, 1}, {"kr_gf_mv2_q8_0_pr2p2", 1, 2, 1, 1}, {"kr_gf_mv2_q8_0_pr2p1", 1, 2, 1, 1},

@@ -370,7 +370,8 @@ static void variants_compare(kr_dtype type)
                                         "pfw=1,pft=4,mv4=r2p4h,mv8=r2p2h", "pfo=64,pfe=1", "mv4=pr2p4,mv8=pr2p1",
                                         "mv4=pr2p2,mv8=pr2p2,mvp=1,pft=2", "mv4=pr1p4,mv4e=r2p4d,mv8e=pr2p1,mvp=3", "mv4=pr4p2,mvp=2",
                                         "nq=4", "nq=1,mv4=r1p4,mv8=r2p2", "nq=8,fa=0,pdl=0", "sq=86", "nq=32,sq=86",
-                                        "nq=3,sq=1,fa=0", "default"};
+                                        "nq=3,sq=1,fa=0", "mv4=r2p1d", "mv4=r4p1d,mv4e=r1p2d,pft=1", "mv8e=r2p1d",
+                                        "default"};
     kr_backend *be = cuda_or_skip(); /* one backend, model, CPU reference and GPU object for all */
     char dir[] = "/tmp/kr-gpu-forward-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));

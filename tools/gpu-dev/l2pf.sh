@@ -56,10 +56,10 @@ if [ "$part" = bench ]; then
   #   pfe=1 tails request before the wait; pfc=N the last N x SMs CTAs request; mv4/mv8 d/h matvecs
   # checkpoint 10:10: every prefetch variant was slower (pfn=16 +0.73 ms), Q8_0 mv8=r2p1d -0.08 ms
   # (now Q8_0's default; mv8=r2p2 = the old one). Now: persistent matvecs (pr..., mvp = CTAs/SM).
-  V4="default;mv4=pr2p4;mv4=pr2p4,mvp=3;mv4=pr2p4,mvp=2;mv4=pr2p2;mv4=pr2p2,mvp=7;mv4=pr2p2,mvp=5"
-  V4="$V4;mv4=pr1p4;mv4=pr1p4,mvp=7;mv4e=r2p4d;mv4e=pr2p4;mv4=pr2p2,mvp=7,mv4e=r2p4d;mv4=pr4p2;mv4=pr4p2,mvp=3;pfo=32;pfs=4;skip=a;skip=n;skip=s;skip=m"
-  V4="$V4;nq=8;nq=16;nq=32;sq=86;sq=43;nq=32,sq=86;nq=16,sq=43"
-  V8="default;mv8=r2p2;mv8=pr2p1;mv8=pr2p1,mvp=7;mv8=pr2p1,mvp=5;mv8=pr2p2;mv8e=pr2p1;mv8e=r2p2d;nq=32;sq=86;nq=32,sq=86"
+  # checkpoint 10:43: persistent matvecs and nq/sq all slower; Q8_0 mv8e=r2p2d -0.03 (now default:
+  # mv8e=r2p1d = the 10:43 default, mv8=r2p2,mv8e=r2p2 = session 2's). Q4_0: more double-buffered shapes.
+  V4="default;mv4=r2p1d;mv4=r4p1d;mv4=r1p2d;mv4=r2p2d;mv4e=r2p1d;mv4e=r4p1d;mv4e=r2p4d;pfs=4;skip=a"
+  V8="default;mv8e=r2p1d;mv8=r2p2,mv8e=r2p2;mv8e=r2p2h;mv8e=r1p4;skip=a"
   rev() { echo "$1" | tr ';' '\n' | tac | paste -sd';'; }
   pre=()
   "$KR" bench --help 2>/dev/null | grep -q -- --no-batch-prefill && pre=(--no-batch-prefill)
