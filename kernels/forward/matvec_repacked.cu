@@ -681,16 +681,20 @@ KR_GF_MV2P(q8_0, 1, 2, 2)
 KR_GF_MV2P(q8_0, 1, 2, 1)
 
 // ---- v2q: the rmsnorm + q8 of the matvec's input done by the first CTAs of the same grid ----
-// CTAs 0 .. nq-1 (the norm): after the PDL wait, CTA 0 zeroes flags[prev] (the previous
-// instance's counter: its consumers have completed, they ran before this grid's predecessor);
-// every norm CTA reduces the whole x (n = nb*32 floats, the same order in every CTA, as
-// kr_gf_rmsnorm_q8_mb), writes its 32-blocks of xq = q8(x / rms * wn) (blocks blockIdx*W + warp,
-// stride nq*W), then fences and adds 1 to flags[idx]. CTAs nq.. (the matvec, virtual CTA
-// blockIdx - nq, rows as kr_gf_mv2 with NR rows per warp and PF-block chunks): weights of the
-// first chunk before the PDL wait, then thread 0 polls flags[idx] until it reaches nq (bounded:
-// traps after ~2 s instead of hanging if the norm CTAs were never scheduled), a barrier, and xq
-// is read through L2 (__ldcg: it was written inside this grid). One kernel boundary less than
-// norm + matvec; the matvec's CTAs start one kernel earlier. flags: int counters, 0 at start.
+// Per instance KR_GF_NQ_INTS ints of flags: 32 flag words 32 ints (128 bytes) apart, then the
+// producers' counter at int 32 * 32.
+#define KR_GF_NQ_INTS (33 * 32)
+// CTAs 0 .. nq-1 (the norm): after the PDL wait, CTA 0 zeroes the previous instance's words (its
+// readers have completed: they ran before this grid's predecessor); every norm CTA reduces the
+// whole x (n = nb*32 floats, the same order in every CTA, as kr_gf_rmsnorm_q8_mb), writes its
+// 32-blocks of xq = q8(x / rms * wn) (blocks blockIdx*W + warp, stride nq*W), fences and adds 1 to
+// the instance's counter; the one that brings it to nq fences again and sets the 32 flag words.
+// CTAs nq.. (the matvec, virtual CTA c = blockIdx - nq, rows as kr_gf_mv2 with NR rows per warp
+// and PF-block chunks): weights of the first chunk before the PDL wait, then thread 0 polls flag
+// word c % 32 until it is set (bounded: traps after seconds instead of hanging if the norm CTAs
+// were never scheduled), a barrier, and xq is read through L2 (__ldcg: written inside this grid).
+// One kernel boundary less than norm + matvec; the matvec's CTAs start one kernel earlier.
+// flags: 0 before the first use.
 // PROD 1 (kr_gf_mv2s_*: SwiGLU + q8 instead of the norm): x is the fp32 gate|up vector (2n
 // floats), xq = q8(silu(gate) * up); wn and eps unused.
 template <int Q8, int NR, int PF, int PROD = 0>
@@ -709,8 +713,11 @@ __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const u
         const float w0 = PROD == 0 && blk0 < nb ? __ldg(wn + blk0 * 32 + lane) : 1.0f;
         KR_PDL_WAIT();
         KR_PDL_LAUNCH_DEPENDENTS();
-        if (blockIdx.x == 0 && lane == 0 && warp == 0 && prev >= 0)
-            flags[prev] = 0;
+        if (blockIdx.x == 0 && warp == 0 && prev >= 0) { // lane j zeroes the previous instance's word j
+            flags[prev * KR_GF_NQ_INTS + lane * 32] = 0;
+            if (lane == 0)
+                flags[prev * KR_GF_NQ_INTS + 32 * 32] = 0;
+        }
         const float x0 = blk0 < nb ? __ldcg(x + blk0 * 32 + lane) : 0.0f;
         const float u0 = PROD == 1 && blk0 < nb ? __ldcg(x + n + blk0 * 32 + lane) : 0.0f;
         float scale = 1.0f;
@@ -757,8 +764,18 @@ __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const u
         }
         __threadfence();
         __syncthreads();
-        if (lane == 0 && warp == 0)
-            atomicAdd(flags + idx, 1);
+        if (warp == 0) {
+            // the last producer to finish sets the 32 flag words (one 128-byte line each), so
+            // the polling matvec CTAs spread over 32 lines instead of one
+            int last = 0;
+            if (lane == 0)
+                last = atomicAdd(flags + idx * KR_GF_NQ_INTS + 32 * 32, 1) == nq - 1;
+            last = __shfl_sync(0xffffffffu, last, 0);
+            if (last) {
+                __threadfence();
+                *(volatile int *)(flags + idx * KR_GF_NQ_INTS + lane * 32) = 1;
+            }
+        }
         return;
     }
     const int cta = (int)blockIdx.x - nq;
@@ -779,11 +796,11 @@ __device__ __forceinline__ void kr_gf_mv2q(const uint4 *__restrict__ qs, const u
     KR_PDL_WAIT();
     KR_PDL_LAUNCH_DEPENDENTS();
     if (lane == 0 && warp == 0) {
-        volatile int *f = flags + idx;
+        volatile int *f = flags + idx * KR_GF_NQ_INTS + (cta % 32) * 32;
         long long spins = 0;
-        while (*f < nq) {
-            __nanosleep(128);
-            if (++spins > (1ll << 24))
+        while (*f == 0) {
+            __nanosleep(64);
+            if (++spins > (1ll << 25))
                 __trap(); // the norm CTAs never ran: fail loudly rather than hang
         }
         __threadfence();

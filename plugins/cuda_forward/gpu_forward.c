@@ -1335,7 +1335,9 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
                      (st = kr__gf_fn(g->be, "kr_gf_mv2s_q8_0_r2p1", &fs8, err)) != KR_OK))
         return st;
     if (t.nq > 0 || t.sq > 0) {
-        size_t nb = ((size_t)g->hp.n_layer * 3 + 1) * sizeof(int32_t);
+        /* per instance 33 x 32 ints (KR_GF_NQ_INTS of the .cu): 32 flag words on their own
+         * 128-byte lines, then the producers' counter */
+        size_t nb = ((size_t)g->hp.n_layer * 3 + 1) * 33 * 32 * sizeof(int32_t);
         if (!g->nq_flags && (st = kr_backend_alloc(g->be, nb, &g->nq_flags, err)) != KR_OK)
             return kr_err_prefix(err, "norm counters");
         if (g->graph && (st = kr_backend_sync(g->be, g->stream, err)) != KR_OK)

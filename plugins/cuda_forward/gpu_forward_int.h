@@ -177,7 +177,7 @@ struct kr_gpu_forward {
     kr_function *fn_mv2s_q4_0;     /* kr_gf_mv2s_* (tun.sq) or NULL */
     kr_function *fn_mv2s_q8_0;
     int mv2q_rows4, mv2q_rows8;    /* their rows per warp */
-    kr_buffer *nq_flags;           /* (3 n_layer + 1) int32 done counters of tun.nq / tun.sq */
+    kr_buffer *nq_flags;           /* (3 n_layer + 1) x 33 x 32 int32: flag words + counter per fused instance */
     kr_stream *side;               /* L2 prefetch stream (created on first use) */
     kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */
     uint32_t launches;             /* counted during the last step */

@@ -978,9 +978,42 @@ Test(gpu_forward_kernels, embedded_sources_compile_for_sm90, .timeout = 300)
     kr_jit_free(jit);
 }
 
+/* Flags of kr_gf_mv2q_* / kr_gf_mv2s_* (KR_GF_NQ_INTS ints per instance: 32 flag words 32 ints
+ * apart, then the counter at 32 * 32). 4 instances, every int of instance i at 100 + i, except
+ * instance idx all 0 (as after its reset by the previous step's next instance). */
+#define NQ_INTS (33 * 32)
+static int *nq_flags_make(int idx)
+{
+    int *f = malloc(4 * NQ_INTS * sizeof *f);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < NQ_INTS; j++)
+            f[i * NQ_INTS + j] = i == idx ? 0 : 100 + i;
+    return f;
+}
+
+/* After one launch: instance idx's flag words 1 and counter nq; instance prev's flag words and
+ * counter 0; the others unchanged. */
+static void nq_flags_check(const int *f, int idx, int prev, int nq, const char *what)
+{
+    int bad = 0;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < NQ_INTS; j++) {
+            bool word = j % 32 == 0 && j <= 32 * 32, counter = j == 32 * 32;
+            int want = 100 + i;
+            if (i == idx)
+                want = counter ? nq : word ? 1 : 0;
+            else if (i == prev && word)
+                want = 0;
+            bad += f[i * NQ_INTS + j] != want;
+        }
+    cr_expect_eq(bad, 0, "%s: %d flag ints wrong (instance %d: counter %d, word 0 %d; instance %d: word 0 %d)", what,
+                 bad, idx, f[idx * NQ_INTS + 32 * 32], f[idx * NQ_INTS], prev, f[prev * NQ_INTS]);
+}
+
 /* kr_gf_mv2q_*: the first nq CTAs do rmsnorm + q8 of x (xq checked against the double
  * reference like the multi-block norm), the others the matvec on that xq (checked against
- * mv_ref on the kernel's own xq), and the counters: flags[idx] ends at nq, flags[prev] at 0. */
+ * mv_ref on the kernel's own xq), and the flags (nq_flags_check). */
 Test(gpu_forward_kernels, norm_in_matvec_grid_vs_cpu, .timeout = 120)
 {
     kr_backend *be = kr_test_gpu_backend();
@@ -1015,18 +1048,19 @@ Test(gpu_forward_kernels, norm_in_matvec_grid_vs_cpu, .timeout = 120)
                                      ks[k].entry);
             for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
                 int nq = nqs[qi], idx = 2, prev = 1;
-                int flags0[4] = {7, 5, 0, 9}, flags[4];
+                int *flags0 = nq_flags_make(idx), *flags = malloc(4 * NQ_INTS * sizeof *flags);
+                cr_assert_not_null(flags);
                 kr_buffer *by, *bq, *bf;
                 float *dy = kr_test_dpoisoned(be, (size_t)rows, &by);
                 float *dq = kr_test_dpoisoned(be, (xqb + 3) / 4, &bq);
-                int *df = kr_test_dupload(be, flags0, sizeof flags0, &bf);
+                int *df = kr_test_dupload(be, flags0, 4 * NQ_INTS * sizeof *flags0, &bf);
                 int irows = rows, inb = nb, iacc = 0;
                 float eps = 1e-5f;
                 void *args[] = {&dqs, &dsc, &dq, &dy, &irows, &inb, &iacc, &dx, &dwn, &eps, &df, &idx, &prev, &nq};
                 launch(be, fn, (uint32_t)(nq + (rows + 2 * WARPS - 1) / (2 * WARPS)), 32, WARPS, args, 0);
                 kr_test_download(be, y, dy, (size_t)rows * 4);
                 kr_test_download(be, xq, dq, xqb);
-                kr_test_download(be, flags, df, sizeof flags);
+                kr_test_download(be, flags, df, 4 * NQ_INTS * sizeof *flags);
                 char what[128];
                 snprintf(what, sizeof what, "%s rows %d nb %d nq %d (seed %llu)", ks[k].entry, rows, nb, nq,
                          (unsigned long long)kr_test_seed());
@@ -1034,8 +1068,9 @@ Test(gpu_forward_kernels, norm_in_matvec_grid_vs_cpu, .timeout = 120)
                 mv_ref(&m, xq, ref);
                 double e = nmse_d(y, ref, rows);
                 cr_expect_leq(e, 1e-10, "%s: y NMSE %.3g", what, e);
-                cr_expect(flags[0] == 7 && flags[1] == 0 && flags[2] == nq && flags[3] == 9,
-                          "%s: counters %d %d %d %d, want 7 0 %d 9", what, flags[0], flags[1], flags[2], flags[3], nq);
+                nq_flags_check(flags, idx, prev, nq, what);
+                free(flags0);
+                free(flags);
                 kr_backend_free(be, by);
                 kr_backend_free(be, bq);
                 kr_backend_free(be, bf);
@@ -1091,11 +1126,12 @@ Test(gpu_forward_kernels, swiglu_in_matvec_grid_vs_cpu, .timeout = 120)
                                      ks[k].entry);
             for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
                 int nq = nqs[qi], idx = 0, prev = 3;
-                int flags0[4] = {0, 5, 6, 9}, flags[4];
+                int *flags0 = nq_flags_make(idx), *flags = malloc(4 * NQ_INTS * sizeof *flags);
+                cr_assert_not_null(flags);
                 kr_buffer *by, *bq, *bf;
                 float *dy = kr_test_dupload(be, y0, (size_t)rows * 4, &by);
                 float *dq = kr_test_dpoisoned(be, (xqb + 3) / 4, &bq);
-                int *df = kr_test_dupload(be, flags0, sizeof flags0, &bf);
+                int *df = kr_test_dupload(be, flags0, 4 * NQ_INTS * sizeof *flags0, &bf);
                 int irows = rows, inb = nb, iacc = 1;
                 float eps = 0.0f;
                 const float *wnull = NULL;
@@ -1103,7 +1139,7 @@ Test(gpu_forward_kernels, swiglu_in_matvec_grid_vs_cpu, .timeout = 120)
                 launch(be, fn, (uint32_t)(nq + (rows + 2 * WARPS - 1) / (2 * WARPS)), 32, WARPS, args, 0);
                 kr_test_download(be, y, dy, (size_t)rows * 4);
                 kr_test_download(be, xq, dq, xqb);
-                kr_test_download(be, flags, df, sizeof flags);
+                kr_test_download(be, flags, df, 4 * NQ_INTS * sizeof *flags);
                 char what[128];
                 snprintf(what, sizeof what, "%s rows %d nb %d nq %d (seed %llu)", ks[k].entry, rows, nb, nq,
                          (unsigned long long)kr_test_seed());
@@ -1113,8 +1149,9 @@ Test(gpu_forward_kernels, swiglu_in_matvec_grid_vs_cpu, .timeout = 120)
                     ref[r] += y0[r];
                 double e = nmse_d(y, ref, rows);
                 cr_expect_leq(e, 1e-10, "%s: y NMSE %.3g", what, e);
-                cr_expect(flags[0] == nq && flags[1] == 5 && flags[2] == 6 && flags[3] == 0,
-                          "%s: counters %d %d %d %d, want %d 5 6 0", what, flags[0], flags[1], flags[2], flags[3], nq);
+                nq_flags_check(flags, idx, prev, nq, what);
+                free(flags0);
+                free(flags);
                 kr_backend_free(be, by);
                 kr_backend_free(be, bq);
                 kr_backend_free(be, bf);
