@@ -486,7 +486,7 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
                o->model, kr_model_arch(m), r->wtype, hp->n_layer, hp->n_embd, r->backend, r->device,
                r->weight_bytes, r->load_s, r->upload_s, o->p, o->n, pre_tps, dec_tps,
                dec_tps > 0 ? 1e3 / dec_tps : 0, r->bytes_per_tok, gbs, r->copy_gbs, frac, r->launches,
-               r->graph ? "true" : "false", (!o->no_q8 && !strcmp(r->backend, "cuda")) ? "true" : "false",
+               r->graph ? "true" : "false", (!o->no_q8 && !r->weights_f16 && !strcmp(r->backend, "cuda")) ? "true" : "false",
                r->weights_f16 ? "f16" : "native", r->n_converted);
         if (r->n_prof > 0) {
             printf(",\"profile\":{\"steps\":%d,\"pos\":%u,\"step_ms\":%.4f,\"n_labels\":%zu,\"ops\":[",
@@ -504,7 +504,9 @@ static void kr__print(const kr__bench_opts *o, const kr_model *m, const kr__benc
            hp->n_embd, r->wtype, (double)r->weight_bytes / 1073741824.0);
     printf("device    : %s [%s%s%s]\n", r->device, r->backend,
            !strcmp(r->backend, "cuda") ? (r->graph ? ", CUDA graph" : ", eager launches") : "",
-           !strcmp(r->backend, "cuda") ? (o->no_q8 ? ", fp32 activations" : ", q8 activations for Q4_0/Q8_0") : "");
+           !strcmp(r->backend, "cuda")
+               ? (o->no_q8 || r->weights_f16 ? ", fp32 activations" : ", q8 activations for Q4_0/Q8_0")
+               : "");
     if (r->weights_f16)
         printf("weights   : fp16 on the device (%u matrices converted at load)\n", r->n_converted);
     printf("load      : %.2f s (file)%s", r->load_s, !strcmp(r->backend, "cuda") ? "" : "\n");
