@@ -1063,7 +1063,7 @@ static kr__gf_tuning kr__tuning_default(void)
      * 10:43: Q8_0 attn_output / ffn_down on r2p2d (mv8e) 2.356 vs 2.386 */
     return (kr__gf_tuning){.pdl = true, .mv4 = 1 + 1, .mv8 = 1 + 5, .mv8e = 1 + 4, .resid = true,
                            .norm_mb = true, .norm_wide = true, .nfp_w = 16,
-                           .fa = true /* fused attention: H200 10:10, Q4_0 1.714 vs 1.904 ms/token (c64) */};
+                           .fa = true /* fused attention (auto): H200 10:43 Q4_0 1.684 vs 1.912 ms/token */};
 }
 
 static bool kr__parse_bool(const char *v, size_t n, bool *out)
