@@ -864,7 +864,6 @@ err_stream:
     kr_backend_event_destroy(be, g->ev_join);
     kr_backend_stream_destroy(be, g->side);
     kr_backend_free(be, g->gus_cnt);
-    kr_backend_free(be, g->nq_flags);
     kr_backend_stream_destroy(be, g->stream);
 err_dec:
     kr_dec_free(g->dec);
@@ -890,7 +889,6 @@ void kr_gpu_forward_free(kr_gpu_forward *g)
     kr_backend_event_destroy(be, g->ev_join);
     kr_backend_stream_destroy(be, g->side);
     kr_backend_free(be, g->gus_cnt);
-    kr_backend_free(be, g->nq_flags);
     for (size_t i = 0; i < g->prof_cap; i++)
         kr_backend_event_destroy(be, g->prof_ev[i]);
     free(g->prof_ev);
@@ -1194,10 +1192,6 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
                 ok = kr__parse_mib(v, vn, &t->pfc) && t->pfc <= 64;
             else if (kn == 3 && strncmp(p, "pfe", 3) == 0)
                 ok = kr__parse_bool(v, vn, &t->pfe);
-            else if (kn == 2 && strncmp(p, "nq", 2) == 0)
-                ok = kr__parse_mib(v, vn, &t->nq) && t->nq <= 64;
-            else if (kn == 2 && strncmp(p, "sq", 2) == 0)
-                ok = kr__parse_mib(v, vn, &t->sq) && t->sq <= 512;
             else if (kn == 3 && strncmp(p, "mvp", 3) == 0)
                 ok = kr__parse_mib(v, vn, &t->mvp) && t->mvp >= 1 && t->mvp <= 32;
             else if (kn == 3 && strncmp(p, "pfo", 3) == 0)
@@ -1221,7 +1215,7 @@ static kr_status kr__parse_tuning(const char *spec, kr__gf_tuning *t, kr_err *er
             return kr_err_set(err, KR_ERR_INVALID_ARG,
                               "gpu_forward tuning: bad item '%.*s' in '%s' (pdl=0|1, "
                               "mv4=v1|r1p4|r2p4|r4p2|r2p8|r2p4d|r2p2d|r2p4h, mv8=v1|r1p4|r2p2|r2p4|r4p2|r2p2d|r2p1d|r2p2h, "
-                              "mv4e=, mv8e= (v2 names: o/down), mvp=1..32, nq=0..64, sq=0..512, "
+                              "mv4e=, mv8e= (v2 names: o/down), mvp=1..32, "
                               "resid=0|1, norm=sb|mb, nf=0|1, oq=0|1, sw=0|1, gus=0|1, l2pf=MiB, "
                               "pfa|pft|pfn|pfs|pfo=MiB, pfc=N, pfe=0|1, pfw=N, fa=0|1, fas=N, fapf=0|1, fast=0..8, fav=c64|c32|cl8|..., "
                               "skip=[anms]|0, default, old)",
@@ -1326,26 +1320,6 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
         if ((st = kr__gf_fn(g->be, entry, &fg8, err)) != KR_OK)
             return st;
     }
-    /* tun.nq: the norm inside the next matvec's grid, with per-instance counters (zeroed here) */
-    kr_function *fq4 = NULL, *fq8 = NULL, *fs4 = NULL, *fs8 = NULL;
-    if (t.nq > 0 && ((st = kr__gf_fn(g->be, "kr_gf_mv2q_q4_0_r2p4", &fq4, err)) != KR_OK ||
-                     (st = kr__gf_fn(g->be, "kr_gf_mv2q_q8_0_r2p1", &fq8, err)) != KR_OK))
-        return st;
-    if (t.sq > 0 && ((st = kr__gf_fn(g->be, "kr_gf_mv2s_q4_0_r2p4", &fs4, err)) != KR_OK ||
-                     (st = kr__gf_fn(g->be, "kr_gf_mv2s_q8_0_r2p1", &fs8, err)) != KR_OK))
-        return st;
-    if (t.nq > 0 || t.sq > 0) {
-        /* per instance 33 x 32 ints (KR_GF_NQ_INTS of the .cu): 32 flag words on their own
-         * 128-byte lines, then the producers' counter */
-        size_t nb = ((size_t)g->hp.n_layer * 3 + 1) * 33 * 32 * sizeof(int32_t);
-        if (!g->nq_flags && (st = kr_backend_alloc(g->be, nb, &g->nq_flags, err)) != KR_OK)
-            return kr_err_prefix(err, "norm counters");
-        if (g->graph && (st = kr_backend_sync(g->be, g->stream, err)) != KR_OK)
-            return st;
-        if ((st = kr_backend_memset(g->be, g->nq_flags->ptr, 0, nb, g->stream, err)) != KR_OK ||
-            (st = kr_backend_sync(g->be, g->stream, err)) != KR_OK)
-            return st;
-    }
     if (t.gus && !g->gus_cnt && g->hp.n_ff % 32 == 0) {
         size_t nb = (size_t)g->hp.n_ff / 32 * sizeof(int32_t);
         if ((st = kr_backend_alloc(g->be, nb, &g->gus_cnt, err)) != KR_OK)
@@ -1403,12 +1377,6 @@ kr_status kr_gpu_forward_set_tuning(kr_gpu_forward *g, const char *spec, kr_err 
     g->fn_prefetch = fn_pf;
     g->fn_mv2t_q4_0 = ft4;
     g->fn_mv2t_q8_0 = ft8;
-    g->fn_mv2q_q4_0 = fq4;
-    g->fn_mv2q_q8_0 = fq8;
-    g->fn_mv2s_q4_0 = fs4;
-    g->fn_mv2s_q8_0 = fs8;
-    g->mv2q_rows4 = 2;
-    g->mv2q_rows8 = 2;
     g->fn_mv2e_q4_0 = fe[0];
     g->fn_mv2e_q8_0 = fe[1];
     g->fn_mv2et_q4_0 = fe[2];
@@ -1729,73 +1697,6 @@ static kr_status kr__nf_consume(kr_gpu_forward *g, kr_stream *s, const kr__gf_ma
     return KR_OK;
 }
 
-/* Every layer's qkv and gate/up fused and all four matrices v2 repacked with q8 activations
- * (*with_out: the output matrix too). */
-static bool kr__fuse_mats_ok(const kr_gpu_forward *g, bool *with_out)
-{
-    *with_out = false;
-    for (uint32_t l = 0; l < g->hp.n_layer; l++) {
-        const kr__gf_layer *L = &g->layers[l];
-        const kr__gf_mat *m[4] = {&L->qkv, &L->gu, &L->o, &L->down};
-        if (!L->fuse_qkv || !L->fuse_gu)
-            return false;
-        for (int i = 0; i < 4; i++)
-            if (!kr__mv2_ok(g, m[i]) || !m[i]->q8 || m[i]->cols % 32 != 0)
-                return false;
-    }
-    *with_out = kr__mv2_ok(g, &g->out) && g->out.q8 && g->out.cols == (int64_t)g->hp.n_embd;
-    return true;
-}
-
-/* tun.nq applies to the whole step: the matrices as kr__fuse_mats_ok, the residual adds in
- * attn_output / ffn_down (no pending add before a norm), no nf / gus / skip, E a multiple of
- * 32. *with_out: the final norm + output matvec too. The counters' reset chain (each fused
- * instance zeroes the previous one's) needs every instance of the step fused. */
-static bool kr__nq_ok(const kr_gpu_forward *g, bool *with_out)
-{
-    *with_out = false;
-    const kr__gf_tuning *t = &g->tun;
-    if (t->nq <= 0 || !g->nq_flags || !g->fn_mv2q_q4_0 || !g->fn_mv2q_q8_0 || !t->resid || t->nf || t->gus ||
-        t->skip || g->hp.n_embd % 32 != 0 || g->hp.n_layer == 0)
-        return false;
-    return kr__fuse_mats_ok(g, with_out);
-}
-
-/* tun.sq: SwiGLU + q8 in the first tun.sq CTAs of every ffn_down grid (kr_gf_mv2s_*); same
- * conditions, n_ff a multiple of 32. */
-static bool kr__sq_ok(const kr_gpu_forward *g)
-{
-    bool wo;
-    const kr__gf_tuning *t = &g->tun;
-    return t->sq > 0 && g->nq_flags && g->fn_mv2s_q4_0 && g->fn_mv2s_q8_0 && t->resid && !t->nf && !t->gus &&
-           !t->skip && g->hp.n_ff % 32 == 0 && g->hp.n_layer > 0 && kr__fuse_mats_ok(g, &wo);
-}
-
-/* y = M @ q8(rmsnorm(x) * wn), the norm in the first tun.nq CTAs of the matvec's grid
- * (kr_gf_mv2q_*); idx / prev: this and the previous instance's counter. */
-static kr_status kr__proj_nq(kr_gpu_forward *g, kr_stream *s, const kr__gf_mat *M, float *y, const float *wn, int idx,
-                             int prev, kr_err *err)
-{
-    kr_status st;
-    bool q4 = M->type == KR_DTYPE_Q4_0, sw = wn == NULL; /* wn NULL: SwiGLU of g->gate, y += (tun.sq) */
-    const void *qs = M->w;
-    const void *sc = (const char *)M->w + (size_t)M->rows * (size_t)(M->cols / 32) * kr__quant_bytes(M->type);
-    void *xq = g->xq;
-    const float *x = sw ? g->gate : g->x;
-    float eps = g->hp.norm_eps;
-    int *flags = g->nq_flags->ptr;
-    int rows = (int)M->rows, nb = (int)(M->cols / 32), iacc = sw, nq = sw ? g->tun.sq : g->tun.nq;
-    void *args[] = {&qs, &sc, &xq, &y, &rows, &nb, &iacc, &x, &wn, &eps, &flags, &idx, &prev, &nq};
-    int per = KR__GF_WARPS * (q4 ? g->mv2q_rows4 : g->mv2q_rows8);
-    uint32_t grid[3] = {(uint32_t)(nq + (rows + per - 1) / per), 1, 1}, block[3] = {32, KR__GF_WARPS, 1};
-    char lb[64];
-    snprintf(lb, sizeof lb, "%s + matvec %s %s q8 repacked", sw ? "swiglu_q8" : "rmsnorm_q8", g->role ? g->role : "?",
-             kr_dtype_name(M->type));
-    kr_function *fn = sw ? (q4 ? g->fn_mv2s_q4_0 : g->fn_mv2s_q8_0) : (q4 ? g->fn_mv2q_q4_0 : g->fn_mv2q_q8_0);
-    KR__TRYL(lb, kr_backend_launch_ex(g->be, fn, grid, block, 0, s, args, kr__gf_flags(g), err));
-    return KR_OK;
-}
-
 /* x += resid (resid NULL: none); h = rmsnorm(x) * w; q8: xq = q8(h). The multi-block kernel
  * takes g->pf_lat (tun.pfn), which every call consumes. */
 static kr_status kr__norm(kr_gpu_forward *g, kr_stream *s, const float *resid, const float *w, bool q8, kr_err *err)
@@ -2002,12 +1903,6 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
      * the next norm adds it (pend). */
     const float *pend = NULL;
     bool nf_in = false; /* this layer's qkv input was left by the previous ffn_down (tun.nf) */
-    /* tun.nq: every norm inside the next matvec's grid; instance 2l (attn), 2l+1 (ffn), 2L (final) */
-    bool nq_out = false;
-    const bool nq = kr__nq_ok(g, &nq_out), sq = kr__sq_ok(g);
-    /* counters: one per fused instance in step order; each zeroes the previous one's */
-    const int nq_n = (int)hp->n_layer * ((nq ? 2 : 0) + (sq ? 1 : 0)) + (nq && nq_out ? 1 : 0);
-    int nq_i = 0;
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const kr__gf_layer *L = &g->layers[l];
         const kr__gf_mat *qkv[3] = {&L->q, &L->k, &L->v};
@@ -2020,16 +1915,11 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
          * kr__norm / kr__swiglu (pf_lat) or kr__proj (pf_mv)): the next matvec's leading bytes */
         if (g->tun.pfn_mb > 0)
             kr__pf_set(&g->pf_lat, g->tun.pfn_mb, fq ? &L->qkv : &L->q, NULL);
-        if (!nq && !nf_in && !(skip & KR__SKIP_NORM) &&
+        if (!nf_in && !(skip & KR__SKIP_NORM) &&
             (st = kr__norm(g, s, pend, L->attn_norm, fq ? kr__any_q8(qkv1, 1) : kr__any_q8(qkv, 3), err)) != KR_OK)
             return st;
         g->role = fq ? "attn_qkv" : "attn_q/k/v";
-        if (nq) {
-            memset(&g->pf_lat, 0, sizeof g->pf_lat);
-            if ((st = kr__proj_nq(g, s, &L->qkv, g->q, L->attn_norm, nq_i, (nq_i + nq_n - 1) % nq_n, err)) != KR_OK)
-                return st;
-            nq_i++;
-        } else if (nf_in) {
+        if (nf_in) {
             if (!(skip & KR__SKIP_MV) && (st = kr__nf_consume(g, s, &L->qkv, g->q, err)) != KR_OK)
                 return st;
         } else {
@@ -2091,7 +1981,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         const kr__gf_mat *gu[2] = {&L->gate, &L->up};
         float *const gu_y[2] = {g->gate, g->up};
         const kr__gf_mat *gu1[1] = {&L->gu};
-        if (!nq && !nf_o && !(skip & KR__SKIP_NORM) &&
+        if (!nf_o && !(skip & KR__SKIP_NORM) &&
             (st = kr__norm(g, s, ro ? NULL : g->tmp, L->ffn_norm, fg ? kr__any_q8(gu1, 1) : kr__any_q8(gu, 2), err)) !=
                 KR_OK)
             return st;
@@ -2100,12 +1990,7 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
         memset(&g->pf_lat, 0, sizeof g->pf_lat);
         if (g->tun.pft_mb > 0 && !nf_o && !gus)
             kr__pf_set(&g->pf_mv, g->tun.pft_mb, &L->down, NULL);
-        if (nq) {
-            memset(&g->pf_mv, 0, sizeof g->pf_mv);
-            if ((st = kr__proj_nq(g, s, &L->gu, g->gate, L->ffn_norm, nq_i, (nq_i + nq_n - 1) % nq_n, err)) != KR_OK)
-                return st;
-            nq_i++;
-        } else if (nf_o) {
+        if (nf_o) {
             if (!(skip & KR__SKIP_MV) && (st = kr__nf_consume(g, s, &L->gu, g->gate, err)) != KR_OK)
                 return st;
         } else if (!(skip & KR__SKIP_MV) && (st = gus ? kr__proj_gus(g, s, &L->gu, g->gate, err)
@@ -2126,13 +2011,6 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
             g->xq = xq_save;
             if (st != KR_OK)
                 return st;
-        } else if (sq) {
-            /* tun.sq: SwiGLU + q8 of gate|up in the first CTAs of the down grid, x += down @ that */
-            g->role = "ffn_down";
-            memset(&g->pf_mv, 0, sizeof g->pf_mv);
-            if ((st = kr__proj_nq(g, s, &L->down, g->x, NULL, nq_i, (nq_i + nq_n - 1) % nq_n, err)) != KR_OK)
-                return st;
-            nq_i++;
         } else {
             const kr__gf_layer *Ln = l + 1 < hp->n_layer ? &g->layers[l + 1] : NULL;
             nf_in = Ln && Ln->fuse_qkv && L->down.q8 && kr__nf_ok(g, &L->down, &Ln->qkv);
@@ -2173,11 +2051,6 @@ static kr_status kr__step_llama(kr_gpu_forward *g, kr_stream *s, kr_err *err)
     const kr__gf_mat *om[1] = {&g->out};
     g->role = "output";
     float *const om_y[1] = {g->logits};
-    if (nq && nq_out) {
-        memset(&g->pf_lat, 0, sizeof g->pf_lat);
-        memset(&g->pf_mv, 0, sizeof g->pf_mv);
-        return kr__proj_nq(g, s, &g->out, g->logits, g->out_norm, nq_i, (nq_i + nq_n - 1) % nq_n, err);
-    }
     if (g->tun.pfn_mb > 0)
         kr__pf_set(&g->pf_lat, g->tun.pfn_mb, &g->out, NULL);
     if ((st = kr__norm(g, s, pend, g->out_norm, kr__any_q8(om, 1), err)) != KR_OK)

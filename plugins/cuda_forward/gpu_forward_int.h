@@ -66,8 +66,6 @@ typedef struct kr__gf_tuning {
     int pfo_mb;                    /* the output matvec's tail prefetches MiB of layer 0's qkv (+ o) for the next step */
     int mv4e, mv8e;                /* 0: as mv4 / mv8; else 1 + v2 variant for the n_embd-row matrices (o, down) */
     int mvp;                       /* persistent v2 matvecs ("pr..."): CTAs per SM of their grid (0: 4) */
-    int nq;                        /* > 0: rmsnorm + q8 done by nq CTAs of the next matvec's grid (kr_gf_mv2q_*) */
-    int sq;                        /* > 0: SwiGLU + q8 done by sq CTAs of the ffn_down grid (kr_gf_mv2s_*) */
     bool fa;                       /* fused attention block (kr_dec_fattn: rope + store + attention + q8, one launch) */
     int fa_split;                  /* its split count (0: default) */
     bool fa_pf;                    /* its blocks prefetch attn_output's weights into L2 before their wait */
@@ -172,12 +170,6 @@ struct kr_gpu_forward {
     kr__gf_pf pf_mv;               /* prefetch request for the next kr__proj matvec (ranges only; n[i] 0: none) */
     kr__gf_pf pf_lat;              /* ... for the next kr__norm / kr__swiglu */
     kr_buffer *gus_cnt;            /* (n_ff/32) int32 group counters, zero between launches */
-    kr_function *fn_mv2q_q4_0;     /* kr_gf_mv2q_* (tun.nq) or NULL */
-    kr_function *fn_mv2q_q8_0;
-    kr_function *fn_mv2s_q4_0;     /* kr_gf_mv2s_* (tun.sq) or NULL */
-    kr_function *fn_mv2s_q8_0;
-    int mv2q_rows4, mv2q_rows8;    /* their rows per warp */
-    kr_buffer *nq_flags;           /* (3 n_layer + 1) x 33 x 32 int32: flag words + counter per fused instance */
     kr_stream *side;               /* L2 prefetch stream (created on first use) */
     kr_event *ev_fork, *ev_join;   /* main -> side after the qkv matvec; side -> main at the step's end */
     uint32_t launches;             /* counted during the last step */
