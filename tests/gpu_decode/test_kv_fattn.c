@@ -36,69 +36,6 @@
         cr_assert_eq(st_, KR_OK, "%s: %s", #expr, kr_err_msg(&err_, st_));                             \
     } while (0)
 
-static size_t ref_row_bytes(kr_dtype t, int kv_dim)
-{
-    size_t n = t == KR_DTYPE_F16 ? 2 * (size_t)kv_dim : (size_t)kv_dim + (size_t)kv_dim / 32 * 2;
-    return (n + 15) / 16 * 16;
-}
-
-/* GGML q8_0 of 32 values: d = amax/127, q = round-half-away(x * (1/d)), d as fp16 */
-static void ref_q8_block(const float *x, int8_t *q, uint16_t *d)
-{
-    float amax = 0;
-    for (int i = 0; i < 32; i++)
-        amax = fmaxf(amax, fabsf(x[i]));
-    const float dd = amax / 127.0f;
-    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    for (int i = 0; i < 32; i++)
-        q[i] = (int8_t)roundf(x[i] * id);
-    *d = kr_fp32_to_fp16(dd);
-}
-
-static void ref_pack_row(kr_dtype t, const float *x, int kv_dim, uint8_t *row)
-{
-    if (t == KR_DTYPE_F16) {
-        for (int i = 0; i < kv_dim; i++) {
-            uint16_t h = kr_fp32_to_fp16(x[i]);
-            memcpy(row + 2 * i, &h, 2);
-        }
-        return;
-    }
-    for (int b = 0; b < kv_dim / 32; b++) {
-        uint16_t d;
-        ref_q8_block(x + 32 * b, (int8_t *)row + 32 * b, &d);
-        memcpy(row + kv_dim + 2 * b, &d, 2);
-    }
-}
-
-static double ref_value(kr_dtype t, const uint8_t *row, int kv_dim, int i)
-{
-    uint16_t h;
-    if (t == KR_DTYPE_F16) {
-        memcpy(&h, row + 2 * i, 2);
-        return kr_fp16_to_fp32(h);
-    }
-    memcpy(&h, row + kv_dim + 2 * (i / 32), 2);
-    return (double)((const int8_t *)row)[i] * kr_fp16_to_fp32(h);
-}
-
-static void poison_rows(kr_dtype t, uint8_t *c, int rows, size_t row_bytes, int kv_dim)
-{
-    for (int r = 0; r < rows; r++) {
-        uint8_t *row = c + (size_t)r * row_bytes;
-        memset(row, 0x5a, row_bytes);
-        if (t == KR_DTYPE_F16) {
-            for (int i = 0; i < kv_dim; i++)
-                memcpy(row + 2 * i, &(uint16_t){0x7e00}, 2);
-        } else {
-            for (int i = 0; i < kv_dim; i++)
-                row[i] = (uint8_t)kr_test_rng_u64();
-            for (int b = 0; b < kv_dim / 32; b++)
-                memcpy(row + kv_dim + 2 * b, &(uint16_t){0x7e00}, 2);
-        }
-    }
-}
-
 /* double rotation of one head vector (kr_dec_rope's formula) */
 static void ref_rope(const float *x, double *y, int hd, int n_rot, int p, bool neox, const float *ff, float fb,
                      float fs)
