@@ -10,15 +10,9 @@
 #          alternating order so drift shows; --profile once (Q4_0, default variant).
 set -u
 cd "$(dirname "$0")/../.."
-LOG=${LOG:-/dev/stdout}
-BUILD=${BUILD:-build}
-part=${1:-test}
+. tools/gpu-dev/common.sh
 mine="core/src/cuda core/include/kernrun/backend.h kernels/decode kernels/forward plugins/cuda_decode plugins/cuda_forward tools/kernrun/pipe_bench.c tests/gpu_forward tests/gpu_decode"
-{
-  # shellcheck disable=SC2086
-  echo "== decode $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under decode's paths, $(date -u +%H:%M:%S)"
-  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>/dev/null | head -1
-} >>"$LOG" 2>&1
+gpu_dev_header decode "$mine" name,driver_version,clocks.max.sm,clocks.max.mem
 
 if [ "$part" = test ]; then
   tmp=$(mktemp -d)

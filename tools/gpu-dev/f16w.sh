@@ -11,15 +11,9 @@
 #          whole-command time.
 set -u
 cd "$(dirname "$0")/../.."
-LOG=${LOG:-/dev/stdout}
-BUILD=${BUILD:-build}
-part=${1:-test}
+. tools/gpu-dev/common.sh
 mine="kernels/decode/elementwise.cu plugins/cuda_decode plugins/cuda_forward tools/kernrun tests/gpu_forward/test_gpu_f16w.c"
-{
-  # shellcheck disable=SC2086
-  echo "== f16w $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under f16w's paths, $(date -u +%H:%M:%S)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1
-} >>"$LOG" 2>&1
+gpu_dev_header f16w "$mine" name,driver_version,memory.total
 
 if [ "$part" = test ]; then
   tmp=$(mktemp -d)

@@ -10,15 +10,9 @@
 #          2 rounds) with --profile of fa=1; -p 4096; q8_0 KV cache; 7B q8_0 weights.
 set -u
 cd "$(dirname "$0")/../.."
-LOG=${LOG:-/dev/stdout}
-BUILD=${BUILD:-build}
-part=${1:-test}
+. tools/gpu-dev/common.sh
 mine="kernels/decode/kv_attn.cu plugins/cuda_decode/decode_kv.c plugins/cuda_decode/kr_decode_kv.h plugins/cuda_forward/gpu_kvcache.c plugins/cuda_forward/gpu_kvcache.h plugins/cuda_forward/gpu_forward.c tests/gpu_decode/test_kv_fattn.c"
-{
-  # shellcheck disable=SC2086
-  echo "== fattn $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under fattn's paths, $(date -u +%H:%M:%S)"
-  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1
-} >>"$LOG" 2>&1
+gpu_dev_header fattn "$mine"
 export KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1
 export KR_DECODE_KERNELS_DIR=$PWD/kernels/decode
 T=$BUILD/tests/gpu_decode/test_gpu_decode_fattn

@@ -8,15 +8,9 @@
 #          recompute-the-prefix vs cache ratio, logits NMSE q8_0 vs f16, sequences taking turns.
 set -u
 cd "$(dirname "$0")/../.."
-LOG=${LOG:-/dev/stdout}
-BUILD=${BUILD:-build}
-part=${1:-test}
+. tools/gpu-dev/common.sh
 mine="plugins/cuda_forward kernels/forward/kv_shift.cu models/model/src/kvcache.c tests/gpu_kvcache tools/kernrun/pipe_generate.c"
-{
-  # shellcheck disable=SC2086
-  echo "== kvhost $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under kvhost's paths, $(date -u +%H:%M:%S)"
-  nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader 2>/dev/null | head -1
-} >>"$LOG" 2>&1
+gpu_dev_header kvhost "$mine" name,driver_version,memory.used,memory.total
 export KERNRUN_PLUGIN_PATH=$BUILD/plugins KERNRUN_NO_SYSTEM_PLUGINS=1
 T=$BUILD/tests/gpu_kvcache/test_gpu_kvcache
 

@@ -10,15 +10,9 @@
 #          the same 128 decode tokens per variant, two rounds in reverse order so drift shows.
 set -u
 cd "$(dirname "$0")/../.."
-LOG=${LOG:-/dev/stdout}
-BUILD=${BUILD:-build}
-part=${1:-test}
+. tools/gpu-dev/common.sh
 mine="kernels/forward plugins/cuda_forward tests/gpu_forward"
-{
-  # shellcheck disable=SC2086
-  echo "== l2pf $part: commit $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain -- $mine 2>/dev/null | wc -l) changed files under $mine, $(date -u +%H:%M:%S)"
-  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>/dev/null | head -1
-} >>"$LOG" 2>&1
+gpu_dev_header l2pf "$mine" name,driver_version,clocks.max.sm,clocks.max.mem
 
 if [ "$part" = test ]; then
   tmp=$(mktemp -d)
