@@ -31,6 +31,7 @@
 #include "kernrun/quant.h"
 #include "kr_decode.h"
 #include "kr_gpu_forward.h"
+#include "kr_test_model.h"
 #include "kr_test_gpu.h"
 #include "mkmodel.h"
 
@@ -53,31 +54,7 @@ static const char *testdata(void)
 #endif
 }
 
-static kr_model *load(const char *path)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_model_params mp = kr_model_params_default();
-    kr_builtin_model_params(&mp);
-    kr_model *m = NULL;
-    kr_status st = kr_model_load(path, &mp, &m, &err);
-    cr_assert_eq(st, KR_OK, "load %s: %s", path, kr_err_msg(&err, st));
-    return m;
-}
 
-/* sum (a-b)^2 / sum b^2 in double; non-finite a gives +inf */
-static double nmse(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 static int argmax(const float *x, int n, float *gap)
 {
@@ -357,7 +334,7 @@ static void check_decode(kr_gpu_forward *g, kr_model *m, const char *label)
             lg[j] = NAN;
         kr_status st = kr_gpu_forward_eval(g, &toks[i], 1, (uint32_t)i, lg, &err);
         cr_assert_eq(st, KR_OK, "%s: gpu eval %d: %s", label, i, kr_err_msg(&err, st));
-        double e = nmse(lg, ref + (size_t)i * nv, (size_t)nv);
+        double e = kr_test_nmse_f(lg, ref + (size_t)i * nv, (size_t)nv);
         if (e > worst)
             worst = e;
         cr_expect_leq(e, NMSE_TOL, "%s step %d: logits NMSE %.3g", label, i, e);
@@ -410,7 +387,7 @@ static void check_prefill(kr_gpu_forward *g, kr_model *m, const char *label, boo
     cr_assert_eq(st, KR_OK, "%s: gpu prompt: %s", label, kr_err_msg(&err, st));
     kr_gpu_forward_stats gs;
     kr_gpu_forward_get_stats(g, &gs);
-    double e = nmse(lg, ref, (size_t)nv);
+    double e = kr_test_nmse_f(lg, ref, (size_t)nv);
     cr_log_info("%s: prompt of %d tokens (%u batched): last logits NMSE %.3g", label, N_PROMPT, gs.batched_tokens, e);
     if (want_batched)
         cr_expect_geq(gs.batched_tokens, N_PROMPT - 1, "%s: only %u prompt tokens batched", label, gs.batched_tokens);
@@ -422,7 +399,7 @@ static void check_prefill(kr_gpu_forward *g, kr_model *m, const char *label, boo
 static void check_model(const char *path, const char *label, bool want_batched)
 {
     kr_backend *be = kr_test_gpu_backend();
-    kr_model *m = load(path);
+    kr_model *m = kr_test_load_model(path);
     kr_gpu_forward *g = gpu_new_f16(m, be);
     check_weights(g, m, be, label);
     check_decode(g, m, label);
@@ -489,7 +466,7 @@ Test(gpu_f16w, fit_check_refuses_f16_where_native_fits)
     kr_backend *be = kr_test_gpu_backend();
     char dir[64], path[128];
     mk("llama", "tiny", KR_DTYPE_Q4_0, 0, dir, path, sizeof path);
-    kr_model *m = load(path);
+    kr_model *m = kr_test_load_model(path);
     kr_err err;
     kr_err_clear(&err);
     kr_gpu_forward_params gp = kr_gpu_forward_params_default();
@@ -601,7 +578,7 @@ Test(gpu_f16w_host, check_params_accepts_host_converted_types)
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         char dir[64], path[128];
         mk("llama", "tiny", types[i], 0, dir, path, sizeof path);
-        kr_model *m = load(path);
+        kr_model *m = kr_test_load_model(path);
         kr_err err;
         kr_err_clear(&err);
         kr_gpu_forward_params gp = kr_gpu_forward_params_default();

@@ -35,6 +35,7 @@
 #include "kernrun/gguf.h"
 #include "kernrun/model.h"
 #include "kr_gpu_forward.h"
+#include "kr_test_model.h"
 #include "mkmodel.h"
 
 #define N_STEPS 32
@@ -75,17 +76,6 @@ static kr_backend *cuda_or_skip(void)
     return be;
 }
 
-static kr_model *load(const char *path)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_model_params mp = kr_model_params_default();
-    kr_builtin_model_params(&mp);
-    kr_model *m = NULL;
-    kr_status st = kr_model_load(path, &mp, &m, &err);
-    cr_assert_eq(st, KR_OK, "load %s: %s", path, kr_err_msg(&err, st));
-    return m;
-}
 
 static int argmax(const float *x, int n, float *gap)
 {
@@ -101,19 +91,6 @@ static int argmax(const float *x, int n, float *gap)
     return best;
 }
 
-/* sum (a-b)^2 / sum b^2 in double; non-finite a gives +inf */
-static double nmse(const float *a, const float *ref, int n)
-{
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 typedef struct ref_run {
     int32_t toks[N_STEPS + 1];  /* toks[0] = start token, toks[i+1] = CPU greedy after step i */
@@ -191,7 +168,7 @@ static void compare_run(kr_gpu_forward *g, kr_model *m, const ref_run *rr, const
         kr_status st = kr_gpu_forward_eval(g, &r.toks[i], 1, (uint32_t)i, lg, &err);
         cr_assert_eq(st, KR_OK, "%s: gpu eval %d: %s", path, i, kr_err_msg(&err, st));
         const float *ref = r.logits + (size_t)i * nv;
-        double e = nmse(lg, ref, nv);
+        double e = kr_test_nmse_f(lg, ref, nv);
         /* With 8-bit activations (tol > NMSE_TOL) the allowed per-logit error is
          * about sqrt(tol) * rms(ref); top-two gaps below 3x that are ties the
          * check cannot decide (tiny falcon: rms 0.15, gaps of 0.001-0.003 flipped
@@ -240,7 +217,7 @@ static void compare_run(kr_gpu_forward *g, kr_model *m, const ref_run *rr, const
 static void compare(const char *path, bool no_graph, bool no_q8, double tol)
 {
     kr_backend *be = cuda_or_skip();
-    kr_model *m = load(path);
+    kr_model *m = kr_test_load_model(path);
     int32_t bos = 1; /* BOS of the SPM models; for others any valid id serves as a start */
     ref_run r;
     cpu_reference(m, bos, &r);
@@ -381,7 +358,7 @@ static void variants_compare(kr_dtype type)
     kr_err_clear(&err);
     kr_status st = kr_mkmodel_write(&o, NULL, &err);
     cr_assert_eq(st, KR_OK, "mkmodel: %s", kr_err_msg(&err, st));
-    kr_model *m = load(path);
+    kr_model *m = kr_test_load_model(path);
     ref_run r;
     cpu_reference(m, 1, &r);
     kr_gpu_forward *g = gpu_new(m, be, false, false);
@@ -409,7 +386,7 @@ Test(gpu_forward, set_tuning_rejects_bad_specs)
     kr_backend *be = cuda_or_skip();
     char p[4096];
     model_path(p, sizeof p, "stories260K-f32.gguf");
-    kr_model *m = load(p);
+    kr_model *m = kr_test_load_model(p);
     kr_gpu_forward *g = gpu_new(m, be, false, false);
     kr_err err;
     kr_err_clear(&err);
@@ -547,7 +524,7 @@ Test(gpu_forward, profile_steps)
     kr_backend *be = cuda_or_skip();
     char p[4096];
     model_path(p, sizeof p, "stories260K-f32.gguf");
-    kr_model *m = load(p);
+    kr_model *m = kr_test_load_model(p);
     int nv = kr_model_n_vocab(m);
     kr_gpu_forward *ga = gpu_new(m, be, false, false), *gb = gpu_new(m, be, false, false);
     const int32_t prompt[5] = {1, 403, 407, 261, 378};
@@ -613,7 +590,7 @@ static void repack_vs_dec(kr_dtype type)
     kr_err err;
     kr_err_clear(&err);
     cr_assert_eq(kr_mkmodel_write(&o, NULL, &err), KR_OK, "mkmodel: %s", err.msg);
-    kr_model *m = load(path);
+    kr_model *m = kr_test_load_model(path);
     int nv = kr_model_n_vocab(m);
     kr_gpu_forward *ga = gpu_new(m, be, false, false);
     g_no_repack = true;
@@ -624,7 +601,7 @@ static void repack_vs_dec(kr_dtype type)
         int32_t t = (int32_t)((i * 37 + 5) % nv);
         cr_assert_eq(kr_gpu_forward_eval(ga, &t, 1, (uint32_t)i, la, &err), KR_OK, "%s", err.msg);
         cr_assert_eq(kr_gpu_forward_eval(gb, &t, 1, (uint32_t)i, lb, &err), KR_OK, "%s", err.msg);
-        double e = nmse(la, lb, nv);
+        double e = kr_test_nmse_f(la, lb, nv);
         cr_expect_leq(e, 1e-9, "step %d: repacked vs GGML-layout NMSE %.3g", i, e);
     }
     free(la);
@@ -646,7 +623,7 @@ Test(gpu_forward, graph_equals_eager_and_rewind)
     kr_backend *be = cuda_or_skip();
     char p[4096];
     model_path(p, sizeof p, "stories260K-f32.gguf");
-    kr_model *m = load(p);
+    kr_model *m = kr_test_load_model(p);
     int nv = kr_model_n_vocab(m);
     kr_gpu_forward *ga = gpu_new(m, be, false, false), *ge = gpu_new(m, be, true, false);
     const int32_t prompt[6] = {1, 403, 407, 261, 378, 432};
@@ -684,11 +661,11 @@ Test(gpu_forward_host, check_models)
     kr_err err;
     kr_err_clear(&err);
     model_path(p, sizeof p, "stories260K-f32.gguf");
-    kr_model *m = load(p);
+    kr_model *m = kr_test_load_model(p);
     cr_expect_eq(kr_gpu_forward_check(m, &err), KR_OK, "%s", err.msg);
     kr_model_free(m);
     model_path(p, sizeof p, "llama2-tiny-random-f16.gguf");
-    m = load(p);
+    m = kr_test_load_model(p);
     cr_expect_eq(kr_gpu_forward_check(m, &err), KR_OK, "%s", err.msg);
     kr_backend *cpu = NULL;
     cr_assert_eq(kr_backend_create(KR_BACKEND_CPU, 0, &cpu, &err), KR_OK);
@@ -704,7 +681,7 @@ Test(gpu_forward_host, check_models)
     cr_assert_not_null(mkdtemp(dir));
     for (int l40 = 0; l40 < 2; l40++) {
         mk_falcon(dir, KR_DTYPE_F16, l40, p, sizeof p);
-        m = load(p);
+        m = kr_test_load_model(p);
         cr_expect_eq(kr_gpu_forward_check(m, &err), KR_OK, "%s", err.msg);
         if (l40)
             cr_expect_not_null(kr_model_weight(m, "blk.1.attn_norm_2.bias"));

@@ -29,6 +29,7 @@
 #include "kernrun/dtype.h"
 #include "kernrun/model.h"
 #include "kr_gpu_forward.h"
+#include "kr_test_model.h"
 #include "kr_test_gpu.h"
 #include "kr_test_rng.h"
 #include "mkmodel.h"
@@ -48,30 +49,7 @@ static const char *testdata(void)
     return d ? d : "../shared/testdata";
 }
 
-static kr_model *load(const char *path)
-{
-    kr_err err;
-    kr_err_clear(&err);
-    kr_model_params mp = kr_model_params_default();
-    kr_builtin_model_params(&mp);
-    kr_model *m = NULL;
-    kr_status st = kr_model_load(path, &mp, &m, &err);
-    cr_assert_eq(st, KR_OK, "load %s: %s", path, kr_err_msg(&err, st));
-    return m;
-}
 
-static double nmse(const float *a, const float *ref, int n)
-{
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
 
 static int argmax(const float *x, int n, float *gap)
 {
@@ -144,7 +122,7 @@ static void check_model(const char *path, int n, int n2, uint32_t n_batch)
         n2 = n2 < 6 ? n2 : 6;
         n_batch = n_batch && n_batch < 16 ? n_batch : 16; /* still several chunks */
     }
-    kr_model *m = load(path);
+    kr_model *m = kr_test_load_model(path);
     const int nv = kr_model_n_vocab(m), N = n + n2;
     int32_t *toks = malloc((size_t)N * sizeof *toks);
     float *ref = malloc((size_t)nv * sizeof *ref), *lb = malloc((size_t)nv * sizeof *lb),
@@ -170,7 +148,7 @@ static void check_model(const char *path, int n, int n2, uint32_t n_batch)
     gpu_eval(gt, toks, n, 0, lt, nv);
     kr_gpu_forward_get_stats(gt, &gs);
     cr_expect_eq(gs.batched_tokens, 0u, "%s: no_batch_prefill still batched", path);
-    double e_cpu = nmse(lb, ref, nv), e_tok = nmse(lb, lt, nv), e_tok_cpu = nmse(lt, ref, nv);
+    double e_cpu = kr_test_nmse_f(lb, ref, nv), e_tok = kr_test_nmse_f(lb, lt, nv), e_tok_cpu = kr_test_nmse_f(lt, ref, nv);
     cr_log_info("%s n %d (n_batch %u): batched vs cpu %.3g, vs token-by-token %.3g (token-by-token vs cpu %.3g)",
                 path, n, n_batch, e_cpu, e_tok, e_tok_cpu);
     cr_expect_leq(e_cpu, TOL, "%s n %d: batched prefill vs CPU NMSE %.3g (seed %llu)", path, n, e_cpu,
@@ -183,8 +161,8 @@ static void check_model(const char *path, int n, int n2, uint32_t n_batch)
         cpu_logits(m, toks, N, ref);
         gpu_eval(gb, toks + n, n2, (uint32_t)n, lb, nv);
         gpu_eval(gt, toks + n, n2, (uint32_t)n, lt, nv);
-        e_cpu = nmse(lb, ref, nv);
-        e_tok = nmse(lb, lt, nv);
+        e_cpu = kr_test_nmse_f(lb, ref, nv);
+        e_tok = kr_test_nmse_f(lb, lt, nv);
         cr_log_info("%s +%d at %d: batched vs cpu %.3g, vs token-by-token %.3g", path, n2, n, e_cpu, e_tok);
         cr_expect_leq(e_cpu, TOL, "%s +%d at %d: batched vs CPU NMSE %.3g (seed %llu)", path, n2, n, e_cpu,
                       (unsigned long long)kr_test_seed());
@@ -205,7 +183,8 @@ static void check_model(const char *path, int n, int n2, uint32_t n_batch)
         for (int j = 0; j < nv; j++)
             dd += ((double)lb[j] - lt[j]) * ((double)lb[j] - lt[j]);
         const double tie = 4.0 * sqrt(dd / nv) + 1e-6;
-        cr_expect_leq(nmse(lb, lt, nv), TOL, "%s greedy step %d: logits NMSE %.3g", path, i, nmse(lb, lt, nv));
+        cr_expect_leq(kr_test_nmse_f(lb, lt, nv), TOL, "%s greedy step %d: logits NMSE %.3g", path, i,
+                      kr_test_nmse_f(lb, lt, nv));
         if (gap_t < tie)
             break; /* undecidable from here on */
         cr_expect_eq(tb, tt, "%s greedy step %d: after batched prefill %d, after token-by-token %d (gap %g, tie %g)",
@@ -295,7 +274,7 @@ Test(gpu_prefill_forward, testdata_models_decline)
     for (size_t f = 0; f < 2; f++) {
         char path[512];
         snprintf(path, sizeof path, "%s/models/%s", testdata(), files[f]);
-        kr_model *m = load(path);
+        kr_model *m = kr_test_load_model(path);
         const int nv = kr_model_n_vocab(m);
         int32_t toks[20];
         for (int i = 0; i < 20; i++)
